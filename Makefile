@@ -18,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml scripts/build-http-parser.sh
 	scripts/build-http-parser.sh "$(WHEELHOUSE)" $(PYTHON)
 	$(BIN)/pip install -q --no-deps "$(WHEELHOUSE)"/http_parser-0.9.0-*.whl
 	$(BIN)/pip install -q -r requirements.lock
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e . || $(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -29,7 +29,7 @@ echo "$sdist_sha256  $work/http-parser-0.9.0.tar.gz" | sha256sum --check --quiet
 tar -xzf "$work/http-parser-0.9.0.tar.gz" -C "$work"
 (
     cd "$work/http-parser-0.9.0"
-    "$work/venv/bin/cython" -q http_parser/parser.pyx -o http_parser/parser.c
+    "$work/venv/bin/cython" -2 http_parser/parser.pyx -o http_parser/parser.c
     "$work/venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$work/dist" .
 )
 # Publish atomically: a half-copied wheel must never look cached.

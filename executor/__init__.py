@@ -1,0 +1,1 @@
+"""mesos-ensemble executor: loads joblib models in a Mesos sandbox and predicts."""

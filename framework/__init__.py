@@ -1,0 +1,1 @@
+"""mesos-ensemble: the scheduler side (framework) of multi-model deployment on Mesos."""
