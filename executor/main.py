@@ -1,0 +1,136 @@
+"""The pymesos edge of the executor: Mesos events in, status updates out.
+
+Each LAUNCH runs on a worker thread (the pymesos IO thread must never block), and every status
+update is a fresh dict (pymesos mutates the dict it sends; reusing one would reuse its uuid).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from executor.protocol import (
+    TaskPayload,
+    array_to_npy,
+    inline_envelope,
+    sha256_hex,
+    uploaded_envelope,
+)
+from executor.runner import ModelCache, TaskError, run_task
+
+log = logging.getLogger("executor")
+
+
+def upload_result(url: str, npy: bytes) -> None:
+    """PUT a large result to the framework's artifact server, with its checksum."""
+    request = urllib.request.Request(
+        url, data=npy, method="PUT", headers={"Content-Type": "application/octet-stream", "X-Sha256": sha256_hex(npy)}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        if response.status not in (200, 201, 204):
+            raise TaskError(f"result upload answered HTTP {response.status}")
+
+
+def build_result_data(payload: TaskPayload, output: Any) -> bytes:
+    """Encode ``output`` as a result envelope, uploading it first if it is too big to inline."""
+    npy = array_to_npy(output)
+    if len(npy) <= payload.inline_limit:
+        return inline_envelope(npy, output.shape).to_json()
+    upload_result(payload.result_upload_url, npy)
+    return uploaded_envelope(npy, output.shape).to_json()
+
+
+class EnsembleExecutor:
+    """A pymesos ``Executor``: runs prediction tasks for one model, sharing one loaded copy."""
+
+    def __init__(self, sandbox: Path, workers: int) -> None:
+        self.sandbox = sandbox
+        self.cache = ModelCache()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.killed: set[str] = set()
+        self.lock = threading.Lock()
+
+    # pymesos callbacks (IO thread): return fast, never raise.
+    def registered(self, driver: Any, executor_info: Any, framework_info: Any, agent_info: Any) -> None:
+        log.info("registered executor %s on %s", executor_info.get("executor_id"), agent_info.get("hostname"))
+
+    def reregistered(self, driver: Any, agent_info: Any) -> None:
+        log.info("re-registered with agent %s", agent_info.get("hostname"))
+
+    def disconnected(self, driver: Any) -> None:
+        log.warning("disconnected from the agent")
+
+    def launchTask(self, driver: Any, task: Any) -> None:  # noqa: N802 (pymesos name)
+        try:
+            self.pool.submit(self._run, driver, task)
+        except Exception:  # pool shut down: the executor is going away
+            log.exception("could not start task %s", task.get("task_id"))
+
+    def killTask(self, driver: Any, task_id: Any) -> None:  # noqa: N802
+        # A running prediction cannot be interrupted safely; report KILLED now and drop its result.
+        with self.lock:
+            self.killed.add(task_id["value"])
+        self._send(driver, task_id["value"], "TASK_KILLED", message="killed by the framework")
+
+    def frameworkMessage(self, driver: Any, message: Any) -> None:  # noqa: N802
+        log.info("framework message ignored")
+
+    def shutdown(self, driver: Any) -> None:
+        log.info("shutdown requested")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def error(self, driver: Any, message: str) -> None:
+        log.error("executor error from the agent: %s", message)
+
+    # Work (worker threads).
+    def _run(self, driver: Any, task: Any) -> None:
+        task_id = task["task_id"]["value"]
+        try:
+            self._send(driver, task_id, "TASK_RUNNING")
+            from pymesos import decode_data
+
+            payload = TaskPayload.from_json(decode_data(task["data"]))
+            output = run_task(payload, self.sandbox, self.cache)
+            data = build_result_data(payload, output)
+        except TaskError as error:
+            self._send(driver, task_id, "TASK_FAILED", message=str(error))
+            return
+        except Exception as error:  # a bug or an environment problem: still answer the scheduler
+            log.exception("task %s crashed", task_id)
+            self._send(driver, task_id, "TASK_FAILED", message=f"executor error: {type(error).__name__}: {error}")
+            return
+        with self.lock:
+            if task_id in self.killed:
+                return
+        self._send(driver, task_id, "TASK_FINISHED", data=data)
+
+    def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
+        from pymesos import encode_data
+
+        status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}
+        if message:
+            status["message"] = message[:4000]
+        if data is not None:
+            status["data"] = encode_data(data)
+        try:
+            driver.sendStatusUpdate(status)
+        except Exception:
+            log.exception("could not send %s for %s", state, task_id)
+
+
+def main() -> int:
+    """Entry point of ``python -m executor``, started by a Mesos agent."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from pymesos import MesosExecutorDriver  # imported on the main thread: it installs a SIGINT handler
+
+    sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
+    workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
+    driver = MesosExecutorDriver(EnsembleExecutor(sandbox, workers), use_addict=True)
+    driver.run()
+    return 0

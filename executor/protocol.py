@@ -1,0 +1,113 @@
+"""The wire schema between the framework and its executors.
+
+A task's ``TaskInfo.data`` carries a :class:`TaskPayload` as JSON.  The terminal status
+update's ``data`` carries a :class:`ResultEnvelope` as JSON: the result itself when it is
+small, or a pointer to the copy the executor uploaded to the framework's artifact server.
+
+Results are numpy arrays serialised with ``np.save`` (``.npy`` bytes): exact, typed, and
+readable without pickle.  This module is shared by both sides, so it imports only numpy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+INLINE_RESULT_LIMIT = 64 * 1024
+"""Results up to this many ``.npy`` bytes travel inside the status update; larger ones are uploaded."""
+
+Operation = Literal["predict", "cv_fit_predict"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file the executor downloads itself (URL with the job's token) and checks by sha256."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TaskPayload:
+    """What one task asks of the executor.
+
+    ``predict``: load ``model_file`` (already fetched into the sandbox by the Mesos fetcher),
+    read the feature rows of ``shard`` and call ``method`` on them.
+    ``cv_fit_predict``: clone the model, fit it on ``train_rows`` of ``shard`` with ``labels``,
+    and call ``method`` on ``test_rows`` (one fold of a stacking cross-validation).
+    """
+
+    task_id: str
+    operation: Operation
+    model_name: str
+    model_file: str
+    model_sha256: str
+    method: str
+    shard: RemoteFile
+    shard_index: int
+    result_upload_url: str
+    labels: RemoteFile | None = None
+    train_rows: list[int] = field(default_factory=list)
+    test_rows: list[int] = field(default_factory=list)
+    inline_limit: int = INLINE_RESULT_LIMIT
+    version: int = PROTOCOL_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "TaskPayload":
+        fields: dict[str, Any] = json.loads(raw)
+        if fields.get("version") != PROTOCOL_VERSION:
+            raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+        fields["shard"] = RemoteFile(**fields["shard"])
+        if fields.get("labels") is not None:
+            fields["labels"] = RemoteFile(**fields["labels"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class ResultEnvelope:
+    """The terminal update's data: an inline ``.npy`` (base64) or a pointer to an upload."""
+
+    kind: Literal["inline", "uploaded"]
+    sha256: str
+    nbytes: int
+    npy_b64: str | None = None
+    shape: list[int] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "ResultEnvelope":
+        return cls(**json.loads(raw))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def array_to_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_to_array(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def inline_envelope(npy: bytes, shape: tuple[int, ...]) -> ResultEnvelope:
+    return ResultEnvelope("inline", sha256_hex(npy), len(npy), base64.b64encode(npy).decode(), list(shape))
+
+
+def uploaded_envelope(npy: bytes, shape: tuple[int, ...]) -> ResultEnvelope:
+    return ResultEnvelope("uploaded", sha256_hex(npy), len(npy), None, list(shape))

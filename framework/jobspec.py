@@ -1,0 +1,390 @@
+"""The job file: a TOML description of an ensemble job, parsed and validated up front.
+
+Everything is checked before anything is launched; each problem names its file and field.
+Relative paths are resolved against the job file's directory.  See README "Job file".
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from framework.errors import JobSpecError
+
+ModelKind = Literal["regressor", "classifier"]
+MODEL_KINDS = ("regressor", "classifier")
+OUTPUTS = ("predict", "predict_proba", "decision_function")
+INTEGRATION_METHODS = ("mean", "weighted_mean", "median", "hard_vote", "soft_vote", "stacking")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ensemble member: a joblib file and what it needs to run."""
+
+    name: str
+    path: Path
+    sha256: str
+    kind: ModelKind
+    output: str = "predict"
+    weight: float = 1.0
+    proba_class: str | int | None = None
+    cpus: float = 0.5
+    mem: float = 256.0
+    disk: float = 0.0
+    gpus: float = 0.0
+    executor_cpus: float = 0.1
+    executor_mem: float = 0.0
+    """Memory (MB) of the executor that holds the loaded model; 0 means estimated from the file size."""
+    constraints: dict[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The input rows: a CSV with a header, or a 2-D ``.npy`` array."""
+
+    path: Path
+    features: tuple[str, ...] | None = None
+    label: str | None = None
+    rows_per_shard: int = 1000
+
+
+@dataclass(frozen=True)
+class StackingSpec:
+    """Stacking: a final estimator trained on out-of-fold member predictions over ``train``."""
+
+    train: DataSpec
+    final_estimator: str = "auto"
+    cv: int = 5
+    stack_method: str = "auto"
+    passthrough: bool = False
+    save_to: Path | None = None
+
+
+@dataclass(frozen=True)
+class FrameworkSettings:
+    """How to reach Mesos and who we are there."""
+
+    master: str = "local"
+    name: str = "mesos-ensemble"
+    role: str = "*"
+    user: str = field(default_factory=getpass.getuser)
+    principal: str | None = None
+    secret: str | None = None
+    failover_timeout: float = 3600.0
+    executor_python: str | None = None
+    """Python on the agents; default: this interpreter for the local cluster, ``python3`` elsewhere."""
+    artifact_host: str | None = None
+    """Address agents use to reach the framework's artifact server; default: auto."""
+    artifact_port: int = 0
+    max_retries: int = 3
+    refuse_seconds: float = 5.0
+    never_fits_refuse_seconds: float = 300.0
+    packing_budget_ms: float = 50.0
+    timeout_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class LocalClusterSpec:
+    """The embedded cluster used when ``master = "local"``."""
+
+    agents: tuple[dict[str, Any], ...] = ()
+    keep_sandboxes: bool = False
+
+
+@dataclass(frozen=True)
+class PricingSpec:
+    price_attribute: str = "price"
+    by_hostname: dict[str, float] = field(default_factory=dict)
+    by_attribute: dict[str, dict[str, float]] = field(default_factory=dict)
+    default: float = 1.0
+    unit_prices: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A whole, validated job."""
+
+    source: Path
+    name: str
+    models: tuple[ModelSpec, ...]
+    data: DataSpec
+    integration: str
+    output: Path
+    report: Path | None
+    min_members: int | None
+    framework: FrameworkSettings
+    local_cluster: LocalClusterSpec
+    pricing: PricingSpec
+    stacking: StackingSpec | None = None
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
+
+class _Section:
+    """Typed access to one TOML table, with errors that name ``file: section.field``."""
+
+    def __init__(self, source: Path, prefix: str, table: Any) -> None:
+        self.source, self.prefix = source, prefix
+        if not isinstance(table, dict):
+            self.fail("", f"must be a table, got {type(table).__name__}")
+        self.table: dict[str, Any] = table
+
+    def where(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+
+    def fail(self, key: str, problem: str) -> None:
+        raise JobSpecError(f"{self.source}: {self.where(key)} {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        if key not in self.table:
+            if required:
+                self.fail(key, "is required")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            self.fail(key, f"must be {names}, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float | None, minimum: float = 0.0, positive: bool = False) -> float | None:
+        value = self.get(key, float, default)
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < minimum or (positive and value <= 0):
+            self.fail(key, f"must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.get(key, str, default, required=default is None)
+        if value not in choices:
+            self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def path(self, key: str, required: bool = True, must_exist: bool = True) -> Path | None:
+        value = self.get(key, str, None, required=required)
+        if value is None:
+            return None
+        resolved = (self.source.parent / value).resolve()
+        if must_exist and not resolved.is_file():
+            self.fail(key, f"names {value!r}, which is not a file ({resolved})")
+        return resolved
+
+    def reject_unknown(self, known: set[str]) -> None:
+        for key in sorted(set(self.table) - known):
+            self.fail(key, f"is not a known field (known: {', '.join(sorted(known))})")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_job(path: Path | str) -> JobSpec:
+    """Read and validate a job file; raise :class:`JobSpecError` naming the first problem."""
+    source = Path(path).resolve()
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobSpecError(f"{source}: job file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise JobSpecError(f"{source}: not valid TOML: {error}") from None
+    top = _Section(source, "", raw)
+    top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking"})
+    job = _Section(source, "job", top.get("job", dict, required=True))
+    job.reject_unknown({"name", "integration", "output", "report", "min_members"})
+    models_raw = top.get("models", list, required=True)
+    if not models_raw:
+        top.fail("models", "must list at least one model ([[models]])")
+    models = tuple(_parse_model(source, i, entry) for i, entry in enumerate(models_raw))
+    names = [m.name for m in models]
+    for name in names:
+        if names.count(name) > 1:
+            top.fail("models", f"has two models named {name!r}; names must be unique")
+    integration = job.choice("integration", INTEGRATION_METHODS, "mean")
+    min_members = job.get("min_members", int)
+    if min_members is not None and not 1 <= min_members <= len(models):
+        job.fail("min_members", f"must be between 1 and the number of models ({len(models)}), got {min_members}")
+    output = job.path("output", must_exist=False)
+    assert output is not None
+    if output.suffix not in (".csv", ".npy"):
+        job.fail("output", f"must end in .csv or .npy, got {output.name!r}")
+    if not output.parent.is_dir():
+        job.fail("output", f"is in {output.parent}, which is not a directory")
+    report = job.path("report", required=False, must_exist=False)
+    stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
+    if integration == "stacking" and stacking is None:
+        job.fail("integration", 'is "stacking", which needs a [stacking] table with a labelled train set')
+    return JobSpec(
+        source=source,
+        name=job.get("name", str, source.stem),
+        models=models,
+        data=_parse_data(source, "data", top.get("data", dict, required=True)),
+        integration=integration,
+        output=output,
+        report=report,
+        min_members=min_members,
+        framework=_parse_framework(source, top.get("framework", dict, {})),
+        local_cluster=_parse_local_cluster(source, top.get("local_cluster", dict, {})),
+        pricing=_parse_pricing(source, top.get("pricing", dict, {})),
+        stacking=stacking,
+    )
+
+
+def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
+    section = _Section(source, f"models[{index}]", entry)
+    section.reject_unknown(
+        {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
+         "executor_cpus", "executor_mem", "constraints", "duration"}
+    )
+    name = section.get("name", str, required=True)
+    section.prefix = f"models[{index}] ({name})"
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        section.fail("name", f"must be letters, digits, '-' or '_', got {name!r}")
+    path = section.path("path")
+    assert path is not None
+    sha256 = section.get("sha256", str, required=True).lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        section.fail("sha256", f"must be 64 hex digits, got {sha256!r}")
+    actual = file_sha256(path)
+    if actual != sha256:
+        section.fail("sha256", f"does not match {path.name} (file has {actual})")
+    kind = section.choice("kind", MODEL_KINDS)
+    output = section.choice("output", OUTPUTS, "predict")
+    if kind == "regressor" and output != "predict":
+        section.fail("output", f"must be predict for a regressor, got {output!r}")
+    proba_class = section.get("proba_class", (str, int))
+    constraints = section.get("constraints", dict, {})
+    _check_constraints(_Section(source, f"{section.prefix}.constraints", constraints))
+    number: Callable[..., Any] = section.number
+    return ModelSpec(
+        name=name, path=path, sha256=sha256, kind=kind, output=output,
+        weight=number("weight", 1.0), proba_class=proba_class,
+        cpus=number("cpus", 0.5, positive=True), mem=number("mem", 256.0, positive=True),
+        disk=number("disk", 0.0), gpus=number("gpus", 0.0),
+        executor_cpus=number("executor_cpus", 0.1), executor_mem=number("executor_mem", 0.0),
+        constraints=constraints, duration=number("duration", None, positive=True),
+    )
+
+
+def _check_constraints(section: _Section) -> None:
+    section.reject_unknown({"attribute", "max_per_agent", "spread_over"})
+    attributes = section.get("attribute", dict, {})
+    for key, value in attributes.items():
+        if not isinstance(value, (str, int, float)):
+            section.fail(f"attribute.{key}", f"must be a string or number, got {value!r}")
+    for key in ("max_per_agent", "spread_over"):
+        value = section.get(key, int)
+        if value is not None and value < 1:
+            section.fail(key, f"must be at least 1, got {value}")
+
+
+def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
+    section = _Section(source, prefix, table)
+    section.reject_unknown({"path", "features", "label", "rows_per_shard"})
+    path = section.path("path")
+    assert path is not None
+    if path.suffix not in (".csv", ".npy"):
+        section.fail("path", f"must be a .csv (with a header) or .npy file, got {path.name!r}")
+    features = section.get("features", list)
+    if features is not None:
+        if not features or not all(isinstance(f, str) for f in features):
+            section.fail("features", "must be a non-empty list of column names")
+        features = tuple(features)
+    rows = section.get("rows_per_shard", int, 1000)
+    if rows < 1:
+        section.fail("rows_per_shard", f"must be at least 1, got {rows}")
+    return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows)
+
+
+def _parse_stacking(source: Path, table: Any) -> StackingSpec:
+    section = _Section(source, "stacking", table)
+    section.reject_unknown({"train", "final_estimator", "cv", "stack_method", "passthrough", "save_to"})
+    train = _parse_data(source, "stacking.train", section.get("train", dict, required=True))
+    if train.label is None:
+        section.fail("train.label", "is required: stacking trains its final estimator on labelled rows")
+    cv = section.get("cv", int, 5)
+    if cv < 2:
+        section.fail("cv", f"must be at least 2 folds, got {cv}")
+    return StackingSpec(
+        train=train,
+        final_estimator=section.choice("final_estimator", ("auto", "logistic_regression", "ridge", "linear_regression"), "auto"),
+        cv=cv,
+        stack_method=section.choice("stack_method", ("auto", "predict_proba", "decision_function", "predict"), "auto"),
+        passthrough=section.get("passthrough", bool, False),
+        save_to=section.path("save_to", required=False, must_exist=False),
+    )
+
+
+def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
+    section = _Section(source, "framework", table)
+    known = set(FrameworkSettings.__dataclass_fields__) | {"secret_file"}
+    section.reject_unknown(known)
+    defaults = FrameworkSettings()
+    values: dict[str, Any] = {}
+    for key in ("master", "name", "role", "user", "principal", "secret", "executor_python", "artifact_host"):
+        values[key] = section.get(key, str, getattr(defaults, key))
+    secret_file = section.path("secret_file", required=False)
+    if secret_file is not None:
+        values["secret"] = secret_file.read_text(encoding="utf-8").strip()
+    if (values["principal"] is None) != (values["secret"] is None):
+        section.fail("principal", "and secret (or secret_file) must be given together")
+    for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms"):
+        values[key] = section.number(key, getattr(defaults, key))
+    values["timeout_seconds"] = section.number("timeout_seconds", defaults.timeout_seconds, positive=True)
+    for key in ("artifact_port", "max_retries"):
+        values[key] = section.get(key, int, getattr(defaults, key))
+        if values[key] < 0:
+            section.fail(key, f"must be at least 0, got {values[key]}")
+    if values["master"] != "local" and values["master"].startswith(("http://", "https://")):
+        section.fail("master", f"must be host:port, zk://... or \"local\", got {values['master']!r}")
+    return FrameworkSettings(**values)
+
+
+def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:
+    section = _Section(source, "local_cluster", table)
+    section.reject_unknown({"agents", "keep_sandboxes"})
+    agents = section.get("agents", list, [])
+    for i, agent in enumerate(agents):
+        entry = _Section(source, f"local_cluster.agents[{i}]", agent)
+        entry.reject_unknown({"hostname", "cpus", "mem", "disk", "gpus", "attributes"})
+        for key in ("cpus", "mem", "disk", "gpus"):
+            entry.number(key, 0.0)
+        entry.get("attributes", dict, {})
+    return LocalClusterSpec(agents=tuple(agents), keep_sandboxes=section.get("keep_sandboxes", bool, False))
+
+
+def _parse_pricing(source: Path, table: Any) -> PricingSpec:
+    section = _Section(source, "pricing", table)
+    section.reject_unknown({"price_attribute", "by_hostname", "by_attribute", "default", "unit_prices"})
+    by_hostname = section.get("by_hostname", dict, {})
+    for host, price in by_hostname.items():
+        if not isinstance(price, (int, float)) or price < 0:
+            section.fail(f"by_hostname.{host}", f"must be a non-negative number, got {price!r}")
+    by_attribute = section.get("by_attribute", dict, {})
+    for attribute, table_ in by_attribute.items():
+        if not isinstance(table_, dict):
+            section.fail(f"by_attribute.{attribute}", "must be a table of value = price")
+    unit_prices = section.get("unit_prices", dict, {})
+    for name in unit_prices:
+        if name not in ("cpus", "mem", "disk", "gpus"):
+            section.fail(f"unit_prices.{name}", "is not a resource (cpus, mem, disk, gpus)")
+    return PricingSpec(
+        price_attribute=section.get("price_attribute", str, "price"),
+        by_hostname={k: float(v) for k, v in by_hostname.items()},
+        by_attribute={a: {str(k): float(v) for k, v in t.items()} for a, t in by_attribute.items()},
+        default=section.number("default", 1.0) or 0.0,
+        unit_prices={k: float(v) for k, v in unit_prices.items()},
+    )

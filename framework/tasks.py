@@ -1,0 +1,130 @@
+"""Work items and their life cycle: a pure state machine with the retry policy.
+
+A *work item* is one unit of the job (a model predicting one shard, or one stacking fold).
+Each attempt at it is a Mesos task with its own task id (``<item>.a<attempt>``).  The tracker
+turns Mesos task states into item transitions; nothing here talks to Mesos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class ItemState(str, Enum):
+    PENDING = "pending"      # waiting for an offer
+    LAUNCHED = "launched"    # sent to Mesos, no update yet
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"        # gave up after the allowed retries
+    CANCELLED = "cancelled"  # no longer needed (its member was dropped)
+
+
+TERMINAL_MESOS_STATES = frozenset(
+    {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_DROPPED",
+     "TASK_GONE", "TASK_GONE_BY_OPERATOR", "TASK_UNREACHABLE", "TASK_UNKNOWN"}
+)
+ACTIVE_MESOS_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING"})
+
+
+@dataclass
+class WorkItem:
+    """One unit of work and its attempts."""
+
+    key: str
+    model: str
+    shard: int
+    operation: str = "predict"
+    fold: int | None = None
+    state: ItemState = ItemState.PENDING
+    attempts: int = 0
+    task_id: str | None = None
+    agent_id: str | None = None
+    failed_agents: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def next_task_id(self) -> str:
+        return f"{self.key}.a{self.attempts + 1}"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What an update meant: ``kind`` is one of started, finished, retry, gave_up, ignored."""
+
+    kind: str
+    item: WorkItem | None = None
+    detail: str = ""
+
+
+class Tracker:
+    """Tracks every work item through its attempts; decides retries."""
+
+    def __init__(self, items: list[WorkItem], max_retries: int) -> None:
+        self.items = {item.key: item for item in items}
+        self.max_retries = max_retries
+        self._by_task: dict[str, WorkItem] = {}
+
+    def add(self, items: list[WorkItem]) -> None:
+        for item in items:
+            self.items[item.key] = item
+
+    def pending(self) -> list[WorkItem]:
+        return [i for i in self.items.values() if i.state is ItemState.PENDING]
+
+    def active(self) -> list[WorkItem]:
+        return [i for i in self.items.values() if i.state in (ItemState.LAUNCHED, ItemState.RUNNING)]
+
+    def item_for_task(self, task_id: str) -> WorkItem | None:
+        return self._by_task.get(task_id)
+
+    def launched(self, item: WorkItem, agent_id: str) -> str:
+        """Record a launch attempt; return the Mesos task id to use."""
+        task_id = item.next_task_id()
+        item.attempts += 1
+        item.task_id, item.agent_id, item.state = task_id, agent_id, ItemState.LAUNCHED
+        self._by_task[task_id] = item
+        return task_id
+
+    def on_update(self, task_id: str, state: str, message: str = "", reason: str = "") -> Transition:
+        """Apply a Mesos status update for ``task_id``."""
+        item = self._by_task.get(task_id)
+        if item is None or item.task_id != task_id or item.state not in (ItemState.LAUNCHED, ItemState.RUNNING):
+            return Transition("ignored", item, f"stale or unknown task {task_id} ({state})")
+        if state in ACTIVE_MESOS_STATES:
+            if state == "TASK_RUNNING":
+                item.state = ItemState.RUNNING
+            return Transition("started", item)
+        if state == "TASK_FINISHED":
+            item.state = ItemState.FINISHED
+            return Transition("finished", item)
+        return self.attempt_failed(item, f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}")
+
+    def attempt_failed(self, item: WorkItem, description: str) -> Transition:
+        """An attempt ended badly: retry it (elsewhere if possible) or give up."""
+        item.failures.append(f"attempt {item.attempts} on {item.agent_id}: {description}")
+        if item.agent_id:
+            item.failed_agents.append(item.agent_id)
+        if item.attempts > self.max_retries:
+            item.state = ItemState.FAILED
+            return Transition("gave_up", item, description)
+        item.state = ItemState.PENDING
+        return Transition("retry", item, description)
+
+    def cancel_model(self, model: str) -> list[WorkItem]:
+        """Stop caring about a model's items; return those that still run (to be killed)."""
+        still_running = []
+        for item in self.items.values():
+            if item.model == model and item.state not in (ItemState.FINISHED, ItemState.FAILED):
+                if item.state in (ItemState.LAUNCHED, ItemState.RUNNING):
+                    still_running.append(item)
+                item.state = ItemState.CANCELLED
+        return still_running
+
+    def all_settled(self) -> bool:
+        return all(i.state in (ItemState.FINISHED, ItemState.FAILED, ItemState.CANCELLED) for i in self.items.values())
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.items.values():
+            counts[item.state.value] = counts.get(item.state.value, 0) + 1
+        return counts
