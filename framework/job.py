@@ -1,0 +1,351 @@
+"""Runs one ensemble job: prepare artifacts, drive the pymesos scheduler, integrate, report.
+
+This is the wiring between the pure core (packer, combiners, tracker) and the edges (pymesos
+driver, artifact server, optional embedded cluster).  The main thread owns integration; the
+pymesos IO thread only reports through ``EnsembleScheduler.events``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import queue
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import executor as executor_package
+from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, npy_to_array, sha256_hex
+from framework import ensemble
+from framework.artifacts import ArtifactServer
+from framework.dataset import Dataset, Shard, load_dataset, write_atomic, write_shards
+from framework.errors import JobFailed
+from framework.jobspec import JobSpec, ModelSpec
+from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
+from framework.offers import PoolAllocator
+from framework.packing import (
+    Agent,
+    AttributeEquals,
+    CostModel,
+    MaxPerAgent,
+    PackingOptions,
+    PriceTable,
+    Resources,
+    SpreadAtLeast,
+    TaskDemand,
+)
+from framework.scheduler import EnsembleScheduler, OfferPolicy, SchedulerEvent
+from framework.tasks import Tracker, WorkItem
+
+log = logging.getLogger(__name__)
+
+EXECUTOR_BASE_MEM_MB = 96.0
+"""Memory of an idle executor process with numpy, scikit-learn and pymesos imported."""
+
+
+@dataclass
+class JobOutcome:
+    """What a finished job produced, for the command line's summary."""
+
+    output: Path
+    rows: int
+    members_used: tuple[str, ...]
+    members_missing: dict[str, str]
+    wall_seconds: float
+    time_to_first_running: float | None
+    tasks: int
+    task_attempts: int
+    agents_used: int
+    report: dict[str, Any] | None = None
+    report_text: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def executor_memory(model: ModelSpec) -> float:
+    """The executor's memory: the configured value, or an estimate from the model file's size."""
+    if model.executor_mem > 0:
+        return model.executor_mem
+    return EXECUTOR_BASE_MEM_MB + 3.0 * model.path.stat().st_size / 2**20
+
+
+def build_executor_package(directory: Path) -> Path:
+    """A tar.gz of the ``executor`` package, fetched and extracted by the Mesos fetcher."""
+    source = Path(executor_package.__file__).parent
+    target = directory / "mesos-ensemble-executor.tar.gz"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(source.glob("*.py")):
+            archive.add(path, arcname=f"executor/{path.name}")
+    write_atomic(target, buffer.getvalue())
+    return target
+
+
+def constraints_of(model: ModelSpec) -> tuple[Any, ...]:
+    found: list[Any] = []
+    for attribute, value in sorted(model.constraints.get("attribute", {}).items()):
+        found.append(AttributeEquals(attribute, str(value)))
+    if "max_per_agent" in model.constraints:
+        found.append(MaxPerAgent(int(model.constraints["max_per_agent"])))
+    if "spread_over" in model.constraints:
+        found.append(SpreadAtLeast(int(model.constraints["spread_over"])))
+    return tuple(found)
+
+
+class JobCatalog:
+    """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
+
+    def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
+                 python: str, executor_package_url: str, labels: RemoteFile | None = None,
+                 folds: list[tuple[list[int], list[int]]] | None = None,
+                 methods: dict[str, str] | None = None) -> None:
+        self.spec, self.server, self.shards = spec, server, shards
+        self.python, self.executor_package_url = python, executor_package_url
+        self.labels, self.folds = labels, folds or []
+        self.methods = methods or {}
+        self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
+        self.shard_urls = {
+            (kind, s.index): server.publish(f"{kind}-{s.index:05d}.npy", s.path)
+            for kind, shard_list in shards.items() for s in shard_list
+        }
+
+    def demand(self, item: WorkItem) -> TaskDemand:
+        model = self.spec.model(item.model)
+        return TaskDemand(
+            task_id=item.key,
+            model=item.model,
+            resources=Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus),
+            executor=Resources(cpus=model.executor_cpus, mem=executor_memory(model)),
+            constraints=constraints_of(model),
+            duration=model.duration,
+        )
+
+    def executor_info(self, model_name: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]:
+        model = self.spec.model(model_name)
+        demand = Resources(cpus=model.executor_cpus, mem=executor_memory(model))
+        workers = max(1, int(agent.capacity.cpus // max(model.cpus, 1e-9)))
+        launch = ExecutorLaunch(
+            executor_id=f"{model_name}.g{generation}",
+            model=model_name,
+            python=self.python,
+            executor_package_url=self.executor_package_url,
+            model_url=self.model_urls[model_name],
+            model_file=f"{model_name}.joblib",
+            workers=min(workers, 8),
+            resources=tuple(allocator.take(demand)),
+        )
+        return executor_info(launch)
+
+    def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
+                  executor: dict[str, Any]) -> dict[str, Any]:
+        model = self.spec.model(item.model)
+        kind = "train" if item.operation == "cv_fit_predict" else "data"
+        shard = self.shards[kind][item.shard]
+        train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
+        payload = TaskPayload(
+            task_id=task_id,
+            operation=item.operation,  # type: ignore[arg-type]
+            model_name=model.name,
+            model_file=f"{model.name}.joblib",
+            model_sha256=model.sha256,
+            method=self.methods.get(model.name, model.output),
+            shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
+            shard_index=shard.index,
+            result_upload_url=self.server.expect_result(task_id),
+            labels=self.labels if item.operation == "cv_fit_predict" else None,
+            train_rows=list(train_rows),
+            test_rows=list(test_rows),
+        )
+        name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
+        resources = allocator.take(Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus))
+        return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
+
+
+def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> np.ndarray:
+    """Turn a terminal update's data into the task's output array, checking its sha256."""
+    if not data_b64:
+        raise ValueError("TASK_FINISHED carried no result data")
+    envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
+    if envelope.kind == "inline":
+        npy = base64.b64decode(envelope.npy_b64 or "")
+    else:
+        path = server.result_path(task_id)
+        if not path.is_file():
+            raise ValueError(f"uploaded result for {task_id} is missing")
+        npy = path.read_bytes()
+        path.unlink()
+    if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
+        raise ValueError(f"result of {task_id} failed its sha256/size check")
+    return npy_to_array(npy)
+
+
+def member_specs(spec: JobSpec, estimators: dict[str, Any]) -> list[ensemble.MemberSpec]:
+    return [
+        ensemble.MemberSpec(
+            name=m.name, kind=m.kind, output=m.output, weight=m.weight, proba_class=m.proba_class,  # type: ignore[arg-type]
+            classes=tuple(getattr(estimators[m.name], "classes_", ())) or None,
+        )
+        for m in spec.models
+    ]
+
+
+class JobRunner:
+    """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
+
+    def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None) -> None:
+        self.spec = spec
+        self.work_dir = work_dir
+        self.progress = progress or (lambda message: None)
+
+    # The whole job -------------------------------------------------------------------------
+    def run(self) -> JobOutcome:
+        started = time.monotonic()
+        spec = self.spec
+        dataset = load_dataset(spec.data)
+        estimators = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
+        members = member_specs(spec, {n: e for n, (e, _v) in estimators.items()})
+        import sklearn
+
+        ensemble.check_compatibility(
+            {n: e for n, (e, _v) in estimators.items()}, members, dataset.feature_names,
+            spec.integration, sklearn.__version__,
+            recorded_versions={n: v for n, (_e, v) in estimators.items()},
+        )
+        with ExitStack() as stack:
+            work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="mesos-ensemble-"))
+            if self.work_dir is None:
+                stack.callback(shutil.rmtree, work_dir, True)
+            master, python = self._master(stack, work_dir)
+            server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
+                                    port=spec.framework.artifact_port,
+                                    advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
+            stack.callback(server.stop)
+            shards = {"data": write_shards(dataset.features, spec.data.rows_per_shard, work_dir / "shards")}
+            package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
+            catalog = JobCatalog(spec, server, shards, python, package_url)
+            combiner = ensemble.make_combiner(spec.integration, members)
+            evaluation_dir = work_dir / "member-outputs" if dataset.labels is not None else None
+            integrator = ensemble.StreamingIntegrator(
+                combiner, members, [s.rows for s in shards["data"]], spec.output,
+                min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir,
+            )
+            items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
+            tracker = Tracker(items, spec.framework.max_retries)
+            scheduler = self._scheduler(tracker, catalog)
+            self.progress(f"{len(items)} tasks ({len(spec.models)} models x {len(shards['data'])} shards) on {master}")
+            run_started = time.monotonic()
+            self._drive(scheduler, master, server, integrator, stack)
+            result = integrator.finish()
+            outcome = JobOutcome(
+                output=result.output_path, rows=result.rows, members_used=tuple(result.members_used),
+                members_missing=dict(result.members_missing), wall_seconds=time.monotonic() - started,
+                time_to_first_running=(scheduler.first_running_at - run_started) if scheduler.first_running_at else None,
+                tasks=len(items), task_attempts=sum(i.attempts for i in tracker.items.values()),
+                agents_used=len({i.agent_id for i in tracker.items.values() if i.agent_id}),
+            )
+            if dataset.labels is not None:
+                outcome.report = integrator.evaluate(dataset.labels)
+                outcome.report_text = ensemble.format_report(outcome.report)
+                if spec.report is not None:
+                    ensemble.write_report_json(outcome.report, spec.report)
+            return outcome
+
+    # Pieces ------------------------------------------------------------------------------
+    def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
+        settings = self.spec.framework
+        if settings.master != "local":
+            return settings.master, settings.executor_python or "python3"
+        from framework.localmesos import AgentSpec, LocalCluster
+
+        agents = [
+            AgentSpec(hostname=a.get("hostname", f"agent-{i + 1}"),
+                      resources={k: float(a.get(k, d)) for k, d in (("cpus", 2), ("mem", 4096), ("disk", 10000), ("gpus", 0))},
+                      attributes=dict(a.get("attributes", {})))
+            for i, a in enumerate(self.spec.local_cluster.agents or [{}, {}])
+        ]
+        credentials = {settings.principal: settings.secret} if settings.principal and settings.secret else None
+        cluster = LocalCluster(agents=agents, work_dir=work_dir / "cluster", credentials=credentials,
+                               keep_sandboxes=self.spec.local_cluster.keep_sandboxes)
+        cluster.start()
+        stack.callback(cluster.stop)
+        return cluster.master_address, settings.executor_python or sys.executable
+
+    @staticmethod
+    def _bind_host(master: str) -> str:
+        host = master.split(":")[0]
+        return "127.0.0.1" if host in ("127.0.0.1", "localhost") else "0.0.0.0"
+
+    @staticmethod
+    def _advertise_host(master: str) -> str | None:
+        host = master.split(":")[0]
+        return "127.0.0.1" if host in ("127.0.0.1", "localhost") else None
+
+    def _scheduler(self, tracker: Tracker, catalog: JobCatalog) -> EnsembleScheduler:
+        settings, pricing = self.spec.framework, self.spec.pricing
+        return EnsembleScheduler(
+            tracker, catalog,
+            PriceTable(attribute=pricing.price_attribute, by_hostname=pricing.by_hostname,
+                       by_attribute=pricing.by_attribute, default=pricing.default),
+            CostModel(unit_prices=Resources(**pricing.unit_prices)),
+            PackingOptions(time_budget_s=settings.packing_budget_ms / 1000.0),
+            OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
+        )
+
+    def _drive(self, scheduler: EnsembleScheduler, master: str, server: ArtifactServer,
+               integrator: Any, stack: ExitStack) -> None:
+        """Run the pymesos driver until every work item is settled; integrate as results arrive."""
+        from pymesos import MesosSchedulerDriver
+
+        settings = self.spec.framework
+        info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal)
+        driver = MesosSchedulerDriver(scheduler, info, master, use_addict=True,
+                                      principal=settings.principal, secret=settings.secret)
+        driver.start()
+        # At the end the framework is torn down (stop(failover=False)): every executor goes away.
+        stack.callback(driver.join)
+        stack.callback(driver.stop)
+        deadline = time.monotonic() + settings.timeout_seconds
+        tracker = scheduler.tracker
+        while True:
+            with scheduler.lock:
+                if tracker.all_settled():
+                    return
+            if time.monotonic() > deadline:
+                raise JobFailed(f"job timed out after {settings.timeout_seconds:.0f} s; task states: {tracker.counts()}")
+            try:
+                event = scheduler.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._handle(event, scheduler, driver, server, integrator)
+
+    def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any,
+                server: ArtifactServer, integrator: Any) -> None:
+        if event.kind == "fatal":
+            raise JobFailed(event.detail)
+        item = event.item
+        assert item is not None
+        if event.kind == "finished":
+            try:
+                output = decode_result(server, item.task_id or "", event.data)
+            except ValueError as error:
+                scheduler.retry(driver, item, str(error))
+                return
+            integrator.add(item.model, item.shard, output)
+            self.progress(f"done {item.key}")
+        elif event.kind == "gave_up":
+            failures = "; ".join(item.failures[-3:])
+            scheduler.cancel_model(driver, item.model)
+            integrator.member_failed(item.model, failures)
+            if self.spec.min_members is None:
+                raise JobFailed(f"model {item.model} failed on {item.key} after {item.attempts} attempts: {failures}")
+            log.warning("member %s dropped: %s", item.model, failures)

@@ -1,0 +1,272 @@
+"""The pymesos ``Scheduler``: translates Mesos callbacks into calls on the project's own values.
+
+Every callback runs on pymesos' single IO thread, so each one is short, holds the lock only
+around in-memory state, and never raises (an exception there kills the driver and, without
+failover, tears the framework down).  Results are handed to the job's main thread through
+``events``; nothing heavy happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from framework.offers import PoolAllocator, merge_by_agent, view_offer
+from framework.packing import Agent, CostModel, PackingOptions, Plan, PriceTable, TaskDemand, pack
+from framework.tasks import ItemState, Tracker, WorkItem
+
+log = logging.getLogger(__name__)
+
+
+class WorkCatalog(Protocol):
+    """What the scheduler needs to know about the job's work items (implemented by the job)."""
+
+    def demand(self, item: WorkItem) -> TaskDemand: ...
+
+    def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
+                  executor: dict[str, Any]) -> dict[str, Any]: ...
+
+    def executor_info(self, model: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SchedulerEvent:
+    """Something the main thread must act on: ``finished``, ``gave_up`` or ``fatal``."""
+
+    kind: str
+    item: WorkItem | None = None
+    data: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OfferPolicy:
+    refuse_seconds: float = 5.0
+    never_fits_refuse_seconds: float = 300.0
+    role: str = "*"
+
+
+def callback(method: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a pymesos callback so that it can never raise into the driver."""
+
+    def guarded(self: "EnsembleScheduler", *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as error:  # the driver must survive our bugs; the job fails instead
+            log.exception("scheduler callback %s failed", method.__name__)
+            self.events.put(SchedulerEvent("fatal", detail=f"{method.__name__}: {type(error).__name__}: {error}"))
+
+    guarded.__name__ = method.__name__
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+class EnsembleScheduler:
+    """A pymesos Scheduler (duck-typed: pymesos calls these methods by name)."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        catalog: WorkCatalog,
+        prices: PriceTable,
+        cost_model: CostModel,
+        packing: PackingOptions,
+        policy: OfferPolicy,
+    ) -> None:
+        self.tracker, self.catalog = tracker, catalog
+        self.prices, self.cost_model, self.packing, self.policy = prices, cost_model, packing, policy
+        self.events: queue.Queue[SchedulerEvent] = queue.Queue()
+        self.lock = threading.RLock()
+        self.framework_id: str | None = None
+        self.suppressed = False
+        self.executors: dict[tuple[str, str], dict[str, Any]] = {}
+        self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
+        self.known_agents: set[str] = set()
+        self.last_plan: Plan | None = None
+        self.first_running_at: float | None = None
+
+    # --- framework life -------------------------------------------------------------------
+    @callback
+    def registered(self, driver: Any, framework_id: Any, master_info: Any) -> None:
+        with self.lock:
+            self.framework_id = framework_id["value"]
+        log.info("registered as framework %s with master %s:%s", framework_id["value"],
+                 master_info.get("hostname"), master_info.get("port"))
+        self._revive_if_needed(driver)
+
+    @callback
+    def reregistered(self, driver: Any, master_info: Any) -> None:
+        log.info("re-registered with the master; reconciling active tasks")
+        with self.lock:
+            active = [{"task_id": {"value": i.task_id}} for i in self.tracker.active() if i.task_id]
+        driver.reconcileTasks(active)
+        self._revive_if_needed(driver)
+
+    @callback
+    def disconnected(self, driver: Any) -> None:
+        log.warning("disconnected from the master; pymesos reconnects")
+
+    @callback
+    def error(self, driver: Any, message: str) -> None:
+        self.events.put(SchedulerEvent("fatal", detail=f"Mesos error: {message}"))
+
+    # --- offers ---------------------------------------------------------------------------
+    @callback
+    def resourceOffers(self, driver: Any, offers: list[Any]) -> None:  # noqa: N802 (pymesos name)
+        with self.lock:
+            views = [view_offer(offer, self.policy.role) for offer in offers]
+            self.known_agents.update(v.agent_id for v in views)
+            pending = self.tracker.pending()
+            if not pending:
+                driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
+                self._suppress(driver)
+                return
+            agents = merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks())
+            demands = [self.catalog.demand(item) for item in pending]
+            plan = pack(demands, agents, self.cost_model, self.packing)
+            self.last_plan = plan
+            by_key = {item.key: item for item in pending}
+            launches = 0
+            for agent in agents:
+                task_keys = plan.assignments.get(agent.agent_id, ())
+                items = [by_key[k] for k in task_keys if not self._avoid(by_key[k], agent.agent_id)]
+                offer_ids = [{"value": o} for o in agent.offer_ids]
+                if not items:
+                    reason = plan.declined.get(agent.agent_id, "unneeded")
+                    refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
+                    driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
+                    continue
+                allocator = PoolAllocator([v for v in views if v.agent_id == agent.agent_id], self.policy.role)
+                tasks = [self._task_info(item, agent, allocator) for item in items]
+                # One offer id can be used once: every launch on this agent goes in one ACCEPT.
+                driver.launchTasks(offer_ids, tasks, {"refuse_seconds": self.policy.refuse_seconds})
+                launches += len(tasks)
+            if plan.unplaced:
+                sample = next(iter(plan.unplaced.values()))
+                log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id, sample.describe())
+            log.debug("offer round: %d offers, %d launches, cost %.3f (lower bound %.3f)",
+                      len(offers), launches, plan.cost, plan.lower_bound)
+            if not self.tracker.pending():
+                self._suppress(driver)
+
+    def _task_info(self, item: WorkItem, agent: Agent, allocator: PoolAllocator) -> dict[str, Any]:
+        key = (agent.agent_id, item.model)
+        if key not in self.executors:
+            generation = self.executor_generation[key]
+            self.executors[key] = self.catalog.executor_info(item.model, agent, allocator, generation)
+        task_id = self.tracker.launched(item, agent.agent_id)
+        return self.catalog.task_info(item, task_id, agent, allocator, self.executors[key])
+
+    def _avoid(self, item: WorkItem, agent_id: str) -> bool:
+        """Retry elsewhere if possible: skip an agent this item failed on while others exist."""
+        if agent_id not in item.failed_agents or item.attempts >= self.tracker.max_retries:
+            return False
+        return bool(self.known_agents - set(item.failed_agents))
+
+    @callback
+    def offerRescinded(self, driver: Any, offer_id: Any) -> None:  # noqa: N802
+        log.info("offer %s rescinded (offers are never held, nothing to undo)", offer_id.get("value"))
+
+    # --- tasks ----------------------------------------------------------------------------
+    @callback
+    def statusUpdate(self, driver: Any, status: Any) -> None:  # noqa: N802
+        task_id = status["task_id"]["value"]
+        state = status.get("state", "")
+        reason = status.get("reason") or ""
+        with self.lock:
+            transition = self.tracker.on_update(task_id, state, status.get("message") or "", reason)
+            item = transition.item
+            if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
+                self._forget_executor(item.agent_id, item.model)
+        if transition.kind == "started" and state == "TASK_RUNNING" and self.first_running_at is None:
+            import time
+
+            self.first_running_at = time.monotonic()
+        if transition.kind == "finished":
+            self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
+        elif transition.kind == "retry":
+            log.warning("task %s: %s; will retry", task_id, transition.detail)
+            self._revive_if_needed(driver)
+        elif transition.kind == "gave_up":
+            self.events.put(SchedulerEvent("gave_up", item, detail=transition.detail))
+        elif transition.kind == "ignored":
+            log.debug(transition.detail)
+
+    @callback
+    def frameworkMessage(self, driver: Any, executor_id: Any, agent_id: Any, data: str) -> None:  # noqa: N802
+        log.debug("framework message from %s", executor_id.get("value"))
+
+    @callback
+    def slaveLost(self, driver: Any, agent_id: Any) -> None:  # noqa: N802
+        with self.lock:
+            for key in [k for k in self.executors if k[0] == agent_id["value"]]:
+                self._forget_executor(*key)
+        log.warning("agent %s lost; its tasks come back as TASK_LOST", agent_id["value"])
+
+    @callback
+    def executorLost(self, driver: Any, executor_id: Any, agent_id: Any, status: Any) -> None:  # noqa: N802
+        with self.lock:
+            for key, info in list(self.executors.items()):
+                if key[0] == agent_id["value"] and info["executor_id"]["value"] == executor_id["value"]:
+                    self._forget_executor(*key)
+        log.warning("executor %s on %s exited with status %s", executor_id["value"], agent_id["value"], status)
+
+    # --- main-thread API ------------------------------------------------------------------
+    def retry(self, driver: Any, item: WorkItem, description: str) -> None:
+        """The main thread rejected a finished result (corrupt data): run the item again."""
+        with self.lock:
+            item.state = ItemState.RUNNING
+            transition = self.tracker.attempt_failed(item, description)
+        if transition.kind == "gave_up":
+            self.events.put(SchedulerEvent("gave_up", item, detail=description))
+        else:
+            self._revive_if_needed(driver)
+
+    def cancel_model(self, driver: Any, model: str) -> None:
+        with self.lock:
+            running = self.tracker.cancel_model(model)
+        for item in running:
+            if item.task_id:
+                driver.killTask({"value": item.task_id})
+
+    def add_work(self, driver: Any, items: list[WorkItem]) -> None:
+        with self.lock:
+            self.tracker.add(items)
+        self._revive_if_needed(driver)
+
+    # --- helpers --------------------------------------------------------------------------
+    def _forget_executor(self, agent_id: str, model: str) -> None:
+        if self.executors.pop((agent_id, model), None) is not None:
+            self.executor_generation[(agent_id, model)] += 1
+
+    def _in_use(self) -> dict[str, bool]:
+        return {i.agent_id: True for i in self.tracker.active() if i.agent_id}
+
+    def _loaded_models(self) -> dict[str, frozenset[str]]:
+        loaded: dict[str, set[str]] = defaultdict(set)
+        for agent_id, model in self.executors:
+            loaded[agent_id].add(model)
+        return {a: frozenset(m) for a, m in loaded.items()}
+
+    def _running_tasks(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for item in self.tracker.active():
+            if item.agent_id:
+                counts[item.agent_id][item.model] += 1
+        return counts
+
+    def _suppress(self, driver: Any) -> None:
+        if not self.suppressed:
+            self.suppressed = True
+            driver.suppressOffers()
+
+    def _revive_if_needed(self, driver: Any) -> None:
+        with self.lock:
+            if not self.tracker.pending():
+                return
+            self.suppressed = False
+        driver.reviveOffers()
