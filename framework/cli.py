@@ -1,0 +1,118 @@
+"""The ``mesos-ensemble`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from framework.errors import FrameworkError
+
+DESCRIPTION = """\
+Deploy several scikit-learn models (joblib files) together on Apache Mesos, pack their tasks
+onto offers at the lowest cost, and integrate their predictions into one ensemble answer.
+
+subcommands:
+  run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
+                        Mesos cluster in-process, "host:port" or "zk://..." uses a real one
+  validate JOB.toml     check a job file, its models, data and compatibility without running it
+  train-demo OUTDIR     write the founding example (breast-cancer LinearRegression and
+                        LogisticRegression, a held-out test CSV and job.toml) into OUTDIR
+  local-cluster         start the embedded Mesos cluster on its own and print its master address
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mesos-ensemble", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run an ensemble job described by a TOML job file")
+    run.add_argument("job", type=Path, help="the job file (see README, 'Job file')")
+    run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
+    run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
+    run.add_argument("--quiet", action="store_true", help="print only the summary")
+
+    validate = commands.add_parser("validate", help="check a job file without running it")
+    validate.add_argument("job", type=Path)
+
+    demo = commands.add_parser("train-demo", help="write the founding example's models, data and job file")
+    demo.add_argument("out_dir", type=Path, metavar="OUTDIR")
+    demo.add_argument("--seed", type=int, default=0, help="train/test split seed (default 0)")
+
+    local = commands.add_parser("local-cluster", help="run the embedded Mesos cluster until interrupted")
+    try:
+        from framework.localmesos.cli import add_cli_arguments
+    except ImportError:  # pragma: no cover - the subpackage ships with the project
+        add_cli_arguments = None
+    if add_cli_arguments is not None:
+        add_cli_arguments(local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except FrameworkError as error:
+        print(f"mesos-ensemble: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mesos-ensemble: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from framework.job import JobRunner
+    from framework.jobspec import load_job
+
+    spec = load_job(args.job)
+    if args.master:
+        spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=args.master))
+    progress = (lambda message: None) if args.quiet else (lambda message: print(f"  {message}", flush=True))
+    print(f"mesos-ensemble: running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
+    outcome = JobRunner(spec, work_dir=args.work_dir, progress=progress).run()
+    print(f"wrote {outcome.rows} integrated predictions to {outcome.output}")
+    print(f"members used: {', '.join(outcome.members_used)}"
+          + (f"; missing: {', '.join(f'{k} ({v})' for k, v in outcome.members_missing.items())}" if outcome.members_missing else ""))
+    first = f"{outcome.time_to_first_running:.2f} s" if outcome.time_to_first_running is not None else "n/a"
+    print(f"{outcome.tasks} tasks ({outcome.task_attempts} attempts) on {outcome.agents_used} agent(s); "
+          f"wall {outcome.wall_seconds:.2f} s; first TASK_RUNNING after {first}")
+    if outcome.report_text:
+        print(outcome.report_text)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from framework.job import validate_job
+    from framework.jobspec import load_job
+
+    spec = load_job(args.job)
+    print(validate_job(spec))
+    return 0
+
+
+def cmd_train_demo(args: argparse.Namespace) -> int:
+    from framework.demo import train_demo
+
+    job = train_demo(args.out_dir, seed=args.seed)
+    print(f"wrote the founding example to {args.out_dir}; run it with: mesos-ensemble run {job}")
+    return 0
+
+
+def cmd_local_cluster(args: argparse.Namespace) -> int:
+    from framework.localmesos.cli import run_cli
+
+    return run_cli(args)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "train-demo": cmd_train_demo, "local-cluster": cmd_local_cluster}
+
+if __name__ == "__main__":
+    sys.exit(main())
