@@ -21,7 +21,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -199,13 +199,25 @@ def member_specs(spec: JobSpec, estimators: dict[str, Any]) -> list[ensemble.Mem
     ]
 
 
+DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
+
+
+def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal: str | None, secret: str | None) -> Any:
+    """The real driver: ``pymesos.MesosSchedulerDriver`` with addict callbacks."""
+    from pymesos import MesosSchedulerDriver
+
+    return MesosSchedulerDriver(scheduler, info, master, use_addict=True, principal=principal, secret=secret)
+
+
 class JobRunner:
     """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
 
-    def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None) -> None:
+    def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None,
+                 driver_factory: DriverFactory | None = None) -> None:
         self.spec = spec
         self.work_dir = work_dir
         self.progress = progress or (lambda message: None)
+        self.driver_factory = driver_factory or pymesos_driver
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -263,7 +275,7 @@ class JobRunner:
     # Pieces ------------------------------------------------------------------------------
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
         settings = self.spec.framework
-        if settings.master != "local":
+        if settings.master != "local" or self.driver_factory is not pymesos_driver:
             return settings.master, settings.executor_python or "python3"
         from framework.localmesos import AgentSpec, LocalCluster
 
@@ -304,12 +316,9 @@ class JobRunner:
     def _drive(self, scheduler: EnsembleScheduler, master: str, server: ArtifactServer,
                integrator: Any, stack: ExitStack) -> None:
         """Run the pymesos driver until every work item is settled; integrate as results arrive."""
-        from pymesos import MesosSchedulerDriver
-
         settings = self.spec.framework
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal)
-        driver = MesosSchedulerDriver(scheduler, info, master, use_addict=True,
-                                      principal=settings.principal, secret=settings.secret)
+        driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
         driver.start()
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.
         stack.callback(driver.join)

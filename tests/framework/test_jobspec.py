@@ -1,0 +1,88 @@
+"""Job files: a valid one parses; every kind of bad input names its file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framework.demo import train_demo
+from framework.errors import JobSpecError
+from framework.jobspec import load_job
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("demo")
+    train_demo(directory)
+    return directory
+
+
+def test_demo_job_parses(demo_dir: Path) -> None:
+    spec = load_job(demo_dir / "job.toml")
+    assert [m.name for m in spec.models] == ["linear", "logistic"]
+    assert spec.models[1].output == "predict_proba" and spec.models[1].proba_class == 1
+    assert spec.data.label == "target" and spec.data.rows_per_shard == 50
+    assert spec.framework.master == "local" and spec.framework.user  # current user by default
+    assert spec.output == (demo_dir / "predictions.csv").resolve()
+
+
+def variant(demo_dir: Path, tmp_path: Path, old: str, new: str) -> Path:
+    text = (demo_dir / "job.toml").read_text()
+    assert old in text, old
+    target = demo_dir / f"variant-{tmp_path.name}.toml"
+    target.write_text(text.replace(old, new, 1))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('kind = "regressor"', 'kind = "ranker"', r"models\[0\] \(linear\)\.kind must be one of regressor, classifier; got 'ranker'"),
+        ('path = "linear.joblib"', 'path = "missing.joblib"', r"models\[0\] \(linear\)\.path names 'missing.joblib', which is not a file"),
+        ('sha256 = "', 'sha256 = "0', r"models\[0\] \(linear\)\.sha256 must be 64 hex digits"),
+        ("rows_per_shard = 50", "rows_per_shard = 0", r"data\.rows_per_shard must be at least 1, got 0"),
+        ("rows_per_shard = 50", 'rows_per_shard = "50"', r"data\.rows_per_shard must be int, got '50'"),
+        ('integration = "mean"', 'integration = "average"', r"job\.integration must be one of mean, weighted_mean"),
+        ("cpus = 0.5", "cpus = -1", r"models\[0\] \(linear\)\.cpus must be a positive number, got -1"),
+        ('output = "predictions.csv"', 'output = "predictions.parquet"', r"job\.output must end in \.csv or \.npy"),
+        ("[framework]", "[framework]\nbogus = 1", r"framework\.bogus is not a known field"),
+        ('master = "local"', 'master = "http://m:5050"', r"framework\.master must be host:port"),
+        ('output = "predict_proba"', 'output = "predict_proba"\nconstraints = { spread_over = 0 }', r"constraints\.spread_over must be at least 1"),
+        ('name = "logistic"', 'name = "linear"', r"models has two models named 'linear'"),
+    ],
+)
+def test_bad_fields_are_named(demo_dir: Path, tmp_path: Path, old: str, new: str, message: str) -> None:
+    with pytest.raises(JobSpecError, match=message):
+        load_job(variant(demo_dir, tmp_path, old, new))
+
+
+def test_sha256_mismatch_names_the_file(demo_dir: Path, tmp_path: Path) -> None:
+    text = (demo_dir / "job.toml").read_text()
+    start = text.index('sha256 = "') + len('sha256 = "')
+    broken = text[:start] + "f" * 64 + text[start + 64:]
+    (demo_dir / "broken-sha.toml").write_text(broken)
+    with pytest.raises(JobSpecError, match=r"sha256 does not match linear\.joblib \(file has [0-9a-f]{64}\)"):
+        load_job(demo_dir / "broken-sha.toml")
+
+
+def test_malformed_toml(tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text("[job\nname = 1\n")
+    with pytest.raises(JobSpecError, match=r"job\.toml: not valid TOML"):
+        load_job(tmp_path / "job.toml")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(JobSpecError, match="job file not found"):
+        load_job(tmp_path / "nope.toml")
+
+
+def test_missing_sections(tmp_path: Path) -> None:
+    (tmp_path / "job.toml").write_text('[job]\nname = "x"\noutput = "o.csv"\n')
+    with pytest.raises(JobSpecError, match="models is required"):
+        load_job(tmp_path / "job.toml")
+
+
+def test_stacking_needs_its_table(demo_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(JobSpecError, match=r'job\.integration is "stacking", which needs a \[stacking\] table'):
+        load_job(variant(demo_dir, tmp_path, 'integration = "mean"', 'integration = "stacking"'))

@@ -1,0 +1,170 @@
+"""Test harness (Nomad-style): a fake pymesos ``SchedulerDriver`` and an in-process mock Mesos.
+
+``FakeDriver`` records every call the scheduler makes.  ``InProcessMesos`` extends it into a
+tiny mock master for whole-job tests: it registers the framework, offers the configured agents
+(honouring suppress/revive), and runs each launched task through the real executor runner on
+the task's real payload, answering with TASK_RUNNING and TASK_FINISHED (or TASK_FAILED).
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from addict import Dict
+
+from executor.main import build_result_data
+from executor.protocol import TaskPayload
+from executor.runner import ModelCache, TaskError, run_task
+from factories import make_offer, make_status
+
+
+@dataclass
+class FakeDriver:
+    """Records launches, declines, suppress/revive, kills, reconciliations and acknowledgements."""
+
+    scheduler: Any = None
+    launches: list[tuple[list[str], list[dict[str, Any]], dict[str, Any]]] = field(default_factory=list)
+    declines: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+    suppressed: int = 0
+    revived: int = 0
+    kills: list[str] = field(default_factory=list)
+    reconciles: list[list[Any]] = field(default_factory=list)
+    acks: list[Any] = field(default_factory=list)
+    stopped: bool = False
+
+    @staticmethod
+    def _ids(offer_ids: Any) -> list[str]:
+        ids = offer_ids if isinstance(offer_ids, list) else [offer_ids]
+        return [o["value"] for o in ids]
+
+    def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
+        self.launches.append((self._ids(offer_ids), tasks, dict(filters or {})))
+
+    def declineOffer(self, offer_ids: Any, filters: Any = None) -> None:  # noqa: N802
+        self.declines.append((self._ids(offer_ids), dict(filters or {})))
+
+    def suppressOffers(self, roles: Any = ()) -> None:  # noqa: N802
+        self.suppressed += 1
+
+    def reviveOffers(self, roles: Any = ()) -> None:  # noqa: N802
+        self.revived += 1
+
+    def killTask(self, task_id: Any) -> None:  # noqa: N802
+        self.kills.append(task_id["value"])
+
+    def reconcileTasks(self, tasks: list[Any]) -> None:  # noqa: N802
+        self.reconciles.append(tasks)
+
+    def acknowledgeStatusUpdate(self, status: Any) -> None:  # noqa: N802
+        self.acks.append(status)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, failover: bool = False) -> None:
+        self.stopped = True
+
+    def join(self) -> None:
+        pass
+
+
+FailureRule = Callable[[TaskPayload, str], str | None]
+"""(payload, agent id) -> a failure message to report instead of running the task, or None."""
+
+
+class InProcessMesos(FakeDriver):
+    """A mock master and agents in one thread: offers in, real executor-runner results out."""
+
+    def __init__(self, scheduler: Any, agents: list[dict[str, Any]], sandbox: Path,
+                 fail: FailureRule | None = None) -> None:
+        super().__init__(scheduler)
+        self.agents, self.sandbox, self.fail = agents, sandbox, fail
+        self.cache = ModelCache()
+        self._busy: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="in-process-mesos", daemon=True)
+        self._suppressed_now = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def factory(cls, agents: list[dict[str, Any]], sandbox: Path, fail: FailureRule | None = None) -> Callable[..., "InProcessMesos"]:
+        def build(scheduler: Any, info: dict[str, Any], master: str, principal: Any, secret: Any) -> InProcessMesos:
+            driver = cls(scheduler, agents, sandbox, fail)
+            build.last = driver  # type: ignore[attr-defined]
+            return driver
+        return build
+
+    def start(self) -> None:
+        self.scheduler.registered(self, Dict({"value": "F1"}), Dict({"hostname": "mock", "port": 5050}))
+        self._thread.start()
+
+    def stop(self, failover: bool = False) -> None:
+        self.stopped = True
+        self._wake.set()
+
+    def join(self) -> None:
+        self._thread.join(timeout=10)
+
+    def suppressOffers(self, roles: Any = ()) -> None:  # noqa: N802
+        super().suppressOffers(roles)
+        self._suppressed_now = True
+
+    def reviveOffers(self, roles: Any = ()) -> None:  # noqa: N802
+        super().reviveOffers(roles)
+        self._suppressed_now = False
+        self._wake.set()
+
+    def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
+        super().launchTasks(offer_ids, tasks, filters)
+        for task in tasks:
+            with self._lock:
+                self._busy[task["agent_id"]["value"]] = self._busy.get(task["agent_id"]["value"], 0) + 1
+            threading.Thread(target=self._run_task, args=(task,), daemon=True).start()
+
+    def _fetch(self, executor: dict[str, Any], agent: str) -> Path:
+        """Do the Mesos fetcher's job for the model URI: download it into the executor's sandbox."""
+        sandbox = self.sandbox / agent / executor["executor_id"]["value"]
+        with self._lock:
+            if not sandbox.is_dir():
+                sandbox.mkdir(parents=True)
+                for uri in executor["command"]["uris"]:
+                    if not uri.get("extract"):
+                        with urllib.request.urlopen(uri["value"], timeout=30) as response:
+                            (sandbox / uri["output_file"]).write_bytes(response.read())
+        return sandbox
+
+    def _loop(self) -> None:
+        while not self.stopped:
+            with self._lock:
+                idle = [a for a in self.agents if not self._busy.get(a["agent"])]
+            if not self._suppressed_now and idle:
+                self.scheduler.resourceOffers(self, [make_offer(**a) for a in idle])
+            self._wake.wait(timeout=0.05)
+            self._wake.clear()
+
+    def _run_task(self, task: dict[str, Any]) -> None:
+        task_id, agent = task["task_id"]["value"], task["agent_id"]["value"]
+        payload = TaskPayload.from_json(base64.b64decode(task["data"]))
+        self.scheduler.statusUpdate(self, make_status(task_id, "TASK_RUNNING", agent))
+        failure = self.fail(payload, agent) if self.fail else None
+        if failure is None:
+            try:
+                sandbox = self._fetch(task["executor"], agent)
+                output = run_task(payload, sandbox, self.cache)
+                data = base64.b64encode(build_result_data(payload, output)).decode()
+                update = make_status(task_id, "TASK_FINISHED", agent, data=data)
+            except TaskError as error:
+                update = make_status(task_id, "TASK_FAILED", agent, message=str(error))
+        else:
+            update = make_status(task_id, "TASK_FAILED", agent, message=failure)
+        time.sleep(0.001)
+        with self._lock:
+            self._busy[agent] -= 1
+        self.scheduler.statusUpdate(self, update)
+        self._wake.set()
