@@ -209,6 +209,31 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
     return MesosSchedulerDriver(scheduler, info, master, use_addict=True, principal=principal, secret=secret)
 
 
+def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec]]:
+    """Load the data and the models and check, before anything launches, that they fit together."""
+    import sklearn
+
+    dataset = load_dataset(spec.data)
+    loaded = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
+    estimators = {name: estimator for name, (estimator, _version) in loaded.items()}
+    members = member_specs(spec, estimators)
+    ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
+                                 recorded_versions={name: version for name, (_e, version) in loaded.items()})
+    return dataset, members
+
+
+def validate_job(spec: JobSpec) -> str:
+    """Check everything ``run`` would check before launching; return a short description."""
+    dataset, members = prepare(spec)
+    shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
+    lines = [f"{spec.source}: OK",
+             f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
+             f"  integration: {spec.integration}; output: {spec.output}"]
+    lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}" for m in members]
+    return "\n".join(lines)
+
+
 class JobRunner:
     """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
 
@@ -223,16 +248,7 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
-        dataset = load_dataset(spec.data)
-        estimators = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
-        members = member_specs(spec, {n: e for n, (e, _v) in estimators.items()})
-        import sklearn
-
-        ensemble.check_compatibility(
-            {n: e for n, (e, _v) in estimators.items()}, members, dataset.feature_names,
-            spec.integration, sklearn.__version__,
-            recorded_versions={n: v for n, (_e, v) in estimators.items()},
-        )
+        dataset, members = prepare(spec)
         with ExitStack() as stack:
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="mesos-ensemble-"))
             if self.work_dir is None:

@@ -1,0 +1,125 @@
+"""End-to-end benchmark: one ensemble job through mesos-ensemble on the embedded cluster, side by
+side with joblib.Parallel over the same members and shards in one process pool, and with plain
+sequential scikit-learn.  Prints wall times and ratios.
+
+    .venv/bin/python bench/end_to_end_bench.py [--rows 1000000] [--shard-rows 125000]
+
+Members: a random forest, a gradient-boosting model, a logistic regression and an extra-trees
+model (compute-heavy ones included), trained on a small labelled sample of a generated
+classification problem, then asked for predict_proba on ``--rows`` generated rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framework.job import JobRunner  # noqa: E402
+from framework.jobspec import load_job  # noqa: E402
+
+
+def make_members(x: np.ndarray, y: np.ndarray) -> dict[str, object]:
+    return {
+        "forest": RandomForestClassifier(n_estimators=60, max_depth=12, random_state=0, n_jobs=1).fit(x, y),
+        "boosting": HistGradientBoostingClassifier(max_iter=150, random_state=0).fit(x, y),
+        "logistic": LogisticRegression(max_iter=2000).fit(x, y),
+        "extra": ExtraTreesClassifier(n_estimators=60, max_depth=12, random_state=0, n_jobs=1).fit(x, y),
+    }
+
+
+def predict_shard(model: object, shard: np.ndarray) -> np.ndarray:
+    return model.predict_proba(shard)  # type: ignore[attr-defined]
+
+
+def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
+    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
+
+
+def job_file(directory: Path, members: dict[str, Path], data: Path, shard_rows: int, cpus: float) -> Path:
+    lines = ["[job]", 'name = "bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
+             "[data]", f'path = "{data.name}"', f"rows_per_shard = {shard_rows}", ""]
+    for name, path in members.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
+                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512", ""]
+    lines += ["[local_cluster]", f"agents = [{{ hostname = \"bench-agent\", cpus = {os.cpu_count()}, mem = 16384 }}]"]
+    path = directory / "bench.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--shard-rows", type=int, default=125_000)
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+
+    x_all, y_all = make_classification(n_samples=args.rows + 20_000, n_features=args.features, n_informative=10,
+                                       random_state=0)
+    x_train, y_train, x = x_all[:20_000], y_all[:20_000], x_all[20_000:]
+    members = make_members(x_train, y_train)
+    shards = [x[i:i + args.shard_rows] for i in range(0, len(x), args.shard_rows)]
+    tasks = len(members) * len(shards)
+    print(f"{args.rows:,} rows x {args.features} features, {len(members)} members x {len(shards)} shards = {tasks} tasks, "
+          f"{args.workers} cores")
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        directory = Path(tmp)
+        paths = {}
+        for name, model in members.items():
+            paths[name] = directory / f"{name}.joblib"
+            joblib.dump(model, paths[name])
+        np.save(directory / "data.npy", x)
+
+        start = time.perf_counter()
+        sequential = soft_vote([np.concatenate([predict_shard(m, s) for s in shards]) for m in members.values()])
+        t_sequential = time.perf_counter() - start
+
+        start = time.perf_counter()
+        loaded = [joblib.load(p) for p in paths.values()]
+        parts = joblib.Parallel(n_jobs=args.workers)(
+            joblib.delayed(predict_shard)(m, s) for m in loaded for s in shards
+        )
+        per_member = [np.concatenate(parts[i * len(shards):(i + 1) * len(shards)]) for i in range(len(members))]
+        parallel = soft_vote(per_member)
+        t_joblib = time.perf_counter() - start
+
+        spec = load_job(job_file(directory, paths, directory / "data.npy", args.shard_rows, cpus=1.0))
+        start = time.perf_counter()
+        outcome = JobRunner(spec).run()
+        t_mesos = time.perf_counter() - start
+        ensemble = np.load(outcome.output)
+
+    assert np.array_equal(parallel, sequential), "joblib and sequential disagree"
+    labels = np.asarray(members["forest"].classes_)[sequential]  # type: ignore[attr-defined]
+    identical = np.array_equal(np.asarray(ensemble).reshape(-1)[: len(labels)], labels) if ensemble.ndim == 1 else None
+    print(f"{'run':<34}{'wall s':>9}{'ratio':>8}")
+    print(f"{'sequential scikit-learn':<34}{t_sequential:>9.2f}{t_sequential / t_joblib:>8.2f}")
+    print(f"{'joblib.Parallel (' + str(args.workers) + ' workers)':<34}{t_joblib:>9.2f}{1.0:>8.2f}")
+    print(f"{'mesos-ensemble (local cluster)':<34}{t_mesos:>9.2f}{t_mesos / t_joblib:>8.2f}")
+    print(f"mesos-ensemble / joblib = {t_mesos / t_joblib:.2f}x; / sequential = {t_mesos / t_sequential:.2f}x")
+    first = outcome.time_to_first_running
+    print(f"time from run to first TASK_RUNNING: {first:.2f} s" if first is not None else "first TASK_RUNNING: n/a")
+    print(f"per-task overhead vs joblib: {(t_mesos - t_joblib) / tasks * 1000:.0f} ms over {tasks} tasks "
+          f"({outcome.task_attempts} attempts, {outcome.agents_used} agent(s))")
+    if identical is not None:
+        print(f"ensemble labels identical to in-process soft vote: {identical}")
+
+
+if __name__ == "__main__":
+    main()
