@@ -244,7 +244,10 @@ class EnsembleScheduler:
             self.executor_generation[(agent_id, model)] += 1
 
     def _in_use(self) -> dict[str, bool]:
-        return {i.agent_id: True for i in self.tracker.active() if i.agent_id}
+        """Agents the job already pays for: running our tasks or holding our executors."""
+        in_use = {i.agent_id: True for i in self.tracker.active() if i.agent_id}
+        in_use.update({agent_id: True for agent_id, _model in self.executors})
+        return in_use
 
     def _loaded_models(self) -> dict[str, frozenset[str]]:
         loaded: dict[str, set[str]] = defaultdict(set)

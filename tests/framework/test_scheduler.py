@@ -1,0 +1,125 @@
+"""The pymesos Scheduler subclass, driven step by step with the fake driver (no threads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from factories import make_offer, make_status
+from framework.artifacts import ArtifactServer
+from framework.dataset import load_dataset, write_shards
+from framework.demo import train_demo
+from framework.job import JobCatalog
+from framework.jobspec import load_job
+from framework.packing import CostModel, PackingOptions, PriceTable
+from framework.scheduler import EnsembleScheduler, OfferPolicy
+from framework.tasks import ItemState, Tracker, WorkItem
+from harness import FakeDriver
+
+
+@pytest.fixture()
+def scheduler(tmp_path: Path) -> Iterator[EnsembleScheduler]:
+    spec = load_job(train_demo(tmp_path / "demo"))
+    server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
+    data = load_dataset(spec.data)
+    shards = {"data": write_shards(data.features[:100], 50, tmp_path / "shards")}  # 2 shards
+    catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
+    items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
+    yield EnsembleScheduler(Tracker(items, max_retries=1), catalog, PriceTable(), CostModel(), PackingOptions(),
+                            OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0))
+    server.stop()
+
+
+def launched_task_ids(driver: FakeDriver) -> list[str]:
+    return [t["task_id"]["value"] for _ids, tasks, _f in driver.launches for t in tasks]
+
+
+def test_offers_of_one_agent_accepted_in_one_call(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=1, mem=1024), make_offer("a1", cpus=1, mem=1024)])
+    assert len(driver.launches) == 1
+    offer_ids, tasks, filters = driver.launches[0]
+    assert len(offer_ids) == 2 and len(tasks) == 4 and filters == {"refuse_seconds": 5.0}
+    assert driver.suppressed == 1  # nothing left pending
+    # Resources never exceed what the two offers hold together.
+    used = sum(r["scalar"]["value"] for t in tasks for r in t["resources"] + t["executor"]["resources"] if r["name"] == "cpus")
+    assert used <= 2.0 + 1e-9
+
+
+def test_executor_shared_by_tasks_of_a_model_on_an_agent(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    tasks = driver.launches[0][1]
+    by_model: dict[str, set[str]] = {}
+    for task in tasks:
+        by_model.setdefault(task["name"].split()[0], set()).add(str(task["executor"]))
+    assert {k: len(v) for k, v in by_model.items()} == {"linear": 1, "logistic": 1}
+
+
+def test_unneeded_and_never_fitting_offers_declined_by_reason(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    tiny = make_offer("tiny", cpus=0.05, mem=16)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096), tiny, make_offer("a2", cpus=4, mem=4096)])
+    declined = dict((ids[0], f["refuse_seconds"]) for ids, f in driver.declines)
+    assert declined[tiny["id"]["value"]] == 300.0  # can never hold any task: decline for long
+    assert len(driver.launches) == 1  # one agent suffices for the 4 small tasks
+    assert sorted(declined.values()) == [5.0, 300.0]
+
+
+def test_nothing_pending_declines_and_suppresses(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1")])
+    scheduler.resourceOffers(driver, [make_offer("a1")])
+    assert len(driver.launches) == 1 and len(driver.declines) == 1 and driver.suppressed == 1
+
+
+def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    first = launched_task_ids(driver)[0]
+    scheduler.statusUpdate(driver, make_status(first, "TASK_FAILED", "a1", message="boom"))
+    assert driver.revived == 1
+    # The retry avoids a1 while another agent is known.
+    scheduler.known_agents.add("a2")
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    assert first.replace(".a1", ".a2") not in launched_task_ids(driver)
+    scheduler.resourceOffers(driver, [make_offer("a2", cpus=4, mem=4096)])
+    second = first.replace(".a1", ".a2")
+    assert second in launched_task_ids(driver)
+    scheduler.statusUpdate(driver, make_status(second, "TASK_LOST", "a2", reason="REASON_AGENT_REMOVED"))
+    event = scheduler.events.get_nowait()
+    assert event.kind == "gave_up" and event.item is not None and event.item.state is ItemState.FAILED
+
+
+def test_finished_update_hands_data_to_main_thread(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    task_id = launched_task_ids(driver)[0]
+    scheduler.statusUpdate(driver, make_status(task_id, "TASK_RUNNING", "a1"))
+    scheduler.statusUpdate(driver, make_status(task_id, "TASK_FINISHED", "a1", data="ZGF0YQ=="))
+    event = scheduler.events.get_nowait()
+    assert (event.kind, event.data) == ("finished", "ZGF0YQ==")
+
+
+def test_callback_errors_never_reach_the_driver(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    broken = make_offer("a1")
+    del broken["agent_id"]  # addict yields an empty Dict: the adapter fails on it
+    scheduler.resourceOffers(driver, [broken])  # must not raise
+    event = scheduler.events.get_nowait()
+    assert event.kind == "fatal" and "resourceOffers" in event.detail
+
+
+def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    task = driver.launches[0][1][0]
+    scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FAILED", "a1",
+                                               reason="REASON_EXECUTOR_TERMINATED", message="Executor terminated"))
+    model = task["name"].split()[0]
+    assert ("a1", model) not in scheduler.executors
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    relaunched = driver.launches[-1][1][0]
+    assert relaunched["executor"]["executor_id"]["value"] == f"{model}.g1"
