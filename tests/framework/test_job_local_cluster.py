@@ -1,0 +1,86 @@
+"""Whole jobs through the real pymesos drivers, real executor processes and real HTTP, on the
+embedded local Mesos cluster; outputs checked against scikit-learn computed directly."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from framework.demo import train_demo
+from framework.errors import JobFailed
+from framework.job import JobRunner
+from framework.jobspec import load_job
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def executor_processes() -> list[str]:
+    """Command lines of live ``python -m executor`` processes (there must be none after a job)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "-m executor" in command:
+                found.append(f"{entry.name}: {command}")
+    return found
+
+
+@pytest.fixture()
+def demo(tmp_path: Path) -> Path:
+    return train_demo(tmp_path / "demo")
+
+
+def read_predictions(path: Path) -> np.ndarray:
+    with path.open() as handle:
+        rows = list(csv.reader(handle))
+    return np.array(rows[1:], dtype=float)[:, 0]
+
+
+def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path) -> None:
+    outcome = JobRunner(load_job(demo), work_dir=tmp_path / "work").run()
+    with (demo.parent / "test.csv").open() as handle:
+        rows = np.array(list(csv.reader(handle))[1:], dtype=float)
+    features = rows[:, :-1]
+    expected = np.mean(np.stack([joblib.load(demo.parent / "linear.joblib").predict(features),
+                                 joblib.load(demo.parent / "logistic.joblib").predict_proba(features)[:, 1]]), axis=0)
+    np.testing.assert_allclose(read_predictions(outcome.output), expected, rtol=0, atol=1e-12)
+    assert outcome.time_to_first_running is not None
+    assert executor_processes() == []
+
+
+def test_demo_command_end_to_end(demo: Path) -> None:
+    """The README's main job, as a user runs it: the console command, real processes, exit 0."""
+    result = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(demo)], capture_output=True, text=True,
+                            timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "wrote 171 integrated predictions" in result.stdout
+    assert (demo.parent / "predictions.csv").is_file() and (demo.parent / "report.json").is_file()
+    assert executor_processes() == []
+
+
+def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model corrupted after validation: executors report TASK_FAILED, the job fails with the reason."""
+    from framework import job as job_module
+
+    real_prepare = job_module.prepare
+
+    def prepare_then_corrupt(spec):  # noqa: ANN001, ANN202
+        result = real_prepare(spec)
+        spec.models[0].path.write_bytes(spec.models[0].path.read_bytes()[:-10] + b"0123456789")
+        return result
+
+    monkeypatch.setattr(job_module, "prepare", prepare_then_corrupt)
+    with pytest.raises(JobFailed, match=r"model linear failed .*sha256 mismatch"):
+        JobRunner(load_job(demo), work_dir=tmp_path / "work").run()
+    assert not (demo.parent / "predictions.csv").exists()
+    assert executor_processes() == []
