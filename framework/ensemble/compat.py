@@ -1,0 +1,217 @@
+"""Checks, before anything launches, that the members, their specs and the data fit together.
+
+What :func:`check_compatibility` enforces (every problem is collected; one
+:class:`EnsembleCompatibilityError` lists them all, each naming the member):
+
+* the method is known; member names are unique;
+* ``kind`` matches the estimator (``is_classifier`` / ``is_regressor``);
+* the requested ``output`` method exists on the estimator (``getattr`` is not None, so
+  ``SVC(probability=False).predict_proba`` and ``LinearRegression.predict_proba`` fail);
+* ``n_features_in_`` equals the number of data columns; ``feature_names_in_`` equals the data's
+  column names in the same order (missing, unexpected and reordered names are reported);
+* ``MemberSpec.classes`` (if given) equals the estimator's ``classes_``;
+* the scikit-learn version recorded in the member's pickle equals the executors' version;
+* per method:
+  - ``mean``/``weighted_mean``/``median``: a ``predict_proba`` member (or 2-column+
+    ``decision_function``) names a ``proba_class`` among its classes; a classifier whose
+    ``predict`` enters has numeric labels;
+  - ``hard_vote``: classifiers with ``output="predict"`` and the *same set* of classes;
+  - ``soft_vote``: classifiers with ``output="predict_proba"`` whose labels share one type
+    (numeric, bool or string); class order and subsets may differ (aligned by label);
+  - ``stacking``: classifiers/regressors offering their output (the stacked method).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from typing import Any, Mapping, Sequence
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator, is_classifier, is_regressor
+from sklearn.exceptions import InconsistentVersionWarning
+
+from framework.ensemble.combiners import METHODS, class_index
+from framework.ensemble.specs import EnsembleCompatibilityError, MemberSpec, label_array, label_kind
+
+_RECORDED: "weakref.WeakKeyDictionary[Any, str | None]" = weakref.WeakKeyDictionary()
+
+
+def loaded_sklearn_version(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """Load a joblib file and return ``(estimator, version recorded in its pickle)``.
+
+    scikit-learn pops ``_sklearn_version`` while unpickling and warns
+    (``InconsistentVersionWarning``) only when it differs from the running version, so the
+    version is the warning's ``original_sklearn_version`` (the outermost estimator's, the last
+    warning), else ``_sklearn_version`` left in the state of a non-sklearn subclass, else the
+    running version for a scikit-learn estimator, else None.
+    """
+    import sklearn
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        estimator = joblib.load(path)
+    versions = [w.message.original_sklearn_version for w in caught
+                if isinstance(w.message, InconsistentVersionWarning)]
+    for w in caught:
+        if not isinstance(w.message, InconsistentVersionWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    version: str | None
+    if versions:
+        version = versions[-1]
+    elif isinstance(getattr(estimator, "_sklearn_version", None), str):
+        version = estimator._sklearn_version
+    elif isinstance(estimator, BaseEstimator):
+        version = sklearn.__version__
+    else:
+        version = None
+    try:
+        _RECORDED[estimator] = version
+    except TypeError:
+        pass
+    return estimator, version
+
+
+def recorded_version(estimator: Any) -> str | None:
+    """Version noted by :func:`loaded_sklearn_version`, else the best guess for an in-memory estimator."""
+    import sklearn
+
+    try:
+        if estimator in _RECORDED:
+            return _RECORDED[estimator]
+    except TypeError:
+        pass
+    if isinstance(getattr(estimator, "_sklearn_version", None), str):
+        return estimator._sklearn_version
+    return sklearn.__version__ if isinstance(estimator, BaseEstimator) else None
+
+
+def feature_problems(name: str, estimator: Any, feature_names: Sequence[str]) -> list[str]:
+    """Problems with the data's columns for one member."""
+    problems = []
+    n_in = getattr(estimator, "n_features_in_", None)
+    if n_in is not None and int(n_in) != len(feature_names):
+        problems.append(f"model {name}: expects {int(n_in)} features (n_features_in_) but the data has "
+                        f"{len(feature_names)} columns")
+    fitted = getattr(estimator, "feature_names_in_", None)
+    if fitted is not None:
+        fitted, given = [str(f) for f in fitted], [str(f) for f in feature_names]
+        if fitted != given:
+            missing = [f for f in fitted if f not in given]
+            extra = [f for f in given if f not in fitted]
+            detail = []
+            if missing:
+                detail.append(f"missing columns {missing[:10]}")
+            if extra:
+                detail.append(f"unexpected columns {extra[:10]}")
+            if not missing and not extra:
+                detail.append("same columns in a different order")
+            problems.append(f"model {name}: feature names differ from feature_names_in_: {'; '.join(detail)}")
+    return problems
+
+
+def member_problems(spec: MemberSpec, estimator: Any, executor_version: str, recorded: str | None) -> list[str]:
+    """Kind, output method, classes and version problems of one member."""
+    name, problems = spec.name, []
+    if spec.kind == "classifier" and not is_classifier(estimator):
+        problems.append(f"model {name}: declared a classifier but {type(estimator).__name__} is not one")
+    if spec.kind == "regressor" and not is_regressor(estimator):
+        problems.append(f"model {name}: declared a regressor but {type(estimator).__name__} is not one")
+    if spec.kind not in ("classifier", "regressor"):
+        problems.append(f"model {name}: kind {spec.kind!r} is neither classifier nor regressor")
+    if spec.output not in ("predict", "predict_proba", "decision_function"):
+        problems.append(f"model {name}: unknown output {spec.output!r}")
+    elif getattr(estimator, spec.output, None) is None:
+        problems.append(f"model {name}: {type(estimator).__name__} offers no {spec.output}"
+                        + (" (e.g. SVC needs probability=True)" if spec.output == "predict_proba" else ""))
+    own = getattr(estimator, "classes_", None)
+    if spec.classes is not None and own is not None and [str(c) for c in spec.classes] != [str(c) for c in own]:
+        problems.append(f"model {name}: spec classes {list(spec.classes)} differ from the estimator's classes_ "
+                        f"{list(own)}")
+    if recorded is None:
+        problems.append(f"model {name}: no scikit-learn version recorded in its pickle; executors run "
+                        f"{executor_version}")
+    elif recorded != executor_version:
+        problems.append(f"model {name}: pickled with scikit-learn {recorded} but the executors run "
+                        f"{executor_version}")
+    return problems
+
+
+def _classes(spec: MemberSpec, estimator: Any) -> np.ndarray | None:
+    classes = spec.classes if spec.classes is not None else getattr(estimator, "classes_", None)
+    return None if classes is None else label_array(classes)
+
+
+def method_problems(method: str, members: Sequence[MemberSpec], estimators: Mapping[str, Any]) -> list[str]:
+    """Problems specific to the integration method."""
+    problems = []
+    classes = {m.name: _classes(m, estimators.get(m.name)) for m in members}
+    if method in ("mean", "weighted_mean", "median"):
+        for m in members:
+            c = classes[m.name]
+            if m.output == "predict_proba" or (m.output == "decision_function" and c is not None and len(c) > 2):
+                if m.proba_class is None:
+                    problems.append(f"model {m.name}: {method} of {m.output} needs proba_class (which class's column)")
+                elif c is None:
+                    problems.append(f"model {m.name}: no classes to locate proba_class {m.proba_class!r}")
+                else:
+                    try:
+                        class_index(list(c), m.proba_class, m.name)
+                    except ValueError as exc:
+                        problems.append(f"model {m.name}: {exc}".replace(f"member {m.name}: ", ""))
+            if m.output == "predict" and m.kind == "classifier" and c is not None and label_kind(c) == "string":
+                problems.append(f"model {m.name}: {method} cannot average its string labels; use proba_class")
+    if method in ("hard_vote", "soft_vote"):
+        wanted = "predict" if method == "hard_vote" else "predict_proba"
+        for m in members:
+            if m.kind != "classifier":
+                problems.append(f"model {m.name}: {method} needs classifiers, it is a {m.kind}")
+            if m.output != wanted:
+                problems.append(f"model {m.name}: {method} needs output {wanted}, not {m.output}")
+            if classes[m.name] is None:
+                problems.append(f"model {m.name}: {method} needs its classes (classes_)")
+        known = {n: c for n, c in classes.items() if c is not None}
+        kinds = {n: label_kind(c) for n, c in known.items()}
+        if len(set(kinds.values())) > 1:
+            problems.append(f"{method}: members' labels are of different types: "
+                            + ", ".join(f"{n}: {k}" for n, k in kinds.items()))
+        elif method == "hard_vote" and len({tuple(np.unique(c).tolist()) for c in known.values()}) > 1:
+            problems.append(f"hard_vote: members predict different class sets: "
+                            + "; ".join(f"{n}: {np.unique(c).tolist()}" for n, c in known.items()))
+    return problems
+
+
+def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberSpec], feature_names: Sequence[str],
+                        method: str, executor_sklearn_version: str,
+                        recorded_versions: Mapping[str, str | None] | None = None) -> None:
+    """Raise :class:`EnsembleCompatibilityError` listing every incompatibility (see module doc).
+
+    Parameters
+    ----------
+    estimators : mapping
+        Member name -> loaded estimator.
+    recorded_versions : mapping, optional
+        Member name -> version from :func:`loaded_sklearn_version`; otherwise looked up for
+        estimators loaded by it, else assumed to be this process's version.
+    """
+    problems: list[str] = []
+    if method not in METHODS:
+        problems.append(f"unknown integration method {method!r}; expected one of {', '.join(METHODS)}")
+    names = [m.name for m in members]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"duplicate member names: {dupes}")
+    for spec in members:
+        if spec.name not in estimators:
+            problems.append(f"model {spec.name}: no loaded estimator")
+            continue
+        est = estimators[spec.name]
+        version = (recorded_versions[spec.name] if recorded_versions is not None and spec.name in recorded_versions
+                   else recorded_version(est))
+        problems += feature_problems(spec.name, est, feature_names)
+        problems += member_problems(spec, est, executor_sklearn_version, version)
+    problems += method_problems(method, members, estimators)
+    if problems:
+        raise EnsembleCompatibilityError(problems)
