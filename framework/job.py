@@ -8,6 +8,7 @@ pymesos IO thread only reports through ``EnsembleScheduler.events``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import math
@@ -26,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 import executor as executor_package
-from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, npy_to_array, sha256_hex
+from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, array_to_npy, npy_to_array, sha256_hex
 from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.dataset import Dataset, Shard, load_dataset, write_atomic, write_shards
@@ -119,6 +120,13 @@ class JobCatalog:
             for kind, shard_list in shards.items() for s in shard_list
         }
 
+    def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
+                     methods: dict[str, str]) -> None:
+        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
+        self.shards["train"] = shards
+        self.shard_urls.update({("train", s.index): self.server.publish(f"train-{s.index:05d}.npy", s.path) for s in shards})
+        self.labels, self.folds, self.methods = labels, folds, methods
+
     def demand(self, item: WorkItem) -> TaskDemand:
         model = self.spec.model(item.model)
         return TaskDemand(
@@ -187,6 +195,14 @@ def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) ->
     if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
         raise ValueError(f"result of {task_id} failed its sha256/size check")
     return npy_to_array(npy)
+
+
+def final_estimator_for(name: str, kind: str) -> Any:
+    """The stacking final estimator named in the job file (``auto``: scikit-learn's default)."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
+
+    choices = {"logistic_regression": LogisticRegression, "ridge": RidgeCV, "linear_regression": LinearRegression}
+    return None if name == "auto" else choices[name]()
 
 
 def member_specs(spec: JobSpec, estimators: dict[str, Any]) -> list[ensemble.MemberSpec]:
@@ -261,25 +277,40 @@ class JobRunner:
             shards = {"data": write_shards(dataset.features, spec.data.rows_per_shard, work_dir / "shards")}
             package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url)
-            combiner = ensemble.make_combiner(spec.integration, members)
-            evaluation_dir = work_dir / "member-outputs" if dataset.labels is not None else None
+            tracker = Tracker([], spec.framework.max_retries)
+            scheduler = self._scheduler(tracker, catalog)
+            self.run_started = time.monotonic()
+            driver = self._start_driver(scheduler, master, stack)
+            self.progress(f"framework subscribed to {master}")
+
+            if spec.stacking is not None and spec.integration == "stacking":
+                members, combiner = self._fit_stacking(scheduler, driver, server, catalog, members, work_dir)
+            else:
+                combiner = ensemble.make_combiner(spec.integration, members)
+
+            evaluation_dir = work_dir / "member-outputs"
             integrator = ensemble.StreamingIntegrator(
                 combiner, members, [s.rows for s in shards["data"]], spec.output,
                 min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir,
             )
+            stack.enter_context(integrator)
+            if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:
+                for shard in shards["data"]:
+                    integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
             items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
-            tracker = Tracker(items, spec.framework.max_retries)
-            scheduler = self._scheduler(tracker, catalog)
-            self.progress(f"{len(items)} tasks ({len(spec.models)} models x {len(shards['data'])} shards) on {master}")
-            run_started = time.monotonic()
-            self._drive(scheduler, master, server, integrator, stack)
+            self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shards['data'])} shards)")
+            scheduler.add_work(driver, items)
+            self._drive(scheduler, driver, server,
+                        on_result=lambda item, output: integrator.add(item.model, item.shard, output),
+                        on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            all_items = list(tracker.items.values())
             outcome = JobOutcome(
                 output=result.output_path, rows=result.rows, members_used=tuple(result.members_used),
                 members_missing=dict(result.members_missing), wall_seconds=time.monotonic() - started,
-                time_to_first_running=(scheduler.first_running_at - run_started) if scheduler.first_running_at else None,
-                tasks=len(items), task_attempts=sum(i.attempts for i in tracker.items.values()),
-                agents_used=len({i.agent_id for i in tracker.items.values() if i.agent_id}),
+                time_to_first_running=(scheduler.first_running_at - self.run_started) if scheduler.first_running_at else None,
+                tasks=len(all_items), task_attempts=sum(i.attempts for i in all_items),
+                agents_used=len({i.agent_id for i in all_items if i.agent_id}),
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)
@@ -287,6 +318,46 @@ class JobRunner:
                 if spec.report is not None:
                     ensemble.write_report_json(outcome.report, spec.report)
             return outcome
+
+    def _fit_stacking(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, catalog: JobCatalog,
+                      members: list[ensemble.MemberSpec], work_dir: Path) -> tuple[list[ensemble.MemberSpec], Any]:
+        """Stacking, phase 1: the members' cross-validation fits run as Mesos tasks; then the final
+        estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does)."""
+        stacking = self.spec.stacking
+        assert stacking is not None
+        train = load_dataset(stacking.train)
+        kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
+        plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
+        estimators = {m.name: ensemble.loaded_sklearn_version(m.path)[0] for m in self.spec.models}
+        methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)
+                   for name, est in estimators.items()}
+        train_shards = write_shards(train.features, train.features.shape[0], work_dir / "train", prefix="train")
+        labels_path = work_dir / "train" / "labels.npy"
+        write_atomic(labels_path, array_to_npy(np.asarray(plan.y_fit)))
+        catalog.add_training(train_shards, RemoteFile(server.publish("labels.npy", labels_path),
+                                                      sha256_hex(labels_path.read_bytes())),
+                             [(tr.tolist(), te.tolist()) for tr, te in plan.folds], methods)
+        items = [WorkItem(f"{m.name}.fold{k}", m.name, 0, operation="cv_fit_predict", fold=k)
+                 for m in self.spec.models for k in range(len(plan.folds))]
+        fold_outputs: dict[tuple[str, int], np.ndarray] = {}
+        self.progress(f"stacking: {len(items)} cross-validation tasks ({len(members)} models x {len(plan.folds)} folds)")
+        scheduler.add_work(driver, items)
+        self._drive(scheduler, driver, server,
+                    on_result=lambda item, output: fold_outputs.__setitem__((item.model, item.fold or 0), output),
+                    on_member_failed=None)
+        names = [m.name for m in self.spec.models]
+        out_of_fold = [ensemble.assemble_out_of_fold([fold_outputs[(n, k)] for k in range(len(plan.folds))],
+                                                     plan, methods[n]) for n in names]
+        n_classes = None if plan.classes is None else len(plan.classes)
+        meta = ensemble.stack_features(out_of_fold, [methods[n] for n in names], n_classes,
+                                       train.features if stacking.passthrough else None)
+        final = ensemble.fit_final_estimator(meta, plan, kind, final_estimator_for(stacking.final_estimator, kind))
+        fitted = ensemble.FittedStacking(kind=kind, members=tuple(names), stack_methods=tuple(methods[n] for n in names),
+                                         classes=plan.classes, passthrough=stacking.passthrough, final_estimator=final)
+        if stacking.save_to is not None:
+            ensemble.save_stacking(fitted, stacking.save_to)
+        stacked_members = [dataclasses.replace(m, output=methods[m.name]) for m in members]
+        return stacked_members, ensemble.make_combiner("stacking", stacked_members, model=fitted)
 
     # Pieces ------------------------------------------------------------------------------
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
@@ -329,9 +400,7 @@ class JobRunner:
             OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
         )
 
-    def _drive(self, scheduler: EnsembleScheduler, master: str, server: ArtifactServer,
-               integrator: Any, stack: ExitStack) -> None:
-        """Run the pymesos driver until every work item is settled; integrate as results arrive."""
+    def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
         settings = self.spec.framework
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal)
         driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
@@ -339,7 +408,14 @@ class JobRunner:
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.
         stack.callback(driver.join)
         stack.callback(driver.stop)
-        deadline = time.monotonic() + settings.timeout_seconds
+        return driver
+
+    def _drive(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
+               on_result: Callable[[WorkItem, np.ndarray], None],
+               on_member_failed: Callable[[str, str], None] | None) -> None:
+        """Wait until every work item is settled, handing each result to ``on_result`` as it arrives."""
+        settings = self.spec.framework
+        deadline = self.run_started + settings.timeout_seconds
         tracker = scheduler.tracker
         while True:
             with scheduler.lock:
@@ -351,10 +427,11 @@ class JobRunner:
                 event = scheduler.events.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._handle(event, scheduler, driver, server, integrator)
+            self._handle(event, scheduler, driver, server, on_result, on_member_failed)
 
-    def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any,
-                server: ArtifactServer, integrator: Any) -> None:
+    def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
+                on_result: Callable[[WorkItem, np.ndarray], None],
+                on_member_failed: Callable[[str, str], None] | None) -> None:
         if event.kind == "fatal":
             raise JobFailed(event.detail)
         item = event.item
@@ -365,12 +442,12 @@ class JobRunner:
             except ValueError as error:
                 scheduler.retry(driver, item, str(error))
                 return
-            integrator.add(item.model, item.shard, output)
+            on_result(item, output)
             self.progress(f"done {item.key}")
         elif event.kind == "gave_up":
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)
-            integrator.member_failed(item.model, failures)
-            if self.spec.min_members is None:
+            if on_member_failed is None or self.spec.min_members is None:
                 raise JobFailed(f"model {item.model} failed on {item.key} after {item.attempts} attempts: {failures}")
+            on_member_failed(item.model, failures)
             log.warning("member %s dropped: %s", item.model, failures)
