@@ -1,0 +1,600 @@
+"""An agent: executor HTTP API, sandboxes, executor processes, reliable status updates."""
+from __future__ import annotations
+
+import copy
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from . import protocol
+from .fetcher import FetchError, fetch_all
+from .httputil import EventStream, Handler, HTTPError, Server
+from .protocol import format_duration, is_terminal, make_status
+from .resources import Resources, attribute_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .master import Master
+
+COMMAND_EXECUTOR = Path(__file__).with_name("command_executor.py")
+
+# Executor run states.
+LAUNCHING, REGISTERING, RUNNING, TERMINATING, TERMINATED = (
+    "LAUNCHING", "REGISTERING", "RUNNING", "TERMINATING", "TERMINATED")
+
+
+@dataclass
+class ExecutorRun:
+    """One executor container (process session) of a framework on this agent."""
+
+    framework_id: str
+    executor_id: str
+    info: dict[str, Any]
+    container_id: str
+    directory: Path
+    command_task: bool
+    uris: list[dict[str, Any]]
+    grace_period: float
+    state: str = LAUNCHING
+    proc: Optional[subprocess.Popen] = None
+    stream: Optional[EventStream] = None
+    queued: dict[str, dict[str, Any]] = field(default_factory=dict)
+    launched: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_states: dict[str, str] = field(default_factory=dict)
+    kill_requested: set[str] = field(default_factory=set)
+    registration_deadline: Optional[float] = None
+    kill_deadline: Optional[float] = None
+    waiter: Optional[threading.Thread] = None
+
+    def live_tasks(self) -> list[str]:
+        ids = list(self.queued) + list(self.launched)
+        return [t for t in ids if not is_terminal(self.task_states.get(t, "TASK_STAGING"))]
+
+
+@dataclass
+class UpdateQueue:
+    """Per-task FIFO of reliable status updates; only the head is in flight."""
+
+    pending: deque = field(default_factory=deque)
+    seen: set[str] = field(default_factory=set)
+    next_retry: float = 0.0
+    interval: float = 10.0
+    latest_state: str = "TASK_STAGING"
+
+
+@dataclass
+class AgentFramework:
+    info: dict[str, Any]
+    executors: dict[str, ExecutorRun] = field(default_factory=dict)
+    updates: dict[str, UpdateQueue] = field(default_factory=dict)
+    terminating: bool = False
+
+
+class Agent:
+    """An in-process Mesos agent with its own HTTP port; methods run with ``lock`` held."""
+
+    def __init__(self, master: "Master", lock: threading.RLock, hostname: str, resources: Resources,
+                 attributes: dict[str, Any], work_dir: Path, host: str = "127.0.0.1", port: int = 0,
+                 executor_shutdown_grace_period: float = 5.0, status_update_retry_interval: float = 10.0,
+                 status_update_retry_max: float = 600.0, executor_registration_timeout: float = 60.0,
+                 command_kill_grace_period: float = 3.0) -> None:
+        self.master = master
+        self.lock = lock
+        self.hostname = hostname
+        self.total = resources
+        self.attributes = [attribute_json(k, v) for k, v in attributes.items()]
+        self.work_dir = Path(work_dir)
+        self.host = host
+        self.grace_period = executor_shutdown_grace_period
+        self.retry_interval = status_update_retry_interval
+        self.retry_max = status_update_retry_max
+        self.registration_timeout = executor_registration_timeout
+        self.command_kill_grace_period = command_kill_grace_period
+        self.frameworks: dict[str, AgentFramework] = {}
+        self.completed_runs: list[ExecutorRun] = []
+        self.registered_time = time.time()
+        self.stopping = False
+        self.server = Server((host, port), AgentHandler, self)
+        self.port = self.server.server_address[1]
+        self.agent_id = master.register_agent(self)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def agent_info(self) -> dict[str, Any]:
+        return {"hostname": self.hostname, "port": self.port, "resources": self.total.to_json(role=False),
+                "attributes": copy.deepcopy(self.attributes), "id": {"value": self.agent_id}}
+
+    def runs(self) -> list[ExecutorRun]:
+        return [run for fw in self.frameworks.values() for run in fw.executors.values()]
+
+    # ------------------------------------------------------------ launching
+    def run_task(self, framework_info: dict[str, Any], task: dict[str, Any]) -> None:
+        """Master asks to run a task (already validated)."""
+        framework_id = framework_info["id"]["value"]
+        framework = self.frameworks.get(framework_id)
+        if framework is None:
+            framework = self.frameworks[framework_id] = AgentFramework(info=framework_info)
+        framework.info = framework_info
+        framework.terminating = False
+        task_id = task["task_id"]["value"]
+        if "command" in task:
+            executor_id = task_id
+        else:
+            executor_id = task["executor"]["executor_id"]["value"]
+        run = framework.executors.get(executor_id)
+        if run is not None and run.state in (TERMINATING, TERMINATED):
+            self._agent_update(framework_id, task_id, "TASK_LOST", "REASON_EXECUTOR_TERMINATED",
+                               "Executor terminating", executor_id)
+            return
+        if run is None:
+            run = self._new_run(framework_id, executor_id, task)
+            framework.executors[executor_id] = run
+            run.queued[task_id] = task
+            threading.Thread(target=self._launch, args=(run,), name=f"launch-{executor_id}", daemon=True).start()
+        elif run.state == RUNNING and run.stream is not None:
+            run.launched[task_id] = task
+            run.stream.send({"type": "LAUNCH", "launch": {"task": task}})
+        else:
+            run.queued[task_id] = task
+
+    def _new_run(self, framework_id: str, executor_id: str, task: dict[str, Any]) -> ExecutorRun:
+        container_id = str(uuidlib.uuid4())
+        base = (self.work_dir / "slaves" / self.agent_id / "frameworks" / framework_id / "executors"
+                / executor_id / "runs")
+        if "command" in task:
+            command = task["command"]
+            shown = command.get("value", "")
+            info = {
+                "executor_id": {"value": executor_id}, "framework_id": {"value": framework_id},
+                "command": {"value": f"{shlex.quote(sys.executable)} {shlex.quote(str(COMMAND_EXECUTOR))}",
+                            "shell": True, "environment": copy.deepcopy(command.get("environment", {}))},
+                "name": f"Command Executor (Task: {executor_id}) (Command: sh -c '{shown[:15]}{'...' if len(shown) > 15 else ''}')",
+                "source": executor_id,
+            }
+            uris = command.get("uris", [])
+            grace = self.grace_period
+        else:
+            info = task["executor"]
+            uris = (info.get("command") or {}).get("uris", [])
+            nanos = (info.get("shutdown_grace_period") or {}).get("nanoseconds")
+            grace = float(nanos) / 1e9 if nanos is not None else self.grace_period
+        return ExecutorRun(framework_id=framework_id, executor_id=executor_id, info=info,
+                           container_id=container_id, directory=base / container_id,
+                           command_task="command" in task, uris=uris, grace_period=grace)
+
+    def _environment(self, run: ExecutorRun) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in [k for k in env if k.startswith(("MESOS_", "LIBPROCESS_"))]:
+            del env[key]
+        framework = self.frameworks[run.framework_id]
+        checkpoint = bool(framework.info.get("checkpoint", False))
+        env.update({
+            "MESOS_FRAMEWORK_ID": run.framework_id, "MESOS_EXECUTOR_ID": run.executor_id,
+            "MESOS_AGENT_ENDPOINT": self.endpoint, "MESOS_DIRECTORY": str(run.directory),
+            "MESOS_SANDBOX": str(run.directory), "MESOS_SLAVE_ID": self.agent_id,
+            "MESOS_SLAVE_PID": f"slave(1)@{self.endpoint}", "MESOS_CHECKPOINT": "1" if checkpoint else "0",
+            "MESOS_HTTP_COMMAND_EXECUTOR": "0",
+            "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD": format_duration(run.grace_period),
+            "LIBPROCESS_PORT": "0", "LIBPROCESS_IP": self.host,
+        })
+        if checkpoint:
+            env["MESOS_RECOVERY_TIMEOUT"] = "15mins"
+            env["MESOS_SUBSCRIPTION_BACKOFF_MAX"] = "2secs"
+        if run.command_task:
+            env["LOCALMESOS_COMMAND_KILL_GRACE"] = str(self.command_kill_grace_period)
+        for variable in ((run.info.get("command") or {}).get("environment") or {}).get("variables", []):
+            if variable.get("type", "VALUE") == "VALUE":
+                env[variable["name"]] = str(variable.get("value", ""))
+        return env
+
+    def _launch(self, run: ExecutorRun) -> None:
+        """Runs on its own thread: sandbox, fetcher, then spawn the executor."""
+        try:
+            run.directory.mkdir(parents=True, exist_ok=True)
+            latest = run.directory.parent / "latest"
+            if latest.is_symlink():
+                latest.unlink()
+            latest.symlink_to(run.directory.name)
+            fetch_all(run.uris, run.directory)
+        except (FetchError, OSError) as exc:
+            with self.lock:
+                self._executor_terminated(run, -1, "REASON_CONTAINER_LAUNCH_FAILED",
+                                          f"Failed to launch container: {exc}")
+            return
+        with self.lock:
+            if run.state != LAUNCHING or self.stopping:
+                self._executor_terminated(run, None, "REASON_EXECUTOR_TERMINATED", "Executor terminated")
+                return
+            command = run.info.get("command") or {}
+            try:
+                env = self._environment(run)
+                stdout = open(run.directory / "stdout", "ab")
+                stderr = open(run.directory / "stderr", "ab")
+                try:
+                    if command.get("shell", True):
+                        argv: list[str] = ["/bin/sh", "-c", command.get("value", "")]
+                        executable: Optional[str] = None
+                    else:
+                        argv = list(command.get("arguments") or [command.get("value", "")])
+                        executable = command.get("value")
+                    run.proc = subprocess.Popen(argv, executable=executable, cwd=run.directory, env=env,
+                                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                                start_new_session=True, close_fds=True)
+                finally:
+                    stdout.close()
+                    stderr.close()
+            except OSError as exc:
+                self._executor_terminated(run, -1, "REASON_CONTAINER_LAUNCH_FAILED",
+                                          f"Failed to launch container: {exc}")
+                return
+            run.state = REGISTERING
+            run.registration_deadline = time.monotonic() + self.registration_timeout
+            run.waiter = threading.Thread(target=self._wait, args=(run,), name=f"wait-{run.executor_id}",
+                                          daemon=True)
+            run.waiter.start()
+
+    def _wait(self, run: ExecutorRun) -> None:
+        assert run.proc is not None
+        code = run.proc.wait()
+        raw = (code << 8) if code >= 0 else -code  # raw wait(2) status
+        with self.lock:
+            kill_session(run.proc.pid)
+            self._executor_terminated(run, raw, "REASON_EXECUTOR_TERMINATED", "Executor terminated")
+
+    def _executor_terminated(self, run: ExecutorRun, raw_status: Optional[int], reason: str, message: str) -> None:
+        if run.state == TERMINATED:
+            return
+        run.state = TERMINATED
+        if run.stream is not None:
+            run.stream.close()
+            run.stream = None
+        framework = self.frameworks.get(run.framework_id)
+        report = framework is not None and not framework.terminating
+        if report:
+            self.master.executor_exited(self.agent_id, run.framework_id, run.executor_id,
+                                        None if run.command_task or raw_status is None else raw_status)
+            for task_id in run.live_tasks():
+                state = "TASK_KILLED" if task_id in run.kill_requested else "TASK_FAILED"
+                self._agent_update(run.framework_id, task_id, state, reason, message, run.executor_id)
+        else:
+            self.master.executor_exited(self.agent_id, run.framework_id, run.executor_id, None)
+        if framework is not None and framework.executors.get(run.executor_id) is run:
+            del framework.executors[run.executor_id]
+        self.completed_runs.append(run)
+        if framework is not None and framework.terminating and not framework.executors:
+            self.frameworks.pop(run.framework_id, None)
+
+    # ------------------------------------------------------------ status updates
+    def _agent_update(self, framework_id: str, task_id: str, state: str, reason: str, message: str,
+                      executor_id: Optional[str]) -> None:
+        status = make_status(task_id, state, "SOURCE_AGENT", message=message, reason=reason,
+                             agent_id=self.agent_id, executor_id=executor_id, with_uuid=True)
+        self._enqueue_update(framework_id, status)
+
+    def _enqueue_update(self, framework_id: str, status: dict[str, Any]) -> bool:
+        framework = self.frameworks.get(framework_id)
+        if framework is None or framework.terminating:
+            return False
+        task_id = status["task_id"]["value"]
+        for run in framework.executors.values():
+            if task_id in run.queued or task_id in run.launched:
+                run.task_states[task_id] = status["state"]
+        queue = framework.updates.get(task_id)
+        if queue is None:
+            queue = framework.updates[task_id] = UpdateQueue(interval=self.retry_interval)
+        if status["uuid"] in queue.seen:
+            return False
+        queue.seen.add(status["uuid"])
+        queue.pending.append(status)
+        queue.latest_state = status["state"]
+        if len(queue.pending) == 1:
+            self._forward(framework_id, queue, reset=True)
+        else:
+            self.master.task_latest_state(framework_id, task_id, queue.latest_state)
+        return True
+
+    def _forward(self, framework_id: str, queue: UpdateQueue, reset: bool = False) -> None:
+        if reset:
+            queue.interval = self.retry_interval
+        else:
+            queue.interval = min(queue.interval * 2, self.retry_max)
+        queue.next_retry = time.monotonic() + queue.interval
+        self.master.status_update(self.agent_id, framework_id, copy.deepcopy(queue.pending[0]), queue.latest_state)
+
+    def acknowledge(self, framework_id: str, task_id: str, uuid: str) -> Optional[dict[str, Any]]:
+        """Scheduler ACK via the master; returns the acknowledged status if it was the head."""
+        framework = self.frameworks.get(framework_id)
+        queue = framework.updates.get(task_id) if framework else None
+        if queue is None or not queue.pending or queue.pending[0].get("uuid") != uuid:
+            return None
+        acked = queue.pending.popleft()
+        if queue.pending:
+            self._forward(framework_id, queue, reset=True)
+        elif is_terminal(acked["state"]):
+            del framework.updates[task_id]
+            for run in framework.executors.values():
+                run.queued.pop(task_id, None)
+                if run.launched.pop(task_id, None) is not None:
+                    run.task_states.pop(task_id, None)
+        return acked
+
+    # ------------------------------------------------------------ scheduler-driven actions
+    def kill_task(self, framework_id: str, task_id: str, kill_policy: Optional[dict[str, Any]]) -> None:
+        framework = self.frameworks.get(framework_id)
+        if framework is None:
+            return
+        for run in list(framework.executors.values()):
+            if task_id in run.queued:
+                del run.queued[task_id]
+                run.launched[task_id] = {}
+                self._agent_update(framework_id, task_id, "TASK_KILLED", "REASON_TASK_KILLED_DURING_LAUNCH",
+                                   "Killed before delivery to the executor", run.executor_id)
+                if not run.live_tasks():
+                    self.shutdown_executor(run)
+                return
+            if task_id in run.launched and not is_terminal(run.task_states.get(task_id, "TASK_STAGING")):
+                run.kill_requested.add(task_id)
+                if run.stream is not None:
+                    kill: dict[str, Any] = {"task_id": {"value": task_id}}
+                    if kill_policy:
+                        kill["kill_policy"] = kill_policy
+                    run.stream.send({"type": "KILL", "kill": kill})
+                return
+
+    def framework_message(self, framework_id: str, executor_id: str, data: str) -> None:
+        framework = self.frameworks.get(framework_id)
+        run = framework.executors.get(executor_id) if framework else None
+        if run is not None and run.stream is not None and run.state == RUNNING:
+            run.stream.send({"type": "MESSAGE", "message": {"data": data}})
+
+    def shutdown_executor_by_id(self, framework_id: str, executor_id: str) -> None:
+        framework = self.frameworks.get(framework_id)
+        run = framework.executors.get(executor_id) if framework else None
+        if run is not None:
+            self.shutdown_executor(run)
+
+    def shutdown_executor(self, run: ExecutorRun) -> None:
+        """SHUTDOWN event, then kill the session after the grace period."""
+        if run.state in (TERMINATING, TERMINATED):
+            return
+        previous = run.state
+        run.state = TERMINATING
+        if previous == LAUNCHING:
+            return  # the launch thread notices and finishes the run
+        if run.stream is not None:
+            run.stream.send({"type": "SHUTDOWN"})
+            run.kill_deadline = time.monotonic() + run.grace_period
+        else:
+            run.kill_deadline = time.monotonic()
+            self._kill_run(run)
+
+    def shutdown_framework(self, framework_id: str) -> None:
+        framework = self.frameworks.get(framework_id)
+        if framework is None:
+            return
+        framework.terminating = True
+        framework.updates.clear()
+        for run in list(framework.executors.values()):
+            self.shutdown_executor(run)
+        if not framework.executors:
+            del self.frameworks[framework_id]
+
+    def _kill_run(self, run: ExecutorRun) -> None:
+        if run.proc is not None:
+            kill_session(run.proc.pid)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for framework_id, framework in list(self.frameworks.items()):
+            for queue in framework.updates.values():
+                if queue.pending and now >= queue.next_retry:
+                    self._forward(framework_id, queue)
+            for run in list(framework.executors.values()):
+                if run.state == TERMINATING and run.kill_deadline is not None and now >= run.kill_deadline:
+                    run.kill_deadline = None
+                    self._kill_run(run)
+                elif run.state == REGISTERING and run.registration_deadline is not None \
+                        and now >= run.registration_deadline:
+                    run.registration_deadline = None
+                    message = f"Executor did not register within {format_duration(self.registration_timeout)}"
+                    for task_id in run.live_tasks():
+                        self._agent_update(framework_id, task_id, "TASK_FAILED",
+                                           "REASON_EXECUTOR_REGISTRATION_TIMEOUT", message, run.executor_id)
+                        run.task_states[task_id] = "TASK_FAILED"
+                    run.state = TERMINATING
+                    self._kill_run(run)
+
+    # ------------------------------------------------------------ stop
+    def begin_stop(self) -> list[ExecutorRun]:
+        """Send SHUTDOWN to every executor; returns the runs to wait for."""
+        self.stopping = True
+        runs = self.runs()
+        for framework in self.frameworks.values():
+            framework.terminating = True
+            framework.updates.clear()
+        for run in runs:
+            self.shutdown_executor(run)
+        return runs
+
+    # ------------------------------------------------------------ executor API
+    def executor_call(self, call: dict[str, Any]) -> tuple[Optional[EventStream], int]:
+        """Handle one executor call; returns (stream for SUBSCRIBE, HTTP status)."""
+        kind = call.get("type")
+        fail = lambda message: HTTPError(400, "Failed to validate executor::Call: " + message)  # noqa: E731
+        if kind not in ("SUBSCRIBE", "UPDATE", "MESSAGE", "HEARTBEAT"):
+            raise fail("Expecting 'type' to be present")
+        if kind != "HEARTBEAT" and kind.lower() not in call:
+            raise fail(f"Expecting '{kind.lower()}' to be present")
+        if kind == "UPDATE":
+            status = call["update"]["status"]
+            if "uuid" not in status:
+                raise fail("Expecting 'uuid' to be present")
+            if protocol.valid_uuid(status["uuid"]) is None:
+                raise fail("Not a valid UUID")
+            if status.get("state") not in protocol.TASK_STATES:
+                raise HTTPError(400, "Failed to convert JSON into Call protobuf: Missing required fields: "
+                                     "update.status.state")
+            if status.get("source", "SOURCE_EXECUTOR") != "SOURCE_EXECUTOR":
+                raise fail(f"Received Call from executor '{call['executor_id']['value']}' of framework "
+                           f"'{call['framework_id']['value']}' with invalid source, expecting 'SOURCE_EXECUTOR'")
+            if status["state"] == "TASK_STAGING":
+                raise fail(f"Received TASK_STAGING from executor '{call['executor_id']['value']}' of framework "
+                           f"'{call['framework_id']['value']}' which is not allowed")
+            if "executor_id" in status and status["executor_id"] != call["executor_id"]:
+                raise fail(f"ExecutorID in Call: {call['executor_id'].get('value')} does not match ExecutorID in "
+                           f"TaskStatus: {status['executor_id'].get('value')}")
+        framework = self.frameworks.get(call["framework_id"]["value"])
+        if framework is None:
+            raise HTTPError(400, "Framework cannot be found")
+        run = framework.executors.get(call["executor_id"]["value"])
+        if run is None:
+            raise HTTPError(400, "Executor cannot be found")
+        if kind == "SUBSCRIBE":
+            return self._subscribe(framework, run, call["subscribe"]), 200
+        if run.state == REGISTERING or run.stream is None:
+            raise HTTPError(403, "Executor is not subscribed")
+        if kind == "UPDATE":
+            status = copy.deepcopy(call["update"]["status"])
+            status["source"] = "SOURCE_EXECUTOR"
+            self._executor_update(framework, run, status)
+        elif kind == "MESSAGE":
+            self.master.executor_message(self.agent_id, run.framework_id, run.executor_id, call["message"]["data"])
+        return None, 202
+
+    def _executor_update(self, framework: AgentFramework, run: ExecutorRun, status: dict[str, Any]) -> None:
+        status["agent_id"] = {"value": self.agent_id}
+        status.setdefault("timestamp", time.time())
+        status["container_status"] = {
+            "container_id": {"value": run.container_id},
+            "network_infos": [{"ip_addresses": [{"protocol": "IPv4", "ip_address": self.host}]}],
+            "executor_pid": run.proc.pid if run.proc else 0,
+        }
+        task_id = status["task_id"]["value"]
+        if task_id not in run.launched and task_id not in run.queued:
+            run.launched[task_id] = {}
+        self._enqueue_update(run.framework_id, status)
+        if run.stream is not None:
+            run.stream.send({"type": "ACKNOWLEDGED", "acknowledged": {
+                "task_id": {"value": task_id}, "uuid": status["uuid"]}})
+
+    def _subscribe(self, framework: AgentFramework, run: ExecutorRun, body: dict[str, Any]) -> EventStream:
+        stream = EventStream(heartbeat=lambda: {"type": "HEARTBEAT"}, heartbeat_interval=1800.0)
+        if run.stream is not None:
+            run.stream.close()
+        if framework.terminating or run.state in (TERMINATING, TERMINATED):
+            stream.send({"type": "SHUTDOWN"})
+            return stream
+        run.stream = stream
+        run.state = RUNNING
+        run.registration_deadline = None
+        stream.on_close = lambda s, r=run: self._executor_stream_closed(r, s)
+        executor_info = copy.deepcopy(run.info)
+        executor_info.pop("source", None)
+        stream.send({"type": "SUBSCRIBED", "subscribed": {
+            "executor_info": executor_info, "framework_info": copy.deepcopy(framework.info),
+            "agent_info": self.agent_info(), "container_id": {"value": run.container_id}}})
+        for update in body.get("unacknowledged_updates", []):
+            status = copy.deepcopy(update["status"])
+            if protocol.valid_uuid(status.get("uuid")) is not None:
+                status["source"] = "SOURCE_EXECUTOR"
+                self._executor_update(framework, run, status)
+        known = {t["task_id"]["value"] for t in body.get("unacknowledged_tasks", []) if "task_id" in t}
+        for task_id, task in list(run.launched.items()):
+            if task and task_id not in known and task_id not in run.task_states:
+                self._agent_update(run.framework_id, task_id, "TASK_LOST", "REASON_EXECUTOR_REREGISTRATION_TIMEOUT",
+                                   "Task was not received by the executor", run.executor_id)
+        for task_id, task in list(run.queued.items()):
+            del run.queued[task_id]
+            run.launched[task_id] = task
+            stream.send({"type": "LAUNCH", "launch": {"task": task}})
+        return stream
+
+    def _executor_stream_closed(self, run: ExecutorRun, stream: EventStream) -> None:
+        with self.lock:
+            if run.stream is stream:
+                run.stream = None
+
+
+def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
+    """Kill every process of session ``sid`` (the executor and everything it spawned)."""
+    try:
+        os.killpg(sid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for pid in session_members(sid):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids whose session id is ``sid`` (Linux /proc)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return members
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        # fields[0] is state; session is field 6 of stat => index 3 after the command name.
+        if len(fields) > 3 and fields[3] == str(sid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+class AgentHandler(Handler):
+    """HTTP endpoints of an agent."""
+
+    server: Server
+
+    @property
+    def agent(self) -> Agent:
+        return self.server.owner
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] == "/api/v1/executor":
+            self._executor()
+        elif self.path.split("?", 1)[0] in ("/health", "/slave(1)/health"):
+            self.reply(200)
+        else:
+            self.reply(404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] == "/api/v1/executor":
+            self._executor()
+        else:
+            self.read_body()
+            self.reply(404)
+
+    def _executor(self) -> None:
+        try:
+            call = self.parse_call("executor")
+            protocol.check_required(call, "ExecutorCall")
+            with self.agent.lock:
+                stream, status = self.agent.executor_call(call)
+        except HTTPError as error:
+            self.reply_error(error)
+            return
+        if stream is None:
+            self.reply(status)
+            return
+        self.start_stream()
+        stream.serve(self)
