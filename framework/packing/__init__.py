@@ -1,0 +1,19 @@
+"""Cost-minimising multi-resource packer (no Mesos imports).
+
+``pack`` places tasks onto agents: as many tasks as possible, then least cost (sum of the
+prices of newly used agents, plus optional resource unit prices x duration). Tasks of one
+model on one agent share one executor, counted once. Phases: static filters, agent-by-agent
+construction, pool-and-swap improvement, an exact HiGHS solve on small instances, and a
+lower bound (Martello–Toth L2 / fractional cover) whose gap is logged to
+``framework.packing``.
+"""
+
+from .baseline import first_fit_decreasing
+from .model import (RESOURCE_NAMES, Agent, AttributeEquals, Constraint, CostModel, DeclineReason,
+                    MaxPerAgent, PackingOptions, Plan, PriceTable, Resources, SpreadAtLeast,
+                    TaskDemand, Unplaced, resolve_price)
+from .packer import pack
+
+__all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "Constraint", "CostModel", "DeclineReason",
+           "MaxPerAgent", "PackingOptions", "Plan", "PriceTable", "Resources", "SpreadAtLeast",
+           "TaskDemand", "Unplaced", "first_fit_decreasing", "pack", "resolve_price"]

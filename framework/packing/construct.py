@@ -1,0 +1,113 @@
+"""Fast construction: agent-by-agent filling with dot-product alignment.
+
+Identical tasks (same model, demand and static constraints) form one *type*, so an agent
+takes as many copies of a type as fit in one step. Agents are opened free ones first,
+then by price per unit of still-needed capacity; each opened agent is filled with the type
+whose normalised demand aligns best with the agent's normalised residual capacity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .problem import BIG, Problem, State
+
+
+def task_types(p: Problem) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Type index per task and the tasks of each type (index order)."""
+    keys: dict[tuple, int] = {}
+    tid = np.empty(p.T, dtype=np.int64)
+    arows = [hash(row.tobytes()) for row in np.packbits(p.allowed, axis=1)] if p.A else [0] * p.T
+    for t in range(p.T):
+        key = (int(p.model_of[t]), p.demand[t].tobytes(), arows[t])
+        tid[t] = keys.setdefault(key, len(keys))
+    members = [[] for _ in range(len(keys))]
+    for t in range(p.T):
+        members[tid[t]].append(t)
+    return tid, [np.array(m, dtype=np.int64) for m in members]
+
+
+def opening_order(p: Problem, remaining: np.ndarray, closed: np.ndarray) -> np.ndarray:
+    """Closed agents, free ones first, then by price per unit of useful capacity."""
+    idx = np.flatnonzero(closed)
+    rem = np.maximum(remaining, 0.0)
+    useful = (np.minimum(p.cap[idx], rem) / p.scale).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(useful > 0, p.price[idx] / useful, np.inf)
+    return idx[np.lexsort((idx, -useful, ratio))]
+
+
+def construct(state: State, tasks: np.ndarray | None = None) -> None:
+    """Place the given (else all unplaced) tasks, agent by agent; leftovers stay unplaced."""
+    p = state.p
+    if tasks is None:
+        tasks = np.flatnonzero(state.where < 0)
+    if len(tasks) == 0 or p.A == 0:
+        return
+    tid, members = task_types(p)
+    want = np.zeros(p.T, bool)
+    want[tasks] = True
+    queues = [list(m[want[m]][::-1]) for m in members]   # unplaced tasks per type, pop() = lowest index
+    nt = len(queues)
+    left = np.array([len(q) for q in queues], dtype=np.int64)
+    rep = np.array([m[0] for m in members], dtype=np.int64)
+    tdem = p.demand[rep]                               # (nt, R)
+    tmodel = p.model_of[rep]
+    tallowed = p.allowed[rep]                          # (nt, A)
+    texec = p.exec_dem[tmodel]
+    remaining = (tdem * left[:, None]).sum(axis=0)
+    # agents that are already open take more tasks first
+    order = list(np.flatnonzero(state.ntask > 0))
+    closed = state.ntask == 0
+    tried = np.zeros(p.A, bool)
+    while left.any():
+        if not order:
+            cand = closed & ~tried
+            if not cand.any():
+                break
+            order = [int(opening_order(p, remaining, cand)[0])]
+        a = order.pop(0)
+        tried[a] = True
+        _fill(state, a, queues, left, tdem, tmodel, tallowed[:, a], texec)
+        remaining = (tdem * left[:, None]).sum(axis=0)
+        closed[a] = False
+
+
+def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem: np.ndarray,
+          tmodel: np.ndarray, tallowed: np.ndarray, texec: np.ndarray) -> None:
+    p = state.p
+    cap = p.cap_tol[a]
+    capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
+    active = (left > 0) & tallowed
+    while active.any():
+        idx = np.flatnonzero(active)
+        residual = cap - state.load[a]
+        m = tmodel[idx]
+        cm = state.cnt[a, m]
+        run = p.running[a, m]
+        need = (cm == 0) & ~p.loaded[a, m]
+        base = residual - need[:, None] * texec[idx]
+        d = tdem[idx]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per = np.where(d > 0, np.floor(base / np.where(d > 0, d, 1.0) + 1e-12), BIG)
+        k = per.min(axis=1)
+        k = np.where((base >= -1e-12).all(axis=1), k, 0)
+        k = np.minimum(k, left[idx])
+        k = np.minimum(k, p.max_per[m] - cm - run)
+        spread_lock = state.distinct[m] < p.spread[m]
+        k = np.where(spread_lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
+        ok = k >= 1
+        if not ok.any():
+            return
+        idx, k = idx[ok], k[ok].astype(np.int64)
+        # dot product of normalised demand (executor share included) and residual
+        rn = np.maximum(residual, 0.0) / capn
+        dn = (d[ok] + need[ok][:, None] * texec[idx]) / capn
+        score = dn @ rn
+        best = int(np.lexsort((idx, -score))[0])
+        j, kk = int(idx[best]), int(k[best])
+        q = queues[j]
+        for _ in range(kk):
+            state.add(q.pop(), a)
+        left[j] -= kk
+        active[j] = left[j] > 0

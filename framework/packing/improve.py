@@ -1,0 +1,207 @@
+"""Improvement phase: empty one agent at a time through a pool-and-swap local search.
+
+To save an agent v (or trade it for a cheaper closed agent w), v's tasks go to a *pool*;
+the search then repeatedly (1) inserts pool tasks where they fit, best fit first, and
+(2) applies the swap between pool and placed tasks (1-1, 1-2, 2-1) that lowers the pool's
+total normalised size most, with a short tabu list and seeded random perturbations when
+stuck. The pool empties -> the cheaper plan is kept; otherwise the attempt is rolled back.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .problem import Problem, State
+
+
+class Budget:
+    """Deadline plus an iteration cap, so slack budgets still give deterministic results."""
+
+    def __init__(self, deadline: float, max_iterations: int) -> None:
+        self.deadline = deadline
+        self.left = max_iterations
+
+    def spend(self, n: int = 1) -> bool:
+        self.left -= n
+        return self.left > 0 and time.perf_counter() < self.deadline
+
+
+def eval_moves(state: State, a: np.ndarray, rem: list[np.ndarray], add: list[np.ndarray]) -> np.ndarray:
+    """Feasibility of K candidate moves: on agent a[k] remove rem[*][k], add add[*][k]."""
+    p = state.p
+    new = state.load[a].copy()
+    ok = np.ones(len(a), bool)
+    for t in rem:
+        new -= p.demand[t]
+    for t in add:
+        new += p.demand[t]
+        ok &= p.allowed[t, a]
+    if p.has_exec.any() or p.max_per.min() < len(p.demand) or p.spread.any():
+        slots, signs = rem + add, [-1] * len(rem) + [1] * len(add)
+        models = [p.model_of[t] for t in slots]
+        for j, mj in enumerate(models):
+            first = np.ones(len(a), bool)
+            delta = np.zeros(len(a), np.int64)
+            for i, mi in enumerate(models):
+                same = mi == mj
+                if i < j:
+                    first &= ~same
+                delta += signs[i] * same
+            c0 = state.cnt[a, mj]
+            c1 = c0 + delta
+            lo = p.loaded[a, mj]
+            ex = ((c1 > 0) & ~lo).astype(float) - ((c0 > 0) & ~lo)
+            new += (first * ex)[:, None] * p.exec_dem[mj]
+            if signs[j] > 0:
+                ok &= c1 + p.running[a, mj] <= p.max_per[mj]
+    return ok & (new <= p.cap_tol[a]).all(axis=1)
+
+
+def _best_fit(state: State, t: int, usable: np.ndarray) -> int:
+    p = state.p
+    mask = state.fits_mask(t) & usable
+    if not mask.any():
+        return -1
+    cand = np.flatnonzero(mask)
+    slack = ((p.cap[cand] - state.load[cand]) / p.scale).sum(axis=1)
+    return int(cand[np.argmin(slack)])
+
+
+def _pairs(placed: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = placed[np.argsort(where[placed], kind="stable")]
+    w = where[order]
+    firsts, seconds = [], []
+    for k in range(1, len(order)):
+        same = w[:-k] == w[k:]
+        if not same.any():
+            break
+        firsts.append(order[:-k][same])
+        seconds.append(order[k:][same])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def pool_search(state: State, pool: list[int], usable: np.ndarray, budget: Budget,
+                rng: np.random.Generator, steps: int) -> bool:
+    """Try to place every pool task on ``usable`` agents; True on success (state updated)."""
+    p = state.p
+    size = p.size
+    tabu = np.zeros(p.T, np.int64)
+    stuck = 0
+    for it in range(1, steps + 1):
+        if not budget.spend():
+            return False
+        pool.sort(key=lambda t: (-size[t], t))
+        for t in list(pool):
+            a = _best_fit(state, t, usable)
+            if a >= 0:
+                state.add(t, a)
+                pool.remove(t)
+        if not pool:
+            return True
+        placed = np.flatnonzero((state.where >= 0) & usable[np.maximum(state.where, 0)])
+        placed = placed[tabu[placed] < it]
+        if len(placed) == 0:
+            return False
+        moves = []  # (gain, kind, pool tasks, placed tasks, agent)
+        pz = np.array(pool)
+        for pt in pool:
+            a = state.where[placed]
+            ok = eval_moves(state, a, [placed], [np.full(len(placed), pt)])
+            gain = size[pt] - size[placed]
+            _collect(moves, ok, gain, (pt,), [placed], a)
+        t1, t2 = _pairs(placed, state.where)
+        if len(t1):
+            a2 = state.where[t1]
+            for pt in pool:
+                ok = eval_moves(state, a2, [t1, t2], [np.full(len(t1), pt)])
+                _collect(moves, ok, size[pt] - size[t1] - size[t2], (pt,), [t1, t2], a2)
+        if len(pz) >= 2:
+            a = state.where[placed]
+            for i in range(len(pz)):
+                for j in range(i + 1, len(pz)):
+                    pi, pj = int(pz[i]), int(pz[j])
+                    ok = eval_moves(state, a, [placed], [np.full(len(placed), pi), np.full(len(placed), pj)])
+                    _collect(moves, ok, size[pi] + size[pj] - size[placed], (pi, pj), [placed], a)
+        improving = [m for m in moves if m[0] > 1e-12]
+        if improving:
+            move = max(improving, key=lambda m: (m[0], -m[1], [-x for x in m[2]]))
+            stuck = 0
+        elif moves:
+            stuck += 1
+            if stuck > 50:
+                return False
+            move = moves[int(rng.integers(len(moves)))]
+        else:
+            return False
+        _, _, ins, outs, a = move
+        for t in outs:
+            state.remove(t)
+            pool.append(t)
+            tabu[t] = it + 3 + int(rng.integers(4))
+        for t in ins:
+            state.add(t, a)
+            pool.remove(t)
+            tabu[t] = it + 3 + int(rng.integers(4))
+    return False
+
+
+def _collect(moves: list, ok: np.ndarray, gain: np.ndarray, ins: tuple[int, ...],
+             outs: list[np.ndarray], agents: np.ndarray) -> None:
+    """Keep the best feasible candidate of this kind (and a few random plateau ones)."""
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return
+    k = idx[np.lexsort((idx, -gain[idx]))[0]]
+    moves.append((float(gain[k]), len(outs), ins, tuple(int(o[k]) for o in outs), int(agents[k])))
+
+
+def improve(state: State, lb: float, budget: Budget, rng: np.random.Generator,
+            steps: int = 400) -> State:
+    """Lower the plan's cost by emptying (or cheapening) agents until lb or budget is hit."""
+    p = state.p
+    best = state
+    failed: set[tuple[int, int]] = set()
+    while best.cost() > lb + 1e-9 and budget.spend():
+        used = np.flatnonzero(best.ntask > 0)
+        used = used[p.price[used] > 0]
+        fill = (best.load[used] / p.scale).sum(axis=1) / np.maximum(p.agent_size[used], 1e-12)
+        victims = used[np.lexsort((used, fill, -p.price[used]))]
+        improved = False
+        for v in victims:
+            for w in [-1] + _cheaper(best, int(v)):
+                if (int(v), w) in failed:
+                    continue
+                trial = best.copy()
+                pool = [int(t) for t in trial.tasks_on(int(v))]
+                for t in pool:
+                    trial.remove(t)
+                usable = trial.ntask > 0
+                if w >= 0:
+                    usable[w] = True
+                if pool_search(trial, pool, usable, budget, rng, steps) and trial.spread_ok() \
+                        and trial.cost() < best.cost() - 1e-12:
+                    best, improved = trial, True
+                    failed.clear()
+                    break
+                failed.add((int(v), w))
+                if not budget.spend():
+                    return best
+            if improved:
+                break
+        if not improved:
+            break
+    return best
+
+
+def _cheaper(state: State, v: int, limit: int = 2) -> list[int]:
+    """Closed agents cheaper than v, cheapest per unit capacity first."""
+    p = state.p
+    cand = np.flatnonzero((state.ntask == 0) & (p.price < p.price[v]))
+    if len(cand) == 0:
+        return []
+    ratio = p.price[cand] / np.maximum(p.agent_size[cand], 1e-12)
+    return [int(c) for c in cand[np.lexsort((cand, ratio))][:limit]]
