@@ -46,11 +46,11 @@ class CommandExecutor:
         finally:
             conn.close()
 
-    def update(self, state: str, message: Optional[str] = None) -> str:
+    def update(self, state: str, message: Optional[str] = None, uuid_b64: Optional[str] = None) -> str:
         assert self.task is not None
         status: dict[str, Any] = {"task_id": self.task["task_id"], "state": state, "source": "SOURCE_EXECUTOR",
                                   "executor_id": self.executor_id, "timestamp": time.time(),
-                                  "uuid": base64.b64encode(uuid.uuid4().bytes).decode()}
+                                  "uuid": uuid_b64 or base64.b64encode(uuid.uuid4().bytes).decode()}
         if message is not None:
             status["message"] = message
         self._post({"type": "UPDATE", "framework_id": self.framework_id, "executor_id": self.executor_id,
@@ -94,8 +94,8 @@ class CommandExecutor:
         with self.lock:
             if self.terminal_uuid is not None:
                 return
-            self.terminal_uuid = "sending"
-        self.terminal_uuid = self.update(state, message)
+            self.terminal_uuid = base64.b64encode(uuid.uuid4().bytes).decode()
+        self.update(state, message, self.terminal_uuid)
         # Exit once the agent acknowledged the terminal update (or after a while).
         timer = threading.Timer(10.0, self.done.set)
         timer.daemon = True
