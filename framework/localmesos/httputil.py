@@ -201,6 +201,14 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.owner = owner
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Peers that hang up are normal (pymesos closes streams abruptly); report anything else."""
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
     def start(self, name: str) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True)
         thread.start()

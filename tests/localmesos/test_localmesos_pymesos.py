@@ -1,0 +1,84 @@
+"""The unmodified pymesos drivers against the embedded cluster."""
+from __future__ import annotations
+
+import queue
+import sys
+import time
+from pathlib import Path
+
+from addict import Dict
+from pymesos import MesosSchedulerDriver, Scheduler, decode_data, encode_data  # main thread import
+
+from localmesos_helpers import wait_for
+
+EXECUTOR = Path(__file__).with_name("pymesos_executor.py")
+
+
+class RecordingScheduler(Scheduler):
+    """Launches one command task and one pymesos-executor task on the first offer."""
+
+    def __init__(self) -> None:
+        self.updates: "queue.Queue[Dict]" = queue.Queue()
+        self.messages: "queue.Queue[bytes]" = queue.Queue()
+        self.launched = False
+        self.registered_id = None
+
+    def registered(self, driver, framework_id, master_info):
+        self.registered_id = framework_id["value"]
+
+    def resourceOffers(self, driver, offers):
+        for offer in offers:
+            if self.launched:
+                driver.declineOffer(offer.id, {"refuse_seconds": 60})
+                continue
+            self.launched = True
+            res = [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                   {"name": "mem", "type": "SCALAR", "scalar": {"value": 32}}]
+            command = Dict(task_id={"value": "cmd"}, agent_id=offer.agent_id, name="cmd", resources=res,
+                           command={"value": "echo hello"})
+            custom = Dict(task_id={"value": "py"}, agent_id=offer.agent_id, name="py", resources=res,
+                          data=encode_data(b"input"),
+                          executor={"executor_id": {"value": "py-exec"}, "name": "py-exec", "resources": res,
+                                    "command": {"value": f"{sys.executable} pymesos_executor.py",
+                                                "uris": [{"value": str(EXECUTOR), "extract": False}]}})
+            driver.launchTasks(offer.id, [command, custom])
+
+    def statusUpdate(self, driver, update):
+        self.updates.put(update)
+
+    def frameworkMessage(self, driver, executor_id, agent_id, message):
+        self.messages.put(decode_data(message))
+
+
+def test_pymesos_scheduler_and_executor_drivers(cluster):
+    scheduler = RecordingScheduler()
+    driver = MesosSchedulerDriver(scheduler, {"user": "tester", "name": "pymesos-test"},
+                                  cluster.master_address, use_addict=True)
+    driver.start()
+    try:
+        final = {}
+        states: dict[str, list[str]] = {"cmd": [], "py": []}
+        while len(final) < 2:
+            update = scheduler.updates.get(timeout=20)
+            task_id = update.task_id.value
+            states[task_id].append(update.state)
+            assert update.agent_id.value  # filled by the agent / master
+            if update.state in ("TASK_FINISHED", "TASK_FAILED", "TASK_ERROR", "TASK_LOST", "TASK_KILLED"):
+                final[task_id] = update
+        assert states["cmd"] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+        assert states["py"] == ["TASK_RUNNING", "TASK_FINISHED"]
+        assert decode_data(final["py"].data) == b"done:input"
+        assert scheduler.registered_id == cluster.state()["frameworks"][0]["id"]
+        # Framework messages both ways through the pymesos executor.
+        driver.sendFrameworkMessage({"value": "py-exec"}, final["py"].agent_id, encode_data(b"hi"))
+        assert scheduler.messages.get(timeout=10) == b"echo:hi"
+        # Implicit acknowledgements let the master forget the finished tasks.
+        wait_for(lambda: not cluster.state()["frameworks"][0]["tasks"], timeout=10)
+        wait_for(lambda: len(cluster.executor_pids()) == 1, timeout=10)
+        time.sleep(0.3)
+        assert len(cluster.executor_pids()) == 1  # the pymesos executor lives on until the framework goes away
+    finally:
+        driver.stop()  # failover=False -> TEARDOWN -> SHUTDOWN to the executor
+        driver.join()
+    wait_for(lambda: not cluster.executor_pids(), timeout=10)
+    assert cluster.state()["completed_frameworks"]
