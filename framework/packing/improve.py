@@ -84,13 +84,84 @@ def _pairs(placed: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
+def _sq_gain(p: Problem, la: np.ndarray, lb_: np.ndarray, ca: np.ndarray, cb: np.ndarray,
+             d: np.ndarray) -> np.ndarray:
+    """Change of sum over agents of squared relative loads when d moves from agent a to b."""
+    na, nb = la - d, lb_ + d
+    return (((na / ca) ** 2 - (la / ca) ** 2) + ((nb / cb) ** 2 - (lb_ / cb) ** 2)).sum(axis=-1)
+
+
+def balance_move(state: State, usable: np.ndarray, tabu: np.ndarray, it: int,
+                 rng: np.random.Generator, sample: int = 256) -> bool:
+    """Best shift or swap between agents that concentrates load (raises the sum of squared
+    relative loads), so that slack gathers where a pool task can go. True if one applied."""
+    p = state.p
+    placed = np.flatnonzero((state.where >= 0) & usable[np.maximum(state.where, 0)])
+    placed = placed[tabu[placed] < it]
+    if len(placed) < 2:
+        return False
+    if len(placed) > sample:
+        placed = np.sort(rng.choice(placed, sample, replace=False))
+    agents = np.flatnonzero(usable & (state.ntask > 0))
+    capn = np.where(p.cap > 0, p.cap, 1.0)
+    best = (1e-9, None)
+    # shifts: task t from its agent to agent b
+    ta = state.where[placed]
+    T, B = np.meshgrid(placed, agents, indexing="ij")
+    A_ = np.broadcast_to(ta[:, None], T.shape)
+    t_f, b_f, a_f = T.ravel(), B.ravel(), A_.ravel()
+    keep = b_f != a_f
+    t_f, b_f, a_f = t_f[keep], b_f[keep], a_f[keep]
+    if len(t_f):
+        ok = eval_moves(state, b_f, [], [t_f]) & (state.ntask[a_f] > 1)
+        g = _sq_gain(p, state.load[a_f], state.load[b_f], capn[a_f], capn[b_f], p.demand[t_f])
+        g = np.where(ok, g, -np.inf)
+        k = int(np.argmax(g))
+        if g[k] > best[0]:
+            best = (float(g[k]), ("shift", int(t_f[k]), int(b_f[k])))
+    # swaps: t on a with u on b
+    i, j = np.triu_indices(len(placed), 1)
+    t_s, u_s = placed[i], placed[j]
+    a_s, b_s = state.where[t_s], state.where[u_s]
+    keep = (a_s != b_s) & (p.demand[t_s] != p.demand[u_s]).any(axis=1)
+    t_s, u_s, a_s, b_s = t_s[keep], u_s[keep], a_s[keep], b_s[keep]
+    if len(t_s):
+        ok = eval_moves(state, a_s, [t_s], [u_s]) & eval_moves(state, b_s, [u_s], [t_s])
+        d = p.demand[t_s] - p.demand[u_s]
+        g = _sq_gain(p, state.load[a_s], state.load[b_s], capn[a_s], capn[b_s], d)
+        g = np.where(ok, g, -np.inf)
+        k = int(np.argmax(g))
+        if g[k] > best[0]:
+            best = (float(g[k]), ("swap", int(t_s[k]), int(u_s[k])))
+    if best[1] is None:
+        return False
+    kind, x, y = best[1]
+    if kind == "shift":
+        state.remove(x)
+        state.add(x, y)
+        tabu[x] = it + 1
+    else:
+        ax, ay = state.where[x], state.where[y]
+        state.remove(x)
+        state.remove(y)
+        state.add(x, int(ay))
+        state.add(y, int(ax))
+        tabu[x] = tabu[y] = it + 1
+    return True
+
+
 def pool_search(state: State, pool: list[int], usable: np.ndarray, budget: Budget,
-                rng: np.random.Generator, steps: int) -> bool:
-    """Try to place every pool task on ``usable`` agents; True on success (state updated)."""
+                rng: np.random.Generator, steps: int, patience: int = 60) -> bool:
+    """Try to place every pool task on ``usable`` agents; True on success (state updated).
+
+    Tabu search on the pool's total normalised size: each step applies the best non-tabu
+    swap (1-1, 1-2, 2-1, 2-2), even a worsening one; moved tasks are tabu for a few steps.
+    Stops after ``patience`` steps without a new best pool size.
+    """
     p = state.p
     size = p.size
     tabu = np.zeros(p.T, np.int64)
-    stuck = 0
+    best_w, since = np.inf, 0
     for it in range(1, steps + 1):
         if not budget.spend():
             return False
@@ -102,56 +173,60 @@ def pool_search(state: State, pool: list[int], usable: np.ndarray, budget: Budge
                 pool.remove(t)
         if not pool:
             return True
+        w = float(size[pool].sum())
+        if w < best_w - 1e-12:
+            best_w, since = w, 0
+        else:
+            since += 1
+            if since > patience:
+                return False
         placed = np.flatnonzero((state.where >= 0) & usable[np.maximum(state.where, 0)])
         placed = placed[tabu[placed] < it]
         if len(placed) == 0:
             return False
-        moves = []  # (gain, kind, pool tasks, placed tasks, agent)
-        pz = np.array(pool)
-        for pt in pool:
-            a = state.where[placed]
-            ok = eval_moves(state, a, [placed], [np.full(len(placed), pt)])
-            gain = size[pt] - size[placed]
-            _collect(moves, ok, gain, (pt,), [placed], a)
+        moves: list = []
+        a1 = state.where[placed]
+        head = pool[:8]
+        for pt in head:
+            ok = eval_moves(state, a1, [placed], [np.full(len(placed), pt)])
+            ok &= (p.demand[placed] != p.demand[pt]).any(axis=1) | (p.model_of[placed] != p.model_of[pt])
+            _collect(moves, ok, size[pt] - size[placed], (pt,), [placed], a1)
         t1, t2 = _pairs(placed, state.where)
+        a2 = state.where[t1]
+        pairs_in = [(head[i], head[j]) for i in range(len(head)) for j in range(i + 1, len(head))][:12]
         if len(t1):
-            a2 = state.where[t1]
-            for pt in pool:
+            for pt in head:
                 ok = eval_moves(state, a2, [t1, t2], [np.full(len(t1), pt)])
                 _collect(moves, ok, size[pt] - size[t1] - size[t2], (pt,), [t1, t2], a2)
-        if len(pz) >= 2:
-            a = state.where[placed]
-            for i in range(len(pz)):
-                for j in range(i + 1, len(pz)):
-                    pi, pj = int(pz[i]), int(pz[j])
-                    ok = eval_moves(state, a, [placed], [np.full(len(placed), pi), np.full(len(placed), pj)])
-                    _collect(moves, ok, size[pi] + size[pj] - size[placed], (pi, pj), [placed], a)
+            for pi, pj in pairs_in:
+                ok = eval_moves(state, a2, [t1, t2], [np.full(len(t1), pi), np.full(len(t1), pj)])
+                _collect(moves, ok, size[pi] + size[pj] - size[t1] - size[t2], (pi, pj), [t1, t2], a2)
+        for pi, pj in pairs_in:
+            ok = eval_moves(state, a1, [placed], [np.full(len(placed), pi), np.full(len(placed), pj)])
+            _collect(moves, ok, size[pi] + size[pj] - size[placed], (pi, pj), [placed], a1)
         improving = [m for m in moves if m[0] > 1e-12]
-        if improving:
-            move = max(improving, key=lambda m: (m[0], -m[1], [-x for x in m[2]]))
-            stuck = 0
-        elif moves:
-            stuck += 1
-            if stuck > 50:
-                return False
-            move = moves[int(rng.integers(len(moves)))]
-        else:
+        if not improving and balance_move(state, usable, tabu, it, rng):
+            continue
+        if not moves:
             return False
-        _, _, ins, outs, a = move
+        # best gain; ties: more tasks into the pool (smaller pieces), then a seeded coin
+        noise = rng.random(len(moves))
+        k = max(range(len(moves)), key=lambda i: (round(moves[i][0], 12), moves[i][1] - len(moves[i][2]), noise[i]))
+        _, _, ins, outs, a = moves[k]
         for t in outs:
             state.remove(t)
             pool.append(t)
-            tabu[t] = it + 3 + int(rng.integers(4))
+            tabu[t] = it + 2 + int(rng.integers(5))
         for t in ins:
             state.add(t, a)
             pool.remove(t)
-            tabu[t] = it + 3 + int(rng.integers(4))
+            tabu[t] = it + 2 + int(rng.integers(5))
     return False
 
 
 def _collect(moves: list, ok: np.ndarray, gain: np.ndarray, ins: tuple[int, ...],
              outs: list[np.ndarray], agents: np.ndarray) -> None:
-    """Keep the best feasible candidate of this kind (and a few random plateau ones)."""
+    """Keep the best feasible candidate of this kind."""
     idx = np.flatnonzero(ok)
     if len(idx) == 0:
         return
