@@ -50,6 +50,7 @@ class ExecutorRun:
     launched: dict[str, dict[str, Any]] = field(default_factory=dict)
     task_states: dict[str, str] = field(default_factory=dict)
     kill_requested: set[str] = field(default_factory=set)
+    groups: dict[str, str] = field(default_factory=dict)  # queued task id -> first task id of its group
     registration_deadline: Optional[float] = None
     kill_deadline: Optional[float] = None
     waiter: Optional[threading.Thread] = None
@@ -120,32 +121,55 @@ class Agent:
     # ------------------------------------------------------------ launching
     def run_task(self, framework_info: dict[str, Any], task: dict[str, Any]) -> None:
         """Master asks to run a task (already validated)."""
+        if "command" in task:
+            executor_id = task["task_id"]["value"]
+        else:
+            executor_id = task["executor"]["executor_id"]["value"]
+        self._run(framework_info, executor_id, task, [task], group=False)
+
+    def run_task_group(self, framework_info: dict[str, Any], executor: dict[str, Any],
+                       tasks: list[dict[str, Any]]) -> None:
+        """Master asks to run a task group on ``executor`` (delivered as one LAUNCH_GROUP)."""
+        self._run(framework_info, executor["executor_id"]["value"], {"executor": executor}, tasks, group=True)
+
+    def _run(self, framework_info: dict[str, Any], executor_id: str, source: dict[str, Any],
+             tasks: list[dict[str, Any]], group: bool) -> None:
         framework_id = framework_info["id"]["value"]
         framework = self.frameworks.get(framework_id)
         if framework is None:
             framework = self.frameworks[framework_id] = AgentFramework(info=framework_info)
         framework.info = framework_info
         framework.terminating = False
-        task_id = task["task_id"]["value"]
-        if "command" in task:
-            executor_id = task_id
-        else:
-            executor_id = task["executor"]["executor_id"]["value"]
         run = framework.executors.get(executor_id)
         if run is not None and run.state in (TERMINATING, TERMINATED):
-            self._agent_update(framework_id, task_id, "TASK_LOST", "REASON_EXECUTOR_TERMINATED",
-                               "Executor terminating", executor_id)
+            for task in tasks:
+                self._agent_update(framework_id, task["task_id"]["value"], "TASK_LOST",
+                                   "REASON_EXECUTOR_TERMINATED", "Executor terminating", executor_id)
             return
+        new = run is None
         if run is None:
-            run = self._new_run(framework_id, executor_id, task)
+            run = self._new_run(framework_id, executor_id, source)
             framework.executors[executor_id] = run
-            run.queued[task_id] = task
-            threading.Thread(target=self._launch, args=(run,), name=f"launch-{executor_id}", daemon=True).start()
-        elif run.state == RUNNING and run.stream is not None:
-            run.launched[task_id] = task
-            run.stream.send({"type": "LAUNCH", "launch": {"task": task}})
+        ids = [task["task_id"]["value"] for task in tasks]
+        if run.state == RUNNING and run.stream is not None:
+            for task_id, task in zip(ids, tasks):
+                run.launched[task_id] = task
+            self._deliver(run, tasks, group)
         else:
-            run.queued[task_id] = task
+            for task_id, task in zip(ids, tasks):
+                run.queued[task_id] = task
+                if group:
+                    run.groups[task_id] = ids[0]
+        if new:
+            threading.Thread(target=self._launch, args=(run,), name=f"launch-{executor_id}", daemon=True).start()
+
+    def _deliver(self, run: ExecutorRun, tasks: list[dict[str, Any]], group: bool) -> None:
+        assert run.stream is not None
+        if group:
+            run.stream.send({"type": "LAUNCH_GROUP", "launch_group": {"task_group": {"tasks": tasks}}})
+        else:
+            for task in tasks:
+                run.stream.send({"type": "LAUNCH", "launch": {"task": task}})
 
     def _new_run(self, framework_id: str, executor_id: str, task: dict[str, Any]) -> ExecutorRun:
         container_id = str(uuidlib.uuid4())
@@ -336,6 +360,7 @@ class Agent:
         for run in list(framework.executors.values()):
             if task_id in run.queued:
                 del run.queued[task_id]
+                run.groups.pop(task_id, None)
                 run.launched[task_id] = {}
                 self._agent_update(framework_id, task_id, "TASK_KILLED", "REASON_TASK_KILLED_DURING_LAUNCH",
                                    "Killed before delivery to the executor", run.executor_id)
@@ -513,10 +538,19 @@ class Agent:
             if task and task_id not in known and task_id not in run.task_states:
                 self._agent_update(run.framework_id, task_id, "TASK_LOST", "REASON_EXECUTOR_REREGISTRATION_TIMEOUT",
                                    "Task was not received by the executor", run.executor_id)
-        for task_id, task in list(run.queued.items()):
-            del run.queued[task_id]
+        pending = list(run.queued.items())
+        groups = dict(run.groups)
+        run.queued.clear()
+        run.groups.clear()
+        delivered: set[str] = set()
+        for task_id, task in pending:
             run.launched[task_id] = task
-            stream.send({"type": "LAUNCH", "launch": {"task": task}})
+            key = groups.get(task_id)
+            if key is None:
+                self._deliver(run, [task], group=False)
+            elif key not in delivered:
+                delivered.add(key)
+                self._deliver(run, [t for tid, t in pending if groups.get(tid) == key], group=True)
         return stream
 
     def _executor_stream_closed(self, run: ExecutorRun, stream: EventStream) -> None:

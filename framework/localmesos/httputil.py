@@ -75,14 +75,15 @@ class EventStream:
                     if _peer_closed(sock):
                         break
                     if self._heartbeat is not None and _now() >= next_heartbeat:
+                        # Periodic, like the master's heartbeater (not reset by other events).
                         item = self._heartbeat()
+                        next_heartbeat = _now() + self._heartbeat_interval
                     else:
                         continue
                 if item is not None:
                     data = recordio.encode_event(item)
                     handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                     handler.wfile.flush()
-                    next_heartbeat = _now() + self._heartbeat_interval
         except (OSError, ValueError):
             pass
         finally:

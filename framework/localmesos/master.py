@@ -47,7 +47,7 @@ class Task:
     def to_state(self) -> dict[str, Any]:
         out = {
             "id": self.task_id, "name": self.info.get("name", ""), "framework_id": self.framework_id,
-            "executor_id": "" if "command" in self.info else self.executor_id,
+            "executor_id": "" if "command" in self.info and "executor" not in self.info else self.executor_id,
             "slave_id": self.agent_id, "state": self.state,
             "resources": self.resources.to_state(), "role": "*",
             "statuses": [dict(s) for s in self.statuses],
@@ -403,13 +403,61 @@ class Master:
 
     def _launch_group(self, framework: Framework, agent: "Agent", group: dict[str, Any],
                       available: Resources) -> Resources:
+        """LAUNCH_GROUP: all tasks or none, delivered together to the group's executor."""
         executor = group.get("executor") or {}
         tasks = (group.get("task_group") or {}).get("tasks", [])
+        error: Optional[str] = None
+        required = Resources()
+        executor_id = executor.get("executor_id", {}).get("value", "")
+        try:
+            if not (executor.get("command") or {}).get("value"):
+                error = ("localmesos runs task-group executors from ExecutorInfo.command; "
+                         "the built-in default executor is not implemented")
+            seen: set[str] = set()
+            for task in tasks:
+                task_id = task["task_id"]["value"]
+                if task_id in framework.tasks or task_id in seen:
+                    error = error or f"Task has duplicate ID: {task_id}"
+                seen.add(task_id)
+                if "executor" in task:
+                    error = error or "'TaskInfo.executor' must not be set"
+                if not task.get("resources"):
+                    error = error or "Task uses no resources"
+                if task["agent_id"].get("value") != agent.agent_id:
+                    error = error or f"Task uses agent {task['agent_id'].get('value')} but the offers are for " \
+                                     f"agent {agent.agent_id}"
+                required = required + Resources.from_json(task.get("resources"))
+            existing = framework.executors.get((agent.agent_id, executor_id))
+            if existing is not None and not _compatible(existing["info"], executor):
+                error = error or ("ExecutorInfo is not compatible with existing ExecutorInfo with same "
+                                  f"ExecutorID '{executor_id}'")
+            if existing is None:
+                required = required + Resources.from_json(executor.get("resources"))
+        except ValueError as exc:
+            error = str(exc)
+        if error is None and not available.contains(required):
+            error = (f"Total resources {required} required by task group and its executor "
+                     f"is more than available {available}")
+        if error is not None:
+            for task in tasks:
+                self._send_master_update(framework, task, "TASK_ERROR", "REASON_TASK_INVALID", error)
+            return available
+        executor = _with_allocation({"executor": copy.deepcopy(executor)})["executor"]
+        executor["framework_id"] = {"value": framework.id}
+        executor.setdefault("command", {}).setdefault("shell", True)
+        if (agent.agent_id, executor_id) not in framework.executors:
+            framework.executors[(agent.agent_id, executor_id)] = {
+                "info": executor, "resources": Resources.from_json(executor.get("resources"))}
+        prepared = []
         for task in tasks:
-            task = dict(task)
-            task["executor"] = executor
-            available = self._launch(framework, agent, task, executor, available)
-        return available
+            task = _with_allocation(copy.deepcopy(task))
+            record = Task(info=task, framework_id=framework.id, agent_id=agent.agent_id,
+                          executor_id=executor_id, resources=Resources.from_json(task.get("resources")))
+            record.statuses.append({"state": "TASK_STAGING", "timestamp": time.time()})
+            framework.tasks[record.task_id] = record
+            prepared.append(task)
+        agent.run_task_group(copy.deepcopy(framework.info), copy.deepcopy(executor), prepared)
+        return available - required
 
     def _kill(self, framework: Framework, body: dict[str, Any]) -> None:
         task_id = body["task_id"]["value"]

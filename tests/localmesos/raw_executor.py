@@ -65,6 +65,10 @@ while True:
         update(task_id, "TASK_RUNNING")
         if MODE == "finish":
             update(task_id, "TASK_FINISHED", b"payload")
+    elif kind == "LAUNCH_GROUP":
+        for task in event["launch_group"]["task_group"]["tasks"]:
+            update(task["task_id"], "TASK_RUNNING")
+            update(task["task_id"], "TASK_FINISHED", task["task_id"]["value"].encode())
     elif kind == "KILL":
         update(event["kill"]["task_id"], "TASK_KILLED")
     elif kind == "MESSAGE":

@@ -238,3 +238,41 @@ def test_stop_kills_executors_and_removes_sandboxes(make_cluster, tmp_path):
     assert not (tmp_path / "wd" / "slaves").exists()
     assert not log.exists()
     sched.close()
+
+
+def test_launch_group_is_delivered_as_one_event(cluster, tmp_path):
+    log = tmp_path / "group.log"
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    offer = sched.offers()[0]
+    template = raw_task("unused", offer, "group-exec", "hold", log)
+    tasks = [{"name": f"g-{i}", "task_id": {"value": f"g-{i}"}, "agent_id": offer["agent_id"],
+              "resources": template["resources"]} for i in range(2)]
+    assert sched.call("ACCEPT", {"offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH_GROUP", "launch_group": {
+        "executor": dict(template["executor"], type="CUSTOM"), "task_group": {"tasks": tasks}}}]}) == (202, "")
+    seen = {}
+    while len(seen) < 2:
+        status = sched.update()
+        sched.ack(status)
+        if status["state"] == "TASK_FINISHED":
+            seen[status["task_id"]["value"]] = base64.b64decode(status["data"])
+    assert seen == {"g-0": b"g-0", "g-1": b"g-1"}
+    groups = [e for e in events(log) if e["type"] == "LAUNCH_GROUP"]
+    assert len(groups) == 1 and len(groups[0]["launch_group"]["task_group"]["tasks"]) == 2
+    # Over-sized group: every task gets TASK_ERROR, none runs.
+    offer = sched.offers()[0]
+    big = [{"name": "b", "task_id": {"value": f"b-{i}"}, "agent_id": offer["agent_id"],
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 100}}]} for i in range(2)]
+    assert sched.call("ACCEPT", {"offer_ids": [offer["id"]], "operations": [{"type": "LAUNCH_GROUP", "launch_group": {
+        "executor": template["executor"], "task_group": {"tasks": big}}}]}) == (202, "")
+    assert {sched.update()["state"], sched.update()["state"]} == {"TASK_ERROR"}
+    sched.close()
+
+
+def test_periodic_heartbeats(make_cluster):
+    cluster = make_cluster(heartbeat_interval=0.2)
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    sched.next("HEARTBEAT", timeout=2)
+    sched.next("HEARTBEAT", timeout=2)
+    sched.close()
