@@ -276,3 +276,25 @@ def test_periodic_heartbeats(make_cluster):
     sched.next("HEARTBEAT", timeout=2)
     sched.next("HEARTBEAT", timeout=2)
     sched.close()
+
+
+def test_kill_during_launch_and_registration_timeout(make_cluster):
+    cluster = make_cluster(executor_registration_timeout=1.0)
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    offer = sched.offers()[0]
+    # Executors that never subscribe: their tasks stay queued at the agent.
+    sched.launch(offer, [executor_task("q-1", offer, "mute-1", "sleep 30"),
+                         executor_task("q-2", offer, "mute-2", "sleep 30")])
+    wait_for(lambda: len(cluster.executor_pids()) == 2)
+    assert sched.call("KILL", {"task_id": {"value": "q-1"}}) == (202, "")
+    killed = sched.update("q-1")
+    assert killed["state"] == "TASK_KILLED" and killed["reason"] == "REASON_TASK_KILLED_DURING_LAUNCH"
+    sched.ack(killed)
+    timed_out = sched.update("q-2", timeout=5)
+    assert timed_out["state"] == "TASK_FAILED"
+    assert timed_out["reason"] == "REASON_EXECUTOR_REGISTRATION_TIMEOUT"
+    sched.ack(timed_out)
+    wait_for(lambda: not cluster.executor_pids(), timeout=5)
+    wait_for(lambda: cluster.state()["slaves"][0]["used_resources"]["cpus"] == 0.0)
+    sched.close()

@@ -301,3 +301,45 @@ def test_state_endpoint(cluster):
         assert agent["offered_resources"]["cpus"] == 2.0 and agent["used_resources"]["cpus"] == 0.0
         assert state["frameworks"][0]["name"] == "stateful" and state["frameworks"][0]["active"]
     sched.close()
+
+
+def test_calls_of_a_disconnected_framework_are_forbidden(cluster):
+    sched = Scheduler(cluster.master_address, failover_timeout=60)
+    sched.next("SUBSCRIBED")
+    sched.close()
+    from localmesos_helpers import wait_for
+    wait_for(lambda: not cluster.state()["frameworks"][0]["connected"])
+    assert sched.call("REVIVE") == (403, "Framework is not subscribed")
+
+
+def test_offer_timeout_rescinds(make_cluster):
+    cluster = make_cluster(offer_timeout=0.3)
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    offer = sched.offers()[0]
+    rescind = sched.next("RESCIND")["rescind"]
+    assert rescind == {"offer_id": offer["id"]}
+    assert sched.offers()[0]["id"] != offer["id"]
+    sched.close()
+
+
+def test_gpu_agents_and_two_frameworks(make_cluster):
+    from framework.localmesos import AgentSpec
+    cluster = make_cluster(agents=[
+        AgentSpec(hostname="cpu-1", resources={"cpus": 1, "mem": 1024}),
+        AgentSpec(hostname="gpu-1", resources={"cpus": 1, "mem": 1024, "gpus": 1}, attributes={"zone": "b"})])
+    plain = Scheduler(cluster.master_address, name="plain")
+    plain.next("SUBSCRIBED")
+    offers = plain.offers()
+    assert [o["hostname"] for o in offers] == ["cpu-1"]
+    plain.none("OFFERS", 0.4)
+    gpu = Scheduler(cluster.master_address, name="gpu", extra_info={"capabilities": [{"type": "GPU_RESOURCES"}]})
+    gpu.next("SUBSCRIBED")
+    gpu_offer = gpu.offers()[0]
+    assert gpu_offer["hostname"] == "gpu-1"
+    assert {r["name"]: r["scalar"]["value"] for r in gpu_offer["resources"]}["gpus"] == 1.0
+    # Resources declined by one framework go to the other one.
+    assert plain.call("DECLINE", {"offer_ids": [offers[0]["id"]], "filters": {"refuse_seconds": 60}}) == (202, "")
+    assert gpu.offers()[0]["hostname"] == "cpu-1"
+    plain.close()
+    gpu.close()
