@@ -116,11 +116,14 @@ class LocalCluster:
         if self.master is None or self._stop.is_set():
             return
         grace = self.options["executor_shutdown_grace_period"] if timeout is None else timeout
+        # The master goes away first: no new subscriptions while executors shut down.
+        self.master.server.shutdown()
+        self.master.server.server_close()
         with self.lock:
-            runs = [run for agent in self.agents for run in agent.begin_stop()]
             for framework in list(self.master.frameworks.values()):
                 if framework.stream is not None:
                     framework.stream.close()
+            runs = [run for agent in self.agents for run in agent.begin_stop()]
         deadline = time.monotonic() + grace
         for run in runs:
             while run.proc is None and run.state == "LAUNCHING" and time.monotonic() < deadline:
@@ -141,9 +144,13 @@ class LocalCluster:
                 kill_session(run.proc.pid)
             if run.waiter is not None:
                 run.waiter.join(timeout=5)
-        for server in [self.master.server] + [agent.server for agent in self.agents]:
+        for server in [agent.server for agent in self.agents]:
             server.shutdown()
             server.server_close()
+        with self.lock:
+            for run in runs:
+                if run.stream is not None:
+                    run.stream.close()
         for thread in self._threads:
             thread.join(timeout=5)
         if not self.keep_sandboxes:

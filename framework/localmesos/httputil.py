@@ -154,10 +154,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def parse_call(self, kind: str) -> dict[str, Any]:
         """Check method and content type, parse the JSON body (Mesos' error texts)."""
+        body = self.read_body()
         if self.command != "POST":
             raise HTTPError(405, f"Expecting one of {{ 'POST' }}, but received '{self.command}'",
                             {"Allow": "POST"})
-        body = self.read_body()
         content_type = self.headers.get("Content-Type")
         if content_type is None:
             raise HTTPError(400, "Expecting 'Content-Type' to be present")
