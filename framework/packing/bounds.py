@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.optimize import linprog
 
 from .problem import Problem
 
@@ -89,6 +90,8 @@ def cost_lower_bound(p: Problem, mask: np.ndarray | None = None) -> float:
         before = cum[k - 1] if k > 0 else 0.0
         best = max(best, float(q[:k].sum() + (need - before) / c[k] * q[k]))
     priced = ~free
+    if priced.any() and not np.all(price[priced] == price[priced][0]):
+        best = max(best, _lp_cover(p, total))
     if priced.any():
         p0 = price[priced][0]
         same_price = bool(np.all(price[priced] == p0))
@@ -105,3 +108,48 @@ def cost_lower_bound(p: Problem, mask: np.ndarray | None = None) -> float:
                 k = int(np.searchsorted(cum, need - _TOL)) + 1
                 best = max(best, p0 * min(k, int(priced.sum())))
     return best
+
+
+def effective_capacity(p: Problem) -> np.ndarray:
+    """Per agent and resource, the largest load any plan can put there: the largest sum of
+    task/executor sizes (any multiplicities) not above the capacity. Computed exactly by a
+    reachability table when all sizes are multiples of 1/k (k in 1, 10, 100, 1000);
+    otherwise the plain capacity."""
+    eff = p.cap.copy()
+    for r in range(p.R):
+        sizes = np.unique(np.concatenate([p.demand[:, r], p.exec_dem[:, r]]))
+        sizes = sizes[sizes > 0]
+        if len(sizes) == 0 or len(sizes) > 64:
+            continue
+        for k in (1, 10, 100, 1000):
+            scaled = sizes * k
+            top = float(p.cap[:, r].max()) * k
+            if np.allclose(scaled, np.round(scaled), atol=1e-9) and top <= 200_000:
+                break
+        else:
+            continue
+        units = np.round(scaled).astype(np.int64)
+        top = int(np.floor(top + 1e-9))
+        reach = np.zeros(top + 1, bool)
+        reach[0] = True
+        for u in units:  # unbounded multiplicities: one forward pass per size
+            for start in range(u):
+                seg = reach[start::u]
+                np.logical_or.accumulate(seg, out=seg)
+        best = np.maximum.accumulate(np.where(reach, np.arange(top + 1), 0))
+        caps = np.floor(p.cap[:, r] * k + 1e-9).astype(np.int64)
+        eff[:, r] = np.minimum(p.cap[:, r], best[np.clip(caps, 0, top)] / k)
+    return eff
+
+
+def _lp_cover(p: Problem, total: np.ndarray) -> float:
+    """LP: min sum price z, sum effcap z >= total per resource, 0 <= z <= 1 (all resources)."""
+    rows = [r for r in range(p.R) if total[r] > _TOL]
+    if not rows or p.A > 20000:
+        return 0.0
+    if getattr(p, "eff_cap", None) is None:
+        p.eff_cap = effective_capacity(p)
+    res = linprog(p.price, A_ub=-p.eff_cap[:, rows].T, b_ub=-total[rows], bounds=(0, 1), method="highs")
+    if res.status != 0:
+        return 0.0
+    return max(0.0, float(res.fun) * (1 - 1e-9) - 1e-9)

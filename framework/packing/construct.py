@@ -31,20 +31,29 @@ def opening_order(p: Problem, remaining: np.ndarray, closed: np.ndarray) -> np.n
     """Closed agents, free ones first, then by price per unit of useful capacity."""
     idx = np.flatnonzero(closed)
     rem = np.maximum(remaining, 0.0)
-    useful = (np.minimum(p.cap[idx], rem) / p.scale).sum(axis=1)
+    # weight resources by pressure (remaining demand / total capacity): bottlenecks dominate
+    pressure = rem / np.maximum(p.total_cap, 1e-12)
+    weight = pressure / max(pressure.sum(), 1e-12)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(rem > 0, np.minimum(p.cap[idx] / np.where(rem > 0, rem, 1.0), 1.0), 0.0)
+    useful = share @ weight
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(useful > 0, p.price[idx] / useful, np.inf)
     return idx[np.lexsort((idx, -useful, ratio))]
 
 
-def construct(state: State, tasks: np.ndarray | None = None) -> None:
-    """Place the given (else all unplaced) tasks, agent by agent; leftovers stay unplaced."""
+def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | None = None) -> None:
+    """Place the given (else all unplaced) tasks, agent by agent; leftovers stay unplaced.
+
+    ``first``: agents to fill before opening others (default: all agents already in use)."""
     p = state.p
     if tasks is None:
         tasks = np.flatnonzero(state.where < 0)
     if len(tasks) == 0 or p.A == 0:
         return
-    tid, members = task_types(p)
+    if p.types is None:
+        p.types = task_types(p)
+    tid, members = p.types
     want = np.zeros(p.T, bool)
     want[tasks] = True
     queues = [list(m[want[m]][::-1]) for m in members]   # unplaced tasks per type, pop() = lowest index
@@ -57,7 +66,7 @@ def construct(state: State, tasks: np.ndarray | None = None) -> None:
     texec = p.exec_dem[tmodel]
     remaining = (tdem * left[:, None]).sum(axis=0)
     # agents that are already open take more tasks first
-    order = list(np.flatnonzero(state.ntask > 0))
+    order = list(np.flatnonzero(state.ntask > 0)) if first is None else list(first)
     closed = state.ntask == 0
     tried = np.zeros(p.A, bool)
     while left.any():

@@ -235,16 +235,29 @@ def _collect(moves: list, ok: np.ndarray, gain: np.ndarray, ins: tuple[int, ...]
 
 
 def improve(state: State, lb: float, budget: Budget, rng: np.random.Generator,
-            steps: int = 400) -> State:
-    """Lower the plan's cost by emptying (or cheapening) agents until lb or budget is hit."""
-    p = state.p
+            steps: int = 400, victims_per_round: int = 12, lns_rounds: int = 150) -> State:
+    """Lower the plan's cost until lb or the budget: agent emptying, then ruin-and-recreate."""
     best = state
     failed: set[tuple[int, int]] = set()
+    while best.cost() > lb + 1e-9 and budget.spend():
+        before = best.cost()
+        best = _empty_agents(best, lb, budget, rng, steps, victims_per_round, failed)
+        if best.cost() <= lb + 1e-9 or not budget.spend():
+            break
+        best = ruin_recreate(best, lb, budget, rng, lns_rounds)
+        if best.cost() >= before - 1e-12:
+            break
+    return best
+
+
+def _empty_agents(best: State, lb: float, budget: Budget, rng: np.random.Generator, steps: int,
+                  victims_per_round: int, failed: set) -> State:
+    p = best.p
     while best.cost() > lb + 1e-9 and budget.spend():
         used = np.flatnonzero(best.ntask > 0)
         used = used[p.price[used] > 0]
         fill = (best.load[used] / p.scale).sum(axis=1) / np.maximum(p.agent_size[used], 1e-12)
-        victims = used[np.lexsort((used, fill, -p.price[used]))]
+        victims = used[np.lexsort((used, fill / p.price[used]))][:victims_per_round]
         improved = False
         for v in victims:
             for w in [-1] + _cheaper(best, int(v)):
@@ -269,6 +282,41 @@ def improve(state: State, lb: float, budget: Budget, rng: np.random.Generator,
                 break
         if not improved:
             break
+    return best
+
+
+def ruin_recreate(state: State, lb: float, budget: Budget, rng: np.random.Generator,
+                  rounds: int) -> State:
+    """LNS: empty 2-4 agents (a seeded pick biased to poor load per price), re-place their
+    tasks with the construction (open agents with room first, then cheapest per unit);
+    keep the result when every task is placed again and cost does not rise."""
+    from .construct import construct
+    p = state.p
+    best = cur = state
+    for _ in range(rounds):
+        if best.cost() <= lb + 1e-9 or not budget.spend():
+            break
+        used = np.flatnonzero(cur.ntask > 0)
+        if len(used) < 2:
+            break
+        eff = (cur.load[used] / p.scale).sum(axis=1) / np.maximum(p.price[used], 1e-9)
+        wts = 1.0 / (1.0 + eff / max(eff.mean(), 1e-12)) ** 3
+        k = int(min(len(used), rng.integers(2, 5)))
+        pick = rng.choice(used, size=k, replace=False, p=wts / wts.sum())
+        trial = cur.copy()
+        removed = np.flatnonzero(np.isin(trial.where, pick))
+        for t in removed:
+            trial.remove(int(t))
+        if len(removed) == 0:
+            continue
+        small = p.demand[removed].min(axis=0)
+        room = np.flatnonzero((trial.ntask > 0) & ((trial.load + small) <= p.cap_tol).all(axis=1))
+        slack = ((p.cap[room] - trial.load[room]) / p.scale).sum(axis=1)
+        construct(trial, removed, first=list(room[np.lexsort((room, slack))]))
+        if (trial.where >= 0).all() and trial.spread_ok() and trial.cost() <= cur.cost() + 1e-12:
+            cur = trial
+            if cur.cost() < best.cost() - 1e-12:
+                best = cur
     return best
 
 

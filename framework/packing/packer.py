@@ -17,6 +17,7 @@ from .improve import Budget, improve, pool_search
 from .model import (RESOURCE_NAMES, Agent, CostModel, DeclineReason, PackingOptions, Plan,
                     TaskDemand, Unplaced)
 from .problem import Problem, State
+from .selection import select_then_pack
 
 log = logging.getLogger("framework.packing")
 
@@ -82,6 +83,10 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
         if trial.placed() > state.placed() and trial.spread_ok():
             state = trial
     lb = cost_lower_bound(p, state.where >= 0)
+    if state.cost() > lb + 1e-9 and _heterogeneous(p):
+        for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s):
+            if (cand.placed(), -cand.cost()) > (state.placed(), -state.cost()) and cand.spread_ok():
+                state = cand
     state = improve(state, lb, budget, rng)
     all_placed = bool((state.where >= 0).all())
     proven = all_placed and state.cost() <= lb + 1e-9
@@ -100,6 +105,12 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     if proven:
         lb = max(lb, state.cost()) if (state.where >= 0).all() else lb
     return state, min(lb, state.cost()) if (state.where >= 0).all() else lb, proven
+
+
+def _heterogeneous(p: Problem) -> bool:
+    priced = p.price > 0
+    return bool(priced.any()) and not (np.all(p.price[priced] == p.price[priced][0])
+                                       and np.all(p.cap == p.cap[0]))
 
 
 def pack(tasks: Sequence[TaskDemand], agents: Sequence[Agent], cost_model: CostModel = CostModel(),

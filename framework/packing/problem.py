@@ -42,6 +42,8 @@ class Problem:
         self.run_agents = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
         self.tasks_of = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
         self.has_exec = (self.exec_dem > 0).any(axis=1)
+        self.total_cap = self.cap.sum(axis=0)
+        self.types = None  # filled lazily by construct.task_types
 
     @classmethod
     def simple(cls, demand: np.ndarray, cap: np.ndarray, price: np.ndarray | None = None) -> Problem:
