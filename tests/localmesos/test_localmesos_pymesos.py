@@ -82,3 +82,33 @@ def test_pymesos_scheduler_and_executor_drivers(cluster):
         driver.join()
     wait_for(lambda: not cluster.executor_pids(), timeout=10)
     assert cluster.state()["completed_frameworks"]
+
+
+class RegisterOnly(Scheduler):
+    def __init__(self) -> None:
+        self.registered_event = queue.Queue()
+        self.offers: "queue.Queue[list]" = queue.Queue()
+
+    def registered(self, driver, framework_id, master_info):
+        self.registered_event.put(framework_id["value"])
+
+    def resourceOffers(self, driver, offers):
+        self.offers.put(offers)
+        driver.declineOffer([o.id for o in offers], {"refuse_seconds": 60})
+
+
+def test_pymesos_driver_with_credentials(make_cluster):
+    cluster = make_cluster(credentials={"principal": "secret"})
+    scheduler = RegisterOnly()
+    driver = MesosSchedulerDriver(scheduler, {"user": "tester", "name": "auth", "principal": "principal"},
+                                  cluster.master_address, use_addict=True, principal="principal", secret="secret")
+    driver.start()
+    try:
+        framework_id = scheduler.registered_event.get(timeout=10)
+        offers = scheduler.offers.get(timeout=10)
+        assert offers[0].attributes[0].text.value == "a"
+        assert cluster.state()["frameworks"][0]["id"] == framework_id
+    finally:
+        driver.stop()
+        driver.join()
+    wait_for(lambda: cluster.state()["completed_frameworks"], timeout=5)
