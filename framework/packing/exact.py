@@ -43,7 +43,7 @@ def model_size(p: Problem, agents: np.ndarray) -> int:
 def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State | None, bool]:
     """Solve on the candidate agents. Returns (state or None, proven optimal)."""
     agents = candidate_agents(p, incumbent)
-    if len(agents) == 0 or time_limit <= 0.01:
+    if len(agents) == 0 or time_limit <= 0.003:
         return None, False
     A = len(agents)
     ti, ai = np.nonzero(p.allowed[:, agents])

@@ -87,13 +87,17 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
         for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s):
             if (cand.placed(), -cand.cost()) > (state.placed(), -state.cost()) and cand.spread_ok():
                 state = cand
+    size = model_size(p, candidate_agents(p, state)) if options.exact else 0
+    small = options.exact and size <= options.exact_max_vars
+    if small and (size <= 1000 or _heterogeneous(p)):  # HiGHS likely to help: leave it 60%
+        budget.deadline = start + 0.4 * options.time_budget_s
     state = improve(state, lb, budget, rng)
+    budget.deadline = start + options.time_budget_s
     all_placed = bool((state.where >= 0).all())
     proven = all_placed and state.cost() <= lb + 1e-9
     left = budget.deadline - time.perf_counter()
-    if options.exact and not proven and left > 0.01:
-        agents = candidate_agents(p, state)
-        if model_size(p, agents) <= options.exact_max_vars:
+    if small and not proven and left > 0.005:
+        if True:
             exact, optimal = solve_exact(p, state, left * 0.9)
             if exact is not None:
                 better = (exact.placed(), -exact.cost()) > (state.placed(), -state.cost())
