@@ -440,6 +440,20 @@ class Agent:
                     self._kill_run(run)
 
     # ------------------------------------------------------------ stop
+    def kill_all(self) -> list[ExecutorRun]:
+        """Agent removed: destroy every executor at once, without status updates."""
+        self.stopping = True
+        runs = self.runs()
+        for framework in self.frameworks.values():
+            framework.terminating = True
+            framework.updates.clear()
+        for run in runs:
+            run.state = TERMINATING
+            if run.stream is not None:
+                run.stream.close()
+            self._kill_run(run)
+        return runs
+
     def begin_stop(self) -> list[ExecutorRun]:
         """Send SHUTDOWN to every executor; returns the runs to wait for."""
         self.stopping = True

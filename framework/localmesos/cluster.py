@@ -105,6 +105,24 @@ class LocalCluster:
         with self.lock:
             return self.master.state()
 
+    def remove_agent(self, agent: str) -> None:
+        """Remove an agent (by hostname or id) as if it failed: its executors are killed, frameworks
+        get RESCIND for its offers, TASK_LOST (REASON_AGENT_REMOVED) and FAILURE {agent_id}."""
+        if self.master is None:
+            raise RuntimeError("cluster not started")
+        with self.lock:
+            matches = [a for a in self.agents if agent in (a.agent_id, a.hostname) and not a.stopping]
+            if not matches:
+                raise KeyError(agent)
+            target = matches[0]
+            runs = target.kill_all()
+            self.master.remove_agent(target.agent_id)
+        for run in runs:
+            if run.waiter is not None:
+                run.waiter.join(timeout=5)
+        target.server.shutdown()
+        target.server.server_close()
+
     def executor_pids(self) -> list[int]:
         """Pids of live executor processes (session leaders)."""
         with self.lock:
@@ -144,9 +162,10 @@ class LocalCluster:
                 kill_session(run.proc.pid)
             if run.waiter is not None:
                 run.waiter.join(timeout=5)
-        for server in [agent.server for agent in self.agents]:
-            server.shutdown()
-            server.server_close()
+        for agent in self.agents:
+            if agent.agent_id in self.master.agents:
+                agent.server.shutdown()
+                agent.server.server_close()
         with self.lock:
             for run in runs:
                 if run.stream is not None:

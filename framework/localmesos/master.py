@@ -120,6 +120,8 @@ class Master:
         self.frameworks: dict[str, Framework] = {}
         self.completed_frameworks: dict[str, Framework] = {}
         self._next_framework = 0
+        self._next_agent = 0
+        self.removed_agents: dict[str, "Agent"] = {}
         self._next_offer = 0
         self._next_allocation = 0.0
         self._allocate_now = False
@@ -144,10 +146,37 @@ class Master:
         }
 
     def register_agent(self, agent: "Agent") -> str:
-        agent_id = f"{self.id}-S{len(self.agents)}"
+        agent_id = f"{self.id}-S{self._next_agent}"
+        self._next_agent += 1
         self.agents[agent_id] = agent
         self._allocate_now = True
         return agent_id
+
+    def remove_agent(self, agent_id: str) -> None:
+        """Agent removed (like failed health checks): RESCIND its offers, TASK_LOST its tasks
+        (REASON_AGENT_REMOVED, no uuid), FAILURE {agent_id} to every framework."""
+        agent = self.agents.pop(agent_id, None)
+        if agent is None:
+            return
+        self.removed_agents[agent_id] = agent
+        for framework in self.frameworks.values():
+            for offer in list(framework.offers.values()):
+                if offer.agent_id == agent_id:
+                    self._remove_offer(framework, offer, rescind=True)
+            for task in list(framework.tasks.values()):
+                if task.agent_id != agent_id:
+                    continue
+                status = make_status(task.task_id, "TASK_LOST", "SOURCE_MASTER",
+                                     message=f"Agent {agent.hostname} removed: agent removed by the operator",
+                                     reason="REASON_AGENT_REMOVED", agent_id=agent_id)
+                task.state = task.latest_state = "TASK_LOST"
+                task.statuses.append({"state": "TASK_LOST", "timestamp": status["timestamp"]})
+                del framework.tasks[task.task_id]
+                framework.completed_tasks.append(task)
+                framework.send({"type": "UPDATE", "update": {"status": status}})
+            for key in [k for k in framework.executors if k[0] == agent_id]:
+                del framework.executors[key]
+            framework.send({"type": "FAILURE", "failure": {"agent_id": {"value": agent_id}}})
 
     # ------------------------------------------------------------ subscribe
     def subscribe(self, call: dict[str, Any], stream: EventStream) -> None:

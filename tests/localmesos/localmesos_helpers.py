@@ -80,7 +80,7 @@ class Scheduler:
                 if event["type"] == "SUBSCRIBED":
                     self.framework_id = event["subscribed"]["framework_id"]["value"]
                 self.events.put(event)
-        except (OSError, ValueError, http.client.HTTPException):
+        except Exception:  # noqa: BLE001 - closed from another thread, reset, bad chunk: stream over
             pass
         finally:
             self.closed.set()

@@ -298,3 +298,26 @@ def test_kill_during_launch_and_registration_timeout(make_cluster):
     wait_for(lambda: not cluster.executor_pids(), timeout=5)
     wait_for(lambda: cluster.state()["slaves"][0]["used_resources"]["cpus"] == 0.0)
     sched.close()
+
+
+def test_remove_agent_rescinds_offers_and_loses_tasks(make_cluster):
+    from framework.localmesos import AgentSpec
+    cluster = make_cluster(agents=[AgentSpec(hostname="a1", resources={"cpus": 1, "mem": 512}),
+                                   AgentSpec(hostname="a2", resources={"cpus": 1, "mem": 512})])
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    offers = {o["hostname"]: o for o in sched.offers()}
+    sched.launch(offers["a1"], [executor_task("lost-1", offers["a1"], "exec-a1", "sleep 60")], refuse=0)
+    rest = sched.offers()[0]
+    assert rest["hostname"] == "a1" and rest["executor_ids"] == [{"value": "exec-a1"}]
+    wait_for(lambda: cluster.executor_pids())
+    pid = cluster.executor_pids()[0]
+    cluster.remove_agent("a1")
+    assert sched.next("RESCIND")["rescind"]["offer_id"] == rest["id"]
+    lost = sched.update("lost-1")
+    assert lost["state"] == "TASK_LOST" and lost["reason"] == "REASON_AGENT_REMOVED" and "uuid" not in lost
+    failure = sched.next("FAILURE")["failure"]
+    assert failure == {"agent_id": offers["a1"]["agent_id"]}
+    assert not session_members(pid)
+    assert [s["hostname"] for s in cluster.state()["slaves"]] == ["a2"]
+    sched.close()
