@@ -9,11 +9,11 @@ lower bound (Martello–Toth L2 / fractional cover) whose gap is logged to
 """
 
 from .baseline import first_fit_decreasing
-from .model import (RESOURCE_NAMES, Agent, AttributeEquals, Constraint, CostModel, DeclineReason,
+from .model import (RESOURCE_NAMES, Agent, AttributeEquals, AvoidAgents, Constraint, CostModel, DeclineReason,
                     MaxPerAgent, PackingOptions, Plan, PriceTable, Resources, SpreadAtLeast,
                     TaskDemand, Unplaced, resolve_price)
 from .packer import pack
 
-__all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "Constraint", "CostModel", "DeclineReason",
+__all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "AvoidAgents", "Constraint", "CostModel", "DeclineReason",
            "MaxPerAgent", "PackingOptions", "Plan", "PriceTable", "Resources", "SpreadAtLeast",
            "TaskDemand", "Unplaced", "first_fit_decreasing", "pack", "resolve_price"]

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .model import Agent, AttributeEquals, MaxPerAgent, SpreadAtLeast, TaskDemand, _attr_text
+from .model import Agent, AttributeEquals, AvoidAgents, MaxPerAgent, SpreadAtLeast, TaskDemand, _attr_text
 
 NEEDS_GPU = "needs_gpu"
 
@@ -30,6 +30,8 @@ def static_filters(task: TaskDemand, agents: Sequence[Agent],
             if key not in cache:
                 cache[key] = attribute_check(c, agents)
             out.append((c.label(), cache[key]))
+        elif isinstance(c, AvoidAgents):
+            out.append((c.name, np.array([ag.agent_id not in c.agent_ids for ag in agents], dtype=bool)))
     if task.resources.gpus > 0:
         if "gpu" not in cache:
             cache["gpu"] = np.array([ag.capacity.gpus > 0 for ag in agents], dtype=bool)

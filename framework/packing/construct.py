@@ -87,33 +87,42 @@ def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem:
     p = state.p
     cap = p.cap_tol[a]
     capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
+    limits = bool((p.max_per < p.T).any())
+    spreads = bool(p.spread.any())
+    execs = bool(p.has_exec.any())
     active = (left > 0) & tallowed
     while active.any():
         idx = np.flatnonzero(active)
         residual = cap - state.load[a]
-        m = tmodel[idx]
-        cm = state.cnt[a, m]
-        run = p.running[a, m]
-        need = (cm == 0) & ~p.loaded[a, m]
-        base = residual - need[:, None] * texec[idx]
         d = tdem[idx]
+        m = tmodel[idx]
+        if execs:
+            cm = state.cnt[a, m]
+            need = (cm == 0) & ~p.loaded[a, m]
+            extra = need[:, None] * texec[idx]
+            base = residual - extra
+        else:
+            base = np.broadcast_to(residual, d.shape)
+            extra = None
         with np.errstate(divide="ignore", invalid="ignore"):
-            per = np.where(d > 0, np.floor(base / np.where(d > 0, d, 1.0) + 1e-12), BIG)
-        k = per.min(axis=1)
-        k = np.where((base >= -1e-12).all(axis=1), k, 0)
-        k = np.minimum(k, left[idx])
-        k = np.minimum(k, p.max_per[m] - cm - run)
-        spread_lock = state.distinct[m] < p.spread[m]
-        k = np.where(spread_lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
+            per = np.where(d > 0, np.floor(base / d + 1e-12), BIG)
+        k = np.minimum(per.min(axis=1), left[idx])
+        if execs:
+            k = np.where((base >= -1e-12).all(axis=1), k, 0)
+        if limits or spreads:
+            cm = state.cnt[a, m]
+            run = p.running[a, m]
+            k = np.minimum(k, p.max_per[m] - cm - run)
+            if spreads:
+                lock = state.distinct[m] < p.spread[m]
+                k = np.where(lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
         ok = k >= 1
         if not ok.any():
             return
-        idx, k = idx[ok], k[ok].astype(np.int64)
         # dot product of normalised demand (executor share included) and residual
-        rn = np.maximum(residual, 0.0) / capn
-        dn = (d[ok] + need[ok][:, None] * texec[idx]) / capn
-        score = dn @ rn
-        best = int(np.lexsort((idx, -score))[0])
+        dn = d if extra is None else d + extra
+        score = np.where(ok, (dn / capn) @ (np.maximum(residual, 0.0) / capn), -np.inf)
+        best = int(np.argmax(score))   # first maximum: lowest type index on ties
         j, kk = int(idx[best]), int(k[best])
         q = queues[j]
         for _ in range(kk):

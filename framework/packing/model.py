@@ -86,7 +86,18 @@ class SpreadAtLeast:
         return f"spread_at_least({self.agents})"
 
 
-Constraint = AttributeEquals | MaxPerAgent | SpreadAtLeast
+@dataclass(frozen=True)
+class AvoidAgents:
+    """Not on these agents (a retried task avoids the agents it already failed on)."""
+
+    agent_ids: frozenset[str]
+    name = "avoid_agents"
+
+    def label(self) -> str:
+        return f"avoid_agents({','.join(sorted(self.agent_ids))})"
+
+
+Constraint = AttributeEquals | MaxPerAgent | SpreadAtLeast | AvoidAgents
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,9 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     budget = Budget(start + options.time_budget_s, options.max_iterations)
     rng = np.random.default_rng(options.seed)
     state = State(p)
+    t_construct = time.perf_counter()
     construct(state)
+    t_construct = time.perf_counter() - t_construct
     if (state.where < 0).any():  # try to place more through swaps, any agent may open
         trial = state.copy()
         pool = [int(t) for t in np.flatnonzero(trial.where < 0) if p.allowed[t].any()]
@@ -84,7 +86,8 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
             state = trial
     lb = cost_lower_bound(p, state.where >= 0)
     if state.cost() > lb + 1e-9 and _heterogeneous(p):
-        for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s):
+        for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s,
+                                     budget.deadline, t_construct):
             if (cand.placed(), -cand.cost()) > (state.placed(), -state.cost()) and cand.spread_ok():
                 state = cand
     size = model_size(p, candidate_agents(p, state)) if options.exact else 0
@@ -169,9 +172,14 @@ def _never_fits(p: Problem) -> np.ndarray:
     """Agents where no task could ever be placed, even alone on the empty agent."""
     if p.T == 0:
         return np.ones(p.A, bool)
-    need = p.demand[:, None, :] + (~p.loaded.T[p.model_of])[:, :, None] * p.exec_dem[p.model_of][:, None, :]
-    fits = (need <= p.cap_tol[None, :, :]).all(axis=2) & p.allowed
-    fits &= (p.running.T[p.model_of] < p.max_per[p.model_of][:, None])
+    if p.types is None:
+        from .construct import task_types
+        p.types = task_types(p)
+    reps = np.array([m[0] for m in p.types[1]], dtype=np.int64)
+    mo = p.model_of[reps]
+    need = p.demand[reps][:, None, :] + (~p.loaded.T[mo])[:, :, None] * p.exec_dem[mo][:, None, :]
+    fits = (need <= p.cap_tol[None, :, :]).all(axis=2) & p.allowed[reps]
+    fits &= p.running.T[mo] < p.max_per[mo][:, None]
     return ~fits.any(axis=0)
 
 

@@ -28,13 +28,18 @@ def choose_agents(p: Problem, need: np.ndarray, time_limit: float) -> np.ndarray
     return np.flatnonzero(res.x > 0.5)
 
 
-def select_then_pack(ref: State, slacks: tuple[float, ...], time_limit: float) -> list[State]:
-    """One packed state per slack factor (agent set from ``choose_agents``)."""
+def select_then_pack(ref: State, slacks: tuple[float, ...], time_limit: float,
+                     deadline: float = float("inf"), construct_s: float = 0.0) -> list[State]:
+    """One packed state per slack factor (agent set from ``choose_agents``), as long as
+    another construction (``construct_s`` seconds) still fits before ``deadline``."""
+    import time
     p = ref.p
     exec_load = sum((ref.cnt[:, m] > 0).sum() * p.exec_dem[m] for m in range(p.M) if p.has_exec[m])
     need = p.demand[ref.where >= 0].sum(axis=0) + exec_load
     out = []
     for slack in slacks:
+        if time.perf_counter() + 1.5 * construct_s + time_limit / len(slacks) > deadline:
+            break
         chosen = choose_agents(p, need * slack, time_limit / len(slacks))
         if chosen is None:
             continue
