@@ -8,18 +8,23 @@ failover, tears the framework down).  Results are handed to the job's main threa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from framework.offers import PoolAllocator, merge_by_agent, view_offer
-from framework.packing import Agent, CostModel, PackingOptions, Plan, PriceTable, TaskDemand, pack
+from framework.packing import Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, TaskDemand, pack
 from framework.tasks import ItemState, Tracker, WorkItem
 
 log = logging.getLogger(__name__)
+
+AVOID_FAILED_AGENTS_SECONDS = 10.0
+"""How long a retried task waits for an agent other than those it failed on."""
 
 
 class WorkCatalog(Protocol):
@@ -88,6 +93,7 @@ class EnsembleScheduler:
         self.known_agents: set[str] = set()
         self.last_plan: Plan | None = None
         self.first_running_at: float | None = None
+        self.retried_at: dict[str, float] = {}
 
     # --- framework life -------------------------------------------------------------------
     @callback
@@ -126,14 +132,13 @@ class EnsembleScheduler:
                 self._suppress(driver)
                 return
             agents = merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks())
-            demands = [self.catalog.demand(item) for item in pending]
+            demands = [self._demand(item) for item in pending]
             plan = pack(demands, agents, self.cost_model, self.packing)
             self.last_plan = plan
             by_key = {item.key: item for item in pending}
             launches = 0
             for agent in agents:
-                task_keys = plan.assignments.get(agent.agent_id, ())
-                items = [by_key[k] for k in task_keys if not self._avoid(by_key[k], agent.agent_id)]
+                items = [by_key[k] for k in plan.assignments.get(agent.agent_id, ())]
                 offer_ids = [{"value": o} for o in agent.offer_ids]
                 if not items:
                     reason = plan.declined.get(agent.agent_id, "unneeded")
@@ -161,11 +166,16 @@ class EnsembleScheduler:
         task_id = self.tracker.launched(item, agent.agent_id)
         return self.catalog.task_info(item, task_id, agent, allocator, self.executors[key])
 
-    def _avoid(self, item: WorkItem, agent_id: str) -> bool:
-        """Retry elsewhere if possible: skip an agent this item failed on while others exist."""
-        if agent_id not in item.failed_agents or item.attempts >= self.tracker.max_retries:
-            return False
-        return bool(self.known_agents - set(item.failed_agents))
+    def _demand(self, item: WorkItem) -> TaskDemand:
+        """The item's demand; a retry avoids the agents it failed on, if others are known, for
+        ``AVOID_FAILED_AGENTS_SECONDS`` (then any agent will do) and never on its last attempt."""
+        demand = self.catalog.demand(item)
+        failed = frozenset(item.failed_agents)
+        since = self.retried_at.get(item.key)
+        if (not failed or not (self.known_agents - failed) or item.attempts >= self.tracker.max_retries
+                or since is None or time.monotonic() - since > AVOID_FAILED_AGENTS_SECONDS):
+            return demand
+        return dataclasses.replace(demand, constraints=demand.constraints + (AvoidAgents(failed),))
 
     @callback
     def offerRescinded(self, driver: Any, offer_id: Any) -> None:  # noqa: N802
@@ -183,12 +193,11 @@ class EnsembleScheduler:
             if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
                 self._forget_executor(item.agent_id, item.model)
         if transition.kind == "started" and state == "TASK_RUNNING" and self.first_running_at is None:
-            import time
-
             self.first_running_at = time.monotonic()
         if transition.kind == "finished":
             self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
         elif transition.kind == "retry":
+            self.retried_at[task_id.rsplit(".a", 1)[0]] = time.monotonic()
             log.warning("task %s: %s; will retry", task_id, transition.detail)
             self._revive_if_needed(driver)
         elif transition.kind == "gave_up":
@@ -224,6 +233,7 @@ class EnsembleScheduler:
         if transition.kind == "gave_up":
             self.events.put(SchedulerEvent("gave_up", item, detail=description))
         else:
+            self.retried_at[item.key] = time.monotonic()
             self._revive_if_needed(driver)
 
     def cancel_model(self, driver: Any, model: str) -> None:

@@ -6,6 +6,12 @@ model on one agent share one executor, counted once. Phases: static filters, age
 construction, pool-and-swap improvement, an exact HiGHS solve on small instances, and a
 lower bound (Martello–Toth L2 / fractional cover) whose gap is logged to
 ``framework.packing``.
+
+Notes: ``Plan.lower_bound`` bounds the cost of placing the tasks the plan places (when some
+stay unplaced it is not a bound over other task subsets). Results are deterministic for a
+given input when the iteration cap (``PackingOptions.max_iterations``) rather than the
+deadline ends the search. Offering one more agent never raises the cost when both decisions
+are proven optimal; for heuristic decisions this is not guaranteed.
 """
 
 from .baseline import first_fit_decreasing

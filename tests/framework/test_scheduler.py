@@ -27,7 +27,7 @@ def scheduler(tmp_path: Path) -> Iterator[EnsembleScheduler]:
     shards = {"data": write_shards(data.features[:100], 50, tmp_path / "shards")}  # 2 shards
     catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
     items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
-    yield EnsembleScheduler(Tracker(items, max_retries=1), catalog, PriceTable(), CostModel(), PackingOptions(),
+    yield EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(), PackingOptions(),
                             OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0))
     server.stop()
 
@@ -38,14 +38,14 @@ def launched_task_ids(driver: FakeDriver) -> list[str]:
 
 def test_offers_of_one_agent_accepted_in_one_call(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
-    scheduler.resourceOffers(driver, [make_offer("a1", cpus=1, mem=1024), make_offer("a1", cpus=1, mem=1024)])
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=1.2, mem=1024), make_offer("a1", cpus=1.2, mem=1024)])
     assert len(driver.launches) == 1
     offer_ids, tasks, filters = driver.launches[0]
     assert len(offer_ids) == 2 and len(tasks) == 4 and filters == {"refuse_seconds": 5.0}
     assert driver.suppressed == 1  # nothing left pending
     # Resources never exceed what the two offers hold together.
     used = sum(r["scalar"]["value"] for t in tasks for r in t["resources"] + t["executor"]["resources"] if r["name"] == "cpus")
-    assert used <= 2.0 + 1e-9
+    assert used <= 2.4 + 1e-9
 
 
 def test_executor_shared_by_tasks_of_a_model_on_an_agent(scheduler: EnsembleScheduler) -> None:
@@ -89,6 +89,11 @@ def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler
     second = first.replace(".a1", ".a2")
     assert second in launched_task_ids(driver)
     scheduler.statusUpdate(driver, make_status(second, "TASK_LOST", "a2", reason="REASON_AGENT_REMOVED"))
+    # The last attempt may run anywhere, even where it failed before.
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    third = first.replace(".a1", ".a3")
+    assert third in launched_task_ids(driver)
+    scheduler.statusUpdate(driver, make_status(third, "TASK_FAILED", "a1", message="boom again"))
     event = scheduler.events.get_nowait()
     assert event.kind == "gave_up" and event.item is not None and event.item.state is ItemState.FAILED
 
@@ -106,7 +111,7 @@ def test_finished_update_hands_data_to_main_thread(scheduler: EnsembleScheduler)
 def test_callback_errors_never_reach_the_driver(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
     broken = make_offer("a1")
-    del broken["agent_id"]  # addict yields an empty Dict: the adapter fails on it
+    broken["resources"][0]["scalar"] = "garbage"  # a malformed resource makes the adapter fail
     scheduler.resourceOffers(driver, [broken])  # must not raise
     event = scheduler.events.get_nowait()
     assert event.kind == "fatal" and "resourceOffers" in event.detail
