@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
+
 from executor.protocol import (
     TaskPayload,
     array_to_npy,
@@ -46,7 +48,7 @@ def build_result_data(payload: TaskPayload, output: Any) -> bytes:
     return uploaded_envelope(npy, output.shape).to_json()
 
 
-class EnsembleExecutor:
+class EnsembleExecutor(pymesos.Executor):
     """A pymesos ``Executor``: runs prediction tasks for one model, sharing one loaded copy."""
 
     def __init__(self, sandbox: Path, workers: int) -> None:
@@ -93,9 +95,7 @@ class EnsembleExecutor:
         task_id = task["task_id"]["value"]
         try:
             self._send(driver, task_id, "TASK_RUNNING")
-            from pymesos import decode_data
-
-            payload = TaskPayload.from_json(decode_data(task["data"]))
+            payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
             output = run_task(payload, self.sandbox, self.cache)
             data = build_result_data(payload, output)
         except TaskError as error:
@@ -111,13 +111,11 @@ class EnsembleExecutor:
         self._send(driver, task_id, "TASK_FINISHED", data=data)
 
     def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
-        from pymesos import encode_data
-
         status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}
         if message:
             status["message"] = message[:4000]
         if data is not None:
-            status["data"] = encode_data(data)
+            status["data"] = pymesos.encode_data(data)
         try:
             driver.sendStatusUpdate(status)
         except Exception:
@@ -127,10 +125,8 @@ class EnsembleExecutor:
 def main() -> int:
     """Entry point of ``python -m executor``, started by a Mesos agent."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from pymesos import MesosExecutorDriver  # imported on the main thread: it installs a SIGINT handler
-
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
-    driver = MesosExecutorDriver(EnsembleExecutor(sandbox, workers), use_addict=True)
+    driver = pymesos.MesosExecutorDriver(EnsembleExecutor(sandbox, workers), use_addict=True)
     driver.run()
     return 0

@@ -17,6 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
+
 from framework.offers import PoolAllocator, merge_by_agent, view_offer
 from framework.packing import Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, TaskDemand, pack
 from framework.tasks import ItemState, Tracker, WorkItem
@@ -70,8 +72,8 @@ def callback(method: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
-class EnsembleScheduler:
-    """A pymesos Scheduler (duck-typed: pymesos calls these methods by name)."""
+class EnsembleScheduler(pymesos.Scheduler):
+    """The framework's pymesos ``Scheduler``: offers in, launches and declines out."""
 
     def __init__(
         self,
