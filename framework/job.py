@@ -408,6 +408,7 @@ class JobRunner:
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.
         stack.callback(driver.join)
         stack.callback(driver.stop)
+        stack.callback(setattr, scheduler, "stopping", True)
         return driver
 
     def _drive(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,

@@ -96,6 +96,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.last_plan: Plan | None = None
         self.first_running_at: float | None = None
         self.retried_at: dict[str, float] = {}
+        self.stopping = False
 
     # --- framework life -------------------------------------------------------------------
     @callback
@@ -116,7 +117,10 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     @callback
     def disconnected(self, driver: Any) -> None:
-        log.warning("disconnected from the master; pymesos reconnects")
+        if self.stopping:
+            log.debug("disconnected from the master while stopping")
+        else:
+            log.warning("disconnected from the master; pymesos reconnects")
 
     @callback
     def error(self, driver: Any, message: str) -> None:

@@ -12,7 +12,7 @@ Report layout (JSON-ready dict)::
   macro for multi-class) and log loss where probabilities exist (a member's probabilities are
   placed by label into the union of its classes and the labels seen).
 * ``regression`` (mean/median/stacking of values): RMSE, MAE, R2.
-* ``score``: a mean/median ensemble whose output lies in [0, 1] against 0/1 labels (the
+* ``score``: a mean/median ensemble against 0/1 labels (the
   founding example: a regressor's value averaged with a classifier's P(class 1)): both the
   regression metrics and accuracy at threshold 0.5, ROC AUC and log loss (scores clipped to
   [1e-15, 1 - 1e-15]); each member is scored on the value it contributes.
@@ -104,13 +104,12 @@ def member_view(spec: MemberSpec, output: np.ndarray) -> tuple[np.ndarray | None
 
 
 def is_score_task(y: np.ndarray, ensemble_values: np.ndarray) -> bool:
-    """0/1 labels and an ensemble output inside [0, 1]."""
+    """0/1 labels: the averaged values are scores for class 1 (log loss only where inside [0, 1])."""
     try:
         yf = np.asarray(y, dtype=float)
     except (TypeError, ValueError):
         return False
-    v = np.asarray(ensemble_values, dtype=float)
-    return bool(np.all(np.isin(yf, (0.0, 1.0))) and np.all((v >= 0) & (v <= 1)))
+    return bool(np.all(np.isin(yf, (0.0, 1.0))) and np.all(np.isfinite(np.asarray(ensemble_values, dtype=float))))
 
 
 def task_of(combiner: Any, y: np.ndarray, ensemble_output: np.ndarray) -> str:
