@@ -214,6 +214,8 @@ class Master:
             "heartbeat_interval_seconds": float(self.heartbeat_interval),
             "master_info": self.master_info(),
         }})
+        # Mesos' heartbeater sends its first HEARTBEAT right away, then one per interval.
+        stream.send({"type": "HEARTBEAT"})
         self._allocate_now = True
 
     def _stream_closed(self, framework_id: str, stream: EventStream) -> None:

@@ -63,6 +63,7 @@ class Scheduler:
         self.stream_id = self.response.getheader("Mesos-Stream-Id")
         self.events: "queue.Queue[dict[str, Any]]" = queue.Queue()
         self.all_events: list[dict[str, Any]] = []
+        self.backlog: list[dict[str, Any]] = []
         self.closed = threading.Event()
         self.framework_id: Optional[str] = framework_id
         if self.status == 200:
@@ -85,8 +86,15 @@ class Scheduler:
         finally:
             self.closed.set()
 
+    def _matches(self, event: dict[str, Any], kind: Optional[str], predicate: Any) -> bool:
+        return (kind is None or event["type"] == kind) and (predicate is None or predicate(event))
+
     def next(self, kind: Optional[str] = None, timeout: float = 10.0, skip: tuple[str, ...] = ("HEARTBEAT",),
              predicate: Any = None) -> dict[str, Any]:
+        """Next event of ``kind``; other events are kept in a backlog for later calls."""
+        for index, event in enumerate(self.backlog):
+            if self._matches(event, kind, predicate):
+                return self.backlog.pop(index)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -98,22 +106,23 @@ class Scheduler:
                 continue
             if event["type"] in skip and event["type"] != kind:
                 continue
-            if kind is not None and event["type"] != kind:
-                continue
-            if predicate is not None and not predicate(event):
-                continue
-            return event
+            if self._matches(event, kind, predicate):
+                return event
+            self.backlog.append(event)
 
     def none(self, kind: str, seconds: float, predicate: Any = None) -> None:
-        """Assert that no event of ``kind`` arrives within ``seconds``."""
+        """Assert that no event of ``kind`` arrives within ``seconds`` (others are kept)."""
+        assert not [e for e in self.backlog if self._matches(e, kind, predicate)], self.backlog
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
                 event = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 return
-            if event["type"] == kind and (predicate is None or predicate(event)):
+            if self._matches(event, kind, predicate):
                 raise AssertionError(f"unexpected {event}")
+            if event["type"] != "HEARTBEAT":
+                self.backlog.append(event)
 
     def update(self, task_id: Optional[str] = None, timeout: float = 10.0) -> dict[str, Any]:
         event = self.next("UPDATE", timeout, predicate=lambda e: task_id is None
