@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, npy_to_array, sha256_hex
 from executor.runner import ModelCache, TaskError, run_task
+
+
+def scaled_logistic():  # noqa: ANN201
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +30,7 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture()
 def sandbox(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> Path:
     x, y = data
-    joblib.dump(LogisticRegression(max_iter=5000).fit(x, y), tmp_path / "m.joblib")
+    joblib.dump(scaled_logistic().fit(x, y), tmp_path / "m.joblib")
     return tmp_path
 
 
@@ -101,5 +107,5 @@ def test_cv_fit_predict_fits_a_clone_on_the_fold(sandbox: Path, data: tuple[np.n
                                  labels=RemoteFile("mem://labels", sha256_hex(labels)), train_rows=train, test_rows=test)
     blobs["mem://labels"] = labels
     output = run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
-    expected = LogisticRegression(max_iter=5000).fit(x[train], y[train]).predict(x[test])
+    expected = scaled_logistic().fit(x[train], y[train]).predict(x[test])
     assert np.array_equal(output, expected)
