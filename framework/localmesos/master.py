@@ -1,6 +1,7 @@
 """The master: scheduler API, allocator (offers, filters), task bookkeeping, /master/state."""
 from __future__ import annotations
 
+import base64
 import copy
 import socket
 import struct
@@ -353,7 +354,7 @@ class Master:
             kind = operation.get("type")
             if kind == "LAUNCH":
                 for task in (operation.get("launch") or {}).get("task_infos", []):
-                    available = self._launch(framework, agent, task, None, available)
+                    available = self._launch(framework, agent, task, available)
             elif kind == "LAUNCH_GROUP":
                 group = operation.get("launch_group") or {}
                 available = self._launch_group(framework, agent, group, available)
@@ -395,7 +396,8 @@ class Master:
         return Resources.from_json(task.get("resources"))
 
     def _launch(self, framework: Framework, agent: "Agent", task: dict[str, Any],
-                group_executor: Optional[dict[str, Any]], available: Resources) -> Resources:
+                available: Resources) -> Resources:
+        """Validate one LAUNCH task against what is left of the offers; start it or TASK_ERROR."""
         try:
             error = self._validate_task(framework, agent, task, set())
             resources = self._task_resources(task)
@@ -892,7 +894,6 @@ def _validate_scheduler_call(call: dict[str, Any]) -> None:
         fail("Not a valid UUID")
     if kind == "MESSAGE":
         try:
-            import base64
             base64.b64decode(call["message"]["data"], validate=True)
         except (ValueError, TypeError):
             raise HTTPError(400, "Failed to convert JSON into Call protobuf: Failed to base64-decode 'data'") from None

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from localmesos_helpers import Scheduler, basic, command_task, post, resources
+from localmesos_helpers import Scheduler, basic, command_task, post, wait_for
 
 
 def test_version_is_numeric(cluster):
@@ -196,7 +196,6 @@ def test_decline_filter_revive_and_suppress(cluster):
     started = time.monotonic()
     sched.offers(timeout=5)
     assert time.monotonic() - started >= 0.8
-    second = sched.next("OFFERS") if False else None  # noqa: F841 - offers arrive one at a time
     # Decline for a long time, then REVIVE clears the filter at once.
     offer = cluster.state()["frameworks"][0]["offers"][0]
     assert sched.call("DECLINE", {"offer_ids": [{"value": offer["id"]}],
@@ -245,7 +244,6 @@ def test_kill_command_task_and_unknown_task(cluster):
     lost = sched.update("never-launched-2")
     assert lost["state"] == "TASK_LOST" and lost["message"] == "Reconciliation: Task is unknown"
     assert lost["reason"] == "REASON_RECONCILIATION" and "agent_id" not in lost and "uuid" not in lost
-    from localmesos_helpers import wait_for
     from framework.localmesos.agent import session_members
     wait_for(lambda: not session_members(pid), timeout=5)
     sched.close()
@@ -307,7 +305,6 @@ def test_calls_of_a_disconnected_framework_are_forbidden(cluster):
     sched = Scheduler(cluster.master_address, failover_timeout=60)
     sched.next("SUBSCRIBED")
     sched.close()
-    from localmesos_helpers import wait_for
     wait_for(lambda: not cluster.state()["frameworks"][0]["connected"])
     assert sched.call("REVIVE") == (403, "Framework is not subscribed")
 
