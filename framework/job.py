@@ -402,7 +402,8 @@ class JobRunner:
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
         settings = self.spec.framework
-        info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal)
+        info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal,
+                              gpus=any(m.gpus > 0 for m in self.spec.models))
         driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
         driver.start()
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.

@@ -74,8 +74,11 @@ def task_info(
 
 
 def framework_info(name: str, user: str, role: str, failover_timeout: float, principal: str | None,
-                   framework_id: str | None = None) -> dict[str, Any]:
-    """FrameworkInfo for SUBSCRIBE (pymesos adds nothing but the id it learns)."""
+                   framework_id: str | None = None, gpus: bool = False) -> dict[str, Any]:
+    """FrameworkInfo for SUBSCRIBE (pymesos adds nothing but the id it learns).
+
+    ``gpus``: declare the GPU_RESOURCES capability, without which Mesos never offers GPU agents.
+    """
     info: dict[str, Any] = {
         "user": user,
         "name": name,
@@ -88,4 +91,6 @@ def framework_info(name: str, user: str, role: str, failover_timeout: float, pri
         info["principal"] = principal
     if framework_id:
         info["id"] = {"value": framework_id}
+    if gpus:
+        info["capabilities"] = [{"type": "GPU_RESOURCES"}]
     return info
