@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=125_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--verbose", action="store_true", help="print the job's progress with timestamps")
     args = parser.parse_args()
 
     x_all, y_all = make_classification(n_samples=args.rows + 20_000, n_features=args.features, n_informative=10,
@@ -104,8 +105,12 @@ def main() -> None:
         cpus_per_task = round(1.0 - 0.05 * len(members) / args.workers, 3)
         spec = load_job(job_file(directory, paths, directory / "data.npy", args.shard_rows, cpus=cpus_per_task))
         start = time.perf_counter()
-        outcome = JobRunner(spec).run()
+        marks: list[tuple[float, str]] = []
+        outcome = JobRunner(spec, progress=lambda m: marks.append((time.perf_counter() - start, m))).run()
         t_mesos = time.perf_counter() - start
+        if args.verbose:
+            for at, message in marks:
+                print(f"  {at:7.2f} s  {message}")
         ensemble = np.load(outcome.output)
 
     assert np.array_equal(parallel, sequential), "joblib and sequential disagree"

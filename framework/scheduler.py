@@ -202,6 +202,9 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.first_running_at = time.monotonic()
         if transition.kind == "finished":
             self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
+            # Its resources are free now: ask for them at once rather than at the next
+            # allocation cycle (REVIVE makes the master allocate immediately).
+            self._revive_if_needed(driver)
         elif transition.kind == "retry":
             self.retried_at[task_id.rsplit(".a", 1)[0]] = time.monotonic()
             log.warning("task %s: %s; will retry", task_id, transition.detail)
