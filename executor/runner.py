@@ -15,21 +15,13 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 
-from executor.protocol import RemoteFile, TaskPayload, npy_to_array
+from executor.protocol import RemoteFile, TaskPayload, file_sha256, npy_to_array
 
 Downloader = Callable[[str], bytes]
 
 
 class TaskError(Exception):
     """A task failed for a reason worth showing to the user verbatim."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def http_download(url: str) -> bytes:

@@ -7,13 +7,13 @@ Relative paths are resolved against the job file's directory.  See README "Job f
 from __future__ import annotations
 
 import getpass
-import hashlib
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from executor.protocol import file_sha256
 from framework.errors import JobSpecError
 
 ModelKind = Literal["regressor", "classifier"]
@@ -182,14 +182,6 @@ class _Section:
     def reject_unknown(self, known: set[str]) -> None:
         for key in sorted(set(self.table) - known):
             self.fail(key, f"is not a known field (known: {', '.join(sorted(known))})")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_job(path: Path | str) -> JobSpec:
