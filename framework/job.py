@@ -308,7 +308,7 @@ class JobRunner:
             outcome = JobOutcome(
                 output=result.output_path, rows=result.rows, members_used=tuple(result.members_used),
                 members_missing=dict(result.members_missing), wall_seconds=time.monotonic() - started,
-                time_to_first_running=(scheduler.first_running_at - self.run_started) if scheduler.first_running_at else None,
+                time_to_first_running=(scheduler.first_running_at - started) if scheduler.first_running_at else None,
                 tasks=len(all_items), task_attempts=sum(i.attempts for i in all_items),
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
             )
