@@ -77,3 +77,77 @@ def test_member_that_keeps_failing_fails_the_job_and_leaves_no_output(demo: Path
     with pytest.raises(JobFailed, match=r"model logistic failed on logistic\.s0000\d after 4 attempts: .*broken node"):
         JobRunner(load_job(demo), driver_factory=factory).run()
     assert previous.read_text() == "earlier results\n"
+
+
+def write_job(directory: Path, body: str, models: dict[str, object], kinds: dict[str, str], outputs: dict[str, str]) -> Path:
+    import hashlib
+
+    lines = [body]
+    for name, model in models.items():
+        path = directory / f"{name}.joblib"
+        joblib.dump(model, path)
+        lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"',
+                  f'sha256 = "{hashlib.sha256(path.read_bytes()).hexdigest()}"', f'kind = "{kinds[name]}"',
+                  f'output = "{outputs[name]}"', "cpus = 0.5", "mem = 64", ""]
+    job = directory / "job.toml"
+    job.write_text("\n".join(lines))
+    return job
+
+
+def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*(f"f{i}" for i in range(x.shape[1])), "target"])
+        writer.writerows([*map(repr, map(float, row)), int(label)] for row, label in zip(x, y))
+
+
+def test_stacking_job_equals_stacking_classifier(tmp_path: Path) -> None:
+    """Members' CV fits run as tasks; the result equals StackingClassifier fitted in one process."""
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.model_selection import train_test_split
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, y = load_iris(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.4, random_state=1, stratify=y)
+    members = {"tree": DecisionTreeClassifier(max_depth=3, random_state=0).fit(x_train, y_train),
+               "bayes": GaussianNB().fit(x_train, y_train)}
+    write_csv(tmp_path / "train.csv", x_train, y_train)
+    write_csv(tmp_path / "test.csv", x_test, y_test)
+    body = "\n".join(['[job]', 'integration = "stacking"', 'output = "out.npy"', '',
+                      '[data]', 'path = "test.csv"', 'label = "target"', 'rows_per_shard = 17', '',
+                      '[stacking]', 'train = { path = "train.csv", label = "target" }', 'cv = 4',
+                      'save_to = "stacking.joblib"', ''])
+    job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members})
+    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    assert outcome.tasks == 2 * 4 + 2 * 4  # 4 folds and 4 shards per member
+    reference = StackingClassifier([(n, m) for n, m in members.items()], cv=4).fit(x_train, y_train)
+    result = np.load(outcome.output)
+    assert np.array_equal(result["prediction"], reference.predict(x_test))
+    probabilities = np.stack([result[f"proba_{c}"] for c in reference.classes_], axis=1)
+    np.testing.assert_allclose(probabilities, reference.predict_proba(x_test), rtol=1e-12, atol=1e-15)
+    assert (tmp_path / "stacking.joblib").is_file()
+
+
+def test_large_results_are_uploaded_and_checked(tmp_path: Path) -> None:
+    """Shards whose results exceed the inline limit travel through the artifact server intact."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+
+    from executor.protocol import INLINE_RESULT_LIMIT
+
+    x, y = make_classification(n_samples=12_000, n_features=6, random_state=0)
+    members = {"logistic": LogisticRegression().fit(x, y), "bayes": GaussianNB().fit(x, y)}
+    np.save(tmp_path / "data.npy", x)
+    body = "\n".join(['[job]', 'integration = "soft_vote"', 'output = "out.npy"', '',
+                      '[data]', 'path = "data.npy"', 'rows_per_shard = 6000', ''])
+    job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members})
+    assert 6000 * 2 * 8 > INLINE_RESULT_LIMIT
+    outcome = JobRunner(load_job(job), work_dir=tmp_path / "work",
+                        driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    expected = np.average(np.stack([m.predict_proba(x) for m in members.values()]), axis=0)
+    result = np.load(outcome.output)
+    assert np.array_equal(np.stack([result["proba_0"], result["proba_1"]], axis=1), expected)
+    assert list((tmp_path / "work" / "results").iterdir()) == []  # every upload consumed
