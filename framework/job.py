@@ -363,7 +363,9 @@ class JobRunner:
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
         settings = self.spec.framework
         if settings.master != "local" or self.driver_factory is not pymesos_driver:
-            return settings.master, settings.executor_python or "python3"
+            # Agents on this machine (a loopback master) can run this very interpreter.
+            default_python = sys.executable if self._advertise_host(settings.master) else "python3"
+            return settings.master, settings.executor_python or default_python
         from framework.localmesos import AgentSpec, LocalCluster
 
         agents = [
