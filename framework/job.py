@@ -51,6 +51,9 @@ from framework.tasks import Tracker, WorkItem
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_TIMEOUT_SECONDS = 30.0
+"""How long to wait for the master to accept the framework's SUBSCRIBE."""
+
 EXECUTOR_BASE_MEM_MB = 96.0
 """Memory of an idle executor process with numpy, scikit-learn and pymesos imported."""
 
@@ -404,6 +407,7 @@ class JobRunner:
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
         settings = self.spec.framework
+        self.master = master
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal,
                               gpus=any(m.gpus > 0 for m in self.spec.models))
         driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
@@ -425,8 +429,12 @@ class JobRunner:
             with scheduler.lock:
                 if tracker.all_settled():
                     return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise JobFailed(f"job timed out after {settings.timeout_seconds:.0f} s; task states: {tracker.counts()}")
+            if scheduler.framework_id is None and now - self.run_started > SUBSCRIBE_TIMEOUT_SECONDS:
+                raise JobFailed(f"could not subscribe to the Mesos master at {self.master} within "
+                                f"{SUBSCRIBE_TIMEOUT_SECONDS:.0f} s (is it running and reachable?)")
             try:
                 event = scheduler.events.get(timeout=0.5)
             except queue.Empty:

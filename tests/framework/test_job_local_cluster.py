@@ -84,3 +84,19 @@ def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: p
         JobRunner(load_job(demo), work_dir=tmp_path / "work").run()
     assert not (demo.parent / "predictions.csv").exists()
     assert executor_processes() == []
+
+
+def test_unreachable_master_fails_with_a_clear_message(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import socket
+
+    from framework import job as job_module
+
+    monkeypatch.setattr(job_module, "SUBSCRIBE_TIMEOUT_SECONDS", 3.0)
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec = load_job(demo)
+    spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=f"127.0.0.1:{port}"))
+    with pytest.raises(JobFailed, match=rf"could not subscribe to the Mesos master at 127.0.0.1:{port} within 3 s"):
+        JobRunner(spec, work_dir=tmp_path / "work").run()
