@@ -14,6 +14,7 @@ from .constraints import model_limits, static_filters
 from .construct import construct
 from .exact import candidate_agents, model_size, solve_exact
 from .improve import Budget, improve, pool_search
+from .onedim import as_1d, solve_1d
 from .model import (RESOURCE_NAMES, Agent, CostModel, DeclineReason, PackingOptions, Plan,
                     TaskDemand, Unplaced)
 from .problem import Problem, State
@@ -74,6 +75,11 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     start = time.perf_counter() if start is None else start
     budget = Budget(start + options.time_budget_s, options.max_iterations)
     rng = np.random.default_rng(options.seed)
+    one = as_1d(p)
+    if one is not None:
+        res = solve_1d(p, one, budget.deadline, rng, options.max_iterations)
+        if res is not None:
+            return res
     state = State(p)
     t_construct = time.perf_counter()
     construct(state)
