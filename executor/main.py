@@ -93,22 +93,20 @@ class EnsembleExecutor(pymesos.Executor):
     # Work (worker threads).
     def _run(self, driver: Any, task: Any) -> None:
         task_id = task["task_id"]["value"]
+        self._send(driver, task_id, "TASK_RUNNING")
         try:
-            self._send(driver, task_id, "TASK_RUNNING")
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
             output = run_task(payload, self.sandbox, self.cache)
-            data = build_result_data(payload, output)
+            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output)
         except TaskError as error:
-            self._send(driver, task_id, "TASK_FAILED", message=str(error))
-            return
+            state, message, data = "TASK_FAILED", str(error), None
         except Exception as error:  # a bug or an environment problem: still answer the scheduler
             log.exception("task %s crashed", task_id)
-            self._send(driver, task_id, "TASK_FAILED", message=f"executor error: {type(error).__name__}: {error}")
-            return
+            state, message, data = "TASK_FAILED", f"executor error: {type(error).__name__}: {error}", None
         with self.lock:
-            if task_id in self.killed:
+            if task_id in self.killed:  # already reported TASK_KILLED: a task has one terminal state
                 return
-        self._send(driver, task_id, "TASK_FINISHED", data=data)
+        self._send(driver, task_id, state, message=message, data=data)
 
     def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
         status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}

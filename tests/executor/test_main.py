@@ -1,0 +1,75 @@
+"""The pymesos edge of the executor, with a recording executor driver."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from addict import Dict
+from sklearn.linear_model import LinearRegression
+
+from executor.main import EnsembleExecutor
+from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, array_to_npy, npy_to_array, sha256_hex
+
+
+class RecordingExecutorDriver:
+    """Records status updates; like pymesos it adds a uuid to the dict it is given."""
+
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+    def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
+        status.setdefault("uuid", base64.b64encode(hashlib.md5(str(id(status)).encode()).digest()).decode())
+        self.updates.append(status)
+        if status["state"] not in ("TASK_RUNNING",):
+            self.done.set()
+
+
+def make_task(tmp_path: Path, features: np.ndarray, shard_url: str) -> Dict:
+    model = LinearRegression().fit(features, features.sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    payload = TaskPayload(
+        task_id="t1", operation="predict", model_name="m", model_file="m.joblib",
+        model_sha256=hashlib.sha256((tmp_path / "m.joblib").read_bytes()).hexdigest(), method="predict",
+        shard=RemoteFile(shard_url, sha256_hex(array_to_npy(features))), shard_index=0, result_upload_url="unused",
+    )
+    return Dict({"task_id": {"value": "t1"}, "data": base64.b64encode(payload.to_json()).decode()})
+
+
+def test_running_then_finished_with_the_result(tmp_path: Path) -> None:
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    assert [u["state"] for u in driver.updates] == ["TASK_RUNNING", "TASK_FINISHED"]
+    assert len({u["uuid"] for u in driver.updates}) == 2  # a fresh dict for every update
+    envelope = ResultEnvelope.from_json(base64.b64decode(driver.updates[1]["data"]))
+    result = npy_to_array(base64.b64decode(envelope.npy_b64 or ""))
+    np.testing.assert_allclose(result, features.sum(axis=1))
+
+
+def test_failure_is_reported_with_its_reason(tmp_path: Path) -> None:
+    features = np.arange(12.0).reshape(4, 3)
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "missing.npy").as_uri()))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    assert driver.updates[-1]["state"] == "TASK_FAILED"
+    assert "could not download shard 0" in driver.updates[-1]["message"]
+
+
+def test_killed_task_reports_killed_only(tmp_path: Path) -> None:
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    driver = RecordingExecutorDriver()
+    executor.killTask(driver, Dict({"value": "t9"}))
+    assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
