@@ -111,7 +111,10 @@ def _load_npy(spec: DataSpec) -> Dataset:
     for name in chosen:
         if name not in names:
             raise JobSpecError(f"{spec.path}: feature {name!r} must name a column x0..x{array.shape[1] - 1}")
-    features = np.ascontiguousarray(array[:, [names.index(n) for n in chosen]], dtype=np.float64)
+    columns = [names.index(n) for n in chosen]
+    # Selecting every column in order needs no copy (fancy indexing would copy the whole array).
+    selected = array if columns == list(range(array.shape[1])) else array[:, columns]
+    features = np.ascontiguousarray(selected, dtype=np.float64)
     labels = _numeric_labels(array[:, label_index]) if label_index is not None else None
     return Dataset(features, tuple(chosen), labels)
 
