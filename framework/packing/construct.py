@@ -69,59 +69,52 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
     order = list(np.flatnonzero(state.ntask > 0)) if first is None else list(first)
     closed = state.ntask == 0
     tried = np.zeros(p.A, bool)
+    # per closed agent: how many types with tasks left fit there alone (skip agents with none)
+    fits_empty = empty_fits(p, tdem, tmodel, tallowed, texec)
+    nfit = fits_empty[left > 0].sum(axis=0)
+    batch = max(1, p.A // 200)   # agents taken per opening-order ranking (re-ranked after)
     while left.any():
         if not order:
-            cand = closed & ~tried
+            cand = closed & ~tried & (nfit > 0)
             if not cand.any():
                 break
-            order = [int(opening_order(p, remaining, cand)[0])]
+            order = [int(x) for x in opening_order(p, remaining, cand)[:batch]]
         a = order.pop(0)
+        if not (closed[a] or state.ntask[a] > 0) or tried[a] or (closed[a] and nfit[a] <= 0):
+            continue
         tried[a] = True
+        before = left > 0
         _fill(state, a, queues, left, tdem, tmodel, tallowed[:, a], texec)
+        done = before & (left == 0)
+        if done.any():
+            nfit -= fits_empty[done].sum(axis=0)
         remaining = (tdem * left[:, None]).sum(axis=0)
         closed[a] = False
 
 
+def empty_fits(p: Problem, tdem: np.ndarray, tmodel: np.ndarray, tallowed: np.ndarray,
+               texec: np.ndarray) -> np.ndarray:
+    """(types, A) bool: one task of the type (plus its executor) fits on the empty agent."""
+    with_exec = np.ones_like(tallowed)
+    for r in range(p.R):
+        with_exec &= (tdem[:, r] + texec[:, r])[:, None] <= p.cap_tol[None, :, r]
+    if p.loaded.any():  # a live executor: the task alone is enough
+        alone = np.ones_like(tallowed)
+        for r in range(p.R):
+            alone &= tdem[:, r][:, None] <= p.cap_tol[None, :, r]
+        with_exec |= alone & p.loaded[:, tmodel].T
+    return tallowed & with_exec
+
+
 def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem: np.ndarray,
           tmodel: np.ndarray, tallowed: np.ndarray, texec: np.ndarray) -> None:
-    p = state.p
-    cap = p.cap_tol[a]
-    capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
-    limits = bool((p.max_per < p.T).any())
-    spreads = bool(p.spread.any())
-    execs = bool(p.has_exec.any())
+    """Fill agent a: repeatedly add as many copies as fit of the best-aligned type."""
     active = (left > 0) & tallowed
     while active.any():
         idx = np.flatnonzero(active)
-        residual = cap - state.load[a]
-        d = tdem[idx]
-        m = tmodel[idx]
-        if execs:
-            cm = state.cnt[a, m]
-            need = (cm == 0) & ~p.loaded[a, m]
-            extra = need[:, None] * texec[idx]
-            base = residual - extra
-        else:
-            base = np.broadcast_to(residual, d.shape)
-            extra = None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per = np.where(d > 0, np.floor(base / d + 1e-12), BIG)
-        k = np.minimum(per.min(axis=1), left[idx])
-        if execs:
-            k = np.where((base >= -1e-12).all(axis=1), k, 0)
-        if limits or spreads:
-            cm = state.cnt[a, m]
-            run = p.running[a, m]
-            k = np.minimum(k, p.max_per[m] - cm - run)
-            if spreads:
-                lock = state.distinct[m] < p.spread[m]
-                k = np.where(lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
-        ok = k >= 1
-        if not ok.any():
+        k, score = _evaluate(state, a, idx, left, tdem, tmodel, texec)
+        if not (k >= 1).any():
             return
-        # dot product of normalised demand (executor share included) and residual
-        dn = d if extra is None else d + extra
-        score = np.where(ok, (dn / capn) @ (np.maximum(residual, 0.0) / capn), -np.inf)
         best = int(np.argmax(score))   # first maximum: lowest type index on ties
         j, kk = int(idx[best]), int(k[best])
         q = queues[j]
@@ -129,3 +122,38 @@ def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem:
             state.add(q.pop(), a)
         left[j] -= kk
         active[j] = left[j] > 0
+
+
+def _evaluate(state: State, a: int, idx: np.ndarray, left: np.ndarray, tdem: np.ndarray,
+              tmodel: np.ndarray, texec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per type in idx: copies that fit on agent a now (k) and alignment score (-inf if k=0)."""
+    p = state.p
+    cap = p.cap_tol[a]
+    capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
+    residual = cap - state.load[a]
+    d = tdem[idx]
+    m = tmodel[idx]
+    if p.has_exec.any():
+        cm = state.cnt[a, m]
+        need = (cm == 0) & ~p.loaded[a, m]
+        extra = need[:, None] * texec[idx]
+        base = residual - extra
+    else:
+        base = np.broadcast_to(residual, d.shape)
+        extra = None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per = np.where(d > 0, np.floor(base / d + 1e-12), BIG)
+    k = np.minimum(per.min(axis=1), left[idx])
+    if extra is not None:
+        k = np.where((base >= -1e-12).all(axis=1), k, 0)
+    if (p.max_per < p.T).any() or p.spread.any():
+        cm = state.cnt[a, m]
+        run = p.running[a, m]
+        k = np.minimum(k, p.max_per[m] - cm - run)
+        if p.spread.any():
+            lock = state.distinct[m] < p.spread[m]
+            k = np.where(lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
+    # dot product of normalised demand (executor share included) and residual
+    dn = d if extra is None else d + extra
+    score = np.where(k >= 1, (dn / capn) @ (np.maximum(residual, 0.0) / capn), -np.inf)
+    return k, score

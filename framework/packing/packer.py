@@ -96,7 +96,9 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
                                      budget.deadline, t_construct):
             if (cand.placed(), -cand.cost()) > (state.placed(), -state.cost()) and cand.spread_ok():
                 state = cand
-    size = model_size(p, candidate_agents(p, state)) if options.exact else 0
+    # skip even sizing the exact model on big instances (sizing alone costs tens of ms)
+    size = model_size(p, candidate_agents(p, state)) if options.exact and p.T * p.A <= 50 * options.exact_max_vars \
+        else options.exact_max_vars + 1
     small = options.exact and size <= options.exact_max_vars
     if small and (size <= 1000 or _heterogeneous(p)):  # HiGHS likely to help: leave it 60%
         budget.deadline = start + 0.4 * options.time_budget_s
@@ -157,16 +159,32 @@ def build_plan(c: Compiled, state: State, cost_model: CostModel, proven: bool, e
     new_exec: dict[str, tuple[str, ...]] = {}
     declined: dict[str, DeclineReason] = {}
     never = _never_fits(p)
+    placed_idx = np.flatnonzero(placed)
+    by_agent = placed_idx[np.argsort(state.where[placed_idx], kind="stable")]
+    bounds = np.searchsorted(state.where[by_agent], np.arange(p.A + 1))
+    fresh = (state.cnt > 0) & ~p.loaded
+    fresh_a, fresh_m = np.nonzero(fresh)
+    fresh_at = np.searchsorted(fresh_a, np.arange(p.A + 1))
     for a, ag in enumerate(c.agents):
-        on = np.flatnonzero(state.where == a)
-        if len(on):
-            assignments[ag.agent_id] = tuple(c.tasks[t].task_id for t in on)
-            ms = [c.models[m] for m in range(p.M) if state.cnt[a, m] > 0 and not p.loaded[a, m]]
-            if ms:
-                new_exec[ag.agent_id] = tuple(ms)
+        lo, hi = bounds[a], bounds[a + 1]
+        if hi > lo:
+            assignments[ag.agent_id] = tuple(c.tasks[t].task_id for t in by_agent[lo:hi].tolist())
+            ms = fresh_m[fresh_at[a]:fresh_at[a + 1]]
+            if len(ms):
+                new_exec[ag.agent_id] = tuple(c.models[m] for m in ms.tolist())
         else:
             declined[ag.agent_id] = "never_fits" if never[a] else "unneeded"
-    unplaced = {c.tasks[t].task_id: _reasons(c, state, int(t)) for t in np.flatnonzero(~placed)}
+    unplaced: dict[str, Unplaced] = {}
+    if p.types is None:
+        from .construct import task_types
+        p.types = task_types(p)
+    seen: dict[int, Unplaced] = {}   # tasks of one type (same model, demand, filters) share reasons
+    for t in np.flatnonzero(~placed).tolist():
+        ty = int(p.types[0][t])
+        if ty not in seen or c.tasks[t].constraints != c.tasks[int(p.types[1][ty][0])].constraints:
+            seen[ty] = _reasons(c, state, t)
+        r = seen[ty]
+        unplaced[c.tasks[t].task_id] = Unplaced(c.tasks[t].task_id, r.exhausted, r.filtered)
     plan = Plan(assignments, new_exec, declined, unplaced, float(state.cost() + extra), float(lb + extra),
                 bool(proven))
     if log:
@@ -178,13 +196,12 @@ def _never_fits(p: Problem) -> np.ndarray:
     """Agents where no task could ever be placed, even alone on the empty agent."""
     if p.T == 0:
         return np.ones(p.A, bool)
+    from .construct import empty_fits, task_types
     if p.types is None:
-        from .construct import task_types
         p.types = task_types(p)
     reps = np.array([m[0] for m in p.types[1]], dtype=np.int64)
     mo = p.model_of[reps]
-    need = p.demand[reps][:, None, :] + (~p.loaded.T[mo])[:, :, None] * p.exec_dem[mo][:, None, :]
-    fits = (need <= p.cap_tol[None, :, :]).all(axis=2) & p.allowed[reps]
+    fits = empty_fits(p, p.demand[reps], mo, p.allowed[reps], p.exec_dem[mo])
     fits &= p.running.T[mo] < p.max_per[mo][:, None]
     return ~fits.any(axis=0)
 
