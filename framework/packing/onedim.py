@@ -19,7 +19,7 @@ from .arcflow import build_graph, integer_scale, solve_arcflow
 from .bounds import l2_bound
 from .problem import BIG, Problem, State
 
-ARCFLOW_MAX_ARCS = 4000  # larger graphs rarely solve within a sub-second budget
+ARCFLOW_MAX_ARCS = 2500  # larger graphs rarely solve within a sub-second budget
 
 
 @dataclass
@@ -150,7 +150,7 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
     proven = state.cost() <= price * lower
     if graph is not None and not proven and left > 0.02:
         bins, bound, opt = solve_arcflow(d.sizes, d.counts, d.cap, int(round(state.cost() / price)),
-                                         lower, 0.8 * left, graph)
+                                         lower, 0.6 * left, graph)
         lower = max(lower, bound)
         if bins and len(bins) * price < state.cost():
             state = to_state(p, d, bins)
