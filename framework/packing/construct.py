@@ -61,6 +61,8 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
     left = np.array([len(q) for q in queues], dtype=np.int64)
     rep = np.array([m[0] for m in members], dtype=np.int64)
     tdem = p.demand[rep]                               # (nt, R)
+    pos = tdem > 0
+    p.inv_demand = (np.where(pos, 1.0 / np.where(pos, tdem, 1.0), 0.0), np.where(pos, 0.0, float(BIG)))
     tmodel = p.model_of[rep]
     tallowed = p.allowed[rep]                          # (nt, A)
     texec = p.exec_dem[tmodel]
@@ -108,52 +110,53 @@ def empty_fits(p: Problem, tdem: np.ndarray, tmodel: np.ndarray, tallowed: np.nd
 
 def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem: np.ndarray,
           tmodel: np.ndarray, tallowed: np.ndarray, texec: np.ndarray) -> None:
-    """Fill agent a: repeatedly add as many copies as fit of the best-aligned type."""
-    active = (left > 0) & tallowed
-    while active.any():
-        idx = np.flatnonzero(active)
-        k, score = _evaluate(state, a, idx, left, tdem, tmodel, texec)
-        if not (k >= 1).any():
+    """Fill agent a: repeatedly add as many copies as fit of the type whose normalised
+    demand (its executor included when not yet there) aligns best with the normalised
+    residual; ties go to the lowest type index. Per-type data is gathered once per agent."""
+    p = state.p
+    idx = np.flatnonzero((left > 0) & tallowed)
+    if len(idx) == 0:
+        return
+    cap = p.cap_tol[a]
+    capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
+    capn2 = capn * capn
+    # (R, n) layouts: reductions over resources run along the fast axis
+    d, m = tdem[idx].T.copy(), tmodel[idx]
+    inv, big = p.inv_demand[0][idx].T.copy(), p.inv_demand[1][idx].T.copy()
+    lft = left[idx].astype(float)
+    execs = bool(p.has_exec.any())
+    if execs:
+        ex = texec[idx].T.copy()
+        need = (state.cnt[a, m] == 0) & ~p.loaded[a, m]
+    limits = bool((p.max_per < p.T).any()) or bool(p.spread.any())
+    while True:
+        residual = (cap - state.load[a])[:, None]
+        if execs:
+            extra = ex * need
+            base = residual - extra
+            k = np.minimum((np.floor(base * inv + 1e-12) + big).min(axis=0), lft)
+            k[(base < -1e-12).any(axis=0)] = 0
+            dn = d + extra
+        else:
+            k = np.minimum((np.floor(residual * inv + 1e-12) + big).min(axis=0), lft)
+            dn = d
+        if limits:
+            cm = state.cnt[a, m]
+            run = p.running[a, m]
+            k = np.minimum(k, p.max_per[m] - cm - run)
+            if p.spread.any():
+                lock = state.distinct[m] < p.spread[m]
+                k = np.where(lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
+        ok = k >= 1
+        if not ok.any():
             return
-        best = int(np.argmax(score))   # first maximum: lowest type index on ties
-        j, kk = int(idx[best]), int(k[best])
+        score = np.where(ok, (np.maximum(residual[:, 0], 0.0) / capn2) @ dn, -np.inf)
+        b = int(np.argmax(score))   # first maximum: lowest type index on ties
+        j, kk = int(idx[b]), int(k[b])
         q = queues[j]
         for _ in range(kk):
             state.add(q.pop(), a)
         left[j] -= kk
-        active[j] = left[j] > 0
-
-
-def _evaluate(state: State, a: int, idx: np.ndarray, left: np.ndarray, tdem: np.ndarray,
-              tmodel: np.ndarray, texec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per type in idx: copies that fit on agent a now (k) and alignment score (-inf if k=0)."""
-    p = state.p
-    cap = p.cap_tol[a]
-    capn = np.where(p.cap[a] > 0, p.cap[a], 1.0)
-    residual = cap - state.load[a]
-    d = tdem[idx]
-    m = tmodel[idx]
-    if p.has_exec.any():
-        cm = state.cnt[a, m]
-        need = (cm == 0) & ~p.loaded[a, m]
-        extra = need[:, None] * texec[idx]
-        base = residual - extra
-    else:
-        base = np.broadcast_to(residual, d.shape)
-        extra = None
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per = np.where(d > 0, np.floor(base / d + 1e-12), BIG)
-    k = np.minimum(per.min(axis=1), left[idx])
-    if extra is not None:
-        k = np.where((base >= -1e-12).all(axis=1), k, 0)
-    if (p.max_per < p.T).any() or p.spread.any():
-        cm = state.cnt[a, m]
-        run = p.running[a, m]
-        k = np.minimum(k, p.max_per[m] - cm - run)
-        if p.spread.any():
-            lock = state.distinct[m] < p.spread[m]
-            k = np.where(lock, np.where(cm + run == 0, np.minimum(k, 1), 0), k)
-    # dot product of normalised demand (executor share included) and residual
-    dn = d if extra is None else d + extra
-    score = np.where(k >= 1, (dn / capn) @ (np.maximum(residual, 0.0) / capn), -np.inf)
-    return k, score
+        lft[b] -= kk
+        if execs:
+            need &= m != m[b]   # the model's executor is on the agent now

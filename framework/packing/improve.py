@@ -17,15 +17,23 @@ from .problem import Problem, State
 
 
 class Budget:
-    """Deadline plus an iteration cap, so slack budgets still give deterministic results."""
+    """Deadline plus an iteration cap, so slack budgets still give deterministic results.
+
+    ``spend`` also refuses when the longest gap seen between two of its calls would cross
+    the deadline: a step that cannot finish in time is not started."""
 
     def __init__(self, deadline: float, max_iterations: int) -> None:
         self.deadline = deadline
         self.left = max_iterations
+        self.last = time.perf_counter()
+        self.step = 0.0
 
     def spend(self, n: int = 1) -> bool:
         self.left -= n
-        return self.left > 0 and time.perf_counter() < self.deadline
+        now = time.perf_counter()
+        self.step = max(self.step, now - self.last)
+        self.last = now
+        return self.left > 0 and now + self.step < self.deadline
 
 
 def eval_moves(state: State, a: np.ndarray, rem: list[np.ndarray], add: list[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,8 @@ from .problem import Problem, State
 from .selection import select_then_pack
 
 log = logging.getLogger("framework.packing")
+PLAN_SHARE = 0.15         # at most this share of the time budget is kept for building the Plan
+PLAN_PER_TASK_S = 5e-6    # estimated plan-building time per task
 
 
 @dataclass
@@ -73,7 +75,9 @@ def compile_problem(tasks: Sequence[TaskDemand], agents: Sequence[Agent]) -> Com
 def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tuple[State, float, bool]:
     """Array-level decision: (state, agent-cost lower bound for its placed tasks, proven)."""
     start = time.perf_counter() if start is None else start
-    budget = Budget(start + options.time_budget_s, options.max_iterations)
+    # the search stops early enough to leave time for building the plan afterwards
+    end = start + options.time_budget_s - min(PLAN_SHARE * options.time_budget_s, PLAN_PER_TASK_S * p.T + 0.002)
+    budget = Budget(end, options.max_iterations)
     rng = np.random.default_rng(options.seed)
     one = as_1d(p)
     if one is not None:
@@ -103,7 +107,7 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     if small and (size <= 1000 or _heterogeneous(p)):  # HiGHS likely to help: leave it 60%
         budget.deadline = start + 0.4 * options.time_budget_s
     state = improve(state, lb, budget, rng)
-    budget.deadline = start + options.time_budget_s
+    budget.deadline = end
     all_placed = bool((state.where >= 0).all())
     proven = all_placed and state.cost() <= lb + 1e-9
     left = budget.deadline - time.perf_counter()

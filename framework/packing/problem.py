@@ -44,6 +44,7 @@ class Problem:
         self.has_exec = (self.exec_dem > 0).any(axis=1)
         self.total_cap = self.cap.sum(axis=0)
         self.types = None  # filled lazily by construct.task_types
+        self.inv_demand = None  # per type: (1/demand or 0, BIG where demand is 0), by construct
 
     @classmethod
     def simple(cls, demand: np.ndarray, cap: np.ndarray, price: np.ndarray | None = None) -> Problem:
