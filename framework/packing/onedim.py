@@ -19,7 +19,8 @@ from .arcflow import build_graph, integer_scale, solve_arcflow
 from .bounds import l2_bound
 from .problem import BIG, Problem, State
 
-ARCFLOW_MAX_ARCS = 2500  # larger graphs rarely solve within a sub-second budget
+ARCFLOW_MAX_ARCS = 2500
+LNS_SHARE = 0.5  # share of the remaining time for the MBS' ruin-and-recreate  # larger graphs rarely solve within a sub-second budget
 
 
 @dataclass
@@ -125,6 +126,37 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
         bins.append([first] + best)
 
 
+def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generator,
+            deadline: float, rounds: int) -> list[list[int]]:
+    """Ruin and recreate: empty the two least-loaded bins and a few random ones, repack
+    their items by MBS'. Kept when it needs fewer bins, or as many with a larger sum of
+    squared loads (slack gathers in fewer bins, so a later round can empty one)."""
+    sizes = d.sizes
+    bins = [list(b) for b in bins]
+    loads = np.array([int(sizes[b].sum()) for b in bins], np.int64)
+    for _ in range(rounds):
+        if len(bins) <= lower or time.perf_counter() > deadline:
+            break
+        low = np.argsort(loads, kind="stable")[:2]
+        extra = rng.choice(len(bins), size=min(len(bins), int(rng.integers(2, 7))), replace=False)
+        pick = np.unique(np.concatenate([low, extra]))
+        counts = np.zeros(len(sizes), np.int64)
+        for k in pick:
+            np.add.at(counts, bins[k], 1)
+        new = mbs_bins(d, deadline, counts, node_cap=500)
+        if new is None:
+            break
+        new_loads = np.array([int(sizes[b].sum()) for b in new], np.int64)
+        better = len(new) < len(pick) or (len(new) == len(pick) and
+                                          (new_loads ** 2).sum() >= (loads[pick] ** 2).sum())
+        if better:
+            keep = np.ones(len(bins), bool)
+            keep[pick] = False
+            bins = [b for b, k in zip(bins, keep) if k] + new
+            loads = np.concatenate([loads[keep], new_loads])
+    return bins
+
+
 def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
              max_iterations: int) -> tuple[State, float, bool] | None:
     """Best plan found by the 1-D phases before ``deadline``: (state, cost bound, proven).
@@ -140,6 +172,9 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
         mbs = mbs_bins(d, deadline)
         if mbs is not None and len(mbs) < len(best):
             best = mbs
+    if len(best) > lower:
+        now = time.perf_counter()
+        best = lns_mbs(d, best, lower, rng, now + LNS_SHARE * (deadline - now), max_iterations)
     state = to_state(p, d, best)
     graph = build_graph(d.sizes, d.counts, d.cap, ARCFLOW_MAX_ARCS) if len(best) > lower else None
     if len(best) > lower:  # pool-and-swap search; leave half the time to the arc-flow model
