@@ -5,13 +5,26 @@ prices of newly used agents, plus optional resource unit prices x duration). Tas
 model on one agent share one executor, counted once. Phases: static filters, agent-by-agent
 construction, pool-and-swap improvement, an exact HiGHS solve on small instances, and a
 lower bound (Martello–Toth L2 / fractional cover) whose gap is logged to
-``framework.packing``.
+``framework.packing``. One special case is detected inside ``pack``: tasks using a single
+resource on identical, equally priced agents with no executors or constraints are solved as
+1-D bin packing (``onedim``: FFD floor, MBS', ruin-and-recreate, arc-flow model).
+
+The time budget covers the whole ``pack`` call: the search stops early enough (a step is not
+started when the longest step so far would cross the deadline) to leave an estimate of the
+plan-building time. HiGHS phases can overrun their limit somewhat.
 
 Notes: ``Plan.lower_bound`` bounds the cost of placing the tasks the plan places (when some
 stay unplaced it is not a bound over other task subsets). Results are deterministic for a
 given input when the iteration cap (``PackingOptions.max_iterations``) rather than the
-deadline ends the search. Offering one more agent never raises the cost when both decisions
-are proven optimal; for heuristic decisions this is not guaranteed.
+deadline ends the search.
+
+Monotonicity ("one more agent never costs more") holds (a) when both decisions are proven
+optimal and (b) on the 1-D path when at least as many identical agents as FFD needs are
+offered: extra identical agents get higher indices and are never opened before the plan's
+own, so the iteration-capped plan does not change. It is *not* guaranteed for heuristic
+decisions in general: the extra agent changes the opening order (price per useful capacity)
+and the agent-emptying search, and a greedy start that opens it can end in a worse local
+optimum; a safeguard would need the plan without that agent, which ``pack`` does not know.
 """
 
 from .baseline import first_fit_decreasing
