@@ -56,7 +56,10 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
     nz = A
     n = nx + ny + nz
     price = p.price[agents]
-    W = float(price.sum()) + 1.0
+    # the incumbent places every task -> so does the optimum: force it (tighter, and HiGHS
+    # then only searches complete placements); else maximise placed tasks first via -W
+    complete = bool((incumbent.where >= 0).all())
+    W = 0.0 if complete else float(price.sum()) + 1.0
     c = np.concatenate([np.full(nx, -W), np.zeros(ny), price])
     rows, cols, vals, lo, hi = [], [], [], [], []
     r = 0
@@ -73,7 +76,7 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
         by_agent[ai[k]].append(k)
     for t in range(p.T):
         if by_task[t]:
-            add_row(by_task[t], [1.0] * len(by_task[t]), 0.0, 1.0)
+            add_row(by_task[t], [1.0] * len(by_task[t]), 1.0 if complete else 0.0, 1.0)
     yidx = {(int(m), int(a)): nx + j for j, (m, a) in enumerate(zip(ym, ya))}
     for a in range(A):
         ag = agents[a]
