@@ -20,7 +20,9 @@ from .bounds import l2_bound
 from .problem import BIG, Problem, State
 
 ARCFLOW_MAX_ARCS = 2500
-LNS_SHARE = 0.5  # share of the remaining time for the MBS' ruin-and-recreate  # larger graphs rarely solve within a sub-second budget
+LNS_SHARE = 0.5
+MAX_DEPTH = 100  # items per bin the MBS' subset search chooses (recursion depth)
+MAX_GRAPH_CAP = 1_000_000  # no arc-flow graph for larger integer capacities  # share of the remaining time for the MBS' ruin-and-recreate  # larger graphs rarely solve within a sub-second budget
 
 
 @dataclass
@@ -105,6 +107,8 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
                 best, best_slack = path.copy(), room
                 if room == 0:
                     return True
+            if len(path) >= MAX_DEPTH:   # many tiny items: the greedy top-up below finishes
+                return False
             for pos in range(j, K):
                 i = seq[pos]
                 nodes += 1
@@ -123,6 +127,12 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
         dfs(0 if order is not None else first, room)
         for i in best:
             left[i] -= 1
+        room = best_slack
+        for i in range(K):  # top up greedily, largest first
+            while left[i] > 0 and sizes[i] <= room:
+                left[i] -= 1
+                room -= sizes[i]
+                best.append(i)
         bins.append([first] + best)
 
 
@@ -176,7 +186,8 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
         now = time.perf_counter()
         best = lns_mbs(d, best, lower, rng, now + LNS_SHARE * (deadline - now), max_iterations)
     state = to_state(p, d, best)
-    graph = build_graph(d.sizes, d.counts, d.cap, ARCFLOW_MAX_ARCS) if len(best) > lower else None
+    small = len(best) > lower and d.cap <= MAX_GRAPH_CAP
+    graph = build_graph(d.sizes, d.counts, d.cap, ARCFLOW_MAX_ARCS) if small else None
     if len(best) > lower:  # pool-and-swap search; leave half the time to the arc-flow model
         now = time.perf_counter()
         stop = now + 0.5 * (deadline - now) if graph is not None else deadline

@@ -93,3 +93,12 @@ def test_constraints_leave_the_special_case():
     plan = pack(tasks, agents)
     check_plan(plan, tasks, agents)
     assert plan.placed_count == 3
+
+
+def test_many_tiny_items_do_not_recurse_too_deep():
+    tasks, agents = _cpu_instance([1] * 3000, 5, cap=1000)
+    tasks += [TaskDemand("big", "m", Resources(cpus=999), Resources())]
+    agents += _cpu_instance([], 6, cap=1000)[1][5:]
+    plan = pack(tasks, agents, options=PackingOptions(time_budget_s=1.0))
+    check_plan(plan, tasks, agents)
+    assert plan.placed_count == 3001 and len(plan.assignments) == 4   # ceil(3999 / 1000)
