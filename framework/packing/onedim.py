@@ -147,8 +147,8 @@ def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generat
     for _ in range(rounds):
         if len(bins) <= lower or time.perf_counter() > deadline:
             break
-        low = np.argsort(loads, kind="stable")[:2]
-        extra = rng.choice(len(bins), size=min(len(bins), int(rng.integers(2, 7))), replace=False)
+        low = np.argsort(loads, kind="stable")[:3]
+        extra = rng.choice(len(bins), size=min(len(bins), int(rng.integers(3, 11))), replace=False)
         pick = np.unique(np.concatenate([low, extra]))
         counts = np.zeros(len(sizes), np.int64)
         for k in pick:
