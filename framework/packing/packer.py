@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .baseline import ffd_state
 from .bounds import cost_lower_bound
 from .constraints import model_limits, static_filters
 from .construct import construct
@@ -23,6 +24,8 @@ from .selection import select_then_pack
 log = logging.getLogger("framework.packing")
 PLAN_SHARE = 0.15         # at most this share of the time budget is kept for building the Plan
 PLAN_PER_TASK_S = 5e-6    # estimated plan-building time per task
+FFD_PER_TASK_S = 2e-5     # estimated FFD time per task; FFD runs as a floor when the budget
+FFD_FLOOR_FACTOR = 20     # is at least this many times its estimate
 
 
 @dataclass
@@ -94,6 +97,10 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
         pool_search(trial, pool, np.ones(p.A, bool), budget, rng, 200)
         if trial.placed() > state.placed() and trial.spread_ok():
             state = trial
+    if options.time_budget_s >= FFD_FLOOR_FACTOR * FFD_PER_TASK_S * p.T:  # FFD as a floor
+        ffd = ffd_state(p)
+        if (ffd.placed(), -ffd.cost()) > (state.placed(), -state.cost()) and ffd.spread_ok():
+            state = ffd
     lb = cost_lower_bound(p, state.where >= 0)
     if state.cost() > lb + 1e-9 and _heterogeneous(p):
         for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s,
