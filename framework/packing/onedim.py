@@ -19,10 +19,12 @@ from .arcflow import build_graph, integer_scale, solve_arcflow
 from .bounds import l2_bound
 from .problem import BIG, Problem, State
 
-ARCFLOW_MAX_ARCS = 2500
-LNS_SHARE = 0.5
-MAX_DEPTH = 100  # items per bin the MBS' subset search chooses (recursion depth)
-MAX_GRAPH_CAP = 1_000_000  # no arc-flow graph for larger integer capacities  # share of the remaining time for the MBS' ruin-and-recreate  # larger graphs rarely solve within a sub-second budget
+ARCFLOW_MAX_ARCS = 2500        # larger graphs rarely solve within a sub-second budget
+MAX_GRAPH_CAP = 1_000_000      # no arc-flow graph for larger integer capacities
+LNS_SHARE = 0.5                # share of the remaining time for the MBS' ruin-and-recreate,
+LNS_MAX_S = 0.25               # but at most this long (slack budgets go to the pool search)
+LNS_MAX_ROUNDS = 300            # cap (determinism when the budget is slack)
+MAX_DEPTH = 100                # items per bin the MBS' subset search chooses (recursion depth)
 
 
 @dataclass
@@ -184,7 +186,8 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
             best = mbs
     if len(best) > lower:
         now = time.perf_counter()
-        best = lns_mbs(d, best, lower, rng, now + LNS_SHARE * (deadline - now), max_iterations)
+        stop = now + min(LNS_SHARE * (deadline - now), LNS_MAX_S)
+        best = lns_mbs(d, best, lower, rng, stop, min(max_iterations, LNS_MAX_ROUNDS))
     state = to_state(p, d, best)
     small = len(best) > lower and d.cap <= MAX_GRAPH_CAP
     graph = build_graph(d.sizes, d.counts, d.cap, ARCFLOW_MAX_ARCS) if small else None
