@@ -427,7 +427,7 @@ class JobRunner:
         tracker = scheduler.tracker
         while True:
             with scheduler.lock:
-                if tracker.all_settled():
+                if tracker.all_settled() and scheduler.events.empty():
                     return
             now = time.monotonic()
             if now > deadline:

@@ -198,10 +198,15 @@ class EnsembleScheduler(pymesos.Scheduler):
             item = transition.item
             if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
                 self._forget_executor(item.agent_id, item.model)
+            # Queued under the lock that changed the item's state, so "all settled and no events
+            # queued" (checked under the same lock by the main thread) means every result is in.
+            if transition.kind == "finished":
+                self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
+            elif transition.kind == "gave_up":
+                self.events.put(SchedulerEvent("gave_up", item, detail=transition.detail))
         if transition.kind == "started" and state == "TASK_RUNNING" and self.first_running_at is None:
             self.first_running_at = time.monotonic()
         if transition.kind == "finished":
-            self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
             # Its resources are free now: ask for them at once rather than at the next
             # allocation cycle (REVIVE makes the master allocate immediately).
             self._revive_if_needed(driver)
@@ -209,8 +214,6 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.retried_at[task_id.rsplit(".a", 1)[0]] = time.monotonic()
             log.warning("task %s: %s; will retry", task_id, transition.detail)
             self._revive_if_needed(driver)
-        elif transition.kind == "gave_up":
-            self.events.put(SchedulerEvent("gave_up", item, detail=transition.detail))
         elif transition.kind == "ignored":
             log.debug(transition.detail)
 
@@ -239,9 +242,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             item.state = ItemState.RUNNING
             transition = self.tracker.attempt_failed(item, description)
-        if transition.kind == "gave_up":
-            self.events.put(SchedulerEvent("gave_up", item, detail=description))
-        else:
+            if transition.kind == "gave_up":
+                self.events.put(SchedulerEvent("gave_up", item, detail=description))
+        if transition.kind != "gave_up":
             self.retried_at[item.key] = time.monotonic()
             self._revive_if_needed(driver)
 
