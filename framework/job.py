@@ -12,7 +12,6 @@ import dataclasses
 import io
 import logging
 import math
-import os
 import queue
 import shutil
 import sys

@@ -178,7 +178,7 @@ def method_problems(method: str, members: Sequence[MemberSpec], estimators: Mapp
             problems.append(f"{method}: members' labels are of different types: "
                             + ", ".join(f"{n}: {k}" for n, k in kinds.items()))
         elif method == "hard_vote" and len({tuple(np.unique(c).tolist()) for c in known.values()}) > 1:
-            problems.append(f"hard_vote: members predict different class sets: "
+            problems.append("hard_vote: members predict different class sets: "
                             + "; ".join(f"{n}: {np.unique(c).tolist()}" for n, c in known.items()))
     return problems
 

@@ -178,7 +178,7 @@ class Handler(BaseHTTPRequestHandler):
             near = exc.doc[exc.pos:].split("\n", 1)[0]
             raise HTTPError(400, f"Failed to parse body into JSON: syntax error at line {exc.lineno} near: {near}") from None
         if not isinstance(call, dict):
-            raise HTTPError(400, f"Failed to convert JSON into Call protobuf: Expecting a JSON object")
+            raise HTTPError(400, "Failed to convert JSON into Call protobuf: Expecting a JSON object")
         return call
 
     def basic_auth(self) -> Optional[tuple[str, str]]:

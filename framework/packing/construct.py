@@ -57,7 +57,6 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
     want = np.zeros(p.T, bool)
     want[tasks] = True
     queues = [list(m[want[m]][::-1]) for m in members]   # unplaced tasks per type, pop() = lowest index
-    nt = len(queues)
     left = np.array([len(q) for q in queues], dtype=np.int64)
     rep = np.array([m[0] for m in members], dtype=np.int64)
     tdem = p.demand[rep]                               # (nt, R)
