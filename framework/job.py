@@ -37,10 +37,8 @@ from framework.offers import PoolAllocator
 from framework.packing import (
     Agent,
     AttributeEquals,
-    CostModel,
     MaxPerAgent,
     PackingOptions,
-    PriceTable,
     Resources,
     SpreadAtLeast,
     TaskDemand,
@@ -109,18 +107,21 @@ class JobCatalog:
     """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
 
     def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str, labels: RemoteFile | None = None,
-                 folds: list[tuple[list[int], list[int]]] | None = None,
-                 methods: dict[str, str] | None = None) -> None:
+                 python: str, executor_package_url: str) -> None:
         self.spec, self.server, self.shards = spec, server, shards
         self.python, self.executor_package_url = python, executor_package_url
-        self.labels, self.folds = labels, folds or []
-        self.methods = methods or {}
+        self.labels: RemoteFile | None = None
+        self.folds: list[tuple[list[int], list[int]]] = []
+        self.methods: dict[str, str] = {}
         self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
         self.shard_urls = {
             (kind, s.index): server.publish(f"{kind}-{s.index:05d}.npy", s.path)
             for kind, shard_list in shards.items() for s in shard_list
         }
+        # Per model, computed once (demands are built for every pending task in every offer round).
+        self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
+        self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
+        self.constraints = {m.name: constraints_of(m) for m in spec.models}
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: dict[str, str]) -> None:
@@ -130,19 +131,17 @@ class JobCatalog:
         self.labels, self.folds, self.methods = labels, folds, methods
 
     def demand(self, item: WorkItem) -> TaskDemand:
-        model = self.spec.model(item.model)
         return TaskDemand(
             task_id=item.key,
             model=item.model,
-            resources=Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus),
-            executor=Resources(cpus=model.executor_cpus, mem=executor_memory(model)),
-            constraints=constraints_of(model),
-            duration=model.duration,
+            resources=self.task_resources[item.model],
+            executor=self.executor_resources[item.model],
+            constraints=self.constraints[item.model],
+            duration=self.spec.model(item.model).duration,
         )
 
     def executor_info(self, model_name: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]:
         model = self.spec.model(model_name)
-        demand = Resources(cpus=model.executor_cpus, mem=executor_memory(model))
         workers = max(1, int(agent.capacity.cpus // max(model.cpus, 1e-9)))
         launch = ExecutorLaunch(
             executor_id=f"{model_name}.g{generation}",
@@ -152,7 +151,7 @@ class JobCatalog:
             model_url=self.model_urls[model_name],
             model_file=f"{model_name}.joblib",
             workers=min(workers, 8),
-            resources=tuple(allocator.take(demand)),
+            resources=tuple(allocator.take(self.executor_resources[model_name])),
         )
         return executor_info(launch)
 
@@ -177,7 +176,7 @@ class JobCatalog:
             test_rows=list(test_rows),
         )
         name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
-        resources = allocator.take(Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus))
+        resources = allocator.take(self.task_resources[model.name])
         return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
 
 
@@ -227,8 +226,10 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
     return MesosSchedulerDriver(scheduler, info, master, use_addict=True, principal=principal, secret=secret)
 
 
-def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec]]:
-    """Load the data and the models and check, before anything launches, that they fit together."""
+def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
+    """Load the data and the models and check, before anything launches, that they fit together.
+
+    Returns the data, the members' specs and the loaded estimators (by model name)."""
     import sklearn
 
     dataset = load_dataset(spec.data)
@@ -237,12 +238,12 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec]]:
     members = member_specs(spec, estimators)
     ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: version for name, (_e, version) in loaded.items()})
-    return dataset, members
+    return dataset, members, estimators
 
 
 def validate_job(spec: JobSpec) -> str:
     """Check everything ``run`` would check before launching; return a short description."""
-    dataset, members = prepare(spec)
+    dataset, members, _estimators = prepare(spec)
     shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
     lines = [f"{spec.source}: OK",
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
@@ -266,7 +267,7 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
-        dataset, members = prepare(spec)
+        dataset, members, estimators = prepare(spec)
         with ExitStack() as stack:
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="mesos-ensemble-"))
             if self.work_dir is None:
@@ -286,7 +287,8 @@ class JobRunner:
             self.progress(f"framework subscribed to {master}")
 
             if spec.stacking is not None and spec.integration == "stacking":
-                members, combiner = self._fit_stacking(scheduler, driver, server, catalog, members, work_dir)
+                members, combiner = self._fit_stacking(scheduler, driver, server, catalog, members, estimators,
+                                                       work_dir)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
@@ -322,7 +324,8 @@ class JobRunner:
             return outcome
 
     def _fit_stacking(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, catalog: JobCatalog,
-                      members: list[ensemble.MemberSpec], work_dir: Path) -> tuple[list[ensemble.MemberSpec], Any]:
+                      members: list[ensemble.MemberSpec], estimators: dict[str, Any],
+                      work_dir: Path) -> tuple[list[ensemble.MemberSpec], Any]:
         """Stacking, phase 1: the members' cross-validation fits run as Mesos tasks; then the final
         estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does)."""
         stacking = self.spec.stacking
@@ -330,7 +333,6 @@ class JobRunner:
         train = load_dataset(stacking.train)
         kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
         plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
-        estimators = {m.name: ensemble.loaded_sklearn_version(m.path)[0] for m in self.spec.models}
         methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)
                    for name, est in estimators.items()}
         train_shards = write_shards(train.features, train.features.shape[0], work_dir / "train", prefix="train")
@@ -394,12 +396,11 @@ class JobRunner:
         return "127.0.0.1" if host in ("127.0.0.1", "localhost") else None
 
     def _scheduler(self, tracker: Tracker, catalog: JobCatalog) -> EnsembleScheduler:
-        settings, pricing = self.spec.framework, self.spec.pricing
+        settings = self.spec.framework
         return EnsembleScheduler(
             tracker, catalog,
-            PriceTable(attribute=pricing.price_attribute, by_hostname=pricing.by_hostname,
-                       by_attribute=pricing.by_attribute, default=pricing.default),
-            CostModel(unit_prices=Resources(**pricing.unit_prices)),
+            self.spec.pricing,
+            self.spec.cost_model,
             PackingOptions(time_budget_s=settings.packing_budget_ms / 1000.0),
             OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
         )

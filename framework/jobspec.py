@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal
 
 from executor.protocol import file_sha256
 from framework.errors import JobSpecError
+from framework.packing import CostModel, PriceTable, Resources
 
 ModelKind = Literal["regressor", "classifier"]
 MODEL_KINDS = ("regressor", "classifier")
@@ -98,15 +99,6 @@ class LocalClusterSpec:
 
 
 @dataclass(frozen=True)
-class PricingSpec:
-    price_attribute: str = "price"
-    by_hostname: dict[str, float] = field(default_factory=dict)
-    by_attribute: dict[str, dict[str, float]] = field(default_factory=dict)
-    default: float = 1.0
-    unit_prices: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class JobSpec:
     """A whole, validated job."""
 
@@ -120,7 +112,8 @@ class JobSpec:
     min_members: int | None
     framework: FrameworkSettings
     local_cluster: LocalClusterSpec
-    pricing: PricingSpec
+    pricing: PriceTable
+    cost_model: CostModel
     stacking: StackingSpec | None = None
 
     def model(self, name: str) -> ModelSpec:
@@ -230,7 +223,7 @@ def load_job(path: Path | str) -> JobSpec:
         min_members=min_members,
         framework=_parse_framework(source, top.get("framework", dict, {})),
         local_cluster=_parse_local_cluster(source, top.get("local_cluster", dict, {})),
-        pricing=_parse_pricing(source, top.get("pricing", dict, {})),
+        **_parse_pricing(source, top.get("pricing", dict, {})),
         stacking=stacking,
     )
 
@@ -358,7 +351,8 @@ def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:
     return LocalClusterSpec(agents=tuple(agents), keep_sandboxes=section.get("keep_sandboxes", bool, False))
 
 
-def _parse_pricing(source: Path, table: Any) -> PricingSpec:
+def _parse_pricing(source: Path, table: Any) -> dict[str, Any]:
+    """The ``[pricing]`` table as the packer's ``pricing`` (PriceTable) and ``cost_model``."""
     section = _Section(source, "pricing", table)
     section.reject_unknown({"price_attribute", "by_hostname", "by_attribute", "default", "unit_prices"})
     by_hostname = section.get("by_hostname", dict, {})
@@ -373,10 +367,10 @@ def _parse_pricing(source: Path, table: Any) -> PricingSpec:
     for name in unit_prices:
         if name not in ("cpus", "mem", "disk", "gpus"):
             section.fail(f"unit_prices.{name}", "is not a resource (cpus, mem, disk, gpus)")
-    return PricingSpec(
-        price_attribute=section.get("price_attribute", str, "price"),
+    pricing = PriceTable(
+        attribute=section.get("price_attribute", str, "price"),
         by_hostname={k: float(v) for k, v in by_hostname.items()},
         by_attribute={a: {str(k): float(v) for k, v in t.items()} for a, t in by_attribute.items()},
         default=section.number("default", 1.0) or 0.0,
-        unit_prices={k: float(v) for k, v in unit_prices.items()},
     )
+    return {"pricing": pricing, "cost_model": CostModel(unit_prices=Resources(**{k: float(v) for k, v in unit_prices.items()}))}
