@@ -440,13 +440,17 @@ class Agent:
                     self._kill_run(run)
 
     # ------------------------------------------------------------ stop
-    def kill_all(self) -> list[ExecutorRun]:
-        """Agent removed: destroy every executor at once, without status updates."""
+    def _terminate_frameworks(self) -> list[ExecutorRun]:
+        """Stop accepting work and drop pending updates; return the executors still running."""
         self.stopping = True
-        runs = self.runs()
         for framework in self.frameworks.values():
             framework.terminating = True
             framework.updates.clear()
+        return self.runs()
+
+    def kill_all(self) -> list[ExecutorRun]:
+        """Agent removed: destroy every executor at once, without status updates."""
+        runs = self._terminate_frameworks()
         for run in runs:
             run.state = TERMINATING
             if run.stream is not None:
@@ -456,11 +460,7 @@ class Agent:
 
     def begin_stop(self) -> list[ExecutorRun]:
         """Send SHUTDOWN to every executor; returns the runs to wait for."""
-        self.stopping = True
-        runs = self.runs()
-        for framework in self.frameworks.values():
-            framework.terminating = True
-            framework.updates.clear()
+        runs = self._terminate_frameworks()
         for run in runs:
             self.shutdown_executor(run)
         return runs
