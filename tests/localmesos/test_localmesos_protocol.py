@@ -225,15 +225,21 @@ def test_refuse_filter_hides_only_subsets(cluster):
     sched.close()
 
 
+def start_sleeper(sched, task_id):
+    """Launch a long command task on the first offer; acknowledge STARTING and RUNNING."""
+    offer = sched.offers()[0]
+    sched.launch(offer, [command_task(task_id, offer, "sleep 100")])
+    sched.ack(sched.update(task_id))
+    running = sched.update(task_id)
+    assert running["state"] == "TASK_RUNNING"
+    sched.ack(running)
+    return offer, running
+
+
 def test_kill_command_task_and_unknown_task(cluster):
     sched = Scheduler(cluster.master_address)
     sched.next("SUBSCRIBED")
-    offer = sched.offers()[0]
-    sched.launch(offer, [command_task("sleep-1", offer, "sleep 100")])
-    sched.ack(sched.update("sleep-1"))
-    running = sched.update("sleep-1")
-    assert running["state"] == "TASK_RUNNING"
-    sched.ack(running)
+    _offer, running = start_sleeper(sched, "sleep-1")
     pid = running["container_status"]["executor_pid"]
     assert sched.call("KILL", {"task_id": {"value": "sleep-1"}}) == (202, "")
     killed = sched.update("sleep-1")
@@ -252,11 +258,7 @@ def test_kill_command_task_and_unknown_task(cluster):
 def test_reconciliation_implicit_explicit_unknown(cluster):
     sched = Scheduler(cluster.master_address)
     sched.next("SUBSCRIBED")
-    offer = sched.offers()[0]
-    sched.launch(offer, [command_task("sleep-1", offer, "sleep 100")])
-    sched.ack(sched.update("sleep-1"))
-    running = sched.update("sleep-1")
-    sched.ack(running)
+    offer, _running = start_sleeper(sched, "sleep-1")
     assert sched.call("RECONCILE", {"tasks": []}) == (202, "")
     status = sched.update("sleep-1")
     assert status["state"] == "TASK_RUNNING" and status["message"] == "Reconciliation: Latest task state"
