@@ -36,11 +36,8 @@ from framework.messages import ExecutorLaunch, executor_info, framework_info, ta
 from framework.offers import PoolAllocator
 from framework.packing import (
     Agent,
-    AttributeEquals,
-    MaxPerAgent,
     PackingOptions,
     Resources,
-    SpreadAtLeast,
     TaskDemand,
 )
 from framework.scheduler import EnsembleScheduler, OfferPolicy, SchedulerEvent
@@ -92,17 +89,6 @@ def build_executor_package(directory: Path) -> Path:
     return target
 
 
-def constraints_of(model: ModelSpec) -> tuple[Any, ...]:
-    found: list[Any] = []
-    for attribute, value in sorted(model.constraints.get("attribute", {}).items()):
-        found.append(AttributeEquals(attribute, str(value)))
-    if "max_per_agent" in model.constraints:
-        found.append(MaxPerAgent(int(model.constraints["max_per_agent"])))
-    if "spread_over" in model.constraints:
-        found.append(SpreadAtLeast(int(model.constraints["spread_over"])))
-    return tuple(found)
-
-
 class JobCatalog:
     """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
 
@@ -121,7 +107,6 @@ class JobCatalog:
         # Per model, computed once (demands are built for every pending task in every offer round).
         self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
         self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
-        self.constraints = {m.name: constraints_of(m) for m in spec.models}
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: dict[str, str]) -> None:
@@ -136,7 +121,7 @@ class JobCatalog:
             model=item.model,
             resources=self.task_resources[item.model],
             executor=self.executor_resources[item.model],
-            constraints=self.constraints[item.model],
+            constraints=self.spec.model(item.model).constraints,
             duration=self.spec.model(item.model).duration,
         )
 

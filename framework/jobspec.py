@@ -15,7 +15,8 @@ from typing import Any, Callable, Literal
 
 from executor.protocol import file_sha256
 from framework.errors import JobSpecError
-from framework.packing import CostModel, PriceTable, Resources
+from framework.packing import (AttributeEquals, Constraint, CostModel, MaxPerAgent, PriceTable, Resources,
+                               SpreadAtLeast)
 
 ModelKind = Literal["regressor", "classifier"]
 MODEL_KINDS = ("regressor", "classifier")
@@ -41,7 +42,7 @@ class ModelSpec:
     executor_cpus: float = 0.1
     executor_mem: float = 0.0
     """Memory (MB) of the executor that holds the loaded model; 0 means estimated from the file size."""
-    constraints: dict[str, Any] = field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
     duration: float | None = None
 
 
@@ -251,8 +252,8 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     if kind == "regressor" and output != "predict":
         section.fail("output", f"must be predict for a regressor, got {output!r}")
     proba_class = section.get("proba_class", (str, int))
-    constraints = section.get("constraints", dict, {})
-    _check_constraints(_Section(source, f"{section.prefix}.constraints", constraints))
+    constraints_table = section.get("constraints", dict, {})
+    constraints = _parse_constraints(_Section(source, f"{section.prefix}.constraints", constraints_table))
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -264,16 +265,21 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     )
 
 
-def _check_constraints(section: _Section) -> None:
+def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
+    """A model's placement constraints, as the packer's values."""
     section.reject_unknown({"attribute", "max_per_agent", "spread_over"})
-    attributes = section.get("attribute", dict, {})
-    for key, value in attributes.items():
+    found: list[Constraint] = []
+    for key, value in sorted(section.get("attribute", dict, {}).items()):
         if not isinstance(value, (str, int, float)):
             section.fail(f"attribute.{key}", f"must be a string or number, got {value!r}")
-    for key in ("max_per_agent", "spread_over"):
+        found.append(AttributeEquals(key, str(value)))
+    for key, kind in (("max_per_agent", MaxPerAgent), ("spread_over", SpreadAtLeast)):
         value = section.get(key, int)
         if value is not None and value < 1:
             section.fail(key, f"must be at least 1, got {value}")
+        if value is not None:
+            found.append(kind(value))
+    return tuple(found)
 
 
 def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
