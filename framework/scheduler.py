@@ -290,8 +290,10 @@ class EnsembleScheduler(pymesos.Scheduler):
             driver.suppressOffers()
 
     def _revive_if_needed(self, driver: Any) -> None:
+        """REVIVE when work is pending.  Before SUBSCRIBED there is nothing to revive (pymesos
+        asserts a framework id); ``registered`` revives then."""
         with self.lock:
-            if not self.tracker.pending():
+            if not self.tracker.pending() or self.framework_id is None:
                 return
             self.suppressed = False
         driver.reviveOffers()

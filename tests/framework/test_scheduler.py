@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from addict import Dict
 
 from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
@@ -27,8 +28,10 @@ def scheduler(tmp_path: Path) -> Iterator[EnsembleScheduler]:
     shards = {"data": write_shards(data.features[:100], 50, tmp_path / "shards")}  # 2 shards
     catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
     items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
-    yield EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(), PackingOptions(),
-                            OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0))
+    scheduler = EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(), PackingOptions(),
+                                  OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0))
+    scheduler.registered(FakeDriver(scheduler), Dict({"value": "F1"}), Dict({"hostname": "master", "port": 5050}))
+    yield scheduler
     server.stop()
 
 
@@ -128,3 +131,19 @@ def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) 
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     relaunched = driver.launches[-1][1][0]
     assert relaunched["executor"]["executor_id"]["value"] == f"{model}.g1"
+
+
+def test_work_added_before_registration_is_revived_on_registration(scheduler: EnsembleScheduler) -> None:
+    """pymesos asserts a framework id in reviveOffers: the scheduler must not call it earlier."""
+    scheduler.framework_id = None  # as between driver.start() and SUBSCRIBED
+
+    class StrictDriver(FakeDriver):
+        def reviveOffers(self, roles=()):  # noqa: ANN001, N802
+            assert scheduler.framework_id is not None, "REVIVE before SUBSCRIBED"
+            super().reviveOffers(roles)
+
+    driver = StrictDriver(scheduler)
+    scheduler.add_work(driver, [WorkItem("logistic.extra", "logistic", 0)])
+    assert driver.revived == 0
+    scheduler.registered(driver, Dict({"value": "F1"}), Dict({"hostname": "m", "port": 5050}))
+    assert driver.revived == 1 and scheduler.events.empty()
