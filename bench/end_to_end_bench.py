@@ -48,7 +48,8 @@ def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
     return np.average(np.stack(outputs), axis=0).argmax(axis=1)
 
 
-def job_file(directory: Path, members: dict[str, Path], data: Path, shard_rows: int, cpus: float) -> Path:
+def job_file(directory: Path, members: dict[str, Path], data: Path, shard_rows: int, cpus: float,
+             executors: str) -> Path:
     lines = ["[job]", 'name = "bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{data.name}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
@@ -56,6 +57,7 @@ def job_file(directory: Path, members: dict[str, Path], data: Path, shard_rows: 
         lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
                   'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512",
                   "executor_cpus = 0.05", ""]
+    lines += ["[framework]", f'executors = "{executors}"', ""]
     lines += ["[local_cluster]", f"agents = [{{ hostname = \"bench-agent\", cpus = {os.cpu_count()}, mem = 16384 }}]"]
     path = directory / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -68,6 +70,8 @@ def main() -> None:
     parser.add_argument("--shard-rows", type=int, default=125_000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--executors", choices=("shared", "per_model"), default="shared",
+                        help="[framework] executors of the mesos-ensemble job")
     parser.add_argument("--verbose", action="store_true", help="print the job's progress with timestamps")
     args = parser.parse_args()
 
@@ -102,8 +106,10 @@ def main() -> None:
         t_joblib = time.perf_counter() - start
 
         # Each task takes one core (less the executors' small share), as each joblib worker does.
-        cpus_per_task = round(1.0 - 0.05 * len(members) / args.workers, 3)
-        spec = load_job(job_file(directory, paths, directory / "data.npy", args.shard_rows, cpus=cpus_per_task))
+        executors = 1 if args.executors == "shared" else len(members)
+        cpus_per_task = round(1.0 - 0.05 * executors / args.workers, 3)
+        spec = load_job(job_file(directory, paths, directory / "data.npy", args.shard_rows, cpus=cpus_per_task,
+                                  executors=args.executors))
         start = time.perf_counter()
         marks: list[tuple[float, str]] = []
         outcome = JobRunner(spec, progress=lambda m: marks.append((time.perf_counter() - start, m))).run()
@@ -124,7 +130,8 @@ def main() -> None:
     first = outcome.time_to_first_running
     print(f"time from run to first TASK_RUNNING: {first:.2f} s" if first is not None else "first TASK_RUNNING: n/a")
     print(f"per-task overhead vs joblib: {(t_mesos - t_joblib) / tasks * 1000:.0f} ms over {tasks} tasks "
-          f"({outcome.task_attempts} attempts, {outcome.agents_used} agent(s))")
+          f"({outcome.task_attempts} attempts, {outcome.agents_used} agent(s), "
+          f"{outcome.executors_launched} executor(s), executors = {args.executors})")
     print(f"ensemble labels identical to in-process soft vote: {identical}")
 
 

@@ -24,7 +24,7 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import ModelCache, TaskError, run_task
+from executor.runner import SandboxCache, TaskError, run_task
 
 log = logging.getLogger("executor")
 
@@ -49,11 +49,12 @@ def build_result_data(payload: TaskPayload, output: Any) -> bytes:
 
 
 class EnsembleExecutor(pymesos.Executor):
-    """A pymesos ``Executor``: runs prediction tasks for one model, sharing one loaded copy."""
+    """A pymesos ``Executor``: runs the prediction tasks of one model, or of every model on its
+    agent, on ``workers`` threads; tasks share loaded models and downloaded shards."""
 
     def __init__(self, sandbox: Path, workers: int) -> None:
         self.sandbox = sandbox
-        self.cache = ModelCache()
+        self.cache = SandboxCache(sandbox)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self.killed: set[str] = set()
         self.lock = threading.Lock()
@@ -96,7 +97,7 @@ class EnsembleExecutor(pymesos.Executor):
         self._send(driver, task_id, "TASK_RUNNING")
         try:
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
-            output = run_task(payload, self.sandbox, self.cache)
+            output = run_task(payload, self.cache)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output)
         except TaskError as error:
             state, message, data = "TASK_FAILED", str(error), None

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 INLINE_RESULT_LIMIT = 64 * 1024
 """Results up to this many ``.npy`` bytes travel inside the status update; larger ones are uploaded."""
 
@@ -39,8 +39,9 @@ class RemoteFile:
 class TaskPayload:
     """What one task asks of the executor.
 
-    ``predict``: load ``model_file`` (already fetched into the sandbox by the Mesos fetcher),
-    read the feature rows of ``shard`` and call ``method`` on them.
+    ``predict``: load ``model`` (downloaded into the sandbox as ``model_file`` unless already
+    there), read the feature rows of ``shard`` and call ``method`` on them.  An executor keeps
+    what it downloads: the tasks of other models on the same shard reuse the copy.
     ``cv_fit_predict``: clone the model, fit it on ``train_rows`` of ``shard`` with ``labels``,
     and call ``method`` on ``test_rows`` (one fold of a stacking cross-validation).
     """
@@ -48,8 +49,8 @@ class TaskPayload:
     task_id: str
     operation: Operation
     model_name: str
+    model: RemoteFile
     model_file: str
-    model_sha256: str
     method: str
     shard: RemoteFile
     shard_index: int
@@ -68,6 +69,7 @@ class TaskPayload:
         fields: dict[str, Any] = json.loads(raw)
         if fields.get("version") != PROTOCOL_VERSION:
             raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+        fields["model"] = RemoteFile(**fields["model"])
         fields["shard"] = RemoteFile(**fields["shard"])
         if fields.get("labels") is not None:
             fields["labels"] = RemoteFile(**fields["labels"])

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 
-from executor.protocol import RemoteFile, TaskPayload, file_sha256, npy_to_array
+from executor.protocol import RemoteFile, TaskPayload, file_sha256
 
 Downloader = Callable[[str], bytes]
 
@@ -29,51 +29,75 @@ def http_download(url: str) -> bytes:
         return response.read()
 
 
-class ModelCache:
-    """Loads each model file once per executor, after checking its sha256.
+class SandboxCache:
+    """What an executor has downloaded into its sandbox, each file once, checked by sha256.
 
-    Several tasks of one model run in the same executor; they share one loaded copy.
-    Thread-safe: concurrent tasks of a model wait for one load.
+    Models are loaded once and shared by all their tasks; shards and labels are kept as ``.npy``
+    files and memory-mapped, so the tasks of every model on one shard share one download.
+    Thread-safe: concurrent tasks that need the same file wait for one download.
     """
 
-    def __init__(self) -> None:
-        self._models: dict[tuple[Path, str], Any] = {}
-        self._lock = threading.Lock()
+    def __init__(self, sandbox: Path, download: Downloader = http_download) -> None:
+        self.sandbox, self.download = sandbox, download
+        self._models: dict[tuple[str, str], Any] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._checked: set[tuple[str, str]] = set()  # (sandbox file, sha256) known to match
 
-    def get(self, path: Path, expected_sha256: str) -> Any:
-        key = (path.resolve(), expected_sha256)
-        with self._lock:
+    def _lock_for(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def file(self, remote: RemoteFile, name: str, what: str) -> Path:
+        """``remote`` as the sandbox file ``name``: a file already there (say, placed by the
+        Mesos fetcher) must match the checksum; otherwise it is downloaded and checked."""
+        path = self.sandbox / name
+        with self._lock_for(name):
+            if (name, remote.sha256) in self._checked:
+                return path
+            if path.is_file():
+                actual = file_sha256(path)
+                if actual != remote.sha256:
+                    raise TaskError(f"{what}: sha256 mismatch (expected {remote.sha256}, got {actual})")
+                self._checked.add((name, remote.sha256))
+                return path
+            try:
+                data = self.download(remote.url)
+            except Exception as error:
+                raise TaskError(f"could not download {what}: {error}") from error
+            if hashlib.sha256(data).hexdigest() != remote.sha256:
+                raise TaskError(f"{what}: sha256 mismatch after download")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.part")
+            temporary.write_bytes(data)
+            temporary.replace(path)
+            self._checked.add((name, remote.sha256))
+            return path
+
+    def array(self, remote: RemoteFile, what: str) -> np.ndarray:
+        """A shard or label array, memory-mapped from the sandbox copy."""
+        path = self.file(remote, f"cache/{remote.sha256}.npy", what)
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as error:
+            raise TaskError(f"{what} is not a valid .npy array: {error}") from error
+
+    def model(self, remote: RemoteFile, name: str, model_name: str) -> Any:
+        """The loaded model (joblib), loaded once per executor."""
+        key = (name, remote.sha256)
+        with self._lock_for(f"load:{name}"):
             if key not in self._models:
-                self._models[key] = load_model(path, expected_sha256)
+                path = self.file(remote, name, f"model file {name}")
+                try:
+                    self._models[key] = joblib.load(path)
+                except Exception as error:  # joblib/pickle raise many types for a bad file
+                    raise TaskError(f"model file {name} of {model_name} could not be loaded: "
+                                    f"{type(error).__name__}: {error}") from error
             return self._models[key]
 
-    def __len__(self) -> int:
+    @property
+    def models_loaded(self) -> int:
         return len(self._models)
-
-
-def load_model(path: Path, expected_sha256: str) -> Any:
-    if not path.is_file():
-        raise TaskError(f"model file {path.name} is missing from the sandbox")
-    actual = file_sha256(path)
-    if actual != expected_sha256:
-        raise TaskError(f"model file {path.name}: sha256 mismatch (expected {expected_sha256}, got {actual})")
-    try:
-        return joblib.load(path)
-    except Exception as error:  # joblib/pickle raise many types for a bad file
-        raise TaskError(f"model file {path.name} could not be loaded: {type(error).__name__}: {error}") from error
-
-
-def fetch_array(remote: RemoteFile, download: Downloader, what: str) -> np.ndarray:
-    try:
-        data = download(remote.url)
-    except Exception as error:
-        raise TaskError(f"could not download {what}: {error}") from error
-    if hashlib.sha256(data).hexdigest() != remote.sha256:
-        raise TaskError(f"{what}: sha256 mismatch after download")
-    try:
-        return npy_to_array(data)
-    except Exception as error:
-        raise TaskError(f"{what} is not a valid .npy array: {error}") from error
 
 
 def call_method(model: Any, method: str, features: np.ndarray, model_name: str) -> np.ndarray:
@@ -91,31 +115,26 @@ def call_method(model: Any, method: str, features: np.ndarray, model_name: str) 
         raise TaskError(f"model {model_name}.{method} failed: {type(error).__name__}: {error}") from error
 
 
-def run_task(
-    payload: TaskPayload,
-    sandbox: Path,
-    cache: ModelCache,
-    download: Downloader = http_download,
-) -> np.ndarray:
+def run_task(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
     """Run one task and return its output (predictions, probabilities or fold predictions)."""
-    model = cache.get(sandbox / payload.model_file, payload.model_sha256)
-    features = fetch_array(payload.shard, download, f"shard {payload.shard_index}")
+    model = cache.model(payload.model, payload.model_file, payload.model_name)
+    features = cache.array(payload.shard, f"shard {payload.shard_index}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")
     if payload.operation == "predict":
         return call_method(model, payload.method, features, payload.model_name)
     if payload.operation == "cv_fit_predict":
-        return cv_fit_predict(model, features, payload, download)
+        return cv_fit_predict(model, features, payload, cache)
     raise TaskError(f"unknown operation {payload.operation!r}")
 
 
-def cv_fit_predict(model: Any, features: np.ndarray, payload: TaskPayload, download: Downloader) -> np.ndarray:
+def cv_fit_predict(model: Any, features: np.ndarray, payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
     """One cross-validation fold: fit a clone on the train rows, apply ``method`` to the test rows."""
     from sklearn.base import clone
 
     if payload.labels is None:
         raise TaskError("cv_fit_predict needs labels")
-    labels = fetch_array(payload.labels, download, "labels")
+    labels = cache.array(payload.labels, "labels")
     train, test = np.asarray(payload.train_rows, dtype=np.intp), np.asarray(payload.test_rows, dtype=np.intp)
     estimator = clone(model)
     try:

@@ -82,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"members used: {', '.join(outcome.members_used)}"
           + (f"; missing: {', '.join(f'{k} ({v})' for k, v in outcome.members_missing.items())}" if outcome.members_missing else ""))
     first = f"{outcome.time_to_first_running:.2f} s" if outcome.time_to_first_running is not None else "n/a"
-    print(f"{outcome.tasks} tasks ({outcome.task_attempts} attempts) on {outcome.agents_used} agent(s); "
+    print(f"{outcome.tasks} tasks ({outcome.task_attempts} attempts) on {outcome.agents_used} agent(s), "
+          f"{outcome.executors_launched} executor(s); "
           f"wall {outcome.wall_seconds:.2f} s; first TASK_RUNNING after {first}")
     if outcome.report_text:
         print(outcome.report_text)

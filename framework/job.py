@@ -65,9 +65,14 @@ class JobOutcome:
     tasks: int
     task_attempts: int
     agents_used: int
+    executors_launched: int = 0
     report: dict[str, Any] | None = None
     report_text: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+SHARED_EXECUTOR = "ensemble"
+"""Executor key (and executor id prefix) of the one executor per agent that serves every model."""
 
 
 def executor_memory(model: ModelSpec) -> float:
@@ -75,6 +80,12 @@ def executor_memory(model: ModelSpec) -> float:
     if model.executor_mem > 0:
         return model.executor_mem
     return EXECUTOR_BASE_MEM_MB + 3.0 * model.path.stat().st_size / 2**20
+
+
+def shared_executor_resources(models: list[ModelSpec]) -> Resources:
+    """One executor holding every model: one base process plus each model's loaded size."""
+    extra = sum(max(0.0, executor_memory(m) - EXECUTOR_BASE_MEM_MB) for m in models)
+    return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
 
 
 def build_executor_package(directory: Path) -> Path:
@@ -106,7 +117,26 @@ class JobCatalog:
         }
         # Per model, computed once (demands are built for every pending task in every offer round).
         self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
-        self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
+        self.shared = spec.framework.executors == "shared"
+        if self.shared:
+            # The packer sees no per-model executor; the scheduler keeps this much free on every
+            # agent that has no executor of ours yet (``agent_reserve``).
+            self.agent_reserve = shared_executor_resources(list(spec.models))
+            self.executor_resources = {SHARED_EXECUTOR: self.agent_reserve}
+            self.demand_executor = {m.name: Resources() for m in spec.models}
+        else:
+            self.agent_reserve = Resources()
+            self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m))
+                                       for m in spec.models}
+            self.demand_executor = self.executor_resources
+
+    def executor_key(self, model: str) -> str:
+        """Which executor runs this model's tasks on an agent: the shared one or the model's own."""
+        return SHARED_EXECUTOR if self.shared else model
+
+    def executor_models(self, key: str) -> frozenset[str]:
+        """The models an executor serves (loads on demand)."""
+        return frozenset(m.name for m in self.spec.models) if key == SHARED_EXECUTOR and self.shared else frozenset({key})
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: dict[str, str]) -> None:
@@ -120,23 +150,24 @@ class JobCatalog:
             task_id=item.key,
             model=item.model,
             resources=self.task_resources[item.model],
-            executor=self.executor_resources[item.model],
+            executor=self.demand_executor[item.model],
             constraints=self.spec.model(item.model).constraints,
             duration=self.spec.model(item.model).duration,
         )
 
-    def executor_info(self, model_name: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]:
-        model = self.spec.model(model_name)
-        workers = max(1, int(agent.capacity.cpus // max(model.cpus, 1e-9)))
+    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]:
+        """The ExecutorInfo of executor ``key`` on ``agent``, its resources taken from the offer."""
+        served = sorted(self.executor_models(key))
+        smallest_task = min(self.spec.model(name).cpus for name in served)
+        resources = self.executor_resources[key]
+        workers = max(1, int((agent.capacity.cpus + self.agent_reserve.cpus) // max(smallest_task, 1e-9)))
         launch = ExecutorLaunch(
-            executor_id=f"{model_name}.g{generation}",
-            model=model_name,
+            executor_id=f"{key}.g{generation}",
+            serves="all models" if key == SHARED_EXECUTOR and self.shared else key,
             python=self.python,
             executor_package_url=self.executor_package_url,
-            model_url=self.model_urls[model_name],
-            model_file=f"{model_name}.joblib",
             workers=min(workers, 8),
-            resources=tuple(allocator.take(self.executor_resources[model_name])),
+            resources=tuple(allocator.take(resources)),
         )
         return executor_info(launch)
 
@@ -150,8 +181,8 @@ class JobCatalog:
             task_id=task_id,
             operation=item.operation,  # type: ignore[arg-type]
             model_name=model.name,
+            model=RemoteFile(self.model_urls[model.name], model.sha256),
             model_file=f"{model.name}.joblib",
-            model_sha256=model.sha256,
             method=self.methods.get(model.name, model.output),
             shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
             shard_index=shard.index,
@@ -300,6 +331,7 @@ class JobRunner:
                 time_to_first_running=(scheduler.first_running_at - started) if scheduler.first_running_at else None,
                 tasks=len(all_items), task_attempts=sum(i.attempts for i in all_items),
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
+                executors_launched=scheduler.executors_launched,
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)

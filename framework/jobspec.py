@@ -21,6 +21,7 @@ from framework.packing import (AttributeEquals, Constraint, CostModel, MaxPerAge
 ModelKind = Literal["regressor", "classifier"]
 MODEL_KINDS = ("regressor", "classifier")
 OUTPUTS = ("predict", "predict_proba", "decision_function")
+EXECUTOR_MODES = ("shared", "per_model")
 INTEGRATION_METHODS = ("mean", "weighted_mean", "median", "hard_vote", "soft_vote", "stacking")
 
 
@@ -84,6 +85,9 @@ class FrameworkSettings:
     artifact_host: str | None = None
     """Address agents use to reach the framework's artifact server; default: auto."""
     artifact_port: int = 0
+    executors: str = "shared"
+    """``shared``: one executor per agent runs every model's tasks (one process start, one download
+    of each shard per agent); ``per_model``: one executor per (agent, model), models isolated."""
     max_retries: int = 3
     refuse_seconds: float = 5.0
     never_fits_refuse_seconds: float = 300.0
@@ -339,6 +343,7 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
         values[key] = section.get(key, int, getattr(defaults, key))
         if values[key] < 0:
             section.fail(key, f"must be at least 0, got {values[key]}")
+    values["executors"] = section.choice("executors", EXECUTOR_MODES, defaults.executors)
     if values["master"] != "local" and values["master"].startswith(("http://", "https://")):
         section.fail("master", f"must be host:port, zk://... or \"local\", got {values['master']!r}")
     return FrameworkSettings(**values)

@@ -13,32 +13,30 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ExecutorLaunch:
-    """What an executor for one model on one agent looks like.  Mesos requires every task of one
-    executor id to carry an identical ExecutorInfo, so this is built once and reused."""
+    """What one of our executors on one agent looks like (for one model, or shared by all).
+    Mesos requires every task of one executor id to carry an identical ExecutorInfo, so this is
+    built once and reused.  Models and shards are not fetcher URIs: the executor downloads what
+    its tasks name, once, so one ExecutorInfo serves every model."""
 
     executor_id: str
-    model: str
+    serves: str
     python: str
     executor_package_url: str
-    model_url: str
-    model_file: str
     workers: int
     resources: tuple[dict[str, Any], ...]
 
 
 def executor_info(launch: ExecutorLaunch) -> dict[str, Any]:
-    """ExecutorInfo: the executor package and the model travel as fetcher URIs."""
+    """ExecutorInfo: the executor package travels as a fetcher URI (extracted into the sandbox)."""
     return {
         "executor_id": {"value": launch.executor_id},
-        "name": f"mesos-ensemble executor for {launch.model}",
+        "name": f"mesos-ensemble executor for {launch.serves}",
         "source": "mesos-ensemble",
         "command": {
             "shell": True,
             "value": f"exec {shlex.quote(launch.python)} -m executor",
             "uris": [
                 {"value": launch.executor_package_url, "extract": True, "executable": False, "cache": False},
-                {"value": launch.model_url, "extract": False, "executable": False, "cache": False,
-                 "output_file": launch.model_file},
             ],
             "environment": {
                 "variables": [

@@ -20,7 +20,8 @@ from typing import Any, Callable, Protocol
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
 from framework.offers import PoolAllocator, merge_by_agent, view_offer
-from framework.packing import Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, TaskDemand, pack
+from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
+                              pack)
 from framework.tasks import ItemState, Tracker, WorkItem
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,16 @@ class WorkCatalog(Protocol):
     def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
                   executor: dict[str, Any]) -> dict[str, Any]: ...
 
-    def executor_info(self, model: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]: ...
+    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]: ...
+
+    def executor_key(self, model: str) -> str:
+        """The executor that runs ``model``'s tasks on an agent (one per model, or one shared)."""
+        ...
+
+    def executor_models(self, key: str) -> frozenset[str]: ...
+
+    agent_reserve: Resources
+    """Kept free on agents without an executor of ours yet (a shared executor's resources)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.suppressed = False
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
+        self.executors_launched = 0
         self.known_agents: set[str] = set()
         self.last_plan: Plan | None = None
         self.first_running_at: float | None = None
@@ -137,7 +148,8 @@ class EnsembleScheduler(pymesos.Scheduler):
                 driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
                 return
-            agents = merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks())
+            agents = self._reserve_executors(
+                merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks()))
             demands = [self._demand(item) for item in pending]
             plan = pack(demands, agents, self.cost_model, self.packing)
             self.last_plan = plan
@@ -164,11 +176,25 @@ class EnsembleScheduler(pymesos.Scheduler):
             if not self.tracker.pending():
                 self._suppress(driver)
 
+    def _reserve_executors(self, agents: list[Agent]) -> list[Agent]:
+        """Agents as the packer sees them: without the catalog's per-agent reserve where our shared
+        executor is not running yet, so that the first ACCEPT there can start it."""
+        reserve = self.catalog.agent_reserve
+        if reserve.is_zero():
+            return agents
+        return [
+            agent if agent.loaded_models
+            else dataclasses.replace(agent, capacity=(agent.capacity - reserve).nonnegative())
+            for agent in agents
+        ]
+
     def _task_info(self, item: WorkItem, agent: Agent, allocator: PoolAllocator) -> dict[str, Any]:
-        key = (agent.agent_id, item.model)
+        executor_key = self.catalog.executor_key(item.model)
+        key = (agent.agent_id, executor_key)
         if key not in self.executors:
             generation = self.executor_generation[key]
-            self.executors[key] = self.catalog.executor_info(item.model, agent, allocator, generation)
+            self.executors[key] = self.catalog.executor_info(executor_key, agent, allocator, generation)
+            self.executors_launched += 1
         task_id = self.tracker.launched(item, agent.agent_id)
         return self.catalog.task_info(item, task_id, agent, allocator, self.executors[key])
 
@@ -197,7 +223,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             transition = self.tracker.on_update(task_id, state, status.get("message") or "", reason)
             item = transition.item
             if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
-                self._forget_executor(item.agent_id, item.model)
+                self._forget_executor(item.agent_id, self.catalog.executor_key(item.model))
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind == "finished":
@@ -261,9 +287,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         self._revive_if_needed(driver)
 
     # --- helpers --------------------------------------------------------------------------
-    def _forget_executor(self, agent_id: str, model: str) -> None:
-        if self.executors.pop((agent_id, model), None) is not None:
-            self.executor_generation[(agent_id, model)] += 1
+    def _forget_executor(self, agent_id: str, executor_key: str) -> None:
+        if self.executors.pop((agent_id, executor_key), None) is not None:
+            self.executor_generation[(agent_id, executor_key)] += 1
 
     def _in_use(self) -> dict[str, bool]:
         """Agents the job already pays for: running our tasks or holding our executors."""
@@ -273,8 +299,8 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     def _loaded_models(self) -> dict[str, frozenset[str]]:
         loaded: dict[str, set[str]] = defaultdict(set)
-        for agent_id, model in self.executors:
-            loaded[agent_id].add(model)
+        for agent_id, executor_key in self.executors:
+            loaded[agent_id].update(self.catalog.executor_models(executor_key))
         return {a: frozenset(m) for a, m in loaded.items()}
 
     def _running_tasks(self) -> dict[str, dict[str, int]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from addict import Dict
 
 from executor.main import build_result_data
 from executor.protocol import TaskPayload
-from executor.runner import ModelCache, TaskError, run_task
+from executor.runner import SandboxCache, TaskError, run_task
 from factories import make_offer, make_status
 
 
@@ -85,7 +84,7 @@ class InProcessMesos(FakeDriver):
                  fail: FailureRule | None = None) -> None:
         super().__init__(scheduler)
         self.agents, self.sandbox, self.fail = agents, sandbox, fail
-        self.cache = ModelCache()
+        self.caches: dict[str, SandboxCache] = {}
         self._busy: dict[str, int] = {}
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="in-process-mesos", daemon=True)
@@ -127,17 +126,15 @@ class InProcessMesos(FakeDriver):
                 self._busy[task["agent_id"]["value"]] = self._busy.get(task["agent_id"]["value"], 0) + 1
             threading.Thread(target=self._run_task, args=(task,), daemon=True).start()
 
-    def _fetch(self, executor: dict[str, Any], agent: str) -> Path:
-        """Do the Mesos fetcher's job for the model URI: download it into the executor's sandbox."""
-        sandbox = self.sandbox / agent / executor["executor_id"]["value"]
+    def _cache(self, executor: dict[str, Any], agent: str) -> SandboxCache:
+        """The executor's sandbox and download cache, one per (agent, executor id) as in Mesos."""
+        key = f"{agent}/{executor['executor_id']['value']}"
         with self._lock:
-            if not sandbox.is_dir():
+            if key not in self.caches:
+                sandbox = self.sandbox / key
                 sandbox.mkdir(parents=True)
-                for uri in executor["command"]["uris"]:
-                    if not uri.get("extract"):
-                        with urllib.request.urlopen(uri["value"], timeout=30) as response:
-                            (sandbox / uri["output_file"]).write_bytes(response.read())
-        return sandbox
+                self.caches[key] = SandboxCache(sandbox)
+            return self.caches[key]
 
     def _loop(self) -> None:
         while not self.stopped:
@@ -155,8 +152,7 @@ class InProcessMesos(FakeDriver):
         failure = self.fail(payload, agent) if self.fail else None
         if failure is None:
             try:
-                sandbox = self._fetch(task["executor"], agent)
-                output = run_task(payload, sandbox, self.cache)
+                output = run_task(payload, self._cache(task["executor"], agent))
                 data = base64.b64encode(build_result_data(payload, output)).decode()
                 update = make_status(task_id, "TASK_FINISHED", agent, data=data)
             except TaskError as error:

@@ -30,6 +30,10 @@ class Resources:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.cpus, self.mem, self.disk, self.gpus)
 
+    def nonnegative(self) -> Resources:
+        """Each component raised to at least 0 (what is left after a subtraction)."""
+        return Resources(*(max(0.0, v) for v in self.as_tuple()))
+
     def fits_in(self, other: Resources) -> bool:
         """True if every component is at most ``other``'s (relative/absolute epsilon)."""
         return all(a <= b + EPS * max(1.0, abs(b)) for a, b in zip(self.as_tuple(), other.as_tuple()))

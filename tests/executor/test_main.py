@@ -36,7 +36,8 @@ def make_task(tmp_path: Path, features: np.ndarray, shard_url: str) -> Dict:
     joblib.dump(model, tmp_path / "m.joblib")
     payload = TaskPayload(
         task_id="t1", operation="predict", model_name="m", model_file="m.joblib",
-        model_sha256=hashlib.sha256((tmp_path / "m.joblib").read_bytes()).hexdigest(), method="predict",
+        model=RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes())),
+        method="predict",
         shard=RemoteFile(shard_url, sha256_hex(array_to_npy(features))), shard_index=0, result_upload_url="unused",
     )
     return Dict({"task_id": {"value": "t1"}, "data": base64.b64encode(payload.to_json()).decode()})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import joblib
@@ -14,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, npy_to_array, sha256_hex
-from executor.runner import ModelCache, TaskError, run_task
+from executor.runner import SandboxCache, TaskError, run_task
 
 
 def scaled_logistic():  # noqa: ANN201
@@ -35,20 +38,37 @@ def sandbox(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> Path:
 
 
 def payload_for(sandbox: Path, shard: np.ndarray, **overrides: object) -> tuple[TaskPayload, dict[str, bytes]]:
-    blob = array_to_npy(shard)
+    """A predict payload for the sandbox's model ``m.joblib`` and its blobs by URL (``mem://``)."""
+    blob, model = array_to_npy(shard), (sandbox / "m.joblib").read_bytes()
     fields: dict[str, object] = dict(
-        task_id="t1", operation="predict", model_name="m", model_file="m.joblib",
-        model_sha256=hashlib.sha256((sandbox / "m.joblib").read_bytes()).hexdigest(), method="predict_proba",
-        shard=RemoteFile("mem://shard", sha256_hex(blob)), shard_index=0, result_upload_url="unused",
+        task_id="t1", operation="predict", model_name="m", model=RemoteFile("mem://m", sha256_hex(model)),
+        model_file="m.joblib", method="predict_proba",
+        shard=RemoteFile(f"mem://shard/{sha256_hex(blob)}", sha256_hex(blob)), shard_index=0,
+        result_upload_url="unused",
     )
     fields.update(overrides)
-    return TaskPayload(**fields), {"mem://shard": blob}  # type: ignore[arg-type]
+    return TaskPayload(**fields), {"mem://m": model, f"mem://shard/{sha256_hex(blob)}": blob}  # type: ignore[arg-type]
+
+
+class CountingDownloads(dict):
+    """Blobs by URL that count how often each is downloaded."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def download(self, url: str) -> bytes:
+        with self.lock:
+            self.counts[url] = self.counts.get(url, 0) + 1
+        time.sleep(0.01)  # widen the window in which concurrent tasks could both download
+        return self[url]
 
 
 def test_predicts_exactly_what_sklearn_predicts(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     x, _ = data
     payload, blobs = payload_for(sandbox, x[:40])
-    output = run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+    output = run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
     expected = joblib.load(sandbox / "m.joblib").predict_proba(x[:40])
     assert np.array_equal(output, expected)
 
@@ -60,43 +80,83 @@ def test_payload_round_trips_through_json(sandbox: Path, data: tuple[np.ndarray,
 
 
 def test_model_loaded_once_per_executor(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
-    cache = ModelCache()
+    blobs = CountingDownloads()
+    cache = SandboxCache(sandbox, blobs.download)
     for start in (0, 10, 20):
-        payload, blobs = payload_for(sandbox, data[0][start:start + 10])
-        run_task(payload, sandbox, cache, blobs.__getitem__)
-    assert len(cache) == 1
+        payload, more = payload_for(sandbox, data[0][start:start + 10])
+        blobs.update(more)
+        run_task(payload, cache)
+    assert cache.models_loaded == 1
+    assert "mem://m" not in blobs.counts  # already in the sandbox (as the Mesos fetcher leaves it)
+
+
+def test_missing_model_is_downloaded_once_and_checked(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    payload, more = payload_for(sandbox, data[0][:10])
+    (sandbox / "m.joblib").unlink()
+    blobs = CountingDownloads(more)
+    cache = SandboxCache(sandbox, blobs.download)
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda _: run_task(payload, cache), range(4)))
+    assert blobs.counts["mem://m"] == 1 and cache.models_loaded == 1
+    assert all(np.array_equal(o, outputs[0]) for o in outputs)
+    assert sha256_hex((sandbox / "m.joblib").read_bytes()) == payload.model.sha256
+
+
+def test_corrupted_model_download(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    payload, blobs = payload_for(sandbox, data[0][:5])
+    (sandbox / "m.joblib").unlink()
+    blobs["mem://m"] = blobs["mem://m"][:-10]
+    with pytest.raises(TaskError, match="model file m.joblib: sha256 mismatch after download"):
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
+    assert not (sandbox / "m.joblib").exists()
+
+
+def test_models_of_one_shard_share_one_download(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = data
+    joblib.dump(make_pipeline(StandardScaler(), LogisticRegression(C=0.1)).fit(x, y), sandbox / "other.joblib")
+    shard = x[:50]
+    first, blobs = payload_for(sandbox, shard)
+    other = (sandbox / "other.joblib").read_bytes()
+    blobs = CountingDownloads({**blobs, "mem://other": other})
+    payloads = [first, *(dataclasses.replace(first, task_id=f"t{i}", model_name="other", model_file="other.joblib",
+                                             model=RemoteFile("mem://other", sha256_hex(other)), method="predict")
+                         for i in range(2, 5))]
+    cache = SandboxCache(sandbox, blobs.download)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda p: run_task(p, cache), payloads))
+    assert blobs.counts[first.shard.url] == 1
 
 
 def test_hash_mismatch_fails_with_clear_message(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
-    payload, blobs = payload_for(sandbox, data[0][:5], model_sha256="0" * 64)
+    payload, blobs = payload_for(sandbox, data[0][:5], model=RemoteFile("mem://m", "0" * 64))
     with pytest.raises(TaskError, match=r"m\.joblib: sha256 mismatch \(expected 0{64}"):
-        run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
 
 
 def test_unreadable_model(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     (sandbox / "m.joblib").write_bytes(b"not a pickle")
     payload, blobs = payload_for(sandbox, data[0][:5])
     with pytest.raises(TaskError, match="could not be loaded"):
-        run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
 
 
 def test_wrong_number_of_features(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     payload, blobs = payload_for(sandbox, data[0][:5, :7])
     with pytest.raises(TaskError, match="expects 30 features, the shard has 7"):
-        run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
 
 
 def test_corrupted_shard_download(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     payload, blobs = payload_for(sandbox, data[0][:5])
-    blobs["mem://shard"] = blobs["mem://shard"][:-8]
+    blobs[payload.shard.url] = blobs[payload.shard.url][:-8]
     with pytest.raises(TaskError, match="shard 0: sha256 mismatch"):
-        run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
 
 
 def test_missing_method(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
     payload, blobs = payload_for(sandbox, data[0][:5], method="transform")
     with pytest.raises(TaskError, match="has no method transform"):
-        run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+        run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
 
 
 def test_cv_fit_predict_fits_a_clone_on_the_fold(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -106,6 +166,6 @@ def test_cv_fit_predict_fits_a_clone_on_the_fold(sandbox: Path, data: tuple[np.n
     payload, blobs = payload_for(sandbox, x, operation="cv_fit_predict", method="predict",
                                  labels=RemoteFile("mem://labels", sha256_hex(labels)), train_rows=train, test_rows=test)
     blobs["mem://labels"] = labels
-    output = run_task(payload, sandbox, ModelCache(), blobs.__getitem__)
+    output = run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
     expected = scaled_logistic().fit(x[train], y[train]).predict(x[test])
     assert np.array_equal(output, expected)

@@ -4,6 +4,7 @@ embedded local Mesos cluster; outputs checked against scikit-learn computed dire
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -46,8 +47,11 @@ def read_predictions(path: Path) -> np.ndarray:
     return np.array(rows[1:], dtype=float)[:, 0]
 
 
-def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path) -> None:
-    outcome = JobRunner(load_job(demo), work_dir=tmp_path / "work").run()
+@pytest.mark.parametrize("executors", ["shared", "per_model"])
+def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path, executors: str) -> None:
+    spec = load_job(demo)
+    spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, executors=executors))
+    outcome = JobRunner(spec, work_dir=tmp_path / "work").run()
     with (demo.parent / "test.csv").open() as handle:
         rows = np.array(list(csv.reader(handle))[1:], dtype=float)
     features = rows[:, :-1]
@@ -55,6 +59,11 @@ def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path) -> None:
                                  joblib.load(demo.parent / "logistic.joblib").predict_proba(features)[:, 1]]), axis=0)
     np.testing.assert_allclose(read_predictions(outcome.output), expected, rtol=0, atol=1e-12)
     assert outcome.time_to_first_running is not None
+    # One executor process per agent used, or one per agent and model.
+    per_agent = 1 if executors == "shared" else len(spec.models)
+    assert outcome.agents_used <= outcome.executors_launched <= per_agent * outcome.agents_used
+    if executors == "shared":
+        assert outcome.executors_launched == outcome.agents_used
     assert executor_processes() == []
 
 

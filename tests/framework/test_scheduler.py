@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Iterator
 
@@ -20,9 +21,11 @@ from framework.tasks import ItemState, Tracker, WorkItem
 from harness import FakeDriver
 
 
-@pytest.fixture()
-def scheduler(tmp_path: Path) -> Iterator[EnsembleScheduler]:
+@pytest.fixture(params=["shared"])
+def scheduler(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EnsembleScheduler]:
+    """The demo job's scheduler (2 models x 2 shards); ``executors`` mode from the param."""
     spec = load_job(train_demo(tmp_path / "demo"))
+    spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, executors=request.param))
     server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
     data = load_dataset(spec.data)
     shards = {"data": write_shards(data.features[:100], 50, tmp_path / "shards")}  # 2 shards
@@ -51,7 +54,8 @@ def test_offers_of_one_agent_accepted_in_one_call(scheduler: EnsembleScheduler) 
     assert used <= 2.4 + 1e-9
 
 
-def test_executor_shared_by_tasks_of_a_model_on_an_agent(scheduler: EnsembleScheduler) -> None:
+@pytest.mark.parametrize("scheduler", ["per_model"], indirect=True)
+def test_per_model_executor_shared_by_tasks_of_a_model_on_an_agent(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     tasks = driver.launches[0][1]
@@ -59,6 +63,36 @@ def test_executor_shared_by_tasks_of_a_model_on_an_agent(scheduler: EnsembleSche
     for task in tasks:
         by_model.setdefault(task["name"].split()[0], set()).add(str(task["executor"]))
     assert {k: len(v) for k, v in by_model.items()} == {"linear": 1, "logistic": 1}
+    assert {t["executor"]["executor_id"]["value"] for t in tasks} == {"linear.g0", "logistic.g0"}
+
+
+def test_shared_executor_runs_every_model_on_an_agent(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    tasks = driver.launches[0][1]
+    assert {t["name"].split()[0] for t in tasks} == {"linear", "logistic"}
+    assert {str(t["executor"]) for t in tasks} == {str(tasks[0]["executor"])}  # identical ExecutorInfo
+    executor = tasks[0]["executor"]
+    assert executor["executor_id"]["value"] == "ensemble.g0"
+    reserve = scheduler.catalog.agent_reserve
+    mem = sum(r["scalar"]["value"] for r in executor["resources"] if r["name"] == "mem")
+    assert mem == pytest.approx(reserve.mem, abs=1e-6) and reserve.mem > 96.0  # base + both models
+
+
+def test_shared_executor_reserve_is_left_free_on_a_new_agent(scheduler: EnsembleScheduler) -> None:
+    """An offer that the tasks alone would fill: the executor's share must stay free for it."""
+    reserve = scheduler.catalog.agent_reserve
+    task_cpus = scheduler.catalog.task_resources["linear"].cpus
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=2 * task_cpus, mem=4096)])
+    tasks = driver.launches[0][1]
+    assert len(tasks) == 1  # two tasks would leave no room for the executor
+    used = sum(r["scalar"]["value"] for r in tasks[0]["resources"] + tasks[0]["executor"]["resources"]
+               if r["name"] == "cpus")
+    assert used == pytest.approx(task_cpus + reserve.cpus) and used <= 2 * task_cpus
+    # Once the executor runs there, the whole offer goes to tasks.
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=2 * task_cpus, mem=4096)])
+    assert len(driver.launches[-1][1]) == 2
 
 
 def test_unneeded_and_never_fitting_offers_declined_by_reason(scheduler: EnsembleScheduler) -> None:
@@ -120,17 +154,19 @@ def test_callback_errors_never_reach_the_driver(scheduler: EnsembleScheduler) ->
     assert event.kind == "fatal" and "resourceOffers" in event.detail
 
 
+@pytest.mark.parametrize("scheduler", ["shared", "per_model"], indirect=True)
 def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     task = driver.launches[0][1][0]
     scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FAILED", "a1",
                                                reason="REASON_EXECUTOR_TERMINATED", message="Executor terminated"))
-    model = task["name"].split()[0]
-    assert ("a1", model) not in scheduler.executors
+    key = scheduler.catalog.executor_key(task["name"].split()[0])
+    assert task["executor"]["executor_id"]["value"] == f"{key}.g0"
+    assert ("a1", key) not in scheduler.executors
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     relaunched = driver.launches[-1][1][0]
-    assert relaunched["executor"]["executor_id"]["value"] == f"{model}.g1"
+    assert relaunched["executor"]["executor_id"]["value"] == f"{key}.g1"
 
 
 def test_work_added_before_registration_is_revived_on_registration(scheduler: EnsembleScheduler) -> None:
