@@ -1,7 +1,7 @@
 """The framework's artifact server: hands declared files to the Mesos fetcher and executors,
 and receives large results.
 
-Only files registered by the job are served, under a per-job random token
+Only files and buffers registered by the job are served, under a per-job random token
 (``/<token>/files/<name>``); anything else is 404.  Results are PUT to
 ``/<token>/results/<task_id>`` with an ``X-Sha256`` header, checked, and written atomically.
 """
@@ -29,13 +29,14 @@ class ArtifactServer:
         self.token = secrets.token_urlsafe(24)
         self.results_dir = results_dir
         results_dir.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, Path] = {}
+        self._files: dict[str, Path | tuple[bytes | memoryview, ...]] = {}
         self._expected_results: set[str] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((bind, port), self._handler_class())
         self._server.daemon_threads = True
         self.advertise_host = advertise_host or _default_host(bind)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="artifact-server", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="artifact-server", daemon=True)
 
     @property
     def port(self) -> int:
@@ -57,6 +58,12 @@ class ArtifactServer:
         """Serve ``path`` as ``name``; return its URL."""
         with self._lock:
             self._files[name] = path
+        return f"{self.base_url}/files/{quote(name)}"
+
+    def publish_buffer(self, name: str, parts: tuple[bytes | memoryview, ...]) -> str:
+        """Serve the concatenation of ``parts`` (kept in memory, not copied) as ``name``."""
+        with self._lock:
+            self._files[name] = parts
         return f"{self.base_url}/files/{quote(name)}"
 
     def expect_result(self, task_id: str) -> str:
@@ -92,16 +99,21 @@ class ArtifactServer:
             def do_GET(self) -> None:  # noqa: N802
                 route = self._route()
                 with server._lock:
-                    path = server._files.get(route[1]) if route and route[0] == "files" else None
-                if path is None or not path.is_file():
+                    source = server._files.get(route[1]) if route and route[0] == "files" else None
+                if source is None or (isinstance(source, Path) and not source.is_file()):
                     self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
                     return
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(path.stat().st_size))
+                size = source.stat().st_size if isinstance(source, Path) else sum(len(p) for p in source)
+                self.send_header("Content-Length", str(size))
                 self.end_headers()
-                with path.open("rb") as handle:
-                    shutil.copyfileobj(handle, self.wfile)
+                if isinstance(source, Path):
+                    with source.open("rb") as handle:
+                        shutil.copyfileobj(handle, self.wfile)
+                else:
+                    for part in source:
+                        self.wfile.write(part)
 
             def do_PUT(self) -> None:  # noqa: N802
                 route = self._route()

@@ -1,18 +1,19 @@
 """Input data: read a CSV (with a header) or ``.npy`` file, pick features and label, cut shards.
 
-Shards are written as ``.npy`` files (exact float64, no pickle) into the job's work directory,
-from where the artifact server hands them to executors.
+Shards are ``.npy`` bytes (exact float64, no pickle) made of a header and a view of the rows,
+which the artifact server hands to executors from memory: cutting a data set copies nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from executor.protocol import array_to_npy, sha256_hex
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
 
@@ -28,10 +29,13 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Shard:
+    """Rows ``[start, stop)`` of the features as ``.npy`` bytes: a header and a view of the rows
+    (no copy), served to executors straight from memory."""
+
     index: int
     start: int
     stop: int
-    path: Path
+    npy_parts: tuple[bytes, memoryview]
     sha256: str
 
     @property
@@ -119,16 +123,20 @@ def _load_npy(spec: DataSpec) -> Dataset:
     return Dataset(features, tuple(chosen), labels)
 
 
-def write_shards(features: np.ndarray, rows_per_shard: int, directory: Path, prefix: str = "shard") -> list[Shard]:
-    """Cut ``features`` into consecutive shards and write each as ``.npy`` (write, then rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def cut_shards(features: np.ndarray, rows_per_shard: int) -> list[Shard]:
+    """Cut ``features`` into consecutive shards of ``rows_per_shard`` rows, without copying them;
+    each shard's checksum is that of the ``.npy`` file ``np.save`` would write for its rows."""
+    features = np.ascontiguousarray(features)
     shards = []
     for index, start in enumerate(range(0, features.shape[0], rows_per_shard)):
         stop = min(start + rows_per_shard, features.shape[0])
-        data = array_to_npy(np.ascontiguousarray(features[start:stop]))
-        path = directory / f"{prefix}-{index:05d}.npy"
-        write_atomic(path, data)
-        shards.append(Shard(index, start, stop, path, sha256_hex(data)))
+        rows = features[start:stop]  # C-contiguous rows of a C-contiguous array: a view
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(rows))
+        body = memoryview(rows).cast("B")
+        digest = hashlib.sha256(header.getvalue())
+        digest.update(body)
+        shards.append(Shard(index, start, stop, (header.getvalue(), body), digest.hexdigest()))
     return shards
 
 

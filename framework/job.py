@@ -29,7 +29,7 @@ import executor as executor_package
 from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, array_to_npy, npy_to_array, sha256_hex
 from framework import ensemble
 from framework.artifacts import ArtifactServer
-from framework.dataset import Dataset, Shard, load_dataset, write_atomic, write_shards
+from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
 from framework.errors import JobFailed
 from framework.jobspec import JobSpec, ModelSpec
 from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
@@ -112,7 +112,7 @@ class JobCatalog:
         self.methods: dict[str, str] = {}
         self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
         self.shard_urls = {
-            (kind, s.index): server.publish(f"{kind}-{s.index:05d}.npy", s.path)
+            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
             for kind, shard_list in shards.items() for s in shard_list
         }
         # Per model, computed once (demands are built for every pending task in every offer round).
@@ -142,7 +142,8 @@ class JobCatalog:
                      methods: dict[str, str]) -> None:
         """Stacking: serve the labelled training rows and remember the folds and stack methods."""
         self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): self.server.publish(f"train-{s.index:05d}.npy", s.path) for s in shards})
+        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
+                                for s in shards})
         self.labels, self.folds, self.methods = labels, folds, methods
 
     def demand(self, item: WorkItem) -> TaskDemand:
@@ -293,7 +294,7 @@ class JobRunner:
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": write_shards(dataset.features, spec.data.rows_per_shard, work_dir / "shards")}
+            shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
             package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url)
             tracker = Tracker([], spec.framework.max_retries)
@@ -352,8 +353,9 @@ class JobRunner:
         plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
         methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)
                    for name, est in estimators.items()}
-        train_shards = write_shards(train.features, train.features.shape[0], work_dir / "train", prefix="train")
+        train_shards = cut_shards(train.features, train.features.shape[0])
         labels_path = work_dir / "train" / "labels.npy"
+        labels_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(labels_path, array_to_npy(np.asarray(plan.y_fit)))
         catalog.add_training(train_shards, RemoteFile(server.publish("labels.npy", labels_path),
                                                       sha256_hex(labels_path.read_bytes())),

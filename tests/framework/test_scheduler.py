@@ -11,7 +11,7 @@ from addict import Dict
 
 from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
-from framework.dataset import load_dataset, write_shards
+from framework.dataset import cut_shards, load_dataset
 from framework.demo import train_demo
 from framework.job import JobCatalog
 from framework.jobspec import load_job
@@ -28,7 +28,7 @@ def scheduler(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Ensemb
     spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, executors=request.param))
     server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
     data = load_dataset(spec.data)
-    shards = {"data": write_shards(data.features[:100], 50, tmp_path / "shards")}  # 2 shards
+    shards = {"data": cut_shards(data.features[:100], 50)}  # 2 shards
     catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
     items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
     scheduler = EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(), PackingOptions(),
