@@ -81,7 +81,10 @@ class LocalCluster:
         return self
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(self.tick_interval):
+        wanted = self.master.allocation_wanted  # type: ignore[union-attr]
+        while not self._stop.is_set():
+            wanted.wait(self.tick_interval)
+            wanted.clear()
             with self.lock:
                 if self._stop.is_set():
                     return
@@ -152,6 +155,7 @@ class LocalCluster:
                 except Exception:  # noqa: BLE001 - TimeoutExpired
                     pass
         self._stop.set()
+        self.master.allocation_wanted.set()  # type: ignore[union-attr]
         for run in runs:
             if run.proc is not None:
                 kill_session(run.proc.pid)

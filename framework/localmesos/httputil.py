@@ -211,7 +211,8 @@ class Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     def start(self, name: str) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True)
+        # shutdown() waits for the loop to poll: a short interval keeps stopping a cluster quick.
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
         thread.start()
         return thread
 

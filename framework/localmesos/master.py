@@ -126,6 +126,8 @@ class Master:
         self._next_offer = 0
         self._next_allocation = 0.0
         self._allocate_now = False
+        self.allocation_wanted = threading.Event()
+        """Set when an allocation should run now (REVIVE, new agent, ...): wakes the cluster's clock."""
         self.server = Server((host, port), MasterHandler, self)
         self.port = self.server.server_address[1]
 
@@ -150,7 +152,7 @@ class Master:
         agent_id = f"{self.id}-S{self._next_agent}"
         self._next_agent += 1
         self.agents[agent_id] = agent
-        self._allocate_now = True
+        self._request_allocation()
         return agent_id
 
     def remove_agent(self, agent_id: str) -> None:
@@ -217,7 +219,7 @@ class Master:
         }})
         # Mesos' heartbeater sends its first HEARTBEAT right away, then one per interval.
         stream.send({"type": "HEARTBEAT"})
-        self._allocate_now = True
+        self._request_allocation()
 
     def _stream_closed(self, framework_id: str, stream: EventStream) -> None:
         with self.lock:
@@ -256,7 +258,7 @@ class Master:
             stream, framework.stream = framework.stream, None
             stream.close()
         self.completed_frameworks[framework.id] = framework
-        self._allocate_now = True
+        self._request_allocation()
 
     # ------------------------------------------------------------ calls
     def handle_call(self, call: dict[str, Any], framework: Framework) -> None:
@@ -271,7 +273,7 @@ class Master:
         elif kind == "REVIVE":
             framework.suppressed = False
             framework.filters.clear()
-            self._allocate_now = True
+            self._request_allocation()
         elif kind == "SUPPRESS":
             framework.suppressed = True
         elif kind == "KILL":
@@ -615,11 +617,17 @@ class Master:
                 for offer in list(framework.offers.values()):
                     if now - offer.created >= self.offer_timeout:
                         self._remove_offer(framework, offer, rescind=True)
-                        self._allocate_now = True
+                        self._request_allocation()
         if self._allocate_now or now >= self._next_allocation:
             self._allocate_now = False
             self._next_allocation = now + self.allocation_interval
             self.allocate()
+
+    def _request_allocation(self) -> None:
+        """Allocate at the next tick, which comes at once (as Mesos' allocator runs a batch as soon
+        as it is asked to, rather than at the next allocation interval)."""
+        self._allocate_now = True
+        self.allocation_wanted.set()
 
     def allocate(self) -> None:
         now = time.monotonic()

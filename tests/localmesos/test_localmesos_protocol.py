@@ -212,6 +212,21 @@ def test_decline_filter_revive_and_suppress(cluster):
     sched.close()
 
 
+def test_revive_allocates_at_once_not_at_the_next_interval(make_cluster):
+    """As in Mesos, SUBSCRIBE and REVIVE trigger an allocation batch right away; the periodic
+    clock (slowed down here) is not what delivers their offers."""
+    cluster = make_cluster(allocation_interval=60.0, tick_interval=10.0)
+    sched = Scheduler(cluster.master_address)
+    sched.next("SUBSCRIBED")
+    offer = sched.offers(timeout=2)[0]
+    assert sched.call("DECLINE", {"offer_ids": [offer["id"]], "filters": {"refuse_seconds": 3600}}) == (202, "")
+    started = time.monotonic()
+    assert sched.call("REVIVE") == (202, "")
+    sched.offers(timeout=2)
+    assert time.monotonic() - started < 2.0
+    sched.close()
+
+
 def test_refuse_filter_hides_only_subsets(cluster):
     sched = Scheduler(cluster.master_address)
     sched.next("SUBSCRIBED")
