@@ -366,22 +366,28 @@ def _parse_pricing(source: Path, table: Any) -> dict[str, Any]:
     """The ``[pricing]`` table as the packer's ``pricing`` (PriceTable) and ``cost_model``."""
     section = _Section(source, "pricing", table)
     section.reject_unknown({"price_attribute", "by_hostname", "by_attribute", "default", "unit_prices"})
-    by_hostname = section.get("by_hostname", dict, {})
-    for host, price in by_hostname.items():
-        if not isinstance(price, (int, float)) or price < 0:
-            section.fail(f"by_hostname.{host}", f"must be a non-negative number, got {price!r}")
-    by_attribute = section.get("by_attribute", dict, {})
-    for attribute, table_ in by_attribute.items():
-        if not isinstance(table_, dict):
-            section.fail(f"by_attribute.{attribute}", "must be a table of value = price")
-    unit_prices = section.get("unit_prices", dict, {})
+
+    def prices(key: str, table_: dict[str, Any]) -> dict[str, float]:
+        """A table of non-negative finite numbers, each bad value named by its full key."""
+        for name, value in table_.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                section.fail(f"{key}.{name}", f"must be a non-negative number, got {value!r}")
+        return {str(name): float(value) for name, value in table_.items()}
+
+    by_hostname = prices("by_hostname", section.get("by_hostname", dict, {}))
+    by_attribute = {}
+    for attribute, values in section.get("by_attribute", dict, {}).items():
+        if not isinstance(values, dict):
+            section.fail(f"by_attribute.{attribute}", f"must be a table of value = price, got {values!r}")
+        by_attribute[attribute] = prices(f"by_attribute.{attribute}", values)
+    unit_prices = prices("unit_prices", section.get("unit_prices", dict, {}))
     for name in unit_prices:
         if name not in ("cpus", "mem", "disk", "gpus"):
             section.fail(f"unit_prices.{name}", "is not a resource (cpus, mem, disk, gpus)")
     pricing = PriceTable(
         attribute=section.get("price_attribute", str, "price"),
-        by_hostname={k: float(v) for k, v in by_hostname.items()},
-        by_attribute={a: {str(k): float(v) for k, v in t.items()} for a, t in by_attribute.items()},
+        by_hostname=by_hostname,
+        by_attribute=by_attribute,
         default=section.number("default", 1.0) or 0.0,
     )
-    return {"pricing": pricing, "cost_model": CostModel(unit_prices=Resources(**{k: float(v) for k, v in unit_prices.items()}))}
+    return {"pricing": pricing, "cost_model": CostModel(unit_prices=Resources(**unit_prices))}

@@ -88,3 +88,34 @@ def test_missing_sections(tmp_path: Path) -> None:
 def test_stacking_needs_its_table(demo_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(JobSpecError, match=r'job\.integration is "stacking", which needs a \[stacking\] table'):
         load_job(variant(demo_dir, tmp_path, 'integration = "mean"', 'integration = "stacking"'))
+
+
+def with_pricing(demo_dir: Path, tmp_path: Path, pricing: str) -> Path:
+    target = demo_dir / f"pricing-{tmp_path.name}.toml"
+    target.write_text((demo_dir / "job.toml").read_text() + "\n[pricing]\n" + pricing + "\n")
+    return target
+
+
+def test_pricing_parses_into_the_packers_tables(demo_dir: Path, tmp_path: Path) -> None:
+    spec = load_job(with_pricing(demo_dir, tmp_path, 'by_hostname = { "gpu-1" = 4 }\n'
+                                 'by_attribute = { instance = { spot = 0.3, 1 = 2 } }\nunit_prices = { cpus = 0.5 }'))
+    assert spec.pricing.by_hostname == {"gpu-1": 4.0}
+    assert spec.pricing.by_attribute == {"instance": {"spot": 0.3, "1": 2.0}}
+    assert spec.cost_model.unit_prices.cpus == 0.5 and spec.cost_model.unit_prices.mem == 0.0
+
+
+@pytest.mark.parametrize(
+    ("pricing", "message"),
+    [
+        ('by_attribute = { instance = { spot = "cheap" } }', r"pricing\.by_attribute\.instance\.spot must be a non-negative number, got 'cheap'"),
+        ("by_attribute = { instance = 3 }", r"pricing\.by_attribute\.instance must be a table of value = price, got 3"),
+        ('unit_prices = { cpus = "1" }', r"pricing\.unit_prices\.cpus must be a non-negative number, got '1'"),
+        ("unit_prices = { mem = -1 }", r"pricing\.unit_prices\.mem must be a non-negative number, got -1"),
+        ("unit_prices = { ram = 1 }", r"pricing\.unit_prices\.ram is not a resource"),
+        ("by_hostname = { a1 = true }", r"pricing\.by_hostname\.a1 must be a non-negative number, got True"),
+        ("by_hostname = { a1 = nan }", r"pricing\.by_hostname\.a1 must be a non-negative number, got nan"),
+    ],
+)
+def test_bad_prices_are_named(demo_dir: Path, tmp_path: Path, pricing: str, message: str) -> None:
+    with pytest.raises(JobSpecError, match=message):
+        load_job(with_pricing(demo_dir, tmp_path, pricing))
