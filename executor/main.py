@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -124,6 +125,9 @@ class EnsembleExecutor(pymesos.Executor):
 def main() -> int:
     """Entry point of ``python -m executor``, started by a Mesos agent."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Shards are arrays without column names; the framework matched each member's columns to
+    # its feature_names_in_ before launching, so scikit-learn's per-call warning is noise here.
+    warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
     driver = pymesos.MesosExecutorDriver(EnsembleExecutor(sandbox, workers), use_addict=True)

@@ -40,7 +40,8 @@ class TaskPayload:
     """What one task asks of the executor.
 
     ``predict``: load ``model`` (downloaded into the sandbox as ``model_file`` unless already
-    there), read the feature rows of ``shard`` and call ``method`` on them.  An executor keeps
+    there), read the feature rows of ``shard``, keep the model's ``columns`` and call ``method``
+    on them.  An executor keeps
     what it downloads: the tasks of other models on the same shard reuse the copy.
     ``cv_fit_predict``: clone the model, fit it on ``train_rows`` of ``shard`` with ``labels``,
     and call ``method`` on ``test_rows`` (one fold of a stacking cross-validation).
@@ -55,6 +56,8 @@ class TaskPayload:
     shard: RemoteFile
     shard_index: int
     result_upload_url: str
+    columns: list[int] = field(default_factory=list)
+    """The shard's columns this model takes, in order; empty: all of them."""
     labels: RemoteFile | None = None
     train_rows: list[int] = field(default_factory=list)
     test_rows: list[int] = field(default_factory=list)

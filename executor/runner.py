@@ -121,6 +121,11 @@ def run_task(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")
+    if payload.columns:
+        if max(payload.columns) >= features.shape[1]:
+            raise TaskError(f"model {payload.model_name} takes column {max(payload.columns)}, "
+                            f"shard {payload.shard_index} has {features.shape[1]}")
+        features = features[:, payload.columns]
     if payload.operation == "predict":
         return call_method(model, payload.method, features, payload.model_name)
     if payload.operation == "cv_fit_predict":

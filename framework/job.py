@@ -30,7 +30,7 @@ from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, array_to_
 from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
-from framework.errors import JobFailed
+from framework.errors import JobFailed, JobSpecError
 from framework.jobspec import JobSpec, ModelSpec
 from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
 from framework.offers import PoolAllocator
@@ -104,8 +104,9 @@ class JobCatalog:
     """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
 
     def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str) -> None:
+                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
         self.spec, self.server, self.shards = spec, server, shards
+        self.columns = columns or {}
         self.python, self.executor_package_url = python, executor_package_url
         self.labels: RemoteFile | None = None
         self.folds: list[tuple[list[int], list[int]]] = []
@@ -187,6 +188,7 @@ class JobCatalog:
             method=self.methods.get(model.name, model.output),
             shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
             shard_index=shard.index,
+            columns=self.columns.get(model.name, []),
             result_upload_url=self.server.expect_result(task_id),
             labels=self.labels if item.operation == "cv_fit_predict" else None,
             train_rows=list(train_rows),
@@ -223,14 +225,45 @@ def final_estimator_for(name: str, kind: str) -> Any:
     return None if name == "auto" else choices[name]()
 
 
-def member_specs(spec: JobSpec, estimators: dict[str, Any]) -> list[ensemble.MemberSpec]:
+def member_features(spec: JobSpec, estimators: dict[str, Any], data_features: tuple[str, ...]) -> dict[str, tuple[str, ...] | None]:
+    """The data columns each member takes (None: all of them, in the data's order).
+
+    A model's ``features`` if given (each must be a feature column of the data); else the
+    columns it was fitted on (``feature_names_in_``, as a DataFrame fit records them) when the
+    data has them all; else every feature column.
+    """
+    chosen: dict[str, tuple[str, ...] | None] = {}
+    for index, model in enumerate(spec.models):
+        if model.features is not None:
+            unknown = [f for f in model.features if f not in data_features]
+            if unknown:
+                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names columns that are not "
+                                   f"feature columns of {spec.data.path.name}: {unknown[:10]} (it has "
+                                   f"{', '.join(data_features[:20])}{', ...' if len(data_features) > 20 else ''})")
+            chosen[model.name] = model.features
+            continue
+        fitted = getattr(estimators[model.name], "feature_names_in_", None)
+        names = tuple(str(f) for f in fitted) if fitted is not None else None
+        usable = names is not None and names != data_features and set(names) <= set(data_features)
+        chosen[model.name] = names if usable else None
+    return chosen
+
+
+def member_specs(spec: JobSpec, estimators: dict[str, Any],
+                 features: dict[str, tuple[str, ...] | None] | None = None) -> list[ensemble.MemberSpec]:
     return [
         ensemble.MemberSpec(
             name=m.name, kind=m.kind, output=m.output, weight=m.weight, proba_class=m.proba_class,  # type: ignore[arg-type]
             classes=tuple(getattr(estimators[m.name], "classes_", ())) or None,
+            features=(features or {}).get(m.name),
         )
         for m in spec.models
     ]
+
+
+def member_columns(members: list[ensemble.MemberSpec], data_features: tuple[str, ...]) -> dict[str, list[int]]:
+    """Per member, the indexes of its columns in the shards (empty: all columns)."""
+    return {m.name: [data_features.index(f) for f in m.features] if m.features is not None else [] for m in members}
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -252,7 +285,7 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
     dataset = load_dataset(spec.data)
     loaded = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
     estimators = {name: estimator for name, (estimator, _version) in loaded.items()}
-    members = member_specs(spec, estimators)
+    members = member_specs(spec, estimators, member_features(spec, estimators, tuple(dataset.feature_names)))
     ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: version for name, (_e, version) in loaded.items()})
     return dataset, members, estimators
@@ -266,7 +299,8 @@ def validate_job(spec: JobSpec) -> str:
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
              f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
              f"  integration: {spec.integration}; output: {spec.output}"]
-    lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}" for m in members]
+    lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}"
+              + (f"; columns {', '.join(m.features)}" if m.features is not None else "") for m in members]
     return "\n".join(lines)
 
 
@@ -296,7 +330,8 @@ class JobRunner:
             stack.callback(server.stop)
             shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
             package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
-            catalog = JobCatalog(spec, server, shards, python, package_url)
+            catalog = JobCatalog(spec, server, shards, python, package_url,
+                                 member_columns(members, tuple(dataset.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             self.run_started = time.monotonic()
@@ -305,6 +340,7 @@ class JobRunner:
 
             if spec.stacking is not None and spec.integration == "stacking":
                 members, combiner = self._fit_stacking(scheduler, driver, server, catalog, members, estimators,
+                                                       tuple(dataset.feature_names),
                                                        work_dir)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
@@ -342,13 +378,18 @@ class JobRunner:
             return outcome
 
     def _fit_stacking(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, catalog: JobCatalog,
-                      members: list[ensemble.MemberSpec], estimators: dict[str, Any],
+                      members: list[ensemble.MemberSpec], estimators: dict[str, Any], data_features: tuple[str, ...],
                       work_dir: Path) -> tuple[list[ensemble.MemberSpec], Any]:
         """Stacking, phase 1: the members' cross-validation fits run as Mesos tasks; then the final
         estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does)."""
         stacking = self.spec.stacking
         assert stacking is not None
         train = load_dataset(stacking.train)
+        if tuple(train.feature_names) != data_features:
+            # Members' column indexes and passthrough both assume the data's columns.
+            raise JobSpecError(f"{self.spec.source}: stacking.train: {stacking.train.path.name} has feature columns "
+                               f"{list(train.feature_names)[:20]}, the data has {list(data_features)[:20]}; "
+                               "they must be the same, in the same order")
         kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
         plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
         methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)

@@ -45,6 +45,9 @@ class ModelSpec:
     """Memory (MB) of the executor that holds the loaded model; 0 means estimated from the file size."""
     constraints: tuple[Constraint, ...] = ()
     duration: float | None = None
+    features: tuple[str, ...] | None = None
+    """The data columns this member takes, in order; None: those it was fitted on
+    (``feature_names_in_``) when the data has them all, else every feature column."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     section = _Section(source, f"models[{index}]", entry)
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
-         "executor_cpus", "executor_mem", "constraints", "duration"}
+         "executor_cpus", "executor_mem", "constraints", "duration", "features"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -258,6 +261,13 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     proba_class = section.get("proba_class", (str, int))
     constraints_table = section.get("constraints", dict, {})
     constraints = _parse_constraints(_Section(source, f"{section.prefix}.constraints", constraints_table))
+    features = section.get("features", list)
+    if features is not None:
+        if not features or not all(isinstance(f, str) for f in features):
+            section.fail("features", f"must be a non-empty list of column names, got {features!r}")
+        repeated = sorted({f for f in features if features.count(f) > 1})
+        if repeated:
+            section.fail("features", f"names a column twice: {repeated}")
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -266,6 +276,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         disk=number("disk", 0.0), gpus=number("gpus", 0.0),
         executor_cpus=number("executor_cpus", 0.1), executor_mem=number("executor_mem", 0.0),
         constraints=constraints, duration=number("duration", None, positive=True),
+        features=tuple(features) if features is not None else None,
     )
 
 

@@ -7,8 +7,9 @@ What :func:`check_compatibility` enforces (every problem is collected; one
 * ``kind`` matches the estimator (``is_classifier`` / ``is_regressor``);
 * the requested ``output`` method exists on the estimator (``getattr`` is not None, so
   ``SVC(probability=False).predict_proba`` and ``LinearRegression.predict_proba`` fail);
-* ``n_features_in_`` equals the number of data columns; ``feature_names_in_`` equals the data's
-  column names in the same order (missing, unexpected and reordered names are reported);
+* ``n_features_in_`` equals the number of columns the member is given (``MemberSpec.features``,
+  else every data column); ``feature_names_in_`` equals their names in the same order (missing,
+  unexpected and reordered names are reported);
 * ``MemberSpec.classes`` (if given) equals the estimator's ``classes_``;
 * the scikit-learn version recorded in the member's pickle equals the executors' version;
 * per method:
@@ -93,7 +94,7 @@ def feature_problems(name: str, estimator: Any, feature_names: Sequence[str]) ->
     problems = []
     n_in = getattr(estimator, "n_features_in_", None)
     if n_in is not None and int(n_in) != len(feature_names):
-        problems.append(f"model {name}: expects {int(n_in)} features (n_features_in_) but the data has "
+        problems.append(f"model {name}: expects {int(n_in)} features (n_features_in_) but is given "
                         f"{len(feature_names)} columns")
     fitted = getattr(estimator, "feature_names_in_", None)
     if fitted is not None:
@@ -210,7 +211,7 @@ def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberS
         est = estimators[spec.name]
         version = (recorded_versions[spec.name] if recorded_versions is not None and spec.name in recorded_versions
                    else recorded_version(est))
-        problems += feature_problems(spec.name, est, feature_names)
+        problems += feature_problems(spec.name, est, spec.features if spec.features is not None else feature_names)
         problems += member_problems(spec, est, executor_sklearn_version, version)
     problems += method_problems(method, members, estimators)
     if problems:

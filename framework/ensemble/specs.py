@@ -45,6 +45,8 @@ class MemberSpec:
         multi-column ``decision_function``) column enters the average.
     classes : tuple or None
         The member's ``classes_`` in the member's own column order.
+    features : tuple of str or None
+        The data columns the member is given, in order; None: every column of the data.
     """
 
     name: str
@@ -53,6 +55,7 @@ class MemberSpec:
     weight: float = 1.0
     proba_class: str | int | None = None
     classes: tuple | None = None
+    features: tuple[str, ...] | None = None
 
 
 def label_array(labels: Sequence[Any]) -> np.ndarray:

@@ -169,3 +169,13 @@ def test_cv_fit_predict_fits_a_clone_on_the_fold(sandbox: Path, data: tuple[np.n
     output = run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
     expected = scaled_logistic().fit(x[train], y[train]).predict(x[test])
     assert np.array_equal(output, expected)
+
+
+def test_model_gets_only_its_columns(sandbox: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = data
+    joblib.dump(scaled_logistic().fit(x[:, [3, 1]], y), sandbox / "m.joblib")
+    payload, blobs = payload_for(sandbox, x[:20], columns=[3, 1])
+    output = run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
+    assert np.array_equal(output, joblib.load(sandbox / "m.joblib").predict_proba(x[:20, [3, 1]]))
+    with pytest.raises(TaskError, match="model m takes column 30, shard 0 has 30"):
+        run_task(dataclasses.replace(payload, columns=[30]), SandboxCache(sandbox, blobs.__getitem__))

@@ -79,7 +79,8 @@ def test_member_that_keeps_failing_fails_the_job_and_leaves_no_output(demo: Path
     assert previous.read_text() == "earlier results\n"
 
 
-def write_job(directory: Path, body: str, models: dict[str, object], kinds: dict[str, str], outputs: dict[str, str]) -> Path:
+def write_job(directory: Path, body: str, models: dict[str, object], kinds: dict[str, str], outputs: dict[str, str],
+              extra: dict[str, list[str]] | None = None) -> Path:
     import hashlib
 
     lines = [body]
@@ -88,7 +89,7 @@ def write_job(directory: Path, body: str, models: dict[str, object], kinds: dict
         joblib.dump(model, path)
         lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"',
                   f'sha256 = "{hashlib.sha256(path.read_bytes()).hexdigest()}"', f'kind = "{kinds[name]}"',
-                  f'output = "{outputs[name]}"', "cpus = 0.5", "mem = 64", ""]
+                  f'output = "{outputs[name]}"', "cpus = 0.5", "mem = 64", *(extra or {}).get(name, []), ""]
     job = directory / "job.toml"
     job.write_text("\n".join(lines))
     return job
@@ -128,6 +129,45 @@ def test_stacking_job_equals_stacking_classifier(tmp_path: Path) -> None:
     probabilities = np.stack([result[f"proba_{c}"] for c in reference.classes_], axis=1)
     np.testing.assert_allclose(probabilities, reference.predict_proba(x_test), rtol=1e-12, atol=1e-15)
     assert (tmp_path / "stacking.joblib").is_file()
+
+
+def test_stacking_with_members_on_their_own_columns(tmp_path: Path) -> None:
+    """A member on two columns (cross-validation fits included) equals a column-selecting
+    Pipeline inside StackingClassifier; a train file with other columns is refused."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.datasets import load_iris
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.model_selection import train_test_split
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import make_pipeline
+    from sklearn.tree import DecisionTreeClassifier
+
+    from framework.errors import JobSpecError
+
+    x, y = load_iris(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.4, random_state=1, stratify=y)
+    members = {"tree": DecisionTreeClassifier(max_depth=3, random_state=0).fit(x_train[:, 2:4], y_train),
+               "bayes": GaussianNB().fit(x_train, y_train)}
+    write_csv(tmp_path / "train.csv", x_train, y_train)
+    write_csv(tmp_path / "test.csv", x_test, y_test)
+    body = "\n".join(['[job]', 'integration = "stacking"', 'output = "out.npy"', '',
+                      '[data]', 'path = "test.csv"', 'label = "target"', 'rows_per_shard = 25', '',
+                      '[stacking]', 'train = { path = "train.csv", label = "target" }', 'cv = 3', ''])
+    job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members},
+                    extra={"tree": ['features = ["f2", "f3"]']})
+    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    columns = make_pipeline(ColumnTransformer([("petals", "passthrough", [2, 3])]),
+                            DecisionTreeClassifier(max_depth=3, random_state=0))
+    reference = StackingClassifier([("tree", columns), ("bayes", GaussianNB())], cv=3).fit(x_train, y_train)
+    result = np.load(outcome.output)
+    assert np.array_equal(result["prediction"], reference.predict(x_test))
+    probabilities = np.stack([result[f"proba_{c}"] for c in reference.classes_], axis=1)
+    np.testing.assert_allclose(probabilities, reference.predict_proba(x_test), rtol=1e-12, atol=1e-15)
+
+    write_csv(tmp_path / "train.csv", x_train[:, :3], y_train)
+    with pytest.raises(JobSpecError, match=r"stacking\.train: train\.csv has feature columns \['f0', 'f1', 'f2'\], "
+                                           r"the data has \['f0', 'f1', 'f2', 'f3'\]"):
+        JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb2")).run()
 
 
 def test_large_results_are_uploaded_and_checked(tmp_path: Path) -> None:

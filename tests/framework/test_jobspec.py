@@ -52,6 +52,9 @@ def variant(demo_dir: Path, tmp_path: Path, old: str, new: str) -> Path:
          r"framework\.executors must be one of shared, per_model; got 'per_task'"),
         ('output = "predict_proba"', 'output = "predict_proba"\nconstraints = { spread_over = 0 }', r"constraints\.spread_over must be at least 1"),
         ('name = "logistic"', 'name = "linear"', r"models has two models named 'linear'"),
+        ("proba_class = 1", "proba_class = 1\nfeatures = []", r"models\[1\] \(logistic\)\.features must be a non-empty list"),
+        ("proba_class = 1", 'proba_class = 1\nfeatures = ["f1", "f1"]', r"\(logistic\)\.features names a column twice: \['f1'\]"),
+        ("proba_class = 1", 'proba_class = 1\nfeatures = "f1"', r"\(logistic\)\.features must be list"),
     ],
 )
 def test_bad_fields_are_named(demo_dir: Path, tmp_path: Path, old: str, new: str, message: str) -> None:
