@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +21,13 @@ import pymesos  # imported at module load, on the main thread: it installs a SIG
 
 from executor.protocol import (
     TaskPayload,
+    TaskUsage,
     array_to_npy,
     inline_envelope,
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, run_task
+from executor.runner import SandboxCache, TaskError, fetch_inputs, run_task
 
 log = logging.getLogger("executor")
 
@@ -40,13 +42,13 @@ def upload_result(url: str, npy: bytes) -> None:
             raise TaskError(f"result upload answered HTTP {response.status}")
 
 
-def build_result_data(payload: TaskPayload, output: Any) -> bytes:
+def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None = None) -> bytes:
     """Encode ``output`` as a result envelope, uploading it first if it is too big to inline."""
     npy = array_to_npy(output)
     if len(npy) <= payload.inline_limit:
-        return inline_envelope(npy, output.shape).to_json()
+        return inline_envelope(npy, output.shape, usage).to_json()
     upload_result(payload.result_upload_url, npy)
-    return uploaded_envelope(npy, output.shape).to_json()
+    return uploaded_envelope(npy, output.shape, usage).to_json()
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -98,8 +100,11 @@ class EnsembleExecutor(pymesos.Executor):
         self._send(driver, task_id, "TASK_RUNNING")
         try:
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
+            fetch_inputs(payload, self.cache)  # model load and shard download: shared, so not measured
+            started, cpu_started = time.perf_counter(), time.thread_time()
             output = run_task(payload, self.cache)
-            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output)
+            usage = TaskUsage(round(time.perf_counter() - started, 6), round(time.thread_time() - cpu_started, 6))
+            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
         except TaskError as error:
             state, message, data = "TASK_FAILED", str(error), None
         except Exception as error:  # a bug or an environment problem: still answer the scheduler

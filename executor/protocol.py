@@ -88,13 +88,27 @@ class ResultEnvelope:
     nbytes: int
     npy_b64: str | None = None
     shape: list[int] = field(default_factory=list)
+    usage: "TaskUsage | None" = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ResultEnvelope":
-        return cls(**json.loads(raw))
+        fields: dict[str, Any] = json.loads(raw)
+        if fields.get("usage") is not None:
+            fields["usage"] = TaskUsage(**fields["usage"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class TaskUsage:
+    """What one task cost, as its executor measured it: wall seconds and CPU seconds of the
+    task's thread for its own work (predict, or fit and predict), without the model load and
+    shard download that the executor's other tasks share."""
+
+    seconds: float
+    cpu_seconds: float
 
 
 def sha256_hex(data: bytes) -> str:
@@ -120,9 +134,9 @@ def npy_to_array(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def inline_envelope(npy: bytes, shape: tuple[int, ...]) -> ResultEnvelope:
-    return ResultEnvelope("inline", sha256_hex(npy), len(npy), base64.b64encode(npy).decode(), list(shape))
+def inline_envelope(npy: bytes, shape: tuple[int, ...], usage: TaskUsage | None = None) -> ResultEnvelope:
+    return ResultEnvelope("inline", sha256_hex(npy), len(npy), base64.b64encode(npy).decode(), list(shape), usage)
 
 
-def uploaded_envelope(npy: bytes, shape: tuple[int, ...]) -> ResultEnvelope:
-    return ResultEnvelope("uploaded", sha256_hex(npy), len(npy), None, list(shape))
+def uploaded_envelope(npy: bytes, shape: tuple[int, ...], usage: TaskUsage | None = None) -> ResultEnvelope:
+    return ResultEnvelope("uploaded", sha256_hex(npy), len(npy), None, list(shape), usage)

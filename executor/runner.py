@@ -29,6 +29,12 @@ def http_download(url: str) -> bytes:
         return response.read()
 
 
+UNPICKLING = threading.Lock()
+"""One model load at a time per process: unpickling imports modules, and two threads importing
+parts of one package at once can deadlock on CPython's module locks (seen with a forest and a
+histogram gradient boosting model: ``_DeadlockError`` in ``sklearn.ensemble``)."""
+
+
 class SandboxCache:
     """What an executor has downloaded into its sandbox, each file once, checked by sha256.
 
@@ -89,7 +95,8 @@ class SandboxCache:
             if key not in self._models:
                 path = self.file(remote, name, f"model file {name}")
                 try:
-                    self._models[key] = joblib.load(path)
+                    with UNPICKLING:
+                        self._models[key] = joblib.load(path)
                 except Exception as error:  # joblib/pickle raise many types for a bad file
                     raise TaskError(f"model file {name} of {model_name} could not be loaded: "
                                     f"{type(error).__name__}: {error}") from error
@@ -115,17 +122,30 @@ def call_method(model: Any, method: str, features: np.ndarray, model_name: str) 
         raise TaskError(f"model {model_name}.{method} failed: {type(error).__name__}: {error}") from error
 
 
-def run_task(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
-    """Run one task and return its output (predictions, probabilities or fold predictions)."""
+def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.ndarray]:
+    """The task's model (loaded once per executor) and its shard (downloaded once per executor,
+    memory-mapped): the part of a task whose cost the executor's other tasks share."""
     model = cache.model(payload.model, payload.model_file, payload.model_name)
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")
+    return model, features
+
+
+def model_columns(payload: TaskPayload, features: np.ndarray) -> np.ndarray:
+    """The columns of the shard that this task's model takes."""
     if payload.columns:
         if max(payload.columns) >= features.shape[1]:
             raise TaskError(f"model {payload.model_name} takes column {max(payload.columns)}, "
                             f"shard {payload.shard_index} has {features.shape[1]}")
-        features = features[:, payload.columns]
+        return features[:, payload.columns]
+    return features
+
+
+def run_task(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
+    """Run one task and return its output (predictions, probabilities or fold predictions)."""
+    model, shard = fetch_inputs(payload, cache)
+    features = model_columns(payload, shard)
     if payload.operation == "predict":
         return call_method(model, payload.method, features, payload.model_name)
     if payload.operation == "cv_fit_predict":

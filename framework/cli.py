@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from framework.balancing import format_usage
     from framework.job import JobRunner
     from framework.jobspec import load_job
 
@@ -85,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{outcome.tasks} tasks ({outcome.task_attempts} attempts) on {outcome.agents_used} agent(s), "
           f"{outcome.executors_launched} executor(s); "
           f"wall {outcome.wall_seconds:.2f} s; first TASK_RUNNING after {first}")
+    if outcome.usage:
+        print(format_usage(outcome.usage))
     if outcome.report_text:
         print(outcome.report_text)
     return 0

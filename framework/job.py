@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 import executor as executor_package
-from executor.protocol import RemoteFile, ResultEnvelope, TaskPayload, array_to_npy, npy_to_array, sha256_hex
+from executor.protocol import (RemoteFile, ResultEnvelope, TaskPayload, TaskUsage, array_to_npy, npy_to_array,
+                               sha256_hex)
 from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
@@ -66,9 +67,10 @@ class JobOutcome:
     task_attempts: int
     agents_used: int
     executors_launched: int = 0
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per member, what its tasks cost as the executors measured them (``Measurements.summary``)."""
     report: dict[str, Any] | None = None
     report_text: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 SHARED_EXECUTOR = "ensemble"
@@ -199,8 +201,9 @@ class JobCatalog:
         return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
 
 
-def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> np.ndarray:
-    """Turn a terminal update's data into the task's output array, checking its sha256."""
+def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
+    """Turn a terminal update's data into the task's output array (checking its sha256) and
+    what the task cost, as its executor measured it."""
     if not data_b64:
         raise ValueError("TASK_FINISHED carried no result data")
     envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
@@ -214,7 +217,7 @@ def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) ->
         path.unlink()
     if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
         raise ValueError(f"result of {task_id} failed its sha256/size check")
-    return npy_to_array(npy)
+    return npy_to_array(npy), envelope.usage
 
 
 def final_estimator_for(name: str, kind: str) -> Any:
@@ -369,10 +372,12 @@ class JobRunner:
                 tasks=len(all_items), task_attempts=sum(i.attempts for i in all_items),
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
                 executors_launched=scheduler.executors_launched,
+                usage=scheduler.measurements.summary(),
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
+                outcome.report["usage"] = outcome.usage
                 if spec.report is not None:
                     ensemble.write_report_json(outcome.report, spec.report)
             return outcome
@@ -510,10 +515,12 @@ class JobRunner:
         assert item is not None
         if event.kind == "finished":
             try:
-                output = decode_result(server, item.task_id or "", event.data)
+                output, usage = decode_result(server, item.task_id or "", event.data)
             except ValueError as error:
                 scheduler.retry(driver, item, str(error))
                 return
+            if usage is not None:
+                scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
             on_result(item, output)
             self.progress(f"done {item.key}")
         elif event.kind == "gave_up":

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
+from framework.balancing import Measurements, first_that_fit
 from framework.offers import PoolAllocator, merge_by_agent, view_offer
 from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
                               pack)
@@ -103,7 +104,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.executors: dict[tuple[str, str], dict[str, Any]] = {}
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self.executors_launched = 0
+        self.measurements = Measurements()
         self.known_agents: set[str] = set()
+        self.hostnames: dict[str, str] = {}
         self.last_plan: Plan | None = None
         self.first_running_at: float | None = None
         self.retried_at: dict[str, float] = {}
@@ -143,7 +146,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             views = [view_offer(offer, self.policy.role) for offer in offers]
             self.known_agents.update(v.agent_id for v in views)
-            pending = self.tracker.pending()
+            self.hostnames.update((v.agent_id, v.hostname) for v in views)
+            pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in self.tracker.active()})
             if not pending:
                 driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
@@ -151,7 +155,10 @@ class EnsembleScheduler(pymesos.Scheduler):
             agents = self._reserve_executors(
                 merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks()))
             demands = [self._demand(item) for item in pending]
-            plan = pack(demands, agents, self.cost_model, self.packing)
+            # Scarce offers go to the first tasks in the launch order (the packer chooses freely
+            # among equally good plans, so it is only given those).
+            wanted = first_that_fit(demands, sum((a.capacity for a in agents), Resources())) or demands
+            plan = pack(wanted, agents, self.cost_model, self.packing)
             self.last_plan = plan
             by_key = {item.key: item for item in pending}
             launches = 0
@@ -160,6 +167,8 @@ class EnsembleScheduler(pymesos.Scheduler):
                 offer_ids = [{"value": o} for o in agent.offer_ids]
                 if not items:
                     reason = plan.declined.get(agent.agent_id, "unneeded")
+                    if len(wanted) < len(demands):
+                        reason = "unneeded"  # judged on some of the pending tasks only
                     refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
                     driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
                     continue
@@ -202,6 +211,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         """The item's demand; a retry avoids the agents it failed on, if others are known, for
         ``AVOID_FAILED_AGENTS_SECONDS`` (then any agent will do) and never on its last attempt."""
         demand = self.catalog.demand(item)
+        if demand.duration is None and (measured := self.measurements.mean_seconds(item.model)) is not None:
+            demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
         failed = frozenset(item.failed_agents)
         since = self.retried_at.get(item.key)
         if (not failed or not (self.known_agents - failed) or item.attempts >= self.tracker.max_retries
@@ -273,6 +284,12 @@ class EnsembleScheduler(pymesos.Scheduler):
         if transition.kind != "gave_up":
             self.retried_at[item.key] = time.monotonic()
             self._revive_if_needed(driver)
+
+    def record_usage(self, item: WorkItem, seconds: float, cpu_seconds: float) -> None:
+        """What a finished task cost (measured by its executor): steers later launches."""
+        with self.lock:
+            agent = self.hostnames.get(item.agent_id or "", item.agent_id or "")
+            self.measurements.record(item.model, agent, seconds, cpu_seconds)
 
     def cancel_model(self, driver: Any, model: str) -> None:
         with self.lock:

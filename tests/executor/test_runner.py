@@ -179,3 +179,39 @@ def test_model_gets_only_its_columns(sandbox: Path, data: tuple[np.ndarray, np.n
     assert np.array_equal(output, joblib.load(sandbox / "m.joblib").predict_proba(x[:20, [3, 1]]))
     with pytest.raises(TaskError, match="model m takes column 30, shard 0 has 30"):
         run_task(dataclasses.replace(payload, columns=[30]), SandboxCache(sandbox, blobs.__getitem__))
+
+
+def test_concurrent_first_loads_of_different_models_do_not_deadlock(tmp_path: Path) -> None:
+    """Tasks of several models start at once in a fresh executor: their unpickling imports parts
+    of scikit-learn, which deadlocked CPython's module locks in two threads (_DeadlockError)."""
+    import subprocess
+    import sys
+
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+
+    x = np.random.default_rng(0).random((200, 5))
+    y = (x[:, 0] > 0.5).astype(int)
+    models = {"forest": RandomForestClassifier(5, random_state=0), "extra": ExtraTreesClassifier(5, random_state=0),
+              "boosting": HistGradientBoostingClassifier(max_iter=5), "logistic": LogisticRegression()}
+    for name, model in models.items():
+        joblib.dump(model.fit(x, y), tmp_path / f"{name}.joblib")
+    script = f"""
+import threading
+from pathlib import Path
+from executor.protocol import RemoteFile, file_sha256
+from executor.runner import SandboxCache
+cache, errors = SandboxCache(Path({str(tmp_path)!r})), []
+def load(name):
+    try:
+        cache.model(RemoteFile("unused", file_sha256(cache.sandbox / f"{{name}}.joblib")), f"{{name}}.joblib", name)
+    except Exception as error:
+        errors.append(repr(error))
+threads = [threading.Thread(target=load, args=(n,)) for n in {list(models)!r}]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(errors or "ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(2):  # a fresh interpreter each time: nothing of scikit-learn imported yet
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root)
+        assert result.stdout.strip() == "ok", result.stdout + result.stderr

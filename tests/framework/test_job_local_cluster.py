@@ -64,6 +64,9 @@ def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path, executors
     assert outcome.agents_used <= outcome.executors_launched <= per_agent * outcome.agents_used
     if executors == "shared":
         assert outcome.executors_launched == outcome.agents_used
+    # Every task's cost was measured by its executor and recorded.
+    assert {m: u["tasks"] for m, u in outcome.usage.items()} == {"linear": 4, "logistic": 4}
+    assert all(u["mean_seconds"] > 0 and u["cpu_seconds"] > 0 for u in outcome.usage.values())
     assert executor_processes() == []
 
 
@@ -73,6 +76,7 @@ def test_demo_command_end_to_end(demo: Path) -> None:
                             timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr
     assert "wrote 171 integrated predictions" in result.stdout
+    assert "member" in result.stdout and "cpu s" in result.stdout  # measured usage per member
     assert (demo.parent / "predictions.csv").is_file() and (demo.parent / "report.json").is_file()
     assert executor_processes() == []
 

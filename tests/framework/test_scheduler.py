@@ -183,3 +183,25 @@ def test_work_added_before_registration_is_revived_on_registration(scheduler: En
     assert driver.revived == 0
     scheduler.registered(driver, Dict({"value": "F1"}), Dict({"hostname": "m", "port": 5050}))
     assert driver.revived == 1 and scheduler.events.empty()
+
+
+@pytest.mark.parametrize("slow", ["linear", "logistic"])
+def test_probes_each_model_then_launches_the_longest_measured_first(scheduler: EnsembleScheduler, slow: str) -> None:
+    """Measured state steers which tasks take scarce capacity: first one task of each model (to
+    measure it), then the model whose tasks take longest."""
+    task_cpus = scheduler.catalog.task_resources["linear"].cpus
+    reserve = scheduler.catalog.agent_reserve
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=2 * task_cpus + reserve.cpus, mem=4096)])
+    probes = driver.launches[-1][1]
+    assert sorted(t["name"].split()[0] for t in probes) == ["linear", "logistic"]
+    for task in probes:
+        item = scheduler.tracker.item_for_task(task["task_id"]["value"])
+        assert item is not None
+        scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FINISHED", "a1"))
+        scheduler.record_usage(item, 2.0 if item.model == slow else 0.1, 0.1)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=task_cpus, mem=4096)])
+    assert [t["name"].split()[0] for t in driver.launches[-1][1]] == [slow]
+    assert scheduler.last_plan is not None
+    demand = scheduler._demand(scheduler.tracker.pending()[0])
+    assert demand.duration == 0.1  # measured, since the job file gives none

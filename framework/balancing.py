@@ -1,0 +1,108 @@
+"""Load balancing from measured state: what each model's tasks really cost, and what follows.
+
+Executors measure every task (wall and CPU seconds, see ``executor.protocol.TaskUsage``); the
+scheduler records them here and uses them to
+
+* order pending work: one *probe* task of every model not yet measured goes first (so its cost
+  is learnt early), then the longest tasks first (LPT), so that the short ones fill the gaps at
+  the end instead of one long task running alone while the rest of the cluster idles; when
+  offers are scarce, the packer is given the first tasks in that order that fit them;
+* fill in a model's task ``duration`` for the cost model when the job file gives none.
+
+Pure: no Mesos, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from framework.packing import Resources, TaskDemand
+from framework.tasks import WorkItem
+
+
+@dataclass
+class ModelUsage:
+    """The measured tasks of one model."""
+
+    tasks: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    max_seconds: float = 0.0
+    agents: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def mean_seconds(self) -> float:
+        return self.seconds / self.tasks if self.tasks else 0.0
+
+
+class Measurements:
+    """Per-model usage of finished tasks."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelUsage] = {}
+
+    def record(self, model: str, agent: str, seconds: float, cpu_seconds: float) -> None:
+        usage = self.models.setdefault(model, ModelUsage())
+        usage.tasks += 1
+        usage.seconds += seconds
+        usage.cpu_seconds += cpu_seconds
+        usage.max_seconds = max(usage.max_seconds, seconds)
+        usage.agents[agent] += 1
+
+    def mean_seconds(self, model: str) -> float | None:
+        usage = self.models.get(model)
+        return usage.mean_seconds if usage and usage.tasks else None
+
+    def launch_order(self, pending: Iterable[WorkItem], probing: Iterable[str] = ()) -> list[WorkItem]:
+        """``pending`` in the order to launch: for every model neither measured nor being
+        probed (``probing``: models with a task running), its first item; then the items of
+        measured models, longest mean first; then the rest of the unmeasured models' items.
+        Ties keep the given order."""
+        probing = set(probing)
+        seen: dict[str, int] = defaultdict(int)
+        keyed = []
+        for position, item in enumerate(pending):
+            mean = self.mean_seconds(item.model)
+            if mean is not None:
+                key: tuple[Any, ...] = (1, -mean, position)
+            elif item.model not in probing and seen[item.model] == 0:
+                key = (0, 0.0, position)
+            else:
+                key = (2, 0.0, position)
+            seen[item.model] += 1
+            keyed.append((key, item))
+        keyed.sort(key=lambda pair: pair[0])
+        return [item for _key, item in keyed]
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per model: tasks measured, mean/max/total seconds, CPU seconds, tasks per agent."""
+        return {
+            model: {"tasks": u.tasks, "mean_seconds": round(u.mean_seconds, 4), "max_seconds": round(u.max_seconds, 4),
+                    "total_seconds": round(u.seconds, 4), "cpu_seconds": round(u.cpu_seconds, 4),
+                    "agents": dict(sorted(u.agents.items()))}
+            for model, u in sorted(self.models.items())
+        }
+
+
+def first_that_fit(demands: list[TaskDemand], capacity: Resources) -> list[TaskDemand]:
+    """The demands, in the given (priority) order, that fit together in ``capacity`` (the
+    offers' total): what the packer is asked to place, so that when offers are scarce the
+    first in the launch order get them.  A demand that does not fit is skipped, not a stop."""
+    chosen, left = [], capacity
+    for demand in demands:
+        if demand.resources.fits_in(left):
+            chosen.append(demand)
+            left = left - demand.resources
+    return chosen
+
+
+def format_usage(summary: dict[str, dict[str, Any]]) -> str:
+    """The summary as a few lines for the command line."""
+    lines = [f"{'member':<16}{'tasks':>6}{'mean s':>9}{'max s':>9}{'cpu s':>9}  agents"]
+    for model, row in summary.items():
+        agents = ", ".join(f"{a} x{n}" for a, n in row["agents"].items())
+        lines.append(f"{model:<16}{row['tasks']:>6}{row['mean_seconds']:>9.3f}{row['max_seconds']:>9.3f}"
+                     f"{row['cpu_seconds']:>9.2f}  {agents}")
+    return "\n".join(lines)

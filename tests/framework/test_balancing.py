@@ -1,0 +1,66 @@
+"""Measured task costs steer the launch order: probe unmeasured models, then longest first."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from framework.balancing import Measurements, format_usage
+from framework.tasks import WorkItem
+
+
+def items(counts: dict[str, int]) -> list[WorkItem]:
+    return [WorkItem(f"{m}.s{i}", m, i) for m, n in counts.items() for i in range(n)]
+
+
+def test_one_probe_per_unmeasured_model_goes_first() -> None:
+    order = Measurements().launch_order(items({"a": 3, "b": 2, "c": 1}))
+    assert [i.key for i in order[:3]] == ["a.s0", "b.s0", "c.s0"]
+    assert [i.key for i in order[3:]] == ["a.s1", "a.s2", "b.s1"]
+
+
+def test_measured_models_longest_first_and_models_being_probed_wait() -> None:
+    measured = Measurements()
+    measured.record("short", "a1", 0.1, 0.1)
+    measured.record("long", "a1", 2.0, 1.9)
+    measured.record("long", "a2", 1.0, 0.9)  # mean 1.5 s
+    order = measured.launch_order(items({"short": 2, "probing": 2, "long": 2, "new": 2}), probing={"probing"})
+    assert [i.key for i in order] == ["new.s0", "long.s0", "long.s1", "short.s0", "short.s1",
+                                      "probing.s0", "probing.s1", "new.s1"]
+
+
+@given(st.dictionaries(st.sampled_from("abcdef"), st.integers(1, 5), min_size=1),
+       st.dictionaries(st.sampled_from("abcdef"), st.floats(0.001, 100.0)))
+def test_launch_order_is_a_permutation_with_measured_models_by_decreasing_mean(counts, means) -> None:  # noqa: ANN001
+    measured = Measurements()
+    for model, mean in means.items():
+        measured.record(model, "a1", mean, mean)
+    pending = items(counts)
+    order = measured.launch_order(pending)
+    assert sorted(i.key for i in order) == sorted(i.key for i in pending)
+    measured_means = [means[i.model] for i in order if i.model in means]
+    assert measured_means == sorted(measured_means, reverse=True)
+
+
+def test_summary_and_table() -> None:
+    measured = Measurements()
+    measured.record("forest", "a1", 0.5, 0.4)
+    measured.record("forest", "a2", 0.7, 0.6)
+    summary = measured.summary()
+    assert summary["forest"] == {"tasks": 2, "mean_seconds": 0.6, "max_seconds": 0.7, "total_seconds": 1.2,
+                                 "cpu_seconds": 1.0, "agents": {"a1": 1, "a2": 1}}
+    assert "forest" in format_usage(summary) and "a1 x1, a2 x1" in format_usage(summary)
+    assert measured.mean_seconds("forest") == 0.6 and measured.mean_seconds("other") is None
+
+
+def test_first_that_fit_keeps_the_order_and_skips_what_does_not_fit() -> None:
+    from framework.balancing import first_that_fit
+    from framework.packing import Resources, TaskDemand
+
+    def demand(name: str, cpus: float, mem: float) -> TaskDemand:
+        return TaskDemand(name, name, Resources(cpus=cpus, mem=mem), Resources())
+
+    demands = [demand("a", 1.0, 100), demand("big", 2.0, 100), demand("b", 0.5, 100), demand("c", 0.5, 900)]
+    chosen = first_that_fit(demands, Resources(cpus=2.0, mem=1000))
+    assert [d.task_id for d in chosen] == ["a", "b"]  # "big" skipped; "c" would exceed the memory left
+    assert first_that_fit(demands, Resources(cpus=0.1, mem=10)) == []
