@@ -121,25 +121,31 @@ class JobCatalog:
         # Per model, computed once (demands are built for every pending task in every offer round).
         self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
         self.shared = spec.framework.executors == "shared"
+        self.isolated: set[str] = set()
+        """Models taken out of the shared executor (after it died running them)."""
+        # The packer sees no per-model executor for shared models; the scheduler keeps this much
+        # free on every agent that has no executor of ours yet (``agent_reserve``).
+        self.agent_reserve = shared_executor_resources(list(spec.models)) if self.shared else Resources()
+        self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
         if self.shared:
-            # The packer sees no per-model executor; the scheduler keeps this much free on every
-            # agent that has no executor of ours yet (``agent_reserve``).
-            self.agent_reserve = shared_executor_resources(list(spec.models))
-            self.executor_resources = {SHARED_EXECUTOR: self.agent_reserve}
-            self.demand_executor = {m.name: Resources() for m in spec.models}
-        else:
-            self.agent_reserve = Resources()
-            self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m))
-                                       for m in spec.models}
-            self.demand_executor = self.executor_resources
+            self.executor_resources[SHARED_EXECUTOR] = self.agent_reserve
 
     def executor_key(self, model: str) -> str:
         """Which executor runs this model's tasks on an agent: the shared one or the model's own."""
-        return SHARED_EXECUTOR if self.shared else model
+        return SHARED_EXECUTOR if self.shared and model not in self.isolated else model
 
     def executor_models(self, key: str) -> frozenset[str]:
         """The models an executor serves (loads on demand)."""
-        return frozenset(m.name for m in self.spec.models) if key == SHARED_EXECUTOR and self.shared else frozenset({key})
+        if key == SHARED_EXECUTOR and self.shared:
+            return frozenset(m.name for m in self.spec.models if m.name not in self.isolated)
+        return frozenset({key})
+
+    def isolate(self, model: str) -> None:
+        """From now on, run ``model`` in executors of its own: a shared executor died while running
+        it, and whichever member caused that must not take the others down again."""
+        if self.shared and model not in self.isolated:
+            self.isolated.add(model)
+            log.warning("model %s now runs in executors of its own (a shared executor died running it)", model)
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: dict[str, str]) -> None:
@@ -154,7 +160,7 @@ class JobCatalog:
             task_id=item.key,
             model=item.model,
             resources=self.task_resources[item.model],
-            executor=self.demand_executor[item.model],
+            executor=Resources() if self.executor_key(item.model) == SHARED_EXECUTOR else self.executor_resources[item.model],
             constraints=self.spec.model(item.model).constraints,
             duration=self.spec.model(item.model).duration,
         )

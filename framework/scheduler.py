@@ -47,6 +47,10 @@ class WorkCatalog(Protocol):
 
     def executor_models(self, key: str) -> frozenset[str]: ...
 
+    def isolate(self, model: str) -> None:
+        """An executor died running ``model``: give it executors of its own from now on."""
+        ...
+
     agent_reserve: Resources
     """Kept free on agents without an executor of ours yet (a shared executor's resources)."""
 
@@ -235,6 +239,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             item = transition.item
             if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
                 self._forget_executor(item.agent_id, self.catalog.executor_key(item.model))
+                self.catalog.isolate(item.model)
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind == "finished":

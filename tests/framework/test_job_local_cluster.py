@@ -113,3 +113,39 @@ def test_unreachable_master_fails_with_a_clear_message(demo: Path, tmp_path: Pat
     spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=f"127.0.0.1:{port}"))
     with pytest.raises(JobFailed, match=rf"could not subscribe to the Mesos master at 127.0.0.1:{port} within 3 s"):
         JobRunner(spec, work_dir=tmp_path / "work").run()
+
+
+def test_member_that_crashes_the_shared_executor_is_isolated_and_dropped(demo: Path, tmp_path: Path) -> None:
+    """A member whose predict kills the executor process (a segfault) takes down the shared
+    executor once; after that it runs in executors of its own, fails alone, and is dropped,
+    while the other members' killed tasks are retried and the ensemble is made without it."""
+    import ctypes
+    import hashlib
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    directory = demo.parent
+    with (directory / "train.csv").open() as handle:
+        rows = np.array(list(csv.reader(handle))[1:], dtype=float)
+    # np.size turns the shard into a small integer, which ctypes.string_at reads as an address.
+    crasher = Pipeline([("size", FunctionTransformer(np.size)), ("read", FunctionTransformer(ctypes.string_at)),
+                        ("clf", LogisticRegression(max_iter=5000).fit(rows[:, :-1], rows[:, -1].astype(int)))])
+    joblib.dump(crasher, directory / "crasher.joblib")
+    digest = hashlib.sha256((directory / "crasher.joblib").read_bytes()).hexdigest()
+    text = demo.read_text().replace('report = "report.json"', 'report = "report.json"\nmin_members = 2')
+    text = text.replace('name = "mesos-ensemble-demo"', 'name = "mesos-ensemble-demo"\nmax_retries = 1')
+    text += (f'\n[[models]]\nname = "crasher"\npath = "crasher.joblib"\nsha256 = "{digest}"\nkind = "classifier"\n'
+             'output = "predict_proba"\nproba_class = 1\ncpus = 0.5\nmem = 128\n\n'
+             '[local_cluster]\nagents = [{ hostname = "big", cpus = 8, mem = 8192 }]\n')
+    job = directory / "crash.toml"
+    job.write_text(text)
+    outcome = JobRunner(load_job(job), work_dir=tmp_path / "work").run()
+    assert outcome.members_used == ("linear", "logistic") and set(outcome.members_missing) == {"crasher"}
+    with (directory / "test.csv").open() as handle:
+        features = np.array(list(csv.reader(handle))[1:], dtype=float)[:, :-1]
+    expected = np.mean(np.stack([joblib.load(directory / "linear.joblib").predict(features),
+                                 joblib.load(directory / "logistic.joblib").predict_proba(features)[:, 1]]), axis=0)
+    np.testing.assert_allclose(read_predictions(outcome.output), expected, rtol=0, atol=1e-12)
+    assert executor_processes() == []

@@ -154,19 +154,41 @@ def test_callback_errors_never_reach_the_driver(scheduler: EnsembleScheduler) ->
     assert event.kind == "fatal" and "resourceOffers" in event.detail
 
 
-@pytest.mark.parametrize("scheduler", ["shared", "per_model"], indirect=True)
+@pytest.mark.parametrize("scheduler", ["per_model"], indirect=True)
 def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     task = driver.launches[0][1][0]
+    model = task["name"].split()[0]
     scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FAILED", "a1",
                                                reason="REASON_EXECUTOR_TERMINATED", message="Executor terminated"))
-    key = scheduler.catalog.executor_key(task["name"].split()[0])
-    assert task["executor"]["executor_id"]["value"] == f"{key}.g0"
-    assert ("a1", key) not in scheduler.executors
+    assert task["executor"]["executor_id"]["value"] == f"{model}.g0"
+    assert ("a1", model) not in scheduler.executors
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     relaunched = driver.launches[-1][1][0]
-    assert relaunched["executor"]["executor_id"]["value"] == f"{key}.g1"
+    assert relaunched["executor"]["executor_id"]["value"] == f"{model}.g1"
+
+
+def test_a_model_whose_shared_executor_died_gets_executors_of_its_own(scheduler: EnsembleScheduler) -> None:
+    """Whichever member crashed the shared executor must not take the others down again."""
+    task_cpus = scheduler.catalog.task_resources["linear"].cpus
+    reserve = scheduler.catalog.agent_reserve
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=2 * task_cpus + reserve.cpus, mem=4096)])
+    first = driver.launches[-1][1]
+    assert {t["executor"]["executor_id"]["value"] for t in first} == {"ensemble.g0"}
+    for task in first:  # the process died: every task in it fails
+        scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FAILED", "a1",
+                                                   reason="REASON_EXECUTOR_TERMINATED", message="Executor terminated"))
+    assert scheduler.catalog.isolated == {"linear", "logistic"} and not scheduler.executors
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192)])
+    relaunched = driver.launches[-1][1]
+    executors = {t["name"].split()[0]: t["executor"]["executor_id"]["value"] for t in relaunched}
+    assert executors == {"linear": "linear.g0", "logistic": "logistic.g0"}
+    for task in relaunched:  # each isolated executor carries the model's own executor resources
+        own = scheduler.catalog.executor_resources[task["name"].split()[0]]
+        mem = sum(r["scalar"]["value"] for r in task["executor"]["resources"] if r["name"] == "mem")
+        assert mem == pytest.approx(own.mem) and own.mem < reserve.mem
 
 
 def test_work_added_before_registration_is_revived_on_registration(scheduler: EnsembleScheduler) -> None:
