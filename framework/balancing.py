@@ -7,7 +7,10 @@ scheduler records them here and uses them to
   is learnt early), then the longest tasks first (LPT), so that the short ones fill the gaps at
   the end instead of one long task running alone while the rest of the cluster idles; when
   offers are scarce, the packer is given the first tasks in that order that fit them;
-* fill in a model's task ``duration`` for the cost model when the job file gives none.
+* fill in a model's task ``duration`` for the cost model when the job file gives none;
+* find stragglers: tasks running far longer than their model's measured mean (a slow or
+  overloaded agent), for which the scheduler launches a backup copy on another agent the job
+  already uses; the first copy to finish wins and the other is killed.
 
 Pure: no Mesos, no clock.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from framework.packing import Resources, TaskDemand
 from framework.tasks import WorkItem
@@ -84,6 +87,31 @@ class Measurements:
                     "agents": dict(sorted(u.agents.items()))}
             for model, u in sorted(self.models.items())
         }
+
+
+@dataclass(frozen=True)
+class SpeculationPolicy:
+    """A task is a straggler once it has run ``factor`` x its model's mean + ``margin_seconds``
+    (the margin keeps jitter on short tasks from doubling them); ``factor`` 0 turns it off."""
+
+    factor: float = 2.0
+    margin_seconds: float = 1.0
+
+
+def stragglers(running: Iterable[WorkItem], elapsed: Mapping[str, float], measured: Measurements,
+               policy: SpeculationPolicy) -> list[WorkItem]:
+    """Running items without a backup whose attempt (``elapsed`` seconds, by task id) is well past
+    its model's measured mean; the longest overdue first."""
+    if policy.factor <= 0:
+        return []
+    found = []
+    for item in running:
+        mean = measured.mean_seconds(item.model)
+        if item.backup_task_id or mean is None or item.task_id not in elapsed:
+            continue
+        if elapsed[item.task_id] > policy.factor * mean + policy.margin_seconds:
+            found.append(item)
+    return sorted(found, key=lambda i: -elapsed[i.task_id or ""])
 
 
 def first_that_fit(demands: list[TaskDemand], capacity: Resources) -> list[TaskDemand]:

@@ -41,6 +41,7 @@ from framework.packing import (
     Resources,
     TaskDemand,
 )
+from framework.balancing import SpeculationPolicy
 from framework.scheduler import EnsembleScheduler, OfferPolicy, SchedulerEvent
 from framework.tasks import Tracker, WorkItem
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 """How long to wait for the master to accept the framework's SUBSCRIBE."""
+
+SPECULATION_CHECK_SECONDS = 0.5
+"""How often the job looks for stragglers that deserve a backup copy."""
 
 EXECUTOR_BASE_MEM_MB = 96.0
 """Memory of an idle executor process with numpy, scikit-learn and pymesos imported."""
@@ -67,6 +71,8 @@ class JobOutcome:
     task_attempts: int
     agents_used: int
     executors_launched: int = 0
+    backups_launched: int = 0
+    """Speculative copies of stragglers (see ``framework.balancing``)."""
     usage: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per member, what its tasks cost as the executors measured them (``Measurements.summary``)."""
     report: dict[str, Any] | None = None
@@ -378,6 +384,7 @@ class JobRunner:
                 tasks=len(all_items), task_attempts=sum(i.attempts for i in all_items),
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
                 executors_launched=scheduler.executors_launched,
+                backups_launched=scheduler.backups_launched,
                 usage=scheduler.measurements.summary(),
             )
             if dataset.labels is not None:
@@ -474,6 +481,7 @@ class JobRunner:
             self.spec.cost_model,
             PackingOptions(time_budget_s=settings.packing_budget_ms / 1000.0),
             OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
+            SpeculationPolicy(factor=settings.speculation_factor),
         )
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
@@ -496,6 +504,7 @@ class JobRunner:
         settings = self.spec.framework
         deadline = self.run_started + settings.timeout_seconds
         tracker = scheduler.tracker
+        last_speculation_check = time.monotonic()
         while True:
             with scheduler.lock:
                 if tracker.all_settled() and scheduler.events.empty():
@@ -506,8 +515,11 @@ class JobRunner:
             if scheduler.framework_id is None and now - self.run_started > SUBSCRIBE_TIMEOUT_SECONDS:
                 raise JobFailed(f"could not subscribe to the Mesos master at {self.master} within "
                                 f"{SUBSCRIBE_TIMEOUT_SECONDS:.0f} s (is it running and reachable?)")
+            if now - last_speculation_check >= SPECULATION_CHECK_SECONDS:
+                last_speculation_check = now
+                scheduler.speculate(driver)
             try:
-                event = scheduler.events.get(timeout=0.5)
+                event = scheduler.events.get(timeout=SPECULATION_CHECK_SECONDS)
             except queue.Empty:
                 continue
             self._handle(event, scheduler, driver, server, on_result, on_member_failed)

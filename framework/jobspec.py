@@ -92,6 +92,9 @@ class FrameworkSettings:
     """``shared``: one executor per agent runs every model's tasks (one process start, one download
     of each shard per agent); ``per_model``: one executor per (agent, model), models isolated."""
     max_retries: int = 3
+    speculation_factor: float = 2.0
+    """A task running longer than this many times its model's measured mean (+1 s) gets a backup
+    copy on another agent the job uses; 0 turns speculation off."""
     refuse_seconds: float = 5.0
     never_fits_refuse_seconds: float = 300.0
     packing_budget_ms: float = 50.0
@@ -347,7 +350,8 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
         values["secret"] = secret_file.read_text(encoding="utf-8").strip()
     if (values["principal"] is None) != (values["secret"] is None):
         section.fail("principal", "and secret (or secret_file) must be given together")
-    for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms"):
+    for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms",
+                "speculation_factor"):
         values[key] = section.number(key, getattr(defaults, key))
     values["timeout_seconds"] = section.number("timeout_seconds", defaults.timeout_seconds, positive=True)
     for key in ("artifact_port", "max_retries"):

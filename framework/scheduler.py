@@ -19,11 +19,11 @@ from typing import Any, Callable, Protocol
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
-from framework.balancing import Measurements, first_that_fit
+from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers
 from framework.offers import PoolAllocator, merge_by_agent, view_offer
 from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
                               pack)
-from framework.tasks import ItemState, Tracker, WorkItem
+from framework.tasks import TERMINAL_MESOS_STATES, ItemState, Tracker, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         cost_model: CostModel,
         packing: PackingOptions,
         policy: OfferPolicy,
+        speculation: SpeculationPolicy = SpeculationPolicy(),
     ) -> None:
         self.tracker, self.catalog = tracker, catalog
         self.prices, self.cost_model, self.packing, self.policy = prices, cost_model, packing, policy
@@ -109,6 +110,10 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self.executors_launched = 0
         self.measurements = Measurements()
+        self.speculation = speculation
+        self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
+        self.backups_launched = 0
+        self._last_speculation_revive = float("-inf")
         self.known_agents: set[str] = set()
         self.hostnames: dict[str, str] = {}
         self.last_plan: Plan | None = None
@@ -129,7 +134,7 @@ class EnsembleScheduler(pymesos.Scheduler):
     def reregistered(self, driver: Any, master_info: Any) -> None:
         log.info("re-registered with the master; reconciling active tasks")
         with self.lock:
-            active = [{"task_id": {"value": i.task_id}} for i in self.tracker.active() if i.task_id]
+            active = [{"task_id": {"value": t}} for i in self.tracker.active() for t in i.running_task_ids()]
         driver.reconcileTasks(active)
         self._revive_if_needed(driver)
 
@@ -152,27 +157,31 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.known_agents.update(v.agent_id for v in views)
             self.hostnames.update((v.agent_id, v.hostname) for v in views)
             pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in self.tracker.active()})
-            if not pending:
+            # Nothing pending: spare capacity may run backups of stragglers.
+            work = pending or self._stragglers()
+            if not work:
                 driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
                 return
             agents = self._reserve_executors(
                 merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks()))
-            demands = [self._demand(item) for item in pending]
+            # Backups only go where the job already runs (an agent of its own would cost more).
+            eligible = agents if pending else [a for a in agents if a.in_use]
+            demands = [self._demand(item) for item in work]
             # Scarce offers go to the first tasks in the launch order (the packer chooses freely
             # among equally good plans, so it is only given those).
-            wanted = first_that_fit(demands, sum((a.capacity for a in agents), Resources())) or demands
-            plan = pack(wanted, agents, self.cost_model, self.packing)
+            wanted = first_that_fit(demands, sum((a.capacity for a in eligible), Resources())) or demands
+            plan = pack(wanted, eligible, self.cost_model, self.packing)
             self.last_plan = plan
-            by_key = {item.key: item for item in pending}
+            by_key = {item.key: item for item in work}
             launches = 0
             for agent in agents:
                 items = [by_key[k] for k in plan.assignments.get(agent.agent_id, ())]
                 offer_ids = [{"value": o} for o in agent.offer_ids]
                 if not items:
                     reason = plan.declined.get(agent.agent_id, "unneeded")
-                    if len(wanted) < len(demands):
-                        reason = "unneeded"  # judged on some of the pending tasks only
+                    if len(wanted) < len(demands) or not pending:
+                        reason = "unneeded"  # judged on some of the work only
                     refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
                     driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
                     continue
@@ -181,7 +190,10 @@ class EnsembleScheduler(pymesos.Scheduler):
                 # One offer id can be used once: every launch on this agent goes in one ACCEPT.
                 driver.launchTasks(offer_ids, tasks, {"refuse_seconds": self.policy.refuse_seconds})
                 launches += len(tasks)
-            if plan.unplaced:
+            if not pending and launches:
+                self.backups_launched += launches
+                log.warning("%d straggler(s) got a backup copy on another agent", launches)
+            if plan.unplaced and pending:
                 sample = next(iter(plan.unplaced.values()))
                 log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id, sample.describe())
             log.debug("offer round: %d offers, %d launches, cost %.3f (lower bound %.3f)",
@@ -209,12 +221,15 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.executors[key] = self.catalog.executor_info(executor_key, agent, allocator, generation)
             self.executors_launched += 1
         task_id = self.tracker.launched(item, agent.agent_id)
+        self.started_at[task_id] = time.monotonic()
         return self.catalog.task_info(item, task_id, agent, allocator, self.executors[key])
 
     def _demand(self, item: WorkItem) -> TaskDemand:
         """The item's demand; a retry avoids the agents it failed on, if others are known, for
         ``AVOID_FAILED_AGENTS_SECONDS`` (then any agent will do) and never on its last attempt."""
         demand = self.catalog.demand(item)
+        if item.state is not ItemState.PENDING and item.agent_id:  # a backup: anywhere but where it runs
+            demand = dataclasses.replace(demand, constraints=demand.constraints + (AvoidAgents(frozenset({item.agent_id})),))
         if demand.duration is None and (measured := self.measurements.mean_seconds(item.model)) is not None:
             demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
         failed = frozenset(item.failed_agents)
@@ -237,9 +252,13 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             transition = self.tracker.on_update(task_id, state, status.get("message") or "", reason)
             item = transition.item
-            if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and item.agent_id:
-                self._forget_executor(item.agent_id, self.catalog.executor_key(item.model))
+            if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and transition.agent_id:
+                self._forget_executor(transition.agent_id, self.catalog.executor_key(item.model))
                 self.catalog.isolate(item.model)
+            if transition.kind == "started" and state == "TASK_RUNNING":
+                self.started_at[task_id] = time.monotonic()
+            elif state in TERMINAL_MESOS_STATES:
+                self.started_at.pop(task_id, None)
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind == "finished":
@@ -249,9 +268,13 @@ class EnsembleScheduler(pymesos.Scheduler):
         if transition.kind == "started" and state == "TASK_RUNNING" and self.first_running_at is None:
             self.first_running_at = time.monotonic()
         if transition.kind == "finished":
+            if transition.sibling:  # the other copy lost the race
+                driver.killTask({"value": transition.sibling})
             # Its resources are free now: ask for them at once rather than at the next
             # allocation cycle (REVIVE makes the master allocate immediately).
             self._revive_if_needed(driver)
+        elif transition.kind == "dropped":
+            log.warning("task %s: %s; its other copy runs on", task_id, transition.detail)
         elif transition.kind == "retry":
             self.retried_at[task_id.rsplit(".a", 1)[0]] = time.monotonic()
             log.warning("task %s: %s; will retry", task_id, transition.detail)
@@ -290,6 +313,22 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.retried_at[item.key] = time.monotonic()
             self._revive_if_needed(driver)
 
+    def speculate(self, driver: Any) -> None:
+        """Called periodically by the job: when nothing is pending but a task straggles, ask for
+        offers (at most once per ``refuse_seconds``) so a backup copy can start elsewhere."""
+        with self.lock:
+            now = time.monotonic()
+            if (self.framework_id is None or not self.suppressed or self.tracker.pending()
+                    or now - self._last_speculation_revive < self.policy.refuse_seconds or not self._stragglers()):
+                return
+            self._last_speculation_revive, self.suppressed = now, False
+        driver.reviveOffers()
+
+    def _stragglers(self) -> list[WorkItem]:
+        now = time.monotonic()
+        elapsed = {task_id: now - since for task_id, since in self.started_at.items()}
+        return stragglers(self.tracker.active(), elapsed, self.measurements, self.speculation)
+
     def record_usage(self, item: WorkItem, seconds: float, cpu_seconds: float) -> None:
         """What a finished task cost (measured by its executor): steers later launches."""
         with self.lock:
@@ -299,9 +338,8 @@ class EnsembleScheduler(pymesos.Scheduler):
     def cancel_model(self, driver: Any, model: str) -> None:
         with self.lock:
             running = self.tracker.cancel_model(model)
-        for item in running:
-            if item.task_id:
-                driver.killTask({"value": item.task_id})
+        for task_id in running:
+            driver.killTask({"value": task_id})
 
     def add_work(self, driver: Any, items: list[WorkItem]) -> None:
         with self.lock:

@@ -1,12 +1,15 @@
 """Work items and their life cycle: a pure state machine with the retry policy.
 
 A *work item* is one unit of the job (a model predicting one shard, or one stacking fold).
-Each attempt at it is a Mesos task with its own task id (``<item>.a<attempt>``).  The tracker
-turns Mesos task states into item transitions; nothing here talks to Mesos.
+Each attempt at it is a Mesos task with its own task id (``<item>.a<attempt>``).  At most two
+attempts run at once: the item's attempt and a *backup* (a speculative copy of a straggler on
+another agent); the first to finish wins.  The tracker turns Mesos task states into item
+transitions; nothing here talks to Mesos.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -40,20 +43,32 @@ class WorkItem:
     attempts: int = 0
     task_id: str | None = None
     agent_id: str | None = None
+    backup_task_id: str | None = None
+    backup_agent_id: str | None = None
     failed_agents: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     def next_task_id(self) -> str:
         return f"{self.key}.a{self.attempts + 1}"
 
+    def running_task_ids(self) -> list[str]:
+        """The Mesos tasks of this item that may still run (its attempt and any backup)."""
+        if self.state not in (ItemState.LAUNCHED, ItemState.RUNNING):
+            return []
+        return [t for t in (self.task_id, self.backup_task_id) if t]
+
 
 @dataclass(frozen=True)
 class Transition:
-    """What an update meant: ``kind`` is one of started, finished, retry, gave_up, ignored."""
+    """What an update meant: ``kind`` is one of started, finished, retry, gave_up, ignored, and
+    dropped (an attempt failed while the item's other attempt runs on).  ``agent_id``: where the
+    attempt the update is about ran; ``sibling``: the other attempt to kill, on finished."""
 
     kind: str
     item: WorkItem | None = None
     detail: str = ""
+    agent_id: str | None = None
+    sibling: str | None = None
 
 
 class Tracker:
@@ -78,26 +93,44 @@ class Tracker:
         return self._by_task.get(task_id)
 
     def launched(self, item: WorkItem, agent_id: str) -> str:
-        """Record a launch attempt; return the Mesos task id to use."""
+        """Record a launch attempt (a pending item's, or a running item's backup); return the
+        Mesos task id to use."""
         task_id = item.next_task_id()
         item.attempts += 1
-        item.task_id, item.agent_id, item.state = task_id, agent_id, ItemState.LAUNCHED
+        if item.state is ItemState.PENDING:
+            item.task_id, item.agent_id, item.state = task_id, agent_id, ItemState.LAUNCHED
+        else:
+            assert item.state in (ItemState.LAUNCHED, ItemState.RUNNING) and item.backup_task_id is None
+            item.backup_task_id, item.backup_agent_id = task_id, agent_id
         self._by_task[task_id] = item
         return task_id
 
     def on_update(self, task_id: str, state: str, message: str = "", reason: str = "") -> Transition:
         """Apply a Mesos status update for ``task_id``."""
         item = self._by_task.get(task_id)
-        if item is None or item.task_id != task_id or item.state not in (ItemState.LAUNCHED, ItemState.RUNNING):
+        if item is None or task_id not in item.running_task_ids():
             return Transition("ignored", item, f"stale or unknown task {task_id} ({state})")
+        backup = task_id == item.backup_task_id
+        agent_id = item.backup_agent_id if backup else item.agent_id
+        sibling = item.task_id if backup else item.backup_task_id
         if state in ACTIVE_MESOS_STATES:
             if state == "TASK_RUNNING":
                 item.state = ItemState.RUNNING
-            return Transition("started", item)
+            return Transition("started", item, agent_id=agent_id)
         if state == "TASK_FINISHED":
             item.state = ItemState.FINISHED
-            return Transition("finished", item)
-        return self.attempt_failed(item, f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}")
+            item.task_id, item.agent_id = task_id, agent_id  # the attempt whose result counts
+            item.backup_task_id = item.backup_agent_id = None
+            return Transition("finished", item, agent_id=agent_id, sibling=sibling)
+        description = f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}"
+        if sibling is not None:
+            # The other attempt runs on: this one is dropped, not retried.
+            item.failures.append(f"attempt {task_id} on {agent_id}: {description}")
+            if not backup:
+                item.task_id, item.agent_id = item.backup_task_id, item.backup_agent_id
+            item.backup_task_id = item.backup_agent_id = None
+            return Transition("dropped", item, description, agent_id=agent_id)
+        return dataclasses.replace(self.attempt_failed(item, description), agent_id=agent_id)
 
     def attempt_failed(self, item: WorkItem, description: str) -> Transition:
         """An attempt ended badly: retry it (elsewhere if possible) or give up."""
@@ -110,13 +143,12 @@ class Tracker:
         item.state = ItemState.PENDING
         return Transition("retry", item, description)
 
-    def cancel_model(self, model: str) -> list[WorkItem]:
-        """Stop caring about a model's items; return those that still run (to be killed)."""
+    def cancel_model(self, model: str) -> list[str]:
+        """Stop caring about a model's items; return the Mesos tasks that still run (to be killed)."""
         still_running = []
         for item in self.items.values():
             if item.model == model and item.state not in (ItemState.FINISHED, ItemState.FAILED):
-                if item.state in (ItemState.LAUNCHED, ItemState.RUNNING):
-                    still_running.append(item)
+                still_running += item.running_task_ids()
                 item.state = ItemState.CANCELLED
         return still_running
 

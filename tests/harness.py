@@ -18,7 +18,7 @@ from typing import Any, Callable
 from addict import Dict
 
 from executor.main import build_result_data
-from executor.protocol import TaskPayload
+from executor.protocol import TaskPayload, TaskUsage
 from executor.runner import SandboxCache, TaskError, run_task
 from factories import make_offer, make_status
 
@@ -76,14 +76,18 @@ class FakeDriver:
 FailureRule = Callable[[TaskPayload, str], str | None]
 """(payload, agent id) -> a failure message to report instead of running the task, or None."""
 
+DelayRule = Callable[[TaskPayload, str], float]
+"""(payload, agent id) -> seconds the task takes before it runs (a slow agent); a kill ends it."""
+
 
 class InProcessMesos(FakeDriver):
     """A mock master and agents in one thread: offers in, real executor-runner results out."""
 
     def __init__(self, scheduler: Any, agents: list[dict[str, Any]], sandbox: Path,
-                 fail: FailureRule | None = None) -> None:
+                 fail: FailureRule | None = None, delay: DelayRule | None = None) -> None:
         super().__init__(scheduler)
-        self.agents, self.sandbox, self.fail = agents, sandbox, fail
+        self.agents, self.sandbox, self.fail, self.delay = agents, sandbox, fail, delay
+        self._killed: set[str] = set()
         self.caches: dict[str, SandboxCache] = {}
         self._busy: dict[str, int] = {}
         self._wake = threading.Event()
@@ -92,9 +96,10 @@ class InProcessMesos(FakeDriver):
         self._lock = threading.Lock()
 
     @classmethod
-    def factory(cls, agents: list[dict[str, Any]], sandbox: Path, fail: FailureRule | None = None) -> Callable[..., "InProcessMesos"]:
+    def factory(cls, agents: list[dict[str, Any]], sandbox: Path, fail: FailureRule | None = None,
+                delay: DelayRule | None = None) -> Callable[..., "InProcessMesos"]:
         def build(scheduler: Any, info: dict[str, Any], master: str, principal: Any, secret: Any) -> InProcessMesos:
-            driver = cls(scheduler, agents, sandbox, fail)
+            driver = cls(scheduler, agents, sandbox, fail, delay)
             build.last = driver  # type: ignore[attr-defined]
             return driver
         return build
@@ -118,6 +123,11 @@ class InProcessMesos(FakeDriver):
         super().reviveOffers(roles)
         self._suppressed_now = False
         self._wake.set()
+
+    def killTask(self, task_id: Any) -> None:  # noqa: N802
+        super().killTask(task_id)
+        with self._lock:
+            self._killed.add(task_id["value"])
 
     def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
         super().launchTasks(offer_ids, tasks, filters)
@@ -150,10 +160,17 @@ class InProcessMesos(FakeDriver):
         payload = TaskPayload.from_json(base64.b64decode(task["data"]))
         self.scheduler.statusUpdate(self, make_status(task_id, "TASK_RUNNING", agent))
         failure = self.fail(payload, agent) if self.fail else None
-        if failure is None:
+        deadline = time.monotonic() + (self.delay(payload, agent) if self.delay else 0.0)
+        while time.monotonic() < deadline and task_id not in self._killed:
+            time.sleep(0.01)
+        if task_id in self._killed:
+            update = make_status(task_id, "TASK_KILLED", agent, message="killed by the framework")
+        elif failure is None:
             try:
+                started = time.perf_counter()
                 output = run_task(payload, self._cache(task["executor"], agent))
-                data = base64.b64encode(build_result_data(payload, output)).decode()
+                usage = TaskUsage(time.perf_counter() - started, time.perf_counter() - started)
+                data = base64.b64encode(build_result_data(payload, output, usage)).decode()
                 update = make_status(task_id, "TASK_FINISHED", agent, data=data)
             except TaskError as error:
                 update = make_status(task_id, "TASK_FAILED", agent, message=str(error))

@@ -64,3 +64,18 @@ def test_first_that_fit_keeps_the_order_and_skips_what_does_not_fit() -> None:
     chosen = first_that_fit(demands, Resources(cpus=2.0, mem=1000))
     assert [d.task_id for d in chosen] == ["a", "b"]  # "big" skipped; "c" would exceed the memory left
     assert first_that_fit(demands, Resources(cpus=0.1, mem=10)) == []
+
+
+def test_stragglers_are_tasks_well_past_their_models_mean() -> None:
+    from framework.balancing import SpeculationPolicy, stragglers
+
+    measured = Measurements()
+    measured.record("m", "a1", 1.0, 1.0)
+    running = items({"m": 3, "unmeasured": 1})
+    for n, item in enumerate(running):
+        item.task_id = f"{item.key}.a1"
+    running[2].backup_task_id = "m.s2.a2"  # already has a backup
+    elapsed = {running[0].task_id: 3.5, running[1].task_id: 2.9, running[2].task_id: 9.0, running[3].task_id: 99.0}
+    policy = SpeculationPolicy(factor=2.0, margin_seconds=1.0)  # straggler past 2 x 1.0 + 1.0 = 3 s
+    assert stragglers(running, elapsed, measured, policy) == [running[0]]
+    assert stragglers(running, elapsed, measured, SpeculationPolicy(factor=0)) == []

@@ -4,6 +4,7 @@ Mesos from tests/harness.py), checked against scikit-learn computed directly on 
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import joblib
@@ -63,6 +64,31 @@ def test_failures_are_retried_and_the_result_is_still_exact(demo: Path, tmp_path
 
     outcome = JobRunner(load_job(demo), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb", fail_first_attempt)).run()
     assert outcome.task_attempts == 2 * outcome.tasks
+    np.testing.assert_allclose(read_csv(outcome.output)[1][:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
+
+
+def test_straggler_gets_a_backup_on_another_agent_and_the_first_result_wins(demo: Path, tmp_path: Path) -> None:
+    """Work moves to where capacity is: one task hangs on a slow agent; once it has run well past
+    its model's measured mean, a copy starts on the other agent, finishes, and the slow one is
+    killed. The result is still exact."""
+    slow: list[str] = []
+
+    def first_task_on_a1_is_slow(payload, agent):  # noqa: ANN001
+        if agent == "a1" and not slow:
+            slow.append(payload.task_id)
+            return 60.0
+        return 0.0
+
+    factory = InProcessMesos.factory(AGENTS, tmp_path / "sb", delay=first_task_on_a1_is_slow)
+    started = time.monotonic()
+    outcome = JobRunner(load_job(demo), driver_factory=factory).run()
+    assert time.monotonic() - started < 30  # not the 60 s the slow copy would take
+    assert outcome.backups_launched == 1 and slow
+    driver = factory.last  # type: ignore[attr-defined]
+    assert slow[0] in driver.kills
+    backup = [t for _ids, tasks, _f in driver.launches for t in tasks
+              if t["task_id"]["value"].startswith(slow[0].rsplit(".a", 1)[0]) and t["task_id"]["value"] != slow[0]]
+    assert len(backup) == 1 and backup[0]["agent_id"]["value"] == "a2"
     np.testing.assert_allclose(read_csv(outcome.output)[1][:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
 
 

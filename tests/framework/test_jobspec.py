@@ -48,6 +48,8 @@ def variant(demo_dir: Path, tmp_path: Path, old: str, new: str) -> Path:
         ('output = "predictions.csv"', 'output = "predictions.parquet"', r"job\.output must end in \.csv or \.npy"),
         ("[framework]", "[framework]\nbogus = 1", r"framework\.bogus is not a known field"),
         ('master = "local"', 'master = "http://m:5050"', r"framework\.master must be host:port"),
+        ('master = "local"', 'master = "local"\nspeculation_factor = -1',
+         r"framework\.speculation_factor must be a non-negative number, got -1"),
         ('master = "local"', 'master = "local"\nexecutors = "per_task"',
          r"framework\.executors must be one of shared, per_model; got 'per_task'"),
         ('output = "predict_proba"', 'output = "predict_proba"\nconstraints = { spread_over = 0 }', r"constraints\.spread_over must be at least 1"),

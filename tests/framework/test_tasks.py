@@ -34,5 +34,44 @@ def test_cancel_model_returns_running_items_and_settles() -> None:
     t = tracker()
     running = t.pending()[0]
     t.launched(running, "a1")
-    assert t.cancel_model("m") == [running]
+    t.launched(running, "a2")  # a backup
+    assert t.cancel_model("m") == ["m.s00000.a1", "m.s00000.a2"]
     assert t.all_settled()
+
+
+def test_backup_that_finishes_first_wins_and_names_the_attempt_to_kill() -> None:
+    t = tracker()
+    item = t.pending()[0]
+    first = t.launched(item, "slow")
+    t.on_update(first, "TASK_RUNNING")
+    backup = t.launched(item, "fast")
+    assert backup == "m.s00000.a2" and item.running_task_ids() == [first, backup]
+    assert t.on_update(backup, "TASK_RUNNING").kind == "started"
+    done = t.on_update(backup, "TASK_FINISHED")
+    assert (done.kind, done.agent_id, done.sibling) == ("finished", "fast", first)
+    assert item.task_id == backup and item.agent_id == "fast"  # the result to decode is the backup's
+    assert t.on_update(first, "TASK_KILLED").kind == "ignored"
+    assert item.state is ItemState.FINISHED and item.running_task_ids() == []
+
+
+def test_a_failed_attempt_is_dropped_while_its_sibling_runs() -> None:
+    t = tracker(max_retries=0)
+    item = t.pending()[0]
+    first = t.launched(item, "a1")
+    backup = t.launched(item, "a2")
+    dropped = t.on_update(first, "TASK_FAILED", "disk full")
+    assert (dropped.kind, dropped.agent_id) == ("dropped", "a1")
+    assert item.task_id == backup and item.agent_id == "a2" and item.backup_task_id is None
+    assert item.state is not ItemState.FAILED  # no retry budget was needed
+    # Now the only attempt: its failure is an ordinary one (here: no retries left).
+    assert t.on_update(backup, "TASK_FAILED", "again").kind == "gave_up"
+
+
+def test_primary_finishing_first_names_the_backup_to_kill() -> None:
+    t = tracker()
+    item = t.pending()[0]
+    first = t.launched(item, "a1")
+    backup = t.launched(item, "a2")
+    done = t.on_update(first, "TASK_FINISHED")
+    assert (done.kind, done.sibling, item.task_id) == ("finished", backup, first)
+    assert t.on_update(backup, "TASK_FINISHED").kind == "ignored"  # one result per item
