@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
 from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers
-from framework.offers import PoolAllocator, merge_by_agent, view_offer
+from framework.offers import OfferView, PoolAllocator, merge_by_agent, view_offer
 from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
                               pack)
 from framework.tasks import TERMINAL_MESOS_STATES, ItemState, Tracker, WorkItem
@@ -152,44 +152,22 @@ class EnsembleScheduler(pymesos.Scheduler):
     # --- offers ---------------------------------------------------------------------------
     @callback
     def resourceOffers(self, driver: Any, offers: list[Any]) -> None:  # noqa: N802 (pymesos name)
+        """One offer round: choose the work, see the agents, pack, then one ACCEPT or DECLINE per
+        agent."""
         with self.lock:
             views = [view_offer(offer, self.policy.role) for offer in offers]
             self.known_agents.update(v.agent_id for v in views)
             self.hostnames.update((v.agent_id, v.hostname) for v in views)
             pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in self.tracker.active()})
-            # Nothing pending: spare capacity may run backups of stragglers.
-            work = pending or self._stragglers()
+            work = pending or self._stragglers()  # nothing pending: spare capacity runs backups
             if not work:
                 driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
                 return
             agents = self._reserve_executors(
                 merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks()))
-            # Backups only go where the job already runs (an agent of its own would cost more).
-            eligible = agents if pending else [a for a in agents if a.in_use]
-            demands = [self._demand(item) for item in work]
-            # Scarce offers go to the first tasks in the launch order (the packer chooses freely
-            # among equally good plans, so it is only given those).
-            wanted = first_that_fit(demands, sum((a.capacity for a in eligible), Resources())) or demands
-            plan = pack(wanted, eligible, self.cost_model, self.packing)
-            self.last_plan = plan
-            by_key = {item.key: item for item in work}
-            launches = 0
-            for agent in agents:
-                items = [by_key[k] for k in plan.assignments.get(agent.agent_id, ())]
-                offer_ids = [{"value": o} for o in agent.offer_ids]
-                if not items:
-                    reason = plan.declined.get(agent.agent_id, "unneeded")
-                    if len(wanted) < len(demands) or not pending:
-                        reason = "unneeded"  # judged on some of the work only
-                    refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
-                    driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
-                    continue
-                allocator = PoolAllocator([v for v in views if v.agent_id == agent.agent_id], self.policy.role)
-                tasks = [self._task_info(item, agent, allocator) for item in items]
-                # One offer id can be used once: every launch on this agent goes in one ACCEPT.
-                driver.launchTasks(offer_ids, tasks, {"refuse_seconds": self.policy.refuse_seconds})
-                launches += len(tasks)
+            plan, judged_on_all = self._plan(work, agents, backups=not pending)
+            launches = self._launch_or_decline(driver, views, agents, {i.key: i for i in work}, plan, judged_on_all)
             if not pending and launches:
                 self.backups_launched += launches
                 log.warning("%d straggler(s) got a backup copy on another agent", launches)
@@ -200,6 +178,37 @@ class EnsembleScheduler(pymesos.Scheduler):
                       len(offers), launches, plan.cost, plan.lower_bound)
             if not self.tracker.pending():
                 self._suppress(driver)
+
+    def _plan(self, work: list[WorkItem], agents: list[Agent], backups: bool) -> tuple[Plan, bool]:
+        """Pack ``work`` (in launch order) onto ``agents``; also say whether the plan's decline
+        reasons were judged on all of the work (else every decline is ``unneeded``)."""
+        # Backups only go where the job already runs (an agent of its own would cost more).
+        eligible = [a for a in agents if a.in_use] if backups else agents
+        demands = [self._demand(item) for item in work]
+        # Scarce offers go to the first tasks in the launch order (the packer chooses freely
+        # among equally good plans, so it is only given those).
+        wanted = first_that_fit(demands, sum((a.capacity for a in eligible), Resources())) or demands
+        self.last_plan = pack(wanted, eligible, self.cost_model, self.packing)
+        return self.last_plan, len(wanted) == len(demands) and not backups
+
+    def _launch_or_decline(self, driver: Any, views: list[OfferView], agents: list[Agent], work: dict[str, WorkItem],
+                           plan: Plan, judged_on_all: bool) -> int:
+        """Carry out the plan: one ACCEPT with all of an agent's launches (an offer id can be used
+        once), or a DECLINE whose filter length follows the reason; return the launches."""
+        launches = 0
+        for agent in agents:
+            items = [work[k] for k in plan.assignments.get(agent.agent_id, ())]
+            offer_ids = [{"value": o} for o in agent.offer_ids]
+            if not items:
+                reason = plan.declined.get(agent.agent_id, "unneeded") if judged_on_all else "unneeded"
+                refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
+                driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
+                continue
+            allocator = PoolAllocator([v for v in views if v.agent_id == agent.agent_id], self.policy.role)
+            tasks = [self._task_info(item, agent, allocator) for item in items]
+            driver.launchTasks(offer_ids, tasks, {"refuse_seconds": self.policy.refuse_seconds})
+            launches += len(tasks)
+        return launches
 
     def _reserve_executors(self, agents: list[Agent]) -> list[Agent]:
         """Agents as the packer sees them: without the catalog's per-agent reserve where our shared
