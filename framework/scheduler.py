@@ -113,6 +113,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.speculation = speculation
         self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
         self.backups_launched = 0
+        self.reserve_warned: set[str] = set()
         self._last_speculation_revive = float("-inf")
         self.known_agents: set[str] = set()
         self.hostnames: dict[str, str] = {}
@@ -216,6 +217,14 @@ class EnsembleScheduler(pymesos.Scheduler):
         reserve = self.catalog.agent_reserve
         if reserve.is_zero():
             return agents
+        for agent in agents:
+            if not agent.loaded_models and not agent.in_use and not reserve.fits_in(agent.capacity) \
+                    and agent.agent_id not in self.reserve_warned:
+                self.reserve_warned.add(agent.agent_id)
+                log.warning("agent %s offers %.2f cpus, %.0f MB but the shared executor needs %.2f cpus, %.0f MB "
+                            "(96 MB plus every model's executor_mem or estimate): no task can start there; set "
+                            "[framework] executors = \"per_model\" or smaller executor_mem", agent.hostname,
+                            agent.capacity.cpus, agent.capacity.mem, reserve.cpus, reserve.mem)
         return [
             agent if agent.loaded_models
             else dataclasses.replace(agent, capacity=(agent.capacity - reserve).nonnegative())

@@ -227,3 +227,14 @@ def test_probes_each_model_then_launches_the_longest_measured_first(scheduler: E
     assert scheduler.last_plan is not None
     demand = scheduler._demand(scheduler.tracker.pending()[0])
     assert demand.duration == 0.1  # measured, since the job file gives none
+
+
+def test_an_agent_too_small_for_the_shared_executor_is_named_once(scheduler: EnsembleScheduler,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    reserve = scheduler.catalog.agent_reserve
+    driver = FakeDriver(scheduler)
+    for _ in range(2):
+        scheduler.resourceOffers(driver, [make_offer("small", cpus=4, mem=reserve.mem - 1)])
+    warnings = [r.getMessage() for r in caplog.records if "shared executor needs" in r.getMessage()]
+    assert len(warnings) == 1 and "executors = \"per_model\"" in warnings[0]
+    assert driver.launches == []  # nothing fits next to the executor there
