@@ -97,10 +97,14 @@ class EnsembleExecutor(pymesos.Executor):
     # Work (worker threads).
     def _run(self, driver: Any, task: Any) -> None:
         task_id = task["task_id"]["value"]
+        if self._was_killed(task_id):  # killed while queued behind other tasks: never starts
+            return
         self._send(driver, task_id, "TASK_RUNNING")
         try:
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
             fetch_inputs(payload, self.cache)  # model load and shard download: shared, so not measured
+            if self._was_killed(task_id):
+                return
             started, cpu_started = time.perf_counter(), time.thread_time()
             output = run_task(payload, self.cache)
             usage = TaskUsage(round(time.perf_counter() - started, 6), round(time.thread_time() - cpu_started, 6))
@@ -110,10 +114,13 @@ class EnsembleExecutor(pymesos.Executor):
         except Exception as error:  # a bug or an environment problem: still answer the scheduler
             log.exception("task %s crashed", task_id)
             state, message, data = "TASK_FAILED", f"executor error: {type(error).__name__}: {error}", None
-        with self.lock:
-            if task_id in self.killed:  # already reported TASK_KILLED: a task has one terminal state
-                return
+        if self._was_killed(task_id):  # already reported TASK_KILLED: a task has one terminal state
+            return
         self._send(driver, task_id, state, message=message, data=data)
+
+    def _was_killed(self, task_id: str) -> bool:
+        with self.lock:
+            return task_id in self.killed
 
     def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
         status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}

@@ -74,3 +74,17 @@ def test_killed_task_reports_killed_only(tmp_path: Path) -> None:
     driver = RecordingExecutorDriver()
     executor.killTask(driver, Dict({"value": "t9"}))
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
+
+
+def test_task_killed_while_queued_never_starts(tmp_path: Path) -> None:
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    driver = RecordingExecutorDriver()
+    release = threading.Event()
+    executor.pool.submit(release.wait, 30)  # the only worker is busy
+    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    executor.killTask(driver, Dict({"value": "t1"}))
+    release.set()
+    executor.pool.shutdown(wait=True)
+    assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
