@@ -114,16 +114,24 @@ def stragglers(running: Iterable[WorkItem], elapsed: Mapping[str, float], measur
     return sorted(found, key=lambda i: -elapsed[i.task_id or ""])
 
 
-def first_that_fit(demands: list[TaskDemand], capacity: Resources) -> list[TaskDemand]:
+def first_that_fit(demands: Iterable[TaskDemand], capacity: Resources,
+                   patience: int = 64) -> tuple[list[TaskDemand], bool]:
     """The demands, in the given (priority) order, that fit together in ``capacity`` (the
     offers' total): what the packer is asked to place, so that when offers are scarce the
-    first in the launch order get them.  A demand that does not fit is skipped, not a stop."""
-    chosen, left = [], capacity
+    first in the launch order get them.  A demand that does not fit is skipped, not a stop;
+    after ``patience`` misses in a row the rest are not looked at (``demands`` may be lazy).
+    Also says whether every demand was looked at and taken."""
+    chosen: list[TaskDemand] = []
+    left, misses, all_taken = capacity, 0, True
     for demand in demands:
         if demand.resources.fits_in(left):
             chosen.append(demand)
-            left = left - demand.resources
-    return chosen
+            left, misses = left - demand.resources, 0
+            continue
+        all_taken, misses = False, misses + 1
+        if misses >= patience:
+            break
+    return chosen, all_taken
 
 
 def format_usage(summary: dict[str, dict[str, Any]]) -> str:

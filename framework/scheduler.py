@@ -159,14 +159,15 @@ class EnsembleScheduler(pymesos.Scheduler):
             views = [view_offer(offer, self.policy.role) for offer in offers]
             self.known_agents.update(v.agent_id for v in views)
             self.hostnames.update((v.agent_id, v.hostname) for v in views)
-            pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in self.tracker.active()})
-            work = pending or self._stragglers()  # nothing pending: spare capacity runs backups
+            active = self.tracker.active()
+            pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in active})
+            work = pending or self._stragglers(active)  # nothing pending: spare capacity runs backups
             if not work:
                 driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
                 return
             agents = self._reserve_executors(
-                merge_by_agent(views, self.prices, self._in_use(), self._loaded_models(), self._running_tasks()))
+                merge_by_agent(views, self.prices, self._in_use(active), self._loaded_models(), self._running_tasks(active)))
             plan, judged_on_all = self._plan(work, agents, backups=not pending)
             launches = self._launch_or_decline(driver, views, agents, {i.key: i for i in work}, plan, judged_on_all)
             if not pending and launches:
@@ -177,7 +178,7 @@ class EnsembleScheduler(pymesos.Scheduler):
                 log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id, sample.describe())
             log.debug("offer round: %d offers, %d launches, cost %.3f (lower bound %.3f)",
                       len(offers), launches, plan.cost, plan.lower_bound)
-            if not self.tracker.pending():
+            if not self.tracker.has_pending():
                 self._suppress(driver)
 
     def _plan(self, work: list[WorkItem], agents: list[Agent], backups: bool) -> tuple[Plan, bool]:
@@ -185,12 +186,20 @@ class EnsembleScheduler(pymesos.Scheduler):
         reasons were judged on all of the work (else every decline is ``unneeded``)."""
         # Backups only go where the job already runs (an agent of its own would cost more).
         eligible = [a for a in agents if a.in_use] if backups else agents
-        demands = [self._demand(item) for item in work]
         # Scarce offers go to the first tasks in the launch order (the packer chooses freely
-        # among equally good plans, so it is only given those).
-        wanted = first_that_fit(demands, sum((a.capacity for a in eligible), Resources())) or demands
+        # among equally good plans, so it is only given those); demands are built only as far
+        # as the offers can take them, so a round costs the same with 10 or 10,000 tasks waiting.
+        wanted, all_taken = first_that_fit((self._demand(item) for item in work),
+                                           sum((a.capacity for a in eligible), Resources()))
+        nothing_fits = not wanted
+        if nothing_fits:
+            # The packer says why, judged on each model's plain demand (a retry's is only stricter).
+            first_of_model: dict[str, WorkItem] = {}
+            for item in work:
+                first_of_model.setdefault(item.model, item)
+            wanted = [self.catalog.demand(item) for item in first_of_model.values()]
         self.last_plan = pack(wanted, eligible, self.cost_model, self.packing)
-        return self.last_plan, len(wanted) == len(demands) and not backups
+        return self.last_plan, (all_taken or nothing_fits) and not backups
 
     def _launch_or_decline(self, driver: Any, views: list[OfferView], agents: list[Agent], work: dict[str, WorkItem],
                            plan: Plan, judged_on_all: bool) -> int:
@@ -323,8 +332,7 @@ class EnsembleScheduler(pymesos.Scheduler):
     def retry(self, driver: Any, item: WorkItem, description: str) -> None:
         """The main thread rejected a finished result (corrupt data): run the item again."""
         with self.lock:
-            item.state = ItemState.RUNNING
-            transition = self.tracker.attempt_failed(item, description)
+            transition = self.tracker.reject_result(item, description)
             if transition.kind == "gave_up":
                 self.events.put(SchedulerEvent("gave_up", item, detail=description))
         if transition.kind != "gave_up":
@@ -336,16 +344,17 @@ class EnsembleScheduler(pymesos.Scheduler):
         offers (at most once per ``refuse_seconds``) so a backup copy can start elsewhere."""
         with self.lock:
             now = time.monotonic()
-            if (self.framework_id is None or not self.suppressed or self.tracker.pending()
-                    or now - self._last_speculation_revive < self.policy.refuse_seconds or not self._stragglers()):
+            if (self.framework_id is None or not self.suppressed or self.tracker.has_pending()
+                    or now - self._last_speculation_revive < self.policy.refuse_seconds
+                    or not self._stragglers(self.tracker.active())):
                 return
             self._last_speculation_revive, self.suppressed = now, False
         driver.reviveOffers()
 
-    def _stragglers(self) -> list[WorkItem]:
+    def _stragglers(self, active: list[WorkItem]) -> list[WorkItem]:
         now = time.monotonic()
         elapsed = {task_id: now - since for task_id, since in self.started_at.items()}
-        return stragglers(self.tracker.active(), elapsed, self.measurements, self.speculation)
+        return stragglers(active, elapsed, self.measurements, self.speculation)
 
     def record_usage(self, item: WorkItem, seconds: float, cpu_seconds: float) -> None:
         """What a finished task cost (measured by its executor): steers later launches."""
@@ -369,9 +378,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         if self.executors.pop((agent_id, executor_key), None) is not None:
             self.executor_generation[(agent_id, executor_key)] += 1
 
-    def _in_use(self) -> dict[str, bool]:
+    def _in_use(self, active: list[WorkItem]) -> dict[str, bool]:
         """Agents the job already pays for: running our tasks or holding our executors."""
-        in_use = {i.agent_id: True for i in self.tracker.active() if i.agent_id}
+        in_use = {i.agent_id: True for i in active if i.agent_id}
         in_use.update({agent_id: True for agent_id, _model in self.executors})
         return in_use
 
@@ -381,9 +390,9 @@ class EnsembleScheduler(pymesos.Scheduler):
             loaded[agent_id].update(self.catalog.executor_models(executor_key))
         return {a: frozenset(m) for a, m in loaded.items()}
 
-    def _running_tasks(self) -> dict[str, dict[str, int]]:
+    def _running_tasks(self, active: list[WorkItem]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for item in self.tracker.active():
+        for item in active:
             if item.agent_id:
                 counts[item.agent_id][item.model] += 1
         return counts
@@ -397,7 +406,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         """REVIVE when work is pending.  Before SUBSCRIBED there is nothing to revive (pymesos
         asserts a framework id); ``registered`` revives then."""
         with self.lock:
-            if not self.tracker.pending() or self.framework_id is None:
+            if not self.tracker.has_pending() or self.framework_id is None:
                 return
             self.suppressed = False
         driver.reviveOffers()

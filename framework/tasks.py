@@ -71,23 +71,47 @@ class Transition:
     sibling: str | None = None
 
 
+ACTIVE_ITEM_STATES = (ItemState.LAUNCHED, ItemState.RUNNING)
+
+
 class Tracker:
-    """Tracks every work item through its attempts; decides retries."""
+    """Tracks every work item through its attempts; decides retries.
+
+    Item states change only through the tracker's methods, which keep the pending and active
+    items indexed: an offer round or an update costs the same with ten or ten thousand items.
+    """
 
     def __init__(self, items: list[WorkItem], max_retries: int) -> None:
-        self.items = {item.key: item for item in items}
+        self.items: dict[str, WorkItem] = {}
         self.max_retries = max_retries
         self._by_task: dict[str, WorkItem] = {}
+        self._pending: dict[str, WorkItem] = {}
+        self._active: dict[str, WorkItem] = {}
+        self.add(items)
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
             self.items[item.key] = item
+            self._move(item, item.state)
+
+    def _move(self, item: WorkItem, state: ItemState) -> None:
+        item.state = state
+        self._pending.pop(item.key, None)
+        self._active.pop(item.key, None)
+        if state is ItemState.PENDING:
+            self._pending[item.key] = item
+        elif state in ACTIVE_ITEM_STATES:
+            self._active[item.key] = item
 
     def pending(self) -> list[WorkItem]:
-        return [i for i in self.items.values() if i.state is ItemState.PENDING]
+        """Items waiting for an offer, in the order they became pending."""
+        return list(self._pending.values())
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
 
     def active(self) -> list[WorkItem]:
-        return [i for i in self.items.values() if i.state in (ItemState.LAUNCHED, ItemState.RUNNING)]
+        return list(self._active.values())
 
     def item_for_task(self, task_id: str) -> WorkItem | None:
         return self._by_task.get(task_id)
@@ -98,7 +122,8 @@ class Tracker:
         task_id = item.next_task_id()
         item.attempts += 1
         if item.state is ItemState.PENDING:
-            item.task_id, item.agent_id, item.state = task_id, agent_id, ItemState.LAUNCHED
+            item.task_id, item.agent_id = task_id, agent_id
+            self._move(item, ItemState.LAUNCHED)
         else:
             assert item.state in (ItemState.LAUNCHED, ItemState.RUNNING) and item.backup_task_id is None
             item.backup_task_id, item.backup_agent_id = task_id, agent_id
@@ -115,10 +140,10 @@ class Tracker:
         sibling = item.task_id if backup else item.backup_task_id
         if state in ACTIVE_MESOS_STATES:
             if state == "TASK_RUNNING":
-                item.state = ItemState.RUNNING
+                self._move(item, ItemState.RUNNING)
             return Transition("started", item, agent_id=agent_id)
         if state == "TASK_FINISHED":
-            item.state = ItemState.FINISHED
+            self._move(item, ItemState.FINISHED)
             item.task_id, item.agent_id = task_id, agent_id  # the attempt whose result counts
             item.backup_task_id = item.backup_agent_id = None
             return Transition("finished", item, agent_id=agent_id, sibling=sibling)
@@ -138,10 +163,15 @@ class Tracker:
         if item.agent_id:
             item.failed_agents.append(item.agent_id)
         if item.attempts > self.max_retries:
-            item.state = ItemState.FAILED
+            self._move(item, ItemState.FAILED)
             return Transition("gave_up", item, description)
-        item.state = ItemState.PENDING
+        self._move(item, ItemState.PENDING)
         return Transition("retry", item, description)
+
+    def reject_result(self, item: WorkItem, description: str) -> Transition:
+        """A finished attempt's result was unusable (corrupt data): it counts as a failed attempt."""
+        self._move(item, ItemState.RUNNING)
+        return self.attempt_failed(item, description)
 
     def cancel_model(self, model: str) -> list[str]:
         """Stop caring about a model's items; return the Mesos tasks that still run (to be killed)."""
@@ -149,11 +179,12 @@ class Tracker:
         for item in self.items.values():
             if item.model == model and item.state not in (ItemState.FINISHED, ItemState.FAILED):
                 still_running += item.running_task_ids()
-                item.state = ItemState.CANCELLED
+                self._move(item, ItemState.CANCELLED)
         return still_running
 
     def all_settled(self) -> bool:
-        return all(i.state in (ItemState.FINISHED, ItemState.FAILED, ItemState.CANCELLED) for i in self.items.values())
+        """Every item finished, failed or cancelled."""
+        return not self._pending and not self._active
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

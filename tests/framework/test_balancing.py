@@ -61,9 +61,25 @@ def test_first_that_fit_keeps_the_order_and_skips_what_does_not_fit() -> None:
         return TaskDemand(name, name, Resources(cpus=cpus, mem=mem), Resources())
 
     demands = [demand("a", 1.0, 100), demand("big", 2.0, 100), demand("b", 0.5, 100), demand("c", 0.5, 900)]
-    chosen = first_that_fit(demands, Resources(cpus=2.0, mem=1000))
-    assert [d.task_id for d in chosen] == ["a", "b"]  # "big" skipped; "c" would exceed the memory left
-    assert first_that_fit(demands, Resources(cpus=0.1, mem=10)) == []
+    chosen, all_taken = first_that_fit(demands, Resources(cpus=2.0, mem=1000))
+    assert [d.task_id for d in chosen] == ["a", "b"] and not all_taken  # "big" skipped; "c" exceeds the memory left
+    assert first_that_fit(demands, Resources(cpus=0.1, mem=10)) == ([], False)
+    assert first_that_fit(demands[:1], Resources(cpus=2.0, mem=1000))[1]
+
+
+def test_first_that_fit_stops_looking_after_enough_misses() -> None:
+    from framework.balancing import first_that_fit
+    from framework.packing import Resources, TaskDemand
+
+    looked: list[int] = []
+
+    def demands():  # noqa: ANN202
+        for n in range(10_000):
+            looked.append(n)
+            yield TaskDemand(f"t{n}", "m", Resources(cpus=1.0), Resources())
+
+    chosen, all_taken = first_that_fit(demands(), Resources(cpus=3.0), patience=5)
+    assert len(chosen) == 3 and not all_taken and len(looked) == 3 + 5
 
 
 def test_stragglers_are_tasks_well_past_their_models_mean() -> None:

@@ -1,5 +1,8 @@
 """The work-item state machine and its retry policy."""
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from framework.tasks import ItemState, Tracker, WorkItem
 
 
@@ -75,3 +78,28 @@ def test_primary_finishing_first_names_the_backup_to_kill() -> None:
     done = t.on_update(first, "TASK_FINISHED")
     assert (done.kind, done.sibling, item.task_id) == ("finished", backup, first)
     assert t.on_update(backup, "TASK_FINISHED").kind == "ignored"  # one result per item
+
+
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["launch", "backup", "RUNNING", "FINISHED", "FAILED",
+                                                               "KILLED", "reject", "cancel"])), max_size=60))
+def test_indexes_match_the_item_states(steps: list[tuple[int, str]]) -> None:
+    """Whatever happens, pending(), active() and all_settled() agree with a scan of the items."""
+    t = Tracker([WorkItem(f"m{n % 2}.s{n}", f"m{n % 2}", n) for n in range(5)], max_retries=2)
+    items = list(t.items.values())
+    for index, step in steps:
+        item = items[index]
+        if step == "launch" and item.state is ItemState.PENDING:
+            t.launched(item, "a1")
+        elif step == "backup" and item.state in (ItemState.LAUNCHED, ItemState.RUNNING) and not item.backup_task_id:
+            t.launched(item, "a2")
+        elif step in ("RUNNING", "FINISHED", "FAILED", "KILLED") and item.running_task_ids():
+            t.on_update(item.running_task_ids()[-1], f"TASK_{step}", "x")
+        elif step == "reject" and item.state is ItemState.FINISHED:
+            t.reject_result(item, "corrupt")
+        elif step == "cancel":
+            t.cancel_model(item.model)
+    pending = [i.key for i in t.pending()]
+    assert len(pending) == len(set(pending)) and set(pending) == {i.key for i in items if i.state is ItemState.PENDING}
+    assert {i.key for i in t.active()} == {i.key for i in items if i.state in (ItemState.LAUNCHED, ItemState.RUNNING)}
+    assert t.all_settled() == all(i.state in (ItemState.FINISHED, ItemState.FAILED, ItemState.CANCELLED) for i in items)
+    assert t.has_pending() == any(i.state is ItemState.PENDING for i in items)
