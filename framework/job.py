@@ -166,7 +166,8 @@ class JobCatalog:
             task_id=item.key,
             model=item.model,
             resources=self.task_resources[item.model],
-            executor=Resources() if self.executor_key(item.model) == SHARED_EXECUTOR else self.executor_resources[item.model],
+            executor=(Resources() if self.executor_key(item.model) == SHARED_EXECUTOR
+                      else self.executor_resources[item.model]),
             constraints=self.spec.model(item.model).constraints,
             duration=self.spec.model(item.model).duration,
         )
@@ -240,7 +241,8 @@ def final_estimator_for(name: str, kind: str) -> Any:
     return None if name == "auto" else choices[name]()
 
 
-def member_features(spec: JobSpec, estimators: dict[str, Any], data_features: tuple[str, ...]) -> dict[str, tuple[str, ...] | None]:
+def member_features(spec: JobSpec, estimators: dict[str, Any],
+                    data_features: tuple[str, ...]) -> dict[str, tuple[str, ...] | None]:
     """The data columns each member takes (None: all of them, in the data's order).
 
     A model's ``features`` if given (each must be a feature column of the data); else the

@@ -98,7 +98,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         cost_model: CostModel,
         packing: PackingOptions,
         policy: OfferPolicy,
-        speculation: SpeculationPolicy = SpeculationPolicy(),
+        speculation: SpeculationPolicy | None = None,
     ) -> None:
         self.tracker, self.catalog = tracker, catalog
         self.prices, self.cost_model, self.packing, self.policy = prices, cost_model, packing, policy
@@ -110,7 +110,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self.executors_launched = 0
         self.measurements = Measurements()
-        self.speculation = speculation
+        self.speculation = speculation or SpeculationPolicy()
         self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
         self.backups_launched = 0
         self.reserve_warned: set[str] = set()
@@ -163,11 +163,12 @@ class EnsembleScheduler(pymesos.Scheduler):
             pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in active})
             work = pending or self._stragglers(active)  # nothing pending: spare capacity runs backups
             if not work:
-                driver.declineOffer([{"value": v.offer_id} for v in views], {"refuse_seconds": self.policy.refuse_seconds})
+                driver.declineOffer([{"value": v.offer_id} for v in views],
+                                    {"refuse_seconds": self.policy.refuse_seconds})
                 self._suppress(driver)
                 return
-            agents = self._reserve_executors(
-                merge_by_agent(views, self.prices, self._in_use(active), self._loaded_models(), self._running_tasks(active)))
+            agents = self._reserve_executors(merge_by_agent(
+                views, self.prices, self._in_use(active), self._loaded_models(), self._running_tasks(active)))
             plan, judged_on_all = self._plan(work, agents, backups=not pending)
             launches = self._launch_or_decline(driver, views, agents, {i.key: i for i in work}, plan, judged_on_all)
             if not pending and launches:
@@ -175,7 +176,8 @@ class EnsembleScheduler(pymesos.Scheduler):
                 log.warning("%d straggler(s) got a backup copy on another agent", launches)
             if plan.unplaced and pending:
                 sample = next(iter(plan.unplaced.values()))
-                log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id, sample.describe())
+                log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id,
+                         sample.describe())
             log.debug("offer round: %d offers, %d launches, cost %.3f (lower bound %.3f)",
                       len(offers), launches, plan.cost, plan.lower_bound)
             if not self.tracker.has_pending():
@@ -256,7 +258,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         ``AVOID_FAILED_AGENTS_SECONDS`` (then any agent will do) and never on its last attempt."""
         demand = self.catalog.demand(item)
         if item.state is not ItemState.PENDING and item.agent_id:  # a backup: anywhere but where it runs
-            demand = dataclasses.replace(demand, constraints=demand.constraints + (AvoidAgents(frozenset({item.agent_id})),))
+            avoid = AvoidAgents(frozenset({item.agent_id}))
+            demand = dataclasses.replace(demand, constraints=demand.constraints + (avoid,))
         if demand.duration is None and (measured := self.measurements.mean_seconds(item.model)) is not None:
             demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
         failed = frozenset(item.failed_agents)

@@ -88,7 +88,7 @@ def test_stragglers_are_tasks_well_past_their_models_mean() -> None:
     measured = Measurements()
     measured.record("m", "a1", 1.0, 1.0)
     running = items({"m": 3, "unmeasured": 1})
-    for n, item in enumerate(running):
+    for item in running:
         item.task_id = f"{item.key}.a1"
     running[2].backup_task_id = "m.s2.a2"  # already has a backup
     elapsed = {running[0].task_id: 3.5, running[1].task_id: 2.9, running[2].task_id: 9.0, running[3].task_id: 99.0}

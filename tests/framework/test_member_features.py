@@ -102,5 +102,6 @@ def test_unknown_column_is_named(demo_dir: Path) -> None:
 
 def test_column_count_mismatch_is_a_compatibility_error(demo_dir: Path) -> None:
     spec = load_job(write_job(demo_dir, TAIL[:3]))
-    with pytest.raises(EnsembleCompatibilityError, match=r"model tail: expects 5 features \(n_features_in_\) but is given 3 columns"):
+    with pytest.raises(EnsembleCompatibilityError,
+                       match=r"model tail: expects 5 features \(n_features_in_\) but is given 3 columns"):
         validate_job(spec)
