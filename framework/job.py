@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 """How long to wait for the master to accept the framework's SUBSCRIBE."""
 
+MAX_EXECUTOR_THREADS = 64
+"""Threads of one executor: as many as its smallest tasks fit in the agent's offer, at most this
+(a shared executor on a large agent runs every model's tasks at once)."""
+
 SPECULATION_CHECK_SECONDS = 0.5
 """How often the job looks for stragglers that deserve a backup copy."""
 
@@ -183,7 +187,7 @@ class JobCatalog:
             serves="all models" if key == SHARED_EXECUTOR and self.shared else key,
             python=self.python,
             executor_package_url=self.executor_package_url,
-            workers=min(workers, 8),
+            workers=min(workers, MAX_EXECUTOR_THREADS),
             resources=tuple(allocator.take(resources)),
         )
         return executor_info(launch)

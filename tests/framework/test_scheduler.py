@@ -238,3 +238,13 @@ def test_an_agent_too_small_for_the_shared_executor_is_named_once(scheduler: Ens
     warnings = [r.getMessage() for r in caplog.records if "shared executor needs" in r.getMessage()]
     assert len(warnings) == 1 and "executors = \"per_model\"" in warnings[0]
     assert driver.launches == []  # nothing fits next to the executor there
+
+
+def test_shared_executor_threads_cover_every_task_that_fits(scheduler: EnsembleScheduler) -> None:
+    """On a large agent the shared executor runs all the tasks Mesos gives it at once."""
+    task_cpus = scheduler.catalog.task_resources["linear"].cpus
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("big", cpus=16, mem=65536)])
+    variables = driver.launches[-1][1][0]["executor"]["command"]["environment"]["variables"]
+    workers = {v["name"]: v["value"] for v in variables}["MESOS_ENSEMBLE_WORKERS"]
+    assert int(workers) == int(16 // task_cpus) > 8
