@@ -151,6 +151,8 @@ class Tracker:
         if sibling is not None:
             # The other attempt runs on: this one is dropped, not retried.
             item.failures.append(f"attempt {task_id} on {agent_id}: {description}")
+            if agent_id:
+                item.failed_agents.append(agent_id)  # a later retry avoids it too
             if not backup:
                 item.task_id, item.agent_id = item.backup_task_id, item.backup_agent_id
             item.backup_task_id = item.backup_agent_id = None

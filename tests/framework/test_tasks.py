@@ -65,6 +65,7 @@ def test_a_failed_attempt_is_dropped_while_its_sibling_runs() -> None:
     dropped = t.on_update(first, "TASK_FAILED", "disk full")
     assert (dropped.kind, dropped.agent_id) == ("dropped", "a1")
     assert item.task_id == backup and item.agent_id == "a2" and item.backup_task_id is None
+    assert item.failed_agents == ["a1"]
     assert item.state is not ItemState.FAILED  # no retry budget was needed
     # Now the only attempt: its failure is an ordinary one (here: no retries left).
     assert t.on_update(backup, "TASK_FAILED", "again").kind == "gave_up"
