@@ -25,6 +25,12 @@ from framework.packing import Resources, TaskDemand
 from framework.tasks import WorkItem
 
 
+def usage_key(item: WorkItem) -> str:
+    """What an item's cost is measured under: its model, and the operation when it is not a plain
+    prediction (a stacking fold fits as well as predicts, so it is measured apart)."""
+    return item.model if item.operation == "predict" else f"{item.model} ({item.operation})"
+
+
 @dataclass
 class ModelUsage:
     """The measured tasks of one model."""
@@ -60,21 +66,22 @@ class Measurements:
 
     def launch_order(self, pending: Iterable[WorkItem], probing: Iterable[str] = ()) -> list[WorkItem]:
         """``pending`` in the order to launch: for every model neither measured nor being
-        probed (``probing``: models with a task running), its first item; then the items of
+        probed (``probing``: the ``usage_key`` of every running item), its first item; then the items of
         measured models, longest mean first; then the rest of the unmeasured models' items.
         Ties keep the given order."""
         probing = set(probing)
         seen: dict[str, int] = defaultdict(int)
         keyed = []
         for position, item in enumerate(pending):
-            mean = self.mean_seconds(item.model)
+            kind = usage_key(item)
+            mean = self.mean_seconds(kind)
             if mean is not None:
                 key: tuple[Any, ...] = (1, -mean, position)
-            elif item.model not in probing and seen[item.model] == 0:
+            elif kind not in probing and seen[kind] == 0:
                 key = (0, 0.0, position)
             else:
                 key = (2, 0.0, position)
-            seen[item.model] += 1
+            seen[kind] += 1
             keyed.append((key, item))
         keyed.sort(key=lambda pair: pair[0])
         return [item for _key, item in keyed]
@@ -106,7 +113,7 @@ def stragglers(running: Iterable[WorkItem], elapsed: Mapping[str, float], measur
         return []
     found = []
     for item in running:
-        mean = measured.mean_seconds(item.model)
+        mean = measured.mean_seconds(usage_key(item))
         if item.backup_task_id or mean is None or item.task_id not in elapsed:
             continue
         if elapsed[item.task_id] > policy.factor * mean + policy.margin_seconds:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
-from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers
+from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers, usage_key
 from framework.offers import OfferView, PoolAllocator, merge_by_agent, view_offer
 from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
                               pack)
@@ -160,7 +160,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.known_agents.update(v.agent_id for v in views)
             self.hostnames.update((v.agent_id, v.hostname) for v in views)
             active = self.tracker.active()
-            pending = self.measurements.launch_order(self.tracker.pending(), {i.model for i in active})
+            pending = self.measurements.launch_order(self.tracker.pending(), {usage_key(i) for i in active})
             work = pending or self._stragglers(active)  # nothing pending: spare capacity runs backups
             if not work:
                 driver.declineOffer([{"value": v.offer_id} for v in views],
@@ -260,7 +260,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         if item.state is not ItemState.PENDING and item.agent_id:  # a backup: anywhere but where it runs
             avoid = AvoidAgents(frozenset({item.agent_id}))
             demand = dataclasses.replace(demand, constraints=demand.constraints + (avoid,))
-        if demand.duration is None and (measured := self.measurements.mean_seconds(item.model)) is not None:
+        if demand.duration is None and (measured := self.measurements.mean_seconds(usage_key(item))) is not None:
             demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
         failed = frozenset(item.failed_agents)
         since = self.retried_at.get(item.key)
@@ -363,7 +363,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         """What a finished task cost (measured by its executor): steers later launches."""
         with self.lock:
             agent = self.hostnames.get(item.agent_id or "", item.agent_id or "")
-            self.measurements.record(item.model, agent, seconds, cpu_seconds)
+            self.measurements.record(usage_key(item), agent, seconds, cpu_seconds)
 
     def cancel_model(self, driver: Any, model: str) -> None:
         with self.lock:

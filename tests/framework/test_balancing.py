@@ -95,3 +95,14 @@ def test_stragglers_are_tasks_well_past_their_models_mean() -> None:
     policy = SpeculationPolicy(factor=2.0, margin_seconds=1.0)  # straggler past 2 x 1.0 + 1.0 = 3 s
     assert stragglers(running, elapsed, measured, policy) == [running[0]]
     assert stragglers(running, elapsed, measured, SpeculationPolicy(factor=0)) == []
+
+
+def test_stacking_folds_are_measured_apart_from_predictions() -> None:
+    from framework.balancing import usage_key
+
+    fold = WorkItem("m.fold0", "m", 0, operation="cv_fit_predict", fold=0)
+    measured = Measurements()
+    measured.record(usage_key(fold), "a1", 5.0, 5.0)
+    assert usage_key(fold) == "m (cv_fit_predict)" and measured.mean_seconds("m") is None
+    # The fold's measurement says nothing of m's predictions: one of them still goes first, as a probe.
+    assert [i.key for i in measured.launch_order([fold, WorkItem("m.s0", "m", 0)])] == ["m.s0", "m.fold0"]
