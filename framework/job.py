@@ -369,7 +369,7 @@ class JobRunner:
             evaluation_dir = work_dir / "member-outputs"
             integrator = ensemble.StreamingIntegrator(
                 combiner, members, [s.rows for s in shards["data"]], spec.output,
-                min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir,
+                min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir, explain=spec.explain,
             )
             stack.enter_context(integrator)
             if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:

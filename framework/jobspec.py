@@ -126,6 +126,8 @@ class JobSpec:
     pricing: PriceTable
     cost_model: CostModel
     stacking: StackingSpec | None = None
+    explain: bool = False
+    """Add a ``member_<name>`` column per member to the output: what it said for each row."""
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -200,7 +202,7 @@ def load_job(path: Path | str) -> JobSpec:
     top = _Section(source, "", raw)
     top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking"})
     job = _Section(source, "job", top.get("job", dict, required=True))
-    job.reject_unknown({"name", "integration", "output", "report", "min_members"})
+    job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain"})
     models_raw = top.get("models", list, required=True)
     if not models_raw:
         top.fail("models", "must list at least one model ([[models]])")
@@ -232,6 +234,7 @@ def load_job(path: Path | str) -> JobSpec:
         output=output,
         report=report,
         min_members=min_members,
+        explain=job.get("explain", bool, False),
         framework=_parse_framework(source, top.get("framework", dict, {})),
         local_cluster=_parse_local_cluster(source, top.get("local_cluster", dict, {})),
         **_parse_pricing(source, top.get("pricing", dict, {})),

@@ -112,13 +112,30 @@ def is_score_task(y: np.ndarray, ensemble_values: np.ndarray) -> bool:
     return bool(np.all(np.isin(yf, (0.0, 1.0))) and np.all(np.isfinite(np.asarray(ensemble_values, dtype=float))))
 
 
+def predicts_labels(combiner: Any) -> bool:
+    """Whether the ensemble's prediction is a class label (votes, classifier stacking)."""
+    if combiner.method in ("hard_vote", "soft_vote"):
+        return True
+    return combiner.method == "stacking" and combiner.model.kind == "classifier"
+
+
 def task_of(combiner: Any, y: np.ndarray, ensemble_output: np.ndarray) -> str:
     """``classification``, ``regression`` or ``score``."""
-    if combiner.method in ("hard_vote", "soft_vote"):
+    if predicts_labels(combiner):
         return "classification"
     if combiner.method == "stacking":
-        return "classification" if combiner.model.kind == "classifier" else "regression"
+        return "regression"
     return "score" if is_score_task(y, ensemble_output["prediction"]) else "regression"
+
+
+def member_column(spec: MemberSpec, output: np.ndarray, labels: bool) -> np.ndarray:
+    """What a member said for each row, as one column: its predicted label when the ensemble
+    predicts labels, else the value it contributes (``member_score``)."""
+    if labels:
+        predicted, _proba, _classes = member_view(spec, output)
+        if predicted is not None:
+            return np.asarray(predicted)
+    return member_score(spec, output)
 
 
 def ensemble_classes(combiner: Any) -> np.ndarray | None:

@@ -93,12 +93,16 @@ class StreamingIntegrator:
         Fewest members that must succeed (default: all). Stacking needs all.
     keep_member_outputs_dir : Path, optional
         Keep the members' outputs there after finish (needed by :meth:`evaluate`).
+    explain : bool
+        Add a column ``member_<name>`` per member used: what it said for the row (its label when
+        the ensemble predicts labels, else the value it contributed).
     """
 
     def __init__(self, combiner: Combiner, members: Sequence[MemberSpec], shard_rows: Sequence[int],
                  output_path: Path, min_members: int | None = None,
-                 keep_member_outputs_dir: Path | None = None) -> None:
+                 keep_member_outputs_dir: Path | None = None, explain: bool = False) -> None:
         self.combiner = combiner
+        self.explain = explain
         self.members = tuple(members)
         names = [m.name for m in self.members]
         expected = [n for n in combiner.inputs if n != FEATURES_KEY]
@@ -208,6 +212,8 @@ class StreamingIntegrator:
             self.output.flush()
             output = self.output
             del self.output
+            if self.explain:
+                output = self._with_member_columns(output, live)
             if self.format == "npy":
                 del output
                 os.replace(self.tmp_output, self.output_path)
@@ -287,6 +293,27 @@ class StreamingIntegrator:
         store = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(self.rows,) + first.shape[1:])
         self.stores[member], self.store_paths[member] = store, path
         return store
+
+    def _with_member_columns(self, output: np.memmap, live: Sequence[str]) -> np.memmap:
+        """A copy of ``output`` with a ``member_<name>`` column per live member (a new temp file)."""
+        from framework.ensemble.evaluation import member_column, predicts_labels
+
+        labels = predicts_labels(self.combiner)
+        probe = {n: member_column(self.specs[n], np.asarray(self.stores[n][:1]), labels) for n in live}
+        dtype = np.dtype(output.dtype.descr + [(f"member_{n}", probe[n].dtype) for n in live])
+        path = _temp_path(self.output_path.parent, f".{self.output_path.name}.", ".explained.npy")
+        explained = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(self.rows,))
+        for lo in range(0, self.rows, CSV_CHUNK_ROWS):
+            hi = min(lo + CSV_CHUNK_ROWS, self.rows)
+            for name in output.dtype.names:
+                explained[name][lo:hi] = output[name][lo:hi]
+            for n in live:
+                explained[f"member_{n}"][lo:hi] = member_column(self.specs[n], np.asarray(self.stores[n][lo:hi]), labels)
+        explained.flush()
+        del output
+        self.tmp_output.unlink(missing_ok=True)
+        self.tmp_output = path
+        return explained
 
     def _combine_if_ready(self, shard: int) -> None:
         live = self.live()

@@ -119,3 +119,45 @@ def test_bad_arrivals_are_rejected(tmp_path, setup):
         StreamingIntegrator(make_combiner("mean", specs), specs, SIZES, tmp_path / "o.npy", min_members=4)
     with pytest.raises(ValueError, match=r"\.npy and \.csv"):
         StreamingIntegrator(make_combiner("mean", specs), specs, SIZES, tmp_path / "o.parquet")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_explain_adds_what_each_used_member_said(tmp_path, setup, suffix):
+    """Each row carries every used member's contribution next to the ensemble's answer; a dropped
+    member has no column; the ensemble's own columns are unchanged."""
+    X, y, specs, outputs = setup
+    plain = StreamingIntegrator(make_combiner("weighted_mean", specs), specs, SIZES, tmp_path / "plain.npy",
+                                min_members=2)
+    explained = StreamingIntegrator(make_combiner("weighted_mean", specs), specs, SIZES, tmp_path / f"e{suffix}",
+                                    min_members=2, keep_member_outputs_dir=tmp_path / "kept", explain=True)
+    for integ in (plain, explained):
+        integ.member_failed("tree", "lost")
+        for shard in range(len(SIZES)):
+            for name in ("ols", "ridge"):
+                integ.add(name, shard, chunk(outputs[name], shard))
+        integ.finish()
+    result = explained.ensemble_output()
+    assert result.dtype.names == ("prediction", "member_ols", "member_ridge")
+    assert np.array_equal(result["prediction"], np.load(tmp_path / "plain.npy")["prediction"])
+    assert np.array_equal(result["member_ols"], outputs["ols"]) and np.array_equal(result["member_ridge"], outputs["ridge"])
+    if suffix == ".csv":
+        with (tmp_path / "e.csv").open() as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == ["prediction", "member_ols", "member_ridge"] and len(rows) == 1 + len(y)
+    assert not list(tmp_path.glob(".e*"))  # no temp file left behind
+
+
+def test_explain_gives_member_labels_for_a_vote(tmp_path):
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+
+    X, y = load_iris(return_X_y=True)
+    members = {"logistic": LogisticRegression(max_iter=1000).fit(X, y), "bayes": GaussianNB().fit(X, y)}
+    specs = [spec_for(n, e, "predict_proba") for n, e in members.items()]
+    integ = StreamingIntegrator(make_combiner("soft_vote", specs), specs, [len(y)], tmp_path / "v.npy", explain=True)
+    for name, model in members.items():
+        integ.add(name, 0, model.predict_proba(X))
+    result = np.load(integ.finish().output_path)
+    for name, model in members.items():
+        assert np.array_equal(result[f"member_{name}"], model.predict(X))

@@ -52,6 +52,19 @@ def test_founding_example_equals_direct_sklearn(demo: Path, tmp_path: Path) -> N
     assert driver.stopped and driver.suppressed >= 1
 
 
+def test_explained_output_names_what_each_member_said(demo: Path, tmp_path: Path) -> None:
+    job = demo.parent / "explain.toml"
+    job.write_text(demo.read_text().replace('integration = "mean"', 'integration = "mean"\nexplain = true'))
+    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    header, output = read_csv(outcome.output)
+    assert header == ["prediction", "member_linear", "member_logistic"]
+    _, rows = read_csv(demo.parent / "test.csv")
+    np.testing.assert_allclose(output[:, 1], joblib.load(demo.parent / "linear.joblib").predict(rows[:, :-1]), atol=1e-12)
+    np.testing.assert_allclose(output[:, 2], joblib.load(demo.parent / "logistic.joblib").predict_proba(rows[:, :-1])[:, 1],
+                               atol=1e-12)
+    np.testing.assert_allclose(output[:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
+
+
 def test_failures_are_retried_and_the_result_is_still_exact(demo: Path, tmp_path: Path) -> None:
     failed_once: set[str] = set()
 

@@ -42,6 +42,7 @@ def variant(demo_dir: Path, tmp_path: Path, old: str, new: str) -> Path:
         ('path = "linear.joblib"', 'path = "missing.joblib"', r"models\[0\] \(linear\)\.path names 'missing.joblib', which is not a file"),
         ('sha256 = "', 'sha256 = "0', r"models\[0\] \(linear\)\.sha256 must be 64 hex digits"),
         ("rows_per_shard = 50", "rows_per_shard = 0", r"data\.rows_per_shard must be at least 1, got 0"),
+        ('integration = "mean"', 'integration = "mean"\nexplain = "yes"', r"job\.explain must be bool, got 'yes'"),
         ("rows_per_shard = 50", 'rows_per_shard = "50"', r"data\.rows_per_shard must be int, got '50'"),
         ('integration = "mean"', 'integration = "average"', r"job\.integration must be one of mean, weighted_mean"),
         ("cpus = 0.5", "cpus = -1", r"models\[0\] \(linear\)\.cpus must be a positive number, got -1"),
