@@ -319,7 +319,9 @@ def validate_job(spec: JobSpec) -> str:
     lines = [f"{spec.source}: OK",
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
              f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
-             f"  integration: {spec.integration}; output: {spec.output}"]
+             f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
+             f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
+             f"master {spec.framework.master}"]
     lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}"
               + (f"; columns {', '.join(m.features)}" if m.features is not None else "") for m in members]
     return "\n".join(lines)
