@@ -248,3 +248,28 @@ def test_shared_executor_threads_cover_every_task_that_fits(scheduler: EnsembleS
     variables = driver.launches[-1][1][0]["executor"]["command"]["environment"]["variables"]
     workers = {v["name"]: v["value"] for v in variables}["MESOS_ENSEMBLE_WORKERS"]
     assert int(workers) == int(16 // task_cpus) > 8
+
+
+def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(scheduler: EnsembleScheduler) -> None:
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192)])  # everything launched: suppressed
+    assert scheduler.suppressed and not scheduler.tracker.has_pending()
+    first = driver.launches[-1][1]
+    for task in first[1:]:
+        item = scheduler.tracker.item_for_task(task["task_id"]["value"])
+        scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FINISHED", "a1"))
+        scheduler.record_usage(item, 0.01, 0.01)
+    straggler = first[0]["task_id"]["value"]
+    revived = driver.revived
+    scheduler.speculate(driver)
+    assert driver.revived == revived  # not overdue yet
+    scheduler.started_at[straggler] -= 60.0  # it has now run a minute
+    scheduler.speculate(driver)
+    scheduler.speculate(driver)
+    assert driver.revived == revived + 1 and not scheduler.suppressed
+    # The backup goes to another agent the job uses, never to the straggler's own.
+    scheduler.executors[("a2", "ensemble")] = scheduler.executors[("a1", "ensemble")]  # a2 already runs our executor
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192), make_offer("a2", cpus=8, mem=8192)])
+    backups = [t for _ids, tasks, _f in driver.launches[1:] for t in tasks]
+    assert len(backups) == 1 and backups[0]["agent_id"]["value"] == "a2" and scheduler.backups_launched == 1
+    assert backups[0]["task_id"]["value"].rsplit(".a", 1)[0] == straggler.rsplit(".a", 1)[0]
