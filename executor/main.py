@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import warnings
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, fetch_inputs, run_task
+from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs
 
 log = logging.getLogger("executor")
 
@@ -102,12 +101,10 @@ class EnsembleExecutor(pymesos.Executor):
         self._send(driver, task_id, "TASK_RUNNING")
         try:
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
-            fetch_inputs(payload, self.cache)  # model load and shard download: shared, so not measured
+            model, shard = fetch_inputs(payload, self.cache)
             if self._was_killed(task_id):
                 return
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            output = run_task(payload, self.cache)
-            usage = TaskUsage(round(time.perf_counter() - started, 6), round(time.thread_time() - cpu_started, 6))
+            output, usage = compute_measured(payload, model, shard, self.cache)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
         except TaskError as error:
             state, message, data = "TASK_FAILED", str(error), None

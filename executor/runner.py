@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 
-from executor.protocol import RemoteFile, TaskPayload, file_sha256
+from executor.protocol import RemoteFile, TaskPayload, TaskUsage, file_sha256
 
 Downloader = Callable[[str], bytes]
 
@@ -145,6 +146,21 @@ def model_columns(payload: TaskPayload, features: np.ndarray) -> np.ndarray:
 def run_task(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
     """Run one task and return its output (predictions, probabilities or fold predictions)."""
     model, shard = fetch_inputs(payload, cache)
+    return compute(payload, model, shard, cache)
+
+
+def compute_measured(payload: TaskPayload, model: Any, shard: np.ndarray,
+                     cache: SandboxCache) -> tuple[np.ndarray, TaskUsage]:
+    """:func:`compute`, and what it cost: wall and CPU seconds of this thread (the inputs are
+    already fetched, so the model load and shard download the executor shares are not counted)."""
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    output = compute(payload, model, shard, cache)
+    return output, TaskUsage(round(time.perf_counter() - started, 6), round(time.thread_time() - cpu_started, 6))
+
+
+def compute(payload: TaskPayload, model: Any, shard: np.ndarray, cache: SandboxCache) -> np.ndarray:
+    """The task's own work on fetched inputs: the model's columns of the shard, then its method
+    (or one cross-validation fold)."""
     features = model_columns(payload, shard)
     if payload.operation == "predict":
         return call_method(model, payload.method, features, payload.model_name)

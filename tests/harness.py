@@ -18,8 +18,8 @@ from typing import Any, Callable
 from addict import Dict
 
 from executor.main import build_result_data
-from executor.protocol import TaskPayload, TaskUsage
-from executor.runner import SandboxCache, TaskError, run_task
+from executor.protocol import TaskPayload
+from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs
 from factories import make_offer, make_status
 
 
@@ -167,9 +167,8 @@ class InProcessMesos(FakeDriver):
             update = make_status(task_id, "TASK_KILLED", agent, message="killed by the framework")
         elif failure is None:
             try:
-                started = time.perf_counter()
-                output = run_task(payload, self._cache(task["executor"], agent))
-                usage = TaskUsage(time.perf_counter() - started, time.perf_counter() - started)
+                cache = self._cache(task["executor"], agent)
+                output, usage = compute_measured(payload, *fetch_inputs(payload, cache), cache)
                 data = base64.b64encode(build_result_data(payload, output, usage)).decode()
                 update = make_status(task_id, "TASK_FINISHED", agent, data=data)
             except TaskError as error:
