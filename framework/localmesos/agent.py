@@ -13,18 +13,17 @@ import uuid as uuidlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from . import protocol
 from .fetcher import FetchError, fetch_all
 from .httputil import EventStream, Handler, HTTPError, Server
+from .interfaces import MasterLink
 from .protocol import format_duration, is_terminal, make_status
 from .resources import Resources, attribute_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .master import Master
-
 COMMAND_EXECUTOR = Path(__file__).with_name("command_executor.py")
+LAUNCHER = Path(__file__).with_name("launcher.py")
 
 # Executor run states.
 LAUNCHING, REGISTERING, RUNNING, TERMINATING, TERMINATED = (
@@ -54,6 +53,25 @@ class ExecutorRun:
     registration_deadline: Optional[float] = None
     kill_deadline: Optional[float] = None
     waiter: Optional[threading.Thread] = None
+    watchdog_fd: Optional[int] = None
+    child_pids: list[int] = field(default_factory=list)
+    """Write end of the launcher's watchdog pipe: open while this agent's process lives."""
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the launcher records ``SESSION CHILD`` (beside the sandbox, not in it)."""
+        return self.directory.with_name(self.directory.name + ".pids")
+
+    def processes(self) -> list[tuple[int, int]]:
+        """``(session, pid)`` of the processes this run started (launcher and executor)."""
+        if self.proc is None:
+            return []
+        if not self.child_pids:
+            try:
+                self.child_pids = [int(p) for p in self.pid_file.read_text().split()[1:]]
+            except (OSError, ValueError):
+                pass
+        return [(self.proc.pid, pid) for pid in [self.proc.pid, *self.child_pids]]
 
     def live_tasks(self) -> list[str]:
         ids = list(self.queued) + list(self.launched)
@@ -82,7 +100,7 @@ class AgentFramework:
 class Agent:
     """An in-process Mesos agent with its own HTTP port; methods run with ``lock`` held."""
 
-    def __init__(self, master: "Master", lock: threading.RLock, hostname: str, resources: Resources,
+    def __init__(self, master: MasterLink, lock: threading.RLock, hostname: str, resources: Resources,
                  attributes: dict[str, Any], work_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  executor_shutdown_grace_period: float = 5.0, status_update_retry_interval: float = 10.0,
                  status_update_retry_max: float = 600.0, executor_registration_timeout: float = 60.0,
@@ -247,13 +265,23 @@ class Agent:
                 try:
                     if command.get("shell", True):
                         argv: list[str] = ["/bin/sh", "-c", command.get("value", "")]
-                        executable: Optional[str] = None
+                        executable = ""
                     else:
                         argv = list(command.get("arguments") or [command.get("value", "")])
-                        executable = command.get("value")
-                    run.proc = subprocess.Popen(argv, executable=executable, cwd=run.directory, env=env,
-                                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                                start_new_session=True, close_fds=True)
+                        executable = command.get("value") or ""
+                    read_fd, write_fd = os.pipe()
+                    try:
+                        run.proc = subprocess.Popen(
+                            [sys.executable, "-I", "-S", str(LAUNCHER), str(read_fd), str(run.pid_file),
+                             executable, *argv],
+                            cwd=run.directory, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True, close_fds=True, pass_fds=(read_fd,))
+                    except BaseException:
+                        os.close(write_fd)
+                        raise
+                    finally:
+                        os.close(read_fd)
+                    run.watchdog_fd = write_fd
                 finally:
                     stdout.close()
                     stderr.close()
@@ -270,9 +298,13 @@ class Agent:
     def _wait(self, run: ExecutorRun) -> None:
         assert run.proc is not None
         code = run.proc.wait()
+        run.processes()  # keep the record of its pids before the sandbox can go
         raw = (code << 8) if code >= 0 else -code  # raw wait(2) status
         with self.lock:
             kill_session(run.proc.pid)
+            if run.watchdog_fd is not None:
+                os.close(run.watchdog_fd)
+                run.watchdog_fd = None
             self._executor_terminated(run, raw, "REASON_EXECUTOR_TERMINATED", "Executor terminated")
 
     def _executor_terminated(self, run: ExecutorRun, raw_status: Optional[int], reason: str, message: str) -> None:
@@ -584,6 +616,18 @@ def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def process_alive(pid: int, sid: int) -> bool:
+    """Whether process ``pid`` exists, is not a zombie and still belongs to session ``sid``
+    (reads that one process' /proc entry; Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2:].split()
+    return len(fields) > 3 and fields[0] not in ("Z", "X") and fields[3] == str(sid)
 
 
 def session_members(sid: int) -> list[int]:
