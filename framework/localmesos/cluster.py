@@ -27,6 +27,24 @@ class AgentSpec:
     port: int = 0
 
 
+def recorded_processes(work_dir: Path) -> list[tuple[int, int]]:
+    """``(session, pid)`` of every executor process a cluster working in ``work_dir`` started, from
+    the launchers' pid files (readable after the cluster's own process is gone)."""
+    found = []
+    for pid_file in sorted(Path(work_dir).glob("slaves/*/frameworks/*/executors/*/runs/*.pids")):
+        try:
+            numbers = [int(p) for p in pid_file.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        found += [(numbers[0], pid) for pid in numbers]
+    return found
+
+
+def live_processes(records: Sequence[tuple[int, int]]) -> list[int]:
+    """Pids among ``records`` still running (zombies count as gone)."""
+    return [pid for sid, pid in records if process_alive(pid, sid)]
+
+
 class LocalCluster:
     """An embedded Mesos cluster speaking the v1 HTTP APIs over loopback.
 
@@ -212,7 +230,7 @@ class LocalCluster:
 
     def live_processes(self) -> list[int]:
         """Pids among ``process_records`` that are still running (zombies count as gone)."""
-        return [pid for sid, pid in self.process_records() if process_alive(pid, sid)]
+        return live_processes(self.process_records())
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """SHUTDOWN every executor, kill their sessions after the grace period, close all ports."""
