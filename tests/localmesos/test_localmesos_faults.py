@@ -11,7 +11,7 @@ from pymesos import MesosSchedulerDriver, Scheduler
 
 from framework.localmesos import AgentSpec
 from localmesos_helpers import Scheduler as RawScheduler
-from localmesos_helpers import command_task, wait_for
+from localmesos_helpers import basic, command_task, wait_for
 
 TERMINAL = ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_LOST", "TASK_GONE",
             "TASK_DROPPED", "TASK_GONE_BY_OPERATOR")
@@ -186,3 +186,27 @@ def test_master_restart_beyond_failover_timeout_removes_the_framework(make_clust
     again = RawScheduler(cluster.master_address, framework_id=sched.framework_id)
     assert again.next("ERROR")["error"]["message"] == "Framework has been removed"
     again.close()
+
+
+def test_failover_by_another_principal_is_refused(make_cluster: Any) -> None:
+    """Issue 11's hijack: a second principal that read the framework id cannot take the framework over."""
+    cluster = make_cluster(credentials={"owner": "s1", "intruder": "s2"})
+    owner = RawScheduler(cluster.master_address, headers=basic("owner", "s1"), extra_info={"principal": "owner"})
+    owner.offers()
+    framework_id = owner.framework_id
+    intruder = RawScheduler(cluster.master_address, framework_id=framework_id, headers=basic("intruder", "s2"))
+    assert intruder.status == 200
+    assert intruder.next("ERROR")["error"]["message"] == "Changing framework's principal is not allowed."
+    anonymous = RawScheduler(cluster.master_address, framework_id=framework_id)
+    assert anonymous.status == 401
+    state = cluster.state()
+    assert state["frameworks"][0]["connected"] and not owner.closed.is_set()
+    owner.none("ERROR", 0.5)  # the owner was not failed over
+    # The owner itself may fail over (a restarted scheduler with the same credentials).
+    again = RawScheduler(cluster.master_address, framework_id=framework_id, headers=basic("owner", "s1"),
+                         extra_info={"principal": "owner"})
+    assert again.next("SUBSCRIBED")["subscribed"]["framework_id"]["value"] == framework_id
+    assert owner.next("ERROR")["error"]["message"] == "Framework failed over"
+    again.call("TEARDOWN")
+    for sched in (owner, intruder, anonymous, again):
+        sched.close()
