@@ -119,7 +119,8 @@ class EnsembleExecutor(pymesos.Executor):
         with self.lock:
             return task_id in self.killed
 
-    def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
+    def _send(self, driver: Any, task_id: str, state: str, message: str | None = None,
+              data: bytes | None = None) -> None:
         status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}
         if message:
             status["message"] = message[:4000]

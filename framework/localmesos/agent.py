@@ -200,7 +200,8 @@ class Agent:
                 "executor_id": {"value": executor_id}, "framework_id": {"value": framework_id},
                 "command": {"value": f"{shlex.quote(sys.executable)} {shlex.quote(str(COMMAND_EXECUTOR))}",
                             "shell": True, "environment": copy.deepcopy(command.get("environment", {}))},
-                "name": f"Command Executor (Task: {executor_id}) (Command: sh -c '{shown[:15]}{'...' if len(shown) > 15 else ''}')",
+                "name": (f"Command Executor (Task: {executor_id}) "
+                         f"(Command: sh -c '{shown[:15]}{'...' if len(shown) > 15 else ''}')"),
                 "source": executor_id,
             }
             uris = command.get("uris", [])
@@ -371,7 +372,7 @@ class Agent:
         """Scheduler ACK via the master; returns the acknowledged status if it was the head."""
         framework = self.frameworks.get(framework_id)
         queue = framework.updates.get(task_id) if framework else None
-        if queue is None or not queue.pending or queue.pending[0].get("uuid") != uuid:
+        if framework is None or queue is None or not queue.pending or queue.pending[0].get("uuid") != uuid:
             return None
         acked = queue.pending.popleft()
         if queue.pending:
@@ -632,7 +633,7 @@ def process_alive(pid: int, sid: int) -> bool:
 
 def session_members(sid: int) -> list[int]:
     """Pids whose session id is ``sid`` (Linux /proc)."""
-    members = []
+    members: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:

@@ -66,7 +66,8 @@ class LocalCluster:
         self.keep_sandboxes = keep_sandboxes
         self.host = host
         self.master_port = master_port
-        self.options = dict(heartbeat_interval=heartbeat_interval, allocation_interval=allocation_interval,
+        self.options: dict[str, Any] = dict(
+                            heartbeat_interval=heartbeat_interval, allocation_interval=allocation_interval,
                             status_update_retry_interval=status_update_retry_interval,
                             executor_shutdown_grace_period=executor_shutdown_grace_period,
                             executor_registration_timeout=executor_registration_timeout,

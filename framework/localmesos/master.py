@@ -397,9 +397,9 @@ class Master:
         aware = framework.partition_aware()
         for entry in entries:
             task_id = entry["task_id"]["value"]
-            task = framework.tasks.get(task_id)
-            if task is not None:
-                framework.send(self._reconcile_update(task))
+            known = framework.tasks.get(task_id)
+            if known is not None:
+                framework.send(self._reconcile_update(known))
                 continue
             agent_id = (entry.get("agent_id") or {}).get("value")
             if agent_id and agent_id in self.agents:

@@ -84,7 +84,7 @@ class Framework:
         return self.stream is not None
 
     def capabilities(self) -> set[str]:
-        return {c.get("type") for c in self.info.get("capabilities", []) if isinstance(c, dict)}
+        return {str(c["type"]) for c in self.info.get("capabilities", []) if isinstance(c, dict) and "type" in c}
 
     def partition_aware(self) -> bool:
         return "PARTITION_AWARE" in self.capabilities()

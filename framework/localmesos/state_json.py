@@ -26,7 +26,7 @@ def framework_state(framework: Framework, active: bool) -> dict[str, Any]:
         "roles": info.get("roles", [info.get("role", "*")]),
         "failover_timeout": float(info.get("failover_timeout", 0.0) or 0.0),
         "checkpoint": bool(info.get("checkpoint", False)),
-        "capabilities": sorted(framework.capabilities() - {None}),
+        "capabilities": sorted(framework.capabilities()),
         "active": framework.connected and active, "connected": framework.connected, "recovered": False,
         "suppressed_roles": ["*"] if framework.suppressed else [],
         "registered_time": framework.registered_time,
