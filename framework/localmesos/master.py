@@ -17,10 +17,9 @@ from typing import Any, Optional
 from .allocator import Allocator, add_filter, refuse_seconds
 from .httputil import EventStream
 from .interfaces import AgentLink
-from .protocol import is_terminal, make_status
+from .protocol import VERSION, is_terminal, make_status
 from .records import Framework, Offer, Task
 from .resources import Resources
-from .state_json import VERSION
 from .validation import group_error, launch_error, operation_tasks, with_allocation
 
 PRINCIPAL_CHANGE = "Changing framework's principal is not allowed."

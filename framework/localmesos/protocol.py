@@ -8,6 +8,9 @@ from typing import Any, Optional
 
 from .httputil import HTTPError
 
+VERSION = "1.11.0"
+"""The Mesos version the embedded cluster reports."""
+
 # message name -> {field: (message type or None, required, repeated)}
 _ID: dict[str, tuple[Optional[str], bool, bool]] = {"value": (None, True, False)}
 _SCHEMA: dict[str, dict[str, tuple[Optional[str], bool, bool]]] = {

@@ -4,13 +4,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .allocator import offered_on, used_on
+from .protocol import VERSION
 from .records import Framework
 from .resources import Resources, attribute_state_value
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; master.py never imports this module
     from .master import Master
 
-VERSION = "1.11.0"
+__all__ = ["VERSION", "framework_state", "master_state"]
 
 
 def framework_state(framework: Framework, active: bool) -> dict[str, Any]:
