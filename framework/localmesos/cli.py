@@ -1,8 +1,10 @@
 """``mesos-ensemble local-cluster``: run an embedded Mesos cluster until SIGINT/SIGTERM.
 
-Framework authentication is on by default: unless credentials are given, a principal and a random
-secret are generated and written to ``credentials.json`` (mode 0600) in the work directory, whose
-path is printed; ``--no-auth`` restores the open cluster. Secrets never come from the command line.
+Framework authentication is on by default: unless credentials are given, principal
+``mesos-ensemble`` with a random secret is required; the secret is written to ``secret`` (the
+secret alone, as a job file's ``secret_file`` reads it) and ``credentials.json`` (Mesos credentials
+JSON), both mode 0600, in the work directory, whose paths are printed. ``--no-auth`` restores the
+open cluster. Secrets never come from the command line.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 SECRET_ENV = "LOCAL_CLUSTER_SECRET"
 """Environment variable holding the secret of ``--principal``."""
 CREDENTIALS_NAME = "credentials.json"
+SECRET_NAME = "secret"
+DEFAULT_PRINCIPAL = "mesos-ensemble"
 
 
 class UsageError(ValueError):
@@ -54,20 +58,28 @@ class UsageError(ValueError):
 
 
 def generate_credentials() -> dict[str, str]:
-    """A fresh principal and a random secret (256 bits)."""
-    return {f"mesos-ensemble-{secrets.token_hex(4)}": secrets.token_urlsafe(32)}
+    """Principal ``mesos-ensemble`` with a fresh random secret (256 bits)."""
+    return {DEFAULT_PRINCIPAL: secrets.token_urlsafe(32)}
 
 
-def write_credentials(path: Path, credentials: dict[str, str]) -> Path:
-    """Write ``credentials`` as a Mesos credentials file readable by its owner only (0600)."""
+def _write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (0600), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump({"credentials": [{"principal": p, "secret": s} for p, s in credentials.items()]}, handle)
-        handle.write("\n")
+        handle.write(text)
     os.replace(temporary, path)
     return path
+
+
+def write_credentials(work_dir: Path, credentials: dict[str, str]) -> list[Path]:
+    """Write ``credentials`` (one principal) to ``work_dir``: ``credentials.json`` in Mesos' format
+    and ``secret`` holding the secret alone; both 0600. Returns their paths."""
+    document = {"credentials": [{"principal": p, "secret": s} for p, s in credentials.items()]}
+    [secret] = credentials.values()
+    return [_write_private(work_dir / CREDENTIALS_NAME, json.dumps(document) + "\n"),
+            _write_private(work_dir / SECRET_NAME, secret + "\n")]
 
 
 def load_credentials(path: Path) -> dict[str, str]:
@@ -141,11 +153,11 @@ def run_cli(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"local-cluster: {exc}", file=sys.stderr)
         return 2
-    credentials_file: Optional[Path] = None
+    written: list[Path] = []
     try:
         cluster = build_cluster(args, credentials)
         if generated and cluster.credentials:
-            credentials_file = write_credentials(cluster.work_dir / CREDENTIALS_NAME, cluster.credentials)
+            written = write_credentials(cluster.work_dir, cluster.credentials)
         cluster.start()
     except (OSError, ValueError) as exc:
         print(f"local-cluster: {exc}", file=sys.stderr)
@@ -156,10 +168,10 @@ def run_cli(args: argparse.Namespace) -> int:
         print(cluster.master_address, flush=True)
         for agent_id, endpoint in cluster.agent_endpoints().items():
             print(f"agent {agent_id} at {endpoint}", file=sys.stderr, flush=True)
-        if credentials_file is not None:
+        if written:
             principal = next(iter(cluster.credentials or {}))
-            print(f"framework authentication required: principal {principal}, credentials in {credentials_file}",
-                  file=sys.stderr, flush=True)
+            print(f"framework authentication required: principal {principal}, secret in {written[1]} "
+                  f"(Mesos credentials file {written[0]})", file=sys.stderr, flush=True)
         elif credentials:
             print("framework authentication required (credentials as given)", file=sys.stderr, flush=True)
         else:
@@ -169,8 +181,8 @@ def run_cli(args: argparse.Namespace) -> int:
             pass
     finally:
         cluster.stop()
-        if credentials_file is not None:
-            credentials_file.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -89,12 +89,14 @@ def test_cli_requires_generated_credentials_and_runs_until_sigterm(tmp_path: Pat
         assert proc.stdout is not None and proc.stderr is not None
         address = proc.stdout.readline().strip()
         lines = [proc.stderr.readline() for _ in range(3)]
-        announced = [line for line in lines if "credentials in" in line]
+        announced = [line for line in lines if "authentication required" in line]
         assert announced, lines
-        path = Path(announced[0].rsplit("credentials in ", 1)[1].strip())
-        assert path == tmp_path / "wd" / "credentials.json"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        path = tmp_path / "wd" / "credentials.json"
+        secret_file = tmp_path / "wd" / "secret"
+        assert f"principal mesos-ensemble, secret in {secret_file} (Mesos credentials file {path})" in announced[0]
+        assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         [(principal, secret)] = load_credentials(path).items()
+        assert principal == "mesos-ensemble" and secret_file.read_text().strip() == secret
         assert secret not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
         assert get(f"http://{address}/master/state")[0] == 401  # framework ids are not for anybody
         subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "x", "name": "intruder"}}}
@@ -104,7 +106,7 @@ def test_cli_requires_generated_credentials_and_runs_until_sigterm(tmp_path: Pat
         assert len(state["slaves"]) == 2 and state["slaves"][1]["attributes"] == {"zone": "b"}
         out, err = stop_cli(proc)
         assert secret not in out + err + "".join(lines)
-        assert not path.exists()  # the secret does not outlive the cluster
+        assert not path.exists() and not secret_file.exists()  # the secret does not outlive the cluster
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -120,7 +122,7 @@ def test_cli_without_auth_serves_anybody(tmp_path: Path):
         assert code == 200 and state["flags"]["authenticate_frameworks"] == "false"
         _out, err = stop_cli(proc)
         assert "no authentication" in err
-        assert not (tmp_path / "wd" / "credentials.json").exists()
+        assert not (tmp_path / "wd" / "credentials.json").exists() and not (tmp_path / "wd" / "secret").exists()
     finally:
         if proc.poll() is None:
             proc.kill()
