@@ -237,7 +237,8 @@ def test_agent_env_file() -> None:
     assert re.fullmatch(r"\d+(mins|secs)", env["MESOS_EXECUTOR_REGISTRATION_TIMEOUT"])
     # The executor's PATH starts with the venv that run-demo.sh names as executor_python.
     path = json.loads(env["MESOS_EXECUTOR_ENVIRONMENT_VARIABLES"])["PATH"]
-    venv = shell_assignment(PROVISION.read_text(), "VENV").replace("$PREFIX", shell_assignment(PROVISION.read_text(), "PREFIX"))
+    provision = PROVISION.read_text()
+    venv = shell_assignment(provision, "VENV").replace("$PREFIX", shell_assignment(provision, "PREFIX"))
     assert path.split(":")[0] == f"{venv}/bin"
     assert shell_assignment(RUN_DEMO.read_text(), "VENV") == venv
 
@@ -276,13 +277,15 @@ def test_hosts_file_cleanup_is_idempotent(tmp_path: Path) -> None:
 def run_demo_make_job_flags() -> list[str]:
     """The make_job.py flags run-demo.sh passes (checked statically: run-demo.sh is not run here)."""
     text = RUN_DEMO.read_text()
-    call = re.search(r'"\$HERE/make_job\.py" "\$OUT/job\.toml" "\$OUT/cluster-job\.toml" \\\n((?:\s+--[^\n]*\n)+)', text)
+    call = re.search(r'"\$HERE/make_job\.py" "\$OUT/job\.toml" "\$OUT/cluster-job\.toml" \\\n'
+                     r'((?:\s+--[^\n]*\n)+)', text)
     assert call, "run-demo.sh must call make_job.py on train-demo's job.toml"
     return re.findall(r"(--[a-z-]+)", call.group(1))
 
 
 def test_run_demo_sets_every_framework_field() -> None:
-    assert run_demo_make_job_flags() == ["--master", "--user", "--executor-python", "--artifact-host", "--artifact-port"]
+    assert run_demo_make_job_flags() == ["--master", "--user", "--executor-python", "--artifact-host",
+                                         "--artifact-port"]
     text = RUN_DEMO.read_text()
     assert '"$VENV/bin/mesos-ensemble" train-demo "$OUT"' in text
     assert '"$VENV/bin/mesos-ensemble" run "$OUT/cluster-job.toml"' in text
