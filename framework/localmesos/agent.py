@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -270,6 +271,7 @@ class Agent:
                     else:
                         argv = list(command.get("arguments") or [command.get("value", "")])
                         executable = command.get("value") or ""
+                        _check_executable(executable or (argv[0] if argv else ""), run.directory, env)
                     read_fd, write_fd = os.pipe()
                     try:
                         run.proc = subprocess.Popen(
@@ -617,6 +619,17 @@ def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _check_executable(name: str, cwd: Path, env: dict[str, str]) -> None:
+    """Raise OSError (a container launch failure, as Popen would) when ``name`` cannot be executed;
+    the launcher would otherwise only be able to exit 127."""
+    if "/" in name:
+        path: Optional[str] = str(cwd / name)
+        if not (path and os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise FileNotFoundError(2, "No such executable file", name)
+    elif shutil.which(name, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(2, "No such file or directory", name)
 
 
 def process_alive(pid: int, sid: int) -> bool:

@@ -312,3 +312,16 @@ def test_remove_agent_rescinds_offers_and_loses_tasks(make_cluster):
     assert not session_alive(cluster, pid)
     assert [s["hostname"] for s in cluster.state()["slaves"]] == ["a2"]
     sched.close()
+
+
+def test_executable_that_cannot_run_fails_the_launch(cluster, tmp_path):
+    sched = Scheduler(cluster.master_address)
+    offer = sched.offers()[0]
+    task = executor_task("n-1", offer, "no-such", str(tmp_path / "missing-program"))
+    task["executor"]["command"]["shell"] = False
+    sched.launch(offer, [task])
+    status = sched.update("n-1")
+    assert status["state"] == "TASK_FAILED" and status["reason"] == "REASON_CONTAINER_LAUNCH_FAILED"
+    assert "missing-program" in status["message"]
+    sched.ack(status)
+    sched.close()
