@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import cluster_records  # noqa: E402
 from framework.localmesos import LocalCluster  # noqa: E402
 
 LEAK_GRACE_SECONDS = 10.0
@@ -23,16 +24,17 @@ def no_leaked_executors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every ``LocalCluster`` started during the test (directly or by a job) is remembered; after
     the test, every process those clusters started (their own records: each executor session's
     launcher and executor) must be gone. Other processes on the machine are not looked at."""
-    started: list[LocalCluster] = []
+    cluster_records.started.clear()
     original = LocalCluster.start
 
     def recording_start(self: LocalCluster) -> LocalCluster:
-        started.append(self)
+        cluster_records.started.append(self)
         return original(self)
 
     monkeypatch.setattr(LocalCluster, "start", recording_start)
     yield
-    leftovers = _wait_gone(started)
+    leftovers = _wait_gone(list(cluster_records.started))
+    cluster_records.started.clear()
     assert not leftovers, f"executor processes outlived the test: {leftovers}"
 
 

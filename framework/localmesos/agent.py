@@ -25,6 +25,8 @@ from .resources import Resources, attribute_json
 
 COMMAND_EXECUTOR = Path(__file__).with_name("command_executor.py")
 LAUNCHER = Path(__file__).with_name("launcher.py")
+PROCESS_RECORDS = "processes"
+"""Directory (under the cluster's work dir) of the launchers' pid files."""
 
 # Executor run states.
 LAUNCHING, REGISTERING, RUNNING, TERMINATING, TERMINATED = (
@@ -58,16 +60,15 @@ class ExecutorRun:
     child_pids: list[int] = field(default_factory=list)
     """Write end of the launcher's watchdog pipe: open while this agent's process lives."""
 
-    @property
-    def pid_file(self) -> Path:
-        """Where the launcher records ``SESSION CHILD`` (beside the sandbox, not in it)."""
-        return self.directory.with_name(self.directory.name + ".pids")
+    pid_file: Optional[Path] = None
+    """Where the launcher records ``SESSION CHILD``: ``<work_dir>/processes/<container>.pids``,
+    outside the sandboxes so the record outlives their removal."""
 
     def processes(self) -> list[tuple[int, int]]:
         """``(session, pid)`` of the processes this run started (launcher and executor)."""
         if self.proc is None:
             return []
-        if not self.child_pids:
+        if not self.child_pids and self.pid_file is not None:
             try:
                 self.child_pids = [int(p) for p in self.pid_file.read_text().split()[1:]]
             except (OSError, ValueError):
@@ -214,7 +215,8 @@ class Agent:
             grace = float(nanos) / 1e9 if nanos is not None else self.grace_period
         return ExecutorRun(framework_id=framework_id, executor_id=executor_id, info=info,
                            container_id=container_id, directory=base / container_id,
-                           command_task="command" in task, uris=uris, grace_period=grace)
+                           command_task="command" in task, uris=uris, grace_period=grace,
+                           pid_file=self.work_dir / PROCESS_RECORDS / f"{container_id}.pids")
 
     def _environment(self, run: ExecutorRun) -> dict[str, str]:
         env = dict(os.environ)
@@ -245,6 +247,7 @@ class Agent:
         """Runs on its own thread: sandbox, fetcher, then spawn the executor."""
         try:
             run.directory.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / PROCESS_RECORDS).mkdir(parents=True, exist_ok=True)
             latest = run.directory.parent / "latest"
             if latest.is_symlink():
                 latest.unlink()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .agent import Agent, ExecutorRun, kill_session, process_alive
+from .agent import PROCESS_RECORDS, Agent, ExecutorRun, kill_session, process_alive
 from .httputil import Server
 from .master import Master
 from .master_http import serve_master
@@ -29,9 +29,10 @@ class AgentSpec:
 
 def recorded_processes(work_dir: Path) -> list[tuple[int, int]]:
     """``(session, pid)`` of every executor process a cluster working in ``work_dir`` started, from
-    the launchers' pid files (readable after the cluster's own process is gone)."""
+    the launchers' pid files, which outlive the cluster's process and its sandboxes (not a work dir
+    the cluster created itself: that goes when it stops)."""
     found = []
-    for pid_file in sorted(Path(work_dir).glob("slaves/*/frameworks/*/executors/*/runs/*.pids")):
+    for pid_file in sorted((Path(work_dir) / PROCESS_RECORDS).glob("*.pids")):
         try:
             numbers = [int(p) for p in pid_file.read_text().split()]
         except (OSError, ValueError):
