@@ -14,7 +14,7 @@ import warnings
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
@@ -119,7 +119,8 @@ class EnsembleExecutor(pymesos.Executor):
         with self.lock:
             return task_id in self.killed
 
-    def _send(self, driver: Any, task_id: str, state: str, message: str | None = None, data: bytes | None = None) -> None:
+    def _send(self, driver: Any, task_id: str, state: str, message: str | None = None,
+              data: bytes | None = None) -> None:
         status: dict[str, Any] = {"task_id": {"value": task_id}, "state": state}
         if message:
             status["message"] = message[:4000]
@@ -131,6 +132,43 @@ class EnsembleExecutor(pymesos.Executor):
             log.exception("could not send %s for %s", state, task_id)
 
 
+DEFAULT_RECOVERY_TIMEOUT = 15 * 60.0
+"""Mesos' default ``--recovery_timeout``: how long a checkpointing executor waits for its agent."""
+REGISTRATION_TIMEOUT = 60.0
+"""Mesos' default ``--executor_registration_timeout``: a non-checkpointing executor that cannot
+reach its agent for this long gives up (once subscribed, it exits as soon as the agent goes)."""
+
+
+def checkpointing(env: Mapping[str, str]) -> bool:
+    """``MESOS_CHECKPOINT`` as Mesos means it: "1" for a checkpointing framework, "0" otherwise
+    (pymesos reads any non-empty string, "0" included, as true)."""
+    return env.get("MESOS_CHECKPOINT", "").strip().lower() in ("1", "true", "yes")
+
+
+def reconnect_timeout(env: Mapping[str, str]) -> float:
+    """Seconds the executor keeps trying to reach its agent before it gives up and exits:
+    ``MESOS_RECOVERY_TIMEOUT`` (e.g. "15mins") when checkpointing, else the registration timeout."""
+    if not checkpointing(env):
+        return REGISTRATION_TIMEOUT
+    value = env.get("MESOS_RECOVERY_TIMEOUT", "").strip()
+    if not value:
+        return DEFAULT_RECOVERY_TIMEOUT
+    try:
+        return float(pymesos.utils.parse_duration(value))
+    except (AssertionError, ValueError):
+        log.warning("MESOS_RECOVERY_TIMEOUT=%r is not a duration; using %.0f s", value, DEFAULT_RECOVERY_TIMEOUT)
+        return DEFAULT_RECOVERY_TIMEOUT
+
+
+def make_driver(executor: pymesos.Executor, env: Mapping[str, str]) -> pymesos.MesosExecutorDriver:
+    """A pymesos executor driver whose agent-loss behaviour follows the agent's environment:
+    without checkpointing it exits (killing its process group after the grace period) as soon as
+    its agent connection breaks; with checkpointing it retries for ``MESOS_RECOVERY_TIMEOUT``."""
+    driver = pymesos.MesosExecutorDriver(executor, use_addict=True, timeout=reconnect_timeout(env))
+    driver.checkpoint = checkpointing(env)
+    return driver
+
+
 def main() -> int:
     """Entry point of ``python -m executor``, started by a Mesos agent."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -139,6 +177,6 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
-    driver = pymesos.MesosExecutorDriver(EnsembleExecutor(sandbox, workers), use_addict=True)
+    driver = make_driver(EnsembleExecutor(sandbox, workers), os.environ)
     driver.run()
     return 0

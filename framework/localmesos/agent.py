@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,18 +14,19 @@ import uuid as uuidlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from . import protocol
 from .fetcher import FetchError, fetch_all
 from .httputil import EventStream, Handler, HTTPError, Server
+from .interfaces import MasterLink
 from .protocol import format_duration, is_terminal, make_status
 from .resources import Resources, attribute_json
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .master import Master
-
 COMMAND_EXECUTOR = Path(__file__).with_name("command_executor.py")
+LAUNCHER = Path(__file__).with_name("launcher.py")
+PROCESS_RECORDS = "processes"
+"""Directory (under the cluster's work dir) of the launchers' pid files."""
 
 # Executor run states.
 LAUNCHING, REGISTERING, RUNNING, TERMINATING, TERMINATED = (
@@ -54,6 +56,24 @@ class ExecutorRun:
     registration_deadline: Optional[float] = None
     kill_deadline: Optional[float] = None
     waiter: Optional[threading.Thread] = None
+    watchdog_fd: Optional[int] = None
+    child_pids: list[int] = field(default_factory=list)
+    """Write end of the launcher's watchdog pipe: open while this agent's process lives."""
+
+    pid_file: Optional[Path] = None
+    """Where the launcher records ``SESSION CHILD``: ``<work_dir>/processes/<container>.pids``,
+    outside the sandboxes so the record outlives their removal."""
+
+    def processes(self) -> list[tuple[int, int]]:
+        """``(session, pid)`` of the processes this run started (launcher and executor)."""
+        if self.proc is None:
+            return []
+        if not self.child_pids and self.pid_file is not None:
+            try:
+                self.child_pids = [int(p) for p in self.pid_file.read_text().split()[1:]]
+            except (OSError, ValueError):
+                pass
+        return [(self.proc.pid, pid) for pid in [self.proc.pid, *self.child_pids]]
 
     def live_tasks(self) -> list[str]:
         ids = list(self.queued) + list(self.launched)
@@ -82,7 +102,7 @@ class AgentFramework:
 class Agent:
     """An in-process Mesos agent with its own HTTP port; methods run with ``lock`` held."""
 
-    def __init__(self, master: "Master", lock: threading.RLock, hostname: str, resources: Resources,
+    def __init__(self, master: MasterLink, lock: threading.RLock, hostname: str, resources: Resources,
                  attributes: dict[str, Any], work_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  executor_shutdown_grace_period: float = 5.0, status_update_retry_interval: float = 10.0,
                  status_update_retry_max: float = 600.0, executor_registration_timeout: float = 60.0,
@@ -182,7 +202,8 @@ class Agent:
                 "executor_id": {"value": executor_id}, "framework_id": {"value": framework_id},
                 "command": {"value": f"{shlex.quote(sys.executable)} {shlex.quote(str(COMMAND_EXECUTOR))}",
                             "shell": True, "environment": copy.deepcopy(command.get("environment", {}))},
-                "name": f"Command Executor (Task: {executor_id}) (Command: sh -c '{shown[:15]}{'...' if len(shown) > 15 else ''}')",
+                "name": (f"Command Executor (Task: {executor_id}) "
+                         f"(Command: sh -c '{shown[:15]}{'...' if len(shown) > 15 else ''}')"),
                 "source": executor_id,
             }
             uris = command.get("uris", [])
@@ -194,7 +215,8 @@ class Agent:
             grace = float(nanos) / 1e9 if nanos is not None else self.grace_period
         return ExecutorRun(framework_id=framework_id, executor_id=executor_id, info=info,
                            container_id=container_id, directory=base / container_id,
-                           command_task="command" in task, uris=uris, grace_period=grace)
+                           command_task="command" in task, uris=uris, grace_period=grace,
+                           pid_file=self.work_dir / PROCESS_RECORDS / f"{container_id}.pids")
 
     def _environment(self, run: ExecutorRun) -> dict[str, str]:
         env = dict(os.environ)
@@ -225,6 +247,7 @@ class Agent:
         """Runs on its own thread: sandbox, fetcher, then spawn the executor."""
         try:
             run.directory.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / PROCESS_RECORDS).mkdir(parents=True, exist_ok=True)
             latest = run.directory.parent / "latest"
             if latest.is_symlink():
                 latest.unlink()
@@ -247,13 +270,24 @@ class Agent:
                 try:
                     if command.get("shell", True):
                         argv: list[str] = ["/bin/sh", "-c", command.get("value", "")]
-                        executable: Optional[str] = None
+                        executable = ""
                     else:
                         argv = list(command.get("arguments") or [command.get("value", "")])
-                        executable = command.get("value")
-                    run.proc = subprocess.Popen(argv, executable=executable, cwd=run.directory, env=env,
-                                                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                                start_new_session=True, close_fds=True)
+                        executable = command.get("value") or ""
+                        _check_executable(executable or (argv[0] if argv else ""), run.directory, env)
+                    read_fd, write_fd = os.pipe()
+                    try:
+                        run.proc = subprocess.Popen(
+                            [sys.executable, "-I", "-S", str(LAUNCHER), str(read_fd), str(run.pid_file),
+                             executable, *argv],
+                            cwd=run.directory, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            start_new_session=True, close_fds=True, pass_fds=(read_fd,))
+                    except BaseException:
+                        os.close(write_fd)
+                        raise
+                    finally:
+                        os.close(read_fd)
+                    run.watchdog_fd = write_fd
                 finally:
                     stdout.close()
                     stderr.close()
@@ -270,9 +304,13 @@ class Agent:
     def _wait(self, run: ExecutorRun) -> None:
         assert run.proc is not None
         code = run.proc.wait()
+        run.processes()  # keep the record of its pids before the sandbox can go
         raw = (code << 8) if code >= 0 else -code  # raw wait(2) status
         with self.lock:
             kill_session(run.proc.pid)
+            if run.watchdog_fd is not None:
+                os.close(run.watchdog_fd)
+                run.watchdog_fd = None
             self._executor_terminated(run, raw, "REASON_EXECUTOR_TERMINATED", "Executor terminated")
 
     def _executor_terminated(self, run: ExecutorRun, raw_status: Optional[int], reason: str, message: str) -> None:
@@ -339,7 +377,7 @@ class Agent:
         """Scheduler ACK via the master; returns the acknowledged status if it was the head."""
         framework = self.frameworks.get(framework_id)
         queue = framework.updates.get(task_id) if framework else None
-        if queue is None or not queue.pending or queue.pending[0].get("uuid") != uuid:
+        if framework is None or queue is None or not queue.pending or queue.pending[0].get("uuid") != uuid:
             return None
         acked = queue.pending.popleft()
         if queue.pending:
@@ -586,9 +624,32 @@ def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
             pass
 
 
+def _check_executable(name: str, cwd: Path, env: dict[str, str]) -> None:
+    """Raise OSError (a container launch failure, as Popen would) when ``name`` cannot be executed;
+    the launcher would otherwise only be able to exit 127."""
+    if "/" in name:
+        path: Optional[str] = str(cwd / name)
+        if not (path and os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise FileNotFoundError(2, "No such executable file", name)
+    elif shutil.which(name, path=env.get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(2, "No such file or directory", name)
+
+
+def process_alive(pid: int, sid: int) -> bool:
+    """Whether process ``pid`` exists, is not a zombie and still belongs to session ``sid``
+    (reads that one process' /proc entry; Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    fields = stat[stat.rfind(")") + 2:].split()
+    return len(fields) > 3 and fields[0] not in ("Z", "X") and fields[3] == str(sid)
+
+
 def session_members(sid: int) -> list[int]:
     """Pids whose session id is ``sid`` (Linux /proc)."""
-    members = []
+    members: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:

@@ -1,7 +1,17 @@
-"""``mesos-ensemble local-cluster``: run an embedded Mesos cluster until SIGINT/SIGTERM."""
+"""``mesos-ensemble local-cluster``: run an embedded Mesos cluster until SIGINT/SIGTERM.
+
+Framework authentication is on by default: unless credentials are given, principal
+``mesos-ensemble`` with a random secret is required; the secret is written to ``secret`` (the
+secret alone, as a job file's ``secret_file`` reads it) and ``credentials.json`` (Mesos credentials
+JSON), both mode 0600, in the work directory, whose paths are printed. ``--no-auth`` restores the
+open cluster. Secrets never come from the command line.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import secrets
 import signal
 import sys
 import threading
@@ -27,9 +37,49 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="sandboxes live under this directory")
     parser.add_argument("--keep-sandboxes", action="store_true", help="do not delete sandboxes on exit")
     parser.add_argument("--credentials-file", type=Path, default=None,
-                        help="file with 'principal secret' lines (or JSON {principal: secret})")
-    parser.add_argument("--principal", default=None, help="require this principal (HTTP basic auth)")
-    parser.add_argument("--secret", default=None, help="secret of --principal")
+                        help="Mesos credentials JSON ({\"credentials\": [{\"principal\", \"secret\"}]}), "
+                             "a JSON {principal: secret} or 'principal secret' lines")
+    parser.add_argument("--principal", default=None,
+                        help=f"require this principal, its secret read from ${SECRET_ENV} (never from argv)")
+    parser.add_argument("--secret", default=None, help=argparse.SUPPRESS)  # refused: it would show in ps
+    parser.add_argument("--no-auth", action="store_true",
+                        help="no framework authentication: any local process can act as any framework")
+
+
+SECRET_ENV = "LOCAL_CLUSTER_SECRET"
+"""Environment variable holding the secret of ``--principal``."""
+CREDENTIALS_NAME = "credentials.json"
+SECRET_NAME = "secret"
+DEFAULT_PRINCIPAL = "mesos-ensemble"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: one line, exit status 2."""
+
+
+def generate_credentials() -> dict[str, str]:
+    """Principal ``mesos-ensemble`` with a fresh random secret (256 bits)."""
+    return {DEFAULT_PRINCIPAL: secrets.token_urlsafe(32)}
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+    return path
+
+
+def write_credentials(work_dir: Path, credentials: dict[str, str]) -> list[Path]:
+    """Write ``credentials`` (one principal) to ``work_dir``: ``credentials.json`` in Mesos' format
+    and ``secret`` holding the secret alone; both 0600. Returns their paths."""
+    document = {"credentials": [{"principal": p, "secret": s} for p, s in credentials.items()]}
+    [secret] = credentials.values()
+    return [_write_private(work_dir / CREDENTIALS_NAME, json.dumps(document) + "\n"),
+            _write_private(work_dir / SECRET_NAME, secret + "\n")]
 
 
 def load_credentials(path: Path) -> dict[str, str]:
@@ -53,13 +103,39 @@ def load_credentials(path: Path) -> dict[str, str]:
     return creds
 
 
-def build_cluster(args: argparse.Namespace) -> LocalCluster:
-    credentials: Optional[dict[str, str]] = None
+def cluster_credentials(args: argparse.Namespace) -> tuple[Optional[dict[str, str]], bool]:
+    """The credentials the cluster requires, and whether they were generated (to be written out)."""
+    if args.secret is not None:
+        raise UsageError(f"--secret: a secret on the command line shows in the process list; put it in "
+                         f"--credentials-file or the {SECRET_ENV} environment variable")
+    if args.no_auth:
+        if args.credentials_file is not None or args.principal:
+            raise UsageError("--no-auth: cannot be combined with --credentials-file or --principal")
+        return None, False
+    credentials: dict[str, str] = {}
     if args.credentials_file is not None:
-        credentials = load_credentials(args.credentials_file)
+        try:
+            credentials = load_credentials(args.credentials_file)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{args.credentials_file}: not a readable credentials file ({type(exc).__name__})") \
+                from None
+        if not credentials:
+            raise UsageError(f"{args.credentials_file}: no credentials in it")
     if args.principal:
-        credentials = dict(credentials or {})
-        credentials[args.principal] = args.secret or ""
+        secret = os.environ.get(SECRET_ENV)
+        if not secret:
+            raise UsageError(f"--principal {args.principal}: expected its secret in ${SECRET_ENV}")
+        credentials[args.principal] = secret
+    if credentials:
+        return credentials, False
+    return generate_credentials(), True
+
+
+def build_cluster(args: argparse.Namespace, credentials: Optional[dict[str, str]] = None) -> LocalCluster:
+    """The cluster the options describe, requiring ``credentials`` (by default those of
+    ``cluster_credentials``; pass them to keep generated ones)."""
+    if credentials is None:
+        credentials, _generated = cluster_credentials(args)
     attributes = parse_attributes(args.attributes) if args.attributes else {}
     resources: dict[str, Any] = {"cpus": args.cpus, "mem": args.mem, "disk": args.disk, "gpus": args.gpus}
     if args.ports:
@@ -73,7 +149,15 @@ def build_cluster(args: argparse.Namespace) -> LocalCluster:
 def run_cli(args: argparse.Namespace) -> int:
     """Start the cluster, print the master address, run until SIGINT/SIGTERM, stop cleanly."""
     try:
-        cluster = build_cluster(args)
+        credentials, generated = cluster_credentials(args)
+    except UsageError as exc:
+        print(f"local-cluster: {exc}", file=sys.stderr)
+        return 2
+    written: list[Path] = []
+    try:
+        cluster = build_cluster(args, credentials)
+        if generated and cluster.credentials:
+            written = write_credentials(cluster.work_dir, cluster.credentials)
         cluster.start()
     except (OSError, ValueError) as exc:
         print(f"local-cluster: {exc}", file=sys.stderr)
@@ -84,10 +168,21 @@ def run_cli(args: argparse.Namespace) -> int:
         print(cluster.master_address, flush=True)
         for agent_id, endpoint in cluster.agent_endpoints().items():
             print(f"agent {agent_id} at {endpoint}", file=sys.stderr, flush=True)
+        if written:
+            principal = next(iter(cluster.credentials or {}))
+            print(f"framework authentication required: principal {principal}, secret in {written[1]} "
+                  f"(Mesos credentials file {written[0]})", file=sys.stderr, flush=True)
+        elif credentials:
+            print("framework authentication required (credentials as given)", file=sys.stderr, flush=True)
+        else:
+            print("WARNING: no authentication (--no-auth): any local process can subscribe as any framework",
+                  file=sys.stderr, flush=True)
         while not done.wait(0.5):
             pass
     finally:
         cluster.stop()
+        for path in written:
+            path.unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

@@ -176,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, f"Failed to parse body into JSON: {exc}") from None
         except json.JSONDecodeError as exc:
             near = exc.doc[exc.pos:].split("\n", 1)[0]
-            raise HTTPError(400, f"Failed to parse body into JSON: syntax error at line {exc.lineno} near: {near}") from None
+            raise HTTPError(400, f"Failed to parse body into JSON: syntax error at line {exc.lineno} "
+                                 f"near: {near}") from None
         if not isinstance(call, dict):
             raise HTTPError(400, "Failed to convert JSON into Call protobuf: Expecting a JSON object")
         return call

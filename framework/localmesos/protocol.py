@@ -8,8 +8,11 @@ from typing import Any, Optional
 
 from .httputil import HTTPError
 
+VERSION = "1.11.0"
+"""The Mesos version the embedded cluster reports."""
+
 # message name -> {field: (message type or None, required, repeated)}
-_ID = {"value": (None, True, False)}
+_ID: dict[str, tuple[Optional[str], bool, bool]] = {"value": (None, True, False)}
 _SCHEMA: dict[str, dict[str, tuple[Optional[str], bool, bool]]] = {
     "ID": _ID,
     "SchedulerCall": {
@@ -110,7 +113,8 @@ def check_required(call: dict[str, Any], message: str) -> None:
     missing: list[str] = []
     _missing(message, call, "", missing)
     if missing:
-        raise HTTPError(400, "Failed to convert JSON into Call protobuf: Missing required fields: " + ", ".join(missing))
+        raise HTTPError(400, "Failed to convert JSON into Call protobuf: Missing required fields: "
+                             + ", ".join(missing))
 
 
 def valid_uuid(value: Any) -> Optional[bytes]:

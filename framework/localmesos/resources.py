@@ -102,6 +102,8 @@ class Resources:
         for item in items or ():
             name = item.get("name")
             rtype = item.get("type")
+            if not isinstance(name, str):
+                raise ValueError(f"Resource without a name: {dict(item)!r}")
             if rtype == "SCALAR":
                 value = float((item.get("scalar") or {}).get("value", 0.0))
                 if value < 0:

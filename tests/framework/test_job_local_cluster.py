@@ -23,17 +23,13 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def executor_processes() -> list[str]:
-    """Command lines of live ``python -m executor`` processes (there must be none after a job)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "-m executor" in command:
-                found.append(f"{entry.name}: {command}")
-    return found
+    """Live executor processes started by this test's embedded clusters (there must be none after
+    a job), from the clusters' own records: other runs on the machine do not count."""
+    from cluster_records import live_cluster_processes, started
+
+    assert started, "the job started no embedded cluster"
+    assert any(cluster.process_records() for cluster in started), "no executor was recorded"
+    return [str(pid) for pid in live_cluster_processes()]
 
 
 @pytest.fixture()
@@ -70,15 +66,20 @@ def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path, executors
     assert executor_processes() == []
 
 
-def test_demo_command_end_to_end(demo: Path) -> None:
+def test_demo_command_end_to_end(demo: Path, tmp_path: Path) -> None:
     """The README's main job, as a user runs it: the console command, real processes, exit 0."""
-    result = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(demo)], capture_output=True, text=True,
-                            timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    from framework.localmesos.cluster import live_processes, recorded_processes
+
+    work = tmp_path / "work"  # kept, so the embedded cluster's process records can be read afterwards
+    result = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(demo), "--work-dir", str(work)],
+                            capture_output=True, text=True, timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr
     assert "wrote 171 integrated predictions" in result.stdout
     assert "member" in result.stdout and "cpu s" in result.stdout  # measured usage per member
     assert (demo.parent / "predictions.csv").is_file() and (demo.parent / "report.json").is_file()
-    assert executor_processes() == []
+    records = recorded_processes(work / "cluster")
+    assert records  # the run's executors, as its cluster recorded them
+    assert live_processes(records) == []
 
 
 def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

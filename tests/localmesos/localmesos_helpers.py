@@ -201,3 +201,9 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+def session_alive(cluster: Any, sid: int) -> list[int]:
+    """Live processes of executor session ``sid``, from the cluster's own process records."""
+    from framework.localmesos.agent import process_alive
+    return [pid for session, pid in cluster.process_records() if session == sid and process_alive(pid, session)]
