@@ -170,7 +170,7 @@ def align_columns(values: np.ndarray, positions: np.ndarray, n_classes: int, fil
     values = np.asarray(values)
     positions = np.asarray(positions, dtype=np.intp)
     if values.ndim != 2 or values.shape[1] != len(positions):
-        raise ValueError(f"{who}: shape {values.shape} does not match its {len(positions)} classes")
+        raise ValueError(f"{who} of shape {values.shape} does not match its {len(positions)} classes")
     dtype = values.dtype if dtype is None else np.dtype(dtype)
     if len(positions) == n_classes and values.dtype == dtype and np.array_equal(positions, np.arange(n_classes)):
         return values

@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Iterable, Sequence
 
 BUILT_IN = ("averaging", "voting", "stacking")
 
-for _name in BUILT_IN + tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in BUILT_IN)):
-    importlib.import_module(f"{__name__}.{_name}")
+
+def import_all(package: str, path: Iterable[str], first: Sequence[str] = ()) -> list[str]:
+    """Import the modules ``first`` of ``package``, then every other module on its ``path`` by name;
+    return the names in import order."""
+    names = list(first) + sorted(m.name for m in pkgutil.iter_modules(list(path)) if m.name not in first)
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
+
+
+import_all(__name__, __path__, BUILT_IN)
