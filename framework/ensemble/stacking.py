@@ -1,12 +1,13 @@
 """Stacking as ``StackingClassifier``/``StackingRegressor`` do it, split into pure pieces.
 
 The members' cross-validation fits run as Mesos tasks: for every member and every fold of
-:func:`plan_folds`, the executor runs :func:`cv_fit_predict` (``clone(est).fit(X[train],
-y_fit[train]).<method>(X[test])``). Then :func:`assemble_out_of_fold` puts each member's fold
-predictions back in row order, :func:`stack_features` builds the meta-features and
-:func:`fit_final_estimator` fits the final estimator. The result is a :class:`FittedStacking`
-(saved with :func:`save_stacking`) used by :class:`StackingCombiner` on the deployed members'
-shard outputs. :func:`fit_stacking_locally` runs the same pieces in-process (the reference).
+:func:`plan_folds`, the executor fits one fold (:mod:`executor.folds`, also behind
+:func:`cv_fit_predict`: ``clone(est).fit(X[train], y_fit[train]).<method>(X[test])``). Then
+:func:`assemble_out_of_fold` puts each member's fold predictions back in row order,
+:func:`stack_features` builds the meta-features and :func:`fit_final_estimator` fits the final
+estimator. The result is a :class:`FittedStacking` (saved with :func:`save_stacking`) used by the
+``stacking`` combiner (:mod:`framework.ensemble.methods.stacking`) on the deployed members' shard
+outputs. :func:`fit_stacking_locally` runs the same pieces in-process (the reference).
 
 Semantics that match scikit-learn 1.9:
 
@@ -43,7 +44,7 @@ from sklearn.model_selection import check_cv
 
 from executor import folds
 from framework import atomic
-from framework.ensemble.specs import Kind, MemberSpec, align_columns, encode_labels, label_array
+from framework.ensemble.specs import Kind, MemberSpec, Output, align_columns, encode_labels, label_array
 
 StackMethod = Literal["auto", "predict_proba", "decision_function", "predict"]
 """The job file's ``stacking.stack_method``: as ``Stacking*(stack_method=...)``."""
@@ -68,7 +69,13 @@ def final_estimator(name: str, kind: Kind) -> Any:
         raise ValueError(f"unknown final estimator {name!r}; expected one of {', '.join(FINAL_ESTIMATORS)}") from None
 
 
-def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str) -> str:
+CANDIDATES: dict[str, list[Output]] = {"auto": ["predict_proba", "decision_function", "predict"],
+                                       "predict_proba": ["predict_proba"],
+                                       "decision_function": ["decision_function"], "predict": ["predict"]}
+"""Per stack method, the outputs tried in order (``auto``: the first the estimator has)."""
+
+
+def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str) -> Output:
     """The method a member contributes, as ``StackingClassifier``/``StackingRegressor`` choose it.
 
     Raises
@@ -78,9 +85,7 @@ def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str
     """
     if stack_method not in STACK_METHODS:
         raise ValueError(f"stack_method {stack_method!r} is not one of {STACK_METHODS}")
-    if kind == "regressor":
-        stack_method = "predict"
-    candidates = ["predict_proba", "decision_function", "predict"] if stack_method == "auto" else [stack_method]
+    candidates = CANDIDATES["predict" if kind == "regressor" else stack_method]
     for method in candidates:
         if getattr(estimator, method, None) is not None:
             return method
