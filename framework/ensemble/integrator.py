@@ -24,7 +24,6 @@ Rules
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -243,7 +242,7 @@ class StreamingIntegrator:
                 write_csv_atomically(output, self.output_path)
                 del output
                 if self.keep_dir is not None:
-                    os.replace(self.tmp_output, self.scratch)
+                    atomic.commit(self.tmp_output, self.scratch)
                 else:
                     self.tmp_output.unlink(missing_ok=True)
         except BaseException:
