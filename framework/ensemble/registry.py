@@ -109,6 +109,12 @@ class IntegrationMethod:
                 raise ValueError(f"{self.name}: unknown member output {output!r}; expected {', '.join(OUTPUTS)}")
         if not self.kinds or not self.outputs:
             raise ValueError(f"{self.name}: must accept at least one member kind and output")
+        labels = self.evaluation is Evaluation.LABELS
+        if self.predicts_labels is not None and labels != self.predicts_labels:
+            raise ValueError(f"{self.name}: evaluation {self.evaluation.value!r} does not fit "
+                             f"predicts_labels={self.predicts_labels}")
+        if self.predicts_labels is None and self.evaluation is not Evaluation.FITTED:
+            raise ValueError(f"{self.name}: only a fitted method (evaluation 'fitted') decides predicts_labels later")
 
     def accepts(self, member: MemberSpec) -> bool:
         """Whether the member's kind and output are among those the method accepts."""

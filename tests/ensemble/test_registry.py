@@ -121,6 +121,12 @@ def test_registration_is_checked() -> None:
     with pytest.raises(ValueError, match="unknown member kind 'ranker'"):
         IntegrationMethod(name="x", factory=MAX.factory, evaluation=Evaluation.SCORES, predicts_labels=False,
                           output_columns=("prediction",), kinds=("ranker",))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="evaluation 'labels' does not fit predicts_labels=False"):
+        IntegrationMethod(name="x", factory=MAX.factory, evaluation=Evaluation.LABELS, predicts_labels=False,
+                          output_columns=("prediction",))
+    with pytest.raises(ValueError, match="only a fitted method"):
+        IntegrationMethod(name="x", factory=MAX.factory, evaluation=Evaluation.SCORES, predicts_labels=None,
+                          output_columns=("prediction",))
     with pytest.raises(ValueError, match="letters, digits"):
         IntegrationMethod(name="max-2", factory=MAX.factory, evaluation=Evaluation.SCORES, predicts_labels=False,
                           output_columns=("prediction",))
