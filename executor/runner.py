@@ -171,15 +171,13 @@ def compute(payload: TaskPayload, model: Any, shard: np.ndarray, cache: SandboxC
 
 def cv_fit_predict(model: Any, features: np.ndarray, payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
     """One cross-validation fold: fit a clone on the train rows, apply ``method`` to the test rows."""
-    from sklearn.base import clone
+    from executor.folds import fit_fold, rows
 
     if payload.labels is None:
         raise TaskError("cv_fit_predict needs labels")
     labels = cache.array(payload.labels, "labels")
-    train, test = np.asarray(payload.train_rows, dtype=np.intp), np.asarray(payload.test_rows, dtype=np.intp)
-    estimator = clone(model)
     try:
-        estimator.fit(features[train], labels[train])
+        estimator = fit_fold(model, features, labels, payload.train_rows)
     except Exception as error:
         raise TaskError(f"model {payload.model_name} could not be fitted: {type(error).__name__}: {error}") from error
-    return call_method(estimator, payload.method, features[test], payload.model_name)
+    return call_method(estimator, payload.method, features[rows(payload.test_rows)], payload.model_name)

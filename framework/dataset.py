@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
 
@@ -141,7 +142,5 @@ def cut_shards(features: np.ndarray, rows_per_shard: int) -> list[Shard]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)
+    """Replace ``path`` atomically with ``data`` (see :mod:`framework.atomic`)."""
+    atomic.write_bytes(path, data)

@@ -11,18 +11,19 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, TypeVar
 
 from executor.protocol import file_sha256
+from framework import ensemble
 from framework.errors import JobSpecError
 from framework.packing import (AttributeEquals, Constraint, CostModel, MaxPerAgent, PriceTable, Resources,
                                SpreadAtLeast)
 
-ModelKind = Literal["regressor", "classifier"]
-MODEL_KINDS = ("regressor", "classifier")
-OUTPUTS = ("predict", "predict_proba", "decision_function")
+ModelKind = ensemble.Kind
+MODEL_KINDS = ensemble.KINDS
+OUTPUTS = ensemble.OUTPUTS
 EXECUTOR_MODES = ("shared", "per_model")
-INTEGRATION_METHODS = ("mean", "weighted_mean", "median", "hard_vote", "soft_vote", "stacking")
+# The integration methods, stack methods and final estimators are the ensemble registry's.
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class ModelSpec:
     path: Path
     sha256: str
     kind: ModelKind
-    output: str = "predict"
+    output: ensemble.Output = "predict"
     weight: float = 1.0
     proba_class: str | int | None = None
     cpus: float = 0.5
@@ -67,7 +68,7 @@ class StackingSpec:
     train: DataSpec
     final_estimator: str = "auto"
     cv: int = 5
-    stack_method: str = "auto"
+    stack_method: ensemble.StackMethod = "auto"
     passthrough: bool = False
     save_to: Path | None = None
 
@@ -133,6 +134,9 @@ class JobSpec:
         return next(m for m in self.models if m.name == name)
 
 
+Choice = TypeVar("Choice", bound=str)
+
+
 class _Section:
     """Typed access to one TOML table, with errors that name ``file: section.field``."""
 
@@ -170,11 +174,11 @@ class _Section:
             self.fail(key, f"must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
         return value
 
-    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+    def choice(self, key: str, choices: tuple[Choice, ...], default: Choice | None = None) -> Choice:
         value = self.get(key, str, default, required=default is None)
         if value not in choices:
             self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
+        return next(c for c in choices if c == value)
 
     def path(self, key: str, required: bool = True, must_exist: bool = True) -> Path | None:
         value = self.get(key, str, None, required=required)
@@ -211,7 +215,7 @@ def load_job(path: Path | str) -> JobSpec:
     for name in names:
         if names.count(name) > 1:
             top.fail("models", f"has two models named {name!r}; names must be unique")
-    integration = job.choice("integration", INTEGRATION_METHODS, "mean")
+    integration = job.choice("integration", ensemble.method_names(), "mean")
     min_members = job.get("min_members", int)
     if min_members is not None and not 1 <= min_members <= len(models):
         job.fail("min_members", f"must be between 1 and the number of models ({len(models)}), got {min_members}")
@@ -223,8 +227,9 @@ def load_job(path: Path | str) -> JobSpec:
         job.fail("output", f"is in {output.parent}, which is not a directory")
     report = job.path("report", required=False, must_exist=False)
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
-    if integration == "stacking" and stacking is None:
-        job.fail("integration", 'is "stacking", which needs a [stacking] table with a labelled train set')
+    train_table = ensemble.method(integration).train_table
+    if train_table is not None and train_table not in raw:
+        job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')
     return JobSpec(
         source=source,
         name=job.get("name", str, source.stem),
@@ -332,9 +337,9 @@ def _parse_stacking(source: Path, table: Any) -> StackingSpec:
         section.fail("cv", f"must be at least 2 folds, got {cv}")
     return StackingSpec(
         train=train,
-        final_estimator=section.choice("final_estimator", ("auto", "logistic_regression", "ridge", "linear_regression"), "auto"),
+        final_estimator=section.choice("final_estimator", tuple(ensemble.FINAL_ESTIMATORS), "auto"),
         cv=cv,
-        stack_method=section.choice("stack_method", ("auto", "predict_proba", "decision_function", "predict"), "auto"),
+        stack_method=section.choice("stack_method", ensemble.STACK_METHODS, "auto"),
         passthrough=section.get("passthrough", bool, False),
         save_to=section.path("save_to", required=False, must_exist=False),
     )

@@ -12,7 +12,8 @@ What :func:`check_compatibility` enforces (every problem is collected; one
   unexpected and reordered names are reported);
 * ``MemberSpec.classes`` (if given) equals the estimator's ``classes_``;
 * the scikit-learn version recorded in the member's pickle equals the executors' version;
-* per method:
+* per method, what its registry entry (:mod:`framework.ensemble.registry`) declares: the member
+  kinds and outputs it accepts, then its own checks. For the built-in methods:
   - ``mean``/``weighted_mean``/``median``: a ``predict_proba`` member (or 2-column+
     ``decision_function``) names a ``proba_class`` among its classes; a classifier whose
     ``predict`` enters has numeric labels;
@@ -34,8 +35,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
 from sklearn.exceptions import InconsistentVersionWarning
 
-from framework.ensemble.combiners import METHODS, class_index
-from framework.ensemble.specs import EnsembleCompatibilityError, MemberSpec, label_array, label_kind
+from framework.ensemble import registry
+from framework.ensemble.specs import KINDS, OUTPUTS, EnsembleCompatibilityError, MemberSpec, label_array
 
 _RECORDED: "weakref.WeakKeyDictionary[Any, str | None]" = weakref.WeakKeyDictionary()
 
@@ -120,9 +121,9 @@ def member_problems(spec: MemberSpec, estimator: Any, executor_version: str, rec
         problems.append(f"model {name}: declared a classifier but {type(estimator).__name__} is not one")
     if spec.kind == "regressor" and not is_regressor(estimator):
         problems.append(f"model {name}: declared a regressor but {type(estimator).__name__} is not one")
-    if spec.kind not in ("classifier", "regressor"):
+    if spec.kind not in KINDS:
         problems.append(f"model {name}: kind {spec.kind!r} is neither classifier nor regressor")
-    if spec.output not in ("predict", "predict_proba", "decision_function"):
+    if spec.output not in OUTPUTS:
         problems.append(f"model {name}: unknown output {spec.output!r}")
     elif getattr(estimator, spec.output, None) is None:
         problems.append(f"model {name}: {type(estimator).__name__} offers no {spec.output}"
@@ -146,42 +147,9 @@ def _classes(spec: MemberSpec, estimator: Any) -> np.ndarray | None:
 
 
 def method_problems(method: str, members: Sequence[MemberSpec], estimators: Mapping[str, Any]) -> list[str]:
-    """Problems specific to the integration method."""
-    problems = []
+    """Problems specific to the integration method (as its registry entry declares them)."""
     classes = {m.name: _classes(m, estimators.get(m.name)) for m in members}
-    if method in ("mean", "weighted_mean", "median"):
-        for m in members:
-            c = classes[m.name]
-            if m.output == "predict_proba" or (m.output == "decision_function" and c is not None and len(c) > 2):
-                if m.proba_class is None:
-                    problems.append(f"model {m.name}: {method} of {m.output} needs proba_class (which class's column)")
-                elif c is None:
-                    problems.append(f"model {m.name}: no classes to locate proba_class {m.proba_class!r}")
-                else:
-                    try:
-                        class_index(list(c), m.proba_class, m.name)
-                    except ValueError as exc:
-                        problems.append(f"model {m.name}: {exc}".replace(f"member {m.name}: ", ""))
-            if m.output == "predict" and m.kind == "classifier" and c is not None and label_kind(c) == "string":
-                problems.append(f"model {m.name}: {method} cannot average its string labels; use proba_class")
-    if method in ("hard_vote", "soft_vote"):
-        wanted = "predict" if method == "hard_vote" else "predict_proba"
-        for m in members:
-            if m.kind != "classifier":
-                problems.append(f"model {m.name}: {method} needs classifiers, it is a {m.kind}")
-            if m.output != wanted:
-                problems.append(f"model {m.name}: {method} needs output {wanted}, not {m.output}")
-            if classes[m.name] is None:
-                problems.append(f"model {m.name}: {method} needs its classes (classes_)")
-        known = {n: c for n, c in classes.items() if c is not None}
-        kinds = {n: label_kind(c) for n, c in known.items()}
-        if len(set(kinds.values())) > 1:
-            problems.append(f"{method}: members' labels are of different types: "
-                            + ", ".join(f"{n}: {k}" for n, k in kinds.items()))
-        elif method == "hard_vote" and len({tuple(np.unique(c).tolist()) for c in known.values()}) > 1:
-            problems.append("hard_vote: members predict different class sets: "
-                            + "; ".join(f"{n}: {np.unique(c).tolist()}" for n, c in known.items()))
-    return problems
+    return registry.method(method).problems(members, classes)
 
 
 def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberSpec], feature_names: Sequence[str],
@@ -198,8 +166,9 @@ def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberS
         estimators loaded by it, else assumed to be this process's version.
     """
     problems: list[str] = []
-    if method not in METHODS:
-        problems.append(f"unknown integration method {method!r}; expected one of {', '.join(METHODS)}")
+    known = method in registry.method_names()
+    if not known:
+        problems.append(f"unknown integration method {method!r}; expected one of {', '.join(registry.method_names())}")
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -213,6 +182,7 @@ def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberS
                    else recorded_version(est))
         problems += feature_problems(spec.name, est, spec.features if spec.features is not None else feature_names)
         problems += member_problems(spec, est, executor_sklearn_version, version)
-    problems += method_problems(method, members, estimators)
+    if known:
+        problems += method_problems(method, members, estimators)
     if problems:
         raise EnsembleCompatibilityError(problems)

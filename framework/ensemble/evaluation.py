@@ -8,6 +8,9 @@ Report layout (JSON-ready dict)::
      "contribution": {name: {"metric", "higher_is_better", "ensemble", "without", "gain"} | {"note"}},
      "notes": [...]}
 
+Which of the three tasks applies is declared by the method's registry entry
+(:class:`~framework.ensemble.registry.Evaluation`) and the combiner's ``predicts_labels``:
+
 * ``classification`` (votes, classifier stacking): accuracy; ROC AUC (binary, or one-vs-rest
   macro for multi-class) and log loss where probabilities exist (a member's probabilities are
   placed by label into the union of its classes and the labels seen).
@@ -29,15 +32,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from sklearn import metrics
 
-from framework.ensemble.combiners import as_matrix, member_score
-from framework.ensemble.specs import MemberSpec, label_array
+from framework import atomic
+from framework.ensemble import registry
+from framework.ensemble.combiners import Combiner, as_matrix
+from framework.ensemble.integrator import StreamingIntegrator
+from framework.ensemble.outputs import member_score, member_view
+from framework.ensemble.registry import Evaluation
+from framework.ensemble.specs import MemberSpec, align_columns
+
+Task = Literal["classification", "regression", "score"]
 
 EPS = 1e-15
 CHUNK_ROWS = 65536
@@ -58,8 +67,7 @@ def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray 
     if proba is None or classes is None:
         return out
     union = np.union1d(classes, np.unique(y))
-    full = np.zeros((len(y), len(union)))
-    full[:, np.searchsorted(union, classes)] = proba
+    full = align_columns(proba, np.searchsorted(union, classes), len(union), dtype=np.float64, who="probabilities")
     if len(union) == 2:
         out["roc_auc"] = _safe(lambda: metrics.roc_auc_score(y == union[1], full[:, 1]))
     else:
@@ -89,20 +97,6 @@ def score_metrics(y: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def member_view(spec: MemberSpec, output: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """(predicted labels, probabilities, classes) of a classifier member; Nones where absent."""
-    output = np.asarray(output)
-    classes = label_array(spec.classes) if spec.classes else None
-    if spec.output == "predict":
-        return output, None, None
-    if classes is None:
-        return None, None, None
-    if output.ndim == 1:
-        return classes[(output > 0).astype(int)], None, None
-    labels = classes[np.argmax(output, axis=1)]
-    return labels, (output if spec.output == "predict_proba" else None), classes
-
-
 def is_score_task(y: np.ndarray, ensemble_values: np.ndarray) -> bool:
     """0/1 labels: the averaged values are scores for class 1 (log loss only where inside [0, 1])."""
     try:
@@ -112,41 +106,26 @@ def is_score_task(y: np.ndarray, ensemble_values: np.ndarray) -> bool:
     return bool(np.all(np.isin(yf, (0.0, 1.0))) and np.all(np.isfinite(np.asarray(ensemble_values, dtype=float))))
 
 
-def predicts_labels(combiner: Any) -> bool:
+def predicts_labels(combiner: Combiner) -> bool:
     """Whether the ensemble's prediction is a class label (votes, classifier stacking)."""
-    if combiner.method in ("hard_vote", "soft_vote"):
-        return True
-    return combiner.method == "stacking" and combiner.model.kind == "classifier"
+    return bool(combiner.predicts_labels)
 
 
-def task_of(combiner: Any, y: np.ndarray, ensemble_output: np.ndarray) -> str:
-    """``classification``, ``regression`` or ``score``."""
-    if predicts_labels(combiner):
+def task_of(combiner: Combiner, y: np.ndarray, ensemble_output: np.ndarray) -> Task:
+    """``classification``, ``regression`` or ``score``, from the method's declared evaluation."""
+    if combiner.predicts_labels:
         return "classification"
-    if combiner.method == "stacking":
-        return "regression"
-    return "score" if is_score_task(y, ensemble_output["prediction"]) else "regression"
+    if registry.method(combiner.method).evaluation is Evaluation.SCORES:
+        return "score" if is_score_task(y, ensemble_output["prediction"]) else "regression"
+    return "regression"
 
 
-def member_column(spec: MemberSpec, output: np.ndarray, labels: bool) -> np.ndarray:
-    """What a member said for each row, as one column: its predicted label when the ensemble
-    predicts labels, else the value it contributes (``member_score``)."""
-    if labels:
-        predicted, _proba, _classes = member_view(spec, output)
-        if predicted is not None:
-            return np.asarray(predicted)
-    return member_score(spec, output)
-
-
-def ensemble_classes(combiner: Any) -> np.ndarray | None:
+def ensemble_classes(combiner: Combiner) -> np.ndarray | None:
     """The classes of the ensemble's ``proba_*`` columns."""
-    if hasattr(combiner, "classes"):
-        return combiner.classes
-    model = getattr(combiner, "model", None)
-    return getattr(model, "classes", None)
+    return combiner.classes
 
 
-def output_metrics(task: str, y: np.ndarray, result: np.ndarray, combiner: Any) -> dict[str, float | None]:
+def output_metrics(task: Task, y: np.ndarray, result: np.ndarray, combiner: Combiner) -> dict[str, float | None]:
     """Metrics of a combined (structured) output."""
     if task == "classification":
         proba = as_matrix(result)
@@ -156,17 +135,22 @@ def output_metrics(task: str, y: np.ndarray, result: np.ndarray, combiner: Any) 
     return score_metrics(y, values) if task == "score" else regression_metrics(y, values)
 
 
-def combine_all(combiner: Any, outputs: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+def combine_all(combiner: Combiner, outputs: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
     """Run the combiner over all rows in chunks."""
     parts = [combiner.combine({n: np.asarray(o[s:s + CHUNK_ROWS]) for n, o in outputs.items()})
              for s in range(0, rows, CHUNK_ROWS)]
     return np.concatenate(parts) if parts else np.empty(0, dtype=combiner.output_dtype)
 
 
-PRIMARY = {"classification": ("accuracy", True), "regression": ("rmse", False), "score": ("roc_auc", True)}
+PRIMARY: dict[Task, tuple[str, bool]] = {"classification": ("accuracy", True), "regression": ("rmse", False),
+                                         "score": ("roc_auc", True)}
 
 
-def disagreement(task: str, members: Sequence[MemberSpec], outputs: Mapping[str, np.ndarray]) -> dict:
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    return _safe(lambda: np.corrcoef(a, b)[0, 1])
+
+
+def disagreement(task: Task, members: Sequence[MemberSpec], outputs: Mapping[str, np.ndarray]) -> dict:
     """Pairwise disagreement between members (see the module docstring)."""
     pairs = []
     if task == "classification":
@@ -181,14 +165,15 @@ def disagreement(task: str, members: Sequence[MemberSpec], outputs: Mapping[str,
     for i, a in enumerate(members):
         for b in members[i + 1:]:
             va, vb = values[a.name], values[b.name]
-            corr = _safe(lambda: np.corrcoef(va, vb)[0, 1]) if va.std() > 0 and vb.std() > 0 else None
+            corr = _correlation(va, vb) if va.std() > 0 and vb.std() > 0 else None
             pairs.append({"a": a.name, "b": b.name, "mean_abs_difference": float(np.mean(np.abs(va - vb))),
                           "correlation": corr})
     return {"measure": "mean absolute difference and Pearson correlation of contributed values", "pairs": pairs}
 
 
 def evaluate(y_true: Any, member_outputs: Mapping[str, np.ndarray], ensemble_output: np.ndarray,
-             members: Sequence[MemberSpec], combiner: Any, extra_inputs: Mapping[str, np.ndarray] | None = None) -> dict:
+             members: Sequence[MemberSpec], combiner: Combiner,
+             extra_inputs: Mapping[str, np.ndarray] | None = None) -> dict:
     """Build the evaluation report (layout in the module docstring).
 
     Parameters
@@ -209,21 +194,21 @@ def evaluate(y_true: Any, member_outputs: Mapping[str, np.ndarray], ensemble_out
         raise ValueError(f"labels of shape {y.shape} for {len(ensemble_output)} output rows")
     members = [m for m in members if m.name in member_outputs]
     task = task_of(combiner, y, ensemble_output)
+    fitted_layer = registry.method(combiner.method).evaluation is Evaluation.FITTED
     report: dict[str, Any] = {"method": combiner.method, "rows": int(len(y)), "task": task, "members": {},
                               "notes": []}
     for m in members:
         out = np.asarray(member_outputs[m.name])
-        if task == "classification" or (task == "regression" and m.kind == "classifier" and m.output != "predict"
-                                         and combiner.method == "stacking"):
-            labels, proba, classes = member_view(m, out)
-            report["members"][m.name] = (classification_metrics(y, labels, proba, classes) if labels is not None
-                                         else {"note": "no labels"})
-        elif m.kind == "regressor" or m.output == "predict" or m.proba_class is not None or out.ndim == 1:
+        as_classifier = task == "classification" or (
+            task == "regression" and m.kind == "classifier" and m.output != "predict" and fitted_layer)
+        contributes_value = m.kind == "regressor" or m.output == "predict" or m.proba_class is not None or out.ndim == 1
+        if not as_classifier and contributes_value:
             value = member_score(m, out)
             report["members"][m.name] = score_metrics(y, value) if task == "score" else regression_metrics(y, value)
         else:
             labels, proba, classes = member_view(m, out)
-            report["members"][m.name] = classification_metrics(y, labels, proba, classes)
+            report["members"][m.name] = (classification_metrics(y, labels, proba, classes) if labels is not None
+                                         else {"note": "no labels"})
     report["ensemble"] = output_metrics(task, y, ensemble_output, combiner)
     try:
         report["disagreement"] = disagreement(task, members, member_outputs)
@@ -233,7 +218,7 @@ def evaluate(y_true: Any, member_outputs: Mapping[str, np.ndarray], ensemble_out
     full = report["ensemble"].get(metric)
     report["contribution"] = {}
     for m in members:
-        if not getattr(combiner, "supports_subsets", True) or len(members) < 2:
+        if not combiner.supports_subsets or len(members) < 2:
             report["contribution"][m.name] = {"note": "the ensemble cannot be recombined without this member"}
             continue
         rest = {n: o for n, o in member_outputs.items() if n != m.name}
@@ -298,15 +283,31 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_report_json(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write the report as JSON to a temp file next to ``path``, then rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(dict(report)), fh, indent=2, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_report_json(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write the report as JSON, replacing ``path`` atomically (:mod:`framework.atomic`)."""
+    with atomic.atomic_open(path, "w") as fh:
+        json.dump(_jsonable(dict(report)), fh, indent=2, sort_keys=False)
+    return Path(path)
+
+
+def evaluate_integration(integrator: StreamingIntegrator, y_true: Any) -> dict:
+    """Evaluation report of a finished integration's used members and ensemble (it needs
+    ``keep_member_outputs_dir``), with the members it had to leave out."""
+    kept = integrator.kept_outputs()
+    report = evaluate(y_true, kept.member_outputs, kept.ensemble_output, kept.members, integrator.combiner,
+                      extra_inputs=kept.extra_inputs)
+    report["members_missing"] = dict(kept.members_missing)
+    return report
+
+
+class EvaluatingIntegrator(StreamingIntegrator):
+    """A :class:`~framework.ensemble.integrator.StreamingIntegrator` with ``evaluate(y_true)``.
+
+    The package exports it as ``framework.ensemble.StreamingIntegrator`` so that callers of
+    ``integrator.evaluate(labels)`` keep working while the integrator itself knows nothing of
+    the evaluation; new code calls :func:`evaluate_integration`.
+    """
+
+    def evaluate(self, y_true: Any) -> dict:
+        """:func:`evaluate_integration` of this integration."""
+        return evaluate_integration(self, y_true)

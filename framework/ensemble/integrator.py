@@ -13,15 +13,17 @@ Rules
   combined with it are recombined from the stored outputs of the remaining members, so every
   shard of the result is combined from the same member set. A live member that has not delivered
   every shard by :meth:`StreamingIntegrator.finish` counts as failed.
-* :meth:`StreamingIntegrator.finish` renames the ``.npy`` into place, or (``.csv`` output) writes
-  the CSV in chunks to a temp file then ``os.replace``-s it. On failure nothing is left at the
-  output path and an existing file there is untouched.
+* :meth:`StreamingIntegrator.finish` commits the ``.npy`` into place, or (``.csv`` output) writes
+  the CSV in chunks to a temp file and commits that (:mod:`framework.atomic`: fsync, rename, the
+  mode of a new file). On failure nothing is left at the output path and an existing file there
+  is untouched.
+* The integrator knows nothing of the evaluation: :meth:`StreamingIntegrator.kept_outputs` hands
+  what it kept to :func:`framework.ensemble.evaluation.evaluate_integration`.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -30,7 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from framework.ensemble.combiners import Combiner
+from framework import atomic
+from framework.ensemble.combiners import Combiner, field_names
+from framework.ensemble.outputs import member_column
 from framework.ensemble.specs import FEATURES_KEY, IntegrationError, MemberSpec, label_array
 
 CSV_CHUNK_ROWS = 65536
@@ -56,25 +60,38 @@ class IntegrationResult:
     member_outputs: Mapping[str, Path] = field(default_factory=dict)
 
 
-def _temp_path(directory: Path, prefix: str, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
-    os.close(fd)
-    return Path(name)
+@dataclass(frozen=True)
+class KeptOutputs:
+    """What a finished integration kept: the input of its evaluation.
+
+    Attributes
+    ----------
+    members : tuple of MemberSpec
+        The members used, in spec order.
+    member_outputs : mapping
+        Member -> its raw output on all rows (memory-mapped).
+    ensemble_output : ndarray
+        The structured result on all rows (memory-mapped).
+    extra_inputs : mapping
+        Further combiner inputs kept (``FEATURES_KEY`` for stacking with passthrough).
+    members_missing : mapping
+        Failed/excluded member -> reason.
+    """
+
+    members: tuple[MemberSpec, ...]
+    member_outputs: Mapping[str, np.ndarray]
+    ensemble_output: np.ndarray
+    extra_inputs: Mapping[str, np.ndarray]
+    members_missing: Mapping[str, str]
 
 
 def write_csv_atomically(records: np.ndarray, path: Path, chunk_rows: int = CSV_CHUNK_ROWS) -> None:
-    """Write structured ``records`` as CSV (header = field names) to a temp file, then rename to ``path``."""
-    tmp = _temp_path(path.parent, f".{path.name}.", ".partial")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(records.dtype.names)
-            for start in range(0, len(records), chunk_rows):
-                writer.writerows(np.asarray(records[start:start + chunk_rows]).tolist())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write structured ``records`` as CSV (header = field names), replacing ``path`` atomically."""
+    with atomic.atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(field_names(records.dtype))
+        for start in range(0, len(records), chunk_rows):
+            writer.writerows(np.asarray(records[start:start + chunk_rows]).tolist())
 
 
 class StreamingIntegrator:
@@ -112,7 +129,7 @@ class StreamingIntegrator:
         self.min_members = len(names) if min_members is None else int(min_members)
         if not 1 <= self.min_members <= len(names):
             raise ValueError(f"min_members must be between 1 and {len(names)}, got {min_members}")
-        if self.min_members < len(names) and not getattr(combiner, "supports_subsets", True):
+        if self.min_members < len(names) and not combiner.supports_subsets:
             raise ValueError(f"{combiner.method} needs every member; min_members must be {len(names)}")
         self.shard_rows = [int(r) for r in shard_rows]
         if any(r < 0 for r in self.shard_rows):
@@ -130,7 +147,11 @@ class StreamingIntegrator:
             self.store_dir = self.keep_dir
         else:
             self.store_dir = Path(tempfile.mkdtemp(dir=directory, prefix=f".{self.output_path.name}.members-"))
-        self.tmp_output = _temp_path(directory, f".{self.output_path.name}.", ".partial.npy")
+        # The records are built in a .npy that becomes the output (same directory: a rename), or,
+        # for a CSV output, the kept copy of the result (built where it is kept).
+        self.scratch = (self.keep_dir / "ensemble-output.npy" if self.format == "csv" and self.keep_dir is not None
+                        else self.output_path)
+        self.tmp_output = atomic.create_sibling(self.scratch, ".partial.npy")
         self.output = np.lib.format.open_memmap(self.tmp_output, mode="w+", dtype=combiner.output_dtype,
                                                 shape=(self.rows,))
         self.specs = {m.name: m for m in self.members}
@@ -216,12 +237,12 @@ class StreamingIntegrator:
                 output = self._with_member_columns(output, live)
             if self.format == "npy":
                 del output
-                os.replace(self.tmp_output, self.output_path)
+                atomic.commit(self.tmp_output, self.output_path)
             else:
                 write_csv_atomically(output, self.output_path)
                 del output
                 if self.keep_dir is not None:
-                    os.replace(self.tmp_output, self.keep_dir / "ensemble-output.npy")
+                    atomic.commit(self.tmp_output, self.scratch)
                 else:
                     self.tmp_output.unlink(missing_ok=True)
         except BaseException:
@@ -255,22 +276,19 @@ class StreamingIntegrator:
             return np.load(self.output_path, mmap_mode="r")
         if self.keep_dir is None:
             raise IntegrationError("a CSV result is only kept as .npy with keep_member_outputs_dir")
-        return np.load(self.keep_dir / "ensemble-output.npy", mmap_mode="r")
+        return np.load(self.scratch, mmap_mode="r")
 
-    def evaluate(self, y_true: Any) -> dict:
-        """Evaluation report of the used members and the ensemble (needs ``keep_member_outputs_dir``)."""
-        from framework.ensemble.evaluation import evaluate
-
+    def kept_outputs(self) -> KeptOutputs:
+        """The used members' outputs and the result, memory-mapped (needs ``keep_member_outputs_dir``)."""
         if self.result is None or self.keep_dir is None:
             raise IntegrationError("evaluate needs a finished integration with keep_member_outputs_dir")
-        used = [self.specs[n] for n in self.result.members_used]
+        used = tuple(self.specs[n] for n in self.result.members_used)
         outputs = {m.name: np.load(self.store_paths[m.name], mmap_mode="r") for m in used}
         extra = {}
         if FEATURES_KEY in self.store_paths:
             extra[FEATURES_KEY] = np.load(self.store_paths[FEATURES_KEY], mmap_mode="r")
-        report = evaluate(y_true, outputs, self.ensemble_output(), used, self.combiner, extra_inputs=extra)
-        report["members_missing"] = dict(self.result.members_missing)
-        return report
+        return KeptOutputs(members=used, member_outputs=outputs, ensemble_output=self.ensemble_output(),
+                           extra_inputs=extra, members_missing=dict(self.result.members_missing))
 
     # Internals ------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -296,19 +314,18 @@ class StreamingIntegrator:
 
     def _with_member_columns(self, output: np.memmap, live: Sequence[str]) -> np.memmap:
         """A copy of ``output`` with a ``member_<name>`` column per live member (a new temp file)."""
-        from framework.ensemble.evaluation import member_column, predicts_labels
-
-        labels = predicts_labels(self.combiner)
+        labels = self.combiner.predicts_labels
         probe = {n: member_column(self.specs[n], np.asarray(self.stores[n][:1]), labels) for n in live}
         dtype = np.dtype(output.dtype.descr + [(f"member_{n}", probe[n].dtype) for n in live])
-        path = _temp_path(self.output_path.parent, f".{self.output_path.name}.", ".explained.npy")
+        path = atomic.create_sibling(self.scratch, ".explained.npy")
         explained = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(self.rows,))
         for lo in range(0, self.rows, CSV_CHUNK_ROWS):
             hi = min(lo + CSV_CHUNK_ROWS, self.rows)
-            for name in output.dtype.names:
+            for name in field_names(output.dtype):
                 explained[name][lo:hi] = output[name][lo:hi]
             for n in live:
-                explained[f"member_{n}"][lo:hi] = member_column(self.specs[n], np.asarray(self.stores[n][lo:hi]), labels)
+                said = member_column(self.specs[n], np.asarray(self.stores[n][lo:hi]), labels)
+                explained[f"member_{n}"][lo:hi] = said
         explained.flush()
         del output
         self.tmp_output.unlink(missing_ok=True)

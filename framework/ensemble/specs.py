@@ -1,13 +1,21 @@
-"""Member specifications, label helpers and the ensemble's exceptions."""
+"""Member specifications, class labels and their alignment, and the ensemble's exceptions."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import numpy as np
 
 from framework.errors import FrameworkError
+
+Kind = Literal["regressor", "classifier"]
+"""What a member's estimator is."""
+KINDS: tuple[Kind, ...] = get_args(Kind)
+
+Output = Literal["predict", "predict_proba", "decision_function"]
+"""The method the executor calls on a member for each shard."""
+OUTPUTS: tuple[Output, ...] = get_args(Output)
 
 FEATURES_KEY = "__features__"
 """Pseudo-member name under which the shard's feature rows are passed (stacking with passthrough)."""
@@ -50,8 +58,8 @@ class MemberSpec:
     """
 
     name: str
-    kind: Literal["regressor", "classifier"]
-    output: Literal["predict", "predict_proba", "decision_function"]
+    kind: Kind
+    output: Output
     weight: float = 1.0
     proba_class: str | int | None = None
     classes: tuple | None = None
@@ -105,7 +113,7 @@ def union_classes(members: Sequence[MemberSpec]) -> np.ndarray:
     missing = [m.name for m in members if not m.classes]
     if missing:
         raise ValueError(f"members without classes (fill MemberSpec.classes from classes_): {', '.join(missing)}")
-    return np.unique(np.concatenate([label_array(m.classes) for m in members]))
+    return np.unique(np.concatenate([label_array(m.classes or ()) for m in members]))
 
 
 def encode_labels(labels: np.ndarray, classes: np.ndarray, who: str) -> np.ndarray:
@@ -118,3 +126,54 @@ def encode_labels(labels: np.ndarray, classes: np.ndarray, who: str) -> np.ndarr
         unknown = np.unique(labels[bad])[:5]
         raise ValueError(f"{who}: labels {unknown.tolist()!r} are not among the classes {classes.tolist()!r}")
     return idx_clipped
+
+
+def class_index(classes: Sequence[Any], wanted: Any, who: str) -> int:
+    """Index of ``wanted`` in ``classes`` (exact match, else match on ``str``); ValueError naming ``who``."""
+    values = list(classes)
+    for i, c in enumerate(values):
+        if isinstance(c, (bool, np.bool_)) == isinstance(wanted, (bool, np.bool_)) and c == wanted:
+            return i
+    for i, c in enumerate(values):
+        if str(c) == str(wanted):
+            return i
+    raise ValueError(f"member {who}: proba_class {wanted!r} is not among its classes {[str(c) for c in values]}")
+
+
+def align_columns(values: np.ndarray, positions: np.ndarray, n_classes: int, fill: float = 0.0,
+                  dtype: Any = None, who: str = "output") -> np.ndarray:
+    """Per-class columns placed at ``positions`` of ``n_classes`` columns; the other columns are ``fill``.
+
+    The one class alignment of the ensemble: a member's ``predict_proba`` placed by label into
+    the union of the members' classes (soft vote, evaluation), into the stacking classes, and a
+    fold's columns at the class codes its training rows had (as ``cross_val_predict`` pads them).
+
+    Parameters
+    ----------
+    values : ndarray of shape (n, k)
+        One column per class of its owner, in the owner's order.
+    positions : ndarray of shape (k,)
+        The column each of them goes to (``encode_labels`` of the owner's classes).
+    n_classes : int
+        Columns of the result.
+    fill : float
+        Value of a class the owner lacks (0 for probabilities; ``cross_val_predict`` uses the
+        dtype's minimum for decision functions).
+    dtype : dtype, optional
+        The result's dtype; default: that of ``values``.
+
+    Returns
+    -------
+    ndarray of shape (n, n_classes)
+        ``values`` itself when already aligned (same positions, same dtype), else a new array.
+    """
+    values = np.asarray(values)
+    positions = np.asarray(positions, dtype=np.intp)
+    if values.ndim != 2 or values.shape[1] != len(positions):
+        raise ValueError(f"{who} of shape {values.shape} does not match its {len(positions)} classes")
+    dtype = values.dtype if dtype is None else np.dtype(dtype)
+    if len(positions) == n_classes and values.dtype == dtype and np.array_equal(positions, np.arange(n_classes)):
+        return values
+    full = np.full((values.shape[0], n_classes), fill, dtype=dtype)
+    full[:, positions] = values
+    return full

@@ -1,12 +1,13 @@
 """Stacking as ``StackingClassifier``/``StackingRegressor`` do it, split into pure pieces.
 
 The members' cross-validation fits run as Mesos tasks: for every member and every fold of
-:func:`plan_folds`, the executor runs :func:`cv_fit_predict` (``clone(est).fit(X[train],
-y_fit[train]).<method>(X[test])``). Then :func:`assemble_out_of_fold` puts each member's fold
-predictions back in row order, :func:`stack_features` builds the meta-features and
-:func:`fit_final_estimator` fits the final estimator. The result is a :class:`FittedStacking`
-(saved with :func:`save_stacking`) used by :class:`StackingCombiner` on the deployed members'
-shard outputs. :func:`fit_stacking_locally` runs the same pieces in-process (the reference).
+:func:`plan_folds`, the executor fits one fold (:mod:`executor.folds`, also behind
+:func:`cv_fit_predict`: ``clone(est).fit(X[train], y_fit[train]).<method>(X[test])``). Then
+:func:`assemble_out_of_fold` puts each member's fold predictions back in row order,
+:func:`stack_features` builds the meta-features and :func:`fit_final_estimator` fits the final
+estimator. The result is a :class:`FittedStacking` (saved with :func:`save_stacking`) used by the
+``stacking`` combiner (:mod:`framework.ensemble.methods.stacking`) on the deployed members' shard
+outputs. :func:`fit_stacking_locally` runs the same pieces in-process (the reference).
 
 Semantics that match scikit-learn 1.9:
 
@@ -31,25 +32,50 @@ classes (a missing class gets 0 for probabilities, the dtype's minimum for decis
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import joblib
 import numpy as np
 from sklearn.base import clone
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
 from sklearn.model_selection import check_cv
 
-from framework.ensemble.combiners import proba_column_names, records
-from framework.ensemble.specs import FEATURES_KEY, MemberSpec, encode_labels, label_array
+from executor import folds
+from framework import atomic
+from framework.ensemble.specs import Kind, MemberSpec, Output, align_columns, encode_labels, label_array
 
-STACK_METHODS = ("auto", "predict_proba", "decision_function", "predict")
+StackMethod = Literal["auto", "predict_proba", "decision_function", "predict"]
+"""The job file's ``stacking.stack_method``: as ``Stacking*(stack_method=...)``."""
+STACK_METHODS: tuple[StackMethod, ...] = get_args(StackMethod)
 ENCODED_METHODS = ("decision_function", "predict_proba", "predict_log_proba")
 
+FINAL_ESTIMATORS: dict[str, Callable[[Kind], Any]] = {
+    "auto": lambda kind: default_final_estimator(kind),
+    "logistic_regression": lambda kind: LogisticRegression(),
+    "ridge": lambda kind: RidgeCV(),
+    "linear_regression": lambda kind: LinearRegression(),
+}
+"""The job file's ``stacking.final_estimator`` names -> an unfitted estimator for the stacking's
+kind (``auto``: scikit-learn's default)."""
 
-def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str) -> str:
+
+def final_estimator(name: str, kind: Kind) -> Any:
+    """The unfitted final estimator named in the job file, for a ``kind`` stacking."""
+    try:
+        return FINAL_ESTIMATORS[name](kind)
+    except KeyError:
+        raise ValueError(f"unknown final estimator {name!r}; expected one of {', '.join(FINAL_ESTIMATORS)}") from None
+
+
+CANDIDATES: dict[str, list[Output]] = {"auto": ["predict_proba", "decision_function", "predict"],
+                                       "predict_proba": ["predict_proba"],
+                                       "decision_function": ["decision_function"], "predict": ["predict"]}
+"""Per stack method, the outputs tried in order (``auto``: the first the estimator has)."""
+
+
+def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str) -> Output:
     """The method a member contributes, as ``StackingClassifier``/``StackingRegressor`` choose it.
 
     Raises
@@ -59,9 +85,7 @@ def resolve_stack_method(name: str, estimator: Any, stack_method: str, kind: str
     """
     if stack_method not in STACK_METHODS:
         raise ValueError(f"stack_method {stack_method!r} is not one of {STACK_METHODS}")
-    if kind == "regressor":
-        stack_method = "predict"
-    candidates = ["predict_proba", "decision_function", "predict"] if stack_method == "auto" else [stack_method]
+    candidates = CANDIDATES["predict" if kind == "regressor" else stack_method]
     for method in candidates:
         if getattr(estimator, method, None) is not None:
             return method
@@ -124,15 +148,15 @@ def plan_folds(X: Any, y: Any, kind: str, cv: Any = 5) -> FoldPlan:
 
 def cv_fit_predict(estimator: Any, X: Any, y_fit: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
                    method: str) -> np.ndarray:
-    """The executor's op: fit a clone on the train rows, return ``method`` on the test rows."""
-    return _cv_fit(estimator, X, y_fit, train_idx, test_idx, method)[0]
+    """The executor's op (:func:`executor.folds.cv_fit_predict`): fit a clone on the train rows,
+    return ``method`` on the test rows."""
+    return folds.cv_fit_predict(estimator, X, y_fit, train_idx, test_idx, method)[0]
 
 
-def _cv_fit(estimator: Any, X: Any, y_fit: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
-            method: str) -> tuple[np.ndarray, np.ndarray | None]:
-    X = np.asarray(X)
-    fitted = clone(estimator).fit(X[train_idx], y_fit[train_idx])
-    return getattr(fitted, method)(X[test_idx]), getattr(fitted, "classes_", None)
+def missing_class_fill(method: str, dtype: np.dtype) -> float:
+    """What ``cross_val_predict`` puts in the column of a class absent from a fold: 0 for
+    probabilities, the dtype's minimum for decision functions."""
+    return 0 if method == "predict_proba" else float(np.finfo(dtype).min)
 
 
 def pad_fold(predictions: np.ndarray, fold_classes: np.ndarray, n_classes: int, method: str) -> np.ndarray:
@@ -142,10 +166,8 @@ def pad_fold(predictions: np.ndarray, fold_classes: np.ndarray, n_classes: int, 
     if method == "decision_function" and (predictions.ndim != 2 or len(fold_classes) <= 2):
         raise ValueError(f"only {len(fold_classes)} classes in a training fold but {n_classes} overall: "
                          "decision_function cannot be padded; use properly stratified folds")
-    fill = 0 if method == "predict_proba" else np.finfo(predictions.dtype).min
-    full = np.full((predictions.shape[0], n_classes), fill, dtype=predictions.dtype)
-    full[:, np.asarray(fold_classes, dtype=int)] = predictions
-    return full
+    return align_columns(predictions, np.asarray(fold_classes, dtype=int), n_classes,
+                         missing_class_fill(method, predictions.dtype), who="fold predictions")
 
 
 def assemble_out_of_fold(fold_predictions: Sequence[np.ndarray], plan: FoldPlan, method: str,
@@ -239,21 +261,14 @@ class FittedStacking:
         return stack_features(outputs, self.stack_methods, n_classes, X if self.passthrough else None)
 
 
-def save_stacking(model: FittedStacking, path: str | os.PathLike) -> Path:
-    """Save with joblib to a temp file next to ``path``, then rename into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        joblib.dump(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def save_stacking(model: FittedStacking, path: str | os.PathLike[str]) -> Path:
+    """Save with joblib, replacing ``path`` atomically (:mod:`framework.atomic`)."""
+    with atomic.atomic_open(path, "wb") as handle:
+        joblib.dump(model, handle)
+    return Path(path)
 
 
-def load_stacking(path: str | os.PathLike) -> FittedStacking:
+def load_stacking(path: str | os.PathLike[str]) -> FittedStacking:
     """Load a :class:`FittedStacking` saved by :func:`save_stacking`."""
     model = joblib.load(path)
     if not isinstance(model, FittedStacking):
@@ -275,68 +290,8 @@ def encode_member_output(spec: MemberSpec, method: str, output: np.ndarray, clas
     own = label_array(spec.classes)
     if len(own) == len(classes) and np.array_equal(own, classes):
         return output
-    codes = encode_labels(own, classes, f"member {spec.name}")
-    fill = 0 if method == "predict_proba" else np.finfo(output.dtype).min
-    full = np.full((output.shape[0], len(classes)), fill, dtype=output.dtype)
-    full[:, codes] = output
-    return full
-
-
-class StackingCombiner:
-    """Combiner ``stacking``: final estimator over the members' shard outputs.
-
-    Output columns: ``prediction`` (original label or value), plus ``proba_<c>`` per class
-    when the final estimator of a classifier stacking has ``predict_proba``. With passthrough
-    the integrator must also be fed the shard's features under :data:`FEATURES_KEY`.
-    Needs every member (no degraded integration).
-    """
-
-    method = "stacking"
-    supports_subsets = False
-
-    def __init__(self, members: Sequence[MemberSpec], model: FittedStacking) -> None:
-        by_name = {m.name: m for m in members}
-        if sorted(by_name) != sorted(model.members):
-            raise ValueError(f"stacking: members {sorted(by_name)} differ from the fitted stacking's "
-                             f"{sorted(model.members)}")
-        for name, method in zip(model.members, model.stack_methods):
-            if by_name[name].output != method:
-                raise ValueError(f"stacking: member {name} outputs {by_name[name].output} but was stacked "
-                                 f"with {method}")
-        self.members = tuple(by_name[n] for n in model.members)
-        self.model = model
-        self.inputs = model.members + ((FEATURES_KEY,) if model.passthrough else ())
-        if model.kind == "classifier":
-            fields = [("prediction", model.classes.dtype)]
-            if hasattr(model.final_estimator, "predict_proba"):
-                fields += [(c, np.float64) for c in proba_column_names(model.classes)]
-        else:
-            fields = [("prediction", np.float64)]
-        self.output_dtype = np.dtype(fields)
-
-    @property
-    def output_columns(self) -> list[str]:
-        return list(self.output_dtype.names)
-
-    def meta_features(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The final estimator's input for one shard."""
-        missing = [n for n in self.inputs if n not in outputs]
-        if missing:
-            raise ValueError(f"stacking needs every member; missing {missing}")
-        encoded = [encode_member_output(m, meth, outputs[m.name], self.model.classes)
-                   for m, meth in zip(self.members, self.model.stack_methods)]
-        return self.model.features(encoded, outputs.get(FEATURES_KEY))
-
-    def combine(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        X_meta = self.meta_features(outputs)
-        final = self.model.final_estimator
-        if self.model.kind == "regressor":
-            return records({"prediction": final.predict(X_meta)}, self.output_dtype)
-        columns = {"prediction": self.model.classes[np.asarray(final.predict(X_meta), dtype=int)]}
-        if len(self.output_dtype.names) > 1:
-            proba = final.predict_proba(X_meta)
-            columns.update({n: proba[:, j] for j, n in enumerate(self.output_dtype.names[1:])})
-        return records(columns, self.output_dtype)
+    return align_columns(output, encode_labels(own, classes, f"member {spec.name}"), len(classes),
+                         missing_class_fill(method, output.dtype), who=f"member {spec.name}: {method}")
 
 
 def fit_stacking_locally(estimators: Mapping[str, Any], X: Any, y: Any, kind: str, cv: Any = 5,
@@ -354,9 +309,11 @@ def fit_stacking_locally(estimators: Mapping[str, Any], X: Any, y: Any, kind: st
     plan = plan_folds(X, y, kind, cv)
     methods = tuple(resolve_stack_method(n, est, stack_method, kind) for n, est in estimators.items())
     oof = []
-    for (name, est), method in zip(estimators.items(), methods):
-        results = [_cv_fit(est, X, plan.y_fit, tr, te, method) for tr, te in plan.folds]
-        oof.append(assemble_out_of_fold([p for p, _ in results], plan, method, [c for _, c in results]))
+    for est, method in zip(estimators.values(), methods):
+        results = [folds.cv_fit_predict(est, X, plan.y_fit, tr, te, method) for tr, te in plan.folds]
+        fold_classes = ([np.asarray(fitted.classes_) for _, fitted in results]
+                        if all(hasattr(fitted, "classes_") for _, fitted in results) else None)
+        oof.append(assemble_out_of_fold([p for p, _ in results], plan, method, fold_classes))
     n_classes = None if plan.classes is None else len(plan.classes)
     X_meta = stack_features(oof, methods, n_classes, X if passthrough else None)
     model = FittedStacking(kind=kind, members=tuple(estimators), stack_methods=methods, classes=plan.classes,

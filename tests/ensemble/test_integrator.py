@@ -139,7 +139,8 @@ def test_explain_adds_what_each_used_member_said(tmp_path, setup, suffix):
     result = explained.ensemble_output()
     assert result.dtype.names == ("prediction", "member_ols", "member_ridge")
     assert np.array_equal(result["prediction"], np.load(tmp_path / "plain.npy")["prediction"])
-    assert np.array_equal(result["member_ols"], outputs["ols"]) and np.array_equal(result["member_ridge"], outputs["ridge"])
+    assert np.array_equal(result["member_ols"], outputs["ols"])
+    assert np.array_equal(result["member_ridge"], outputs["ridge"])
     if suffix == ".csv":
         with (tmp_path / "e.csv").open() as handle:
             rows = list(csv.reader(handle))

@@ -99,7 +99,8 @@ def test_hard_vote_ties_go_to_lowest_encoded_class(tmp_path):
     specs = [spec_for(n, e, "predict") for n, e in members.items()]
     out = make_combiner("hard_vote", specs).combine(preds)
     assert np.array_equal(out["prediction"], vc.predict(X))
-    assert np.array_equal(out["prediction"][differ], np.where(preds["tree"] < preds["nb"], preds["tree"], preds["nb"])[differ])
+    smaller = np.where(preds["tree"] < preds["nb"], preds["tree"], preds["nb"])
+    assert np.array_equal(out["prediction"][differ], smaller[differ])
 
 
 def regressors() -> list[tuple[str, object]]:
