@@ -125,7 +125,7 @@ def _with_missing(path: Path, name: str, column: np.ndarray) -> np.ndarray:
         return np.where(missing, "nan", stripped).astype(np.float64)
     except ValueError:
         bad = next(i for i, v in enumerate(stripped) if v != "" and not _is_float(v))
-        raise JobSpecError(f"{path}: column {name!r}, data row {bad + 1}: {column[bad]!r} is not a number") from None
+        raise JobSpecError(f"{path}: column {name!r}, data row {bad + 1}: {str(column[bad])!r} is not a number") from None
 
 
 @dataclass(frozen=True)
