@@ -84,7 +84,8 @@ def load_dataset(spec: DataSpec) -> Dataset:
     if raw.shape[0] == 0:
         raise JobSpecError(f"{spec.path}: no data rows after the header")
     if raw.shape[1] != len(header):
-        raise JobSpecError(f"{spec.path}: rows have {raw.shape[1]} fields, the header has {len(header)}")
+        raise JobSpecError(_ragged_row(spec.path, text, len(header))
+                           or f"{spec.path}: rows have {raw.shape[1]} fields, the header has {len(header)}")
     features = np.empty((raw.shape[0], len(names)), dtype=np.float64)
     for j, name in enumerate(names):
         column = raw[:, columns[name]]
@@ -125,7 +126,8 @@ def _with_missing(path: Path, name: str, column: np.ndarray) -> np.ndarray:
         return np.where(missing, "nan", stripped).astype(np.float64)
     except ValueError:
         bad = next(i for i, v in enumerate(stripped) if v != "" and not _is_float(v))
-        raise JobSpecError(f"{path}: column {name!r}, data row {bad + 1}: {str(column[bad])!r} is not a number") from None
+        value = str(column[bad])
+        raise JobSpecError(f"{path}: column {name!r}, data row {bad + 1}: {value!r} is not a number") from None
 
 
 @dataclass(frozen=True)
