@@ -6,8 +6,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from framework.errors import FrameworkError
+
+if TYPE_CHECKING:
+    from framework.jobspec import JobSpec
 
 DESCRIPTION = """\
 Deploy several scikit-learn models (joblib files) together on Apache Mesos, pack their tasks
@@ -37,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path)
+    validate.add_argument("--master", help="check the job as run --master would run it")
 
     demo = commands.add_parser("train-demo", help="write the founding example's models, data and job file")
     demo.add_argument("out_dir", type=Path, metavar="OUTDIR")
@@ -66,16 +71,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from framework.balancing import format_usage
-    from framework.job import JobRunner
-    from framework.jobspec import load_job
+def load_checked(args: argparse.Namespace) -> JobSpec:
+    """The job file, its ``--master`` override validated like the file's own, and the checks that
+    need nothing loaded (every model placeable on the embedded cluster's agents)."""
+    from framework.jobspec import load_job, with_master
+    from framework.preflight import check_job
 
     spec = load_job(args.job)
     if args.master:
-        spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=args.master))
+        spec = with_master(spec, args.master)
+    check_job(spec)
+    return spec
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from framework.balancing import format_usage
+    from framework.job import JobRunner
+
+    spec = load_checked(args)
     progress = (lambda message: None) if args.quiet else (lambda message: print(f"  {message}", flush=True))
     print(f"mesos-ensemble: running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
     outcome = JobRunner(spec, work_dir=args.work_dir, progress=progress).run()
@@ -95,10 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from framework.job import validate_job
-    from framework.jobspec import load_job
 
-    spec = load_job(args.job)
-    print(validate_job(spec))
+    print(validate_job(load_checked(args)))
     return 0
 
 

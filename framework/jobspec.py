@@ -6,8 +6,10 @@ Relative paths are resolved against the job file's directory.  See README "Job f
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,9 @@ class ModelSpec:
     features: tuple[str, ...] | None = None
     """The data columns this member takes, in order; None: those it was fitted on
     (``feature_names_in_``) when the data has them all, else every feature column."""
+    allow_nan: bool = False
+    """The model accepts missing values (NaN) in its columns, as HistGradientBoosting does;
+    without it a NaN in a column it takes is refused before anything launches. Inf never is."""
 
 
 @dataclass(frozen=True)
@@ -219,22 +224,33 @@ def load_job(path: Path | str) -> JobSpec:
     min_members = job.get("min_members", int)
     if min_members is not None and not 1 <= min_members <= len(models):
         job.fail("min_members", f"must be between 1 and the number of models ({len(models)}), got {min_members}")
+    _check_weights(top, models, integration, min_members)
     output = job.path("output", must_exist=False)
     assert output is not None
     if output.suffix not in (".csv", ".npy"):
         job.fail("output", f"must end in .csv or .npy, got {output.name!r}")
-    if not output.parent.is_dir():
-        job.fail("output", f"is in {output.parent}, which is not a directory")
+    _check_writable(job, "output", output)
     report = job.path("report", required=False, must_exist=False)
+    if report is not None:
+        _check_writable(job, "report", report)
+        if report == output:
+            job.fail("report", f"names the same file as job.output ({output}); it would replace the predictions")
+    data = _parse_data(source, "data", top.get("data", dict, required=True))
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     train_table = ensemble.method(integration).train_table
     if train_table is not None and train_table not in raw:
         job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')
+    inputs = {data.path: "data.path", **{m.path: f"models[{i}] ({m.name}).path" for i, m in enumerate(models)}}
+    if stacking is not None:
+        inputs[stacking.train.path] = "stacking.train.path"
+    for key, written in (("output", output), ("report", report)):
+        if written in inputs:
+            job.fail(key, f"names {written.name!r}, the job's input {inputs[written]}, which it would overwrite")
     return JobSpec(
         source=source,
         name=job.get("name", str, source.stem),
         models=models,
-        data=_parse_data(source, "data", top.get("data", dict, required=True)),
+        data=data,
         integration=integration,
         output=output,
         report=report,
@@ -247,11 +263,50 @@ def load_job(path: Path | str) -> JobSpec:
     )
 
 
+WEIGHTED_METHODS = ("weighted_mean", "hard_vote", "soft_vote")
+"""Integration methods that divide by (or vote with) the members' weights."""
+
+
+def _check_weights(top: _Section, models: tuple[ModelSpec, ...], integration: str, min_members: int | None) -> None:
+    """Weights the integration can use: finite and non-negative (checked per model), not 1 for a
+    median, and never a set of members that may be integrated alone whose weights are all 0."""
+    if integration == "median":
+        for i, m in enumerate(models):
+            if m.weight != 1.0:
+                top.fail(f"models[{i}] ({m.name}).weight", f"must be 1 for integration = \"median\" (a median is "
+                                                           f"unweighted), got {m.weight:g}")
+    if integration not in WEIGHTED_METHODS:
+        return
+    zero = [m.name for m in models if m.weight == 0.0]
+    needed = min_members if min_members is not None else len(models)
+    if len(zero) == len(models):
+        top.fail("models[*].weight", f"are all 0 ({', '.join(zero)}); {integration} needs a positive weight "
+                                     "on at least one model")
+    if len(zero) >= needed:
+        top.fail("models[*].weight", f"are 0 for {', '.join(zero)}, and job.min_members = {min_members} lets those "
+                                     f"alone be integrated, which {integration} cannot do with weights summing to 0; "
+                                     f"raise min_members above {len(zero)} or give them positive weights")
+
+
+def _check_writable(section: _Section, key: str, path: Path) -> None:
+    """``path`` can be written the way outputs are (a temporary sibling renamed over it): its
+    directory exists and this user may create files in it, and it is not itself a directory."""
+    parent = path.parent
+    if not parent.exists():
+        section.fail(key, f"is in {parent}, which does not exist")
+    if not parent.is_dir():
+        section.fail(key, f"is in {parent}, which is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        section.fail(key, f"is in {parent}, which is not writable by {getpass.getuser()}")
+    if path.is_dir():
+        section.fail(key, f"names {path}, which is a directory; expected a file name")
+
+
 def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     section = _Section(source, f"models[{index}]", entry)
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
-         "executor_cpus", "executor_mem", "constraints", "duration", "features"}
+         "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -288,6 +343,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         executor_cpus=number("executor_cpus", 0.1), executor_mem=number("executor_mem", 0.0),
         constraints=constraints, duration=number("duration", None, positive=True),
         features=tuple(features) if features is not None else None,
+        allow_nan=section.get("allow_nan", bool, False),
     )
 
 
@@ -335,13 +391,16 @@ def _parse_stacking(source: Path, table: Any) -> StackingSpec:
     cv = section.get("cv", int, 5)
     if cv < 2:
         section.fail("cv", f"must be at least 2 folds, got {cv}")
+    save_to = section.path("save_to", required=False, must_exist=False)
+    if save_to is not None:
+        _check_writable(section, "save_to", save_to)
     return StackingSpec(
         train=train,
         final_estimator=section.choice("final_estimator", tuple(ensemble.FINAL_ESTIMATORS), "auto"),
         cv=cv,
         stack_method=section.choice("stack_method", ensemble.STACK_METHODS, "auto"),
         passthrough=section.get("passthrough", bool, False),
-        save_to=section.path("save_to", required=False, must_exist=False),
+        save_to=save_to,
     )
 
 
@@ -367,9 +426,81 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
         if values[key] < 0:
             section.fail(key, f"must be at least 0, got {values[key]}")
     values["executors"] = section.choice("executors", EXECUTOR_MODES, defaults.executors)
-    if values["master"] != "local" and values["master"].startswith(("http://", "https://")):
-        section.fail("master", f"must be host:port, zk://... or \"local\", got {values['master']!r}")
+    try:
+        parse_master(values["master"])
+    except ValueError as error:
+        section.fail("master", str(error))
     return FrameworkSettings(**values)
+
+
+DEFAULT_MASTER_PORT = 5050
+"""The port pymesos (and Mesos) assume when a master is given as a bare host."""
+DEFAULT_ZOOKEEPER_PORT = 2181
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class MasterAddress:
+    """A parsed ``[framework] master``: the embedded cluster, one master, or a ZooKeeper ensemble
+    that elects the master (``zk://[user:pass@]host:2181[,host:2181...]/path``)."""
+
+    kind: Literal["local", "host", "zk"]
+    hosts: tuple[tuple[str, int], ...] = ()
+    """``host``: the master; ``zk``: the ZooKeeper servers (not the master, which they name)."""
+    path: str = ""
+    """ZooKeeper only: the znode under which the masters register (``/mesos``)."""
+
+    @property
+    def loopback(self) -> bool:
+        """Every host is this machine's loopback (the framework's artifact server can bind there)."""
+        return bool(self.hosts) and all(host in LOOPBACK_HOSTS for host, _port in self.hosts)
+
+
+def _host_port(text: str, default_port: int, what: str) -> tuple[str, int]:
+    host, colon, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if not colon:
+        host = text
+    if not host or any(c.isspace() or c in ":/@[]," for c in host):
+        raise ValueError(f"must name a {what} as host:port, got {text!r}")
+    if not colon:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"must have a port from 1 to 65535 after {host!r}, got {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_master(value: str) -> MasterAddress:
+    """Parse a master string as pymesos reads it; raise ``ValueError`` saying what was expected.
+
+    ``"local"``; ``host[:port]`` (port 5050 by default); ``zk://`` or ``zoo://`` followed by
+    ``[user:password@]host[:2181][,host[:port]...]/path``.
+    """
+    expected = 'must be host:port, zk://host:2181/mesos or "local"'
+    if value == "local":
+        return MasterAddress("local")
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme in ("zk", "zoo"):
+        servers, slash, path = rest.partition("/")
+        servers = servers.rpartition("@")[2]  # credentials, if any, are pymesos's business
+        if not servers or not slash or not path:
+            raise ValueError(f"{expected}; a ZooKeeper master needs servers and a path, got {value!r}")
+        return MasterAddress("zk", tuple(_host_port(s, DEFAULT_ZOOKEEPER_PORT, "ZooKeeper server")
+                                         for s in servers.split(",")), "/" + path)
+    if sep:
+        raise ValueError(f"{expected}, got {value!r}")
+    try:
+        return MasterAddress("host", (_host_port(value, DEFAULT_MASTER_PORT, "master"),))
+    except ValueError as error:
+        raise ValueError(f"{expected}: {error}") from None
+
+
+def with_master(spec: JobSpec, master: str, origin: str = "--master") -> JobSpec:
+    """``spec`` with its master replaced (a command-line ``--master``), checked as the job file's is."""
+    try:
+        parse_master(master)
+    except ValueError as error:
+        raise JobSpecError(f"{origin} {error}") from None
+    return dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=master))
 
 
 def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:

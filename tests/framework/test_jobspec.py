@@ -125,3 +125,71 @@ def test_pricing_parses_into_the_packers_tables(demo_dir: Path, tmp_path: Path) 
 def test_bad_prices_are_named(demo_dir: Path, tmp_path: Path, pricing: str, message: str) -> None:
     with pytest.raises(JobSpecError, match=message):
         load_job(with_pricing(demo_dir, tmp_path, pricing))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('integration = "mean"', 'integration = "median"\n', None),
+        ('name = "linear"', 'name = "linear"\nweight = 2', r"models\[0\] \(linear\)\.weight must be 1 for integration "
+                                                            r"= \"median\" \(a median is unweighted\), got 2"),
+        ('name = "linear"', 'name = "linear"\nweight = 0', r"models\[\*\]\.weight are 0 for linear, and job\.min_members "
+                                                            r"= 1 lets those alone be integrated"),
+        ('name = "linear"', 'name = "linear"\nallow_nan = "yes"', r"models\[0\] \(linear\)\.allow_nan must be bool"),
+        ('report = "report.json"', 'report = "predictions.csv"', r"job\.report names the same file as job\.output"),
+        ('output = "predictions.csv"', 'output = "linear.npy"', None),
+        ('output = "predictions.csv"', 'output = "."', r"job\.output must end in \.csv or \.npy"),
+        ('report = "report.json"', 'report = "sub/report.json"', r"job\.report is in \S+/sub, which does not exist"),
+        ('master = "local"', 'master = "zk://a:2181,b:2181/mesos"', None),
+        ('master = "local"', 'master = "m:70000"', r"framework\.master must be host:port, zk://host:2181/mesos or "
+                                                   r"\"local\": must have a port from 1 to 65535 after 'm', got '70000'"),
+        ('master = "local"', 'master = "zk://a:2181"', r"framework\.master .* a ZooKeeper master needs servers and a path"),
+    ],
+    ids=["median-unit", "median-weight", "zero-weight-alone", "allow-nan-type", "report-is-output", "npy-output",
+         "output-dot", "report-dir", "zk-master", "bad-port", "zk-no-path"],
+)
+def test_output_weight_and_master_fields(demo_dir: Path, tmp_path: Path, old: str, new: str,
+                                         message: str | None) -> None:
+    path = variant(demo_dir, tmp_path, old, new)
+    if "weight = 0" in new:
+        path.write_text(path.read_text().replace('integration = "mean"', 'integration = "weighted_mean"\nmin_members = 1'))
+    if "weight = 2" in new:
+        path.write_text(path.read_text().replace('integration = "mean"', 'integration = "median"'))
+    if message is None:
+        load_job(path)
+    else:
+        with pytest.raises(JobSpecError, match=message):
+            load_job(path)
+
+
+def test_unwritable_output_directory_is_named(demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only directories cannot be made as root (permission bits do not stop it), so the
+    refusal is exercised with ``os.access`` answering as it does for a non-root user there."""
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == demo_dir else real_access(path, mode))
+    with pytest.raises(JobSpecError, match=r"job\.output is in \S+, which is not writable by "):
+        load_job(demo_dir / "job.toml")
+
+
+def test_master_parser() -> None:
+    from framework.jobspec import parse_master
+
+    assert parse_master("local").kind == "local"
+    assert parse_master("10.0.0.5").hosts == (("10.0.0.5", 5050),)
+    zk = parse_master("zk://user:pw@z1:2181,z2/mesos")
+    assert (zk.kind, zk.hosts, zk.path) == ("zk", (("z1", 2181), ("z2", 2181)), "/mesos")
+    assert not zk.loopback and parse_master("localhost:5050").loopback and parse_master("zk://127.0.0.1/m").loopback
+    for bad in ("http://m:5050", "m:1:2", "zk:///mesos", "", "m:"):
+        with pytest.raises(ValueError):
+            parse_master(bad)
+
+
+def test_with_master_validates_the_flag(demo_dir: Path) -> None:
+    from framework.jobspec import with_master
+
+    spec = load_job(demo_dir / "job.toml")
+    assert with_master(spec, "zk://z:2181/mesos").framework.master == "zk://z:2181/mesos"
+    with pytest.raises(JobSpecError, match=r"^--master must be host:port"):
+        with_master(spec, "https://m")

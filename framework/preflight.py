@@ -1,0 +1,174 @@
+"""Checks made before anything launches: can every model be placed, can the data be used.
+
+Each check raises :class:`JobSpecError` with one line naming the file, the field or value and
+what was expected (the command line prints it and exits 2). The pieces are pure functions of the
+job's values, so the scheduler can reuse :func:`unplaceable` against the agents a real master offers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from framework.dataset import Dataset, non_finite_columns
+from framework.errors import JobSpecError
+from framework.jobspec import DataSpec, JobSpec, LocalClusterSpec, ModelSpec
+from framework.packing import Agent, AttributeEquals, Resources
+
+LOCAL_AGENT_DEFAULTS = {"cpus": 2.0, "mem": 4096.0, "disk": 10000.0, "gpus": 0.0}
+"""What an embedded-cluster agent offers when ``[local_cluster] agents`` does not say."""
+
+LOCAL_AGENT_COUNT = 2
+"""How many agents the embedded cluster starts when ``[local_cluster] agents`` is not given."""
+
+UNITS = {"cpus": "cpus", "mem": "MB", "disk": "MB", "gpus": "gpus"}
+
+
+def _num(value: float) -> str:
+    """A resource amount as a person writes it: 1000000, 0.5, 3999.99."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def local_agents(cluster: LocalClusterSpec) -> list[Agent]:
+    """The agents ``master = "local"`` starts, as the packer sees them."""
+    entries: Sequence[Mapping[str, Any]] = cluster.agents or [{}] * LOCAL_AGENT_COUNT
+    return [
+        Agent(agent_id=f"local-{i + 1}", hostname=str(entry.get("hostname", f"agent-{i + 1}")), offer_ids=(),
+              capacity=Resources(**{k: float(entry.get(k, d)) for k, d in LOCAL_AGENT_DEFAULTS.items()}),
+              attributes=dict(entry.get("attributes", {})))
+        for i, entry in enumerate(entries)
+    ]
+
+
+def _feasible(constraint: Any, agents: Sequence[Agent]) -> np.ndarray | None:
+    """The agents a constraint statically allows (None: it filters none, e.g. a spread)."""
+    feasible = getattr(constraint, "feasible", None)
+    if feasible is not None:  # constraint plug-ins
+        mask = feasible(agents)
+        return None if mask is None else np.asarray(mask, dtype=bool)
+    if isinstance(constraint, AttributeEquals):
+        from framework.packing.constraints import attribute_check
+
+        return attribute_check(constraint, agents)
+    return None
+
+
+def _constraint_field(constraint: Any) -> str:
+    if isinstance(constraint, AttributeEquals):
+        return f"constraints.attribute.{constraint.attribute} = {constraint.value!r}"
+    return f"constraints ({constraint.label()})"
+
+
+def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors: str = "shared") -> list[str]:
+    """Why each model whose task plus executor fits on none of ``agents`` can never run.
+
+    A model's task needs its own ``cpus``/``mem``/``disk``/``gpus`` on one agent, beside its
+    executor: with ``executors = "shared"`` the one executor that holds every model
+    (``shared_executor_resources``), else the model's own (``executor_memory``); and the agent
+    must satisfy the model's static constraints (attributes). Each reason names the model as
+    ``models[i] (name)``, the field, what it asks and what the best agent offers; [] when every
+    model fits somewhere.
+    """
+    from framework.job import executor_memory, shared_executor_resources
+
+    shared = executors == "shared"
+    reserve = shared_executor_resources(list(models)) if shared and models else Resources()
+    reasons = []
+    for index, model in enumerate(models):
+        where = f"models[{index}] ({model.name})"
+        task = Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus)
+        executor = reserve if shared else Resources(cpus=model.executor_cpus, mem=executor_memory(model))
+        allowed = list(agents)
+        for constraint in model.constraints:
+            mask = _feasible(constraint, allowed)
+            if mask is not None and not mask.any():
+                reasons.append(f"{where}.{_constraint_field(constraint)}, but no agent"
+                               f"{' that passes its other constraints' if len(allowed) < len(agents) else ''} "
+                               f"has it (agents: {_describe_attributes(allowed)})")
+                break
+            if mask is not None:
+                allowed = [agent for agent, ok in zip(allowed, mask) if ok]
+        else:
+            if not any((task + executor).fits_in(agent.capacity) for agent in allowed):
+                reasons.append(_resource_reason(where, task, executor, allowed, shared,
+                                                filtered=len(allowed) < len(agents)))
+    return reasons
+
+
+def _describe_attributes(agents: Sequence[Agent]) -> str:
+    if not agents:
+        return "none"
+    return "; ".join(f"{a.hostname} {dict(a.attributes) or '{}'}" for a in agents[:8]) + (
+        "; ..." if len(agents) > 8 else "")
+
+
+def _resource_reason(where: str, task: Resources, executor: Resources, agents: Sequence[Agent], shared: bool,
+                     filtered: bool) -> str:
+    """One resource that no agent has enough of, or else the combination no agent offers at once."""
+    which = "the shared executor" if shared else "its executor"
+    qualifier = " its constraints allow" if filtered else ""
+    need = task + executor
+    for name in UNITS:
+        largest = max(getattr(a.capacity, name) for a in agents)
+        if not Resources(**{name: getattr(need, name)}).fits_in(Resources(**{name: largest})):
+            asked, unit, for_executor = getattr(task, name), UNITS[name], getattr(executor, name)
+            left = (f" ({_num(largest - for_executor)} {unit} after {which})" if for_executor and largest > for_executor
+                    else f" (none left after {which}'s {_num(for_executor)} {unit})" if for_executor else "")
+            return (f"{where}.{name} = {_num(asked)} {unit} per task, but the largest agent{qualifier} offers "
+                    f"{_num(largest)} {unit}{left}")
+    asks = ", ".join(f"{name} {_num(getattr(need, name))}" for name in UNITS if getattr(need, name))
+    return (f"{where} needs {asks} on one agent (task + {which}), which no agent{qualifier} offers at once "
+            f"(agents: {'; '.join(_describe_capacity(a) for a in agents[:8])})")
+
+
+def _describe_capacity(agent: Agent) -> str:
+    return f"{agent.hostname} " + ", ".join(f"{name} {_num(getattr(agent.capacity, name))}" for name in UNITS
+                                            if getattr(agent.capacity, name))
+
+
+def check_job(spec: JobSpec) -> None:
+    """The checks that need only the job file: every model can be placed on the embedded
+    cluster's agents (``master = "local"``; an external master's agents are known only from
+    its offers). Raises :class:`JobSpecError` naming the first model (and how many more)."""
+    if spec.framework.master != "local":
+        return
+    reasons = unplaceable(spec.models, local_agents(spec.local_cluster), spec.framework.executors)
+    if reasons:
+        more = f" (and {len(reasons) - 1} more: {'; '.join(reasons[1:])})" if len(reasons) > 1 else ""
+        raise JobSpecError(f"{spec.source}: {reasons[0]}{more}")
+
+
+def check_data(spec: JobSpec, dataset: Dataset, features: Mapping[str, Sequence[str] | None],
+               data: DataSpec | None = None) -> None:
+    """No model is given a value it cannot take: +-inf never, NaN only if every model that
+    takes its column declares ``allow_nan = true`` (and no stacking passthrough feeds the raw
+    columns to the final estimator, which does not). ``features``: per model, the columns it
+    takes (None: all), as ``member_features`` resolves them; ``data``: which data set
+    ``dataset`` is (default ``spec.data``; ``spec.stacking.train`` for stacking's rows)."""
+    data = data or spec.data
+    problems = non_finite_columns(dataset)
+    if not problems:
+        return
+    takers = {p.column: [(i, m) for i, m in enumerate(spec.models)
+                         if features.get(m.name) is None or p.column in (features.get(m.name) or ())]
+              for p in problems}
+    passthrough = spec.stacking is not None and spec.stacking.passthrough and spec.integration == "stacking"
+    for problem in problems:
+        models = takers[problem.column]
+        if not models and not passthrough:
+            continue  # no one reads this column
+        where = f"{data.path}: column {problem.column!r}"
+        if problem.first_inf is not None:
+            user = f"models[{models[0][0]}] ({models[0][1].name})" if models else "stacking.passthrough"
+            raise JobSpecError(f"{where}, data row {problem.first_inf + 1}: {problem.inf_value} is not a finite "
+                               f"number ({user} takes this column; inf is never accepted)")
+        assert problem.first_nan is not None
+        refusing = [f"models[{i}] ({m.name})" for i, m in models if not m.allow_nan]
+        if passthrough:
+            refusing.append("stacking.passthrough (the final estimator)")
+        if refusing:
+            raise JobSpecError(f"{where}, data row {problem.first_nan + 1}: missing value (NaN), and {refusing[0]} "
+                               "takes this column without allow_nan = true; fill the value in, or set allow_nan "
+                               "= true on every model taking it if it accepts missing values (as "
+                               "HistGradientBoosting does)")
