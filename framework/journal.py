@@ -62,6 +62,12 @@ RESULTS_DIR = "results"
 LOCK_NAME = "lock"
 TEMPORARY_SUFFIX = ".tmp"
 
+DEFAULT_BLOB_LIMIT = 64 * 1024
+"""Results of up to this many bytes (what an executor sends inline in its status update) are
+kept in the database, in the same transaction that marks the item finished; larger ones (those
+an executor uploads) as files in ``results/``.  Creating a file costs a new inode: 1-10 ms on
+this project's VM disk under load, several times one WAL commit (see ``bench/journal_bench.py``)."""
+
 RESULT_NEUTRAL_TABLES = ("framework", "local_cluster", "pricing")
 """Top-level tables of the job file left out of its fingerprint: they say where and how tasks
 run (master, retries, timeouts, agents, prices), not what any work item computes, so changing
@@ -231,11 +237,12 @@ class ItemRecord:
 
 @dataclass(frozen=True)
 class ResultRecord:
-    """A finished item's result: the ``.npy`` file, its sha256 and size, the task that made it."""
+    """A finished item's result: where it is (``path``: its ``.npy`` file; None: a small result
+    kept in the database itself), its sha256 and size, and the task that made it."""
 
     item_key: str
     task_id: str
-    path: Path
+    path: Path | None
     sha256: str
     nbytes: int
     recorded_at: float
@@ -275,8 +282,9 @@ CREATE TABLE attempts (
     detail TEXT NOT NULL DEFAULT '', launched_at REAL NOT NULL, updated_at REAL NOT NULL);
 CREATE INDEX attempts_by_item ON attempts(item_key);
 CREATE TABLE results (
-    item_key TEXT PRIMARY KEY REFERENCES items(key), task_id TEXT NOT NULL, path TEXT NOT NULL,
-    sha256 TEXT NOT NULL, nbytes INTEGER NOT NULL, recorded_at REAL NOT NULL);
+    item_key TEXT PRIMARY KEY REFERENCES items(key), task_id TEXT NOT NULL, path TEXT, data BLOB,
+    sha256 TEXT NOT NULL, nbytes INTEGER NOT NULL, recorded_at REAL NOT NULL,
+    CHECK ((path IS NULL) != (data IS NULL)));
 """
 
 _SETTLED = (ItemState.FINISHED.value, ItemState.FAILED.value, ItemState.CANCELLED.value)
@@ -297,8 +305,9 @@ class Journal:
     """The journal of one job in ``state_dir`` (see the module's docstring)."""
 
     def __init__(self, state_dir: Path, connection: sqlite3.Connection, lock_file: int | None,
-                 durability: Durability, writable: bool) -> None:
+                 durability: Durability, writable: bool, blob_limit: int = DEFAULT_BLOB_LIMIT) -> None:
         self.state_dir = state_dir
+        self.blob_limit = blob_limit
         self.path = state_dir / DATABASE_NAME
         self.results_dir = state_dir / RESULTS_DIR
         self.durability = durability
@@ -311,11 +320,12 @@ class Journal:
     # Opening -----------------------------------------------------------------------------
     @classmethod
     def open(cls, state_dir: Path | str, fingerprint: Fingerprint, fresh: bool = False,
-             durability: Durability = "process") -> "Journal":
+             durability: Durability = "process", blob_limit: int = DEFAULT_BLOB_LIMIT) -> "Journal":
         """Open (or create) the journal of the job ``fingerprint`` describes.
 
         An existing journal of another fingerprint is refused with :class:`JournalMismatch`
-        naming every change, unless ``fresh``, which starts over (deleting its results)."""
+        naming every change, unless ``fresh``, which starts over (deleting its results).
+        Results of up to ``blob_limit`` bytes are kept in the database, larger ones as files."""
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
         state_dir = Path(state_dir)
@@ -333,7 +343,7 @@ class Journal:
             if fresh:
                 cls._remove(state_dir)
             journal = cls(state_dir, cls._connect(state_dir / DATABASE_NAME, readonly=False), lock_file,
-                          durability, writable=True)
+                          durability, writable=True, blob_limit=blob_limit)
         except BaseException:
             os.close(lock_file)
             raise
@@ -421,7 +431,7 @@ class Journal:
         """Delete temporaries and files no row names (left by a process killed mid-write)."""
         self.results_dir.mkdir(exist_ok=True)
         with self._lock:
-            named = {row[0] for row in self._db.execute("SELECT path FROM results")}
+            named = {row[0] for row in self._db.execute("SELECT path FROM results WHERE path IS NOT NULL")}
         for entry in self.results_dir.iterdir():
             if f"{RESULTS_DIR}/{entry.name}" not in named:
                 log.info("journal: removing %s (not a recorded result)", entry)
@@ -512,19 +522,25 @@ class Journal:
     def record_update(self, task_id: str, state: str, reason: str = "", message: str = "",
                       detail: str = "") -> bool:
         """A status update for ``task_id`` (``detail``: e.g. the executor's traceback of a member
-        error).  Returns False, recording nothing, for a task the journal never launched."""
+        error).  Returns False, recording nothing, for a task the journal never launched.  An
+        update that changes nothing (TASK_FINISHED after :meth:`record_result`, a resent
+        update) is not written again."""
         now = time.time()
+        values = (state, reason or "", message or "", detail or "")
         with self._lock:
             self._writing()
+            row = self._db.execute("SELECT item_key, state, reason, message, detail FROM attempts "
+                                   "WHERE task_id = ?", (task_id,)).fetchone()
+            if row is None:
+                return False
+            if tuple(row[1:]) == values or (state == "TASK_FINISHED" == row[1] and not any(values[1:])):
+                return True
             with self._transaction():
-                row = self._db.execute("SELECT item_key FROM attempts WHERE task_id = ?", (task_id,)).fetchone()
-                if row is None:
-                    return False
                 self._db.execute("UPDATE attempts SET state = ?, reason = ?, message = ?, detail = ?, "
                                  "updated_at = ? WHERE task_id = ?",
-                                 (state, reason or "", message or "", detail or "", now, task_id))
+                                 (*values, now, task_id))
                 self._refresh_item(row[0], now)
-                return True
+            return True
 
     def record_result(self, item_key: str, task_id: str, result: bytes | np.ndarray) -> ResultRecord:
         """Keep ``item_key``'s result (``.npy`` bytes, or an array) and mark the item finished.
@@ -538,34 +554,50 @@ class Journal:
         existing = self._result_row(item_key)
         if existing is not None:
             return existing
+        if len(npy) <= self.blob_limit:
+            return self._record_result_row(item_key, task_id, npy, digest, None)
         name = result_file_name(item_key)
         final = self.results_dir / name
         temporary = self.results_dir / f".{name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}"
         power = self.durability == "power"
         _write_file(temporary, npy, fsync=power)
+        try:
+            return self._record_result_row(item_key, task_id, npy, digest, (temporary, final))
+        finally:
+            temporary.unlink(missing_ok=True)  # only left if another thread won the race
+
+    def _record_result_row(self, item_key: str, task_id: str, npy: bytes, digest: str,
+                           files: tuple[Path, Path] | None) -> ResultRecord:
+        """Commit the result's row (the bytes themselves, or the file ``files[0]`` renamed to
+        ``files[1]`` first); the attempt is marked TASK_FINISHED and the item FINISHED with it."""
         now = time.time()
+        power = self.durability == "power"
         with self._lock:
             self._writing()
             existing = self._result_row_locked(item_key)
             if existing is not None:  # another thread recorded it meanwhile
-                temporary.unlink(missing_ok=True)
                 return existing
-            os.replace(temporary, final)
+            if files is not None:
+                os.replace(*files)
+                if power:
+                    _fsync_directory(self.results_dir)
             if power:
-                _fsync_directory(self.results_dir)
                 self._db.execute("PRAGMA synchronous=FULL")
+            relative = f"{RESULTS_DIR}/{files[1].name}" if files else None
             try:
                 with self._transaction():
                     self._ensure_item(item_key, now)
-                    self._db.execute("INSERT INTO results(item_key, task_id, path, sha256, nbytes, recorded_at) "
-                                     "VALUES (?, ?, ?, ?, ?, ?)",
-                                     (item_key, task_id, f"{RESULTS_DIR}/{name}", digest, len(npy), now))
+                    self._db.execute("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (item_key, task_id, relative, None if files else npy, digest, len(npy), now))
                     self._db.execute("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
                                      (ItemState.FINISHED.value, now, item_key))
+                    self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
+                                     "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
             finally:
                 if power:
                     self._db.execute("PRAGMA synchronous=NORMAL")
-        return ResultRecord(item_key, task_id, final, digest, len(npy), now)
+        return ResultRecord(item_key, task_id, files[1] if files else None, digest, len(npy), now)
 
     def mark_item(self, item_key: str, state: ItemState, detail: str = "") -> None:
         """Set an item's state where the tracker decides it: FAILED (gave up; ``detail`` says
@@ -599,7 +631,8 @@ class Journal:
                 self._db.execute("UPDATE items SET state = ?, detail = ?, updated_at = ? WHERE key = ?",
                                  (ItemState.PENDING.value, why, now, item_key))
                 self._refresh_item(item_key, now)
-            (self.state_dir / row[0]).unlink(missing_ok=True)
+            if row[0] is not None:
+                (self.state_dir / row[0]).unlink(missing_ok=True)
 
     # Reading (any thread) ------------------------------------------------------------------
     def _result_row(self, item_key: str) -> ResultRecord | None:
@@ -612,7 +645,35 @@ class Journal:
         return None if row is None else self._result_record(row)
 
     def _result_record(self, row: tuple[Any, ...]) -> ResultRecord:
-        return ResultRecord(row[0], row[1], self.state_dir / row[2], row[3], int(row[4]), float(row[5]))
+        path = self.state_dir / row[2] if row[2] is not None else None
+        return ResultRecord(row[0], row[1], path, row[3], int(row[4]), float(row[5]))
+
+    def _result_bytes(self, record: ResultRecord) -> bytes:
+        """The stored bytes of ``record`` (OSError if its file cannot be read; KeyError if its
+        row is gone)."""
+        if record.path is not None:
+            return record.path.read_bytes()
+        with self._lock:
+            row = self._db.execute("SELECT data FROM results WHERE item_key = ?", (record.item_key,)).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(record.item_key)
+        return bytes(row[0])
+
+    def _check(self, record: ResultRecord) -> str | None:
+        """None if the stored result matches its record, else what is wrong with it."""
+        try:
+            data = self._result_bytes(record)
+        except (FileNotFoundError, KeyError):
+            return "missing"
+        except OSError as error:
+            return f"unreadable ({error.strerror})"
+        except sqlite3.Error as error:
+            return f"unreadable ({error})"
+        if len(data) != record.nbytes:
+            return f"has {len(data)} bytes, expected {record.nbytes}"
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            return "fails its sha256 check"
+        return None
 
     def finished(self, verify: bool = True) -> dict[str, ResultRecord]:
         """Every finished item's result, by item key.  With ``verify`` each file is read and its
@@ -626,13 +687,13 @@ class Journal:
             return records
         good: dict[str, ResultRecord] = {}
         for key, record in records.items():
-            problem = _check_file(record)
+            problem = self._check(record)
             if problem is None:
                 good[key] = record
                 continue
             log.warning("journal: result of %s is not usable (%s); it will be computed again", key, problem)
             if self.writable and not self._closed:
-                self.forget_result(key, f"result file {problem}")
+                self.forget_result(key, f"stored result {problem}")
         return good
 
     def load_result(self, item_key: str) -> np.ndarray:
@@ -641,12 +702,16 @@ class Journal:
         record = self._result_row(item_key)
         if record is None:
             raise JournalError(f"{self.path}: item {item_key} has no result")
+        where = record.path or self.path
         try:
-            npy = record.path.read_bytes()
-        except OSError as error:
-            raise JournalError(f"{record.path}: result of {item_key} unreadable: {error.strerror}") from error
+            npy = self._result_bytes(record)
+        except KeyError:
+            raise JournalError(f"{self.path}: item {item_key} has no result") from None
+        except (OSError, sqlite3.Error) as error:
+            raise JournalError(f"{where}: result of {item_key} unreadable: "
+                               f"{getattr(error, 'strerror', None) or error}") from error
         if sha256_hex(npy) != record.sha256 or len(npy) != record.nbytes:
-            raise JournalError(f"{record.path}: result of {item_key} fails its sha256 check")
+            raise JournalError(f"{where}: result of {item_key} fails its sha256 check")
         return npy_to_array(npy)
 
     def items(self) -> dict[str, ItemRecord]:
@@ -755,18 +820,3 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _check_file(record: ResultRecord) -> str | None:
-    """None if the file matches its record, else what is wrong with it."""
-    try:
-        data = record.path.read_bytes()
-    except FileNotFoundError:
-        return "missing"
-    except OSError as error:
-        return f"unreadable ({error.strerror})"
-    if len(data) != record.nbytes:
-        return f"has {len(data)} bytes, expected {record.nbytes}"
-    if hashlib.sha256(data).hexdigest() != record.sha256:
-        return "fails its sha256 check"
-    return None

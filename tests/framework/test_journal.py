@@ -227,8 +227,9 @@ def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
 
 # Items and attempts ---------------------------------------------------------------------------
 
-def test_an_item_through_launch_running_result_and_finished(tmp_path: Path) -> None:
-    with Journal.open(tmp_path / "state", fingerprint(tmp_path)) as journal:
+@pytest.mark.parametrize("blob_limit", [0, 64 * 1024])
+def test_an_item_through_launch_running_result_and_finished(tmp_path: Path, blob_limit: int) -> None:
+    with Journal.open(tmp_path / "state", fingerprint(tmp_path), blob_limit=blob_limit) as journal:
         journal.add_items(items(shards=1))
         journal.record_launch("linear.s00000", "linear.s00000.a1", "agent-1")
         assert journal.progress().counts == {"launched": 1, "pending": 1}
@@ -236,8 +237,13 @@ def test_an_item_through_launch_running_result_and_finished(tmp_path: Path) -> N
         assert [a.task_id for a in journal.active_attempts()] == ["linear.s00000.a1"]
         output = np.linspace(0, 1, 7)
         record = journal.record_result("linear.s00000", "linear.s00000.a1", array_to_npy(output))
-        assert record.path == tmp_path / "state" / "results" / "linear.s00000.npy"
-        assert record.sha256 == sha256_hex(record.path.read_bytes()) == sha256_hex(array_to_npy(output))
+        assert record.sha256 == sha256_hex(array_to_npy(output)) and record.nbytes == len(array_to_npy(output))
+        if blob_limit:  # a small result is kept in the database
+            assert record.path is None and list((tmp_path / "state" / "results").iterdir()) == []
+        else:
+            assert record.path == tmp_path / "state" / "results" / "linear.s00000.npy"
+            assert sha256_hex(record.path.read_bytes()) == record.sha256
+        assert journal.items()["linear.s00000"].attempts[0].state == "TASK_FINISHED"  # with the result
         assert journal.record_update("linear.s00000.a1", "TASK_FINISHED")
         assert journal.active_attempts() == []
         item = journal.items()["linear.s00000"]
@@ -300,13 +306,13 @@ def test_an_update_for_an_unknown_task_is_not_recorded(tmp_path: Path) -> None:
 
 
 def test_cancelled_items_and_a_forgotten_result(tmp_path: Path) -> None:
-    with Journal.open(tmp_path / "state", fingerprint(tmp_path)) as journal:
+    with Journal.open(tmp_path / "state", fingerprint(tmp_path), blob_limit=0) as journal:
         journal.add_items(items(shards=2))
         journal.mark_item("logistic.s00000", ItemState.CANCELLED, "member dropped")
         journal.mark_item("logistic.s00001", ItemState.CANCELLED)
         record = journal.record_result("linear.s00000", "linear.s00000.a1", np.ones(4))
         journal.forget_result("linear.s00000", "rejected by the integrator")
-        assert not record.path.exists()
+        assert record.path is not None and not record.path.exists()
         assert journal.items()["linear.s00000"].state is ItemState.PENDING
         assert journal.progress().counts == {"pending": 2, "cancelled": 2}
         with pytest.raises(JournalError, match="item linear.s00000 has no result"):
@@ -317,7 +323,7 @@ def test_cancelled_items_and_a_forgotten_result(tmp_path: Path) -> None:
 
 def test_a_damaged_or_missing_result_file_means_not_finished(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    with Journal.open(state, fingerprint(tmp_path)) as journal:
+    with Journal.open(state, fingerprint(tmp_path), blob_limit=0) as journal:
         journal.add_items(items())
         for item in items():
             journal.record_result(item.key, item.key + ".a1", np.full(100, item.shard, dtype=np.float64))
@@ -339,9 +345,29 @@ def test_a_damaged_or_missing_result_file_means_not_finished(tmp_path: Path) -> 
             "linear.s00000.npy", "linear.s00002.npy", "logistic.s00001.npy"]
 
 
-def test_temporaries_and_orphan_files_are_swept_at_open(tmp_path: Path) -> None:
+def test_a_damaged_or_missing_result_in_the_database_means_not_finished(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Journal.open(state, fingerprint(tmp_path)) as journal:
+        journal.add_items(items(shards=1))
+        journal.record_result("linear.s00000", "linear.s00000.a1", np.arange(10.0))
+        journal.record_result("logistic.s00000", "logistic.s00000.a1", np.arange(20.0))
+    connection = sqlite3.connect(state / DATABASE_NAME)
+    with connection:
+        (data,) = connection.execute("SELECT data FROM results WHERE item_key = 'linear.s00000'").fetchone()
+        damaged = data[:40] + bytes([data[40] ^ 0xFF]) + data[41:]
+        connection.execute("UPDATE results SET data = ? WHERE item_key = 'linear.s00000'", (damaged,))
+    connection.close()
+    with Journal.open(state, fingerprint(tmp_path)) as journal:
+        with pytest.raises(JournalError, match=r"journal\.sqlite3: result of linear.s00000 fails its sha256"):
+            journal.load_result("linear.s00000")
+        assert list(journal.finished()) == ["logistic.s00000"]
+        assert journal.items()["linear.s00000"].state is ItemState.PENDING
+        assert journal.items()["linear.s00000"].detail == "stored result fails its sha256 check"
+
+
+def test_temporaries_and_orphan_files_are_swept_at_open(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Journal.open(state, fingerprint(tmp_path), blob_limit=0) as journal:
         journal.record_result("a", "a.a1", np.ones(3))
     (state / "results" / ".b.npy.0123456789ab.tmp").write_bytes(b"half")
     (state / "results" / "b.npy").write_bytes(array_to_npy(np.ones(3)))  # renamed, row never committed
@@ -417,7 +443,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     from framework.journal import Fingerprint, Journal
 
-    state, durability = Path(sys.argv[1]), sys.argv[2]
+    state, durability, size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     fingerprint = Fingerprint.from_json((state.parent / "fingerprint.json").read_text())
     journal = Journal.open(state, fingerprint, durability=durability)
     done = set(journal.finished())
@@ -429,26 +455,27 @@ WRITER = textwrap.dedent("""
         task = f"{key}.a{journal.attempt_count(key) + 1}"
         journal.record_launch(key, task, "agent-1")
         journal.record_update(task, "TASK_RUNNING")
-        journal.record_result(key, task, np.arange(16384, dtype=np.float64) * i)  # 128 KiB
+        journal.record_result(key, task, np.arange(size, dtype=np.float64) * i)
         journal.record_update(task, "TASK_FINISHED")
         print("finished", key, flush=True)
 """)
 
 
-def expected_result(key: str) -> np.ndarray:
-    return np.arange(16384, dtype=np.float64) * int(key[-5:])
+def expected_result(key: str, size: int) -> np.ndarray:
+    return np.arange(size, dtype=np.float64) * int(key[-5:])
 
 
-@pytest.mark.parametrize("durability", ["process", "power"])
-def test_a_journal_left_by_sigkill_mid_write_opens_cleanly(tmp_path: Path, durability: str) -> None:
-    """Eight rounds: a writer records results as fast as it can, is killed with SIGKILL at a
-    random moment, and the journal is reopened and checked; the next round resumes it."""
+@pytest.mark.parametrize("durability,size", [("process", 16384), ("power", 16384), ("process", 1024)])
+def test_a_journal_left_by_sigkill_mid_write_opens_cleanly(tmp_path: Path, durability: str, size: int) -> None:
+    """Eight rounds: a writer records results (of ``size`` float64: 128 KiB ones as files, 8 KiB
+    ones in the database) as fast as it can, is killed with SIGKILL at a random moment, and the
+    journal is reopened and checked; the next round resumes it."""
     state = tmp_path / "state"
     (tmp_path / "fingerprint.json").write_text(fingerprint(tmp_path).to_json())
     rng = random.Random(10)
     finished_so_far, caught_in_flight, temporaries_left = 0, 0, 0
     for _round in range(8):
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(state), durability],
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(state), durability, str(size)],
                                   stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         assert writer.stdout is not None
         assert writer.stdout.readline().split() == ["opened", str(finished_so_far)]
@@ -456,7 +483,8 @@ def test_a_journal_left_by_sigkill_mid_write_opens_cleanly(tmp_path: Path, durab
         writer.send_signal(signal.SIGKILL)
         writer.wait()
         assert writer.returncode == -signal.SIGKILL
-        reported = [line.split()[1] for line in writer.stdout.read().splitlines()]
+        lines = writer.stdout.read().split("\n")[:-1]  # the last one may be cut short by the kill
+        reported = [line.split()[1] for line in lines]
         temporaries_left += any(p.name.endswith(".tmp") for p in (state / "results").iterdir())
 
         with Journal.open(state, Fingerprint.from_json((tmp_path / "fingerprint.json").read_text())) as journal:
@@ -466,10 +494,11 @@ def test_a_journal_left_by_sigkill_mid_write_opens_cleanly(tmp_path: Path, durab
             assert set(reported) <= set(finished)
             assert finished_so_far + len(reported) <= len(finished) <= finished_so_far + len(reported) + 1
             for key in finished:
-                np.testing.assert_array_equal(journal.load_result(key), expected_result(key))
+                np.testing.assert_array_equal(journal.load_result(key), expected_result(key, size))
             assert journal.progress().counts.get("finished") == len(finished)
-            assert sorted(p.name for p in (state / "results").iterdir()) == sorted(
-                result_file_name(k) for k in finished)  # no temporary or orphan left, none counted
+            files = sorted(result_file_name(k) for k, r in finished.items() if r.path is not None)
+            assert len(files) == (len(finished) if size * 8 > 64 * 1024 else 0)
+            assert sorted(p.name for p in (state / "results").iterdir()) == files  # no temporary or orphan
             in_flight = [i for i in journal.items().values() if i.state is not ItemState.FINISHED]
             assert len(in_flight) <= 1 and all(i.key not in finished for i in in_flight)
             caught_in_flight += bool(in_flight)
