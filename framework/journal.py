@@ -46,7 +46,7 @@ import urllib.parse
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import numpy as np
 
@@ -272,15 +272,15 @@ class JournalProgress:
 # The journal ---------------------------------------------------------------------------------
 
 _SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE items (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, shard INTEGER NOT NULL, operation TEXT NOT NULL,
-    fold INTEGER, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
+    fold INTEGER, state TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE attempts (
     task_id TEXT PRIMARY KEY, item_key TEXT NOT NULL REFERENCES items(key), agent_id TEXT,
     state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
-    detail TEXT NOT NULL DEFAULT '', launched_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE INDEX attempts_by_item ON attempts(item_key);
+    detail TEXT NOT NULL DEFAULT '', launched_at REAL NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX attempts_by_item ON attempts(item_key, state);
 CREATE TABLE results (
     item_key TEXT PRIMARY KEY REFERENCES items(key), task_id TEXT NOT NULL, path TEXT, data BLOB,
     sha256 TEXT NOT NULL, nbytes INTEGER NOT NULL, recorded_at REAL NOT NULL,
@@ -288,6 +288,23 @@ CREATE TABLE results (
 """
 
 _SETTLED = (ItemState.FINISHED.value, ItemState.FAILED.value, ItemState.CANCELLED.value)
+_RUNNING_TASK_STATES = ("TASK_RUNNING", "TASK_KILLING", "TASK_FINISHED")  # finished: result not yet recorded
+_LAUNCHED_TASK_STATES = tuple(sorted(ACTIVE_MESOS_STATES - set(_RUNNING_TASK_STATES)))
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)  # our own constants, never user input
+
+
+_REFRESH_ITEM = f"""
+UPDATE items SET updated_at = :now, state = CASE
+    WHEN EXISTS (SELECT 1 FROM attempts WHERE item_key = :key AND state IN ({_sql_list(_RUNNING_TASK_STATES)}))
+        THEN '{ItemState.RUNNING.value}'
+    WHEN EXISTS (SELECT 1 FROM attempts WHERE item_key = :key AND state IN ({_sql_list(_LAUNCHED_TASK_STATES)}))
+        THEN '{ItemState.LAUNCHED.value}'
+    ELSE '{ItemState.PENDING.value}' END
+WHERE key = :key AND state NOT IN ({_sql_list(_SETTLED)})
+"""
 
 
 def result_file_name(item_key: str) -> str:
@@ -316,6 +333,11 @@ class Journal:
         self._lock_file = lock_file
         self._lock = threading.Lock()
         self._closed = False
+        self._attempts: dict[str, tuple[str, tuple[str, ...]]] = {}
+        """task id -> (item key, its last (state, reason, message, detail)): updates are checked
+        and compared without a query."""
+        self._deferred: dict[str, tuple[tuple[str, ...], float]] = {}
+        """Non-terminal updates not written yet, by task id: (values, time)."""
 
     # Opening -----------------------------------------------------------------------------
     @classmethod
@@ -350,6 +372,7 @@ class Journal:
         try:
             journal._initialise(fingerprint)
             journal._sweep_results_dir()
+            journal._load_attempts()
         except BaseException:
             journal.close()
             raise
@@ -439,7 +462,26 @@ class Journal:
 
     # Internals -----------------------------------------------------------------------------
     def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+        """A write transaction; it first writes the deferred non-terminal updates."""
+        return _Transaction(self._db, self._apply_deferred)
+
+    def _apply_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for task_id, (values, at) in deferred.items():
+            self._db.execute("UPDATE attempts SET state = ?, reason = ?, message = ?, detail = ?, updated_at = ? "
+                             "WHERE task_id = ?", (*values, at, task_id))
+            self._refresh_item(self._attempts[task_id][0], at)
+
+    def _flush_deferred(self) -> None:
+        """Write the deferred updates now (the lock held): before a read, and at close."""
+        if self._deferred and self.writable and not self._closed:
+            with self._transaction():
+                pass
+
+    def _load_attempts(self) -> None:
+        with self._lock:
+            self._attempts = {row[0]: (row[1], tuple(row[2:])) for row in self._db.execute(
+                "SELECT task_id, item_key, state, reason, message, detail FROM attempts")}
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -463,17 +505,7 @@ class Journal:
     def _refresh_item(self, key: str, now: float) -> None:
         """Derive an unsettled item's state from its attempts: running if one runs (or finished
         without its result recorded yet), launched if one is staging, else pending."""
-        row = self._db.execute("SELECT state FROM items WHERE key = ?", (key,)).fetchone()
-        if row is None or row[0] in _SETTLED:
-            return
-        states = {r[0] for r in self._db.execute("SELECT state FROM attempts WHERE item_key = ?", (key,))}
-        if states & {"TASK_RUNNING", "TASK_KILLING", "TASK_FINISHED"}:
-            state = ItemState.RUNNING
-        elif states & ACTIVE_MESOS_STATES:
-            state = ItemState.LAUNCHED
-        else:
-            state = ItemState.PENDING
-        self._db.execute("UPDATE items SET state = ?, updated_at = ? WHERE key = ?", (state.value, now, key))
+        self._db.execute(_REFRESH_ITEM, {"key": key, "now": now})
 
     # Writing (any thread) ------------------------------------------------------------------
     @property
@@ -507,39 +539,56 @@ class Journal:
                                      "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def record_launch(self, item_key: str, task_id: str, agent_id: str | None) -> None:
-        """A task was launched (or is about to be) for ``item_key`` on ``agent_id``."""
+        """A task was launched (or is about to be) for ``item_key`` on ``agent_id``; committed
+        before returning (record it before the launch goes to Mesos)."""
+        self.record_launches([(item_key, task_id, agent_id)])
+
+    def record_launches(self, launches: Iterable[tuple[str, str, str | None]]) -> None:
+        """Several ``(item key, task id, agent id)`` launches (one offer round) in one commit."""
         now = time.time()
+        launches = list(launches)
         with self._lock:
             self._writing()
             with self._transaction():
-                self._ensure_item(item_key, now)
-                self._db.execute("INSERT INTO attempts(task_id, item_key, agent_id, state, launched_at, updated_at) "
-                                 "VALUES (?, ?, ?, 'TASK_STAGING', ?, ?) ON CONFLICT(task_id) DO UPDATE SET "
-                                 "agent_id = excluded.agent_id, updated_at = excluded.updated_at",
-                                 (task_id, item_key, agent_id, now, now))
-                self._refresh_item(item_key, now)
+                for item_key, task_id, agent_id in launches:
+                    self._ensure_item(item_key, now)
+                    self._db.execute("INSERT INTO attempts(task_id, item_key, agent_id, state, launched_at, "
+                                     "updated_at) VALUES (?, ?, ?, 'TASK_STAGING', ?, ?) ON CONFLICT(task_id) DO "
+                                     "UPDATE SET agent_id = excluded.agent_id, updated_at = excluded.updated_at",
+                                     (task_id, item_key, agent_id, now, now))
+                    self._refresh_item(item_key, now)
+            for item_key, task_id, _agent_id in launches:
+                self._attempts.setdefault(task_id, (item_key, ("TASK_STAGING", "", "", "")))
 
     def record_update(self, task_id: str, state: str, reason: str = "", message: str = "",
                       detail: str = "") -> bool:
         """A status update for ``task_id`` (``detail``: e.g. the executor's traceback of a member
-        error).  Returns False, recording nothing, for a task the journal never launched.  An
-        update that changes nothing (TASK_FINISHED after :meth:`record_result`, a resent
-        update) is not written again."""
+        error).  Returns False, recording nothing, for a task the journal never launched.
+
+        A terminal update is committed before returning.  A non-terminal one (TASK_RUNNING...)
+        is written with the next commit, or before the next read or :meth:`close`, saving a
+        commit per task: a crash loses at most such states, which a reconciliation with Mesos
+        restores.  An update that changes nothing (TASK_FINISHED after :meth:`record_result`,
+        an update Mesos resends) is not written again."""
         now = time.time()
         values = (state, reason or "", message or "", detail or "")
         with self._lock:
             self._writing()
-            row = self._db.execute("SELECT item_key, state, reason, message, detail FROM attempts "
-                                   "WHERE task_id = ?", (task_id,)).fetchone()
-            if row is None:
+            known = self._attempts.get(task_id)
+            if known is None:
                 return False
-            if tuple(row[1:]) == values or (state == "TASK_FINISHED" == row[1] and not any(values[1:])):
+            item_key, last = known
+            if last == values or (state == "TASK_FINISHED" == last[0] and not any(values[1:])):
+                return True
+            self._attempts[task_id] = (item_key, values)
+            if state in ACTIVE_MESOS_STATES:
+                self._deferred[task_id] = (values, now)
                 return True
             with self._transaction():
                 self._db.execute("UPDATE attempts SET state = ?, reason = ?, message = ?, detail = ?, "
                                  "updated_at = ? WHERE task_id = ?",
                                  (*values, now, task_id))
-                self._refresh_item(row[0], now)
+                self._refresh_item(item_key, now)
             return True
 
     def record_result(self, item_key: str, task_id: str, result: bytes | np.ndarray) -> ResultRecord:
@@ -551,11 +600,11 @@ class Journal:
         npy = result if isinstance(result, bytes) else array_to_npy(result)
         digest = sha256_hex(npy)
         self._writing()
-        existing = self._result_row(item_key)
-        if existing is not None:
-            return existing
         if len(npy) <= self.blob_limit:
             return self._record_result_row(item_key, task_id, npy, digest, None)
+        existing = self._result_row(item_key)
+        if existing is not None:  # do not write a file for nothing
+            return existing
         name = result_file_name(item_key)
         final = self.results_dir / name
         temporary = self.results_dir / f".{name}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}"
@@ -594,6 +643,8 @@ class Journal:
                                      (ItemState.FINISHED.value, now, item_key))
                     self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
                                      "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
+                if self._attempts.get(task_id, ("",))[0] == item_key:
+                    self._attempts[task_id] = (item_key, ("TASK_FINISHED", "", "", ""))
             finally:
                 if power:
                     self._db.execute("PRAGMA synchronous=NORMAL")
@@ -717,11 +768,12 @@ class Journal:
     def items(self) -> dict[str, ItemRecord]:
         """Every journaled item with its attempts (oldest first)."""
         with self._lock:
+            self._flush_deferred()
             item_rows = self._db.execute("SELECT key, model, shard, operation, fold, state, detail FROM items "
                                          "ORDER BY key").fetchall()
             attempt_rows = self._db.execute(
                 "SELECT task_id, item_key, agent_id, state, reason, message, detail, launched_at, updated_at "
-                "FROM attempts ORDER BY launched_at, rowid").fetchall()
+                "FROM attempts ORDER BY launched_at, task_id").fetchall()
         attempts: dict[str, list[AttemptRecord]] = {}
         for row in attempt_rows:
             attempts.setdefault(row[1], []).append(AttemptRecord(*row))
@@ -733,9 +785,10 @@ class Journal:
         resumed job reconciles and adopts."""
         placeholders = ",".join("?" * len(ACTIVE_MESOS_STATES))
         with self._lock:
+            self._flush_deferred()
             rows = self._db.execute(
                 "SELECT task_id, item_key, agent_id, state, reason, message, detail, launched_at, updated_at "
-                f"FROM attempts WHERE state IN ({placeholders}) ORDER BY launched_at, rowid",
+                f"FROM attempts WHERE state IN ({placeholders}) ORDER BY launched_at, task_id",
                 tuple(sorted(ACTIVE_MESOS_STATES))).fetchall()
         return [AttemptRecord(*row) for row in rows]
 
@@ -749,6 +802,7 @@ class Journal:
     def progress(self) -> JournalProgress:
         """Items by state, attempts and the framework id (for ``mesos-ensemble status``)."""
         with self._lock:
+            self._flush_deferred()
             counts = {s: int(n) for s, n in self._db.execute("SELECT state, count(*) FROM items GROUP BY state")}
             attempts = int(self._db.execute("SELECT count(*) FROM attempts").fetchone()[0])
             updated = self._db.execute("SELECT max(updated_at) FROM items").fetchone()[0]
@@ -773,8 +827,11 @@ class Journal:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            self._db.close()
+            try:
+                self._flush_deferred()
+            finally:
+                self._closed = True
+                self._db.close()
             if self._lock_file is not None:
                 os.close(self._lock_file)  # releases the flock
                 self._lock_file = None
@@ -787,14 +844,16 @@ class Journal:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+    """BEGIN IMMEDIATE, ``on_begin()``, ... COMMIT, or ROLLBACK on an exception."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, on_begin: Callable[[], None]) -> None:
         self.db = connection
+        self.on_begin = on_begin
 
     def __enter__(self) -> None:
         if not self.db.in_transaction:
             self.db.execute("BEGIN IMMEDIATE")
+            self.on_begin()
 
     def __exit__(self, kind: object, error: object, traceback: object) -> None:
         if not self.db.in_transaction:

@@ -185,6 +185,9 @@ def test_a_reader_sees_progress_while_the_writer_runs_and_cannot_write(tmp_path:
         journal.record_launch("linear.s00001", "linear.s00001.a1", "a1")
         journal.record_update("linear.s00001.a1", "TASK_RUNNING")
         with Journal.read(tmp_path / "state") as reader:
+            # TASK_RUNNING is written with the writer's next commit or read, not on its own.
+            assert reader.progress().counts == {"pending": 5, "launched": 1}
+            assert journal.progress().counts == {"pending": 5, "running": 1}
             assert reader.progress().counts == {"pending": 5, "running": 1}
             journal.record_result("linear.s00001", "linear.s00001.a1", np.ones(2))
             assert reader.progress().counts == {"pending": 5, "finished": 1}
@@ -295,6 +298,26 @@ def test_a_backup_attempt_keeps_the_item_running_when_the_other_fails(tmp_path: 
         np.testing.assert_array_equal(journal.load_result("linear.s00000"), np.zeros(1))
         journal.mark_item("linear.s00000", ItemState.CANCELLED)  # a finished item stays finished
         assert journal.items()["linear.s00000"].state is ItemState.FINISHED
+
+
+def test_a_running_state_is_written_at_the_next_commit_or_close(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    journal = Journal.open(state, fingerprint(tmp_path))
+    journal.record_launches([("a", "a.a1", "agent-1"), ("b", "b.a1", "agent-2")])  # one offer round
+    journal.record_update("a.a1", "TASK_RUNNING")
+    journal.record_update("b.a1", "TASK_STARTING")
+    with Journal.read(state) as reader:
+        assert {a.task_id: a.state for a in reader.active_attempts()} == {"a.a1": "TASK_STAGING",
+                                                                          "b.a1": "TASK_STAGING"}
+        journal.record_update("b.a1", "TASK_FAILED", message="executor lost")  # a terminal update commits
+        assert {a.task_id: a.state for a in reader.active_attempts()} == {"a.a1": "TASK_RUNNING"}
+        assert reader.items()["b"].state is ItemState.PENDING
+        journal.record_update("a.a1", "TASK_KILLING")
+        journal.close()
+        assert {a.task_id: a.state for a in reader.active_attempts()} == {"a.a1": "TASK_KILLING"}
+    with Journal.open(state, fingerprint(tmp_path)) as journal:
+        assert journal.record_update("a.a1", "TASK_KILLED") and journal.active_attempts() == []
+        assert journal.items()["a"].attempts[0].agent_id == "agent-1"
 
 
 def test_an_update_for_an_unknown_task_is_not_recorded(tmp_path: Path) -> None:
