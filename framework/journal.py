@@ -76,6 +76,12 @@ them (say, a longer ``timeout_seconds`` before resuming) does not invalidate fin
 Durability = Literal["process", "power"]
 
 
+def default_state_dir(job_file: Path) -> Path:
+    """Where a job's journal lives unless ``--state-dir`` says otherwise: beside its job file,
+    ``jobs/demo.toml`` -> ``jobs/demo.state/``."""
+    return job_file.with_name(job_file.stem + ".state")
+
+
 class JournalError(FrameworkError):
     """The journal cannot be used (corrupt, newer schema, busy, or asked for something it lacks)."""
 

@@ -27,6 +27,7 @@ from framework.journal import (
     JournalError,
     JournalMismatch,
     compute_fingerprint,
+    default_state_dir,
     job_fingerprint,
     result_file_name,
 )
@@ -399,6 +400,10 @@ def test_temporaries_and_orphan_files_are_swept_at_open(tmp_path: Path) -> None:
         assert [p.name for p in (state / "results").iterdir()] == ["a.npy"]
 
 
+def test_the_default_state_directory_is_beside_the_job_file() -> None:
+    assert default_state_dir(Path("/jobs/demo.toml")) == Path("/jobs/demo.state")
+
+
 def test_result_file_names_are_safe_and_distinct() -> None:
     keys = ["m.s00001", "../etc/passwd", ".hidden", "a/b", "a%2Fb", "x" * 300, "ü"]
     names = [result_file_name(k) for k in keys]
@@ -419,10 +424,12 @@ def test_power_durability_keeps_results_the_same_way(tmp_path: Path) -> None:
         Journal.open(tmp_path / "other", fingerprint(tmp_path), durability="sometimes")  # type: ignore[arg-type]
 
 
-def test_writers_on_several_threads(tmp_path: Path) -> None:
-    """Launches and updates on one thread (pymesos's), results on others (the job's)."""
+@pytest.mark.parametrize("blob_limit", [0, 64 * 1024])
+def test_writers_on_several_threads(tmp_path: Path, blob_limit: int) -> None:
+    """Launches and updates on one thread (pymesos's), results on others (the job's), each
+    result recorded twice (the second is ignored, even when racing the first)."""
     keys = [f"m.s{i:05d}" for i in range(60)]
-    with Journal.open(tmp_path / "state", fingerprint(tmp_path)) as journal:
+    with Journal.open(tmp_path / "state", fingerprint(tmp_path), blob_limit=blob_limit) as journal:
         journal.add_items([WorkItem(k, "m", i) for i, k in enumerate(keys)])
         for key in keys:
             journal.record_launch(key, key + ".a1", "a1")
@@ -445,6 +452,7 @@ def test_writers_on_several_threads(tmp_path: Path) -> None:
                 errors.append(error)
 
         threads = [threading.Thread(target=results, args=(keys[i::3],)) for i in range(3)]
+        threads += [threading.Thread(target=results, args=(keys[i::3],)) for i in range(3)]  # the same keys
         threads.append(threading.Thread(target=updates))
         for thread in threads:
             thread.start()
@@ -456,6 +464,9 @@ def test_writers_on_several_threads(tmp_path: Path) -> None:
         for key in keys:
             np.testing.assert_array_equal(journal.load_result(key), np.full(50, len(key) + int(key[-5:])))
         assert journal.progress().counts == {"finished": 60}
+        results_dir = tmp_path / "state" / "results"
+        assert sorted(p.name for p in results_dir.iterdir()) == ([result_file_name(k) for k in keys] if not blob_limit
+                                                                  else [])  # no temporary left by a lost race
 
 
 # A process killed mid-write ----------------------------------------------------------------
