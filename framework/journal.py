@@ -450,7 +450,11 @@ class Journal:
                     self._set_meta("fingerprint", fingerprint.to_json())
                     self._set_meta("created_at", repr(time.time()))
                 return
-            saved = Fingerprint.from_json(self._meta("fingerprint") or "")
+            try:
+                saved = Fingerprint.from_json(self._meta("fingerprint") or "")
+            except (ValueError, KeyError, TypeError) as error:
+                raise JournalError(f"{self.path}: the journal's job fingerprint is unreadable ({error}); "
+                                   "--fresh starts over") from error
             changes = saved.differences(fingerprint)
             if changes:
                 raise JournalMismatch(f"{self.state_dir}: the job changed since its journal was written: "

@@ -220,6 +220,16 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         Journal.read(tmp_path / "state")
 
 
+def test_an_unreadable_fingerprint_is_refused(tmp_path: Path) -> None:
+    Journal.open(tmp_path / "state", fingerprint(tmp_path)).close()
+    connection = sqlite3.connect(tmp_path / "state" / DATABASE_NAME)
+    with connection:
+        connection.execute("UPDATE meta SET value = '{' WHERE key = 'fingerprint'")
+    connection.close()
+    with pytest.raises(JournalError, match="fingerprint is unreadable .*--fresh starts over"):
+        Journal.open(tmp_path / "state", fingerprint(tmp_path))
+
+
 def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     connection = sqlite3.connect(tmp_path / "state" / DATABASE_NAME)
@@ -520,6 +530,8 @@ def test_a_journal_left_by_sigkill_mid_write_opens_cleanly(tmp_path: Path, durab
         lines = writer.stdout.read().split("\n")[:-1]  # the last one may be cut short by the kill
         reported = [line.split()[1] for line in lines]
         temporaries_left += any(p.name.endswith(".tmp") for p in (state / "results").iterdir())
+        with Journal.read(state) as reader:  # what `status` does, before anything repairs the journal
+            assert reader.progress().counts.get("finished", 0) >= finished_so_far + len(reported)
 
         with Journal.open(state, Fingerprint.from_json((tmp_path / "fingerprint.json").read_text())) as journal:
             finished = journal.finished()
