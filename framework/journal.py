@@ -1,34 +1,41 @@
 """The durable job journal: what a job has done, kept so that a later ``run`` can resume it.
 
-A state directory holds ``journal.sqlite3`` (stdlib :mod:`sqlite3`, WAL mode) and ``results/``,
-one ``.npy`` file per finished work item, each checksummed in the database.  The database keeps
-the job's :class:`Fingerprint`, the framework id, every work item with its state and every
-attempt at it (Mesos task id, agent, state, reason, message, times).
+A state directory (by default beside the job file, :func:`default_state_dir`) holds
+``journal.sqlite3`` (stdlib :mod:`sqlite3`, WAL mode, schema version in ``PRAGMA user_version``)
+and ``results/``.  The database keeps the job's :class:`Fingerprint`, the framework id, every
+work item with its state, every attempt at it (Mesos task id, agent, state, reason, message,
+detail, times) and every finished result with its sha256: results of up to
+:data:`DEFAULT_BLOB_LIMIT` bytes (what executors send inline) in the database itself, larger
+ones as ``results/<item key>.npy`` files.
 
 Crash safety
 ------------
 * A result file is written to a temporary name beside its final one, then renamed; the row that
-  names it (with its sha256) is committed after the rename.  A process killed at any point
-  leaves either no row (the item is simply not finished; an orphan file or temporary is swept at
-  the next open) or a row whose file is complete.  :meth:`Journal.finished` re-checks every
-  file's sha256, so a file damaged later (by hand, or by a power loss) only means the item is
+  names it (with its sha256) is committed after the rename.  A result kept in the database is
+  committed in the same transaction that marks its item finished.  A process killed at any
+  point leaves either no row (the item is simply not finished; an orphan file or temporary is
+  swept at the next open) or a complete result.  :meth:`Journal.finished` re-checks every
+  result's sha256, so one damaged later (by hand, or by a power loss) only means the item is
   not finished and is computed again.
 * ``durability="process"`` (the default) survives the scheduler process dying in any way
   (``kill -9`` included): WAL with ``synchronous=NORMAL`` never loses a committed transaction to
   a process crash, only to an operating-system crash or power loss, and result files are not
-  fsynced.  Measured on this project's machine (``bench/journal_bench.py``) a commit costs about
-  0.2 ms with NORMAL and 5 ms with FULL, a 64 KiB file fsync about 4 ms and a directory fsync
-  1.5 ms: FULL would cost 15-25 ms per task against a 1 ms target.  What a power loss can cost
-  in this mode is recomputing the last results (never a wrong one: checksums catch torn files,
-  and WAL keeps the database consistent).
+  fsynced.  Measured on this project's VM disk a commit costs about 0.2 ms with NORMAL and
+  5 ms with FULL, a 64 KiB file fsync about 4 ms and a directory fsync 1.5 ms: FULL plus fsyncs
+  would cost 10-30 ms per task against a 1 ms target (``bench/journal_bench.py``).  What a
+  power loss can cost in this mode is recomputing the last results (never a wrong one:
+  checksums catch torn files, and WAL keeps the database consistent).
 * ``durability="power"`` also survives power loss: result files and their directory are fsynced
   before the row is committed, and result rows are committed with ``synchronous=FULL``
   (launches and updates stay NORMAL: losing them only means a reconciliation asks Mesos again).
+* Non-terminal updates (TASK_RUNNING...) are written with the next commit, read or close, not
+  on their own: a crash loses at most those, which reconciliation restores.
 
 Threads: every method may be called from any thread (one connection, serialised by a lock; a
-result file is written outside the lock).  A journal may be opened for writing by one process
-at a time (an advisory ``flock`` on ``lock``, released by the kernel if the process dies);
-:meth:`Journal.read` opens one read-only, e.g. for ``mesos-ensemble status`` while a job runs.
+result file is written outside the lock, its rename, fsyncs and commit inside it).  A journal
+may be opened for writing by one process at a time (an advisory ``flock`` on ``lock``, released
+by the kernel if the process dies); :meth:`Journal.read` opens one read-only, e.g. for
+``mesos-ensemble status`` while a job runs.
 """
 
 from __future__ import annotations
