@@ -26,7 +26,7 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs
+from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs, report_failure
 
 log = logging.getLogger("executor")
 
@@ -106,11 +106,9 @@ class EnsembleExecutor(pymesos.Executor):
                 return
             output, usage = compute_measured(payload, model, shard, self.cache)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
-        except TaskError as error:
-            state, message, data = "TASK_FAILED", str(error), None
-        except Exception as error:  # a bug or an environment problem: still answer the scheduler
-            log.exception("task %s crashed", task_id)
-            state, message, data = "TASK_FAILED", f"executor error: {type(error).__name__}: {error}", None
+        except Exception as error:  # answer every failure, saying whether the member's own code raised
+            failure = report_failure(task_id, error)  # its whole traceback goes to the sandbox's stderr
+            state, message, data = "TASK_FAILED", failure.status_message(), failure.to_json()
         if self._was_killed(task_id):  # already reported TASK_KILLED: a task has one terminal state
             return
         self._send(driver, task_id, state, message=message, data=data)

@@ -140,3 +140,87 @@ def inline_envelope(npy: bytes, shape: tuple[int, ...], usage: TaskUsage | None 
 
 def uploaded_envelope(npy: bytes, shape: tuple[int, ...], usage: TaskUsage | None = None) -> ResultEnvelope:
     return ResultEnvelope("uploaded", sha256_hex(npy), len(npy), None, list(shape), usage)
+
+
+FailureKind = Literal["member_error", "infrastructure"]
+TASK_FAILURE_SCHEMA = "mesos-ensemble/task-failure/1"
+MAX_TRACEBACK_CHARS = 8000
+"""A failure's traceback travels in its status update cut to its last this many characters (the
+innermost frames and the exception); the executor's stderr in the sandbox keeps all of it."""
+MAX_FAILURE_MESSAGE_CHARS = 1000
+FAILURE_MESSAGE_PREFIX: dict[str, str] = {"member_error": "member error: ", "infrastructure": "infrastructure: "}
+"""How a failed task's status message starts, by kind (for people and for a framework that sees
+only the message)."""
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a task failed: the terminal TASK_FAILED update's ``data`` carries it as JSON, and its
+    message starts with :data:`FAILURE_MESSAGE_PREFIX`.
+
+    ``kind`` is ``member_error`` when the member's own code raised (its predict, predict_proba,
+    decision_function or fit) or the member cannot take the data (no such method, another
+    number of features): retrying elsewhere gives the same answer, so a framework retries it at
+    most once.  ``infrastructure`` is everything else (a download or checksum failure, a model
+    file the agent's Python cannot load, out of memory, a bug in the executor): worth retrying
+    elsewhere.  ``error_type`` is the exception's class name, ``traceback`` the end of its
+    traceback (see :data:`MAX_TRACEBACK_CHARS`)."""
+
+    kind: FailureKind
+    error_type: str
+    message: str
+    traceback: str = ""
+    schema: str = TASK_FAILURE_SCHEMA
+
+    @property
+    def is_member_error(self) -> bool:
+        return self.kind == "member_error"
+
+    def status_message(self) -> str:
+        """One line for the status update's ``message``: the kind's prefix, then what happened."""
+        text = " ".join(self.message.split()) or self.error_type
+        if len(text) > MAX_FAILURE_MESSAGE_CHARS:
+            text = text[:MAX_FAILURE_MESSAGE_CHARS - 3] + "..."
+        return FAILURE_MESSAGE_PREFIX[self.kind] + text
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "TaskFailure":
+        """Decode :meth:`to_json`'s bytes (ValueError if they are not a task failure)."""
+        try:
+            fields: Any = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a task failure: {error}") from error
+        if not isinstance(fields, dict) or fields.get("schema") != TASK_FAILURE_SCHEMA:
+            raise ValueError("not a task failure (no task-failure schema)")
+        if fields.get("kind") not in FAILURE_MESSAGE_PREFIX:
+            raise ValueError(f"task failure of unknown kind {fields.get('kind')!r}")
+        return cls(kind=fields["kind"], error_type=str(fields.get("error_type", "")),
+                   message=str(fields.get("message", "")), traceback=str(fields.get("traceback", "")))
+
+    @classmethod
+    def from_status(cls, data_b64: str | None, message: str = "") -> "TaskFailure | None":
+        """The failure a TASK_FAILED update reports: from its ``data`` (base64, as pymesos gives
+        it) if that holds one, else from a message with a kind's prefix; None when the update
+        is not from this executor's failure path (say, the agent's own TASK_FAILED)."""
+        if data_b64:
+            try:
+                return cls.from_json(base64.b64decode(data_b64))
+            except (ValueError, TypeError):
+                pass
+        for kind, prefix in FAILURE_MESSAGE_PREFIX.items():
+            if message.startswith(prefix):
+                return cls(kind, "", message[len(prefix):])  # type: ignore[arg-type]
+        return None
+
+
+def truncate_traceback(text: str, limit: int = MAX_TRACEBACK_CHARS) -> str:
+    """``text`` if short enough, else its last ``limit`` characters after a line saying how
+    much was cut (the innermost frames and the exception are at the end)."""
+    if len(text) <= limit:
+        return text
+    kept = text[-limit:]
+    kept = kept[kept.find("\n") + 1:] if "\n" in kept[:-1] else kept  # start at a line
+    return f"[... {len(text) - len(kept)} characters of traceback cut; the executor's stderr has them ...]\n{kept}"

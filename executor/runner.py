@@ -1,14 +1,17 @@
 """The executor's pure core: run one task payload and return its output array.
 
 No Mesos here.  The pymesos edge (``executor.main``) calls :func:`run_task` on a worker thread
-and turns :class:`TaskError` into TASK_FAILED with the error's message.
+and turns any exception into TASK_FAILED through :func:`report_failure`: a :class:`MemberError`
+(the member's own code raised) is told apart from infrastructure failures (every other error).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
@@ -16,13 +19,49 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 
-from executor.protocol import RemoteFile, TaskPayload, TaskUsage, file_sha256
+from executor.protocol import (RemoteFile, TaskFailure, TaskPayload, TaskUsage, file_sha256,
+                               truncate_traceback)
 
 Downloader = Callable[[str], bytes]
 
 
 class TaskError(Exception):
-    """A task failed for a reason worth showing to the user verbatim."""
+    """A task failed for a reason worth showing to the user verbatim: an infrastructure failure
+    (download, checksum, loading), unless it is a :class:`MemberError`."""
+
+
+class MemberError(TaskError):
+    """The member's own code raised (its predict/predict_proba/decision_function or fit), or the
+    member cannot take the data (no such method, another number of features): deterministic, so
+    a retry elsewhere gives the same answer.  Raised ``from`` the member's exception."""
+
+
+def describe_failure(error: BaseException) -> TaskFailure:
+    """What a task's exception means for the framework (see :class:`executor.protocol.TaskFailure`).
+    Running out of memory is infrastructure even inside the member's code (another agent, or a
+    task with more memory, may do)."""
+    cause = error.__cause__ if isinstance(error, TaskError) and error.__cause__ is not None else error
+    text = "".join(traceback.format_exception(error))
+    if isinstance(cause, MemoryError):
+        return TaskFailure("infrastructure", "MemoryError", f"out of memory: {error}", truncate_traceback(text))
+    if isinstance(error, MemberError):
+        return TaskFailure("member_error", type(cause).__name__, str(error), truncate_traceback(text))
+    if isinstance(error, TaskError):
+        return TaskFailure("infrastructure", type(cause).__name__, str(error), truncate_traceback(text))
+    return TaskFailure("infrastructure", type(error).__name__, f"executor error: {type(error).__name__}: {error}",
+                       truncate_traceback(text))
+
+
+def report_failure(task_id: str, error: BaseException, stream: Any = None) -> TaskFailure:
+    """Write ``error``'s whole traceback to ``stream`` (default: the executor's stderr, the
+    sandbox's ``stderr`` file) under a line naming the task and the failure's kind, and return
+    the :class:`TaskFailure` its terminal update carries."""
+    failure = describe_failure(error)
+    stream = stream if stream is not None else sys.stderr
+    stream.write(f"task {task_id} failed ({failure.kind}): {failure.status_message()}\n"
+                 + "".join(traceback.format_exception(error)))
+    stream.flush()
+    return failure
 
 
 def http_download(url: str) -> bytes:
@@ -111,16 +150,16 @@ class SandboxCache:
 def call_method(model: Any, method: str, features: np.ndarray, model_name: str) -> np.ndarray:
     function = getattr(model, method, None)
     if function is None:
-        raise TaskError(f"model {model_name} ({type(model).__name__}) has no method {method}")
+        raise MemberError(f"model {model_name} ({type(model).__name__}) has no method {method}")
     expected = getattr(model, "n_features_in_", None)
     if expected is not None and features.shape[1] != expected:
-        raise TaskError(
+        raise MemberError(
             f"model {model_name} expects {expected} features, the shard has {features.shape[1]}"
         )
     try:
         return np.asarray(function(features))
     except Exception as error:
-        raise TaskError(f"model {model_name}.{method} failed: {type(error).__name__}: {error}") from error
+        raise MemberError(f"model {model_name}.{method} failed: {type(error).__name__}: {error}") from error
 
 
 def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.ndarray]:
@@ -179,5 +218,5 @@ def cv_fit_predict(model: Any, features: np.ndarray, payload: TaskPayload, cache
     try:
         estimator = fit_fold(model, features, labels, payload.train_rows)
     except Exception as error:
-        raise TaskError(f"model {payload.model_name} could not be fitted: {type(error).__name__}: {error}") from error
+        raise MemberError(f"model {payload.model_name} could not be fitted: {type(error).__name__}: {error}") from error
     return call_method(estimator, payload.method, features[rows(payload.test_rows)], payload.model_name)
