@@ -33,8 +33,7 @@ from framework.artifacts import ArtifactServer
 from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
 from framework.errors import JobFailed, JobSpecError
 from framework.jobspec import JobSpec, ModelSpec
-from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
-from framework.offers import PoolAllocator
+from framework.translator import ExecutorLaunch, PoolAllocator, executor_id, executor_info, framework_info, task_info
 from framework.packing import (
     Agent,
     PackingOptions,
@@ -42,7 +41,7 @@ from framework.packing import (
     TaskDemand,
 )
 from framework.balancing import SpeculationPolicy
-from framework.scheduler import EnsembleScheduler, OfferPolicy, SchedulerEvent
+from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent
 from framework.tasks import Tracker, WorkItem
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class JobCatalog:
         resources = self.executor_resources[key]
         workers = max(1, int((agent.capacity.cpus + self.agent_reserve.cpus) // max(smallest_task, 1e-9)))
         launch = ExecutorLaunch(
-            executor_id=f"{key}.g{generation}",
+            executor_id=executor_id(key, generation),
             serves="all models" if key == SHARED_EXECUTOR and self.shared else key,
             python=self.python,
             executor_package_url=self.executor_package_url,
@@ -200,7 +199,7 @@ class JobCatalog:
         train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
         payload = TaskPayload(
             task_id=task_id,
-            operation=item.operation,  # type: ignore[arg-type]
+            operation=item.operation,
             model_name=model.name,
             model=RemoteFile(self.model_urls[model.name], model.sha256),
             model_file=f"{model.name}.joblib",
@@ -502,6 +501,7 @@ class JobRunner:
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.
         stack.callback(driver.join)
         stack.callback(driver.stop)
+        stack.callback(scheduler.close)  # after the round being decided, before the driver stops
         stack.callback(setattr, scheduler, "stopping", True)
         return driver
 
@@ -535,11 +535,11 @@ class JobRunner:
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
-        if event.kind == "fatal":
+        if event.kind is EventKind.FATAL:
             raise JobFailed(event.detail)
         item = event.item
         assert item is not None
-        if event.kind == "finished":
+        if event.kind is EventKind.FINISHED:
             try:
                 output, usage = decode_result(server, item.task_id or "", event.data)
             except ValueError as error:
@@ -549,7 +549,7 @@ class JobRunner:
                 scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
             on_result(item, output)
             self.progress(f"done {item.key}")
-        elif event.kind == "gave_up":
+        elif event.kind is EventKind.GAVE_UP:
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)
             if on_member_failed is None or self.spec.min_members is None:
