@@ -278,8 +278,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         executor_keys = {model: self.catalog.executor_key(model) for model in firsts}
         keys = set(executor_keys.values()) | {key for _agent, key in self.executors}
         return RoundSnapshot(
-            pending=tuple(item.view() for item in pending_items),
-            active=tuple(item.view() for item in active_items),
+            pending=self.tracker.pending_views(),
+            active=self.tracker.active_views(),
             demands={model: self.catalog.demand(item) for model, item in firsts.items()},
             executor_keys=executor_keys,
             executor_models={key: self.catalog.executor_models(key) for key in keys},
@@ -302,7 +302,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         the messages without it (one ACCEPT per agent, DECLINEs), then SUPPRESS if still idle."""
         for line in decision.log:
             log.log(line.level, "%s", line.message)
-        accepts: list[tuple[AgentLaunch, list[tuple[TaskLaunch, WorkItem]], list[tuple[str, int]]]] = []
+        accepts: list[tuple[AgentLaunch, list[tuple[TaskLaunch, WorkItem, int]], list[tuple[str, int]]]] = []
         declines: list[Decline] = []
         with self.lock:
             self.rounds += 1
@@ -310,31 +310,34 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.known_agents.update(decision.agents_seen)
             self.hostnames.update(decision.agents_seen)
             self.reserve_warned |= decision.warned_agents
-            if self.stopping:
-                return
-            now = self.clock()
             for decline in decision.declines:
                 kept = tuple(o for o in decline.offer_ids if o not in self._rescinded)
                 if kept:
                     declines.append(Decline(kept, decline.refuse_seconds, decline.reason, decline.agent_id))
-            for launch in decision.launches:
-                agent_id = launch.agent.agent_id
+        # One agent at a time under the lock: updates are handled between agents.
+        for launch in decision.launches:
+            agent_id = launch.agent.agent_id
+            with self.lock:
+                if self.stopping:
+                    return
                 valid, starts = self._still_valid(launch)
                 if not valid:
                     kept = tuple(o for o in launch.offer_ids if o not in self._rescinded)
                     if kept:
                         declines.append(Decline(kept, self.policy.refuse_seconds, "unneeded", agent_id))
                     continue
-                for task, item in valid:
+                now = self.clock()
+                for task, item, _generation in valid:
                     task_id = self.tracker.launched(item, agent_id)
                     assert task_id == task.task_id, (task_id, task.task_id)
                     self.started_at[task_id] = now
                 for key, generation in starts:
                     self.executors[(agent_id, key)] = generation
                 self.executors_launched += len(starts)
-                self.backups_launched += sum(1 for task, _item in valid if task.backup)
+                self.backups_launched += sum(1 for task, _item, _generation in valid if task.backup)
                 accepts.append((launch, valid, starts))
-            self._settle(o for v in views for o in (v.offer_id,))
+        with self.lock:
+            self._settle(v.offer_id for v in views)
         by_agent: dict[str, list[OfferView]] = defaultdict(list)
         for view in views:
             by_agent[view.agent_id].append(view)
@@ -346,8 +349,7 @@ class EnsembleScheduler(pymesos.Scheduler):
                 self._executor_infos[(agent.agent_id, key, generation)] = self.catalog.executor_info(
                     key, agent, allocator, generation)
             tasks = []
-            for task, item in valid:
-                generation = self.executors.get((agent.agent_id, task.executor_key), -1)
+            for task, item, generation in valid:
                 executor = self._executor_infos[(agent.agent_id, task.executor_key, generation)]
                 tasks.append(self.catalog.task_info(item, task.task_id, agent, allocator, executor))
                 launched.append((task.task_id, item))
@@ -355,23 +357,27 @@ class EnsembleScheduler(pymesos.Scheduler):
                                translator.filters(self.policy.refuse_seconds))
         for decline in declines:
             driver.declineOffer(translator.offer_ids(decline.offer_ids), translator.filters(decline.refuse_seconds))
+        # Cancelled between being recorded and sent: the kill may have reached Mesos first.  (A
+        # cancelled item never becomes live again, so its state is read without the lock.)
+        for task_id, item in launched:
+            if item.state is ItemState.CANCELLED:
+                driver.killTask(translator.id_message(task_id))
         with self.lock:
-            # Cancelled between being recorded and sent: the kill may have reached Mesos first.
-            for task_id, item in launched:
-                if item.state is ItemState.CANCELLED:
-                    driver.killTask(translator.id_message(task_id))
             if decision.suppress and not self.tracker.has_pending():
                 self._suppress(driver)
 
-    def _still_valid(self, launch: AgentLaunch) -> tuple[list[tuple[TaskLaunch, WorkItem]], list[tuple[str, int]]]:
+    def _still_valid(self, launch: AgentLaunch) -> tuple[list[tuple[TaskLaunch, WorkItem, int]], list[tuple[str, int]]]:
         """The launch's tasks whose item is as the round saw it, whose executor is as the round saw
-        it, and the executors to start for them; nothing when an offer was rescinded."""
+        it (with that executor's generation), and the executors to start for them; nothing when an
+        offer was rescinded."""
         agent_id = launch.agent.agent_id
         if any(o in self._rescinded for o in launch.offer_ids):
             log.info("offers of %s rescinded while the round was decided: not launched there", launch.agent.hostname)
             return [], []
         planned_starts = {start.key: start.generation for start in launch.executors}
-        valid, starts, stale = [], [], 0
+        valid: list[tuple[TaskLaunch, WorkItem, int]] = []
+        starts: list[tuple[str, int]] = []
+        stale = 0
         for task in launch.tasks:
             item = self.tracker.items.get(task.item_key)
             key = task.executor_key
@@ -384,7 +390,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             if item is None or not fresh or not executor_ok or self.catalog.executor_key(item.model) != key:
                 stale += 1
                 continue
-            valid.append((task, item))
+            valid.append((task, item, planned_starts.get(key, self.executors.get((agent_id, key), 0))))
             if key in planned_starts and (key, planned_starts[key]) not in starts:
                 starts.append((key, planned_starts[key]))
         if stale:

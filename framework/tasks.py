@@ -119,7 +119,8 @@ class Tracker:
     """Tracks every work item through its attempts; decides retries.
 
     Item states change only through the tracker's methods, which keep the pending and active
-    items indexed: an offer round or an update costs the same with ten or ten thousand items.
+    items indexed (and their views cached): an offer round or an update costs the same with ten
+    or ten thousand items.
     """
 
     def __init__(self, items: list[WorkItem], max_retries: int) -> None:
@@ -128,14 +129,17 @@ class Tracker:
         self._by_task: dict[str, WorkItem] = {}
         self._pending: dict[str, WorkItem] = {}
         self._active: dict[str, WorkItem] = {}
+        self._views: dict[str, ItemView] = {}  # each item's view, dropped whenever the item changes
         self.add(items)
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
             self.items[item.key] = item
             self._move(item, item.state)
+            self._view(item)  # built now rather than in the first offer round's snapshot
 
     def _move(self, item: WorkItem, state: ItemState) -> None:
+        self._views.pop(item.key, None)
         item.state = state
         self._pending.pop(item.key, None)
         self._active.pop(item.key, None)
@@ -147,6 +151,19 @@ class Tracker:
     def pending(self) -> list[WorkItem]:
         """Items waiting for an offer, in the order they became pending."""
         return list(self._pending.values())
+
+    def pending_views(self) -> tuple[ItemView, ...]:
+        """:meth:`pending` as immutable views (built again only for items changed since the last call)."""
+        return tuple(self._view(item) for item in self._pending.values())
+
+    def active_views(self) -> tuple[ItemView, ...]:
+        return tuple(self._view(item) for item in self._active.values())
+
+    def _view(self, item: WorkItem) -> ItemView:
+        view = self._views.get(item.key)
+        if view is None:
+            view = self._views[item.key] = item.view()
+        return view
 
     def has_pending(self) -> bool:
         return bool(self._pending)
@@ -160,6 +177,7 @@ class Tracker:
     def launched(self, item: WorkItem, agent_id: str) -> str:
         """Record a launch attempt (a pending item's, or a running item's backup); return the
         Mesos task id to use."""
+        self._views.pop(item.key, None)
         task_id = item.next_task_id()
         item.attempts += 1
         if item.state is ItemState.PENDING:
@@ -176,6 +194,7 @@ class Tracker:
         item = self._by_task.get(task_id)
         if item is None or task_id not in item.running_task_ids():
             return Transition(TransitionKind.IGNORED, item, f"stale or unknown task {task_id} ({state})")
+        self._views.pop(item.key, None)
         backup = task_id == item.backup_task_id
         agent_id = item.backup_agent_id if backup else item.agent_id
         sibling = item.task_id if backup else item.backup_task_id
@@ -202,6 +221,7 @@ class Tracker:
 
     def attempt_failed(self, item: WorkItem, description: str) -> Transition:
         """An attempt ended badly: retry it (elsewhere if possible) or give up."""
+        self._views.pop(item.key, None)
         item.failures.append(f"attempt {item.attempts} on {item.agent_id}: {description}")
         if item.agent_id:
             item.failed_agents.append(item.agent_id)
