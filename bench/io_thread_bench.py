@@ -153,8 +153,9 @@ class Result:
     mode: str
     round_seconds: float
     longest_callback: float
-    """Wall time of the longest IO-thread callback during the round (includes time the OS or the
-    GIL kept the thread waiting)."""
+    """The longest an IO-thread callback was late during the round: from when it was due (1 ms
+    after the previous one) to when it returned, so time the thread could not even start it
+    (the GIL held by another thread, a garbage collection, the OS) counts too."""
     longest_lock_wait: float
     """The longest the IO thread waited for the scheduler's lock."""
     callbacks: int
@@ -183,16 +184,18 @@ def run(mode: str, agents: int, tasks: int, budget: float) -> Result:
         scheduler.resourceOffers(driver, batch)
         durations.append(time.perf_counter() - started)
         offered.set()
-        n = 0
+        n, due = 0, time.perf_counter()
         while not round_done.is_set():
-            begin = time.perf_counter()
+            # An update is due 1 ms after the last one was handled; what counts is how late it is
+            # handled: the callback's own time plus however long the thread could not even start it.
             if n % 10 == 9:
                 scheduler.offerRescinded(driver, Dict({"value": f"unrelated-{n}"}))
             else:
                 scheduler.statusUpdate(driver, updates[n % len(updates)])
-            durations.append(time.perf_counter() - begin)
-            n += 1
-            time.sleep(0.001)  # updates arrive about every millisecond
+            done = time.perf_counter()
+            durations.append(done - due)
+            n, due = n + 1, done + 0.001
+            time.sleep(0.001)
 
     thread = threading.Thread(target=io_thread, name="pymesos-io")
     started = time.perf_counter()
@@ -225,10 +228,11 @@ def floor(seconds: float) -> float:
     spinner.start()
     longest, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
-        begin = time.perf_counter()
-        scheduler.statusUpdate(RecordingDriver(), update)
-        longest = max(longest, time.perf_counter() - begin)
+        due = time.perf_counter()
         time.sleep(0.001)
+        due += 0.001
+        scheduler.statusUpdate(RecordingDriver(), update)
+        longest = max(longest, time.perf_counter() - due)
     stop.set()
     spinner.join()
     return longest

@@ -17,6 +17,7 @@ between its launch being recorded and sent is killed again after the ACCEPT.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import queue
@@ -220,6 +221,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join()
+            gc.unfreeze()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until no offers wait for a round and no round runs (for tests and benchmarks)."""
@@ -245,6 +247,10 @@ class EnsembleScheduler(pymesos.Scheduler):
                 batch, self._inbox = self._inbox, []
                 self._busy = True
             driver, offers = batch[-1][0], [offer for _driver, offers in batch for offer in offers]
+            # What exists now outlives the round (items, offers, the job's models): out of the
+            # collector's reach, a round's collections scan only what the round allocates, and no
+            # full collection of the whole heap stops the IO thread mid-round.  ``close`` undoes it.
+            gc.freeze()
             try:
                 self._round(driver, offers)
             except Exception as error:  # the worker must survive our bugs too; the job fails instead

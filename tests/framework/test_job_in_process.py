@@ -230,3 +230,16 @@ def test_large_results_are_uploaded_and_checked(tmp_path: Path) -> None:
     result = np.load(outcome.output)
     assert np.array_equal(np.stack([result["proba_0"], result["proba_1"]], axis=1), expected)
     assert list((tmp_path / "work" / "results").iterdir()) == []  # every upload consumed
+
+
+def test_partly_used_agents_are_offered_their_free_share_and_never_overcommitted(demo: Path, tmp_path: Path) -> None:
+    """Offers of what running tasks leave free (as a master makes them): the job still equals
+    scikit-learn, and no ACCEPT asks for more than its offers hold."""
+    agents = [{"agent": "a1", "cpus": 1.5, "mem": 4096}, {"agent": "a2", "cpus": 1.5, "mem": 4096}]  # 2 tasks each
+    factory = InProcessMesos.factory(agents, tmp_path / "sb", delay=lambda payload, agent: 0.2,
+                                     partial_offers=True)
+    outcome = JobRunner(load_job(demo), driver_factory=factory).run()
+    np.testing.assert_allclose(read_csv(outcome.output)[1][:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
+    driver = factory.last  # type: ignore[attr-defined]
+    assert driver.overcommitted == []
+    assert driver.partial_offers_made >= 1  # an agent was offered while tasks of ours ran on it
