@@ -14,7 +14,7 @@ from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
 from framework.dataset import cut_shards, load_dataset
 from framework.demo import train_demo
-from framework.job import JobCatalog
+from framework.catalog import JobCatalog
 from framework.jobspec import load_job
 from framework.packing import CostModel, PackingOptions, PriceTable
 from framework.rounds import RoundDecision, RoundSnapshot, decide, item_demand
