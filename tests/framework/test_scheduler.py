@@ -129,12 +129,12 @@ def test_nothing_pending_declines_and_suppresses(scheduler: EnsembleScheduler) -
 
 def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
-    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    # a2 offers too little to run anything, but is known from now on.
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096), make_offer("a2", cpus=0.05, mem=16)])
     first = launched_task_ids(driver)[0]
     scheduler.statusUpdate(driver, make_status(first, "TASK_FAILED", "a1", message="boom"))
     assert driver.revived == 1
     # The retry avoids a1 while another agent is known.
-    scheduler.known_agents.add("a2")
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     assert first.replace(".a1", ".a2") not in launched_task_ids(driver)
     scheduler.resourceOffers(driver, [make_offer("a2", cpus=4, mem=4096)])
@@ -266,7 +266,9 @@ def test_shared_executor_threads_cover_every_task_that_fits(scheduler: EnsembleS
     assert int(workers) == int(16 // task_cpus) > 8
 
 
-def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(scheduler: EnsembleScheduler) -> None:
+def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(tmp_path: Path, server: ArtifactServer) -> None:
+    clock = [1000.0]
+    scheduler = demo_scheduler(tmp_path, server, rounds_in_callback=True, clock=lambda: clock[0])
     task_cpus = scheduler.catalog.task_resources["linear"].cpus
     reserve = scheduler.catalog.agent_reserve
     driver = FakeDriver(scheduler)
@@ -285,7 +287,7 @@ def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(scheduler
     revived = driver.revived
     scheduler.speculate(driver)
     assert driver.revived == revived  # not overdue yet
-    scheduler.started_at[straggler] -= 60.0  # it has now run a minute
+    clock[0] += 60.0  # it has now run a minute
     scheduler.speculate(driver)
     scheduler.speculate(driver)
     assert driver.revived == revived + 1 and not scheduler.suppressed
