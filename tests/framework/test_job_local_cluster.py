@@ -22,16 +22,25 @@ from framework.jobspec import load_job
 pytestmark = pytest.mark.timeout(240)
 
 
-def executor_processes() -> list[str]:
-    """Command lines of live ``python -m executor`` processes (there must be none after a job)."""
+def executor_processes(under: Path) -> list[str]:
+    """Command lines of live ``python -m executor`` processes whose sandbox lies under ``under``
+    (there must be none after a job).  Only this test's: other runs on the machine have their own
+    sandboxes (an executor's working directory and MESOS_SANDBOX are its sandbox)."""
+    root = str(under.resolve())
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "-m executor" not in command:
+                    continue
+                places = [os.readlink(entry / "cwd")]
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                places += [v.split(b"=", 1)[1].decode(errors="replace") for v in environ
+                           if v.startswith((b"MESOS_SANDBOX=", b"MESOS_DIRECTORY="))]
             except OSError:
                 continue
-            if "-m executor" in command:
+            if any(place.startswith(root) for place in places):
                 found.append(f"{entry.name}: {command}")
     return found
 
@@ -67,18 +76,20 @@ def test_founding_example_on_local_cluster(demo: Path, tmp_path: Path, executors
     # Every task's cost was measured by its executor and recorded.
     assert {m: u["tasks"] for m, u in outcome.usage.items()} == {"linear": 4, "logistic": 4}
     assert all(u["mean_seconds"] > 0 and u["cpu_seconds"] > 0 for u in outcome.usage.values())
-    assert executor_processes() == []
+    assert executor_processes(tmp_path) == []
 
 
-def test_demo_command_end_to_end(demo: Path) -> None:
+def test_demo_command_end_to_end(demo: Path, tmp_path: Path) -> None:
     """The README's main job, as a user runs it: the console command, real processes, exit 0."""
+    scratch = tmp_path / "tmp"  # the job's work directory (and its cluster's sandboxes) goes here
+    scratch.mkdir()
     result = subprocess.run([sys.executable, "-m", "framework.cli", "run", str(demo)], capture_output=True, text=True,
-                            timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     assert "wrote 171 integrated predictions" in result.stdout
     assert "member" in result.stdout and "cpu s" in result.stdout  # measured usage per member
     assert (demo.parent / "predictions.csv").is_file() and (demo.parent / "report.json").is_file()
-    assert executor_processes() == []
+    assert executor_processes(tmp_path) == []
 
 
 def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +107,7 @@ def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: p
     with pytest.raises(JobFailed, match=r"model linear failed .*sha256 mismatch"):
         JobRunner(load_job(demo), work_dir=tmp_path / "work").run()
     assert not (demo.parent / "predictions.csv").exists()
-    assert executor_processes() == []
+    assert executor_processes(tmp_path) == []
 
 
 def test_unreachable_master_fails_with_a_clear_message(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,4 +159,4 @@ def test_member_that_crashes_the_shared_executor_is_isolated_and_dropped(demo: P
     expected = np.mean(np.stack([joblib.load(directory / "linear.joblib").predict(features),
                                  joblib.load(directory / "logistic.joblib").predict_proba(features)[:, 1]]), axis=0)
     np.testing.assert_allclose(read_predictions(outcome.output), expected, rtol=0, atol=1e-12)
-    assert executor_processes() == []
+    assert executor_processes(tmp_path) == []
