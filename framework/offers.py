@@ -1,15 +1,26 @@
-"""Offers as the packer sees them: :class:`OfferView` values (see ``framework.translator``) in,
-one :class:`Agent` per agent out.  Several offers of one agent are merged, so they are accepted
-or declined together.  Pure: no Mesos messages here.
+"""Offers as the packer sees them: :class:`OfferView` values (read from Mesos offers by
+``framework.translator``) in, one :class:`Agent` per agent out.  Several offers of one agent
+are merged, so they are accepted or declined together.  Pure: no Mesos messages here.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from framework.packing import Agent, PriceTable, Resources, resolve_price
-from framework.translator import OfferView
+
+
+@dataclass(frozen=True)
+class OfferView:
+    """The parts of one Mesos offer the framework uses."""
+
+    offer_id: str
+    agent_id: str
+    hostname: str
+    pools: tuple[tuple[str, str, float], ...]  # (resource name, role, amount)
+    attributes: Mapping[str, str | float]
 
 
 def total(pools: Iterable[tuple[str, str, float]]) -> Resources:

@@ -33,7 +33,7 @@ from framework.offers import merge_by_agent
 from framework.packing import (Agent, AvoidAgents, CostModel, DeclineReason, PackingOptions, Plan, PriceTable,
                                Resources, TaskDemand, pack)
 from framework.tasks import ItemState, ItemView
-from framework.translator import OfferView
+from framework.offers import OfferView
 
 AVOID_FAILED_AGENTS_SECONDS = 10.0
 """How long a retried task waits for an agent other than those it failed on."""

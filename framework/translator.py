@@ -16,26 +16,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from framework.offers import OfferView
 from framework.packing import Resources
 
 SCALARS = ("cpus", "mem", "disk", "gpus")
+
+__all__ = ["Message", "OfferView", "StatusUpdate", "PoolAllocator", "ExecutorLaunch", "read_id", "read_offer",
+           "read_status", "read_master", "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
+           "reconcile_tasks", "executor_info", "task_info", "framework_info"]
 
 Message = dict[str, Any]
 """A Mesos v1 JSON object as pymesos sends it."""
 
 
 # --- reading -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OfferView:
-    """The parts of one Mesos offer the framework uses."""
-
-    offer_id: str
-    agent_id: str
-    hostname: str
-    pools: tuple[tuple[str, str, float], ...]  # (resource name, role, amount)
-    attributes: Mapping[str, str | float]
-
-
 @dataclass(frozen=True)
 class StatusUpdate:
     """A task status update as the framework reads it."""

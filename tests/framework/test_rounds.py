@@ -11,7 +11,7 @@ from framework.packing import AvoidAgents, Resources, TaskDemand
 from framework.rounds import (AVOID_FAILED_AGENTS_SECONDS, OfferPolicy, RoundDecision, RoundSnapshot, decide,
                               item_demand, wants_backup_offers)
 from framework.tasks import ItemState, ItemView
-from framework.translator import OfferView
+from framework.offers import OfferView
 
 TASK = Resources(cpus=1.0, mem=256.0)
 
