@@ -17,15 +17,39 @@ Pure: no Mesos, no clock.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Protocol, TypeVar
 
 from framework.packing import Resources, TaskDemand
-from framework.tasks import WorkItem
 
 
-def usage_key(item: WorkItem) -> str:
+class Measured(Protocol):
+    """A work item as measured (a ``WorkItem`` or its ``ItemView``)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def operation(self) -> str: ...
+
+
+class Attempted(Measured, Protocol):
+    """A work item with its running attempts."""
+
+    @property
+    def task_id(self) -> str | None: ...
+
+    @property
+    def backup_task_id(self) -> str | None: ...
+
+
+M = TypeVar("M", bound=Measured)
+A = TypeVar("A", bound=Attempted)
+
+
+def usage_key(item: Measured) -> str:
     """What an item's cost is measured under: its model, and the operation when it is not a plain
     prediction (a stacking fold fits as well as predicts, so it is measured apart)."""
     return item.model if item.operation == "predict" else f"{item.model} ({item.operation})"
@@ -60,11 +84,15 @@ class Measurements:
         usage.max_seconds = max(usage.max_seconds, seconds)
         usage.agents[agent] += 1
 
+    def copy(self) -> "Measurements":
+        """A copy that later records do not change (an offer round's snapshot)."""
+        return copy.deepcopy(self)
+
     def mean_seconds(self, model: str) -> float | None:
         usage = self.models.get(model)
         return usage.mean_seconds if usage and usage.tasks else None
 
-    def launch_order(self, pending: Iterable[WorkItem], probing: Iterable[str] = ()) -> list[WorkItem]:
+    def launch_order(self, pending: Iterable[M], probing: Iterable[str] = ()) -> list[M]:
         """``pending`` in the order to launch: for every model neither measured nor being
         probed (``probing``: the ``usage_key`` of every running item), its first item; then the items of
         measured models, longest mean first; then the rest of the unmeasured models' items.
@@ -105,18 +133,18 @@ class SpeculationPolicy:
     margin_seconds: float = 1.0
 
 
-def stragglers(running: Iterable[WorkItem], elapsed: Mapping[str, float], measured: Measurements,
-               policy: SpeculationPolicy) -> list[WorkItem]:
+def stragglers(running: Iterable[A], elapsed: Mapping[str, float], measured: Measurements,
+               policy: SpeculationPolicy) -> list[A]:
     """Running items without a backup whose attempt (``elapsed`` seconds, by task id) is well past
     its model's measured mean; the longest overdue first."""
     if policy.factor <= 0:
         return []
     found = []
     for item in running:
-        mean = measured.mean_seconds(usage_key(item))
-        if item.backup_task_id or mean is None or item.task_id not in elapsed:
+        mean, task_id = measured.mean_seconds(usage_key(item)), item.task_id
+        if item.backup_task_id or mean is None or task_id is None or task_id not in elapsed:
             continue
-        if elapsed[item.task_id] > policy.factor * mean + policy.margin_seconds:
+        if elapsed[task_id] > policy.factor * mean + policy.margin_seconds:
             found.append(item)
     return sorted(found, key=lambda i: -elapsed[i.task_id or ""])
 

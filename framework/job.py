@@ -7,15 +7,11 @@ pymesos IO thread only reports through ``EnsembleScheduler.events``.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import io
 import logging
 import math
 import queue
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from contextlib import ExitStack
@@ -25,40 +21,29 @@ from typing import Any, Callable
 
 import numpy as np
 
-import executor as executor_package
-from executor.protocol import (RemoteFile, ResultEnvelope, TaskPayload, TaskUsage, array_to_npy, npy_to_array,
-                               sha256_hex)
 from framework import ensemble
 from framework.artifacts import ArtifactServer
-from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
-from framework.errors import JobFailed, JobSpecError
-from framework.jobspec import JobSpec, ModelSpec
-from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
-from framework.offers import PoolAllocator
-from framework.packing import (
-    Agent,
-    PackingOptions,
-    Resources,
-    TaskDemand,
-)
 from framework.balancing import SpeculationPolicy
-from framework.scheduler import EnsembleScheduler, OfferPolicy, SchedulerEvent
+from framework.catalog import JobCatalog
+from framework.dataset import Dataset, cut_shards, load_dataset
+from framework.errors import JobFailed
+from framework.executor_package import build_executor_package
+from framework.jobspec import JobSpec
+from framework.members import member_columns, member_features, member_specs
+from framework.packing import PackingOptions
+from framework.results import decode_result
+from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent
+from framework.stacking_run import fit_stacking
 from framework.tasks import Tracker, WorkItem
+from framework.translator import framework_info
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 """How long to wait for the master to accept the framework's SUBSCRIBE."""
 
-MAX_EXECUTOR_THREADS = 64
-"""Threads of one executor: as many as its smallest tasks fit in the agent's offer, at most this
-(a shared executor on a large agent runs every model's tasks at once)."""
-
 SPECULATION_CHECK_SECONDS = 0.5
 """How often the job looks for stragglers that deserve a backup copy."""
-
-EXECUTOR_BASE_MEM_MB = 96.0
-"""Memory of an idle executor process with numpy, scikit-learn and pymesos imported."""
 
 
 @dataclass
@@ -81,210 +66,6 @@ class JobOutcome:
     """Per member, what its tasks cost as the executors measured them (``Measurements.summary``)."""
     report: dict[str, Any] | None = None
     report_text: str | None = None
-
-
-SHARED_EXECUTOR = "ensemble"
-"""Executor key (and executor id prefix) of the one executor per agent that serves every model."""
-
-
-def executor_memory(model: ModelSpec) -> float:
-    """The executor's memory: the configured value, or an estimate from the model file's size."""
-    if model.executor_mem > 0:
-        return model.executor_mem
-    return EXECUTOR_BASE_MEM_MB + 3.0 * model.path.stat().st_size / 2**20
-
-
-def shared_executor_resources(models: list[ModelSpec]) -> Resources:
-    """One executor holding every model: one base process plus each model's loaded size."""
-    extra = sum(max(0.0, executor_memory(m) - EXECUTOR_BASE_MEM_MB) for m in models)
-    return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
-
-
-def build_executor_package(directory: Path) -> Path:
-    """A tar.gz of the ``executor`` package, fetched and extracted by the Mesos fetcher."""
-    source = Path(executor_package.__file__).parent
-    target = directory / "mesos-ensemble-executor.tar.gz"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(source.glob("*.py")):
-            archive.add(path, arcname=f"executor/{path.name}")
-    write_atomic(target, buffer.getvalue())
-    return target
-
-
-class JobCatalog:
-    """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
-
-    def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
-        self.spec, self.server, self.shards = spec, server, shards
-        self.columns = columns or {}
-        self.python, self.executor_package_url = python, executor_package_url
-        self.labels: RemoteFile | None = None
-        self.folds: list[tuple[list[int], list[int]]] = []
-        self.methods: dict[str, str] = {}
-        self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
-        self.shard_urls = {
-            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
-            for kind, shard_list in shards.items() for s in shard_list
-        }
-        # Per model, computed once (demands are built for every pending task in every offer round).
-        self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
-        self.shared = spec.framework.executors == "shared"
-        self.isolated: set[str] = set()
-        """Models taken out of the shared executor (after it died running them)."""
-        # The packer sees no per-model executor for shared models; the scheduler keeps this much
-        # free on every agent that has no executor of ours yet (``agent_reserve``).
-        self.agent_reserve = shared_executor_resources(list(spec.models)) if self.shared else Resources()
-        self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
-        if self.shared:
-            self.executor_resources[SHARED_EXECUTOR] = self.agent_reserve
-
-    def executor_key(self, model: str) -> str:
-        """Which executor runs this model's tasks on an agent: the shared one or the model's own."""
-        return SHARED_EXECUTOR if self.shared and model not in self.isolated else model
-
-    def executor_models(self, key: str) -> frozenset[str]:
-        """The models an executor serves (loads on demand)."""
-        if key == SHARED_EXECUTOR and self.shared:
-            return frozenset(m.name for m in self.spec.models if m.name not in self.isolated)
-        return frozenset({key})
-
-    def isolate(self, model: str) -> None:
-        """From now on, run ``model`` in executors of its own: a shared executor died while running
-        it, and whichever member caused that must not take the others down again."""
-        if self.shared and model not in self.isolated:
-            self.isolated.add(model)
-            log.warning("model %s now runs in executors of its own (a shared executor died running it)", model)
-
-    def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
-                     methods: dict[str, str]) -> None:
-        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
-        self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
-                                for s in shards})
-        self.labels, self.folds, self.methods = labels, folds, methods
-
-    def demand(self, item: WorkItem) -> TaskDemand:
-        return TaskDemand(
-            task_id=item.key,
-            model=item.model,
-            resources=self.task_resources[item.model],
-            executor=(Resources() if self.executor_key(item.model) == SHARED_EXECUTOR
-                      else self.executor_resources[item.model]),
-            constraints=self.spec.model(item.model).constraints,
-            duration=self.spec.model(item.model).duration,
-        )
-
-    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]:
-        """The ExecutorInfo of executor ``key`` on ``agent``, its resources taken from the offer."""
-        served = sorted(self.executor_models(key))
-        smallest_task = min(self.spec.model(name).cpus for name in served)
-        resources = self.executor_resources[key]
-        workers = max(1, int((agent.capacity.cpus + self.agent_reserve.cpus) // max(smallest_task, 1e-9)))
-        launch = ExecutorLaunch(
-            executor_id=f"{key}.g{generation}",
-            serves="all models" if key == SHARED_EXECUTOR and self.shared else key,
-            python=self.python,
-            executor_package_url=self.executor_package_url,
-            workers=min(workers, MAX_EXECUTOR_THREADS),
-            resources=tuple(allocator.take(resources)),
-        )
-        return executor_info(launch)
-
-    def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
-                  executor: dict[str, Any]) -> dict[str, Any]:
-        model = self.spec.model(item.model)
-        kind = "train" if item.operation == "cv_fit_predict" else "data"
-        shard = self.shards[kind][item.shard]
-        train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
-        payload = TaskPayload(
-            task_id=task_id,
-            operation=item.operation,  # type: ignore[arg-type]
-            model_name=model.name,
-            model=RemoteFile(self.model_urls[model.name], model.sha256),
-            model_file=f"{model.name}.joblib",
-            method=self.methods.get(model.name, model.output),
-            shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
-            shard_index=shard.index,
-            columns=self.columns.get(model.name, []),
-            result_upload_url=self.server.expect_result(task_id),
-            labels=self.labels if item.operation == "cv_fit_predict" else None,
-            train_rows=list(train_rows),
-            test_rows=list(test_rows),
-        )
-        name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
-        resources = allocator.take(self.task_resources[model.name])
-        return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
-
-
-def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
-    """Turn a terminal update's data into the task's output array (checking its sha256) and
-    what the task cost, as its executor measured it."""
-    if not data_b64:
-        raise ValueError("TASK_FINISHED carried no result data")
-    envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
-    if envelope.kind == "inline":
-        npy = base64.b64decode(envelope.npy_b64 or "")
-    else:
-        path = server.result_path(task_id)
-        if not path.is_file():
-            raise ValueError(f"uploaded result for {task_id} is missing")
-        npy = path.read_bytes()
-        path.unlink()
-    if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
-        raise ValueError(f"result of {task_id} failed its sha256/size check")
-    return npy_to_array(npy), envelope.usage
-
-
-def final_estimator_for(name: str, kind: str) -> Any:
-    """The stacking final estimator named in the job file (``auto``: scikit-learn's default)."""
-    from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
-
-    choices = {"logistic_regression": LogisticRegression, "ridge": RidgeCV, "linear_regression": LinearRegression}
-    return None if name == "auto" else choices[name]()
-
-
-def member_features(spec: JobSpec, estimators: dict[str, Any],
-                    data_features: tuple[str, ...]) -> dict[str, tuple[str, ...] | None]:
-    """The data columns each member takes (None: all of them, in the data's order).
-
-    A model's ``features`` if given (each must be a feature column of the data); else the
-    columns it was fitted on (``feature_names_in_``, as a DataFrame fit records them) when the
-    data has them all; else every feature column.
-    """
-    chosen: dict[str, tuple[str, ...] | None] = {}
-    for index, model in enumerate(spec.models):
-        if model.features is not None:
-            unknown = [f for f in model.features if f not in data_features]
-            if unknown:
-                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names columns that are not "
-                                   f"feature columns of {spec.data.path.name}: {unknown[:10]} (it has "
-                                   f"{', '.join(data_features[:20])}{', ...' if len(data_features) > 20 else ''})")
-            chosen[model.name] = model.features
-            continue
-        fitted = getattr(estimators[model.name], "feature_names_in_", None)
-        names = tuple(str(f) for f in fitted) if fitted is not None else None
-        usable = names is not None and names != data_features and set(names) <= set(data_features)
-        chosen[model.name] = names if usable else None
-    return chosen
-
-
-def member_specs(spec: JobSpec, estimators: dict[str, Any],
-                 features: dict[str, tuple[str, ...] | None] | None = None) -> list[ensemble.MemberSpec]:
-    return [
-        ensemble.MemberSpec(
-            name=m.name, kind=m.kind, output=m.output, weight=m.weight, proba_class=m.proba_class,  # type: ignore[arg-type]
-            classes=tuple(getattr(estimators[m.name], "classes_", ())) or None,
-            features=(features or {}).get(m.name),
-        )
-        for m in spec.models
-    ]
-
-
-def member_columns(members: list[ensemble.MemberSpec], data_features: tuple[str, ...]) -> dict[str, list[int]]:
-    """Per member, the indexes of its columns in the shards (empty: all columns)."""
-    return {m.name: [data_features.index(f) for f in m.features] if m.features is not None else [] for m in members}
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -331,11 +112,15 @@ class JobRunner:
     """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
 
     def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None,
-                 driver_factory: DriverFactory | None = None) -> None:
+                 driver_factory: DriverFactory = pymesos_driver, start_local_cluster: bool = True) -> None:
+        """``driver_factory`` makes the scheduler driver (pymesos by default).  ``start_local_cluster``:
+        when the job's master is ``local``, start the embedded cluster; False when the driver
+        factory brings its own master (as the in-process mock of the tests does)."""
         self.spec = spec
         self.work_dir = work_dir
         self.progress = progress or (lambda message: None)
-        self.driver_factory = driver_factory or pymesos_driver
+        self.driver_factory = driver_factory
+        self.start_local_cluster = start_local_cluster
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -362,9 +147,10 @@ class JobRunner:
             self.progress(f"framework subscribed to {master}")
 
             if spec.stacking is not None and spec.integration == "stacking":
-                members, combiner = self._fit_stacking(scheduler, driver, server, catalog, members, estimators,
-                                                       tuple(dataset.feature_names),
-                                                       work_dir)
+                members, combiner = fit_stacking(
+                    spec, catalog, server, members, estimators, tuple(dataset.feature_names), work_dir,
+                    run_tasks=lambda items, on_result: self._run_tasks(scheduler, driver, server, items, on_result),
+                    progress=self.progress)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
@@ -403,56 +189,16 @@ class JobRunner:
                     ensemble.write_report_json(outcome.report, spec.report)
             return outcome
 
-    def _fit_stacking(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, catalog: JobCatalog,
-                      members: list[ensemble.MemberSpec], estimators: dict[str, Any], data_features: tuple[str, ...],
-                      work_dir: Path) -> tuple[list[ensemble.MemberSpec], Any]:
-        """Stacking, phase 1: the members' cross-validation fits run as Mesos tasks; then the final
-        estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does)."""
-        stacking = self.spec.stacking
-        assert stacking is not None
-        train = load_dataset(stacking.train)
-        if tuple(train.feature_names) != data_features:
-            # Members' column indexes and passthrough both assume the data's columns.
-            raise JobSpecError(f"{self.spec.source}: stacking.train: {stacking.train.path.name} has feature columns "
-                               f"{list(train.feature_names)[:20]}, the data has {list(data_features)[:20]}; "
-                               "they must be the same, in the same order")
-        kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
-        plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
-        methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)
-                   for name, est in estimators.items()}
-        train_shards = cut_shards(train.features, train.features.shape[0])
-        labels_path = work_dir / "train" / "labels.npy"
-        labels_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(labels_path, array_to_npy(np.asarray(plan.y_fit)))
-        catalog.add_training(train_shards, RemoteFile(server.publish("labels.npy", labels_path),
-                                                      sha256_hex(labels_path.read_bytes())),
-                             [(tr.tolist(), te.tolist()) for tr, te in plan.folds], methods)
-        items = [WorkItem(f"{m.name}.fold{k}", m.name, 0, operation="cv_fit_predict", fold=k)
-                 for m in self.spec.models for k in range(len(plan.folds))]
-        fold_outputs: dict[tuple[str, int], np.ndarray] = {}
-        self.progress(f"stacking: {len(items)} cross-validation tasks ({len(members)} models x {len(plan.folds)} folds)")
+    def _run_tasks(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, items: list[WorkItem],
+                   on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
+        """Run ``items`` to the end, every result to ``on_result`` (a failed member fails the job)."""
         scheduler.add_work(driver, items)
-        self._drive(scheduler, driver, server,
-                    on_result=lambda item, output: fold_outputs.__setitem__((item.model, item.fold or 0), output),
-                    on_member_failed=None)
-        names = [m.name for m in self.spec.models]
-        out_of_fold = [ensemble.assemble_out_of_fold([fold_outputs[(n, k)] for k in range(len(plan.folds))],
-                                                     plan, methods[n]) for n in names]
-        n_classes = None if plan.classes is None else len(plan.classes)
-        meta = ensemble.stack_features(out_of_fold, [methods[n] for n in names], n_classes,
-                                       train.features if stacking.passthrough else None)
-        final = ensemble.fit_final_estimator(meta, plan, kind, final_estimator_for(stacking.final_estimator, kind))
-        fitted = ensemble.FittedStacking(kind=kind, members=tuple(names), stack_methods=tuple(methods[n] for n in names),
-                                         classes=plan.classes, passthrough=stacking.passthrough, final_estimator=final)
-        if stacking.save_to is not None:
-            ensemble.save_stacking(fitted, stacking.save_to)
-        stacked_members = [dataclasses.replace(m, output=methods[m.name]) for m in members]
-        return stacked_members, ensemble.make_combiner("stacking", stacked_members, model=fitted)
+        self._drive(scheduler, driver, server, on_result=on_result, on_member_failed=None)
 
     # Pieces ------------------------------------------------------------------------------
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
         settings = self.spec.framework
-        if settings.master != "local" or self.driver_factory is not pymesos_driver:
+        if settings.master != "local" or not self.start_local_cluster:
             # Agents on this machine (a loopback master) can run this very interpreter.
             default_python = sys.executable if self._advertise_host(settings.master) else "python3"
             return settings.master, settings.executor_python or default_python
@@ -460,7 +206,8 @@ class JobRunner:
 
         agents = [
             AgentSpec(hostname=a.get("hostname", f"agent-{i + 1}"),
-                      resources={k: float(a.get(k, d)) for k, d in (("cpus", 2), ("mem", 4096), ("disk", 10000), ("gpus", 0))},
+                      resources={k: float(a.get(k, d))
+                                 for k, d in (("cpus", 2), ("mem", 4096), ("disk", 10000), ("gpus", 0))},
                       attributes=dict(a.get("attributes", {})))
             for i, a in enumerate(self.spec.local_cluster.agents or [{}, {}])
         ]
@@ -495,13 +242,14 @@ class JobRunner:
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
         settings = self.spec.framework
         self.master = master
-        info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout, settings.principal,
-                              gpus=any(m.gpus > 0 for m in self.spec.models))
+        info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout,
+                              settings.principal, gpus=any(m.gpus > 0 for m in self.spec.models))
         driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
         driver.start()
         # At the end the framework is torn down (stop(failover=False)): every executor goes away.
         stack.callback(driver.join)
         stack.callback(driver.stop)
+        stack.callback(scheduler.close)  # after the round being decided, before the driver stops
         stack.callback(setattr, scheduler, "stopping", True)
         return driver
 
@@ -519,7 +267,8 @@ class JobRunner:
                     return
             now = time.monotonic()
             if now > deadline:
-                raise JobFailed(f"job timed out after {settings.timeout_seconds:.0f} s; task states: {tracker.counts()}")
+                raise JobFailed(f"job timed out after {settings.timeout_seconds:.0f} s; "
+                                f"task states: {tracker.counts()}")
             if scheduler.framework_id is None and now - self.run_started > SUBSCRIBE_TIMEOUT_SECONDS:
                 raise JobFailed(f"could not subscribe to the Mesos master at {self.master} within "
                                 f"{SUBSCRIBE_TIMEOUT_SECONDS:.0f} s (is it running and reachable?)")
@@ -535,11 +284,11 @@ class JobRunner:
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
-        if event.kind == "fatal":
+        if event.kind is EventKind.FATAL:
             raise JobFailed(event.detail)
         item = event.item
         assert item is not None
-        if event.kind == "finished":
+        if event.kind is EventKind.FINISHED:
             try:
                 output, usage = decode_result(server, item.task_id or "", event.data)
             except ValueError as error:
@@ -549,7 +298,7 @@ class JobRunner:
                 scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
             on_result(item, output)
             self.progress(f"done {item.key}")
-        elif event.kind == "gave_up":
+        elif event.kind is EventKind.GAVE_UP:
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)
             if on_member_failed is None or self.spec.min_members is None:

@@ -1,34 +1,47 @@
-"""The pymesos ``Scheduler``: translates Mesos callbacks into calls on the project's own values.
+"""The pymesos ``Scheduler``: a thin adapter between Mesos callbacks and the pure offer round.
 
 Every callback runs on pymesos' single IO thread, so each one is short, holds the lock only
 around in-memory state, and never raises (an exception there kills the driver and, without
-failover, tears the framework down).  Results are handed to the job's main thread through
-``events``; nothing heavy happens here.
+failover, tears the framework down).  ``resourceOffers`` only queues the offers: a decision
+worker thread takes a :class:`~framework.rounds.RoundSnapshot` under the lock, runs
+:func:`~framework.rounds.decide` without it (packing may take the whole packing budget), and
+applies the decision.  Meanwhile status updates, rescinds and heartbeats are handled on the IO
+thread; offers that arrive while a round runs are batched into the next one.  Results are handed
+to the job's main thread through ``events``.
+
+Races, and how a decision is applied anyway: an offer rescinded before or while its round is
+decided is never accepted (the agent's other offers are declined); a task whose item changed
+meanwhile (finished, cancelled, retried, or its executor lost) is not launched; an item cancelled
+between its launch being recorded and sent is killed again after the ACCEPT.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import gc
+import itertools
 import logging
 import queue
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from enum import StrEnum
+from typing import Any, Callable, Protocol, Sequence
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
-from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers, usage_key
-from framework.offers import OfferView, PoolAllocator, merge_by_agent, view_offer
-from framework.packing import (Agent, AvoidAgents, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand,
-                              pack)
-from framework.tasks import TERMINAL_MESOS_STATES, ItemState, Tracker, WorkItem
+from framework import translator
+from framework.balancing import Measurements, SpeculationPolicy, usage_key
+from framework.packing import Agent, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand
+from framework.rounds import (AVOID_FAILED_AGENTS_SECONDS, AgentLaunch, Decline, OfferPolicy, RoundDecision,
+                              RoundSnapshot, TaskLaunch, decide, wants_backup_offers)
+from framework.tasks import ACTIVE_ITEM_STATES, TERMINAL_MESOS_STATES, ItemState, Tracker, TransitionKind, WorkItem
+from framework.translator import Message, OfferView, PoolAllocator
 
 log = logging.getLogger(__name__)
 
-AVOID_FAILED_AGENTS_SECONDS = 10.0
-"""How long a retried task waits for an agent other than those it failed on."""
+__all__ = ["AVOID_FAILED_AGENTS_SECONDS", "EnsembleScheduler", "EventKind", "OfferPolicy", "SchedulerEvent",
+           "WorkCatalog"]
 
 
 class WorkCatalog(Protocol):
@@ -37,9 +50,9 @@ class WorkCatalog(Protocol):
     def demand(self, item: WorkItem) -> TaskDemand: ...
 
     def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
-                  executor: dict[str, Any]) -> dict[str, Any]: ...
+                  executor: Message) -> Message: ...
 
-    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> dict[str, Any]: ...
+    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message: ...
 
     def executor_key(self, model: str) -> str:
         """The executor that runs ``model``'s tasks on an agent (one per model, or one shared)."""
@@ -55,21 +68,23 @@ class WorkCatalog(Protocol):
     """Kept free on agents without an executor of ours yet (a shared executor's resources)."""
 
 
+class EventKind(StrEnum):
+    FINISHED = "finished"
+    GAVE_UP = "gave_up"
+    FATAL = "fatal"
+
+
 @dataclass(frozen=True)
 class SchedulerEvent:
-    """Something the main thread must act on: ``finished``, ``gave_up`` or ``fatal``."""
+    """Something the main thread must act on."""
 
-    kind: str
+    kind: EventKind
     item: WorkItem | None = None
     data: str | None = None
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class OfferPolicy:
-    refuse_seconds: float = 5.0
-    never_fits_refuse_seconds: float = 300.0
-    role: str = "*"
+Decide = Callable[[RoundSnapshot, Sequence[OfferView], float], RoundDecision]
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -79,8 +94,7 @@ def callback(method: Callable[..., None]) -> Callable[..., None]:
         try:
             method(self, *args)
         except Exception as error:  # the driver must survive our bugs; the job fails instead
-            log.exception("scheduler callback %s failed", method.__name__)
-            self.events.put(SchedulerEvent("fatal", detail=f"{method.__name__}: {type(error).__name__}: {error}"))
+            self._fatal(method.__name__, error)
 
     guarded.__name__ = method.__name__
     guarded.__doc__ = method.__doc__
@@ -88,7 +102,12 @@ def callback(method: Callable[..., None]) -> Callable[..., None]:
 
 
 class EnsembleScheduler(pymesos.Scheduler):
-    """The framework's pymesos ``Scheduler``: offers in, launches and declines out."""
+    """The framework's pymesos ``Scheduler``: offers in, launches and declines out.
+
+    ``rounds_in_callback``: decide each round inside ``resourceOffers`` (on the IO thread), as
+    before the decision worker existed; for step-by-step tests and the IO-thread benchmark's
+    baseline.  ``decide`` and ``clock`` are the round function and the monotonic clock.
+    """
 
     def __init__(
         self,
@@ -99,18 +118,25 @@ class EnsembleScheduler(pymesos.Scheduler):
         packing: PackingOptions,
         policy: OfferPolicy,
         speculation: SpeculationPolicy | None = None,
+        *,
+        rounds_in_callback: bool = False,
+        decide: Decide = decide,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tracker, self.catalog = tracker, catalog
         self.prices, self.cost_model, self.packing, self.policy = prices, cost_model, packing, policy
+        self.speculation = speculation or SpeculationPolicy()
+        self.rounds_in_callback, self.decide, self.clock = rounds_in_callback, decide, clock
         self.events: queue.Queue[SchedulerEvent] = queue.Queue()
         self.lock = threading.RLock()
         self.framework_id: str | None = None
         self.suppressed = False
-        self.executors: dict[tuple[str, str], dict[str, Any]] = {}
+        self.executors: dict[tuple[str, str], int] = {}
+        """Our running executors: (agent id, executor key) -> generation."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
+        self._executor_infos: dict[tuple[str, str, int], Message] = {}  # the decision worker's own
         self.executors_launched = 0
         self.measurements = Measurements()
-        self.speculation = speculation or SpeculationPolicy()
         self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
         self.backups_launched = 0
         self.reserve_warned: set[str] = set()
@@ -118,25 +144,35 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.known_agents: set[str] = set()
         self.hostnames: dict[str, str] = {}
         self.last_plan: Plan | None = None
+        self.last_decision: RoundDecision | None = None
         self.first_running_at: float | None = None
         self.retried_at: dict[str, float] = {}
         self.stopping = False
+        # The decision worker's inbox: offers waiting for a round (batched), and the ids of every
+        # offer received but not yet accepted or declined, and of those rescinded meanwhile.
+        self._inbox: list[tuple[Any, list[Any]]] = []
+        self._inbox_ready = threading.Condition(threading.Lock())
+        self._unsettled: set[str] = set()
+        self._rescinded: set[str] = set()
+        self._worker: threading.Thread | None = None
+        self._busy = False
+        self._closed = False
+        self.rounds = 0
 
     # --- framework life -------------------------------------------------------------------
     @callback
     def registered(self, driver: Any, framework_id: Any, master_info: Any) -> None:
         with self.lock:
-            self.framework_id = framework_id["value"]
-        log.info("registered as framework %s with master %s:%s", framework_id["value"],
-                 master_info.get("hostname"), master_info.get("port"))
+            self.framework_id = translator.read_id(framework_id)
+        log.info("registered as framework %s with master %s", self.framework_id, translator.read_master(master_info))
         self._revive_if_needed(driver)
 
     @callback
     def reregistered(self, driver: Any, master_info: Any) -> None:
         log.info("re-registered with the master; reconciling active tasks")
         with self.lock:
-            active = [{"task_id": {"value": t}} for i in self.tracker.active() for t in i.running_task_ids()]
-        driver.reconcileTasks(active)
+            active = [t for i in self.tracker.active() for t in i.running_task_ids()]
+        driver.reconcileTasks(translator.reconcile_tasks(active))
         self._revive_if_needed(driver)
 
     @callback
@@ -148,216 +184,314 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     @callback
     def error(self, driver: Any, message: str) -> None:
-        self.events.put(SchedulerEvent("fatal", detail=f"Mesos error: {message}"))
+        self.events.put(SchedulerEvent(EventKind.FATAL, detail=f"Mesos error: {message}"))
 
     # --- offers ---------------------------------------------------------------------------
     @callback
     def resourceOffers(self, driver: Any, offers: list[Any]) -> None:  # noqa: N802 (pymesos name)
-        """One offer round: choose the work, see the agents, pack, then one ACCEPT or DECLINE per
-        agent."""
+        """Hand the offers to the decision worker (or, ``rounds_in_callback``, decide here)."""
         with self.lock:
-            views = [view_offer(offer, self.policy.role) for offer in offers]
-            self.known_agents.update(v.agent_id for v in views)
-            self.hostnames.update((v.agent_id, v.hostname) for v in views)
-            active = self.tracker.active()
-            pending = self.measurements.launch_order(self.tracker.pending(), {usage_key(i) for i in active})
-            work = pending or self._stragglers(active)  # nothing pending: spare capacity runs backups
-            if not work:
-                driver.declineOffer([{"value": v.offer_id} for v in views],
-                                    {"refuse_seconds": self.policy.refuse_seconds})
-                self._suppress(driver)
+            self._unsettled.update(translator.read_id(offer["id"]) for offer in offers)
+        if self.rounds_in_callback:
+            self._round(driver, offers)
+            return
+        with self._inbox_ready:
+            if self._closed:
                 return
-            agents = self._reserve_executors(merge_by_agent(
-                views, self.prices, self._in_use(active), self._loaded_models(), self._running_tasks(active)))
-            plan, judged_on_all = self._plan(work, agents, backups=not pending)
-            launches = self._launch_or_decline(driver, views, agents, {i.key: i for i in work}, plan, judged_on_all)
-            if not pending and launches:
-                self.backups_launched += launches
-                log.warning("%d straggler(s) got a backup copy on another agent", launches)
-            if plan.unplaced and pending:
-                sample = next(iter(plan.unplaced.values()))
-                log.info("%d task(s) wait for offers; e.g. %s: %s", len(plan.unplaced), sample.task_id,
-                         sample.describe())
-            log.debug("offer round: %d offers, %d launches, cost %.3f (lower bound %.3f)",
-                      len(offers), launches, plan.cost, plan.lower_bound)
-            if not self.tracker.has_pending():
-                self._suppress(driver)
-
-    def _plan(self, work: list[WorkItem], agents: list[Agent], backups: bool) -> tuple[Plan, bool]:
-        """Pack ``work`` (in launch order) onto ``agents``; also say whether the plan's decline
-        reasons were judged on all of the work (else every decline is ``unneeded``)."""
-        # Backups only go where the job already runs (an agent of its own would cost more).
-        eligible = [a for a in agents if a.in_use] if backups else agents
-        # Scarce offers go to the first tasks in the launch order (the packer chooses freely
-        # among equally good plans, so it is only given those); demands are built only as far
-        # as the offers can take them, so a round costs the same with 10 or 10,000 tasks waiting.
-        wanted, all_taken = first_that_fit((self._demand(item) for item in work),
-                                           sum((a.capacity for a in eligible), Resources()))
-        nothing_fits = not wanted
-        if nothing_fits:
-            # The packer says why, judged on each model's plain demand (a retry's is only stricter).
-            first_of_model: dict[str, WorkItem] = {}
-            for item in work:
-                first_of_model.setdefault(item.model, item)
-            wanted = [self.catalog.demand(item) for item in first_of_model.values()]
-        self.last_plan = pack(wanted, eligible, self.cost_model, self.packing)
-        return self.last_plan, (all_taken or nothing_fits) and not backups
-
-    def _launch_or_decline(self, driver: Any, views: list[OfferView], agents: list[Agent], work: dict[str, WorkItem],
-                           plan: Plan, judged_on_all: bool) -> int:
-        """Carry out the plan: one ACCEPT with all of an agent's launches (an offer id can be used
-        once), or a DECLINE whose filter length follows the reason; return the launches."""
-        launches = 0
-        for agent in agents:
-            items = [work[k] for k in plan.assignments.get(agent.agent_id, ())]
-            offer_ids = [{"value": o} for o in agent.offer_ids]
-            if not items:
-                reason = plan.declined.get(agent.agent_id, "unneeded") if judged_on_all else "unneeded"
-                refuse = self.policy.never_fits_refuse_seconds if reason == "never_fits" else self.policy.refuse_seconds
-                driver.declineOffer(offer_ids, {"refuse_seconds": refuse})
-                continue
-            allocator = PoolAllocator([v for v in views if v.agent_id == agent.agent_id], self.policy.role)
-            tasks = [self._task_info(item, agent, allocator) for item in items]
-            driver.launchTasks(offer_ids, tasks, {"refuse_seconds": self.policy.refuse_seconds})
-            launches += len(tasks)
-        return launches
-
-    def _reserve_executors(self, agents: list[Agent]) -> list[Agent]:
-        """Agents as the packer sees them: without the catalog's per-agent reserve where our shared
-        executor is not running yet, so that the first ACCEPT there can start it."""
-        reserve = self.catalog.agent_reserve
-        if reserve.is_zero():
-            return agents
-        for agent in agents:
-            if not agent.loaded_models and not agent.in_use and not reserve.fits_in(agent.capacity) \
-                    and agent.agent_id not in self.reserve_warned:
-                self.reserve_warned.add(agent.agent_id)
-                log.warning("agent %s offers %.2f cpus, %.0f MB but the shared executor needs %.2f cpus, %.0f MB "
-                            "(96 MB plus every model's executor_mem or estimate): no task can start there; set "
-                            "[framework] executors = \"per_model\" or smaller executor_mem", agent.hostname,
-                            agent.capacity.cpus, agent.capacity.mem, reserve.cpus, reserve.mem)
-        return [
-            agent if agent.loaded_models
-            else dataclasses.replace(agent, capacity=(agent.capacity - reserve).nonnegative())
-            for agent in agents
-        ]
-
-    def _task_info(self, item: WorkItem, agent: Agent, allocator: PoolAllocator) -> dict[str, Any]:
-        executor_key = self.catalog.executor_key(item.model)
-        key = (agent.agent_id, executor_key)
-        if key not in self.executors:
-            generation = self.executor_generation[key]
-            self.executors[key] = self.catalog.executor_info(executor_key, agent, allocator, generation)
-            self.executors_launched += 1
-        task_id = self.tracker.launched(item, agent.agent_id)
-        self.started_at[task_id] = time.monotonic()
-        return self.catalog.task_info(item, task_id, agent, allocator, self.executors[key])
-
-    def _demand(self, item: WorkItem) -> TaskDemand:
-        """The item's demand; a retry avoids the agents it failed on, if others are known, for
-        ``AVOID_FAILED_AGENTS_SECONDS`` (then any agent will do) and never on its last attempt."""
-        demand = self.catalog.demand(item)
-        if item.state is not ItemState.PENDING and item.agent_id:  # a backup: anywhere but where it runs
-            avoid = AvoidAgents(frozenset({item.agent_id}))
-            demand = dataclasses.replace(demand, constraints=demand.constraints + (avoid,))
-        if demand.duration is None and (measured := self.measurements.mean_seconds(usage_key(item))) is not None:
-            demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
-        failed = frozenset(item.failed_agents)
-        since = self.retried_at.get(item.key)
-        if (not failed or not (self.known_agents - failed) or item.attempts >= self.tracker.max_retries
-                or since is None or time.monotonic() - since > AVOID_FAILED_AGENTS_SECONDS):
-            return demand
-        return dataclasses.replace(demand, constraints=demand.constraints + (AvoidAgents(failed),))
+            self._inbox.append((driver, offers))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="offer-rounds", daemon=True)
+                self._worker.start()
+            self._inbox_ready.notify()
 
     @callback
     def offerRescinded(self, driver: Any, offer_id: Any) -> None:  # noqa: N802
-        log.info("offer %s rescinded (offers are never held, nothing to undo)", offer_id.get("value"))
+        offer = translator.read_id(offer_id)
+        with self.lock:
+            if offer in self._unsettled:
+                self._rescinded.add(offer)
+        log.info("offer %s rescinded (never accepted once rescinded)", offer)
+
+    def close(self) -> None:
+        """Stop the decision worker (after the round it is deciding, if any); later offers are dropped."""
+        with self._inbox_ready:
+            self._closed = True
+            self._inbox.clear()
+            self._inbox_ready.notify()
+            worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join()
+            gc.unfreeze()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until no offers wait for a round and no round runs (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        with self._inbox_ready:
+            while self._inbox or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._inbox_ready.wait(left)
+        return True
+
+    def _work(self) -> None:
+        """The decision worker: one round per batch of queued offers, until closed."""
+        while True:
+            with self._inbox_ready:
+                while not self._inbox and not self._closed:
+                    self._inbox_ready.wait()
+                if self._closed:
+                    self._busy = False
+                    self._inbox_ready.notify_all()
+                    return
+                batch, self._inbox = self._inbox, []
+                self._busy = True
+            driver, offers = batch[-1][0], [offer for _driver, offers in batch for offer in offers]
+            # What exists now outlives the round (items, offers, the job's models): out of the
+            # collector's reach, a round's collections scan only what the round allocates, and no
+            # full collection of the whole heap stops the IO thread mid-round.  ``close`` undoes it.
+            gc.freeze()
+            try:
+                self._round(driver, offers)
+            except Exception as error:  # the worker must survive our bugs too; the job fails instead
+                self._fatal("resourceOffers", error)
+            finally:
+                with self._inbox_ready:
+                    self._busy = False
+                    self._inbox_ready.notify_all()
+
+    def _round(self, driver: Any, offers: list[Any]) -> None:
+        """One offer round: snapshot under the lock, decide without it, apply."""
+        views = [translator.read_offer(offer, self.policy.role) for offer in offers]
+        with self.lock:
+            if self.stopping:
+                return
+            gone = [v for v in views if v.offer_id in self._rescinded]
+            views = [v for v in views if v.offer_id not in self._rescinded]
+            self._settle(v.offer_id for v in gone)
+            snapshot = self.snapshot()
+            now = self.clock()
+        decision = self.decide(snapshot, views, now)
+        self._apply(driver, views, decision)
+
+    # --- snapshot and apply ---------------------------------------------------------------
+    def snapshot(self) -> RoundSnapshot:
+        """What an offer round reads, as values (call with the lock held)."""
+        pending_items, active_items = self.tracker.pending(), self.tracker.active()
+        firsts: dict[str, WorkItem] = {}
+        for item in itertools.chain(pending_items, active_items):
+            firsts.setdefault(item.model, item)
+        executor_keys = {model: self.catalog.executor_key(model) for model in firsts}
+        keys = set(executor_keys.values()) | {key for _agent, key in self.executors}
+        return RoundSnapshot(
+            pending=self.tracker.pending_views(),
+            active=self.tracker.active_views(),
+            demands={model: self.catalog.demand(item) for model, item in firsts.items()},
+            executor_keys=executor_keys,
+            executor_models={key: self.catalog.executor_models(key) for key in keys},
+            agent_reserve=self.catalog.agent_reserve,
+            executors=frozenset(self.executors),
+            executor_generation=dict(self.executor_generation),
+            measurements=self.measurements.copy(),
+            started_at=dict(self.started_at),
+            known_agents=frozenset(self.known_agents),
+            retried_at=dict(self.retried_at),
+            max_retries=self.tracker.max_retries,
+            suppressed=self.suppressed,
+            reserve_warned=frozenset(self.reserve_warned),
+            prices=self.prices, cost_model=self.cost_model, packing=self.packing, policy=self.policy,
+            speculation=self.speculation,
+        )
+
+    def _apply(self, driver: Any, views: list[OfferView], decision: RoundDecision) -> None:
+        """Carry out a decision: record the launches still valid under the lock, then build and send
+        the messages without it (one ACCEPT per agent, DECLINEs), then SUPPRESS if still idle."""
+        for line in decision.log:
+            log.log(line.level, "%s", line.message)
+        accepts: list[tuple[AgentLaunch, list[tuple[TaskLaunch, WorkItem, int]], list[tuple[str, int]]]] = []
+        declines: list[Decline] = []
+        with self.lock:
+            self.rounds += 1
+            self.last_decision, self.last_plan = decision, decision.plan
+            self.known_agents.update(decision.agents_seen)
+            self.hostnames.update(decision.agents_seen)
+            self.reserve_warned |= decision.warned_agents
+            for decline in decision.declines:
+                kept = tuple(o for o in decline.offer_ids if o not in self._rescinded)
+                if kept:
+                    declines.append(Decline(kept, decline.refuse_seconds, decline.reason, decline.agent_id))
+        # One agent at a time under the lock: updates are handled between agents.
+        for launch in decision.launches:
+            agent_id = launch.agent.agent_id
+            with self.lock:
+                if self.stopping:
+                    return
+                valid, starts = self._still_valid(launch)
+                if not valid:
+                    kept = tuple(o for o in launch.offer_ids if o not in self._rescinded)
+                    if kept:
+                        declines.append(Decline(kept, self.policy.refuse_seconds, "unneeded", agent_id))
+                    continue
+                now = self.clock()
+                for task, item, _generation in valid:
+                    task_id = self.tracker.launched(item, agent_id)
+                    assert task_id == task.task_id, (task_id, task.task_id)
+                    self.started_at[task_id] = now
+                for key, generation in starts:
+                    self.executors[(agent_id, key)] = generation
+                self.executors_launched += len(starts)
+                self.backups_launched += sum(1 for task, _item, _generation in valid if task.backup)
+                accepts.append((launch, valid, starts))
+        with self.lock:
+            self._settle(v.offer_id for v in views)
+        by_agent: dict[str, list[OfferView]] = defaultdict(list)
+        for view in views:
+            by_agent[view.agent_id].append(view)
+        launched: list[tuple[str, WorkItem]] = []
+        for launch, valid, starts in accepts:
+            agent = launch.agent
+            allocator = PoolAllocator(by_agent[agent.agent_id], self.policy.role)
+            for key, generation in starts:
+                self._executor_infos[(agent.agent_id, key, generation)] = self.catalog.executor_info(
+                    key, agent, allocator, generation)
+            tasks = []
+            for task, item, generation in valid:
+                executor = self._executor_infos[(agent.agent_id, task.executor_key, generation)]
+                tasks.append(self.catalog.task_info(item, task.task_id, agent, allocator, executor))
+                launched.append((task.task_id, item))
+            driver.launchTasks(translator.offer_ids(launch.offer_ids), tasks,
+                               translator.filters(self.policy.refuse_seconds))
+        for decline in declines:
+            driver.declineOffer(translator.offer_ids(decline.offer_ids), translator.filters(decline.refuse_seconds))
+        # Cancelled between being recorded and sent: the kill may have reached Mesos first.  (A
+        # cancelled item never becomes live again, so its state is read without the lock.)
+        for task_id, item in launched:
+            if item.state is ItemState.CANCELLED:
+                driver.killTask(translator.id_message(task_id))
+        with self.lock:
+            if decision.suppress and not self.tracker.has_pending():
+                self._suppress(driver)
+
+    def _still_valid(self, launch: AgentLaunch) -> tuple[list[tuple[TaskLaunch, WorkItem, int]], list[tuple[str, int]]]:
+        """The launch's tasks whose item is as the round saw it, whose executor is as the round saw
+        it (with that executor's generation), and the executors to start for them; nothing when an
+        offer was rescinded."""
+        agent_id = launch.agent.agent_id
+        if any(o in self._rescinded for o in launch.offer_ids):
+            log.info("offers of %s rescinded while the round was decided: not launched there", launch.agent.hostname)
+            return [], []
+        planned_starts = {start.key: start.generation for start in launch.executors}
+        valid: list[tuple[TaskLaunch, WorkItem, int]] = []
+        starts: list[tuple[str, int]] = []
+        stale = 0
+        for task in launch.tasks:
+            item = self.tracker.items.get(task.item_key)
+            key = task.executor_key
+            executor_ok = (key not in planned_starts and (agent_id, key) in self.executors) or (
+                key in planned_starts and (agent_id, key) not in self.executors
+                and planned_starts[key] == self.executor_generation[(agent_id, key)])
+            fresh = item is not None and item.attempts == task.attempts_before and (
+                (item.state in ACTIVE_ITEM_STATES and item.backup_task_id is None) if task.backup
+                else item.state is ItemState.PENDING)
+            if item is None or not fresh or not executor_ok or self.catalog.executor_key(item.model) != key:
+                stale += 1
+                continue
+            valid.append((task, item, planned_starts.get(key, self.executors.get((agent_id, key), 0))))
+            if key in planned_starts and (key, planned_starts[key]) not in starts:
+                starts.append((key, planned_starts[key]))
+        if stale:
+            log.info("%d task(s) for %s changed while the round was decided: not launched", stale,
+                     launch.agent.hostname)
+        return valid, starts
+
+    def _settle(self, offer_ids: Any) -> None:
+        for offer in offer_ids:
+            self._unsettled.discard(offer)
+            self._rescinded.discard(offer)
 
     # --- tasks ----------------------------------------------------------------------------
     @callback
     def statusUpdate(self, driver: Any, status: Any) -> None:  # noqa: N802
-        task_id = status["task_id"]["value"]
-        state = status.get("state", "")
-        reason = status.get("reason") or ""
+        update = translator.read_status(status)
+        running = update.state == "TASK_RUNNING"
         with self.lock:
-            transition = self.tracker.on_update(task_id, state, status.get("message") or "", reason)
+            transition = self.tracker.on_update(update.task_id, update.state, update.message, update.reason)
             item = transition.item
-            if reason == "REASON_EXECUTOR_TERMINATED" and item is not None and transition.agent_id:
+            if update.reason == "REASON_EXECUTOR_TERMINATED" and item is not None and transition.agent_id:
                 self._forget_executor(transition.agent_id, self.catalog.executor_key(item.model))
                 self.catalog.isolate(item.model)
-            if transition.kind == "started" and state == "TASK_RUNNING":
-                self.started_at[task_id] = time.monotonic()
-            elif state in TERMINAL_MESOS_STATES:
-                self.started_at.pop(task_id, None)
+            if transition.kind is TransitionKind.STARTED and running:
+                self.started_at[update.task_id] = self.clock()
+            elif update.state in TERMINAL_MESOS_STATES:
+                self.started_at.pop(update.task_id, None)
+            if transition.kind is TransitionKind.RETRY and item is not None:
+                self.retried_at[item.key] = self.clock()
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
-            if transition.kind == "finished":
-                self.events.put(SchedulerEvent("finished", item, data=status.get("data") or None))
-            elif transition.kind == "gave_up":
-                self.events.put(SchedulerEvent("gave_up", item, detail=transition.detail))
-        if transition.kind == "started" and state == "TASK_RUNNING" and self.first_running_at is None:
-            self.first_running_at = time.monotonic()
-        if transition.kind == "finished":
+            if transition.kind is TransitionKind.FINISHED:
+                self.events.put(SchedulerEvent(EventKind.FINISHED, item, data=update.data))
+            elif transition.kind is TransitionKind.GAVE_UP:
+                self.events.put(SchedulerEvent(EventKind.GAVE_UP, item, detail=transition.detail))
+        if transition.kind is TransitionKind.STARTED and running and self.first_running_at is None:
+            self.first_running_at = self.clock()
+        if transition.kind is TransitionKind.FINISHED:
             if transition.sibling:  # the other copy lost the race
-                driver.killTask({"value": transition.sibling})
+                driver.killTask(translator.id_message(transition.sibling))
             # Its resources are free now: ask for them at once rather than at the next
             # allocation cycle (REVIVE makes the master allocate immediately).
             self._revive_if_needed(driver)
-        elif transition.kind == "dropped":
-            log.warning("task %s: %s; its other copy runs on", task_id, transition.detail)
-        elif transition.kind == "retry":
-            self.retried_at[task_id.rsplit(".a", 1)[0]] = time.monotonic()
-            log.warning("task %s: %s; will retry", task_id, transition.detail)
+        elif transition.kind is TransitionKind.DROPPED:
+            log.warning("task %s: %s; its other copy runs on", update.task_id, transition.detail)
+        elif transition.kind is TransitionKind.RETRY:
+            log.warning("task %s: %s; will retry", update.task_id, transition.detail)
             self._revive_if_needed(driver)
-        elif transition.kind == "ignored":
+        elif transition.kind is TransitionKind.IGNORED:
             log.debug(transition.detail)
 
     @callback
     def frameworkMessage(self, driver: Any, executor_id: Any, agent_id: Any, data: str) -> None:  # noqa: N802
-        log.debug("framework message from %s", executor_id.get("value"))
+        log.debug("framework message from %s", translator.read_id(executor_id))
 
     @callback
     def slaveLost(self, driver: Any, agent_id: Any) -> None:  # noqa: N802
+        agent = translator.read_id(agent_id)
         with self.lock:
-            for key in [k for k in self.executors if k[0] == agent_id["value"]]:
+            for key in [k for k in self.executors if k[0] == agent]:
                 self._forget_executor(*key)
-        log.warning("agent %s lost; its tasks come back as TASK_LOST", agent_id["value"])
+        log.warning("agent %s lost; its tasks come back as TASK_LOST", agent)
 
     @callback
     def executorLost(self, driver: Any, executor_id: Any, agent_id: Any, status: Any) -> None:  # noqa: N802
+        executor, agent = translator.read_id(executor_id), translator.read_id(agent_id)
         with self.lock:
-            for key, info in list(self.executors.items()):
-                if key[0] == agent_id["value"] and info["executor_id"]["value"] == executor_id["value"]:
-                    self._forget_executor(*key)
-        log.warning("executor %s on %s exited with status %s", executor_id["value"], agent_id["value"], status)
+            for (on, key), generation in list(self.executors.items()):
+                if on == agent and translator.executor_id(key, generation) == executor:
+                    self._forget_executor(on, key)
+        log.warning("executor %s on %s exited with status %s", executor, agent, status)
 
     # --- main-thread API ------------------------------------------------------------------
     def retry(self, driver: Any, item: WorkItem, description: str) -> None:
         """The main thread rejected a finished result (corrupt data): run the item again."""
         with self.lock:
             transition = self.tracker.reject_result(item, description)
-            if transition.kind == "gave_up":
-                self.events.put(SchedulerEvent("gave_up", item, detail=description))
-        if transition.kind != "gave_up":
-            self.retried_at[item.key] = time.monotonic()
+            if transition.kind is TransitionKind.GAVE_UP:
+                self.events.put(SchedulerEvent(EventKind.GAVE_UP, item, detail=description))
+            else:
+                self.retried_at[item.key] = self.clock()
+        if transition.kind is not TransitionKind.GAVE_UP:
             self._revive_if_needed(driver)
 
     def speculate(self, driver: Any) -> None:
         """Called periodically by the job: when nothing is pending but a task straggles, ask for
         offers (at most once per ``refuse_seconds``) so a backup copy can start elsewhere."""
         with self.lock:
-            now = time.monotonic()
+            now = self.clock()
             if (self.framework_id is None or not self.suppressed or self.tracker.has_pending()
                     or now - self._last_speculation_revive < self.policy.refuse_seconds
-                    or not self._stragglers(self.tracker.active())):
+                    or not wants_backup_offers(self.snapshot(), now)):
                 return
             self._last_speculation_revive, self.suppressed = now, False
-        driver.reviveOffers()
-
-    def _stragglers(self, active: list[WorkItem]) -> list[WorkItem]:
-        now = time.monotonic()
-        elapsed = {task_id: now - since for task_id, since in self.started_at.items()}
-        return stragglers(active, elapsed, self.measurements, self.speculation)
+            driver.reviveOffers()
 
     def record_usage(self, item: WorkItem, seconds: float, cpu_seconds: float) -> None:
         """What a finished task cost (measured by its executor): steers later launches."""
@@ -369,7 +503,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             running = self.tracker.cancel_model(model)
         for task_id in running:
-            driver.killTask({"value": task_id})
+            driver.killTask(translator.id_message(task_id))
 
     def add_work(self, driver: Any, items: list[WorkItem]) -> None:
         with self.lock:
@@ -377,28 +511,13 @@ class EnsembleScheduler(pymesos.Scheduler):
         self._revive_if_needed(driver)
 
     # --- helpers --------------------------------------------------------------------------
+    def _fatal(self, where: str, error: Exception) -> None:
+        log.exception("scheduler callback %s failed", where)
+        self.events.put(SchedulerEvent(EventKind.FATAL, detail=f"{where}: {type(error).__name__}: {error}"))
+
     def _forget_executor(self, agent_id: str, executor_key: str) -> None:
         if self.executors.pop((agent_id, executor_key), None) is not None:
             self.executor_generation[(agent_id, executor_key)] += 1
-
-    def _in_use(self, active: list[WorkItem]) -> dict[str, bool]:
-        """Agents the job already pays for: running our tasks or holding our executors."""
-        in_use = {i.agent_id: True for i in active if i.agent_id}
-        in_use.update({agent_id: True for agent_id, _model in self.executors})
-        return in_use
-
-    def _loaded_models(self) -> dict[str, frozenset[str]]:
-        loaded: dict[str, set[str]] = defaultdict(set)
-        for agent_id, executor_key in self.executors:
-            loaded[agent_id].update(self.catalog.executor_models(executor_key))
-        return {a: frozenset(m) for a, m in loaded.items()}
-
-    def _running_tasks(self, active: list[WorkItem]) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for item in active:
-            if item.agent_id:
-                counts[item.agent_id][item.model] += 1
-        return counts
 
     def _suppress(self, driver: Any) -> None:
         if not self.suppressed:
@@ -407,9 +526,10 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     def _revive_if_needed(self, driver: Any) -> None:
         """REVIVE when work is pending.  Before SUBSCRIBED there is nothing to revive (pymesos
-        asserts a framework id); ``registered`` revives then."""
+        asserts a framework id); ``registered`` revives then.  Under the lock, so that a round's
+        SUPPRESS (also sent under it, only when nothing is pending) never overtakes it."""
         with self.lock:
             if not self.tracker.has_pending() or self.framework_id is None:
                 return
             self.suppressed = False
-        driver.reviveOffers()
+            driver.reviveOffers()

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
+from typing import NamedTuple
+
+from executor.protocol import Operation
 
 
 class ItemState(str, Enum):
@@ -30,6 +33,23 @@ TERMINAL_MESOS_STATES = frozenset(
 ACTIVE_MESOS_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING"})
 
 
+def attempt_task_id(item_key: str, attempt: int) -> str:
+    """The Mesos task id of an item's ``attempt`` (1-based).  The tracker maps task ids back to
+    their items (``Tracker.item_for_task``); nothing parses them."""
+    return f"{item_key}.a{attempt}"
+
+
+class TransitionKind(StrEnum):
+    """What a status update meant for its item."""
+
+    STARTED = "started"
+    FINISHED = "finished"
+    RETRY = "retry"
+    GAVE_UP = "gave_up"
+    IGNORED = "ignored"
+    DROPPED = "dropped"   # an attempt failed while the item's other attempt runs on
+
+
 @dataclass
 class WorkItem:
     """One unit of work and its attempts."""
@@ -37,7 +57,7 @@ class WorkItem:
     key: str
     model: str
     shard: int
-    operation: str = "predict"
+    operation: Operation = "predict"
     fold: int | None = None
     state: ItemState = ItemState.PENDING
     attempts: int = 0
@@ -49,7 +69,12 @@ class WorkItem:
     failures: list[str] = field(default_factory=list)
 
     def next_task_id(self) -> str:
-        return f"{self.key}.a{self.attempts + 1}"
+        return attempt_task_id(self.key, self.attempts + 1)
+
+    def view(self) -> "ItemView":
+        """An immutable copy of what an offer round reads (see ``framework.rounds``)."""
+        return ItemView(self.key, self.model, self.operation, self.state, self.attempts, self.task_id, self.agent_id,
+                        self.backup_task_id, tuple(self.failed_agents))
 
     def running_task_ids(self) -> list[str]:
         """The Mesos tasks of this item that may still run (its attempt and any backup)."""
@@ -58,13 +83,29 @@ class WorkItem:
         return [t for t in (self.task_id, self.backup_task_id) if t]
 
 
+class ItemView(NamedTuple):
+    """A work item as one offer round sees it: a value, safe to read off the tracker's lock."""
+
+    key: str
+    model: str
+    operation: Operation
+    state: ItemState
+    attempts: int
+    task_id: str | None
+    agent_id: str | None
+    backup_task_id: str | None
+    failed_agents: tuple[str, ...]
+
+    def next_task_id(self) -> str:
+        return attempt_task_id(self.key, self.attempts + 1)
+
+
 @dataclass(frozen=True)
 class Transition:
-    """What an update meant: ``kind`` is one of started, finished, retry, gave_up, ignored, and
-    dropped (an attempt failed while the item's other attempt runs on).  ``agent_id``: where the
-    attempt the update is about ran; ``sibling``: the other attempt to kill, on finished."""
+    """What an update meant (see :class:`TransitionKind`).  ``agent_id``: where the attempt the
+    update is about ran; ``sibling``: the other attempt to kill, on finished."""
 
-    kind: str
+    kind: TransitionKind
     item: WorkItem | None = None
     detail: str = ""
     agent_id: str | None = None
@@ -78,7 +119,8 @@ class Tracker:
     """Tracks every work item through its attempts; decides retries.
 
     Item states change only through the tracker's methods, which keep the pending and active
-    items indexed: an offer round or an update costs the same with ten or ten thousand items.
+    items indexed (and their views cached): an offer round or an update costs the same with ten
+    or ten thousand items.
     """
 
     def __init__(self, items: list[WorkItem], max_retries: int) -> None:
@@ -87,14 +129,17 @@ class Tracker:
         self._by_task: dict[str, WorkItem] = {}
         self._pending: dict[str, WorkItem] = {}
         self._active: dict[str, WorkItem] = {}
+        self._views: dict[str, ItemView] = {}  # each item's view, dropped whenever the item changes
         self.add(items)
 
     def add(self, items: list[WorkItem]) -> None:
         for item in items:
             self.items[item.key] = item
             self._move(item, item.state)
+            self._view(item)  # built now rather than in the first offer round's snapshot
 
     def _move(self, item: WorkItem, state: ItemState) -> None:
+        self._views.pop(item.key, None)
         item.state = state
         self._pending.pop(item.key, None)
         self._active.pop(item.key, None)
@@ -106,6 +151,19 @@ class Tracker:
     def pending(self) -> list[WorkItem]:
         """Items waiting for an offer, in the order they became pending."""
         return list(self._pending.values())
+
+    def pending_views(self) -> tuple[ItemView, ...]:
+        """:meth:`pending` as immutable views (built again only for items changed since the last call)."""
+        return tuple(self._view(item) for item in self._pending.values())
+
+    def active_views(self) -> tuple[ItemView, ...]:
+        return tuple(self._view(item) for item in self._active.values())
+
+    def _view(self, item: WorkItem) -> ItemView:
+        view = self._views.get(item.key)
+        if view is None:
+            view = self._views[item.key] = item.view()
+        return view
 
     def has_pending(self) -> bool:
         return bool(self._pending)
@@ -119,6 +177,7 @@ class Tracker:
     def launched(self, item: WorkItem, agent_id: str) -> str:
         """Record a launch attempt (a pending item's, or a running item's backup); return the
         Mesos task id to use."""
+        self._views.pop(item.key, None)
         task_id = item.next_task_id()
         item.attempts += 1
         if item.state is ItemState.PENDING:
@@ -134,19 +193,20 @@ class Tracker:
         """Apply a Mesos status update for ``task_id``."""
         item = self._by_task.get(task_id)
         if item is None or task_id not in item.running_task_ids():
-            return Transition("ignored", item, f"stale or unknown task {task_id} ({state})")
+            return Transition(TransitionKind.IGNORED, item, f"stale or unknown task {task_id} ({state})")
+        self._views.pop(item.key, None)
         backup = task_id == item.backup_task_id
         agent_id = item.backup_agent_id if backup else item.agent_id
         sibling = item.task_id if backup else item.backup_task_id
         if state in ACTIVE_MESOS_STATES:
             if state == "TASK_RUNNING":
                 self._move(item, ItemState.RUNNING)
-            return Transition("started", item, agent_id=agent_id)
+            return Transition(TransitionKind.STARTED, item, agent_id=agent_id)
         if state == "TASK_FINISHED":
             self._move(item, ItemState.FINISHED)
             item.task_id, item.agent_id = task_id, agent_id  # the attempt whose result counts
             item.backup_task_id = item.backup_agent_id = None
-            return Transition("finished", item, agent_id=agent_id, sibling=sibling)
+            return Transition(TransitionKind.FINISHED, item, agent_id=agent_id, sibling=sibling)
         description = f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}"
         if sibling is not None:
             # The other attempt runs on: this one is dropped, not retried.
@@ -156,19 +216,20 @@ class Tracker:
             if not backup:
                 item.task_id, item.agent_id = item.backup_task_id, item.backup_agent_id
             item.backup_task_id = item.backup_agent_id = None
-            return Transition("dropped", item, description, agent_id=agent_id)
+            return Transition(TransitionKind.DROPPED, item, description, agent_id=agent_id)
         return dataclasses.replace(self.attempt_failed(item, description), agent_id=agent_id)
 
     def attempt_failed(self, item: WorkItem, description: str) -> Transition:
         """An attempt ended badly: retry it (elsewhere if possible) or give up."""
+        self._views.pop(item.key, None)
         item.failures.append(f"attempt {item.attempts} on {item.agent_id}: {description}")
         if item.agent_id:
             item.failed_agents.append(item.agent_id)
         if item.attempts > self.max_retries:
             self._move(item, ItemState.FAILED)
-            return Transition("gave_up", item, description)
+            return Transition(TransitionKind.GAVE_UP, item, description)
         self._move(item, ItemState.PENDING)
-        return Transition("retry", item, description)
+        return Transition(TransitionKind.RETRY, item, description)
 
     def reject_result(self, item: WorkItem, description: str) -> Transition:
         """A finished attempt's result was unusable (corrupt data): it counts as a failed attempt."""

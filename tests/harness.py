@@ -4,6 +4,9 @@
 tiny mock master for whole-job tests: it registers the framework, offers the configured agents
 (honouring suppress/revive), and runs each launched task through the real executor runner on
 the task's real payload, answering with TASK_RUNNING and TASK_FINISHED (or TASK_FAILED).
+By default an agent is offered only when idle, whole; with ``partial_offers`` it is offered
+what its running tasks and our executors leave free, as a Mesos master does, and a launch that
+asks for more than was offered is recorded in ``overcommitted``.
 """
 
 from __future__ import annotations
@@ -84,9 +87,15 @@ class InProcessMesos(FakeDriver):
     """A mock master and agents in one thread: offers in, real executor-runner results out."""
 
     def __init__(self, scheduler: Any, agents: list[dict[str, Any]], sandbox: Path,
-                 fail: FailureRule | None = None, delay: DelayRule | None = None) -> None:
+                 fail: FailureRule | None = None, delay: DelayRule | None = None, partial_offers: bool = False) -> None:
         super().__init__(scheduler)
         self.agents, self.sandbox, self.fail, self.delay = agents, sandbox, fail, delay
+        self.partial_offers = partial_offers
+        self._used: dict[str, dict[str, float]] = {}     # agent -> resources held by running tasks and executors
+        self._executors: set[tuple[str, str]] = set()    # (agent, executor id) started
+        self._offered: dict[str, tuple[str, dict[str, float]]] = {}  # offer id -> (agent, resources)
+        self.overcommitted: list[str] = []
+        self.partial_offers_made = 0
         self._killed: set[str] = set()
         self.caches: dict[str, SandboxCache] = {}
         self._busy: dict[str, int] = {}
@@ -97,9 +106,9 @@ class InProcessMesos(FakeDriver):
 
     @classmethod
     def factory(cls, agents: list[dict[str, Any]], sandbox: Path, fail: FailureRule | None = None,
-                delay: DelayRule | None = None) -> Callable[..., "InProcessMesos"]:
+                delay: DelayRule | None = None, partial_offers: bool = False) -> Callable[..., "InProcessMesos"]:
         def build(scheduler: Any, info: dict[str, Any], master: str, principal: Any, secret: Any) -> InProcessMesos:
-            driver = cls(scheduler, agents, sandbox, fail, delay)
+            driver = cls(scheduler, agents, sandbox, fail, delay, partial_offers)
             build.last = driver  # type: ignore[attr-defined]
             return driver
         return build
@@ -131,6 +140,7 @@ class InProcessMesos(FakeDriver):
 
     def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
         super().launchTasks(offer_ids, tasks, filters)
+        self._hold(self._ids(offer_ids), tasks)
         for task in tasks:
             with self._lock:
                 self._busy[task["agent_id"]["value"]] = self._busy.get(task["agent_id"]["value"], 0) + 1
@@ -146,12 +156,83 @@ class InProcessMesos(FakeDriver):
                 self.caches[key] = SandboxCache(sandbox)
             return self.caches[key]
 
+    @staticmethod
+    def _amounts(resources: list[dict[str, Any]]) -> dict[str, float]:
+        amounts: dict[str, float] = {}
+        for resource in resources:
+            amounts[resource["name"]] = amounts.get(resource["name"], 0.0) + resource["scalar"]["value"]
+        return amounts
+
+    def _hold(self, offer_ids: list[str], tasks: list[dict[str, Any]]) -> None:
+        """Charge the launch to its agent: the tasks and any executor started by it."""
+        with self._lock:
+            offered: dict[str, float] = {}
+            for offer_id in offer_ids:
+                for name, amount in self._offered.pop(offer_id, ("", {}))[1].items():
+                    offered[name] = offered.get(name, 0.0) + amount
+            asked: dict[str, float] = {}
+            if not self.partial_offers:
+                return
+            for task in tasks:
+                agent = task["agent_id"]["value"]
+                executor = (agent, task["executor"]["executor_id"]["value"])
+                parts = [self._amounts(task["resources"])]
+                if executor not in self._executors:
+                    self._executors.add(executor)
+                    parts.append(self._amounts(task["executor"]["resources"]))
+                for part in parts:
+                    for name, amount in part.items():
+                        asked[name] = asked.get(name, 0.0) + amount
+                        used = self._used.setdefault(agent, {})
+                        used[name] = used.get(name, 0.0) + amount
+            for name, amount in asked.items():
+                if amount > offered.get(name, 0.0) + 1e-6:
+                    self.overcommitted.append(f"{offer_ids}: {name} {amount} > offered {offered.get(name, 0.0)}")
+
+    def _release(self, task: dict[str, Any]) -> None:
+        with self._lock:
+            used = self._used.setdefault(task["agent_id"]["value"], {})
+            for name, amount in self._amounts(task["resources"]).items():
+                used[name] = used.get(name, 0.0) - amount
+
+    def _offers(self) -> list[Any]:
+        """Idle agents, whole; or, with ``partial_offers``, every agent with something left free.
+        An agent with an offer outstanding is not offered again (as a master does)."""
+        offers = []
+        with self._lock:
+            outstanding = {agent for agent, _resources in self._offered.values()}
+            for spec in self.agents:
+                agent = spec["agent"]
+                if agent in outstanding:
+                    continue
+                if not self.partial_offers:
+                    if not self._busy.get(agent):
+                        offer = make_offer(**spec)
+                        self._offered[offer["id"]["value"]] = (agent, {})
+                        offers.append(offer)
+                    continue
+                used = self._used.get(agent, {})
+                free = {name: float(spec.get(name, default)) - used.get(name, 0.0)
+                        for name, default in (("cpus", 4.0), ("mem", 4096.0), ("disk", 10000.0), ("gpus", 0.0))}
+                if free["cpus"] < 0.01 or free["mem"] < 1.0:
+                    continue
+                self.partial_offers_made += bool(used)
+                offer = make_offer(**{**spec, **{k: round(v, 6) for k, v in free.items()}})
+                self._offered[offer["id"]["value"]] = (agent, {k: v for k, v in free.items() if v})
+                offers.append(offer)
+        return offers
+
+    def declineOffer(self, offer_ids: Any, filters: Any = None) -> None:  # noqa: N802
+        super().declineOffer(offer_ids, filters)
+        with self._lock:
+            for offer_id in self._ids(offer_ids):
+                self._offered.pop(offer_id, None)
+
     def _loop(self) -> None:
         while not self.stopped:
-            with self._lock:
-                idle = [a for a in self.agents if not self._busy.get(a["agent"])]
-            if not self._suppressed_now and idle:
-                self.scheduler.resourceOffers(self, [make_offer(**a) for a in idle])
+            offers = [] if self._suppressed_now else self._offers()
+            if offers:
+                self.scheduler.resourceOffers(self, offers)
             self._wake.wait(timeout=0.05)
             self._wake.clear()
 
@@ -176,6 +257,8 @@ class InProcessMesos(FakeDriver):
         else:
             update = make_status(task_id, "TASK_FAILED", agent, message=failure)
         time.sleep(0.001)
+        if self.partial_offers:
+            self._release(task)
         with self._lock:
             self._busy[agent] -= 1
         self.scheduler.statusUpdate(self, update)

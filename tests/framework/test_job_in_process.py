@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -17,7 +18,13 @@ from framework.job import JobRunner
 from framework.jobspec import load_job
 from harness import InProcessMesos
 
-AGENTS = [{"agent": "a1", "cpus": 2, "mem": 2048}, {"agent": "a2", "cpus": 2, "mem": 2048, "attributes": {"price": 2.0}}]
+AGENTS = [{"agent": "a1", "cpus": 2, "mem": 2048},
+          {"agent": "a2", "cpus": 2, "mem": 2048, "attributes": {"price": 2.0}}]
+
+
+def in_process(spec: Any, factory: Any, **options: Any) -> JobRunner:
+    """A job run against the in-process mock master (no embedded cluster)."""
+    return JobRunner(spec, start_local_cluster=False, driver_factory=factory, **options)
 
 
 def read_csv(path: Path) -> tuple[list[str], np.ndarray]:
@@ -41,7 +48,7 @@ def direct_mean(demo_dir: Path) -> np.ndarray:
 
 def test_founding_example_equals_direct_sklearn(demo: Path, tmp_path: Path) -> None:
     factory = InProcessMesos.factory(AGENTS, tmp_path / "sandboxes")
-    outcome = JobRunner(load_job(demo), driver_factory=factory).run()
+    outcome = in_process(load_job(demo), factory).run()
     header, output = read_csv(outcome.output)
     expected = direct_mean(demo.parent)
     assert output.shape[0] == expected.shape[0] == 171
@@ -55,13 +62,13 @@ def test_founding_example_equals_direct_sklearn(demo: Path, tmp_path: Path) -> N
 def test_explained_output_names_what_each_member_said(demo: Path, tmp_path: Path) -> None:
     job = demo.parent / "explain.toml"
     job.write_text(demo.read_text().replace('integration = "mean"', 'integration = "mean"\nexplain = true'))
-    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    outcome = in_process(load_job(job), InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
     header, output = read_csv(outcome.output)
     assert header == ["prediction", "member_linear", "member_logistic"]
     _, rows = read_csv(demo.parent / "test.csv")
-    np.testing.assert_allclose(output[:, 1], joblib.load(demo.parent / "linear.joblib").predict(rows[:, :-1]), atol=1e-12)
-    np.testing.assert_allclose(output[:, 2], joblib.load(demo.parent / "logistic.joblib").predict_proba(rows[:, :-1])[:, 1],
-                               atol=1e-12)
+    linear, logistic = joblib.load(demo.parent / "linear.joblib"), joblib.load(demo.parent / "logistic.joblib")
+    np.testing.assert_allclose(output[:, 1], linear.predict(rows[:, :-1]), atol=1e-12)
+    np.testing.assert_allclose(output[:, 2], logistic.predict_proba(rows[:, :-1])[:, 1], atol=1e-12)
     np.testing.assert_allclose(output[:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
 
 
@@ -75,7 +82,7 @@ def test_failures_are_retried_and_the_result_is_still_exact(demo: Path, tmp_path
             return "injected failure"
         return None
 
-    outcome = JobRunner(load_job(demo), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb", fail_first_attempt)).run()
+    outcome = in_process(load_job(demo), InProcessMesos.factory(AGENTS, tmp_path / "sb", fail_first_attempt)).run()
     assert outcome.task_attempts == 2 * outcome.tasks
     np.testing.assert_allclose(read_csv(outcome.output)[1][:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
 
@@ -94,7 +101,7 @@ def test_straggler_gets_a_backup_on_another_agent_and_the_first_result_wins(demo
 
     factory = InProcessMesos.factory(AGENTS, tmp_path / "sb", delay=first_task_on_a1_is_slow)
     started = time.monotonic()
-    outcome = JobRunner(load_job(demo), driver_factory=factory).run()
+    outcome = in_process(load_job(demo), factory).run()
     assert time.monotonic() - started < 30  # not the 60 s the slow copy would take
     assert outcome.backups_launched == 1 and slow
     driver = factory.last  # type: ignore[attr-defined]
@@ -114,7 +121,7 @@ def test_member_that_keeps_failing_fails_the_job_and_leaves_no_output(demo: Path
 
     factory = InProcessMesos.factory(AGENTS, tmp_path / "sb", logistic_always_fails)
     with pytest.raises(JobFailed, match=r"model logistic failed on logistic\.s0000\d after 4 attempts: .*broken node"):
-        JobRunner(load_job(demo), driver_factory=factory).run()
+        in_process(load_job(demo), factory).run()
     assert previous.read_text() == "earlier results\n"
 
 
@@ -160,7 +167,7 @@ def test_stacking_job_equals_stacking_classifier(tmp_path: Path) -> None:
                       '[stacking]', 'train = { path = "train.csv", label = "target" }', 'cv = 4',
                       'save_to = "stacking.joblib"', ''])
     job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members})
-    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    outcome = in_process(load_job(job), InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
     assert outcome.tasks == 2 * 4 + 2 * 4  # 4 folds and 4 shards per member
     reference = StackingClassifier([(n, m) for n, m in members.items()], cv=4).fit(x_train, y_train)
     result = np.load(outcome.output)
@@ -194,7 +201,7 @@ def test_stacking_with_members_on_their_own_columns(tmp_path: Path) -> None:
                       '[stacking]', 'train = { path = "train.csv", label = "target" }', 'cv = 3', ''])
     job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members},
                     extra={"tree": ['features = ["f2", "f3"]']})
-    outcome = JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+    outcome = in_process(load_job(job), InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
     columns = make_pipeline(ColumnTransformer([("petals", "passthrough", [2, 3])]),
                             DecisionTreeClassifier(max_depth=3, random_state=0))
     reference = StackingClassifier([("tree", columns), ("bayes", GaussianNB())], cv=3).fit(x_train, y_train)
@@ -206,7 +213,7 @@ def test_stacking_with_members_on_their_own_columns(tmp_path: Path) -> None:
     write_csv(tmp_path / "train.csv", x_train[:, :3], y_train)
     with pytest.raises(JobSpecError, match=r"stacking\.train: train\.csv has feature columns \['f0', 'f1', 'f2'\], "
                                            r"the data has \['f0', 'f1', 'f2', 'f3'\]"):
-        JobRunner(load_job(job), driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb2")).run()
+        in_process(load_job(job), InProcessMesos.factory(AGENTS, tmp_path / "sb2")).run()
 
 
 def test_large_results_are_uploaded_and_checked(tmp_path: Path) -> None:
@@ -225,8 +232,21 @@ def test_large_results_are_uploaded_and_checked(tmp_path: Path) -> None:
     job = write_job(tmp_path, body, members, {n: "classifier" for n in members}, {n: "predict_proba" for n in members})
     assert 6000 * 2 * 8 > INLINE_RESULT_LIMIT
     outcome = JobRunner(load_job(job), work_dir=tmp_path / "work",
-                        driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
+                        start_local_cluster=False, driver_factory=InProcessMesos.factory(AGENTS, tmp_path / "sb")).run()
     expected = np.average(np.stack([m.predict_proba(x) for m in members.values()]), axis=0)
     result = np.load(outcome.output)
     assert np.array_equal(np.stack([result["proba_0"], result["proba_1"]], axis=1), expected)
     assert list((tmp_path / "work" / "results").iterdir()) == []  # every upload consumed
+
+
+def test_partly_used_agents_are_offered_their_free_share_and_never_overcommitted(demo: Path, tmp_path: Path) -> None:
+    """Offers of what running tasks leave free (as a master makes them): the job still equals
+    scikit-learn, and no ACCEPT asks for more than its offers hold."""
+    agents = [{"agent": "a1", "cpus": 1.5, "mem": 4096}, {"agent": "a2", "cpus": 1.5, "mem": 4096}]  # 2 tasks each
+    factory = InProcessMesos.factory(agents, tmp_path / "sb", delay=lambda payload, agent: 0.2,
+                                     partial_offers=True)
+    outcome = in_process(load_job(demo), factory).run()
+    np.testing.assert_allclose(read_csv(outcome.output)[1][:, 0], direct_mean(demo.parent), rtol=0, atol=1e-12)
+    driver = factory.last  # type: ignore[attr-defined]
+    assert driver.overcommitted == []
+    assert driver.partial_offers_made >= 1  # an agent was offered while tasks of ours ran on it

@@ -79,7 +79,7 @@ def test_members_get_their_own_columns(demo_dir: Path, tmp_path: Path) -> None:
     spec = load_job(write_job(demo_dir, TAIL))
     assert "head: classifier, predict_proba, weight 1.0; columns f0, f1, f2, f3, f4" in validate_job(spec)
     factory = InProcessMesos.factory([{"agent": "a1", "cpus": 4, "mem": 4096}], tmp_path / "sandboxes")
-    outcome = JobRunner(spec, driver_factory=factory).run()
+    outcome = JobRunner(spec, start_local_cluster=False, driver_factory=factory).run()
 
     header, test = read_csv(demo_dir / "test.csv")
     columns = {name: i for i, name in enumerate(header)}

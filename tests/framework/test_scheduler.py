@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Iterator
+import threading
+from typing import Any, Iterator
 
 import pytest
 from addict import Dict
@@ -13,29 +14,42 @@ from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
 from framework.dataset import cut_shards, load_dataset
 from framework.demo import train_demo
-from framework.job import JobCatalog
+from framework.catalog import JobCatalog
 from framework.jobspec import load_job
 from framework.packing import CostModel, PackingOptions, PriceTable
-from framework.scheduler import EnsembleScheduler, OfferPolicy
+from framework.rounds import RoundDecision, RoundSnapshot, decide, item_demand
+from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy
+from framework.translator import OfferView
 from framework.tasks import ItemState, Tracker, WorkItem
 from harness import FakeDriver
 
 
-@pytest.fixture(params=["shared"])
-def scheduler(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EnsembleScheduler]:
-    """The demo job's scheduler (2 models x 2 shards); ``executors`` mode from the param."""
-    spec = load_job(train_demo(tmp_path / "demo"))
-    spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, executors=request.param))
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ArtifactServer]:
     server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
+    yield server
+    server.stop()
+
+
+def demo_scheduler(tmp_path: Path, server: ArtifactServer, executors: str = "shared",
+                   **options: Any) -> EnsembleScheduler:
+    """The demo job's scheduler (2 models x 2 shards), registered with a fake driver."""
+    spec = load_job(train_demo(tmp_path / "demo"))
+    spec = dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, executors=executors))
     data = load_dataset(spec.data)
     shards = {"data": cut_shards(data.features[:100], 50)}  # 2 shards
     catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
     items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
     scheduler = EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(), PackingOptions(),
-                                  OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0))
+                                  OfferPolicy(refuse_seconds=5.0, never_fits_refuse_seconds=300.0), **options)
     scheduler.registered(FakeDriver(scheduler), Dict({"value": "F1"}), Dict({"hostname": "master", "port": 5050}))
-    yield scheduler
-    server.stop()
+    return scheduler
+
+
+@pytest.fixture(params=["shared"])
+def scheduler(tmp_path: Path, server: ArtifactServer, request: pytest.FixtureRequest) -> EnsembleScheduler:
+    """Rounds decided inside the callback: each test drives the scheduler step by step."""
+    return demo_scheduler(tmp_path, server, request.param, rounds_in_callback=True)
 
 
 def launched_task_ids(driver: FakeDriver) -> list[str]:
@@ -50,7 +64,8 @@ def test_offers_of_one_agent_accepted_in_one_call(scheduler: EnsembleScheduler) 
     assert len(offer_ids) == 2 and len(tasks) == 4 and filters == {"refuse_seconds": 5.0}
     assert driver.suppressed == 1  # nothing left pending
     # Resources never exceed what the two offers hold together.
-    used = sum(r["scalar"]["value"] for t in tasks for r in t["resources"] + t["executor"]["resources"] if r["name"] == "cpus")
+    used = sum(r["scalar"]["value"] for t in tasks for r in t["resources"] + t["executor"]["resources"]
+               if r["name"] == "cpus")
     assert used <= 2.4 + 1e-9
 
 
@@ -114,12 +129,12 @@ def test_nothing_pending_declines_and_suppresses(scheduler: EnsembleScheduler) -
 
 def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler) -> None:
     driver = FakeDriver(scheduler)
-    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    # a2 offers too little to run anything, but is known from now on.
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096), make_offer("a2", cpus=0.05, mem=16)])
     first = launched_task_ids(driver)[0]
     scheduler.statusUpdate(driver, make_status(first, "TASK_FAILED", "a1", message="boom"))
     assert driver.revived == 1
     # The retry avoids a1 while another agent is known.
-    scheduler.known_agents.add("a2")
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     assert first.replace(".a1", ".a2") not in launched_task_ids(driver)
     scheduler.resourceOffers(driver, [make_offer("a2", cpus=4, mem=4096)])
@@ -225,7 +240,8 @@ def test_probes_each_model_then_launches_the_longest_measured_first(scheduler: E
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=task_cpus, mem=4096)])
     assert [t["name"].split()[0] for t in driver.launches[-1][1]] == [slow]
     assert scheduler.last_plan is not None
-    demand = scheduler._demand(scheduler.tracker.pending()[0])
+    snapshot = scheduler.snapshot()
+    demand = item_demand(snapshot, snapshot.pending[0], snapshot.known_agents, now=0.0)
     assert demand.duration == 0.1  # measured, since the job file gives none
 
 
@@ -250,26 +266,171 @@ def test_shared_executor_threads_cover_every_task_that_fits(scheduler: EnsembleS
     assert int(workers) == int(16 // task_cpus) > 8
 
 
-def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(scheduler: EnsembleScheduler) -> None:
+def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(tmp_path: Path, server: ArtifactServer) -> None:
+    clock = [1000.0]
+    scheduler = demo_scheduler(tmp_path, server, rounds_in_callback=True, clock=lambda: clock[0])
+    task_cpus = scheduler.catalog.task_resources["linear"].cpus
+    reserve = scheduler.catalog.agent_reserve
     driver = FakeDriver(scheduler)
-    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192)])  # everything launched: suppressed
+    two_tasks = 2 * task_cpus + reserve.cpus
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=two_tasks, mem=8192),
+                                      make_offer("a2", cpus=two_tasks, mem=8192)])  # everything launched
     assert scheduler.suppressed and not scheduler.tracker.has_pending()
-    first = driver.launches[-1][1]
-    for task in first[1:]:
+    first = [(ids, t) for ids, tasks, _f in driver.launches for t in tasks]
+    assert {t["agent_id"]["value"] for _ids, t in first} == {"a1", "a2"}  # both run our executor now
+    for _ids, task in first[1:]:
         item = scheduler.tracker.item_for_task(task["task_id"]["value"])
-        scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FINISHED", "a1"))
+        agent = task["agent_id"]["value"]
+        scheduler.statusUpdate(driver, make_status(task["task_id"]["value"], "TASK_FINISHED", agent))
         scheduler.record_usage(item, 0.01, 0.01)
-    straggler = first[0]["task_id"]["value"]
+    straggler, where = first[0][1]["task_id"]["value"], first[0][1]["agent_id"]["value"]
     revived = driver.revived
     scheduler.speculate(driver)
     assert driver.revived == revived  # not overdue yet
-    scheduler.started_at[straggler] -= 60.0  # it has now run a minute
+    clock[0] += 60.0  # it has now run a minute
     scheduler.speculate(driver)
     scheduler.speculate(driver)
     assert driver.revived == revived + 1 and not scheduler.suppressed
-    # The backup goes to another agent the job uses, never to the straggler's own.
-    scheduler.executors[("a2", "ensemble")] = scheduler.executors[("a1", "ensemble")]  # a2 already runs our executor
-    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192), make_offer("a2", cpus=8, mem=8192)])
-    backups = [t for _ids, tasks, _f in driver.launches[1:] for t in tasks]
-    assert len(backups) == 1 and backups[0]["agent_id"]["value"] == "a2" and scheduler.backups_launched == 1
-    assert backups[0]["task_id"]["value"].rsplit(".a", 1)[0] == straggler.rsplit(".a", 1)[0]
+    # The backup goes to another agent the job uses, never to the straggler's own nor a new one.
+    launches_before = len(driver.launches)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192), make_offer("a2", cpus=8, mem=8192),
+                                      make_offer("a3", cpus=8, mem=8192)])
+    backups = [t for _ids, tasks, _f in driver.launches[launches_before:] for t in tasks]
+    other = "a2" if where == "a1" else "a1"
+    assert len(backups) == 1 and backups[0]["agent_id"]["value"] == other and scheduler.backups_launched == 1
+    straggling = scheduler.tracker.item_for_task(straggler)
+    assert straggling is not None and scheduler.tracker.item_for_task(backups[0]["task_id"]["value"]) is straggling
+    assert straggling.backup_task_id == backups[0]["task_id"]["value"]
+
+
+# --- the decision worker: rounds off the IO thread ---------------------------------------------
+class GatedDecide:
+    """``decide``, held at its start until ``release``: what the IO thread does meanwhile is seen."""
+
+    def __init__(self) -> None:
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.offers_seen: list[list[str]] = []
+
+    def __call__(self, snapshot: RoundSnapshot, offers: Any, now: float) -> RoundDecision:
+        self.offers_seen.append([o.offer_id for o in offers])
+        self.entered.set()
+        assert self.gate.wait(30), "the test never released the round"
+        return decide(snapshot, offers, now)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+@pytest.fixture
+def gated(tmp_path: Path, server: ArtifactServer) -> Iterator[tuple[EnsembleScheduler, GatedDecide]]:
+    gate = GatedDecide()
+    scheduler = demo_scheduler(tmp_path, server, decide=gate)
+    yield scheduler, gate
+    gate.release()
+    scheduler.close()
+
+
+def test_offers_are_decided_off_the_io_thread_while_updates_go_on(
+        gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=1.2, mem=1024)])  # returns at once
+    assert gate.entered.wait(10) and driver.launches == [] and driver.declines == []
+    # While the round is being decided, the IO thread handles updates (the lock is free).
+    scheduler.statusUpdate(driver, make_status("unknown.a1", "TASK_RUNNING"))
+    assert scheduler.lock.acquire(timeout=5)
+    scheduler.lock.release()
+    gate.release()
+    assert scheduler.wait_idle()
+    assert len(driver.launches) == 1 and driver.launches[0][1]
+
+
+def test_an_offer_rescinded_while_decided_is_never_accepted(gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    gone, kept = make_offer("a1", cpus=4, mem=4096), make_offer("a1", cpus=4, mem=4096)
+    other = make_offer("a2", cpus=4, mem=4096)
+    scheduler.resourceOffers(driver, [gone, kept, other])
+    assert gate.entered.wait(10)
+    scheduler.offerRescinded(driver, gone["id"])
+    gate.release()
+    assert scheduler.wait_idle()
+    used = [o for ids, _tasks, _f in driver.launches for o in ids] + [o for ids, _f in driver.declines for o in ids]
+    assert gone["id"]["value"] not in used  # neither accepted nor declined: it is gone
+    assert kept["id"]["value"] in [o for ids, _f in driver.declines for o in ids]  # the agent's others go back
+    # Whatever a1 was to run stays pending (or went to a2): no task was lost with the offer.
+    counts = scheduler.tracker.counts()
+    launched = [t["task_id"]["value"] for _ids, tasks, _f in driver.launches for t in tasks]
+    assert counts.get("pending", 0) + counts.get("launched", 0) == 4 and counts.get("launched", 0) == len(launched)
+    assert all(t["agent_id"]["value"] == "a2" for _ids, tasks, _f in driver.launches for t in tasks)
+
+
+def test_an_offer_rescinded_before_its_round_is_left_out(gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=0.05, mem=16)])
+    assert gate.entered.wait(10)
+    late = make_offer("a2", cpus=4, mem=4096)
+    scheduler.resourceOffers(driver, [late])  # queued behind the running round
+    scheduler.offerRescinded(driver, late["id"])
+    gate.release()
+    assert scheduler.wait_idle()
+    assert gate.offers_seen[1:] == [[]] or gate.offers_seen[1:] == []
+    assert all(late["id"]["value"] not in ids for ids, _t, _f in driver.launches)
+
+
+def test_offers_arriving_during_a_round_are_batched_into_the_next(
+        gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=0.05, mem=16, offer_id="first")])
+    assert gate.entered.wait(10)
+    for name in ("b1", "b2", "b3"):
+        scheduler.resourceOffers(driver, [make_offer(name, cpus=0.05, mem=16, offer_id=f"o-{name}")])
+    gate.release()
+    assert scheduler.wait_idle()
+    assert gate.offers_seen == [["first"], ["o-b1", "o-b2", "o-b3"]]
+
+
+def test_items_cancelled_while_decided_are_not_launched(gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=8, mem=8192)])
+    assert gate.entered.wait(10)
+    scheduler.cancel_model(driver, "linear")
+    gate.release()
+    assert scheduler.wait_idle()
+    models = sorted(t["name"].split()[0] for _ids, tasks, _f in driver.launches for t in tasks)
+    assert models == ["logistic", "logistic"]
+    assert {i.state for i in scheduler.tracker.items.values() if i.model == "linear"} == {ItemState.CANCELLED}
+
+
+def test_an_executor_lost_while_decided_is_not_relied_on(gated: tuple[EnsembleScheduler, GatedDecide]) -> None:
+    scheduler, gate = gated
+    driver = FakeDriver(scheduler)
+    gate.release()
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=0.7, mem=4096)])  # one task and the executor
+    assert scheduler.wait_idle() and len(launched_task_ids(driver)) == 1
+    gate.gate.clear()
+    gate.entered.clear()
+    scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
+    assert gate.entered.wait(10)  # decided as if the executor ran on a1 ...
+    scheduler.slaveLost(driver, Dict({"value": "a1"}))  # ... but it is gone
+    gate.release()
+    assert scheduler.wait_idle()
+    assert len(launched_task_ids(driver)) == 1 and driver.declines[-1][1] == {"refuse_seconds": 5.0}
+
+
+def test_a_failing_round_becomes_the_jobs_fatal_event(tmp_path: Path, server: ArtifactServer) -> None:
+    def broken(snapshot: RoundSnapshot, offers: list[OfferView], now: float) -> RoundDecision:
+        raise RuntimeError("bug in decide")
+
+    scheduler = demo_scheduler(tmp_path, server, decide=broken)
+    driver = FakeDriver(scheduler)
+    scheduler.resourceOffers(driver, [make_offer("a1")])
+    event = scheduler.events.get(timeout=10)
+    assert event.kind is EventKind.FATAL and "bug in decide" in event.detail
+    assert scheduler.wait_idle()
+    scheduler.close()
+    scheduler.resourceOffers(driver, [make_offer("a1")])  # after close: dropped, nothing raised
+    assert driver.launches == [] and scheduler.events.empty()

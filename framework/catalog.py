@@ -1,0 +1,147 @@
+"""The job's catalog of work, as the scheduler sees it (its ``WorkCatalog``): each item's demand,
+the executors' resources (configured or estimated from the model files), and the TaskInfo and
+ExecutorInfo of a launch (built by ``framework.translator``)."""
+
+from __future__ import annotations
+
+import logging
+
+from executor.protocol import RemoteFile, TaskPayload
+from framework.artifacts import ArtifactServer
+from framework.dataset import Shard
+from framework.jobspec import JobSpec, ModelSpec
+from framework.packing import Agent, Resources, TaskDemand
+from framework.tasks import WorkItem
+from framework.translator import (ExecutorLaunch, Message, PoolAllocator, executor_id, executor_info,
+                                  task_info)
+
+log = logging.getLogger(__name__)
+
+MAX_EXECUTOR_THREADS = 64
+"""Threads of one executor: as many as its smallest tasks fit in the agent's offer, at most this
+(a shared executor on a large agent runs every model's tasks at once)."""
+
+EXECUTOR_BASE_MEM_MB = 96.0
+"""Memory of an idle executor process with numpy, scikit-learn and pymesos imported."""
+
+SHARED_EXECUTOR = "ensemble"
+"""Executor key (and executor id prefix) of the one executor per agent that serves every model."""
+
+
+def executor_memory(model: ModelSpec) -> float:
+    """The executor's memory: the configured value, or an estimate from the model file's size."""
+    if model.executor_mem > 0:
+        return model.executor_mem
+    return EXECUTOR_BASE_MEM_MB + 3.0 * model.path.stat().st_size / 2**20
+
+
+def shared_executor_resources(models: list[ModelSpec]) -> Resources:
+    """One executor holding every model: one base process plus each model's loaded size."""
+    extra = sum(max(0.0, executor_memory(m) - EXECUTOR_BASE_MEM_MB) for m in models)
+    return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
+
+
+class JobCatalog:
+    """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
+
+    def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
+                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
+        self.spec, self.server, self.shards = spec, server, shards
+        self.columns = columns or {}
+        self.python, self.executor_package_url = python, executor_package_url
+        self.labels: RemoteFile | None = None
+        self.folds: list[tuple[list[int], list[int]]] = []
+        self.methods: dict[str, str] = {}
+        self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
+        self.shard_urls = {
+            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
+            for kind, shard_list in shards.items() for s in shard_list
+        }
+        # Per model, computed once (demands are built for every pending task in every offer round).
+        self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
+        self.shared = spec.framework.executors == "shared"
+        self.isolated: set[str] = set()
+        """Models taken out of the shared executor (after it died running them)."""
+        # The packer sees no per-model executor for shared models; the scheduler keeps this much
+        # free on every agent that has no executor of ours yet (``agent_reserve``).
+        self.agent_reserve = shared_executor_resources(list(spec.models)) if self.shared else Resources()
+        self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
+        if self.shared:
+            self.executor_resources[SHARED_EXECUTOR] = self.agent_reserve
+
+    def executor_key(self, model: str) -> str:
+        """Which executor runs this model's tasks on an agent: the shared one or the model's own."""
+        return SHARED_EXECUTOR if self.shared and model not in self.isolated else model
+
+    def executor_models(self, key: str) -> frozenset[str]:
+        """The models an executor serves (loads on demand)."""
+        if key == SHARED_EXECUTOR and self.shared:
+            return frozenset(m.name for m in self.spec.models if m.name not in self.isolated)
+        return frozenset({key})
+
+    def isolate(self, model: str) -> None:
+        """From now on, run ``model`` in executors of its own: a shared executor died while running
+        it, and whichever member caused that must not take the others down again."""
+        if self.shared and model not in self.isolated:
+            self.isolated.add(model)
+            log.warning("model %s now runs in executors of its own (a shared executor died running it)", model)
+
+    def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
+                     methods: dict[str, str]) -> None:
+        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
+        self.shards["train"] = shards
+        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
+                                for s in shards})
+        self.labels, self.folds, self.methods = labels, folds, methods
+
+    def demand(self, item: WorkItem) -> TaskDemand:
+        return TaskDemand(
+            task_id=item.key,
+            model=item.model,
+            resources=self.task_resources[item.model],
+            executor=(Resources() if self.executor_key(item.model) == SHARED_EXECUTOR
+                      else self.executor_resources[item.model]),
+            constraints=self.spec.model(item.model).constraints,
+            duration=self.spec.model(item.model).duration,
+        )
+
+    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:
+        """The ExecutorInfo of executor ``key`` on ``agent``, its resources taken from the offer."""
+        served = sorted(self.executor_models(key))
+        smallest_task = min(self.spec.model(name).cpus for name in served)
+        resources = self.executor_resources[key]
+        workers = max(1, int((agent.capacity.cpus + self.agent_reserve.cpus) // max(smallest_task, 1e-9)))
+        launch = ExecutorLaunch(
+            executor_id=executor_id(key, generation),
+            serves="all models" if key == SHARED_EXECUTOR and self.shared else key,
+            python=self.python,
+            executor_package_url=self.executor_package_url,
+            workers=min(workers, MAX_EXECUTOR_THREADS),
+            resources=tuple(allocator.take(resources)),
+        )
+        return executor_info(launch)
+
+    def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
+                  executor: Message) -> Message:
+        model = self.spec.model(item.model)
+        kind = "train" if item.operation == "cv_fit_predict" else "data"
+        shard = self.shards[kind][item.shard]
+        train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
+        payload = TaskPayload(
+            task_id=task_id,
+            operation=item.operation,
+            model_name=model.name,
+            model=RemoteFile(self.model_urls[model.name], model.sha256),
+            model_file=f"{model.name}.joblib",
+            method=self.methods.get(model.name, model.output),
+            shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
+            shard_index=shard.index,
+            columns=self.columns.get(model.name, []),
+            result_upload_url=self.server.expect_result(task_id),
+            labels=self.labels if item.operation == "cv_fit_predict" else None,
+            train_rows=list(train_rows),
+            test_rows=list(test_rows),
+        )
+        name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
+        resources = allocator.take(self.task_resources[model.name])
+        return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())

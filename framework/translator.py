@@ -1,0 +1,248 @@
+"""The one place that speaks Mesos: every message the framework builds and every one it reads.
+
+Outgoing (values in, v1 JSON dicts out, exactly as pymesos passes them to the master):
+FrameworkInfo, ExecutorInfo with its CommandInfo, TaskInfo, resources carved from offers,
+filters, offer and task ids for ACCEPT/DECLINE/KILL/RECONCILE.  Incoming (pymesos dicts or
+addict.Dicts in, the project's values out): offers as :class:`OfferView`, status updates as
+:class:`StatusUpdate`, ids as strings.  Only the scalar resources our role may use are counted
+(unreserved ``*`` and our role's).
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from framework.offers import OfferView
+from framework.packing import Resources
+
+SCALARS = ("cpus", "mem", "disk", "gpus")
+
+__all__ = ["Message", "OfferView", "StatusUpdate", "PoolAllocator", "ExecutorLaunch", "read_id", "read_offer",
+           "read_status", "read_master", "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
+           "reconcile_tasks", "executor_info", "task_info", "framework_info"]
+
+Message = dict[str, Any]
+"""A Mesos v1 JSON object as pymesos sends it."""
+
+
+# --- reading -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A task status update as the framework reads it."""
+
+    task_id: str
+    state: str
+    reason: str = ""
+    message: str = ""
+    data: str | None = None
+    """The executor's base64 result envelope (on TASK_FINISHED)."""
+    agent_id: str | None = None
+
+
+def read_id(value: Mapping[str, Any]) -> str:
+    """An id message (``{"value": ...}``: framework, agent, executor, offer or task id)."""
+    return str(value["value"])
+
+
+def _role_of(resource: Mapping[str, Any]) -> str:
+    reservations = resource.get("reservations") or []
+    if reservations:
+        return str(reservations[-1].get("role", "*"))
+    return str(resource.get("role") or "*")
+
+
+def read_offer(offer: Mapping[str, Any], role: str) -> OfferView:
+    """Read one offer as pymesos delivers it (dict or addict.Dict)."""
+    pools = []
+    for resource in offer.get("resources") or []:
+        name = resource.get("name")
+        if name in SCALARS and resource.get("type", "SCALAR") == "SCALAR":
+            resource_role = _role_of(resource)
+            if resource_role in ("*", role):
+                pools.append((name, resource_role, float(resource["scalar"]["value"])))
+    attributes: dict[str, str | float] = {}
+    for attribute in offer.get("attributes") or []:
+        kind = attribute.get("type")
+        if kind == "SCALAR":
+            attributes[attribute["name"]] = float(attribute["scalar"]["value"])
+        elif kind == "TEXT":
+            attributes[attribute["name"]] = str(attribute["text"]["value"])
+        elif kind == "SET":
+            attributes[attribute["name"]] = ",".join(attribute.get("set", {}).get("item", []))
+    return OfferView(
+        offer_id=read_id(offer["id"]),
+        agent_id=read_id(offer["agent_id"]),
+        hostname=str(offer.get("hostname") or ""),
+        pools=tuple(pools),
+        attributes=attributes,
+    )
+
+
+def read_status(status: Mapping[str, Any]) -> StatusUpdate:
+    """Read a status update as pymesos delivers it."""
+    agent = status.get("agent_id")
+    return StatusUpdate(
+        task_id=read_id(status["task_id"]),
+        state=str(status.get("state") or ""),
+        reason=str(status.get("reason") or ""),
+        message=str(status.get("message") or ""),
+        data=status.get("data") or None,
+        agent_id=read_id(agent) if agent and agent.get("value") else None,
+    )
+
+
+def read_master(master_info: Mapping[str, Any]) -> str:
+    """``host:port`` of a MasterInfo, for the log."""
+    return f"{master_info.get('hostname')}:{master_info.get('port')}"
+
+
+def executor_id_of(info: Mapping[str, Any]) -> str:
+    """The executor id of an ExecutorInfo this module built."""
+    return read_id(info["executor_id"])
+
+
+# --- building ------------------------------------------------------------------------------
+def id_message(value: str) -> Message:
+    return {"value": value}
+
+
+def executor_id(key: str, generation: int) -> str:
+    """The id of our executor ``key`` on an agent; ``generation`` counts its earlier, lost ones."""
+    return f"{key}.g{generation}"
+
+
+def offer_ids(ids: Iterable[str]) -> list[Message]:
+    """The offer ids of one ACCEPT or DECLINE."""
+    return [id_message(i) for i in ids]
+
+
+def filters(refuse_seconds: float) -> Message:
+    """Filters of an ACCEPT or DECLINE: how long the master keeps the rest from us."""
+    return {"refuse_seconds": refuse_seconds}
+
+
+def reconcile_tasks(task_ids: Iterable[str]) -> list[Message]:
+    """RECONCILE arguments for the given tasks."""
+    return [{"task_id": id_message(t)} for t in task_ids]
+
+
+class PoolAllocator:
+    """Carves task and executor resources out of an agent's offered pools, keeping roles.
+
+    A launch must name resources exactly as offered (same role), so each demand is taken from
+    our role's reservations first, then from unreserved resources.
+    """
+
+    def __init__(self, views: Iterable[OfferView], role: str) -> None:
+        self.remaining: dict[tuple[str, str], float] = defaultdict(float)
+        for view in views:
+            for name, resource_role, amount in view.pools:
+                self.remaining[(name, resource_role)] += amount
+        self.role_order = [role, "*"] if role != "*" else ["*"]
+
+    def take(self, demand: Resources) -> list[Message]:
+        resources: list[Message] = []
+        for name in SCALARS:
+            needed = getattr(demand, name)
+            for role in self.role_order:
+                if needed <= 1e-9:
+                    break
+                available = self.remaining.get((name, role), 0.0)
+                amount = min(needed, available)
+                if amount > 1e-9:
+                    self.remaining[(name, role)] = available - amount
+                    needed -= amount
+                    entry: Message = {"name": name, "type": "SCALAR", "scalar": {"value": round(amount, 6)}}
+                    if role != "*":
+                        entry["role"] = role
+                    resources.append(entry)
+            if needed > 1e-6:
+                raise ValueError(f"{name}: {needed} more than the offers hold (packer over-committed)")
+        return resources
+
+
+@dataclass(frozen=True)
+class ExecutorLaunch:
+    """What one of our executors on one agent looks like (for one model, or shared by all).
+    Mesos requires every task of one executor id to carry an identical ExecutorInfo, so this is
+    built once and reused.  Models and shards are not fetcher URIs: the executor downloads what
+    its tasks name, once, so one ExecutorInfo serves every model."""
+
+    executor_id: str
+    serves: str
+    python: str
+    executor_package_url: str
+    workers: int
+    resources: tuple[Message, ...]
+
+
+def executor_info(launch: ExecutorLaunch) -> Message:
+    """ExecutorInfo: the executor package travels as a fetcher URI (extracted into the sandbox)."""
+    return {
+        "executor_id": id_message(launch.executor_id),
+        "name": f"mesos-ensemble executor for {launch.serves}",
+        "source": "mesos-ensemble",
+        "command": {
+            "shell": True,
+            "value": f"exec {shlex.quote(launch.python)} -m executor",
+            "uris": [
+                {"value": launch.executor_package_url, "extract": True, "executable": False, "cache": False},
+            ],
+            "environment": {
+                "variables": [
+                    {"name": "MESOS_ENSEMBLE_WORKERS", "type": "VALUE", "value": str(launch.workers)},
+                    {"name": "PYTHONPATH", "type": "VALUE", "value": "."},
+                    {"name": "PYTHONUNBUFFERED", "type": "VALUE", "value": "1"},
+                    {"name": "OMP_NUM_THREADS", "type": "VALUE", "value": "1"},
+                    {"name": "OPENBLAS_NUM_THREADS", "type": "VALUE", "value": "1"},
+                ]
+            },
+        },
+        "resources": list(launch.resources),
+    }
+
+
+def task_info(
+    task_id: str,
+    name: str,
+    agent_id: str,
+    resources: list[Message],
+    executor: Message,
+    payload: bytes,
+) -> Message:
+    """TaskInfo for a task run by our executor; ``payload`` travels base64 in ``data``."""
+    return {
+        "task_id": id_message(task_id),
+        "agent_id": id_message(agent_id),
+        "name": name,
+        "resources": resources,
+        "executor": executor,
+        "data": base64.b64encode(payload).decode("ascii"),
+    }
+
+
+def framework_info(name: str, user: str, role: str, failover_timeout: float, principal: str | None,
+                   framework_id: str | None = None, gpus: bool = False) -> Message:
+    """FrameworkInfo for SUBSCRIBE (pymesos adds nothing but the id it learns).
+
+    ``gpus``: declare the GPU_RESOURCES capability, without which Mesos never offers GPU agents.
+    """
+    info: Message = {
+        "user": user,
+        "name": name,
+        "failover_timeout": failover_timeout,
+        "checkpoint": False,
+    }
+    if role != "*":
+        info["role"] = role
+    if principal:
+        info["principal"] = principal
+    if framework_id:
+        info["id"] = id_message(framework_id)
+    if gpus:
+        info["capabilities"] = [{"type": "GPU_RESOURCES"}]
+    return info
