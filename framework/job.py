@@ -28,9 +28,10 @@ from framework.catalog import JobCatalog
 from framework.dataset import Dataset, cut_shards, load_dataset
 from framework.errors import JobFailed
 from framework.executor_package import build_executor_package
-from framework.jobspec import JobSpec
+from framework.jobspec import JobSpec, parse_master
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
+from framework.preflight import check_data, check_job
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent
 from framework.stacking_run import fit_stacking
@@ -84,10 +85,13 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
     Returns the data, the members' specs and the loaded estimators (by model name)."""
     import sklearn
 
+    check_job(spec)
     dataset = load_dataset(spec.data)
     loaded = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
     estimators = {name: estimator for name, (estimator, _version) in loaded.items()}
-    members = member_specs(spec, estimators, member_features(spec, estimators, tuple(dataset.feature_names)))
+    features = member_features(spec, estimators, tuple(dataset.feature_names))
+    check_data(spec, dataset, features)
+    members = member_specs(spec, estimators, features)
     ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: version for name, (_e, version) in loaded.items()})
     return dataset, members, estimators
@@ -220,13 +224,11 @@ class JobRunner:
 
     @staticmethod
     def _bind_host(master: str) -> str:
-        host = master.split(":")[0]
-        return "127.0.0.1" if host in ("127.0.0.1", "localhost") else "0.0.0.0"
+        return "127.0.0.1" if parse_master(master).loopback else "0.0.0.0"
 
     @staticmethod
     def _advertise_host(master: str) -> str | None:
-        host = master.split(":")[0]
-        return "127.0.0.1" if host in ("127.0.0.1", "localhost") else None
+        return "127.0.0.1" if parse_master(master).loopback else None
 
     def _scheduler(self, tracker: Tracker, catalog: JobCatalog) -> EnsembleScheduler:
         settings = self.spec.framework

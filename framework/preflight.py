@@ -70,7 +70,7 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
     ``models[i] (name)``, the field, what it asks and what the best agent offers; [] when every
     model fits somewhere.
     """
-    from framework.job import executor_memory, shared_executor_resources
+    from framework.catalog import executor_memory, shared_executor_resources  # catalog imports jobspec: lazy
 
     shared = executors == "shared"
     reserve = shared_executor_resources(list(models)) if shared and models else Resources()

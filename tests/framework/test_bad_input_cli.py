@@ -17,10 +17,6 @@ from framework.demo import train_demo
 
 pytestmark = pytest.mark.timeout(300)
 
-NEEDS_PREPARE_WIRING = pytest.mark.xfail(
-    strict=True, reason="framework.preflight.check_data runs from job.prepare(), wired by the lead (job.py is being "
-                        "split); strict, so this fails once wired and the marker must go")
-
 
 @pytest.fixture(scope="module")
 def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -177,7 +173,6 @@ def test_empty_npy(demo: Path) -> None:
     assert_refused(demo, "run", r"test\.npy: empty file, expected a \.npy array")
 
 
-@NEEDS_PREPARE_WIRING
 @pytest.mark.parametrize("command", BOTH)
 def test_nan_in_the_data(demo: Path, command: str) -> None:
     break_csv(demo, 7, lambda row: b",".join([*row.split(b",")[:3], b"nan", *row.split(b",")[4:]]))
@@ -185,7 +180,6 @@ def test_nan_in_the_data(demo: Path, command: str) -> None:
                                   r"\(linear\) takes this column without allow_nan = true")
 
 
-@NEEDS_PREPARE_WIRING
 def test_inf_in_the_data_even_with_allow_nan(demo: Path) -> None:
     break_csv(demo, 2, lambda row: b"-inf" + row[row.index(b","):])
     for old in ("mem = 128\n\n", "mem = 128\n\n[framework]"):

@@ -14,7 +14,8 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from framework.dataset import Dataset, load_dataset, non_finite_columns
 from framework.demo import train_demo
 from framework.errors import JobSpecError
-from framework.job import member_features, shared_executor_resources
+from framework.catalog import shared_executor_resources
+from framework.members import member_features
 from framework.jobspec import JobSpec, LocalClusterSpec, ModelSpec, load_job
 from framework.packing import Agent, AttributeEquals, Resources
 from framework.preflight import check_data, check_job, local_agents, unplaceable
