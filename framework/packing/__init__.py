@@ -27,12 +27,14 @@ and the agent-emptying search, and a greedy start that opens it can end in a wor
 optimum; a safeguard would need the plan without that agent, which ``pack`` does not know.
 """
 
+from .agents import RESOURCE_NAMES, Agent, Resources
 from .baseline import first_fit_decreasing
-from .model import (RESOURCE_NAMES, Agent, AttributeEquals, AvoidAgents, Constraint, CostModel, DeclineReason,
-                    MaxPerAgent, PackingOptions, Plan, PriceTable, Resources, SpreadAtLeast,
-                    TaskDemand, Unplaced, resolve_price)
+from .constraints import (AttributeEquals, AvoidAgents, Constraint, ConstraintValueError, MaxPerAgent, ModelLimits,
+                          NeedsGpu, SpreadAtLeast)
+from .model import CostModel, DeclineReason, PackingOptions, Plan, PriceTable, TaskDemand, Unplaced, resolve_price
 from .packer import pack
 
-__all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "AvoidAgents", "Constraint", "CostModel", "DeclineReason",
-           "MaxPerAgent", "PackingOptions", "Plan", "PriceTable", "Resources", "SpreadAtLeast",
-           "TaskDemand", "Unplaced", "first_fit_decreasing", "pack", "resolve_price"]
+__all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "AvoidAgents", "Constraint", "ConstraintValueError",
+           "CostModel", "DeclineReason", "MaxPerAgent", "ModelLimits", "NeedsGpu", "PackingOptions", "Plan",
+           "PriceTable", "Resources", "SpreadAtLeast", "TaskDemand", "Unplaced", "first_fit_decreasing", "pack",
+           "resolve_price"]

@@ -12,6 +12,9 @@ import numpy as np
 
 BIG = np.iinfo(np.int64).max // 4
 
+TaskTypes = tuple[np.ndarray, list[np.ndarray]]
+"""(type index per task, task indices of each type)."""
+
 
 @dataclass
 class Problem:
@@ -43,8 +46,18 @@ class Problem:
         self.tasks_of = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
         self.has_exec = (self.exec_dem > 0).any(axis=1)
         self.total_cap = self.cap.sum(axis=0)
-        self.types = None  # filled lazily by construct.task_types
-        self.inv_demand = None  # per type: (1/demand or 0, BIG where demand is 0), by construct
+        self.types: TaskTypes | None = None  # filled lazily by task_types()
+        self.inv_demand: tuple[np.ndarray, np.ndarray] | None = None
+        """Per type: (1/demand or 0, BIG where demand is 0), filled by the construction."""
+        self.eff_cap: np.ndarray | None = None  # filled lazily by bounds.effective_capacity
+
+    def task_types(self) -> TaskTypes:
+        """Type index per task and the tasks of each type (index order); computed once.
+
+        Tasks of one type have the same model, demand and static constraints (``allowed`` row)."""
+        if self.types is None:
+            self.types = _task_types(self)
+        return self.types
 
     @classmethod
     def simple(cls, demand: np.ndarray, cap: np.ndarray, price: np.ndarray | None = None) -> Problem:
@@ -56,6 +69,19 @@ class Problem:
                    np.ones(A) if price is None else np.asarray(price, float),
                    np.zeros((A, 1), bool), np.zeros((A, 1), int), np.ones((T, A), bool),
                    np.array([BIG]), np.array([0]))
+
+
+def _task_types(p: Problem) -> TaskTypes:
+    keys: dict[tuple[int, bytes, int], int] = {}
+    tid = np.empty(p.T, dtype=np.int64)
+    arows = [hash(row.tobytes()) for row in np.packbits(p.allowed, axis=1)] if p.A else [0] * p.T
+    for t in range(p.T):
+        key = (int(p.model_of[t]), p.demand[t].tobytes(), arows[t])
+        tid[t] = keys.setdefault(key, len(keys))
+    members: list[list[int]] = [[] for _ in range(len(keys))]
+    for t in range(p.T):
+        members[tid[t]].append(t)
+    return tid, [np.array(m, dtype=np.int64) for m in members]
 
 
 class State:

@@ -6,7 +6,6 @@ from collections import Counter, defaultdict
 
 from framework.packing import (Agent, AttributeEquals, MaxPerAgent, Plan, Resources, SpreadAtLeast,
                                TaskDemand)
-from framework.packing.constraints import attribute_check  # noqa: F401  (shape reference only)
 
 
 def check_plan(plan: Plan, tasks: list[TaskDemand], agents: list[Agent]) -> None:
