@@ -14,6 +14,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from .highs import milp_options
 from .problem import Problem, State
 
 
@@ -40,7 +41,8 @@ def model_size(p: Problem, agents: np.ndarray) -> int:
     return pairs + len(agents) * (p.M + 1)
 
 
-def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State | None, bool]:
+def solve_exact(p: Problem, incumbent: State, time_limit: float,
+                node_limit: int | None = None) -> tuple[State | None, bool]:
     """Solve on the candidate agents. Returns (state or None, proven optimal)."""
     agents = candidate_agents(p, incumbent)
     if len(agents) == 0 or time_limit <= 0.003:
@@ -126,8 +128,7 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
     A_mat = coo_array((vals, (rows, cols)), shape=(r, n)).tocsr()
     res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=LinearConstraint(A_mat, lo, hi),
-               options={"time_limit": max(0.01, time_limit), "disp": False, "presolve": True,
-                        "mip_rel_gap": 0.0})
+               options=milp_options(max(0.01, time_limit), node_limit, presolve=True, mip_rel_gap=0.0))
     if res.x is None:
         return None, False
     x = np.round(res.x).astype(np.int64)

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .construct import construct
 from .problem import Problem, State
 
 
@@ -298,7 +299,6 @@ def ruin_recreate(state: State, lb: float, budget: Budget, rng: np.random.Genera
     """LNS: empty 2-4 agents (a seeded pick biased to poor load per price), re-place their
     tasks with the construction (open agents with room first, then cheapest per unit);
     keep the result when every task is placed again and cost does not rise."""
-    from .construct import construct
     p = state.p
     best = cur = state
     for _ in range(rounds):

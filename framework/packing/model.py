@@ -83,11 +83,20 @@ def resolve_price(hostname: str, attributes: Mapping[str, str | float], table: P
 
 @dataclass(frozen=True)
 class PackingOptions:
+    """How long and how hard ``pack`` searches.
+
+    The product runs on the time budget. ``time_budget_s=math.inf`` means no deadline: the
+    search then ends on ``max_iterations`` (and the round caps of the 1-D phases) and each
+    HiGHS solve on ``exact_max_nodes`` or a proof of optimality, so the plan depends only on
+    the input and the options, never on machine load (what tests of plan quality use).
+    """
+
     time_budget_s: float = 0.05
     exact: bool = True
     seed: int = 0                      # seeds the improvement phase's randomness
-    max_iterations: int = 200_000      # cap on improvement moves (determinism under slack budgets)
+    max_iterations: int = 200_000      # cap on search steps (improvement moves, pool and LNS rounds)
     exact_max_vars: int = 20_000       # larger models skip the HiGHS phase
+    exact_max_nodes: int | None = None  # branch-and-bound node cap of each HiGHS solve (None: none)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ best of Martello–Toth L2 and the arc-flow solver's dual bound.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .arcflow import build_graph, integer_scale, solve_arcflow
 from .bounds import l2_bound
+from .improve import Budget, improve
 from .problem import BIG, Problem, State
 
 ARCFLOW_MAX_ARCS = 2500        # larger graphs rarely solve within a sub-second budget
@@ -170,10 +172,9 @@ def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generat
 
 
 def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
-             max_iterations: int) -> tuple[State, float, bool] | None:
+             max_iterations: int, node_limit: int | None = None) -> tuple[State, float, bool] | None:
     """Best plan found by the 1-D phases before ``deadline``: (state, cost bound, proven).
     None when FFD needs more bins than there are agents (the general path handles that)."""
-    from .improve import Budget, improve
     price = float(p.price[0])
     w = d.sizes.repeat(d.counts).astype(float)
     lower = l2_bound(w, float(d.cap))
@@ -186,7 +187,8 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
             best = mbs
     if len(best) > lower:
         now = time.perf_counter()
-        stop = now + min(LNS_SHARE * (deadline - now), LNS_MAX_S)
+        # no deadline (math.inf): the round cap alone ends the LNS
+        stop = deadline if math.isinf(deadline) else now + min(LNS_SHARE * (deadline - now), LNS_MAX_S)
         best = lns_mbs(d, best, lower, rng, stop, min(max_iterations, LNS_MAX_ROUNDS))
     state = to_state(p, d, best)
     small = len(best) > lower and d.cap <= MAX_GRAPH_CAP
@@ -199,7 +201,7 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
     proven = state.cost() <= price * lower
     if graph is not None and not proven and left > 0.02:
         bins, bound, opt = solve_arcflow(d.sizes, d.counts, d.cap, int(round(state.cost() / price)),
-                                         lower, 0.6 * left, graph)
+                                         lower, 0.6 * left, graph, node_limit)
         lower = max(lower, bound)
         if bins and len(bins) * price < state.cost():
             state = to_state(p, d, bins)

@@ -35,7 +35,7 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     rng = np.random.default_rng(options.seed)
     one = as_1d(p)
     if one is not None:
-        res = solve_1d(p, one, budget.deadline, rng, options.max_iterations)
+        res = solve_1d(p, one, budget.deadline, rng, options.max_iterations, options.exact_max_nodes)
         if res is not None:
             return res
     state = State(p)
@@ -55,7 +55,7 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     lb = cost_lower_bound(p, state.where >= 0)
     if state.cost() > lb + 1e-9 and _heterogeneous(p):
         for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s,
-                                     budget.deadline, t_construct):
+                                     budget.deadline, t_construct, options.exact_max_nodes):
             if (cand.placed(), -cand.cost()) > (state.placed(), -state.cost()) and cand.spread_ok():
                 state = cand
     # skip even sizing the exact model on big instances (sizing alone costs tens of ms)
@@ -70,7 +70,7 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
     proven = all_placed and state.cost() <= lb + 1e-9
     left = budget.deadline - time.perf_counter()
     if small and not proven and left > 0.005:
-        exact, optimal = solve_exact(p, state, left * 0.9)
+        exact, optimal = solve_exact(p, state, left * 0.9, options.exact_max_nodes)
         if exact is not None:
             better = (exact.placed(), -exact.cost()) > (state.placed(), -state.cost())
             if better or (optimal and (exact.placed(), -exact.cost()) == (state.placed(), -state.cost())):
