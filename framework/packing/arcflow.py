@@ -124,8 +124,8 @@ def _decompose(x: np.ndarray, tail: np.ndarray, head: np.ndarray, typ: np.ndarra
                demand: np.ndarray, cap: int) -> list[list[int]]:
     """Split the integer flow into paths; drop items beyond the demand."""
     out: dict[int, list[int]] = {}
-    for k in np.flatnonzero(x):
-        out.setdefault(int(tail[k]), []).append(int(k))
+    for arc in np.flatnonzero(x).tolist():
+        out.setdefault(int(tail[arc]), []).append(arc)
     left = x.copy()
     need = demand.astype(np.int64).copy()
     bins: list[list[int]] = []

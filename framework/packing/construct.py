@@ -51,7 +51,7 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
     texec = p.exec_dem[tmodel]
     remaining = (tdem * left[:, None]).sum(axis=0)
     # agents that are already open take more tasks first
-    order = list(np.flatnonzero(state.ntask > 0)) if first is None else list(first)
+    order = [int(a) for a in (np.flatnonzero(state.ntask > 0) if first is None else first)]
     closed = state.ntask == 0
     tried = np.zeros(p.A, bool)
     # per closed agent: how many types with tasks left fit there alone (skip agents with none)
@@ -105,6 +105,7 @@ def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem:
     capn2 = capn * capn
     # (R, n) layouts: reductions over resources run along the fast axis
     d, m = tdem[idx].T.copy(), tmodel[idx]
+    assert p.inv_demand is not None, "set by construct()"
     inv, big = p.inv_demand[0][idx].T.copy(), p.inv_demand[1][idx].T.copy()
     lft = left[idx].astype(float)
     execs = bool(p.has_exec.any())

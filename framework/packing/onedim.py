@@ -99,36 +99,8 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
         if time.perf_counter() > deadline:
             return None
         left[first] -= 1
-        room = d.cap - sizes[first]
-        best: list[int] = []
-        best_slack = room
-        path: list[int] = []
-        nodes = 0
-
-        def dfs(j: int, room: int) -> bool:
-            nonlocal best, best_slack, nodes
-            if room < best_slack:
-                best, best_slack = path.copy(), room
-                if room == 0:
-                    return True
-            if len(path) >= MAX_DEPTH:   # many tiny items: the greedy top-up below finishes
-                return False
-            for pos in range(j, K):
-                i = seq[pos]
-                nodes += 1
-                if nodes > node_cap:
-                    return True
-                if left[i] > 0 and sizes[i] <= room:
-                    left[i] -= 1
-                    path.append(i)
-                    done = dfs(pos, room - sizes[i])
-                    path.pop()
-                    left[i] += 1
-                    if done:
-                        return True
-            return False
-
-        dfs(0 if order is not None else first, room)
+        best, best_slack = _least_slack(sizes, left, seq, 0 if order is not None else first,
+                                        d.cap - sizes[first], node_cap)
         for i in best:
             left[i] -= 1
         room = best_slack
@@ -138,6 +110,43 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
                 room -= sizes[i]
                 best.append(i)
         bins.append([first] + best)
+
+
+def _least_slack(sizes: list[int], left: list[int], seq: list[int], start: int, room: int,
+                 node_cap: int) -> tuple[list[int], int]:
+    """Depth-first search (at most ``node_cap`` nodes) for the item types, taken in ``seq``
+    order from position ``start``, that fill ``room`` leaving least slack: (types, slack).
+    ``left`` is restored on return."""
+    best: list[int] = []
+    best_slack = room
+    path: list[int] = []
+    nodes = 0
+
+    def dfs(j: int, room: int) -> bool:
+        nonlocal best, best_slack, nodes
+        if room < best_slack:
+            best, best_slack = path.copy(), room
+            if room == 0:
+                return True
+        if len(path) >= MAX_DEPTH:   # many tiny items: the greedy top-up finishes
+            return False
+        for pos in range(j, len(sizes)):
+            i = seq[pos]
+            nodes += 1
+            if nodes > node_cap:
+                return True
+            if left[i] > 0 and sizes[i] <= room:
+                left[i] -= 1
+                path.append(i)
+                done = dfs(pos, room - sizes[i])
+                path.pop()
+                left[i] += 1
+                if done:
+                    return True
+        return False
+
+    dfs(start, room)
+    return best, best_slack
 
 
 def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generator,

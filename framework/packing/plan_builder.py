@@ -78,7 +78,7 @@ def _never_fits(p: Problem) -> np.ndarray:
     mo = p.model_of[reps]
     fits = empty_fits(p, p.demand[reps], mo, p.allowed[reps], p.exec_dem[mo])
     fits &= p.running.T[mo] < p.max_per[mo][:, None]
-    return ~fits.any(axis=0)
+    return np.asarray(~fits.any(axis=0))
 
 
 def _reasons(c: Compiled, state: State, t: int) -> Unplaced:

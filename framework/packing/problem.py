@@ -30,22 +30,23 @@ class Problem:
     spread: np.ndarray    # (M,) int: agents the model must span (0 if none)
 
     def __post_init__(self) -> None:
-        self.T, self.R = self.demand.shape
-        self.A = self.cap.shape[0]
-        self.M = self.exec_dem.shape[0]
-        self.tol = np.abs(self.cap) * 1e-9 + 1e-9
-        self.cap_tol = self.cap + self.tol
+        self.T: int = int(self.demand.shape[0])
+        self.R: int = int(self.demand.shape[1])
+        self.A: int = int(self.cap.shape[0])
+        self.M: int = int(self.exec_dem.shape[0])
+        self.tol: np.ndarray = np.abs(self.cap) * 1e-9 + 1e-9
+        self.cap_tol: np.ndarray = self.cap + self.tol
         # scale for scalar sizes: mean positive capacity per resource
         pos = self.cap > 0
         npos = pos.sum(axis=0)
         scale = np.where(pos, self.cap, 0.0).sum(axis=0) / np.maximum(npos, 1)
-        self.scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        self.size = (self.demand / self.scale).sum(axis=1)
-        self.agent_size = (self.cap / self.scale).sum(axis=1)
-        self.run_agents = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
-        self.tasks_of = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
-        self.has_exec = (self.exec_dem > 0).any(axis=1)
-        self.total_cap = self.cap.sum(axis=0)
+        self.scale: np.ndarray = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        self.size: np.ndarray = (self.demand / self.scale).sum(axis=1)
+        self.agent_size: np.ndarray = (self.cap / self.scale).sum(axis=1)
+        self.run_agents: np.ndarray = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
+        self.tasks_of: list[np.ndarray] = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
+        self.has_exec: np.ndarray = np.asarray((self.exec_dem > 0).any(axis=1))
+        self.total_cap: np.ndarray = self.cap.sum(axis=0)
         self.types: TaskTypes | None = None  # filled lazily by task_types()
         self.inv_demand: tuple[np.ndarray, np.ndarray] | None = None
         """Per type: (1/demand or 0, BIG where demand is 0), filled by the construction."""

@@ -100,7 +100,8 @@ def test_job_file_honours_a_registered_plugin(hostname_in: type[HostnameIn], tmp
     spec = load_job(job)
     assert spec.models[0].constraints == (hostname_in(frozenset({"h1", "h2"})), MaxPerAgent(3))
     bad = tmp_path / "job-bad.toml"
-    bad.write_text(text.replace('cpus = 0.5\nmem = 128\n', 'cpus = 0.5\nmem = 128\nconstraints = { hostname_in = "h1" }\n', 1))
+    bad.write_text(text.replace('cpus = 0.5\nmem = 128\n',
+                                'cpus = 0.5\nmem = 128\nconstraints = { hostname_in = "h1" }\n', 1))
     with pytest.raises(JobSpecError, match=r"models\[0\] \(linear\)\.constraints\.hostname_in must be a non-empty "
                                            r"list of hostnames, got 'h1'$"):
         load_job(bad)
