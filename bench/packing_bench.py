@@ -154,7 +154,7 @@ def bench_bpp(data: Path, limit, budget, log) -> str:
 
 def bench_vector(data: Path, which: str, limit, budget, log) -> str:
     known, unknown = Table(), Table()
-    for key, name, path, opt, lb in subsample(load_vector(data, which), limit):
+    for key, _name, path, opt, lb in subsample(load_vector(data, which), limit):
         demand, cap = read_vbp(path)
         p = uniform_problem(demand, cap, len(demand))
         ours, ffd, t1, t2, mylb, proven = run_case(p, budget)

@@ -18,8 +18,9 @@ from typing import Any, Callable, TypeVar
 from executor.protocol import file_sha256
 from framework import ensemble
 from framework.errors import JobSpecError
-from framework.packing import (AttributeEquals, Constraint, CostModel, MaxPerAgent, PriceTable, Resources,
-                               SpreadAtLeast)
+from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
+from framework.packing.constraints import from_job as constraint_from_job
+from framework.packing.constraints import job_keys as constraint_keys
 
 ModelKind = ensemble.Kind
 MODEL_KINDS = ensemble.KINDS
@@ -348,19 +349,15 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
 
 
 def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
-    """A model's placement constraints, as the packer's values."""
-    section.reject_unknown({"attribute", "max_per_agent", "spread_over"})
+    """A model's placement constraints, each key parsed by the plug-in registered for it."""
+    section.reject_unknown(set(constraint_keys()))
     found: list[Constraint] = []
-    for key, value in sorted(section.get("attribute", dict, {}).items()):
-        if not isinstance(value, (str, int, float)):
-            section.fail(f"attribute.{key}", f"must be a string or number, got {value!r}")
-        found.append(AttributeEquals(key, str(value)))
-    for key, kind in (("max_per_agent", MaxPerAgent), ("spread_over", SpreadAtLeast)):
-        value = section.get(key, int)
-        if value is not None and value < 1:
-            section.fail(key, f"must be at least 1, got {value}")
-        if value is not None:
-            found.append(kind(value))
+    for key in constraint_keys():
+        if key in section.table:
+            try:
+                found.extend(constraint_from_job(key, section.table[key]))
+            except ConstraintValueError as error:
+                section.fail(f"{key}.{error.field}" if error.field else key, error.problem)
     return tuple(found)
 
 

@@ -17,6 +17,11 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_array
 
+from .highs import milp_options
+
+Graph = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Arc-flow graph: (tail, head, item type) per item arc."""
+
 
 def integer_scale(weights: np.ndarray, capacity: float, max_cap: int) -> int | None:
     """Smallest k in (1, 10, 100, 1000) making weights and capacity integral and k*C <= max_cap."""
@@ -28,7 +33,7 @@ def integer_scale(weights: np.ndarray, capacity: float, max_cap: int) -> int | N
 
 
 def build_graph(sizes: np.ndarray, demand: np.ndarray, cap: int,
-                max_arcs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+                max_arcs: int) -> Graph | None:
     """Arcs (tail, head, type) of the reduced graph; types must be sorted by decreasing size.
     None when the graph would exceed ``max_arcs`` item arcs."""
     reach = np.zeros(cap + 1, bool)
@@ -62,7 +67,8 @@ def build_graph(sizes: np.ndarray, demand: np.ndarray, cap: int,
 
 
 def solve_arcflow(sizes: np.ndarray, demand: np.ndarray, cap: int, upper: int, lower: int,
-                  time_limit: float, graph: tuple | None) -> tuple[list[list[int]] | None, int, bool]:
+                  time_limit: float, graph: Graph | None,
+                  node_limit: int | None = None) -> tuple[list[list[int]] | None, int, bool]:
     """Min bins for ``demand[i]`` items of integer size ``sizes[i]`` (decreasing) on the
     ``build_graph`` graph. Returns (bins as lists of type indices or None, lower bound,
     proven optimal). ``upper`` bounds the number of bins (an incumbent), ``lower`` is a
@@ -102,7 +108,7 @@ def solve_arcflow(sizes: np.ndarray, demand: np.ndarray, cap: int, upper: int, l
     lb[-1] = lower
     res = milp(c, integrality=np.ones(n), bounds=Bounds(lb, ub),
                constraints=[LinearConstraint(flow, 0.0, 0.0), LinearConstraint(dem, demand.astype(float), np.inf)],
-               options={"time_limit": max(0.01, time_limit), "disp": False, "mip_rel_gap": 0.0})
+               options=milp_options(max(0.01, time_limit), node_limit, mip_rel_gap=0.0))
     bound = lower
     if getattr(res, "mip_dual_bound", None) is not None and np.isfinite(res.mip_dual_bound):
         bound = max(lower, int(math.ceil(res.mip_dual_bound - 1e-6)))
@@ -118,8 +124,8 @@ def _decompose(x: np.ndarray, tail: np.ndarray, head: np.ndarray, typ: np.ndarra
                demand: np.ndarray, cap: int) -> list[list[int]]:
     """Split the integer flow into paths; drop items beyond the demand."""
     out: dict[int, list[int]] = {}
-    for k in np.flatnonzero(x):
-        out.setdefault(int(tail[k]), []).append(int(k))
+    for arc in np.flatnonzero(x).tolist():
+        out.setdefault(int(tail[arc]), []).append(arc)
     left = x.copy()
     need = demand.astype(np.int64).copy()
     bins: list[list[int]] = []

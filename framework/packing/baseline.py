@@ -6,8 +6,12 @@ from typing import Sequence
 
 import numpy as np
 
+from .compile import compile_problem
 from .model import Agent, CostModel, Plan, TaskDemand
+from .plan_builder import build_plan
 from .problem import Problem, State
+
+DEFAULT_COST_MODEL = CostModel()
 
 
 def ffd_state(p: Problem) -> State:
@@ -21,8 +25,7 @@ def ffd_state(p: Problem) -> State:
 
 
 def first_fit_decreasing(tasks: Sequence[TaskDemand], agents: Sequence[Agent],
-                         cost_model: CostModel = CostModel()) -> Plan:
-    from .packer import build_plan, compile_problem
+                         cost_model: CostModel = DEFAULT_COST_MODEL) -> Plan:
     compiled = compile_problem(tasks, agents)
     state = ffd_state(compiled.problem)
     return build_plan(compiled, state, cost_model, proven=False, elapsed=0.0, log=False)

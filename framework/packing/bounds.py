@@ -147,9 +147,10 @@ def _lp_cover(p: Problem, total: np.ndarray) -> float:
     rows = [r for r in range(p.R) if total[r] > _TOL]
     if not rows or p.A > 20000:
         return 0.0
-    if getattr(p, "eff_cap", None) is None:
+    if p.eff_cap is None:
         p.eff_cap = effective_capacity(p)
-    res = linprog(p.price, A_ub=-p.eff_cap[:, rows].T, b_ub=-total[rows], bounds=(0, 1), method="highs")
+    eff_cap = p.eff_cap
+    res = linprog(p.price, A_ub=-eff_cap[:, rows].T, b_ub=-total[rows], bounds=(0, 1), method="highs")
     if res.status != 0:
         return 0.0
     return max(0.0, float(res.fun) * (1 - 1e-9) - 1e-9)

@@ -13,20 +13,6 @@ import numpy as np
 from .problem import BIG, Problem, State
 
 
-def task_types(p: Problem) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Type index per task and the tasks of each type (index order)."""
-    keys: dict[tuple, int] = {}
-    tid = np.empty(p.T, dtype=np.int64)
-    arows = [hash(row.tobytes()) for row in np.packbits(p.allowed, axis=1)] if p.A else [0] * p.T
-    for t in range(p.T):
-        key = (int(p.model_of[t]), p.demand[t].tobytes(), arows[t])
-        tid[t] = keys.setdefault(key, len(keys))
-    members = [[] for _ in range(len(keys))]
-    for t in range(p.T):
-        members[tid[t]].append(t)
-    return tid, [np.array(m, dtype=np.int64) for m in members]
-
-
 def opening_order(p: Problem, remaining: np.ndarray, closed: np.ndarray) -> np.ndarray:
     """Closed agents, free ones first, then by price per unit of useful capacity."""
     idx = np.flatnonzero(closed)
@@ -51,9 +37,7 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
         tasks = np.flatnonzero(state.where < 0)
     if len(tasks) == 0 or p.A == 0:
         return
-    if p.types is None:
-        p.types = task_types(p)
-    tid, members = p.types
+    tid, members = p.task_types()
     want = np.zeros(p.T, bool)
     want[tasks] = True
     queues = [list(m[want[m]][::-1]) for m in members]   # unplaced tasks per type, pop() = lowest index
@@ -67,7 +51,7 @@ def construct(state: State, tasks: np.ndarray | None = None, first: list[int] | 
     texec = p.exec_dem[tmodel]
     remaining = (tdem * left[:, None]).sum(axis=0)
     # agents that are already open take more tasks first
-    order = list(np.flatnonzero(state.ntask > 0)) if first is None else list(first)
+    order = [int(a) for a in (np.flatnonzero(state.ntask > 0) if first is None else first)]
     closed = state.ntask == 0
     tried = np.zeros(p.A, bool)
     # per closed agent: how many types with tasks left fit there alone (skip agents with none)
@@ -121,6 +105,7 @@ def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem:
     capn2 = capn * capn
     # (R, n) layouts: reductions over resources run along the fast axis
     d, m = tdem[idx].T.copy(), tmodel[idx]
+    assert p.inv_demand is not None, "set by construct()"
     inv, big = p.inv_demand[0][idx].T.copy(), p.inv_demand[1][idx].T.copy()
     lft = left[idx].astype(float)
     execs = bool(p.has_exec.any())

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from .highs import milp_options
 from .problem import Problem, State
 
 
@@ -40,7 +41,8 @@ def model_size(p: Problem, agents: np.ndarray) -> int:
     return pairs + len(agents) * (p.M + 1)
 
 
-def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State | None, bool]:
+def solve_exact(p: Problem, incumbent: State, time_limit: float,
+                node_limit: int | None = None) -> tuple[State | None, bool]:
     """Solve on the candidate agents. Returns (state or None, proven optimal)."""
     agents = candidate_agents(p, incumbent)
     if len(agents) == 0 or time_limit <= 0.003:
@@ -64,13 +66,17 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
     rows, cols, vals, lo, hi = [], [], [], [], []
     r = 0
 
-    def add_row(cs, vs, lb, ub):
+    def add_row(cs: list[int], vs: list[float], lb: float, ub: float) -> None:
         nonlocal r
-        rows.extend([r] * len(cs)); cols.extend(cs); vals.extend(vs); lo.append(lb); hi.append(ub)
+        rows.extend([r] * len(cs))
+        cols.extend(cs)
+        vals.extend(vs)
+        lo.append(lb)
+        hi.append(ub)
         r += 1
 
-    by_task = [[] for _ in range(p.T)]
-    by_agent = [[] for _ in range(A)]
+    by_task: list[list[int]] = [[] for _ in range(p.T)]
+    by_agent: list[list[int]] = [[] for _ in range(A)]
     for k in range(nx):
         by_task[ti[k]].append(k)
         by_agent[ai[k]].append(k)
@@ -85,9 +91,11 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
             vs = [float(p.demand[ti[k], res]) for k in cs]
             for m in models:
                 if p.has_exec[m] and not p.loaded[ag, m] and p.exec_dem[m, res] != 0:
-                    cs.append(yidx[(m, a)]); vs.append(float(p.exec_dem[m, res]))
+                    cs.append(yidx[(m, a)])
+                    vs.append(float(p.exec_dem[m, res]))
             if cs:
-                cs.append(nx + ny + a); vs.append(-float(p.cap_tol[ag, res]))
+                cs.append(nx + ny + a)
+                vs.append(-float(p.cap_tol[ag, res]))
                 add_row(cs, vs, -np.inf, 0.0)
         # every x needs z (through its model's y where modelled)
         for m in models:
@@ -126,14 +134,13 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float) -> tuple[State 
     A_mat = coo_array((vals, (rows, cols)), shape=(r, n)).tocsr()
     res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1),
                constraints=LinearConstraint(A_mat, lo, hi),
-               options={"time_limit": max(0.01, time_limit), "disp": False, "presolve": True,
-                        "mip_rel_gap": 0.0})
+               options=milp_options(max(0.01, time_limit), node_limit, presolve=True, mip_rel_gap=0.0))
     if res.x is None:
         return None, False
     x = np.round(res.x).astype(np.int64)
     s = State(p)
-    for k in np.flatnonzero(x[:nx]):
-        t, a = int(ti[k]), int(agents[ai[k]])
+    for chosen in np.flatnonzero(x[:nx]).tolist():
+        t, a = int(ti[chosen]), int(agents[ai[chosen]])
         if s.where[t] < 0:
             s.add(t, a)
     ok = bool((s.load <= p.cap_tol).all()) and s.spread_ok()

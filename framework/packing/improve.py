@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .construct import construct
 from .problem import Problem, State
 
 
@@ -112,7 +113,7 @@ def balance_move(state: State, usable: np.ndarray, tabu: np.ndarray, it: int,
         placed = np.sort(rng.choice(placed, sample, replace=False))
     agents = np.flatnonzero(usable & (state.ntask > 0))
     capn = np.where(p.cap > 0, p.cap, 1.0)
-    best = (1e-9, None)
+    best: tuple[float, tuple[str, int, int] | None] = (1e-9, None)
     # shifts: task t from its agent to agent b
     ta = state.where[placed]
     T, B = np.meshgrid(placed, agents, indexing="ij")
@@ -298,7 +299,6 @@ def ruin_recreate(state: State, lb: float, budget: Budget, rng: np.random.Genera
     """LNS: empty 2-4 agents (a seeded pick biased to poor load per price), re-place their
     tasks with the construction (open agents with room first, then cheapest per unit);
     keep the result when every task is placed again and cost does not rise."""
-    from .construct import construct
     p = state.p
     best = cur = state
     for _ in range(rounds):
@@ -309,7 +309,7 @@ def ruin_recreate(state: State, lb: float, budget: Budget, rng: np.random.Genera
             break
         eff = (cur.load[used] / p.scale).sum(axis=1) / np.maximum(p.price[used], 1e-9)
         wts = 1.0 / (1.0 + eff / max(eff.mean(), 1e-12)) ** 3
-        k = int(min(len(used), rng.integers(2, 5)))
+        k = min(len(used), int(rng.integers(2, 5)))
         pick = rng.choice(used, size=k, replace=False, p=wts / wts.sum())
         trial = cur.copy()
         removed = np.flatnonzero(np.isin(trial.where, pick))

@@ -1,4 +1,7 @@
-"""Value types of the packer: resources, agents, task demands, constraints, plans."""
+"""Value types of the packer: task demands, prices, options and plans.
+
+Resources and agents are in ``agents``, constraints in ``constraints``; both are re-exported.
+"""
 
 from __future__ import annotations
 
@@ -6,119 +9,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
-RESOURCE_NAMES = ("cpus", "mem", "disk", "gpus")
-EPS = 1e-9
+from .agents import EPS, RESOURCE_NAMES, Agent, Resources, attr_text
+from .constraints import AttributeEquals, AvoidAgents, Constraint, MaxPerAgent, SpreadAtLeast
 
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """A vector of scalar Mesos resources."""
-
-    cpus: float = 0.0
-    mem: float = 0.0
-    disk: float = 0.0
-    gpus: float = 0.0
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(self.cpus + other.cpus, self.mem + other.mem,
-                         self.disk + other.disk, self.gpus + other.gpus)
-
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(self.cpus - other.cpus, self.mem - other.mem,
-                         self.disk - other.disk, self.gpus - other.gpus)
-
-    def as_tuple(self) -> tuple[float, float, float, float]:
-        return (self.cpus, self.mem, self.disk, self.gpus)
-
-    def nonnegative(self) -> Resources:
-        """Each component raised to at least 0 (what is left after a subtraction)."""
-        return Resources(*(max(0.0, v) for v in self.as_tuple()))
-
-    def fits_in(self, other: Resources) -> bool:
-        """True if every component is at most ``other``'s (relative/absolute epsilon)."""
-        return all(a <= b + EPS * max(1.0, abs(b)) for a, b in zip(self.as_tuple(), other.as_tuple()))
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(RESOURCE_NAMES, self.as_tuple()))
-
-    def is_zero(self) -> bool:
-        return all(v == 0.0 for v in self.as_tuple())
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, float]) -> Resources:
-        unknown = set(m) - set(RESOURCE_NAMES)
-        if unknown:
-            raise ValueError(f"unknown resources: {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in m.items()})
-
-
-@dataclass(frozen=True)
-class AttributeEquals:
-    """The agent's attribute ``attribute`` must equal ``value`` (compared as strings)."""
-
-    attribute: str
-    value: str
-    name = "attribute_equals"
-
-    def label(self) -> str:
-        return f"attribute_equals({self.attribute}={self.value})"
-
-
-@dataclass(frozen=True)
-class MaxPerAgent:
-    """At most ``limit`` tasks of this task's model per agent (running ones included)."""
-
-    limit: int
-    name = "max_per_agent"
-
-    def label(self) -> str:
-        return f"max_per_agent({self.limit})"
-
-
-@dataclass(frozen=True)
-class SpreadAtLeast:
-    """The model's tasks spread over at least ``agents`` agents (agents already running it count).
-
-    When fewer tasks exist or can be placed, the requirement is min(agents, running agents
-    + placed tasks): the first tasks of the model go to distinct agents.
-    """
-
-    agents: int
-    name = "spread_at_least"
-
-    def label(self) -> str:
-        return f"spread_at_least({self.agents})"
-
-
-@dataclass(frozen=True)
-class AvoidAgents:
-    """Not on these agents (a retried task avoids the agents it already failed on)."""
-
-    agent_ids: frozenset[str]
-    name = "avoid_agents"
-
-    def label(self) -> str:
-        return f"avoid_agents({','.join(sorted(self.agent_ids))})"
-
-
-Constraint = AttributeEquals | MaxPerAgent | SpreadAtLeast | AvoidAgents
-
-
-@dataclass(frozen=True)
-class Agent:
-    agent_id: str
-    hostname: str
-    offer_ids: tuple[str, ...]
-    capacity: Resources
-    attributes: Mapping[str, str | float]
-    price: float = 1.0
-    in_use: bool = False
-    loaded_models: frozenset[str] = frozenset()
-    running_tasks: Mapping[str, int] = field(default_factory=dict)
+__all__ = ["EPS", "RESOURCE_NAMES", "Agent", "AttributeEquals", "AvoidAgents", "Constraint", "CostModel",
+           "DeclineReason", "MaxPerAgent", "PackingOptions", "Plan", "PriceTable", "Resources", "SpreadAtLeast",
+           "TaskDemand", "Unplaced", "resolve_price"]
 
 
 @dataclass(frozen=True)
 class TaskDemand:
+    """One task to place: its model, resources, its model's executor and its constraints."""
+
     task_id: str
     model: str
     resources: Resources
@@ -166,7 +68,7 @@ def resolve_price(hostname: str, attributes: Mapping[str, str | float], table: P
     for name in sorted(table.by_attribute):
         if name in attributes:
             values = table.by_attribute[name]
-            key = _attr_text(attributes[name])
+            key = attr_text(attributes[name])
             if key in values:
                 return check(values[key], f"attribute table {name}")
     if table.attribute in attributes:
@@ -179,20 +81,22 @@ def resolve_price(hostname: str, attributes: Mapping[str, str | float], table: P
     return check(table.default, "default")
 
 
-def _attr_text(value: str | float) -> str:
-    """Attribute value as text: floats with integral values print without '.0'."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 @dataclass(frozen=True)
 class PackingOptions:
+    """How long and how hard ``pack`` searches.
+
+    The product runs on the time budget. ``time_budget_s=math.inf`` means no deadline: the
+    search then ends on ``max_iterations`` (and the round caps of the 1-D phases) and each
+    HiGHS solve on ``exact_max_nodes`` or a proof of optimality, so the plan depends only on
+    the input and the options, never on machine load (what tests of plan quality use).
+    """
+
     time_budget_s: float = 0.05
     exact: bool = True
     seed: int = 0                      # seeds the improvement phase's randomness
-    max_iterations: int = 200_000      # cap on improvement moves (determinism under slack budgets)
+    max_iterations: int = 200_000      # cap on search steps (improvement moves, pool and LNS rounds)
     exact_max_vars: int = 20_000       # larger models skip the HiGHS phase
+    exact_max_nodes: int | None = None  # branch-and-bound node cap of each HiGHS solve (None: none)
 
 
 @dataclass(frozen=True)

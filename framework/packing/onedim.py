@@ -10,6 +10,7 @@ best of Martello–Toth L2 and the arc-flow solver's dual bound.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .arcflow import build_graph, integer_scale, solve_arcflow
 from .bounds import l2_bound
+from .improve import Budget, improve
 from .problem import BIG, Problem, State
 
 ARCFLOW_MAX_ARCS = 2500        # larger graphs rarely solve within a sub-second budget
@@ -97,36 +99,8 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
         if time.perf_counter() > deadline:
             return None
         left[first] -= 1
-        room = d.cap - sizes[first]
-        best: list[int] = []
-        best_slack = room
-        path: list[int] = []
-        nodes = 0
-
-        def dfs(j: int, room: int) -> bool:
-            nonlocal best, best_slack, nodes
-            if room < best_slack:
-                best, best_slack = path.copy(), room
-                if room == 0:
-                    return True
-            if len(path) >= MAX_DEPTH:   # many tiny items: the greedy top-up below finishes
-                return False
-            for pos in range(j, K):
-                i = seq[pos]
-                nodes += 1
-                if nodes > node_cap:
-                    return True
-                if left[i] > 0 and sizes[i] <= room:
-                    left[i] -= 1
-                    path.append(i)
-                    done = dfs(pos, room - sizes[i])
-                    path.pop()
-                    left[i] += 1
-                    if done:
-                        return True
-            return False
-
-        dfs(0 if order is not None else first, room)
+        best, best_slack = _least_slack(sizes, left, seq, 0 if order is not None else first,
+                                        d.cap - sizes[first], node_cap)
         for i in best:
             left[i] -= 1
         room = best_slack
@@ -136,6 +110,43 @@ def mbs_bins(d: OneDim, deadline: float, counts: np.ndarray | None = None,
                 room -= sizes[i]
                 best.append(i)
         bins.append([first] + best)
+
+
+def _least_slack(sizes: list[int], left: list[int], seq: list[int], start: int, room: int,
+                 node_cap: int) -> tuple[list[int], int]:
+    """Depth-first search (at most ``node_cap`` nodes) for the item types, taken in ``seq``
+    order from position ``start``, that fill ``room`` leaving least slack: (types, slack).
+    ``left`` is restored on return."""
+    best: list[int] = []
+    best_slack = room
+    path: list[int] = []
+    nodes = 0
+
+    def dfs(j: int, room: int) -> bool:
+        nonlocal best, best_slack, nodes
+        if room < best_slack:
+            best, best_slack = path.copy(), room
+            if room == 0:
+                return True
+        if len(path) >= MAX_DEPTH:   # many tiny items: the greedy top-up finishes
+            return False
+        for pos in range(j, len(sizes)):
+            i = seq[pos]
+            nodes += 1
+            if nodes > node_cap:
+                return True
+            if left[i] > 0 and sizes[i] <= room:
+                left[i] -= 1
+                path.append(i)
+                done = dfs(pos, room - sizes[i])
+                path.pop()
+                left[i] += 1
+                if done:
+                    return True
+        return False
+
+    dfs(start, room)
+    return best, best_slack
 
 
 def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generator,
@@ -170,10 +181,9 @@ def lns_mbs(d: OneDim, bins: list[list[int]], lower: int, rng: np.random.Generat
 
 
 def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
-             max_iterations: int) -> tuple[State, float, bool] | None:
+             max_iterations: int, node_limit: int | None = None) -> tuple[State, float, bool] | None:
     """Best plan found by the 1-D phases before ``deadline``: (state, cost bound, proven).
     None when FFD needs more bins than there are agents (the general path handles that)."""
-    from .improve import Budget, improve
     price = float(p.price[0])
     w = d.sizes.repeat(d.counts).astype(float)
     lower = l2_bound(w, float(d.cap))
@@ -186,7 +196,8 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
             best = mbs
     if len(best) > lower:
         now = time.perf_counter()
-        stop = now + min(LNS_SHARE * (deadline - now), LNS_MAX_S)
+        # no deadline (math.inf): the round cap alone ends the LNS
+        stop = deadline if math.isinf(deadline) else now + min(LNS_SHARE * (deadline - now), LNS_MAX_S)
         best = lns_mbs(d, best, lower, rng, stop, min(max_iterations, LNS_MAX_ROUNDS))
     state = to_state(p, d, best)
     small = len(best) > lower and d.cap <= MAX_GRAPH_CAP
@@ -199,7 +210,7 @@ def solve_1d(p: Problem, d: OneDim, deadline: float, rng: np.random.Generator,
     proven = state.cost() <= price * lower
     if graph is not None and not proven and left > 0.02:
         bins, bound, opt = solve_arcflow(d.sizes, d.counts, d.cap, int(round(state.cost() / price)),
-                                         lower, 0.6 * left, graph)
+                                         lower, 0.6 * left, graph, node_limit)
         lower = max(lower, bound)
         if bins and len(bins) * price < state.cost():
             state = to_state(p, d, bins)

@@ -12,6 +12,9 @@ import numpy as np
 
 BIG = np.iinfo(np.int64).max // 4
 
+TaskTypes = tuple[np.ndarray, list[np.ndarray]]
+"""(type index per task, task indices of each type)."""
+
 
 @dataclass
 class Problem:
@@ -27,24 +30,35 @@ class Problem:
     spread: np.ndarray    # (M,) int: agents the model must span (0 if none)
 
     def __post_init__(self) -> None:
-        self.T, self.R = self.demand.shape
-        self.A = self.cap.shape[0]
-        self.M = self.exec_dem.shape[0]
-        self.tol = np.abs(self.cap) * 1e-9 + 1e-9
-        self.cap_tol = self.cap + self.tol
+        self.T: int = int(self.demand.shape[0])
+        self.R: int = int(self.demand.shape[1])
+        self.A: int = int(self.cap.shape[0])
+        self.M: int = int(self.exec_dem.shape[0])
+        self.tol: np.ndarray = np.abs(self.cap) * 1e-9 + 1e-9
+        self.cap_tol: np.ndarray = self.cap + self.tol
         # scale for scalar sizes: mean positive capacity per resource
         pos = self.cap > 0
         npos = pos.sum(axis=0)
         scale = np.where(pos, self.cap, 0.0).sum(axis=0) / np.maximum(npos, 1)
-        self.scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-        self.size = (self.demand / self.scale).sum(axis=1)
-        self.agent_size = (self.cap / self.scale).sum(axis=1)
-        self.run_agents = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
-        self.tasks_of = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
-        self.has_exec = (self.exec_dem > 0).any(axis=1)
-        self.total_cap = self.cap.sum(axis=0)
-        self.types = None  # filled lazily by construct.task_types
-        self.inv_demand = None  # per type: (1/demand or 0, BIG where demand is 0), by construct
+        self.scale: np.ndarray = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        self.size: np.ndarray = (self.demand / self.scale).sum(axis=1)
+        self.agent_size: np.ndarray = (self.cap / self.scale).sum(axis=1)
+        self.run_agents: np.ndarray = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
+        self.tasks_of: list[np.ndarray] = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
+        self.has_exec: np.ndarray = np.asarray((self.exec_dem > 0).any(axis=1))
+        self.total_cap: np.ndarray = self.cap.sum(axis=0)
+        self.types: TaskTypes | None = None  # filled lazily by task_types()
+        self.inv_demand: tuple[np.ndarray, np.ndarray] | None = None
+        """Per type: (1/demand or 0, BIG where demand is 0), filled by the construction."""
+        self.eff_cap: np.ndarray | None = None  # filled lazily by bounds.effective_capacity
+
+    def task_types(self) -> TaskTypes:
+        """Type index per task and the tasks of each type (index order); computed once.
+
+        Tasks of one type have the same model, demand and static constraints (``allowed`` row)."""
+        if self.types is None:
+            self.types = _task_types(self)
+        return self.types
 
     @classmethod
     def simple(cls, demand: np.ndarray, cap: np.ndarray, price: np.ndarray | None = None) -> Problem:
@@ -56,6 +70,19 @@ class Problem:
                    np.ones(A) if price is None else np.asarray(price, float),
                    np.zeros((A, 1), bool), np.zeros((A, 1), int), np.ones((T, A), bool),
                    np.array([BIG]), np.array([0]))
+
+
+def _task_types(p: Problem) -> TaskTypes:
+    keys: dict[tuple[int, bytes, int], int] = {}
+    tid = np.empty(p.T, dtype=np.int64)
+    arows = [hash(row.tobytes()) for row in np.packbits(p.allowed, axis=1)] if p.A else [0] * p.T
+    for t in range(p.T):
+        key = (int(p.model_of[t]), p.demand[t].tobytes(), arows[t])
+        tid[t] = keys.setdefault(key, len(keys))
+    members: list[list[int]] = [[] for _ in range(len(keys))]
+    for t in range(p.T):
+        members[tid[t]].append(t)
+    return tid, [np.array(m, dtype=np.int64) for m in members]
 
 
 class State:

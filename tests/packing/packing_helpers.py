@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 
-from framework.packing import (Agent, AttributeEquals, MaxPerAgent, Plan, Resources, SpreadAtLeast,
+from framework.packing import (Agent, AttributeEquals, MaxPerAgent, PackingOptions, Plan, Resources, SpreadAtLeast,
                                TaskDemand)
-from framework.packing.constraints import attribute_check  # noqa: F401  (shape reference only)
+
+
+def capped(max_iterations: int = 2000, exact_max_nodes: int | None = 10_000, exact: bool = True) -> PackingOptions:
+    """No deadline: the search ends on its iteration cap and each HiGHS solve on its node cap
+    (or a proof), so what a test asserts about plan quality does not depend on machine load."""
+    return PackingOptions(time_budget_s=math.inf, max_iterations=max_iterations, exact_max_nodes=exact_max_nodes,
+                          exact=exact)
 
 
 def check_plan(plan: Plan, tasks: list[TaskDemand], agents: list[Agent]) -> None:

@@ -45,4 +45,5 @@ def test_negative_price_rejected():
 
 def test_unplaced_describe():
     u = Unplaced("t1", {"mem": 3, "cpus": 1}, {"attribute_equals(zone=a)": 2})
-    assert u.describe() == "t1: mem exhausted on 3 agents; cpus exhausted on 1 agent; attribute_equals(zone=a) filtered 2"
+    assert u.describe() == ("t1: mem exhausted on 3 agents; cpus exhausted on 1 agent; "
+                            "attribute_equals(zone=a) filtered 2")

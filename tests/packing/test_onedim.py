@@ -7,13 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framework.packing import (Agent, MaxPerAgent, PackingOptions, Resources, TaskDemand,
-                               first_fit_decreasing, pack)
+from framework.packing import Agent, MaxPerAgent, Resources, TaskDemand, first_fit_decreasing, pack
 from framework.packing.arcflow import build_graph, solve_arcflow
 from framework.packing.onedim import as_1d, ffd_bins, mbs_bins
 from framework.packing.problem import Problem
 
-from .packing_helpers import check_plan
+from .packing_helpers import capped, check_plan
 from .test_quality import _min_bins
 
 
@@ -67,7 +66,7 @@ SET = settings(max_examples=40, deadline=None, derandomize=True, suppress_health
 @given(st.lists(st.integers(1, 10), min_size=1, max_size=14), st.integers(1, 16))
 def test_pack_1d_valid_and_never_worse_than_ffd(cpus, n_agents):
     tasks, agents = _cpu_instance(cpus, n_agents)
-    plan = pack(tasks, agents, options=PackingOptions(time_budget_s=2.0, max_iterations=500))
+    plan = pack(tasks, agents, options=capped(max_iterations=500))
     check_plan(plan, tasks, agents)
     ffd = first_fit_decreasing(tasks, agents)
     assert (plan.placed_count, -plan.cost) >= (ffd.placed_count, -ffd.cost)
@@ -79,9 +78,9 @@ def test_pack_1d_valid_and_never_worse_than_ffd(cpus, n_agents):
 @given(st.lists(st.integers(1, 10), min_size=1, max_size=14))
 def test_1d_one_more_identical_agent_never_costs_more(cpus):
     """A real guarantee for the 1-D path: enough identical agents -> the plan does not depend
-    on how many more are offered (iteration-capped search, slack deadline)."""
+    on how many more are offered (iteration-capped search, no deadline)."""
     tasks, agents = _cpu_instance(cpus, len(cpus))
-    opts = PackingOptions(time_budget_s=5.0, max_iterations=300)
+    opts = capped(max_iterations=300)
     base = pack(tasks, agents, options=opts)
     more = pack(tasks, agents + _cpu_instance([], len(cpus) + 1)[1][-1:], options=opts)
     assert more.cost <= base.cost and more.assignments == base.assignments
@@ -90,7 +89,7 @@ def test_1d_one_more_identical_agent_never_costs_more(cpus):
 def test_constraints_leave_the_special_case():
     tasks, agents = _cpu_instance([6, 6, 6], 3)
     tasks = [TaskDemand(t.task_id, t.model, t.resources, t.executor, (MaxPerAgent(1),)) for t in tasks]
-    plan = pack(tasks, agents)
+    plan = pack(tasks, agents, options=capped())
     check_plan(plan, tasks, agents)
     assert plan.placed_count == 3
 
@@ -99,6 +98,6 @@ def test_many_tiny_items_do_not_recurse_too_deep():
     tasks, agents = _cpu_instance([1] * 3000, 5, cap=1000)
     tasks += [TaskDemand("big", "m", Resources(cpus=999), Resources())]
     agents += _cpu_instance([], 6, cap=1000)[1][5:]
-    plan = pack(tasks, agents, options=PackingOptions(time_budget_s=1.0))
+    plan = pack(tasks, agents, options=capped(max_iterations=300))
     check_plan(plan, tasks, agents)
     assert plan.placed_count == 3001 and len(plan.assignments) == 4   # ceil(3999 / 1000)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from framework.packing import (Agent, AttributeEquals, MaxPerAgent, PackingOptions, Plan,
                                Resources, SpreadAtLeast, TaskDemand, first_fit_decreasing, pack)
 
-from .packing_helpers import check_plan
+from .packing_helpers import capped, check_plan
 
 MODELS = ["m0", "m1", "m2"]
 
@@ -72,7 +72,7 @@ def test_plans_are_valid_and_bounded(inst):
 @given(instances())
 def test_same_input_same_plan(inst):
     tasks, agents = inst
-    opts = PackingOptions(time_budget_s=5.0, max_iterations=2000)
+    opts = capped(max_iterations=300)
     assert pack(tasks, agents, options=opts) == pack(tasks, agents, options=opts)
 
 
@@ -82,7 +82,7 @@ def test_one_more_agent_never_costs_more(inst, cpus, mem, price):
     """Guaranteed when both decisions are proven optimal (always so on instances this small)."""
     tasks, agents = inst
     extra = Agent("extra", "hx", ("ox",), Resources(cpus, mem, 10, 1), {"zone": "x"}, price=price)
-    opts = PackingOptions(time_budget_s=5.0)
+    opts = capped(max_iterations=300)
     without = pack(tasks, agents, options=opts)
     with_extra = pack(tasks, agents + [extra], options=opts)
     assert with_extra.placed_count >= without.placed_count
@@ -124,7 +124,7 @@ def _brute_force(tasks, agents) -> tuple[int, float]:
 @given(instances(max_tasks=5, max_agents=3))
 def test_proven_optimal_plans_match_brute_force(inst):
     tasks, agents = inst
-    plan = pack(tasks, agents, options=PackingOptions(time_budget_s=5.0))
+    plan = pack(tasks, agents, options=capped(max_iterations=300))
     placed, cost = _brute_force(tasks, agents)
     assert plan.placed_count == placed
     if plan.proven_optimal:

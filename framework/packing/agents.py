@@ -1,0 +1,73 @@
+"""What the cluster offers: resource vectors and agents (the lowest layer of the packer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+RESOURCE_NAMES = ("cpus", "mem", "disk", "gpus")
+EPS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """A vector of scalar Mesos resources."""
+
+    cpus: float = 0.0
+    mem: float = 0.0
+    disk: float = 0.0
+    gpus: float = 0.0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpus + other.cpus, self.mem + other.mem,
+                         self.disk + other.disk, self.gpus + other.gpus)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.cpus - other.cpus, self.mem - other.mem,
+                         self.disk - other.disk, self.gpus - other.gpus)
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.cpus, self.mem, self.disk, self.gpus)
+
+    def nonnegative(self) -> Resources:
+        """Each component raised to at least 0 (what is left after a subtraction)."""
+        return Resources(*(max(0.0, v) for v in self.as_tuple()))
+
+    def fits_in(self, other: Resources) -> bool:
+        """True if every component is at most ``other``'s (relative/absolute epsilon)."""
+        return all(a <= b + EPS * max(1.0, abs(b)) for a, b in zip(self.as_tuple(), other.as_tuple()))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(RESOURCE_NAMES, self.as_tuple()))
+
+    def is_zero(self) -> bool:
+        return all(v == 0.0 for v in self.as_tuple())
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, float]) -> Resources:
+        unknown = set(m) - set(RESOURCE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown resources: {sorted(unknown)}")
+        return cls(**{k: float(v) for k, v in m.items()})
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One agent as offered: free capacity, attributes, price, and what already runs there."""
+
+    agent_id: str
+    hostname: str
+    offer_ids: tuple[str, ...]
+    capacity: Resources
+    attributes: Mapping[str, str | float]
+    price: float = 1.0
+    in_use: bool = False
+    loaded_models: frozenset[str] = frozenset()
+    running_tasks: Mapping[str, int] = field(default_factory=dict)
+
+
+def attr_text(value: str | float) -> str:
+    """Attribute value as text: floats with integral values print without '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
