@@ -32,6 +32,7 @@ from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.dataset import Dataset, Shard, cut_shards, load_dataset, write_atomic
 from framework.errors import JobFailed, JobSpecError
+from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, ModelSpec
 from framework.messages import ExecutorLaunch, executor_info, framework_info, task_info
 from framework.offers import PoolAllocator
@@ -123,7 +124,7 @@ class JobCatalog:
         self.labels: RemoteFile | None = None
         self.folds: list[tuple[list[int], list[int]]] = []
         self.methods: dict[str, str] = {}
-        self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
+        self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
         self.shard_urls = {
             (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
             for kind, shard_list in shards.items() for s in shard_list
@@ -203,7 +204,9 @@ class JobCatalog:
             operation=item.operation,  # type: ignore[arg-type]
             model_name=model.name,
             model=RemoteFile(self.model_urls[model.name], model.sha256),
-            model_file=f"{model.name}.joblib",
+            model_file=f"{model.name}.{model.format}",
+            model_format=model.format,
+            trusted_types=list(model.trusted_types),
             method=self.methods.get(model.name, model.output),
             shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
             shard_index=shard.index,
@@ -300,15 +303,15 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
 def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
     """Load the data and the models and check, before anything launches, that they fit together.
 
-    Returns the data, the members' specs and the loaded estimators (by model name)."""
+    Returns the data, the members' specs and, by model name, each model's metadata (a
+    ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
     dataset = load_dataset(spec.data)
-    loaded = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
-    estimators = {name: estimator for name, (estimator, _version) in loaded.items()}
+    estimators = inspect_job_models(spec)
     members = member_specs(spec, estimators, member_features(spec, estimators, tuple(dataset.feature_names)))
     ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
-                                 recorded_versions={name: version for name, (_e, version) in loaded.items()})
+                                 recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
     return dataset, members, estimators
 
 

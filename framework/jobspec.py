@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from executor.modelfile import FORMATS as MODEL_FORMATS
+from executor.modelfile import format_of
 from executor.protocol import file_sha256
 from framework.errors import JobSpecError
 from framework.packing import (AttributeEquals, Constraint, CostModel, MaxPerAgent, PriceTable, Resources,
@@ -48,6 +50,10 @@ class ModelSpec:
     features: tuple[str, ...] | None = None
     """The data columns this member takes, in order; None: those it was fitted on
     (``feature_names_in_``) when the data has them all, else every feature column."""
+    format: str = "joblib"
+    """``joblib`` (a pickle: its code runs when loaded) or ``skops`` (only allowed types load)."""
+    trusted_types: tuple[str, ...] = ()
+    """skops: types allowed on top of the default (scikit-learn's and numpy's own classes)."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     section = _Section(source, f"models[{index}]", entry)
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
-         "executor_cpus", "executor_mem", "constraints", "duration", "features"}
+         "executor_cpus", "executor_mem", "constraints", "duration", "features", "format", "trusted_types"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -274,6 +280,14 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         repeated = sorted({f for f in features if features.count(f) > 1})
         if repeated:
             section.fail("features", f"names a column twice: {repeated}")
+    model_format = section.choice("format", MODEL_FORMATS, format_of(path))
+    trusted_types = section.get("trusted_types", list, [])
+    if not all(isinstance(t, str) and t for t in trusted_types):
+        section.fail("trusted_types", f"must be a list of type names (e.g. \"sklearn.tree._tree.Tree\"), "
+                                      f"got {trusted_types!r}")
+    if trusted_types and model_format != "skops":
+        section.fail("trusted_types", f"applies only to skops files; {path.name} is a {model_format} file, "
+                                      "whose code runs when it is loaded whatever this list says")
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -283,6 +297,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         executor_cpus=number("executor_cpus", 0.1), executor_mem=number("executor_mem", 0.0),
         constraints=constraints, duration=number("duration", None, positive=True),
         features=tuple(features) if features is not None else None,
+        format=model_format, trusted_types=tuple(trusted_types),
     )
 
 
