@@ -302,8 +302,8 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
 
 def _refusal(refused: Mapping[str, Any]) -> str:
     listed = "; ".join(f"{name}{f' ({why})' if why else ''}" for name, why in sorted(refused.items()))
-    return (f"holds types that are not trusted: {listed}. Add them to the model's trusted_types only if you "
-            "trust where the file comes from")
+    return (f"holds types that are not trusted: {listed}. Trust them (the model's trusted_types, or "
+            "--trusted-types) only if you trust where the file comes from")
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -342,3 +342,29 @@ def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
 def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
     """:func:`inspect_models` for a job's ``[[models]]``, errors naming the job file and model."""
     return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits)
+
+
+def describe_metadata(metadata: ModelMetadata) -> str:
+    """A few lines for people (``mesos-ensemble inspect``)."""
+    size = metadata.path.stat().st_size if metadata.path.is_file() else 0
+    names = metadata.feature_names_in
+    classes = metadata.classes.tolist() if metadata.classes is not None else None
+    lines = [
+        f"{metadata.path}: {metadata.format} file, {_size(size)}"
+        + (" (a pickle: loading it runs its code)" if metadata.format == "joblib" else ""),
+        f"  estimator: {metadata.estimator_class} ({metadata.estimator_type or 'neither classifier nor regressor'})",
+        f"  features: {metadata.n_features_in if metadata.n_features_in is not None else 'unknown'}"
+        + (f" ({', '.join(names[:20])}{', ...' if len(names) > 20 else ''})" if names is not None else ""),
+        f"  classes: {classes[:20]}{' ...' if len(classes) > 20 else ''}" if classes is not None else "  classes: -",
+        f"  outputs: {', '.join(m for m in OUTPUTS if m in metadata.methods) or 'none'}",
+        f"  scikit-learn version: {metadata.sklearn_version or 'not recorded'}",
+        f"  loaded size: about {_size(metadata.loaded_bytes)}",
+    ]
+    if metadata.format == "skops":
+        untrusted = ", ".join(metadata.untrusted_types) or "none"
+        lines.append(f"  untrusted types (not trusted by skops itself; allowed here): {untrusted}")
+    return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 1024:.1f} KiB"

@@ -355,7 +355,7 @@ class JobRunner:
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
             shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
-            package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
+            package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url,
                                  member_columns(members, tuple(dataset.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)

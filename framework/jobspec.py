@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,8 @@ class FrameworkSettings:
     role: str = "*"
     user: str = field(default_factory=getpass.getuser)
     principal: str | None = None
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    """From ``secret_file`` or the environment variable ``secret_env`` (or, discouraged, inline)."""
     failover_timeout: float = 3600.0
     executor_python: str | None = None
     """Python on the agents; default: this interpreter for the local cluster, ``python3`` elsewhere."""
@@ -357,17 +359,15 @@ def _parse_stacking(source: Path, table: Any) -> StackingSpec:
 
 def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
     section = _Section(source, "framework", table)
-    known = set(FrameworkSettings.__dataclass_fields__) | {"secret_file"}
+    known = set(FrameworkSettings.__dataclass_fields__) | {"secret_file", "secret_env"}
     section.reject_unknown(known)
     defaults = FrameworkSettings()
     values: dict[str, Any] = {}
-    for key in ("master", "name", "role", "user", "principal", "secret", "executor_python", "artifact_host"):
+    for key in ("master", "name", "role", "user", "principal", "executor_python", "artifact_host"):
         values[key] = section.get(key, str, getattr(defaults, key))
-    secret_file = section.path("secret_file", required=False)
-    if secret_file is not None:
-        values["secret"] = secret_file.read_text(encoding="utf-8").strip()
+    values["secret"] = _secret(section)
     if (values["principal"] is None) != (values["secret"] is None):
-        section.fail("principal", "and secret (or secret_file) must be given together")
+        section.fail("principal", "and secret_file (or secret_env, or secret) must be given together")
     for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms",
                 "speculation_factor"):
         values[key] = section.number(key, getattr(defaults, key))
@@ -380,6 +380,26 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
     if values["master"] != "local" and values["master"].startswith(("http://", "https://")):
         section.fail("master", f"must be host:port, zk://... or \"local\", got {values['master']!r}")
     return FrameworkSettings(**values)
+
+
+def _secret(section: _Section) -> str | None:
+    """The framework's secret from ``secret_file``, the variable named by ``secret_env`` or
+    ``secret``, at most one of them; errors never show the secret itself."""
+    given = [key for key in ("secret", "secret_file", "secret_env") if key in section.table]
+    if len(given) > 1:
+        section.fail(given[1], f"and {given[0]} are both given; use one")
+    if "secret" in section.table and not isinstance(section.table["secret"], str):
+        section.fail("secret", "must be a string (better: secret_file or secret_env)")
+    secret_file = section.path("secret_file", required=False)
+    if secret_file is not None:
+        return secret_file.read_text(encoding="utf-8").strip()
+    variable = section.get("secret_env", str)
+    if variable is not None:
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            section.fail("secret_env", f"names the environment variable {variable!r}, which is not set or empty")
+        return value
+    return section.table.get("secret")
 
 
 def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:
