@@ -30,7 +30,7 @@ INTEGRATION_METHODS = ("mean", "weighted_mean", "median", "hard_vote", "soft_vot
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ensemble member: a joblib file and what it needs to run."""
+    """One ensemble member: a model file (joblib or skops) and what it needs to run."""
 
     name: str
     path: Path
