@@ -1,1 +1,1 @@
-"""mesos-ensemble executor: loads joblib models in a Mesos sandbox and predicts."""
+"""mesos-ensemble executor: loads joblib or skops models in a Mesos sandbox and predicts."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 INLINE_RESULT_LIMIT = 64 * 1024
 """Results up to this many ``.npy`` bytes travel inside the status update; larger ones are uploaded."""
 
@@ -40,8 +40,9 @@ class TaskPayload:
     """What one task asks of the executor.
 
     ``predict``: load ``model`` (downloaded into the sandbox as ``model_file`` unless already
-    there), read the feature rows of ``shard``, keep the model's ``columns`` and call ``method``
-    on them.  An executor keeps
+    there; a ``model_format`` file, for skops with ``trusted_types`` on top of the default
+    allow-list, see ``executor.modelfile``), read the feature rows of ``shard``, keep the
+    model's ``columns`` and call ``method`` on them.  An executor keeps
     what it downloads: the tasks of other models on the same shard reuse the copy.
     ``cv_fit_predict``: clone the model, fit it on ``train_rows`` of ``shard`` with ``labels``,
     and call ``method`` on ``test_rows`` (one fold of a stacking cross-validation).
@@ -61,6 +62,10 @@ class TaskPayload:
     labels: RemoteFile | None = None
     train_rows: list[int] = field(default_factory=list)
     test_rows: list[int] = field(default_factory=list)
+    model_format: str = "joblib"
+    """``joblib`` or ``skops``."""
+    trusted_types: list[str] = field(default_factory=list)
+    """skops: the job's ``trusted_types``, allowed on top of the default allow-list."""
     inline_limit: int = INLINE_RESULT_LIMIT
     version: int = PROTOCOL_VERSION
 

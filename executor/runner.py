@@ -14,11 +14,11 @@ import time
 import traceback
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-import joblib
 import numpy as np
 
+from executor.modelfile import UntrustedTypes, load_model
 from executor.protocol import (RemoteFile, TaskFailure, TaskPayload, TaskUsage, file_sha256,
                                truncate_traceback)
 
@@ -128,16 +128,20 @@ class SandboxCache:
         except Exception as error:
             raise TaskError(f"{what} is not a valid .npy array: {error}") from error
 
-    def model(self, remote: RemoteFile, name: str, model_name: str) -> Any:
-        """The loaded model (joblib), loaded once per executor."""
+    def model(self, remote: RemoteFile, name: str, model_name: str, model_format: str = "joblib",
+              trusted_types: Iterable[str] = ()) -> Any:
+        """The loaded model, loaded once per executor: a joblib file, or a skops file whose types
+        the allow-list (the default plus ``trusted_types``) allows, checked again here."""
         key = (name, remote.sha256)
         with self._lock_for(f"load:{name}"):
             if key not in self._models:
                 path = self.file(remote, name, f"model file {name}")
                 try:
                     with UNPICKLING:
-                        self._models[key] = joblib.load(path)
-                except Exception as error:  # joblib/pickle raise many types for a bad file
+                        self._models[key], _version = load_model(path, model_format, trusted_types)
+                except UntrustedTypes as error:
+                    raise TaskError(f"model file {name} of {model_name} was not loaded: {error}") from error
+                except Exception as error:  # joblib/pickle/skops raise many types for a bad file
                     raise TaskError(f"model file {name} of {model_name} could not be loaded: "
                                     f"{type(error).__name__}: {error}") from error
             return self._models[key]
@@ -165,7 +169,8 @@ def call_method(model: Any, method: str, features: np.ndarray, model_name: str) 
 def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.ndarray]:
     """The task's model (loaded once per executor) and its shard (downloaded once per executor,
     memory-mapped): the part of a task whose cost the executor's other tasks share."""
-    model = cache.model(payload.model, payload.model_file, payload.model_name)
+    model = cache.model(payload.model, payload.model_file, payload.model_name, payload.model_format,
+                        payload.trusted_types)
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")

@@ -4,6 +4,10 @@ and receives large results.
 Only files and buffers registered by the job are served, under a per-job random token
 (``/<token>/files/<name>``); anything else is 404.  Results are PUT to
 ``/<token>/results/<task_id>`` with an ``X-Sha256`` header, checked, and written atomically.
+The token never appears in the server's log (it is replaced by ``<token>``).  What holds no
+secret, the executor package (this project's own code), can be served without it
+(``/public/<name>``), so that the URLs in an ExecutorInfo, which Mesos shows in
+``/master/state`` and its fetcher logs in the sandbox, carry no token.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ log = logging.getLogger(__name__)
 class ArtifactServer:
     """A small HTTP server run by the framework for one job."""
 
-    def __init__(self, results_dir: Path, bind: str = "0.0.0.0", port: int = 0, advertise_host: str | None = None) -> None:
+    def __init__(self, results_dir: Path, bind: str = "0.0.0.0", port: int = 0,
+                 advertise_host: str | None = None) -> None:
         self.token = secrets.token_urlsafe(24)
         self.results_dir = results_dir
         results_dir.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, Path | tuple[bytes | memoryview, ...]] = {}
+        self._public: dict[str, Path] = {}
         self._expected_results: set[str] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((bind, port), self._handler_class())
@@ -60,6 +66,16 @@ class ArtifactServer:
             self._files[name] = path
         return f"{self.base_url}/files/{quote(name)}"
 
+    def publish_public(self, name: str, path: Path) -> str:
+        """Serve ``path`` as ``name`` without the token (only for files that hold no secret)."""
+        with self._lock:
+            self._public[name] = path
+        return f"http://{self.advertise_host}:{self.port}/public/{quote(name)}"
+
+    def redact(self, text: str) -> str:
+        """``text`` with the token replaced by ``<token>``."""
+        return text.replace(self.token, "<token>")
+
     def publish_buffer(self, name: str, parts: tuple[bytes | memoryview, ...]) -> str:
         """Serve the concatenation of ``parts`` (kept in memory, not copied) as ``name``."""
         with self._lock:
@@ -82,10 +98,12 @@ class ArtifactServer:
             protocol_version = "HTTP/1.1"
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                log.debug("artifact server: " + format, *args)
+                log.debug("artifact server: %s", server.redact(format % args))
 
             def _route(self) -> tuple[str, str] | None:
                 parts = self.path.split("?", 1)[0].split("/", 3)
+                if len(parts) == 3 and parts[0] == "" and parts[1] == "public":
+                    return "public", unquote(parts[2])
                 if len(parts) != 4 or parts[0] != "" or not secrets.compare_digest(parts[1], server.token):
                     return None
                 return parts[2], unquote(parts[3])
@@ -98,8 +116,12 @@ class ArtifactServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 route = self._route()
+                source: Path | tuple[bytes | memoryview, ...] | None = None
                 with server._lock:
-                    source = server._files.get(route[1]) if route and route[0] == "files" else None
+                    if route and route[0] == "files":
+                        source = server._files.get(route[1])
+                    elif route and route[0] == "public":
+                        source = server._public.get(route[1])
                 if source is None or (isinstance(source, Path) and not source.is_file()):
                     self._reply(HTTPStatus.NOT_FOUND, b"not found\n")
                     return
@@ -118,7 +140,7 @@ class ArtifactServer:
             def do_PUT(self) -> None:  # noqa: N802
                 route = self._route()
                 with server._lock:
-                    allowed = bool(route) and route[0] == "results" and route[1] in server._expected_results
+                    allowed = route is not None and route[0] == "results" and route[1] in server._expected_results
                 if not allowed:
                     self._reply(HTTPStatus.NOT_FOUND, b"not an expected result\n")
                     return

@@ -5,6 +5,7 @@ ExecutorInfo of a launch (built by ``framework.translator``)."""
 from __future__ import annotations
 
 import logging
+from typing import Mapping
 
 from executor.protocol import RemoteFile, TaskPayload
 from framework.artifacts import ArtifactServer
@@ -51,8 +52,8 @@ class JobCatalog:
         self.python, self.executor_package_url = python, executor_package_url
         self.labels: RemoteFile | None = None
         self.folds: list[tuple[list[int], list[int]]] = []
-        self.methods: dict[str, str] = {}
-        self.model_urls = {m.name: server.publish(f"{m.name}.joblib", m.path) for m in spec.models}
+        self.methods: Mapping[str, str] = {}
+        self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
         self.shard_urls = {
             (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
             for kind, shard_list in shards.items() for s in shard_list
@@ -87,7 +88,7 @@ class JobCatalog:
             log.warning("model %s now runs in executors of its own (a shared executor died running it)", model)
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
-                     methods: dict[str, str]) -> None:
+                     methods: Mapping[str, str]) -> None:
         """Stacking: serve the labelled training rows and remember the folds and stack methods."""
         self.shards["train"] = shards
         self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
@@ -132,7 +133,9 @@ class JobCatalog:
             operation=item.operation,
             model_name=model.name,
             model=RemoteFile(self.model_urls[model.name], model.sha256),
-            model_file=f"{model.name}.joblib",
+            model_file=f"{model.name}.{model.format}",
+            model_format=model.format,
+            trusted_types=list(model.trusted_types),
             method=self.methods.get(model.name, model.output),
             shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
             shard_index=shard.index,

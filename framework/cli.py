@@ -8,19 +8,24 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from executor.modelfile import FORMATS as MODEL_FORMATS
+from executor.modelfile import format_of
 from framework.errors import FrameworkError
 
 if TYPE_CHECKING:
     from framework.jobspec import JobSpec
 
 DESCRIPTION = """\
-Deploy several scikit-learn models (joblib files) together on Apache Mesos, pack their tasks
+Deploy several scikit-learn models (joblib or skops files) together on Apache Mesos, pack their tasks
 onto offers at the lowest cost, and integrate their predictions into one ensemble answer.
 
 subcommands:
   run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
                         Mesos cluster in-process, "host:port" or "zk://..." uses a real one
   validate JOB.toml     check a job file, its models, data and compatibility without running it
+  inspect MODEL         print what a model file holds (estimator, features, classes, outputs,
+                        scikit-learn version; for skops files, the types it would need trusted),
+                        learned in a subprocess with limits: the model never loads in this one
   train-demo OUTDIR     write the founding example (breast-cancer LinearRegression and
                         LogisticRegression, a held-out test CSV and job.toml) into OUTDIR
   local-cluster         start the embedded Mesos cluster on its own and print its master address
@@ -43,17 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("job", type=Path)
     validate.add_argument("--master", help="check the job as run --master would run it")
 
+    inspect = commands.add_parser("inspect", help="print a model file's metadata (loaded in a limited subprocess)")
+    inspect.add_argument("model", type=Path, metavar="MODEL", help="a .joblib or .skops file")
+    inspect.add_argument("--format", choices=MODEL_FORMATS, default=None,
+                         help="the file's format (default: skops for a .skops file, else joblib)")
+    inspect.add_argument("--trusted-types", nargs="+", default=[], metavar="TYPE",
+                         help="skops: types to trust on top of scikit-learn's and numpy's own classes")
+    inspect.add_argument("--json", action="store_true", help="print the metadata as one JSON document")
+
     demo = commands.add_parser("train-demo", help="write the founding example's models, data and job file")
     demo.add_argument("out_dir", type=Path, metavar="OUTDIR")
     demo.add_argument("--seed", type=int, default=0, help="train/test split seed (default 0)")
+    demo.add_argument("--format", choices=MODEL_FORMATS, default="joblib",
+                      help="save the models with joblib (a pickle) or skops (default joblib)")
 
     local = commands.add_parser("local-cluster", help="run the embedded Mesos cluster until interrupted")
-    try:
-        from framework.localmesos.cli import add_cli_arguments
-    except ImportError:  # pragma: no cover - the subpackage ships with the project
-        add_cli_arguments = None
-    if add_cli_arguments is not None:
-        add_cli_arguments(local)
+    from framework.localmesos.cli import add_cli_arguments
+
+    add_cli_arguments(local)
     return parser
 
 
@@ -116,18 +128,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_train_demo(args: argparse.Namespace) -> int:
     from framework.demo import train_demo
 
-    job = train_demo(args.out_dir, seed=args.seed)
+    job = train_demo(args.out_dir, seed=args.seed, model_format=args.format)
     print(f"wrote the founding example to {args.out_dir}; run it with: mesos-ensemble run {job}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from framework.inspection import InspectionError, describe_metadata, inspect_model
+
+    if not args.model.is_file():
+        raise FrameworkError(f"{args.model}: not a file")
+    if args.trusted_types and (args.format or format_of(args.model)) != "skops":
+        raise FrameworkError(f"{args.model}: --trusted-types applies only to skops files")
+    try:
+        metadata = inspect_model(args.model, args.format, args.trusted_types)
+    except InspectionError as error:
+        if args.json and error.refused:
+            print(json.dumps({"path": str(args.model), "refused_types": error.refused}, indent=2))
+        raise FrameworkError(f"{args.model}: {error}") from None
+    print(json.dumps(metadata.to_json(), indent=2) if args.json else describe_metadata(metadata))
     return 0
 
 
 def cmd_local_cluster(args: argparse.Namespace) -> int:
     from framework.localmesos.cli import run_cli
 
+    if getattr(args, "secret", None):
+        raise FrameworkError("local-cluster: --secret would show the secret in the process list (ps); "
+                             "put 'principal secret' in a file and pass --credentials-file instead")
     return run_cli(args)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "train-demo": cmd_train_demo, "local-cluster": cmd_local_cluster}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect, "train-demo": cmd_train_demo,
+            "local-cluster": cmd_local_cluster}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -214,7 +214,7 @@ def cut_shards(features: np.ndarray, rows_per_shard: int) -> list[Shard]:
         rows = features[start:stop]  # C-contiguous rows of a C-contiguous array: a view
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(rows))
-        body = memoryview(rows).cast("B")
+        body = memoryview(rows.data).cast("B")
         digest = hashlib.sha256(header.getvalue())
         digest.update(body)
         shards.append(Shard(index, start, stop, (header.getvalue(), body), digest.hexdigest()))

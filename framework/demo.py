@@ -1,8 +1,9 @@
 """``mesos-ensemble train-demo``: the founding example, reproducibly.
 
 A LinearRegression and a LogisticRegression trained on scikit-learn's breast-cancer data (it
-ships with scikit-learn), dumped with joblib, a held-out test CSV with labels, and a job file
-that averages the regression's output with the classifier's probability of class 1.
+ships with scikit-learn), saved with joblib (a pickle) or skops (``model_format="skops"``: only
+allowed types load), a held-out test CSV with labels, and a job file that averages the
+regression's output with the classifier's probability of class 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from executor.modelfile import FORMATS as MODEL_FORMATS
 
 JOB_TEMPLATE = """\
 # The founding example: average a LinearRegression's output with a LogisticRegression's
@@ -34,7 +37,7 @@ rows_per_shard = 50
 
 [[models]]
 name = "linear"
-path = "linear.joblib"
+path = "linear.{ext}"
 sha256 = "{linear_sha}"
 kind = "regressor"
 output = "predict"
@@ -43,7 +46,7 @@ mem = 128
 
 [[models]]
 name = "logistic"
-path = "logistic.joblib"
+path = "logistic.{ext}"
 sha256 = "{logistic_sha}"
 kind = "classifier"
 output = "predict_proba"
@@ -61,8 +64,23 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train_demo(out_dir: Path, seed: int = 0) -> Path:
-    """Write the demo models, data and job file into ``out_dir``; return the job file's path."""
+def save_model(model: object, path: Path, model_format: str) -> None:
+    """Save a fitted model as joblib or skops, to a temporary file renamed into place."""
+    temporary = path.with_name(f".{path.name}.part")
+    if model_format == "skops":
+        import skops.io
+
+        skops.io.dump(model, temporary)
+    else:
+        joblib.dump(model, temporary)
+    temporary.replace(path)
+
+
+def train_demo(out_dir: Path, seed: int = 0, model_format: str = "joblib") -> Path:
+    """Write the demo models (``joblib`` or ``skops`` files), data and job file into ``out_dir``;
+    return the job file's path."""
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"model format must be one of {', '.join(MODEL_FORMATS)}, got {model_format!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_breast_cancer(as_frame=False)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -73,7 +91,7 @@ def train_demo(out_dir: Path, seed: int = 0) -> Path:
         "logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x_train, y_train),
     }
     for name, model in models.items():
-        joblib.dump(model, out_dir / f"{name}.joblib")
+        save_model(model, out_dir / f"{name}.{model_format}", model_format)
     for name, rows, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
         with (out_dir / f"{name}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -81,6 +99,6 @@ def train_demo(out_dir: Path, seed: int = 0) -> Path:
             for row, label in zip(rows, labels):
                 writer.writerow([*(repr(float(v)) for v in row), int(label)])
     job = out_dir / "job.toml"
-    job.write_text(JOB_TEMPLATE.format(linear_sha=sha256_of(out_dir / "linear.joblib"),
-                                       logistic_sha=sha256_of(out_dir / "logistic.joblib")))
+    job.write_text(JOB_TEMPLATE.format(ext=model_format, linear_sha=sha256_of(out_dir / f"linear.{model_format}"),
+                                       logistic_sha=sha256_of(out_dir / f"logistic.{model_format}")))
     return job

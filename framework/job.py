@@ -28,6 +28,7 @@ from framework.catalog import JobCatalog
 from framework.dataset import Dataset, cut_shards, load_dataset
 from framework.errors import JobFailed
 from framework.executor_package import build_executor_package
+from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
@@ -82,18 +83,18 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
 def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
     """Load the data and the models and check, before anything launches, that they fit together.
 
-    Returns the data, the members' specs and the loaded estimators (by model name)."""
+    Returns the data, the members' specs and, by model name, each model's metadata (a
+    ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
     check_job(spec)
     dataset = load_dataset(spec.data)
-    loaded = {m.name: ensemble.loaded_sklearn_version(m.path) for m in spec.models}
-    estimators = {name: estimator for name, (estimator, _version) in loaded.items()}
+    estimators = inspect_job_models(spec)
     features = member_features(spec, estimators, tuple(dataset.feature_names))
     check_data(spec, dataset, features)
     members = member_specs(spec, estimators, features)
     ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
-                                 recorded_versions={name: version for name, (_e, version) in loaded.items()})
+                                 recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
     return dataset, members, estimators
 
 
@@ -141,7 +142,7 @@ class JobRunner:
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
             shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
-            package_url = server.publish("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
+            package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url,
                                  member_columns(members, tuple(dataset.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)

@@ -13,8 +13,10 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
+from executor.modelfile import FORMATS as MODEL_FORMATS
+from executor.modelfile import format_of
 from executor.protocol import file_sha256
 from framework import ensemble
 from framework.errors import JobSpecError
@@ -31,7 +33,7 @@ EXECUTOR_MODES = ("shared", "per_model")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One ensemble member: a joblib file and what it needs to run."""
+    """One ensemble member: a model file (joblib or skops) and what it needs to run."""
 
     name: str
     path: Path
@@ -55,6 +57,10 @@ class ModelSpec:
     allow_nan: bool = False
     """The model accepts missing values (NaN) in its columns, as HistGradientBoosting does;
     without it a NaN in a column it takes is refused before anything launches. Inf never is."""
+    format: str = "joblib"
+    """``joblib`` (a pickle: its code runs when loaded) or ``skops`` (only allowed types load)."""
+    trusted_types: tuple[str, ...] = ()
+    """skops: types allowed on top of the default (scikit-learn's and numpy's own classes)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ class FrameworkSettings:
     role: str = "*"
     user: str = field(default_factory=getpass.getuser)
     principal: str | None = None
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    """From ``secret_file`` or the environment variable ``secret_env`` (or, discouraged, inline)."""
     failover_timeout: float = 3600.0
     executor_python: str | None = None
     """Python on the agents; default: this interpreter for the local cluster, ``python3`` elsewhere."""
@@ -307,7 +314,8 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     section = _Section(source, f"models[{index}]", entry)
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
-         "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan"}
+         "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan",
+         "format", "trusted_types"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -335,6 +343,14 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         repeated = sorted({f for f in features if features.count(f) > 1})
         if repeated:
             section.fail("features", f"names a column twice: {repeated}")
+    model_format = section.choice("format", MODEL_FORMATS, format_of(path))
+    trusted_types = section.get("trusted_types", list, [])
+    if not all(isinstance(t, str) and t for t in trusted_types):
+        section.fail("trusted_types", f"must be a list of type names (e.g. \"sklearn.tree._tree.Tree\"), "
+                                      f"got {trusted_types!r}")
+    if trusted_types and model_format != "skops":
+        section.fail("trusted_types", f"applies only to skops files; {path.name} is a {model_format} file, "
+                                      "whose code runs when it is loaded whatever this list says")
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -345,6 +361,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         constraints=constraints, duration=number("duration", None, positive=True),
         features=tuple(features) if features is not None else None,
         allow_nan=section.get("allow_nan", bool, False),
+        format=model_format, trusted_types=tuple(trusted_types),
     )
 
 
@@ -403,17 +420,15 @@ def _parse_stacking(source: Path, table: Any) -> StackingSpec:
 
 def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
     section = _Section(source, "framework", table)
-    known = set(FrameworkSettings.__dataclass_fields__) | {"secret_file"}
+    known = set(FrameworkSettings.__dataclass_fields__) | {"secret_file", "secret_env"}
     section.reject_unknown(known)
     defaults = FrameworkSettings()
     values: dict[str, Any] = {}
-    for key in ("master", "name", "role", "user", "principal", "secret", "executor_python", "artifact_host"):
+    for key in ("master", "name", "role", "user", "principal", "executor_python", "artifact_host"):
         values[key] = section.get(key, str, getattr(defaults, key))
-    secret_file = section.path("secret_file", required=False)
-    if secret_file is not None:
-        values["secret"] = secret_file.read_text(encoding="utf-8").strip()
+    values["secret"] = _secret(section)
     if (values["principal"] is None) != (values["secret"] is None):
-        section.fail("principal", "and secret (or secret_file) must be given together")
+        section.fail("principal", "and secret_file (or secret_env, or secret) must be given together")
     for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms",
                 "speculation_factor"):
         values[key] = section.number(key, getattr(defaults, key))
@@ -498,6 +513,24 @@ def with_master(spec: JobSpec, master: str, origin: str = "--master") -> JobSpec
     except ValueError as error:
         raise JobSpecError(f"{origin} {error}") from None
     return dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=master))
+def _secret(section: _Section) -> str | None:
+    """The framework's secret from ``secret_file``, the variable named by ``secret_env`` or
+    ``secret``, at most one of them; errors never show the secret itself."""
+    given = [key for key in ("secret", "secret_file", "secret_env") if key in section.table]
+    if len(given) > 1:
+        section.fail(given[1], f"and {given[0]} are both given; use one")
+    if "secret" in section.table and not isinstance(section.table["secret"], str):
+        section.fail("secret", "must be a string (better: secret_file or secret_env)")
+    secret_file = section.path("secret_file", required=False)
+    if secret_file is not None:
+        return secret_file.read_text(encoding="utf-8").strip()
+    variable = section.get("secret_env", str)
+    if variable is not None:
+        value = os.environ.get(variable, "").strip()
+        if not value:
+            section.fail("secret_env", f"names the environment variable {variable!r}, which is not set or empty")
+        return value
+    return section.table.get("secret")
 
 
 def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:

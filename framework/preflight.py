@@ -47,10 +47,6 @@ def _feasible(constraint: Any, agents: Sequence[Agent]) -> np.ndarray | None:
     if feasible is not None:  # constraint plug-ins
         mask = feasible(agents)
         return None if mask is None else np.asarray(mask, dtype=bool)
-    if isinstance(constraint, AttributeEquals):
-        from framework.packing.constraints import attribute_check
-
-        return attribute_check(constraint, agents)
     return None
 
 

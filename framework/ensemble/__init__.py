@@ -9,7 +9,7 @@ the job.
 
 from framework.ensemble import methods  # noqa: F401  (imports and registers every integration method)
 from framework.ensemble.combiners import Combiner, MemberCombiner, as_matrix
-from framework.ensemble.compat import check_compatibility, loaded_sklearn_version, recorded_version
+from framework.ensemble.compat import check_compatibility, recorded_version
 from framework.ensemble.evaluation import EvaluatingIntegrator as StreamingIntegrator
 from framework.ensemble.evaluation import evaluate, evaluate_integration, format_report, write_report_json
 from framework.ensemble.integrator import IntegrationResult, KeptOutputs
@@ -27,7 +27,7 @@ from framework.ensemble.stacking import (FINAL_ESTIMATORS, STACK_METHODS, Fitted
                                          save_stacking, stack_features)
 
 __all__ = [
-    "Combiner", "MemberCombiner", "as_matrix", "check_compatibility", "loaded_sklearn_version", "recorded_version",
+    "Combiner", "MemberCombiner", "as_matrix", "check_compatibility", "recorded_version",
     "StreamingIntegrator", "evaluate", "evaluate_integration", "format_report", "write_report_json",
     "IntegrationResult", "KeptOutputs", "MeanCombiner", "StackingCombiner", "HardVoteCombiner", "SoftVoteCombiner",
     "member_column", "member_score", "member_view", "Evaluation", "IntegrationMethod", "make_combiner", "method",

@@ -25,69 +25,27 @@ What :func:`check_compatibility` enforces (every problem is collected; one
 
 from __future__ import annotations
 
-import os
-import warnings
-import weakref
 from typing import Any, Mapping, Sequence
 
-import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, is_classifier, is_regressor
-from sklearn.exceptions import InconsistentVersionWarning
 
 from framework.ensemble import registry
 from framework.ensemble.specs import KINDS, OUTPUTS, EnsembleCompatibilityError, MemberSpec, label_array
 
-_RECORDED: "weakref.WeakKeyDictionary[Any, str | None]" = weakref.WeakKeyDictionary()
-
-
-def loaded_sklearn_version(path: str | os.PathLike) -> tuple[Any, str | None]:
-    """Load a joblib file and return ``(estimator, version recorded in its pickle)``.
-
-    scikit-learn pops ``_sklearn_version`` while unpickling and warns
-    (``InconsistentVersionWarning``) only when it differs from the running version, so the
-    version is the warning's ``original_sklearn_version`` (the outermost estimator's, the last
-    warning), else ``_sklearn_version`` left in the state of a non-sklearn subclass, else the
-    running version for a scikit-learn estimator, else None.
-    """
-    import sklearn
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InconsistentVersionWarning)
-        estimator = joblib.load(path)
-    versions = [w.message.original_sklearn_version for w in caught
-                if isinstance(w.message, InconsistentVersionWarning)]
-    for w in caught:
-        if not isinstance(w.message, InconsistentVersionWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    version: str | None
-    if versions:
-        version = versions[-1]
-    elif isinstance(getattr(estimator, "_sklearn_version", None), str):
-        version = estimator._sklearn_version
-    elif isinstance(estimator, BaseEstimator):
-        version = sklearn.__version__
-    else:
-        version = None
-    try:
-        _RECORDED[estimator] = version
-    except TypeError:
-        pass
-    return estimator, version
-
-
 def recorded_version(estimator: Any) -> str | None:
-    """Version noted by :func:`loaded_sklearn_version`, else the best guess for an in-memory estimator."""
+    """The scikit-learn version an estimator (or a ``framework.inspection.ModelMetadata``) was
+    saved with, else the best guess for an in-memory estimator."""
     import sklearn
 
-    try:
-        if estimator in _RECORDED:
-            return _RECORDED[estimator]
-    except TypeError:
-        pass
     if isinstance(getattr(estimator, "_sklearn_version", None), str):
         return estimator._sklearn_version
     return sklearn.__version__ if isinstance(estimator, BaseEstimator) else None
+
+
+def _type_name(estimator: Any) -> str:
+    """The estimator's class name (a ``ModelMetadata`` names the class it describes)."""
+    return getattr(estimator, "estimator_name", None) or type(estimator).__name__
 
 
 def feature_problems(name: str, estimator: Any, feature_names: Sequence[str]) -> list[str]:
@@ -118,15 +76,15 @@ def member_problems(spec: MemberSpec, estimator: Any, executor_version: str, rec
     """Kind, output method, classes and version problems of one member."""
     name, problems = spec.name, []
     if spec.kind == "classifier" and not is_classifier(estimator):
-        problems.append(f"model {name}: declared a classifier but {type(estimator).__name__} is not one")
+        problems.append(f"model {name}: declared a classifier but {_type_name(estimator)} is not one")
     if spec.kind == "regressor" and not is_regressor(estimator):
-        problems.append(f"model {name}: declared a regressor but {type(estimator).__name__} is not one")
+        problems.append(f"model {name}: declared a regressor but {_type_name(estimator)} is not one")
     if spec.kind not in KINDS:
         problems.append(f"model {name}: kind {spec.kind!r} is neither classifier nor regressor")
     if spec.output not in OUTPUTS:
         problems.append(f"model {name}: unknown output {spec.output!r}")
     elif getattr(estimator, spec.output, None) is None:
-        problems.append(f"model {name}: {type(estimator).__name__} offers no {spec.output}"
+        problems.append(f"model {name}: {_type_name(estimator)} offers no {spec.output}"
                         + (" (e.g. SVC needs probability=True)" if spec.output == "predict_proba" else ""))
     own = getattr(estimator, "classes_", None)
     if spec.classes is not None and own is not None and [str(c) for c in spec.classes] != [str(c) for c in own]:
@@ -160,10 +118,11 @@ def check_compatibility(estimators: Mapping[str, Any], members: Sequence[MemberS
     Parameters
     ----------
     estimators : mapping
-        Member name -> loaded estimator.
+        Member name -> estimator, or its ``framework.inspection.ModelMetadata`` (the framework
+        never loads members: it checks their metadata).
     recorded_versions : mapping, optional
-        Member name -> version from :func:`loaded_sklearn_version`; otherwise looked up for
-        estimators loaded by it, else assumed to be this process's version.
+        Member name -> version recorded in its file (``ModelMetadata.sklearn_version``);
+        otherwise :func:`recorded_version`.
     """
     problems: list[str] = []
     known = method in registry.method_names()

@@ -13,7 +13,9 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
 from ensemble_helpers import spec_for
-from framework.ensemble import EnsembleCompatibilityError, check_compatibility, loaded_sklearn_version
+from executor.modelfile import load_model
+from framework.ensemble import EnsembleCompatibilityError, check_compatibility
+from framework.inspection import inspect_model
 
 V = sklearn.__version__
 
@@ -100,11 +102,12 @@ def test_sklearn_version_recorded_in_pickle(tmp_path, iris, monkeypatch):
         m.setattr(sklearn.base, "__version__", "1.2.0")
         joblib.dump(tree, tmp_path / "old.joblib")
     joblib.dump(tree, tmp_path / "current.joblib")
-    old, old_version = loaded_sklearn_version(tmp_path / "old.joblib")
-    current, current_version = loaded_sklearn_version(tmp_path / "current.joblib")
+    old, old_version = load_model(tmp_path / "old.joblib")
+    current, current_version = load_model(tmp_path / "current.joblib")
     assert (old_version, current_version) == ("1.2.0", V)
     assert np.array_equal(old.predict(X), tree.predict(X))
-    ests = {"old": old, "current": current}
+    # The framework checks the models' metadata, learned in an inspection subprocess.
+    ests = {"old": inspect_model(tmp_path / "old.joblib"), "current": inspect_model(tmp_path / "current.joblib")}
     specs = [spec_for(n, e, "predict") for n, e in ests.items()]
     found = problems(ests, specs, cols, "hard_vote", V)
     assert found == [f"model old: pickled with scikit-learn 1.2.0 but the executors run {V}"]

@@ -51,3 +51,27 @@ def test_upload_checked_and_atomic(server: ArtifactServer) -> None:
     assert server.result_path("task-1").read_bytes() == body
     assert put(url.replace("task-1", "task-2"), body, hashlib.sha256(body).hexdigest()) == 404
     assert [p.name for p in server.results_dir.iterdir()] == ["task-1.npy"]
+
+
+def test_token_is_redacted_in_the_access_log(server: ArtifactServer, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="framework.artifacts")
+    url = server.publish("model.joblib", tmp_path / "model.joblib")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        response.read()
+    assert status_of(url.replace("model.joblib", "missing")) == 404
+    assert put(server.expect_result("t-9"), b"x", "0" * 64) == 400
+    lines = [r.getMessage() for r in caplog.records if r.name == "framework.artifacts"]
+    assert len(lines) >= 3 and all("/<token>/" in line for line in lines), lines
+    assert server.token not in caplog.text
+
+
+def test_public_files_need_no_token_and_are_kept_apart(server: ArtifactServer, tmp_path: Path) -> None:
+    (tmp_path / "package.tar.gz").write_bytes(b"our own code")
+    url = server.publish_public("package.tar.gz", tmp_path / "package.tar.gz")
+    assert server.token not in url and url.endswith("/public/package.tar.gz")
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.read() == b"our own code"
+    server.publish("model.joblib", tmp_path / "model.joblib")
+    assert status_of(url.replace("package.tar.gz", "model.joblib")) == 404  # declared files need the token
+    assert status_of(f"{server.base_url}/files/package.tar.gz") == 404

@@ -193,3 +193,28 @@ def test_with_master_validates_the_flag(demo_dir: Path) -> None:
     assert with_master(spec, "zk://z:2181/mesos").framework.master == "zk://z:2181/mesos"
     with pytest.raises(JobSpecError, match=r"^--master must be host:port"):
         with_master(spec, "https://m")
+def test_secret_from_a_file_or_an_environment_variable(demo_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (demo_dir / "secret.txt").write_text("s3cret-from-file\n")
+    from_file = variant(demo_dir, tmp_path, 'name = "mesos-ensemble-demo"',
+                        'name = "mesos-ensemble-demo"\nprincipal = "me"\nsecret_file = "secret.txt"')
+    settings = load_job(from_file).framework
+    assert (settings.principal, settings.secret) == ("me", "s3cret-from-file")
+    assert "s3cret" not in repr(settings)
+    monkeypatch.setenv("DEMO_SECRET", "s3cret-from-env")
+    from_env = variant(demo_dir, tmp_path, 'name = "mesos-ensemble-demo"',
+                       'name = "mesos-ensemble-demo"\nprincipal = "me"\nsecret_env = "DEMO_SECRET"')
+    assert load_job(from_env).framework.secret == "s3cret-from-env"
+    monkeypatch.delenv("DEMO_SECRET")
+    with pytest.raises(JobSpecError, match=r"framework.secret_env names the environment variable 'DEMO_SECRET', "
+                                           r"which is not set or empty"):
+        load_job(from_env)
+    both = variant(demo_dir, tmp_path, 'name = "mesos-ensemble-demo"',
+                   'name = "mesos-ensemble-demo"\nprincipal = "me"\nsecret = "x"\nsecret_env = "DEMO_SECRET"')
+    with pytest.raises(JobSpecError, match=r"framework.secret_env and secret are both given; use one"):
+        load_job(both)
+    number = variant(demo_dir, tmp_path, 'name = "mesos-ensemble-demo"',
+                     'name = "mesos-ensemble-demo"\nprincipal = "me"\nsecret = 918273645')
+    with pytest.raises(JobSpecError) as error:
+        load_job(number)
+    assert "918273645" not in str(error.value) and "framework.secret must be a string" in str(error.value)

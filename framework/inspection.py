@@ -1,0 +1,370 @@
+"""What the framework knows about a model, learned without loading it in the framework's process.
+
+A model file is code (a joblib file is a pickle).  The framework holds the job's secrets and the
+artifact server's token, so it never loads a member itself: a short-lived subprocess does
+(:mod:`executor.describe`), run as ``python -I`` with a timeout, address-space and CPU limits,
+no core dumps, its own session and temporary directory, and an environment with nothing but
+what Python needs.  It answers with JSON, parsed here into a :class:`ModelMetadata`.
+
+:class:`ModelMetadata` stands in for the estimator wherever the framework only *inspects* one:
+it has the fitted attributes scikit-learn's checks read (``n_features_in_``,
+``feature_names_in_``, ``classes_``), scikit-learn's estimator tags (so ``is_classifier`` and
+``is_regressor`` work) and, for each output method the model offers, an attribute that is not
+None (calling it raises: the model runs on the executors, never here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+import executor as executor_package
+from executor.modelfile import FORMATS
+from framework.errors import JobSpecError
+
+OUTPUTS = ("predict", "predict_proba", "decision_function")
+
+INSPECT_TIMEOUT_SECONDS = 120.0
+"""Wall-clock limit of one inspection (importing scikit-learn and skops takes a few seconds)."""
+
+INSPECT_MIN_MEMORY_MB = 2048
+"""Address-space limit of the inspection process, at least (Python with numpy, scikit-learn and
+skops imported maps about 400 MB); larger files get ``1024 + 10 x`` their size."""
+
+_CHILD = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+          "from executor.describe import main; main()")
+"""The subprocess' program: ``-I`` ignores PYTHONPATH, so the ``executor`` package's parent is
+passed as the first argument."""
+
+
+class InspectionError(Exception):
+    """The inspection of one model failed; the message says how (without the model's name)."""
+
+    def __init__(self, message: str, refused: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.refused = dict(refused or {})
+
+
+class _NotHere:
+    """Stands in for a method of a model that is only inspected in this process."""
+
+    def __init__(self, model: str, method: str) -> None:
+        self.model, self.method = model, method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{self.model}.{self.method}: the model is not loaded in the framework's process; "
+                           "only its metadata is (it runs on the executors)")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything the framework needs from one model file (see the module doc)."""
+
+    path: Path
+    format: str
+    estimator_class: str
+    """Fully qualified class name, e.g. ``sklearn.pipeline.Pipeline``."""
+    estimator_type: str | None
+    """``classifier``, ``regressor`` or None (scikit-learn's tags)."""
+    n_features_in: int | None
+    feature_names_in: tuple[str, ...] | None
+    classes: np.ndarray | None = field(compare=False)
+    methods: frozenset[str]
+    """The output methods it offers, of predict, predict_proba and decision_function."""
+    sklearn_version: str | None
+    """The scikit-learn version it was saved with (see ``executor.modelfile.load_model``)."""
+    loaded_bytes: int
+    """Memory the loaded model holds (traced while loading; includes modules the load imported)."""
+    untrusted_types: tuple[str, ...] = ()
+    """skops files: the types skops does not trust by itself (all allowed, or it was not loaded)."""
+
+    # The estimator's inspectable surface, as scikit-learn's checks read it: a fitted attribute
+    # the model lacks is missing here too (AttributeError), as on the estimator.
+    def _fitted(self, name: str, value: Any) -> Any:
+        if value is None:
+            raise AttributeError(f"{self.estimator_name} in {self.path.name} has no {name}")
+        return value
+
+    @property
+    def n_features_in_(self) -> int:
+        return self._fitted("n_features_in_", self.n_features_in)
+
+    @property
+    def feature_names_in_(self) -> np.ndarray:
+        names = self._fitted("feature_names_in_", self.feature_names_in)
+        return np.asarray(names, dtype=object)
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self._fitted("classes_", self.classes)
+
+    @property
+    def _sklearn_version(self) -> str:
+        return self._fitted("_sklearn_version", self.sklearn_version)
+
+    @property
+    def estimator_name(self) -> str:
+        """The class's own name, for messages (``type(metadata).__name__`` is this class)."""
+        return self.estimator_class.rsplit(".", 1)[-1]
+
+    def _method(self, name: str) -> Callable[..., Any] | None:
+        return _NotHere(self.path.name, name) if name in self.methods else None
+
+    @property
+    def predict(self) -> Callable[..., Any] | None:
+        return self._method("predict")
+
+    @property
+    def predict_proba(self) -> Callable[..., Any] | None:
+        return self._method("predict_proba")
+
+    @property
+    def decision_function(self) -> Callable[..., Any] | None:
+        return self._method("decision_function")
+
+    def __sklearn_tags__(self) -> Any:
+        from sklearn.utils import ClassifierTags, RegressorTags, Tags, TargetTags
+
+        return Tags(estimator_type=self.estimator_type, target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags() if self.estimator_type == "classifier" else None,
+                    regressor_tags=RegressorTags() if self.estimator_type == "regressor" else None)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain values, for ``mesos-ensemble inspect --json``."""
+        return {
+            "path": str(self.path), "format": self.format, "estimator_class": self.estimator_class,
+            "estimator_type": self.estimator_type, "n_features_in": self.n_features_in,
+            "feature_names_in": list(self.feature_names_in) if self.feature_names_in is not None else None,
+            "classes": self.classes.tolist() if self.classes is not None else None,
+            "methods": sorted(self.methods), "sklearn_version": self.sklearn_version,
+            "loaded_bytes": self.loaded_bytes, "untrusted_types": list(self.untrusted_types),
+        }
+
+
+@dataclass(frozen=True)
+class InspectionLimits:
+    """Limits of one inspection process."""
+
+    timeout_seconds: float = INSPECT_TIMEOUT_SECONDS
+    memory_mb: int | None = None
+    """Address space; None: ``max(INSPECT_MIN_MEMORY_MB, 1024 + 10 x the file's MB)``."""
+
+    def memory_for(self, path: Path) -> int:
+        if self.memory_mb is not None:
+            return self.memory_mb
+        return max(INSPECT_MIN_MEMORY_MB, int(1024 + 10 * path.stat().st_size / 2**20))
+
+
+def child_environment(work_dir: str) -> dict[str, str]:
+    """Only what Python needs: no inherited variables (so no secrets, tokens or PYTHON* settings)."""
+    return {"PATH": os.defpath, "LANG": "C.UTF-8", "HOME": work_dir, "TMPDIR": work_dir,
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _limit(memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:
+    """The child's ``preexec_fn``: set its resource limits before Python starts (only syscalls)."""
+
+    def apply() -> None:
+        for what, soft, hard in ((resource.RLIMIT_AS, memory_bytes, memory_bytes),
+                                 (resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5),
+                                 (resource.RLIMIT_CORE, 0, 0)):
+            _, current_hard = resource.getrlimit(what)
+            if current_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, current_hard), min(hard, current_hard)
+            resource.setrlimit(what, (soft, hard))
+
+    return apply
+
+
+def _decode_classes(value: Any) -> np.ndarray | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("values"), list):
+        raise ValueError("classes is not {dtype, values}")
+    dtype = value.get("dtype")
+    if dtype == "object":
+        if not all(isinstance(v, (str, int, float, bool)) for v in value["values"]):
+            raise ValueError("classes holds values that are not labels")
+        array = np.empty(len(value["values"]), dtype=object)
+        array[:] = value["values"]
+        return array
+    if not isinstance(dtype, str) or np.dtype(dtype).kind not in "biufU":
+        raise ValueError(f"classes has dtype {dtype!r}")
+    return np.asarray(value["values"], dtype=np.dtype(dtype))
+
+
+def parse_metadata(path: Path, raw: Any) -> ModelMetadata:
+    """A :class:`ModelMetadata` from the subprocess' JSON, every field type-checked (the
+    subprocess ran the model's code, so its answer is untrusted data)."""
+
+    def check(key: str, kinds: type | tuple[type, ...], optional: bool = True) -> Any:
+        value = raw.get(key)
+        if (value is None and not optional) or (value is not None and not isinstance(value, kinds)):
+            raise ValueError(f"field {key} is {value!r}")
+        return value
+
+    if not isinstance(raw, dict):
+        raise ValueError("metadata is not an object")
+    names = check("feature_names_in", list)
+    methods = check("methods", list, optional=False)
+    untrusted = check("untrusted_types", list) or []
+    n_in = check("n_features_in", int)
+    if isinstance(n_in, bool) or (names is not None and not all(isinstance(n, str) for n in names)):
+        raise ValueError("n_features_in or feature_names_in has the wrong type")
+    if not all(m in OUTPUTS for m in methods) or not all(isinstance(t, str) for t in untrusted):
+        raise ValueError("methods or untrusted_types has unexpected values")
+    kind = check("estimator_type", str)
+    return ModelMetadata(
+        path=path, format=check("format", str, optional=False), estimator_class=check("estimator_class", str, False),
+        estimator_type=kind if kind in ("classifier", "regressor") else None,
+        n_features_in=n_in, feature_names_in=tuple(names) if names is not None else None,
+        classes=_decode_classes(raw.get("classes")), methods=frozenset(methods),
+        sklearn_version=check("sklearn_version", str), loaded_bytes=check("loaded_bytes", int, optional=False),
+        untrusted_types=tuple(untrusted),
+    )
+
+
+def inspect_model(path: Path, model_format: str | None = None, trusted_types: Iterable[str] = (),
+                  limits: InspectionLimits = InspectionLimits()) -> ModelMetadata:
+    """Load ``path`` in an inspection subprocess and return its metadata.
+
+    Raises :class:`InspectionError` (with the refused types for a skops file that holds types
+    outside the allow-list) when the file cannot be loaded there, the process crashes, runs out
+    of memory or time, or answers with anything but the expected JSON.
+    """
+    from executor.modelfile import format_of
+
+    model_format = format_of(path, model_format)
+    if model_format not in FORMATS:
+        raise InspectionError(f"unknown format {model_format!r}; expected one of {', '.join(FORMATS)}")
+    memory_mb = limits.memory_for(path)
+    cpu_seconds = max(1, int(limits.timeout_seconds))
+    package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory(prefix="mesos-ensemble-inspect-") as work_dir:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _CHILD, package_parent, str(path.resolve()), model_format, *trusted_types],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir,
+            env=child_environment(work_dir), preexec_fn=_limit(memory_mb * 2**20, cpu_seconds),
+            start_new_session=True, close_fds=True,
+        )
+        try:
+            out, err = process.communicate(timeout=limits.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            process.communicate()
+            raise InspectionError(f"did not finish loading within {limits.timeout_seconds:g} s in the inspection "
+                                  "process (killed it; a model that hangs while loading?)") from None
+        finally:
+            _kill_group(process)  # anything the model started in the background goes too
+    stderr_tail = _last_line(err)
+    if process.returncode != 0:
+        if process.returncode < 0:
+            number = -process.returncode
+            what = {signal.SIGXCPU: f"used more than {cpu_seconds} s of CPU",
+                    signal.SIGKILL: "was killed (out of memory?)"}.get(signal.Signals(number),
+                                                                      f"crashed ({signal.Signals(number).name})")
+            raise InspectionError(f"the inspection process {what} while loading it"
+                                  + (f": {stderr_tail}" if stderr_tail else ""))
+        memory_hint = f" (memory limit {memory_mb} MB)" if "MemoryError" in err.decode(errors="replace") else ""
+        raise InspectionError(f"the inspection process exited with status {process.returncode}{memory_hint}"
+                              + (f": {stderr_tail}" if stderr_tail else ""))
+    try:
+        answer = json.loads(out)
+        if not isinstance(answer, dict):
+            raise ValueError("not an object")
+        if not answer.get("ok"):
+            kind, error = answer.get("kind"), str(answer.get("error", ""))[:500]
+            if kind == "untrusted":
+                refused = answer.get("refused")
+                if not isinstance(refused, dict):
+                    raise ValueError("refused is not an object")
+                raise InspectionError(_refusal(refused), {str(k): str(v) for k, v in refused.items()})
+            if kind == "memory":
+                raise InspectionError(f"ran out of memory while loading in the inspection process "
+                                      f"(limit {memory_mb} MB)")
+            raise InspectionError(f"could not be loaded as a {model_format} file: {error}")
+        return parse_metadata(path, answer.get("metadata"))
+    except (ValueError, TypeError) as error:
+        raise InspectionError(f"the inspection process gave no valid answer ({error})"
+                              + (f": {stderr_tail}" if stderr_tail else "")) from None
+
+
+def _refusal(refused: Mapping[str, Any]) -> str:
+    listed = "; ".join(f"{name}{f' ({why})' if why else ''}" for name, why in sorted(refused.items()))
+    return (f"holds types that are not trusted: {listed}. Trust them (the model's trusted_types, or "
+            "--trusted-types) only if you trust where the file comes from")
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line for line in data.decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
+                   limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
+    """Inspect every model (``ModelSpec``-like: name, path, format, trusted_types) at once, a few
+    at a time; the first failure (in the models' order) is a :class:`JobSpecError` that starts
+    with ``where(index, model)``."""
+    models = list(models)
+    workers = max(1, min(len(models), os.cpu_count() or 1, 4))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
+    try:
+        futures = [pool.submit(inspect_model, m.path, m.format, m.trusted_types, limits) for m in models]
+        found: dict[str, ModelMetadata] = {}
+        for index, (model, future) in enumerate(zip(models, futures)):
+            try:
+                found[model.name] = future.result()
+            except InspectionError as error:
+                raise JobSpecError(f"{where(index, model)}: {model.path.name}: {error}") from None
+        return found
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
+    """:func:`inspect_models` for a job's ``[[models]]``, errors naming the job file and model."""
+    return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits)
+
+
+def describe_metadata(metadata: ModelMetadata) -> str:
+    """A few lines for people (``mesos-ensemble inspect``)."""
+    size = metadata.path.stat().st_size if metadata.path.is_file() else 0
+    names = metadata.feature_names_in
+    classes = metadata.classes.tolist() if metadata.classes is not None else None
+    lines = [
+        f"{metadata.path}: {metadata.format} file, {_size(size)}"
+        + (" (a pickle: loading it runs its code)" if metadata.format == "joblib" else ""),
+        f"  estimator: {metadata.estimator_class} ({metadata.estimator_type or 'neither classifier nor regressor'})",
+        f"  features: {metadata.n_features_in if metadata.n_features_in is not None else 'unknown'}"
+        + (f" ({', '.join(names[:20])}{', ...' if len(names) > 20 else ''})" if names is not None else ""),
+        f"  classes: {classes[:20]}{' ...' if len(classes) > 20 else ''}" if classes is not None else "  classes: -",
+        f"  outputs: {', '.join(m for m in OUTPUTS if m in metadata.methods) or 'none'}",
+        f"  scikit-learn version: {metadata.sklearn_version or 'not recorded'}",
+        f"  loaded size: about {_size(metadata.loaded_bytes)}",
+    ]
+    if metadata.format == "skops":
+        untrusted = ", ".join(metadata.untrusted_types) or "none"
+        lines.append(f"  untrusted types (not trusted by skops itself; allowed here): {untrusted}")
+    return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 1024:.1f} KiB"
