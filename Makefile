@@ -37,6 +37,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/packing_bench.py
 	$(BIN)/python bench/end_to_end_bench.py
+	$(BIN)/python bench/io_thread_bench.py
+	$(BIN)/python bench/journal_bench.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
