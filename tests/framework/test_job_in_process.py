@@ -4,7 +4,6 @@ Mesos from tests/harness.py), checked against scikit-learn computed directly on 
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +99,8 @@ def test_straggler_gets_a_backup_on_another_agent_and_the_first_result_wins(demo
         return 0.0
 
     factory = InProcessMesos.factory(AGENTS, tmp_path / "sb", delay=first_task_on_a1_is_slow)
-    started = time.monotonic()
     outcome = in_process(load_job(demo), factory).run()
-    assert time.monotonic() - started < 30  # not the 60 s the slow copy would take
+    # The job did not wait out the slow copy's 60 s: it was killed (a finished copy is never killed).
     assert outcome.backups_launched == 1 and slow
     driver = factory.last  # type: ignore[attr-defined]
     assert slow[0] in driver.kills
