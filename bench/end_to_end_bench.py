@@ -81,7 +81,8 @@ def main() -> None:
     members = make_members(x_train, y_train)
     shards = [x[i:i + args.shard_rows] for i in range(0, len(x), args.shard_rows)]
     tasks = len(members) * len(shards)
-    print(f"{args.rows:,} rows x {args.features} features, {len(members)} members x {len(shards)} shards = {tasks} tasks, "
+    print(f"{args.rows:,} rows x {args.features} features, "
+          f"{len(members)} members x {len(shards)} shards = {tasks} tasks, "
           f"{args.workers} cores")
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

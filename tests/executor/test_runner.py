@@ -164,7 +164,8 @@ def test_cv_fit_predict_fits_a_clone_on_the_fold(sandbox: Path, data: tuple[np.n
     labels = array_to_npy(y)
     train, test = list(range(0, 400)), list(range(400, 569))
     payload, blobs = payload_for(sandbox, x, operation="cv_fit_predict", method="predict",
-                                 labels=RemoteFile("mem://labels", sha256_hex(labels)), train_rows=train, test_rows=test)
+                                 labels=RemoteFile("mem://labels", sha256_hex(labels)),
+                                 train_rows=train, test_rows=test)
     blobs["mem://labels"] = labels
     output = run_task(payload, SandboxCache(sandbox, blobs.__getitem__))
     expected = scaled_logistic().fit(x[train], y[train]).predict(x[test])

@@ -100,7 +100,8 @@ def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: p
     assert executor_processes() == []
 
 
-def test_unreachable_master_fails_with_a_clear_message(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_master_fails_with_a_clear_message(demo: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
     import socket
 
