@@ -15,6 +15,7 @@ None (calling it raises: the model runs on the executors, never here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -31,6 +32,7 @@ import numpy as np
 
 import executor as executor_package
 from executor.modelfile import FORMATS
+from framework import atomic
 from framework.errors import JobSpecError
 
 OUTPUTS = ("predict", "predict_proba", "decision_function")
@@ -236,8 +238,11 @@ def parse_metadata(path: Path, raw: Any) -> ModelMetadata:
 
 
 def inspect_model(path: Path, model_format: str | None = None, trusted_types: Iterable[str] = (),
-                  limits: InspectionLimits = InspectionLimits()) -> ModelMetadata:
+                  limits: InspectionLimits = InspectionLimits(), sha256: str | None = None) -> ModelMetadata:
     """Load ``path`` in an inspection subprocess and return its metadata.
+
+    With ``sha256`` (the file's checksum, as the job file pins it) a successful answer is kept in
+    the inspection cache and a cached one is returned without starting a process.
 
     Raises :class:`InspectionError` (with the refused types for a skops file that holds types
     outside the allow-list) when the file cannot be loaded there, the process crashes, runs out
@@ -248,6 +253,9 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
     model_format = format_of(path, model_format)
     if model_format not in FORMATS:
         raise InspectionError(f"unknown format {model_format!r}; expected one of {', '.join(FORMATS)}")
+    trusted_types = tuple(trusted_types)
+    if sha256 is not None and (cached := _recall(path, sha256, model_format, trusted_types)) is not None:
+        return cached
     memory_mb = limits.memory_for(path)
     cpu_seconds = max(1, int(limits.timeout_seconds))
     package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
@@ -294,10 +302,58 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
                 raise InspectionError(f"ran out of memory while loading in the inspection process "
                                       f"(limit {memory_mb} MB)")
             raise InspectionError(f"could not be loaded as a {model_format} file: {error}")
-        return parse_metadata(path, answer.get("metadata"))
+        raw = answer.get("metadata")
+        metadata = parse_metadata(path, raw)
+        return metadata if sha256 is None else _remember(metadata, raw, sha256, model_format, trusted_types)
     except (ValueError, TypeError) as error:
         raise InspectionError(f"the inspection process gave no valid answer ({error})"
                               + (f": {stderr_tail}" if stderr_tail else "")) from None
+
+
+CACHE_ENV = "MESOS_ENSEMBLE_CACHE_DIR"
+"""Overrides where the inspection cache lives (default ``$XDG_CACHE_HOME/mesos-ensemble``)."""
+
+
+def cache_dir() -> Path:
+    """The inspection cache: one JSON answer per model file, format, allow-list and software."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                       os.path.expanduser("~/.cache"), "mesos-ensemble")
+    return Path(root) / "inspections"
+
+
+def _cache_key(sha256: str, model_format: str, trusted_types: tuple[str, ...]) -> str:
+    """What an answer depends on: the file's bytes, how it is loaded (format, allowed types), the
+    Python and library versions, and the inspecting code itself."""
+    from importlib.metadata import version
+
+    inspector = Path(executor_package.__file__).parent
+    parts = [sha256, model_format, *sorted(trusted_types), sys.version,
+             *(version(name) for name in ("scikit-learn", "numpy", "skops", "joblib")),
+             *(hashlib.sha256((inspector / name).read_bytes()).hexdigest() for name in ("describe.py", "modelfile.py"))]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _recall(path: Path, sha256: str, model_format: str, trusted_types: tuple[str, ...]) -> ModelMetadata | None:
+    """A cached answer for this exact file and loading, type-checked like a fresh one; None if
+    there is none (or it is unreadable: then the model is inspected again)."""
+    entry = cache_dir() / f"{_cache_key(sha256, model_format, trusted_types)}.json"
+    try:
+        return parse_metadata(path, json.loads(entry.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _remember(metadata: ModelMetadata, raw: Any, sha256: str, model_format: str,
+              trusted_types: tuple[str, ...]) -> ModelMetadata:
+    """Keep a successful answer (failures are never cached); a cache that cannot be written is
+    skipped silently, it only saves time."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic.write_text(directory / f"{_cache_key(sha256, model_format, trusted_types)}.json", json.dumps(raw))
+    except OSError:
+        pass
+    return metadata
 
 
 def _refusal(refused: Mapping[str, Any]) -> str:
@@ -327,7 +383,8 @@ def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
     workers = max(1, min(len(models), os.cpu_count() or 1, 4))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
     try:
-        futures = [pool.submit(inspect_model, m.path, m.format, m.trusted_types, limits) for m in models]
+        futures = [pool.submit(inspect_model, m.path, m.format, m.trusted_types, limits, getattr(m, "sha256", None))
+                   for m in models]
         found: dict[str, ModelMetadata] = {}
         for index, (model, future) in enumerate(zip(models, futures)):
             try:

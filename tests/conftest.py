@@ -3,7 +3,10 @@ that no test leaves an executor process of an embedded cluster behind."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +17,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import cluster_records  # noqa: E402
 from framework.localmesos import LocalCluster  # noqa: E402
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One inspection cache for the run (models trained alike are inspected once), never the
+    user's own: subprocesses started by tests inherit it."""
+    from framework.inspection import CACHE_ENV
+
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="mesos-ensemble-test-cache-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from framework.inspection import CACHE_ENV
+
+    directory = os.environ.pop(CACHE_ENV, None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
 
 LEAK_GRACE_SECONDS = 10.0
 """How long a stopped cluster's executor processes may take to disappear."""

@@ -28,8 +28,8 @@ from sklearn.svm import SVC
 from framework.demo import train_demo
 from framework.ensemble import EnsembleCompatibilityError, MemberSpec, check_compatibility, resolve_stack_method
 from framework.errors import JobSpecError
-from framework.inspection import (InspectionError, InspectionLimits, ModelMetadata, inspect_model, inspect_models,
-                                  parse_metadata)
+from framework.inspection import (CACHE_ENV, InspectionError, InspectionLimits, ModelMetadata, inspect_model,
+                                  inspect_models, parse_metadata)
 from framework.job import member_features, member_specs, validate_job
 from framework.jobspec import load_job
 from trojans import markers, marker_expression, write_joblib_trojan
@@ -257,11 +257,44 @@ def test_malicious_joblib_runs_nothing_in_the_framework_process(tmp_path: Path) 
     assert "OK" in validate_job(load_job(job))
     found = markers(tmp_path)
     assert found and os.getpid() not in found  # it ran, but elsewhere
-    command = subprocess.Popen([sys.executable, "-m", "framework.cli", "validate", str(job)], cwd=ROOT,
+    fresh = {**os.environ, CACHE_ENV: str(tmp_path / "empty-cache")}  # else the answer above is reused
+    command = subprocess.Popen([sys.executable, "-m", "framework.cli", "validate", str(job)], cwd=ROOT, env=fresh,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = command.communicate(timeout=300)
     assert command.returncode == 0, err
     assert command.pid not in markers(tmp_path) and len(markers(tmp_path)) == len(found) + 1
+
+
+def test_answers_are_cached_by_checksum_format_and_allow_list(tmp_path: Path, iris,  # noqa: ANN001
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model inspected once (with its sha256) is not loaded again: validate, then run, starts
+    one inspection; another allow-list or other bytes are inspected anew; failures are not kept."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    x, y, _ = iris
+    path = tmp_path / "model.skops"
+    skops.io.dump(LogisticRegression(max_iter=500).fit(x, y), path)
+    checksum = sha(path)
+    first = inspect_model(path, sha256=checksum)
+    assert len(list((tmp_path / "cache" / "inspections").iterdir())) == 1
+
+    def no_process(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the cached answer should have been used")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    again = inspect_model(path, sha256=checksum)
+    assert again.sklearn_version == first.sklearn_version and again.classes.tolist() == first.classes.tolist()
+    assert again.n_features_in_ == first.n_features_in_ and again.loaded_bytes == first.loaded_bytes
+    with pytest.raises(AssertionError, match="cached answer"):  # another allow-list is another question
+        inspect_model(path, trusted_types=["numpy.float64"], sha256=checksum)
+    with pytest.raises(AssertionError, match="cached answer"):  # no checksum: always inspected
+        inspect_model(path)
+    monkeypatch.undo()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    junk = tmp_path / "junk.joblib"
+    junk.write_bytes(b"not a pickle")
+    with pytest.raises(InspectionError):
+        inspect_model(junk, sha256=sha(junk))
+    assert len(list((tmp_path / "cache" / "inspections").iterdir())) == 1  # the failure was not kept
 
 
 def load_job_sha(demo: Path, model: str) -> str:
