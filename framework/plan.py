@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import urllib.error
 import urllib.request
@@ -34,8 +35,11 @@ from framework.jobspec import JobSpec, parse_master
 from framework.offers import OfferView, total
 from framework.packing import RESOURCE_NAMES, Agent, PackingOptions, Resources, resolve_price
 from framework.preflight import local_agents, unplaceable
+from framework.progress import exhausted_on
 from framework.rounds import OfferPolicy, RoundDecision, RoundSnapshot, decide
 from framework.tasks import Tracker, WorkItem
+
+log = logging.getLogger(__name__)
 
 STATE_TIMEOUT_SECONDS = 10.0
 """How long to wait for a master's ``/master/state``."""
@@ -252,6 +256,8 @@ def plan_job(spec: JobSpec, offers: Sequence[OfferView], agents_from: str,
     items, shard_rows = work_items(spec)
     snapshot = first_round_snapshot(spec, demands, items, packing)
     decision = decide(snapshot, offers, 0.0)
+    for line in decision.log:
+        log.log(line.level, "%s", line.message)
     return _describe(spec, demands, items, shard_rows, offers, decision, agents_from)
 
 
@@ -303,10 +309,14 @@ def _describe(spec: JobSpec, demands: JobDemands, items: list[WorkItem], shard_r
         if placed < total_tasks:
             if model.name in never_by_model:
                 reason = f"never fits: {never_by_model[model.name]}"
-            elif model.name in unplaced_by_model:
-                reason = Counter(unplaced_by_model[model.name]).most_common(1)[0][0]
             else:
-                reason = "offers full after this round; waits for capacity that finished tasks free"
+                if model.name in unplaced_by_model:  # given to the packer, which found no room
+                    full = Counter(unplaced_by_model[model.name]).most_common(1)[0][0]
+                else:  # not given to the packer: the offers were full before its turn
+                    short = exhausted_on(decision, demands.task_resources[model.name], demands.task_resources)
+                    full = "; ".join(f"{name} exhausted on {n} agent{'s' if n != 1 else ''}"
+                                     for name, n in short.most_common()) or "no room left"
+                reason = f"{full} after this round; waits for what finished tasks free"
         model_plans.append(ModelPlan(model.name, total_tasks, placed, dict(placed_on[model.name]), reason))
     notes = []
     if spec.stacking is not None and spec.integration == "stacking":
