@@ -265,7 +265,7 @@ def _describe(spec: JobSpec, demands: JobDemands, items: list[WorkItem], shard_r
               offers: Sequence[OfferView], decision: RoundDecision, agents_from: str) -> JobPlan:
     plan = decision.plan
     assert plan is not None  # every item is pending: the round packs
-    merged = {}
+    merged: dict[str, list[OfferView]] = {}
     for offer in offers:
         merged.setdefault(offer.agent_id, []).append(offer)
     launches = {launch.agent.agent_id: launch for launch in decision.launches}
@@ -296,14 +296,13 @@ def _describe(spec: JobSpec, demands: JobDemands, items: list[WorkItem], shard_r
     never = unplaceable(spec.models, agents_as_packed, spec.framework.executors)
     never_by_model = {m.name: reason for i, m in enumerate(spec.models) for reason in never
                       if reason.startswith(f"models[{i}] ({m.name})")}
+    model_of = {item.key: item.model for item in items}
     unplaced_by_model: dict[str, list[str]] = {}
     for key, unplaced in plan.unplaced.items():
-        model = next((i.model for i in items if i.key == key), None)
-        if model is not None:
-            unplaced_by_model.setdefault(model, []).append(_reason(unplaced.exhausted, unplaced.filtered))
+        unplaced_by_model.setdefault(model_of[key], []).append(_reason(unplaced.exhausted, unplaced.filtered))
     model_plans = []
     for model in spec.models:
-        total_tasks = sum(1 for i in items if i.model == model.name)
+        total_tasks = sum(1 for owner in model_of.values() if owner == model.name)
         placed = sum(placed_on[model.name].values())
         reason = None
         if placed < total_tasks:
