@@ -19,6 +19,7 @@ sleeping; ``Console(file=io.StringIO(), force_terminal=True)`` tests the bars wi
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -40,8 +41,6 @@ Mode = Literal["auto", "live", "plain", "quiet"]
 PLAIN_INTERVAL_SECONDS = 5.0
 """At most one plain progress line this often."""
 
-JOB = "job"
-"""The name of the job's own bar (not a model name: model names are checked against it)."""
 
 
 @dataclass
@@ -114,6 +113,7 @@ class JobProgress:
         self._dirty = False
         self._closed = False
         self._bars: dict[str, TaskID] = {}
+        self._job_bar: TaskID | None = None
         self._progress: Progress | None = None
         if mode == "live":
             self._progress = Progress(
@@ -138,13 +138,14 @@ class JobProgress:
             if self._progress is not None:
                 if not self._progress.live.is_started:
                     self._progress.start()
-                    self._bars[JOB] = self._progress.add_task("[bold]job[/bold]", total=0, rows_done=0, note="")
+                    self._job_bar = self._progress.add_task("[bold]job[/bold]", total=0, rows_done=0, note="")
                 if model in self._bars:
                     self._progress.update(self._bars[model], total=counts.tasks)
                 else:
                     self._bars[model] = self._progress.add_task(escape(model), total=counts.tasks, rows_done=0,
                                                                 note="")
-                self._progress.update(self._bars[JOB], total=self.job.tasks)
+                if self._job_bar is not None:
+                    self._progress.update(self._job_bar, total=self.job.tasks)
             self._changed()
 
     def task_done(self, model: str, rows: int) -> None:
@@ -155,9 +156,9 @@ class JobProgress:
                 c.done += 1
                 c.rows_done += rows
             if self._progress is not None:
-                for name, c in ((model, counts), (JOB, self.job)):
-                    if name in self._bars:
-                        self._progress.update(self._bars[name], completed=c.done, rows_done=c.rows_done)
+                for bar, c in ((self._bars.get(model), counts), (self._job_bar, self.job)):
+                    if bar is not None:
+                        self._progress.update(bar, completed=c.done, rows_done=c.rows_done)
             self._changed()
 
     def retry(self, model: str, task: str, reason: str) -> None:
@@ -189,8 +190,8 @@ class JobProgress:
             if reason == self.waiting_reason:
                 return
             self.waiting_reason = reason
-            if self._progress is not None and JOB in self._bars:
-                self._progress.update(self._bars[JOB], note=f"[yellow]{escape(reason)}[/yellow]" if reason else "")
+            if self._progress is not None and self._job_bar is not None:
+                self._progress.update(self._job_bar, note=f"[yellow]{escape(reason)}[/yellow]" if reason else "")
             if reason:
                 self._event(f"waiting: {reason}", self._pending.notes, "yellow")
             else:
@@ -217,6 +218,13 @@ class JobProgress:
                 self._progress.stop()
             elif self.mode == "plain" and (self._dirty or self._last_line is None) and self.job.tasks:
                 self._maybe_line(force=True)
+
+    def log_handler(self) -> logging.Handler:
+        """A logging handler that writes through this display's console (above the bars, which a
+        plain ``StreamHandler`` on stderr would tear)."""
+        from rich.logging import RichHandler
+
+        return RichHandler(console=self.console, show_path=False, markup=False, rich_tracebacks=False)
 
     def __enter__(self) -> "JobProgress":
         return self

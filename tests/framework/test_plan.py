@@ -162,6 +162,14 @@ def test_plan_against_a_running_master_with_authentication(demo_template: Path, 
         assert by_host["big"]["price"] == 3.0 and by_host["small"]["price"] == 1.0
         assert plan["placed_first_round"] == 8 and plan["cost"] == pytest.approx(3.0)
         assert len(sum(by_host["big"]["tasks"].values(), [])) == 8 and by_host["small"]["tasks"] == {}
+        # No flag: a job whose master is host:port is planned on that master, with the job's credentials.
+        job = job_with(demo_template, settings=f'master = "{cluster.master_address}"\nprincipal = "planner"\n'
+                                               f'secret_file = "{secret}"\n')
+        job.write_text(job.read_text().replace('master = "local"', "# master = local"))
+        own = cli("plan", job, "--json")
+        assert own.returncode == 0, own.stderr
+        assert json.loads(own.stdout)["agents_from"] == f"master {cluster.master_address}"
+        assert json.loads(own.stdout)["cost"] == pytest.approx(3.0)
     finally:
         cluster.stop()
 

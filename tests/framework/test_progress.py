@@ -42,22 +42,43 @@ def test_live_bars_per_model_and_job_with_events_as_they_happen() -> None:
     assert progress.mode == "live"
     progress.started("linear", 4, 200)
     progress.started("logistic", 4, 200)
+    progress.started("job", 2, 20)  # a model may be called "job": its bar is its own
     for _ in range(4):
         progress.task_done("linear", 50)
     progress.task_done("logistic", 50)
+    progress.task_done("job", 10)
     progress.retry("logistic", "logistic.s00001", "TASK_FAILED: executor died")
     progress.backup("logistic", "logistic.s00002", "agent-2")
     progress.waiting("3 tasks wait: mem exhausted on 2 agents")
     progress.close()
     text = plain_text(out)
-    bars = {line.split()[0]: line for line in text.splitlines() if re.match(r"\s*(job|linear|logistic)\s", line)}
-    assert "4/4" in bars["linear"] and "1/4" in bars["logistic"] and "5/8" in bars["job"], text
-    assert all("rows/s" in line for line in bars.values()), text
-    assert "mem exhausted on 2 agents" in bars["job"]  # the current waiting reason stays beside the job's bar
+    final = text.splitlines()[-4:]  # the bars as the display left them: the job's, then each model's
+    bars = {line.split()[0]: line for line in final}
+    assert list(bars) == ["job", "linear", "logistic"] and "6/10" in final[0] and "1/2" in final[-1], final
+    assert "4/4" in bars["linear"] and "1/4" in bars["logistic"], final
+    assert all("rows/s" in line for line in final), text
+    assert "mem exhausted on 2 agents" in final[0]  # the current waiting reason stays beside the job's bar
     assert "retry logistic.s00001: TASK_FAILED: executor died" in text
     assert "backup copy of logistic.s00002 on agent-2" in text
     assert "waiting: 3 tasks wait: mem exhausted on 2 agents" in text
     assert "\x1b[" in out.getvalue()  # drawn for a terminal (cursor movement, colour)
+
+
+def test_log_records_go_through_the_display() -> None:
+    import logging
+
+    terminal, out = console(terminal=True)
+    progress = JobProgress(terminal, auto_refresh=False)
+    progress.started("m", 2, 20)
+    logger = logging.getLogger("test_progress.display")
+    logger.propagate = False
+    logger.addHandler(progress.log_handler())
+    try:
+        logger.warning("agent a2 lost; its tasks come back as TASK_LOST")
+    finally:
+        logger.handlers.clear()
+        progress.close()
+    assert "agent a2 lost; its tasks come back as TASK_LOST" in plain_text(out)
 
 
 def test_plain_lines_at_most_one_per_interval_and_a_last_one_on_close() -> None:
