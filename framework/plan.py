@@ -255,7 +255,10 @@ def plan_job(spec: JobSpec, offers: Sequence[OfferView], agents_from: str,
     demands = JobDemands(spec)
     items, shard_rows = work_items(spec)
     snapshot = first_round_snapshot(spec, demands, items, packing)
-    decision = decide(snapshot, offers, 0.0)
+    try:
+        decision = decide(snapshot, offers, 0.0)
+    except ValueError as error:  # e.g. an offer's price attribute is negative
+        raise JobSpecError(f"{agents_from}: {error}") from None
     for line in decision.log:
         log.log(line.level, "%s", line.message)
     return _describe(spec, demands, items, shard_rows, offers, decision, agents_from)

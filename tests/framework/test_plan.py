@@ -124,6 +124,10 @@ def test_bad_offers_are_refused_in_one_line(demo_template: Path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == (f"mesos-ensemble: error: {bad}: offers[0] is not a Mesos v1 Offer (id, "
                                      "agent_id, hostname, resources): missing 'agent_id'")
+    bad.write_text(json.dumps([offer("o1", "a1", 2.0, 2048.0, price=-1.0)]))
+    result = cli("plan", demo_template / "job.toml", "--offers", bad)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"mesos-ensemble: error: {bad}: invalid price -1.0 from attribute price for 'a1.example'")
     bad.write_text("{not json")
     result = cli("plan", demo_template / "job.toml", "--offers", bad)
     assert result.returncode == 2 and f"{bad}: not valid JSON" in result.stderr
