@@ -67,10 +67,20 @@ def package_version() -> str:
         return "(not installed)"
 
 
+def job_failures() -> tuple[type[Exception], ...]:
+    """Errors of a job that ran and failed (exit 1), rather than input refused before anything
+    launched (exit 2)."""
+    from framework.ensemble.specs import IntegrationError  # imported only when needed: it brings numpy
+
+    return (JobFailed, IntegrationError)
+
+
 def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """-v/-q, on the top parser and on every subcommand (there without defaults, so that an option
-    given before the subcommand is not reset by the subcommand's parser)."""
+    given before the subcommand is not reset by the subcommand's parser; they replace a
+    subcommand's own ``--quiet``)."""
     default: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
+    parser.conflict_handler = "resolve"
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages", **default)  # type: ignore[arg-type]
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors: no progress, "
                         "no warnings", **default)  # type: ignore[arg-type]
@@ -87,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job", type=Path, help="the job file (see README, 'Job file')")
     run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
+    run.add_argument("--quiet", action="store_true", help="print only the summary")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path)
@@ -135,20 +146,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except job_failures() as error:  # evaluated only when an exception arrives here
+        print(f"mesos-ensemble: job failed: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     except FrameworkError as error:
-        failed = job_failed(error)
-        print(f"mesos-ensemble: {'job failed' if failed else 'error'}: {error}", file=sys.stderr)
-        return EXIT_JOB_FAILED if failed else EXIT_BAD_INPUT
+        print(f"mesos-ensemble: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mesos-ensemble: interrupted", file=sys.stderr)
         return 130
-
-
-def job_failed(error: FrameworkError) -> bool:
-    """The job ran and failed (exit 1), rather than being refused before anything launched (exit 2)."""
-    from framework.ensemble.specs import IntegrationError  # imported only now: it brings numpy
-
-    return isinstance(error, (JobFailed, IntegrationError))
 
 
 def load_checked(args: argparse.Namespace) -> JobSpec:
