@@ -226,15 +226,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_local_cluster(args: argparse.Namespace) -> int:
-    from framework.localmesos.cli import run_cli
-
-    if getattr(args, "secret", None):
-        raise FrameworkError("local-cluster: --secret would show the secret in the process list (ps); "
-                             "put 'principal secret' in a file and pass --credentials-file instead")
-    return run_cli(args)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     import json
 
@@ -254,8 +245,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_local_cluster(args: argparse.Namespace) -> int:
+    from framework.localmesos.cli import run_cli
+
+    if getattr(args, "secret", None):
+        raise FrameworkError("local-cluster: --secret would show the secret in the process list (ps); "
+                             "put 'principal secret' in a file and pass --credentials-file instead")
+    return run_cli(args)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect, "train-demo": cmd_train_demo,
-            "local-cluster": cmd_local_cluster, "plan": cmd_plan}
+            "local-cluster": cmd_local_cluster}
+
+COMMANDS["plan"] = cmd_plan
 
 if __name__ == "__main__":
     sys.exit(main())
