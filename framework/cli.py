@@ -78,9 +78,8 @@ def job_failures() -> tuple[type[Exception], ...]:
 def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
     """-v/-q, on the top parser and on every subcommand (there without defaults, so that an option
     given before the subcommand is not reset by the subcommand's parser; they replace a
-    subcommand's own ``--quiet``)."""
+    subcommand's own ``--quiet`` where that subcommand's parser resolves conflicts)."""
     default: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
-    parser.conflict_handler = "resolve"
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages", **default)  # type: ignore[arg-type]
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors: no progress, "
                         "no warnings", **default)  # type: ignore[arg-type]
@@ -93,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run an ensemble job described by a TOML job file")
+    run = commands.add_parser("run", help="run an ensemble job described by a TOML job file",
+                              conflict_handler="resolve")  # its --quiet gives way to the common -q/--quiet
     run.add_argument("job", type=Path, help="the job file (see README, 'Job file')")
     run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
