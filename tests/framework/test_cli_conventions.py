@@ -57,6 +57,9 @@ def test_verbose_before_and_quiet_after_both_count(demo: Path) -> None:
     assert args.verbose and args.quiet
     args = build_parser().parse_args(["validate", str(demo)])
     assert not args.verbose and not args.quiet
+    for argv in (["-q", "run", str(demo)], ["run", str(demo), "-q"], ["run", str(demo), "--quiet"]):
+        assert build_parser().parse_args(argv).quiet, argv  # run's own --quiet is the common one
+    assert not build_parser().parse_args(["run", str(demo)]).quiet
 
 
 def test_help_documents_exit_codes_and_local_cluster_shows_defaults() -> None:
