@@ -20,6 +20,7 @@ sleeping; ``Console(file=io.StringIO(), force_terminal=True)`` tests the bars wi
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -159,6 +160,8 @@ class JobProgress:
                 for bar, c in ((self._bars.get(model), counts), (self._job_bar, self.job)):
                     if bar is not None:
                         self._progress.update(bar, completed=c.done, rows_done=c.rows_done)
+                        if c.done >= c.tasks:
+                            self._progress.stop_task(bar)  # its clock (rows/s) stops with it
             self._changed()
 
     def retry(self, model: str, task: str, reason: str) -> None:
@@ -185,14 +188,16 @@ class JobProgress:
             self._event(f"member {model} failed: {reason}", self._pending.failed, "red")
 
     def waiting(self, reason: str | None) -> None:
-        """Why tasks wait now (None: nothing waits). Shown when it changes."""
+        """Why tasks wait now (None: nothing waits): kept beside the job's bar; a line is printed
+        only when the reason itself changes, not when just the number of waiting tasks does."""
         with self._lock:
             if reason == self.waiting_reason:
                 return
+            new_kind = _without_count(reason) != _without_count(self.waiting_reason)
             self.waiting_reason = reason
             if self._progress is not None and self._job_bar is not None:
                 self._progress.update(self._job_bar, note=f"[yellow]{escape(reason)}[/yellow]" if reason else "")
-            if reason:
+            if reason and new_kind:
                 self._event(f"waiting: {reason}", self._pending.notes, "yellow")
             else:
                 self._changed()
@@ -262,6 +267,9 @@ class JobProgress:
     def plain_line(self, now: float) -> str:
         """The job's state as one line (what plain mode prints)."""
         job = self.job
+        if not job.tasks:  # nothing started yet: only what happened
+            return " | ".join(self._pending.notes + self._pending.retries + self._pending.backups
+                              + self._pending.failed) or "progress: no tasks yet"
         parts = [f"progress: {job.done}/{job.tasks} shards"
                  + (f" ({job.done / job.tasks:.0%})" if job.tasks else "")
                  + (f", {job.rows_done}/{job.rows} rows" if job.rows else "")]
@@ -286,6 +294,11 @@ class JobProgress:
         if self.waiting_reason and job.done < job.tasks:
             line += f" | waiting: {self.waiting_reason}"
         return line
+
+
+def _without_count(reason: str | None) -> str | None:
+    """A waiting reason without its leading "N tasks wait" (which changes with every task)."""
+    return None if reason is None else re.sub(r"^\d+ tasks? waits?:? ?", "", reason)
 
 
 def _duration(seconds: float) -> str:

@@ -50,6 +50,8 @@ def test_live_bars_per_model_and_job_with_events_as_they_happen() -> None:
     progress.retry("logistic", "logistic.s00001", "TASK_FAILED: executor died")
     progress.backup("logistic", "logistic.s00002", "agent-2")
     progress.waiting("3 tasks wait: mem exhausted on 2 agents")
+    progress.waiting("2 tasks wait: mem exhausted on 2 agents")  # only fewer: beside the bar, no new line
+    progress.waiting("2 tasks wait: mem exhausted on 2 agents")
     progress.close()
     text = plain_text(out)
     final = text.splitlines()[-4:]  # the bars as the display left them: the job's, then each model's
@@ -57,7 +59,8 @@ def test_live_bars_per_model_and_job_with_events_as_they_happen() -> None:
     assert list(bars) == ["job", "linear", "logistic"] and "6/10" in final[0] and "1/2" in final[-1], final
     assert "4/4" in bars["linear"] and "1/4" in bars["logistic"], final
     assert all("rows/s" in line for line in final), text
-    assert "mem exhausted on 2 agents" in final[0]  # the current waiting reason stays beside the job's bar
+    assert "2 tasks wait: mem exhausted on 2 agents" in final[0]  # the current reason stays beside the job's bar
+    assert text.count("waiting: ") == 1 and "waiting: 2 tasks" not in text
     assert "retry logistic.s00001: TASK_FAILED: executor died" in text
     assert "backup copy of logistic.s00002 on agent-2" in text
     assert "waiting: 3 tasks wait: mem exhausted on 2 agents" in text
@@ -131,16 +134,23 @@ def test_plain_tick_writes_a_due_line_for_events_between_lines() -> None:
     pipe, out = console(terminal=False)
     clock = Clock()
     progress = JobProgress(pipe, clock=clock, interval=5.0)
+    progress.note("framework subscribed to 127.0.0.1:5050")  # before any task: the note alone
+    assert out.getvalue() == "framework subscribed to 127.0.0.1:5050\n"
+    clock.now = 5.0
     progress.started("m", 2, 20)
-    clock.now = 1.0
-    progress.backup("m", "m.s00000", "a2")  # within the interval: held back
-    assert len(out.getvalue().splitlines()) == 1
     clock.now = 6.0
+    progress.backup("m", "m.s00000", "a2")  # within the interval: held back
+    clock.now = 9.0
+    progress.tick()  # not due yet
+    assert len(out.getvalue().splitlines()) == 2
+    clock.now = 10.0
     progress.tick()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and "backups: backup copy of m.s00000 on a2 (it straggles)" in lines[1]
+    assert len(lines) == 3 and lines[2].startswith("progress: 0/2 shards")
+    assert "backups: backup copy of m.s00000 on a2 (it straggles)" in lines[2]
+    clock.now = 20.0
     progress.tick()
-    assert len(out.getvalue().splitlines()) == 2  # nothing new: no line
+    assert len(out.getvalue().splitlines()) == 3  # nothing new: no line
 
 
 def test_quiet_writes_nothing() -> None:
