@@ -42,22 +42,12 @@ def shared_executor_resources(models: list[ModelSpec]) -> Resources:
     return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
 
 
-class JobCatalog:
-    """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
+class JobDemands:
+    """What the packer and an offer round need of a job's work: each item's demand and the
+    executors' resources and models (pure: ``mesos-ensemble plan`` uses it without a server)."""
 
-    def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
-        self.spec, self.server, self.shards = spec, server, shards
-        self.columns = columns or {}
-        self.python, self.executor_package_url = python, executor_package_url
-        self.labels: RemoteFile | None = None
-        self.folds: list[tuple[list[int], list[int]]] = []
-        self.methods: Mapping[str, str] = {}
-        self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
-        self.shard_urls = {
-            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
-            for kind, shard_list in shards.items() for s in shard_list
-        }
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
         # Per model, computed once (demands are built for every pending task in every offer round).
         self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
         self.shared = spec.framework.executors == "shared"
@@ -87,14 +77,6 @@ class JobCatalog:
             self.isolated.add(model)
             log.warning("model %s now runs in executors of its own (a shared executor died running it)", model)
 
-    def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
-                     methods: Mapping[str, str]) -> None:
-        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
-        self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
-                                for s in shards})
-        self.labels, self.folds, self.methods = labels, folds, methods
-
     def demand(self, item: WorkItem) -> TaskDemand:
         return TaskDemand(
             task_id=item.key,
@@ -105,6 +87,33 @@ class JobCatalog:
             constraints=self.spec.model(item.model).constraints,
             duration=self.spec.model(item.model).duration,
         )
+
+
+class JobCatalog(JobDemands):
+    """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
+
+    def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
+                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
+        super().__init__(spec)
+        self.server, self.shards = server, shards
+        self.columns = columns or {}
+        self.python, self.executor_package_url = python, executor_package_url
+        self.labels: RemoteFile | None = None
+        self.folds: list[tuple[list[int], list[int]]] = []
+        self.methods: Mapping[str, str] = {}
+        self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
+        self.shard_urls = {
+            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
+            for kind, shard_list in shards.items() for s in shard_list
+        }
+
+    def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
+                     methods: Mapping[str, str]) -> None:
+        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
+        self.shards["train"] = shards
+        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
+                                for s in shards})
+        self.labels, self.folds, self.methods = labels, folds, methods
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:
         """The ExecutorInfo of executor ``key`` on ``agent``, its resources taken from the offer."""

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
-from framework.errors import FrameworkError
+from framework.errors import FrameworkError, JobFailed
 
 if TYPE_CHECKING:
     from framework.jobspec import JobSpec
@@ -29,16 +29,71 @@ subcommands:
   train-demo OUTDIR     write the founding example (breast-cancer LinearRegression and
                         LogisticRegression, a held-out test CSV and job.toml) into OUTDIR
   local-cluster         start the embedded Mesos cluster on its own and print its master address
+  plan JOB.toml         show where a run's first offer round would put each task, its cost and
+                        lower bound, and why any task waits, without launching anything
+"""
+
+EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
+EPILOG = """\
+options -v/--verbose and -q/--quiet may come before or after the subcommand.
+
+exit status:
+  0    success
+  1    the job ran but failed (a task gave up, a member was lost, integration failed, timeout)
+  2    bad input: a job file, model, data, offers or option that cannot be used; nothing launched
+  130  interrupted (SIGINT, Ctrl-C)
+  143  terminated (SIGTERM)
 """
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none (None, a flag's False, "") or its help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS) \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed distribution's version (package metadata), or say it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mesos-ensemble")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def job_failures() -> tuple[type[Exception], ...]:
+    """Errors of a job that ran and failed (exit 1), rather than input refused before anything
+    launched (exit 2)."""
+    from framework.ensemble.specs import IntegrationError  # imported only when needed: it brings numpy
+
+    return (JobFailed, IntegrationError)
+
+
+def add_common_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """-v/-q, on the top parser and on every subcommand (there without defaults, so that an option
+    given before the subcommand is not reset by the subcommand's parser; they replace a
+    subcommand's own ``--quiet`` where that subcommand's parser resolves conflicts)."""
+    default: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages", **default)  # type: ignore[arg-type]
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results and errors: no progress, "
+                        "no warnings", **default)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mesos-ensemble", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="mesos-ensemble", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    add_common_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run an ensemble job described by a TOML job file")
+    run = commands.add_parser("run", help="run an ensemble job described by a TOML job file",
+                              conflict_handler="resolve")  # its --quiet gives way to the common -q/--quiet
     run.add_argument("job", type=Path, help="the job file (see README, 'Job file')")
     run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
@@ -66,15 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
     from framework.localmesos.cli import add_cli_arguments
 
     add_cli_arguments(local)
+
+    plan = commands.add_parser("plan", help="show where a run's first offer round would place each task")
+    plan.add_argument("job", type=Path, help="the job file")
+    agents = plan.add_mutually_exclusive_group()
+    agents.add_argument("--offers", type=Path, metavar="OFFERS.json",
+                        help="plan on these Mesos v1 offers (a list of offers, or an OFFERS event)")
+    agents.add_argument("--master", metavar="HOST:PORT",
+                        help="plan on a running master's agents (/master/state: resources minus used); "
+                             "default: the job's master if host:port, else its [local_cluster] agents")
+    plan.add_argument("--principal", help="--master: authenticate as this principal (default: the job's)")
+    plan.add_argument("--secret-file", type=Path, help="--master: the principal's secret (default: the job's)")
+    plan.add_argument("--json", action="store_true", help="print the plan as one JSON document")
+    for sub in commands.choices.values():
+        sub.formatter_class = DefaultsFormatter
+        sub.epilog = sub.epilog or "exit status: 0 ok, 1 job failed, 2 bad input, 130/143 interrupted"
+        add_common_options(sub, top=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
+    except job_failures() as error:  # evaluated only when an exception arrives here
+        print(f"mesos-ensemble: job failed: {error}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     except FrameworkError as error:
         print(f"mesos-ensemble: error: {error}", file=sys.stderr)
         return 2
@@ -152,6 +226,25 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from framework.jobspec import load_job
+    from framework.plan import agents_for, plan_job, read_secret, render
+
+    spec = load_job(args.job)
+    secret = read_secret(args.secret_file) if args.secret_file else None
+    offers, source = agents_for(spec, args.offers, args.master, args.principal, secret)
+    plan = plan_job(spec, offers, source)
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        render(plan, Console(soft_wrap=False))
+    return EXIT_OK
+
+
 def cmd_local_cluster(args: argparse.Namespace) -> int:
     from framework.localmesos.cli import run_cli
 
@@ -163,6 +256,8 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect, "train-demo": cmd_train_demo,
             "local-cluster": cmd_local_cluster}
+
+COMMANDS["plan"] = cmd_plan
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,90 @@
+"""Command-line conventions through the real CLI subprocess: --version, -v/-q before or after the
+subcommand, distinct exit codes (documented in --help), defaults shown in --help."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework.demo import train_demo
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "framework.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("cli-demo")
+    return train_demo(directory)
+
+
+def test_version_comes_from_the_installed_package() -> None:
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"mesos-ensemble {importlib.metadata.version('mesos-ensemble')}"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_subcommand(demo: Path, where: str) -> None:
+    args = ["-v", "plan", demo] if where == "before" else ["plan", demo, "-v"]
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "DEBUG framework.plan: offer round: 2 offers, 6 launches" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["-q", "plan", "{job}"], ["plan", "{job}", "--quiet"], ["plan", "-q", "{job}"]])
+def test_quiet_before_or_after_the_subcommand(demo: Path, args: list[str]) -> None:
+    result = cli(*[str(demo) if a == "{job}" else a for a in args])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_verbose_before_and_quiet_after_both_count(demo: Path) -> None:
+    """An option given before the subcommand is not reset by the subcommand's parser."""
+    from framework.cli import build_parser
+
+    args = build_parser().parse_args(["-v", "validate", str(demo), "-q"])
+    assert args.verbose and args.quiet
+    args = build_parser().parse_args(["validate", str(demo)])
+    assert not args.verbose and not args.quiet
+    for argv in (["-q", "run", str(demo)], ["run", str(demo), "-q"], ["run", str(demo), "--quiet"]):
+        assert build_parser().parse_args(argv).quiet, argv  # run's own --quiet is the common one
+    assert not build_parser().parse_args(["run", str(demo)]).quiet
+
+
+def test_help_documents_exit_codes_and_local_cluster_shows_defaults() -> None:
+    top = cli("--help")
+    assert top.returncode == 0
+    for line in ("0    success", "1    the job ran but failed", "2    bad input", "130  interrupted",
+                 "143  terminated"):
+        assert line in top.stdout, top.stdout
+    local = cli("local-cluster", "--help")
+    assert local.returncode == 0
+    flat = " ".join(local.stdout.split())
+    for shown in ("cpus per agent (default: 2.0)", "memory (MB) per agent (default: 4096.0)",
+                  "(default: 10000.0)", "(default: 5050)", "(default 127.0.0.1)"):
+        assert shown in flat, local.stdout
+    assert "exit status: 0 ok, 1 job failed, 2 bad input" in flat
+
+
+def test_bad_input_exits_2_and_a_failed_job_exits_1(demo: Path, tmp_path: Path) -> None:
+    missing = cli("validate", tmp_path / "nope.toml")
+    assert missing.returncode == 2 and missing.stderr.startswith("mesos-ensemble: error: ")
+    with socket.socket() as probe:  # a loopback port with nobody listening: the job cannot finish
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = demo.parent / "unreachable.toml"
+    job.write_text(demo.read_text().replace('master = "local"', f'master = "127.0.0.1:{port}"\ntimeout_seconds = 2'))
+    failed = cli("run", job, "--work-dir", tmp_path / "work", "-q")
+    assert failed.returncode == 1, (failed.stdout, failed.stderr)
+    assert failed.stderr.strip().splitlines()[-1].startswith("mesos-ensemble: job failed: job timed out after 2 s")
