@@ -26,7 +26,7 @@ from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
 from framework.dataset import Dataset, cut_shards, load_dataset
-from framework.errors import JobFailed
+from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
@@ -240,6 +240,8 @@ class JobRunner:
             PackingOptions(time_budget_s=settings.packing_budget_ms / 1000.0),
             OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
             SpeculationPolicy(factor=settings.speculation_factor),
+            timeouts={m.name: m.timeout for m in self.spec.models if m.timeout is not None},
+            placement_timeout=settings.placement_timeout,
         )
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
@@ -275,9 +277,15 @@ class JobRunner:
             if scheduler.framework_id is None and now - self.run_started > SUBSCRIBE_TIMEOUT_SECONDS:
                 raise JobFailed(f"could not subscribe to the Mesos master at {self.master} within "
                                 f"{SUBSCRIBE_TIMEOUT_SECONDS:.0f} s (is it running and reachable?)")
+            lost_for = scheduler.master_lost_for()
+            if lost_for > settings.master_timeout:
+                raise MasterLost(f"lost the Mesos master at {self.master} for {lost_for:.0f} s "
+                                 f"([framework] master_timeout = {settings.master_timeout:g}); the job's journal "
+                                 "is kept: run again to resume")
             if now - last_speculation_check >= SPECULATION_CHECK_SECONDS:
                 last_speculation_check = now
                 scheduler.speculate(driver)
+                scheduler.check_timeouts(driver)
             try:
                 event = scheduler.events.get(timeout=SPECULATION_CHECK_SECONDS)
             except queue.Empty:
@@ -287,8 +295,11 @@ class JobRunner:
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
-        if event.kind is EventKind.FATAL:
+        if event.kind in (EventKind.FATAL, EventKind.UNPLACEABLE):
             raise JobFailed(event.detail)
+        if event.kind is EventKind.WAITING:
+            self.progress(event.detail)
+            return
         item = event.item
         assert item is not None
         if event.kind is EventKind.FINISHED:
