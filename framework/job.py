@@ -286,6 +286,7 @@ class JobRunner:
                 last_speculation_check = now
                 scheduler.speculate(driver)
                 scheduler.check_timeouts(driver)
+                scheduler.check_placement()
             try:
                 event = scheduler.events.get(timeout=SPECULATION_CHECK_SECONDS)
             except queue.Empty:

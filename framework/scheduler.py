@@ -590,6 +590,19 @@ class EnsembleScheduler(pymesos.Scheduler):
         for model, agents in decision.unfit.items():
             self.unfit.setdefault(model, {}).update(agents)
             self.unfit_since.setdefault(model, now)
+        self._check_placement(now)
+
+    def check_placement(self) -> None:
+        """Called periodically by the job: fail waiting work whose time is up between rounds (an
+        agent that cannot fit a task is not offered again for ``never_fits_refuse_seconds``)."""
+        with self.lock:
+            if self.unfit:
+                self._check_placement(self.clock())
+
+    def _check_placement(self, now: float) -> None:
+        """Work that every known agent was judged unable to run (for at least ``refuse_seconds``,
+        so that agents not offered yet can be), or that has waited past ``placement_timeout``,
+        fails the job (an UNPLACEABLE event); else a WAITING line says why it waits."""
         pending: dict[str, int] = defaultdict(int)
         for item in self.tracker.pending():
             pending[item.model] += 1
@@ -601,7 +614,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             why = describe_unfit(agents.values())
             everywhere = bool(self.known_agents) and self.known_agents <= agents.keys()
             waited = now - self.unfit_since.get(model, now)
-            if everywhere or waited > self.placement_timeout:
+            if (everywhere and waited >= self.policy.refuse_seconds) or waited > self.placement_timeout:
                 scope = (f"none of the {len(self.known_agents)} known agents" if everywhere
                          else f"no agent offered in {waited:.0f} s ([framework] placement_timeout)")
                 if model not in self._waiting_said or not self._waiting_said[model].startswith("unplaceable"):

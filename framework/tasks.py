@@ -263,6 +263,8 @@ class Tracker:
             return Transition(TransitionKind.FINISHED, item, agent_id=agent_id, sibling=sibling)
         kind = failure_kind(state, reason, failure)
         description = f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}"
+        if failure is not None and failure.message and failure.message not in description:
+            description += f" ({failure.message})"
         if failure is not None and failure.traceback:
             item.traceback = failure.traceback
             exception = last_line(failure.traceback)
