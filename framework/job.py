@@ -34,7 +34,7 @@ from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
 from framework.preflight import check_data, check_job
 from framework.results import decode_result
-from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent
+from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
 from framework.tasks import Tracker, WorkItem
 from framework.translator import framework_info
@@ -291,6 +291,10 @@ class JobRunner:
                 event = scheduler.events.get(timeout=SPECULATION_CHECK_SECONDS)
             except queue.Empty:
                 continue
+            except RuntimeError as error:  # pymesos re-raises its IO thread's error here (via SIGINT)
+                if not str(error).startswith("Failed with HTTP"):
+                    raise
+                raise JobFailed(describe_driver_abort(error)) from None
             self._handle(event, scheduler, driver, server, on_result, on_member_failed)
 
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,

@@ -93,6 +93,36 @@ class SchedulerEvent:
 Decide = Callable[[RoundSnapshot, Sequence[OfferView], float], RoundDecision]
 
 
+def describe_driver_abort(error: BaseException) -> str:
+    """One line for the exception that stopped pymesos' IO thread (it raises ``RuntimeError('Failed
+    with HTTP 401: ...')`` when the master refuses the framework's credentials)."""
+    text = " ".join(str(error).split())
+    if text.startswith("Failed with HTTP 401"):
+        return ("the Mesos master refused the framework's credentials (HTTP 401): check [framework] principal "
+                "and secret_file (or secret_env)")
+    if text.startswith("Failed with HTTP 403"):
+        return "the Mesos master forbids this framework (HTTP 403): check [framework] principal and role"
+    if text.startswith("Failed with HTTP"):
+        return f"the Mesos master refused the framework: {text[len('Failed with '):][:300]}"
+    return f"the connection to the Mesos master failed: {type(error).__name__}: {text[:300]}"
+
+
+class DriverAbortWatch(logging.Filter):
+    """Turns pymesos' "Thread abort:" log record (its IO thread died; the record carries a
+    40-line traceback) into one FATAL event, and keeps the traceback out of the log."""
+
+    def __init__(self, events: "queue.Queue[SchedulerEvent]") -> None:
+        super().__init__()
+        self.events = events
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Thread abort:" or not record.exc_info or record.exc_info[1] is None:
+            return True
+        self.events.put(SchedulerEvent(EventKind.FATAL, detail=describe_driver_abort(record.exc_info[1])))
+        log.debug("pymesos' IO thread stopped", exc_info=record.exc_info)
+        return False
+
+
 def callback(method: Callable[..., None]) -> Callable[..., None]:
     """Wrap a pymesos callback so that it can never raise into the driver."""
 
@@ -176,6 +206,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         self._waiting_said: dict[str, str] = {}
         self.disconnected_since: float | None = None
         """Since when the master has been unreachable (once subscribed); None while connected."""
+        self._abort_watch = DriverAbortWatch(self.events)
+        logging.getLogger("pymesos.process").addFilter(self._abort_watch)
 
     # --- framework life -------------------------------------------------------------------
     @callback
@@ -237,6 +269,7 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     def close(self) -> None:
         """Stop the decision worker (after the round it is deciding, if any); later offers are dropped."""
+        logging.getLogger("pymesos.process").removeFilter(self._abort_watch)
         with self._inbox_ready:
             self._closed = True
             self._inbox.clear()
