@@ -231,6 +231,8 @@ class EnsembleScheduler(pymesos.Scheduler):
     def disconnected(self, driver: Any) -> None:
         if self.stopping:
             log.debug("disconnected from the master while stopping")
+        elif self.framework_id is None:  # never subscribed (refused, say): the job says why
+            log.info("the connection to the master closed before the framework was subscribed")
         else:
             log.warning("disconnected from the master; pymesos reconnects")
             with self.lock:

@@ -122,6 +122,7 @@ def test_an_executor_killed_mid_task_is_retried(demo: Path, tmp_path: Path, refe
     assert outcome.task_attempts > outcome.tasks  # the killed executor's tasks ran again
 
 
+@pytest.mark.faults
 def test_an_agent_failing_every_task_is_blamed_and_the_job_completes_elsewhere(
         demo: Path, tmp_path: Path, reference: bytes, integrated: Counter[tuple[str, int]],
         make_cluster: Callable[..., LocalCluster], caplog: pytest.LogCaptureFixture) -> None:
@@ -135,6 +136,7 @@ def test_an_agent_failing_every_task_is_blamed_and_the_job_completes_elsewhere(
     assert "infrastructure" in caplog.text and "out of memory" in caplog.text
 
 
+@pytest.mark.faults
 def test_master_lost_beyond_master_timeout_fails_in_one_line(demo: Path, tmp_path: Path,
                                                              make_cluster: Callable[..., LocalCluster]) -> None:
     control = tmp_path / "control"
