@@ -6,6 +6,7 @@ own process records, checked by ``tests/conftest.py`` after every test too)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -197,6 +198,22 @@ def test_master_restarted_within_master_timeout_the_job_completes(
     cluster.restart_master(downtime=2.0)
     outcome = finish(thread, result)
     check_exact(outcome, reference, integrated)
+
+
+def test_a_members_own_error_is_retried_once_then_fails_the_job_in_one_line(
+        demo: Path, tmp_path: Path, make_cluster: Callable[..., LocalCluster],
+        caplog: pytest.LogCaptureFixture) -> None:
+    control = tmp_path / "control"
+    job = controlled_job(demo, control, seconds=0.0)
+    (control / "member-error").touch()
+    caplog.set_level(logging.INFO, "framework.scheduler")
+    with pytest.raises(JobFailed) as failure:
+        JobRunner(on_cluster(job, make_cluster()), work_dir=tmp_path / "w").run()
+    message = str(failure.value)
+    assert "\n" not in message and "after 2 attempts" in message  # not max_retries + 1
+    assert "ValueError: simulated: column 2 is negative" in message
+    assert "Traceback (most recent call last)" in caplog.text and "in pause" in caplog.text  # for --verbose
+    assert not (demo.parent / "predictions.csv").exists()
 
 
 def test_work_no_agent_can_run_fails_fast_with_the_packers_reasons(
