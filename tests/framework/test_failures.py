@@ -278,3 +278,27 @@ def test_master_loss_is_timed_from_the_disconnection_and_ends_on_reregistration(
     assert scheduler.master_lost_for() == 45.0
     scheduler.reregistered(driver, Dict({"hostname": "master", "port": 5050}))
     assert scheduler.master_lost_for() == 0.0
+
+
+# --- the job file's fields ----------------------------------------------------------------
+def test_timeouts_in_the_job_file(tmp_path: Path) -> None:
+    from framework.demo import train_demo
+    from framework.errors import JobSpecError
+    from framework.jobspec import load_job
+
+    job = train_demo(tmp_path / "demo")
+    plain = load_job(job)
+    assert (plain.framework.master_timeout, plain.framework.placement_timeout) == (60.0, 60.0)
+    assert [m.timeout for m in plain.models] == [None, None]
+    text = job.read_text()
+    job.write_text(text.replace('name = "mesos-ensemble-demo"', 'name = "mesos-ensemble-demo"\nmaster_timeout = 5\n'
+                                'placement_timeout = 7.5').replace("mem = 128", "mem = 128\ntimeout = 30", 1))
+    spec = load_job(job)
+    assert (spec.framework.master_timeout, spec.framework.placement_timeout) == (5.0, 7.5)
+    assert [m.timeout for m in spec.models] == [30.0, None]
+    job.write_text(text.replace("mem = 128", "mem = 128\ntimeout = 0", 1))
+    with pytest.raises(JobSpecError, match=r"models\[0\] \(linear\)\.timeout.*must be a positive number, got 0"):
+        load_job(job)
+    job.write_text(text.replace('name = "mesos-ensemble-demo"', 'name = "mesos-ensemble-demo"\nmaster_timeout = -1'))
+    with pytest.raises(JobSpecError, match=r"framework\.master_timeout.*must be a positive number"):
+        load_job(job)
