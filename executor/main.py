@@ -98,12 +98,15 @@ class EnsembleExecutor(pymesos.Executor):
         task_id = task["task_id"]["value"]
         if self._was_killed(task_id):  # killed while queued behind other tasks: never starts
             return
-        self._send(driver, task_id, "TASK_RUNNING")
+        # TASK_STARTING while the inputs download and the model loads; TASK_RUNNING once the task
+        # computes, so that the framework measures stragglers (and timeouts) from compute start.
+        self._send(driver, task_id, "TASK_STARTING")
         try:
             payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
             model, shard = fetch_inputs(payload, self.cache)
             if self._was_killed(task_id):
                 return
+            self._send(driver, task_id, "TASK_RUNNING")
             output, usage = compute_measured(payload, model, shard, self.cache)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
         except Exception as error:  # answer every failure, saying whether the member's own code raised

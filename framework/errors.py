@@ -11,3 +11,7 @@ class JobSpecError(FrameworkError):
 
 class JobFailed(FrameworkError):
     """The job ran but could not produce its result."""
+
+
+class MasterLost(JobFailed):
+    """The Mesos master stayed unreachable longer than ``[framework] master_timeout``."""

@@ -26,7 +26,7 @@ from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
 from framework.dataset import Dataset, cut_shards, load_dataset
-from framework.errors import JobFailed
+from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
@@ -34,7 +34,7 @@ from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
 from framework.preflight import check_data, check_job
 from framework.results import decode_result
-from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent
+from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
 from framework.tasks import Tracker, WorkItem
 from framework.translator import framework_info
@@ -240,6 +240,8 @@ class JobRunner:
             PackingOptions(time_budget_s=settings.packing_budget_ms / 1000.0),
             OfferPolicy(settings.refuse_seconds, settings.never_fits_refuse_seconds, settings.role),
             SpeculationPolicy(factor=settings.speculation_factor),
+            timeouts={m.name: m.timeout for m in self.spec.models if m.timeout is not None},
+            placement_timeout=settings.placement_timeout,
         )
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
@@ -275,20 +277,34 @@ class JobRunner:
             if scheduler.framework_id is None and now - self.run_started > SUBSCRIBE_TIMEOUT_SECONDS:
                 raise JobFailed(f"could not subscribe to the Mesos master at {self.master} within "
                                 f"{SUBSCRIBE_TIMEOUT_SECONDS:.0f} s (is it running and reachable?)")
+            lost_for = scheduler.master_lost_for()
+            if lost_for > settings.master_timeout:
+                raise MasterLost(f"lost the Mesos master at {self.master} for {lost_for:.0f} s "
+                                 f"([framework] master_timeout = {settings.master_timeout:g}); the job's journal "
+                                 "is kept: run again to resume")
             if now - last_speculation_check >= SPECULATION_CHECK_SECONDS:
                 last_speculation_check = now
                 scheduler.speculate(driver)
+                scheduler.check_timeouts(driver)
+                scheduler.check_placement()
             try:
                 event = scheduler.events.get(timeout=SPECULATION_CHECK_SECONDS)
             except queue.Empty:
                 continue
+            except RuntimeError as error:  # pymesos re-raises its IO thread's error here (via SIGINT)
+                if not str(error).startswith("Failed with HTTP"):
+                    raise
+                raise JobFailed(describe_driver_abort(error)) from None
             self._handle(event, scheduler, driver, server, on_result, on_member_failed)
 
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
-        if event.kind is EventKind.FATAL:
+        if event.kind in (EventKind.FATAL, EventKind.UNPLACEABLE):
             raise JobFailed(event.detail)
+        if event.kind is EventKind.WAITING:
+            self.progress(event.detail)
+            return
         item = event.item
         assert item is not None
         if event.kind is EventKind.FINISHED:

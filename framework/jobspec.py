@@ -61,6 +61,8 @@ class ModelSpec:
     """``joblib`` (a pickle: its code runs when loaded) or ``skops`` (only allowed types load)."""
     trusted_types: tuple[str, ...] = ()
     """skops: types allowed on top of the default (scikit-learn's and numpy's own classes)."""
+    timeout: float | None = None
+    """Seconds one task may compute; past it the task is killed and retried on another agent."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ class FrameworkSettings:
     never_fits_refuse_seconds: float = 300.0
     packing_budget_ms: float = 50.0
     timeout_seconds: float = 3600.0
+    master_timeout: float = 60.0
+    """Once subscribed, a master unreachable for longer than this fails the job (journal kept)."""
+    placement_timeout: float = 60.0
+    """Pending work that no offer has fitted for this long fails the job with the packer's reasons."""
 
 
 @dataclass(frozen=True)
@@ -315,7 +321,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
          "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan",
-         "format", "trusted_types"}
+         "format", "trusted_types", "timeout"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -362,6 +368,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         features=tuple(features) if features is not None else None,
         allow_nan=section.get("allow_nan", bool, False),
         format=model_format, trusted_types=tuple(trusted_types),
+        timeout=number("timeout", None, positive=True),
     )
 
 
@@ -432,7 +439,8 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
     for key in ("failover_timeout", "refuse_seconds", "never_fits_refuse_seconds", "packing_budget_ms",
                 "speculation_factor"):
         values[key] = section.number(key, getattr(defaults, key))
-    values["timeout_seconds"] = section.number("timeout_seconds", defaults.timeout_seconds, positive=True)
+    for key in ("timeout_seconds", "master_timeout", "placement_timeout"):
+        values[key] = section.number(key, getattr(defaults, key), positive=True)
     for key in ("artifact_port", "max_retries"):
         values[key] = section.get(key, int, getattr(defaults, key))
         if values[key] < 0:

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers, usage_key
 from framework.offers import merge_by_agent
 from framework.packing import (Agent, AvoidAgents, CostModel, DeclineReason, PackingOptions, Plan, PriceTable,
-                               Resources, TaskDemand, pack)
+                               Resources, TaskDemand, Unplaced, pack)
 from framework.tasks import ItemState, ItemView
 from framework.offers import OfferView
 
@@ -82,6 +82,10 @@ class RoundSnapshot:
     packing: PackingOptions = field(default_factory=PackingOptions)
     policy: OfferPolicy = field(default_factory=OfferPolicy)
     speculation: SpeculationPolicy = field(default_factory=SpeculationPolicy)
+    avoided_agents: frozenset[str] = frozenset()
+    """Agents the whole job avoids (blamed for failing item after item; see ``framework.tasks``)."""
+    unfit_agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per model with pending work, the agents already judged unable to run its task."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class RoundDecision:
     """Agents named in this round's log as too small for the shared executor."""
     log: tuple[LogLine, ...] = ()
     plan: Plan | None = None
+    unfit: Mapping[str, Mapping[str, Unplaced]] = field(default_factory=dict)
+    """Per model with pending work, the offering agents newly judged unable to run one of its
+    tasks even with none of the job's own tasks there: agent id -> the packer's reasons."""
+    fits: frozenset[str] = frozenset()
+    """Models with pending work that one of this round's agents can run (launched or not)."""
 
     @property
     def tasks(self) -> list[tuple[str, TaskLaunch]]:
@@ -171,20 +180,34 @@ def decide(snapshot: RoundSnapshot, offers: Sequence[OfferView], now: float) -> 
     agents_seen = {o.agent_id: o.hostname for o in offers}
     known = snapshot.known_agents | agents_seen.keys()
     active = snapshot.active
-    pending = snapshot.measurements.launch_order(snapshot.pending, {usage_key(i) for i in active})
+    # Retries in their backoff wait; blamed agents are avoided while any other agent is known.
+    ready = [item for item in snapshot.pending if item.not_before <= now]
+    backing_off = [item.not_before - now for item in snapshot.pending if item.not_before > now]
+    avoided = snapshot.avoided_agents if known - snapshot.avoided_agents else frozenset()
+    shunned = [o for o in offers if o.agent_id in avoided]
+    offers = [o for o in offers if o.agent_id not in avoided]
+    shunned_declines = ((Decline(tuple(o.offer_id for o in shunned), policy.refuse_seconds, "unneeded"),)
+                        if shunned else ())
+    pending = snapshot.measurements.launch_order(ready, {usage_key(i) for i in active})
     elapsed = {task_id: now - since for task_id, since in snapshot.started_at.items()}
     # Nothing pending: spare capacity runs backup copies of stragglers.
-    work = pending or stragglers(active, elapsed, snapshot.measurements, snapshot.speculation)
+    work = pending or ([] if backing_off else stragglers(active, elapsed, snapshot.measurements,
+                                                          snapshot.speculation))
     if not work:
+        # Retries backing off: offers come back when the first of them may launch.
+        refuse = max(0.5, min([policy.refuse_seconds, *backing_off]))
         return RoundDecision(
-            declines=(Decline(tuple(o.offer_id for o in offers), policy.refuse_seconds, "unneeded"),) if offers else (),
-            suppress=not snapshot.suppressed, agents_seen=agents_seen,
-            log=(LogLine(logging.DEBUG, f"offer round: {len(offers)} offers, nothing to launch"),))
+            declines=((Decline(tuple(o.offer_id for o in offers), refuse, "unneeded"),) if offers else ())
+            + shunned_declines,
+            suppress=not snapshot.suppressed and not backing_off, agents_seen=agents_seen,
+            log=(LogLine(logging.DEBUG, f"offer round: {len(offers)} offers, nothing to launch"
+                                        f"{f', {len(backing_off)} retries backing off' if backing_off else ''}"),))
     backups = not pending
     log: list[LogLine] = []
     agents, warned = _reserve_executors(snapshot, merge_by_agent(
         offers, snapshot.prices, _in_use(snapshot), _loaded_models(snapshot), _running_tasks(active)), log)
     plan, judged_on_all = _plan(snapshot, work, agents, backups, known, now)
+    unfit, fits = ({}, frozenset()) if backups else _judge_fit(snapshot, pending, agents, plan)
     by_key = {item.key: item for item in work}
     launches: list[AgentLaunch] = []
     declines: list[Decline] = []
@@ -205,10 +228,72 @@ def decide(snapshot: RoundSnapshot, offers: Sequence[OfferView], now: float) -> 
                                          f"{sample.describe()}"))
     log.append(LogLine(logging.DEBUG, f"offer round: {len(offers)} offers, {launched} launches, cost {plan.cost:.3f} "
                                       f"(lower bound {plan.lower_bound:.3f})"))
-    nothing_left = backups or launched == len(pending)
+    nothing_left = (backups or launched == len(pending)) and not backing_off
     return RoundDecision(
-        launches=tuple(launches), declines=tuple(declines), suppress=nothing_left and not snapshot.suppressed,
-        agents_seen=agents_seen, warned_agents=frozenset(warned), log=tuple(log), plan=plan)
+        launches=tuple(launches), declines=tuple(declines) + shunned_declines,
+        suppress=nothing_left and not snapshot.suppressed,
+        agents_seen=agents_seen, warned_agents=frozenset(warned), log=tuple(log), plan=plan, unfit=unfit, fits=fits)
+
+
+def _judge_fit(snapshot: RoundSnapshot, pending: list[ItemView], agents: list[Agent],
+               plan: Plan) -> tuple[dict[str, dict[str, Unplaced]], frozenset[str]]:
+    """For each model with pending work: the agents (not judged before) that could not run one
+    of its tasks even if none of the job's own tasks ran there, with the packer's reasons; and
+    the models some agent of this round can run.  Only models none of whose tasks was placed
+    this round are judged."""
+    placed = {key for keys in plan.assignments.values() for key in keys}
+    fits = {item.model for item in pending if item.key in placed}
+    unplaced_models = {item.model for item in pending} - fits
+    unfit: dict[str, dict[str, Unplaced]] = {}
+    if not unplaced_models:
+        return unfit, frozenset(fits)
+    ours = _running_tasks(snapshot.active)
+    for model in sorted(unplaced_models):
+        demand = dataclasses.replace(snapshot.demands[model], task_id=f"{model} task")
+        judged = snapshot.unfit_agents.get(model, frozenset())
+        for agent in agents:
+            if agent.agent_id in judged:
+                continue
+            freed = Resources()
+            for other, count in ours.get(agent.agent_id, {}).items():
+                if other in snapshot.demands:
+                    for _ in range(count):
+                        freed = freed + snapshot.demands[other].resources
+            alone = dataclasses.replace(agent, capacity=agent.capacity + freed, running_tasks={})
+            verdict = pack([demand], [alone], snapshot.cost_model, snapshot.packing)
+            if demand.task_id in verdict.unplaced:
+                unfit.setdefault(model, {})[agent.agent_id] = verdict.unplaced[demand.task_id]
+            else:
+                fits.add(model)
+                break
+    return unfit, frozenset(fits)
+
+
+def describe_unfit(reasons: Iterable[Unplaced]) -> str:
+    """The packer's reasons over several agents, summed (e.g. "mem exhausted on 2 agents")."""
+    exhausted: dict[str, int] = defaultdict(int)
+    filtered: dict[str, int] = defaultdict(int)
+    for reason in reasons:
+        for name, n in reason.exhausted.items():
+            exhausted[name] += n
+        for name, n in reason.filtered.items():
+            filtered[name] += n
+    return Unplaced("", dict(exhausted), dict(filtered)).describe().removeprefix(": ")
+
+
+def timed_out(active: Iterable[ItemView], computing_since: Mapping[str, float], timeouts: Mapping[str, float],
+              now: float) -> list[tuple[str, float]]:
+    """The running attempts (task id, timeout) that have computed longer than their model's
+    ``timeout`` (``computing_since``: by task id, when its executor started computing)."""
+    overdue = []
+    for item in active:
+        limit = timeouts.get(item.model)
+        if limit is None:
+            continue
+        for task_id in (item.task_id, item.backup_task_id):
+            if task_id is not None and task_id in computing_since and now - computing_since[task_id] > limit:
+                overdue.append((task_id, limit))
+    return overdue
 
 
 def wants_backup_offers(snapshot: RoundSnapshot, now: float) -> bool:
@@ -230,6 +315,8 @@ def item_demand(snapshot: RoundSnapshot, item: ItemView, known_agents: Iterable[
         demand = dataclasses.replace(demand, duration=measured)  # for the cost model's per-second prices
     failed = frozenset(item.failed_agents)
     since = snapshot.retried_at.get(item.key)
+    if since is not None:
+        since = max(since, item.not_before)  # the avoidance counts from when the retry may launch
     if (not failed or not (set(known_agents) - failed) or item.attempts >= snapshot.max_retries
             or since is None or now - since > AVOID_FAILED_AGENTS_SECONDS):
         return demand

@@ -33,9 +33,11 @@ import pymesos  # imported at module load, on the main thread: it installs a SIG
 from framework import translator
 from framework.balancing import Measurements, SpeculationPolicy, usage_key
 from framework.packing import Agent, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand
+from executor.protocol import TaskFailure
 from framework.rounds import (AVOID_FAILED_AGENTS_SECONDS, AgentLaunch, Decline, OfferPolicy, RoundDecision,
-                              RoundSnapshot, TaskLaunch, decide, wants_backup_offers)
-from framework.tasks import ACTIVE_ITEM_STATES, TERMINAL_MESOS_STATES, ItemState, Tracker, TransitionKind, WorkItem
+                              RoundSnapshot, TaskLaunch, decide, describe_unfit, timed_out, wants_backup_offers)
+from framework.tasks import (ACTIVE_ITEM_STATES, BLAME_SECONDS, MEMBER_ERROR, TERMINAL_MESOS_STATES, ItemState,
+                             Tracker, Transition, TransitionKind, WorkItem)
 from framework.translator import Message, OfferView, PoolAllocator
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,10 @@ class EventKind(StrEnum):
     FINISHED = "finished"
     GAVE_UP = "gave_up"
     FATAL = "fatal"
+    UNPLACEABLE = "unplaceable"
+    """A model's task fits on no agent (``detail`` says why): the job fails."""
+    WAITING = "waiting"
+    """Tasks wait for offers that fit them (``detail`` says why): a progress line."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,36 @@ class SchedulerEvent:
 
 
 Decide = Callable[[RoundSnapshot, Sequence[OfferView], float], RoundDecision]
+
+
+def describe_driver_abort(error: BaseException) -> str:
+    """One line for the exception that stopped pymesos' IO thread (it raises ``RuntimeError('Failed
+    with HTTP 401: ...')`` when the master refuses the framework's credentials)."""
+    text = " ".join(str(error).split())
+    if text.startswith("Failed with HTTP 401"):
+        return ("the Mesos master refused the framework's credentials (HTTP 401): check [framework] principal "
+                "and secret_file (or secret_env)")
+    if text.startswith("Failed with HTTP 403"):
+        return "the Mesos master forbids this framework (HTTP 403): check [framework] principal and role"
+    if text.startswith("Failed with HTTP"):
+        return f"the Mesos master refused the framework: {text[len('Failed with '):][:300]}"
+    return f"the connection to the Mesos master failed: {type(error).__name__}: {text[:300]}"
+
+
+class DriverAbortWatch(logging.Filter):
+    """Turns pymesos' "Thread abort:" log record (its IO thread died; the record carries a
+    40-line traceback) into one FATAL event, and keeps the traceback out of the log."""
+
+    def __init__(self, events: "queue.Queue[SchedulerEvent]") -> None:
+        super().__init__()
+        self.events = events
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Thread abort:" or not record.exc_info or record.exc_info[1] is None:
+            return True
+        self.events.put(SchedulerEvent(EventKind.FATAL, detail=describe_driver_abort(record.exc_info[1])))
+        log.debug("pymesos' IO thread stopped", exc_info=record.exc_info)
+        return False
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -122,6 +158,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         rounds_in_callback: bool = False,
         decide: Decide = decide,
         clock: Callable[[], float] = time.monotonic,
+        timeouts: dict[str, float] | None = None,
+        placement_timeout: float = 60.0,
     ) -> None:
         self.tracker, self.catalog = tracker, catalog
         self.prices, self.cost_model, self.packing, self.policy = prices, cost_model, packing, policy
@@ -158,18 +196,32 @@ class EnsembleScheduler(pymesos.Scheduler):
         self._busy = False
         self._closed = False
         self.rounds = 0
+        # Failure handling (see ``_on_failure``, ``check_timeouts``, ``_track_placement``).
+        self.timeouts: dict[str, float] = dict(timeouts or {})
+        """Per model, the seconds one task may compute before it is killed and retried."""
+        self.placement_timeout = placement_timeout
+        self._timing_out: dict[str, float] = {}  # task id -> its timeout, killed for running past it
+        self.unfit: dict[str, dict[str, Any]] = {}  # model -> agent -> the packer's reasons
+        self.unfit_since: dict[str, float] = {}
+        self._waiting_said: dict[str, str] = {}
+        self.disconnected_since: float | None = None
+        """Since when the master has been unreachable (once subscribed); None while connected."""
+        self._abort_watch = DriverAbortWatch(self.events)
+        logging.getLogger("pymesos.process").addFilter(self._abort_watch)
 
     # --- framework life -------------------------------------------------------------------
     @callback
     def registered(self, driver: Any, framework_id: Any, master_info: Any) -> None:
         with self.lock:
             self.framework_id = translator.read_id(framework_id)
+        self._master_back()
         log.info("registered as framework %s with master %s", self.framework_id, translator.read_master(master_info))
         self._revive_if_needed(driver)
 
     @callback
     def reregistered(self, driver: Any, master_info: Any) -> None:
         log.info("re-registered with the master; reconciling active tasks")
+        self._master_back()
         with self.lock:
             active = [t for i in self.tracker.active() for t in i.running_task_ids()]
         driver.reconcileTasks(translator.reconcile_tasks(active))
@@ -179,8 +231,13 @@ class EnsembleScheduler(pymesos.Scheduler):
     def disconnected(self, driver: Any) -> None:
         if self.stopping:
             log.debug("disconnected from the master while stopping")
+        elif self.framework_id is None:  # never subscribed (refused, say): the job says why
+            log.info("the connection to the master closed before the framework was subscribed")
         else:
             log.warning("disconnected from the master; pymesos reconnects")
+            with self.lock:
+                if self.framework_id is not None and self.disconnected_since is None:
+                    self.disconnected_since = self.clock()
 
     @callback
     def error(self, driver: Any, message: str) -> None:
@@ -214,6 +271,7 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     def close(self) -> None:
         """Stop the decision worker (after the round it is deciding, if any); later offers are dropped."""
+        logging.getLogger("pymesos.process").removeFilter(self._abort_watch)
         with self._inbox_ready:
             self._closed = True
             self._inbox.clear()
@@ -296,6 +354,8 @@ class EnsembleScheduler(pymesos.Scheduler):
             started_at=dict(self.started_at),
             known_agents=frozenset(self.known_agents),
             retried_at=dict(self.retried_at),
+            avoided_agents=self.tracker.avoided_agents(self.clock()),
+            unfit_agents={model: frozenset(agents) for model, agents in self.unfit.items()},
             max_retries=self.tracker.max_retries,
             suppressed=self.suppressed,
             reserve_warned=frozenset(self.reserve_warned),
@@ -316,6 +376,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.known_agents.update(decision.agents_seen)
             self.hostnames.update(decision.agents_seen)
             self.reserve_warned |= decision.warned_agents
+            self._track_placement(decision)
             for decline in decision.declines:
                 kept = tuple(o for o in decline.offer_ids if o not in self._rescinded)
                 if kept:
@@ -332,11 +393,9 @@ class EnsembleScheduler(pymesos.Scheduler):
                     if kept:
                         declines.append(Decline(kept, self.policy.refuse_seconds, "unneeded", agent_id))
                     continue
-                now = self.clock()
                 for task, item, _generation in valid:
                     task_id = self.tracker.launched(item, agent_id)
                     assert task_id == task.task_id, (task_id, task.task_id)
-                    self.started_at[task_id] = now
                 for key, generation in starts:
                     self.executors[(agent_id, key)] = generation
                 self.executors_launched += len(starts)
@@ -415,7 +474,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         update = translator.read_status(status)
         running = update.state == "TASK_RUNNING"
         with self.lock:
-            transition = self.tracker.on_update(update.task_id, update.state, update.message, update.reason)
+            failure = self._failure_of(update)
+            transition = self.tracker.on_update(update.task_id, update.state, update.message, update.reason,
+                                                failure, self.clock())
             item = transition.item
             if update.reason == "REASON_EXECUTOR_TERMINATED" and item is not None and transition.agent_id:
                 self._forget_executor(transition.agent_id, self.catalog.executor_key(item.model))
@@ -443,8 +504,10 @@ class EnsembleScheduler(pymesos.Scheduler):
         elif transition.kind is TransitionKind.DROPPED:
             log.warning("task %s: %s; its other copy runs on", update.task_id, transition.detail)
         elif transition.kind is TransitionKind.RETRY:
-            log.warning("task %s: %s; will retry", update.task_id, transition.detail)
+            self._report_failure(update.task_id, transition, "will retry")
             self._revive_if_needed(driver)
+        elif transition.kind is TransitionKind.GAVE_UP:
+            self._report_failure(update.task_id, transition, "giving up")
         elif transition.kind is TransitionKind.IGNORED:
             log.debug(transition.detail)
 
@@ -473,7 +536,7 @@ class EnsembleScheduler(pymesos.Scheduler):
     def retry(self, driver: Any, item: WorkItem, description: str) -> None:
         """The main thread rejected a finished result (corrupt data): run the item again."""
         with self.lock:
-            transition = self.tracker.reject_result(item, description)
+            transition = self.tracker.reject_result(item, description, self.clock())
             if transition.kind is TransitionKind.GAVE_UP:
                 self.events.put(SchedulerEvent(EventKind.GAVE_UP, item, detail=description))
             else:
@@ -509,6 +572,106 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             self.tracker.add(items)
         self._revive_if_needed(driver)
+
+    # --- failures: classes, timeouts, placement, master loss --------------------------------
+    def _failure_of(self, update: Any) -> TaskFailure | None:
+        """What a terminal update says of its failure: the executor's :class:`TaskFailure`, or,
+        for a task this scheduler killed for running past its model's timeout, an
+        infrastructure failure saying so (call with the lock held)."""
+        limit = self._timing_out.pop(update.task_id, None) if update.state in TERMINAL_MESOS_STATES else None
+        if limit is not None and update.state == "TASK_KILLED":
+            return TaskFailure("infrastructure", "Timeout", f"ran past the model's timeout of {limit:g} s")
+        if update.state == "TASK_FAILED":
+            return TaskFailure.from_status(update.data, update.message)
+        return None
+
+    def _report_failure(self, task_id: str, transition: Transition, outcome: str) -> None:
+        """Log a failed attempt on one line, its executor-side traceback at INFO (``--verbose``),
+        and an agent newly avoided by the whole job."""
+        item = transition.item
+        log.warning("task %s (%s): %s; %s", task_id, transition.kind_of_failure or "infrastructure",
+                    transition.detail, outcome)
+        if item is not None and item.traceback and transition.kind_of_failure == MEMBER_ERROR:
+            log.info("task %s: the executor's traceback:\n%s", task_id, item.traceback.rstrip())
+        if transition.blamed:
+            log.warning("agent %s failed several tasks in a row: the job avoids it for %.0f s",
+                        self.hostnames.get(transition.blamed, transition.blamed), BLAME_SECONDS)
+
+    def check_timeouts(self, driver: Any) -> list[str]:
+        """Kill every task that has computed longer than its model's ``timeout`` (its TASK_KILLED
+        then counts as an infrastructure failure, retried elsewhere); return their task ids."""
+        if not self.timeouts:
+            return []
+        with self.lock:
+            overdue = [(task_id, limit) for task_id, limit in timed_out(
+                self.tracker.active_views(), self.started_at, self.timeouts, self.clock())
+                if task_id not in self._timing_out]
+            for task_id, limit in overdue:
+                self._timing_out[task_id] = limit
+        for task_id, limit in overdue:
+            log.warning("task %s ran past its model's timeout of %g s: killing it to retry elsewhere", task_id, limit)
+            driver.killTask(translator.id_message(task_id))
+        return [task_id for task_id, _limit in overdue]
+
+    def _track_placement(self, decision: RoundDecision) -> None:
+        """Follow, per model with pending work, the agents that cannot run its task (call with the
+        lock held): once every known agent is among them, or after ``placement_timeout``, the job
+        fails with the packer's reasons; meanwhile a progress line says why its tasks wait."""
+        now = self.clock()
+        for model in decision.fits:
+            self.unfit.pop(model, None)
+            self.unfit_since.pop(model, None)
+            self._waiting_said.pop(model, None)
+        for model, agents in decision.unfit.items():
+            self.unfit.setdefault(model, {}).update(agents)
+            self.unfit_since.setdefault(model, now)
+        self._check_placement(now)
+
+    def check_placement(self) -> None:
+        """Called periodically by the job: fail waiting work whose time is up between rounds (an
+        agent that cannot fit a task is not offered again for ``never_fits_refuse_seconds``)."""
+        with self.lock:
+            if self.unfit:
+                self._check_placement(self.clock())
+
+    def _check_placement(self, now: float) -> None:
+        """Work that every known agent was judged unable to run (for at least ``refuse_seconds``,
+        so that agents not offered yet can be), or that has waited past ``placement_timeout``,
+        fails the job (an UNPLACEABLE event); else a WAITING line says why it waits."""
+        pending: dict[str, int] = defaultdict(int)
+        for item in self.tracker.pending():
+            pending[item.model] += 1
+        for model, agents in list(self.unfit.items()):
+            if not pending.get(model):
+                del self.unfit[model]
+                self.unfit_since.pop(model, None)
+                continue
+            why = describe_unfit(agents.values())
+            everywhere = bool(self.known_agents) and self.known_agents <= agents.keys()
+            waited = now - self.unfit_since.get(model, now)
+            if (everywhere and waited >= self.policy.refuse_seconds) or waited > self.placement_timeout:
+                scope = (f"none of the {len(self.known_agents)} known agents" if everywhere
+                         else f"no agent offered in {waited:.0f} s ([framework] placement_timeout)")
+                if model not in self._waiting_said or not self._waiting_said[model].startswith("unplaceable"):
+                    self.events.put(SchedulerEvent(EventKind.UNPLACEABLE, detail=(
+                        f"model {model}: {pending[model]} task(s) cannot be placed: {scope} can run one ({why})")))
+                self._waiting_said[model] = "unplaceable"
+                continue
+            line = f"{pending[model]} task(s) of model {model} wait: {why}"
+            if self._waiting_said.get(model) != line:
+                self._waiting_said[model] = line
+                self.events.put(SchedulerEvent(EventKind.WAITING, detail=line))
+
+    def _master_back(self) -> None:
+        with self.lock:
+            if self.disconnected_since is not None:
+                log.info("the master is back after %.1f s", self.clock() - self.disconnected_since)
+            self.disconnected_since = None
+
+    def master_lost_for(self) -> float:
+        """Seconds the master has been unreachable since the framework was subscribed (0 if connected)."""
+        with self.lock:
+            return 0.0 if self.disconnected_since is None else self.clock() - self.disconnected_since
 
     # --- helpers --------------------------------------------------------------------------
     def _fatal(self, where: str, error: Exception) -> None:

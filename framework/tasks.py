@@ -14,7 +14,43 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import NamedTuple
 
-from executor.protocol import Operation
+from executor.protocol import Operation, TaskFailure
+
+INFRASTRUCTURE = "infrastructure"
+MEMBER_ERROR = "member_error"
+
+MEMBER_ERROR_RETRIES = 1
+"""A member's own exception is deterministic: it is retried once (on another agent), then the
+member fails."""
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 30.0
+"""An infrastructure failure's retry waits 1 s, 2 s, 4 s ... (at most 30 s) before it is launched."""
+BLAME_STREAK = 3
+"""An agent on which this many different items fail in a row (infrastructure failures, with no
+task finishing there in between) ..."""
+BLAME_SECONDS = 300.0
+"""... is avoided by the whole job for this long (unless no other agent is known)."""
+
+
+def retry_backoff(infrastructure_failures: int) -> float:
+    """Seconds before the retry after the ``infrastructure_failures``-th failure (1-based)."""
+    return min(BACKOFF_BASE_SECONDS * 2 ** max(0, infrastructure_failures - 1), BACKOFF_MAX_SECONDS)
+
+
+def failure_kind(state: str, reason: str, failure: TaskFailure | None) -> str:
+    """``member_error`` when the executor said the member's own code raised, else
+    ``infrastructure`` (executor or agent lost, fetch failure, OOM kill, a lost, unreachable,
+    gone or dropped task, a timeout, a bug in the executor)."""
+    if state == "TASK_FAILED" and failure is not None and failure.is_member_error \
+            and reason != "REASON_EXECUTOR_TERMINATED":
+        return MEMBER_ERROR
+    return INFRASTRUCTURE
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a traceback (the exception itself)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 class ItemState(str, Enum):
@@ -67,6 +103,13 @@ class WorkItem:
     backup_agent_id: str | None = None
     failed_agents: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    member_errors: int = 0
+    """Attempts that failed by the member's own exception."""
+    infrastructure_failures: int = 0
+    not_before: float = 0.0
+    """A retry after an infrastructure failure is not launched before this time (backoff)."""
+    traceback: str = ""
+    """The executor-side traceback of the last failed attempt that sent one."""
 
     def next_task_id(self) -> str:
         return attempt_task_id(self.key, self.attempts + 1)
@@ -74,7 +117,7 @@ class WorkItem:
     def view(self) -> "ItemView":
         """An immutable copy of what an offer round reads (see ``framework.rounds``)."""
         return ItemView(self.key, self.model, self.operation, self.state, self.attempts, self.task_id, self.agent_id,
-                        self.backup_task_id, tuple(self.failed_agents))
+                        self.backup_task_id, tuple(self.failed_agents), self.not_before)
 
     def running_task_ids(self) -> list[str]:
         """The Mesos tasks of this item that may still run (its attempt and any backup)."""
@@ -95,6 +138,7 @@ class ItemView(NamedTuple):
     agent_id: str | None
     backup_task_id: str | None
     failed_agents: tuple[str, ...]
+    not_before: float = 0.0
 
     def next_task_id(self) -> str:
         return attempt_task_id(self.key, self.attempts + 1)
@@ -110,6 +154,10 @@ class Transition:
     detail: str = ""
     agent_id: str | None = None
     sibling: str | None = None
+    kind_of_failure: str = ""
+    """For a failed attempt: ``member_error`` or ``infrastructure``."""
+    blamed: str | None = None
+    """An agent this failure made the whole job avoid (see :data:`BLAME_STREAK`)."""
 
 
 ACTIVE_ITEM_STATES = (ItemState.LAUNCHED, ItemState.RUNNING)
@@ -126,6 +174,8 @@ class Tracker:
     def __init__(self, items: list[WorkItem], max_retries: int) -> None:
         self.items: dict[str, WorkItem] = {}
         self.max_retries = max_retries
+        self._streaks: dict[str, list[str]] = {}  # agent -> items failed there in a row
+        self.blamed_until: dict[str, float] = {}  # agent -> avoided by the whole job until then
         self._by_task: dict[str, WorkItem] = {}
         self._pending: dict[str, WorkItem] = {}
         self._active: dict[str, WorkItem] = {}
@@ -189,8 +239,10 @@ class Tracker:
         self._by_task[task_id] = item
         return task_id
 
-    def on_update(self, task_id: str, state: str, message: str = "", reason: str = "") -> Transition:
-        """Apply a Mesos status update for ``task_id``."""
+    def on_update(self, task_id: str, state: str, message: str = "", reason: str = "",
+                  failure: TaskFailure | None = None, now: float = 0.0) -> Transition:
+        """Apply a Mesos status update for ``task_id`` (``failure``: what the executor said a
+        failed task's error was; ``now``: the clock, for the retry's backoff and blame)."""
         item = self._by_task.get(task_id)
         if item is None or task_id not in item.running_task_ids():
             return Transition(TransitionKind.IGNORED, item, f"stale or unknown task {task_id} ({state})")
@@ -203,11 +255,22 @@ class Tracker:
                 self._move(item, ItemState.RUNNING)
             return Transition(TransitionKind.STARTED, item, agent_id=agent_id)
         if state == "TASK_FINISHED":
+            if agent_id:
+                self._streaks.pop(agent_id, None)
             self._move(item, ItemState.FINISHED)
             item.task_id, item.agent_id = task_id, agent_id  # the attempt whose result counts
             item.backup_task_id = item.backup_agent_id = None
             return Transition(TransitionKind.FINISHED, item, agent_id=agent_id, sibling=sibling)
+        kind = failure_kind(state, reason, failure)
         description = f"{state}{' (' + reason + ')' if reason else ''}: {message or 'no message'}"
+        if failure is not None and failure.message and failure.message not in description:
+            description += f" ({failure.message})"
+        if failure is not None and failure.traceback:
+            item.traceback = failure.traceback
+            exception = last_line(failure.traceback)
+            if exception and exception not in description:
+                description += f" [{exception}]"
+        blamed = self._blame(agent_id, item.key, now) if kind == INFRASTRUCTURE and agent_id else None
         if sibling is not None:
             # The other attempt runs on: this one is dropped, not retried.
             item.failures.append(f"attempt {task_id} on {agent_id}: {description}")
@@ -216,25 +279,54 @@ class Tracker:
             if not backup:
                 item.task_id, item.agent_id = item.backup_task_id, item.backup_agent_id
             item.backup_task_id = item.backup_agent_id = None
-            return Transition(TransitionKind.DROPPED, item, description, agent_id=agent_id)
-        return dataclasses.replace(self.attempt_failed(item, description), agent_id=agent_id)
+            return Transition(TransitionKind.DROPPED, item, description, agent_id=agent_id, kind_of_failure=kind,
+                              blamed=blamed)
+        return dataclasses.replace(self.attempt_failed(item, description, kind, now), agent_id=agent_id,
+                                   blamed=blamed)
 
-    def attempt_failed(self, item: WorkItem, description: str) -> Transition:
-        """An attempt ended badly: retry it (elsewhere if possible) or give up."""
+    def attempt_failed(self, item: WorkItem, description: str, kind: str = INFRASTRUCTURE,
+                       now: float = 0.0) -> Transition:
+        """An attempt ended badly: retry it (elsewhere if possible) or give up.  A member's own
+        error is retried at most :data:`MEMBER_ERROR_RETRIES` times, at once; an infrastructure
+        failure up to ``max_retries`` times, after :func:`retry_backoff`."""
         self._views.pop(item.key, None)
         item.failures.append(f"attempt {item.attempts} on {item.agent_id}: {description}")
         if item.agent_id:
             item.failed_agents.append(item.agent_id)
-        if item.attempts > self.max_retries:
+        if kind == MEMBER_ERROR:
+            item.member_errors += 1
+            give_up = item.member_errors > MEMBER_ERROR_RETRIES
+        else:
+            item.infrastructure_failures += 1
+            item.not_before = now + retry_backoff(item.infrastructure_failures)
+            give_up = False
+        if give_up or item.attempts > self.max_retries:
             self._move(item, ItemState.FAILED)
-            return Transition(TransitionKind.GAVE_UP, item, description)
+            return Transition(TransitionKind.GAVE_UP, item, description, kind_of_failure=kind)
         self._move(item, ItemState.PENDING)
-        return Transition(TransitionKind.RETRY, item, description)
+        return Transition(TransitionKind.RETRY, item, description, kind_of_failure=kind)
 
-    def reject_result(self, item: WorkItem, description: str) -> Transition:
-        """A finished attempt's result was unusable (corrupt data): it counts as a failed attempt."""
+    def _blame(self, agent_id: str, item_key: str, now: float) -> str | None:
+        """Count an infrastructure failure against ``agent_id``; return it when this makes
+        :data:`BLAME_STREAK` different items in a row there (it is then avoided job-wide)."""
+        streak = self._streaks.setdefault(agent_id, [])
+        if item_key not in streak:
+            streak.append(item_key)
+        if len(streak) < BLAME_STREAK:
+            return None
+        self._streaks.pop(agent_id)
+        self.blamed_until[agent_id] = now + BLAME_SECONDS
+        return agent_id
+
+    def avoided_agents(self, now: float) -> frozenset[str]:
+        """The agents the whole job avoids at ``now`` (blamed for failing item after item)."""
+        return frozenset(agent for agent, until in self.blamed_until.items() if until > now)
+
+    def reject_result(self, item: WorkItem, description: str, now: float = 0.0) -> Transition:
+        """A finished attempt's result was unusable (corrupt data): it counts as a failed attempt
+        (an infrastructure failure)."""
         self._move(item, ItemState.RUNNING)
-        return self.attempt_failed(item, description)
+        return self.attempt_failed(item, description, INFRASTRUCTURE, now)
 
     def cancel_model(self, model: str) -> list[str]:
         """Stop caring about a model's items; return the Mesos tasks that still run (to be killed)."""

@@ -27,7 +27,7 @@ class RecordingExecutorDriver:
     def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
         status.setdefault("uuid", base64.b64encode(hashlib.md5(str(id(status)).encode()).digest()).decode())
         self.updates.append(status)
-        if status["state"] not in ("TASK_RUNNING",):
+        if status["state"] not in ("TASK_STARTING", "TASK_RUNNING"):
             self.done.set()
 
 
@@ -51,9 +51,9 @@ def test_running_then_finished_with_the_result(tmp_path: Path) -> None:
     executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
     assert driver.done.wait(30)
     executor.shutdown(driver)
-    assert [u["state"] for u in driver.updates] == ["TASK_RUNNING", "TASK_FINISHED"]
-    assert len({u["uuid"] for u in driver.updates}) == 2  # a fresh dict for every update
-    envelope = ResultEnvelope.from_json(base64.b64decode(driver.updates[1]["data"]))
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert len({u["uuid"] for u in driver.updates}) == 3  # a fresh dict for every update
+    envelope = ResultEnvelope.from_json(base64.b64decode(driver.updates[-1]["data"]))
     result = npy_to_array(base64.b64decode(envelope.npy_b64 or ""))
     np.testing.assert_allclose(result, features.sum(axis=1))
 
@@ -65,8 +65,34 @@ def test_failure_is_reported_with_its_reason(tmp_path: Path) -> None:
     executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "missing.npy").as_uri()))
     assert driver.done.wait(30)
     executor.shutdown(driver)
-    assert driver.updates[-1]["state"] == "TASK_FAILED"
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_FAILED"]  # never computed
     assert "could not download shard 0" in driver.updates[-1]["message"]
+
+
+def test_running_is_reported_only_once_the_inputs_are_in(tmp_path: Path) -> None:
+    """A slow download keeps the task in TASK_STARTING: the framework measures stragglers (and
+    timeouts) from TASK_RUNNING, so download time never earns a backup copy."""
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    downloading, release = threading.Event(), threading.Event()
+    plain = executor.cache.download
+
+    def slow_download(url: str) -> bytes:
+        if url.endswith("shard.npy"):
+            downloading.set()
+            assert release.wait(30)
+        return plain(url)
+
+    executor.cache.download = slow_download
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    assert downloading.wait(30)
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING"]
+    release.set()
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
 
 
 def test_killed_task_reports_killed_only(tmp_path: Path) -> None:

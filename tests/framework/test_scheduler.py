@@ -127,13 +127,19 @@ def test_nothing_pending_declines_and_suppresses(scheduler: EnsembleScheduler) -
     assert len(driver.launches) == 1 and len(driver.declines) == 1 and driver.suppressed == 1
 
 
-def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler) -> None:
+def test_failure_is_retried_elsewhere_then_gives_up(tmp_path: Path, server: ArtifactServer) -> None:
+    now = [100.0]
+    scheduler = demo_scheduler(tmp_path, server, rounds_in_callback=True, clock=lambda: now[0])
     driver = FakeDriver(scheduler)
     # a2 offers too little to run anything, but is known from now on.
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096), make_offer("a2", cpus=0.05, mem=16)])
     first = launched_task_ids(driver)[0]
     scheduler.statusUpdate(driver, make_status(first, "TASK_FAILED", "a1", message="boom"))
     assert driver.revived == 1
+    # An infrastructure failure's retry backs off (1 s) before it launches anywhere.
+    scheduler.resourceOffers(driver, [make_offer("a2", cpus=4, mem=4096)])
+    assert first.replace(".a1", ".a2") not in launched_task_ids(driver)
+    now[0] += 1.5
     # The retry avoids a1 while another agent is known.
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     assert first.replace(".a1", ".a2") not in launched_task_ids(driver)
@@ -141,6 +147,7 @@ def test_failure_is_retried_elsewhere_then_gives_up(scheduler: EnsembleScheduler
     second = first.replace(".a1", ".a2")
     assert second in launched_task_ids(driver)
     scheduler.statusUpdate(driver, make_status(second, "TASK_LOST", "a2", reason="REASON_AGENT_REMOVED"))
+    now[0] += 2.5  # the second backoff: 2 s
     # The last attempt may run anywhere, even where it failed before.
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     third = first.replace(".a1", ".a3")
@@ -169,8 +176,9 @@ def test_callback_errors_never_reach_the_driver(scheduler: EnsembleScheduler) ->
     assert event.kind == "fatal" and "resourceOffers" in event.detail
 
 
-@pytest.mark.parametrize("scheduler", ["per_model"], indirect=True)
-def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) -> None:
+def test_executor_terminated_forgets_the_executor(tmp_path: Path, server: ArtifactServer) -> None:
+    now = [100.0]
+    scheduler = demo_scheduler(tmp_path, server, "per_model", rounds_in_callback=True, clock=lambda: now[0])
     driver = FakeDriver(scheduler)
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     task = driver.launches[0][1][0]
@@ -179,6 +187,7 @@ def test_executor_terminated_forgets_the_executor(scheduler: EnsembleScheduler) 
                                                reason="REASON_EXECUTOR_TERMINATED", message="Executor terminated"))
     assert task["executor"]["executor_id"]["value"] == f"{model}.g0"
     assert ("a1", model) not in scheduler.executors
+    now[0] += 1.5  # past the retry's backoff (an executor lost is an infrastructure failure)
     scheduler.resourceOffers(driver, [make_offer("a1", cpus=4, mem=4096)])
     relaunched = driver.launches[-1][1][0]
     assert relaunched["executor"]["executor_id"]["value"] == f"{model}.g1"
@@ -285,6 +294,10 @@ def test_a_straggler_brings_offers_back_at_most_once_per_refuse_period(tmp_path:
         scheduler.record_usage(item, 0.01, 0.01)
     straggler, where = first[0][1]["task_id"]["value"], first[0][1]["agent_id"]["value"]
     revived = driver.revived
+    clock[0] += 60.0  # a minute fetching its inputs (no TASK_RUNNING yet) is not straggling
+    scheduler.speculate(driver)
+    assert driver.revived == revived
+    scheduler.statusUpdate(driver, make_status(straggler, "TASK_RUNNING", where))  # computing from now
     scheduler.speculate(driver)
     assert driver.revived == revived  # not overdue yet
     clock[0] += 60.0  # it has now run a minute
