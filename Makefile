@@ -10,7 +10,7 @@ PYTAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.v
 WHEELHOUSE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/mesos-ensemble/wheels-$(PYTAG)
 DEMO_DIR := build/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test faults lint bench clean
 install: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml scripts/build-http-parser.sh
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Every fault-injection test, the slow ones included (`make test` runs the quick ones).
+faults: $(STAMP)
+	$(BIN)/python -m pytest -m "" tests/faults
 
 # Style, types and the architecture's import rules (contracts in pyproject.toml).
 lint: $(STAMP)

@@ -21,10 +21,6 @@ from tests.faults import slowmodels
 from tests.faults.slowmodels import pause
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "faults: slow fault-injection tests on the embedded cluster (make faults)")
-
-
 class ByValue:
     """Pickles as ``slowmodels.pause``: imported where the test package is importable (the
     framework's inspection subprocess, which pickles the model again to size it), else rebuilt
