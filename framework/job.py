@@ -264,7 +264,8 @@ class JobRunner:
         return self.journal.framework_id or None
 
     def _local(self) -> bool:
-        return self.spec.framework.master == "local" and self.start_local_cluster
+        """The job's master is new in every run (the embedded cluster, or a test's own mock)."""
+        return self.spec.framework.master == "local"
 
     def _submit(self, scheduler: EnsembleScheduler, driver: Any, items: list[WorkItem],
                 on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
