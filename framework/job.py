@@ -280,6 +280,9 @@ class JobRunner:
         journal.add_items(items)
         finished = journal.finished()
         latest_active = {a.item_key: a for a in journal.active_attempts()} if not self._local() else {}
+        if not self._local():
+            earlier_agents = {a.agent_id for i in journal.items().values() for a in i.attempts if a.agent_id}
+            scheduler.avoid_earlier_executors(earlier_agents, {i.model for i in items}, int(time.time()))
         done: list[WorkItem] = []
         adopted: list[tuple[WorkItem, str | None]] = []
         todo: list[WorkItem] = []

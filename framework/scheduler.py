@@ -547,6 +547,16 @@ class EnsembleScheduler(pymesos.Scheduler):
                 task_id = self.tracker.launched(item, agent_id or "")
                 self.started_at[task_id] = now
 
+    def avoid_earlier_executors(self, agent_ids: Any, models: Any, generation: int) -> None:
+        """A resumed job's executors must not reuse the ids of executors an earlier run may have
+        left on these agents (Mesos refuses a different ExecutorInfo under an existing id): their
+        generations start at ``generation`` (distinct per run)."""
+        with self.lock:
+            for agent_id in agent_ids:
+                for key in {self.catalog.executor_key(model) for model in models}:
+                    if (agent_id, key) not in self.executor_generation:
+                        self.executor_generation[(agent_id, key)] = generation
+
     def _journal_framework_id(self) -> None:
         if self.journal is not None and self.framework_id:
             self.journal.save_framework_id(self.framework_id)
