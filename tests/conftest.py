@@ -19,6 +19,10 @@ LEAK_GRACE_SECONDS = 10.0
 """How long a stopped cluster's executor processes may take to disappear."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "faults: slow fault-injection cases with real processes (make faults)")
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_executors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every ``LocalCluster`` started during the test (directly or by a job) is remembered; after
