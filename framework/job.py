@@ -367,9 +367,16 @@ class JobRunner:
         # unless interrupted with keep_running, when its tasks outlive us for a later run to adopt.
         stack.callback(driver.join)
         stack.callback(lambda: driver.stop(failover=True) if self.failover_on_stop else driver.stop())
+        stack.push(self._interrupted_keeps_running)
         stack.callback(scheduler.close)  # after the round being decided, before the driver stops
         stack.callback(setattr, scheduler, "stopping", True)
         return driver
+
+    def _interrupted_keeps_running(self, kind: type[BaseException] | None, *_: object) -> None:
+        """With ``keep_running``, an interrupt (SIGINT/SIGTERM: not an ``Exception``) stops the driver
+        with failover: the framework and its tasks stay for ``failover_timeout``."""
+        if self.keep_running and kind is not None and not issubclass(kind, Exception):
+            self.failover_on_stop = True
 
     def _drive(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                on_result: Callable[[WorkItem, np.ndarray], None],
@@ -403,6 +410,13 @@ class JobRunner:
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
         if event.kind is EventKind.FATAL:
+            resumed = self._resuming_framework_id()
+            if resumed and scheduler.framework_id is None and "removed" in event.detail and self.journal:
+                self.journal.save_framework_id("")  # the next run subscribes as a new framework
+                self.failover_on_stop = True  # nothing to tear down
+                raise JobFailed(f"the master no longer knows framework {resumed} (torn down, or its "
+                                f"failover_timeout passed), so its tasks are gone; run again to go on as a new "
+                                f"framework (finished results are kept)")
             raise JobFailed(event.detail)
         item = event.item
         assert item is not None
