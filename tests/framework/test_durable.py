@@ -179,6 +179,8 @@ def test_finished_update_is_acknowledged_by_the_job_not_the_callback(tmp_path: P
         other = launched[1]
         scheduler.statusUpdate(driver, make_status(other, "TASK_FINISHED", "a1", reason="REASON_RECONCILIATION",
                                                    uuid=None))
-        assert scheduler.events.empty() and scheduler.tracker.item_for_task(other).state is not ItemState.FINISHED
+        other_item = scheduler.tracker.item_for_task(other)
+        assert other_item is not None and other_item.state is not ItemState.FINISHED
+        assert scheduler.events.empty()
     finally:
         server.stop()
