@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,7 @@ onto offers at the lowest cost, and integrate their predictions into one ensembl
 subcommands:
   run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
                         Mesos cluster in-process, "host:port" or "zk://..." uses a real one
+  status JOB.toml       show what the job's journal knows: items by state, attempts, framework id
   validate JOB.toml     check a job file, its models, data and compatibility without running it
   inspect MODEL         print what a model file holds (estimator, features, classes, outputs,
                         scikit-learn version; for skops files, the types it would need trusted),
@@ -98,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument("--state-dir", type=Path,
+                     help="keep the job's journal here, to resume it (default: beside the job file, JOB.state/)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start over: forget the journal's finished results (needed to run a changed job)")
+    run.add_argument("--keep-running", action="store_true",
+                     help="external master: when interrupted, leave the tasks running for the next run to adopt")
+
+    status = commands.add_parser("status", help="show the progress a job's journal records")
+    status.add_argument("job", type=Path)
+    status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job)")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path)
@@ -152,9 +165,39 @@ def main(argv: list[str] | None = None) -> int:
     except FrameworkError as error:
         print(f"mesos-ensemble: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interrupt:
+        print(f"mesos-ensemble: interrupted by {interrupt.name}{interrupt.kept}", file=sys.stderr)
+        return 128 + interrupt.signum
     except KeyboardInterrupt:
         print("mesos-ensemble: interrupted", file=sys.stderr)
         return 130
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM during ``run``: raised in the main thread, so that everything the job
+    started is undone on the way out (tasks killed, framework torn down, partial files removed)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.kept = ""
+        """What the journal keeps, as the end of the one line printed (filled in by ``run``)."""
+
+
+def install_signal_handlers() -> None:
+    """SIGINT and SIGTERM: the first raises :class:`Interrupted` in the main thread (a clean stop);
+    a second one while that clean-up runs exits at once.  Installed after pymesos is imported (it
+    installs its own SIGINT handler at import)."""
+    def handle(signum: int, _frame: object) -> None:
+        if handle.interrupted:  # type: ignore[attr-defined]
+            os._exit(128 + signum)
+        handle.interrupted = True  # type: ignore[attr-defined]
+        raise Interrupted(signum)
+
+    handle.interrupted = False  # type: ignore[attr-defined]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
 
 
 def load_checked(args: argparse.Namespace) -> JobSpec:
@@ -172,15 +215,33 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from framework.balancing import format_usage
-    from framework.job import JobRunner
+    from framework.job import JobAlreadyFinished, JobRunner  # imports pymesos (its SIGINT handler) first
+    from framework.journal import default_state_dir
 
+    install_signal_handlers()
     spec = load_checked(args)
+    if args.keep_running and spec.framework.master == "local":
+        raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
+                             "cluster ends with the run")
+    state_dir = args.state_dir or default_state_dir(args.job)
     progress = (lambda message: None) if args.quiet else (lambda message: print(f"  {message}", flush=True))
     print(f"mesos-ensemble: running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
-    outcome = JobRunner(spec, work_dir=args.work_dir, progress=progress).run()
+    runner = JobRunner(spec, work_dir=args.work_dir, progress=progress, state_dir=state_dir, fresh=args.fresh,
+                       keep_running=args.keep_running)
+    try:
+        outcome = runner.run()
+    except JobAlreadyFinished as finished:
+        print(f"mesos-ensemble: {finished}")
+        return 0
+    except Interrupted as interrupt:
+        interrupt.kept = _kept_line(state_dir, runner.keep_running and spec.framework.master != "local")
+        raise
     print(f"wrote {outcome.rows} integrated predictions to {outcome.output}")
-    print(f"members used: {', '.join(outcome.members_used)}"
-          + (f"; missing: {', '.join(f'{k} ({v})' for k, v in outcome.members_missing.items())}" if outcome.members_missing else ""))
+    if outcome.resumed_items or outcome.adopted_tasks:
+        print(f"resumed from {state_dir}: {outcome.resumed_items} finished task(s) not computed again, "
+              f"{outcome.adopted_tasks} running task(s) adopted")
+    missing = ", ".join(f"{k} ({v})" for k, v in outcome.members_missing.items())
+    print(f"members used: {', '.join(outcome.members_used)}" + (f"; missing: {missing}" if missing else ""))
     first = f"{outcome.time_to_first_running:.2f} s" if outcome.time_to_first_running is not None else "n/a"
     print(f"{outcome.tasks} tasks ({outcome.task_attempts} attempts) on {outcome.agents_used} agent(s), "
           f"{outcome.executors_launched} executor(s); "
@@ -189,6 +250,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_usage(outcome.usage))
     if outcome.report_text:
         print(outcome.report_text)
+    return 0
+
+
+def _kept_line(state_dir: Path, kept_running: bool) -> str:
+    """The end of the interrupted line: what the journal keeps and how to go on."""
+    from framework.journal import Journal, JournalError
+
+    try:
+        journal = Journal.read(state_dir)
+    except JournalError:
+        return " before any task was journaled"
+    try:
+        progress = journal.progress()
+    finally:
+        journal.close()
+    running = "; its tasks keep running for the next run to adopt" if kept_running else ""
+    return (f"; {progress.counts.get('finished', 0)} of {progress.total} tasks finished are kept in {state_dir}"
+            f"{running}; run again to resume")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import datetime
+
+    from framework.journal import Journal, default_state_dir
+
+    state_dir = args.state_dir or default_state_dir(args.job)
+    if not Journal.exists(state_dir):
+        raise FrameworkError(f"{state_dir}: no journal here (the job has not run, or --state-dir names another "
+                             "directory)")
+    journal = Journal.read(state_dir)
+    try:
+        progress = journal.progress()
+    finally:
+        journal.close()
+
+    def when(seconds: float | None) -> str:
+        return "-" if not seconds else datetime.datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds")
+
+    print(f"{progress.job_name or args.job.name}: {progress.summary()}")
+    print(f"  state: {'finished: ' + progress.completed if progress.completed else 'unfinished (run again to resume)'}")
+    print(f"  journal: {state_dir}; created {when(progress.created_at)}, last update {when(progress.updated_at)}")
+    print(f"  framework id: {progress.framework_id or '-'}"
+          + (f" (saved {when(progress.framework_id_saved_at)})" if progress.framework_id else ""))
+    for key, detail in sorted(progress.failures.items()):
+        print(f"  failed {key}: {detail}")
     return 0
 
 
@@ -254,8 +360,8 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "inspect": cmd_inspect, "train-demo": cmd_train_demo,
-            "local-cluster": cmd_local_cluster}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "validate": cmd_validate, "inspect": cmd_inspect,
+            "train-demo": cmd_train_demo, "local-cluster": cmd_local_cluster}
 
 COMMANDS["plan"] = cmd_plan
 

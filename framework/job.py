@@ -30,14 +30,15 @@ from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
+from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
 from framework.preflight import check_data, check_job
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
-from framework.tasks import Tracker, WorkItem
-from framework.translator import framework_info
+from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
+from framework.translator import framework_info, reconcile_tasks
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 
 SPECULATION_CHECK_SECONDS = 0.5
 """How often the job looks for stragglers that deserve a backup copy."""
+
+TEMPORARY_WORK_DIR_PREFIX = "mesos-ensemble-"
+
+
+class JobAlreadyFinished(Exception):
+    """``run`` of a job whose journal says it finished: nothing is rewritten (``--fresh`` runs it again)."""
 
 
 @dataclass
@@ -68,6 +75,10 @@ class JobOutcome:
     """Per member, what its tasks cost as the executors measured them (``Measurements.summary``)."""
     report: dict[str, Any] | None = None
     report_text: str | None = None
+    resumed_items: int = 0
+    """Items whose results came from the journal of an earlier run (not computed again)."""
+    adopted_tasks: int = 0
+    """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -77,7 +88,10 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
     """The real driver: ``pymesos.MesosSchedulerDriver`` with addict callbacks."""
     from pymesos import MesosSchedulerDriver
 
-    return MesosSchedulerDriver(scheduler, info, master, use_addict=True, principal=principal, secret=secret)
+    # Explicit acknowledgements: a finished task's update is acknowledged only once its result is
+    # in the journal (Mesos resends it until then); every other update as soon as it is handled.
+    return MesosSchedulerDriver(scheduler, info, master, use_addict=True, principal=principal, secret=secret,
+                                implicit_acknowledgements=False)
 
 
 def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
@@ -117,15 +131,27 @@ class JobRunner:
     """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
 
     def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None,
-                 driver_factory: DriverFactory = pymesos_driver, start_local_cluster: bool = True) -> None:
+                 driver_factory: DriverFactory = pymesos_driver, start_local_cluster: bool = True,
+                 state_dir: Path | None = None, fresh: bool = False, keep_running: bool = False) -> None:
         """``driver_factory`` makes the scheduler driver (pymesos by default).  ``start_local_cluster``:
         when the job's master is ``local``, start the embedded cluster; False when the driver
-        factory brings its own master (as the in-process mock of the tests does)."""
+        factory brings its own master (as the in-process mock of the tests does).
+
+        ``state_dir``: keep the job's journal there (see ``framework.journal``) and resume from it;
+        ``fresh`` starts the journal over.  ``keep_running`` (an external master): when the job is
+        interrupted, stop the driver with failover, so that its tasks run on and a later run
+        adopts them, instead of tearing the framework down."""
         self.spec = spec
         self.work_dir = work_dir
         self.progress = progress or (lambda message: None)
         self.driver_factory = driver_factory
         self.start_local_cluster = start_local_cluster
+        self.state_dir, self.fresh, self.keep_running = state_dir, fresh, keep_running
+        self.journal: Journal | None = None
+        self.failover_on_stop = False
+        """Set when interrupted with ``keep_running``: the driver stops with failover."""
+        self.resumed_items = 0
+        self.adopted_tasks = 0
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -133,9 +159,13 @@ class JobRunner:
         spec = self.spec
         dataset, members, estimators = prepare(spec)
         with ExitStack() as stack:
-            work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="mesos-ensemble-"))
+            journal = self._open_journal(stack)
+            work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix=TEMPORARY_WORK_DIR_PREFIX))
             if self.work_dir is None:
                 stack.callback(shutil.rmtree, work_dir, True)
+                if journal is not None:  # removed by the next run if this one is killed
+                    journal.set_note("temporary_work_dir", str(work_dir))
+                    stack.callback(journal.set_note, "temporary_work_dir", None)
             master, python = self._master(stack, work_dir)
             server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
                                     port=spec.framework.artifact_port,
@@ -147,6 +177,7 @@ class JobRunner:
                                  member_columns(members, tuple(dataset.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
+            scheduler.journal = journal
             self.run_started = time.monotonic()
             driver = self._start_driver(scheduler, master, stack)
             self.progress(f"framework subscribed to {master}")
@@ -170,11 +201,13 @@ class JobRunner:
                     integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
             items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
             self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shards['data'])} shards)")
-            scheduler.add_work(driver, items)
+            self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
             self._drive(scheduler, driver, server,
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            if journal is not None:
+                journal.mark_completed(f"wrote {result.rows} integrated predictions to {result.output_path}")
             all_items = list(tracker.items.values())
             outcome = JobOutcome(
                 output=result.output_path, rows=result.rows, members_used=tuple(result.members_used),
@@ -185,6 +218,7 @@ class JobRunner:
                 executors_launched=scheduler.executors_launched,
                 backups_launched=scheduler.backups_launched,
                 usage=scheduler.measurements.summary(),
+                resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)
@@ -197,8 +231,87 @@ class JobRunner:
     def _run_tasks(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, items: list[WorkItem],
                    on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
         """Run ``items`` to the end, every result to ``on_result`` (a failed member fails the job)."""
-        scheduler.add_work(driver, items)
+        self._submit(scheduler, driver, items, on_result)
         self._drive(scheduler, driver, server, on_result=on_result, on_member_failed=None)
+
+    # The journal ---------------------------------------------------------------------------
+    def _open_journal(self, stack: ExitStack) -> Journal | None:
+        """Open the job's journal (None without a state directory), refusing a changed job
+        (``JournalMismatch``, naming each change) and a finished one (:class:`JobAlreadyFinished`),
+        and remove the temporary work directory a killed earlier run left behind."""
+        if self.state_dir is None:
+            return None
+        journal = Journal.open(self.state_dir, job_fingerprint(self.spec), fresh=self.fresh)
+        stack.callback(journal.close)
+        if journal.completed is not None:
+            raise JobAlreadyFinished(f"{self.spec.name} already finished ({journal.completed}); its journal "
+                                     f"is in {self.state_dir}; --fresh runs it again")
+        self.journal = journal
+        left = journal.note("temporary_work_dir")
+        if left and Path(left).name.startswith(TEMPORARY_WORK_DIR_PREFIX) and Path(left).is_dir():
+            log.info("removing %s, the work directory of an interrupted run", left)
+            shutil.rmtree(left, ignore_errors=True)
+        progress = journal.progress()
+        if progress.total:
+            self.progress(f"resuming from {self.state_dir}: {progress.summary()}")
+        return journal
+
+    def _resuming_framework_id(self) -> str | None:
+        """The framework id to re-subscribe with: the journal's, against an external master (the
+        embedded cluster is new in every run and knows none)."""
+        if self.journal is None or self._local():
+            return None
+        return self.journal.framework_id or None
+
+    def _local(self) -> bool:
+        """The job's master is new in every run (the embedded cluster, or a test's own mock)."""
+        return self.spec.framework.master == "local"
+
+    def _submit(self, scheduler: EnsembleScheduler, driver: Any, items: list[WorkItem],
+                on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
+        """Hand ``items`` to the scheduler.  With a journal: each is journaled; a finished one's
+        result is loaded and given to ``on_result`` at once (never computed again); against an
+        external master, one whose latest attempt may still run is adopted (reconciled, its result
+        received); the rest are launched, their attempts numbered on from the journal's."""
+        journal = self.journal
+        if journal is None:
+            scheduler.add_work(driver, items)
+            return
+        journal.add_items(items)
+        finished = journal.finished()
+        latest_active = {a.item_key: a for a in journal.active_attempts()} if not self._local() else {}
+        if not self._local():
+            earlier_agents = {a.agent_id for i in journal.items().values() for a in i.attempts if a.agent_id}
+            scheduler.avoid_earlier_executors(earlier_agents, {i.model for i in items}, int(time.time()))
+        done: list[WorkItem] = []
+        adopted: list[tuple[WorkItem, str | None]] = []
+        todo: list[WorkItem] = []
+        for item in items:
+            attempts = journal.attempt_count(item.key)
+            active = latest_active.get(item.key)
+            if item.key in finished:
+                item.attempts, item.state, item.task_id = attempts, ItemState.FINISHED, finished[item.key].task_id
+                done.append(item)
+            elif active is not None and active.task_id == attempt_task_id(item.key, attempts):
+                item.attempts = attempts - 1
+                adopted.append((item, active.agent_id))
+            else:
+                item.attempts = attempts
+                todo.append(item)
+        with scheduler.lock:
+            scheduler.tracker.add(done)
+        for item in done:
+            on_result(item, journal.load_result(item.key))
+        if done:
+            self.resumed_items += len(done)
+            self.progress(f"{len(done)} finished task(s) taken from the journal, not computed again")
+        if adopted:
+            scheduler.adopt(adopted)
+            self.adopted_tasks += len(adopted)
+            self.progress(f"{len(adopted)} task(s) of the earlier run adopted")
+            if scheduler.framework_id is not None:  # already re-subscribed: reconcile them now
+                driver.reconcileTasks(reconcile_tasks(i.task_id or "" for i, _agent in adopted))
+        scheduler.add_work(driver, todo)
 
     # Pieces ------------------------------------------------------------------------------
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
@@ -248,15 +361,24 @@ class JobRunner:
         settings = self.spec.framework
         self.master = master
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout,
-                              settings.principal, gpus=any(m.gpus > 0 for m in self.spec.models))
+                              settings.principal, framework_id=self._resuming_framework_id(),
+                              gpus=any(m.gpus > 0 for m in self.spec.models))
         driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
         driver.start()
-        # At the end the framework is torn down (stop(failover=False)): every executor goes away.
+        # At the end the framework is torn down (stop(failover=False)): every executor goes away;
+        # unless interrupted with keep_running, when its tasks outlive us for a later run to adopt.
         stack.callback(driver.join)
-        stack.callback(driver.stop)
+        stack.callback(lambda: driver.stop(failover=True) if self.failover_on_stop else driver.stop())
+        stack.push(self._interrupted_keeps_running)
         stack.callback(scheduler.close)  # after the round being decided, before the driver stops
         stack.callback(setattr, scheduler, "stopping", True)
         return driver
+
+    def _interrupted_keeps_running(self, kind: type[BaseException] | None, *_: object) -> None:
+        """With ``keep_running``, an interrupt (SIGINT/SIGTERM: not an ``Exception``) stops the driver
+        with failover: the framework and its tasks stay for ``failover_timeout``."""
+        if self.keep_running and kind is not None and not issubclass(kind, Exception):
+            self.failover_on_stop = True
 
     def _drive(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                on_result: Callable[[WorkItem, np.ndarray], None],
@@ -300,6 +422,14 @@ class JobRunner:
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
                 on_member_failed: Callable[[str, str], None] | None) -> None:
+        if event.kind is EventKind.FATAL:
+            resumed = self._resuming_framework_id()
+            if resumed and scheduler.framework_id is None and "removed" in event.detail and self.journal:
+                self.journal.save_framework_id("")  # the next run subscribes as a new framework
+                self.failover_on_stop = True  # nothing to tear down
+                raise JobFailed(f"the master no longer knows framework {resumed} (torn down, or its "
+                                f"failover_timeout passed), so its tasks are gone; run again to go on as a new "
+                                f"framework (finished results are kept)")
         if event.kind in (EventKind.FATAL, EventKind.UNPLACEABLE):
             raise JobFailed(event.detail)
         if event.kind is EventKind.WAITING:
@@ -312,15 +442,31 @@ class JobRunner:
                 output, usage = decode_result(server, item.task_id or "", event.data)
             except ValueError as error:
                 scheduler.retry(driver, item, str(error))
+                scheduler.acknowledge(driver, event.status)
                 return
             if usage is not None:
                 scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
+            if self.journal is not None:
+                self.journal.record_result(item.key, item.task_id or "", output)
+            scheduler.acknowledge(driver, event.status)  # only now: the result is durable
             on_result(item, output)
             self.progress(f"done {item.key}")
         elif event.kind is EventKind.GAVE_UP:
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)
+            self._journal_gave_up(scheduler, item, failures)
             if on_member_failed is None or self.spec.min_members is None:
                 raise JobFailed(f"model {item.model} failed on {item.key} after {item.attempts} attempts: {failures}")
             on_member_failed(item.model, failures)
             log.warning("member %s dropped: %s", item.model, failures)
+
+    def _journal_gave_up(self, scheduler: EnsembleScheduler, item: WorkItem, failures: str) -> None:
+        """Keep in the journal that ``item`` failed and its model's other items were cancelled."""
+        if self.journal is None:
+            return
+        self.journal.mark_item(item.key, ItemState.FAILED, failures)
+        with scheduler.lock:
+            cancelled = [i.key for i in scheduler.tracker.items.values()
+                         if i.model == item.model and i.state is ItemState.CANCELLED]
+        for key in cancelled:
+            self.journal.mark_item(key, ItemState.CANCELLED, f"model {item.model} failed")

@@ -274,6 +274,8 @@ class JournalProgress:
     updated_at: float | None = None
     job_name: str = ""
     failures: dict[str, str] = field(default_factory=dict)
+    completed: str | None = None
+    """What the job's end wrote (see :meth:`Journal.mark_completed`), or None while it is unfinished."""
 
     def summary(self) -> str:
         order = [s.value for s in ItemState]
@@ -544,6 +546,35 @@ class Journal:
             with self._transaction():
                 self._set_meta("framework_id", framework_id)
                 self._set_meta("framework_id_saved_at", repr(time.time()))
+
+    def mark_completed(self, description: str) -> None:
+        """The whole job ended and wrote its output (``description`` says what, e.g. the output's
+        path): a later ``run`` says so and rewrites nothing."""
+        with self._lock:
+            self._writing()
+            with self._transaction():
+                self._set_meta("completed", description)
+
+    @property
+    def completed(self) -> str | None:
+        """What :meth:`mark_completed` recorded, or None while the job is unfinished."""
+        with self._lock:
+            return self._meta("completed")
+
+    def note(self, key: str) -> str | None:
+        """A value kept with :meth:`set_note` (e.g. the work directory of the last run)."""
+        with self._lock:
+            return self._meta(f"note.{key}")
+
+    def set_note(self, key: str, value: str | None) -> None:
+        """Keep (or, with None, drop) a small value for the next run."""
+        with self._lock:
+            self._writing()
+            with self._transaction():
+                if value is None:
+                    self._db.execute("DELETE FROM meta WHERE key = ?", (f"note.{key}",))
+                else:
+                    self._set_meta(f"note.{key}", value)
 
     def add_items(self, items: Iterable[WorkItem]) -> None:
         """Register work items (pending); items already journaled keep what the journal knows."""
@@ -828,11 +859,13 @@ class Journal:
             framework_id, saved_at = self._meta("framework_id"), self._meta("framework_id_saved_at")
             created = self._meta("created_at")
             fingerprint = self._meta("fingerprint")
+            completed = self._meta("completed")
         return JournalProgress(
             counts=counts, total=sum(counts.values()), attempts=attempts, framework_id=framework_id,
             framework_id_saved_at=float(saved_at) if saved_at else None,
             created_at=float(created) if created else 0.0, updated_at=updated,
-            job_name=Fingerprint.from_json(fingerprint).job_name if fingerprint else "", failures=failures)
+            job_name=Fingerprint.from_json(fingerprint).job_name if fingerprint else "", failures=failures,
+            completed=completed)
 
     def fingerprint(self) -> Fingerprint:
         with self._lock:

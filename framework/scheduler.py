@@ -88,6 +88,8 @@ class SchedulerEvent:
     item: WorkItem | None = None
     data: str | None = None
     detail: str = ""
+    status: Any = None
+    """FINISHED: the Mesos status update, acknowledged (``acknowledge``) once its result is durable."""
 
 
 Decide = Callable[[RoundSnapshot, Sequence[OfferView], float], RoundDecision]
@@ -208,6 +210,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         """Since when the master has been unreachable (once subscribed); None while connected."""
         self._abort_watch = DriverAbortWatch(self.events)
         logging.getLogger("pymesos.process").addFilter(self._abort_watch)
+        self.journal: Any = None
+        """The job's :class:`~framework.journal.Journal`, if it keeps one: launches are recorded
+        before they are sent, updates as they arrive, the framework id when registered."""
 
     # --- framework life -------------------------------------------------------------------
     @callback
@@ -216,12 +221,14 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.framework_id = translator.read_id(framework_id)
         self._master_back()
         log.info("registered as framework %s with master %s", self.framework_id, translator.read_master(master_info))
+        self._journal_framework_id()
         self._revive_if_needed(driver)
 
     @callback
     def reregistered(self, driver: Any, master_info: Any) -> None:
         log.info("re-registered with the master; reconciling active tasks")
         self._master_back()
+        self._resubscribed(driver)
         with self.lock:
             active = [t for i in self.tracker.active() for t in i.running_task_ids()]
         driver.reconcileTasks(translator.reconcile_tasks(active))
@@ -407,6 +414,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         for view in views:
             by_agent[view.agent_id].append(view)
         launched: list[tuple[str, WorkItem]] = []
+        self._journal_launches((item.key, task.task_id, launch.agent.agent_id)
+                               for launch, valid, _starts in accepts for task, item, _generation in valid)
         for launch, valid, starts in accepts:
             agent = launch.agent
             allocator = PoolAllocator(by_agent[agent.agent_id], self.policy.role)
@@ -473,6 +482,8 @@ class EnsembleScheduler(pymesos.Scheduler):
     def statusUpdate(self, driver: Any, status: Any) -> None:  # noqa: N802
         update = translator.read_status(status)
         running = update.state == "TASK_RUNNING"
+        if self._unusable_reconciliation(update):
+            return
         with self.lock:
             failure = self._failure_of(update)
             transition = self.tracker.on_update(update.task_id, update.state, update.message, update.reason,
@@ -490,9 +501,12 @@ class EnsembleScheduler(pymesos.Scheduler):
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind is TransitionKind.FINISHED:
-                self.events.put(SchedulerEvent(EventKind.FINISHED, item, data=update.data))
+                self.events.put(SchedulerEvent(EventKind.FINISHED, item, data=update.data, status=status))
             elif transition.kind is TransitionKind.GAVE_UP:
                 self.events.put(SchedulerEvent(EventKind.GAVE_UP, item, detail=transition.detail))
+        if transition.kind is not TransitionKind.FINISHED:
+            self._journal_update(update)
+            self.acknowledge(driver, status)  # a finished result: by the main thread, once it is durable
         if transition.kind is TransitionKind.STARTED and running and self.first_running_at is None:
             self.first_running_at = self.clock()
         if transition.kind is TransitionKind.FINISHED:
@@ -672,6 +686,67 @@ class EnsembleScheduler(pymesos.Scheduler):
         """Seconds the master has been unreachable since the framework was subscribed (0 if connected)."""
         with self.lock:
             return 0.0 if self.disconnected_since is None else self.clock() - self.disconnected_since
+    # --- journal, acknowledgements and adoption (see framework.journal) --------------------
+    def acknowledge(self, driver: Any, status: Any) -> None:
+        """Acknowledge a status update (the driver runs with explicit acknowledgements: Mesos
+        resends an update until it is acknowledged).  Master-generated updates carry no uuid and
+        need none; a failed acknowledgement is resent by Mesos, so it is only logged."""
+        if not status or not status.get("uuid"):
+            return
+        try:
+            driver.acknowledgeStatusUpdate(status)
+        except Exception as error:  # not connected: Mesos resends the update later
+            log.info("could not acknowledge an update of %s: %s", status.get("task_id"), error)
+
+    def adopt(self, items: list[tuple[WorkItem, str | None]]) -> None:
+        """Take over tasks a previous run of the job launched and the journal last saw active
+        (each item's latest attempt, on its agent): they are tracked as launched, reconciled once
+        the framework re-subscribes, and their results received rather than computed again."""
+        with self.lock:
+            now = self.clock()
+            for item, agent_id in items:
+                self.tracker.add([item])
+                task_id = self.tracker.launched(item, agent_id or "")
+                self.started_at[task_id] = now
+
+    def avoid_earlier_executors(self, agent_ids: Any, models: Any, generation: int) -> None:
+        """A resumed job's executors must not reuse the ids of executors an earlier run may have
+        left on these agents (Mesos refuses a different ExecutorInfo under an existing id): their
+        generations start at ``generation`` (distinct per run)."""
+        with self.lock:
+            for agent_id in agent_ids:
+                for key in {self.catalog.executor_key(model) for model in models}:
+                    if (agent_id, key) not in self.executor_generation:
+                        self.executor_generation[(agent_id, key)] = generation
+
+    def _journal_framework_id(self) -> None:
+        if self.journal is not None and self.framework_id:
+            self.journal.save_framework_id(self.framework_id)
+
+    def _resubscribed(self, driver: Any) -> None:
+        """Subscribed again under our framework id (a resumed job, or after a master failover)."""
+        with self.lock:
+            if self.framework_id is None:
+                self.framework_id = getattr(driver, "framework_id", None)
+        self._journal_framework_id()
+
+    def _journal_launches(self, launches: Any) -> None:
+        if self.journal is not None:
+            records = list(launches)
+            if records:
+                self.journal.record_launches(records)
+
+    def _journal_update(self, update: translator.StatusUpdate) -> None:
+        if self.journal is not None and update.state != "TASK_FINISHED":
+            self.journal.record_update(update.task_id, update.state, update.reason, update.message)
+
+    def _unusable_reconciliation(self, update: translator.StatusUpdate) -> bool:
+        """A reconciliation answer TASK_FINISHED carries no result: the task's own update (which
+        the agent resends until it is acknowledged) brings it.  Ignore the answer."""
+        if update.state == "TASK_FINISHED" and update.reason == "REASON_RECONCILIATION" and not update.data:
+            log.info("task %s finished while we were away; waiting for its resent update", update.task_id)
+            return True
+        return False
 
     # --- helpers --------------------------------------------------------------------------
     def _fatal(self, where: str, error: Exception) -> None:

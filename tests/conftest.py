@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cluster_records  # noqa: E402
 from framework.localmesos import LocalCluster  # noqa: E402
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """One inspection cache for the run (models trained alike are inspected once), never the
     user's own: subprocesses started by tests inherit it."""
