@@ -189,7 +189,11 @@ def install_signal_handlers() -> None:
     """SIGINT and SIGTERM: the first raises :class:`Interrupted` in the main thread (a clean stop);
     a second one while that clean-up runs exits at once.  Installed after pymesos is imported (it
     installs its own SIGINT handler at import)."""
+    from framework.scheduler import DRIVER_ABORTED
+
     def handle(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and DRIVER_ABORTED.is_set():
+            return  # pymesos' interrupt_main() after its IO thread died: the job reports why
         if handle.interrupted:  # type: ignore[attr-defined]
             os._exit(128 + signum)
         handle.interrupted = True  # type: ignore[attr-defined]

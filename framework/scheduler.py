@@ -109,6 +109,12 @@ def describe_driver_abort(error: BaseException) -> str:
     return f"the connection to the Mesos master failed: {type(error).__name__}: {text[:300]}"
 
 
+DRIVER_ABORTED = threading.Event()
+"""Set when pymesos' IO thread died.  pymesos then calls ``_thread.interrupt_main()``, which
+reaches the SIGINT handler as if the user had pressed Ctrl-C: the handler checks this first
+(the FATAL event already queued says what happened)."""
+
+
 class DriverAbortWatch(logging.Filter):
     """Turns pymesos' "Thread abort:" log record (its IO thread died; the record carries a
     40-line traceback) into one FATAL event, and keeps the traceback out of the log."""
@@ -121,6 +127,7 @@ class DriverAbortWatch(logging.Filter):
         if record.getMessage() != "Thread abort:" or not record.exc_info or record.exc_info[1] is None:
             return True
         self.events.put(SchedulerEvent(EventKind.FATAL, detail=describe_driver_abort(record.exc_info[1])))
+        DRIVER_ABORTED.set()
         log.debug("pymesos' IO thread stopped", exc_info=record.exc_info)
         return False
 
@@ -209,6 +216,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.disconnected_since: float | None = None
         """Since when the master has been unreachable (once subscribed); None while connected."""
         self._abort_watch = DriverAbortWatch(self.events)
+        DRIVER_ABORTED.clear()
         logging.getLogger("pymesos.process").addFilter(self._abort_watch)
         self.journal: Any = None
         """The job's :class:`~framework.journal.Journal`, if it keeps one: launches are recorded
