@@ -113,7 +113,9 @@ def main() -> None:
                                   executors=args.executors))
         start = time.perf_counter()
         marks: list[tuple[float, str]] = []
-        outcome = JobRunner(spec, progress=lambda m: marks.append((time.perf_counter() - start, m))).run()
+        # As `run` does: with the job's journal (every launch, update and result made durable).
+        outcome = JobRunner(spec, progress=lambda m: marks.append((time.perf_counter() - start, m)),
+                            state_dir=directory / "job.state").run()
         t_mesos = time.perf_counter() - start
         if args.verbose:
             for at, message in marks:
