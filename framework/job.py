@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import secrets
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,9 @@ from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
 from framework.translator import framework_info, reconcile_tasks
 
 log = logging.getLogger(__name__)
+
+LOCAL_PRINCIPAL = "mesos-ensemble"
+"""The framework principal on the embedded cluster a job starts (its secret is random per run)."""
 
 SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 """How long to wait for the master to accept the framework's SUBSCRIBE."""
@@ -152,6 +156,8 @@ class JobRunner:
         """Set when interrupted with ``keep_running``: the driver stops with failover."""
         self.resumed_items = 0
         self.adopted_tasks = 0
+        self.credentials: tuple[str, str] | None = None
+        """The embedded cluster's framework principal and secret (None: the job file's)."""
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -329,8 +335,12 @@ class JobRunner:
                       attributes=dict(a.get("attributes", {})))
             for i, a in enumerate(self.spec.local_cluster.agents or [{}, {}])
         ]
-        credentials = {settings.principal: settings.secret} if settings.principal and settings.secret else None
-        cluster = LocalCluster(agents=agents, work_dir=work_dir / "cluster", credentials=credentials,
+        # Locked down like a real cluster: framework authentication, with a random per-run secret
+        # unless the job names its own credentials (no other local process can subscribe as us).
+        principal, secret = ((settings.principal, settings.secret) if settings.principal and settings.secret
+                             else (LOCAL_PRINCIPAL, secrets.token_urlsafe(32)))
+        self.credentials = (principal, secret)
+        cluster = LocalCluster(agents=agents, work_dir=work_dir / "cluster", credentials={principal: secret},
                                keep_sandboxes=self.spec.local_cluster.keep_sandboxes)
         cluster.start()
         stack.callback(cluster.stop)
@@ -360,10 +370,11 @@ class JobRunner:
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
         settings = self.spec.framework
         self.master = master
+        principal, secret = self.credentials or (settings.principal, settings.secret)
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout,
-                              settings.principal, framework_id=self._resuming_framework_id(),
+                              principal, framework_id=self._resuming_framework_id(),
                               gpus=any(m.gpus > 0 for m in self.spec.models))
-        driver = self.driver_factory(scheduler, info, master, settings.principal, settings.secret)
+        driver = self.driver_factory(scheduler, info, master, principal, secret)
         driver.start()
         # At the end the framework is torn down (stop(failover=False)): every executor goes away;
         # unless interrupted with keep_running, when its tasks outlive us for a later run to adopt.

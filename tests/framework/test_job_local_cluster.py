@@ -151,3 +151,29 @@ def test_member_that_crashes_the_shared_executor_is_isolated_and_dropped(demo: P
                                  joblib.load(directory / "logistic.joblib").predict_proba(features)[:, 1]]), axis=0)
     np.testing.assert_allclose(read_predictions(outcome.output), expected, rtol=0, atol=1e-12)
     assert executor_processes() == []
+
+
+def test_the_jobs_embedded_cluster_refuses_other_frameworks(demo: Path, tmp_path: Path) -> None:
+    """master = "local": the cluster a job starts requires framework authentication with a random
+    per-run secret, so another local process can neither read its state (and the framework's id)
+    nor SUBSCRIBE; the job's own driver is authenticated."""
+    import urllib.error
+    import urllib.request
+    from contextlib import ExitStack
+
+    runner = JobRunner(load_job(demo), work_dir=tmp_path / "work")
+    with ExitStack() as stack:
+        master, _python = runner._master(stack, tmp_path / "work")
+        assert runner.credentials is not None and runner.credentials[0] == "mesos-ensemble"
+        assert len(runner.credentials[1]) >= 32
+        subscribe = b'{"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "x", "name": "intruder"}}}'
+        for request in (urllib.request.Request(f"http://{master}/master/state"),
+                        urllib.request.Request(f"http://{master}/api/v1/scheduler", data=subscribe,
+                                               headers={"Content-Type": "application/json"})):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+    other = JobRunner(load_job(demo), work_dir=tmp_path / "work2")
+    with ExitStack() as stack:
+        other._master(stack, tmp_path / "work2")
+        assert other.credentials is not None and other.credentials[1] != runner.credentials[1]  # per run
