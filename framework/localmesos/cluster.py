@@ -25,6 +25,9 @@ class AgentSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: {"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0})
     attributes: Mapping[str, Any] = field(default_factory=dict)
     port: int = 0
+    executor_environment_variables: Optional[Mapping[str, str]] = None
+    """Mesos' agent flag ``--executor_environment_variables``: the exact base environment of this
+    agent's executors (None = the cluster's setting)."""
 
 
 def recorded_processes(work_dir: Path) -> list[tuple[int, int]]:
@@ -59,7 +62,8 @@ class LocalCluster:
                  heartbeat_interval: float = 15.0, allocation_interval: float = 1.0,
                  status_update_retry_interval: float = 10.0, executor_shutdown_grace_period: float = 5.0,
                  executor_registration_timeout: float = 60.0, command_kill_grace_period: float = 3.0,
-                 offer_timeout: Optional[float] = None, tick_interval: float = 0.05) -> None:
+                 offer_timeout: Optional[float] = None, tick_interval: float = 0.05,
+                 executor_environment_variables: Optional[Mapping[str, str]] = None) -> None:
         self.agent_specs = list(agents) or [AgentSpec()]
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="localmesos-"))
@@ -74,6 +78,8 @@ class LocalCluster:
                             executor_registration_timeout=executor_registration_timeout,
                             command_kill_grace_period=command_kill_grace_period, offer_timeout=offer_timeout)
         self.tick_interval = tick_interval
+        self.executor_environment_variables = (dict(executor_environment_variables)
+                                               if executor_environment_variables is not None else None)
         self.lock = threading.RLock()
         self.master: Optional[Master] = None
         self._master_server: Optional[Server] = None
@@ -110,7 +116,10 @@ class LocalCluster:
                       executor_shutdown_grace_period=o["executor_shutdown_grace_period"],
                       status_update_retry_interval=o["status_update_retry_interval"],
                       executor_registration_timeout=o["executor_registration_timeout"],
-                      command_kill_grace_period=o["command_kill_grace_period"])
+                      command_kill_grace_period=o["command_kill_grace_period"],
+                      executor_environment_variables=(spec.executor_environment_variables
+                                                      if spec.executor_environment_variables is not None
+                                                      else self.executor_environment_variables))
         self.agents.append(agent)
         self._every_agent.append(agent)
         self._specs[id(agent)] = spec
