@@ -1,6 +1,7 @@
 """LocalCluster: one master plus several agents in this process, each on its own loopback port."""
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 import threading
@@ -14,6 +15,15 @@ from .httputil import Server
 from .master import Master
 from .master_http import serve_master
 from .resources import Resources
+
+
+DEFAULT_PRINCIPAL = "mesos-ensemble"
+"""The principal of generated credentials."""
+
+
+def generate_secret() -> str:
+    """A fresh random secret (256 bits, URL-safe text)."""
+    return secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -89,6 +99,17 @@ class LocalCluster:
         self._specs: dict[int, AgentSpec] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def with_generated_credentials(cls, agents: Sequence[AgentSpec] = (), principal: str = DEFAULT_PRINCIPAL,
+                                   **options: Any) -> "tuple[LocalCluster, tuple[str, str]]":
+        """A cluster (not started) requiring framework authentication by ``principal`` with a fresh
+        random secret, and that ``(principal, secret)`` for the framework's driver. ``options`` are
+        the constructor's (except ``credentials``). The secret exists only in this process."""
+        if "credentials" in options:
+            raise TypeError("with_generated_credentials() generates the credentials itself")
+        secret = generate_secret()
+        return cls(agents, credentials={principal: secret}, **options), (principal, secret)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "LocalCluster":
