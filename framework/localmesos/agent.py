@@ -701,8 +701,7 @@ class AgentHandler(Handler):
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] == "/api/v1/executor":
             self._executor()
-        else:
-            self.read_body()
+        elif self.discard_body():
             self.reply(404)
 
     def _executor(self) -> None:
