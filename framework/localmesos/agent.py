@@ -14,7 +14,7 @@ import uuid as uuidlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from . import protocol
 from .fetcher import FetchError, fetch_all
@@ -25,6 +25,8 @@ from .resources import Resources, attribute_json
 
 COMMAND_EXECUTOR = Path(__file__).with_name("command_executor.py")
 LAUNCHER = Path(__file__).with_name("launcher.py")
+BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "PYTHONPATH")
+"""Variables of the agent's environment an executor inherits by default (plus every ``LC_*``)."""
 PROCESS_RECORDS = "processes"
 """Directory (under the cluster's work dir) of the launchers' pid files."""
 
@@ -106,8 +108,13 @@ class Agent:
                  attributes: dict[str, Any], work_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  executor_shutdown_grace_period: float = 5.0, status_update_retry_interval: float = 10.0,
                  status_update_retry_max: float = 600.0, executor_registration_timeout: float = 60.0,
-                 command_kill_grace_period: float = 3.0) -> None:
+                 command_kill_grace_period: float = 3.0,
+                 executor_environment_variables: Optional[Mapping[str, str]] = None) -> None:
         self.master = master
+        self.executor_environment_variables = (dict(executor_environment_variables)
+                                               if executor_environment_variables is not None else None)
+        """Mesos' ``--executor_environment_variables``: the exact base environment of executors;
+        None = ``base_environment()`` of this process (never its whole environment)."""
         self.lock = lock
         self.hostname = hostname
         self.total = resources
@@ -219,9 +226,8 @@ class Agent:
                            pid_file=self.work_dir / PROCESS_RECORDS / f"{container_id}.pids")
 
     def _environment(self, run: ExecutorRun) -> dict[str, str]:
-        env = dict(os.environ)
-        for key in [k for k in env if k.startswith(("MESOS_", "LIBPROCESS_"))]:
-            del env[key]
+        base = self.executor_environment_variables
+        env = dict(base) if base is not None else base_environment(os.environ)
         framework = self.frameworks[run.framework_id]
         checkpoint = bool(framework.info.get("checkpoint", False))
         env.update({
@@ -611,6 +617,12 @@ class Agent:
                 run.stream = None
 
 
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The default base environment of an executor: ``BASE_ENVIRONMENT`` and ``LC_*`` from
+    ``environ``; nothing else of the agent's process (its secrets, tokens, MESOS_* settings)."""
+    return {key: value for key, value in environ.items() if key in BASE_ENVIRONMENT or key.startswith("LC_")}
+
+
 def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
     """Kill every process of session ``sid`` (the executor and everything it spawned)."""
     try:
@@ -689,8 +701,7 @@ class AgentHandler(Handler):
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] == "/api/v1/executor":
             self._executor()
-        else:
-            self.read_body()
+        elif self.discard_body():
             self.reply(404)
 
     def _executor(self) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from .cluster import AgentSpec, LocalCluster
+from .cluster import DEFAULT_PRINCIPAL, AgentSpec, LocalCluster, generate_secret
 from .resources import parse_attributes
 
 
@@ -50,7 +49,6 @@ SECRET_ENV = "LOCAL_CLUSTER_SECRET"
 """Environment variable holding the secret of ``--principal``."""
 CREDENTIALS_NAME = "credentials.json"
 SECRET_NAME = "secret"
-DEFAULT_PRINCIPAL = "mesos-ensemble"
 
 
 class UsageError(ValueError):
@@ -59,7 +57,7 @@ class UsageError(ValueError):
 
 def generate_credentials() -> dict[str, str]:
     """Principal ``mesos-ensemble`` with a fresh random secret (256 bits)."""
-    return {DEFAULT_PRINCIPAL: secrets.token_urlsafe(32)}
+    return {DEFAULT_PRINCIPAL: generate_secret()}
 
 
 def _write_private(path: Path, text: str) -> Path:
@@ -172,6 +170,8 @@ def run_cli(args: argparse.Namespace) -> int:
             principal = next(iter(cluster.credentials or {}))
             print(f"framework authentication required: principal {principal}, secret in {written[1]} "
                   f"(Mesos credentials file {written[0]})", file=sys.stderr, flush=True)
+            print(f"a job file uses them with, in its [framework] table: master = \"{cluster.master_address}\", "
+                  f"principal = \"{principal}\", secret_file = \"{written[1]}\"", file=sys.stderr, flush=True)
         elif credentials:
             print("framework authentication required (credentials as given)", file=sys.stderr, flush=True)
         else:

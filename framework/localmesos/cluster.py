@@ -1,6 +1,7 @@
 """LocalCluster: one master plus several agents in this process, each on its own loopback port."""
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 import threading
@@ -16,6 +17,15 @@ from .master_http import serve_master
 from .resources import Resources
 
 
+DEFAULT_PRINCIPAL = "mesos-ensemble"
+"""The principal of generated credentials."""
+
+
+def generate_secret() -> str:
+    """A fresh random secret (256 bits, URL-safe text)."""
+    return secrets.token_urlsafe(32)
+
+
 @dataclass
 class AgentSpec:
     """Resources and attributes of one agent (``resources`` like ``{"cpus": 2, "mem": 4096}``;
@@ -25,6 +35,9 @@ class AgentSpec:
     resources: Mapping[str, Any] = field(default_factory=lambda: {"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0})
     attributes: Mapping[str, Any] = field(default_factory=dict)
     port: int = 0
+    executor_environment_variables: Optional[Mapping[str, str]] = None
+    """Mesos' agent flag ``--executor_environment_variables``: the exact base environment of this
+    agent's executors (None = the cluster's setting)."""
 
 
 def recorded_processes(work_dir: Path) -> list[tuple[int, int]]:
@@ -59,7 +72,8 @@ class LocalCluster:
                  heartbeat_interval: float = 15.0, allocation_interval: float = 1.0,
                  status_update_retry_interval: float = 10.0, executor_shutdown_grace_period: float = 5.0,
                  executor_registration_timeout: float = 60.0, command_kill_grace_period: float = 3.0,
-                 offer_timeout: Optional[float] = None, tick_interval: float = 0.05) -> None:
+                 offer_timeout: Optional[float] = None, tick_interval: float = 0.05,
+                 executor_environment_variables: Optional[Mapping[str, str]] = None) -> None:
         self.agent_specs = list(agents) or [AgentSpec()]
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="localmesos-"))
@@ -74,6 +88,8 @@ class LocalCluster:
                             executor_registration_timeout=executor_registration_timeout,
                             command_kill_grace_period=command_kill_grace_period, offer_timeout=offer_timeout)
         self.tick_interval = tick_interval
+        self.executor_environment_variables = (dict(executor_environment_variables)
+                                               if executor_environment_variables is not None else None)
         self.lock = threading.RLock()
         self.master: Optional[Master] = None
         self._master_server: Optional[Server] = None
@@ -83,6 +99,17 @@ class LocalCluster:
         self._specs: dict[int, AgentSpec] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def with_generated_credentials(cls, agents: Sequence[AgentSpec] = (), principal: str = DEFAULT_PRINCIPAL,
+                                   **options: Any) -> "tuple[LocalCluster, tuple[str, str]]":
+        """A cluster (not started) requiring framework authentication by ``principal`` with a fresh
+        random secret, and that ``(principal, secret)`` for the framework's driver. ``options`` are
+        the constructor's (except ``credentials``). The secret exists only in this process."""
+        if "credentials" in options:
+            raise TypeError("with_generated_credentials() generates the credentials itself")
+        secret = generate_secret()
+        return cls(agents, credentials={principal: secret}, **options), (principal, secret)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> "LocalCluster":
@@ -110,7 +137,10 @@ class LocalCluster:
                       executor_shutdown_grace_period=o["executor_shutdown_grace_period"],
                       status_update_retry_interval=o["status_update_retry_interval"],
                       executor_registration_timeout=o["executor_registration_timeout"],
-                      command_kill_grace_period=o["command_kill_grace_period"])
+                      command_kill_grace_period=o["command_kill_grace_period"],
+                      executor_environment_variables=(spec.executor_environment_variables
+                                                      if spec.executor_environment_variables is not None
+                                                      else self.executor_environment_variables))
         self.agents.append(agent)
         self._every_agent.append(agent)
         self._specs[id(agent)] = spec

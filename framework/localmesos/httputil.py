@@ -13,6 +13,10 @@ from typing import Any, Callable, Optional
 from . import recordio
 
 JSON = "application/json"
+MAX_BODY_BYTES = 16 * 2**20
+"""Largest request body read (413 above it). Real Mesos sets no limit; 16 MiB is far above any
+call a framework sends (task ``data`` should stay small) and bounds what one client can make the
+master buffer."""
 
 
 class HTTPError(Exception):
@@ -119,9 +123,62 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    body_timeout = 30.0
+    """Seconds a client may take to send a request body (a slow or stalled client loses its connection)."""
+
     def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        """The whole request body, by Content-Length or chunked framing. Raises HTTPError (and the
+        connection is closed after the answer): 400 for an invalid length, broken chunking or a body
+        shorter than announced, 413 above ``MAX_BODY_BYTES`` (nothing more is read)."""
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        lengths = self.headers.get_all("Content-Length") or []
+        if chunked or lengths:
+            self.close_connection = True  # set back below once the whole body was read
+        self.connection.settimeout(self.body_timeout)
+        try:
+            if chunked:
+                body = self._read_chunked()
+            elif not lengths:
+                body = b""
+            else:
+                if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+                    raise HTTPError(400, "Invalid 'Content-Length' header")
+                length = int(lengths[0])
+                if length > MAX_BODY_BYTES:
+                    raise HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+                body = self.rfile.read(length)
+                if len(body) != length:
+                    raise HTTPError(400, f"Request body shorter than its Content-Length ({len(body)} < {length})")
+        except OSError:
+            raise HTTPError(400, "Request body not received") from None
+        finally:
+            self.connection.settimeout(None)
+        self.close_connection = False
+        return body
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            line = self.rfile.readline(1024)
+            text = line.split(b";", 1)[0].strip()
+            if not line.endswith(b"\n") or not text or any(c not in b"0123456789abcdefABCDEF" for c in text):
+                raise HTTPError(400, "Invalid chunked request body")
+            length = int(text, 16)
+            if length == 0:
+                while True:  # trailers, up to the empty line
+                    trailer = self.rfile.readline(1024)
+                    if not trailer.endswith(b"\n"):
+                        raise HTTPError(400, "Invalid chunked request body")
+                    if trailer in (b"\r\n", b"\n"):
+                        return b"".join(parts)
+            size += length
+            if size > MAX_BODY_BYTES:
+                raise HTTPError(413, f"Request body larger than {MAX_BODY_BYTES} bytes")
+            data = self.rfile.read(length)
+            if len(data) != length or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise HTTPError(400, "Invalid chunked request body")
+            parts.append(data)
 
     def reply(self, status: int, body: bytes | str = b"", content_type: str = "text/plain; charset=utf-8",
               headers: Optional[dict[str, str]] = None) -> None:
@@ -133,12 +190,24 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
 
     def reply_json(self, status: int, data: Any) -> None:
         self.reply(status, json.dumps(data), JSON)
+
+    def discard_body(self) -> bool:
+        """Read (and drop) the body of a request answered without it; False (after answering the
+        body's error) when the body itself is invalid."""
+        try:
+            self.read_body()
+        except HTTPError as error:
+            self.reply_error(error)
+            return False
+        return True
 
     def reply_error(self, error: HTTPError) -> None:
         self.reply(error.status, error.message, headers=error.headers)
@@ -171,13 +240,15 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(406, "Expecting 'Accept' to allow application/json or application/x-protobuf")
         try:
             text = body.decode("utf-8")
-            call = json.loads(text)
+            call = json.loads(text, parse_constant=_reject_constant)
         except UnicodeDecodeError as exc:
             raise HTTPError(400, f"Failed to parse body into JSON: {exc}") from None
-        except json.JSONDecodeError as exc:
-            near = exc.doc[exc.pos:].split("\n", 1)[0]
-            raise HTTPError(400, f"Failed to parse body into JSON: syntax error at line {exc.lineno} "
-                                 f"near: {near}") from None
+        except (RecursionError, ValueError) as exc:
+            if isinstance(exc, json.JSONDecodeError):
+                near = exc.doc[exc.pos:].split("\n", 1)[0]
+                raise HTTPError(400, f"Failed to parse body into JSON: syntax error at line {exc.lineno} "
+                                     f"near: {near[:100]}") from None
+            raise HTTPError(400, f"Failed to parse body into JSON: {str(exc)[:100]}") from None
         if not isinstance(call, dict):
             raise HTTPError(400, "Failed to convert JSON into Call protobuf: Expecting a JSON object")
         return call
@@ -191,6 +262,11 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, UnicodeDecodeError):
             return None
         return principal, secret
+
+
+def _reject_constant(name: str) -> Any:
+    """JSON has no NaN or Infinity (Python's parser would accept them; Mesos' does not)."""
+    raise ValueError(f"invalid JSON literal {name}")
 
 
 class Server(ThreadingHTTPServer):

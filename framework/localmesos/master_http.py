@@ -54,8 +54,7 @@ class MasterHandler(Handler):
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] == "/api/v1/scheduler":
             self._scheduler()
-        else:
-            self.read_body()
+        elif self.discard_body():
             self.reply(404)
 
     def _authenticate(self) -> Optional[str]:

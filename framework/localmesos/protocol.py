@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 import uuid as uuidlib
 from typing import Any, Optional
@@ -11,50 +12,78 @@ from .httputil import HTTPError
 VERSION = "1.11.0"
 """The Mesos version the embedded cluster reports."""
 
-# message name -> {field: (message type or None, required, repeated)}
-_ID: dict[str, tuple[Optional[str], bool, bool]] = {"value": (None, True, False)}
-_SCHEMA: dict[str, dict[str, tuple[Optional[str], bool, bool]]] = {
+# message name -> {field: (message name or scalar kind, required, repeated)}; scalar kinds are
+# "string", "bytes" (base64 text), "double", "int", "bool" and "enum:<A|B|...>" ("enum" = any name).
+_ID: dict[str, tuple[str, bool, bool]] = {"value": ("string", True, False)}
+_SCHEMA: dict[str, dict[str, tuple[str, bool, bool]]] = {
     "ID": _ID,
     "SchedulerCall": {
+        "type": ("enum", False, False),
         "framework_id": ("ID", False, False), "subscribe": ("Subscribe", False, False),
         "accept": ("Accept", False, False), "decline": ("Decline", False, False),
         "kill": ("Kill", False, False), "acknowledge": ("Acknowledge", False, False),
         "reconcile": ("Reconcile", False, False), "message": ("Message", False, False),
         "shutdown": ("Shutdown", False, False),
     },
-    "Subscribe": {"framework_info": ("FrameworkInfo", True, False)},
-    "FrameworkInfo": {"user": (None, True, False), "name": (None, True, False), "id": ("ID", False, False)},
-    "Accept": {"offer_ids": ("ID", False, True), "operations": ("Operation", False, True)},
-    "Decline": {"offer_ids": ("ID", False, True)},
-    "Operation": {"launch": ("Launch", False, False), "launch_group": ("LaunchGroup", False, False)},
+    "Subscribe": {"framework_info": ("FrameworkInfo", True, False), "suppressed_roles": ("string", False, True)},
+    "FrameworkInfo": {
+        "user": ("string", True, False), "name": ("string", True, False), "id": ("ID", False, False),
+        "failover_timeout": ("double", False, False), "checkpoint": ("bool", False, False),
+        "role": ("string", False, False), "roles": ("string", False, True), "hostname": ("string", False, False),
+        "principal": ("string", False, False), "webui_url": ("string", False, False),
+        "capabilities": ("Capability", False, True), "labels": ("Labels", False, False),
+    },
+    "Capability": {"type": ("enum", False, False)},
+    "Labels": {"labels": ("Label", False, True)},
+    "Label": {"key": ("string", True, False), "value": ("string", False, False)},
+    "Filters": {"refuse_seconds": ("double", False, False)},
+    "Accept": {"offer_ids": ("ID", False, True), "operations": ("Operation", False, True),
+               "filters": ("Filters", False, False)},
+    "Decline": {"offer_ids": ("ID", False, True), "filters": ("Filters", False, False)},
+    "Operation": {"type": ("enum", False, False), "launch": ("Launch", False, False),
+                  "launch_group": ("LaunchGroup", False, False)},
     "Launch": {"task_infos": ("TaskInfo", False, True)},
     "LaunchGroup": {"executor": ("ExecutorInfo", True, False), "task_group": ("TaskGroup", True, False)},
     "TaskGroup": {"tasks": ("TaskInfo", False, True)},
     "TaskInfo": {
-        "name": (None, True, False), "task_id": ("ID", True, False), "agent_id": ("ID", True, False),
+        "name": ("string", True, False), "task_id": ("ID", True, False), "agent_id": ("ID", True, False),
         "resources": ("Resource", False, True), "executor": ("ExecutorInfo", False, False),
-        "command": ("CommandInfo", False, False),
+        "command": ("CommandInfo", False, False), "data": ("bytes", False, False),
+        "labels": ("Labels", False, False), "kill_policy": ("KillPolicy", False, False),
     },
     "ExecutorInfo": {
         "executor_id": ("ID", True, False), "framework_id": ("ID", False, False),
         "command": ("CommandInfo", False, False), "resources": ("Resource", False, True),
+        "name": ("string", False, False), "source": ("string", False, False), "data": ("bytes", False, False),
+        "shutdown_grace_period": ("DurationInfo", False, False), "labels": ("Labels", False, False),
     },
-    "CommandInfo": {"uris": ("URI", False, True), "environment": ("Environment", False, False)},
-    "URI": {"value": (None, True, False)},
+    "DurationInfo": {"nanoseconds": ("int", True, False)},
+    "KillPolicy": {"grace_period": ("DurationInfo", False, False)},
+    "CommandInfo": {"uris": ("URI", False, True), "environment": ("Environment", False, False),
+                    "shell": ("bool", False, False), "value": ("string", False, False),
+                    "arguments": ("string", False, True), "user": ("string", False, False)},
+    "URI": {"value": ("string", True, False), "executable": ("bool", False, False),
+            "extract": ("bool", False, False), "cache": ("bool", False, False),
+            "output_file": ("string", False, False)},
     "Environment": {"variables": ("Variable", False, True)},
-    "Variable": {"name": (None, True, False)},
-    "Resource": {"name": (None, True, False), "type": (None, True, False),
-                 "scalar": ("Scalar", False, False), "ranges": ("Ranges", False, False)},
-    "Scalar": {"value": (None, True, False)},
+    "Variable": {"name": ("string", True, False), "type": ("enum:VALUE|SECRET|UNKNOWN", False, False),
+                 "value": ("string", False, False)},
+    "Resource": {"name": ("string", True, False), "type": ("enum:SCALAR|RANGES|SET|TEXT", True, False),
+                 "scalar": ("Scalar", False, False), "ranges": ("Ranges", False, False),
+                 "set": ("Set", False, False), "role": ("string", False, False)},
+    "Scalar": {"value": ("double", True, False)},
     "Ranges": {"range": ("Range", False, True)},
-    "Range": {"begin": (None, True, False), "end": (None, True, False)},
-    "Kill": {"task_id": ("ID", True, False), "agent_id": ("ID", False, False)},
-    "Acknowledge": {"agent_id": ("ID", True, False), "task_id": ("ID", True, False), "uuid": (None, True, False)},
+    "Range": {"begin": ("int", True, False), "end": ("int", True, False)},
+    "Set": {"item": ("string", False, True)},
+    "Kill": {"task_id": ("ID", True, False), "agent_id": ("ID", False, False),
+             "kill_policy": ("KillPolicy", False, False)},
+    "Acknowledge": {"agent_id": ("ID", True, False), "task_id": ("ID", True, False), "uuid": ("bytes", True, False)},
     "Reconcile": {"tasks": ("ReconcileTask", False, True)},
     "ReconcileTask": {"task_id": ("ID", True, False), "agent_id": ("ID", False, False)},
-    "Message": {"agent_id": ("ID", True, False), "executor_id": ("ID", True, False), "data": (None, True, False)},
+    "Message": {"agent_id": ("ID", True, False), "executor_id": ("ID", True, False), "data": ("bytes", True, False)},
     "Shutdown": {"executor_id": ("ID", True, False), "agent_id": ("ID", True, False)},
     "ExecutorCall": {
+        "type": ("enum", False, False),
         "framework_id": ("ID", True, False), "executor_id": ("ID", True, False),
         "subscribe": ("ExecutorSubscribe", False, False), "update": ("ExecutorUpdate", False, False),
         "message": ("ExecutorMessage", False, False),
@@ -62,9 +91,13 @@ _SCHEMA: dict[str, dict[str, tuple[Optional[str], bool, bool]]] = {
     "ExecutorSubscribe": {"unacknowledged_tasks": ("TaskInfo", False, True),
                           "unacknowledged_updates": ("ExecutorUpdate", False, True)},
     "ExecutorUpdate": {"status": ("TaskStatus", True, False)},
-    "TaskStatus": {"task_id": ("ID", True, False), "state": (None, True, False),
-                   "agent_id": ("ID", False, False), "executor_id": ("ID", False, False)},
-    "ExecutorMessage": {"data": (None, True, False)},
+    "TaskStatus": {"task_id": ("ID", True, False), "state": ("enum", True, False),
+                   "agent_id": ("ID", False, False), "executor_id": ("ID", False, False),
+                   "message": ("string", False, False), "source": ("enum", False, False),
+                   "reason": ("enum", False, False), "data": ("bytes", False, False),
+                   "timestamp": ("double", False, False), "uuid": ("bytes", False, False),
+                   "healthy": ("bool", False, False)},
+    "ExecutorMessage": {"data": ("bytes", True, False)},
 }
 
 
@@ -77,17 +110,45 @@ def _missing(message: str, value: Any, prefix: str, out: list[str]) -> None:
                 out.append(path)
             continue
         field = value[name]
-        if repeated:
-            if not isinstance(field, list):
-                raise HTTPError(400, f"Failed to convert JSON into Call protobuf: Not expecting a JSON "
-                                     f"{_json_kind(field)} for field '{name}'")
-            if sub:
-                for index, item in enumerate(field):
-                    _check_object(item, name)
-                    _missing(sub, item, f"{path}[{index}].", out)
-        elif sub:
-            _check_object(field, name)
-            _missing(sub, field, f"{path}.", out)
+        items = field if repeated else [field]
+        if repeated and not isinstance(field, list):
+            raise HTTPError(400, f"Failed to convert JSON into Call protobuf: Not expecting a JSON "
+                                 f"{_json_kind(field)} for field '{name}'")
+        for index, item in enumerate(items):
+            if sub in _SCHEMA:
+                _check_object(item, name)
+                _missing(sub, item, f"{path}[{index}]." if repeated else f"{path}.", out)
+            else:
+                _check_scalar(item, sub, name)
+
+
+def _check_scalar(value: Any, kind: str, name: str) -> None:
+    """Mesos' JSON -> protobuf conversion of one scalar field (400 with stout's text)."""
+    ok: bool
+    if kind in ("string", "bytes") or kind.startswith("enum"):
+        ok = isinstance(value, str)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "double":
+        ok = ((isinstance(value, (int, float)) and not isinstance(value, bool)) or _numeric(value, float)) \
+            and math.isfinite(float(value))
+    else:  # int
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or _numeric(value, int)
+    if not ok:
+        raise HTTPError(400, f"Failed to convert JSON into Call protobuf: Not expecting a JSON "
+                             f"{_json_kind(value)} for field '{name}'")
+    if kind.startswith("enum:") and value not in kind[5:].split("|"):
+        raise HTTPError(400, f"Failed to convert JSON into Call protobuf: Failed to find enum for '{value}'")
+
+
+def _numeric(value: Any, kind: type) -> bool:
+    """stout also takes numbers written as strings."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isfinite(float(kind(value)))
+    except (ValueError, OverflowError):
+        return False
 
 
 def _json_kind(value: Any) -> str:

@@ -88,7 +88,8 @@ def test_cli_requires_generated_credentials_and_runs_until_sigterm(tmp_path: Pat
     try:
         assert proc.stdout is not None and proc.stderr is not None
         address = proc.stdout.readline().strip()
-        lines = [proc.stderr.readline() for _ in range(3)]
+        assert address.startswith("127.0.0.1:")  # loopback unless --host says otherwise
+        lines = [proc.stderr.readline() for _ in range(4)]
         announced = [line for line in lines if "authentication required" in line]
         assert announced, lines
         path = tmp_path / "wd" / "credentials.json"
@@ -97,6 +98,8 @@ def test_cli_requires_generated_credentials_and_runs_until_sigterm(tmp_path: Pat
         assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         [(principal, secret)] = load_credentials(path).items()
         assert principal == "mesos-ensemble" and secret_file.read_text().strip() == secret
+        assert (f'master = "{address}", principal = "mesos-ensemble", secret_file = "{secret_file}"'
+                in lines[3]), lines
         assert secret not in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
         assert get(f"http://{address}/master/state")[0] == 401  # framework ids are not for anybody
         subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "x", "name": "intruder"}}}

@@ -111,3 +111,27 @@ def test_pymesos_driver_with_credentials(make_cluster):
         driver.stop()
         driver.join()
     wait_for(lambda: cluster.state()["completed_frameworks"], timeout=5)
+
+
+def test_generated_credentials_admit_only_the_driver_holding_them(tmp_path):
+    from framework.localmesos import LocalCluster
+
+    from localmesos_helpers import Scheduler as RawScheduler
+
+    cluster, (principal, secret) = LocalCluster.with_generated_credentials(
+        work_dir=tmp_path / "cluster", allocation_interval=0.1)
+    assert cluster.credentials == {principal: secret} and len(secret) >= 40
+    with cluster:
+        intruder = RawScheduler(cluster.master_address, name="intruder")
+        assert intruder.status == 401
+        scheduler = RecordingScheduler()
+        driver = MesosSchedulerDriver(scheduler, {"user": "tester", "name": "authenticated"},
+                                      cluster.master_address, use_addict=True, principal=principal, secret=secret)
+        driver.start()
+        try:
+            update = scheduler.updates.get(timeout=30)  # it got an offer and launched
+            assert update.state in ("TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"), update
+            assert scheduler.registered_id is not None
+        finally:
+            driver.stop()
+            driver.join()
