@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import sys
-import tracemalloc
 from typing import Any
 
 from executor.modelfile import UntrustedTypes, load_model, skops_untrusted_types
@@ -73,15 +71,24 @@ def describe(estimator: Any, version: str | None, loaded_bytes: int) -> dict[str
 
 
 def loaded_size(path: str, model_format: str, trusted_types: list[str], estimator: Any) -> int:
-    """About how much memory the loaded model holds: what a second load allocates and keeps
-    (traced, once the modules it needs are imported), or its pickled size if larger (native
-    buffers, such as a tree's nodes, are not traced)."""
-    tracemalloc.start()
+    """About how much memory the loaded model holds: how much the resident set grows when it is
+    loaded a second time (the modules it needs are imported by then; native buffers, such as a
+    forest's nodes, count), or the file's size if larger.  A plain second load: tracing every
+    allocation, or pickling the model again, costs seconds on a large forest."""
+    before = _resident_bytes()
     again = load_model(path, model_format, trusted_types)
-    traced = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
+    grown = _resident_bytes() - before
     del again
-    return max(traced, len(pickle.dumps(estimator, protocol=pickle.HIGHEST_PROTOCOL)))
+    return max(grown, os.path.getsize(path))
+
+
+def _resident_bytes() -> int:
+    """This process' resident set (Linux ``/proc/self/statm``; 0 where it does not exist)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def inspect_file(path: str, model_format: str, trusted_types: list[str]) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class ModelMetadata:
     sklearn_version: str | None
     """The scikit-learn version it was saved with (see ``executor.modelfile.load_model``)."""
     loaded_bytes: int
-    """Memory the loaded model holds (traced while loading; includes modules the load imported)."""
+    """Memory the loaded model holds: the resident set's growth on a second load, or the file's size."""
     untrusted_types: tuple[str, ...] = ()
     """skops files: the types skops does not trust by itself (all allowed, or it was not loaded)."""
 
