@@ -249,3 +249,27 @@ def test_failed_authentication_is_one_line(demo: Path, tmp_path: Path,
 def _no_stray_outputs(demo: Path) -> Iterator[None]:
     yield
     assert not [p.name for p in demo.parent.iterdir() if ".partial" in p.name or p.name.endswith(".part")]
+
+
+def test_offers_rescinded_while_rounds_are_decided(demo: Path, tmp_path: Path, reference: bytes,
+                                                   integrated: Counter[tuple[str, int]],
+                                                   make_cluster: Callable[..., LocalCluster],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master rescinds every offer 30 ms after making it (as Mesos does with
+    --offer_timeout), so offers vanish before, during and after the rounds that use them: none
+    is accepted once known rescinded, an ACCEPT that loses the race is refused by the master and
+    its tasks retried, and the output is still exact."""
+    from framework.scheduler import EnsembleScheduler
+
+    rescinded: list[str] = []
+    original = EnsembleScheduler.offerRescinded
+
+    def counting(self: EnsembleScheduler, driver: Any, offer_id: Any) -> None:
+        rescinded.append(str(offer_id))
+        original(self, driver, offer_id)
+
+    monkeypatch.setattr(EnsembleScheduler, "offerRescinded", counting)
+    cluster = make_cluster(offer_timeout=0.03)
+    outcome = finish(*run_in_thread(on_cluster(demo, cluster, max_retries=10), tmp_path / "w"))
+    check_exact(outcome, reference, integrated)
+    assert rescinded  # the fault happened
