@@ -256,19 +256,32 @@ def test_offers_rescinded_while_rounds_are_decided(demo: Path, tmp_path: Path, r
                                                    make_cluster: Callable[..., LocalCluster],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The master rescinds every offer 30 ms after making it (as Mesos does with
-    --offer_timeout), so offers vanish before, during and after the rounds that use them: none
-    is accepted once known rescinded, an ACCEPT that loses the race is refused by the master and
-    its tasks retried, and the output is still exact."""
+    --offer_timeout) and the first rounds take 100 ms to decide, so their offers vanish while
+    they are decided: none is accepted once known rescinded (an ACCEPT that loses the race is
+    refused by the master and its tasks retried), later rounds launch, the output is exact."""
     from framework.scheduler import EnsembleScheduler
 
     rescinded: list[str] = []
-    original = EnsembleScheduler.offerRescinded
+    original_rescinded, original_init = EnsembleScheduler.offerRescinded, EnsembleScheduler.__init__
 
     def counting(self: EnsembleScheduler, driver: Any, offer_id: Any) -> None:
         rescinded.append(str(offer_id))
-        original(self, driver, offer_id)
+        original_rescinded(self, driver, offer_id)
+
+    def slow_rounds(self: EnsembleScheduler, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        decide, slow = self.decide, [2]
+
+        def slowly(*decide_args: Any) -> Any:
+            if slow[0] > 0:  # on the decision worker: the master's clock runs on meanwhile
+                slow[0] -= 1
+                time.sleep(0.1)
+            return decide(*decide_args)
+
+        self.decide = slowly
 
     monkeypatch.setattr(EnsembleScheduler, "offerRescinded", counting)
+    monkeypatch.setattr(EnsembleScheduler, "__init__", slow_rounds)
     cluster = make_cluster(offer_timeout=0.03)
     outcome = finish(*run_in_thread(on_cluster(demo, cluster, max_retries=10), tmp_path / "w"))
     check_exact(outcome, reference, integrated)
