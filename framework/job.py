@@ -34,7 +34,7 @@ from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import check_data, check_job
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
@@ -328,12 +328,12 @@ class JobRunner:
             return settings.master, settings.executor_python or default_python
         from framework.localmesos import AgentSpec, LocalCluster
 
+        # The very agents ``validate`` judged the job against (preflight.local_agents: one place
+        # holds the defaults).
         agents = [
-            AgentSpec(hostname=a.get("hostname", f"agent-{i + 1}"),
-                      resources={k: float(a.get(k, d))
-                                 for k, d in (("cpus", 2), ("mem", 4096), ("disk", 10000), ("gpus", 0))},
-                      attributes=dict(a.get("attributes", {})))
-            for i, a in enumerate(self.spec.local_cluster.agents or [{}, {}])
+            AgentSpec(hostname=a.hostname, resources={k: getattr(a.capacity, k) for k in LOCAL_AGENT_DEFAULTS},
+                      attributes=dict(a.attributes))
+            for a in local_agents(self.spec.local_cluster)
         ]
         # Locked down like a real cluster: framework authentication, with a random per-run secret
         # unless the job names its own credentials (no other local process can subscribe as us).
