@@ -24,14 +24,6 @@ RunTasks = Callable[[list[WorkItem], Callable[[WorkItem, np.ndarray], None]], No
 """Runs work items to the end, handing each result to the callback (the job's scheduler loop)."""
 
 
-def final_estimator_for(name: str, kind: str) -> Any:
-    """The stacking final estimator named in the job file (``auto``: scikit-learn's default)."""
-    from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
-
-    choices = {"logistic_regression": LogisticRegression, "ridge": RidgeCV, "linear_regression": LinearRegression}
-    return None if name == "auto" else choices[name]()
-
-
 def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, members: list[ensemble.MemberSpec],
                  estimators: dict[str, Any], data_features: tuple[str, ...], work_dir: Path, run_tasks: RunTasks,
                  progress: Callable[[str], None]) -> tuple[list[ensemble.MemberSpec], Any]:
@@ -45,7 +37,7 @@ def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
         raise JobSpecError(f"{spec.source}: stacking.train: {stacking.train.path.name} has feature columns "
                            f"{list(train.feature_names)[:20]}, the data has {list(data_features)[:20]}; "
                            "they must be the same, in the same order")
-    kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
+    kind: ensemble.Kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
     plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
     methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)
                for name, est in estimators.items()}
@@ -67,7 +59,7 @@ def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
     n_classes = None if plan.classes is None else len(plan.classes)
     meta = ensemble.stack_features(out_of_fold, [methods[n] for n in names], n_classes,
                                    train.features if stacking.passthrough else None)
-    final = ensemble.fit_final_estimator(meta, plan, kind, final_estimator_for(stacking.final_estimator, kind))
+    final = ensemble.fit_final_estimator(meta, plan, kind, ensemble.final_estimator(stacking.final_estimator, kind))
     fitted = ensemble.FittedStacking(kind=kind, members=tuple(names), stack_methods=tuple(methods[n] for n in names),
                                      classes=plan.classes, passthrough=stacking.passthrough, final_estimator=final)
     if stacking.save_to is not None:
