@@ -190,6 +190,7 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
+        self.progress.hold()  # until the master accepts the framework (see JobWatch.tick)
         dataset, members, estimators = prepare(spec)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
@@ -243,6 +244,7 @@ class JobRunner:
             result = integrator.finish()
             assert self.watch is not None
             self.watch.tick()
+            self.progress.release()  # (a run whose every result was in the journal may end unsubscribed)
             self.watch.state = "finished"
             if journal is not None:
                 journal.mark_completed(f"wrote {result.rows} integrated predictions to {result.output_path}")

@@ -133,6 +133,8 @@ class JobProgress:
         self._last_line: float | None = None
         self._dirty = False
         self._closed = False
+        self._held = False
+        self._held_lines: list[tuple[str, str | None]] = []
         self._bars: dict[str, TaskID] = {}
         self._job_bar: TaskID | None = None
         self._progress: Progress | None = None
@@ -157,9 +159,10 @@ class JobProgress:
                 if c.started_at is None:
                     c.started_at = now
             if self._progress is not None:
-                if not self._progress.live.is_started:
-                    self._progress.start()
+                if self._job_bar is None:
                     self._job_bar = self._progress.add_task("[bold]job[/bold]", total=0, rows_done=0, note="")
+                if not self._progress.live.is_started and not self._held and not self._closed:
+                    self._progress.start()
                 if model in self._bars:
                     self._progress.update(self._bars[model], total=counts.tasks)
                 else:
@@ -237,14 +240,41 @@ class JobProgress:
             if self.mode == "plain" and self._dirty:
                 self._maybe_line(force=False)
 
+    def hold(self) -> None:
+        """Show nothing until :meth:`release` (events are still counted and kept): a job holds its
+        display until the master accepted the framework, so that a run refused before anything
+        starts (a bad secret, say) writes only its error line."""
+        with self._lock:
+            self._held = True
+
+    def release(self) -> None:
+        """Show what was held back, and go on showing events as they happen."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            if self._closed or self.mode == "quiet":
+                return
+            if self._progress is not None:
+                for text, style in self._held_lines:
+                    self._print_event(text, style)
+                self._held_lines.clear()
+                if self._bars and not self._progress.live.is_started:
+                    self._progress.start()
+            elif self._dirty:
+                self._maybe_line(force=True)
+
     def close(self) -> None:
-        """Stop the bars (leaving them on screen) or write the last plain line."""
+        """Stop the bars (leaving them on screen) or write the last plain line (nothing while held)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if self._held:
+                return
             if self._progress is not None:
-                self._progress.stop()
+                if self._progress.live.is_started:
+                    self._progress.stop()
             elif self.mode == "plain" and (self._dirty or self._last_line is None) and self.job.tasks:
                 self._maybe_line(force=True)
 
@@ -277,11 +307,18 @@ class JobProgress:
         if self.mode == "quiet" or self._closed:
             return
         if self._progress is not None:
-            line = escape(text)
-            self._progress.console.print(f"[{style}]{line}[/{style}]" if style else line, highlight=False)
+            if self._held:
+                self._held_lines.append((text, style))
+            else:
+                self._print_event(text, style)
             return
         bucket.append(text)
         self._changed()
+
+    def _print_event(self, text: str, style: str | None) -> None:
+        assert self._progress is not None
+        line = escape(text)
+        self._progress.console.print(f"[{style}]{line}[/{style}]" if style else line, highlight=False)
 
     def _changed(self) -> None:
         self._dirty = True
@@ -289,6 +326,8 @@ class JobProgress:
             self._maybe_line(force=False)
 
     def _maybe_line(self, force: bool) -> None:
+        if self._held:
+            return
         now = self.clock()
         if not force and self._last_line is not None and now - self._last_line < self.interval:
             return

@@ -67,9 +67,11 @@ class JobWatch:
         scheduler = self.scheduler
         retries: list[tuple[str, str, str]] = []
         pending = 0
+        subscribed = False
         if scheduler is not None:
             with scheduler.lock:
-                if scheduler.framework_id is not None and self.state == "starting":
+                subscribed = scheduler.framework_id is not None and self.state == "starting"
+                if subscribed:
                     self.state = "running"
                 pending = len(scheduler.tracker.pending())
                 for item in scheduler.tracker.items.values():
@@ -78,6 +80,8 @@ class JobWatch:
                         self._failures_seen[item.key] = len(item.failures)
                         if item.state is not ItemState.FAILED:  # gave up: the job reports the member
                             retries.append((item.model, item.key, item.failures[-1]))
+        if subscribed:
+            self.progress.release()  # held by the job until the master accepted the framework
         with self._lock:
             backups, self._backups = self._backups, []
             decision = self.decision

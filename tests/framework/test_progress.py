@@ -7,6 +7,8 @@ import io
 import re
 import threading
 
+import pytest
+
 from rich.console import Console
 
 from framework.balancing import Measurements
@@ -295,3 +297,27 @@ def test_the_watch_reports_retries_backups_and_why_tasks_wait_from_the_round() -
     assert view.progress["retries"] == 1 and view.waiting == "4 tasks wait: mem exhausted on 2 agents"
     watch.tick()
     assert out.getvalue().count("retry ") == 1  # a failure is reported once
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_held_display_shows_nothing_until_released_and_nothing_if_never_released(terminal: bool) -> None:
+    target, out = console(terminal)
+    progress = JobProgress(target, auto_refresh=False, interval=0.0)
+    progress.hold()
+    progress.note("running demo")
+    progress.started("m", 2, 20)
+    progress.waiting("2 tasks wait for the first offers")
+    assert out.getvalue() == ""  # a run refused here (bad credentials) writes only its error
+    progress.release()
+    progress.task_done("m", 10, "m.s0")
+    progress.close()
+    text = plain_text(out)
+    assert "running demo" in text and "waiting: 2 tasks wait for the first offers" in text and "1/2" in text
+
+    target, out = console(terminal)
+    never = JobProgress(target, auto_refresh=False)
+    never.hold()
+    never.note("running demo")
+    never.started("m", 2, 20)
+    never.close()
+    assert out.getvalue() == "" and never.job.tasks == 2
