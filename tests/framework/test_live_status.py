@@ -108,3 +108,23 @@ def test_status_reads_the_recorded_address_only_while_its_server_answers(tmp_pat
 def test_a_damaged_address_file_means_not_running(tmp_path: Path, bad: str) -> None:
     (tmp_path / ADDRESS_FILE).write_text(bad)
     assert read_live(tmp_path) is None
+
+
+def test_status_port_is_read_from_the_job_file(tmp_path: Path) -> None:
+    from executor.protocol import file_sha256
+    from framework.errors import FrameworkError
+    from framework.jobspec import load_job
+
+    (tmp_path / "m.joblib").write_bytes(b"not loaded by load_job")
+    (tmp_path / "data.csv").write_text("x\n1\n")
+    job = tmp_path / "job.toml"
+    text = ('[job]\nname = "j"\noutput = "out.csv"\n[data]\npath = "data.csv"\n'
+            f'[[models]]\nname = "m"\npath = "m.joblib"\nsha256 = "{file_sha256(tmp_path / "m.joblib")}"\n'
+            'kind = "regressor"\n[framework]\n')
+    job.write_text(text)
+    assert load_job(job).framework.status_port == 0  # any free port
+    job.write_text(text + "status_port = 8765\n")
+    assert load_job(job).framework.status_port == 8765
+    job.write_text(text + "status_port = -1\n")
+    with pytest.raises(FrameworkError, match=r"status_port.*must be at least 0, got -1"):
+        load_job(job)

@@ -97,6 +97,11 @@ def test_a_running_job_serves_a_status_that_moves_and_mesos_links_to_it(
     with contextlib.redirect_stdout(shown):
         assert cli.main(["status", str(job)]) == 0
     assert f"slow: running (live, from {url})" in shown.getvalue() and "model slow_a: " in shown.getvalue()
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert cli.main(["status", str(job), "--json"]) == 0
+    live = json.loads(shown.getvalue())
+    assert live["source"] == "live" and live["url"] == url and live["progress"]["tasks"] == 12
 
     while thread.is_alive():  # until the run ends, the status keeps answering
         with contextlib.suppress(OSError):
@@ -114,6 +119,12 @@ def test_a_running_job_serves_a_status_that_moves_and_mesos_links_to_it(
     with contextlib.redirect_stdout(shown):
         assert cli.main(["status", str(job)]) == 0
     assert "(from the journal: no run of it answers now)" in shown.getvalue()
+    journal_json = io.StringIO()
+    with contextlib.redirect_stdout(journal_json):
+        assert cli.main(["--json", "status", str(job)]) == 0
+    from_journal = json.loads(journal_json.getvalue())
+    assert from_journal["source"] == "journal" and from_journal["items_by_state"] == {"finished": 12}
+    assert from_journal["completed"] and from_journal["total"] == 12
 
     # No secret anywhere it showed: the framework's secret, the artifact server's token.
     assert servers and len(servers[0].token) > 10
