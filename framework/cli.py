@@ -27,7 +27,8 @@ onto offers at the lowest cost, and integrate their predictions into one ensembl
 subcommands:
   run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
                         Mesos cluster in-process, "host:port" or "zk://..." uses a real one
-  status JOB.toml       show what the job's journal knows: items by state, attempts, framework id
+  status JOB.toml       while the job runs, its live status (progress per model, agents, cost,
+                        events); else what its journal knows: items by state, attempts, framework id
   validate JOB.toml     check a job file, its models, data and compatibility without running it
   inspect MODEL         print what a model file holds (estimator, features, classes, outputs,
                         scikit-learn version; for skops files, the types it would need trusted),
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-running", action="store_true",
                      help="external master: when interrupted, leave the tasks running for the next run to adopt")
 
-    status = commands.add_parser("status", help="show the progress a job's journal records")
+    status = commands.add_parser("status", help="show a running job's live status, else what its journal records")
     status.add_argument("job", type=Path)
     status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job)")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
