@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
 from framework.errors import FrameworkError, JobFailed
 
 if TYPE_CHECKING:
+    from framework.job import JobOutcome
     from framework.jobspec import JobSpec
+    from framework.progress import JobProgress
 
 DESCRIPTION = """\
 Deploy several scikit-learn models (joblib or skops files) together on Apache Mesos, pack their tasks
@@ -24,7 +27,8 @@ onto offers at the lowest cost, and integrate their predictions into one ensembl
 subcommands:
   run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
                         Mesos cluster in-process, "host:port" or "zk://..." uses a real one
-  status JOB.toml       show what the job's journal knows: items by state, attempts, framework id
+  status JOB.toml       while the job runs, its live status (progress per model, agents, cost,
+                        events); else what its journal knows: items by state, attempts, framework id
   validate JOB.toml     check a job file, its models, data and compatibility without running it
   inspect MODEL         print what a model file holds (estimator, features, classes, outputs,
                         scikit-learn version; for skops files, the types it would need trusted),
@@ -36,9 +40,12 @@ subcommands:
                         lower bound, and why any task waits, without launching anything
 """
 
+JSON_COMMANDS = ("run", "status", "plan", "inspect")
+"""The subcommands that can print their result as one JSON document (--json)."""
+
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 EPILOG = """\
-options -v/--verbose and -q/--quiet may come before or after the subcommand.
+options -v/--verbose, -q/--quiet and --json may come before or after the subcommand.
 
 exit status:
   0    success
@@ -93,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     add_common_options(parser, top=True)
+    parser.add_argument("--json", action="store_true",
+                        help=f"print the result as one JSON document ({', '.join(JSON_COMMANDS)})")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run an ensemble job described by a TOML job file",
@@ -101,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                     help="print the job's summary as one JSON document on stdout (and nothing else there)")
     run.add_argument("--state-dir", type=Path,
                      help="keep the job's journal here, to resume it (default: beside the job file, JOB.state/)")
     run.add_argument("--fresh", action="store_true",
@@ -108,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-running", action="store_true",
                      help="external master: when interrupted, leave the tasks running for the next run to adopt")
 
-    status = commands.add_parser("status", help="show the progress a job's journal records")
+    status = commands.add_parser("status", help="show a running job's live status, else what its journal records")
     status.add_argument("job", type=Path)
     status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job)")
+    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the live status (or the journal's) as one JSON document")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path)
@@ -122,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the file's format (default: skops for a .skops file, else joblib)")
     inspect.add_argument("--trusted-types", nargs="+", default=[], metavar="TYPE",
                          help="skops: types to trust on top of scikit-learn's and numpy's own classes")
-    inspect.add_argument("--json", action="store_true", help="print the metadata as one JSON document")
+    inspect.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                         help="print the metadata as one JSON document")
 
     demo = commands.add_parser("train-demo", help="write the founding example's models, data and job file")
     demo.add_argument("out_dir", type=Path, metavar="OUTDIR")
@@ -145,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: the job's master if host:port, else its [local_cluster] agents")
     plan.add_argument("--principal", help="--master: authenticate as this principal (default: the job's)")
     plan.add_argument("--secret-file", type=Path, help="--master: the principal's secret (default: the job's)")
-    plan.add_argument("--json", action="store_true", help="print the plan as one JSON document")
+    plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                      help="print the plan as one JSON document")
     for sub in commands.choices.values():
         sub.formatter_class = DefaultsFormatter
         sub.epilog = sub.epilog or "exit status: 0 ok, 1 job failed, 2 bad input, 130/143 interrupted"
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.json and args.command not in JSON_COMMANDS:
+            raise FrameworkError(f"--json applies to {', '.join(JSON_COMMANDS)}, not {args.command}")
         return COMMANDS[args.command](args)
     except job_failures() as error:  # evaluated only when an exception arrives here
         print(f"mesos-ensemble: job failed: {error}", file=sys.stderr)
@@ -218,9 +235,11 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from framework.balancing import format_usage
+    import json
+
     from framework.job import JobAlreadyFinished, JobRunner  # imports pymesos (its SIGINT handler) first
     from framework.journal import default_state_dir
+    from framework.progress import for_stderr
 
     install_signal_handlers()
     spec = load_checked(args)
@@ -228,18 +247,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
                              "cluster ends with the run")
     state_dir = args.state_dir or default_state_dir(args.job)
-    progress = (lambda message: None) if args.quiet else (lambda message: print(f"  {message}", flush=True))
-    print(f"mesos-ensemble: running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
+    progress = for_stderr(quiet=args.quiet)
     runner = JobRunner(spec, work_dir=args.work_dir, progress=progress, state_dir=state_dir, fresh=args.fresh,
                        keep_running=args.keep_running)
     try:
-        outcome = runner.run()
+        with progress, _logging_through(progress):
+            outcome = runner.run()
     except JobAlreadyFinished as finished:
-        print(f"mesos-ensemble: {finished}")
+        if args.json:
+            print(json.dumps({"already_finished": str(finished)}))
+        else:
+            print(f"mesos-ensemble: {finished}")
         return 0
     except Interrupted as interrupt:
         interrupt.kept = _kept_line(state_dir, runner.keep_running and spec.framework.master != "local")
         raise
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    else:
+        print_summary(outcome, state_dir)
+    return 0
+
+
+@contextlib.contextmanager
+def _logging_through(progress: "JobProgress") -> Iterator[None]:
+    """While bars are drawn, log records are written through the display (above the bars)."""
+    if progress.mode != "live":
+        yield
+        return
+    root = logging.getLogger()
+    handler = progress.log_handler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    saved = root.handlers[:]
+    root.handlers[:] = [handler]
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+
+
+def print_summary(outcome: "JobOutcome", state_dir: Path) -> None:
+    """The job's summary on stdout, as text."""
+    from framework.balancing import format_usage
+
     print(f"wrote {outcome.rows} integrated predictions to {outcome.output}")
     if outcome.resumed_items or outcome.adopted_tasks:
         print(f"resumed from {state_dir}: {outcome.resumed_items} finished task(s) not computed again, "
@@ -254,7 +304,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(format_usage(outcome.usage))
     if outcome.report_text:
         print(outcome.report_text)
-    return 0
 
 
 def _kept_line(state_dir: Path, kept_running: bool) -> str:
@@ -276,10 +325,20 @@ def _kept_line(state_dir: Path, kept_running: bool) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import datetime
+    import json
 
     from framework.journal import Journal, default_state_dir
+    from framework.live_status import describe, read_live
 
     state_dir = args.state_dir or default_state_dir(args.job)
+    live = read_live(state_dir) if Journal.exists(state_dir) else None
+    if live is not None:  # the job runs now: what its framework serves
+        url, document = live
+        if args.json:
+            print(json.dumps({"source": "live", "url": url, **document}, indent=2))
+        else:
+            print(describe(url, document))
+        return 0
     if not Journal.exists(state_dir):
         raise FrameworkError(f"{state_dir}: no journal here (the job has not run, or --state-dir names another "
                              "directory)")
@@ -292,7 +351,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     def when(seconds: float | None) -> str:
         return "-" if not seconds else datetime.datetime.fromtimestamp(seconds).isoformat(sep=" ", timespec="seconds")
 
-    print(f"{progress.job_name or args.job.name}: {progress.summary()}")
+    if args.json:
+        print(json.dumps({"source": "journal", "state_dir": str(state_dir), "job": progress.job_name,
+                          "items_by_state": dict(progress.counts), "total": progress.total,
+                          "completed": progress.completed, "framework_id": progress.framework_id or None,
+                          "failures": dict(progress.failures)}, indent=2))
+        return 0
+    print(f"{progress.job_name or args.job.name}: {progress.summary()} (from the journal: no run of it answers now)")
     print(f"  state: {'finished: ' + progress.completed if progress.completed else 'unfinished (run again to resume)'}")
     print(f"  journal: {state_dir}; created {when(progress.created_at)}, last update {when(progress.updated_at)}")
     print(f"  framework id: {progress.framework_id or '-'}"

@@ -32,14 +32,17 @@ from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
+from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
 from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
+from framework.progress import JobProgress, as_progress
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
 from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
 from framework.translator import framework_info, reconcile_tasks
+from framework.watch import JobWatch
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,25 @@ class JobOutcome:
     """Items whose results came from the journal of an earlier run (not computed again)."""
     adopted_tasks: int = 0
     """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
+    status_url: str | None = None
+    """Where the run served its live status page (gone now that it ended)."""
+    cost: float = 0.0
+    """The sum of the offer rounds' plan costs (see "Cost model"), and of their lower bounds."""
+    lower_bound: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as one JSON object (``run --json``)."""
+        return {
+            "output": str(self.output), "rows": self.rows, "members_used": list(self.members_used),
+            "members_missing": dict(self.members_missing), "wall_seconds": round(self.wall_seconds, 3),
+            "time_to_first_running": (None if self.time_to_first_running is None
+                                      else round(self.time_to_first_running, 3)),
+            "tasks": self.tasks, "task_attempts": self.task_attempts, "agents_used": self.agents_used,
+            "executors_launched": self.executors_launched, "backups_launched": self.backups_launched,
+            "resumed_items": self.resumed_items, "adopted_tasks": self.adopted_tasks,
+            "cost": round(self.cost, 6), "lower_bound": round(self.lower_bound, 6), "usage": self.usage,
+            "report": self.report,
+        }
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -134,7 +156,8 @@ def validate_job(spec: JobSpec) -> str:
 class JobRunner:
     """Runs one :class:`JobSpec` against a Mesos master (or the embedded local cluster)."""
 
-    def __init__(self, spec: JobSpec, work_dir: Path | None = None, progress: Any = None,
+    def __init__(self, spec: JobSpec, work_dir: Path | None = None,
+                 progress: JobProgress | Callable[[str], None] | None = None,
                  driver_factory: DriverFactory = pymesos_driver, start_local_cluster: bool = True,
                  state_dir: Path | None = None, fresh: bool = False, keep_running: bool = False) -> None:
         """``driver_factory`` makes the scheduler driver (pymesos by default).  ``start_local_cluster``:
@@ -147,7 +170,11 @@ class JobRunner:
         adopts them, instead of tearing the framework down."""
         self.spec = spec
         self.work_dir = work_dir
-        self.progress = progress or (lambda message: None)
+        self.progress = as_progress(progress)
+        """Where the run's events go: a display (``framework.progress``); a plain function given
+        here gets each event as one message (``"done KEY"`` per finished task)."""
+        self.watch: JobWatch | None = None
+        self.status_url: str | None = None
         self.driver_factory = driver_factory
         self.start_local_cluster = start_local_cluster
         self.state_dir, self.fresh, self.keep_running = state_dir, fresh, keep_running
@@ -163,9 +190,11 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
+        self.progress.hold()  # until the master accepts the framework (see JobWatch.tick)
         dataset, members, estimators = prepare(spec)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
+            self.progress.note(f"running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix=TEMPORARY_WORK_DIR_PREFIX))
             if self.work_dir is None:
                 stack.callback(shutil.rmtree, work_dir, True)
@@ -184,15 +213,17 @@ class JobRunner:
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
+            self._shard_rows = [s.rows for s in shards["data"]]
+            self._watch(scheduler, catalog, master, server, stack)
             self.run_started = time.monotonic()
             driver = self._start_driver(scheduler, master, stack)
-            self.progress(f"framework subscribed to {master}")
+            self.progress.note(f"framework subscribed to {master}")
 
             if spec.stacking is not None and spec.integration == "stacking":
                 members, combiner = fit_stacking(
                     spec, catalog, server, members, estimators, tuple(dataset.feature_names), work_dir,
                     run_tasks=lambda items, on_result: self._run_tasks(scheduler, driver, server, items, on_result),
-                    progress=self.progress)
+                    progress=self.progress.note)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
@@ -206,12 +237,15 @@ class JobRunner:
                 for shard in shards["data"]:
                     integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
             items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
-            self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shards['data'])} shards)")
             self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
             self._drive(scheduler, driver, server,
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            assert self.watch is not None
+            self.watch.tick()
+            self.progress.release()  # (a run whose every result was in the journal may end unsubscribed)
+            self.watch.state = "finished"
             if journal is not None:
                 journal.mark_completed(f"wrote {result.rows} integrated predictions to {result.output_path}")
             all_items = list(tracker.items.values())
@@ -225,6 +259,7 @@ class JobRunner:
                 backups_launched=scheduler.backups_launched,
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
+                status_url=self.status_url, cost=self.watch.cost, lower_bound=self.watch.lower_bound,
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)
@@ -259,7 +294,7 @@ class JobRunner:
             shutil.rmtree(left, ignore_errors=True)
         progress = journal.progress()
         if progress.total:
-            self.progress(f"resuming from {self.state_dir}: {progress.summary()}")
+            self.progress.note(f"resuming from {self.state_dir}: {progress.summary()}")
         return journal
 
     def _resuming_framework_id(self) -> str | None:
@@ -279,6 +314,11 @@ class JobRunner:
         result is loaded and given to ``on_result`` at once (never computed again); against an
         external master, one whose latest attempt may still run is adopted (reconciled, its result
         received); the rest are launched, their attempts numbered on from the journal's."""
+        per_model: dict[str, list[WorkItem]] = {}
+        for item in items:
+            per_model.setdefault(item.model, []).append(item)
+        for model, its in per_model.items():
+            self.progress.started(model, len(its), sum(self._rows(i) for i in its))
         journal = self.journal
         if journal is None:
             scheduler.add_work(driver, items)
@@ -308,16 +348,44 @@ class JobRunner:
             scheduler.tracker.add(done)
         for item in done:
             on_result(item, journal.load_result(item.key))
+            self.progress.task_done(item.model, self._rows(item), item.key, resumed=True)
         if done:
             self.resumed_items += len(done)
-            self.progress(f"{len(done)} finished task(s) taken from the journal, not computed again")
+            self.progress.note(f"{len(done)} finished task(s) taken from the journal, not computed again")
         if adopted:
             scheduler.adopt(adopted)
             self.adopted_tasks += len(adopted)
-            self.progress(f"{len(adopted)} task(s) of the earlier run adopted")
+            self.progress.note(f"{len(adopted)} task(s) of the earlier run adopted")
             if scheduler.framework_id is not None:  # already re-subscribed: reconcile them now
                 driver.reconcileTasks(reconcile_tasks(i.task_id or "" for i, _agent in adopted))
         scheduler.add_work(driver, todo)
+
+    # Progress and live status -------------------------------------------------------------
+    def _rows(self, item: WorkItem) -> int:
+        """The data rows ``item`` predicts (0 for a cross-validation task)."""
+        rows = getattr(self, "_shard_rows", [])
+        return rows[item.shard] if item.operation == "predict" and 0 <= item.shard < len(rows) else 0
+
+    def _watch(self, scheduler: EnsembleScheduler, catalog: JobCatalog, master: str, server: ArtifactServer,
+               stack: ExitStack) -> None:
+        """Follow the run (``self.watch``) and serve its live status (``self.status_url``, also
+        recorded in the state directory while the run lasts, for ``mesos-ensemble status``)."""
+        settings = self.spec.framework
+        watch = self.watch = JobWatch(self.progress, self.spec.name, catalog.task_resources)
+        watch.attach(scheduler, master)
+
+        def document() -> dict[str, Any]:
+            secret = self.credentials[1] if self.credentials else settings.secret
+            return status_document(watch.view(), secrets=(secret, server.token))
+
+        status = StatusServer(document, bind=self._bind_host(master), port=settings.status_port,
+                              advertise_host=settings.artifact_host or self._advertise_host(master)).start()
+        stack.callback(status.stop)
+        self.status_url = status.url
+        if self.state_dir is not None:
+            write_address(self.state_dir, status.url, self.spec.name)
+            stack.callback(remove_address, self.state_dir)
+        self.progress.note(f"live status: {status.url}")
 
     # Pieces ------------------------------------------------------------------------------
     def _master(self, stack: ExitStack, work_dir: Path) -> tuple[str, str]:
@@ -373,7 +441,7 @@ class JobRunner:
         principal, secret = self.credentials or (settings.principal, settings.secret)
         info = framework_info(settings.name, settings.user, settings.role, settings.failover_timeout,
                               principal, framework_id=self._resuming_framework_id(),
-                              gpus=any(m.gpus > 0 for m in self.spec.models))
+                              gpus=any(m.gpus > 0 for m in self.spec.models), webui_url=self.status_url)
         driver = self.driver_factory(scheduler, info, master, principal, secret)
         driver.start()
         # At the end the framework is torn down (stop(failover=False)): every executor goes away;
@@ -417,6 +485,8 @@ class JobRunner:
                                  "is kept: run again to resume")
             if now - last_speculation_check >= SPECULATION_CHECK_SECONDS:
                 last_speculation_check = now
+                if self.watch is not None:
+                    self.watch.tick()
                 scheduler.speculate(driver)
                 scheduler.check_timeouts(driver)
                 scheduler.check_placement()
@@ -443,8 +513,8 @@ class JobRunner:
                                 f"framework (finished results are kept)")
         if event.kind in (EventKind.FATAL, EventKind.UNPLACEABLE):
             raise JobFailed(event.detail)
-        if event.kind is EventKind.WAITING:
-            self.progress(event.detail)
+        if event.kind is EventKind.WAITING:  # the display says why from the round's decision (JobWatch)
+            log.info("%s", event.detail)
             return
         item = event.item
         assert item is not None
@@ -461,11 +531,12 @@ class JobRunner:
                 self.journal.record_result(item.key, item.task_id or "", output)
             scheduler.acknowledge(driver, event.status)  # only now: the result is durable
             on_result(item, output)
-            self.progress(f"done {item.key}")
+            self.progress.task_done(item.model, self._rows(item), item.key)
         elif event.kind is EventKind.GAVE_UP:
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)
             self._journal_gave_up(scheduler, item, failures)
+            self.progress.member_failed(item.model, failures)
             if on_member_failed is None or self.spec.min_members is None:
                 raise JobFailed(f"model {item.model} failed on {item.key} after {item.attempts} attempts: {failures}")
             on_member_failed(item.model, failures)

@@ -104,6 +104,8 @@ class FrameworkSettings:
     artifact_host: str | None = None
     """Address agents use to reach the framework's artifact server; default: auto."""
     artifact_port: int = 0
+    status_port: int = 0
+    """Port of the framework's live status page (``/`` and ``/status``); 0: any free port."""
     executors: str = "shared"
     """``shared``: one executor per agent runs every model's tasks (one process start, one download
     of each shard per agent); ``per_model``: one executor per (agent, model), models isolated."""
@@ -441,7 +443,7 @@ def _parse_framework(source: Path, table: Any) -> FrameworkSettings:
         values[key] = section.number(key, getattr(defaults, key))
     for key in ("timeout_seconds", "master_timeout", "placement_timeout"):
         values[key] = section.number(key, getattr(defaults, key), positive=True)
-    for key in ("artifact_port", "max_retries"):
+    for key in ("artifact_port", "status_port", "max_retries"):
         values[key] = section.get(key, int, getattr(defaults, key))
         if values[key] < 0:
             section.fail(key, f"must be at least 0, got {values[key]}")

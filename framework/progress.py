@@ -19,14 +19,15 @@ sleeping; ``Console(file=io.StringIO(), force_terminal=True)`` tests the bars wi
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from rich.console import Console
 from rich.markup import escape
@@ -42,6 +43,8 @@ Mode = Literal["auto", "live", "plain", "quiet"]
 PLAIN_INTERVAL_SECONDS = 5.0
 """At most one plain progress line this often."""
 
+RECENT_EVENTS = 50
+"""How many of the latest events a display keeps (for the live status page), in every mode."""
 
 
 @dataclass
@@ -52,26 +55,41 @@ class Counts:
     done: int = 0
     rows: int = 0
     rows_done: int = 0
+    rows_before: int = 0
+    """Rows done before this run (results taken from the journal): not counted in the rate."""
+    tasks_before: int = 0
     started_at: float | None = None
     retries: int = 0
     backups: int = 0
     failed: str | None = None
 
     def rate(self, now: float) -> float | None:
-        """Rows per second since the first task started (None before any row is done)."""
-        if self.started_at is None or not self.rows_done or now <= self.started_at:
+        """Rows per second computed in this run since its first task started (None before any row
+        is done)."""
+        rows = self.rows_done - self.rows_before
+        if self.started_at is None or rows <= 0 or now <= self.started_at:
             return None
-        return self.rows_done / (now - self.started_at)
+        return rows / (now - self.started_at)
 
     def eta(self, now: float) -> float | None:
-        """Seconds left at the rate so far, by rows (or by tasks when rows are unknown)."""
+        """Seconds left at this run's rate so far, by rows (or by tasks when rows are unknown)."""
         if self.started_at is None or now <= self.started_at:
             return None
-        if self.rows and self.rows_done:
-            return (self.rows - self.rows_done) / (self.rows_done / (now - self.started_at))
-        if self.done:
-            return (self.tasks - self.done) / (self.done / (now - self.started_at))
+        rate = self.rate(now)
+        if self.rows and rate:
+            return (self.rows - self.rows_done) / rate
+        done = self.done - self.tasks_before
+        if done > 0:
+            return (self.tasks - self.done) / (done / (now - self.started_at))
         return None
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """These counts as a JSON object (rate and ETA as of ``now``)."""
+        rate, eta = self.rate(now), self.eta(now)
+        return {"tasks": self.tasks, "done": self.done, "rows": self.rows, "rows_done": self.rows_done,
+                "resumed": self.tasks_before, "retries": self.retries, "backups": self.backups,
+                "failed": self.failed, "rows_per_second": None if rate is None else round(rate, 3),
+                "eta_seconds": None if eta is None or self.done >= self.tasks else round(eta, 1)}
 
 
 @dataclass
@@ -108,11 +126,15 @@ class JobProgress:
         self.models: dict[str, Counts] = {}
         self.job = Counts()
         self.waiting_reason: str | None = None
+        self.recent: deque[tuple[float, str]] = deque(maxlen=RECENT_EVENTS)
+        """The latest events, (wall-clock time, text), kept in every mode (the live status page reads them)."""
         self._lock = threading.RLock()
         self._pending = _Pending()
         self._last_line: float | None = None
         self._dirty = False
         self._closed = False
+        self._held = False
+        self._held_lines: list[tuple[str, str | None]] = []
         self._bars: dict[str, TaskID] = {}
         self._job_bar: TaskID | None = None
         self._progress: Progress | None = None
@@ -137,9 +159,10 @@ class JobProgress:
                 if c.started_at is None:
                     c.started_at = now
             if self._progress is not None:
-                if not self._progress.live.is_started:
-                    self._progress.start()
+                if self._job_bar is None:
                     self._job_bar = self._progress.add_task("[bold]job[/bold]", total=0, rows_done=0, note="")
+                if not self._progress.live.is_started and not self._held and not self._closed:
+                    self._progress.start()
                 if model in self._bars:
                     self._progress.update(self._bars[model], total=counts.tasks)
                 else:
@@ -149,17 +172,21 @@ class JobProgress:
                     self._progress.update(self._job_bar, total=self.job.tasks)
             self._changed()
 
-    def task_done(self, model: str, rows: int) -> None:
-        """One task of ``model`` finished with ``rows`` rows."""
+    def task_done(self, model: str, rows: int, task: str | None = None, resumed: bool = False) -> None:
+        """One task (``task``) of ``model`` finished with ``rows`` rows; ``resumed``: its result came
+        from the journal of an earlier run (counted as done, not in the rate)."""
         with self._lock:
             counts = self._counts(model)
             for c in (counts, self.job):
                 c.done += 1
                 c.rows_done += rows
+                if resumed:
+                    c.tasks_before += 1
+                    c.rows_before += rows
             if self._progress is not None:
                 for bar, c in ((self._bars.get(model), counts), (self._job_bar, self.job)):
                     if bar is not None:
-                        self._progress.update(bar, completed=c.done, rows_done=c.rows_done)
+                        self._progress.update(bar, completed=c.done, rows_done=c.rows_done - c.rows_before)
                         if c.done >= c.tasks:
                             self._progress.stop_task(bar)  # its clock (rows/s) stops with it
             self._changed()
@@ -213,16 +240,50 @@ class JobProgress:
             if self.mode == "plain" and self._dirty:
                 self._maybe_line(force=False)
 
+    def hold(self) -> None:
+        """Show nothing until :meth:`release` (events are still counted and kept): a job holds its
+        display until the master accepted the framework, so that a run refused before anything
+        starts (a bad secret, say) writes only its error line."""
+        with self._lock:
+            self._held = True
+
+    def release(self) -> None:
+        """Show what was held back, and go on showing events as they happen."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+            if self._closed or self.mode == "quiet":
+                return
+            if self._progress is not None:
+                for text, style in self._held_lines:
+                    self._print_event(text, style)
+                self._held_lines.clear()
+                if self._bars and not self._progress.live.is_started:
+                    self._progress.start()
+            elif self._dirty:
+                self._maybe_line(force=True)
+
     def close(self) -> None:
-        """Stop the bars (leaving them on screen) or write the last plain line."""
+        """Stop the bars (leaving them on screen) or write the last plain line (nothing while held)."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            if self._held:
+                return
             if self._progress is not None:
-                self._progress.stop()
+                if self._progress.live.is_started:
+                    self._progress.stop()
             elif self.mode == "plain" and (self._dirty or self._last_line is None) and self.job.tasks:
                 self._maybe_line(force=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The counts so far (the job's, each model's), the waiting reason and the recent events."""
+        with self._lock:
+            now = self.clock()
+            return {"job": self.job.to_json(now), "models": {m: c.to_json(now) for m, c in self.models.items()},
+                    "waiting": self.waiting_reason, "events": list(self.recent)}
 
     def log_handler(self) -> logging.Handler:
         """A logging handler that writes through this display's console (above the bars, which a
@@ -242,14 +303,22 @@ class JobProgress:
         return self.models.setdefault(model, Counts())
 
     def _event(self, text: str, bucket: list[str], style: str | None) -> None:
+        self.recent.append((time.time(), text))
         if self.mode == "quiet" or self._closed:
             return
         if self._progress is not None:
-            line = escape(text)
-            self._progress.console.print(f"[{style}]{line}[/{style}]" if style else line, highlight=False)
+            if self._held:
+                self._held_lines.append((text, style))
+            else:
+                self._print_event(text, style)
             return
         bucket.append(text)
         self._changed()
+
+    def _print_event(self, text: str, style: str | None) -> None:
+        assert self._progress is not None
+        line = escape(text)
+        self._progress.console.print(f"[{style}]{line}[/{style}]" if style else line, highlight=False)
 
     def _changed(self) -> None:
         self._dirty = True
@@ -257,6 +326,8 @@ class JobProgress:
             self._maybe_line(force=False)
 
     def _maybe_line(self, force: bool) -> None:
+        if self._held:
+            return
         now = self.clock()
         if not force and self._last_line is not None and now - self._last_line < self.interval:
             return
@@ -294,6 +365,58 @@ class JobProgress:
         if self.waiting_reason and job.done < job.tasks:
             line += f" | waiting: {self.waiting_reason}"
         return line
+
+
+class CallbackProgress(JobProgress):
+    """A display that shows nothing itself and hands every event to ``callback`` as one message
+    (``"done KEY"`` for a finished task, as ``run`` printed before the display existed): for
+    callers that pass ``progress=`` a plain function (tests that stop a job after N results,
+    benchmarks that time-stamp its events)."""
+
+    def __init__(self, callback: Callable[[str], None], clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(Console(file=io.StringIO()), mode="quiet", clock=clock)
+        self.callback = callback
+
+    def started(self, model: str, total_tasks: int, rows: int) -> None:
+        super().started(model, total_tasks, rows)
+        self.callback(f"{total_tasks} task(s) of {model} ({rows} rows)")
+
+    def task_done(self, model: str, rows: int, task: str | None = None, resumed: bool = False) -> None:
+        super().task_done(model, rows, task, resumed)
+        if not resumed:
+            self.callback(f"done {task or model}")
+
+    def retry(self, model: str, task: str, reason: str) -> None:
+        super().retry(model, task, reason)
+        self.callback(f"retry {task}: {reason}")
+
+    def backup(self, model: str, task: str, agent: str | None = None) -> None:
+        super().backup(model, task, agent)
+        self.callback(f"backup copy of {task}" + (f" on {agent}" if agent else ""))
+
+    def member_failed(self, model: str, reason: str) -> None:
+        super().member_failed(model, reason)
+        self.callback(f"member {model} failed: {reason}")
+
+    def waiting(self, reason: str | None) -> None:
+        changed = reason != self.waiting_reason
+        super().waiting(reason)
+        if changed and reason:
+            self.callback(f"waiting: {reason}")
+
+    def note(self, message: str) -> None:
+        super().note(message)
+        self.callback(message)
+
+
+def as_progress(progress: "JobProgress | Callable[[str], None] | None") -> JobProgress:
+    """What a job reports to: a display as given, a plain function wrapped in
+    :class:`CallbackProgress`, or (None) a display that shows nothing."""
+    if isinstance(progress, JobProgress):
+        return progress
+    if progress is None:
+        return JobProgress(Console(file=io.StringIO()), mode="quiet")
+    return CallbackProgress(progress)
 
 
 def _without_count(reason: str | None) -> str | None:

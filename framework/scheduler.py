@@ -192,6 +192,9 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.hostnames: dict[str, str] = {}
         self.last_plan: Plan | None = None
         self.last_decision: RoundDecision | None = None
+        self.on_round: Callable[[RoundDecision], None] | None = None
+        """Told every round's decision as it is applied (under the lock; it must be quick): the
+        job's progress display and live status read waiting reasons, backups and cost from it."""
         self.first_running_at: float | None = None
         self.retried_at: dict[str, float] = {}
         self.stopping = False
@@ -388,6 +391,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             self.rounds += 1
             self.last_decision, self.last_plan = decision, decision.plan
+            if self.on_round is not None:
+                self.on_round(decision)
             self.known_agents.update(decision.agents_seen)
             self.hostnames.update(decision.agents_seen)
             self.reserve_warned |= decision.warned_agents

@@ -226,10 +226,11 @@ def task_info(
 
 
 def framework_info(name: str, user: str, role: str, failover_timeout: float, principal: str | None,
-                   framework_id: str | None = None, gpus: bool = False) -> Message:
+                   framework_id: str | None = None, gpus: bool = False, webui_url: str | None = None) -> Message:
     """FrameworkInfo for SUBSCRIBE (pymesos adds nothing but the id it learns).
 
     ``gpus``: declare the GPU_RESOURCES capability, without which Mesos never offers GPU agents.
+    ``webui_url``: the framework's own status page (a Mesos UI links to it).
     """
     info: Message = {
         "user": user,
@@ -245,4 +246,6 @@ def framework_info(name: str, user: str, role: str, failover_timeout: float, pri
         info["id"] = id_message(framework_id)
     if gpus:
         info["capabilities"] = [{"type": "GPU_RESOURCES"}]
+    if webui_url:
+        info["webui_url"] = webui_url
     return info

@@ -7,6 +7,8 @@ import io
 import re
 import threading
 
+import pytest
+
 from rich.console import Console
 
 from framework.balancing import Measurements
@@ -217,3 +219,105 @@ def test_waiting_reason_when_no_offer_fits_any_task() -> None:
     assert not decision.launches
     reason = waiting_reason(decision, 2)
     assert reason is not None and reason.startswith("2 tasks wait: ") and "exhausted on 1 agent" in reason
+
+
+def test_a_plain_function_gets_one_message_per_event_and_no_line_per_resumed_result() -> None:
+    from framework.progress import CallbackProgress, as_progress
+
+    messages: list[str] = []
+    progress = as_progress(messages.append)
+    assert isinstance(progress, CallbackProgress) and as_progress(progress) is progress
+    progress.started("m", 3, 30)
+    progress.task_done("m", 10, "m.s00000", resumed=True)
+    progress.task_done("m", 10, "m.s00001")
+    progress.retry("m", "m.s00002", "TASK_LOST")
+    progress.backup("m", "m.s00002", "a2")
+    progress.waiting("1 task waits for offers")
+    progress.waiting("1 task waits for offers")
+    progress.note("framework subscribed")
+    assert messages == ["3 task(s) of m (30 rows)", "done m.s00001", "retry m.s00002: TASK_LOST",
+                        "backup copy of m.s00002 on a2", "waiting: 1 task waits for offers", "framework subscribed"]
+    assert progress.job.done == 2 and progress.job.retries == 1
+    assert [text for _at, text in progress.recent] == [
+        "retry m.s00002: TASK_LOST", "backup copy of m.s00002 on a2 (it straggles)",
+        "waiting: 1 task waits for offers", "framework subscribed"]
+    assert as_progress(None).mode == "quiet"
+
+
+def test_results_taken_from_the_journal_count_as_done_but_not_in_the_rate() -> None:
+    clock = Clock()
+    progress = JobProgress(console(terminal=False)[0], mode="quiet", clock=clock)
+    progress.started("m", 4, 400)
+    for key in ("m.s0", "m.s1"):
+        progress.task_done("m", 100, key, resumed=True)
+    clock.now = 10.0
+    progress.task_done("m", 100, "m.s2")
+    state = progress.to_json()
+    assert state["job"]["done"] == 3 and state["job"]["resumed"] == 2 and state["job"]["rows_done"] == 300
+    assert state["job"]["rows_per_second"] == 10.0  # 100 rows computed in 10 s, not 300
+    assert state["job"]["eta_seconds"] == 10.0 and state["models"]["m"]["done"] == 3
+    json_text = __import__("json").dumps(state)
+    assert "m.s2" not in json_text  # finished tasks are counts, not events
+
+
+def test_the_watch_reports_retries_backups_and_why_tasks_wait_from_the_round() -> None:
+    """JobWatch between a real tracker, a real round's decision and the display."""
+    from framework.tasks import Tracker, WorkItem
+    from framework.watch import JobWatch
+
+    pipe, out = console(terminal=False)
+    progress = JobProgress(pipe, interval=0.0)
+    tracker = Tracker([WorkItem(f"m.s{i}", "m", i) for i in range(5)], max_retries=3)
+
+    class Scheduler:  # the attributes of EnsembleScheduler the watch reads
+        lock = threading.RLock()
+        framework_id = "F1"
+        hostnames = {"a1": "host-1"}
+        executors: dict[tuple[str, str], int] = {("a1", "ensemble"): 0}
+
+    Scheduler.tracker = tracker  # type: ignore[attr-defined]
+    watch = JobWatch(progress, "demo", {"m": Resources(cpus=1.0, mem=1024.0)})
+    watch.attach(Scheduler, "127.0.0.1:5050")
+    progress.started("m", 5, 50)
+    decision = decide(_snapshot([f"m.s{i}" for i in range(5)]), [_offer("a1", 8, 1024), _offer("a2", 8, 1024)],
+                      now=0.0)
+    Scheduler.on_round(decision)  # type: ignore[attr-defined]  # as the scheduler does on each round
+    for agent_id, task in decision.tasks:
+        tracker.launched(tracker.items[task.item_key], agent_id)
+    first = tracker.items[decision.tasks[0][1].item_key]
+    tracker.on_update(first.task_id or "", "TASK_LOST", "agent gone", now=1.0)
+    watch.tick()
+    text = out.getvalue()
+    assert f"retry {first.key}: " in text and "agent gone" in text
+    assert "waiting: 4 tasks wait: mem exhausted on 2 agents" in text  # 3 never launched + the retry
+    assert watch.state == "running" and watch.cost == decision.plan.cost > 0  # type: ignore[union-attr]
+    view = watch.view()
+    assert view.tasks_by_state == {"launched": 1, "pending": 4}
+    assert view.agents_used == ["a2", "host-1"]  # by hostname where known; the lost attempt's agent counts
+    assert view.progress["retries"] == 1 and view.waiting == "4 tasks wait: mem exhausted on 2 agents"
+    watch.tick()
+    assert out.getvalue().count("retry ") == 1  # a failure is reported once
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_held_display_shows_nothing_until_released_and_nothing_if_never_released(terminal: bool) -> None:
+    target, out = console(terminal)
+    progress = JobProgress(target, auto_refresh=False, interval=0.0)
+    progress.hold()
+    progress.note("running demo")
+    progress.started("m", 2, 20)
+    progress.waiting("2 tasks wait for the first offers")
+    assert out.getvalue() == ""  # a run refused here (bad credentials) writes only its error
+    progress.release()
+    progress.task_done("m", 10, "m.s0")
+    progress.close()
+    text = plain_text(out)
+    assert "running demo" in text and "waiting: 2 tasks wait for the first offers" in text and "1/2" in text
+
+    target, out = console(terminal)
+    never = JobProgress(target, auto_refresh=False)
+    never.hold()
+    never.note("running demo")
+    never.started("m", 2, 20)
+    never.close()
+    assert out.getvalue() == "" and never.job.tasks == 2
