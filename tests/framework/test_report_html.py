@@ -145,18 +145,20 @@ def test_a_page_without_evaluation_or_attempts_says_so() -> None:
     assert "no journal" in page and "No evaluation" in page and "<img" not in page
 
 
-def test_curves_of_a_binary_classifier_with_hard_labels_only() -> None:
-    """A member that predicts labels only has a confusion matrix but no ROC curve."""
+def test_a_hard_vote_has_confusion_matrices_but_no_roc_curves() -> None:
+    """Members that predict labels only give no scores: confusion matrices, no ROC figure."""
+    from framework.report_html import expected_figures
+
     y = np.array([0, 1, 1, 0, 1, 0])
-    members = [MemberSpec("hard", "classifier", "predict", classes=(0, 1)),
-               MemberSpec("soft", "classifier", "predict_proba", classes=(0, 1))]
-    outputs = {"hard": np.array([0, 1, 0, 0, 1, 1]),
-               "soft": np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.1, 0.9], [0.6, 0.4]])}
+    members = [MemberSpec("one", "classifier", "predict", classes=(0, 1)),
+               MemberSpec("two", "classifier", "predict", classes=(0, 1))]
+    outputs = {"one": np.array([0, 1, 0, 0, 1, 1]), "two": np.array([0, 1, 1, 0, 1, 1])}
     combiner = make_combiner("hard_vote", members)
     curves = classifier_curves("classification", y, outputs, combiner.combine(outputs), members, combiner.classes)
-    assert curves is not None and curves["positive"] == "1"
-    assert curves["confusion"]["hard"]["matrix"] == [[2, 1], [1, 2]]
-    assert curves["roc"]["soft"]["auc"] == 1.0 and "hard" not in curves["roc"]
+    assert curves is not None and curves["positive"] == "1" and curves["roc"] == {}
+    assert curves["confusion"]["one"] == {"labels": ["0", "1"], "matrix": [[2, 1], [1, 2]]}
+    assert curves["confusion"]["two"]["matrix"] == [[2, 1], [0, 3]]
+    assert expected_figures({"curves": curves}) == ["confusion"]
     assert classifier_curves("regression", y, outputs, combiner.combine(outputs), members, None) is None
 
 
