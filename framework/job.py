@@ -161,6 +161,8 @@ class JobRunner:
         """The embedded cluster's framework principal and secret (None: the job file's)."""
         self.rounds = RoundRecorder()
         """What each offer round packed (cost, lower bound, backups), for the HTML report."""
+        self.compute_seconds: dict[str, float] = {}
+        """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -253,7 +255,8 @@ class JobRunner:
         note = None
         if self.journal is not None:
             attempts = attempts_from_journal(self.journal.items(), self.rounds.backups,
-                                             {m: (r.cpus, r.mem) for m, r in demands.items()}, scheduler.hostnames)
+                                             {m: (r.cpus, r.mem) for m, r in demands.items()}, scheduler.hostnames,
+                                             self.compute_seconds)
             earlier = [a for a in attempts if a["start"] < self.run_started_wall]
             attempts = [a for a in attempts if a["start"] >= self.run_started_wall]
             if earlier:
@@ -492,6 +495,7 @@ class JobRunner:
                 return
             if usage is not None:
                 scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
+                self.compute_seconds[item.task_id or ""] = usage.seconds
             if self.journal is not None:
                 self.journal.record_result(item.key, item.task_id or "", output)
             scheduler.acknowledge(driver, event.status)  # only now: the result is durable

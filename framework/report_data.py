@@ -71,11 +71,14 @@ class RoundRecorder:
 
 
 def attempts_from_journal(items: Mapping[str, Any], backups: Iterable[str],
-                          demands: Mapping[str, tuple[float, float]], hostnames: Mapping[str, str]) -> list[dict]:
+                          demands: Mapping[str, tuple[float, float]], hostnames: Mapping[str, str],
+                          compute_seconds: Mapping[str, float] | None = None) -> list[dict]:
     """Every task attempt the journal records (``Journal.items()``), oldest first, as report rows:
     task id, item, model, agent (hostname where known), start and end (wall clock; end None
     while active), Mesos state, whether it was a retry (an attempt after a failed one of the same
-    item) or a backup copy, and the cpus and mem it asked for."""
+    item) or a backup copy, the cpus and mem it asked for, and ``compute``: the seconds its
+    executor measured it computing (``compute_seconds``, by task id; None where unknown)."""
+    compute_seconds = compute_seconds or {}
     backups = set(backups)
     rows = []
     for item in items.values():
@@ -87,7 +90,7 @@ def attempts_from_journal(items: Mapping[str, Any], backups: Iterable[str],
                          "agent": hostnames.get(attempt.agent_id or "", attempt.agent_id or "?"),
                          "start": attempt.launched_at, "end": None if attempt.active else attempt.updated_at,
                          "state": attempt.state, "retry": failed_before and not backup, "backup": backup,
-                         "cpus": cpus, "mem": mem})
+                         "cpus": cpus, "mem": mem, "compute": compute_seconds.get(attempt.task_id)})
             if attempt.state not in ("TASK_FINISHED",) and not attempt.active and not backup:
                 failed_before = True
     rows.sort(key=lambda r: (r["start"], r["task_id"]))
@@ -131,14 +134,13 @@ def classifier_curves(task: str, y_true: Any, member_outputs: Mapping[str, np.nd
     y = np.asarray(y_true)
     curves: dict[str, Any] = {"confusion": {}, "roc": {}, "positive": None}
     if task == "score":
-        y01 = np.asarray(y, dtype=float)
-        labels = np.array([0.0, 1.0])
+        positive = np.asarray(y, dtype=float) == 1.0
         curves["positive"] = "1"
         scores = {m.name: np.asarray(member_score(m, member_outputs[m.name]), dtype=float) for m in members}
         scores["ensemble"] = np.asarray(ensemble_output["prediction"], dtype=float)
         for name, score in scores.items():
-            curves["confusion"][name] = _confusion(y01, (score >= 0.5).astype(float), labels)
-            roc = _roc(y01 == 1.0, score)
+            curves["confusion"][name] = _confusion(positive.astype(int), (score >= 0.5).astype(int), np.array([0, 1]))
+            roc = _roc(positive, score)
             if roc is not None:
                 curves["roc"][name] = roc
         curves["note"] = "each member's contributed value as a score for class 1; labels at threshold 0.5"

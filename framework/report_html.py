@@ -108,16 +108,23 @@ def timeline_figure(run: Mapping[str, Any]) -> Figure:
     axes = figure.add_subplot()
     for attempt, lane, start, end in placed:
         failed = attempt["state"] != "TASK_FINISHED" and attempt.get("end") is not None
-        axes.barh(offsets[attempt["agent"]] + lane, max(end - start, 1e-3), left=start, height=0.8,
-                  color=colours[attempt["model"]], alpha=0.45 if failed else 1.0,
+        row, colour = offsets[attempt["agent"]] + lane, colours[attempt["model"]]
+        compute = attempt.get("compute")
+        axes.barh(row, max(end - start, 1e-3), left=start, height=0.8, color=colour,
+                  alpha=0.35 if compute is not None or failed else 1.0,
                   edgecolor="black" if attempt["backup"] else (FAILED_COLOUR if failed else "none"),
                   linewidth=1.4 if attempt["backup"] or failed else 0, hatch="///" if attempt["retry"] else None)
+        if compute is not None:
+            axes.barh(row, max(min(float(compute), end - start), 1e-3), left=end - min(float(compute), end - start),
+                      height=0.8, color=colour)
     axes.set_yticks([offsets[a] + (max(1, len(lanes[a])) - 1) / 2 for a in agents], agents)
     axes.invert_yaxis()
     axes.set_xlabel("seconds since the run started")
     axes.set_title("Tasks per agent")
     legend = [Patch(color=c, label=m) for m, c in colours.items()]
-    legend += [Patch(facecolor="white", edgecolor="grey", hatch="///", label="retry"),
+    legend += [Patch(color="grey", alpha=0.35, label="launched, not computing"),
+               Patch(color="grey", label="computing"),
+               Patch(facecolor="white", edgecolor="grey", hatch="///", label="retry"),
                Patch(facecolor="white", edgecolor="black", linewidth=1.4, label="backup copy"),
                Patch(facecolor="white", edgecolor=FAILED_COLOUR, linewidth=1.4, label="failed / killed")]
     axes.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
@@ -188,17 +195,20 @@ def durations_figure(run: Mapping[str, Any]) -> Figure:
     finished = [a for a in run["attempts"] if a["state"] == "TASK_FINISHED" and a.get("end") is not None]
     models = _models(finished)
     colours = _colours(_models(run["attempts"]))
-    data = [[float(a["end"]) - float(a["start"]) for a in finished if a["model"] == m] for m in models]
+    measured = all(a.get("compute") is not None for a in finished)
+    data = [[float(a["compute"]) if measured else float(a["end"]) - float(a["start"])
+             for a in finished if a["model"] == m] for m in models]
     figure = Figure(figsize=(WIDTH_INCHES, 0.9 + 0.55 * len(models) + 1.0))
     axes = figure.add_subplot()
-    boxes = axes.boxplot(data, orientation="horizontal", tick_labels=models, patch_artist=True, widths=0.6)
+    boxes = axes.boxplot(data, orientation="horizontal", tick_labels=models, patch_artist=True, widths=0.6,
+                           medianprops={"color": "black"})
     for patch, model in zip(boxes["boxes"], models):
         patch.set_facecolor(colours[model])
         patch.set_alpha(0.7)
     for i, values in enumerate(data, start=1):
         axes.scatter(values, [i] * len(values), color="black", s=8, zorder=3, alpha=0.6)
     axes.invert_yaxis()
-    axes.set_xlabel("seconds from launch to finish")
+    axes.set_xlabel("seconds computing (measured by the executor)" if measured else "seconds from launch to finish")
     axes.set_title("Task durations per model")
     axes.grid(axis="x", alpha=0.3)
     return figure
@@ -225,8 +235,8 @@ def disagreement_figure(report: Mapping[str, Any]) -> Figure:
     found = _disagreement_matrix(report)
     assert found is not None
     names, matrix, label = found
-    side = min(7.0, 2.8 + 0.6 * len(names))
-    figure = Figure(figsize=(side + 1.6, side))
+    side = min(7.0, 2.4 + 0.5 * len(names))
+    figure = Figure(figsize=(side + 1.8, side))
     axes = figure.add_subplot()
     image = axes.imshow(matrix, cmap="viridis", vmin=0)
     axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
@@ -392,8 +402,10 @@ def render(report: Mapping[str, Any], title: str = "mesos-ensemble run report") 
         parts.append("<h2>The run</h2>")
     if "timeline" in figures:
         parts.append(_figure("timeline", timeline_figure(run),
-                             "Each bar is one task attempt, from launch to its end, on the agent that ran it; "
-                             "hatched: a retry after a failed attempt; black outline: a backup copy of a straggler."))
+                             "Each bar is one task attempt, from launch to its end, on the agent that ran it; solid: "
+                             "the seconds its executor measured it computing (before: starting the executor, fetching "
+                             "the model and the shard); hatched: a retry after a failed attempt; black outline: a "
+                             "backup copy of a straggler."))
     if "resources" in figures:
         parts.append(_figure("resources", resources_figure(run),
                              "What the running tasks asked for on each agent (the executors' own share not "
@@ -404,7 +416,8 @@ def render(report: Mapping[str, Any], title: str = "mesos-ensemble run report") 
                              "bound on any plan's cost for the same tasks."))
     if "durations" in figures:
         parts.append(_figure("durations", durations_figure(run),
-                             "Wall-clock seconds from launch to finish of every finished attempt, per model."))
+                             "Per model, how long its finished tasks computed (as their executors measured it; "
+                             "from launch to finish where no measurement came back); one dot per task."))
     if report.get("members") is not None:
         parts.append("<h2>Evaluation</h2>")
         parts.append(f'<p class="note">{html.escape(str(report.get("method")))} ({html.escape(str(report.get("task")))}'
