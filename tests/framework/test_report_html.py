@@ -176,7 +176,9 @@ def test_attempts_from_the_journal_mark_retries_and_backups() -> None:
         "m.s2": ItemRecord("m.s2", "m", 2, "predict", None, ItemState.RUNNING, "",
                            (record("m.s2.a1", "id-3", "TASK_RUNNING", 1.5, 1.6),)),
     }
-    rows = attempts_from_journal(items, {"m.s1.a2"}, {"m": (0.5, 64.0)}, {"id-1": "agent-1", "id-2": "agent-2"})
+    rows = attempts_from_journal(items, {"m.s1.a2"}, {"m": (0.5, 64.0)}, {"id-1": "agent-1", "id-2": "agent-2"},
+                                 {"m.s0.a2": 0.25})
+    assert {r["task_id"]: r["compute"] for r in rows if r["compute"] is not None} == {"m.s0.a2": 0.25}
     flags = {r["task_id"]: (r["agent"], r["retry"], r["backup"], r["end"]) for r in rows}
     assert flags == {"m.s0.a1": ("agent-1", False, False, 2.0), "m.s0.a2": ("agent-2", True, False, 4.0),
                      "m.s1.a1": ("agent-1", False, False, 9.0), "m.s1.a2": ("agent-2", False, True, 6.0),
@@ -241,6 +243,8 @@ def run_with_html_report(job: Path, tmp_path: Path) -> dict[str, Any]:
     assert report["run"]["attempts"] and report["run"]["rounds"]
     assert all(a["end"] is not None and a["end"] >= a["start"] for a in report["run"]["attempts"])
     assert sum(r["tasks"] for r in report["run"]["rounds"]) == len(report["run"]["attempts"])
+    measured = {a["item"] for a in report["run"]["attempts"] if a["state"] == "TASK_FINISHED" and a["compute"]}
+    assert measured == {a["item"] for a in report["run"]["attempts"]}  # every item's winner was measured
     assert all(r["cost"] >= r["lower_bound"] - 1e-9 for r in report["run"]["rounds"])
     return report
 
