@@ -249,8 +249,9 @@ def load_job(path: Path | str) -> JobSpec:
         _check_writable(job, "report", report)
         if report == output:
             job.fail("report", f"names the same file as job.output ({output}); it would replace the predictions")
-        if is_html_report(report) and json_beside(report) == output:
-            job.fail("report", f"is an HTML report, whose JSON {json_beside(report).name} would replace job.output")
+        if is_html_report(report) and json_beside(report).is_dir():
+            job.fail("report", f"is an HTML page, whose JSON goes beside it to {json_beside(report)}, which is a "
+                               "directory")
     data = _parse_data(source, "data", top.get("data", dict, required=True))
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     train_table = ensemble.method(integration).train_table

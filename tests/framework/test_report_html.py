@@ -203,6 +203,24 @@ def test_round_recorder_keeps_cost_bound_backups_and_capacity() -> None:
                                                                        "mem": 2048.0}}
 
 
+def test_html_report_field(tmp_path: Path) -> None:
+    """``report`` ending in .html asks for the page, its JSON beside it; where the JSON would go
+    is checked before anything runs; any other name is the JSON report as before."""
+    from framework.errors import JobSpecError
+    from framework.jobspec import is_html_report, json_beside
+
+    job = train_demo(tmp_path / "demo")
+    assert not is_html_report(load_job(job).report)  # type: ignore[arg-type]
+    job.write_text(job.read_text().replace('report = "report.json"', 'report = "out/Report.HTML"'))
+    (tmp_path / "demo" / "out").mkdir()
+    report = load_job(job).report
+    assert report is not None and is_html_report(report) and json_beside(report) == tmp_path / "demo/out/Report.json"
+    (tmp_path / "demo" / "out" / "Report.json").mkdir()
+    with pytest.raises(JobSpecError, match=r"job\.report is an HTML page, whose JSON goes beside it to \S+/out/"
+                                           r"Report\.json, which is a directory"):
+        load_job(job)
+
+
 def test_runs_without_an_html_report_never_import_matplotlib() -> None:
     code = ("import sys, framework.cli, framework.job, framework.scheduler, framework.report_data\n"
             "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)[:3]\n")
