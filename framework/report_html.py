@@ -28,7 +28,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from matplotlib.figure import Figure  # noqa: E402  (after the backend is chosen)
+from matplotlib.colors import to_rgba  # noqa: E402  (after the backend is chosen)
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from framework import atomic  # noqa: E402
@@ -110,8 +111,8 @@ def timeline_figure(run: Mapping[str, Any]) -> Figure:
         failed = attempt["state"] != "TASK_FINISHED" and attempt.get("end") is not None
         row, colour = offsets[attempt["agent"]] + lane, colours[attempt["model"]]
         compute = attempt.get("compute")
-        axes.barh(row, max(end - start, 1e-3), left=start, height=0.8, color=colour,
-                  alpha=0.35 if compute is not None or failed else 1.0,
+        axes.barh(row, max(end - start, 1e-3), left=start, height=0.8,
+                  color=to_rgba(colour, 0.35 if compute is not None or failed else 1.0),
                   edgecolor="black" if attempt["backup"] else (FAILED_COLOUR if failed else "none"),
                   linewidth=1.4 if attempt["backup"] or failed else 0, hatch="///" if attempt["retry"] else None)
         if compute is not None:
@@ -122,7 +123,7 @@ def timeline_figure(run: Mapping[str, Any]) -> Figure:
     axes.set_xlabel("seconds since the run started")
     axes.set_title("Tasks per agent")
     legend = [Patch(color=c, label=m) for m, c in colours.items()]
-    legend += [Patch(color="grey", alpha=0.35, label="launched, not computing"),
+    legend += [Patch(color=to_rgba("grey", 0.35), label="launched, not computing"),
                Patch(color="grey", label="computing"),
                Patch(facecolor="white", edgecolor="grey", hatch="///", label="retry"),
                Patch(facecolor="white", edgecolor="black", linewidth=1.4, label="backup copy"),
