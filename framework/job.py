@@ -30,13 +30,14 @@ from framework.dataset import Dataset, cut_shards, load_dataset
 from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
-from framework.jobspec import JobSpec, parse_master
+from framework.jobspec import JobSpec, is_html_report, json_beside, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
 from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
 from framework.progress import JobProgress, as_progress
+from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
@@ -185,6 +186,10 @@ class JobRunner:
         self.adopted_tasks = 0
         self.credentials: tuple[str, str] | None = None
         """The embedded cluster's framework principal and secret (None: the job file's)."""
+        self.rounds = RoundRecorder()
+        """What each offer round packed (cost, lower bound, backups), for the HTML report."""
+        self.compute_seconds: dict[str, float] = {}
+        """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
@@ -216,6 +221,7 @@ class JobRunner:
             self._shard_rows = [s.rows for s in shards["data"]]
             self._watch(scheduler, catalog, master, server, stack)
             self.run_started = time.monotonic()
+            self.run_started_wall = time.time()
             driver = self._start_driver(scheduler, master, stack)
             self.progress.note(f"framework subscribed to {master}")
 
@@ -265,9 +271,40 @@ class JobRunner:
                 outcome.report = integrator.evaluate(dataset.labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
                 outcome.report["usage"] = outcome.usage
-                if spec.report is not None:
-                    ensemble.write_report_json(outcome.report, spec.report)
+            if spec.report is not None and is_html_report(spec.report):
+                self._write_html_report(outcome, integrator, dataset, scheduler, catalog)
+            elif spec.report is not None and outcome.report is not None:
+                ensemble.write_report_json(outcome.report, spec.report)
             return outcome
+
+    def _write_html_report(self, outcome: JobOutcome, integrator: Any, dataset: Dataset,
+                           scheduler: EnsembleScheduler, catalog: JobCatalog) -> None:
+        """Write the report's JSON (the evaluation, what the run did, the classifier curves)
+        beside the report's HTML page (``report.html`` -> ``report.json``), then the page."""
+        from framework.report_html import write_html_report  # matplotlib: only for an HTML report
+
+        spec = self.spec
+        assert spec.report is not None
+        report: dict[str, Any] = dict(outcome.report or {"usage": outcome.usage})
+        demands = {m.name: catalog.demand(WorkItem(f"{m.name}.s00000", m.name, 0)).resources for m in spec.models}
+        note = None
+        if self.journal is not None:
+            attempts = attempts_from_journal(self.journal.items(), self.rounds.backups,
+                                             {m: (r.cpus, r.mem) for m, r in demands.items()}, scheduler.hostnames,
+                                             self.compute_seconds)
+            earlier = [a for a in attempts if a["start"] < self.run_started_wall]
+            attempts = [a for a in attempts if a["start"] >= self.run_started_wall]
+            if earlier:
+                note = f"{len(earlier)} task attempt(s) of earlier runs of this job (in its journal) are not shown"
+        else:
+            attempts, note = [], "no journal (the run had no state directory): task attempts were not recorded"
+        report["run"] = run_data(attempts, self.rounds, self.run_started_wall, time.time(), note)
+        if dataset.labels is not None and outcome.report is not None:
+            kept = integrator.kept_outputs()
+            report["curves"] = classifier_curves(outcome.report["task"], dataset.labels, kept.member_outputs,
+                                                 kept.ensemble_output, kept.members, integrator.combiner.classes)
+        ensemble.write_report_json(report, json_beside(spec.report))
+        write_html_report(report, spec.report, title=f"{spec.name}: run report")
 
     def _run_tasks(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, items: list[WorkItem],
                    on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
@@ -433,6 +470,7 @@ class JobRunner:
             SpeculationPolicy(factor=settings.speculation_factor),
             timeouts={m.name: m.timeout for m in self.spec.models if m.timeout is not None},
             placement_timeout=settings.placement_timeout,
+            decide=self.rounds,
         )
 
     def _start_driver(self, scheduler: EnsembleScheduler, master: str, stack: ExitStack) -> Any:
@@ -527,6 +565,7 @@ class JobRunner:
                 return
             if usage is not None:
                 scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
+                self.compute_seconds[item.task_id or ""] = usage.seconds
             if self.journal is not None:
                 self.journal.record_result(item.key, item.task_id or "", output)
             scheduler.acknowledge(driver, event.status)  # only now: the result is durable

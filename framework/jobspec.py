@@ -251,6 +251,9 @@ def load_job(path: Path | str) -> JobSpec:
         _check_writable(job, "report", report)
         if report == output:
             job.fail("report", f"names the same file as job.output ({output}); it would replace the predictions")
+        if is_html_report(report) and json_beside(report).is_dir():
+            job.fail("report", f"is an HTML page, whose JSON goes beside it to {json_beside(report)}, which is a "
+                               "directory")
     data = _parse_data(source, "data", top.get("data", dict, required=True))
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     train_table = ensemble.method(integration).train_table
@@ -259,7 +262,8 @@ def load_job(path: Path | str) -> JobSpec:
     inputs = {data.path: "data.path", **{m.path: f"models[{i}] ({m.name}).path" for i, m in enumerate(models)}}
     if stacking is not None:
         inputs[stacking.train.path] = "stacking.train.path"
-    for key, written in (("output", output), ("report", report)):
+    report_json = json_beside(report) if report is not None and is_html_report(report) else None
+    for key, written in (("output", output), ("report", report), ("report", report_json)):
         if written in inputs:
             job.fail(key, f"names {written.name!r}, the job's input {inputs[written]}, which it would overwrite")
     return JobSpec(
@@ -302,6 +306,19 @@ def _check_weights(top: _Section, models: tuple[ModelSpec, ...], integration: st
         top.fail("models[*].weight", f"are 0 for {', '.join(zero)}, and job.min_members = {min_members} lets those "
                                      f"alone be integrated, which {integration} cannot do with weights summing to 0; "
                                      f"raise min_members above {len(zero)} or give them positive weights")
+
+
+HTML_REPORT_SUFFIXES = (".html", ".htm")
+
+
+def is_html_report(path: Path) -> bool:
+    """A ``report`` path that asks for the HTML page (``.html``/``.htm``); any other is the JSON."""
+    return path.suffix.lower() in HTML_REPORT_SUFFIXES
+
+
+def json_beside(path: Path) -> Path:
+    """Where the JSON of an HTML report goes: ``report.html`` -> ``report.json``, same directory."""
+    return path.with_suffix(".json")
 
 
 def _check_writable(section: _Section, key: str, path: Path) -> None:
