@@ -33,12 +33,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help='agent attributes in Mesos agent syntax, e.g. "zone:a;price:1.5" (default: none)')
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5050, help="master port (0 = any free port)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="sandboxes live under this directory (default: a temporary directory)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="sandboxes live under this directory (default: a temporary directory)")
     parser.add_argument("--keep-sandboxes", action="store_true", help="do not delete sandboxes on exit")
     parser.add_argument("--credentials-file", type=Path, default=None,
                         help="Mesos credentials JSON ({\"credentials\": [{\"principal\", \"secret\"}]}), "
-                             "a JSON {principal: secret} or 'principal secret' lines (default: principal mesos-ensemble with a "
-                             "random secret, written to the work directory)")
+                             "a JSON {principal: secret} or 'principal secret' lines (default: principal "
+                             "mesos-ensemble with a random secret, written to the work directory)")
     parser.add_argument("--principal", default=None,
                         help=f"require this principal, its secret read from ${SECRET_ENV} (never from argv) "
                              "(default: see --credentials-file)")
