@@ -24,7 +24,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from framework.demo import train_demo
-from framework.localmesos import LocalCluster
+from framework.localmesos import AgentSpec, LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
@@ -124,6 +124,34 @@ def test_job_runs_on_the_master_zookeeper_elects(zookeeper: str, tmp_path: Path)
         frameworks = state["frameworks"] + state["completed_frameworks"]
         assert [f["name"] for f in frameworks] == ["mesos-ensemble-demo"]
         assert sum(len(f["completed_tasks"]) for f in frameworks) >= 8  # 2 members x 4 shards, on this cluster
+    finally:
+        election.stop()
+        election.close()
+        cluster.stop()
+
+
+def test_plan_reads_the_state_of_the_master_zookeeper_elects(zookeeper: str, tmp_path: Path) -> None:
+    """plan --master zk://...: the leader's /master/state; no leader registered: one line, exit 2."""
+    job = train_demo(tmp_path / "demo")
+    cluster = LocalCluster([AgentSpec(hostname="elected-agent")], work_dir=tmp_path / "cluster").start()
+    election = KazooClient(hosts=zookeeper)
+    election.start(timeout=30)
+    try:
+        election.create("/plan/json.info_", master_info(cluster.master_address), ephemeral=True, sequence=True,
+                        makepath=True)
+        master = f"zk://{zookeeper}/plan"
+        result = subprocess.run([sys.executable, "-m", "framework.cli", "plan", str(job), "--master", master,
+                                 "--json"], capture_output=True, text=True, timeout=200)
+        assert result.returncode == 0, result.stderr
+        plan = json.loads(result.stdout)
+        assert plan["agents_from"] == f"master {master}"
+        assert "elected-agent" in result.stdout  # the plan's agents are the elected master's
+        empty = f"zk://{zookeeper}/nobody"
+        missing = subprocess.run([sys.executable, "-m", "framework.cli", "plan", str(job), "--master", empty],
+                                 capture_output=True, text=True, timeout=200)
+        assert missing.returncode == 2 and missing.stdout == ""
+        assert missing.stderr == (f"mesos-ensemble: error: --master {empty}: ZooKeeper has no /nobody (no Mesos "
+                                  "master registered there)\n")
     finally:
         election.stop()
         election.close()
