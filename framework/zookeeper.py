@@ -8,6 +8,7 @@ the commands that need the leader's address once (``plan`` reads its ``/master/s
 from __future__ import annotations
 
 import json
+import logging
 
 from framework.errors import JobSpecError
 from framework.jobspec import MasterAddress, parse_master
@@ -26,6 +27,7 @@ def leading_master(master: MasterAddress, text: str, timeout: float = CONNECT_TI
     from kazoo.handlers.threading import KazooTimeoutError
 
     hosts = ",".join(f"{host}:{port}" for host, port in master.hosts)
+    logging.getLogger("kazoo").setLevel(logging.ERROR)  # its retries are warnings; the outcome is one line here
     client = KazooClient(hosts=hosts)
     try:
         client.start(timeout=timeout)
