@@ -47,12 +47,14 @@ bench: $(STAMP)
 
 # Regenerate the locks from pyproject.toml and scripts/build-requirements.in, keeping the versions
 # already pinned where they still satisfy the ranges (`make lock UPGRADE=--upgrade` takes the newest).
-# One lock serves Python 3.11-3.13 (no dependency differs between them; every pin has wheels for all
-# three): `make lock PYTHON=python3.13` gives the same file.
+# One lock serves Python 3.11-3.13: no dependency's markers differ between them, and `make install`
+# with --require-hashes on each of them checks that every pin has a wheel there.  It is compiled on
+# 3.11, where pip can read http-parser's sdist metadata (its setup.py imports `imp`, gone in 3.12).
 LOCK_VENV := build/lock-venv
 COMPILE = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile -q --generate-hashes \
 	--strip-extras --index-url https://pypi.org/simple --no-emit-index-url --no-emit-find-links $(UPGRADE)
 lock:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) and "make lock needs PYTHON=python3.11")'
 	test -x $(LOCK_VENV)/bin/pip-compile || ($(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS))
 	$(COMPILE) --extra test --extra lint --unsafe-package http-parser -o requirements.lock pyproject.toml
 	cd scripts && $(COMPILE) --allow-unsafe -o build-requirements.lock build-requirements.in
