@@ -50,7 +50,7 @@ bench: $(STAMP)
 # One lock serves Python 3.11-3.13: no dependency's markers differ between them, and `make install`
 # with --require-hashes on each of them checks that every pin has a wheel there.  It is compiled on
 # 3.11, where pip can read http-parser's sdist metadata (its setup.py imports `imp`, gone in 3.12).
-LOCK_VENV := build/lock-venv
+LOCK_VENV := $(CURDIR)/build/lock-venv
 COMPILE = env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(LOCK_VENV)/bin/pip-compile -q --generate-hashes \
 	--strip-extras --index-url https://pypi.org/simple --no-emit-index-url --no-emit-find-links $(UPGRADE)
 lock:
