@@ -28,6 +28,7 @@ say() { echo "build-http-parser: $*" >&2; }
 
 tag=$("$python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 mkdir -p "$wheelhouse"
+# shellcheck disable=SC2012,SC2086  # $1 is a glob, matched here on purpose
 cached() { ls "$wheelhouse"/$1 2>/dev/null | head -n 1 || true; }
 
 # A C compiler and Python.h: then the C extension is built (and preferred to a cached pure wheel).
