@@ -43,9 +43,15 @@ subcommands:
 JSON_COMMANDS = ("run", "status", "plan", "inspect")
 """The subcommands that can print their result as one JSON document (--json)."""
 
+MASTER_HELP = ('the Mesos master: "local" (an embedded cluster), host:port, or zk://host:2181[,host:2181]/mesos '
+               "(default: $MESOS_MASTER if set, else the job file's [framework] master, else \"local\")")
 EXIT_OK, EXIT_JOB_FAILED, EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 2, 130, 143
 EPILOG = """\
 options -v/--verbose, -q/--quiet and --json may come before or after the subcommand.
+
+environment:
+  MESOS_MASTER  the master when --master is not given: "local", host:port or zk://host:2181/mesos;
+                it overrides the job file's [framework] master (command line > environment > file)
 
 exit status:
   0    success
@@ -107,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run an ensemble job described by a TOML job file",
                               conflict_handler="resolve")  # its --quiet gives way to the common -q/--quiet
     run.add_argument("job", type=Path, help="the job file (see README, 'Job file')")
-    run.add_argument("--master", help='override [framework] master ("local", host:port or zk://...)')
+    run.add_argument("--master", help=MASTER_HELP)
     run.add_argument("--work-dir", type=Path, help="keep shards, results and sandboxes here (default: a temporary dir)")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
     run.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -120,26 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="external master: when interrupted, leave the tasks running for the next run to adopt")
 
     status = commands.add_parser("status", help="show a running job's live status, else what its journal records")
-    status.add_argument("job", type=Path)
+    status.add_argument("job", type=Path, help="the job file")
     status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job)")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the live status (or the journal's) as one JSON document")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
-    validate.add_argument("job", type=Path)
-    validate.add_argument("--master", help="check the job as run --master would run it")
+    validate.add_argument("job", type=Path, help="the job file")
+    validate.add_argument("--master", help="check the job as run would run it on this master; " + MASTER_HELP)
 
     inspect = commands.add_parser("inspect", help="print a model file's metadata (loaded in a limited subprocess)")
     inspect.add_argument("model", type=Path, metavar="MODEL", help="a .joblib or .skops file")
     inspect.add_argument("--format", choices=MODEL_FORMATS, default=None,
                          help="the file's format (default: skops for a .skops file, else joblib)")
     inspect.add_argument("--trusted-types", nargs="+", default=[], metavar="TYPE",
-                         help="skops: types to trust on top of scikit-learn's and numpy's own classes")
+                         help="skops: types to trust on top of scikit-learn's and numpy's own classes "
+                              "(default: none)")
     inspect.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                          help="print the metadata as one JSON document")
 
     demo = commands.add_parser("train-demo", help="write the founding example's models, data and job file")
-    demo.add_argument("out_dir", type=Path, metavar="OUTDIR")
+    demo.add_argument("out_dir", type=Path, metavar="OUTDIR", help="the directory to write (created if missing)")
     demo.add_argument("--seed", type=int, default=0, help="train/test split seed (default 0)")
     demo.add_argument("--format", choices=MODEL_FORMATS, default="joblib",
                       help="save the models with joblib (a pickle) or skops (default joblib)")
@@ -153,10 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("job", type=Path, help="the job file")
     agents = plan.add_mutually_exclusive_group()
     agents.add_argument("--offers", type=Path, metavar="OFFERS.json",
-                        help="plan on these Mesos v1 offers (a list of offers, or an OFFERS event)")
+                        help="plan on these Mesos v1 offers (a list of offers, or an OFFERS event) "
+                             "(default: the agents of --master)")
     agents.add_argument("--master", metavar="HOST:PORT",
                         help="plan on a running master's agents (/master/state: resources minus used); "
-                             "default: the job's master if host:port, else its [local_cluster] agents")
+                             "default: $MESOS_MASTER if set, else the job's [framework] master if not "
+                             "\"local\", else the job's [local_cluster] agents")
     plan.add_argument("--principal", help="--master: authenticate as this principal (default: the job's)")
     plan.add_argument("--secret-file", type=Path, help="--master: the principal's secret (default: the job's)")
     plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -222,14 +231,13 @@ def install_signal_handlers() -> None:
 
 
 def load_checked(args: argparse.Namespace) -> JobSpec:
-    """The job file, its ``--master`` override validated like the file's own, and the checks that
-    need nothing loaded (every model placeable on the embedded cluster's agents)."""
-    from framework.jobspec import load_job, with_master
+    """The job file with its master from ``--master`` or ``$MESOS_MASTER`` (validated like the
+    file's own), and the checks that need nothing loaded (every model placeable on the embedded
+    cluster's agents)."""
+    from framework.jobspec import load_job, with_master_override
     from framework.preflight import check_job
 
-    spec = load_job(args.job)
-    if args.master:
-        spec = with_master(spec, args.master)
+    spec = with_master_override(load_job(args.job), args.master, os.environ)
     check_job(spec)
     return spec
 
@@ -406,10 +414,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from framework.jobspec import load_job
+    from framework.jobspec import load_job, with_master_override
     from framework.plan import agents_for, plan_job, read_secret, render
 
-    spec = load_job(args.job)
+    spec = with_master_override(load_job(args.job), None, os.environ)  # plan's --master: see agents_for
     secret = read_secret(args.secret_file) if args.secret_file else None
     offers, source = agents_for(spec, args.offers, args.master, args.principal, secret)
     plan = plan_job(spec, offers, source)

@@ -13,7 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Literal, Mapping, TypeVar
 
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
@@ -540,6 +540,24 @@ def with_master(spec: JobSpec, master: str, origin: str = "--master") -> JobSpec
     except ValueError as error:
         raise JobSpecError(f"{origin} {error}") from None
     return dataclasses.replace(spec, framework=dataclasses.replace(spec.framework, master=master))
+
+
+MASTER_ENV = "MESOS_MASTER"
+"""The environment variable naming the default master, as Mesos' own tools read it."""
+
+
+def with_master_override(spec: JobSpec, flag: str | None, environ: Mapping[str, str]) -> JobSpec:
+    """The master a command uses: ``--master`` if given, else ``$MESOS_MASTER`` if set and not
+    empty, else the job file's ``[framework] master`` (``"local"`` when the file has none), the way
+    command line > environment > file works elsewhere (AWS_REGION, DOCKER_HOST).  The value used is
+    checked as the job file's is, and an error names where it came from."""
+    if flag is not None:
+        return with_master(spec, flag, "--master")
+    from_environment = environ.get(MASTER_ENV, "").strip()
+    if from_environment:
+        return with_master(spec, from_environment, MASTER_ENV)
+    return spec
+
 def _secret(section: _Section) -> str | None:
     """The framework's secret from ``secret_file``, the variable named by ``secret_env`` or
     ``secret``, at most one of them; errors never show the secret itself."""

@@ -91,9 +91,13 @@ def master_state(address: str, principal: str | None = None, secret: str | None 
         parsed = parse_master(address)
     except ValueError as error:
         raise JobSpecError(f"--master {error}") from None
+    if parsed.kind == "zk":  # the master ZooKeeper elects
+        from framework.zookeeper import leading_master
+
+        parsed = parse_master(leading_master(parsed, f"--master {address}"))
     if parsed.kind != "host":
-        raise JobSpecError(f"--master {address!r}: plan reads /master/state of one master; give it as host:port "
-                           "(for ZooKeeper, the leading master's address)")
+        raise JobSpecError(f"--master {address!r}: plan reads /master/state of a running master (host:port or "
+                           "zk://...)")
     host, port = parsed.hosts[0]
     url = f"http://{host}:{port}/master/state"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
@@ -386,16 +390,13 @@ def render(plan: JobPlan, console: Any) -> None:
 def agents_for(spec: JobSpec, offers_file: Path | None, master: str | None, principal: str | None,
                secret: str | None) -> tuple[list[OfferView], str]:
     """The offers to plan on and where they came from: ``--offers``, ``--master``, the job's own
-    master when it is a ``host:port`` one, else the job's ``[local_cluster]`` agents."""
+    master when it is an external one (``host:port`` or ``zk://``), else the job's ``[local_cluster]`` agents."""
     if offers_file is not None and master is not None:
         raise JobSpecError("--offers and --master: give one of them")
     if offers_file is not None:
         return offers_from_json(offers_file, spec.framework.role), str(offers_file)
     settings = spec.framework
     if master is None and settings.master != "local":
-        if parse_master(settings.master).kind != "host":
-            raise JobSpecError(f"{spec.source}: framework.master is {settings.master!r}; plan needs --master "
-                               "host:port (the leading master) or --offers")
         master = settings.master
     if master is not None:
         if principal is None and secret is None:

@@ -23,8 +23,10 @@ def pytest_configure(config: pytest.Config) -> None:
     """One inspection cache for the run (models trained alike are inspected once), never the
     user's own: subprocesses started by tests inherit it."""
     from framework.inspection import CACHE_ENV
+    from framework.jobspec import MASTER_ENV
 
     os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="mesos-ensemble-test-cache-")
+    os.environ.pop(MASTER_ENV, None)  # a developer's MESOS_MASTER must not send the tests' jobs to a cluster
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -304,7 +304,7 @@ wheel_cache_dir() {
 }
 
 setup_python_env() {
-    local cache stamp=$PREFIX/venv.stamp want pytag wheelhouse stage
+    local cache stamp=$PREFIX/venv.stamp want pytag wheelhouse wheel stage
     cache=$(wheel_cache_dir)
     # pip's own cache stays local: pip running as root ignores a cache it does not own, and
     # files in the synced folder belong to the vagrant user.
@@ -324,9 +324,9 @@ setup_python_env() {
         "$VENV/bin/python" -m pip install -q "pip==$PIP_VERSION"
         pytag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
         wheelhouse=$cache/wheels-$pytag-$(uname -m)
-        bash "$REPO/scripts/build-http-parser.sh" "$wheelhouse" "$PY"
-        "$VENV/bin/pip" install -q --no-deps "$wheelhouse"/http_parser-0.9.0-*.whl
-        "$VENV/bin/pip" install -q -r "$REPO/requirements.lock"
+        wheel=$(bash "$REPO/scripts/build-http-parser.sh" "$PY" "$wheelhouse")
+        "$VENV/bin/pip" install -q --no-deps "$wheel"
+        "$VENV/bin/pip" install -q --require-hashes -r "$REPO/requirements.lock"
         echo "$want" >"$stamp"
     fi
     # The project itself, always refreshed (cheap).  Installed from a staged copy so nothing

@@ -28,18 +28,21 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem", type=float, default=4096.0, help="memory (MB) per agent")
     parser.add_argument("--disk", type=float, default=10000.0, help="disk (MB) per agent")
     parser.add_argument("--gpus", type=float, default=0.0, help="gpus per agent")
-    parser.add_argument("--ports", default=None, help='port ranges per agent, e.g. "[31000-32000]"')
+    parser.add_argument("--ports", default=None, help='port ranges per agent, e.g. "[31000-32000]" (default: none)')
     parser.add_argument("--attributes", default="",
-                        help='agent attributes in Mesos agent syntax, e.g. "zone:a;price:1.5"')
+                        help='agent attributes in Mesos agent syntax, e.g. "zone:a;price:1.5" (default: none)')
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5050, help="master port (0 = any free port)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="sandboxes live under this directory")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="sandboxes live under this directory (default: a temporary directory)")
     parser.add_argument("--keep-sandboxes", action="store_true", help="do not delete sandboxes on exit")
     parser.add_argument("--credentials-file", type=Path, default=None,
                         help="Mesos credentials JSON ({\"credentials\": [{\"principal\", \"secret\"}]}), "
-                             "a JSON {principal: secret} or 'principal secret' lines")
+                             "a JSON {principal: secret} or 'principal secret' lines (default: principal "
+                             "mesos-ensemble with a random secret, written to the work directory)")
     parser.add_argument("--principal", default=None,
-                        help=f"require this principal, its secret read from ${SECRET_ENV} (never from argv)")
+                        help=f"require this principal, its secret read from ${SECRET_ENV} (never from argv) "
+                             "(default: see --credentials-file)")
     parser.add_argument("--secret", default=None, help=argparse.SUPPRESS)  # refused: it would show in ps
     parser.add_argument("--no-auth", action="store_true",
                         help="no framework authentication: any local process can act as any framework")

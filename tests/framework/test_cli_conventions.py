@@ -88,3 +88,59 @@ def test_bad_input_exits_2_and_a_failed_job_exits_1(demo: Path, tmp_path: Path) 
     failed = cli("run", job, "--work-dir", tmp_path / "work", "-q")
     assert failed.returncode == 1, (failed.stdout, failed.stderr)
     assert failed.stderr.strip().splitlines()[-1].startswith("mesos-ensemble: job failed: job timed out after 2 s")
+
+
+def test_every_option_of_every_subcommand_shows_its_default() -> None:
+    """Each option that takes a value says in --help what happens without it."""
+    import argparse
+
+    from framework.cli import build_parser
+
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) >= {"run", "status", "validate", "inspect", "train-demo", "local-cluster", "plan"}
+    for name, sub in commands.choices.items():
+        text = " ".join(sub.format_help().split())
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.help == argparse.SUPPRESS:
+                continue  # positionals, flags (-h, -v, --fresh ...), hidden options
+            shown = " ".join((action.help or "").split())
+            assert shown and shown.split("(default")[0].strip() in text, (name, action.option_strings)
+            rendered = text[text.index(shown.split("(default")[0].strip()):]
+            assert "default" in rendered[:len(shown) + 40], f"{name} {action.option_strings[-1]}: no default in --help"
+
+
+def test_mesos_master_is_the_default_master_below_the_command_line(demo: Path) -> None:
+    """--master > $MESOS_MASTER > the job file's master; each is validated and named when bad."""
+    env = {**os.environ, "MESOS_MASTER": "zk://zk1:2181,zk2:2181/mesos"}
+
+    def validate(*extra: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "framework.cli", "validate", str(demo), *extra],
+                              capture_output=True, text=True, timeout=200, env=environ)
+
+    from_env = validate(environ=env)
+    assert from_env.returncode == 0, from_env.stderr
+    assert "master zk://zk1:2181,zk2:2181/mesos" in from_env.stdout
+    flag = validate("--master", "m1:5050", environ=env)
+    assert flag.returncode == 0, flag.stderr
+    assert "master m1:5050" in flag.stdout and "zk1" not in flag.stdout
+    unset = validate(environ={**env, "MESOS_MASTER": ""})
+    assert unset.returncode == 0 and "master local" in unset.stdout, (unset.stdout, unset.stderr)
+    bad = validate(environ={**env, "MESOS_MASTER": "http://m:5050"})
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr == ("mesos-ensemble: error: MESOS_MASTER must be host:port, zk://host:2181/mesos or \"local\", "
+                          "got 'http://m:5050'\n")
+    empty_flag = validate("--master", "", environ=env)
+    assert empty_flag.returncode == 2 and empty_flag.stderr.startswith("mesos-ensemble: error: --master must be ")
+
+
+def test_with_master_override_precedence(demo: Path) -> None:
+    from framework.errors import JobSpecError
+    from framework.jobspec import load_job, with_master_override
+
+    spec = load_job(demo)
+    assert with_master_override(spec, None, {}).framework.master == "local"
+    assert with_master_override(spec, None, {"MESOS_MASTER": " h:5050 "}).framework.master == "h:5050"
+    assert with_master_override(spec, "zk://z/mesos", {"MESOS_MASTER": "h:5050"}).framework.master == "zk://z/mesos"
+    with pytest.raises(JobSpecError, match=r"^MESOS_MASTER must be host:port.*after 'h', got '0'"):
+        with_master_override(spec, None, {"MESOS_MASTER": "h:0"})
