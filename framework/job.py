@@ -34,7 +34,7 @@ from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents, rows_per_shard
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
@@ -119,10 +119,12 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
 def validate_job(spec: JobSpec) -> str:
     """Check everything ``run`` would check before launching; return a short description."""
     dataset, members, _estimators = prepare(spec)
-    shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
+    per_shard = rows_per_shard(spec, *dataset.features.shape)
+    shards = math.ceil(dataset.features.shape[0] / per_shard)
     lines = [f"{spec.source}: OK",
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
-             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards of "
+             f"{per_shard} rows{' (auto)' if spec.data.rows_per_shard == 'auto' else ''}",
              f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
              f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
              f"master {spec.framework.master}"]
@@ -177,7 +179,7 @@ class JobRunner:
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
+            shards = {"data": cut_shards(dataset.features, rows_per_shard(spec, *dataset.features.shape))}
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url,
                                  member_columns(members, tuple(dataset.feature_names)))
