@@ -83,6 +83,8 @@ class JobOutcome:
     """Items whose results came from the journal of an earlier run (not computed again)."""
     adopted_tasks: int = 0
     """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
+    mesos_tasks: int = 0
+    """Mesos tasks launched: one per attempt, or one per bundle of several items' attempts."""
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -225,6 +227,7 @@ class JobRunner:
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
                 executors_launched=scheduler.executors_launched,
                 backups_launched=scheduler.backups_launched,
+                mesos_tasks=scheduler.mesos_tasks_launched,
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
             )

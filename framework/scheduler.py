@@ -190,6 +190,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}  # the decision worker's own
         self.executors_launched = 0
+        self.mesos_tasks_launched = 0
+        """Mesos tasks launched (a bundle of several items' attempts counts once)."""
         self.measurements = Measurements()
         self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
         self.backups_launched = 0
@@ -461,6 +463,7 @@ class EnsembleScheduler(pymesos.Scheduler):
                      if members[0][1] == carrier
                      else self.catalog.bundle_info(members, carrier, agent, allocator, executor)
                      for carrier, (members, executor) in groups.items()]
+            self.mesos_tasks_launched += len(tasks)
             driver.launchTasks(translator.offer_ids(launch.offer_ids), tasks,
                                translator.filters(self.policy.refuse_seconds))
         for decline in declines:
