@@ -162,7 +162,7 @@ MAX_BUNDLE_ITEMS = 256
 
 
 def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: float,
-                 target_seconds: float = TARGET_BUNDLE_SECONDS) -> dict[str, int]:
+                 target_seconds: float | None = None) -> dict[str, int]:
     """Per ``usage_key`` of the pending items: how many of its items travel in one Mesos task.
     An unmeasured model's items (its probe first) and stacking folds go alone; a measured model's
     items are grouped to compute for about ``target_seconds``, less when the measured work left
@@ -175,7 +175,8 @@ def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: f
         operations[kind] = item.operation
     means = {kind: measured.mean_seconds(kind) for kind in counts}
     work = sum((means[kind] or 0.0) * n for kind, n in counts.items())
-    target = min(target_seconds, work / (max(cores, 1.0) * BUNDLES_PER_CORE))
+    target = min(TARGET_BUNDLE_SECONDS if target_seconds is None else target_seconds,
+                 work / (max(cores, 1.0) * BUNDLES_PER_CORE))
     sizes = {}
     for kind, n in counts.items():
         mean = means[kind]
