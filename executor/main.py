@@ -113,11 +113,14 @@ class EnsembleExecutor(pymesos.Executor):
         task_id = task["task_id"]["value"]
         if self._was_killed(task_id):  # killed while queued behind other tasks: never starts
             return
-        # TASK_STARTING while the inputs download and the model loads; TASK_RUNNING once the task
+        # TASK_STARTING while the inputs download and the model loads (not sent when they are
+        # already here: each update is a round trip to the agent); TASK_RUNNING once the task
         # computes, so that the framework measures stragglers (and timeouts) from compute start.
-        self._send(driver, task_id, "TASK_STARTING")
         try:
             payload = decode_task(pymesos.decode_data(task["data"]))
+            first = payload.items[0] if isinstance(payload, BundlePayload) else payload
+            if not self.cache.holds(first.model, first.model_file, first.shard):
+                self._send(driver, task_id, "TASK_STARTING")
             if isinstance(payload, BundlePayload):
                 self._run_bundle(driver, task_id, payload)
                 return

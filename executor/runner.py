@@ -146,6 +146,12 @@ class SandboxCache:
                                     f"{type(error).__name__}: {error}") from error
             return self._models[key]
 
+    def holds(self, model: RemoteFile, model_file: str, shard: RemoteFile) -> bool:
+        """Whether ``model`` is loaded and ``shard`` is in the sandbox, checked: a task on them
+        computes at once."""
+        shard_file = (f"cache/{shard.sha256}.npy", shard.sha256)
+        return (model_file, model.sha256) in self._models and shard_file in self._checked
+
     @property
     def models_loaded(self) -> int:
         return len(self._models)

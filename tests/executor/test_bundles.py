@@ -62,3 +62,25 @@ def test_a_bundle_reports_every_item_in_one_update_and_a_failed_item_alone(tmp_p
         assert envelope.kind == "inline" and envelope.usage is not None
         result = npy_to_array(base64.b64decode(envelope.npy_b64 or ""))
         assert np.array_equal(result, model.predict(shard))  # each item on its own shard, bit for bit
+
+
+def test_a_task_whose_inputs_are_already_here_skips_task_starting(tmp_path: Path) -> None:
+    shard = np.arange(12.0).reshape(4, 3)
+    model = LinearRegression().fit(shard, shard.sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(shard))
+    payload = TaskPayload(
+        task_id="t1", operation="predict", model_name="m", model_file="m.joblib",
+        model=RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes())),
+        method="predict", shard=RemoteFile((tmp_path / "shard.npy").as_uri(), sha256_hex(array_to_npy(shard))),
+        shard_index=0, result_upload_url="unused")
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    states = []
+    for task_id in ("t1", "t2"):
+        driver = RecordingExecutorDriver()
+        data = base64.b64encode(TaskPayload(**{**payload.__dict__, "task_id": task_id}).to_json()).decode()
+        executor.launchTask(driver, Dict({"task_id": {"value": task_id}, "data": data}))
+        assert driver.done.wait(30)
+        states.append([u["state"] for u in driver.updates])
+    executor.shutdown(driver)
+    assert states == [["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"], ["TASK_RUNNING", "TASK_FINISHED"]]
