@@ -11,6 +11,9 @@ scheduler records them here and uses them to
 * find stragglers: tasks running far longer than their model's measured mean (a slow or
   overloaded agent), for which the scheduler launches a backup copy on another agent the job
   already uses; the first copy to finish wins and the other is killed.
+* size the work: the base shard of ``rows_per_shard = "auto"`` (:func:`auto_rows_per_shard`),
+  and how many small items of a measured model travel in one Mesos task (:func:`bundle_sizes`),
+  so that per-task overhead is paid once per second of compute rather than once per item.
 
 Pure: no Mesos, no clock.
 """

@@ -13,9 +13,15 @@ SUPPRESS when nothing is left to launch.  What the round decides, in order:
 3. the demands: a retry avoids the agents it failed on for ``AVOID_FAILED_AGENTS_SECONDS``
    after it was retried, if other agents are known and it is not the last attempt; a backup
    avoids its straggler's agent; measured durations fill in missing ones;
-4. the plan (``framework.packing.pack``) on the first tasks in launch order that fit the offers;
-5. the launches (task ids, executors to start), declines (``unneeded`` or ``never_fits``) and
-   whether to suppress.
+4. the bundles: several pending items of one measured model travel as ONE Mesos task, sized
+   from the model's measured seconds per item so that a bundle computes for about a second, or
+   less when the work left would not keep the job's cores busy (``balancing.bundle_sizes``); a
+   probe, a retry that avoids an agent and a stacking fold go alone.  The packer sees a bundle
+   as one task; each item keeps its own task id (its attempt), tracked, retried and journaled
+   alone, and the bundle's Mesos task id is unique per round and run (``bundle_prefix``);
+5. the plan (``framework.packing.pack``) on the first tasks in launch order that fit the offers;
+6. the launches (task ids, bundles, executors to start), declines (``unneeded`` or
+   ``never_fits``) and whether to suppress.
 
 No Mesos, threads, locks or clock here: the time is the ``now`` argument.
 """
