@@ -10,10 +10,13 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pytest
 
 from executor.protocol import (BundlePayload, BundleResult, ResultEnvelope, TaskFailure, array_to_npy, decode_task,
                                inline_envelope)
 from framework.demo import train_demo
+from framework.errors import JobSpecError
+from framework.preflight import rows_per_shard
 from framework.job import JobRunner
 from framework.jobspec import load_job
 from harness import InProcessMesos
@@ -224,3 +227,21 @@ def test_tiny_tasks_travel_in_bundles_and_the_output_is_bit_for_bit_per_shard(tm
     assert carried["linear.s00040.a1"] != "linear.s00040.a1"  # the failed item was in a bundle ...
     assert carried["linear.s00040.a2"] == "linear.s00040.a2"  # ... and was retried alone
     assert len(driver.acks) == len(set(carried.values())) * 2  # one for TASK_RUNNING, one for the end
+
+
+def test_rows_per_shard_defaults_to_auto_sized_for_the_local_agents(tmp_path: Path) -> None:
+    demo = train_demo(tmp_path / "demo")
+    text = demo.read_text()
+    demo.write_text(text.replace("rows_per_shard = 50\n", ""))
+    spec = load_job(demo)
+    assert spec.data.rows_per_shard == "auto"
+    assert rows_per_shard(spec, 100_000, 30) == auto_rows_per_shard(100_000, 30, cores=4.0)  # two 2-cpu agents
+    demo.write_text(text.replace("rows_per_shard = 50", 'rows_per_shard = "auto"'))
+    assert load_job(demo).data.rows_per_shard == "auto"
+    assert rows_per_shard(load_job(demo), 171, 30) == 171  # small data: one shard
+    demo.write_text(text.replace("rows_per_shard = 50", 'rows_per_shard = "many"'))
+    expected = r"data\.rows_per_shard must be int, got 'many' \(a number of rows, or \"auto\"\)"
+    with pytest.raises(JobSpecError, match=expected):
+        load_job(demo)
+    demo.write_text(text)
+    assert rows_per_shard(load_job(demo), 100_000, 30) == 50  # explicit: as today
