@@ -142,6 +142,9 @@ class EnsembleExecutor(pymesos.Executor):
         report them all in ONE terminal update; an item's failure is reported for that item only."""
         results: BundleResult = BundleResult()
         inline_left, running = bundle.inline_limit, False
+        # The shards download one after the other while the items compute (an item waits only
+        # for its own shard; a failed download is reported by the item itself).
+        threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
         for payload in bundle.items:
             if self._was_killed(task_id):
                 return
@@ -163,6 +166,15 @@ class EnsembleExecutor(pymesos.Executor):
         message = (f"{failed} of {len(bundle.items)} bundled task(s) failed: "
                    f"{next(iter(results.failures.values())).status_message()}") if failed else None
         self._send(driver, task_id, "TASK_FINISHED", message=message, data=results.to_json())
+
+    def _prefetch(self, task_id: str, bundle: BundlePayload) -> None:
+        for payload in bundle.items:
+            if self._was_killed(task_id):
+                return
+            try:
+                self.cache.array(payload.shard, f"shard {payload.shard_index}")
+            except Exception:  # noqa: S110 - the item's own fetch reports it
+                pass
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:
