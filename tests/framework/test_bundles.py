@@ -14,7 +14,16 @@ import pytest
 
 from executor.protocol import (BundlePayload, BundleResult, ResultEnvelope, TaskFailure, array_to_npy, decode_task,
                                inline_envelope)
+from addict import Dict
+
+from factories import make_offer, make_status
+from framework.artifacts import ArtifactServer
+from framework.catalog import JobCatalog
+from framework.dataset import cut_shards, load_dataset
 from framework.demo import train_demo
+from framework.packing import CostModel, PackingOptions, PriceTable
+from framework.scheduler import EnsembleScheduler, EventKind
+from harness import FakeDriver
 from framework.errors import JobSpecError
 from framework.preflight import rows_per_shard
 from framework.job import JobRunner
@@ -245,3 +254,40 @@ def test_rows_per_shard_defaults_to_auto_sized_for_the_local_agents(tmp_path: Pa
         load_job(demo)
     demo.write_text(text)
     assert rows_per_shard(load_job(demo), 100_000, 30) == 50  # explicit: as today
+
+
+def test_the_scheduler_launches_bundles_and_fans_their_update_out(tmp_path: Path) -> None:
+    spec = load_job(train_demo(tmp_path / "demo"))
+    shards = {"data": cut_shards(load_dataset(spec.data).features[:100], 10)}  # 10 shards
+    server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
+    try:
+        catalog = JobCatalog(spec, server, shards, "python3", server.publish("exec.tgz", spec.models[0].path))
+        items = [WorkItem(f"linear.s{s.index:05d}", "linear", s.index) for s in shards["data"]]
+        scheduler = EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(),
+                                      PackingOptions(), OfferPolicy(), rounds_in_callback=True)
+        driver = FakeDriver(scheduler)
+        scheduler.registered(driver, Dict({"value": "F1"}), Dict({"hostname": "master", "port": 5050}))
+        scheduler.measurements.record("linear", "a1", 0.01, 0.01)
+        scheduler.resourceOffers(driver, [make_offer("a1", cpus=1.0, mem=4096)])
+        [(_offers, [task], _filters)] = driver.launches  # one Mesos task (0.5 cpus) carrying several items
+        bundle = decode_task(base64.b64decode(task["data"]))
+        assert isinstance(bundle, BundlePayload) and bundle.task_id == task["task_id"]["value"]
+        carried = [payload.task_id for payload in bundle.items]
+        assert len(carried) > 1 and carried[0] == "linear.s00000.a1"
+        npy = array_to_npy(np.zeros(10))
+        outcome = BundleResult(results={t: inline_envelope(npy, (10,)) for t in carried[1:]},
+                               failures={carried[0]: TaskFailure("infrastructure", "OSError", "disk full")})
+        scheduler.statusUpdate(driver, make_status(bundle.task_id, "TASK_RUNNING"))
+        assert len(driver.acks) == 1  # one acknowledgement for the bundle's update
+        scheduler.statusUpdate(driver, make_status(bundle.task_id, "TASK_FINISHED",
+                                                   data=base64.b64encode(outcome.to_json()).decode()))
+        events = [scheduler.events.get_nowait() for _ in range(scheduler.events.qsize())]
+        assert [e.kind for e in events] == [EventKind.FINISHED] * (len(carried) - 1)
+        assert [e.item.task_id for e in events if e.item] == carried[1:]
+        assert [e.status is not None for e in events] == [False] * (len(carried) - 2) + [True]  # acked last
+        assert len(driver.acks) == 1  # the finished update: by the main thread, once its results are durable
+        failed = scheduler.tracker.items["linear.s00000"]
+        assert failed.state is ItemState.PENDING and failed.attempts == 1  # retried (alone: it failed on a1)
+        assert "disk full" in failed.failures[-1]
+    finally:
+        server.stop()
