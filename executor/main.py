@@ -19,9 +19,14 @@ from typing import Any, Mapping
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
 from executor.protocol import (
+    BUNDLE_ITEM_INLINE_LIMIT,
+    BundlePayload,
+    BundleResult,
+    ResultEnvelope,
     TaskPayload,
     TaskUsage,
     array_to_npy,
+    decode_task,
     inline_envelope,
     sha256_hex,
     uploaded_envelope,
@@ -48,6 +53,16 @@ def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None
         return inline_envelope(npy, output.shape, usage).to_json()
     upload_result(payload.result_upload_url, npy)
     return uploaded_envelope(npy, output.shape, usage).to_json()
+
+
+def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
+    """One bundled item's result: inline while the bundle's budget (``inline_left`` bytes) lasts,
+    else uploaded like a lone task's large result."""
+    npy = array_to_npy(output)
+    if len(npy) <= min(inline_left, max(payload.inline_limit, BUNDLE_ITEM_INLINE_LIMIT)):
+        return inline_envelope(npy, output.shape, usage)
+    upload_result(payload.result_upload_url, npy)
+    return uploaded_envelope(npy, output.shape, usage)
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -98,11 +113,17 @@ class EnsembleExecutor(pymesos.Executor):
         task_id = task["task_id"]["value"]
         if self._was_killed(task_id):  # killed while queued behind other tasks: never starts
             return
-        # TASK_STARTING while the inputs download and the model loads; TASK_RUNNING once the task
+        # TASK_STARTING while the inputs download and the model loads (not sent when they are
+        # already here: each update is a round trip to the agent); TASK_RUNNING once the task
         # computes, so that the framework measures stragglers (and timeouts) from compute start.
-        self._send(driver, task_id, "TASK_STARTING")
         try:
-            payload = TaskPayload.from_json(pymesos.decode_data(task["data"]))
+            payload = decode_task(pymesos.decode_data(task["data"]))
+            first = payload.items[0] if isinstance(payload, BundlePayload) else payload
+            if not self.cache.holds(first.model, first.model_file, first.shard):
+                self._send(driver, task_id, "TASK_STARTING")
+            if isinstance(payload, BundlePayload):
+                self._run_bundle(driver, task_id, payload)
+                return
             model, shard = fetch_inputs(payload, self.cache)
             if self._was_killed(task_id):
                 return
@@ -115,6 +136,45 @@ class EnsembleExecutor(pymesos.Executor):
         if self._was_killed(task_id):  # already reported TASK_KILLED: a task has one terminal state
             return
         self._send(driver, task_id, state, message=message, data=data)
+
+    def _run_bundle(self, driver: Any, task_id: str, bundle: BundlePayload) -> None:
+        """Run a bundle's items one after the other (each on its own shard, measured alone) and
+        report them all in ONE terminal update; an item's failure is reported for that item only."""
+        results: BundleResult = BundleResult()
+        inline_left, running = bundle.inline_limit, False
+        # The shards download one after the other while the items compute (an item waits only
+        # for its own shard; a failed download is reported by the item itself).
+        threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
+        for payload in bundle.items:
+            if self._was_killed(task_id):
+                return
+            try:
+                model, shard = fetch_inputs(payload, self.cache)
+                if not running:
+                    self._send(driver, task_id, "TASK_RUNNING")
+                    running = True
+                output, usage = compute_measured(payload, model, shard, self.cache)
+                envelope = bundle_item_envelope(payload, output, usage, inline_left)
+                if envelope.kind == "inline":
+                    inline_left -= envelope.nbytes
+                results.results[payload.task_id] = envelope
+            except Exception as error:  # this item failed; the bundle's other items go on
+                results.failures[payload.task_id] = report_failure(payload.task_id, error)
+        if self._was_killed(task_id):
+            return
+        failed = len(results.failures)
+        message = (f"{failed} of {len(bundle.items)} bundled task(s) failed: "
+                   f"{next(iter(results.failures.values())).status_message()}") if failed else None
+        self._send(driver, task_id, "TASK_FINISHED", message=message, data=results.to_json())
+
+    def _prefetch(self, task_id: str, bundle: BundlePayload) -> None:
+        for payload in bundle.items:
+            if self._was_killed(task_id):
+                return
+            try:
+                self.cache.array(payload.shard, f"shard {payload.shard_index}")
+            except Exception:  # noqa: S110 - the item's own fetch reports it
+                pass
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:

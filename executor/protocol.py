@@ -3,6 +3,8 @@
 A task's ``TaskInfo.data`` carries a :class:`TaskPayload` as JSON.  The terminal status
 update's ``data`` carries a :class:`ResultEnvelope` as JSON: the result itself when it is
 small, or a pointer to the copy the executor uploaded to the framework's artifact server.
+Several small tasks may travel as one Mesos task: a :class:`BundlePayload`, answered by one
+terminal update carrying a :class:`BundleResult` (see :func:`decode_task`).
 
 Results are numpy arrays serialised with ``np.save`` (``.npy`` bytes): exact, typed, and
 readable without pickle.  This module is shared by both sides, so it imports only numpy.
@@ -23,6 +25,12 @@ import numpy as np
 PROTOCOL_VERSION = 3
 INLINE_RESULT_LIMIT = 64 * 1024
 """Results up to this many ``.npy`` bytes travel inside the status update; larger ones are uploaded."""
+BUNDLE_INLINE_LIMIT = 1024 * 1024
+"""A bundle's results travel inside its one status update while their ``.npy`` bytes add up to at
+most this much (each at most :data:`BUNDLE_ITEM_INLINE_LIMIT`); the rest are uploaded one by one."""
+BUNDLE_ITEM_INLINE_LIMIT = 256 * 1024
+BUNDLE_SCHEMA = "mesos-ensemble/bundle/1"
+BUNDLE_RESULT_SCHEMA = "mesos-ensemble/bundle-result/1"
 
 Operation = Literal["predict", "cv_fit_predict"]
 
@@ -74,14 +82,7 @@ class TaskPayload:
 
     @classmethod
     def from_json(cls, raw: bytes) -> "TaskPayload":
-        fields: dict[str, Any] = json.loads(raw)
-        if fields.get("version") != PROTOCOL_VERSION:
-            raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
-        fields["model"] = RemoteFile(**fields["model"])
-        fields["shard"] = RemoteFile(**fields["shard"])
-        if fields.get("labels") is not None:
-            fields["labels"] = RemoteFile(**fields["labels"])
-        return cls(**fields)
+        return _task_payload(json.loads(raw))
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,80 @@ class TaskUsage:
 
     seconds: float
     cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class BundlePayload:
+    """Several small tasks of one model that travel as ONE Mesos task (``task_id``): the executor
+    runs ``items`` one after the other (each on its own shard, so each output is what the item
+    alone gives) and answers with ONE terminal update carrying a :class:`BundleResult`.  Each
+    item keeps its own task id (the framework tracks, retries and journals items, not bundles)."""
+
+    task_id: str
+    items: list[TaskPayload]
+    inline_limit: int = BUNDLE_INLINE_LIMIT
+    schema: str = BUNDLE_SCHEMA
+    version: int = PROTOCOL_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps({"task_id": self.task_id, "items": [asdict(i) for i in self.items],
+                           "inline_limit": self.inline_limit, "schema": self.schema, "version": self.version},
+                          sort_keys=True).encode()
+
+
+def decode_task(raw: bytes) -> "TaskPayload | BundlePayload":
+    """A TaskInfo's data: one task's payload or a bundle of them."""
+    fields: dict[str, Any] = json.loads(raw)
+    if fields.get("version") != PROTOCOL_VERSION:
+        raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+    if fields.get("schema") == BUNDLE_SCHEMA:
+        return BundlePayload(task_id=str(fields["task_id"]), items=[_task_payload(i) for i in fields["items"]],
+                             inline_limit=int(fields["inline_limit"]))
+    return _task_payload(fields)
+
+
+def _task_payload(fields: dict[str, Any]) -> TaskPayload:
+    if fields.get("version") != PROTOCOL_VERSION:
+        raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+    fields = dict(fields)
+    fields["model"] = RemoteFile(**fields["model"])
+    fields["shard"] = RemoteFile(**fields["shard"])
+    if fields.get("labels") is not None:
+        fields["labels"] = RemoteFile(**fields["labels"])
+    return TaskPayload(**fields)
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """A bundle's terminal update data: per item task id, its :class:`ResultEnvelope` or its
+    :class:`TaskFailure` (an item that failed does not fail the others)."""
+
+    results: dict[str, ResultEnvelope] = field(default_factory=dict)
+    failures: dict[str, "TaskFailure"] = field(default_factory=dict)
+    schema: str = BUNDLE_RESULT_SCHEMA
+
+    def to_json(self) -> bytes:
+        return json.dumps({"schema": self.schema, "results": {k: asdict(v) for k, v in self.results.items()},
+                           "failures": {k: asdict(v) for k, v in self.failures.items()}}, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "BundleResult":
+        """Decode :meth:`to_json`'s bytes (ValueError if they are not a bundle result)."""
+        try:
+            fields: Any = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a bundle result: {error}") from error
+        if not isinstance(fields, dict) or fields.get("schema") != BUNDLE_RESULT_SCHEMA:
+            raise ValueError("not a bundle result (no bundle-result schema)")
+        results = {}
+        for task_id, envelope in fields.get("results", {}).items():
+            if envelope.get("usage") is not None:
+                envelope = {**envelope, "usage": TaskUsage(**envelope["usage"])}
+            results[task_id] = ResultEnvelope(**envelope)
+        failures = {task_id: TaskFailure(kind=f["kind"], error_type=str(f.get("error_type", "")),
+                                         message=str(f.get("message", "")), traceback=str(f.get("traceback", "")))
+                    for task_id, f in fields.get("failures", {}).items()}
+        return cls(results, failures)
 
 
 def sha256_hex(data: bytes) -> str:

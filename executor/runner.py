@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 import urllib.request
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -75,6 +76,11 @@ parts of one package at once can deadlock on CPython's module locks (seen with a
 histogram gradient boosting model: ``_DeadlockError`` in ``sklearn.ensemble``)."""
 
 
+MAPPED_ARRAYS = 64
+"""Shard arrays an executor keeps mapped (mapping one again costs a file open and a header parse
+per task; found by profiling many small tasks)."""
+
+
 class SandboxCache:
     """What an executor has downloaded into its sandbox, each file once, checked by sha256.
 
@@ -89,6 +95,7 @@ class SandboxCache:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._checked: set[tuple[str, str]] = set()  # (sandbox file, sha256) known to match
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()  # sha256 -> mapped array, oldest first
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._guard:
@@ -121,12 +128,21 @@ class SandboxCache:
             return path
 
     def array(self, remote: RemoteFile, what: str) -> np.ndarray:
-        """A shard or label array, memory-mapped from the sandbox copy."""
+        """A shard or label array, memory-mapped from the sandbox copy (the last
+        :data:`MAPPED_ARRAYS` mapped are kept: every member's task on a shard maps it once)."""
+        mapped = self._arrays.get(remote.sha256)
+        if mapped is not None:
+            return mapped
         path = self.file(remote, f"cache/{remote.sha256}.npy", what)
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as error:
             raise TaskError(f"{what} is not a valid .npy array: {error}") from error
+        with self._guard:
+            self._arrays[remote.sha256] = mapped
+            while len(self._arrays) > MAPPED_ARRAYS:
+                self._arrays.popitem(last=False)
+        return mapped
 
     def model(self, remote: RemoteFile, name: str, model_name: str, model_format: str = "joblib",
               trusted_types: Iterable[str] = ()) -> Any:
@@ -145,6 +161,12 @@ class SandboxCache:
                     raise TaskError(f"model file {name} of {model_name} could not be loaded: "
                                     f"{type(error).__name__}: {error}") from error
             return self._models[key]
+
+    def holds(self, model: RemoteFile, model_file: str, shard: RemoteFile) -> bool:
+        """Whether ``model`` is loaded and ``shard`` is in the sandbox, checked: a task on them
+        computes at once."""
+        shard_file = (f"cache/{shard.sha256}.npy", shard.sha256)
+        return (model_file, model.sha256) in self._models and shard_file in self._checked
 
     @property
     def models_loaded(self) -> int:

@@ -11,6 +11,9 @@ scheduler records them here and uses them to
 * find stragglers: tasks running far longer than their model's measured mean (a slow or
   overloaded agent), for which the scheduler launches a backup copy on another agent the job
   already uses; the first copy to finish wins and the other is killed.
+* size the work: the base shard of ``rows_per_shard = "auto"`` (:func:`auto_rows_per_shard`),
+  and how many small items of a measured model travel in one Mesos task (:func:`bundle_sizes`),
+  so that per-task overhead is paid once per second of compute rather than once per item.
 
 Pure: no Mesos, no clock.
 """
@@ -18,6 +21,7 @@ Pure: no Mesos, no clock.
 from __future__ import annotations
 
 import copy
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Protocol, TypeVar
@@ -133,6 +137,59 @@ class SpeculationPolicy:
     margin_seconds: float = 1.0
 
 
+AUTO_SHARDS_PER_CORE = 8
+"""``rows_per_shard = "auto"``: this many shards per core of the job (fine enough that probes,
+bundles and the longest-first order can balance the cores) ..."""
+AUTO_MIN_SHARD_ROWS = 1000
+"""... but at least this many rows (a shard's download, checksum and result stay cheap) ..."""
+AUTO_MAX_SHARD_BYTES = 16 * 2**20
+AUTO_MAX_SHARD_ROWS = 100_000
+"""... and at most this many rows and feature bytes (a task's working memory stays small)."""
+
+
+def auto_rows_per_shard(rows: int, features: int, cores: float) -> int:
+    """The base shard size of ``rows_per_shard = "auto"`` for data of ``rows`` x ``features`` on
+    ``cores`` cores.  Small tasks are not a cost: several travel as one Mesos task (see
+    :func:`bundle_sizes`)."""
+    shards = max(1, math.ceil(max(cores, 1.0) * AUTO_SHARDS_PER_CORE))
+    largest = max(1, min(AUTO_MAX_SHARD_ROWS, AUTO_MAX_SHARD_BYTES // (8 * max(1, features))))
+    return max(1, min(max(math.ceil(rows / shards), AUTO_MIN_SHARD_ROWS), largest, max(rows, 1)))
+
+
+TARGET_BUNDLE_SECONDS = 1.0
+"""A bundle (several pending items of one model in one Mesos task) computes for about this long ..."""
+BUNDLES_PER_CORE = 2
+"""... or less, so that the work left makes at least this many bundles per core of the job ..."""
+MAX_BUNDLE_ITEMS = 256
+"""... and it carries at most this many items (its TaskInfo and status update stay small)."""
+
+
+def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: float,
+                 target_seconds: float | None = None) -> dict[str, int]:
+    """Per ``usage_key`` of the pending items: how many of its items travel in one Mesos task.
+    An unmeasured model's items (its probe first) and stacking folds go alone; a measured model's
+    items are grouped to compute for about ``target_seconds``, less when the measured work left
+    would otherwise make fewer than :data:`BUNDLES_PER_CORE` bundles per core."""
+    counts: dict[str, int] = defaultdict(int)
+    operations: dict[str, str] = {}
+    for item in pending:
+        kind = usage_key(item)
+        counts[kind] += 1
+        operations[kind] = item.operation
+    means = {kind: measured.mean_seconds(kind) for kind in counts}
+    work = sum((means[kind] or 0.0) * n for kind, n in counts.items())
+    target = min(TARGET_BUNDLE_SECONDS if target_seconds is None else target_seconds,
+                 work / (max(cores, 1.0) * BUNDLES_PER_CORE))
+    sizes = {}
+    for kind, n in counts.items():
+        mean = means[kind]
+        if mean is None or operations[kind] != "predict":
+            sizes[kind] = 1
+        else:
+            sizes[kind] = max(1, min(n, MAX_BUNDLE_ITEMS, int(target / max(mean, 1e-6))))
+    return sizes
+
+
 def stragglers(running: Iterable[A], elapsed: Mapping[str, float], measured: Measurements,
                policy: SpeculationPolicy) -> list[A]:
     """Running items without a backup whose attempt (``elapsed`` seconds, by task id) is well past
@@ -144,7 +201,8 @@ def stragglers(running: Iterable[A], elapsed: Mapping[str, float], measured: Mea
         mean, task_id = measured.mean_seconds(usage_key(item)), item.task_id
         if item.backup_task_id or mean is None or task_id is None or task_id not in elapsed:
             continue
-        if elapsed[task_id] > policy.factor * mean + policy.margin_seconds:
+        # A bundled item may wait for the items before it in its bundle.
+        if elapsed[task_id] > policy.factor * mean * getattr(item, "bundle_size", 1) + policy.margin_seconds:
             found.append(item)
     return sorted(found, key=lambda i: -elapsed[i.task_id or ""])
 

@@ -13,7 +13,7 @@ from framework.dataset import Shard
 from framework.jobspec import JobSpec, ModelSpec
 from framework.packing import Agent, Resources, TaskDemand
 from framework.tasks import WorkItem
-from framework.translator import (ExecutorLaunch, Message, PoolAllocator, executor_id, executor_info,
+from framework.translator import (ExecutorLaunch, Message, PoolAllocator, bundle_info, executor_id, executor_info,
                                   task_info)
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,23 @@ class JobCatalog(JobDemands):
 
     def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
                   executor: Message) -> Message:
+        payload, name = self.payload(item, task_id)
+        resources = allocator.take(self.task_resources[item.model])
+        return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
+
+    def bundle_info(self, items: list[tuple[WorkItem, str]], task_id: str, agent: Agent, allocator: PoolAllocator,
+                    executor: Message) -> Message:
+        """One Mesos task ``task_id`` carrying several items of one model (each under its own task
+        id), with the resources of one of the model's tasks: its items run one after the other."""
+        payloads = [self.payload(item, item_task_id)[0] for item, item_task_id in items]
+        model = items[0][0].model
+        shards = [item.shard for item, _task_id in items]
+        name = f"{model} shards {min(shards)}..{max(shards)} ({len(items)} tasks)"
+        resources = allocator.take(self.task_resources[model])
+        return bundle_info(task_id, name, agent.agent_id, resources, executor, payloads)
+
+    def payload(self, item: WorkItem, task_id: str) -> tuple[TaskPayload, str]:
+        """What the executor needs to run ``item`` as ``task_id``, and the task's name."""
         model = self.spec.model(item.model)
         kind = "train" if item.operation == "cv_fit_predict" else "data"
         shard = self.shards[kind][item.shard]
@@ -155,5 +172,4 @@ class JobCatalog(JobDemands):
             test_rows=list(test_rows),
         )
         name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
-        resources = allocator.take(self.task_resources[model.name])
-        return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
+        return payload, name

@@ -35,7 +35,7 @@ from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents, rows_per_shard
 from framework.progress import JobProgress, as_progress
 from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
 from framework.results import decode_result
@@ -87,6 +87,8 @@ class JobOutcome:
     """Items whose results came from the journal of an earlier run (not computed again)."""
     adopted_tasks: int = 0
     """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
+    mesos_tasks: int = 0
+    """Mesos tasks launched: one per attempt, or one per bundle of several items' attempts."""
     status_url: str | None = None
     """Where the run served its live status page (gone now that it ended)."""
     cost: float = 0.0
@@ -100,7 +102,8 @@ class JobOutcome:
             "members_missing": dict(self.members_missing), "wall_seconds": round(self.wall_seconds, 3),
             "time_to_first_running": (None if self.time_to_first_running is None
                                       else round(self.time_to_first_running, 3)),
-            "tasks": self.tasks, "task_attempts": self.task_attempts, "agents_used": self.agents_used,
+            "tasks": self.tasks, "task_attempts": self.task_attempts, "mesos_tasks": self.mesos_tasks,
+            "agents_used": self.agents_used,
             "executors_launched": self.executors_launched, "backups_launched": self.backups_launched,
             "resumed_items": self.resumed_items, "adopted_tasks": self.adopted_tasks,
             "cost": round(self.cost, 6), "lower_bound": round(self.lower_bound, 6), "usage": self.usage,
@@ -142,10 +145,12 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
 def validate_job(spec: JobSpec) -> str:
     """Check everything ``run`` would check before launching; return a short description."""
     dataset, members, _estimators = prepare(spec)
-    shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
+    per_shard = rows_per_shard(spec, *dataset.features.shape)
+    shards = math.ceil(dataset.features.shape[0] / per_shard)
     lines = [f"{spec.source}: OK",
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
-             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards of "
+             f"{per_shard} rows{' (auto)' if spec.data.rows_per_shard == 'auto' else ''}",
              f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
              f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
              f"master {spec.framework.master}"]
@@ -211,7 +216,7 @@ class JobRunner:
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
+            shards = {"data": cut_shards(dataset.features, rows_per_shard(spec, *dataset.features.shape))}
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url,
                                  member_columns(members, tuple(dataset.feature_names)))
@@ -263,6 +268,7 @@ class JobRunner:
                 agents_used=len({i.agent_id for i in all_items if i.agent_id}),
                 executors_launched=scheduler.executors_launched,
                 backups_launched=scheduler.backups_launched,
+                mesos_tasks=scheduler.mesos_tasks_launched,
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
                 status_url=self.status_url, cost=self.watch.cost, lower_bound=self.watch.lower_bound,

@@ -19,6 +19,7 @@ from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
 from executor.protocol import file_sha256
 from framework import ensemble
+from framework.balancing import auto_rows_per_shard
 from framework.errors import JobSpecError
 from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
 from framework.packing.constraints import from_job as constraint_from_job
@@ -72,7 +73,15 @@ class DataSpec:
     path: Path
     features: tuple[str, ...] | None = None
     label: str | None = None
-    rows_per_shard: int = 1000
+    rows_per_shard: int | Literal["auto"] = "auto"
+    """Rows per shard (one work item per model and shard), or ``auto``: sized from the data's rows
+    and the job's cores (see :meth:`shard_rows`)."""
+
+    def shard_rows(self, rows: int, features: int, cores: float) -> int:
+        """The rows of one shard for data of ``rows`` x ``features`` on ``cores`` cores."""
+        if self.rows_per_shard == "auto":
+            return auto_rows_per_shard(rows, features, cores)
+        return self.rows_per_shard
 
 
 @dataclass(frozen=True)
@@ -416,9 +425,15 @@ def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
         if not features or not all(isinstance(f, str) for f in features):
             section.fail("features", "must be a non-empty list of column names")
         features = tuple(features)
-    rows = section.get("rows_per_shard", int, 1000)
-    if rows < 1:
-        section.fail("rows_per_shard", f"must be at least 1, got {rows}")
+    rows: int | Literal["auto"] = "auto"
+    if section.table.get("rows_per_shard", "auto") != "auto":
+        if isinstance(section.table["rows_per_shard"], str):
+            section.fail("rows_per_shard", f"must be int, got {section.table['rows_per_shard']!r} "
+                                           "(a number of rows, or \"auto\")")
+        count: int = section.get("rows_per_shard", int)
+        if count < 1:
+            section.fail("rows_per_shard", f"must be at least 1, got {count}")
+        rows = count
     return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows)
 
 

@@ -168,3 +168,16 @@ def check_data(spec: JobSpec, dataset: Dataset, features: Mapping[str, Sequence[
                                "takes this column without allow_nan = true; fill the value in, or set allow_nan "
                                "= true on every model taking it if it accepts missing values (as "
                                "HistGradientBoosting does)")
+
+
+EXTERNAL_CLUSTER_CORES = 16.0
+"""``rows_per_shard = "auto"`` against an external master sizes shards for this many cores (the
+cluster's size is known only from its offers; bundles adapt to it at run time)."""
+
+
+def rows_per_shard(spec: JobSpec, rows: int, features: int) -> int:
+    """The job's rows per shard: as the job file says, or sized for the job's cores (the embedded
+    cluster's agents, else :data:`EXTERNAL_CLUSTER_CORES`)."""
+    cores = (sum(a.capacity.cpus for a in local_agents(spec.local_cluster)) if spec.framework.master == "local"
+             else EXTERNAL_CLUSTER_CORES)
+    return spec.data.shard_rows(rows, features, cores)

@@ -13,9 +13,15 @@ SUPPRESS when nothing is left to launch.  What the round decides, in order:
 3. the demands: a retry avoids the agents it failed on for ``AVOID_FAILED_AGENTS_SECONDS``
    after it was retried, if other agents are known and it is not the last attempt; a backup
    avoids its straggler's agent; measured durations fill in missing ones;
-4. the plan (``framework.packing.pack``) on the first tasks in launch order that fit the offers;
-5. the launches (task ids, executors to start), declines (``unneeded`` or ``never_fits``) and
-   whether to suppress.
+4. the bundles: several pending items of one measured model travel as ONE Mesos task, sized
+   from the model's measured seconds per item so that a bundle computes for about a second, or
+   less when the work left would not keep the job's cores busy (``balancing.bundle_sizes``); a
+   probe, a retry that avoids an agent and a stacking fold go alone.  The packer sees a bundle
+   as one task; each item keeps its own task id (its attempt), tracked, retried and journaled
+   alone, and the bundle's Mesos task id is unique per round and run (``bundle_prefix``);
+5. the plan (``framework.packing.pack``) on the first tasks in launch order that fit the offers;
+6. the launches (task ids, bundles, executors to start), declines (``unneeded`` or
+   ``never_fits``) and whether to suppress.
 
 No Mesos, threads, locks or clock here: the time is the ``now`` argument.
 """
@@ -28,7 +34,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from framework.balancing import Measurements, SpeculationPolicy, first_that_fit, stragglers, usage_key
+from framework.balancing import Measurements, SpeculationPolicy, bundle_sizes, first_that_fit, stragglers, usage_key
 from framework.offers import merge_by_agent
 from framework.packing import (Agent, AvoidAgents, CostModel, DeclineReason, PackingOptions, Plan, PriceTable,
                                Resources, TaskDemand, Unplaced, pack)
@@ -86,6 +92,11 @@ class RoundSnapshot:
     """Agents the whole job avoids (blamed for failing item after item; see ``framework.tasks``)."""
     unfit_agents: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Per model with pending work, the agents already judged unable to run its task."""
+    cores: float = 0.0
+    """The job's cores as far as known (the largest cpus each agent offered); bundles are sized
+    so that the work left keeps them busy (see ``framework.balancing.bundle_sizes``)."""
+    bundle_prefix: str = "b"
+    """Unique per round and run: the Mesos task ids of this round's bundles start with it."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,9 @@ class TaskLaunch:
     """A speculative copy of a straggler (the item is already running elsewhere)."""
     attempts_before: int = 0
     """The item's attempts when the round saw it (the launch is stale if that changed)."""
+    carrier: str | None = None
+    """The Mesos task id of the bundle this item travels in (None: a Mesos task of its own)."""
+    bundle_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,11 @@ class RoundDecision:
     def executors_started(self) -> int:
         return sum(len(launch.executors) for launch in self.launches)
 
+    @property
+    def mesos_tasks(self) -> int:
+        """Mesos tasks launched (a bundle of several items is one)."""
+        return len({task.carrier or task.task_id for _agent, task in self.tasks})
+
 
 def decide(snapshot: RoundSnapshot, offers: Sequence[OfferView], now: float) -> RoundDecision:
     """Decide one offer round (see the module's docstring)."""
@@ -206,9 +225,10 @@ def decide(snapshot: RoundSnapshot, offers: Sequence[OfferView], now: float) -> 
     log: list[LogLine] = []
     agents, warned = _reserve_executors(snapshot, merge_by_agent(
         offers, snapshot.prices, _in_use(snapshot), _loaded_models(snapshot), _running_tasks(active)), log)
-    plan, judged_on_all = _plan(snapshot, work, agents, backups, known, now)
+    units: list[tuple[ItemView, ...]] = [(item,) for item in work] if backups else _bundle(snapshot, work, agents)
+    plan, judged_on_all = _plan(snapshot, units, agents, backups, known, now)
     unfit, fits = ({}, frozenset()) if backups else _judge_fit(snapshot, pending, agents, plan)
-    by_key = {item.key: item for item in work}
+    by_key = {unit[0].key: unit for unit in units}
     launches: list[AgentLaunch] = []
     declines: list[Decline] = []
     for agent in agents:
@@ -290,9 +310,10 @@ def timed_out(active: Iterable[ItemView], computing_since: Mapping[str, float], 
         limit = timeouts.get(item.model)
         if limit is None:
             continue
-        for task_id in (item.task_id, item.backup_task_id):
-            if task_id is not None and task_id in computing_since and now - computing_since[task_id] > limit:
-                overdue.append((task_id, limit))
+        for task_id, allowed in ((item.task_id, limit * item.bundle_size), (item.backup_task_id, limit)):
+            # A bundle of n items computes n times as long as one (a backup is never bundled).
+            if task_id is not None and task_id in computing_since and now - computing_since[task_id] > allowed:
+                overdue.append((task_id, allowed))
     return overdue
 
 
@@ -323,37 +344,78 @@ def item_demand(snapshot: RoundSnapshot, item: ItemView, known_agents: Iterable[
     return dataclasses.replace(demand, constraints=demand.constraints + (AvoidAgents(failed),))
 
 
-def _plan(snapshot: RoundSnapshot, work: list[ItemView], agents: list[Agent], backups: bool,
+def _bundle(snapshot: RoundSnapshot, pending: list[ItemView], agents: list[Agent]) -> list[tuple[ItemView, ...]]:
+    """The pending items (in launch order) grouped into what each Mesos task carries: several
+    items of one measured model travel together (see ``framework.balancing.bundle_sizes``); a
+    probe, a retry that avoids the agents it failed on, and a stacking fold go alone.  Each group
+    takes the place of its first item in the order."""
+    cores = max(snapshot.cores, sum(a.capacity.cpus for a in agents))
+    sizes = bundle_sizes(pending, snapshot.measurements, cores)
+    units: list[list[ItemView]] = []
+    open_bundles: dict[str, list[ItemView]] = {}
+    for item in pending:
+        kind = usage_key(item)
+        size = sizes.get(kind, 1)
+        if size <= 1 or item.failed_agents:
+            units.append([item])
+            continue
+        bundle = open_bundles.get(kind)
+        if bundle is None:
+            bundle = open_bundles[kind] = []
+            units.append(bundle)
+        bundle.append(item)
+        if len(bundle) >= size:
+            del open_bundles[kind]
+    return [tuple(unit) for unit in units]
+
+
+def unit_demand(snapshot: RoundSnapshot, unit: tuple[ItemView, ...], known_agents: Iterable[str],
+                now: float) -> TaskDemand:
+    """The demand of one Mesos task: its first item's (see :func:`item_demand`), for the
+    duration of all the items it carries."""
+    demand = item_demand(snapshot, unit[0], known_agents, now)
+    if len(unit) > 1 and demand.duration is not None:
+        demand = dataclasses.replace(demand, duration=demand.duration * len(unit))
+    return demand
+
+
+def _plan(snapshot: RoundSnapshot, work: list[tuple[ItemView, ...]], agents: list[Agent], backups: bool,
           known: frozenset[str], now: float) -> tuple[Plan, bool]:
-    """Pack ``work`` (in launch order) onto ``agents``; also say whether the plan's decline
-    reasons were judged on all of the work (else every decline is ``unneeded``)."""
+    """Pack ``work`` (Mesos tasks of one or more items, in launch order) onto ``agents``; also say
+    whether the plan's decline reasons were judged on all of the work (else every decline is
+    ``unneeded``)."""
     # Backups only go where the job already runs (an agent of its own would cost more).
     eligible = [a for a in agents if a.in_use] if backups else agents
     # Scarce offers go to the first tasks in the launch order (the packer chooses freely
     # among equally good plans, so it is only given those); demands are built only as far
     # as the offers can take them, so a round costs the same with 10 or 10,000 tasks waiting.
-    wanted, all_taken = first_that_fit((item_demand(snapshot, item, known, now) for item in work),
+    wanted, all_taken = first_that_fit((unit_demand(snapshot, unit, known, now) for unit in work),
                                        sum((a.capacity for a in eligible), Resources()))
     nothing_fits = not wanted
     if nothing_fits:
         # The packer says why, judged on each model's plain demand (a retry's is only stricter).
         first_of_model: dict[str, ItemView] = {}
-        for item in work:
-            first_of_model.setdefault(item.model, item)
+        for unit in work:
+            first_of_model.setdefault(unit[0].model, unit[0])
         wanted = [dataclasses.replace(snapshot.demands[i.model], task_id=i.key) for i in first_of_model.values()]
     plan = pack(wanted, eligible, snapshot.cost_model, snapshot.packing)
     return plan, (all_taken or nothing_fits) and not backups
 
 
-def _agent_launch(snapshot: RoundSnapshot, agent: Agent, items: list[ItemView], backups: bool) -> AgentLaunch:
+def _agent_launch(snapshot: RoundSnapshot, agent: Agent, units: list[tuple[ItemView, ...]],
+                  backups: bool) -> AgentLaunch:
     tasks, starts = [], []
     starting: set[str] = set()
-    for item in items:
-        key = snapshot.executor_keys[item.model]
+    for unit in units:
+        first = unit[0]
+        key = snapshot.executor_keys[first.model]
         if (agent.agent_id, key) not in snapshot.executors and key not in starting:
             starting.add(key)
             starts.append(ExecutorStart(key, snapshot.executor_generation.get((agent.agent_id, key), 0)))
-        tasks.append(TaskLaunch(item.key, item.next_task_id(), item.model, key, backups, item.attempts))
+        carrier = f"{first.model}.bundle-{snapshot.bundle_prefix}-{first.key}" if len(unit) > 1 else None
+        for item in unit:
+            tasks.append(TaskLaunch(item.key, item.next_task_id(), item.model, key, backups, item.attempts,
+                                    carrier, len(unit)))
     return AgentLaunch(agent, agent.offer_ids, tuple(tasks), tuple(starts))
 
 
@@ -397,8 +459,15 @@ def _loaded_models(snapshot: RoundSnapshot) -> dict[str, frozenset[str]]:
 
 
 def _running_tasks(active: Iterable[ItemView]) -> dict[str, dict[str, int]]:
+    """Per agent and model, the Mesos tasks of ours running there (a bundle is one)."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    seen: set[str | None] = set()
     for item in active:
         if item.agent_id:
+            carrier = item.carrier
+            if carrier is not None:
+                if carrier in seen:
+                    continue
+                seen.add(carrier)
             counts[item.agent_id][item.model] += 1
     return counts

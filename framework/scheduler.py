@@ -17,10 +17,12 @@ between its launch being recorded and sent is killed again after the ACCEPT.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -53,6 +55,11 @@ class WorkCatalog(Protocol):
 
     def task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
                   executor: Message) -> Message: ...
+
+    def bundle_info(self, items: list[tuple[WorkItem, str]], task_id: str, agent: Agent, allocator: PoolAllocator,
+                    executor: Message) -> Message:
+        """One TaskInfo (Mesos task ``task_id``) carrying several items (each with its task id)."""
+        ...
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message: ...
 
@@ -183,6 +190,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}  # the decision worker's own
         self.executors_launched = 0
+        self.mesos_tasks_launched = 0
+        """Mesos tasks launched (a bundle of several items' attempts counts once)."""
         self.measurements = Measurements()
         self.started_at: dict[str, float] = {}   # task id -> launch, then TASK_RUNNING, time
         self.backups_launched = 0
@@ -197,6 +206,10 @@ class EnsembleScheduler(pymesos.Scheduler):
         job's progress display and live status read waiting reasons, backups and cost from it."""
         self.first_running_at: float | None = None
         self.retried_at: dict[str, float] = {}
+        self.agent_cpus: dict[str, float] = {}
+        """Per agent, the most cpus it offered (its size, as far as known): the job's cores."""
+        self._run_token = secrets.token_hex(3)  # makes bundles' Mesos task ids unique across runs
+        self._snapshots = itertools.count()
         self.stopping = False
         # The decision worker's inbox: offers waiting for a round (batched), and the ids of every
         # offer received but not yet accepted or declined, and of those rescinded meanwhile.
@@ -242,6 +255,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         self._resubscribed(driver)
         with self.lock:
             active = [t for i in self.tracker.active() for t in i.running_task_ids()]
+            active = self.tracker.mesos_tasks(active)
         driver.reconcileTasks(translator.reconcile_tasks(active))
         self._revive_if_needed(driver)
 
@@ -342,6 +356,8 @@ class EnsembleScheduler(pymesos.Scheduler):
         with self.lock:
             if self.stopping:
                 return
+            for agent_id, cpus in translator.offered_cpus(views).items():
+                self.agent_cpus[agent_id] = max(cpus, self.agent_cpus.get(agent_id, 0.0))
             gone = [v for v in views if v.offer_id in self._rescinded]
             views = [v for v in views if v.offer_id not in self._rescinded]
             self._settle(v.offer_id for v in gone)
@@ -379,6 +395,8 @@ class EnsembleScheduler(pymesos.Scheduler):
             reserve_warned=frozenset(self.reserve_warned),
             prices=self.prices, cost_model=self.cost_model, packing=self.packing, policy=self.policy,
             speculation=self.speculation,
+            cores=sum(self.agent_cpus.values()),
+            bundle_prefix=f"{self._run_token}r{next(self._snapshots)}",
         )
 
     def _apply(self, driver: Any, views: list[OfferView], decision: RoundDecision) -> None:
@@ -413,8 +431,12 @@ class EnsembleScheduler(pymesos.Scheduler):
                     if kept:
                         declines.append(Decline(kept, self.policy.refuse_seconds, "unneeded", agent_id))
                     continue
+                carried: dict[str, int] = defaultdict(int)
+                for task, _item, _generation in valid:
+                    if task.carrier:
+                        carried[task.carrier] += 1
                 for task, item, _generation in valid:
-                    task_id = self.tracker.launched(item, agent_id)
+                    task_id = self.tracker.launched(item, agent_id, task.carrier, carried.get(task.carrier or "", 1))
                     assert task_id == task.task_id, (task_id, task.task_id)
                 for key, generation in starts:
                     self.executors[(agent_id, key)] = generation
@@ -435,11 +457,18 @@ class EnsembleScheduler(pymesos.Scheduler):
             for key, generation in starts:
                 self._executor_infos[(agent.agent_id, key, generation)] = self.catalog.executor_info(
                     key, agent, allocator, generation)
-            tasks = []
+            # In plan order; a bundle's TaskInfo carries all of its items (they are consecutive).
+            groups: dict[str, tuple[list[tuple[WorkItem, str]], Message]] = {}
             for task, item, generation in valid:
                 executor = self._executor_infos[(agent.agent_id, task.executor_key, generation)]
-                tasks.append(self.catalog.task_info(item, task.task_id, agent, allocator, executor))
                 launched.append((task.task_id, item))
+                carrier = task.carrier or task.task_id
+                groups.setdefault(carrier, ([], executor))[0].append((item, task.task_id))
+            tasks = [self.catalog.task_info(members[0][0], members[0][1], agent, allocator, executor)
+                     if members[0][1] == carrier
+                     else self.catalog.bundle_info(members, carrier, agent, allocator, executor)
+                     for carrier, (members, executor) in groups.items()]
+            self.mesos_tasks_launched += len(tasks)
             driver.launchTasks(translator.offer_ids(launch.offer_ids), tasks,
                                translator.filters(self.policy.refuse_seconds))
         for decline in declines:
@@ -448,7 +477,7 @@ class EnsembleScheduler(pymesos.Scheduler):
         # cancelled item never becomes live again, so its state is read without the lock.)
         for task_id, item in launched:
             if item.state is ItemState.CANCELLED:
-                driver.killTask(translator.id_message(task_id))
+                self._kill(driver, task_id)
         with self.lock:
             if decision.suppress and not self.tracker.has_pending():
                 self._suppress(driver)
@@ -494,9 +523,37 @@ class EnsembleScheduler(pymesos.Scheduler):
     @callback
     def statusUpdate(self, driver: Any, status: Any) -> None:  # noqa: N802
         update = translator.read_status(status)
-        running = update.state == "TASK_RUNNING"
         if self._unusable_reconciliation(update):
             return
+        with self.lock:
+            bundled = self.tracker.bundled_tasks(update.task_id)
+        if bundled is None:
+            self._on_update(driver, update, status)
+            return
+        # A bundle (one Mesos task carrying several items): its update is fanned out to its items,
+        # each handled as if it were the item's own; the one acknowledgement goes with the last
+        # result (acknowledged once every result before it is durable), or at once if none.
+        parts = translator.fan_out(update, bundled)
+        finished: list[SchedulerEvent] = []
+        revive = False
+        with self.lock:
+            for part in parts:
+                revive |= self._on_update(driver, part, None, finished)
+            if finished:
+                finished[-1] = dataclasses.replace(finished[-1], status=status)
+            for event in finished:
+                self.events.put(event)
+        if not finished:
+            self.acknowledge(driver, status)
+        if revive:
+            self._revive_if_needed(driver)
+
+    def _on_update(self, driver: Any, update: translator.StatusUpdate, status: Any,
+                   finished: list[SchedulerEvent] | None = None) -> bool:
+        """Handle one item's update.  ``finished`` (a bundle's part): collect its FINISHED event
+        there instead of queueing it, acknowledge nothing and return whether to REVIVE, rather
+        than reviving (the caller does each once per bundle)."""
+        running = update.state == "TASK_RUNNING"
         with self.lock:
             failure = self._failure_of(update)
             transition = self.tracker.on_update(update.task_id, update.state, update.message, update.reason,
@@ -514,29 +571,48 @@ class EnsembleScheduler(pymesos.Scheduler):
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind is TransitionKind.FINISHED:
-                self.events.put(SchedulerEvent(EventKind.FINISHED, item, data=update.data, status=status))
+                event = SchedulerEvent(EventKind.FINISHED, item, data=update.data, status=status)
+                if finished is None:
+                    self.events.put(event)
+                else:
+                    finished.append(event)
             elif transition.kind is TransitionKind.GAVE_UP:
                 self.events.put(SchedulerEvent(EventKind.GAVE_UP, item, detail=transition.detail))
         if transition.kind is not TransitionKind.FINISHED:
             self._journal_update(update)
-            self.acknowledge(driver, status)  # a finished result: by the main thread, once it is durable
+            if finished is None:
+                self.acknowledge(driver, status)  # a finished result: by the main thread, once it is durable
         if transition.kind is TransitionKind.STARTED and running and self.first_running_at is None:
             self.first_running_at = self.clock()
+        revive = False
         if transition.kind is TransitionKind.FINISHED:
             if transition.sibling:  # the other copy lost the race
-                driver.killTask(translator.id_message(transition.sibling))
+                self._kill(driver, transition.sibling, sibling=True)
             # Its resources are free now: ask for them at once rather than at the next
             # allocation cycle (REVIVE makes the master allocate immediately).
-            self._revive_if_needed(driver)
+            revive = True
         elif transition.kind is TransitionKind.DROPPED:
             log.warning("task %s: %s; its other copy runs on", update.task_id, transition.detail)
         elif transition.kind is TransitionKind.RETRY:
             self._report_failure(update.task_id, transition, "will retry")
-            self._revive_if_needed(driver)
+            revive = True
         elif transition.kind is TransitionKind.GAVE_UP:
             self._report_failure(update.task_id, transition, "giving up")
         elif transition.kind is TransitionKind.IGNORED:
             log.debug(transition.detail)
+        if revive and finished is None:
+            self._revive_if_needed(driver)
+        return revive
+
+    def _kill(self, driver: Any, task_id: str, sibling: bool = False) -> None:
+        """Kill an item's attempt: its own Mesos task, or the bundle carrying it.  A bundle is
+        not killed for a ``sibling`` (the losing copy of a finished item) while it still carries
+        other items that wait for it (its result for this item is then ignored)."""
+        with self.lock:
+            carrier = self.tracker.carrier_of(task_id)
+            if carrier != task_id and sibling and self.tracker.alive_in_bundle(task_id):
+                return
+        driver.killTask(translator.id_message(carrier))
 
     @callback
     def frameworkMessage(self, driver: Any, executor_id: Any, agent_id: Any, data: str) -> None:  # noqa: N802
@@ -591,7 +667,7 @@ class EnsembleScheduler(pymesos.Scheduler):
 
     def cancel_model(self, driver: Any, model: str) -> None:
         with self.lock:
-            running = self.tracker.cancel_model(model)
+            running = self.tracker.mesos_tasks(self.tracker.cancel_model(model))
         for task_id in running:
             driver.killTask(translator.id_message(task_id))
 
@@ -637,7 +713,7 @@ class EnsembleScheduler(pymesos.Scheduler):
                 self._timing_out[task_id] = limit
         for task_id, limit in overdue:
             log.warning("task %s ran past its model's timeout of %g s: killing it to retry elsewhere", task_id, limit)
-            driver.killTask(translator.id_message(task_id))
+            self._kill(driver, task_id)
         return [task_id for task_id, _limit in overdue]
 
     def _track_placement(self, decision: RoundDecision) -> None:

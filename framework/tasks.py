@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from executor.protocol import Operation, TaskFailure
 
@@ -110,6 +110,11 @@ class WorkItem:
     """A retry after an infrastructure failure is not launched before this time (backoff)."""
     traceback: str = ""
     """The executor-side traceback of the last failed attempt that sent one."""
+    carrier: str | None = None
+    """The Mesos task that carries the current attempt when it travels in a bundle with other
+    items (see ``framework.rounds``); None when the attempt is a Mesos task of its own."""
+    bundle_size: int = 1
+    """Items in the current attempt's bundle (1: not bundled)."""
 
     def next_task_id(self) -> str:
         return attempt_task_id(self.key, self.attempts + 1)
@@ -117,7 +122,8 @@ class WorkItem:
     def view(self) -> "ItemView":
         """An immutable copy of what an offer round reads (see ``framework.rounds``)."""
         return ItemView(self.key, self.model, self.operation, self.state, self.attempts, self.task_id, self.agent_id,
-                        self.backup_task_id, tuple(self.failed_agents), self.not_before)
+                        self.backup_task_id, tuple(self.failed_agents), self.not_before, self.carrier,
+                        self.bundle_size)
 
     def running_task_ids(self) -> list[str]:
         """The Mesos tasks of this item that may still run (its attempt and any backup)."""
@@ -139,6 +145,14 @@ class ItemView(NamedTuple):
     backup_task_id: str | None
     failed_agents: tuple[str, ...]
     not_before: float = 0.0
+    carrier: str | None = None
+    """The Mesos task carrying the current attempt, when bundled."""
+    bundle_size: int = 1
+
+    @property
+    def mesos_task_id(self) -> str | None:
+        """The Mesos task the current attempt runs in (its bundle's, or its own)."""
+        return self.carrier or self.task_id
 
     def next_task_id(self) -> str:
         return attempt_task_id(self.key, self.attempts + 1)
@@ -180,6 +194,8 @@ class Tracker:
         self._pending: dict[str, WorkItem] = {}
         self._active: dict[str, WorkItem] = {}
         self._views: dict[str, ItemView] = {}  # each item's view, dropped whenever the item changes
+        self._bundles: dict[str, list[str]] = {}  # bundle's Mesos task id -> its items' task ids
+        self._carrier: dict[str, str] = {}  # bundled item's task id -> its bundle's Mesos task id
         self.add(items)
 
     def add(self, items: list[WorkItem]) -> None:
@@ -224,14 +240,43 @@ class Tracker:
     def item_for_task(self, task_id: str) -> WorkItem | None:
         return self._by_task.get(task_id)
 
-    def launched(self, item: WorkItem, agent_id: str) -> str:
+    def bundled_tasks(self, mesos_task_id: str) -> list[str] | None:
+        """The items' task ids a bundle (a Mesos task) carries; None when it is not a bundle."""
+        return self._bundles.get(mesos_task_id)
+
+    def carrier_of(self, task_id: str) -> str:
+        """The Mesos task an item's task id runs in (its bundle's, or itself)."""
+        return self._carrier.get(task_id, task_id)
+
+    def mesos_tasks(self, task_ids: Iterable[str]) -> list[str]:
+        """The Mesos tasks that carry ``task_ids`` (each once, in order)."""
+        return list(dict.fromkeys(self.carrier_of(t) for t in task_ids))
+
+    def alive_in_bundle(self, task_id: str) -> list[str]:
+        """The other task ids of ``task_id``'s bundle whose items still wait for that bundle."""
+        carrier = self._carrier.get(task_id)
+        if carrier is None:
+            return []
+        alive = []
+        for other in self._bundles.get(carrier, ()):
+            item = self._by_task.get(other)
+            if other != task_id and item is not None and other in item.running_task_ids():
+                alive.append(other)
+        return alive
+
+    def launched(self, item: WorkItem, agent_id: str, carrier: str | None = None, bundle_size: int = 1) -> str:
         """Record a launch attempt (a pending item's, or a running item's backup); return the
-        Mesos task id to use."""
+        item's task id for it (the Mesos task id, unless ``carrier``: the bundle of
+        ``bundle_size`` items it travels in; a backup is never bundled)."""
         self._views.pop(item.key, None)
         task_id = item.next_task_id()
         item.attempts += 1
         if item.state is ItemState.PENDING:
             item.task_id, item.agent_id = task_id, agent_id
+            item.carrier, item.bundle_size = carrier, bundle_size if carrier else 1
+            if carrier:
+                self._bundles.setdefault(carrier, []).append(task_id)
+                self._carrier[task_id] = carrier
             self._move(item, ItemState.LAUNCHED)
         else:
             assert item.state in (ItemState.LAUNCHED, ItemState.RUNNING) and item.backup_task_id is None
@@ -259,6 +304,8 @@ class Tracker:
                 self._streaks.pop(agent_id, None)
             self._move(item, ItemState.FINISHED)
             item.task_id, item.agent_id = task_id, agent_id  # the attempt whose result counts
+            if backup:
+                item.carrier, item.bundle_size = None, 1
             item.backup_task_id = item.backup_agent_id = None
             return Transition(TransitionKind.FINISHED, item, agent_id=agent_id, sibling=sibling)
         kind = failure_kind(state, reason, failure)
@@ -278,6 +325,7 @@ class Tracker:
                 item.failed_agents.append(agent_id)  # a later retry avoids it too
             if not backup:
                 item.task_id, item.agent_id = item.backup_task_id, item.backup_agent_id
+                item.carrier, item.bundle_size = None, 1  # a backup is never bundled
             item.backup_task_id = item.backup_agent_id = None
             return Transition(TransitionKind.DROPPED, item, description, agent_id=agent_id, kind_of_failure=kind,
                               blamed=blamed)

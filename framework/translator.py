@@ -11,18 +11,21 @@ addict.Dicts in, the project's values out): offers as :class:`OfferView`, status
 from __future__ import annotations
 
 import base64
+import dataclasses
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from executor.protocol import BundlePayload, BundleResult, TaskPayload
 from framework.offers import OfferView
 from framework.packing import Resources
 
 SCALARS = ("cpus", "mem", "disk", "gpus")
 
 __all__ = ["Message", "OfferView", "StatusUpdate", "PoolAllocator", "ExecutorLaunch", "read_id", "read_offer",
-           "read_status", "read_master", "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
+           "read_status", "read_master", "fan_out", "offered_cpus", "bundle_info",
+           "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
            "reconcile_tasks", "executor_info", "task_info", "framework_info"]
 
 Message = dict[str, Any]
@@ -93,6 +96,42 @@ def read_status(status: Mapping[str, Any]) -> StatusUpdate:
         data=status.get("data") or None,
         agent_id=read_id(agent) if agent and agent.get("value") else None,
     )
+
+
+def fan_out(update: StatusUpdate, task_ids: list[str]) -> list[StatusUpdate]:
+    """A bundle's status update as one update per item it carries (``task_ids``, the items' own
+    task ids): a terminal TASK_FINISHED gives each item its own result envelope, or its failure
+    as a TASK_FAILED; any other state (a whole-bundle failure or loss included) goes to every item."""
+    if update.state != "TASK_FINISHED":
+        return [dataclasses.replace(update, task_id=task_id) for task_id in task_ids]
+    try:
+        outcome = BundleResult.from_json(base64.b64decode(update.data or ""))
+    except (ValueError, TypeError) as error:
+        message = f"infrastructure: unreadable bundle result: {error}"
+        return [StatusUpdate(task_id, "TASK_FAILED", update.reason, message, None, update.agent_id)
+                for task_id in task_ids]
+    parts = []
+    for task_id in task_ids:
+        envelope, failure = outcome.results.get(task_id), outcome.failures.get(task_id)
+        if envelope is not None:
+            parts.append(StatusUpdate(task_id, "TASK_FINISHED", update.reason, "",
+                                      base64.b64encode(envelope.to_json()).decode("ascii"), update.agent_id))
+        elif failure is not None:
+            parts.append(StatusUpdate(task_id, "TASK_FAILED", update.reason, failure.status_message(),
+                                      base64.b64encode(failure.to_json()).decode("ascii"), update.agent_id))
+        else:
+            parts.append(StatusUpdate(task_id, "TASK_FAILED", update.reason,
+                                      "infrastructure: the bundle's result says nothing of this task", None,
+                                      update.agent_id))
+    return parts
+
+
+def offered_cpus(views: Iterable[OfferView]) -> dict[str, float]:
+    """Per agent, the cpus its offers hold (for our role)."""
+    cpus: dict[str, float] = defaultdict(float)
+    for view in views:
+        cpus[view.agent_id] += sum(amount for name, _role, amount in view.pools if name == "cpus")
+    return dict(cpus)
 
 
 def read_master(master_info: Mapping[str, Any]) -> str:
@@ -223,6 +262,18 @@ def task_info(
         "executor": executor,
         "data": base64.b64encode(payload).decode("ascii"),
     }
+
+
+def bundle_info(
+    task_id: str,
+    name: str,
+    agent_id: str,
+    resources: list[Message],
+    executor: Message,
+    payloads: list[TaskPayload],
+) -> Message:
+    """TaskInfo of a bundle: several items' payloads in one Mesos task (see ``BundlePayload``)."""
+    return task_info(task_id, name, agent_id, resources, executor, BundlePayload(task_id, payloads).to_json())
 
 
 def framework_info(name: str, user: str, role: str, failover_timeout: float, principal: str | None,

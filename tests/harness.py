@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from addict import Dict
 
-from executor.main import build_result_data
-from executor.protocol import TaskPayload
+from executor.main import build_result_data, bundle_item_envelope
+from executor.protocol import BundlePayload, BundleResult, TaskFailure, TaskPayload, decode_task
 from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs
 from factories import make_offer, make_status
 
@@ -238,7 +238,11 @@ class InProcessMesos(FakeDriver):
 
     def _run_task(self, task: dict[str, Any]) -> None:
         task_id, agent = task["task_id"]["value"], task["agent_id"]["value"]
-        payload = TaskPayload.from_json(base64.b64decode(task["data"]))
+        decoded = decode_task(base64.b64decode(task["data"]))
+        if isinstance(decoded, BundlePayload):
+            self._run_bundle(task, decoded)
+            return
+        payload = decoded
         self.scheduler.statusUpdate(self, make_status(task_id, "TASK_RUNNING", agent))
         failure = self.fail(payload, agent) if self.fail else None
         deadline = time.monotonic() + (self.delay(payload, agent) if self.delay else 0.0)
@@ -257,6 +261,40 @@ class InProcessMesos(FakeDriver):
         else:
             update = make_status(task_id, "TASK_FAILED", agent, message=failure)
         time.sleep(0.001)
+        if self.partial_offers:
+            self._release(task)
+        with self._lock:
+            self._busy[agent] -= 1
+        self.scheduler.statusUpdate(self, update)
+        self._wake.set()
+
+    def _run_bundle(self, task: dict[str, Any], bundle: BundlePayload) -> None:
+        """A bundle of items, as the executor runs one: the items one after the other (each
+        item's failure rule and delay applied to it), one terminal update for them all."""
+        task_id, agent = task["task_id"]["value"], task["agent_id"]["value"]
+        self.scheduler.statusUpdate(self, make_status(task_id, "TASK_RUNNING", agent))
+        outcome = BundleResult()
+        for payload in bundle.items:
+            deadline = time.monotonic() + (self.delay(payload, agent) if self.delay else 0.0)
+            while time.monotonic() < deadline and task_id not in self._killed:
+                time.sleep(0.01)
+            if task_id in self._killed:
+                break
+            failure = self.fail(payload, agent) if self.fail else None
+            if failure is not None:
+                outcome.failures[payload.task_id] = (TaskFailure.from_status(None, failure)
+                                                     or TaskFailure("infrastructure", "", failure))
+                continue
+            try:
+                cache = self._cache(task["executor"], agent)
+                output, usage = compute_measured(payload, *fetch_inputs(payload, cache), cache)
+                outcome.results[payload.task_id] = bundle_item_envelope(payload, output, usage, bundle.inline_limit)
+            except TaskError as error:
+                outcome.failures[payload.task_id] = TaskFailure("infrastructure", type(error).__name__, str(error))
+        if task_id in self._killed:
+            update = make_status(task_id, "TASK_KILLED", agent, message="killed by the framework")
+        else:
+            update = make_status(task_id, "TASK_FINISHED", agent, data=base64.b64encode(outcome.to_json()).decode())
         if self.partial_offers:
             self._release(task)
         with self._lock:

@@ -1,0 +1,201 @@
+"""Tiny-tasks benchmark: many small prediction tasks through mesos-ensemble on the embedded cluster,
+side by side with joblib.Parallel over the same members and shards.  Prints wall times, the
+ratio to joblib, the physical limit and the overhead per task (work item).
+
+    .venv/bin/python bench/tiny_tasks_bench.py [--rows 100000] [--shard-rows 250] [--repeat 1]
+
+The README's small-task case: four members (random forest, histogram gradient boosting, logistic
+regression, extra trees) asked for ``predict_proba`` on 100,000 generated rows.  Two jobs run:
+
+* ``explicit``: ``rows_per_shard = --shard-rows`` (250: 1,600 tasks of a few ms each);
+* ``default``: the job file says nothing of shards (``rows_per_shard = "auto"``).
+
+Baselines: joblib.Parallel over the 250-row shards (what the user's tiny tasks cost in one
+process pool), and over the default job's own shards.  The physical limit is the members' total
+single-thread compute over those shards (measured sequentially, task by task) divided by the
+cores.  Overhead per task = (wall - physical limit) x cores / tasks: what each work item cost
+beyond its own compute, on average.  A task asks for one core less the shared executor's small
+share, as each joblib worker takes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framework.job import JobRunner  # noqa: E402
+from framework.jobspec import load_job  # noqa: E402
+from framework.preflight import rows_per_shard  # noqa: E402
+
+
+def make_members(x: np.ndarray, y: np.ndarray) -> dict[str, object]:
+    return {
+        "forest": RandomForestClassifier(n_estimators=30, max_depth=10, random_state=0, n_jobs=1).fit(x, y),
+        "boosting": HistGradientBoostingClassifier(max_iter=60, random_state=0).fit(x, y),
+        "logistic": LogisticRegression(max_iter=2000).fit(x, y),
+        "extra": ExtraTreesClassifier(n_estimators=30, max_depth=10, random_state=0, n_jobs=1).fit(x, y),
+    }
+
+
+def predict_shard(model: object, shard: np.ndarray) -> np.ndarray:
+    return model.predict_proba(shard)  # type: ignore[attr-defined]
+
+
+def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
+    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
+
+
+def job_file(directory: Path, name: str, members: dict[str, Path], data: Path, shard_rows: int | None,
+             cores: int) -> Path:
+    lines = ["[job]", f'name = "{name}"', 'integration = "soft_vote"', 'output = "out.npy"', "",
+             "[data]", f'path = "{data.name}"']
+    if shard_rows is not None:
+        lines.append(f"rows_per_shard = {shard_rows}")
+    lines.append("")
+    cpus = round(1.0 - 0.05 / cores, 3)  # one shared executor of 0.05 cpus beside the tasks
+    for member, path in members.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines += ["[[models]]", f'name = "{member}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
+                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 256",
+                  "executor_cpus = 0.05", ""]
+    lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
+    path = directory / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def shards_of(x: np.ndarray, rows: int) -> list[np.ndarray]:
+    return [x[i:i + rows] for i in range(0, len(x), rows)]
+
+
+def compute_seconds(members: list[object], shards: list[np.ndarray]) -> float:
+    """The members' single-thread compute over ``shards``, task by task."""
+    start = time.perf_counter()
+    for model in members:
+        for shard in shards:
+            predict_shard(model, shard)
+    return time.perf_counter() - start
+
+
+def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    loaded = [joblib.load(p) for p in paths]
+    parts = joblib.Parallel(n_jobs=cores)(joblib.delayed(predict_shard)(m, s) for m in loaded for s in shards)
+    per_member = [np.concatenate(parts[i * len(shards):(i + 1) * len(shards)]) for i in range(len(paths))]
+    labels = soft_vote(per_member)
+    return time.perf_counter() - start, labels
+
+
+def load_average() -> str:
+    try:
+        one, five, _fifteen = os.getloadavg()
+        return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+    except OSError:
+        return "load average unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--shard-rows", type=int, default=250, help="rows_per_shard of the explicit job")
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="joblib workers and agent cpus")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each job (the best is kept)")
+    parser.add_argument("--only", choices=("explicit", "default"), help="run one of the two jobs")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the scheduler process's runs here")
+    args = parser.parse_args()
+
+    x_all, y_all = make_classification(n_samples=args.rows + 5_000, n_features=args.features, n_informative=10,
+                                       random_state=0)
+    members = make_members(x_all[:5_000], y_all[:5_000])
+    x = x_all[5_000:]
+    print(f"{args.rows:,} rows x {args.features} features, {len(members)} members, {args.cores} cores; "
+          f"{load_average()} on {os.cpu_count()} cpus")
+
+    with tempfile.TemporaryDirectory(prefix="tiny-bench-") as tmp:
+        directory = Path(tmp)
+        paths = {}
+        for name, model in members.items():
+            paths[name] = directory / f"{name}.joblib"
+            joblib.dump(model, paths[name])
+        np.save(directory / "data.npy", x)
+        reference_labels = np.asarray(members["forest"].classes_)  # type: ignore[attr-defined]
+
+        jobs = {"explicit": args.shard_rows, "default": None}
+        if args.only:
+            jobs = {args.only: jobs[args.only]}
+        rows_by_job = {}
+        for name, shard_rows in jobs.items():
+            spec = load_job(job_file(directory, name, paths, directory / "data.npy", shard_rows, args.cores))
+            rows_by_job[name] = rows_per_shard(spec, *x.shape)
+
+        baselines: dict[int, tuple[float, float, np.ndarray]] = {}
+        for shard_rows in sorted(set(rows_by_job.values()) | {args.shard_rows}):
+            shards = shards_of(x, shard_rows)
+            compute = compute_seconds(list(members.values()), shards)
+            t_joblib = min(run_joblib(list(paths.values()), shards, args.cores)[0] for _ in range(args.repeat))
+            labels = soft_vote([np.concatenate([predict_shard(m, s) for s in shards]) for m in members.values()])
+            baselines[shard_rows] = (compute, t_joblib, labels)
+            tasks = len(members) * len(shards)
+            limit = compute / args.cores
+            print(f"joblib over {len(shards)} shards of {shard_rows} rows ({tasks} tasks): {t_joblib:.2f} s; "
+                  f"compute {compute:.2f} s, physical limit {limit:.2f} s; "
+                  f"overhead {(t_joblib - limit) * args.cores / tasks * 1000:.2f} ms/task")
+
+        t_tiny_joblib = baselines[args.shard_rows][1]
+        profiler = None
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+        print(f"{'job':<10}{'rows/shard':>11}{'tasks':>7}{'wall s':>9}{'limit s':>9}{'/limit':>8}"
+              f"{'/joblib':>9}{'/joblib tiny':>13}{'ms/task':>9}{'mesos tasks':>12}")
+        for name, shard_rows in jobs.items():
+            per_shard = rows_by_job[name]
+            compute, t_joblib, labels = baselines[per_shard]
+            tasks = len(members) * len(shards_of(x, per_shard))
+            best = None
+            for attempt in range(args.repeat):
+                spec = load_job(job_file(directory, name, paths, directory / "data.npy", shard_rows, args.cores))
+                state = directory / f"{name}-{attempt}.state"
+                if profiler is not None:
+                    profiler.enable()
+                start = time.perf_counter()
+                outcome = JobRunner(spec, state_dir=state).run()
+                wall = time.perf_counter() - start
+                if profiler is not None:
+                    profiler.disable()
+                identical = bool(np.array_equal(np.load(outcome.output)["prediction"], reference_labels[labels]))
+                assert identical, f"{name}: the ensemble's labels differ from the in-process soft vote"
+                if best is None or wall < best[0]:
+                    best = (wall, outcome)
+            assert best is not None
+            wall, outcome = best
+            limit = compute / args.cores
+            overhead_ms = (wall - limit) * args.cores / tasks * 1000
+            print(f"{name:<10}{per_shard:>11}{tasks:>7}{wall:>9.2f}{limit:>9.2f}{wall / limit:>8.2f}"
+                  f"{wall / t_joblib:>9.2f}{wall / t_tiny_joblib:>13.2f}{overhead_ms:>9.2f}"
+                  f"{outcome.mesos_tasks:>12}")
+        print("ms/task = (wall - physical limit) x cores / tasks; /joblib: against joblib over the same shards; "
+              f"/joblib tiny: against joblib over {args.shard_rows}-row shards.  Labels identical to the "
+              f"in-process soft vote in every run.  {load_average()}")
+        if profiler is not None:
+            profiler.dump_stats(str(args.profile))
+            print(f"profile of the mesos-ensemble runs (scheduler process) in {args.profile}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""A bundle (several tasks in one Mesos task) through the real executor edge: one terminal update
+for all its items, each item's result its own (computed on its own shard), a failed item alone."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from addict import Dict
+from sklearn.linear_model import LinearRegression
+
+from executor.main import EnsembleExecutor
+from executor.protocol import (BundlePayload, BundleResult, RemoteFile, TaskPayload, array_to_npy, npy_to_array,
+                               sha256_hex)
+
+
+class RecordingExecutorDriver:
+    def __init__(self) -> None:
+        self.updates: list[dict[str, Any]] = []
+        self.done = threading.Event()
+
+    def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
+        status.setdefault("uuid", base64.b64encode(hashlib.md5(str(id(status)).encode()).digest()).decode())
+        self.updates.append(status)
+        if status["state"] not in ("TASK_STARTING", "TASK_RUNNING"):
+            self.done.set()
+
+
+def test_a_bundle_reports_every_item_in_one_update_and_a_failed_item_alone(tmp_path: Path) -> None:
+    shards = [np.arange(12.0).reshape(4, 3), np.arange(30.0, 36.0).reshape(2, 3)]
+    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
+    payloads = []
+    for index, shard in enumerate(shards):
+        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
+        payloads.append(TaskPayload(
+            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
+            method="predict",
+            shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(), sha256_hex(array_to_npy(shard))),
+            shard_index=index, result_upload_url="unused"))
+    broken = TaskPayload(**{**payloads[0].__dict__, "task_id": "m.s9.a1",
+                            "shard": RemoteFile((tmp_path / "missing.npy").as_uri(), "0" * 64)})
+    bundle = BundlePayload("B1", [payloads[0], broken, payloads[1]])
+    executor, driver = EnsembleExecutor(tmp_path, workers=1), RecordingExecutorDriver()
+    executor.launchTask(driver, Dict({"task_id": {"value": "B1"}, "data": base64.b64encode(bundle.to_json()).decode()}))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+    assert {u["task_id"]["value"] for u in driver.updates} == {"B1"}
+    assert driver.updates[-1]["message"].startswith("1 of 3 bundled task(s) failed: infrastructure: could not download")
+    outcome = BundleResult.from_json(base64.b64decode(driver.updates[-1]["data"]))
+    assert sorted(outcome.results) == ["m.s0.a1", "m.s1.a1"] and list(outcome.failures) == ["m.s9.a1"]
+    assert outcome.failures["m.s9.a1"].kind == "infrastructure"
+    for index, shard in enumerate(shards):
+        envelope = outcome.results[f"m.s{index}.a1"]
+        assert envelope.kind == "inline" and envelope.usage is not None
+        result = npy_to_array(base64.b64decode(envelope.npy_b64 or ""))
+        assert np.array_equal(result, model.predict(shard))  # each item on its own shard, bit for bit
+
+
+def test_a_task_whose_inputs_are_already_here_skips_task_starting(tmp_path: Path) -> None:
+    shard = np.arange(12.0).reshape(4, 3)
+    model = LinearRegression().fit(shard, shard.sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(shard))
+    payload = TaskPayload(
+        task_id="t1", operation="predict", model_name="m", model_file="m.joblib",
+        model=RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes())),
+        method="predict", shard=RemoteFile((tmp_path / "shard.npy").as_uri(), sha256_hex(array_to_npy(shard))),
+        shard_index=0, result_upload_url="unused")
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    states = []
+    for task_id in ("t1", "t2"):
+        driver = RecordingExecutorDriver()
+        data = base64.b64encode(TaskPayload(**{**payload.__dict__, "task_id": task_id}).to_json()).decode()
+        executor.launchTask(driver, Dict({"task_id": {"value": task_id}, "data": data}))
+        assert driver.done.wait(30)
+        states.append([u["state"] for u in driver.updates])
+    executor.shutdown(driver)
+    assert states == [["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"], ["TASK_RUNNING", "TASK_FINISHED"]]
