@@ -32,6 +32,7 @@ from framework.packing import Agent, Plan, Resources
 from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
 from framework.rounds import AgentLaunch, RoundDecision, TaskLaunch
 from framework.tasks import ItemState
+from harness import skip_or_fail_without
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -46,9 +47,7 @@ def chromium() -> str:
     found = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
     if found is None:
         message = f"headless Chromium is needed ({CHROMIUM} not found; Debian: apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail_without(message)
     return found
 
 

@@ -3,7 +3,7 @@ test on a free loopback port), the embedded cluster's master registered under ``
 Mesos' leader election does it (ephemeral sequential ``json.info_`` znodes holding the MasterInfo
 JSON; the smallest one leads), and a real job run through the CLI with the master given as
 ``zk://127.0.0.1:PORT/mesos``: pymesos' detector (kazoo) finds the leader, subscribes, and the job
-runs.  ``.ci/run`` installs ZooKeeper and sets MESOS_ENSEMBLE_REQUIRE_ZOOKEEPER=1, so there a
+runs.  ``.ci/run`` installs ZooKeeper and sets ``CI``, so there a
 missing ZooKeeper fails rather than skips."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from kazoo.client import KazooClient
 
 from framework.demo import train_demo
 from framework.localmesos import AgentSpec, LocalCluster
+from harness import skip_or_fail_without
 
 pytestmark = pytest.mark.timeout(240)
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
-REQUIRE_ENV = "MESOS_ENSEMBLE_REQUIRE_ZOOKEEPER"
 
 
 def free_port() -> int:
@@ -43,9 +43,7 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     java = shutil.which("java")
     if java is None or not ZOOKEEPER_JAR.is_file():
         reason = "Debian's zookeeper package is not installed (apt-get install zookeeper; .ci/run does)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        skip_or_fail_without(reason)
     data = tmp_path_factory.mktemp("zookeeper")
     for _attempt in range(5):  # the port is chosen free, but another process may take it first
         port = free_port()
