@@ -142,7 +142,10 @@ def test_plan_on_the_jobs_local_agents(demo_template: Path) -> None:
     assert [(a["hostname"], len(sum(a["tasks"].values(), []))) for a in plan["agents"]] == [("agent-1", 3),
                                                                                              ("agent-2", 3)]
     assert plan["cost"] == pytest.approx(2.0) and plan["waiting"] == 2
-    assert all("cpus exhausted on 2 agents" in m["waiting_reason"] for m in plan["models"])
+    # Which model's tasks wait is the packer's choice (under load its time budget may pick either).
+    assert sum(m["waiting"] for m in plan["models"]) == 2
+    assert all((m["waiting_reason"] is None) == (m["waiting"] == 0) for m in plan["models"])
+    assert all("cpus exhausted on 2 agents" in m["waiting_reason"] for m in plan["models"] if m["waiting"])
 
 
 def test_plan_against_a_running_master_with_authentication(demo_template: Path, tmp_path: Path) -> None:
