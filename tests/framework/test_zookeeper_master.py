@@ -87,6 +87,17 @@ def answers(hosts: str, server: subprocess.Popen[bytes], limit: float = 60.0) ->
     return False
 
 
+@pytest.fixture(scope="module")
+def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The founding example, trained once for this module's tests (each copies it)."""
+    return train_demo(tmp_path_factory.mktemp("zk-demo") / "demo")
+
+
+@pytest.fixture
+def job(demo_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(demo_template.parent, tmp_path / "demo")) / demo_template.name
+
+
 def master_info(address: str) -> bytes:
     """The MasterInfo JSON a Mesos 1.11 master writes into its leader-election znode."""
     host, port = address.rsplit(":", 1)
@@ -96,10 +107,9 @@ def master_info(address: str) -> bytes:
                        "address": {"hostname": host, "ip": host, "port": int(port)}}).encode()
 
 
-def test_job_runs_on_the_master_zookeeper_elects(zookeeper: str, tmp_path: Path) -> None:
+def test_job_runs_on_the_master_zookeeper_elects(zookeeper: str, job: Path, tmp_path: Path) -> None:
     """Leader, a standby and the replicated log's node under /mesos; MESOS_MASTER=zk://.../mesos;
     the job runs on the leader (the embedded cluster), the standby (nobody listening) untouched."""
-    job = train_demo(tmp_path / "demo")
     cluster = LocalCluster(work_dir=tmp_path / "cluster", allocation_interval=0.1).start()
     election = KazooClient(hosts=zookeeper)
     election.start(timeout=30)
@@ -128,9 +138,8 @@ def test_job_runs_on_the_master_zookeeper_elects(zookeeper: str, tmp_path: Path)
         cluster.stop()
 
 
-def test_plan_reads_the_state_of_the_master_zookeeper_elects(zookeeper: str, tmp_path: Path) -> None:
+def test_plan_reads_the_state_of_the_master_zookeeper_elects(zookeeper: str, job: Path, tmp_path: Path) -> None:
     """plan --master zk://...: the leader's /master/state; no leader registered: one line, exit 2."""
-    job = train_demo(tmp_path / "demo")
     cluster = LocalCluster([AgentSpec(hostname="elected-agent")], work_dir=tmp_path / "cluster").start()
     election = KazooClient(hosts=zookeeper)
     election.start(timeout=30)
