@@ -36,6 +36,15 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class ShardPart:
+    """Some columns of one shard file: a task's input is its parts' columns side by side, in order
+    (a job with ``[[sources]]`` serves each source's columns in files of their own)."""
+
+    file: RemoteFile
+    columns: list[int]
+
+
+@dataclass(frozen=True)
 class TaskPayload:
     """What one task asks of the executor.
 
@@ -68,6 +77,9 @@ class TaskPayload:
     """skops: the job's ``trusted_types``, allowed on top of the default allow-list."""
     inline_limit: int = INLINE_RESULT_LIMIT
     version: int = PROTOCOL_VERSION
+    inputs: list[ShardPart] = field(default_factory=list)
+    """When given, the model's input instead of ``shard``/``columns``: these parts' columns side
+    by side (each file downloaded once per executor, like a shard)."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -81,6 +93,7 @@ class TaskPayload:
         fields["shard"] = RemoteFile(**fields["shard"])
         if fields.get("labels") is not None:
             fields["labels"] = RemoteFile(**fields["labels"])
+        fields["inputs"] = [ShardPart(RemoteFile(**p["file"]), list(p["columns"])) for p in fields.get("inputs", [])]
         return cls(**fields)
 
 

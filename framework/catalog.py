@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from executor.protocol import RemoteFile, TaskPayload
+from executor.protocol import RemoteFile, ShardPart, TaskPayload
 from framework.artifacts import ArtifactServer
 from framework.dataset import Shard
 from framework.jobspec import JobSpec, ModelSpec
 from framework.packing import Agent, Resources, TaskDemand
+from framework.sources import SourceShards
 from framework.tasks import WorkItem
 from framework.translator import (ExecutorLaunch, Message, PoolAllocator, executor_id, executor_info,
                                   task_info)
@@ -93,7 +94,10 @@ class JobCatalog(JobDemands):
     """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
 
     def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
+                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None,
+                 source_shards: SourceShards | None = None) -> None:
+        """``source_shards`` (a job with ``[[sources]]``): the column groups' shard files, each
+        served on its own, so that a task names (and its executor downloads) only its model's."""
         super().__init__(spec)
         self.server, self.shards = server, shards
         self.columns = columns or {}
@@ -105,6 +109,11 @@ class JobCatalog(JobDemands):
         self.shard_urls = {
             (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
             for kind, shard_list in shards.items() for s in shard_list
+        }
+        self.source_shards = source_shards
+        self.part_files = {
+            key: RemoteFile(server.publish(file.path.name, file.path), file.sha256)
+            for key, file in (source_shards.files.items() if source_shards is not None else ())
         }
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
@@ -135,6 +144,8 @@ class JobCatalog(JobDemands):
                   executor: Message) -> Message:
         model = self.spec.model(item.model)
         kind = "train" if item.operation == "cv_fit_predict" else "data"
+        if kind == "data" and self.source_shards is not None:
+            return self._joined_task_info(item, task_id, agent, allocator, executor)
         shard = self.shards[kind][item.shard]
         train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
         payload = TaskPayload(
@@ -157,3 +168,29 @@ class JobCatalog(JobDemands):
         name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
         resources = allocator.take(self.task_resources[model.name])
         return task_info(task_id, name, agent.agent_id, resources, executor, payload.to_json())
+
+    def _joined_task_info(self, item: WorkItem, task_id: str, agent: Agent, allocator: PoolAllocator,
+                          executor: Message) -> Message:
+        """A prediction task of a job with ``[[sources]]``: its input is the model's column groups'
+        files for the shard (``TaskPayload.inputs``), nothing else."""
+        assert self.source_shards is not None
+        model = self.spec.model(item.model)
+        parts = [ShardPart(self.part_files[(group, item.shard)], columns)
+                 for group, columns in self.source_shards.parts[model.name]]
+        payload = TaskPayload(
+            task_id=task_id,
+            operation=item.operation,
+            model_name=model.name,
+            model=RemoteFile(self.model_urls[model.name], model.sha256),
+            model_file=f"{model.name}.{model.format}",
+            model_format=model.format,
+            trusted_types=list(model.trusted_types),
+            method=self.methods.get(model.name, model.output),
+            shard=parts[0].file,
+            shard_index=item.shard,
+            result_upload_url=self.server.expect_result(task_id),
+            inputs=parts,
+        )
+        resources = allocator.take(self.task_resources[model.name])
+        return task_info(task_id, f"{model.name} shard {item.shard}", agent.agent_id, resources, executor,
+                         payload.to_json())

@@ -241,6 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         interrupt.kept = _kept_line(state_dir, runner.keep_running and spec.framework.master != "local")
         raise
     print(f"wrote {outcome.rows} integrated predictions to {outcome.output}")
+    if outcome.sources is not None:
+        print(outcome.sources["summary"])
     if outcome.resumed_items or outcome.adopted_tasks:
         print(f"resumed from {state_dir}: {outcome.resumed_items} finished task(s) not computed again, "
               f"{outcome.adopted_tasks} running task(s) adopted")

@@ -37,6 +37,7 @@ from framework.packing import PackingOptions
 from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
+from framework.sources import JoinedData, join_sources
 from framework.stacking_run import fit_stacking
 from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
 from framework.translator import framework_info, reconcile_tasks
@@ -83,6 +84,8 @@ class JobOutcome:
     """Items whose results came from the journal of an earlier run (not computed again)."""
     adopted_tasks: int = 0
     """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
+    sources: dict[str, Any] | None = None
+    """A job with ``[[sources]]``: the join (``JoinedData.describe``): rows, rows dropped per source."""
 
 
 DriverFactory = Callable[[Any, dict[str, Any], str, "str | None", "str | None"], Any]
@@ -98,7 +101,7 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
                                 implicit_acknowledgements=False)
 
 
-def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
+def prepare(spec: JobSpec) -> tuple[Dataset | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
     """Load the data and the models and check, before anything launches, that they fit together.
 
     Returns the data, the members' specs and, by model name, each model's metadata (a
@@ -106,6 +109,13 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
     import sklearn
 
     check_job(spec)
+    if spec.sources:  # several sources joined by key: see framework.sources
+        estimators = inspect_job_models(spec)
+        joined = join_sources(spec, estimators)
+        members = member_specs(spec, estimators, joined.member_features())
+        ensemble.check_compatibility(estimators, members, (), spec.integration, sklearn.__version__,
+                                     recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
+        return joined, members, estimators
     dataset = load_dataset(spec.data)
     estimators = inspect_job_models(spec)
     features = member_features(spec, estimators, tuple(dataset.feature_names))
@@ -119,6 +129,12 @@ def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str
 def validate_job(spec: JobSpec) -> str:
     """Check everything ``run`` would check before launching; return a short description."""
     dataset, members, _estimators = prepare(spec)
+    if isinstance(dataset, JoinedData):
+        dataset.write_shards(None)  # reads every value members take: NaN/inf refused here, as run does
+        return "\n".join([f"{spec.source}: OK", f"  data: {dataset.summary()}; "
+                                                 f"{len(dataset.shard_bounds())} shards"]
+                          + [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}; columns "
+                             + ", ".join(f"{s}.{c}" for s, c in dataset.members[m.name]) for m in members])
     shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
     lines = [f"{spec.source}: OK",
              f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
@@ -177,10 +193,17 @@ class JobRunner:
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
-            catalog = JobCatalog(spec, server, shards, python, package_url,
-                                 member_columns(members, tuple(dataset.feature_names)))
+            if isinstance(dataset, JoinedData):
+                self.progress(dataset.summary())
+                joined = dataset.write_shards(work_dir / "sources")
+                shard_rows = joined.shard_rows
+                catalog = JobCatalog(spec, server, {}, python, package_url, source_shards=joined)
+            else:
+                shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
+                shard_rows = [s.rows for s in shards["data"]]
+                catalog = JobCatalog(spec, server, shards, python, package_url,
+                                     member_columns(members, tuple(dataset.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
@@ -198,15 +221,17 @@ class JobRunner:
 
             evaluation_dir = work_dir / "member-outputs"
             integrator = ensemble.StreamingIntegrator(
-                combiner, members, [s.rows for s in shards["data"]], spec.output,
+                combiner, members, shard_rows, spec.output,
                 min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir, explain=spec.explain,
             )
             stack.enter_context(integrator)
             if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:
+                assert isinstance(dataset, Dataset)  # stacking takes no [[sources]] (jobspec)
                 for shard in shards["data"]:
                     integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
-            items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
-            self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shards['data'])} shards)")
+            items = [WorkItem(f"{m.name}.s{index:05d}", m.name, index) for m in spec.models
+                     for index in range(len(shard_rows))]
+            self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shard_rows)} shards)")
             self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
             self._drive(scheduler, driver, server,
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
@@ -225,11 +250,14 @@ class JobRunner:
                 backups_launched=scheduler.backups_launched,
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
+                sources=dataset.describe() if isinstance(dataset, JoinedData) else None,
             )
             if dataset.labels is not None:
                 outcome.report = integrator.evaluate(dataset.labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
                 outcome.report["usage"] = outcome.usage
+                if outcome.sources is not None:
+                    outcome.report["sources"] = outcome.sources
                 if spec.report is not None:
                     ensemble.write_report_json(outcome.report, spec.report)
             return outcome

@@ -208,6 +208,8 @@ def job_fingerprint(spec: Any) -> Fingerprint:
     (labelled ``models[i] (name)``), the data and, for stacking, the training data."""
     inputs: dict[str, Path] = {f"models[{i}] ({m.name})": m.path for i, m in enumerate(spec.models)}
     inputs["data"] = spec.data.path
+    for index, source in enumerate(getattr(spec, "sources", ())):
+        inputs[f"sources[{index}] ({source.name})"] = source.path
     if spec.stacking is not None:
         inputs["stacking.train"] = spec.stacking.train.path
     return compute_fingerprint(spec.source, inputs)
