@@ -55,7 +55,8 @@ def test_job_file_reads_sources_and_model_columns(job: Path) -> None:
     ('primary = "features"', 'path = "features.parquet"', r"data\.path and \[\[sources\]\] are both given"),
     ('key = "id"', 'key = ""', r"sources\[0\] \(features\)\.key must name the source's key column"),
     ('name = "extra"', 'name = "features"', r"sources has two sources named 'features'"),
-    ('path = "extra.parquet"', 'path = "extra.txt"', r"sources\[1\] \(extra\)\.path names 'extra.txt', which is not a file"),
+    ('path = "extra.parquet"', 'path = "extra.txt"',
+     r"sources\[1\] \(extra\)\.path names 'extra.txt', which is not a file"),
 ])
 def test_bad_source_fields_are_one_line_naming_the_field(job: Path, old: str, new: str, message: str) -> None:
     with pytest.raises(JobSpecError, match=message) as caught:
@@ -146,8 +147,9 @@ def test_nan_is_refused_naming_source_column_and_key_unless_allowed(job: Path) -
     values[row] = np.nan
     pq.write_table(table.set_column(1, "e0", pa.array(values)), job.parent / "extra.parquet")
     key = table.column("id")[row].as_py()
-    with pytest.raises(JobSpecError, match=rf"column 'e0', data row {row + 1} \(key {key}\): missing value \(NaN\), and "
-                                           r"models\[1\] \(logistic\) takes this column without allow_nan = true"):
+    with pytest.raises(JobSpecError, match=rf"column 'e0', data row {row + 1} \(key {key}\): missing value "
+                                           r"\(NaN\), and models\[1\] \(logistic\) takes this column "
+                                           r"without allow_nan = true"):
         validate_job(load_job(job))
     validate_job(load_job(edited(job, 'source = "extra"', 'source = "extra"\nallow_nan = true')))
 
