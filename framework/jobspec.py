@@ -289,12 +289,12 @@ def load_job(path: Path | str) -> JobSpec:
             job.fail("report", f"names the same file as job.output ({output}); it would replace the predictions")
     data = (_parse_data(source, "data", top.get("data", dict, required=True)) if not sources
             else _parse_joined_data(source, top.get("data", dict, {}), sources))
+    if sources and "stacking" in raw:
+        top.fail("stacking", "cannot be used with [[sources]] yet (its train set is one [data]-style file)")
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     train_table = ensemble.method(integration).train_table
     if train_table is not None and train_table not in raw:
         job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')
-    if sources and stacking is not None:
-        top.fail("stacking", "cannot be used with [[sources]] yet (its train set is one [data]-style file)")
     inputs = {data.path: "data.path", **{s.path: f"sources[{i}] ({s.name}).path" for i, s in enumerate(sources)},
               **{m.path: f"models[{i}] ({m.name}).path" for i, m in enumerate(models)}}
     if stacking is not None:

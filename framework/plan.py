@@ -147,7 +147,12 @@ def offers_from_state(state: Mapping[str, Any]) -> list[OfferView]:
 def work_items(spec: JobSpec) -> tuple[list[WorkItem], dict[str, int]]:
     """The prediction work items a run creates (every model x every shard, as ``JobRunner``
     names them) and the rows of each shard."""
-    rows = int(load_dataset(spec.data).features.shape[0])
+    if spec.sources:
+        from framework.sources import align_rows
+
+        rows = align_rows(spec).rows
+    else:
+        rows = int(load_dataset(spec.data).features.shape[0])
     per_shard = spec.data.rows_per_shard
     shards = max(1, math.ceil(rows / per_shard))
     shard_rows = {f"s{i:05d}": min(per_shard, rows - i * per_shard) for i in range(shards)}

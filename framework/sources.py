@@ -291,6 +291,15 @@ class SourceShards:
 def join_sources(spec: JobSpec, estimators: Mapping[str, Any]) -> JoinedData:
     """Read the sources' keys (and the label), align the rows by key, resolve each member's columns
     and cut them into column groups; raise :class:`JobSpecError` (one line) on any problem."""
+    joined = align_rows(spec)
+    joined.members = resolve_columns(spec, joined.readers, estimators)
+    joined.groups = column_groups(spec, joined.members)
+    return joined
+
+
+def align_rows(spec: JobSpec) -> JoinedData:
+    """The rows of the join (keys, labels, each source's row per output row), without the members'
+    columns (``mesos-ensemble plan`` needs only how many rows there are)."""
     readers = {s.name: SourceReader(s.path, f"{spec.source}: sources[{i}] ({s.name}).path")
                for i, s in enumerate(spec.sources)}
     primary = spec.source_spec(spec.data.primary or spec.sources[0].name)
@@ -336,12 +345,9 @@ def join_sources(spec: JobSpec, estimators: Mapping[str, Any]) -> JoinedData:
                                f"{primary.name} ({', '.join(reader.columns[:20])})")
         column = reader.read_column(spec.data.label)
         labels = _labels(column.take(pa.array(kept)) if kept is not None else column)
-    joined = JoinedData(spec, readers, source_rows,
-                        primary_keys.take(pa.array(kept)) if kept is not None else primary_keys, labels,
-                        dropped, int((~keep).sum()), samples)
-    joined.members = resolve_columns(spec, readers, estimators)
-    joined.groups = column_groups(spec, joined.members)
-    return joined
+    return JoinedData(spec, readers, source_rows,
+                      primary_keys.take(pa.array(kept)) if kept is not None else primary_keys, labels,
+                      dropped, int((~keep).sum()), samples)
 
 
 def _labels(column: pa.Array) -> np.ndarray:

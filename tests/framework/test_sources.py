@@ -179,3 +179,23 @@ def test_a_model_naming_no_source_is_found_by_its_fitted_columns_or_refused(job:
     with pytest.raises(JobSpecError, match=re.escape("models[1] (logistic) names no source and was not fitted on "
                                                      "named columns")):
         prepare(load_job(job))
+
+
+def test_validate_command_exits_2_with_one_line_for_a_missing_key(job: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    edited(job, 'missing = "drop"', 'missing = "error"')
+    result = subprocess.run([sys.executable, "-m", "framework.cli", "validate", str(job)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "source extra has no row for key 1407" in lines[0], result.stderr
+
+
+def test_stacking_with_sources_is_refused_up_front(job: Path) -> None:
+    text = job.read_text().replace('integration = "mean"', 'integration = "stacking"')
+    job.write_text(text + '\n[stacking]\ntrain = { path = "features.parquet", label = "target" }\n')
+    with pytest.raises(JobSpecError, match=r"stacking cannot be used with \[\[sources\]\] yet"):
+        load_job(job)
