@@ -7,6 +7,7 @@ pymesos IO thread only reports through ``EnsembleScheduler.events``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -26,7 +27,7 @@ from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
-from framework.dataset import Dataset, cut_shards, load_dataset
+from framework.dataset import DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards
 from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
@@ -34,8 +35,9 @@ from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
-from framework.results import decode_result
+from framework.errors import JobSpecError
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, local_agents
+from framework.results import decode_result, write_parquet_output
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
 from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
@@ -98,31 +100,65 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
                                 implicit_acknowledgements=False)
 
 
-def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
-    """Load the data and the models and check, before anything launches, that they fit together.
+def prepare(spec: JobSpec, scan: bool = False) -> tuple[DataInfo, list[ensemble.MemberSpec], dict[str, Any]]:
+    """Read the data's schema and a sample and the models' metadata, and check, before anything
+    launches, that they fit together (``scan``: check every row for NaN/inf, not just the sample;
+    ``run`` checks every row anyway while it cuts the shards, before launching).
 
-    Returns the data, the members' specs and, by model name, each model's metadata (a
+    Returns what the data is, the members' specs and, by model name, each model's metadata (a
     ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
     check_job(spec)
-    dataset = load_dataset(spec.data)
+    info = describe_data(spec.data)
     estimators = inspect_job_models(spec)
-    features = member_features(spec, estimators, tuple(dataset.feature_names))
-    check_data(spec, dataset, features)
+    features = member_features(spec, estimators, tuple(info.feature_names))
+    if scan and not info.complete:
+        rows, problems = scan_data(spec.data, info.feature_names)
+        info = dataclasses.replace(info, rows=rows, complete=True)
+    else:
+        problems = non_finite_columns(info.sample)
+    check_non_finite(spec, problems, features)
+    _check_pass_through(spec)
     members = member_specs(spec, estimators, features)
-    ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
+    ensemble.check_compatibility(estimators, members, info.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
-    return dataset, members, estimators
+    return info, members, estimators
 
 
-def validate_job(spec: JobSpec) -> str:
-    """Check everything ``run`` would check before launching; return a short description."""
-    dataset, members, _estimators = prepare(spec)
-    shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
+OUTPUT_COLUMN_PREFIXES = ("prediction", "proba_", "member_")
+"""What the integrated output's own columns are named (``framework.ensemble``)."""
+
+
+def _check_pass_through(spec: JobSpec) -> None:
+    """``[job] pass_through`` names columns of the data that no output column shadows."""
+    if not spec.pass_through:
+        return
+    names = open_data(spec.data).schema.names
+    for column in spec.pass_through:
+        if column not in names:
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which is not a column of "
+                               f"{spec.data.path.name} (it has {', '.join(names[:20])})")
+        if column.startswith(OUTPUT_COLUMN_PREFIXES):
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which would clash with the "
+                               f"output's own columns ({', '.join(OUTPUT_COLUMN_PREFIXES)}...)")
+
+
+def validate_job(spec: JobSpec, scan: bool = False) -> str:
+    """Check everything ``run`` would check before launching, from the data's schema and a sample
+    (``scan``: every row); return a short description."""
+    info, members, _estimators = prepare(spec, scan=scan)
+    if info.rows is not None:
+        rows = f"{info.rows} rows"
+        shards = f"{math.ceil(info.rows / spec.data.rows_per_shard)} shards"
+    else:
+        rows = f"{info.sample.features.shape[0]}+ rows (a {info.format} file is counted when read)"
+        shards = f"{spec.data.rows_per_shard} rows per shard"
+    checked = ("every row checked for NaN/inf" if info.complete
+               else f"first {info.sample.features.shape[0]} rows checked for NaN/inf (--scan: all)")
     lines = [f"{spec.source}: OK",
-             f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
-             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
+             f"  data: {info.format}, {rows} x {len(info.feature_names)} features"
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards}; {checked}",
              f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
              f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
              f"master {spec.framework.master}"]
@@ -163,7 +199,7 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
-        dataset, members, estimators = prepare(spec)
+        info, members, estimators = prepare(spec)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix=TEMPORARY_WORK_DIR_PREFIX))
@@ -172,15 +208,21 @@ class JobRunner:
                 if journal is not None:  # removed by the next run if this one is killed
                     journal.set_note("temporary_work_dir", str(work_dir))
                     stack.callback(journal.set_note, "temporary_work_dir", None)
+            # The data, streamed once into shard files before anything launches: every row is
+            # checked for NaN/inf on the way (validate only checks a sample).
+            data = spill_shards(spec.data, info.feature_names, work_dir / "shards")
+            stack.callback(shutil.rmtree, work_dir / "shards", True)
+            check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
+            self.progress(f"data: {data.rows} rows in {len(data.shards)} shards")
             master, python = self._master(stack, work_dir)
             server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
+            shards = {"data": data.shards}
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = JobCatalog(spec, server, shards, python, package_url,
-                                 member_columns(members, tuple(dataset.feature_names)))
+                                 member_columns(members, tuple(info.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
@@ -190,21 +232,23 @@ class JobRunner:
 
             if spec.stacking is not None and spec.integration == "stacking":
                 members, combiner = fit_stacking(
-                    spec, catalog, server, members, estimators, tuple(dataset.feature_names), work_dir,
+                    spec, catalog, server, members, estimators, tuple(info.feature_names), work_dir,
                     run_tasks=lambda items, on_result: self._run_tasks(scheduler, driver, server, items, on_result),
                     progress=self.progress)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
             evaluation_dir = work_dir / "member-outputs"
+            parquet = spec.output.suffix == ".parquet"
+            integrated = work_dir / "ensemble-output.npy" if parquet else spec.output  # then written as Parquet
             integrator = ensemble.StreamingIntegrator(
-                combiner, members, [s.rows for s in shards["data"]], spec.output,
+                combiner, members, [s.rows for s in shards["data"]], integrated,
                 min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir, explain=spec.explain,
             )
             stack.enter_context(integrator)
             if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:
                 for shard in shards["data"]:
-                    integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
+                    integrator.add(ensemble.FEATURES_KEY, shard.index, shard.array())
             items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
             self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shards['data'])} shards)")
             self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
@@ -212,6 +256,10 @@ class JobRunner:
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            if parquet:
+                kept = (open_data(spec.data).iter_batches(list(spec.pass_through)) if spec.pass_through else None)
+                write_parquet_output(integrator.ensemble_output(), spec.output, kept)
+                result = dataclasses.replace(result, output_path=spec.output)
             if journal is not None:
                 journal.mark_completed(f"wrote {result.rows} integrated predictions to {result.output_path}")
             all_items = list(tracker.items.values())
@@ -226,8 +274,9 @@ class JobRunner:
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
             )
-            if dataset.labels is not None:
-                outcome.report = integrator.evaluate(dataset.labels)
+            labels = data.labels()
+            if labels is not None:
+                outcome.report = integrator.evaluate(labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
                 outcome.report["usage"] = outcome.usage
                 if spec.report is not None:
