@@ -43,6 +43,15 @@ def shared_executor_resources(models: list[ModelSpec]) -> Resources:
     return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
 
 
+def _publish_shard(server: ArtifactServer, kind: str, shard: Shard) -> str:
+    """Serve a shard: its file (as ``framework.dataset.spill_shards`` writes them) or its bytes in memory."""
+    name = f"{kind}-{shard.index:05d}.npy"
+    if shard.path is not None:
+        return server.publish(name, shard.path)
+    assert shard.npy_parts is not None
+    return server.publish_buffer(name, shard.npy_parts)
+
+
 class JobDemands:
     """What the packer and an offer round need of a job's work: each item's demand and the
     executors' resources and models (pure: ``mesos-ensemble plan`` uses it without a server)."""
@@ -106,10 +115,8 @@ class JobCatalog(JobDemands):
         self.folds: list[tuple[list[int], list[int]]] = []
         self.methods: Mapping[str, str] = {}
         self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
-        self.shard_urls = {
-            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
-            for kind, shard_list in shards.items() for s in shard_list
-        }
+        self.shard_urls = {(kind, s.index): _publish_shard(server, kind, s)
+                           for kind, shard_list in shards.items() for s in shard_list}
         self.source_shards = source_shards
         self.part_files = {
             key: RemoteFile(server.publish(file.path.name, file.path), file.sha256)
@@ -120,8 +127,7 @@ class JobCatalog(JobDemands):
                      methods: Mapping[str, str]) -> None:
         """Stacking: serve the labelled training rows and remember the folds and stack methods."""
         self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
-                                for s in shards})
+        self.shard_urls.update({("train", s.index): _publish_shard(self.server, "train", s) for s in shards})
         self.labels, self.folds, self.methods = labels, folds, methods
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:

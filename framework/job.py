@@ -7,6 +7,7 @@ pymesos IO thread only reports through ``EnsembleScheduler.events``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -26,7 +27,7 @@ from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
-from framework.dataset import Dataset, cut_shards, load_dataset
+from framework.dataset import DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards
 from framework.errors import JobFailed, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
@@ -34,8 +35,10 @@ from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
-from framework.results import decode_result
+from framework.errors import JobSpecError
+from framework.readers import open_table
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, local_agents
+from framework.results import decode_result, write_parquet_output
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.sources import JoinedData, join_sources
 from framework.stacking_run import fit_stacking
@@ -101,10 +104,13 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
                                 implicit_acknowledgements=False)
 
 
-def prepare(spec: JobSpec) -> tuple[Dataset | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
-    """Load the data and the models and check, before anything launches, that they fit together.
+def prepare(spec: JobSpec, scan: bool = False
+            ) -> tuple[DataInfo | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
+    """Read the data's schema and a sample and the models' metadata, and check, before anything
+    launches, that they fit together (``scan``: check every row for NaN/inf, not just the sample;
+    ``run`` checks every row anyway while it cuts the shards, before launching).
 
-    Returns the data, the members' specs and, by model name, each model's metadata (a
+    Returns what the data is, the members' specs and, by model name, each model's metadata (a
     ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
@@ -112,33 +118,70 @@ def prepare(spec: JobSpec) -> tuple[Dataset | JoinedData, list[ensemble.MemberSp
     if spec.sources:  # several sources joined by key: see framework.sources
         estimators = inspect_job_models(spec)
         joined = join_sources(spec, estimators)
+        _check_pass_through(spec)
         members = member_specs(spec, estimators, joined.member_features())
         ensemble.check_compatibility(estimators, members, (), spec.integration, sklearn.__version__,
                                      recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
         return joined, members, estimators
-    dataset = load_dataset(spec.data)
+    info = describe_data(spec.data)
     estimators = inspect_job_models(spec)
-    features = member_features(spec, estimators, tuple(dataset.feature_names))
-    check_data(spec, dataset, features)
+    features = member_features(spec, estimators, tuple(info.feature_names))
+    if scan and not info.complete:
+        rows, problems = scan_data(spec.data, info.feature_names)
+        info = dataclasses.replace(info, rows=rows, complete=True)
+    else:
+        problems = non_finite_columns(info.sample)
+    check_non_finite(spec, problems, features)
+    _check_pass_through(spec)
     members = member_specs(spec, estimators, features)
-    ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
+    ensemble.check_compatibility(estimators, members, info.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
-    return dataset, members, estimators
+    return info, members, estimators
 
 
-def validate_job(spec: JobSpec) -> str:
-    """Check everything ``run`` would check before launching; return a short description."""
-    dataset, members, _estimators = prepare(spec)
-    if isinstance(dataset, JoinedData):
-        dataset.write_shards(None)  # reads every value members take: NaN/inf refused here, as run does
-        return "\n".join([f"{spec.source}: OK", f"  data: {dataset.summary()}; "
-                                                 f"{len(dataset.shard_bounds())} shards"]
-                          + [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}; columns "
-                             + ", ".join(f"{s}.{c}" for s, c in dataset.members[m.name]) for m in members])
-    shards = math.ceil(dataset.features.shape[0] / spec.data.rows_per_shard)
+OUTPUT_COLUMN_PREFIXES = ("prediction", "proba_", "member_")
+"""What the integrated output's own columns are named (``framework.ensemble``)."""
+
+
+def _check_pass_through(spec: JobSpec) -> None:
+    """``[job] pass_through`` names columns of the data that no output column shadows."""
+    if not spec.pass_through:
+        return
+    primary = spec.source_spec(spec.data.primary) if spec.sources and spec.data.primary else None
+    names = open_data(spec.data).schema.names if primary is None else open_table(primary.path).schema.names
+    for column in spec.pass_through:
+        if column not in names:
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which is not a column of "
+                               f"{spec.data.path.name} (it has {', '.join(names[:20])})")
+        if column.startswith(OUTPUT_COLUMN_PREFIXES):
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which would clash with the "
+                               f"output's own columns ({', '.join(OUTPUT_COLUMN_PREFIXES)}...)")
+
+
+def validate_job(spec: JobSpec, scan: bool = False) -> str:
+    """Check everything ``run`` would check before launching, from the data's schema and a sample
+    (``scan``: every row); return a short description."""
+    info, members, _estimators = prepare(spec, scan=scan)
+    if isinstance(info, JoinedData):
+        if scan:
+            info.write_shards(None)  # reads every value members take: NaN/inf refused here, as run does
+        checked = ("every value checked for NaN/inf" if scan
+                   else "values checked for NaN/inf when run cuts shards (--scan: now)")
+        return "\n".join([f"{spec.source}: OK",
+                          f"  data: {info.summary()}; {len(info.shard_bounds())} shards; {checked}"]
+                         + [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}; columns "
+                            + ", ".join(f"{s}.{c}" for s, c in info.members[m.name]) for m in members])
+    if info.rows is not None:
+        rows = f"{info.rows} rows"
+        shards = f"{math.ceil(info.rows / spec.data.rows_per_shard)} shards"
+    else:
+        rows = f"{info.sample.features.shape[0]}+ rows (a {info.format} file is counted when read)"
+        shards = f"{spec.data.rows_per_shard} rows per shard"
+    checked = ("every row checked for NaN/inf" if info.complete
+               else f"first {info.sample.features.shape[0]} rows checked for NaN/inf (--scan: all)")
     lines = [f"{spec.source}: OK",
-             f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
-             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards",
+             f"  data: {info.format}, {rows} x {len(info.feature_names)} features"
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards}; {checked}",
              f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
              f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
              f"master {spec.framework.master}"]
@@ -179,7 +222,7 @@ class JobRunner:
     def run(self) -> JobOutcome:
         started = time.monotonic()
         spec = self.spec
-        dataset, members, estimators = prepare(spec)
+        info, members, estimators = prepare(spec)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix=TEMPORARY_WORK_DIR_PREFIX))
@@ -188,22 +231,31 @@ class JobRunner:
                 if journal is not None:  # removed by the next run if this one is killed
                     journal.set_note("temporary_work_dir", str(work_dir))
                     stack.callback(journal.set_note, "temporary_work_dir", None)
+            # The data, streamed once into shard files before anything launches: every row is
+            # checked for NaN/inf on the way (validate only checks a sample).
+            if isinstance(info, JoinedData):  # several sources: one file per column group and shard
+                self.progress(info.summary())
+                joined = info.write_shards(work_dir / "sources")
+                stack.callback(shutil.rmtree, work_dir / "sources", True)
+                shard_rows, labels = joined.shard_rows, info.labels
+            else:
+                data = spill_shards(spec.data, info.feature_names, work_dir / "shards")
+                stack.callback(shutil.rmtree, work_dir / "shards", True)
+                check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
+                self.progress(f"data: {data.rows} rows in {len(data.shards)} shards")
+                shards = {"data": data.shards}
+                shard_rows, labels = [s.rows for s in data.shards], data.labels()
             master, python = self._master(stack, work_dir)
             server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
-            if isinstance(dataset, JoinedData):
-                self.progress(dataset.summary())
-                joined = dataset.write_shards(work_dir / "sources")
-                shard_rows = joined.shard_rows
+            if isinstance(info, JoinedData):
                 catalog = JobCatalog(spec, server, {}, python, package_url, source_shards=joined)
             else:
-                shards = {"data": cut_shards(dataset.features, spec.data.rows_per_shard)}
-                shard_rows = [s.rows for s in shards["data"]]
                 catalog = JobCatalog(spec, server, shards, python, package_url,
-                                     member_columns(members, tuple(dataset.feature_names)))
+                                     member_columns(members, tuple(info.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
@@ -213,22 +265,24 @@ class JobRunner:
 
             if spec.stacking is not None and spec.integration == "stacking":
                 members, combiner = fit_stacking(
-                    spec, catalog, server, members, estimators, tuple(dataset.feature_names), work_dir,
+                    spec, catalog, server, members, estimators, tuple(info.feature_names), work_dir,
                     run_tasks=lambda items, on_result: self._run_tasks(scheduler, driver, server, items, on_result),
                     progress=self.progress)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
             evaluation_dir = work_dir / "member-outputs"
+            parquet = spec.output.suffix == ".parquet"
+            integrated = work_dir / "ensemble-output.npy" if parquet else spec.output  # then written as Parquet
             integrator = ensemble.StreamingIntegrator(
-                combiner, members, shard_rows, spec.output,
+                combiner, members, shard_rows, integrated,
                 min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir, explain=spec.explain,
             )
             stack.enter_context(integrator)
             if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:
-                assert isinstance(dataset, Dataset)  # stacking takes no [[sources]] (jobspec)
+                assert not isinstance(info, JoinedData)  # stacking takes no [[sources]] (jobspec)
                 for shard in shards["data"]:
-                    integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
+                    integrator.add(ensemble.FEATURES_KEY, shard.index, shard.array())
             items = [WorkItem(f"{m.name}.s{index:05d}", m.name, index) for m in spec.models
                      for index in range(len(shard_rows))]
             self.progress(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shard_rows)} shards)")
@@ -237,6 +291,12 @@ class JobRunner:
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            if parquet:
+                kept = (None if not spec.pass_through
+                        else info.pass_through(spec.pass_through) if isinstance(info, JoinedData)
+                        else open_data(spec.data).iter_batches(list(spec.pass_through)))
+                write_parquet_output(integrator.ensemble_output(), spec.output, kept)
+                result = dataclasses.replace(result, output_path=spec.output)
             if journal is not None:
                 journal.mark_completed(f"wrote {result.rows} integrated predictions to {result.output_path}")
             all_items = list(tracker.items.values())
@@ -250,10 +310,10 @@ class JobRunner:
                 backups_launched=scheduler.backups_launched,
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
-                sources=dataset.describe() if isinstance(dataset, JoinedData) else None,
+                sources=info.describe() if isinstance(info, JoinedData) else None,
             )
-            if dataset.labels is not None:
-                outcome.report = integrator.evaluate(dataset.labels)
+            if labels is not None:
+                outcome.report = integrator.evaluate(labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
                 outcome.report["usage"] = outcome.usage
                 if outcome.sources is not None:

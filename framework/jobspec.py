@@ -6,6 +6,7 @@ Relative paths are resolved against the job file's directory.  See README "Job f
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import getpass
 import math
@@ -18,7 +19,7 @@ from typing import Any, Callable, Literal, TypeVar
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
 from executor.protocol import file_sha256
-from framework import ensemble
+from framework import ensemble, readers
 from framework.errors import JobSpecError
 from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
 from framework.packing.constraints import from_job as constraint_from_job
@@ -28,6 +29,7 @@ ModelKind = ensemble.Kind
 MODEL_KINDS = ensemble.KINDS
 OUTPUTS = ensemble.OUTPUTS
 EXECUTOR_MODES = ("shared", "per_model")
+OUTPUT_SUFFIXES = (".csv", ".npy", ".parquet")
 # The integration methods, stack methods and final estimators are the ensemble registry's.
 
 
@@ -78,7 +80,6 @@ class SourceColumns:
     columns: tuple[str, ...] | None = None
 
 
-SOURCE_SUFFIXES = (".parquet", ".pq", ".feather", ".arrow", ".ipc", ".csv", ".npy")
 MISSING_POLICIES = ("error", "drop")
 
 
@@ -93,12 +94,17 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The input rows: a CSV with a header, or a 2-D ``.npy`` array."""
+    """The input rows: Parquet, Arrow IPC/Feather, CSV with a header, a 2-D ``.npy`` array, or a
+    directory of files of one of these formats (see :mod:`framework.readers`)."""
 
     path: Path
     features: tuple[str, ...] | None = None
     label: str | None = None
     rows_per_shard: int = 1000
+    delimiter: str = ","
+    """CSV only: the field delimiter."""
+    encoding: str = "utf-8"
+    """CSV only: the text encoding (any Python codec name pyarrow accepts, e.g. latin-1)."""
     primary: str | None = None
     """With ``[[sources]]``: the source whose row order the output keeps (default: the first)."""
     missing: str = "error"
@@ -179,6 +185,8 @@ class JobSpec:
     stacking: StackingSpec | None = None
     explain: bool = False
     """Add a ``member_<name>`` column per member to the output: what it said for each row."""
+    pass_through: tuple[str, ...] = ()
+    """Columns of the data copied into a Parquet output beside the predictions (e.g. the key)."""
     sources: tuple[SourceSpec, ...] = ()
     """``[[sources]]``: several files joined by key (empty: the one ``[data] path``)."""
 
@@ -261,7 +269,7 @@ def load_job(path: Path | str) -> JobSpec:
     top = _Section(source, "", raw)
     top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking", "sources"})
     job = _Section(source, "job", top.get("job", dict, required=True))
-    job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain"})
+    job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain", "pass_through"})
     models_raw = top.get("models", list, required=True)
     if not models_raw:
         top.fail("models", "must list at least one model ([[models]])")
@@ -279,8 +287,14 @@ def load_job(path: Path | str) -> JobSpec:
     _check_weights(top, models, integration, min_members)
     output = job.path("output", must_exist=False)
     assert output is not None
-    if output.suffix not in (".csv", ".npy"):
-        job.fail("output", f"must end in .csv or .npy, got {output.name!r}")
+    if output.suffix not in OUTPUT_SUFFIXES:
+        job.fail("output", f"must end in .csv, .npy or .parquet, got {output.name!r}")
+    pass_through = job.get("pass_through", list, [])
+    if not all(isinstance(c, str) and c for c in pass_through) or len(set(pass_through)) != len(pass_through):
+        job.fail("pass_through", f"must be a list of distinct column names, got {pass_through!r}")
+    if pass_through and output.suffix != ".parquet":
+        job.fail("pass_through", f"applies to a .parquet output (which keeps the data's columns beside the "
+                                 f"predictions); job.output is {output.name!r}")
     _check_writable(job, "output", output)
     report = job.path("report", required=False, must_exist=False)
     if report is not None:
@@ -312,6 +326,7 @@ def load_job(path: Path | str) -> JobSpec:
         report=report,
         min_members=min_members,
         explain=job.get("explain", bool, False),
+        pass_through=tuple(pass_through),
         framework=_parse_framework(source, top.get("framework", dict, {})),
         local_cluster=_parse_local_cluster(source, top.get("local_cluster", dict, {})),
         **_parse_pricing(source, top.get("pricing", dict, {})),
@@ -468,10 +483,15 @@ def _parse_sources(top: _Section, entries: list[Any]) -> tuple[SourceSpec, ...]:
             section.fail("name", f"must be letters, digits, '-' or '_', got {name!r}")
         if any(s.name == name for s in sources):
             top.fail("sources", f"has two sources named {name!r}; names must be unique")
-        path = section.path("path")
+        path = section.path("path", must_exist=False)
         assert path is not None
-        if path.suffix.lower() not in SOURCE_SUFFIXES:
-            section.fail("path", f"must be a {', '.join(SOURCE_SUFFIXES)} file, got {path.name!r}")
+        if path.is_dir():
+            if not any(readers.format_of(p) for p in path.iterdir() if p.is_file()):
+                section.fail("path", f"names the directory {path}, which holds no {DATA_FORMATS_TEXT} files")
+        elif not path.is_file():
+            section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
+        elif readers.format_of(path) is None:
+            section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
         key = section.get("key", str, required=True)
         if not key:
             section.fail("key", "must name the source's key column, got ''")
@@ -510,13 +530,29 @@ def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
     return tuple(found)
 
 
+DATA_FORMATS_TEXT = ".parquet, .feather/.arrow, .csv (with a header; .csv.gz too) or .npy"
+
+
 def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
     section = _Section(source, prefix, table)
-    section.reject_unknown({"path", "features", "label", "rows_per_shard"})
-    path = section.path("path")
+    section.reject_unknown({"path", "features", "label", "rows_per_shard", "delimiter", "encoding"})
+    path = section.path("path", must_exist=False)
     assert path is not None
-    if path.suffix not in (".csv", ".npy"):
-        section.fail("path", f"must be a .csv (with a header) or .npy file, got {path.name!r}")
+    if path.is_dir():
+        if not any(readers.format_of(p) for p in path.iterdir() if p.is_file()):
+            section.fail("path", f"names the directory {path}, which holds no {DATA_FORMATS_TEXT} files")
+    elif not path.is_file():
+        section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
+    elif readers.format_of(path) is None:
+        section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
+    delimiter = section.get("delimiter", str, ",")
+    if len(delimiter) != 1 or delimiter in "\"\r\n":
+        section.fail("delimiter", f"must be one character (not a quote or line break), got {delimiter!r}")
+    encoding = section.get("encoding", str, "utf-8")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        section.fail("encoding", f"is not a known text encoding, got {encoding!r} (e.g. utf-8, latin-1, cp1252)")
     features = section.get("features", list)
     if features is not None:
         if not features or not all(isinstance(f, str) for f in features):
@@ -525,7 +561,8 @@ def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
     rows = section.get("rows_per_shard", int, 1000)
     if rows < 1:
         section.fail("rows_per_shard", f"must be at least 1, got {rows}")
-    return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows)
+    return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows,
+                    delimiter=delimiter, encoding=encoding)
 
 
 def _parse_stacking(source: Path, table: Any) -> StackingSpec:

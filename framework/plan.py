@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 from framework import translator
 from framework.balancing import Measurements, SpeculationPolicy
 from framework.catalog import JobDemands
-from framework.dataset import load_dataset
+from framework.dataset import open_data
+from framework.readers import count_rows
 from framework.errors import FrameworkError, JobSpecError
 from framework.jobspec import JobSpec, parse_master
 from framework.offers import OfferView, total
@@ -152,7 +153,7 @@ def work_items(spec: JobSpec) -> tuple[list[WorkItem], dict[str, int]]:
 
         rows = align_rows(spec).rows
     else:
-        rows = int(load_dataset(spec.data).features.shape[0])
+        rows = count_rows(open_data(spec.data))  # metadata, or one column streamed (CSV)
     per_shard = spec.data.rows_per_shard
     shards = max(1, math.ceil(rows / per_shard))
     shard_rows = {f"s{i:05d}": min(per_shard, rows - i * per_shard) for i in range(shards)}

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from framework.dataset import Dataset, non_finite_columns
+from framework.dataset import Dataset, NonFinite, non_finite_columns
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec, JobSpec, LocalClusterSpec, ModelSpec
 from framework.packing import Agent, AttributeEquals, Resources
@@ -137,13 +137,20 @@ def check_job(spec: JobSpec) -> None:
 
 def check_data(spec: JobSpec, dataset: Dataset, features: Mapping[str, Sequence[str] | None],
                data: DataSpec | None = None) -> None:
+    """:func:`check_non_finite` over the rows of ``dataset`` (in memory)."""
+    check_non_finite(spec, non_finite_columns(dataset), features, data)
+
+
+def check_non_finite(spec: JobSpec, problems: Sequence[NonFinite], features: Mapping[str, Sequence[str] | None],
+                     data: DataSpec | None = None) -> None:
     """No model is given a value it cannot take: +-inf never, NaN only if every model that
     takes its column declares ``allow_nan = true`` (and no stacking passthrough feeds the raw
-    columns to the final estimator, which does not). ``features``: per model, the columns it
-    takes (None: all), as ``member_features`` resolves them; ``data``: which data set
-    ``dataset`` is (default ``spec.data``; ``spec.stacking.train`` for stacking's rows)."""
+    columns to the final estimator, which does not). ``problems``: the feature columns holding
+    NaN or inf (``non_finite_columns`` of the rows read, or ``SpilledData.non_finite`` of every
+    row); ``features``: per model, the columns it takes (None: all), as ``member_features``
+    resolves them; ``data``: which data set (default ``spec.data``; ``spec.stacking.train``
+    for stacking's rows)."""
     data = data or spec.data
-    problems = non_finite_columns(dataset)
     if not problems:
         return
     takers = {p.column: [(i, m) for i, m in enumerate(spec.models)

@@ -18,14 +18,14 @@ The join, in three steps, none of which holds a whole source in memory:
 3. **Shards** (:meth:`JoinedData.write_shards`): one ``.npy`` file per column group and shard
    (float64, the shard's rows in output order), written to the work directory.  Rows are
    gathered in waves of whole shards that fit ``budget_bytes`` (256 MB by default): per wave,
-   each source is read once, block by block (Parquet row groups and Feather record batches not
-   needed by the wave are skipped; CSV is streamed), only the wave's columns; NaN and inf are
+   each source is streamed once in file order (up to the last row the wave needs), only the
+   wave's columns, batch by batch; NaN and inf are
    checked there against each taking member's ``allow_nan``.  Peak memory is the wave plus one
-   block of one source; a source in another order than the primary costs one read of it per
+   batch of one source; a source in another order than the primary costs one read of it per
    wave, never more memory.
 
-Files are read through :class:`SourceReader` (pyarrow: Parquet, Feather/Arrow IPC, CSV; numpy
-``.npy``), the one place that knows formats.
+Files are read through :mod:`framework.readers` (pyarrow: Parquet, Feather/Arrow IPC, CSV; numpy
+``.npy``), which knows the formats.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from framework import readers
 from framework.errors import JobSpecError
 from framework.jobspec import JobSpec, ModelSpec, SourceColumns, SourceSpec
 
@@ -53,50 +54,14 @@ MAX_SAMPLE_KEYS = 3
 # Reading -------------------------------------------------------------------------------------
 
 class SourceReader:
-    """One source file, read by column and by block, never whole (unless it is ``.npy``, which is
-    memory-mapped).  Blocks: Parquet row groups, Feather record batches, CSV read blocks."""
+    """One source file through :func:`framework.readers.open_table` (Parquet, Arrow IPC/Feather,
+    CSV, ``.npy``, or a directory of such files), read by column and streamed in blocks, never
+    whole."""
 
     def __init__(self, path: Path, where: str) -> None:
         self.path, self.where = path, where
-        suffix = path.suffix.lower()
-        self.format = ("parquet" if suffix in (".parquet", ".pq") else "npy" if suffix == ".npy"
-                       else "csv" if suffix == ".csv" else "ipc")
-        try:
-            self._open()
-        except JobSpecError:
-            raise
-        except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ...
-            raise JobSpecError(f"{where}: {path.name} is not a readable {self.format} file: "
-                               f"{' '.join(str(error).split())[:300]}") from None
-
-    def _open(self) -> None:
-        import pyarrow.csv as pacsv
-        import pyarrow.ipc as ipc
-        import pyarrow.parquet as pq
-
-        if self.format == "parquet":
-            self._parquet = pq.ParquetFile(self.path)
-            self.schema = self._parquet.schema_arrow
-            metadata = self._parquet.metadata
-            sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
-        elif self.format == "ipc":
-            self._ipc = ipc.open_file(pa.memory_map(str(self.path), "r"))
-            self.schema = self._ipc.schema
-            sizes = [self._ipc.get_batch(i).num_rows for i in range(self._ipc.num_record_batches)]
-        elif self.format == "npy":
-            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            if array.ndim != 2 or array.dtype.kind not in "biuf":
-                raise JobSpecError(f"{self.where}: {self.path.name}: expected a 2-D numeric .npy array, got "
-                                   f"shape {array.shape} of {array.dtype}")
-            self._npy = array
-            self.schema = pa.schema([(f"x{i}", pa.from_numpy_dtype(array.dtype)) for i in range(array.shape[1])])
-            sizes = [array.shape[0]]
-        else:
-            with pacsv.open_csv(self.path) as reader:
-                self.schema = reader.schema
-            sizes = []  # known only by reading: CSV is streamed whole
-        self.block_starts = np.cumsum([0] + sizes)
-        self._rows: int | None = int(self.block_starts[-1]) if self.format != "csv" else None
+        self._reader = readers.open_table(path)
+        self.schema: pa.Schema = self._reader.schema
 
     @property
     def columns(self) -> list[str]:
@@ -105,51 +70,21 @@ class SourceReader:
     def type_of(self, column: str) -> pa.DataType:
         return self.schema.field(column).type
 
-    @property
-    def rows(self) -> int:
-        if self._rows is None:
-            self._rows = len(self.read_column(self.columns[0]))
-        return self._rows
-
     def read_column(self, column: str) -> pa.Array:
-        """One whole column (keys and labels only)."""
-        if self.format == "npy":
-            return pa.array(np.asarray(self._npy[:, self.columns.index(column)]))
-        if self.format == "parquet":
-            return self._parquet.read(columns=[column]).column(0).combine_chunks()
-        if self.format == "ipc":
-            return self._ipc.read_all().select([column]).column(0).combine_chunks()
-        import pyarrow.csv as pacsv
+        """One whole column (keys and labels only), read as the schema says (CSV: as its first
+        block was inferred, so a later block cannot change it)."""
+        batches = [b.column(0) for b in self._reader.iter_batches([column], types={column: self.type_of(column)})]
+        return pa.concat_arrays(batches) if batches else pa.array([], type=self.type_of(column))
 
-        # Every column is still parsed (a CSV has no columns to skip), but only this one is kept.
-        return pacsv.read_csv(self.path, convert_options=pacsv.ConvertOptions(include_columns=[column])
-                              ).column(0).combine_chunks()
-
-    def blocks(self, columns: Sequence[str], needed: Callable[[int, int], bool]) -> Iterator[tuple[int, pa.Table]]:
-        """``(first row, table of columns)`` for every block for which ``needed(start, stop)`` is
-        true, in file order (CSV: every block, which a stream cannot skip)."""
-        if self.format == "npy":
-            indexes = [self.columns.index(c) for c in columns]
-            yield 0, pa.table({c: np.asarray(self._npy[:, i]) for c, i in zip(columns, indexes)})
-            return
-        if self.format == "csv":
-            import pyarrow.csv as pacsv
-
-            start = 0
-            options = pacsv.ConvertOptions(include_columns=list(columns))
-            with pacsv.open_csv(self.path, convert_options=options) as reader:
-                for batch in reader:
-                    yield start, pa.Table.from_batches([batch])
-                    start += batch.num_rows
-            return
-        for index in range(len(self.block_starts) - 1):
-            start, stop = int(self.block_starts[index]), int(self.block_starts[index + 1])
-            if not needed(start, stop):
-                continue
-            if self.format == "parquet":
-                yield start, self._parquet.read_row_group(index, columns=list(columns))
-            else:
-                yield start, pa.Table.from_batches([self._ipc.get_batch(index)]).select(list(columns))
+    def blocks(self, columns: Sequence[str], last_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """``(first row, batch of columns as float64)`` in file order, up to the batch holding
+        ``last_row`` (the rest of the file is not read)."""
+        start = 0
+        for batch in self._reader.iter_batches(list(columns), types={c: pa.float64() for c in columns}):
+            yield start, batch
+            start += batch.num_rows
+            if start > last_row:
+                return
 
 
 # Keys ----------------------------------------------------------------------------------------
@@ -253,6 +188,15 @@ class JoinedData:
                 "dropped_by_source": {n: c for n, c in self.dropped.items() if c},
                 "dropped_sample_keys": {n: k for n, k in self.dropped_sample.items() if k}}
 
+    def pass_through(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """The primary source's ``columns`` for the output rows (a Parquet output keeps them, e.g.
+        the key): one column at a time read whole, as keys are."""
+        primary = self.spec.source_spec(self.spec.data.primary or self.spec.sources[0].name)
+        reader = self.readers[primary.name]
+        rows = pa.array(self.source_rows[primary.name])
+        yield pa.RecordBatch.from_arrays(
+            [self.keys if c == primary.key else reader.read_column(c).take(rows) for c in columns], list(columns))
+
     def write_shards(self, directory: Path | None, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> SourceShards:
         """Write one ``.npy`` file per column group and shard into ``directory`` (None: only check
         the values, as ``validate`` does), checking NaN/inf against the members taking each column."""
@@ -300,10 +244,10 @@ def join_sources(spec: JobSpec, estimators: Mapping[str, Any]) -> JoinedData:
 def align_rows(spec: JobSpec) -> JoinedData:
     """The rows of the join (keys, labels, each source's row per output row), without the members'
     columns (``mesos-ensemble plan`` needs only how many rows there are)."""
-    readers = {s.name: SourceReader(s.path, f"{spec.source}: sources[{i}] ({s.name}).path")
+    tables = {s.name: SourceReader(s.path, f"{spec.source}: sources[{i}] ({s.name}).path")
                for i, s in enumerate(spec.sources)}
     primary = spec.source_spec(spec.data.primary or spec.sources[0].name)
-    keys = {s.name: _keys(readers[s.name], s) for s in spec.sources}
+    keys = {s.name: _keys(tables[s.name], s) for s in spec.sources}
     kinds = {name: "integer" if pa.types.is_integer(k.type) else "string" for name, k in keys.items()}
     for source in spec.sources:
         if kinds[source.name] != kinds[primary.name]:
@@ -339,13 +283,13 @@ def align_rows(spec: JobSpec) -> JoinedData:
     source_rows = {name: (rows[kept] if kept is not None else rows) for name, rows in positions.items()}
     labels = None
     if spec.data.label is not None:
-        reader = readers[primary.name]
+        reader = tables[primary.name]
         if spec.data.label not in reader.columns:
             raise JobSpecError(f"{spec.source}: data.label {spec.data.label!r} is not a column of the primary source "
                                f"{primary.name} ({', '.join(reader.columns[:20])})")
         column = reader.read_column(spec.data.label)
         labels = _labels(column.take(pa.array(kept)) if kept is not None else column)
-    return JoinedData(spec, readers, source_rows,
+    return JoinedData(spec, tables, source_rows,
                       primary_keys.take(pa.array(kept)) if kept is not None else primary_keys, labels,
                       dropped, int((~keep).sum()), samples)
 
@@ -362,18 +306,13 @@ def _labels(column: pa.Array) -> np.ndarray:
 
 # Columns -------------------------------------------------------------------------------------
 
-def _numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or \
-        pa.types.is_null(kind)
-
-
 def feature_columns(spec: JobSpec, source: SourceSpec, reader: SourceReader) -> list[str]:
     """The columns of ``source`` a member may take: all but its key and (in the primary) the label."""
     label = spec.data.label if source.name == spec.data.primary else None
     return [c for c in reader.columns if c not in (source.key, label)]
 
 
-def resolve_columns(spec: JobSpec, readers: Mapping[str, SourceReader],
+def resolve_columns(spec: JobSpec, tables: Mapping[str, SourceReader],
                     estimators: Mapping[str, Any]) -> dict[str, list[tuple[str, str]]]:
     """Per member, its columns in order as (source, column): those the job names, else those it was
     fitted on (``feature_names_in_``, looked up in its sources, or in every source when it names
@@ -385,12 +324,12 @@ def resolve_columns(spec: JobSpec, readers: Mapping[str, SourceReader],
         fitted_names = [str(f) for f in fitted] if fitted is not None else None
         inputs = model.inputs or ((SourceColumns(spec.sources[0].name),) if len(spec.sources) == 1 else ())
         if not inputs:
-            chosen[model.name] = _from_fitted(spec, readers, model, where, fitted_names)
+            chosen[model.name] = _from_fitted(spec, tables, model, where, fitted_names)
         else:
             columns: list[tuple[str, str]] = []
             for wanted in inputs:
                 source = spec.source_spec(wanted.source)
-                allowed = feature_columns(spec, source, readers[source.name])
+                allowed = feature_columns(spec, source, tables[source.name])
                 field_name = "features" if len(model.inputs) == 1 and model.features else f"columns.{source.name}"
                 if wanted.columns is not None:
                     unknown = [c for c in wanted.columns if c not in allowed]
@@ -404,20 +343,20 @@ def resolve_columns(spec: JobSpec, readers: Mapping[str, SourceReader],
                     columns += [(source.name, c) for c in allowed]
             chosen[model.name] = columns
         for source_name, column in chosen[model.name]:
-            kind = readers[source_name].type_of(column)
-            if not _numeric(kind):
+            kind = tables[source_name].type_of(column)
+            if not readers.is_numeric(kind):
                 raise JobSpecError(f"{where} takes column {column!r} of source {source_name}, which holds {kind}; "
                                    "expected numbers (integers, floats or booleans)")
     return chosen
 
 
-def _from_fitted(spec: JobSpec, readers: Mapping[str, SourceReader], model: ModelSpec, where: str,
+def _from_fitted(spec: JobSpec, tables: Mapping[str, SourceReader], model: ModelSpec, where: str,
                  fitted: list[str] | None) -> list[tuple[str, str]]:
     """A member that names no source: each column it was fitted on, found in exactly one source."""
     if fitted is None:
         raise JobSpecError(f"{where} names no source and was not fitted on named columns (no feature_names_in_); "
                            "give it source = \"...\" or columns = { source = [\"column\", ...] }")
-    owners = {s.name: set(feature_columns(spec, s, readers[s.name])) for s in spec.sources}
+    owners = {s.name: set(feature_columns(spec, s, tables[s.name])) for s in spec.sources}
     columns = []
     for column in fitted:
         holders = [name for name, names in owners.items() if column in names]
@@ -486,23 +425,18 @@ def _gather(joined: JoinedData, source: SourceSpec, groups: list[ColumnGroup], s
     sorted_rows = wanted[order]
     columns = [c for g in groups for c in g.columns]
 
-    def needed(block_start: int, block_stop: int) -> bool:
-        lo = np.searchsorted(sorted_rows, block_start)
-        return bool(lo < len(sorted_rows) and sorted_rows[lo] < block_stop)
-
-    for block_start, table in joined.readers[source.name].blocks(columns, needed):
+    for block_start, table in joined.readers[source.name].blocks(columns, int(sorted_rows[-1])):
         lo, hi = np.searchsorted(sorted_rows, [block_start, block_start + table.num_rows])
         if lo == hi:
             continue
         local = sorted_rows[lo:hi] - block_start
         targets = order[lo:hi]
+        taken = table.take(pa.array(local))
         for group in groups:
-            out = arrays[group.index]
+            values = readers.to_float64(taken, group.columns)
             for j, column in enumerate(group.columns):
-                values = table.column(column).take(pa.array(local)).cast(pa.float64())
-                numbers = values.to_numpy(zero_copy_only=False)
-                _check_finite(joined, source, column, group, numbers, local + block_start)
-                out[targets, j] = numbers
+                _check_finite(joined, source, column, group, values[:, j], local + block_start)
+            arrays[group.index][targets] = values
 
 
 def _check_finite(joined: JoinedData, source: SourceSpec, column: str, group: ColumnGroup, values: np.ndarray,
