@@ -5,7 +5,6 @@ downloads only the column groups its members take."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import re
@@ -13,21 +12,22 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from framework.job import JobRunner
 from framework.jobspec import load_job
 from framework.sources import join_sources
-from sources_helpers import MISSING_KEY, expected_mean, write_sources
+from sources_helpers import MISSING_KEY, expected_mean, joined_frame, write_sources
 
 pytestmark = pytest.mark.timeout(240)
 
 
-def read_predictions(path: Path) -> np.ndarray:
-    with path.open() as handle:
-        rows = list(csv.reader(handle))
-    assert rows[0] == ["prediction"]
-    return np.array([float(r[0]) for r in rows[1:]])
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The Parquet output's keys (passed through) and predictions."""
+    table = pq.read_table(path)
+    assert table.column_names == ["id", "prediction"]
+    return table.column("id").to_numpy(), table.column("prediction").to_numpy()
 
 
 def test_two_source_parquet_job_equals_scikit_learn_and_executors_fetch_only_their_columns(
@@ -36,7 +36,8 @@ def test_two_source_parquet_job_equals_scikit_learn_and_executors_fetch_only_the
     holds exactly the files of its model's column groups, each fetched once."""
     directory = tmp_path / "job"
     job = write_sources(directory, rows_per_shard=50)
-    text = job.read_text()
+    text = job.read_text().replace('output = "predictions.csv"',
+                                   'output = "predictions.parquet"\npass_through = ["id"]')
     for model, zone in (("linear", "a"), ("logistic", "b"), ("both", "c")):
         text = text.replace(f'name = "{model}"\n',
                             f'name = "{model}"\nconstraints = {{ attribute = {{ zone = "{zone}" }} }}\n')
@@ -47,7 +48,9 @@ def test_two_source_parquet_job_equals_scikit_learn_and_executors_fetch_only_the
     caplog.set_level(logging.DEBUG, logger="framework.artifacts")
     outcome = JobRunner(spec, work_dir=tmp_path / "work").run()
     # Exact: the same rows, in the primary's order, per shard, as the executors computed them.
-    assert np.array_equal(read_predictions(outcome.output), expected_mean(directory, 50))
+    ids, predictions = read_predictions(outcome.output)
+    assert np.array_equal(predictions, expected_mean(directory, 50))
+    assert np.array_equal(ids, joined_frame(directory)[0])
     assert outcome.rows == 168 and outcome.tasks == 3 * 4
     assert outcome.sources is not None and outcome.sources["dropped_rows"] == 1
     assert outcome.sources["dropped_by_source"] == {"extra": 1}
