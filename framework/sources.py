@@ -112,13 +112,29 @@ def _keys(reader: SourceReader, source: SourceSpec) -> pa.Array:
     if keys.null_count:
         row = int(np.argmax(np.asarray(keys.is_null())))
         raise JobSpecError(f"{where}: key column {source.key!r} is empty in data row {row + 1}; every row needs a key")
-    if len(pc.unique(keys)) != len(keys):
-        counts = pc.value_counts(keys)
-        repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-        sample = repeated.field("values")[0].as_py()
-        raise JobSpecError(f"{where}: key {sample!r} appears {repeated.field('counts')[0].as_py()} times in key "
-                           f"column {source.key!r} ({len(repeated)} duplicated key(s)); keys must be unique")
+    duplicated = _duplicates(keys)
+    if duplicated is not None:
+        sample, times, how_many = duplicated
+        raise JobSpecError(f"{where}: key {sample!r} appears {times} times in key column {source.key!r} "
+                           f"({how_many} duplicated key(s)); keys must be unique")
     return keys
+
+
+def _duplicates(keys: pa.Array) -> tuple[Any, int, int] | None:
+    """The first repeated key (smallest), how often it appears and how many keys repeat; None if
+    none does. Integers are sorted with numpy (one copy of the keys), strings hashed by pyarrow."""
+    if pa.types.is_integer(keys.type):
+        values = np.sort(keys.to_numpy())
+        repeats = values[1:][values[1:] == values[:-1]]
+        if not len(repeats):
+            return None
+        sample = repeats[0]
+        return int(sample), int(np.count_nonzero(values == sample)), len(np.unique(repeats))
+    if len(pc.unique(keys)) == len(keys):
+        return None
+    counts = pc.value_counts(keys)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    return repeated.field("values")[0].as_py(), repeated.field("counts")[0].as_py(), len(repeated)
 
 
 @dataclass
