@@ -200,3 +200,21 @@ def test_stacking_with_sources_is_refused_up_front(job: Path) -> None:
     job.write_text(text + '\n[stacking]\ntrain = { path = "features.parquet", label = "target" }\n')
     with pytest.raises(JobSpecError, match=r"stacking cannot be used with \[\[sources\]\] yet"):
         load_job(job)
+
+
+def test_string_keys_join_and_a_repeated_string_key_is_named(job: Path) -> None:
+    directory = job.parent
+    for name in ("features", "extra"):
+        table = pq.read_table(directory / f"{name}.parquet")
+        keyed = table.set_column(0, "id", pa.array([f"k{v}" for v in table.column("id").to_pylist()]))
+        pacsv.write_csv(keyed, directory / f"{name}.csv")
+        edited(job, f'path = "{name}.parquet"', f'path = "{name}.csv"')
+    joined, _, _ = prepare(load_job(job))
+    assert isinstance(joined, JoinedData)
+    ids, _values, _labels = joined_frame(directory)
+    assert joined.keys.to_pylist() == [f"k{v}" for v in ids]
+    assert joined.describe()["dropped_sample_keys"] == {"extra": [f"k{MISSING_KEY}"]}
+    with (directory / "extra.csv").open("a") as handle:
+        handle.write(f"k{ids[3]},1,2,3,4,5\n")
+    with pytest.raises(JobSpecError, match=rf"key 'k{ids[3]}' appears 2 times in key column 'id'"):
+        prepare(load_job(job))
