@@ -363,7 +363,8 @@ def _join_labels(parts: Path, count: int, path: Path, rows: int) -> Path:
     with parts.open("rb") as handle:
         for _ in range(count):
             values = np.load(handle, allow_pickle=False)
-            out[offset:offset + len(values)] = values.astype(np.float64).astype(dtype) if numeric else values.astype(str)
+            converted = values.astype(np.float64).astype(dtype) if numeric else values.astype(str)
+            out[offset:offset + len(values)] = converted
             offset += len(values)
     out.flush()
     del out
