@@ -27,7 +27,7 @@ import pyarrow as pa
 from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
-from framework.readers import (CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
+from framework.readers import (DEFAULT_BATCH_ROWS, CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
                                to_float64)
 
 SAMPLE_ROWS = 10_000
@@ -292,7 +292,8 @@ def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: 
         return
     columns = list(features) + ([spec.label] if spec.label is not None else [])
     start = 0
-    for table in rebatch(reader.iter_batches(columns, types=types), rows_per_shard):
+    batches = reader.iter_batches(columns, rows=min(rows_per_shard, DEFAULT_BATCH_ROWS), types=types)
+    for table in rebatch(batches, rows_per_shard):  # memory: a shard and a batch no larger
         label_values = _raw_labels(table.column(spec.label)) if spec.label is not None else None
         yield start, to_float64(table, features), label_values
         start += table.num_rows

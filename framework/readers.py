@@ -221,7 +221,7 @@ class ParquetReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds ~3x more row groups
         except (pa.ArrowInvalid, OSError) as error:
             raise ReadError(f"{path}: not a readable Parquet file: {error}") from None
 
