@@ -167,7 +167,14 @@ def _as_dataset(table: pa.Table, features: tuple[str, ...], label: str | None) -
 
 
 def _raw_labels(column: pa.ChunkedArray) -> np.ndarray:
-    """A label column as numpy (text stays text; decided as a whole by :func:`_numeric_labels`)."""
+    """A label column as numpy: numbers when every value reads as one (a CSV's text labels are
+    cast by Arrow, which is fast), else text; decided as a whole by :func:`_numeric_labels`."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                return np.asarray(column.cast(kind).to_numpy())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
     values = column.to_numpy()
     return values.astype(str) if values.dtype.kind == "O" else values
 
