@@ -152,3 +152,17 @@ def test_nan_beyond_the_sample_is_found_before_launch(tmp_path: Path) -> None:
     with pytest.raises(JobSpecError, match=r"gap\.parquet: column 'f3', data row 11001: missing value \(NaN\)"):
         JobRunner(load_job(job), driver_factory=lambda *a: pytest.fail("launched"),  # noqa: ARG005
                   start_local_cluster=False, work_dir=tmp_path / "work").run()
+
+
+def test_a_directory_of_parquet_files_is_one_table(tmp_path: Path) -> None:
+    """Parts read in name order as one table; the journal fingerprints the directory's files."""
+    table, digests = make_data(tmp_path)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(table.slice(0, 120), parts / "part-000.parquet")
+    pq.write_table(table.slice(120), parts / "part-001.parquet")
+    job = write_job(tmp_path, "parts", "out.npy", digests)
+    factory = InProcessMesos.factory([{"agent": "a1", "cpus": 4, "mem": 4096}], tmp_path / "sandboxes")
+    outcome = JobRunner(load_job(job), start_local_cluster=False, driver_factory=factory, work_dir=tmp_path / "work",
+                        state_dir=tmp_path / "state").run()
+    np.testing.assert_array_equal(np.load(outcome.output)["prediction"], expected(tmp_path, table))
