@@ -96,7 +96,8 @@ def test_a_text_feature_column_is_refused_before_anything(tmp_path: Path, table:
 
 def test_missing_columns_are_named(tmp_path: Path, table: pa.Table) -> None:
     path = write(table, tmp_path / "d.parquet")
-    with pytest.raises(JobSpecError, match=r"d\.parquet: label column 'label' is not in its columns \(id, a, b, c, y\)"):
+    with pytest.raises(JobSpecError,
+                       match=r"d\.parquet: label column 'label' is not in its columns \(id, a, b, c, y\)"):
         describe_data(DataSpec(path=path, label="label"))
     with pytest.raises(JobSpecError, match=r"d\.parquet: feature column 'z' is not in its columns"):
         describe_data(DataSpec(path=path, features=("a", "z")))
