@@ -140,3 +140,29 @@ def test_spilled_shards_are_the_rows_and_labels_the_column(tmp_path: Path, table
     assert [(p.column, p.first_nan, p.first_inf) for p in data.non_finite] == [("a", 3, None)]
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == (
         [f"data-{i:05d}.npy" for i in range(7)] + ["data-labels.npy"])  # no partial files left
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".feather", ".csv", ".npy", "dir"])
+@pytest.mark.parametrize("start", [0, 49, 50, 130, 256, 257, 300])
+def test_reading_from_a_row_on(tmp_path: Path, table: pa.Table, suffix: str, start: int) -> None:
+    """``start`` skips rows (Parquet row groups and Arrow batches before it are not read)."""
+    numbers = table.select(["a", "b"])
+    if suffix == "dir":
+        path = tmp_path / "parts"
+        path.mkdir()
+        write(numbers.slice(0, 100), path / "p0.parquet")
+        write(numbers.slice(100), path / "p1.parquet")
+        columns = ["a", "b"]
+    elif suffix == ".npy":
+        path = tmp_path / "d.npy"
+        np.save(path, np.column_stack([numbers["a"].to_numpy(zero_copy_only=False), numbers["b"].to_numpy()]))
+        columns = ["x0", "x1"]
+    else:
+        path = write(numbers, tmp_path / f"d{suffix}")
+        columns = ["a", "b"]
+    types = {c: pa.float64() for c in columns}
+    batches = list(open_table(path).iter_batches(columns, rows=33, types=types, start=start))
+    got = np.concatenate([to_float64(b, columns) for b in batches]) if batches else np.empty((0, 2))
+    expected = np.column_stack([numbers["a"].to_numpy(zero_copy_only=False), numbers["b"].to_numpy()])[start:]
+    np.testing.assert_array_equal(got, expected)
+    assert all(b.num_rows <= 33 for b in batches)
