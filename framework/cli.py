@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path)
     validate.add_argument("--master", help="check the job as run --master would run it")
+    validate.add_argument("--scan", action="store_true",
+                          help="read every row of the data to check for NaN/inf (default: the schema and a sample)")
 
     inspect = commands.add_parser("inspect", help="print a model file's metadata (loaded in a limited subprocess)")
     inspect.add_argument("model", type=Path, metavar="MODEL", help="a .joblib or .skops file")
@@ -307,7 +309,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from framework.job import validate_job
 
-    print(validate_job(load_checked(args)))
+    print(validate_job(load_checked(args), scan=args.scan))
     return 0
 
 

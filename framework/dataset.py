@@ -27,7 +27,7 @@ import pyarrow as pa
 from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
-from framework.readers import (CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
+from framework.readers import (DEFAULT_BATCH_ROWS, CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
                                to_float64)
 
 SAMPLE_ROWS = 10_000
@@ -167,7 +167,14 @@ def _as_dataset(table: pa.Table, features: tuple[str, ...], label: str | None) -
 
 
 def _raw_labels(column: pa.ChunkedArray) -> np.ndarray:
-    """A label column as numpy (text stays text; decided as a whole by :func:`_numeric_labels`)."""
+    """A label column as numpy: numbers when every value reads as one (a CSV's text labels are
+    cast by Arrow, which is fast), else text; decided as a whole by :func:`_numeric_labels`."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                return np.asarray(column.cast(kind).to_numpy())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
     values = column.to_numpy()
     return values.astype(str) if values.dtype.kind == "O" else values
 
@@ -292,7 +299,8 @@ def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: 
         return
     columns = list(features) + ([spec.label] if spec.label is not None else [])
     start = 0
-    for table in rebatch(reader.iter_batches(columns, types=types), rows_per_shard):
+    batches = reader.iter_batches(columns, rows=min(rows_per_shard, DEFAULT_BATCH_ROWS), types=types)
+    for table in rebatch(batches, rows_per_shard):  # memory: a shard and a batch no larger
         label_values = _raw_labels(table.column(spec.label)) if spec.label is not None else None
         yield start, to_float64(table, features), label_values
         start += table.num_rows
@@ -321,45 +329,51 @@ def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
     directory.mkdir(parents=True, exist_ok=True)
     tracker = _NonFiniteTracker(features)
     shards: list[Shard] = []
-    label_parts: list[Path] = []
-    for index, (start, matrix, labels) in enumerate(iter_data_shards(spec, features, per_shard)):
-        tracker.add(start, matrix)
-        shards.append(write_shard(index, start, matrix, directory, kind))
-        if labels is not None:
-            part = directory / f".{kind}-labels-{index:05d}.npy"
-            np.save(part, labels, allow_pickle=False)
-            label_parts.append(part)
+    parts = directory / f".{kind}-labels.parts"
+    with parts.open("wb") as label_parts:  # each shard's labels, one .npy after the other
+        for index, (start, matrix, labels) in enumerate(iter_data_shards(spec, features, per_shard)):
+            tracker.add(start, matrix)
+            shards.append(write_shard(index, start, matrix, directory, kind))
+            if labels is not None:
+                np.save(label_parts, labels, allow_pickle=False)
     rows = shards[-1].stop if shards else 0
     if rows == 0:
+        parts.unlink()
         raise JobSpecError(f"{spec.path}: no data rows")
-    labels_path = _join_labels(label_parts, directory / f"{kind}-labels.npy", rows) if label_parts else None
+    labels_path = (_join_labels(parts, len(shards), directory / f"{kind}-labels.npy", rows)
+                   if spec.label is not None else None)
+    parts.unlink()
     return SpilledData(shards, rows, features, tracker.result(), labels_path)
 
 
-def _join_labels(parts: list[Path], path: Path, rows: int) -> Path:
+def _join_labels(parts: Path, count: int, path: Path, rows: int) -> Path:
     """One label file from the shards' parts, typed as :func:`_numeric_labels` types a column
     (integers if all are, else floats, else text); read part by part, twice."""
     numeric, integral, width = True, True, 1
-    for part in parts:
-        values = np.load(part, allow_pickle=False)
-        width = max(width, int(np.char.str_len(values.astype(str)).max(initial=1)))
-        if numeric:
-            try:
-                as_float = values.astype(np.float64)
-            except ValueError:
-                numeric = False
-                continue
-            integral = integral and bool(np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)))
+    with parts.open("rb") as handle:
+        for _ in range(count):
+            values = np.load(handle, allow_pickle=False)
+            if values.dtype.kind in "US":
+                width = max(width, int(np.char.str_len(values).max(initial=1)))
+            if numeric:
+                try:
+                    as_float = values.astype(np.float64)
+                except ValueError:
+                    numeric = False
+                    continue
+                integral = integral and bool(np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)))
+    if not numeric:  # text after all: the numbers' widths count too
+        width = max(width, 32)
     dtype = np.dtype(np.int64) if numeric and integral else np.dtype(np.float64) if numeric else np.dtype(f"<U{width}")
     target = atomic.create_sibling(path, ".partial.npy")
     out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(rows,))
     offset = 0
-    for part in parts:
-        values = np.load(part, allow_pickle=False)
-        converted = values.astype(np.float64).astype(dtype) if numeric else values.astype(str)
-        out[offset:offset + len(values)] = converted
-        offset += len(values)
-        part.unlink()
+    with parts.open("rb") as handle:
+        for _ in range(count):
+            values = np.load(handle, allow_pickle=False)
+            converted = values.astype(np.float64).astype(dtype) if numeric else values.astype(str)
+            out[offset:offset + len(values)] = converted
+            offset += len(values)
     out.flush()
     del out
     os.replace(target, path)

@@ -28,14 +28,13 @@ from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
 from framework.dataset import DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards
-from framework.errors import JobFailed, MasterLost
+from framework.errors import JobFailed, JobSpecError, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.errors import JobSpecError
 from framework.readers import open_table
 from framework.preflight import LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, local_agents
 from framework.results import decode_result, write_parquet_output

@@ -40,8 +40,8 @@ SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".feather": "arrow", ".arro
 """File name endings and the format they are read as (``.csv.gz``/``.csv.bz2``... are CSV, decompressed)."""
 
 DEFAULT_BATCH_ROWS = 65536
-CSV_BLOCK_BYTES = 4 << 20
-"""Bytes of CSV parsed at a time (pyarrow's block): the CSV reader's memory is a few blocks."""
+CSV_BLOCK_BYTES = 1 << 20
+"""Bytes of CSV parsed at a time (pyarrow's block). pyarrow reads ahead ~32 blocks: the CSV reader holds ~35 MB."""
 
 
 class ReadError(JobSpecError):
@@ -77,10 +77,11 @@ class TableReader(Protocol):
         ...
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         """The rows in file order, only ``columns`` (default all, in the schema's order; else in the
         order given), batches of at most ``rows`` rows, ``types`` forcing columns' types (a value
-        that does not convert raises :class:`ReadError` naming its row)."""
+        that does not convert raises :class:`ReadError` naming its row), from row ``start`` on
+        (Parquet/Arrow skip the row groups/batches before it unread; CSV parses and drops them)."""
         ...
 
 
@@ -221,7 +222,7 @@ class ParquetReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._file = pq.ParquetFile(path)
+            self._file = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds ~3x more row groups
         except (pa.ArrowInvalid, OSError) as error:
             raise ReadError(f"{path}: not a readable Parquet file: {error}") from None
 
@@ -234,12 +235,24 @@ class ParquetReader:
         return int(self._file.metadata.num_rows)
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         names = _select(self.schema, columns, self.path)
-        done = 0
+        groups, first, offset = [], 0, 0
+        for g in range(self._file.num_row_groups):
+            size = self._file.metadata.row_group(g).num_rows
+            if offset + size > start:
+                if not groups:
+                    first = offset
+                groups.append(g)
+            offset += size
+        drop, done = start - first, start
         try:
-            for batch in self._file.iter_batches(batch_size=rows, columns=names, use_threads=True):
+            for batch in self._file.iter_batches(batch_size=rows, row_groups=groups, columns=names, use_threads=True):
                 batch = batch.select(names)  # in the order asked for
+                if drop:
+                    batch, drop = batch.slice(min(drop, batch.num_rows)), max(0, drop - batch.num_rows)
+                    if not batch.num_rows:
+                        continue
                 yield _cast(batch, types, self.path, done)
                 done += batch.num_rows
         except (pa.ArrowInvalid, OSError) as error:
@@ -267,13 +280,18 @@ class ArrowReader:
         return int(self._reader.count_rows())
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         names = _select(self.schema, columns, self.path)
         done = 0
         for i in range(self._reader.num_record_batches):
-            whole = self._reader.get_batch(i).select(names)
-            for start in range(0, whole.num_rows, rows):
-                batch = whole.slice(start, rows)
+            whole = self._reader.get_batch(i)  # memory-mapped: nothing is read until sliced
+            if done + whole.num_rows <= start:
+                done += whole.num_rows
+                continue
+            whole = whole.select(names).slice(max(0, start - done))
+            done = max(done, start)
+            for offset in range(0, whole.num_rows, rows):
+                batch = whole.slice(offset, rows)
                 yield _cast(batch, types, self.path, done)
                 done += batch.num_rows
 
@@ -311,13 +329,13 @@ class NpyReader:
         return int(self._array.shape[0])
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         names = _select(self._schema, columns, self.path)
         indexes = [int(n[1:]) for n in names]
-        for start in range(0, self.num_rows, rows):
-            block = np.asarray(self._array[start:start + rows])  # one slice read from the file
+        for first in range(start, self.num_rows, rows):
+            block = np.asarray(self._array[first:first + rows])  # one slice read from the file
             batch = pa.RecordBatch.from_arrays([pa.array(block[:, j]) for j in indexes], names=names)
-            yield _cast(batch, types, self.path, start)
+            yield _cast(batch, types, self.path, first)
 
     def float64_rows(self, start: int, stop: int, columns: Sequence[str]) -> np.ndarray:
         """Rows ``[start, stop)`` of ``columns`` as float64 (a fast path that skips Arrow)."""
@@ -337,9 +355,10 @@ class CsvReader:
         self.path, self.options = path, options
         self._schema: pa.Schema | None = None
 
-    def _open(self, columns: Sequence[str] | None,
-              types: Mapping[str, pa.DataType] | None) -> pa_csv.CSVStreamingReader:
-        read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding=self.options.encoding, use_threads=True)
+    def _open(self, columns: Sequence[str] | None, types: Mapping[str, pa.DataType] | None,
+              start: int = 0) -> pa_csv.CSVStreamingReader:
+        read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, encoding=self.options.encoding, use_threads=True,
+                                  skip_rows_after_names=start)
         parse = pa_csv.ParseOptions(delimiter=self.options.delimiter, quote_char=self.options.quote_char,
                                     newlines_in_values=self.options.newlines_in_values)
         convert = pa_csv.ConvertOptions(column_types=dict(types or {}),
@@ -348,7 +367,7 @@ class CsvReader:
         try:
             return pa_csv.open_csv(str(self.path), read_options=read, parse_options=parse, convert_options=convert)
         except (pa.ArrowInvalid, UnicodeDecodeError, LookupError) as error:
-            raise ReadError(self._diagnose(error, 0)) from None
+            raise ReadError(self._diagnose(error, start)) from None
 
     @property
     def schema(self) -> pa.Schema:
@@ -361,10 +380,10 @@ class CsvReader:
         return None
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         names = _select(self.schema, columns, self.path)
-        reader = self._open(names, {n: t for n, t in (types or {}).items() if n in names})
-        done = 0
+        reader = self._open(names, {n: t for n, t in (types or {}).items() if n in names}, start)
+        done = start
         while True:
             try:
                 block = reader.read_next_batch()
@@ -482,9 +501,15 @@ class DirectoryReader:
         return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
 
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
-                     types: Mapping[str, pa.DataType] | None = None) -> Iterator[pa.RecordBatch]:
+                     types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         for reader in self.readers:
-            yield from reader.iter_batches(columns, rows, types)
+            if start > 0:
+                size = count_rows(reader)
+                if size <= start:
+                    start -= size
+                    continue
+            yield from reader.iter_batches(columns, rows, types, start)
+            start = 0
 
 
 def _check_same_schema(first: TableReader, other: TableReader) -> None:
