@@ -18,8 +18,9 @@ The join, in three steps, none of which holds a whole source in memory:
 3. **Shards** (:meth:`JoinedData.write_shards`): one ``.npy`` file per column group and shard
    (float64, the shard's rows in output order), written to the work directory.  Rows are
    gathered in waves of whole shards that fit ``budget_bytes`` (256 MB by default): per wave,
-   each source is streamed once in file order (up to the last row the wave needs), only the
-   wave's columns, batch by batch; NaN and inf are
+   each source is streamed once in file order, from the first to the last row the wave needs
+   (Parquet and Arrow skip the row groups before it unread), only the wave's columns, batch by
+   batch; NaN and inf are
    checked there against each taking member's ``allow_nan``.  Peak memory is the wave plus one
    batch of one source; a source in another order than the primary costs one read of it per
    wave, never more memory.
@@ -76,11 +77,13 @@ class SourceReader:
         batches = [b.column(0) for b in self._reader.iter_batches([column], types={column: self.type_of(column)})]
         return pa.concat_arrays(batches) if batches else pa.array([], type=self.type_of(column))
 
-    def blocks(self, columns: Sequence[str], last_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """``(first row, batch of columns as float64)`` in file order, up to the batch holding
-        ``last_row`` (the rest of the file is not read)."""
-        start = 0
-        for batch in self._reader.iter_batches(list(columns), types={c: pa.float64() for c in columns}):
+    def blocks(self, columns: Sequence[str], first_row: int, last_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """``(first row, batch of columns as float64)`` in file order, from ``first_row`` up to the
+        batch holding ``last_row`` (Parquet and Arrow skip what is before unread; the rest of the
+        file is not read)."""
+        start = first_row
+        for batch in self._reader.iter_batches(list(columns), types={c: pa.float64() for c in columns},
+                                               start=first_row):
             yield start, batch
             start += batch.num_rows
             if start > last_row:
@@ -441,7 +444,7 @@ def _gather(joined: JoinedData, source: SourceSpec, groups: list[ColumnGroup], s
     sorted_rows = wanted[order]
     columns = [c for g in groups for c in g.columns]
 
-    for block_start, table in joined.readers[source.name].blocks(columns, int(sorted_rows[-1])):
+    for block_start, table in joined.readers[source.name].blocks(columns, int(sorted_rows[0]), int(sorted_rows[-1])):
         lo, hi = np.searchsorted(sorted_rows, [block_start, block_start + table.num_rows])
         if lo == hi:
             continue
