@@ -44,6 +44,15 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class ShardPart:
+    """Some columns of one shard file: a task's input is its parts' columns side by side, in order
+    (a job with ``[[sources]]`` serves each source's columns in files of their own)."""
+
+    file: RemoteFile
+    columns: list[int]
+
+
+@dataclass(frozen=True)
 class TaskPayload:
     """What one task asks of the executor.
 
@@ -76,6 +85,9 @@ class TaskPayload:
     """skops: the job's ``trusted_types``, allowed on top of the default allow-list."""
     inline_limit: int = INLINE_RESULT_LIMIT
     version: int = PROTOCOL_VERSION
+    inputs: list[ShardPart] = field(default_factory=list)
+    """When given, the model's input instead of ``shard``/``columns``: these parts' columns side
+    by side (each file downloaded once per executor, like a shard)."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -155,6 +167,7 @@ def _task_payload(fields: dict[str, Any]) -> TaskPayload:
     fields["shard"] = RemoteFile(**fields["shard"])
     if fields.get("labels") is not None:
         fields["labels"] = RemoteFile(**fields["labels"])
+    fields["inputs"] = [ShardPart(RemoteFile(**p["file"]), list(p["columns"])) for p in fields.get("inputs", [])]
     return TaskPayload(**fields)
 
 

@@ -193,10 +193,28 @@ def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.nda
     memory-mapped): the part of a task whose cost the executor's other tasks share."""
     model = cache.model(payload.model, payload.model_file, payload.model_name, payload.model_format,
                         payload.trusted_types)
+    if payload.inputs:
+        return model, assemble_parts(payload, cache)
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")
     return model, features
+
+
+def assemble_parts(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
+    """The model's input from its parts (``[[sources]]``): each part's file downloaded once per
+    executor and memory-mapped, its columns taken and placed side by side, in the model's order."""
+    pieces: list[np.ndarray] = []
+    for number, part in enumerate(payload.inputs):
+        array = cache.array(part.file, f"shard {payload.shard_index} part {number}")
+        if array.ndim != 2 or (array.shape[0] != pieces[0].shape[0] if pieces else False):
+            raise TaskError(f"shard {payload.shard_index} part {number} has shape {array.shape}, expected "
+                            f"{pieces[0].shape[0] if pieces else 'some'} rows in 2 dimensions")
+        if part.columns and max(part.columns) >= array.shape[1]:
+            raise TaskError(f"model {payload.model_name} takes column {max(part.columns)} of shard "
+                            f"{payload.shard_index} part {number}, which has {array.shape[1]}")
+        pieces.append(array[:, part.columns])
+    return np.ascontiguousarray(np.concatenate(pieces, axis=1), dtype=np.float64)
 
 
 def model_columns(payload: TaskPayload, features: np.ndarray) -> np.ndarray:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from executor.protocol import RemoteFile, TaskPayload
+from executor.protocol import RemoteFile, ShardPart, TaskPayload
 from framework.artifacts import ArtifactServer
 from framework.dataset import Shard
 from framework.jobspec import JobSpec, ModelSpec
 from framework.packing import Agent, Resources, TaskDemand
+from framework.sources import SourceShards
 from framework.tasks import WorkItem
 from framework.translator import (ExecutorLaunch, Message, PoolAllocator, bundle_info, executor_id, executor_info,
                                   task_info)
@@ -40,6 +41,15 @@ def shared_executor_resources(models: list[ModelSpec]) -> Resources:
     """One executor holding every model: one base process plus each model's loaded size."""
     extra = sum(max(0.0, executor_memory(m) - EXECUTOR_BASE_MEM_MB) for m in models)
     return Resources(cpus=max(m.executor_cpus for m in models), mem=EXECUTOR_BASE_MEM_MB + extra)
+
+
+def _publish_shard(server: ArtifactServer, kind: str, shard: Shard) -> str:
+    """Serve a shard: its file (as ``framework.dataset.spill_shards`` writes them) or its bytes in memory."""
+    name = f"{kind}-{shard.index:05d}.npy"
+    if shard.path is not None:
+        return server.publish(name, shard.path)
+    assert shard.npy_parts is not None
+    return server.publish_buffer(name, shard.npy_parts)
 
 
 class JobDemands:
@@ -93,7 +103,10 @@ class JobCatalog(JobDemands):
     """Implements the scheduler's ``WorkCatalog`` for one job: demands, TaskInfos, ExecutorInfos."""
 
     def __init__(self, spec: JobSpec, server: ArtifactServer, shards: dict[str, list[Shard]],
-                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None) -> None:
+                 python: str, executor_package_url: str, columns: dict[str, list[int]] | None = None,
+                 source_shards: SourceShards | None = None) -> None:
+        """``source_shards`` (a job with ``[[sources]]``): the column groups' shard files, each
+        served on its own, so that a task names (and its executor downloads) only its model's."""
         super().__init__(spec)
         self.server, self.shards = server, shards
         self.columns = columns or {}
@@ -102,17 +115,19 @@ class JobCatalog(JobDemands):
         self.folds: list[tuple[list[int], list[int]]] = []
         self.methods: Mapping[str, str] = {}
         self.model_urls = {m.name: server.publish(f"{m.name}.{m.format}", m.path) for m in spec.models}
-        self.shard_urls = {
-            (kind, s.index): server.publish_buffer(f"{kind}-{s.index:05d}.npy", s.npy_parts)
-            for kind, shard_list in shards.items() for s in shard_list
+        self.shard_urls = {(kind, s.index): _publish_shard(server, kind, s)
+                           for kind, shard_list in shards.items() for s in shard_list}
+        self.source_shards = source_shards
+        self.part_files = {
+            key: RemoteFile(server.publish(file.path.name, file.path), file.sha256)
+            for key, file in (source_shards.files.items() if source_shards is not None else ())
         }
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: Mapping[str, str]) -> None:
         """Stacking: serve the labelled training rows and remember the folds and stack methods."""
         self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): self.server.publish_buffer(f"train-{s.index:05d}.npy", s.npy_parts)
-                                for s in shards})
+        self.shard_urls.update({("train", s.index): _publish_shard(self.server, "train", s) for s in shards})
         self.labels, self.folds, self.methods = labels, folds, methods
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:
@@ -152,6 +167,8 @@ class JobCatalog(JobDemands):
         """What the executor needs to run ``item`` as ``task_id``, and the task's name."""
         model = self.spec.model(item.model)
         kind = "train" if item.operation == "cv_fit_predict" else "data"
+        if kind == "data" and self.source_shards is not None:
+            return self._joined_payload(item, task_id)
         shard = self.shards[kind][item.shard]
         train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
         payload = TaskPayload(
@@ -173,3 +190,26 @@ class JobCatalog(JobDemands):
         )
         name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
         return payload, name
+
+    def _joined_payload(self, item: WorkItem, task_id: str) -> tuple[TaskPayload, str]:
+        """A prediction task of a job with ``[[sources]]``: its input is the model's column groups'
+        files for the shard (``TaskPayload.inputs``), nothing else."""
+        assert self.source_shards is not None
+        model = self.spec.model(item.model)
+        parts = [ShardPart(self.part_files[(group, item.shard)], columns)
+                 for group, columns in self.source_shards.parts[model.name]]
+        payload = TaskPayload(
+            task_id=task_id,
+            operation=item.operation,
+            model_name=model.name,
+            model=RemoteFile(self.model_urls[model.name], model.sha256),
+            model_file=f"{model.name}.{model.format}",
+            model_format=model.format,
+            trusted_types=list(model.trusted_types),
+            method=self.methods.get(model.name, model.output),
+            shard=parts[0].file,
+            shard_index=item.shard,
+            result_upload_url=self.server.expect_result(task_id),
+            inputs=parts,
+        )
+        return payload, f"{model.name} shard {item.shard}"

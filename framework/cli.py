@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path, help="the job file")
     validate.add_argument("--master", help="check the job as run would run it on this master; " + MASTER_HELP)
+    validate.add_argument("--scan", action="store_true",
+                          help="read every row of the data to check for NaN/inf (default: the schema and a sample)")
 
     inspect = commands.add_parser("inspect", help="print a model file's metadata (loaded in a limited subprocess)")
     inspect.add_argument("model", type=Path, metavar="MODEL", help="a .joblib or .skops file")
@@ -299,6 +301,8 @@ def print_summary(outcome: "JobOutcome", state_dir: Path) -> None:
     from framework.balancing import format_usage
 
     print(f"wrote {outcome.rows} integrated predictions to {outcome.output}")
+    if outcome.sources is not None:
+        print(outcome.sources["summary"])
     if outcome.resumed_items or outcome.adopted_tasks:
         print(f"resumed from {state_dir}: {outcome.resumed_items} finished task(s) not computed again, "
               f"{outcome.adopted_tasks} running task(s) adopted")
@@ -378,7 +382,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from framework.job import validate_job
 
-    print(validate_job(load_checked(args)))
+    print(validate_job(load_checked(args), scan=args.scan))
     return 0
 
 

@@ -1,23 +1,37 @@
-"""Input data: read a CSV (with a header) or ``.npy`` file, pick features and label, cut shards.
+"""Input data: the rows a job scores, read from Parquet, Arrow IPC/Feather, CSV or ``.npy``
+(:mod:`framework.readers`), never held whole.
 
-Shards are ``.npy`` bytes (exact float64, no pickle) made of a header and a view of the rows,
-which the artifact server hands to executors from memory: cutting a data set copies nothing.
+* :func:`describe_data` reads the schema and a sample (what ``validate`` needs): the feature and
+  label columns, their types (a non-numeric feature column is refused), the first rows.
+* :func:`spill_shards` streams the chosen columns once and writes each shard of ``rows_per_shard``
+  rows as its own ``.npy`` file (exact float64, no pickle; written to a temporary name, then
+  renamed) in the job's work directory, which the artifact server hands to executors. It finds
+  every NaN/inf on the way and keeps the label column in a ``.npy`` file of its own. The
+  framework's memory is one shard and one read batch, whatever the data's size.
+* :func:`load_dataset` reads a whole (small) table into memory: stacking's training rows.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import hashlib
 import io
-import warnings
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
+from framework.readers import (DEFAULT_BATCH_ROWS, CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
+                               to_float64)
+
+SAMPLE_ROWS = 10_000
+"""Rows ``validate`` reads (checked for NaN/inf unless ``--scan`` reads them all)."""
 
 
 @dataclass(frozen=True)
@@ -31,18 +45,42 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``[start, stop)`` of the features as ``.npy`` bytes: a header and a view of the rows
-    (no copy), served to executors straight from memory."""
+    """Rows ``[start, stop)`` of the features as ``.npy`` bytes, either a file of their own
+    (``path``, as :func:`spill_shards` writes them) or a header and a view of an array in memory
+    (``npy_parts``, as :func:`cut_shards` makes them); ``sha256`` is that of the bytes."""
 
     index: int
     start: int
     stop: int
-    npy_parts: tuple[bytes, memoryview]
     sha256: str
+    npy_parts: tuple[bytes, memoryview] | None = None
+    path: Path | None = None
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
+
+    def array(self) -> np.ndarray:
+        """The shard's rows (read from its file, or the view in memory)."""
+        if self.path is not None:
+            return np.load(self.path, allow_pickle=False)
+        assert self.npy_parts is not None
+        return np.load(io.BytesIO(b"".join(bytes(p) for p in self.npy_parts)), allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the schema and a sample say of a data set (no more is read)."""
+
+    path: Path
+    format: str
+    feature_names: tuple[str, ...]
+    label: str | None
+    rows: int | None
+    """Rows, when known without reading them all (Parquet, Arrow, .npy); CSV: None."""
+    sample: Dataset
+    """The first rows (at most ``SAMPLE_ROWS``; all of them when ``complete``)."""
+    complete: bool
 
 
 def _numeric_labels(values: np.ndarray) -> np.ndarray:
@@ -56,79 +94,101 @@ def _numeric_labels(values: np.ndarray) -> np.ndarray:
     return as_float
 
 
+def open_data(spec: DataSpec) -> TableReader:
+    """The reader of ``spec.path`` (a file or a directory of files), with the job's CSV options."""
+    return open_table(spec.path, CsvOptions(delimiter=spec.delimiter, encoding=spec.encoding))
+
+
+def _columns(spec: DataSpec, reader: TableReader) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
+    """The feature columns (named, or every column but the label) and the types to read them as;
+    a missing or non-numeric column is refused naming it."""
+    path, names = spec.path, reader.schema.names
+    npy = reader.format == "npy"
+    listing = (f"x0..x{len(names) - 1}" if npy else f"the header {names[:20]}" if reader.format == "csv"
+               else f"its columns ({', '.join(names[:20])}{', ...' if len(names) > 20 else ''})")
+    if spec.label is not None and spec.label not in names:
+        raise JobSpecError(f"{path}: label {spec.label!r} must name a column {listing}" if npy
+                           else f"{path}: label column {spec.label!r} is not in {listing}")
+    features = spec.features or tuple(n for n in names if n != spec.label)
+    for name in features:
+        if name not in names:
+            raise JobSpecError(f"{path}: feature {name!r} must name a column {listing}" if npy
+                               else f"{path}: feature column {name!r} is not in {listing}")
+    if not features:
+        raise JobSpecError(f"{path}: no feature columns (only the label {spec.label!r})")
+    types: dict[str, pa.DataType] = {name: pa.float64() for name in features}
+    if reader.format != "csv":
+        for name in features:
+            kind = reader.schema.field(name).type
+            if not is_numeric(kind):
+                raise JobSpecError(f"{path}: column {name!r} is {kind}, expected numbers (feature columns must be "
+                                   "numeric; name the ones to use in [data] features)")
+    if spec.label is not None and reader.format == "csv":
+        types[spec.label] = pa.string()  # labels may be text; read as numbers later if they all are
+    return tuple(features), types
+
+
+def describe_data(spec: DataSpec, sample_rows: int = SAMPLE_ROWS) -> DataInfo:
+    """The data's columns, types and first ``sample_rows`` rows; raise :class:`JobSpecError` naming
+    the file and column on bad data (a sample reveals only the problems in its rows)."""
+    reader = open_data(spec)
+    features, types = _columns(spec, reader)
+    if reader.format == "csv":
+        _check_csv_inference(reader, features)
+    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    taken = 0
+    parts: list[Dataset] = []
+    for table in rebatch(reader.iter_batches(columns, types=types), max(1, sample_rows)):
+        parts.append(_as_dataset(table, features, spec.label))
+        taken += table.num_rows
+        break
+    if taken == 0:
+        raise JobSpecError(f"{spec.path}: no data rows after the header" if reader.format == "csv"
+                           else f"{spec.path}: no rows")
+    rows = reader.num_rows
+    complete = rows is not None and rows <= taken or (rows is None and taken < sample_rows)
+    return DataInfo(spec.path, reader.format, features, spec.label, rows if rows is not None else
+                    (taken if complete else None), parts[0], complete)
+
+
+def _check_csv_inference(reader: TableReader, features: tuple[str, ...]) -> None:
+    """A CSV feature column that pyarrow inferred as text from the first block holds a value that
+    is not a number there: read that block as numbers, which names the row and the value."""
+    schema = reader.schema
+    for name in features:
+        if not is_numeric(schema.field(name).type):
+            for _block in reader.iter_batches([name], rows=1 << 30, types={name: pa.float64()}):
+                break  # the first block (the one inferred from) converted after all: a null-like text
+
+
+def _as_dataset(table: pa.Table, features: tuple[str, ...], label: str | None) -> Dataset:
+    labels = _numeric_labels(_raw_labels(table.column(label))) if label is not None else None
+    return Dataset(to_float64(table, features), features, labels)
+
+
+def _raw_labels(column: pa.ChunkedArray) -> np.ndarray:
+    """A label column as numpy: numbers when every value reads as one (a CSV's text labels are
+    cast by Arrow, which is fast), else text; decided as a whole by :func:`_numeric_labels`."""
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                return np.asarray(column.cast(kind).to_numpy())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+    values = column.to_numpy()
+    return values.astype(str) if values.dtype.kind == "O" else values
+
+
 def load_dataset(spec: DataSpec) -> Dataset:
-    """Load ``spec.path``; raise :class:`JobSpecError` naming the file and column on bad data.
-
-    An empty CSV field is a missing value (NaN), as a written-out DataFrame has it; whether a
-    job may use NaN is decided later (``framework.preflight``), knowing which model takes which column.
-    """
-    if spec.path.suffix == ".npy":
-        return _load_npy(spec)
-    text = _read_utf8(spec.path)  # a check (decoding is ~1% of parsing); numpy parses from the file
-    header = next(csv.reader(io.StringIO(text[:text.find("\n") + 1] if "\n" in text else text)), None)
-    if not header:
-        raise JobSpecError(f"{spec.path}: empty CSV, expected a header line")
-    columns = {name: i for i, name in enumerate(header)}
-    if spec.label is not None and spec.label not in columns:
-        raise JobSpecError(f"{spec.path}: label column {spec.label!r} is not in the header {header[:20]}")
-    names = spec.features or tuple(n for n in header if n != spec.label)
-    for name in names:
-        if name not in columns:
-            raise JobSpecError(f"{spec.path}: feature column {name!r} is not in the header {header}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
-            raw = np.loadtxt(spec.path, delimiter=",", skiprows=1, dtype=str, ndmin=2, encoding="utf-8-sig")
-    except ValueError as error:
-        ragged = _ragged_row(spec.path, text, len(header))
-        raise JobSpecError(ragged or f"{spec.path}: malformed CSV: {error}") from None
-    if raw.shape[0] == 0:
-        raise JobSpecError(f"{spec.path}: no data rows after the header")
-    if raw.shape[1] != len(header):
-        raise JobSpecError(_ragged_row(spec.path, text, len(header))
-                           or f"{spec.path}: rows have {raw.shape[1]} fields, the header has {len(header)}")
-    features = np.empty((raw.shape[0], len(names)), dtype=np.float64)
-    for j, name in enumerate(names):
-        column = raw[:, columns[name]]
-        try:
-            features[:, j] = column.astype(np.float64)
-        except ValueError:
-            features[:, j] = _with_missing(spec.path, name, column)
-    labels = _numeric_labels(raw[:, columns[spec.label]]) if spec.label else None
-    return Dataset(features, tuple(names), labels)
-
-
-def _read_utf8(path: Path) -> str:
-    """The file's text (a UTF-8 byte-order mark is dropped); a file that is not UTF-8 is refused
-    naming the first bad byte's offset and line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise JobSpecError(f"{path}: not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} "
-                           f"(line {line}) {error.reason}; expected a UTF-8 CSV (re-save it as UTF-8)") from None
-
-
-def _ragged_row(path: Path, text: str, fields: int) -> str | None:
-    """The first line whose field count differs from the header's (only looked for after the
-    fast parser failed), as the message to report."""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if number > 1 and line.strip() and line.count(",") + 1 != fields:
-            return f"{path}: line {number} has {line.count(',') + 1} fields, the header has {fields}"
-    return None
-
-
-def _with_missing(path: Path, name: str, column: np.ndarray) -> np.ndarray:
-    """A column holding empty fields: those become NaN; any other non-number is refused."""
-    stripped = np.char.strip(column)
-    missing = stripped == ""
-    try:
-        return np.where(missing, "nan", stripped).astype(np.float64)
-    except ValueError:
-        bad = next(i for i, v in enumerate(stripped) if v != "" and not _is_float(v))
-        value = str(column[bad])
-        raise JobSpecError(f"{path}: column {name!r}, data row {bad + 1}: {value!r} is not a number") from None
+    """The whole data set in memory (for small tables: stacking's training rows, tests)."""
+    reader = open_data(spec)
+    features, types = _columns(spec, reader)
+    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    tables = list(reader.iter_batches(columns, types=types))
+    if not tables or sum(t.num_rows for t in tables) == 0:
+        raise JobSpecError(f"{spec.path}: no data rows after the header" if reader.format == "csv"
+                           else f"{spec.path}: no rows")
+    return _as_dataset(pa.Table.from_batches(tables), features, spec.label)
 
 
 @dataclass(frozen=True)
@@ -163,50 +223,166 @@ def non_finite_columns(dataset: Dataset) -> list[NonFinite]:
     return found
 
 
-def _is_float(value: str) -> bool:
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
+def write_shard(index: int, start: int, matrix: np.ndarray, directory: Path, kind: str = "data") -> Shard:
+    """Write ``matrix`` (rows ``start``... of the data) as ``<kind>-<index>.npy`` in ``directory``,
+    under a temporary name then renamed (a reader never sees half a shard; the work directory is
+    scratch, so it is not fsynced), and return its :class:`Shard`."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(matrix))
+    body = memoryview(matrix.data).cast("B") if matrix.size else memoryview(b"")
+    digest = hashlib.sha256(header.getvalue())
+    digest.update(body)
+    path = directory / f"{kind}-{index:05d}.npy"
+    temporary = path.with_name(f".{path.name}.partial")
+    with temporary.open("wb") as handle:
+        handle.write(header.getvalue())
+        handle.write(body)
+    os.replace(temporary, path)
+    return Shard(index, start, start + matrix.shape[0], digest.hexdigest(), path=path)
 
 
-def _load_npy(spec: DataSpec) -> Dataset:
-    with spec.path.open("rb") as handle:
-        magic = handle.read(6)
-    if not magic:
-        raise JobSpecError(f"{spec.path}: empty file, expected a .npy array")
-    if magic != b"\x93NUMPY":
-        raise JobSpecError(f"{spec.path}: not a .npy file (it does not start with the NUMPY magic bytes)")
-    try:
-        array = np.load(spec.path, allow_pickle=False)
-    except (ValueError, EOFError) as error:
-        raise JobSpecError(f"{spec.path}: not a readable .npy array: {error}") from None
-    if array.ndim != 2 or array.shape[0] == 0:
-        raise JobSpecError(f"{spec.path}: expected a non-empty 2-D array, got shape {array.shape}")
-    if array.dtype.kind not in "biuf":
-        raise JobSpecError(f"{spec.path}: expected a numeric array, got dtype {array.dtype}")
-    names = [f"x{i}" for i in range(array.shape[1])]
-    label_index = None
-    if spec.label is not None:
-        if spec.label not in names:
-            raise JobSpecError(f"{spec.path}: label {spec.label!r} must name a column x0..x{array.shape[1] - 1}")
-        label_index = names.index(spec.label)
-    chosen = list(spec.features or [n for n in names if n != spec.label])
-    for name in chosen:
-        if name not in names:
-            raise JobSpecError(f"{spec.path}: feature {name!r} must name a column x0..x{array.shape[1] - 1}")
-    columns = [names.index(n) for n in chosen]
-    # Selecting every column in order needs no copy (fancy indexing would copy the whole array).
-    selected = array if columns == list(range(array.shape[1])) else array[:, columns]
-    features = np.ascontiguousarray(selected, dtype=np.float64)
-    labels = _numeric_labels(array[:, label_index]) if label_index is not None else None
-    return Dataset(features, tuple(chosen), labels)
+@dataclass
+class SpilledData:
+    """A data set cut into shard files (see :func:`spill_shards`)."""
+
+    shards: list[Shard]
+    rows: int
+    feature_names: tuple[str, ...]
+    non_finite: list[NonFinite]
+    """Every feature column holding NaN or inf, with its first such rows (the whole data scanned)."""
+    labels_path: Path | None = None
+
+    def labels(self) -> np.ndarray | None:
+        """The label column (memory-mapped from its file), or None."""
+        return None if self.labels_path is None else np.load(self.labels_path, mmap_mode="r", allow_pickle=False)
+
+
+class _NonFiniteTracker:
+    """The first NaN and inf row of each column, over shards seen one after the other."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.found: dict[str, NonFinite] = {}
+
+    def add(self, start: int, matrix: np.ndarray) -> None:
+        for problem in non_finite_columns(Dataset(matrix, self.names, None)):
+            seen = self.found.get(problem.column)
+            first_nan = seen.first_nan if seen and seen.first_nan is not None else (
+                None if problem.first_nan is None else start + problem.first_nan)
+            if seen and seen.first_inf is not None:
+                first_inf, value = seen.first_inf, seen.inf_value
+            elif problem.first_inf is not None:
+                first_inf, value = start + problem.first_inf, problem.inf_value
+            else:
+                first_inf, value = None, None
+            self.found[problem.column] = NonFinite(problem.column, first_nan, first_inf, value)
+
+    def result(self) -> list[NonFinite]:
+        return [self.found[n] for n in self.names if n in self.found]
+
+
+def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: int,
+                     labels: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """``(start, features, raw labels)`` of each shard of ``rows_per_shard`` rows, streamed."""
+    if not labels:
+        spec = dataclasses.replace(spec, label=None)
+    reader = open_data(spec)
+    _checked, types = _columns(dataclasses.replace(spec, features=features), reader)
+    if isinstance(reader, NpyReader):  # rows straight from the memory-mapped array
+        rows = reader.num_rows
+        label = [spec.label] if spec.label is not None else []
+        for start in range(0, rows, rows_per_shard):
+            stop = min(start + rows_per_shard, rows)
+            label_values = reader.float64_rows(start, stop, label)[:, 0] if label else None
+            yield start, reader.float64_rows(start, stop, features), label_values
+        return
+    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    start = 0
+    batches = reader.iter_batches(columns, rows=min(rows_per_shard, DEFAULT_BATCH_ROWS), types=types)
+    for table in rebatch(batches, rows_per_shard):  # memory: a shard and a batch no larger
+        label_values = _raw_labels(table.column(spec.label)) if spec.label is not None else None
+        yield start, to_float64(table, features), label_values
+        start += table.num_rows
+
+
+SCAN_ROWS = 65536
+
+
+def scan_data(spec: DataSpec, features: tuple[str, ...]) -> tuple[int, list[NonFinite]]:
+    """Read every row once (nothing kept): how many there are, and every feature column holding
+    NaN or inf with its first such rows (``validate --scan``)."""
+    tracker = _NonFiniteTracker(features)
+    rows = 0
+    for start, matrix, _labels in iter_data_shards(spec, features, SCAN_ROWS, labels=False):
+        tracker.add(start, matrix)
+        rows = start + matrix.shape[0]
+    return rows, tracker.result()
+
+
+def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
+                 rows_per_shard: int | None = None, kind: str = "data") -> SpilledData:
+    """Stream ``spec``'s rows once, writing each shard (``rows_per_shard`` rows, default the
+    spec's) as a ``.npy`` file in ``directory``; also scan for NaN/inf and keep the labels in a
+    ``.npy`` file of their own. Memory: one shard and one read batch."""
+    per_shard = rows_per_shard or spec.resolved_rows_per_shard
+    directory.mkdir(parents=True, exist_ok=True)
+    tracker = _NonFiniteTracker(features)
+    shards: list[Shard] = []
+    parts = directory / f".{kind}-labels.parts"
+    with parts.open("wb") as label_parts:  # each shard's labels, one .npy after the other
+        for index, (start, matrix, labels) in enumerate(iter_data_shards(spec, features, per_shard)):
+            tracker.add(start, matrix)
+            shards.append(write_shard(index, start, matrix, directory, kind))
+            if labels is not None:
+                np.save(label_parts, labels, allow_pickle=False)
+    rows = shards[-1].stop if shards else 0
+    if rows == 0:
+        parts.unlink()
+        raise JobSpecError(f"{spec.path}: no data rows")
+    labels_path = (_join_labels(parts, len(shards), directory / f"{kind}-labels.npy", rows)
+                   if spec.label is not None else None)
+    parts.unlink()
+    return SpilledData(shards, rows, features, tracker.result(), labels_path)
+
+
+def _join_labels(parts: Path, count: int, path: Path, rows: int) -> Path:
+    """One label file from the shards' parts, typed as :func:`_numeric_labels` types a column
+    (integers if all are, else floats, else text); read part by part, twice."""
+    numeric, integral, width = True, True, 1
+    with parts.open("rb") as handle:
+        for _ in range(count):
+            values = np.load(handle, allow_pickle=False)
+            if values.dtype.kind in "US":
+                width = max(width, int(np.char.str_len(values).max(initial=1)))
+            if numeric:
+                try:
+                    as_float = values.astype(np.float64)
+                except ValueError:
+                    numeric = False
+                    continue
+                integral = integral and bool(np.all(np.isfinite(as_float)) and np.all(as_float == np.round(as_float)))
+    if not numeric:  # text after all: the numbers' widths count too
+        width = max(width, 32)
+    dtype = np.dtype(np.int64) if numeric and integral else np.dtype(np.float64) if numeric else np.dtype(f"<U{width}")
+    target = atomic.create_sibling(path, ".partial.npy")
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(rows,))
+    offset = 0
+    with parts.open("rb") as handle:
+        for _ in range(count):
+            values = np.load(handle, allow_pickle=False)
+            converted = values.astype(np.float64).astype(dtype) if numeric else values.astype(str)
+            out[offset:offset + len(values)] = converted
+            offset += len(values)
+    out.flush()
+    del out
+    os.replace(target, path)
+    return path
 
 
 def cut_shards(features: np.ndarray, rows_per_shard: int) -> list[Shard]:
-    """Cut ``features`` into consecutive shards of ``rows_per_shard`` rows, without copying them;
-    each shard's checksum is that of the ``.npy`` file ``np.save`` would write for its rows."""
+    """Cut an in-memory ``features`` into consecutive shards of ``rows_per_shard`` rows, without
+    copying them; each shard's checksum is that of the ``.npy`` file ``np.save`` would write."""
     features = np.ascontiguousarray(features)
     shards = []
     for index, start in enumerate(range(0, features.shape[0], rows_per_shard)):
@@ -217,7 +393,7 @@ def cut_shards(features: np.ndarray, rows_per_shard: int) -> list[Shard]:
         body = memoryview(rows.data).cast("B")
         digest = hashlib.sha256(header.getvalue())
         digest.update(body)
-        shards.append(Shard(index, start, stop, (header.getvalue(), body), digest.hexdigest()))
+        shards.append(Shard(index, start, stop, digest.hexdigest(), npy_parts=(header.getvalue(), body)))
     return shards
 
 

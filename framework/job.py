@@ -7,6 +7,7 @@ pymesos IO thread only reports through ``EnsembleScheduler.events``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -26,8 +27,8 @@ from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
-from framework.dataset import Dataset, cut_shards, load_dataset
-from framework.errors import JobFailed, MasterLost
+from framework.dataset import DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards
+from framework.errors import JobFailed, JobSpecError, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
 from framework.jobspec import JobSpec, is_html_report, json_beside, parse_master
@@ -35,11 +36,13 @@ from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents, rows_per_shard
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, local_agents, resolve_shard_rows
 from framework.progress import JobProgress, as_progress
+from framework.readers import open_table
 from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
-from framework.results import decode_result
+from framework.results import decode_result, write_parquet_output
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
+from framework.sources import JoinedData, join_sources
 from framework.stacking_run import fit_stacking
 from framework.tasks import ItemState, Tracker, WorkItem, attempt_task_id
 from framework.translator import framework_info, reconcile_tasks
@@ -87,6 +90,8 @@ class JobOutcome:
     """Items whose results came from the journal of an earlier run (not computed again)."""
     adopted_tasks: int = 0
     """Tasks of an earlier run still running on the master, taken over rather than relaunched."""
+    sources: dict[str, Any] | None = None
+    """A job with ``[[sources]]``: the join (``JoinedData.describe``): rows, rows dropped per source."""
     mesos_tasks: int = 0
     """Mesos tasks launched: one per attempt, or one per bundle of several items' attempts."""
     status_url: str | None = None
@@ -107,7 +112,7 @@ class JobOutcome:
             "executors_launched": self.executors_launched, "backups_launched": self.backups_launched,
             "resumed_items": self.resumed_items, "adopted_tasks": self.adopted_tasks,
             "cost": round(self.cost, 6), "lower_bound": round(self.lower_bound, 6), "usage": self.usage,
-            "report": self.report,
+            "report": self.report, "sources": self.sources,
         }
 
 
@@ -124,33 +129,87 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
                                 implicit_acknowledgements=False)
 
 
-def prepare(spec: JobSpec) -> tuple[Dataset, list[ensemble.MemberSpec], dict[str, Any]]:
-    """Load the data and the models and check, before anything launches, that they fit together.
+def prepare(spec: JobSpec, scan: bool = False
+            ) -> tuple[DataInfo | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
+    """Read the data's schema and a sample and the models' metadata, and check, before anything
+    launches, that they fit together (``scan``: check every row for NaN/inf, not just the sample;
+    ``run`` checks every row anyway while it cuts the shards, before launching).
 
-    Returns the data, the members' specs and, by model name, each model's metadata (a
+    Returns what the data is, the members' specs and, by model name, each model's metadata (a
     ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
     check_job(spec)
-    dataset = load_dataset(spec.data)
+    if spec.sources:  # several sources joined by key: see framework.sources
+        estimators = inspect_job_models(spec)
+        joined = join_sources(spec, estimators)
+        _check_pass_through(spec)
+        members = member_specs(spec, estimators, joined.member_features())
+        ensemble.check_compatibility(estimators, members, (), spec.integration, sklearn.__version__,
+                                     recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
+        return joined, members, estimators
+    info = describe_data(spec.data)
     estimators = inspect_job_models(spec)
-    features = member_features(spec, estimators, tuple(dataset.feature_names))
-    check_data(spec, dataset, features)
+    features = member_features(spec, estimators, tuple(info.feature_names))
+    if scan and not info.complete:
+        rows, problems = scan_data(spec.data, info.feature_names)
+        info = dataclasses.replace(info, rows=rows, complete=True)
+    else:
+        problems = non_finite_columns(info.sample)
+    check_non_finite(spec, problems, features)
+    _check_pass_through(spec)
     members = member_specs(spec, estimators, features)
-    ensemble.check_compatibility(estimators, members, dataset.feature_names, spec.integration, sklearn.__version__,
+    ensemble.check_compatibility(estimators, members, info.feature_names, spec.integration, sklearn.__version__,
                                  recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
-    return dataset, members, estimators
+    return info, members, estimators
 
 
-def validate_job(spec: JobSpec) -> str:
-    """Check everything ``run`` would check before launching; return a short description."""
-    dataset, members, _estimators = prepare(spec)
-    per_shard = rows_per_shard(spec, *dataset.features.shape)
-    shards = math.ceil(dataset.features.shape[0] / per_shard)
+OUTPUT_COLUMN_PREFIXES = ("prediction", "proba_", "member_")
+"""What the integrated output's own columns are named (``framework.ensemble``)."""
+
+
+def _check_pass_through(spec: JobSpec) -> None:
+    """``[job] pass_through`` names columns of the data that no output column shadows."""
+    if not spec.pass_through:
+        return
+    primary = spec.source_spec(spec.data.primary) if spec.sources and spec.data.primary else None
+    names = open_data(spec.data).schema.names if primary is None else open_table(primary.path).schema.names
+    for column in spec.pass_through:
+        if column not in names:
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which is not a column of "
+                               f"{spec.data.path.name} (it has {', '.join(names[:20])})")
+        if column.startswith(OUTPUT_COLUMN_PREFIXES):
+            raise JobSpecError(f"{spec.source}: job.pass_through names {column!r}, which would clash with the "
+                               f"output's own columns ({', '.join(OUTPUT_COLUMN_PREFIXES)}...)")
+
+
+def validate_job(spec: JobSpec, scan: bool = False) -> str:
+    """Check everything ``run`` would check before launching, from the data's schema and a sample
+    (``scan``: every row); return a short description."""
+    auto = " (auto)" if spec.data.rows_per_shard == "auto" else ""
+    spec = resolve_shard_rows(spec)
+    info, members, _estimators = prepare(spec, scan=scan)
+    if isinstance(info, JoinedData):
+        if scan:
+            info.write_shards(None)  # reads every value members take: NaN/inf refused here, as run does
+        checked = ("every value checked for NaN/inf" if scan
+                   else "values checked for NaN/inf when run cuts shards (--scan: now)")
+        return "\n".join([f"{spec.source}: OK",
+                          f"  data: {info.summary()}; {len(info.shard_bounds())} shards; {checked}"]
+                         + [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}; columns "
+                            + ", ".join(f"{s}.{c}" for s, c in info.members[m.name]) for m in members])
+    if info.rows is not None:
+        rows = f"{info.rows} rows"
+        per_shard = spec.data.resolved_rows_per_shard
+        shards = f"{math.ceil(info.rows / per_shard)} shards of {per_shard} rows{auto}"
+    else:
+        rows = f"{info.sample.features.shape[0]}+ rows (a {info.format} file is counted when read)"
+        shards = f"{spec.data.rows_per_shard} rows per shard{auto}"
+    checked = ("every row checked for NaN/inf" if info.complete
+               else f"first {info.sample.features.shape[0]} rows checked for NaN/inf (--scan: all)")
     lines = [f"{spec.source}: OK",
-             f"  data: {dataset.features.shape[0]} rows x {dataset.features.shape[1]} features"
-             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards} shards of "
-             f"{per_shard} rows{' (auto)' if spec.data.rows_per_shard == 'auto' else ''}",
+             f"  data: {info.format}, {rows} x {len(info.feature_names)} features"
+             f"{', label ' + repr(spec.data.label) if spec.data.label else ''}; {shards}; {checked}",
              f"  integration: {spec.integration}; output: {spec.output}{' (explained)' if spec.explain else ''}",
              f"  executors: {spec.framework.executors}; speculation_factor {spec.framework.speculation_factor:g}; "
              f"master {spec.framework.master}"]
@@ -199,9 +258,9 @@ class JobRunner:
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
         started = time.monotonic()
-        spec = self.spec
+        spec = self.spec = resolve_shard_rows(self.spec)
         self.progress.hold()  # until the master accepts the framework (see JobWatch.tick)
-        dataset, members, estimators = prepare(spec)
+        info, members, estimators = prepare(spec)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
             self.progress.note(f"running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
@@ -211,19 +270,35 @@ class JobRunner:
                 if journal is not None:  # removed by the next run if this one is killed
                     journal.set_note("temporary_work_dir", str(work_dir))
                     stack.callback(journal.set_note, "temporary_work_dir", None)
+            # The data, streamed once into shard files before anything launches: every row is
+            # checked for NaN/inf on the way (validate only checks a sample).
+            if isinstance(info, JoinedData):  # several sources: one file per column group and shard
+                self.progress.note(info.summary())
+                joined = info.write_shards(work_dir / "sources")
+                stack.callback(shutil.rmtree, work_dir / "sources", True)
+                shard_rows, labels = joined.shard_rows, info.labels
+            else:
+                data = spill_shards(spec.data, info.feature_names, work_dir / "shards")
+                stack.callback(shutil.rmtree, work_dir / "shards", True)
+                check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
+                self.progress.note(f"data: {data.rows} rows in {len(data.shards)} shards")
+                shards = {"data": data.shards}
+                shard_rows, labels = [s.rows for s in data.shards], data.labels()
             master, python = self._master(stack, work_dir)
             server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
                                     port=spec.framework.artifact_port,
                                     advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
             stack.callback(server.stop)
-            shards = {"data": cut_shards(dataset.features, rows_per_shard(spec, *dataset.features.shape))}
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
-            catalog = JobCatalog(spec, server, shards, python, package_url,
-                                 member_columns(members, tuple(dataset.feature_names)))
+            if isinstance(info, JoinedData):
+                catalog = JobCatalog(spec, server, {}, python, package_url, source_shards=joined)
+            else:
+                catalog = JobCatalog(spec, server, shards, python, package_url,
+                                     member_columns(members, tuple(info.feature_names)))
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
-            self._shard_rows = [s.rows for s in shards["data"]]
+            self._shard_rows = shard_rows
             self._watch(scheduler, catalog, master, server, stack)
             self.run_started = time.monotonic()
             self.run_started_wall = time.time()
@@ -232,27 +307,38 @@ class JobRunner:
 
             if spec.stacking is not None and spec.integration == "stacking":
                 members, combiner = fit_stacking(
-                    spec, catalog, server, members, estimators, tuple(dataset.feature_names), work_dir,
+                    spec, catalog, server, members, estimators, tuple(info.feature_names), work_dir,
                     run_tasks=lambda items, on_result: self._run_tasks(scheduler, driver, server, items, on_result),
                     progress=self.progress.note)
             else:
                 combiner = ensemble.make_combiner(spec.integration, members)
 
             evaluation_dir = work_dir / "member-outputs"
+            parquet = spec.output.suffix == ".parquet"
+            integrated = work_dir / "ensemble-output.npy" if parquet else spec.output  # then written as Parquet
             integrator = ensemble.StreamingIntegrator(
-                combiner, members, [s.rows for s in shards["data"]], spec.output,
+                combiner, members, shard_rows, integrated,
                 min_members=spec.min_members, keep_member_outputs_dir=evaluation_dir, explain=spec.explain,
             )
             stack.enter_context(integrator)
             if getattr(combiner, "inputs", None) and ensemble.FEATURES_KEY in combiner.inputs:
+                assert not isinstance(info, JoinedData)  # stacking takes no [[sources]] (jobspec)
                 for shard in shards["data"]:
-                    integrator.add(ensemble.FEATURES_KEY, shard.index, dataset.features[shard.start:shard.stop])
-            items = [WorkItem(f"{m.name}.s{s.index:05d}", m.name, s.index) for m in spec.models for s in shards["data"]]
+                    integrator.add(ensemble.FEATURES_KEY, shard.index, shard.array())
+            items = [WorkItem(f"{m.name}.s{index:05d}", m.name, index) for m in spec.models
+                     for index in range(len(shard_rows))]
+            self.progress.note(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shard_rows)} shards)")
             self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
             self._drive(scheduler, driver, server,
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            if parquet:
+                kept = (None if not spec.pass_through
+                        else info.pass_through(spec.pass_through) if isinstance(info, JoinedData)
+                        else open_data(spec.data).iter_batches(list(spec.pass_through)))
+                write_parquet_output(integrator.ensemble_output(), spec.output, kept)
+                result = dataclasses.replace(result, output_path=spec.output)
             assert self.watch is not None
             self.watch.tick()
             self.progress.release()  # (a run whose every result was in the journal may end unsubscribed)
@@ -272,18 +358,21 @@ class JobRunner:
                 usage=scheduler.measurements.summary(),
                 resumed_items=self.resumed_items, adopted_tasks=self.adopted_tasks,
                 status_url=self.status_url, cost=self.watch.cost, lower_bound=self.watch.lower_bound,
+                sources=info.describe() if isinstance(info, JoinedData) else None,
             )
-            if dataset.labels is not None:
-                outcome.report = integrator.evaluate(dataset.labels)
+            if labels is not None:
+                outcome.report = integrator.evaluate(labels)
                 outcome.report_text = ensemble.format_report(outcome.report)
                 outcome.report["usage"] = outcome.usage
+                if outcome.sources is not None:
+                    outcome.report["sources"] = outcome.sources
             if spec.report is not None and is_html_report(spec.report):
-                self._write_html_report(outcome, integrator, dataset, scheduler, catalog)
+                self._write_html_report(outcome, integrator, labels, scheduler, catalog)
             elif spec.report is not None and outcome.report is not None:
                 ensemble.write_report_json(outcome.report, spec.report)
             return outcome
 
-    def _write_html_report(self, outcome: JobOutcome, integrator: Any, dataset: Dataset,
+    def _write_html_report(self, outcome: JobOutcome, integrator: Any, labels: np.ndarray | None,
                            scheduler: EnsembleScheduler, catalog: JobCatalog) -> None:
         """Write the report's JSON (the evaluation, what the run did, the classifier curves)
         beside the report's HTML page (``report.html`` -> ``report.json``), then the page."""
@@ -305,9 +394,9 @@ class JobRunner:
         else:
             attempts, note = [], "no journal (the run had no state directory): task attempts were not recorded"
         report["run"] = run_data(attempts, self.rounds, self.run_started_wall, time.time(), note)
-        if dataset.labels is not None and outcome.report is not None:
+        if labels is not None and outcome.report is not None:
             kept = integrator.kept_outputs()
-            report["curves"] = classifier_curves(outcome.report["task"], dataset.labels, kept.member_outputs,
+            report["curves"] = classifier_curves(outcome.report["task"], labels, kept.member_outputs,
                                                  kept.ensemble_output, kept.members, integrator.combiner.classes)
         ensemble.write_report_json(report, json_beside(spec.report))
         write_html_report(report, spec.report, title=f"{spec.name}: run report")

@@ -6,6 +6,7 @@ Relative paths are resolved against the job file's directory.  See README "Job f
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import getpass
 import math
@@ -18,7 +19,7 @@ from typing import Any, Callable, Literal, Mapping, TypeVar
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
 from executor.protocol import file_sha256
-from framework import ensemble
+from framework import ensemble, readers
 from framework.balancing import auto_rows_per_shard
 from framework.errors import JobSpecError
 from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
@@ -29,6 +30,7 @@ ModelKind = ensemble.Kind
 MODEL_KINDS = ensemble.KINDS
 OUTPUTS = ensemble.OUTPUTS
 EXECUTOR_MODES = ("shared", "per_model")
+OUTPUT_SUFFIXES = (".csv", ".npy", ".parquet")
 # The integration methods, stack methods and final estimators are the ensemble registry's.
 
 
@@ -64,11 +66,37 @@ class ModelSpec:
     """skops: types allowed on top of the default (scikit-learn's and numpy's own classes)."""
     timeout: float | None = None
     """Seconds one task may compute; past it the task is killed and retried on another agent."""
+    inputs: tuple["SourceColumns", ...] = ()
+    """With ``[[sources]]``: the sources this member reads and their columns, in order (from
+    ``source`` [+ ``features``] or ``columns``); empty: resolved from the model (see
+    ``framework.sources``)."""
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """A model's columns from one source, in order; ``columns`` None: every feature column of the
+    source (or those the model was fitted on)."""
+
+    source: str
+    columns: tuple[str, ...] | None = None
+
+
+MISSING_POLICIES = ("error", "drop")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One ``[[sources]]`` table: a named file whose rows are joined to the others by ``key``."""
+
+    name: str
+    path: Path
+    key: str
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The input rows: a CSV with a header, or a 2-D ``.npy`` array."""
+    """The input rows: Parquet, Arrow IPC/Feather, CSV with a header, a 2-D ``.npy`` array, or a
+    directory of files of one of these formats (see :mod:`framework.readers`)."""
 
     path: Path
     features: tuple[str, ...] | None = None
@@ -82,6 +110,22 @@ class DataSpec:
         if self.rows_per_shard == "auto":
             return auto_rows_per_shard(rows, features, cores)
         return self.rows_per_shard
+
+    @property
+    def resolved_rows_per_shard(self) -> int:
+        """The rows of one shard, once ``auto`` was resolved (``preflight.resolve_shard_rows``)."""
+        if self.rows_per_shard == "auto":
+            raise ValueError("rows_per_shard = \"auto\" not resolved yet (preflight.resolve_shard_rows)")
+        return self.rows_per_shard
+    delimiter: str = ","
+    """CSV only: the field delimiter."""
+    encoding: str = "utf-8"
+    """CSV only: the text encoding (any Python codec name pyarrow accepts, e.g. latin-1)."""
+    primary: str | None = None
+    """With ``[[sources]]``: the source whose row order the output keeps (default: the first)."""
+    missing: str = "error"
+    """With ``[[sources]]``: a primary key absent from another source is an ``error``, or ``drop``
+    drops that row for every member."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +203,13 @@ class JobSpec:
     stacking: StackingSpec | None = None
     explain: bool = False
     """Add a ``member_<name>`` column per member to the output: what it said for each row."""
+    pass_through: tuple[str, ...] = ()
+    """Columns of the data copied into a Parquet output beside the predictions (e.g. the key)."""
+    sources: tuple[SourceSpec, ...] = ()
+    """``[[sources]]``: several files joined by key (empty: the one ``[data] path``)."""
+
+    def source_spec(self, name: str) -> SourceSpec:
+        return next(s for s in self.sources if s.name == name)
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -234,13 +285,15 @@ def load_job(path: Path | str) -> JobSpec:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise JobSpecError(f"{source}: not valid TOML: {error}") from None
     top = _Section(source, "", raw)
-    top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking"})
+    top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking", "sources"})
     job = _Section(source, "job", top.get("job", dict, required=True))
-    job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain"})
+    job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain", "pass_through"})
     models_raw = top.get("models", list, required=True)
     if not models_raw:
         top.fail("models", "must list at least one model ([[models]])")
-    models = tuple(_parse_model(source, i, entry) for i, entry in enumerate(models_raw))
+    sources = _parse_sources(top, top.get("sources", list, []))
+    models = tuple(_parse_model(source, i, entry, tuple(s.name for s in sources))
+                   for i, entry in enumerate(models_raw))
     names = [m.name for m in models]
     for name in names:
         if names.count(name) > 1:
@@ -252,8 +305,14 @@ def load_job(path: Path | str) -> JobSpec:
     _check_weights(top, models, integration, min_members)
     output = job.path("output", must_exist=False)
     assert output is not None
-    if output.suffix not in (".csv", ".npy"):
-        job.fail("output", f"must end in .csv or .npy, got {output.name!r}")
+    if output.suffix not in OUTPUT_SUFFIXES:
+        job.fail("output", f"must end in .csv, .npy or .parquet, got {output.name!r}")
+    pass_through = job.get("pass_through", list, [])
+    if not all(isinstance(c, str) and c for c in pass_through) or len(set(pass_through)) != len(pass_through):
+        job.fail("pass_through", f"must be a list of distinct column names, got {pass_through!r}")
+    if pass_through and output.suffix != ".parquet":
+        job.fail("pass_through", f"applies to a .parquet output (which keeps the data's columns beside the "
+                                 f"predictions); job.output is {output.name!r}")
     _check_writable(job, "output", output)
     report = job.path("report", required=False, must_exist=False)
     if report is not None:
@@ -263,12 +322,16 @@ def load_job(path: Path | str) -> JobSpec:
         if is_html_report(report) and json_beside(report).is_dir():
             job.fail("report", f"is an HTML page, whose JSON goes beside it to {json_beside(report)}, which is a "
                                "directory")
-    data = _parse_data(source, "data", top.get("data", dict, required=True))
+    data = (_parse_data(source, "data", top.get("data", dict, required=True)) if not sources
+            else _parse_joined_data(source, top.get("data", dict, {}), sources))
+    if sources and "stacking" in raw:
+        top.fail("stacking", "cannot be used with [[sources]] yet (its train set is one [data]-style file)")
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     train_table = ensemble.method(integration).train_table
     if train_table is not None and train_table not in raw:
         job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')
-    inputs = {data.path: "data.path", **{m.path: f"models[{i}] ({m.name}).path" for i, m in enumerate(models)}}
+    inputs = {data.path: "data.path", **{s.path: f"sources[{i}] ({s.name}).path" for i, s in enumerate(sources)},
+              **{m.path: f"models[{i}] ({m.name}).path" for i, m in enumerate(models)}}
     if stacking is not None:
         inputs[stacking.train.path] = "stacking.train.path"
     report_json = json_beside(report) if report is not None and is_html_report(report) else None
@@ -285,10 +348,12 @@ def load_job(path: Path | str) -> JobSpec:
         report=report,
         min_members=min_members,
         explain=job.get("explain", bool, False),
+        pass_through=tuple(pass_through),
         framework=_parse_framework(source, top.get("framework", dict, {})),
         local_cluster=_parse_local_cluster(source, top.get("local_cluster", dict, {})),
         **_parse_pricing(source, top.get("pricing", dict, {})),
         stacking=stacking,
+        sources=sources,
     )
 
 
@@ -344,12 +409,12 @@ def _check_writable(section: _Section, key: str, path: Path) -> None:
         section.fail(key, f"names {path}, which is a directory; expected a file name")
 
 
-def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
+def _parse_model(source: Path, index: int, entry: Any, source_names: tuple[str, ...] = ()) -> ModelSpec:
     section = _Section(source, f"models[{index}]", entry)
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
          "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan",
-         "format", "trusted_types", "timeout"}
+         "format", "trusted_types", "timeout", "source", "columns"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -385,6 +450,7 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
     if trusted_types and model_format != "skops":
         section.fail("trusted_types", f"applies only to skops files; {path.name} is a {model_format} file, "
                                       "whose code runs when it is loaded whatever this list says")
+    inputs = _parse_model_inputs(section, features, source_names)
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -397,7 +463,91 @@ def _parse_model(source: Path, index: int, entry: Any) -> ModelSpec:
         allow_nan=section.get("allow_nan", bool, False),
         format=model_format, trusted_types=tuple(trusted_types),
         timeout=number("timeout", None, positive=True),
+        inputs=inputs,
     )
+
+
+def _parse_model_inputs(section: _Section, features: list[str] | None,
+                        source_names: tuple[str, ...]) -> tuple[SourceColumns, ...]:
+    """A model's ``source`` (with ``features``: those columns of it) or ``columns`` (a table of
+    source = [columns], taken in the order written), each naming one of ``source_names``."""
+    source = section.get("source", str)
+    columns = section.get("columns", dict)
+    for key, named in (("source", [source] if source is not None else []), ("columns", list(columns or {}))):
+        if named and not source_names:
+            section.fail(key, "names a source, but the job has no [[sources]] tables (its data is [data] path)")
+        for name in named:
+            if name not in source_names:
+                section.fail(key if key == "source" else f"columns.{name}",
+                             f"names {name!r}, which is not a [[sources]] name (known: {', '.join(source_names)})")
+    if source is not None and columns is not None:
+        section.fail("columns", "and source are both given; use source (one source, optionally with features) "
+                                "or columns (several sources)")
+    if columns is not None and features is not None:
+        section.fail("columns", "and features are both given; list the columns under each source in columns")
+    if source is not None:
+        if not source:
+            section.fail("source", "must name a [[sources]] table, got ''")
+        return (SourceColumns(source, tuple(features) if features is not None else None),)
+    if columns is None:
+        return ()
+    if not columns:
+        section.fail("columns", 'must name at least one source, e.g. columns = { features = ["f0", "f1"] }')
+    inputs = []
+    seen: set[tuple[str, str]] = set()
+    for name, listed in columns.items():
+        if not isinstance(listed, list) or not listed or not all(isinstance(c, str) and c for c in listed):
+            section.fail(f"columns.{name}", f"must be a non-empty list of column names, got {listed!r}")
+        for column in listed:
+            if (name, column) in seen:
+                section.fail(f"columns.{name}", f"names the column {column!r} twice")
+            seen.add((name, column))
+        inputs.append(SourceColumns(name, tuple(listed)))
+    return tuple(inputs)
+
+
+def _parse_sources(top: _Section, entries: list[Any]) -> tuple[SourceSpec, ...]:
+    """The ``[[sources]]`` tables: unique names, an existing file of a known format, a key column."""
+    sources: list[SourceSpec] = []
+    for index, entry in enumerate(entries):
+        section = _Section(top.source, f"sources[{index}]", entry)
+        section.reject_unknown({"name", "path", "key"})
+        name = section.get("name", str, required=True)
+        section.prefix = f"sources[{index}] ({name})"
+        if not name or not all(c.isalnum() or c in "-_" for c in name):
+            section.fail("name", f"must be letters, digits, '-' or '_', got {name!r}")
+        if any(s.name == name for s in sources):
+            top.fail("sources", f"has two sources named {name!r}; names must be unique")
+        path = section.path("path", must_exist=False)
+        assert path is not None
+        if path.is_dir():
+            if not any(readers.format_of(p) for p in path.iterdir() if p.is_file()):
+                section.fail("path", f"names the directory {path}, which holds no {DATA_FORMATS_TEXT} files")
+        elif not path.is_file():
+            section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
+        elif readers.format_of(path) is None:
+            section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
+        key = section.get("key", str, required=True)
+        if not key:
+            section.fail("key", "must name the source's key column, got ''")
+        sources.append(SourceSpec(name=name, path=path, key=key))
+    return tuple(sources)
+
+
+def _parse_joined_data(source: Path, table: Any, sources: tuple[SourceSpec, ...]) -> DataSpec:
+    """``[data]`` beside ``[[sources]]``: how rows are cut and joined; no ``path`` (the sources
+    have them). Its ``path`` is the primary source's, so what names the data file keeps working."""
+    section = _Section(source, "data", table)
+    if "path" in section.table:
+        section.fail("path", "and [[sources]] are both given; with [[sources]] every file is a source")
+    section.reject_unknown({"label", "rows_per_shard", "primary", "missing"})
+    rows = _rows_per_shard(section)
+    names = [s.name for s in sources]
+    primary = section.get("primary", str, names[0])
+    if primary not in names:
+        section.fail("primary", f"names {primary!r}, which is not a [[sources]] name (known: {', '.join(names)})")
+    return DataSpec(path=next(s.path for s in sources if s.name == primary), label=section.get("label", str),
+                    rows_per_shard=rows, primary=primary, missing=section.choice("missing", MISSING_POLICIES, "error"))
 
 
 def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
@@ -413,18 +563,41 @@ def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
     return tuple(found)
 
 
+DATA_FORMATS_TEXT = ".parquet, .feather/.arrow, .csv (with a header; .csv.gz too) or .npy"
+
+
 def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
     section = _Section(source, prefix, table)
-    section.reject_unknown({"path", "features", "label", "rows_per_shard"})
-    path = section.path("path")
+    section.reject_unknown({"path", "features", "label", "rows_per_shard", "delimiter", "encoding"})
+    path = section.path("path", must_exist=False)
     assert path is not None
-    if path.suffix not in (".csv", ".npy"):
-        section.fail("path", f"must be a .csv (with a header) or .npy file, got {path.name!r}")
+    if path.is_dir():
+        if not any(readers.format_of(p) for p in path.iterdir() if p.is_file()):
+            section.fail("path", f"names the directory {path}, which holds no {DATA_FORMATS_TEXT} files")
+    elif not path.is_file():
+        section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
+    elif readers.format_of(path) is None:
+        section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
+    delimiter = section.get("delimiter", str, ",")
+    if len(delimiter) != 1 or delimiter in "\"\r\n":
+        section.fail("delimiter", f"must be one character (not a quote or line break), got {delimiter!r}")
+    encoding = section.get("encoding", str, "utf-8")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        section.fail("encoding", f"is not a known text encoding, got {encoding!r} (e.g. utf-8, latin-1, cp1252)")
     features = section.get("features", list)
     if features is not None:
         if not features or not all(isinstance(f, str) for f in features):
             section.fail("features", "must be a non-empty list of column names")
         features = tuple(features)
+    rows = _rows_per_shard(section)
+    return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows,
+                    delimiter=delimiter, encoding=encoding)
+
+
+def _rows_per_shard(section: _Section) -> int | Literal["auto"]:
+    """``rows_per_shard``: a number of rows (at least 1) or ``"auto"`` (the default)."""
     rows: int | Literal["auto"] = "auto"
     if section.table.get("rows_per_shard", "auto") != "auto":
         if isinstance(section.table["rows_per_shard"], str):
@@ -434,7 +607,7 @@ def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
         if count < 1:
             section.fail("rows_per_shard", f"must be at least 1, got {count}")
         rows = count
-    return DataSpec(path=path, features=features, label=section.get("label", str), rows_per_shard=rows)
+    return rows
 
 
 def _parse_stacking(source: Path, table: Any) -> StackingSpec:

@@ -199,8 +199,17 @@ def compute_fingerprint(job_file: Path, inputs: Mapping[str, Path]) -> Fingerpri
     ``data``) to the file's path.  Reads each file once."""
     content = canonical_job_content(job_file)
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":")).encode()
-    files = tuple(InputFile(label, Path(path).name, file_sha256(Path(path))) for label, path in inputs.items())
+    files = tuple(InputFile(label, Path(path).name, _input_sha256(Path(path))) for label, path in inputs.items())
     return Fingerprint(job_file.name, sha256_hex(canonical), content, files)
+
+
+def _input_sha256(path: Path) -> str:
+    """A file's sha256; a directory's (data read as one table from its files): of its files'
+    names and sha256s, so adding, removing or changing a file changes it."""
+    if not path.is_dir():
+        return file_sha256(path)
+    listing = "\n".join(f"{p.name} {file_sha256(p)}" for p in sorted(path.iterdir()) if p.is_file())
+    return sha256_hex(listing.encode())
 
 
 def job_fingerprint(spec: Any) -> Fingerprint:
@@ -208,6 +217,8 @@ def job_fingerprint(spec: Any) -> Fingerprint:
     (labelled ``models[i] (name)``), the data and, for stacking, the training data."""
     inputs: dict[str, Path] = {f"models[{i}] ({m.name})": m.path for i, m in enumerate(spec.models)}
     inputs["data"] = spec.data.path
+    for index, source in enumerate(getattr(spec, "sources", ())):
+        inputs[f"sources[{index}] ({source.name})"] = source.path
     if spec.stacking is not None:
         inputs["stacking.train"] = spec.stacking.train.path
     return compute_fingerprint(spec.source, inputs)

@@ -29,12 +29,13 @@ from typing import Any, Mapping, Sequence
 from framework import translator
 from framework.balancing import Measurements, SpeculationPolicy
 from framework.catalog import JobDemands
-from framework.dataset import load_dataset
+from framework.dataset import open_data
+from framework.readers import count_rows
 from framework.errors import FrameworkError, JobSpecError
 from framework.jobspec import JobSpec, parse_master
 from framework.offers import OfferView, total
 from framework.packing import RESOURCE_NAMES, Agent, PackingOptions, Resources, resolve_price
-from framework.preflight import local_agents, rows_per_shard, unplaceable
+from framework.preflight import local_agents, resolve_shard_rows, unplaceable
 from framework.progress import exhausted_on
 from framework.rounds import OfferPolicy, RoundDecision, RoundSnapshot, decide
 from framework.tasks import Tracker, WorkItem
@@ -151,9 +152,14 @@ def offers_from_state(state: Mapping[str, Any]) -> list[OfferView]:
 def work_items(spec: JobSpec) -> tuple[list[WorkItem], dict[str, int]]:
     """The prediction work items a run creates (every model x every shard, as ``JobRunner``
     names them) and the rows of each shard."""
-    features = load_dataset(spec.data).features
-    rows = int(features.shape[0])
-    per_shard = rows_per_shard(spec, rows, int(features.shape[1]))
+    spec = resolve_shard_rows(spec)
+    if spec.sources:
+        from framework.sources import align_rows
+
+        rows = align_rows(spec).rows
+    else:
+        rows = count_rows(open_data(spec.data))  # metadata, or one column streamed (CSV)
+    per_shard = spec.data.resolved_rows_per_shard
     shards = max(1, math.ceil(rows / per_shard))
     shard_rows = {f"s{i:05d}": min(per_shard, rows - i * per_shard) for i in range(shards)}
     items = [WorkItem(f"{m.name}.s{i:05d}", m.name, i) for m in spec.models for i in range(shards)]

@@ -7,14 +7,16 @@ job's values, so the scheduler can reuse :func:`unplaceable` against the agents 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from framework.dataset import Dataset, non_finite_columns
+from framework.dataset import Dataset, NonFinite, non_finite_columns, open_data
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec, JobSpec, LocalClusterSpec, ModelSpec
 from framework.packing import Agent, AttributeEquals, Resources
+from framework.readers import count_rows, open_table
 
 LOCAL_AGENT_DEFAULTS = {"cpus": 2.0, "mem": 4096.0, "disk": 10000.0, "gpus": 0.0}
 """What an embedded-cluster agent offers when ``[local_cluster] agents`` does not say."""
@@ -137,13 +139,20 @@ def check_job(spec: JobSpec) -> None:
 
 def check_data(spec: JobSpec, dataset: Dataset, features: Mapping[str, Sequence[str] | None],
                data: DataSpec | None = None) -> None:
+    """:func:`check_non_finite` over the rows of ``dataset`` (in memory)."""
+    check_non_finite(spec, non_finite_columns(dataset), features, data)
+
+
+def check_non_finite(spec: JobSpec, problems: Sequence[NonFinite], features: Mapping[str, Sequence[str] | None],
+                     data: DataSpec | None = None) -> None:
     """No model is given a value it cannot take: +-inf never, NaN only if every model that
     takes its column declares ``allow_nan = true`` (and no stacking passthrough feeds the raw
-    columns to the final estimator, which does not). ``features``: per model, the columns it
-    takes (None: all), as ``member_features`` resolves them; ``data``: which data set
-    ``dataset`` is (default ``spec.data``; ``spec.stacking.train`` for stacking's rows)."""
+    columns to the final estimator, which does not). ``problems``: the feature columns holding
+    NaN or inf (``non_finite_columns`` of the rows read, or ``SpilledData.non_finite`` of every
+    row); ``features``: per model, the columns it takes (None: all), as ``member_features``
+    resolves them; ``data``: which data set (default ``spec.data``; ``spec.stacking.train``
+    for stacking's rows)."""
     data = data or spec.data
-    problems = non_finite_columns(dataset)
     if not problems:
         return
     takers = {p.column: [(i, m) for i, m in enumerate(spec.models)
@@ -181,3 +190,24 @@ def rows_per_shard(spec: JobSpec, rows: int, features: int) -> int:
     cores = (sum(a.capacity.cpus for a in local_agents(spec.local_cluster)) if spec.framework.master == "local"
              else EXTERNAL_CLUSTER_CORES)
     return spec.data.shard_rows(rows, features, cores)
+
+
+def resolve_shard_rows(spec: JobSpec) -> JobSpec:
+    """``spec`` with ``rows_per_shard = "auto"`` replaced by the rows it comes to for this data on
+    the job's cores (:func:`rows_per_shard`), so everything after sees one number.  The rows are
+    counted from the data's metadata or one streamed column (the keys, with ``[[sources]]``),
+    never by loading the data."""
+    if spec.data.rows_per_shard != "auto":
+        return spec
+    if spec.sources:
+        from framework.sources import align_rows  # (sources imports this module)
+
+        rows = align_rows(spec).rows
+        features = sum(len(open_table(s.path).schema.names) - 1 for s in spec.sources)
+    else:
+        reader = open_data(spec.data)
+        rows = count_rows(reader)
+        features = (len(spec.data.features) if spec.data.features
+                    else len(reader.schema.names) - (1 if spec.data.label else 0))
+    per_shard = rows_per_shard(spec, rows, max(1, features))
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, rows_per_shard=per_shard))

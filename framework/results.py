@@ -1,14 +1,21 @@
 """A finished task's result: the envelope in its TASK_FINISHED data, the output array it names
-(inline, or uploaded to the artifact server) checked against its sha256, and its measured usage."""
+(inline, or uploaded to the artifact server) checked against its sha256, and its measured usage;
+and the job's Parquet output, written from the integrated result chunk by chunk."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from executor.protocol import ResultEnvelope, TaskUsage, npy_to_array, sha256_hex
+from framework import atomic
 from framework.artifacts import ArtifactServer
+from framework.readers import rebatch
 
 
 def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
@@ -28,3 +35,35 @@ def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) ->
     if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
         raise ValueError(f"result of {task_id} failed its sha256/size check")
     return npy_to_array(npy), envelope.usage
+
+
+PARQUET_CHUNK_ROWS = 65536
+
+
+def write_parquet_output(records: np.ndarray, path: Path, pass_through: Iterable[pa.RecordBatch] | None = None,
+                         chunk_rows: int = PARQUET_CHUNK_ROWS) -> None:
+    """Write the structured ``records`` (the integrated output, memory-mapped) as a Parquet file,
+    ``pass_through`` (the data's columns the job keeps, streamed in row order) first, chunk by
+    chunk (one row group each); atomically: a temporary sibling renamed over ``path``, so an earlier
+    output is untouched on failure (:mod:`framework.atomic`)."""
+    names = list(records.dtype.names or ())
+    kept = rebatch(pass_through, chunk_rows) if pass_through is not None else None
+    with atomic.replacing(path, ".partial.parquet") as temporary:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for start in range(0, len(records), chunk_rows):
+                chunk = np.asarray(records[start:start + chunk_rows])
+                columns = {name: pa.array(chunk[name]) for name in names}
+                extra = next(kept, None) if kept is not None else None
+                if extra is not None:
+                    if extra.num_rows != len(chunk):
+                        raise ValueError(f"pass-through columns have {extra.num_rows} rows at row {start}, "
+                                         f"the output {len(chunk)}")
+                    columns = {**{n: extra.column(n) for n in extra.column_names}, **columns}
+                table = pa.table(columns)
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()

@@ -46,7 +46,7 @@ def variant(demo_dir: Path, tmp_path: Path, old: str, new: str) -> Path:
         ("rows_per_shard = 50", 'rows_per_shard = "50"', r"data\.rows_per_shard must be int, got '50'"),
         ('integration = "mean"', 'integration = "average"', r"job\.integration must be one of mean, weighted_mean"),
         ("cpus = 0.5", "cpus = -1", r"models\[0\] \(linear\)\.cpus must be a positive number, got -1"),
-        ('output = "predictions.csv"', 'output = "predictions.parquet"', r"job\.output must end in \.csv or \.npy"),
+        ('output = "predictions.csv"', 'output = "predictions.xlsx"', r"job\.output must end in \.csv, \.npy or \.parquet"),
         ("[framework]", "[framework]\nbogus = 1", r"framework\.bogus is not a known field"),
         ('master = "local"', 'master = "http://m:5050"', r"framework\.master must be host:port"),
         ('master = "local"', 'master = "local"\nspeculation_factor = -1',
@@ -138,7 +138,7 @@ def test_bad_prices_are_named(demo_dir: Path, tmp_path: Path, pricing: str, mess
         ('name = "linear"', 'name = "linear"\nallow_nan = "yes"', r"models\[0\] \(linear\)\.allow_nan must be bool"),
         ('report = "report.json"', 'report = "predictions.csv"', r"job\.report names the same file as job\.output"),
         ('output = "predictions.csv"', 'output = "linear.npy"', None),
-        ('output = "predictions.csv"', 'output = "."', r"job\.output must end in \.csv or \.npy"),
+        ('output = "predictions.csv"', 'output = "."', r"job\.output must end in \.csv, \.npy or \.parquet"),
         ('report = "report.json"', 'report = "sub/report.json"', r"job\.report is in \S+/sub, which does not exist"),
         ('master = "local"', 'master = "zk://a:2181,b:2181/mesos"', None),
         ('master = "local"', 'master = "m:70000"', r"framework\.master must be host:port, zk://host:2181/mesos or "
