@@ -237,7 +237,8 @@ class ParquetReader:
     def iter_batches(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_BATCH_ROWS,
                      types: Mapping[str, pa.DataType] | None = None, start: int = 0) -> Iterator[pa.RecordBatch]:
         names = _select(self.schema, columns, self.path)
-        groups, first, offset = [], 0, 0
+        groups: list[int] = []
+        first, offset = 0, 0
         for g in range(self._file.num_row_groups):
             size = self._file.metadata.row_group(g).num_rows
             if offset + size > start:
