@@ -40,6 +40,9 @@ def describe_failure(error: BaseException) -> TaskFailure:
     """What a task's exception means for the framework (see :class:`executor.protocol.TaskFailure`).
     Running out of memory is infrastructure even inside the member's code (another agent, or a
     task with more memory, may do)."""
+    remote = getattr(error, "failure", None)
+    if isinstance(remote, TaskFailure):  # described where it happened (a worker process)
+        return remote
     cause = error.__cause__ if isinstance(error, TaskError) and error.__cause__ is not None else error
     text = "".join(traceback.format_exception(error))
     if isinstance(cause, MemoryError):
@@ -58,8 +61,9 @@ def report_failure(task_id: str, error: BaseException, stream: Any = None) -> Ta
     the :class:`TaskFailure` its terminal update carries."""
     failure = describe_failure(error)
     stream = stream if stream is not None else sys.stderr
+    text = getattr(error, "text", None)  # a worker process's traceback, as text
     stream.write(f"task {task_id} failed ({failure.kind}): {failure.status_message()}\n"
-                 + "".join(traceback.format_exception(error)))
+                 + (text if isinstance(text, str) else "".join(traceback.format_exception(error))))
     stream.flush()
     return failure
 
@@ -145,6 +149,11 @@ class SandboxCache:
                     raise TaskError(f"model file {name} of {model_name} could not be loaded: "
                                     f"{type(error).__name__}: {error}") from error
             return self._models[key]
+
+    def loaded_models(self) -> dict[tuple[str, str], Any]:
+        """Every model loaded so far, by (sandbox file, sha256)."""
+        with self._guard:
+            return dict(self._models)
 
     @property
     def models_loaded(self) -> int:

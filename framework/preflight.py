@@ -66,15 +66,15 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
     ``models[i] (name)``, the field, what it asks and what the best agent offers; [] when every
     model fits somewhere.
     """
-    from framework.catalog import executor_memory, shared_executor_resources  # catalog imports jobspec: lazy
+    from framework.catalog import executor_memory, shared_executor_resources, task_resources  # lazy (jobspec)
 
     shared = executors == "shared"
     reserve = shared_executor_resources(list(models)) if shared and models else Resources()
     reasons = []
     for index, model in enumerate(models):
         where = f"models[{index}] ({model.name})"
-        task = Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus)
         executor = reserve if shared else Resources(cpus=model.executor_cpus, mem=executor_memory(model))
+        task = task_resources(model, executor.cpus)
         allowed = list(agents)
         for constraint in model.constraints:
             mask = _feasible(constraint, allowed)
@@ -88,7 +88,7 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
         else:
             if not any((task + executor).fits_in(agent.capacity) for agent in allowed):
                 reasons.append(_resource_reason(where, task, executor, allowed, shared,
-                                                filtered=len(allowed) < len(agents)))
+                                                filtered=len(allowed) < len(agents), asked_cpus=model.cpus))
     return reasons
 
 
@@ -100,7 +100,7 @@ def _describe_attributes(agents: Sequence[Agent]) -> str:
 
 
 def _resource_reason(where: str, task: Resources, executor: Resources, agents: Sequence[Agent], shared: bool,
-                     filtered: bool) -> str:
+                     filtered: bool, asked_cpus: float) -> str:
     """One resource that no agent has enough of, or else the combination no agent offers at once."""
     which = "the shared executor" if shared else "its executor"
     qualifier = " its constraints allow" if filtered else ""
@@ -109,6 +109,8 @@ def _resource_reason(where: str, task: Resources, executor: Resources, agents: S
         largest = max(getattr(a.capacity, name) for a in agents)
         if not Resources(**{name: getattr(need, name)}).fits_in(Resources(**{name: largest})):
             asked, unit, for_executor = getattr(task, name), UNITS[name], getattr(executor, name)
+            if name == "cpus":  # the task gives its executor's share back: say what the job asked
+                asked, for_executor = asked_cpus, max(0.0, round(for_executor - (asked_cpus - asked), 9))
             left = (f" ({_num(largest - for_executor)} {unit} after {which})" if for_executor and largest > for_executor
                     else f" (none left after {which}'s {_num(for_executor)} {unit})" if for_executor else "")
             return (f"{where}.{name} = {_num(asked)} {unit} per task, but the largest agent{qualifier} offers "

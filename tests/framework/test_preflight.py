@@ -75,7 +75,7 @@ def test_each_resource_is_named_against_the_largest_agent(spec: JobSpec) -> None
     model = spec.models[0]
     agents = [agent("small", cpus=1, mem=1024), agent("big", cpus=4, mem=2048)]
     assert unplaceable([dataclasses.replace(model, cpus=8)], agents, "per_model") == [
-        "models[0] (linear).cpus = 8 cpus per task, but the largest agent offers 4 cpus (3.9 cpus after its executor)"]
+        "models[0] (linear).cpus = 8 cpus per task, but the largest agent offers 4 cpus"]  # executor cpus carved out
     assert unplaceable([dataclasses.replace(model, gpus=1)], agents, "per_model") == [
         "models[0] (linear).gpus = 1 gpus per task, but the largest agent offers 0 gpus"]
     assert unplaceable([dataclasses.replace(model, gpus=1)], [*agents, agent("g", gpus=2)], "per_model") == []
@@ -85,7 +85,7 @@ def test_a_combination_no_single_agent_offers(spec: JobSpec) -> None:
     model = dataclasses.replace(spec.models[0], cpus=1.5, mem=3000, executor_mem=100)
     agents = [agent("cpu-rich", cpus=8, mem=1024), agent("mem-rich", cpus=1, mem=8192)]
     [reason] = unplaceable([model], agents, "per_model")
-    assert reason.startswith("models[0] (linear) needs cpus 1.6, mem 3100 on one agent (task + its executor), which "
+    assert reason.startswith("models[0] (linear) needs cpus 1.5, mem 3100 on one agent (task + its executor), which "
                              "no agent offers at once (agents: cpu-rich cpus 8, mem 1024")
 
 
