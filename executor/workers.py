@@ -174,6 +174,7 @@ class PredictionPool:
         """The task's output and usage, computed where its model's predictions run best."""
         if self.mode(payload, model, shard) == "thread":
             return compute_measured(payload, model, shard, self.cache)
+        assert isinstance(shard, np.memmap)  # see mode
         return self._in_worker(payload, shard)
 
     def mode(self, payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
@@ -209,11 +210,11 @@ class PredictionPool:
         return chosen
 
     # Worker processes.
-    def _in_worker(self, payload: TaskPayload, shard: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
+    def _in_worker(self, payload: TaskPayload, shard: np.memmap) -> tuple[np.ndarray, TaskUsage]:
         key = (payload.model_file, payload.model.sha256)
         worker = self._checkout(key)
         try:
-            worker.conn.send((key, payload.to_json(), str(getattr(shard, "filename"))))  # a memmap (see mode)
+            worker.conn.send((key, payload.to_json(), str(shard.filename)))
             reply = worker.conn.recv()
         except (EOFError, OSError) as error:
             status = self._reap(worker)
