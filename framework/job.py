@@ -34,7 +34,7 @@ from framework.jobspec import JobSpec, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, local_agents
+from framework.preflight import LOCAL_AGENT_DEFAULTS, check_data, check_job, job_warnings, local_agents
 from framework.results import decode_result
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.stacking_run import fit_stacking
@@ -128,6 +128,7 @@ def validate_job(spec: JobSpec) -> str:
              f"master {spec.framework.master}"]
     lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}"
               + (f"; columns {', '.join(m.features)}" if m.features is not None else "") for m in members]
+    lines += [f"  warning: {warning}" for warning in job_warnings(spec)]
     return "\n".join(lines)
 
 

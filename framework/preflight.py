@@ -7,6 +7,7 @@ job's values, so the scheduler can reuse :func:`unplaceable` against the agents 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -123,6 +124,46 @@ def _resource_reason(where: str, task: Resources, executor: Resources, agents: S
 def _describe_capacity(agent: Agent) -> str:
     return f"{agent.hostname} " + ", ".join(f"{name} {_num(getattr(agent.capacity, name))}" for name in UNITS
                                             if getattr(agent.capacity, name))
+
+
+IDLE_CPUS_WORTH_A_WARNING = 0.25
+"""Cpus of an agent that a model's tasks leave unreserved when they fill it (a quarter of a core)."""
+
+
+def idle_cores(models: Sequence[ModelSpec], agents: Sequence[Agent], executors: str = "shared") -> list[str]:
+    """Warnings for models whose tasks cannot use an agent's cores: filling an agent with one
+    model's tasks (``cpus`` each, beside its executor, whose share is carved out of theirs)
+    reserves at least :data:`IDLE_CPUS_WORTH_A_WARNING` cpus less than it has (``cpus = 0.7``
+    on 2 cpus: 2 tasks, 1.4 cpus).  One line per model and agent size, with the ``cpus`` that
+    would use the agent whole."""
+    from framework.catalog import shared_executor_resources, task_resources  # lazy (jobspec)
+
+    reserve = shared_executor_resources(list(models)) if executors == "shared" and models else None
+    warnings = []
+    for index, model in enumerate(models):
+        executor_cpus = reserve.cpus if reserve is not None else model.executor_cpus
+        launched = task_resources(model, executor_cpus).cpus
+        for cpus in sorted({a.capacity.cpus for a in agents}):
+            fitting = int((cpus - executor_cpus + 1e-9) // launched) if launched > 0 else 0
+            reserved = fitting * model.cpus
+            if fitting == 0 or cpus - reserved < IDLE_CPUS_WORTH_A_WARNING - 1e-9:
+                continue
+            hosts = [a.hostname for a in agents if a.capacity.cpus == cpus]
+            filling = {math.floor(cpus / n * 1000) / 1000 for n in (fitting, fitting + 1)}  # down: n tasks fit
+            whole = [f"{v:.3f}".rstrip("0").rstrip(".") for v in sorted(filling, reverse=True)]
+            warnings.append(f"models[{index}] ({model.name}).cpus = {_num(model.cpus)} per task: {fitting} task(s) at "
+                            f"once on {hosts[0]}{f' and {len(hosts) - 1} more' if len(hosts) > 1 else ''} "
+                            f"({_num(cpus)} cpus) reserve {_num(round(reserved, 3))} of its {_num(cpus)} cpus; "
+                            f"cpus = {' or '.join(whole)} would use them all")
+    return warnings
+
+
+def job_warnings(spec: JobSpec) -> list[str]:
+    """What ``validate`` warns about before a run: models that leave the embedded cluster's
+    cores idle (an external master's agents are known only from its offers)."""
+    if spec.framework.master != "local":
+        return []
+    return idle_cores(spec.models, local_agents(spec.local_cluster), spec.framework.executors)
 
 
 def check_job(spec: JobSpec) -> None:

@@ -14,11 +14,11 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from framework.dataset import Dataset, load_dataset, non_finite_columns
 from framework.demo import train_demo
 from framework.errors import JobSpecError
-from framework.catalog import shared_executor_resources
+from framework.catalog import JobDemands, shared_executor_resources
 from framework.members import member_features
 from framework.jobspec import JobSpec, LocalClusterSpec, ModelSpec, load_job
 from framework.packing import Agent, AttributeEquals, Resources
-from framework.preflight import check_data, check_job, local_agents, unplaceable
+from framework.preflight import check_data, check_job, idle_cores, local_agents, unplaceable
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,21 @@ def test_an_allow_nan_model_takes_empty_csv_fields(demo_job: Path, tmp_path: Pat
 def test_model_spec_allow_nan_defaults_to_false(spec: JobSpec) -> None:
     assert not any(m.allow_nan for m in spec.models)
     assert ModelSpec.__dataclass_fields__["allow_nan"].default is False
+
+
+def test_models_whose_tasks_leave_cores_idle_are_warned_about(spec: JobSpec) -> None:
+    """cpus = 0.7 on 2 cpus: 2 tasks reserve 1.4; cpus = 1 (or 0.5) fills the agent, the
+    executor's 0.01 cpus being carved out of its tasks' share."""
+    model = spec.models[0]
+    agents = [agent("a1", cpus=2), agent("a2", cpus=2), agent("big", cpus=8)]
+    assert idle_cores([dataclasses.replace(model, cpus=0.7)], agents) == [
+        "models[0] (linear).cpus = 0.7 per task: 2 task(s) at once on a1 and 1 more (2 cpus) reserve 1.4 of its "
+        "2 cpus; cpus = 1 or 0.666 would use them all",
+        "models[0] (linear).cpus = 0.7 per task: 11 task(s) at once on big (8 cpus) reserve 7.7 of its 8 cpus; "
+        "cpus = 0.727 or 0.666 would use them all"]
+    for cpus in (1.0, 0.5, 2.0, 0.25):
+        assert idle_cores([dataclasses.replace(model, cpus=cpus)], agents) == [], cpus
+        assert idle_cores([dataclasses.replace(model, cpus=cpus)], agents, "per_model") == [], cpus
+    # The suggestions do fill the agent: 3 tasks of 0.666 fit on 2 cpus beside the executor.
+    demands = JobDemands(dataclasses.replace(spec, models=(dataclasses.replace(model, cpus=0.666),)))
+    assert demands.agent_reserve.cpus + 3 * demands.task_resources["linear"].cpus <= 2
