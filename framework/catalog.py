@@ -44,10 +44,20 @@ def launched_cpus(task_cpus: float, executor_cpus: float) -> float:
     return task_cpus - min(executor_cpus, task_cpus / 2)
 
 
+WORKER_MEM_MB = 32.0
+"""Private memory of one prediction worker process beyond its task's working memory (forked from
+the executor after the models are loaded, it shares their pages copy-on-write; measured 12-22 MB
+after a task, for the members of ``bench/cores_bench.py``).  A worker runs one task at a time,
+so counting it once per task covers every worker an executor forks."""
+
+
 def task_resources(model: ModelSpec, executor_cpus: float) -> Resources:
-    """One task's demand as launched, its executor's cpus (``executor_cpus``) carved out."""
-    return Resources(cpus=launched_cpus(model.cpus, executor_cpus), mem=model.mem, disk=model.disk,
-                     gpus=model.gpus)
+    """One task's demand as launched: its executor's cpus (``executor_cpus``) carved out, and the
+    memory of the worker process it may run in added (the executor decides per model, after
+    measuring, whether its predictions run on threads or in forked workers: see
+    ``executor.workers``; the packer cannot know in advance, so it always counts the worker)."""
+    return Resources(cpus=launched_cpus(model.cpus, executor_cpus), mem=model.mem + WORKER_MEM_MB,
+                     disk=model.disk, gpus=model.gpus)
 
 
 def shared_executor_resources(models: list[ModelSpec]) -> Resources:

@@ -89,7 +89,7 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
         else:
             if not any((task + executor).fits_in(agent.capacity) for agent in allowed):
                 reasons.append(_resource_reason(where, task, executor, allowed, shared,
-                                                filtered=len(allowed) < len(agents), asked_cpus=model.cpus))
+                                                filtered=len(allowed) < len(agents), model=model))
     return reasons
 
 
@@ -101,7 +101,7 @@ def _describe_attributes(agents: Sequence[Agent]) -> str:
 
 
 def _resource_reason(where: str, task: Resources, executor: Resources, agents: Sequence[Agent], shared: bool,
-                     filtered: bool, asked_cpus: float) -> str:
+                     filtered: bool, model: ModelSpec) -> str:
     """One resource that no agent has enough of, or else the combination no agent offers at once."""
     which = "the shared executor" if shared else "its executor"
     qualifier = " its constraints allow" if filtered else ""
@@ -110,10 +110,15 @@ def _resource_reason(where: str, task: Resources, executor: Resources, agents: S
         largest = max(getattr(a.capacity, name) for a in agents)
         if not Resources(**{name: getattr(need, name)}).fits_in(Resources(**{name: largest})):
             asked, unit, for_executor = getattr(task, name), UNITS[name], getattr(executor, name)
-            if name == "cpus":  # the task gives its executor's share back: say what the job asked
-                asked, for_executor = asked_cpus, max(0.0, round(for_executor - (asked_cpus - asked), 9))
-            left = (f" ({_num(largest - for_executor)} {unit} after {which})" if for_executor and largest > for_executor
-                    else f" (none left after {which}'s {_num(for_executor)} {unit})" if for_executor else "")
+            # Say what the job asked: the task gives its executor's cpus back, and its prediction
+            # worker's memory counts with the executor's.
+            asked, extra = getattr(model, name), round(getattr(task, name) - getattr(model, name), 9)
+            for_executor, beside = max(0.0, for_executor + extra), which
+            if name == "mem":
+                beside = f"{which} and a prediction worker"
+            left = ("" if not for_executor
+                    else f" ({_num(largest - for_executor)} {unit} after {beside})" if largest > for_executor
+                    else f" (none left after {beside}: {_num(for_executor)} {unit})")
             return (f"{where}.{name} = {_num(asked)} {unit} per task, but the largest agent{qualifier} offers "
                     f"{_num(largest)} {unit}{left}")
     asks = ", ".join(f"{name} {_num(getattr(need, name))}" for name in UNITS if getattr(need, name))

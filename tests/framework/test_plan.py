@@ -97,7 +97,8 @@ def test_plan_on_offer_json(demo_template: Path) -> None:
     assert models["linear"]["agents"] == {"a1.example": 4} and models["linear"]["waiting_reason"] is None
     assert models["huge"]["placed"] == 0
     assert models["huge"]["waiting_reason"] == ("never fits: models[2] (huge).mem = 100000 MB per task, but the "
-                                                "largest agent offers 2048 MB (1951.99 MB after the shared executor)")
+                                                "largest agent offers 2048 MB (1919.99 MB after the shared executor "
+                                                "and a prediction worker)")
     assert any("c1.example" in w and "shared executor" in w for w in plan["warnings"]), plan["warnings"]
 
     table = cli("plan", job, "--offers", offers)

@@ -85,7 +85,7 @@ def test_a_combination_no_single_agent_offers(spec: JobSpec) -> None:
     model = dataclasses.replace(spec.models[0], cpus=1.5, mem=3000, executor_mem=100)
     agents = [agent("cpu-rich", cpus=8, mem=1024), agent("mem-rich", cpus=1, mem=8192)]
     [reason] = unplaceable([model], agents, "per_model")
-    assert reason.startswith("models[0] (linear) needs cpus 1.5, mem 3100 on one agent (task + its executor), which "
+    assert reason.startswith("models[0] (linear) needs cpus 1.5, mem 3132 on one agent (task + its executor), which "
                              "no agent offers at once (agents: cpu-rich cpus 8, mem 1024")
 
 
