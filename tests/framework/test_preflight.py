@@ -14,7 +14,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from framework.dataset import Dataset, load_dataset, non_finite_columns
 from framework.demo import train_demo
 from framework.errors import JobSpecError
-from framework.catalog import JobDemands, shared_executor_resources
+from framework.catalog import WORKER_MEM_MB, JobDemands, shared_executor_resources
 from framework.members import member_features
 from framework.jobspec import JobSpec, LocalClusterSpec, ModelSpec, load_job
 from framework.packing import Agent, AttributeEquals, Resources
@@ -52,12 +52,13 @@ def test_models_that_fit_give_no_reasons(spec: JobSpec) -> None:
 def test_the_shared_executor_counts_against_every_task(spec: JobSpec) -> None:
     reserve = shared_executor_resources(list(spec.models))
     # A task that fits an agent alone but not beside the shared executor is unplaceable.
-    big = dataclasses.replace(spec.models[0], mem=4096 - reserve.mem + 1)
+    room = 4096 - reserve.mem - WORKER_MEM_MB  # a task's prediction worker counts with it
+    big = dataclasses.replace(spec.models[0], mem=room + 1)
     reasons = unplaceable([big, spec.models[1]], [agent("a1")])
     assert len(reasons) == 1
-    assert reasons[0].startswith(f"models[0] (linear).mem = {4096 - reserve.mem + 1:.2f}".rstrip("0").rstrip("."))
+    assert reasons[0].startswith(f"models[0] (linear).mem = {room + 1:.2f}".rstrip("0").rstrip("."))
     assert "but the largest agent offers 4096 MB" in reasons[0] and "after the shared executor" in reasons[0]
-    just_fits = dataclasses.replace(spec.models[0], mem=4096 - reserve.mem)
+    just_fits = dataclasses.replace(spec.models[0], mem=room)
     assert unplaceable([just_fits, spec.models[1]], [agent("a1")]) == []
 
 
