@@ -67,7 +67,7 @@ def gil_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int, int]] = {
     # suite: (members, default rows, default rows per shard)
-    "mixed": (mixed_members, 300_000, 25_000),
+    "mixed": (mixed_members, 200_000, 25_000),
     "gil": (gil_members, 200_000, 12_500),
 }
 
