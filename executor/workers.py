@@ -27,6 +27,7 @@ import ctypes
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 import traceback
@@ -135,6 +136,18 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
+
+
+def _close_sockets(keep: int) -> None:
+    """Close every socket a fresh worker inherited but ``keep``: the executor's connection to its
+    agent (whose end the agent must see when the executor goes) and other workers' pipes."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        fd = int(name)
+        try:
+            if fd != keep and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
 
 
 def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxCache) -> None:
@@ -281,8 +294,7 @@ class PredictionPool:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 parent_end.close()
-                for other in self._workers:  # other workers' pipes: their EOF must not wait for us
-                    other.conn.close()
+                _close_sockets(keep=child_end.fileno())  # the executor's connections and other workers' pipes
                 _serve(child_end, models, self.cache)
             except BaseException:
                 status = 1
