@@ -31,7 +31,8 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs, report_failure
+from executor.runner import SandboxCache, TaskError, fetch_inputs, report_failure
+from executor.workers import PredictionPool
 
 log = logging.getLogger("executor")
 
@@ -67,12 +68,15 @@ def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, in
 
 class EnsembleExecutor(pymesos.Executor):
     """A pymesos ``Executor``: runs the prediction tasks of one model, or of every model on its
-    agent, on ``workers`` threads; tasks share loaded models and downloaded shards."""
+    agent, on ``workers`` threads; tasks share loaded models and downloaded shards.  A model
+    whose predictions serialise on the GIL predicts in forked worker processes instead
+    (``predictions``, see :mod:`executor.workers`; ``mode`` forces one way)."""
 
-    def __init__(self, sandbox: Path, workers: int) -> None:
+    def __init__(self, sandbox: Path, workers: int, mode: str = "auto") -> None:
         self.sandbox = sandbox
         self.cache = SandboxCache(sandbox)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.predictions = PredictionPool(workers, self.cache, mode)
         self.killed: set[str] = set()
         self.lock = threading.Lock()
 
@@ -104,6 +108,7 @@ class EnsembleExecutor(pymesos.Executor):
     def shutdown(self, driver: Any) -> None:
         log.info("shutdown requested")
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.predictions.close()
 
     def error(self, driver: Any, message: str) -> None:
         log.error("executor error from the agent: %s", message)
@@ -128,7 +133,7 @@ class EnsembleExecutor(pymesos.Executor):
             if self._was_killed(task_id):
                 return
             self._send(driver, task_id, "TASK_RUNNING")
-            output, usage = compute_measured(payload, model, shard, self.cache)
+            output, usage = self.predictions.compute(payload, model, shard)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
         except Exception as error:  # answer every failure, saying whether the member's own code raised
             failure = report_failure(task_id, error)  # its whole traceback goes to the sandbox's stderr
@@ -153,7 +158,7 @@ class EnsembleExecutor(pymesos.Executor):
                 if not running:
                     self._send(driver, task_id, "TASK_RUNNING")
                     running = True
-                output, usage = compute_measured(payload, model, shard, self.cache)
+                output, usage = self.predictions.compute(payload, model, shard)
                 envelope = bundle_item_envelope(payload, output, usage, inline_left)
                 if envelope.kind == "inline":
                     inline_left -= envelope.nbytes
@@ -238,6 +243,10 @@ def main() -> int:
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
-    driver = make_driver(EnsembleExecutor(sandbox, workers), os.environ)
-    driver.run()
+    executor = EnsembleExecutor(sandbox, workers, os.environ.get("MESOS_ENSEMBLE_PREDICT", "auto"))
+    driver = make_driver(executor, os.environ)
+    try:
+        driver.run()
+    finally:
+        executor.predictions.close()
     return 0

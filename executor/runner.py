@@ -41,6 +41,9 @@ def describe_failure(error: BaseException) -> TaskFailure:
     """What a task's exception means for the framework (see :class:`executor.protocol.TaskFailure`).
     Running out of memory is infrastructure even inside the member's code (another agent, or a
     task with more memory, may do)."""
+    remote = getattr(error, "failure", None)
+    if isinstance(remote, TaskFailure):  # described where it happened (a worker process)
+        return remote
     cause = error.__cause__ if isinstance(error, TaskError) and error.__cause__ is not None else error
     text = "".join(traceback.format_exception(error))
     if isinstance(cause, MemoryError):
@@ -59,8 +62,9 @@ def report_failure(task_id: str, error: BaseException, stream: Any = None) -> Ta
     the :class:`TaskFailure` its terminal update carries."""
     failure = describe_failure(error)
     stream = stream if stream is not None else sys.stderr
+    text = getattr(error, "text", None)  # a worker process's traceback, as text
     stream.write(f"task {task_id} failed ({failure.kind}): {failure.status_message()}\n"
-                 + "".join(traceback.format_exception(error)))
+                 + (text if isinstance(text, str) else "".join(traceback.format_exception(error))))
     stream.flush()
     return failure
 
@@ -167,6 +171,11 @@ class SandboxCache:
         computes at once."""
         shard_file = (f"cache/{shard.sha256}.npy", shard.sha256)
         return (model_file, model.sha256) in self._models and shard_file in self._checked
+
+    def loaded_models(self) -> dict[tuple[str, str], Any]:
+        """Every model loaded so far, by (sandbox file, sha256)."""
+        with self._guard:
+            return dict(self._models)
 
     @property
     def models_loaded(self) -> int:

@@ -37,6 +37,30 @@ def executor_memory(model: ModelSpec) -> float:
     return EXECUTOR_BASE_MEM_MB + 3.0 * model.path.stat().st_size / 2**20
 
 
+def launched_cpus(task_cpus: float, executor_cpus: float) -> float:
+    """The cpus a task asks of Mesos: its ``cpus`` less its executor's own share (at most half
+    of it), so that an executor and its k tasks of ``cpus = c`` hold ``e + k(c - e) <= k c``:
+    ``cpus = 1`` runs N tasks at once on an agent of N cpus, as a user expects.  Mesos counts an
+    executor's resources and its tasks' together (one container), so nothing is over-committed."""
+    return task_cpus - min(executor_cpus, task_cpus / 2)
+
+
+WORKER_MEM_MB = 32.0
+"""Private memory of one prediction worker process beyond its task's working memory (forked from
+the executor after the models are loaded, it shares their pages copy-on-write; measured 12-22 MB
+after a task, for the members of ``bench/cores_bench.py``).  A worker runs one task at a time,
+so counting it once per task covers every worker an executor forks."""
+
+
+def task_resources(model: ModelSpec, executor_cpus: float) -> Resources:
+    """One task's demand as launched: its executor's cpus (``executor_cpus``) carved out, and the
+    memory of the worker process it may run in added (the executor decides per model, after
+    measuring, whether its predictions run on threads or in forked workers: see
+    ``executor.workers``; the packer cannot know in advance, so it always counts the worker)."""
+    return Resources(cpus=launched_cpus(model.cpus, executor_cpus), mem=model.mem + WORKER_MEM_MB,
+                     disk=model.disk, gpus=model.gpus)
+
+
 def shared_executor_resources(models: list[ModelSpec]) -> Resources:
     """One executor holding every model: one base process plus each model's loaded size."""
     extra = sum(max(0.0, executor_memory(m) - EXECUTOR_BASE_MEM_MB) for m in models)
@@ -59,13 +83,16 @@ class JobDemands:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         # Per model, computed once (demands are built for every pending task in every offer round).
-        self.task_resources = {m.name: Resources(cpus=m.cpus, mem=m.mem, disk=m.disk, gpus=m.gpus) for m in spec.models}
         self.shared = spec.framework.executors == "shared"
         self.isolated: set[str] = set()
         """Models taken out of the shared executor (after it died running them)."""
         # The packer sees no per-model executor for shared models; the scheduler keeps this much
         # free on every agent that has no executor of ours yet (``agent_reserve``).
         self.agent_reserve = shared_executor_resources(list(spec.models)) if self.shared else Resources()
+        # A shared model's tasks give up the shared executor's cpus (the largest executor_cpus, so
+        # at least as much as the model's own executor would take after ``isolate``).
+        self.task_resources = {m.name: task_resources(m, self.agent_reserve.cpus if self.shared else m.executor_cpus)
+                               for m in spec.models}
         self.executor_resources = {m.name: Resources(cpus=m.executor_cpus, mem=executor_memory(m)) for m in spec.models}
         if self.shared:
             self.executor_resources[SHARED_EXECUTOR] = self.agent_reserve

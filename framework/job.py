@@ -36,7 +36,8 @@ from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
 from framework.packing import PackingOptions
-from framework.preflight import LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, local_agents, resolve_shard_rows
+from framework.preflight import (LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, job_warnings, local_agents,
+                                 resolve_shard_rows)
 from framework.progress import JobProgress, as_progress
 from framework.readers import open_table
 from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
@@ -215,6 +216,7 @@ def validate_job(spec: JobSpec, scan: bool = False) -> str:
              f"master {spec.framework.master}"]
     lines += [f"  model {m.name}: {m.kind}, {m.output}, weight {m.weight}"
               + (f"; columns {', '.join(m.features)}" if m.features is not None else "") for m in members]
+    lines += [f"  warning: {warning}" for warning in job_warnings(spec)]
     return "\n".join(lines)
 
 

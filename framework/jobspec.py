@@ -49,7 +49,9 @@ class ModelSpec:
     mem: float = 256.0
     disk: float = 0.0
     gpus: float = 0.0
-    executor_cpus: float = 0.1
+    executor_cpus: float = 0.01
+    """Cpus of the executor process itself, carved out of its tasks' ``cpus`` (see
+    ``framework.catalog.launched_cpus``); 0.01 is the least Mesos allocates."""
     executor_mem: float = 0.0
     """Memory (MB) of the executor that holds the loaded model; 0 means estimated from the file size."""
     constraints: tuple[Constraint, ...] = ()
@@ -457,7 +459,7 @@ def _parse_model(source: Path, index: int, entry: Any, source_names: tuple[str, 
         weight=number("weight", 1.0), proba_class=proba_class,
         cpus=number("cpus", 0.5, positive=True), mem=number("mem", 256.0, positive=True),
         disk=number("disk", 0.0), gpus=number("gpus", 0.0),
-        executor_cpus=number("executor_cpus", 0.1), executor_mem=number("executor_mem", 0.0),
+        executor_cpus=number("executor_cpus", 0.01), executor_mem=number("executor_mem", 0.0),
         constraints=constraints, duration=number("duration", None, positive=True),
         features=tuple(features) if features is not None else None,
         allow_nan=section.get("allow_nan", bool, False),

@@ -8,6 +8,7 @@ job's values, so the scheduler can reuse :func:`unplaceable` against the agents 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -68,15 +69,15 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
     ``models[i] (name)``, the field, what it asks and what the best agent offers; [] when every
     model fits somewhere.
     """
-    from framework.catalog import executor_memory, shared_executor_resources  # catalog imports jobspec: lazy
+    from framework.catalog import executor_memory, shared_executor_resources, task_resources  # lazy (jobspec)
 
     shared = executors == "shared"
     reserve = shared_executor_resources(list(models)) if shared and models else Resources()
     reasons = []
     for index, model in enumerate(models):
         where = f"models[{index}] ({model.name})"
-        task = Resources(cpus=model.cpus, mem=model.mem, disk=model.disk, gpus=model.gpus)
         executor = reserve if shared else Resources(cpus=model.executor_cpus, mem=executor_memory(model))
+        task = task_resources(model, executor.cpus)
         allowed = list(agents)
         for constraint in model.constraints:
             mask = _feasible(constraint, allowed)
@@ -90,7 +91,7 @@ def unplaceable(models: Sequence[ModelSpec], agents: Sequence[Agent], executors:
         else:
             if not any((task + executor).fits_in(agent.capacity) for agent in allowed):
                 reasons.append(_resource_reason(where, task, executor, allowed, shared,
-                                                filtered=len(allowed) < len(agents)))
+                                                filtered=len(allowed) < len(agents), model=model))
     return reasons
 
 
@@ -102,7 +103,7 @@ def _describe_attributes(agents: Sequence[Agent]) -> str:
 
 
 def _resource_reason(where: str, task: Resources, executor: Resources, agents: Sequence[Agent], shared: bool,
-                     filtered: bool) -> str:
+                     filtered: bool, model: ModelSpec) -> str:
     """One resource that no agent has enough of, or else the combination no agent offers at once."""
     which = "the shared executor" if shared else "its executor"
     qualifier = " its constraints allow" if filtered else ""
@@ -111,8 +112,15 @@ def _resource_reason(where: str, task: Resources, executor: Resources, agents: S
         largest = max(getattr(a.capacity, name) for a in agents)
         if not Resources(**{name: getattr(need, name)}).fits_in(Resources(**{name: largest})):
             asked, unit, for_executor = getattr(task, name), UNITS[name], getattr(executor, name)
-            left = (f" ({_num(largest - for_executor)} {unit} after {which})" if for_executor and largest > for_executor
-                    else f" (none left after {which}'s {_num(for_executor)} {unit})" if for_executor else "")
+            # Say what the job asked: the task gives its executor's cpus back, and its prediction
+            # worker's memory counts with the executor's.
+            asked, extra = getattr(model, name), round(getattr(task, name) - getattr(model, name), 9)
+            for_executor, beside = max(0.0, for_executor + extra), which
+            if name == "mem":
+                beside = f"{which} and a prediction worker"
+            left = ("" if not for_executor
+                    else f" ({_num(largest - for_executor)} {unit} after {beside})" if largest > for_executor
+                    else f" (none left after {beside}: {_num(for_executor)} {unit})")
             return (f"{where}.{name} = {_num(asked)} {unit} per task, but the largest agent{qualifier} offers "
                     f"{_num(largest)} {unit}{left}")
     asks = ", ".join(f"{name} {_num(getattr(need, name))}" for name in UNITS if getattr(need, name))
@@ -123,6 +131,46 @@ def _resource_reason(where: str, task: Resources, executor: Resources, agents: S
 def _describe_capacity(agent: Agent) -> str:
     return f"{agent.hostname} " + ", ".join(f"{name} {_num(getattr(agent.capacity, name))}" for name in UNITS
                                             if getattr(agent.capacity, name))
+
+
+IDLE_CPUS_WORTH_A_WARNING = 0.25
+"""Cpus of an agent that a model's tasks leave unreserved when they fill it (a quarter of a core)."""
+
+
+def idle_cores(models: Sequence[ModelSpec], agents: Sequence[Agent], executors: str = "shared") -> list[str]:
+    """Warnings for models whose tasks cannot use an agent's cores: filling an agent with one
+    model's tasks (``cpus`` each, beside its executor, whose share is carved out of theirs)
+    reserves at least :data:`IDLE_CPUS_WORTH_A_WARNING` cpus less than it has (``cpus = 0.7``
+    on 2 cpus: 2 tasks, 1.4 cpus).  One line per model and agent size, with the ``cpus`` that
+    would use the agent whole."""
+    from framework.catalog import shared_executor_resources, task_resources  # lazy (jobspec)
+
+    reserve = shared_executor_resources(list(models)) if executors == "shared" and models else None
+    warnings = []
+    for index, model in enumerate(models):
+        executor_cpus = reserve.cpus if reserve is not None else model.executor_cpus
+        launched = task_resources(model, executor_cpus).cpus
+        for cpus in sorted({a.capacity.cpus for a in agents}):
+            fitting = int((cpus - executor_cpus + 1e-9) // launched) if launched > 0 else 0
+            reserved = fitting * model.cpus
+            if fitting == 0 or cpus - reserved < IDLE_CPUS_WORTH_A_WARNING - 1e-9:
+                continue
+            hosts = [a.hostname for a in agents if a.capacity.cpus == cpus]
+            filling = {math.floor(cpus / n * 1000) / 1000 for n in (fitting, fitting + 1)}  # down: n tasks fit
+            whole = [f"{v:.3f}".rstrip("0").rstrip(".") for v in sorted(filling, reverse=True)]
+            warnings.append(f"models[{index}] ({model.name}).cpus = {_num(model.cpus)} per task: {fitting} task(s) at "
+                            f"once on {hosts[0]}{f' and {len(hosts) - 1} more' if len(hosts) > 1 else ''} "
+                            f"({_num(cpus)} cpus) reserve {_num(round(reserved, 3))} of its {_num(cpus)} cpus; "
+                            f"cpus = {' or '.join(whole)} would use them all")
+    return warnings
+
+
+def job_warnings(spec: JobSpec) -> list[str]:
+    """What ``validate`` warns about before a run: models that leave the embedded cluster's
+    cores idle (an external master's agents are known only from its offers)."""
+    if spec.framework.master != "local":
+        return []
+    return idle_cores(spec.models, local_agents(spec.local_cluster), spec.framework.executors)
 
 
 def check_job(spec: JobSpec) -> None:

@@ -80,7 +80,8 @@ BOTH = ("validate", "run")
 def test_task_bigger_than_every_agent_is_refused(demo: Path, command: str) -> None:
     edit(demo / "job.toml", "mem = 128", "mem = 1000000")  # the first model: linear
     line = assert_refused(demo, command, r"job\.toml: models\[0\] \(linear\)\.mem = 1000000 MB per task, but the "
-                                         r"largest agent offers 4096 MB \(\d+(\.\d+)? MB after the shared executor\)$")
+                                         r"largest agent offers 4096 MB \(\d+(\.\d+)? MB after the shared executor "
+                                         r"and a prediction worker\)$")
     assert "logistic" not in line
 
 
@@ -89,7 +90,7 @@ def test_task_bigger_than_every_agent_is_refused(demo: Path, command: str) -> No
     [
         (edit_job("proba_class = 1\ncpus = 0.5", "proba_class = 1\ncpus = 64"),
          r"models\[1\] \(logistic\)\.cpus = 64 cpus per task, but the "
-         r"largest agent offers 2 cpus \(1\.9 cpus after the shared executor"),
+         r"largest agent offers 2 cpus$"),  # the executor's cpus are carved out of the task's
         (edit_job("mem = 128", "mem = 128\ngpus = 1"),
          r"models\[0\] \(linear\)\.gpus = 1 gpus per task, but the largest agent offers 0 gpus$"),
         (edit_job('name = "mesos-ensemble-demo"', 'name = "mesos-ensemble-demo"\nexecutors = "per_model"\n'
@@ -97,7 +98,7 @@ def test_task_bigger_than_every_agent_is_refused(demo: Path, command: str) -> No
          None),  # fits: the control for the next case
         (edit_job("mem = 128", "mem = 128\nexecutor_mem = 5000"),
          r"models\[0\] \(linear\)\.mem = 128 MB per task, but the largest agent offers 4096 MB \(none left after the "
-         r"shared executor's \d+(\.\d+)? MB\)"),
+         r"shared executor and a prediction worker: \d+(\.\d+)? MB\)"),
         (edit_job("mem = 128", 'mem = 128\nconstraints = { attribute = { zone = "b" } }'),
          r"models\[0\] \(linear\)\.constraints\.attribute\.zone = 'b', but no agent has it \(agents: agent-1 \{\}; "
          r"agent-2 \{\}\)"),

@@ -94,7 +94,8 @@ def test_each_format_equals_scikit_learn(tmp_path: Path, data: str) -> None:
     job = write_job(tmp_path, data, "out.npy", digests)
     spec = load_job(job)
     kind = {".parquet": "parquet", ".feather": "arrow", ".csv": "csv"}[path.suffix]
-    assert f"data: {kind}, 230 rows x 6 features, label 'target'; 5 shards of 50 rows; every row checked" in validate_job(spec)
+    described = validate_job(spec)
+    assert f"data: {kind}, 230 rows x 6 features, label 'target'; 5 shards of 50 rows; every row checked" in described
     factory = InProcessMesos.factory([{"agent": "a1", "cpus": 4, "mem": 4096}], tmp_path / "sandboxes")
     outcome = JobRunner(spec, start_local_cluster=False, driver_factory=factory, work_dir=tmp_path / "work").run()
     got = np.load(outcome.output)["prediction"]

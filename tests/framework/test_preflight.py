@@ -14,11 +14,11 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from framework.dataset import Dataset, load_dataset, non_finite_columns
 from framework.demo import train_demo
 from framework.errors import JobSpecError
-from framework.catalog import shared_executor_resources
+from framework.catalog import WORKER_MEM_MB, JobDemands, shared_executor_resources
 from framework.members import member_features
 from framework.jobspec import JobSpec, LocalClusterSpec, ModelSpec, load_job
 from framework.packing import Agent, AttributeEquals, Resources
-from framework.preflight import check_data, check_job, local_agents, unplaceable
+from framework.preflight import check_data, check_job, idle_cores, local_agents, unplaceable
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,13 @@ def test_models_that_fit_give_no_reasons(spec: JobSpec) -> None:
 def test_the_shared_executor_counts_against_every_task(spec: JobSpec) -> None:
     reserve = shared_executor_resources(list(spec.models))
     # A task that fits an agent alone but not beside the shared executor is unplaceable.
-    big = dataclasses.replace(spec.models[0], mem=4096 - reserve.mem + 1)
+    room = 4096 - reserve.mem - WORKER_MEM_MB  # a task's prediction worker counts with it
+    big = dataclasses.replace(spec.models[0], mem=room + 1)
     reasons = unplaceable([big, spec.models[1]], [agent("a1")])
     assert len(reasons) == 1
-    assert reasons[0].startswith(f"models[0] (linear).mem = {4096 - reserve.mem + 1:.2f}".rstrip("0").rstrip("."))
+    assert reasons[0].startswith(f"models[0] (linear).mem = {room + 1:.2f}".rstrip("0").rstrip("."))
     assert "but the largest agent offers 4096 MB" in reasons[0] and "after the shared executor" in reasons[0]
-    just_fits = dataclasses.replace(spec.models[0], mem=4096 - reserve.mem)
+    just_fits = dataclasses.replace(spec.models[0], mem=room)
     assert unplaceable([just_fits, spec.models[1]], [agent("a1")]) == []
 
 
@@ -75,7 +76,7 @@ def test_each_resource_is_named_against_the_largest_agent(spec: JobSpec) -> None
     model = spec.models[0]
     agents = [agent("small", cpus=1, mem=1024), agent("big", cpus=4, mem=2048)]
     assert unplaceable([dataclasses.replace(model, cpus=8)], agents, "per_model") == [
-        "models[0] (linear).cpus = 8 cpus per task, but the largest agent offers 4 cpus (3.9 cpus after its executor)"]
+        "models[0] (linear).cpus = 8 cpus per task, but the largest agent offers 4 cpus"]  # executor cpus carved out
     assert unplaceable([dataclasses.replace(model, gpus=1)], agents, "per_model") == [
         "models[0] (linear).gpus = 1 gpus per task, but the largest agent offers 0 gpus"]
     assert unplaceable([dataclasses.replace(model, gpus=1)], [*agents, agent("g", gpus=2)], "per_model") == []
@@ -85,7 +86,7 @@ def test_a_combination_no_single_agent_offers(spec: JobSpec) -> None:
     model = dataclasses.replace(spec.models[0], cpus=1.5, mem=3000, executor_mem=100)
     agents = [agent("cpu-rich", cpus=8, mem=1024), agent("mem-rich", cpus=1, mem=8192)]
     [reason] = unplaceable([model], agents, "per_model")
-    assert reason.startswith("models[0] (linear) needs cpus 1.6, mem 3100 on one agent (task + its executor), which "
+    assert reason.startswith("models[0] (linear) needs cpus 1.5, mem 3132 on one agent (task + its executor), which "
                              "no agent offers at once (agents: cpu-rich cpus 8, mem 1024")
 
 
@@ -192,3 +193,21 @@ def test_an_allow_nan_model_takes_empty_csv_fields(demo_job: Path, tmp_path: Pat
 def test_model_spec_allow_nan_defaults_to_false(spec: JobSpec) -> None:
     assert not any(m.allow_nan for m in spec.models)
     assert ModelSpec.__dataclass_fields__["allow_nan"].default is False
+
+
+def test_models_whose_tasks_leave_cores_idle_are_warned_about(spec: JobSpec) -> None:
+    """cpus = 0.7 on 2 cpus: 2 tasks reserve 1.4; cpus = 1 (or 0.5) fills the agent, the
+    executor's 0.01 cpus being carved out of its tasks' share."""
+    model = spec.models[0]
+    agents = [agent("a1", cpus=2), agent("a2", cpus=2), agent("big", cpus=8)]
+    assert idle_cores([dataclasses.replace(model, cpus=0.7)], agents) == [
+        "models[0] (linear).cpus = 0.7 per task: 2 task(s) at once on a1 and 1 more (2 cpus) reserve 1.4 of its "
+        "2 cpus; cpus = 1 or 0.666 would use them all",
+        "models[0] (linear).cpus = 0.7 per task: 11 task(s) at once on big (8 cpus) reserve 7.7 of its 8 cpus; "
+        "cpus = 0.727 or 0.666 would use them all"]
+    for cpus in (1.0, 0.5, 2.0, 0.25):
+        assert idle_cores([dataclasses.replace(model, cpus=cpus)], agents) == [], cpus
+        assert idle_cores([dataclasses.replace(model, cpus=cpus)], agents, "per_model") == [], cpus
+    # The suggestions do fill the agent: 3 tasks of 0.666 fit on 2 cpus beside the executor.
+    demands = JobDemands(dataclasses.replace(spec, models=(dataclasses.replace(model, cpus=0.666),)))
+    assert demands.agent_reserve.cpus + 3 * demands.task_resources["linear"].cpus <= 2

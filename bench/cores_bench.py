@@ -1,0 +1,179 @@
+"""Every core busy: a job written as a user writes it (``cpus = 1`` per task, the default
+``executor_cpus``), on the embedded cluster with one agent of this machine's cores, side by side
+with ``joblib.Parallel`` over the same members and shards, and the physical limit (the members'
+summed single-thread compute divided by the cores).  Prints wall times and ratios.
+
+    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|both] [--rows N] [--shard-rows N]
+
+Suites:
+- ``mixed``: logistic regression, random forest, histogram gradient boosting and k-nearest
+  neighbours asked for ``predict_proba`` (members that release the GIL, of unequal cost).
+- ``gil``: four Pipelines whose first step is a Python-level ``FunctionTransformer``
+  (``numpy.apply_along_axis`` of a ufunc: Python runs per row, holding the GIL), then a scaler
+  and a logistic regression.  Text members (``TfidfVectorizer``) cannot be benchmarked
+  end to end yet: the job's data is a numeric CSV or ``.npy`` whose shards are float arrays, so
+  a text column cannot reach a member.
+
+The default sizes take about two minutes on 2 quiet cores; the job's output is checked against
+the in-process soft vote (the ensemble's labels must be identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import joblib
+import numpy as np
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from framework.job import JobRunner  # noqa: E402
+from framework.jobspec import load_job  # noqa: E402
+
+
+def mixed_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    return {
+        "logistic": LogisticRegression(max_iter=2000).fit(x, y),
+        "forest": RandomForestClassifier(n_estimators=60, max_depth=12, random_state=0, n_jobs=1).fit(x, y),
+        "boosting": HistGradientBoostingClassifier(max_iter=150, random_state=0).fit(x, y),
+        "neighbours": KNeighborsClassifier(n_neighbors=15).fit(x[:2000], y[:2000]),
+    }
+
+
+def gil_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Pipelines whose first step runs Python per row (``numpy.apply_along_axis``: a Python loop
+    calling a ufunc on each 20-value row, holding the GIL), picklable from numpy alone so that
+    the executors load them without this module."""
+    functions = {"tanh": np.tanh, "arctan": np.arctan, "sin": np.sin, "cbrt": np.cbrt}
+    return {f"python_{name}": make_pipeline(FunctionTransformer(functools.partial(np.apply_along_axis, function, 1)),
+                                            StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
+            for name, function in functions.items()}
+
+
+SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int, int]] = {
+    # suite: (members, default rows, default rows per shard)
+    "mixed": (mixed_members, 200_000, 25_000),
+    "gil": (gil_members, 200_000, 12_500),
+}
+
+
+def predict_shard(model: Any, shard: np.ndarray) -> np.ndarray:
+    return model.predict_proba(shard)
+
+
+def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
+    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
+
+
+def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
+             executor_cpus: float | None, executors: str) -> Path:
+    """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus."""
+    lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
+             "[data]", 'path = "data.npy"', f"rows_per_shard = {shard_rows}", ""]
+    for name, path in members.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
+                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512", ""]
+        if executor_cpus is not None:
+            lines.insert(-1, f"executor_cpus = {executor_cpus}")
+    lines += ["[framework]", f'executors = "{executors}"', ""]
+    lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
+    path = directory / "bench.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
+    make, default_rows, default_shard_rows = SUITES[suite]
+    rows, shard_rows = args.rows or default_rows, args.shard_rows or default_shard_rows
+    x_all, y_all = make_classification(n_samples=rows + 20_000, n_features=args.features, n_informative=10,
+                                       random_state=0)
+    x_train, y_train, x = x_all[:20_000], y_all[:20_000], x_all[20_000:]
+    members = make(x_train, y_train)
+    shards = [x[i:i + shard_rows] for i in range(0, len(x), shard_rows)]
+    tasks = len(members) * len(shards)
+    print(f"\n== {suite}: {', '.join(members)}; {rows:,} rows x {args.features} features, {len(shards)} shards "
+          f"= {tasks} tasks; {args.cores} cores; load average {os.getloadavg()[0]:.1f}")
+
+    with tempfile.TemporaryDirectory(prefix="cores-bench-") as tmp:
+        directory = Path(tmp)
+        paths = {}
+        for name, model in members.items():
+            paths[name] = directory / f"{name}.joblib"
+            joblib.dump(model, paths[name])
+        np.save(directory / "data.npy", x)
+
+        # The physical limit: every task's single-thread compute, summed, over the cores.
+        per_member: dict[str, float] = {}
+        outputs = []
+        with threadpool_limits(1):
+            for name, model in members.items():
+                started = time.perf_counter()
+                outputs.append(np.concatenate([predict_shard(model, s) for s in shards]))
+                per_member[name] = time.perf_counter() - started
+        sequential = soft_vote(outputs)
+        compute = sum(per_member.values())
+        limit = compute / args.cores
+
+        start = time.perf_counter()
+        loaded = [joblib.load(p) for p in paths.values()]
+        parts = joblib.Parallel(n_jobs=args.cores)(joblib.delayed(predict_shard)(m, s) for m in loaded for s in shards)
+        parallel = soft_vote([np.concatenate(parts[i * len(shards):(i + 1) * len(shards)])
+                              for i in range(len(members))])
+        t_joblib = time.perf_counter() - start
+
+        spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
+                                 args.executors))
+        start = time.perf_counter()
+        outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
+        t_mesos = time.perf_counter() - start
+        ensemble = np.load(outcome.output)
+
+    assert np.array_equal(parallel, sequential), "joblib and sequential disagree"
+    labels = np.asarray(members[next(iter(members))].classes_)[sequential]
+    identical = bool(np.array_equal(ensemble["prediction"], labels))
+    print("single-thread compute per member: " + ", ".join(f"{n} {s:.2f} s" for n, s in per_member.items()))
+    print(f"{'run':<44}{'wall s':>8}{'/ joblib':>10}{'/ limit':>9}")
+    for label, seconds in ((f"physical limit ({compute:.2f} s / {args.cores} cores)", limit),
+                           (f"joblib.Parallel (n_jobs={args.cores})", t_joblib),
+                           (f"mesos-ensemble (cpus = {args.cpus}, executors = {args.executors})", t_mesos)):
+        print(f"{label:<44}{seconds:>8.2f}{seconds / t_joblib:>10.2f}{seconds / limit:>9.2f}")
+    print(f"{suite}: mesos-ensemble = {t_mesos / t_joblib:.2f}x joblib, {t_mesos / limit:.2f}x the physical limit; "
+          f"{outcome.task_attempts} attempts, {outcome.executors_launched} executor(s); labels identical to the "
+          f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
+    return {"joblib": t_joblib, "mesos": t_mesos, "limit": limit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=("mixed", "gil", "both"), default="both")
+    parser.add_argument("--rows", type=int, default=0, help="rows to predict (default: per suite)")
+    parser.add_argument("--shard-rows", type=int, default=0, help="rows per shard (default: per suite)")
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
+                        help="cpus of the one agent and joblib's n_jobs")
+    parser.add_argument("--cpus", type=float, default=1.0, help="cpus per task, as the job file says")
+    parser.add_argument("--executor-cpus", type=float, default=None, help="default: the job file's default")
+    parser.add_argument("--executors", choices=("shared", "per_model"), default="shared")
+    args = parser.parse_args()
+    for suite in (("mixed", "gil") if args.suite == "both" else (args.suite,)):
+        run_suite(suite, args)
+
+
+if __name__ == "__main__":
+    main()

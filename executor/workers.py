@@ -1,0 +1,351 @@
+"""How a prediction runs in the executor: on the task's own thread, or in a forked worker process.
+
+Threads share one interpreter, so a member whose prediction holds the GIL (a Pipeline whose
+first step is a Python-level ``FunctionTransformer``, a ``TfidfVectorizer`` tokenising text)
+uses one core whatever the agent has, while tree, histogram-boosting and BLAS predictions
+release it and run in parallel on threads.  :class:`PredictionPool` measures this once per
+model (:func:`thread_speedup`: a probe prediction alone, then two at once on two threads; how
+much sooner the pair ends than twice the one says how many cores threads get) and runs the
+predictions of a model whose threads serialise in worker processes.  On an agent whose cores
+are busy with other work, threads gain nothing either and the model goes to processes: that
+costs a copy of each output through a pipe and the workers' private memory, never exactness.
+
+Workers are forked after the model is loaded, so the loaded model is shared copy-on-write
+(models are code: a worker holds only what the executor loaded from its allow-listed, checked
+files; nothing is unpickled in a worker and nothing crosses the pipe but the task payload, the
+shard's path and the output).  A worker runs one task at a time, at most ``size`` exist (the
+executor's task slots), and a worker forked before a model was loaded is replaced by a fresh
+fork when that model needs it and the pool is full.  Workers never outlive the executor: each
+dies with its parent (``PR_SET_PDEATHSIG``), is in the executor's process group (which pymesos
+kills on shutdown), and :meth:`PredictionPool.close` kills and reaps them.  A worker that dies
+mid-task fails only that task, as an infrastructure failure (the framework retries it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import stat
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe
+from typing import Any, Literal
+
+import numpy as np
+
+from executor.protocol import TaskFailure, TaskPayload, TaskUsage
+from executor.runner import SandboxCache, TaskError, compute_measured, describe_failure, model_columns
+
+log = logging.getLogger("executor.workers")
+
+Mode = Literal["thread", "process"]
+MODES = ("auto", "thread", "process")
+
+PARALLEL_ENOUGH = 1.4
+"""Two probe predictions on two threads at once that end less than this many times sooner than
+one after the other serialise (on the GIL): the model's predictions go to worker processes."""
+
+PROBE_SECONDS = 0.08
+"""How long one probe prediction should take (its rows are scaled from a first small call)."""
+
+PROBE_MIN_ROWS = 64
+
+
+class WorkerDied(TaskError):
+    """A worker process died while running a task (killed, out of memory, crashed): an
+    infrastructure failure of that task alone."""
+
+
+class RemoteTaskError(TaskError):
+    """A task failed inside a worker process: its failure as the worker described it (the
+    traceback, which cannot cross the pipe as an object, travels as text)."""
+
+    def __init__(self, failure: TaskFailure, text: str) -> None:
+        super().__init__(failure.message)
+        self.failure, self.text = failure, text
+
+
+def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> float:
+    """How many times sooner two calls of ``function`` on ``features`` end on two threads at
+    once than one after the other (about 1 when the calls hold the GIL, about 2 when they
+    release it and the machine has a second core free); the best of ``repeats`` of each, since
+    other work on the machine only ever slows a call down."""
+    alone = pair = float("inf")
+    for _ in range(repeats):  # interleaved, so that a burst of other work slows both alike
+        alone = min(alone, _concurrent_seconds(function, features, 1))
+        pair = min(pair, _concurrent_seconds(function, features, 2))
+    return 2 * alone / pair if pair > 0 else 2.0
+
+
+def _concurrent_seconds(function: Any, features: np.ndarray, threads: int) -> float:
+    """Wall seconds of ``threads`` threads calling ``function`` on ``features`` at once."""
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            function(features)
+        except BaseException as error:  # the real task will raise it again, as a member error
+            errors.append(error)
+
+    workers = [threading.Thread(target=call, daemon=True) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    wall = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - wall
+    if errors:
+        raise errors[0]
+    return wall
+
+
+def probe_rows(function: Any, features: np.ndarray) -> np.ndarray:
+    """A slice of ``features`` on which one call of ``function`` takes about
+    :data:`PROBE_SECONDS` (measured on a first call of :data:`PROBE_MIN_ROWS` rows, which also
+    warms the model up)."""
+    first = np.ascontiguousarray(features[:PROBE_MIN_ROWS])
+    started = time.perf_counter()
+    function(first)
+    seconds = max(time.perf_counter() - started, 1e-5)
+    rows = int(PROBE_MIN_ROWS * PROBE_SECONDS / seconds)
+    return np.ascontiguousarray(features[:max(PROBE_MIN_ROWS, min(rows, len(features)))])
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this process when the thread that forked it ends
+    (``PR_SET_PDEATHSIG``; the pool forks on a thread that lives as long as the process)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _close_sockets(keep: int) -> None:
+    """Close every socket a fresh worker inherited but ``keep``: the executor's connection to its
+    agent (whose end the agent must see when the executor goes) and other workers' pipes."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        fd = int(name)
+        try:
+            if fd != keep and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxCache) -> None:
+    """A worker's loop: a task (model key, payload, shard path) in, ``("ok", output, usage)`` or
+    ``("failed", failure, traceback text)`` out, until the pipe closes."""
+    while True:
+        try:
+            key, payload_json, shard_path = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            payload = TaskPayload.from_json(payload_json)
+            shard = np.load(shard_path, mmap_mode="r", allow_pickle=False)
+            output, usage = compute_measured(payload, models[key], shard, cache)
+            reply: tuple[Any, ...] = ("ok", output, usage)
+        except Exception as error:
+            reply = ("failed", describe_failure(error), "".join(traceback.format_exception(error)))
+        conn.send(reply)
+
+
+@dataclass
+class Worker:
+    pid: int
+    conn: Connection
+    models: frozenset[tuple[str, str]]
+    busy: bool = field(default=False)
+
+
+class PredictionPool:
+    """Runs each task's computation on the calling thread or in a worker process, per model
+    (``mode``: "auto" measures, "thread" and "process" force one way; ``size``: the most
+    workers at once, the executor's task slots)."""
+
+    def __init__(self, size: int, cache: SandboxCache, mode: str = "auto") -> None:
+        if mode not in MODES:
+            raise ValueError(f"prediction mode {mode!r}: expected one of {', '.join(MODES)}")
+        self.size, self.cache, self.forced = max(1, size), cache, mode
+        self.modes: dict[tuple[str, str], Mode] = {}
+        self.measured: dict[tuple[str, str], float] = {}
+        """Per model: how much two probe threads gained over one (see :func:`thread_speedup`)."""
+        self._workers: list[Worker] = []
+        self._free = threading.Condition()
+        self._probing: dict[tuple[str, str], threading.Lock] = {}
+        self._closed = False
+        self._forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fork")
+
+    # The one call the executor makes.
+    def compute(self, payload: TaskPayload, model: Any, shard: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
+        """The task's output and usage, computed where its model's predictions run best."""
+        if self.mode(payload, model, shard) == "thread":
+            return compute_measured(payload, model, shard, self.cache)
+        assert isinstance(shard, np.memmap)  # see mode
+        return self._in_worker(payload, shard)
+
+    def mode(self, payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
+        """Where ``payload``'s model predicts: decided once per model (cross-validation fits and
+        in-memory shards always run on threads)."""
+        if payload.operation != "predict" or not isinstance(shard, np.memmap) or shard.filename is None:
+            return "thread"
+        if self.forced != "auto":
+            return "process" if self.forced == "process" else "thread"
+        key = (payload.model_file, payload.model.sha256)
+        with self._free:
+            lock = self._probing.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self.modes:
+                self.modes[key] = self._choose(key, payload, model, shard)
+            return self.modes[key]
+
+    def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
+        if self.size < 2 or cores() < 2:
+            return "thread"  # one task at a time, or one core: threads lose nothing
+        function = getattr(model, payload.method, None)
+        if function is None:
+            return "thread"  # the task fails as a member error on its thread
+        try:
+            rows = probe_rows(function, model_columns(payload, shard))
+            used = thread_speedup(function, rows)
+        except Exception:  # the member raises: its task will say so, on a thread
+            return "thread"
+        self.measured[key] = used
+        chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
+        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %ss",
+                 payload.model_name, used, len(rows), chosen)
+        return chosen
+
+    # Worker processes.
+    def _in_worker(self, payload: TaskPayload, shard: np.memmap) -> tuple[np.ndarray, TaskUsage]:
+        key = (payload.model_file, payload.model.sha256)
+        worker = self._checkout(key)
+        try:
+            worker.conn.send((key, payload.to_json(), str(shard.filename)))
+            reply = worker.conn.recv()
+        except (EOFError, OSError) as error:
+            status = self._reap(worker)
+            raise WorkerDied(f"prediction worker {worker.pid} of model {payload.model_name} died ({status}) "
+                             "while running the task") from error
+        self._checkin(worker)
+        if reply[0] == "ok":
+            return reply[1], reply[2]
+        raise RemoteTaskError(reply[1], reply[2])
+
+    def _checkout(self, key: tuple[str, str]) -> Worker:
+        """An idle worker that holds model ``key``, forking one when there is room (or in place
+        of an idle worker forked before the model was loaded); else wait for one."""
+        with self._free:
+            while True:
+                if self._closed:
+                    raise TaskError("the executor is shutting down")
+                idle = [w for w in self._workers if not w.busy]
+                holding = [w for w in idle if key in w.models]
+                if holding:
+                    holding[0].busy = True
+                    return holding[0]
+                if len(self._workers) >= self.size and idle:
+                    self._retire(idle[0])
+                if len(self._workers) < self.size:
+                    worker = self._fork()
+                    worker.busy = True
+                    self._workers.append(worker)
+                    return worker
+                self._free.wait()
+
+    def _checkin(self, worker: Worker) -> None:
+        with self._free:
+            worker.busy = False
+            self._free.notify_all()
+
+    def _fork(self) -> Worker:
+        """A worker forked now (under the pool's lock), holding every model loaded so far.  The
+        fork happens on the pool's own thread, which lives as long as the pool: the kernel's
+        parent-death signal follows the forking *thread*, and a task thread may end first."""
+        return self._forker.submit(self._fork_here).result()
+
+    def _fork_here(self) -> Worker:
+        models = dict(self.cache.loaded_models())
+        parent_end, child_end = Pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the worker: only this thread exists here
+            status = 0
+            try:
+                _die_with_parent(parent)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                parent_end.close()
+                _close_sockets(keep=child_end.fileno())  # the executor's connections and other workers' pipes
+                _serve(child_end, models, self.cache)
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        child_end.close()
+        log.info("forked prediction worker %d (%d models)", pid, len(models))
+        return Worker(pid, parent_end, frozenset(models))
+
+    def _retire(self, worker: Worker) -> None:
+        """Stop an idle worker (under the pool's lock)."""
+        self._workers.remove(worker)
+        worker.conn.close()  # its loop ends at EOF
+        _kill_and_wait(worker.pid)
+
+    def _reap(self, worker: Worker) -> str:
+        """Forget a worker that died (its task fails alone) and say how it ended."""
+        with self._free:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            self._free.notify_all()
+        worker.conn.close()
+        return _kill_and_wait(worker.pid)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        with self._free:
+            return [w.pid for w in self._workers]
+
+    def close(self) -> None:
+        """Kill and reap every worker; tasks waiting for one fail (the executor is going away)."""
+        with self._free:
+            self._closed = True
+            workers, self._workers = list(self._workers), []
+            self._free.notify_all()
+        for worker in workers:
+            _kill_and_wait(worker.pid)
+            worker.conn.close()
+        self._forker.shutdown(wait=False)
+
+
+def _kill_and_wait(pid: int) -> str:
+    """SIGKILL ``pid`` (a worker of ours) and reap it; how it ended, as words."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        _pid, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "already reaped"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"

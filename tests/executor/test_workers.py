@@ -1,0 +1,223 @@
+"""Predictions in forked worker processes: real forks, real kills, outputs bit for bit."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from executor.protocol import RemoteFile, TaskPayload, array_to_npy, sha256_hex
+from executor.runner import MemberError, SandboxCache, describe_failure, fetch_inputs, report_failure
+from executor.workers import PredictionPool, RemoteTaskError, WorkerDied, probe_rows, thread_speedup
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def python_level(x: np.ndarray) -> np.ndarray:
+    """A transformer that runs Python per value (holds the GIL), as users write them."""
+    return np.array([[math.log1p(abs(v)) for v in row] for row in x])
+
+
+def slow_python_level(x: np.ndarray) -> np.ndarray:
+    time.sleep(0.5)
+    return python_level(x)
+
+
+def failing(x: np.ndarray) -> np.ndarray:
+    raise ValueError("a member's own bug")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met")
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, waiting for whoever adopted it to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return load_breast_cancer(return_X_y=True)
+
+
+def task(tmp_path: Path, model: Any, shard: np.ndarray, name: str = "m", task_id: str = "t1",
+         method: str = "predict_proba") -> tuple[TaskPayload, SandboxCache]:
+    """A predict payload for ``model`` (dumped with joblib) on ``shard``, and a sandbox cache."""
+    joblib.dump(model, tmp_path / f"{name}.joblib")
+    blob, raw = array_to_npy(shard), (tmp_path / f"{name}.joblib").read_bytes()
+    blobs = {f"mem://{name}": raw, f"mem://shard/{sha256_hex(blob)}": blob}
+    payload = TaskPayload(task_id=task_id, operation="predict", model_name=name,
+                          model=RemoteFile(f"mem://{name}", sha256_hex(raw)), model_file=f"{name}.joblib",
+                          method=method, shard=RemoteFile(f"mem://shard/{sha256_hex(blob)}", sha256_hex(blob)),
+                          shard_index=0, result_upload_url="unused")
+    return payload, SandboxCache(tmp_path / "sandbox", blobs.__getitem__)
+
+
+def gil_bound(x: np.ndarray, y: np.ndarray, function: Any = python_level) -> Any:
+    return make_pipeline(FunctionTransformer(function), StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+
+
+def test_outputs_in_a_worker_are_bit_for_bit_the_threads(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    for name, model in (("plain", make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)),
+                        ("python", gil_bound(x, y))):
+        payload, cache = task(tmp_path, model, x, name=name)
+        loaded, shard = fetch_inputs(payload, cache)
+        threaded, _ = PredictionPool(2, cache, "thread").compute(payload, loaded, shard)
+        pool = PredictionPool(2, cache, "process")
+        try:
+            forked, usage = pool.compute(payload, loaded, shard)
+            assert len(pool.worker_pids) == 1 and pool.worker_pids[0] != os.getpid()
+        finally:
+            pool.close()
+        assert forked.dtype == threaded.dtype and np.array_equal(forked, threaded)
+        assert np.array_equal(forked, model.predict_proba(x))
+        assert usage.seconds > 0 and usage.cpu_seconds > 0
+
+
+def test_a_model_holding_the_gil_is_measured_and_gets_processes(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y)
+    probe = probe_rows(model.predict_proba, np.tile(x, (4, 1)))
+    assert thread_speedup(model.predict_proba, probe) < 1.4  # two threads are no faster than one
+    payload, cache = task(tmp_path, model, np.tile(x, (4, 1)))
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(2, cache)
+    try:
+        assert pool.mode(payload, loaded, shard) == ("process" if len(os.sched_getaffinity(0)) > 1 else "thread")
+        output, _ = pool.compute(payload, loaded, shard)
+        assert np.array_equal(output, model.predict_proba(np.tile(x, (4, 1))))
+        key = (payload.model_file, payload.model.sha256)
+        assert pool.measured.get(key, 0.0) < 1.4
+    finally:
+        pool.close()
+    # One task slot: nothing to run beside it, so no probe and no worker.
+    single = PredictionPool(1, cache)
+    assert single.mode(payload, loaded, shard) == "thread" and single.measured == {}
+
+
+def test_a_member_error_in_a_worker_is_a_member_error(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y)
+    model.steps[0] = ("functiontransformer", FunctionTransformer(failing))
+    payload, cache = task(tmp_path, model, x[:20])
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(2, cache, "process")
+    try:
+        with pytest.raises(RemoteTaskError) as raised:
+            pool.compute(payload, loaded, shard)
+    finally:
+        pool.close()
+    failure = describe_failure(raised.value)
+    assert failure.kind == "member_error" and failure.error_type == "ValueError"
+    assert "a member's own bug" in failure.message
+    written = []
+    report_failure("t1", raised.value, stream=type("S", (), {"write": written.append, "flush": lambda s: None})())
+    assert "a member's own bug" in written[0] and "Traceback" in written[0]
+    assert MemberError.__name__ in written[0]  # the worker's own traceback, as text
+
+
+def test_a_killed_worker_fails_only_its_task(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y, slow_python_level)
+    payload, cache = task(tmp_path, model, x)
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(2, cache, "process")
+    try:
+        with ThreadPoolExecutor(2) as threads:
+            first = threads.submit(pool.compute, payload, loaded, shard)
+            victim = wait_for(lambda: pool.worker_pids)[0]
+            second = threads.submit(pool.compute, payload, loaded, shard)
+            wait_for(lambda: len(pool.worker_pids) == 2)
+            os.kill(victim, signal.SIGKILL)
+            results = []
+            for future in (first, second):
+                try:
+                    results.append(future.result())
+                except WorkerDied as error:
+                    results.append(error)
+        died = [r for r in results if isinstance(r, WorkerDied)]
+        assert len(died) == 1 and f"worker {victim}" in str(died[0]) and "signal 9" in str(died[0])
+        assert describe_failure(died[0]).kind == "infrastructure"  # retried elsewhere by the framework
+        [(output, _usage)] = [r for r in results if not isinstance(r, WorkerDied)]
+        assert np.array_equal(output, model.predict_proba(x))
+        assert victim not in pool.worker_pids and gone(victim)
+        again, _ = pool.compute(payload, loaded, shard)  # the pool forks a replacement
+        assert np.array_equal(again, model.predict_proba(x))
+    finally:
+        pool.close()
+
+
+def test_close_leaves_no_worker(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y, slow_python_level)
+    payload, cache = task(tmp_path, model, x[:50])
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(2, cache, "process")
+    with ThreadPoolExecutor(2) as threads:
+        running = [threads.submit(pool.compute, payload, loaded, shard) for _ in range(2)]
+        pids = wait_for(lambda: len(pool.worker_pids) == 2 and pool.worker_pids)
+        assert all(os.getpgid(pid) == os.getpgid(0) for pid in pids)  # pymesos kills this group on shutdown
+        pool.close()
+        for future in running:
+            with pytest.raises(WorkerDied):
+                future.result()
+    assert all(gone(pid) for pid in pids)
+
+
+def test_workers_die_with_a_killed_executor(tmp_path: Path) -> None:
+    """``kill -9`` of the executor process itself: its workers go too (PR_SET_PDEATHSIG)."""
+    script = textwrap.dedent(f"""
+        import sys, time, threading, numpy as np
+        sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
+        from test_workers import task, gil_bound, slow_python_level
+        from sklearn.datasets import load_breast_cancer
+        from pathlib import Path
+        from executor.runner import fetch_inputs
+        from executor.workers import PredictionPool
+        x, y = load_breast_cancer(return_X_y=True)
+        payload, cache = task(Path({str(tmp_path)!r}), gil_bound(x, y, slow_python_level), x[:50])
+        model, shard = fetch_inputs(payload, cache)
+        pool = PredictionPool(2, cache, "process")
+        threading.Thread(target=pool.compute, args=(payload, model, shard), daemon=True).start()
+        while not pool.worker_pids:
+            time.sleep(0.01)
+        print(pool.worker_pids[0], flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        assert not gone(worker)
+        parent.kill()
+        parent.wait()
+        wait_for(lambda: gone(worker))
+    finally:
+        parent.kill()
+        parent.wait()
