@@ -44,6 +44,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/end_to_end_bench.py
 	$(BIN)/python bench/io_thread_bench.py
 	$(BIN)/python bench/journal_bench.py
+	$(BIN)/python bench/cores_bench.py
+	$(BIN)/python bench/tiny_tasks_bench.py
+	$(BIN)/python bench/data_bench.py
 
 # Regenerate the locks from pyproject.toml and scripts/build-requirements.in, keeping the versions
 # already pinned where they still satisfy the ranges (`make lock UPGRADE=--upgrade` takes the newest).
