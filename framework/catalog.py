@@ -5,7 +5,7 @@ ExecutorInfo of a launch (built by ``framework.translator``)."""
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
 from executor.protocol import RemoteFile, ShardPart, TaskPayload
 from framework.artifacts import ArtifactServer
@@ -194,10 +194,19 @@ class JobCatalog(JobDemands):
         """What the executor needs to run ``item`` as ``task_id``, and the task's name."""
         model = self.spec.model(item.model)
         kind = "train" if item.operation == "cv_fit_predict" else "data"
+        inputs: dict[str, Any]
         if kind == "data" and self.source_shards is not None:
-            return self._joined_payload(item, task_id)
-        shard = self.shards[kind][item.shard]
-        train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
+            # [[sources]]: the input is the model's column groups' files for the shard, nothing else.
+            parts = [ShardPart(self.part_files[(group, item.shard)], columns)
+                     for group, columns in self.source_shards.parts[model.name]]
+            inputs = {"shard": parts[0].file, "shard_index": item.shard, "inputs": parts}
+        else:
+            shard = self.shards[kind][item.shard]
+            train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
+            inputs = {"shard": RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
+                      "shard_index": shard.index, "columns": self.columns.get(model.name, []),
+                      "labels": self.labels if item.operation == "cv_fit_predict" else None,
+                      "train_rows": list(train_rows), "test_rows": list(test_rows)}
         payload = TaskPayload(
             task_id=task_id,
             operation=item.operation,
@@ -207,36 +216,8 @@ class JobCatalog(JobDemands):
             model_format=model.format,
             trusted_types=list(model.trusted_types),
             method=self.methods.get(model.name, model.output),
-            shard=RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
-            shard_index=shard.index,
-            columns=self.columns.get(model.name, []),
             result_upload_url=self.server.expect_result(task_id),
-            labels=self.labels if item.operation == "cv_fit_predict" else None,
-            train_rows=list(train_rows),
-            test_rows=list(test_rows),
+            **inputs,
         )
-        name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {shard.index}"
+        name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {item.shard}"
         return payload, name
-
-    def _joined_payload(self, item: WorkItem, task_id: str) -> tuple[TaskPayload, str]:
-        """A prediction task of a job with ``[[sources]]``: its input is the model's column groups'
-        files for the shard (``TaskPayload.inputs``), nothing else."""
-        assert self.source_shards is not None
-        model = self.spec.model(item.model)
-        parts = [ShardPart(self.part_files[(group, item.shard)], columns)
-                 for group, columns in self.source_shards.parts[model.name]]
-        payload = TaskPayload(
-            task_id=task_id,
-            operation=item.operation,
-            model_name=model.name,
-            model=RemoteFile(self.model_urls[model.name], model.sha256),
-            model_file=f"{model.name}.{model.format}",
-            model_format=model.format,
-            trusted_types=list(model.trusted_types),
-            method=self.methods.get(model.name, model.output),
-            shard=parts[0].file,
-            shard_index=item.shard,
-            result_upload_url=self.server.expect_result(task_id),
-            inputs=parts,
-        )
-        return payload, f"{model.name} shard {item.shard}"

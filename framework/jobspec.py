@@ -520,15 +520,7 @@ def _parse_sources(top: _Section, entries: list[Any]) -> tuple[SourceSpec, ...]:
             section.fail("name", f"must be letters, digits, '-' or '_', got {name!r}")
         if any(s.name == name for s in sources):
             top.fail("sources", f"has two sources named {name!r}; names must be unique")
-        path = section.path("path", must_exist=False)
-        assert path is not None
-        if path.is_dir():
-            if not any(readers.format_of(p) for p in path.iterdir() if p.is_file()):
-                section.fail("path", f"names the directory {path}, which holds no {DATA_FORMATS_TEXT} files")
-        elif not path.is_file():
-            section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
-        elif readers.format_of(path) is None:
-            section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
+        path = _data_path(section)
         key = section.get("key", str, required=True)
         if not key:
             section.fail("key", "must name the source's key column, got ''")
@@ -568,9 +560,8 @@ def _parse_constraints(section: _Section) -> tuple[Constraint, ...]:
 DATA_FORMATS_TEXT = ".parquet, .feather/.arrow, .csv (with a header; .csv.gz too) or .npy"
 
 
-def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
-    section = _Section(source, prefix, table)
-    section.reject_unknown({"path", "features", "label", "rows_per_shard", "delimiter", "encoding"})
+def _data_path(section: _Section) -> Path:
+    """A section's ``path``: an existing data file of a known format, or a directory of them."""
     path = section.path("path", must_exist=False)
     assert path is not None
     if path.is_dir():
@@ -580,6 +571,13 @@ def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
         section.fail("path", f"names {section.table['path']!r}, which is not a file ({path})")
     elif readers.format_of(path) is None:
         section.fail("path", f"must be a {DATA_FORMATS_TEXT} file (or a directory of them), got {path.name!r}")
+    return path
+
+
+def _parse_data(source: Path, prefix: str, table: Any) -> DataSpec:
+    section = _Section(source, prefix, table)
+    section.reject_unknown({"path", "features", "label", "rows_per_shard", "delimiter", "encoding"})
+    path = _data_path(section)
     delimiter = section.get("delimiter", str, ",")
     if len(delimiter) != 1 or delimiter in "\"\r\n":
         section.fail("delimiter", f"must be one character (not a quote or line break), got {delimiter!r}")
