@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -312,3 +314,11 @@ def skip_or_fail_without(message: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def run_cli(*args: str | Path, columns: int | None = 120, timeout: float = 200) -> subprocess.CompletedProcess[str]:
+    """``python -m framework.cli ARGS`` in a subprocess, its output captured as text (unbuffered;
+    ``columns``: the terminal width the help and tables are laid out for)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"COLUMNS": str(columns)} if columns else {})}
+    return subprocess.run([sys.executable, "-m", "framework.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)

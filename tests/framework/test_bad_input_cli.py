@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from harness import run_cli
 from framework.demo import train_demo
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,8 +49,7 @@ def edit_job(old: str, new: str) -> Callable[[Path], None]:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framework.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return run_cli(*args, columns=None, timeout=240)
 
 
 def assert_refused(directory: Path, command: str, message: str, *extra: str) -> str:

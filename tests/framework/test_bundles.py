@@ -268,8 +268,9 @@ def test_the_scheduler_launches_bundles_and_fans_their_update_out(tmp_path: Path
         driver = FakeDriver(scheduler)
         scheduler.registered(driver, Dict({"value": "F1"}), Dict({"hostname": "master", "port": 5050}))
         scheduler.measurements.record("linear", "a1", 0.01, 0.01)
-        scheduler.resourceOffers(driver, [make_offer("a1", cpus=1.0, mem=4096)])
-        [(_offers, [task], _filters)] = driver.launches  # one Mesos task (0.5 cpus) carrying several items
+        # Room for the executor and one 0.5-cpu task (the executor's 0.01 cpus come out of it), not two.
+        scheduler.resourceOffers(driver, [make_offer("a1", cpus=0.75, mem=4096)])
+        [(_offers, [task], _filters)] = driver.launches  # one Mesos task carrying several items
         bundle = decode_task(base64.b64decode(task["data"]))
         assert isinstance(bundle, BundlePayload) and bundle.task_id == task["task_id"]["value"]
         carried = [payload.task_id for payload in bundle.items]

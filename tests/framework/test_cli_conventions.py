@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from harness import run_cli
 from framework.demo import train_demo
 
 pytestmark = pytest.mark.timeout(240)
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framework.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"})
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")

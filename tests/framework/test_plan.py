@@ -4,14 +4,13 @@ embedded master's ``/master/state`` (with authentication), and the job's own loc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness import run_cli
 from framework.demo import train_demo
 from framework.localmesos import AgentSpec, LocalCluster
 from framework.plan import offers_from_state
@@ -22,8 +21,7 @@ REAL_MESOS = Path("/work/shared/reference/real-mesos/mesos-1.11.1-transcript.jso
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "framework.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=200, env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    return run_cli(*args, columns=200)
 
 
 @pytest.fixture(scope="module")
