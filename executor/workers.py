@@ -174,6 +174,15 @@ class Worker:
     conn: Connection
     models: frozenset[tuple[str, str]]
     busy: bool = field(default=False)
+    _closing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def close_connection(self) -> None:
+        """Close the pipe to the worker, once: the pool's ``close`` and a task thread that saw
+        the worker die may both get here, and closing a descriptor twice could close another
+        file that reused its number."""
+        with self._closing:
+            if not self.conn.closed:
+                self.conn.close()
 
 
 class PredictionPool:
@@ -307,7 +316,7 @@ class PredictionPool:
     def _retire(self, worker: Worker) -> None:
         """Stop an idle worker (under the pool's lock)."""
         self._workers.remove(worker)
-        worker.conn.close()  # its loop ends at EOF
+        worker.close_connection()  # its loop ends at EOF
         _kill_and_wait(worker.pid)
 
     def _reap(self, worker: Worker) -> str:
@@ -316,7 +325,7 @@ class PredictionPool:
             if worker in self._workers:
                 self._workers.remove(worker)
             self._free.notify_all()
-        worker.conn.close()
+        worker.close_connection()
         return _kill_and_wait(worker.pid)
 
     @property
@@ -332,7 +341,7 @@ class PredictionPool:
             self._free.notify_all()
         for worker in workers:
             _kill_and_wait(worker.pid)
-            worker.conn.close()
+            worker.close_connection()
         self._forker.shutdown(wait=False)
 
 
