@@ -4,10 +4,7 @@ for all its items, each item's result its own (computed on its own shard), a fai
 from __future__ import annotations
 
 import base64
-import hashlib
-import threading
 from pathlib import Path
-from typing import Any
 
 import joblib
 import numpy as np
@@ -17,18 +14,7 @@ from sklearn.linear_model import LinearRegression
 from executor.main import EnsembleExecutor
 from executor.protocol import (BundlePayload, BundleResult, RemoteFile, TaskPayload, array_to_npy, npy_to_array,
                                sha256_hex)
-
-
-class RecordingExecutorDriver:
-    def __init__(self) -> None:
-        self.updates: list[dict[str, Any]] = []
-        self.done = threading.Event()
-
-    def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
-        status.setdefault("uuid", base64.b64encode(hashlib.md5(str(id(status)).encode()).digest()).decode())
-        self.updates.append(status)
-        if status["state"] not in ("TASK_STARTING", "TASK_RUNNING"):
-            self.done.set()
+from tests.executor.test_main import RecordingExecutorDriver
 
 
 def test_a_bundle_reports_every_item_in_one_update_and_a_failed_item_alone(tmp_path: Path) -> None:
