@@ -1,0 +1,1 @@
+"""Serving: ensembles that stay deployed (issue 15); see SERVE-DESIGN and README "Serving"."""
