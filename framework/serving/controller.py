@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
@@ -35,8 +35,9 @@ import pymesos  # imported at module load, on the main thread: it installs a SIG
 
 from framework import translator
 from framework.offers import OfferView, merge_by_agent
-from framework.packing import Agent, PriceTable
+from framework.packing import Agent, PriceTable, Resources
 from framework.scheduler import DRIVER_ABORTED, DriverAbortWatch, EventKind, SchedulerEvent
+from framework.serving import placement
 from framework.tasks import TERMINAL_MESOS_STATES
 from framework.translator import Message, PoolAllocator
 
@@ -91,15 +92,17 @@ class LiveReplica:
     since: float = 0.0
     pid: int | None = None
     kill_at: float | None = None
+    replaces: str | None = None
+    """A re-pack's replacement: the replica it takes over from (drained once this one is ready)."""
 
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.port}"
 
 
-@dataclass
-class MemberTarget:
-    """What a member's replicas must run: its model (by sha256), and its bounds."""
+@dataclass(frozen=True)
+class ServedMember:
+    """What a member's replicas must run: its model (by sha256), and its replica bounds."""
 
     name: str
     sha256: str
@@ -110,53 +113,26 @@ class MemberTarget:
 class ReplicaCatalog(Protocol):
     """Builds the Mesos messages of replicas (implemented by ``framework.serving.service``)."""
 
+    agent_reserve: Resources
+    """Kept free on agents without an executor of ours yet (the shared executor's resources)."""
+
     def executor_key(self, member: str) -> str: ...
+
+    def executor_models(self, key: str) -> frozenset[str]: ...
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message: ...
 
-    def replica_demand(self, member: str) -> Any:
-        """The packer's ``TaskDemand`` of one replica of ``member`` (ports = 1)."""
+    def replica_target(self, member: str, desired: int, sha256: str) -> placement.MemberTarget:
+        """What placement needs of ``member``: one replica's demand (a port included), its
+        executor's resources (none for the shared one), its constraints."""
         ...
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
                      port: int) -> Message: ...
 
-    def executor_demand(self, key: str) -> Any:
-        """The resources of executor ``key`` (a shared one is the agent's reserve)."""
-        ...
 
-
-@dataclass(frozen=True)
-class Launch:
-    member: str
-    agent_id: str
-
-
-@dataclass(frozen=True)
-class Placement:
-    """What one decision does: replicas to launch (where), replicas to drain (which)."""
-
-    launches: tuple[Launch, ...] = ()
-    drains: tuple[str, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    """What a placement decision reads (values)."""
-
-    desired: Mapping[str, int]
-    targets: Mapping[str, str]
-    """member -> the sha256 its replicas must run."""
-    replicas: tuple[tuple[str, str, str, str, str], ...]
-    """(task id, member, agent id, state, sha256) of every replica not gone."""
-    executors: frozenset[tuple[str, str]]
-    prices: Mapping[str, float]
-    """agent id -> price, for every agent seen."""
-
-
-Placer = Callable[[DeploymentView, Sequence[Agent], Any, float], Placement]
-"""(view, offered agents, catalog, now) -> what to launch and drain."""
+REPACK_INTERVAL_SECONDS = 30.0
+"""At most one re-pack (moving replicas off an expensive agent) per this many seconds."""
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -178,14 +154,14 @@ def callback(method: Callable[..., None]) -> Callable[..., None]:
 class ServingController(pymesos.Scheduler):
     """Long-lived replicas on Mesos offers (see the module docstring)."""
 
-    def __init__(self, targets: Mapping[str, MemberTarget], catalog: ReplicaCatalog, table: Any,
-                 prices: PriceTable, place: Placer, *, role: str = "*", refuse_seconds: float = 5.0,
+    def __init__(self, targets: Mapping[str, ServedMember], catalog: ReplicaCatalog, table: Any,
+                 prices: PriceTable, *, role: str = "*", refuse_seconds: float = 5.0,
                  loopback: bool = False, state: Any = None, loads: Callable[[], Mapping[str, Any]] | None = None,
                  autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
                  scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  health_check: Callable[["LiveReplica"], bool] | None = None) -> None:
         self.targets = dict(targets)
-        self.catalog, self.table, self.prices, self.place = catalog, table, prices, place
+        self.catalog, self.table, self.prices = catalog, table, prices
         self.role, self.refuse_seconds, self.loopback = role, refuse_seconds, loopback
         self.state = state
         """The deployment journal (:class:`framework.serving.state.ServeState`) or None."""
@@ -203,11 +179,13 @@ class ServingController(pymesos.Scheduler):
         self.events: queue.Queue[SchedulerEvent] = queue.Queue()
         """FATAL events for the service's main thread."""
         self.lock = threading.RLock()
-        self.suppressed = False
+        self._wanting = False
         self.stopping = False
         self.launched = 0
         self.replaced = 0
-        self.last_placement: Placement | None = None
+        self.last_decision: placement.ServeDecision | None = None
+        self.repack_not_before = 0.0
+        self._unplaced_said: dict[str, int] = {}
         self._token = secrets.token_hex(3)
         self._count = itertools.count(1)
         self._inbox: list[tuple[str, Any, Any]] = []
@@ -242,10 +220,9 @@ class ServingController(pymesos.Scheduler):
                                       self._address(record.hostname), record.port, record.sha256, key,
                                       record.executor_id, ReplicaState.ADOPTING, self.clock())
                 self.replicas[record.task_id] = replica
-                if key:
-                    self.executors[(record.agent_id, key)] = generation
+                if key:  # never launched into again: its ExecutorInfo (artifact URLs) was the earlier serve's
                     self.executor_generation[(record.agent_id, key)] = max(
-                        self.executor_generation[(record.agent_id, key)], generation)
+                        self.executor_generation[(record.agent_id, key)], generation + 1)
                 count += 1
         return count
 
@@ -369,9 +346,8 @@ class ServingController(pymesos.Scheduler):
             return
         now = self.clock()
         self._scale(now)
-        self._roll(now)
-        self._kill_due(driver, now)
         self._decide(driver, offers, now)
+        self._kill_due(driver, now)
 
     # --- updates -------------------------------------------------------------------------------
     def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
@@ -383,7 +359,8 @@ class ServingController(pymesos.Scheduler):
             self.state.save_framework_id(self.framework_id)
         if adopting:
             driver.reconcileTasks(translator.reconcile_tasks(adopting))
-        self.suppressed = False
+        with self.lock:
+            self._wanting = True
         driver.reviveOffers()
 
     def _on_update(self, driver: Any, update: translator.StatusUpdate, status: Any) -> None:
@@ -509,25 +486,6 @@ class ServingController(pymesos.Scheduler):
                     log.info("member %s: %d replica(s) wanted (was %d)", member, count, self.desired.get(member, 0))
                     self.desired[member] = count
 
-    def _roll(self, now: float) -> None:
-        """Rolling update: drain a member's replicas of an old model once as many of the new one
-        are ready as would keep the desired count serving."""
-        with self.lock:
-            for member, target in self.targets.items():
-                old = [r for r in self.replicas.values() if r.member == member and r.sha256 != target.sha256
-                       and r.state in LIVE_STATES]
-                if not old:
-                    continue
-                new_ready = sum(1 for r in self.replicas.values() if r.member == member
-                                and r.sha256 == target.sha256 and r.state is ReplicaState.READY)
-                old_ready = [r for r in old if r.state is ReplicaState.READY]
-                # Old replicas that never became ready go at once; ready ones as new ones take over.
-                surplus = new_ready + len(old_ready) - self.desired.get(member, target.min_replicas)
-                doomed = [r for r in old if r.state is not ReplicaState.READY]
-                doomed += old_ready[:max(0, min(surplus, new_ready))]
-                for replica in doomed:
-                    self._drain(replica, now, f"rolling update of {member}")
-
     def _drain(self, replica: LiveReplica, now: float, why: str) -> None:
         """Take a replica out of the table now; kill it after ``DRAIN_SECONDS`` (lock held)."""
         if replica.state is ReplicaState.DRAINING:
@@ -550,14 +508,20 @@ class ServingController(pymesos.Scheduler):
         for replica in due:
             driver.killTask(translator.id_message(replica.task_id))
 
-    def view(self) -> DeploymentView:
-        """What a placement decision reads (call with the lock held)."""
-        return DeploymentView(
-            desired=dict(self.desired),
-            targets={m: t.sha256 for m, t in self.targets.items()},
-            replicas=tuple((r.task_id, r.member, r.agent_id, r.state.value, r.sha256) for r in self.replicas.values()),
-            executors=frozenset(self.executors),
-            prices=dict(self.agent_prices),
+    def snapshot(self, now: float) -> placement.ServeSnapshot:
+        """What a placement decision reads, as values (call with the lock held)."""
+        served: dict[str, set[str]] = defaultdict(set)
+        for agent_id, key in self.executors:
+            served[agent_id] |= self.catalog.executor_models(key)
+        return placement.ServeSnapshot(
+            targets={m: self.catalog.replica_target(m, self.desired.get(m, t.min_replicas), t.sha256)
+                     for m, t in self.targets.items()},
+            replicas=tuple(placement.ReplicaView(r.task_id, r.member, r.agent_id, r.sha256, _placement_state(r.state),
+                                                 r.replaces) for r in self.replicas.values()),
+            agent_prices=dict(self.agent_prices),
+            executors={agent: frozenset(members) for agent, members in served.items()},
+            agent_reserve=self.catalog.agent_reserve,
+            repack_not_before=self.repack_not_before,
         )
 
     def _wanted(self) -> bool:
@@ -570,63 +534,67 @@ class ServingController(pymesos.Scheduler):
         return False
 
     def _decide(self, driver: Any, offers: list[OfferView], now: float) -> None:
+        """One placement decision (``framework.serving.placement``) on the offers at hand (maybe
+        none: drains need none), applied: drains, launches (one ACCEPT per agent), declines."""
         with self.lock:
             for view in offers:
                 self.hostnames[view.agent_id] = view.hostname
-            in_use = {agent for agent, _key in self.executors}
-            loaded: dict[str, set[str]] = defaultdict(set)
-            running: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-            for r in self.replicas.values():
-                loaded[r.agent_id].add(r.member)
-                running[r.agent_id][r.member] += 1
-            agents = merge_by_agent(offers, self.prices, {a: True for a in in_use},
-                                    {a: frozenset(m) for a, m in loaded.items()},
-                                    {a: dict(c) for a, c in running.items()}) if offers else []
+            agents = merge_by_agent(offers, self.prices, {}, {}, {}) if offers else []
             for agent in agents:
                 self.agent_prices[agent.agent_id] = agent.price
-            view = self.view()
-        placement = self.place(view, agents, self.catalog, now)
-        self.last_placement = placement
+            snapshot = self.snapshot(now)
+        decision = placement.decide(snapshot, agents, now)
+        self.last_decision = decision
         with self.lock:
-            for task_id in placement.drains:
-                replica = self.replicas.get(task_id)
+            if decision.repacked:
+                self.repack_not_before = now + REPACK_INTERVAL_SECONDS
+                log.info("re-pack: moving %d replica(s) to cheaper agents", len(decision.launches))
+            for drain in decision.drains:
+                replica = self.replicas.get(drain.replica_id)
                 if replica is not None:
-                    self._drain(replica, now, placement.reason or "scale down")
-        used = self._launch(driver, offers, agents, placement, now)
+                    self._drain(replica, now, drain.reason.replace("_", " "))
+            if decision.unplaced and decision.unplaced != self._unplaced_said and offers:
+                log.info("replicas wait for offers that fit them: %s", "; ".join(decision.reasons) or
+                         ", ".join(f"{m}: {n}" for m, n in decision.unplaced.items()))
+            self._unplaced_said = dict(decision.unplaced) if offers else self._unplaced_said
+        used = self._launch(driver, offers, agents, decision.launches, now)
         self._decline(driver, [o for o in offers if o.offer_id not in used], self.refuse_seconds)
+        # Offers keep coming while nothing is wanted (declined for ``refuse_seconds``): a re-pack
+        # needs them.  When replicas become wanted, REVIVE clears those filters at once.
         with self.lock:
             wanted = self._wanted()
-        if wanted and self.suppressed and self.framework_id is not None:
-            self.suppressed = False
+            revive = wanted and not self._wanting and self.framework_id is not None
+            self._wanting = wanted
+        if revive:
             driver.reviveOffers()
-        elif not wanted and not self.suppressed and self.framework_id is not None:
-            self.suppressed = True
-            driver.suppressOffers()
 
-    def _launch(self, driver: Any, offers: list[OfferView], agents: Sequence[Agent], placement: Placement,
-                now: float) -> set[str]:
-        """Accept the offers of each agent the placement launches on (one ACCEPT per agent)."""
+    def _launch(self, driver: Any, offers: list[OfferView], agents: Sequence[Agent],
+                launches: Sequence[placement.ReplicaLaunch], now: float) -> set[str]:
+        """Accept the offers of each agent the decision launches on (one ACCEPT per agent)."""
         from framework.serving.state import ReplicaRecord
 
-        by_agent: dict[str, list[Launch]] = defaultdict(list)
-        for launch in placement.launches:
+        by_agent: dict[str, list[placement.ReplicaLaunch]] = defaultdict(list)
+        for launch in launches:
             by_agent[launch.agent_id].append(launch)
         agent_of = {a.agent_id: a for a in agents}
         used: set[str] = set()
-        for agent_id, launches in by_agent.items():
+        for agent_id, mine in by_agent.items():
             agent = agent_of.get(agent_id)
             if agent is None:
                 continue
             views = [o for o in offers if o.agent_id == agent_id]
             allocator = PoolAllocator(views, self.role)
-            free = self._free_ports(views)
             tasks: list[Message] = []
             records: list[Any] = []
             with self.lock:
-                for launch in launches:
+                free = self._free_ports(views)
+                for launch in mine:
                     if not free:
                         log.info("no free port left on %s for a replica of %s", agent.hostname, launch.member)
                         break
+                    target = self.targets.get(launch.member)
+                    if target is None or target.sha256 != launch.sha256:
+                        continue  # retargeted while deciding
                     port = free.pop(0)
                     key = self.catalog.executor_key(launch.member)
                     started = (agent_id, key) in self.executors
@@ -641,23 +609,23 @@ class ServingController(pymesos.Scheduler):
                         task = self.catalog.replica_info(launch.member, task_id, agent, allocator,
                                                          self._executor_infos[info_key], port)
                     except ValueError as error:  # the offer holds less than the placement thought
-                        log.info("replica of %s does not fit on %s after all: %s", launch.member, agent.hostname,
+                        log.info("a replica of %s does not fit on %s after all: %s", launch.member, agent.hostname,
                                  error)
                         if not started:
                             self._executor_infos.pop(info_key, None)
                         break
                     self.executors[(agent_id, key)] = generation
                     self.executor_generation[(agent_id, key)] = generation
-                    target = self.targets[launch.member]
                     replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
                                           self._address(agent.hostname), port, target.sha256, key,
-                                          translator.executor_id(key, generation), ReplicaState.LAUNCHING, now)
+                                          translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
+                                          replaces=launch.replaces)
                     self.replicas[task_id] = replica
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
                                                  target.sha256, "launching", replica.executor_id))
-                    log.info("launching replica %s of %s on %s, port %d", task_id, launch.member, agent.hostname,
-                             port)
+                    log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
+                             agent.hostname, port, launch.reason.replace("_", " "))
             if not tasks:
                 continue
             if self.state is not None:
@@ -695,7 +663,7 @@ class ServingController(pymesos.Scheduler):
         return "127.0.0.1" if self.loopback else hostname
 
     # --- main-thread API -------------------------------------------------------------------------
-    def retarget(self, targets: Mapping[str, MemberTarget]) -> list[str]:
+    def retarget(self, targets: Mapping[str, ServedMember]) -> list[str]:
         """A reloaded job: members whose model changed roll to the new one; returns their names."""
         changed = []
         with self.lock:
@@ -758,6 +726,12 @@ class ServingController(pymesos.Scheduler):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def _placement_state(state: ReplicaState) -> placement.ReplicaState:
+    if state is ReplicaState.READY:
+        return "running"
+    return "draining" if state is ReplicaState.DRAINING else "starting"
+
+
 def _acknowledge(driver: Any, status: Any) -> None:
     if not status or not status.get("uuid"):
         return

@@ -29,7 +29,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 from executor.protocol import ReplicaPayload
 from framework import ensemble, translator
@@ -39,11 +39,10 @@ from framework.dataset import DataInfo
 from framework.errors import FrameworkError, JobFailed, JobSpecError
 from framework.executor_package import build_executor_package
 from framework.jobspec import JobSpec, load_job, parse_master
-from framework.members import member_columns
-from framework.packing import Agent, PackingOptions, TaskDemand, pack
+from framework.packing import Agent, Resources
 from framework.scheduler import EventKind
-from framework.serving.controller import (DeploymentView, Launch, LIVE_STATES, MemberTarget, Placement,
-                                          ReplicaState, ServingController)
+from framework.serving import placement
+from framework.serving.controller import ServedMember, ServingController
 from framework.serving.spec import ServeSpec
 from framework.serving.state import ServeState, remove_live, write_live
 from framework.translator import Message, PoolAllocator
@@ -74,17 +73,18 @@ class ServeCatalog(JobCatalog):
                                                               model.path)
         self.spec = spec
 
-    def replica_demand(self, member: str) -> TaskDemand:
+    def replica_target(self, member: str, desired: int, sha256: str) -> placement.MemberTarget:
+        """What placement needs of ``member``: one replica's resources as launched (its executor's
+        cpus carved out, as for a batch task) and one port; its own executor's resources when
+        executors are per model; its constraints."""
         model = self.spec.model(member)
-        return TaskDemand(
-            task_id=f"{member}.replica", model=member,
-            resources=dataclasses.replace(self.task_resources[member], ports=1),
-            executor=(self.executor_resources[member] if self.executor_key(member) != SHARED_EXECUTOR
-                      else self.executor_resources[SHARED_EXECUTOR].__class__()),
+        task = self.task_resources[member]
+        shared = self.executor_key(member) == SHARED_EXECUTOR
+        return placement.MemberTarget(
+            member=member, desired=desired, sha256=sha256,
+            demand=placement.replica_demand(task.cpus, task.mem, task.disk, task.gpus),
+            executor=Resources() if shared else self.executor_resources[member],
             constraints=model.constraints)
-
-    def executor_demand(self, key: str) -> Any:
-        return self.executor_resources[key]
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
                      port: int) -> Message:
@@ -95,41 +95,6 @@ class ServeCatalog(JobCatalog):
         resources = allocator.take(self.task_resources[member])
         return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
                                     payload.to_json(), ports=[port])
-
-
-# --- placement -----------------------------------------------------------------------------------
-def place(view: DeploymentView, agents: Sequence[Agent], catalog: Any, now: float) -> Placement:
-    """Which replicas to launch on the offered ``agents`` and which to drain.
-
-    Launch: each member's missing replicas of its current model (desired less those live), packed
-    at least cost (``framework.packing.pack``; an agent without our executor keeps the shared
-    executor's resources free).  Drain: a member's replicas beyond its desired count, those on
-    the most expensive agents first (not yet ready before ready), so whole agents are released."""
-    live: dict[str, list[tuple[str, str, str, str, str]]] = {}
-    for replica in view.replicas:
-        if ReplicaState(replica[3]) in LIVE_STATES and replica[4] == view.targets.get(replica[1]):
-            live.setdefault(replica[1], []).append(replica)
-    drains: list[str] = []
-    demands: list[TaskDemand] = []
-    for member, desired in sorted(view.desired.items()):
-        mine = live.get(member, [])
-        if len(mine) > desired:
-            order = sorted(mine, key=lambda r: (r[3] == ReplicaState.READY.value, -view.prices.get(r[2], 1.0), r[0]))
-            drains += [r[0] for r in order[:len(mine) - desired]]
-        for index in range(desired - len(mine)):
-            demand = catalog.replica_demand(member)
-            demands.append(dataclasses.replace(demand, task_id=f"{member}#{index}"))
-    launches: list[Launch] = []
-    if demands and agents:
-        in_use = {agent for agent, _key in view.executors}
-        reserve = getattr(catalog, "agent_reserve", None)
-        usable = [agent if agent.agent_id in in_use or reserve is None
-                  else dataclasses.replace(agent, capacity=(agent.capacity - reserve).nonnegative())
-                  for agent in agents]
-        plan = pack(demands, usable, options=PackingOptions(time_budget_s=0.2))
-        for agent_id, task_ids in plan.assignments.items():
-            launches += [Launch(task_id.split("#", 1)[0], agent_id) for task_id in task_ids]
-    return Placement(tuple(launches), tuple(drains), "scale down" if drains else "")
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -143,7 +108,8 @@ class ServeRunner:
     """One deployment of a job (see the module docstring)."""
 
     def __init__(self, job_file: Path, spec: JobSpec, state_dir: Path, *, work_dir: Path | None = None,
-                 note: Callable[[str], None] = lambda line: None, on_ready: Callable[[ServeOutcome], None] | None = None,
+                 note: Callable[[str], None] = lambda line: None,
+                 on_ready: Callable[[ServeOutcome], None] | None = None,
                  load_job_file: Callable[[Path], JobSpec] | None = None) -> None:
         self.job_file, self.spec, self.state_dir, self.work_dir = job_file, spec, state_dir, work_dir
         self.note, self.on_ready = note, on_ready
@@ -203,7 +169,7 @@ class ServeRunner:
             stack.callback(stop_gateway)
 
             controller = self.controller = ServingController(
-                self._targets(spec, serve), catalog, table, spec.pricing, place, role=spec.framework.role,
+                self._targets(spec, serve), catalog, table, spec.pricing, role=spec.framework.role,
                 refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
                 loads=gateway.load_samples, autoscale=self._autoscaler(serve),
                 scale_interval=serve.scale_interval_s)
@@ -246,13 +212,12 @@ class ServeRunner:
         from framework.serving.combine import combiner_factory
         from framework.serving.gateway import Gateway
 
-        columns = member_columns(members, feature_names)
-        return Gateway(serve, members, table, combiner_factory(spec.integration), feature_names=feature_names,
-                       member_columns=columns, min_members=spec.min_members)
+        return Gateway(serve, members, table, combiner_factory(spec.integration), columns=feature_names,
+                       min_members=spec.min_members, integration=spec.integration)
 
     @staticmethod
-    def _targets(spec: JobSpec, serve: ServeSpec) -> dict[str, MemberTarget]:
-        return {m.name: MemberTarget(m.name, m.sha256, serve.bounds(m.name).min_replicas,
+    def _targets(spec: JobSpec, serve: ServeSpec) -> dict[str, ServedMember]:
+        return {m.name: ServedMember(m.name, m.sha256, serve.bounds(m.name).min_replicas,
                                      serve.bounds(m.name).max_replicas) for m in spec.models}
 
     @staticmethod

@@ -17,9 +17,9 @@ from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
 from framework.demo import train_demo
 from framework.jobspec import JobSpec, load_job
-from framework.serving.controller import LiveReplica, MemberTarget, ServingController
+from framework.serving.controller import LiveReplica, ServedMember, ServingController
 from framework.serving.routing import ReplicaTable
-from framework.serving.service import ServeCatalog, place
+from framework.serving.service import ServeCatalog
 from framework.serving.state import ServeState
 from harness import FakeDriver
 
@@ -67,14 +67,14 @@ class Deployment:
         self.catalog.publish_models(spec)
         self.table = ReplicaTable()
         bounds = bounds or {}
-        targets = {m.name: MemberTarget(m.name, m.sha256, *bounds.get(m.name, (1, 3))) for m in spec.models}
+        targets = {m.name: ServedMember(m.name, m.sha256, *bounds.get(m.name, (1, 3))) for m in spec.models}
         self.checked: list[str] = []
 
         def check(replica: LiveReplica) -> bool:
             self.checked.append(replica.task_id)
             return healthy(replica) if healthy else True
 
-        self.controller = ServingController(targets, self.catalog, self.table, spec.pricing, place, loopback=True,
+        self.controller = ServingController(targets, self.catalog, self.table, spec.pricing, loopback=True,
                                             state=state, health_check=check)
         self.driver = LockedDriver(self.controller)
         self.controller.start(self.driver)
@@ -195,7 +195,7 @@ def test_rolling_update_starts_new_replicas_before_old_ones_drain(demo: JobSpec,
         wait_for(deployment.controller.all_ready)
         old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
         new_sha = "ab" * 32
-        deployment.controller.retarget({"linear": MemberTarget("linear", new_sha, 1, 3)})
+        deployment.controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)})
         wait_for(lambda: deployment.driver.revived)
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
         [new] = wait_for(lambda: deployment.launched()[2:])
