@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from aiohttp import web
 
-from executor.protocol import (ReplicaPayload, ReplicaReady, RemoteFile, TaskPayload, array_to_npy)
+from executor.protocol import RemoteFile, ReplicaPayload, ReplicaReady, TaskPayload, array_to_npy
 from executor.runner import MemberError, SandboxCache, TaskError, describe_failure, report_failure
 from executor.workers import Mode, PredictionPool
 
