@@ -1,123 +1,154 @@
-"""Helpers of the serving tests: the founding example with a ``[serve]`` table, a deployment run
-in a thread of the test process (real embedded cluster, real executor processes, real HTTP), and
-a small JSON client."""
+"""Real replicas for the gateway's tests: a fitted scikit-learn model behind the replica HTTP
+contract (SERVE-DESIGN.md, "Replica task"), on its own asyncio loop in a thread, with switches
+to make it slow, fail or drop its connections; and small HTTP clients."""
 
 from __future__ import annotations
 
-import csv
+import asyncio
+import io
 import json
-import re
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from framework.demo import train_demo
-from framework.jobspec import load_job
-from framework.serving.service import ServeRunner
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+NPY = "application/x-npy"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 120.0, interval: float = 0.05) -> Any:
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class ModelReplica:
+    """One fitted model served as a replica does: ``POST /v1/predict`` (.npy in, .npy out)."""
+
+    def __init__(self, model: Any, output: str = "predict", name: str = "replica") -> None:
+        self.model, self.output, self.name = model, output, name
+        self.calls = 0
+        """Predict requests received."""
+        self.answered = 0
+        """Predict requests answered with an output."""
+        self.batch_rows: list[int] = []
+        self.fail = False
+        """Answer 500 ``member_error`` (the model raised)."""
+        self.drop = False
+        """Close the connection without an answer (the replica died mid-request)."""
+        self.hold: asyncio.Event | None = None
+        """While set to an unset event, requests wait for it (a slow replica)."""
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> "ModelReplica":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result()
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/predict", self._predict)
+        app.router.add_get("/v1/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    def slow(self) -> None:
+        """Hold every request until :meth:`release`."""
+        async def make() -> asyncio.Event:
+            return asyncio.Event()
+        self.hold = asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def release(self) -> None:
+        if self.hold is not None:
+            self._loop.call_soon_threadsafe(self.hold.set)
+
+    def stop(self) -> None:
+        """The replica dies: its server closes (connections refused from now on)."""
+        if not self._thread.is_alive():
+            return
+        self.release()
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"model": self.name, "ready": True, "in_flight": 0})
+
+    async def _predict(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.calls += 1
+        try:
+            X = np.load(io.BytesIO(body), allow_pickle=False)
+        except ValueError as exc:
+            return web.json_response({"error": f"body: {exc}"}, status=400)
+        self.batch_rows.append(int(X.shape[0]))
+        if self.drop:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=500)
+        if self.fail:
+            return web.json_response({"error": "ValueError: the model raised", "kind": "member_error"}, status=500)
+        if self.hold is not None:
+            await self.hold.wait()
+        started = time.perf_counter()
+        output = getattr(self.model, self.output)(X)
+        self.answered += 1
+        return web.Response(body=npy(np.asarray(output)), content_type=NPY,
+                            headers={"X-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
+
+
+def post_json(url: str, document: Any) -> tuple[int, Any]:
+    """POST a JSON document; (status, parsed JSON answer)."""
+    return post(url, json.dumps(document).encode(), "application/json")
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def post_concurrently(url: str, documents: Sequence[Any]) -> list[tuple[int, Any]]:
+    """POST every JSON document at once (one asyncio client, concurrent requests)."""
+    async def run() -> list[tuple[int, Any]]:
+        async with aiohttp.ClientSession() as session:
+            async def one(document: Any) -> tuple[int, Any]:
+                async with session.post(url, json=document) as response:
+                    return response.status, await response.json()
+            return list(await asyncio.gather(*(one(d) for d in documents)))
+    return asyncio.run(run())
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.01) -> Any:
+    """Poll until ``condition()`` is true (a generous limit only against hangs)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = condition()
         if value:
             return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
-def serve_job(directory: Path, serve: str = "", models: dict[str, str] | None = None, agents: str = "",
-              framework: str = "") -> Path:
-    """The founding example (``train-demo``) whose ``[serve]`` table is replaced: gateway on any
-    free port, then ``serve`` lines; ``models``: extra lines per ``[serve.models.NAME]``."""
-    job = train_demo(directory)
-    text = job.read_text()
-    text = text[:text.index("[serve]")] if "[serve]" in text else text
-    text = text.replace('name = "mesos-ensemble-demo"\n', f'name = "mesos-ensemble-demo"\n{framework}\n')
-    text += f'[serve]\naddress = "127.0.0.1:0"\nscale_interval_s = 0.2\n{serve}\n'
-    for name, lines in (models or {}).items():
-        text += f"\n[serve.models.{name}]\n{lines}\n"
-    if agents:
-        text += f"\n[local_cluster]\nagents = {agents}\n"
-    job.write_text(text)
-    return job
-
-
-def held_out_rows(job: Path) -> tuple[list[str], list[list[float]]]:
-    """The demo's held-out rows: feature names and values (label left out)."""
-    with (job.parent / "test.csv").open() as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        rows = [[float(v) for v in row[:-1]] for row in reader]
-    return header[:-1], rows
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(f"{url}/v1/predict", data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-
-
-def predict(url: str, columns: list[str], rows: list[list[float]]) -> list[Any]:
-    status, answer = post(url, {"columns": columns, "data": rows})
-    assert status == 200, answer
-    return list(answer["predictions"])
-
-
-class Served:
-    """``ServeRunner`` of ``job`` on a thread of this process until :meth:`stop`."""
-
-    def __init__(self, job: Path, state_dir: Path) -> None:
-        self.notes: list[str] = []
-        self.runner = ServeRunner(job, load_job(job), state_dir, note=self.notes.append)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="serve", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.runner.run()
-        except BaseException as error:  # shown by the test
-            self.error = error
-
-    def __enter__(self) -> "Served":
-        self.thread.start()
-        wait_for(lambda: (self.runner.url is not None and self.runner.controller is not None
-                          and self.runner.controller.all_ready() and (Path(self.runner.state_dir) / "serve.json")
-                          .exists()) or self.error is not None)
-        if self.error is not None:
-            raise self.error
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self.runner.url is not None
-        return self.runner.url
-
-    @property
-    def controller(self) -> Any:
-        return self.runner.controller
-
-    def stop(self) -> None:
-        self.runner.stop_requested.set()
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "serve did not stop"
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self.error is not None and exc[0] is None:
-            raise self.error
-
-
-def metric(url: str, name: str) -> list[tuple[str, float]]:
-    """The samples of one metric of the gateway's ``/metrics`` (labels text, value)."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return [(m.group(1) or "", float(m.group(2))) for m in re.finditer(
-        rf"^{re.escape(name)}(\{{[^}}]*\}})? ([-+0-9.eE]+|NaN)$", text, flags=re.M)]

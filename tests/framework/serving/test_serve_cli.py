@@ -18,7 +18,7 @@ import pytest
 from framework.localmesos import AgentSpec, LocalCluster
 from framework.localmesos.cluster import live_processes, recorded_processes
 from framework.serving.state import ServeState
-from serving_helpers import held_out_rows, post, serve_job, wait_for
+from deploy_helpers import held_out_rows, post, serve_job, wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 ENV = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}

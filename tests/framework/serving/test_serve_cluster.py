@@ -20,7 +20,7 @@ from sklearn.linear_model import LinearRegression
 
 from framework.job import JobRunner
 from framework.jobspec import load_job
-from serving_helpers import Served, post, predict, serve_job, held_out_rows, wait_for
+from deploy_helpers import Served, post, predict, serve_job, held_out_rows, wait_for
 
 
 @pytest.fixture(scope="module")
