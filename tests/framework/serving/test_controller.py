@@ -6,6 +6,8 @@ deployment journal."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -124,9 +126,9 @@ def test_min_replicas_launch_with_ports_and_join_the_table_once_running(demo: Jo
         port = payload(next(t for t in tasks if payload(t)["model"] == "linear"))["port"]
         assert linear.url == f"http://127.0.0.1:{port}" and linear.agent_id == "a1"
         assert deployment.controller.all_ready()
-        # Nothing more is wanted: later offers are declined and offers suppressed.
+        # Nothing more is wanted: later offers are declined (not suppressed: a re-pack needs offers).
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a2")])
-        wait_for(lambda: deployment.driver.declines and deployment.driver.suppressed)
+        wait_for(lambda: deployment.driver.declines)
         assert len(deployment.launched()) == 2
     finally:
         deployment.close()
@@ -194,12 +196,19 @@ def test_rolling_update_starts_new_replicas_before_old_ones_drain(demo: JobSpec,
             deployment.run(task)
         wait_for(deployment.controller.all_ready)
         old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
-        new_sha = "ab" * 32
+        # The job reloaded with another linear model file: served, then the member retargeted.
+        linear = demo.model("linear")
+        changed = linear.path.with_name("linear-v2.joblib")
+        changed.write_bytes(linear.path.read_bytes() + b"\0")
+        new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
+        deployment.catalog.publish_models(dataclasses.replace(demo, models=tuple(
+            dataclasses.replace(m, path=changed, sha256=new_sha) if m.name == "linear" else m for m in demo.models)))
         deployment.controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)})
         wait_for(lambda: deployment.driver.revived)
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
         [new] = wait_for(lambda: deployment.launched()[2:])
-        assert payload(new)["sha256"] == new_sha and ports_of(new) == [31002]  # the old ones' ports stay taken
+        assert payload(new)["sha256"] == new_sha and ports_of(new) == [31002]
+        assert payload(new)["model_url"].endswith(f"linear-{new_sha[:16]}.joblib")  # the old ones' ports stay taken
         time.sleep(0.3)
         assert old not in deployment.driver.kills, "the old replica drained before the new one was ready"
         assert [r.replica_id for r in deployment.table.ready("linear")] == [old]
