@@ -99,3 +99,29 @@ def attr_text(value: str | float) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def parse_port_ranges(text: str) -> PortRanges:
+    """Mesos' text form ``"[31000-32000, 40000-40010]"`` (``"[]"``: none) as ranges; ValueError
+    when it is not that, or a port is outside 0-65535."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError(f"not port ranges like \"[31000-32000]\": {text!r}")
+    ranges = []
+    for part in body[1:-1].split(","):
+        if not part.strip():
+            continue
+        begin, _, end = part.strip().partition("-")
+        try:
+            low, high = int(begin), int(end or begin)
+        except ValueError:
+            raise ValueError(f"not port ranges like \"[31000-32000]\": {text!r}") from None
+        if not 0 <= low <= high <= 65535:
+            raise ValueError(f"{part.strip()!r} is not a range of ports (0-65535, begin <= end)")
+        ranges.append((low, high))
+    return normalize_port_ranges(ranges)
+
+
+def format_port_ranges(ranges: PortRanges) -> str:
+    """Ranges in Mesos' text form: ``"[31000-32000]"``."""
+    return "[" + ", ".join(f"{begin}-{end}" for begin, end in ranges) + "]"
