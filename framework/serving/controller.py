@@ -22,6 +22,7 @@ import json
 import logging
 import queue
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -649,9 +650,9 @@ class ServingController(pymesos.Scheduler):
         free: list[int] = []
         for begin, end in sorted(ranges):
             for port in range(begin, end + 1):
-                if port not in taken:
+                if port not in taken and (not self.loopback or _bindable(port)):
                     free.append(port)
-                    if len(free) >= 64:
+                    if len(free) >= 16:
                         return free
         return free
 
@@ -770,6 +771,17 @@ def _port_ranges(view: OfferView) -> list[tuple[int, int]]:
     """The port ranges an offer holds (``OfferView.ports``, read by ``framework.translator``)."""
     ranges = getattr(view, "ports", None) or ()
     return [(int(begin), int(end)) for begin, end in ranges]
+
+
+def _bindable(port: int) -> bool:
+    """On a loopback cluster (agents on this machine): whether nothing listens on ``port`` now
+    (another program may hold a port the agents offer; a replica there would fail to bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def check_health(replica: LiveReplica) -> bool:

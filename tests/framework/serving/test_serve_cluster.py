@@ -150,7 +150,7 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
         with Client(served.url, columns, rows) as client:
             wait_for(lambda: len(client.statuses) >= 5)
             served.runner.reload_requested.set()
-            wait_for(lambda: [r.sha256 for r in controller.ready("linear")] == [sha]
+            wait_for(lambda: {r.sha256 for r in controller.ready("linear")} == {sha}
                      and old.task_id not in controller.replicas)
             answered = len(client.statuses)
             wait_for(lambda: len(client.statuses) >= answered + 5)
