@@ -179,10 +179,11 @@ def test_offer_ids_are_single_use_and_overcommit_is_task_error(cluster):
     sched.launch(offer2, [command_task("big-1", offer2, "true", cpus=64, mem=32)])
     error = sched.update("big-1")
     assert error["state"] == "TASK_ERROR" and error["reason"] == "REASON_TASK_INVALID" and "uuid" not in error
+    # Word for word what Mesos 1.11.1 answered in the recorded transcript (ports first).
     assert error["message"] == (
         "Total resources cpus(allocated: *):64; mem(allocated: *):32 required by task and its executor is more "
-        "than available cpus(allocated: *):1.9; mem(allocated: *):4064; disk(allocated: *):10000; "
-        "ports(allocated: *):[31000-32000]")
+        "than available ports(allocated: *):[31000-32000]; cpus(allocated: *):1.9; mem(allocated: *):4064; "
+        "disk(allocated: *):10000")
     sched.close()
 
 
