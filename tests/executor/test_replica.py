@@ -362,3 +362,28 @@ def test_gil_bound_models_predict_in_worker_processes(tmp_path: Path) -> None:
     assert status == 500 and json.loads(raw)["kind"] == "member_error"
     executor.shutdown(driver)
     assert executor.predictions.worker_pids == [] and refused(ready.port)
+
+
+def test_a_replica_killed_while_its_model_loads_never_serves(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    path = regressor(tmp_path)
+    loading, release = threading.Event(), threading.Event()
+    plain = executor.cache.download
+
+    def slow_download(url: str) -> bytes:
+        loading.set()
+        assert release.wait(30)
+        return plain(url)
+
+    executor.cache.download = slow_download
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, replica_task("r1", payload_for(path, port=port)))
+    assert loading.wait(30)
+    executor.killTask(driver, Dict({"value": "r1"}))
+    assert states(driver, "r1") == ["TASK_STARTING", "TASK_KILLED"]  # nothing to drain: at once
+    release.set()
+    executor.pool.shutdown(wait=True)  # the load ends (the task's thread returns)
+    assert states(driver, "r1") == ["TASK_STARTING", "TASK_KILLED"] and refused(port)
+    assert not any(t.name.startswith("replica-http") for t in threading.enumerate())
