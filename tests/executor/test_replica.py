@@ -190,7 +190,7 @@ def test_running_only_once_loaded_then_exact_outputs_over_keep_alive(executor: E
     assert ready.predict_mode == "thread" and ready.port > 0 and ready.pid > 0
     model = joblib.load(path)
     connection = http.client.HTTPConnection("127.0.0.1", ready.port, timeout=60)
-    for rows in (FEATURES[:1], FEATURES[:7], FEATURES[50:250]):
+    for rows in (FEATURES[:1], FEATURES[:7], FEATURES[50:250], np.asfortranarray(FEATURES[10:60])):
         status, headers, body = post(ready.port, array_to_npy(rows), connection)  # one keep-alive connection
         assert status == 200 and headers["Content-Type"] == "application/x-npy"
         assert float(headers["X-Compute-Seconds"]) >= 0
@@ -284,13 +284,16 @@ def test_a_model_that_cannot_load_fails_the_task(executor: EnsembleExecutor, tmp
     driver = RecordingExecutorDriver()
     executor.launchTask(driver, replica_task("r1", wrong))
     executor.launchTask(driver, replica_task("r2", payload_for(broken)))
-    for task_id, words in (("r1", "sha256 mismatch"), ("r2", "could not be loaded")):
+    executor.launchTask(driver, replica_task("r3", payload_for(path, "predict_proba")))  # a regressor
+    for task_id, words in (("r1", "sha256 mismatch"), ("r2", "could not be loaded"),
+                           ("r3", "(LinearRegression) has no method predict_proba")):
         wait_for(lambda task_id=task_id: "TASK_FAILED" in states(driver, task_id))  # type: ignore[misc]
         assert states(driver, task_id) == ["TASK_STARTING", "TASK_FAILED"]
         failed = update(driver, task_id, "TASK_FAILED")
         failure = TaskFailure.from_status(failed["data"], failed["message"])
-        assert failure is not None and failure.kind == "infrastructure" and words in failure.message
-        assert failed["message"].startswith("infrastructure: ")
+        kind = "member_error" if task_id == "r3" else "infrastructure"
+        assert failure is not None and failure.kind == kind and words in failure.message
+        assert failed["message"].startswith(f"{kind.replace('_', ' ')}: ")
 
 
 def test_a_taken_port_fails_the_task(executor: EnsembleExecutor, tmp_path: Path) -> None:
@@ -351,9 +354,9 @@ def test_gil_bound_models_predict_in_worker_processes(tmp_path: Path) -> None:
     executor.launchTask(driver, replica_task("r1", payload_for(path, "predict_proba")))
     ready = running_port(driver, "r1")
     assert ready.predict_mode == "process"
-    rows = FEATURES[:40]
-    status, _headers, body = post(ready.port, array_to_npy(rows))
-    assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(path).predict_proba(rows))
+    for rows in (FEATURES[:40], np.asfortranarray(FEATURES[40:90])):
+        status, _headers, body = post(ready.port, array_to_npy(rows))
+        assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(path).predict_proba(rows))
     workers = executor.predictions.worker_pids
     assert workers and all(pid != ready.pid for pid in workers)
     with_nan = rows[:2].copy()
