@@ -17,6 +17,8 @@ import joblib
 import numpy as np
 import pytest
 from addict import Dict
+import skops.io
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from executor.main import EnsembleExecutor
@@ -28,6 +30,18 @@ from tests.executor.test_main import RecordingExecutorDriver
 
 RNG = np.random.default_rng(3)
 FEATURES = RNG.normal(size=(300, 5))
+HOLD, RELEASE = threading.Event(), threading.Event()
+"""While HOLD is set, :class:`BlockingRegression`'s predictions wait for RELEASE."""
+
+
+class BlockingRegression(LinearRegression):
+    """A regression whose predict waits for :data:`RELEASE` while :data:`HOLD` is set (loaded in
+    this process, it is this class, so a test decides when a request in flight ends)."""
+
+    def predict(self, X: Any) -> Any:  # noqa: N803 (scikit-learn's name)
+        if HOLD.is_set():
+            assert RELEASE.wait(60)
+        return super().predict(X)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -390,3 +404,49 @@ def test_a_replica_killed_while_its_model_loads_never_serves(executor: EnsembleE
     executor.pool.shutdown(wait=True)  # the load ends (the task's thread returns)
     assert states(driver, "r1") == ["TASK_STARTING", "TASK_KILLED"] and refused(port)
     assert not any(t.name.startswith("replica-http") for t in threading.enumerate())
+
+
+def test_the_kill_grace_period_bounds_the_drain(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    RELEASE.clear()
+    path = write_model(tmp_path, "blocking", BlockingRegression().fit(FEATURES, FEATURES.sum(axis=1)))
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=0.2))
+    port = running_port(driver, "r1").port
+    HOLD.set()
+    outcome: list[Any] = []
+
+    def client() -> None:
+        try:
+            outcome.append(post(port, array_to_npy(FEATURES[:3]))[0])
+        except (http.client.HTTPException, OSError) as error:
+            outcome.append(error)
+
+    in_flight = threading.Thread(target=client)
+    in_flight.start()
+    try:
+        wait_for(lambda: health(port)[1]["in_flight"] == 1)
+        executor.killTask(driver, Dict({"value": "r1"}))
+        # The prediction is still blocked: the task is reported killed once the grace period is over.
+        wait_for(lambda: "TASK_KILLED" in states(driver, "r1"))
+        in_flight.join(60)
+        assert outcome and isinstance(outcome[0], (http.client.HTTPException, OSError))  # cut off, no answer
+        assert refused(port)
+    finally:
+        RELEASE.set()
+        HOLD.clear()
+
+
+def test_a_skops_model_loads_with_the_allow_list(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(FEATURES, FEATURES[:, 0] > 0)
+    path = tmp_path / "forest.skops"
+    skops.io.dump(forest, path)
+    driver = RecordingExecutorDriver()
+    plain = payload_for(path, "predict_proba", format="skops")
+    executor.launchTask(driver, replica_task("refused", plain))
+    executor.launchTask(driver, replica_task("trusted", ReplicaPayload(
+        **{**plain.__dict__, "trusted_types": ["sklearn.tree._tree.Tree"]})))
+    port = running_port(driver, "trusted").port
+    status, _headers, body = post(port, array_to_npy(FEATURES[:30]))
+    assert status == 200 and np.array_equal(npy_to_array(body), forest.predict_proba(FEATURES[:30]))
+    wait_for(lambda: "TASK_FAILED" in states(driver, "refused"))
+    assert "untrusted types: sklearn.tree._tree.Tree" in update(driver, "refused", "TASK_FAILED")["message"]
