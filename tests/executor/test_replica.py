@@ -25,7 +25,6 @@ from executor.main import EnsembleExecutor
 from executor.protocol import (ReplicaPayload, ReplicaReady, TaskFailure, TaskPayload, RemoteFile, array_to_npy,
                                decode_task, npy_to_array, sha256_hex)
 from executor.replica import kill_grace, read_rows, task_cpus, BadRequest
-from slow_models import SlowOnLoad
 from tests.executor.test_main import RecordingExecutorDriver
 
 RNG = np.random.default_rng(3)
@@ -265,24 +264,30 @@ def test_bad_bodies_get_400_and_a_raising_model_500(executor: EnsembleExecutor, 
 
 
 def test_kill_drains_requests_in_flight_then_reports_killed(executor: EnsembleExecutor, tmp_path: Path) -> None:
-    model = LinearRegression().fit(FEATURES, FEATURES.sum(axis=1))
-    path = write_model(tmp_path, "slow", SlowOnLoad(model, 1.5))
+    RELEASE.clear()
+    model = BlockingRegression().fit(FEATURES, FEATURES.sum(axis=1))
+    path = write_model(tmp_path, "blocking", model)
     driver = RecordingExecutorDriver()
-    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=30))
+    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=60))
     port = running_port(driver, "r1").port
+    HOLD.set()
     answered: list[tuple[int, bytes]] = []
     in_flight = threading.Thread(target=lambda: answered.append(post(port, array_to_npy(FEATURES[:4]))[::2]))
     in_flight.start()
-    wait_for(lambda: health(port)[1]["in_flight"] == 1)
-    executor.killTask(driver, Dict({"value": "r1"}))
-    status, answer = health(port)  # at once: draining
-    assert status == 503 and answer["ready"] is False and answer["draining"] is True
-    status, _headers, raw = post(port, array_to_npy(FEATURES[:2]))  # a new request is refused
-    assert status == 503 and "draining" in json.loads(raw)["error"]
-    assert "TASK_KILLED" not in states(driver, "r1")  # not before the request in flight has its answer
+    try:
+        wait_for(lambda: health(port)[1]["in_flight"] == 1)
+        executor.killTask(driver, Dict({"value": "r1"}))
+        status, answer = health(port)  # at once: draining
+        assert status == 503 and answer["ready"] is False and answer["draining"] is True
+        status, _headers, raw = post(port, array_to_npy(FEATURES[:2]))  # a new request is refused
+        assert status == 503 and "draining" in json.loads(raw)["error"]
+        assert states(driver, "r1") == ["TASK_STARTING", "TASK_RUNNING"]  # the request in flight is not answered yet
+    finally:
+        RELEASE.set()
+        HOLD.clear()
     in_flight.join(60)
     assert answered and answered[0][0] == 200
-    assert np.array_equal(npy_to_array(answered[0][1]), model.predict(FEATURES[:4]))
+    assert np.array_equal(npy_to_array(answered[0][1]), LinearRegression.predict(model, FEATURES[:4]))
     wait_for(lambda: "TASK_KILLED" in states(driver, "r1"))
     assert states(driver, "r1") == ["TASK_STARTING", "TASK_RUNNING", "TASK_KILLED"]
     assert refused(port)
