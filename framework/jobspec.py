@@ -22,7 +22,7 @@ from executor.protocol import file_sha256
 from framework import ensemble, readers
 from framework.balancing import auto_rows_per_shard
 from framework.errors import JobSpecError
-from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
+from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources, parse_port_ranges
 from framework.packing.constraints import from_job as constraint_from_job
 from framework.packing.constraints import job_keys as constraint_keys
 from framework.serving.spec import ServeSpec, ServeSpecError, parse_serve
@@ -785,9 +785,16 @@ def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:
     agents = section.get("agents", list, [])
     for i, agent in enumerate(agents):
         entry = _Section(source, f"local_cluster.agents[{i}]", agent)
-        entry.reject_unknown({"hostname", "cpus", "mem", "disk", "gpus", "attributes"})
+        entry.reject_unknown({"hostname", "cpus", "mem", "disk", "gpus", "ports", "attributes"})
         for key in ("cpus", "mem", "disk", "gpus"):
             entry.number(key, 0.0)
+        ports = entry.get("ports", str)
+        if ports is not None:
+            try:
+                parse_port_ranges(ports)
+            except ValueError:
+                entry.fail("ports", f"must be port ranges within 0-65535 like \"[31000-32000]\" (or \"[]\"), "
+                                    f"got {ports!r}")
         entry.get("attributes", dict, {})
     return LocalClusterSpec(agents=tuple(agents), keep_sandboxes=section.get("keep_sandboxes", bool, False))
 
