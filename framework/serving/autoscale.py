@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from framework.serving.spec import ServeSpec
 
@@ -64,6 +64,22 @@ class MemberLoad:
     """Replicas that passed their health check and take requests."""
 
 
+class LoadSample(Protocol):
+    """What :func:`decide` reads of a load sample: :class:`MemberLoad`, or any value with these
+    fields (the gateway's own sample type)."""
+
+    @property
+    def rate_rps(self) -> float: ...
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def p99_ms(self) -> float: ...
+    @property
+    def replicas_ready(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class MemberScaleState:
     """What the autoscaler remembers of one member between decisions."""
@@ -89,7 +105,7 @@ class AutoscaleState:
     members: Mapping[str, MemberScaleState] = field(default_factory=dict)
 
 
-def decide(spec: ServeSpec, loads: Mapping[str, MemberLoad], current_counts: Mapping[str, int],
+def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Mapping[str, int],
            state: AutoscaleState, now: float) -> tuple[dict[str, int], AutoscaleState]:
     """Desired replicas per member (every member of ``current_counts``) and the next state.
 
@@ -109,7 +125,7 @@ def decide(spec: ServeSpec, loads: Mapping[str, MemberLoad], current_counts: Map
     return desired, AutoscaleState(members)
 
 
-def pressed(spec: ServeSpec, load: MemberLoad, last_queue: int) -> bool:
+def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
     """The member misses its target: p99 above it, or a queue that grows past one request
     waiting per ready replica."""
     growing = load.queue_depth > last_queue and load.queue_depth > max(1, load.replicas_ready)
@@ -123,7 +139,7 @@ def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) ->
     return max(1, math.ceil(rate_rps / (capacity_rps * headroom) - 1e-9))
 
 
-def _decide_member(spec: ServeSpec, load: MemberLoad, current: int, state: MemberScaleState,
+def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
                    now: float) -> tuple[int, MemberScaleState]:
     ready = max(0, load.replicas_ready)
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
@@ -146,7 +162,7 @@ def _decide_member(spec: ServeSpec, load: MemberLoad, current: int, state: Membe
     return low_need, replace(state, low_since=None, low_need=0)
 
 
-def _fewer(spec: ServeSpec, load: MemberLoad, current: int, ready: int, state: MemberScaleState,
+def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
            now: float) -> int:
     """The replicas an unpressed sample needs: fewer than ``current`` when the known capacity
     carries its rate on fewer, or (a probe, once the last scale-up is a delay old) one fewer when
@@ -169,7 +185,7 @@ def _fewer(spec: ServeSpec, load: MemberLoad, current: int, ready: int, state: M
     return current
 
 
-def _scale_up(spec: ServeSpec, load: MemberLoad, ready: int, capacity: float) -> int:
+def _scale_up(spec: ServeSpec, load: LoadSample, ready: int, capacity: float) -> int:
     """Replicas for a pressed member, at most MAX_STEP_FACTOR x ready at once: what the measured
     capacity says (the rate at HEADROOM of it) when that is more than are ready; else (no
     measurement, or one the pressure contradicts) the ready ones times the pressure (p99 over

@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
-from framework.packing import (RESOURCE_NAMES, Agent, Constraint, CostModel, DeclineReason, PackingOptions,
+from framework.packing import (Agent, Constraint, CostModel, DeclineReason, PackingOptions,
                                Resources, TaskDemand, pack)
 
 ReplicaState = Literal["starting", "running", "draining"]
@@ -45,12 +45,8 @@ EPS = 1e-9
 
 
 def replica_demand(cpus: float, mem: float, disk: float = 0.0, gpus: float = 0.0) -> Resources:
-    """One replica's resources: the model's cpus/mem (disk, gpus) and one port when the packer
-    counts ports (``ports`` in ``RESOURCE_NAMES``)."""
-    values = {"cpus": cpus, "mem": mem, "disk": disk, "gpus": gpus}
-    if "ports" in RESOURCE_NAMES:
-        values["ports"] = 1.0
-    return Resources(**values)
+    """One replica's resources: the model's cpus/mem (disk, gpus) and the one port it listens on."""
+    return Resources(cpus=cpus, mem=mem, disk=disk, gpus=gpus, ports=1.0)
 
 
 @dataclass(frozen=True)

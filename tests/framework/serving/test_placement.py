@@ -25,8 +25,13 @@ FAST = PackingOptions(time_budget_s=0.005, exact=False)
 """For the many decisions of the property tests, whose invariants hold for any plan."""
 
 
-def agent(agent_id: str, price: float, cpus: float = 4.0, mem: float = 4096.0) -> Agent:
-    return Agent(agent_id, f"{agent_id}.example", (f"o-{agent_id}",), Resources(cpus=cpus, mem=mem), {}, price=price)
+def agent(agent_id: str, price: float, cpus: float = 4.0, mem: float = 4096.0, ports: int = 1001) -> Agent:
+    return Agent(agent_id, f"{agent_id}.example", (f"o-{agent_id}",), Resources(cpus=cpus, mem=mem, ports=ports), {},
+                 price=price, port_ranges=((31000, 31000 + ports - 1),) if ports else ())
+
+
+def times(resources: Resources, n: int) -> Resources:
+    return Resources(*(n * v for v in resources.as_tuple()))
 
 
 def replica(replica_id: str, agent_id: str, member: str = "m", state: str = "running", sha: str = OLD,
@@ -71,6 +76,13 @@ def test_replicas_that_fit_no_offer_are_counted_with_reasons() -> None:
     assert len(decision.launches) == 2 and decision.unplaced == {"m": 1}
     assert len(decision.reasons) == 1 and "cpus exhausted" in decision.reasons[0]
     assert decide(snap, [], now=0.0).unplaced == {"m": 3}
+
+
+def test_each_replica_takes_a_port() -> None:
+    assert DEMAND.ports == 1.0
+    decision = decide(snapshot((), {"m": 3}, {}), [agent("x", 1.0, cpus=8.0, ports=2)], now=0.0)
+    assert len(decision.launches) == 2 and decision.unplaced == {"m": 1}
+    assert "ports exhausted" in decision.reasons[0]
 
 
 def test_a_lost_replica_is_replaced() -> None:
@@ -139,8 +151,8 @@ class Cluster:
 
     def offered(self) -> list[Agent]:
         used: Counter[str] = Counter(r.agent_id for r in self.replicas)
-        return [dataclasses.replace(a, capacity=(a.capacity - Resources(cpus=n * DEMAND.cpus, mem=n * DEMAND.mem)))
-                for a in self.agents.values() for n in [used[a.agent_id]]]
+        return [dataclasses.replace(a, capacity=a.capacity - times(DEMAND, used[a.agent_id]))
+                for a in self.agents.values()]
 
     def decide(self, desired: dict[str, int], sha: str, now: float) -> ServeDecision:
         prices = {a: self.agents[a].price for a in self.agents}
