@@ -108,6 +108,8 @@ class MemberBatcher:
         self.queue: deque[_Request] = deque()
         self.in_flight = 0
         """Batches handed to ``send`` and not answered yet."""
+        self.in_flight_requests = 0
+        """Requests in those batches (a request cut across batches counts in each)."""
         self.batches = 0
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -191,6 +193,7 @@ class MemberBatcher:
         batch = (segments[0][0].rows[segments[0][1]:segments[0][1] + segments[0][2]] if len(segments) == 1
                  else np.concatenate([r.rows[s:s + n] for r, s, n in segments], axis=0))
         self.in_flight += 1
+        self.in_flight_requests += len(segments)
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(self.member, BatchSent(rows=int(batch.shape[0]), requests=len(segments)))
@@ -214,4 +217,5 @@ class MemberBatcher:
                 request.deliver(start, part)
         finally:
             self.in_flight -= 1
+            self.in_flight_requests -= len(segments)
             self._wakeup.set()

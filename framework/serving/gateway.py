@@ -43,7 +43,8 @@ from framework.ensemble import IntegrationError, MemberSpec
 from framework.serving.balancer import Balancer
 from framework.serving.batcher import BatchSent, MemberBatcher
 from framework.serving.combine import CombinerFactory, RequestCombiner
-from framework.serving.metrics import GatewayMetrics, LiveState, MemberLoad
+from framework.serving.autoscale import MemberLoad
+from framework.serving.metrics import GatewayMetrics, LiveState
 from framework.serving.routing import Replica, ReplicaTable
 
 NPY_TYPE = "application/x-npy"
@@ -378,7 +379,7 @@ class Gateway:
             counts = self.table.counts(m.name)
             batcher = self.batchers.get(m.name)
             live[m.name] = LiveState(queue_depth=batcher.queue_depth if batcher else 0,
-                                     in_flight=batcher.in_flight if batcher else 0,
+                                     in_flight=batcher.in_flight_requests if batcher else 0,
                                      replicas_ready=counts["ready"], replicas_draining=counts["draining"])
         return live
 

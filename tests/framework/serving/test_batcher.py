@@ -129,7 +129,8 @@ def test_batches_in_flight_are_limited_and_the_queue_grows_meanwhile():
             await asyncio.sleep(0)
         for _ in range(20):
             await asyncio.sleep(0)
-        assert batcher.in_flight == 2 and len(model.batches) == 2 and batcher.queue_depth == 3
+        assert batcher.in_flight == batcher.in_flight_requests == 2 and len(model.batches) == 2
+        assert batcher.queue_depth == 3
         model.gate.set()
         answers = await asyncio.gather(*tasks)
         assert [a.tolist() for a in answers] == [[1.5 * i] for i in range(5)]
