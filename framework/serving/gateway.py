@@ -438,13 +438,16 @@ class Gateway:
             raise MemberUnavailable(f"member {member}: no ready replica")
         delay = self.balancer.hedge_delay(member)
         hedge_at = None if delay is None else loop.time() + delay
+        hedged = False
         try:
             while running:
                 timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
                 done, _pending = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # past the hedge delay: one more replica races it (once)
+                if not done:  # past the hedge delay: one more replica races it (once, within the budget)
                     hedge_at = None
-                    if launch():
+                    if self.balancer.may_hedge(member) and launch():
+                        hedged = True
+                        self.balancer.hedged(member)
                         self.metrics.hedges.labels(member).inc()
                     continue
                 for task in done:
@@ -461,6 +464,7 @@ class Gateway:
                     self.metrics.failovers.labels(member).inc()
             raise MemberUnavailable(f"member {member}: " + "; ".join(errors))
         finally:
+            self.balancer.call_done(member, hedged)
             for task, (replica_id, started) in running.items():
                 task.cancel()
                 self.balancer.abandoned(replica_id, loop.time() - started)
