@@ -38,6 +38,9 @@ multiple ``COLD_HEDGE_FACTOR``: the p95 of a handful of calls says little."""
 
 COLD_HEDGE_FACTOR = 10.0
 
+P95_REFRESH = 8
+"""The hedge delay's p95 is recomputed (a sort of the window) after this many new measurements."""
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``values`` by the nearest-rank method; 0.0 when empty."""
@@ -84,6 +87,9 @@ class Balancer:
         self.rng = rng or random.Random()
         self.replicas: dict[str, ReplicaStats] = {}
         self.members: dict[str, deque[float]] = {}
+        self._p95: dict[str, float] = {}
+        self._added: dict[str, int] = {}
+        """Per member, calls measured since its p95 was last computed."""
 
     def stats(self, replica_id: str) -> ReplicaStats:
         stats = self.replicas.get(replica_id)
@@ -112,7 +118,11 @@ class Balancer:
         window = self.members.get(member, ())
         if len(window) < MIN_HEDGE_SAMPLES:
             return self.hedge_min_s * COLD_HEDGE_FACTOR
-        return max(self.hedge_min_s, percentile(list(window), 95.0))
+        cached = self._p95.get(member)
+        if cached is None or self._added.get(member, 0) >= P95_REFRESH:
+            cached = self._p95[member] = percentile(list(window), 95.0)
+            self._added[member] = 0
+        return max(self.hedge_min_s, cached)
 
     def may_hedge(self, member: str) -> bool:
         """Whether the budget allows one more hedge of ``member`` now."""
@@ -149,6 +159,7 @@ class Balancer:
         stats.consecutive_failures = 0
         stats.suspect_until = 0.0
         self.members.setdefault(member, deque(maxlen=self.window)).append(seconds)
+        self._added[member] = self._added.get(member, 0) + 1
 
     def failed(self, replica_id: str, now: float) -> None:
         """A call failed: the replica is suspect for ``suspect_s``."""

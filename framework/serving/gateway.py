@@ -371,7 +371,7 @@ class Gateway:
         return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))
 
     def _batch_sent(self, member: str, sent: BatchSent) -> None:
-        self.metrics.batch_rows.labels(member).observe(sent.rows)
+        self.metrics.batch(member, sent.rows)
 
     def _live(self) -> dict[str, LiveState]:
         live = {}
@@ -448,27 +448,27 @@ class Gateway:
                     if self.balancer.may_hedge(member) and launch():
                         hedged = True
                         self.balancer.hedged(member)
-                        self.metrics.hedges.labels(member).inc()
+                        self.metrics.hedge(member)
                     continue
                 for task in done:
                     replica_id, started = running.pop(task)
                     exc = task.exception()
                     if exc is None:
                         self.balancer.succeeded(member, replica_id, loop.time() - started)
-                        self.metrics.replica_calls.labels(member, "ok").inc()
+                        self.metrics.replica_call(member, "ok")
                         return task.result()
                     self.balancer.failed(replica_id, loop.time())
-                    self.metrics.replica_calls.labels(member, "error").inc()
+                    self.metrics.replica_call(member, "error")
                     errors.append(str(exc))
                 if not running and launch():
-                    self.metrics.failovers.labels(member).inc()
+                    self.metrics.failover(member)
             raise MemberUnavailable(f"member {member}: " + "; ".join(errors))
         finally:
             self.balancer.call_done(member, hedged)
             for task, (replica_id, started) in running.items():
                 task.cancel()
                 self.balancer.abandoned(replica_id, loop.time() - started)
-                self.metrics.replica_calls.labels(member, "cancelled").inc()
+                self.metrics.replica_call(member, "cancelled")
 
     def _forget_gone(self) -> None:
         version = self.table.version
@@ -504,12 +504,12 @@ class Gateway:
     async def _predict(self, request: web.Request) -> web.Response:
         started = time.monotonic()
         if self.draining:
-            self.metrics.requests.labels("unavailable").inc()
+            self.metrics.request("unavailable")
             return web.json_response({"error": "the gateway is draining"}, status=503)
         try:
             rows, want_members = await self._read(request)
         except BadRequest as exc:
-            self.metrics.requests.labels("bad_request").inc()
+            self.metrics.request("bad_request")
             return web.json_response({"error": str(exc)}, status=400)
         names = [m.name for m in self.members]
         parts = [rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
@@ -528,11 +528,11 @@ class Gateway:
             records = self.combiner.combine(outputs, rows)
             answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
         except IntegrationError as exc:
-            self.metrics.requests.labels("unavailable").inc()
+            self.metrics.request("unavailable")
             return web.json_response({"error": str(exc), "answered_by": answered, "missing": missing,
                                       "errors": errors}, status=503)
         except ValueError as exc:  # a member's output the combiner cannot take
-            self.metrics.requests.labels("error").inc()
+            self.metrics.request("error")
             return web.json_response({"error": f"integration failed: {exc}", "answered_by": answered,
                                       "missing": missing}, status=500)
         if want_members:
@@ -540,8 +540,7 @@ class Gateway:
         answer["answered_by"], answer["missing"] = answered, missing
         if errors:
             answer["errors"] = errors
-        self.metrics.requests.labels("degraded" if missing else "ok").inc()
-        self.metrics.request_seconds.observe(time.monotonic() - started)
+        self.metrics.request("degraded" if missing else "ok", time.monotonic() - started)
         return web.json_response(answer)
 
     async def _health(self, request: web.Request) -> web.Response:

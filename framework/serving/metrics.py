@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -119,6 +119,7 @@ class GatewayMetrics:
         for outcome in ("ok", "degraded", "bad_request", "unavailable", "error"):
             self.requests.labels(outcome)
         now = clock()
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._windows = {m: LoadWindow(window_s, now) for m in self.members}
         for m in self.members:
@@ -129,14 +130,41 @@ class GatewayMetrics:
                 self.replicas.labels(m, state)
 
     # Written by the gateway -----------------------------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (the hot path counts every request)."""
+        key = (id(metric),) + labels
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, outcome: str, seconds: float | None = None) -> None:
+        """A client request ended with ``outcome`` (its latency counts when answered)."""
+        self._child(self.requests, outcome).inc()
+        if seconds is not None:
+            self.request_seconds.observe(seconds)
+
+    def replica_call(self, member: str, outcome: str) -> None:
+        """A call to a replica of ``member`` ended: ``ok``, ``error`` or ``cancelled``."""
+        self._child(self.replica_calls, member, outcome).inc()
+
+    def hedge(self, member: str) -> None:
+        self._child(self.hedges, member).inc()
+
+    def failover(self, member: str) -> None:
+        self._child(self.failovers, member).inc()
+
+    def batch(self, member: str, rows: int) -> None:
+        self._child(self.batch_rows, member).observe(rows)
+
     def member_arrived(self, member: str) -> None:
         with self._lock:
             self._windows[member].arrived(self.clock())
 
     def member_answered(self, member: str, seconds: float, ok: bool) -> None:
-        self.member_requests.labels(member, "ok" if ok else "failed").inc()
+        self._child(self.member_requests, member, "ok" if ok else "failed").inc()
         if ok:
-            self.member_seconds.labels(member).observe(seconds)
+            self._child(self.member_seconds, member).observe(seconds)
         with self._lock:
             self._windows[member].answered(self.clock(), seconds)
 
