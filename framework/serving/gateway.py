@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 import numpy as np
@@ -134,9 +134,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"{where}: expected a number, got {json.dumps(value)[:40]}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise BadRequest(f"{where}: expected a finite number, got {value}")
+        raise BadRequest(f"{where}: expected a finite number, got {str(value)[:40]}")
     return number
 
 
@@ -165,15 +168,12 @@ def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, b
             raise BadRequest("rows: expected a non-empty list of objects (column -> value)")
         matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
         for r, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
-            for name in row:
-                if name not in index:
-                    raise BadRequest(f"rows[{r}]: unknown column {name!r}; the feature columns are {_show(columns)}")
-            for c, name in enumerate(columns):
-                if name not in row:
-                    raise BadRequest(f"rows[{r}]: missing column {name!r}")
-                matrix[r, c] = _number(row[name], f"rows[{r}].{name}")
+            # Fast path: an object with exactly the columns, each a plain int or float.
+            values = [row.get(name) for name in columns] if type(row) is dict and len(row) == len(columns) else None
+            if values is None or not all(type(v) is float or type(v) is int for v in values) or not _fill(
+                    matrix, r, values):
+                _check_row(row, r, columns, index)  # raises, naming the column or value
+        _check_finite(matrix, lambda r, c: f"rows[{r}].{columns[c]}")
         return matrix, members
     if "columns" not in document or "data" not in document:
         raise BadRequest("body: expected \"rows\", or \"columns\" and \"data\"")
@@ -194,14 +194,48 @@ def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, b
     if not isinstance(data, list) or not data:
         raise BadRequest("data: expected a non-empty list of rows (lists of numbers)")
     order = [given.index(c) for c in columns]
+    in_order = order == list(range(len(columns)))
     matrix = np.empty((len(data), len(columns)), dtype=np.float64)
     for r, row in enumerate(data):
-        if not isinstance(row, list) or len(row) != len(given):
+        if type(row) is not list or len(row) != len(given):
             raise BadRequest(f"data[{r}]: expected a list of {len(given)} numbers (one per column), "
                              f"got {json.dumps(row)[:40]}")
-        for c, source in enumerate(order):
-            matrix[r, c] = _number(row[source], f"data[{r}][{source}] ({given[source]})")
+        values = row if in_order else [row[source] for source in order]
+        if not all(type(v) is float or type(v) is int for v in values) or not _fill(matrix, r, values):
+            for c, source in enumerate(order):
+                matrix[r, c] = _number(row[source], f"data[{r}][{source}] ({given[source]})")
+    _check_finite(matrix, lambda r, c: f"data[{r}][{order[c]}] ({given[order[c]]})")
     return matrix, members
+
+
+def _fill(matrix: np.ndarray, r: int, values: list[Any]) -> bool:
+    """Row ``r`` of ``matrix`` from plain numbers; False for an int too large for a float."""
+    try:
+        matrix[r] = values
+    except OverflowError:
+        return False
+    return True
+
+
+def _check_row(row: Any, r: int, columns: Sequence[str], index: Mapping[str, int]) -> None:
+    """BadRequest naming what is wrong with ``rows[r]``."""
+    if not isinstance(row, dict):
+        raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
+    for name in row:
+        if name not in index:
+            raise BadRequest(f"rows[{r}]: unknown column {name!r}; the feature columns are {_show(columns)}")
+    for name in columns:
+        if name not in row:
+            raise BadRequest(f"rows[{r}]: missing column {name!r}")
+        _number(row[name], f"rows[{r}].{name}")
+    raise BadRequest(f"rows[{r}]: expected numbers")  # not reached: _number raised
+
+
+def _check_finite(matrix: np.ndarray, where: Callable[[int, int], str]) -> None:
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise BadRequest(f"{where(r, c)}: expected a finite number, got {matrix[r, c]}")
 
 
 def rows_from_npy(body: bytes, columns: Sequence[str]) -> np.ndarray:
