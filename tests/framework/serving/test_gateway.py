@@ -399,3 +399,26 @@ def test_reading_json_rows_and_columns_directly():
         with pytest.raises(BadRequest) as caught:
             rows_from_json(document, columns)
         assert message in str(caught.value), (message, str(caught.value))
+
+
+def test_stacking_with_passthrough_answers_equal_stacking_classifier(deploy, cancer):
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from framework.ensemble import fit_stacking_locally
+    from framework.serving.combine import combiner_factory
+
+    estimators = {n: classifiers()[n] for n in ("tree", "nb")}
+    final = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    reference = StackingClassifier(list(estimators.items()), final_estimator=final, passthrough=True)
+    reference.fit(cancer.X, cancer.y)
+    model, fitted = fit_stacking_locally(estimators, cancer.X, cancer.y, "classifier", passthrough=True,
+                                         final_estimator=final)
+    members = [(spec_for(n, fitted[n], meth), fitted[n], 1) for n, meth in zip(model.members, model.stack_methods)]
+    d = deploy(members, combiner_factory("stacking", model=model), cancer.columns)
+    X = cancer.X[120:160]
+    status, answer = post(f"{d.url}/v1/predict", npy(X), NPY)
+    assert status == 200, answer
+    assert_soft_vote(answer, reference.predict(X), reference.predict_proba(X), ["benign", "malignant"])
