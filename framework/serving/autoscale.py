@@ -45,6 +45,8 @@ COMFORT = 0.3
 """A p99 at most this share of the target leaves room to try one replica fewer."""
 PROBE = 0.8
 """One replica fewer is tried only below this share of the rate per replica that once pressed."""
+MANY = 1_000_000
+"""More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,10 @@ def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) ->
     """Replicas that carry ``rate_rps`` at ``headroom`` of ``capacity_rps`` each (0 for no load)."""
     if rate_rps <= 0:
         return 0
-    return max(1, math.ceil(rate_rps / (capacity_rps * headroom) - 1e-9))
+    ratio = rate_rps / (capacity_rps * headroom)
+    if not ratio < MANY:  # a capacity measured from a vanishing rate: as many as allowed
+        return MANY
+    return max(1, math.ceil(ratio - 1e-9))
 
 
 def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
