@@ -248,6 +248,17 @@ def test_repack_consolidates_onto_an_agent_already_in_use() -> None:
     assert cluster.cost() == 3.0
 
 
+def test_repack_releases_two_agents_for_one_cheaper_than_both() -> None:
+    """Neither agent alone is worth moving (the big one costs more than either), both together are."""
+    cluster = Cluster({"a": agent("a", 5.0, cpus=1.0), "b": agent("b", 5.0, cpus=1.0), "big": agent("big", 6.0)})
+    cluster.replicas = [replica("r1", "a"), replica("r2", "b")]
+    decision = cluster.decide({"m": 2}, OLD, 0.0)
+    assert sorted((launch.agent_id, launch.replaces) for launch in decision.launches) == [("big", "r1"), ("big", "r2")]
+    cluster.start()
+    assert cluster.decide({"m": 2}, OLD, 1.0).released_agents == ("a", "b")
+    assert cluster.cost() == 6.0 and cluster.report({"m": 2}).ratio == 1.0
+
+
 # --- whole runs -------------------------------------------------------------------------------
 
 events = st.lists(st.one_of(
