@@ -44,6 +44,8 @@ ReplicaState = Literal["starting", "running", "draining"]
 LaunchReason = Literal["scale_up", "update", "repack"]
 DrainReason = Literal["scale_down", "update", "repack", "removed"]
 EPS = 1e-9
+REPACK_SINGLE_AGENTS = 3
+"""A re-pack tries to empty at most this many agents alone (the most expensive), one packing each."""
 
 
 def replica_demand(cpus: float, mem: float, disk: float = 0.0, gpus: float = 0.0) -> Resources:
@@ -145,6 +147,9 @@ class ServeDecision:
     """The packer's account of each unplaced replica."""
     repacked: bool = False
     """A re-pack started (the controller moves ``repack_not_before`` forward)."""
+    repack_checked: bool = False
+    """A re-pack was looked for (started or not: it costs a few packings, so the controller
+    should move ``repack_not_before`` forward after a check too, not only after a re-pack)."""
 
 
 def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> ServeDecision:
@@ -174,7 +179,9 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     else:
         unplaced.update(missing)
     repacked = False
-    if not tasks and not drains and now >= snapshot.repack_not_before and _settled(snapshot):
+    checked = bool(not tasks and not drains and prepared and now >= snapshot.repack_not_before
+                   and _settled(snapshot))
+    if checked:
         moves = _repack(snapshot, prepared, prices)
         if moves:
             repacked = True
@@ -184,7 +191,8 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     return ServeDecision(
         launches=tuple(launches), drains=tuple(drains),
         released_agents=_released(snapshot, drained, launches),
-        unused_agents=declined, unplaced=dict(unplaced), reasons=tuple(reasons), repacked=repacked)
+        unused_agents=declined, unplaced=dict(unplaced), reasons=tuple(reasons), repacked=repacked,
+        repack_checked=checked)
 
 
 def _prices(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> dict[str, float]:
@@ -311,12 +319,12 @@ def _repack(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[
     """Replacements for every replica of a group of agents in use that the other offered agents
     take for less than the group's price (empty: no such group).  Groups tried: the agents in use
     that a fresh placement of every replica on all the agents (made whole) leaves out, then each
-    agent in use alone, the most expensive first."""
+    agent in use alone, the most expensive first (at most REPACK_SINGLE_AGENTS of them)."""
     on_agent: dict[str, list[ReplicaView]] = defaultdict(list)
     for replica in snapshot.replicas:
         on_agent[replica.agent_id].append(replica)
     groups = [_left_out(snapshot, prepared, prices, on_agent)]
-    groups += [(a,) for a in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a))]
+    groups += [(a,) for a in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a))[:REPACK_SINGLE_AGENTS]]
     for group in groups:
         price = sum(prices.get(a, 0.0) for a in group)
         others = [a for a in prepared if a.agent_id not in group]

@@ -164,7 +164,7 @@ class Cluster:
         for launch in decision.launches:
             self.replicas.append(ReplicaView(f"n{next(self.ids)}", launch.member, launch.agent_id, launch.sha256,
                                              "starting", launch.replaces))
-        if decision.repacked:
+        if decision.repack_checked:
             self.repack_not_before = now + 10.0
         return decision
 
@@ -229,13 +229,18 @@ def test_repack_moves_to_cheaper_agents_then_releases_the_expensive_one() -> Non
 def test_no_repack_while_unsettled_too_soon_or_without_saving() -> None:
     offers = [agent("cheap", 2.0)]
     starting = snapshot((replica("r1", "dear"), replica("r2", "dear", state="starting")), {"m": 2}, {"dear": 10.0})
-    assert not decide(starting, offers, 0.0).launches
+    unsettled = decide(starting, offers, 0.0)
+    assert not unsettled.launches and not unsettled.repack_checked
     settled = snapshot((replica("r1", "dear"),), {"m": 1}, {"dear": 10.0})
-    assert decide(settled, offers, 0.0).repacked
-    assert not decide(dataclasses.replace(settled, repack_not_before=5.0), offers, 1.0).launches
-    assert not decide(dataclasses.replace(settled, repack_min_saving=0.85), offers, 1.0).launches
-    assert not decide(settled, [agent("cheap", 10.0)], 0.0).launches  # no saving
-    assert not decide(settled, [agent("cheap", 1.0, cpus=0.5)], 0.0).launches  # does not fit
+    moved = decide(settled, offers, 0.0)
+    assert moved.repacked and moved.repack_checked
+    too_soon = decide(dataclasses.replace(settled, repack_not_before=5.0), offers, 1.0)
+    assert not too_soon.launches and not too_soon.repack_checked
+    for snap, agents in ((dataclasses.replace(settled, repack_min_saving=0.85), offers),
+                         (settled, [agent("cheap", 10.0)]),  # no saving
+                         (settled, [agent("cheap", 1.0, cpus=0.5)])):  # does not fit
+        looked = decide(snap, agents, 1.0)
+        assert not looked.launches and looked.repack_checked and not looked.repacked
 
 
 def test_repack_consolidates_onto_an_agent_already_in_use() -> None:
