@@ -15,7 +15,16 @@ from framework.serving.spec import ReplicaBounds, ServeSpec, ServeSpecError, par
 
 @pytest.fixture(scope="module")
 def demo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_demo(tmp_path_factory.mktemp("serve-demo"))
+    """The demo's job file without any [serve] table of its own."""
+    job = train_demo(tmp_path_factory.mktemp("serve-demo"))
+    kept, skipping = [], False
+    for line in job.read_text().splitlines():
+        if line.lstrip().startswith("["):
+            skipping = line.lstrip().startswith("[serve")
+        if not skipping:
+            kept.append(line)
+    job.write_text("\n".join(kept) + "\n")
+    return job
 
 
 def with_serve(job: Path, name: str, serve: str) -> Path:
