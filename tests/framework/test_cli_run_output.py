@@ -54,4 +54,4 @@ def test_json_refused_where_a_command_has_no_json_output(demo: Path) -> None:
     result = cli("--json", "validate", demo)
     assert result.returncode == 2
     assert result.stderr.strip() == ("mesos-ensemble: error: --json applies to run, status, plan, inspect, "
-                                     "not validate")
+                                     "serve, not validate")
