@@ -9,6 +9,11 @@ lower bound (Martello–Toth L2 / fractional cover) whose gap is logged to
 resource on identical, equally priced agents with no executors or constraints are solved as
 1-D bin packing (``onedim``: FFD floor, MBS', ruin-and-recreate, arc-flow model).
 
+Resources are cpus, mem, disk, gpus and ``ports`` (a count: serving replicas ask one each, batch
+tasks none; ``Agent.port_ranges`` says which ports the offers hold). A dimension beyond the four
+scalars is compiled only when some task or executor asks for it, so a batch problem is searched
+exactly as without ports.
+
 Constraints are plug-ins (``constraints/``, one module each): a label for failure reasons, a
 static feasibility mask over agents and, for counting ones, per-model limits (tasks per
 agent, agents to span) that every search phase enforces; job-file keys map to them through a
