@@ -330,8 +330,11 @@ class Gateway:
         self._thread.start()
         try:
             self.address = asyncio.run_coroutine_threadsafe(self._start(host, port), loop).result()
-        except BaseException:
-            self._halt()
+        except BaseException:  # e.g. the port is taken: close what was opened, then say why
+            try:
+                asyncio.run_coroutine_threadsafe(self._stop(), loop).result()
+            finally:
+                self._halt()
             raise
         return self.address
 
@@ -396,10 +399,13 @@ class Gateway:
         self.draining = True
         if self._runner is not None:
             await self._runner.cleanup()  # stops listening, waits for the handlers in flight
+            self._runner = None
         for batcher in self.batchers.values():
             await batcher.close()
+        self.batchers.clear()
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     def _concurrency(self, member: str) -> Any:
         return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))

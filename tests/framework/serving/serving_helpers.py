@@ -75,13 +75,15 @@ class ModelReplica:
 
     def stop(self) -> None:
         """The replica dies: its server closes (connections refused from now on)."""
-        if not self._thread.is_alive():
+        if self._loop.is_closed():
             return
-        self.release()
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+        if self._thread.is_alive():
+            self.release()
+            if self._runner is not None:
+                asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"model": self.name, "ready": True, "in_flight": 0})

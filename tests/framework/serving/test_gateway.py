@@ -422,3 +422,19 @@ def test_stacking_with_passthrough_answers_equal_stacking_classifier(deploy, can
     status, answer = post(f"{d.url}/v1/predict", npy(X), NPY)
     assert status == 200, answer
     assert_soft_vote(answer, reference.predict(X), reference.predict_proba(X), ["benign", "malignant"])
+
+
+def test_a_taken_port_is_an_error_at_start_and_leaves_nothing_running(deploy, cancer, fitted):
+    from framework.serving.combine import combiner_factory
+    from framework.serving.gateway import Gateway
+
+    members = [(spec_for("tree", fitted["tree"], "predict_proba"), fitted["tree"], 1)]
+    d = deploy(members, "soft_vote", cancer.columns)
+    host, port = d.gateway.address
+    other = Gateway(None, [members[0][0]], d.table, combiner_factory("soft_vote"), columns=cancer.columns)
+    threads = threading.active_count()
+    with pytest.raises(OSError):
+        other.start(host, port)
+    assert threading.active_count() == threads and other._loop is None
+    other.stop()  # nothing to stop: a no-op
+    assert post_json(f"{d.url}/v1/predict", {"rows": rows_of(cancer.X[:1], cancer.columns)})[0] == 200
