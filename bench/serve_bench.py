@@ -18,7 +18,10 @@ Both sides get the same cores:
   release) share this machine's cores between them (``os.cpu_count()`` cpus in all);
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
   processes sharing one listening socket (as gunicorn's workers do), each loading every member
-  with joblib and limited to one BLAS/OpenMP thread (no oversubscription); each request: parse
+  with joblib and limited to one BLAS/OpenMP thread (no oversubscription), closing each
+  connection after its answer as gunicorn's sync workers do (so a new request is accepted by an
+  idle worker rather than queued behind a busy one on a kept-alive connection; ``--baseline-
+  keepalive`` keeps connections open instead); each request: parse
   the JSON rows, every member predicts, the job's combiner (``framework.ensemble``, the code the
   batch job uses) integrates, a JSON answer in the gateway's format.  Same request format as the
   gateway's ``POST /v1/predict``, so one client drives both.
@@ -32,8 +35,9 @@ servers (it takes a share of the cores from both sides alike).
 
 Phases:
 1. **sweep**: rates rising geometrically; a rate meets the SLO when p99 <= ``target_p99_ms``,
-   errors <= 0.1 % and the achieved rate >= 95 % of the offered one; a side stops at its first
-   miss, then the gap between its last pass and first miss is bisected.  Max rate at SLO per side.
+   and errors <= 0.1 % (latency counts from the schedule, so a server that falls behind misses
+   the p99); a side stops at its first miss, then the gap between its last pass and first miss
+   is bisected.  Max rate at SLO per side.
 2. **half**: both sides at half the baseline's max rate, longer; p99 ratio.
 3. **step and fall** (project; baseline for reference): base load (a quarter of 75 % of the
    project's max rate) until the project has scaled down (its replicas gauge stops falling),
@@ -186,8 +190,8 @@ class Trial:
 
     def meets(self, target_ms: float) -> bool:
         n = len(self.samples)
-        return (n > 0 and self.percentile_ms(99) <= target_ms and self.errors <= 0.001 * n
-                and self.achieved >= 0.95 * self.rate)
+        # p99 within the target implies the server kept up with the schedule (latency counts from it)
+        return n > 0 and self.percentile_ms(99) <= target_ms and self.errors <= 0.001 * n
 
 
 def poisson_arrivals(segments: Sequence[tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
@@ -283,12 +287,12 @@ def recovery_seconds(samples: Sequence[Sample], step_at: float, end: float, targ
 
 
 def _baseline_worker(sock: socket.socket, paths: dict[str, str], specs: list[ensemble.MemberSpec],
-                     columns: list[str], ready: Any) -> None:
+                     columns: list[str], keepalive: bool, ready: Any) -> None:
     from aiohttp import web
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
-    threadpool_limits(1)
     models = {name: joblib.load(path) for name, path in paths.items()}
+    threadpool_limits(1)  # after loading: the members' OpenMP/BLAS libraries are loaded by then
     combiner = ensemble.make_combiner(INTEGRATION, specs)
     classes = np.asarray(combiner.classes)
     proba_names = [f"proba_{c}" for c in classes.tolist()]
@@ -304,7 +308,10 @@ def _baseline_worker(sock: socket.socket, paths: dict[str, str], specs: list[ens
         predictions = [{"label": label,
                         "proba": {str(c): float(record[n]) for c, n in zip(classes.tolist(), proba_names)}}
                        for label, record in zip(result["prediction"].tolist(), result)]
-        return web.json_response({"predictions": predictions, "answered_by": list(models), "missing": []})
+        response = web.json_response({"predictions": predictions, "answered_by": list(models), "missing": []})
+        if not keepalive:
+            response.force_close()
+        return response
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
@@ -327,7 +334,7 @@ class Baseline:
     """``workers`` spawned processes sharing one listening socket on loopback."""
 
     def __init__(self, workers: int, paths: dict[str, Path], specs: list[ensemble.MemberSpec],
-                 columns: list[str]) -> None:
+                 columns: list[str], keepalive: bool) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -337,7 +344,8 @@ class Baseline:
         self.ready = [context.Event() for _ in range(workers)]
         files = {n: str(p) for n, p in paths.items()}
         self.processes = [context.Process(target=_baseline_worker, daemon=True,
-                                          args=(self.sock, files, specs, columns, ready)) for ready in self.ready]
+                                          args=(self.sock, files, specs, columns, keepalive, ready))
+                          for ready in self.ready]
 
     def __enter__(self) -> Baseline:
         for process in self.processes:
@@ -376,12 +384,13 @@ class Project:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "framework.cli", "serve", str(self.job), "--state-dir", str(self.state_dir)],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        live = self.state_dir / "serve.json"  # written once every member has a ready replica
         while time.monotonic() - started < self.start_timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.process.returncode}; its output:\n{self.tail()}")
             try:
                 with urllib.request.urlopen(self.url + "/v1/health", timeout=2) as answer:
-                    if answer.status == 200:
+                    if answer.status == 200 and live.exists():
                         self.started_in = time.monotonic() - started
                         return self
             except OSError:
@@ -413,36 +422,35 @@ class Project:
 
 @dataclass
 class MetricNames:
-    """Which of the gateway's /metrics samples are the cost, its lower bound and the replicas:
-    exact names if given, else the first family whose name matches."""
+    """Which of the gateway's /metrics samples are the cost per hour, its lower bound and the
+    ready replicas (the gateway's names; ``name{label=value}`` sums the samples with that label)."""
 
-    cost: str | None = None
-    bound: str | None = None
-    replicas: str | None = None
+    cost: str = "mesos_ensemble_cost_per_hour"
+    bound: str = "mesos_ensemble_cost_lower_bound_per_hour"
+    replicas: str = "mesos_ensemble_replicas{state=ready}"
 
-    def pick(self, families: dict[str, float]) -> dict[str, float | None]:
-        def find(exact: str | None, pattern: str, avoid: str | None = None) -> float | None:
-            if exact is not None:
-                return families.get(exact)
-            for name, value in families.items():
-                if re.search(pattern, name) and not (avoid and re.search(avoid, name)):
-                    return value
-            return None
-
-        return {"cost": find(self.cost, r"cost.*hour", r"lower|bound"),
-                "bound": find(self.bound, r"(lower|bound).*hour|cost.*(lower|bound)"),
-                "replicas": find(self.replicas, r"replicas", r"desired|target|min|max")}
+    def pick(self, samples: list[tuple[str, dict[str, str], float]]) -> dict[str, float | None]:
+        return {"cost": select(samples, self.cost), "bound": select(samples, self.bound),
+                "replicas": select(samples, self.replicas)}
 
 
-def gauge_totals(text: str) -> dict[str, float]:
-    """Every sample name of a Prometheus text page with the sum of its values over labels."""
+def select(samples: list[tuple[str, dict[str, str], float]], selector: str) -> float | None:
+    """The sum of the samples ``name`` or ``name{label=value,...}`` selects; None when none does."""
+    match = re.fullmatch(r"([^{]+)(?:\{(.*)\})?", selector.strip())
+    if match is None:
+        return None
+    name, wanted = match.group(1), dict(part.split("=", 1) for part in (match.group(2) or "").split(",") if part)
+    values = [value for sample_name, labels, value in samples
+              if sample_name == name and all(labels.get(k) == v.strip('"') for k, v in wanted.items())]
+    return sum(values) if values else None
+
+
+def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text page: (name, labels, value)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
-    return totals
+    return [(sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 @dataclass
@@ -457,9 +465,9 @@ async def poll_metrics(session: Any, url: str, names: MetricNames, log: MetricsL
     while True:
         try:
             async with session.get(url + "/metrics") as answer:
-                totals = gauge_totals(await answer.text())
-            log.names = sorted(totals)
-            log.points.append((loop.time() - t0, names.pick(totals)))
+                samples = parse_samples(await answer.text())
+            log.names = sorted({name for name, _, _ in samples})
+            log.points.append((loop.time() - t0, names.pick(samples)))
         except Exception:  # noqa: BLE001  (a missed poll is a gap in the curve, not a failure)
             pass
         await asyncio.sleep(interval)
@@ -467,7 +475,7 @@ async def poll_metrics(session: Any, url: str, names: MetricNames, log: MetricsL
 
 async def read_metric(session: Any, url: str, names: MetricNames) -> dict[str, float | None]:
     async with session.get(url + "/metrics") as answer:
-        return names.pick(gauge_totals(await answer.text()))
+        return names.pick(parse_samples(await answer.text()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,8 +679,7 @@ def print_table(results: dict[str, dict[float, Trial]], target_ms: float) -> Non
                 mark = " " if t.meets(target_ms) else "*"
                 cells.append(f"{t.percentile_ms(50):>14.1f}{t.percentile_ms(99):>13.1f}{mark}{t.achieved:>13.1f}")
         print(f"{rate:>9.1f}" + "".join(cells))
-    print(f"(ms; got = achieved rps; * = misses the SLO: p99 > {target_ms:g} ms, errors > 0.1 % "
-          "or under 95 % achieved)")
+    print(f"(ms; got = answers per second; * = misses the SLO: p99 > {target_ms:g} ms or errors > 0.1 %)")
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -754,6 +761,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2,
                         help="baseline workers = the embedded cluster's cpus in all")
     parser.add_argument("--agents", type=int, default=2, help="embedded cluster agents sharing the cores")
+    parser.add_argument("--baseline-keepalive", action="store_true",
+                        help="the baseline keeps connections alive (default: closes them, as pre-fork servers do)")
     parser.add_argument("--max-rows", type=int, default=10, help="rows per request: 1..this")
     parser.add_argument("--start-rate", type=float, default=None)
     parser.add_argument("--max-rate", type=float, default=5000.0)
@@ -762,9 +771,12 @@ def main() -> None:
     parser.add_argument("--no-step", action="store_true", help="sweep and half-rate phases only")
     parser.add_argument("--scale-down-delay-s", type=float, default=None,
                         help="the job's scale_down_delay_s (default 30; 10 with --quick)")
-    parser.add_argument("--cost-metric", help="exact /metrics sample name of the cost per hour")
-    parser.add_argument("--bound-metric", help="exact /metrics sample name of the cost's lower bound per hour")
-    parser.add_argument("--replicas-metric", help="exact /metrics sample name of the replica count")
+    defaults = MetricNames()
+    parser.add_argument("--cost-metric", default=defaults.cost, help="/metrics sample of the cost per hour")
+    parser.add_argument("--bound-metric", default=defaults.bound,
+                        help="/metrics sample of the cost's lower bound per hour")
+    parser.add_argument("--replicas-metric", default=defaults.replicas,
+                        help="/metrics samples (summed) of the ready replicas")
     parser.add_argument("--keep", type=Path, help="keep the job, models and serve's log in this directory")
     args = parser.parse_args()
     s = settings(args)
@@ -810,9 +822,11 @@ def main() -> None:
             print(f"project: mesos-ensemble serve {job.name} ({args.agents} agents, {args.cores} cpus in all), "
                   f"gateway {project.url} up in {project.started_in:.1f} s")
         if args.only in ("both", "baseline"):
-            baseline = stack.enter_context(Baseline(args.cores, paths, member_specs(members), columns))
+            baseline = stack.enter_context(Baseline(args.cores, paths, member_specs(members), columns,
+                                                    args.baseline_keepalive))
             urls["baseline"] = baseline.url
-            print(f"baseline: {args.cores} aiohttp worker processes at {baseline.url}")
+            print(f"baseline: {args.cores} aiohttp worker processes at {baseline.url}, connections "
+                  f"{'kept alive' if args.baseline_keepalive else 'closed after each answer'}")
         print(f"answers agree: {check_answers_agree(urls, bodies[:20])}", flush=True)
         asyncio.run(measure(args, urls, bodies, s))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
