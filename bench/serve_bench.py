@@ -497,6 +497,7 @@ class Settings:
     step_high: float
     fall_seconds: float
     timeout: float
+    scale_down_delay: float
 
 
 def post_json(url: str, body: bytes, timeout: float) -> bytes:
@@ -577,37 +578,59 @@ def max_rate_at_slo(trials: dict[float, Trial], target_ms: float) -> float:
 class StepResult:
     base: float
     recovery: float | None
-    replicas_at_step: float | None
     high_p99_ms: float
+    replicas_at_step: float | None = None
+    replicas_peak: float | None = None
+    replicas_end: float | None = None
     fall_cost_ratio: float | None = None
     fall_within_10pct: float | None = None
     cost_points: list[tuple[float, float | None, float | None]] = field(default_factory=list)
     metric_names: list[str] = field(default_factory=list)
 
 
-async def settle(session: Any, url: str, bodies: Sequence[bytes], base: float, names: MetricNames,
-                 limit: float, seed: int) -> float | None:
-    """Base load in 5 s slices until the replicas gauge has stopped falling (or ``limit`` s)."""
-    started = time.monotonic()
-    previous = None
+async def settle(session: Any, url: str, bodies: Sequence[bytes], base: float, names: MetricNames, floor: int,
+                 quiet_for: float, limit: float, seed: int) -> float | None:
+    """Base load in 5 s slices until the ready replicas are down to ``floor`` (the members'
+    ``min_replicas``), or have not fallen for ``quiet_for`` seconds, or ``limit`` seconds passed."""
+    started = last_change = time.monotonic()
+    previous: float | None = None
     while time.monotonic() - started < limit:
         await trial(session, url + "/v1/predict", bodies, base, 5.0, 0.0, 30.0, seed)
         seed += 1
         try:
             replicas = (await read_metric(session, url, names))["replicas"]
-        except Exception:  # noqa: BLE001
-            replicas = None
-        if replicas is None or (previous is not None and replicas >= previous):
+        except Exception:  # noqa: BLE001  (no gauge: nothing to wait for)
+            return None
+        if replicas is None or replicas <= floor:
+            return replicas
+        if previous is None or replicas < previous:
+            last_change = time.monotonic()
+        elif time.monotonic() - last_change >= quiet_for:
             return replicas
         previous = replicas
     return previous
 
 
+def within_after(points: Sequence[tuple[float, float, float]], since: float, slack: float = 0.10) -> float | None:
+    """Seconds from ``since`` until the cost (second item) stayed within ``slack`` of the bound
+    (third) to the end of ``points``: 0 when always, None when the last point is still outside."""
+    inside = [cost <= (1 + slack) * bound + 1e-12 for _, cost, bound in points]
+    if not inside or not inside[-1]:
+        return None
+    if all(inside):
+        return 0.0
+    last_out = max(i for i, ok in enumerate(inside) if not ok)
+    return points[last_out + 1][0] - since
+
+
 async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: float, s: Settings,
                         names: MetricNames, with_metrics: bool) -> StepResult:
+    """Base load (settled), then 4x for ``step_high`` s, then the base again for ``fall_seconds`` s."""
     replicas = None
     if with_metrics:
-        replicas = await settle(session, url, bodies, base, names, s.base_settle_max, 1000)
+        floor = sum(low for _, low, _ in REPLICAS.values())
+        replicas = await settle(session, url, bodies, base, names, floor, s.scale_down_delay + 10, s.base_settle_max,
+                                1000)
     segments = [(base, s.step_pre), (4 * base, s.step_high), (base, s.fall_seconds)]
     arrivals = poisson_arrivals(segments, np.random.default_rng(2000))
     log = MetricsLog()
@@ -619,20 +642,18 @@ async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: f
         poller.cancel()
     step_at, fall_at = s.step_pre, s.step_pre + s.step_high
     high = [x.latency for x in samples if step_at <= x.sent < fall_at]
-    result = StepResult(base, recovery_seconds(samples, step_at, fall_at, s.target_ms / 1000), replicas,
-                        float(np.percentile(high, 99, method="higher")) * 1000 if high else math.inf)
-    after = [(t, p["cost"], p["bound"]) for t, p in log.points if t >= fall_at]
-    result.cost_points = after
+    result = StepResult(base, recovery_seconds(samples, step_at, fall_at, s.target_ms / 1000),
+                        float(np.percentile(high, 99, method="higher")) * 1000 if high else math.inf, replicas)
+    counts = [p["replicas"] for _, p in log.points if p["replicas"] is not None]
+    result.replicas_peak = max(counts) if counts else None
+    result.replicas_end = counts[-1] if counts else None
+    result.cost_points = [(t, p["cost"], p["bound"]) for t, p in log.points if t >= fall_at]
     result.metric_names = log.names
-    known = [(t, c, b) for t, c, b in after if c is not None and b is not None and b > 0]
-    if known:
-        result.fall_cost_ratio = known[-1][1] / known[-1][2]
-        outside = [t for t, c, b in known if c > 1.1 * b]
-        if not outside:
-            result.fall_within_10pct = 0.0
-        elif known[-1][1] <= 1.1 * known[-1][2]:
-            later = [t for t, _, _ in known if t > outside[-1]]
-            result.fall_within_10pct = later[0] - fall_at
+    known = [(t, c, b) for t, c, b in result.cost_points if c is not None and b is not None]
+    if any(c > 0 or b > 0 for _, c, b in known):  # both 0 throughout: the gauges are not set
+        cost, bound = known[-1][1], known[-1][2]
+        result.fall_cost_ratio = cost / bound if bound > 0 else (1.0 if cost == 0 else math.inf)
+        result.fall_within_10pct = within_after(known, fall_at)
     return result
 
 
@@ -685,11 +706,13 @@ def print_table(results: dict[str, dict[float, Trial]], target_ms: float) -> Non
 def settings(args: argparse.Namespace) -> Settings:
     if args.quick:
         return Settings(args.target_p99_ms, seconds=3.0, warmup=0.5, factor=2.0, start_rate=args.start_rate or 5,
-                        max_rate=args.max_rate, bisect=0, half_seconds=4.0, base_settle_max=10.0, step_pre=2.0,
-                        step_high=6.0, fall_seconds=15.0, timeout=5.0)
+                        max_rate=args.max_rate, bisect=0, half_seconds=4.0, base_settle_max=30.0, step_pre=2.0,
+                        step_high=6.0, fall_seconds=20.0, timeout=5.0,
+                        scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 10.0)
     return Settings(args.target_p99_ms, seconds=10.0, warmup=2.0, factor=1.4, start_rate=args.start_rate or 10,
-                    max_rate=args.max_rate, bisect=2, half_seconds=30.0, base_settle_max=120.0, step_pre=5.0,
-                    step_high=20.0, fall_seconds=90.0, timeout=10.0)
+                    max_rate=args.max_rate, bisect=2, half_seconds=30.0, base_settle_max=180.0, step_pre=5.0,
+                    step_high=20.0, fall_seconds=90.0, timeout=10.0,
+                    scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 30.0)
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings) -> None:
@@ -724,16 +747,20 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
                       f"watch {s.fall_seconds:g} s (load average {os.getloadavg()[0]:.1f})", flush=True)
                 steps[name] = await step_and_fall(session, url, bodies, base, s, names, with_metrics=name == "project")
                 r = steps[name]
-                print(f"  replicas at the step {fmt(r.replicas_at_step, 'g')}; p99 over the high phase "
-                      f"{r.high_p99_ms:.1f} ms; back under target after "
+                print(f"  p99 over the high phase {r.high_p99_ms:.1f} ms; back under target after "
                       f"{fmt(r.recovery, '.2f', 'not within the phase')} s")
                 if name == "project":
-                    if not r.cost_points or all(c is None for _, c, _ in r.cost_points):
-                        print("  cost gauges not found in /metrics; its samples: "
-                              + ", ".join(n for n in r.metric_names if "cost" in n or "replica" in n) or "none")
-                    for t, c, b in r.cost_points[::max(1, len(r.cost_points) // 12)]:
-                        print(f"    +{t - (s.step_pre + s.step_high):5.1f} s  cost/h {fmt(c, '.4f')}  "
-                              f"lower bound/h {fmt(b, '.4f')}")
+                    print(f"  ready replicas: {fmt(r.replicas_at_step, 'g')} at the step, {fmt(r.replicas_peak, 'g')} "
+                          f"at most, {fmt(r.replicas_end, 'g')} at the end")
+                    if not any(c for _, c, _ in r.cost_points):
+                        print("  cost gauges absent or 0 in /metrics; its cost and replica samples: "
+                              + (", ".join(n for n in r.metric_names if "cost" in n or "replica" in n) or "none"))
+                    shown = -math.inf
+                    for t, c, b in r.cost_points:
+                        if t - shown >= 5.0 or (t, c, b) == r.cost_points[-1]:
+                            shown = t
+                            print(f"    fall +{t - (s.step_pre + s.step_high):5.1f} s  cost/h {fmt(c, '.4f')}  "
+                                  f"lower bound/h {fmt(b, '.4f')}")
 
     print(f"\n== figures (targets of issue 15; load average {os.getloadavg()[0]:.1f})")
     for name, rate in best.items():
@@ -780,7 +807,6 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the job, models and serve's log in this directory")
     args = parser.parse_args()
     s = settings(args)
-    delay = args.scale_down_delay_s if args.scale_down_delay_s is not None else (10.0 if args.quick else 30.0)
 
     started = time.perf_counter()
     train_rows = 5_000 if args.quick else 20_000
@@ -813,7 +839,7 @@ def main() -> None:
         np.savetxt(data, np.column_stack([x_test[:500], y_test[:500]]), delimiter=",", header=header, comments="",
                    fmt=["%.17g"] * FEATURES + ["%d"])
         address = f"127.0.0.1:{free_port()}"
-        job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, delay)
+        job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, s.scale_down_delay)
 
         urls: dict[str, str] = {}
         if args.only in ("both", "project"):
