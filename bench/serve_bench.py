@@ -161,6 +161,8 @@ class Sample:
     """Scheduled send time, seconds from the run's start."""
     latency: float
     """Seconds from the scheduled send time to the full answer; inf when it failed or timed out."""
+    lag: float = 0.0
+    """Seconds the generator itself sent it late (its loop was busy): part of ``latency``."""
 
 
 @dataclass
@@ -187,6 +189,11 @@ class Trial:
     def achieved(self) -> float:
         ok = len(self.samples) - self.errors
         return ok / max(self.duration, self.finished)
+
+    @property
+    def lag_p99_ms(self) -> float:
+        """How late the generator itself sent (p99): if near the target, the client is the limit."""
+        return float(np.percentile([s.lag for s in self.samples], 99)) * 1000 if self.samples else 0.0
 
     def meets(self, target_ms: float) -> bool:
         n = len(self.samples)
@@ -222,6 +229,7 @@ async def run_load(session: Any, url: str, bodies: Sequence[bytes], arrivals: np
     last = [0.0]
 
     async def one(at: float, body: bytes) -> None:
+        lag = loop.time() - t0 - at
         try:
             async with session.post(url, data=body, timeout=client_timeout,
                                     headers={"Content-Type": "application/json"}) as response:
@@ -231,7 +239,7 @@ async def run_load(session: Any, url: str, bodies: Sequence[bytes], arrivals: np
             ok = False
         now = loop.time()
         last[0] = max(last[0], now - t0)
-        samples.append(Sample(at, now - t0 - at if ok else math.inf))
+        samples.append(Sample(at, now - t0 - at if ok else math.inf, lag))
 
     tasks = []
     for i, at in enumerate(arrivals):
@@ -250,7 +258,7 @@ async def trial(session: Any, url: str, bodies: Sequence[bytes], rate: float, se
     rng = np.random.default_rng(seed)
     arrivals = poisson_arrivals([(rate, warmup + seconds)], rng)
     samples, finished = await run_load(session, url, bodies, arrivals, timeout)
-    kept = [Sample(s.sent - warmup, s.latency) for s in samples if s.sent >= warmup]
+    kept = [Sample(s.sent - warmup, s.latency, s.lag) for s in samples if s.sent >= warmup]
     return Trial(rate, seconds, kept, finished - warmup)
 
 
@@ -529,15 +537,14 @@ async def sweep(session: Any, sides: dict[str, str], bodies: Sequence[bytes], s:
     results: dict[str, dict[float, Trial]] = {name: {} for name in sides}
     active = set(sides)
     rate = s.start_rate
-    seed = 0
     while active and rate <= s.max_rate:
-        for name in [n for n in sides if n in active]:
-            seed += 1
+        for name in [n for n in sides if n in active]:  # the same arrivals and bodies for both sides
             result = await trial(session, sides[name] + "/v1/predict", bodies, rate, s.seconds, s.warmup, s.timeout,
-                                 seed)
+                                 int(rate * 10))
             results[name][rate] = result
             print(f"  {name:<9} {rate:8.1f} rps: p50 {result.percentile_ms(50):8.1f} ms  p99 "
-                  f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps  errors {result.errors}"
+                  f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps  errors {result.errors}  "
+                  f"client lag p99 {result.lag_p99_ms:.1f} ms"
                   f"{'' if result.meets(s.target_ms) else '  (misses the SLO)'}", flush=True)
             if not result.meets(s.target_ms):
                 active.discard(name)
@@ -553,9 +560,8 @@ async def sweep(session: Any, sides: dict[str, str], bodies: Sequence[bytes], s:
             if high is None or high / low < 1.05:
                 break
             middle = round(math.sqrt(low * high), 1)
-            seed += 1
             result = await trial(session, sides[name] + "/v1/predict", bodies, middle, s.seconds, s.warmup,
-                                 s.timeout, seed)
+                                 s.timeout, int(middle * 10))
             results[name][middle] = result
             print(f"  {name:<9} {middle:8.1f} rps: p50 {result.percentile_ms(50):8.1f} ms  p99 "
                   f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps (bisection)", flush=True)
@@ -734,7 +740,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
             print(f"\n== half of the baseline's max rate: {rate} rps for {s.half_seconds:g} s each", flush=True)
             for name, url in urls.items():
                 h = half[name] = await trial(session, url + "/v1/predict", bodies, rate, s.half_seconds, s.warmup,
-                                             s.timeout, 500 + len(half))
+                                             s.timeout, 500)
                 print(f"  {name:<9} p50 {h.percentile_ms(50):8.1f} ms  p99 {h.percentile_ms(99):8.1f} ms"
                       f"  achieved {h.achieved:7.1f} rps", flush=True)
 
