@@ -14,7 +14,7 @@ import warnings
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
@@ -22,6 +22,7 @@ from executor.protocol import (
     BUNDLE_ITEM_INLINE_LIMIT,
     BundlePayload,
     BundleResult,
+    ReplicaPayload,
     ResultEnvelope,
     TaskPayload,
     TaskUsage,
@@ -33,6 +34,9 @@ from executor.protocol import (
 )
 from executor.runner import SandboxCache, TaskError, fetch_inputs, report_failure
 from executor.workers import PredictionPool
+
+if TYPE_CHECKING:
+    from executor.replica import ReplicaHost
 
 log = logging.getLogger("executor")
 
@@ -79,6 +83,8 @@ class EnsembleExecutor(pymesos.Executor):
         self.predictions = PredictionPool(workers, self.cache, mode)
         self.killed: set[str] = set()
         self.lock = threading.Lock()
+        self.replicas: ReplicaHost | None = None
+        """Serving replicas (``executor.replica``, imported with aiohttp by the first one)."""
 
     # pymesos callbacks (IO thread): return fast, never raise.
     def registered(self, driver: Any, executor_info: Any, framework_info: Any, agent_info: Any) -> None:
@@ -98,8 +104,11 @@ class EnsembleExecutor(pymesos.Executor):
 
     def killTask(self, driver: Any, task_id: Any) -> None:  # noqa: N802
         # A running prediction cannot be interrupted safely; report KILLED now and drop its result.
+        # A serving replica drains first (it reports TASK_KILLED itself).
         with self.lock:
             self.killed.add(task_id["value"])
+            if self.replicas is not None and self.replicas.kill(task_id["value"]):
+                return
         self._send(driver, task_id["value"], "TASK_KILLED", message="killed by the framework")
 
     def frameworkMessage(self, driver: Any, message: Any) -> None:  # noqa: N802
@@ -107,6 +116,8 @@ class EnsembleExecutor(pymesos.Executor):
 
     def shutdown(self, driver: Any) -> None:
         log.info("shutdown requested")
+        if self.replicas is not None:
+            self.replicas.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.predictions.close()
 
@@ -123,6 +134,9 @@ class EnsembleExecutor(pymesos.Executor):
         # computes, so that the framework measures stragglers (and timeouts) from compute start.
         try:
             payload = decode_task(pymesos.decode_data(task["data"]))
+            if isinstance(payload, ReplicaPayload):
+                self._serve(driver, task_id, payload, task)
+                return
             first = payload.items[0] if isinstance(payload, BundlePayload) else payload
             if not self.cache.holds(first.model, first.model_file, first.shard):
                 self._send(driver, task_id, "TASK_STARTING")
@@ -141,6 +155,21 @@ class EnsembleExecutor(pymesos.Executor):
         if self._was_killed(task_id):  # already reported TASK_KILLED: a task has one terminal state
             return
         self._send(driver, task_id, state, message=message, data=data)
+
+    def _serve(self, driver: Any, task_id: str, payload: ReplicaPayload, task: Any) -> None:
+        """A long-lived serving replica (``executor.replica``): TASK_STARTING now, TASK_RUNNING
+        once its model is loaded and its port listens; it drains when killed."""
+        from executor.replica import ReplicaHost
+
+        self._send(driver, task_id, "TASK_STARTING")
+        with self.lock:
+            if task_id in self.killed:  # killed before it registered: TASK_KILLED was sent
+                return
+            if self.replicas is None:
+                self.replicas = ReplicaHost(self.cache, self.predictions)
+            self.replicas.register(task_id, payload, task,
+                                   lambda state, message, data: self._send(driver, task_id, state, message, data))
+        self.replicas.load(task_id)
 
     def _run_bundle(self, driver: Any, task_id: str, bundle: BundlePayload) -> None:
         """Run a bundle's items one after the other (each on its own shard, measured alone) and

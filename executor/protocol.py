@@ -4,7 +4,9 @@ A task's ``TaskInfo.data`` carries a :class:`TaskPayload` as JSON.  The terminal
 update's ``data`` carries a :class:`ResultEnvelope` as JSON: the result itself when it is
 small, or a pointer to the copy the executor uploaded to the framework's artifact server.
 Several small tasks may travel as one Mesos task: a :class:`BundlePayload`, answered by one
-terminal update carrying a :class:`BundleResult` (see :func:`decode_task`).
+terminal update carrying a :class:`BundleResult` (see :func:`decode_task`).  A long-lived
+serving replica is a :class:`ReplicaPayload` (see ``executor.replica``): its TASK_RUNNING update
+carries a :class:`ReplicaReady`.
 
 Results are numpy arrays serialised with ``np.save`` (``.npy`` bytes): exact, typed, and
 readable without pickle.  This module is shared by both sides, so it imports only numpy.
@@ -148,11 +150,102 @@ class BundlePayload:
                           sort_keys=True).encode()
 
 
-def decode_task(raw: bytes) -> "TaskPayload | BundlePayload":
-    """A TaskInfo's data: one task's payload or a bundle of them."""
+REPLICA_KIND = "replica"
+REPLICA_OUTPUTS = ("predict", "predict_proba", "decision_function")
+DEFAULT_MAX_BATCH_ROWS = 4096
+REPLICA_MODEL_DIR = "replica-models"
+
+
+@dataclass(frozen=True)
+class ReplicaPayload:
+    """A long-lived serving replica (``TaskInfo.data`` with ``"kind": "replica"``): load ``model``
+    once (``model_url``, checked by ``sha256``; a ``format`` file, for skops with
+    ``trusted_types`` on top of the default allow-list, as for a batch task), then answer
+    ``POST /v1/predict`` on ``host:port`` with ``getattr(model, output)(X)`` until killed.
+    ``port`` 0 binds any free port (the TASK_RUNNING update says which).  The URL carries the
+    job's artifact token, as a :class:`TaskPayload`'s do: never log it."""
+
+    model: str
+    model_url: str
+    sha256: str
+    port: int
+    output: str = "predict"
+    format: str = "joblib"
+    trusted_types: list[str] = field(default_factory=list)
+    host: str = "0.0.0.0"  # noqa: S104 - a replica serves the gateway, on another host
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+    """The most rows one request may carry (the gateway's batches are at most this big)."""
+    kind: str = REPLICA_KIND
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.output not in REPLICA_OUTPUTS:
+            raise ValueError(f"replica output {self.output!r}: expected one of {', '.join(REPLICA_OUTPUTS)}")
+        if self.format not in ("joblib", "skops"):
+            raise ValueError(f"replica model format {self.format!r}: expected joblib or skops")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"replica port {self.port!r}: expected an integer in 0..65535")
+        if not isinstance(self.max_batch_rows, int) or self.max_batch_rows < 1:
+            raise ValueError(f"replica max_batch_rows {self.max_batch_rows!r}: expected a positive integer")
+        if not self.model or "/" in self.model or self.model.startswith("."):
+            raise ValueError(f"replica model name {self.model!r}: expected a plain name")
+
+    @property
+    def remote(self) -> RemoteFile:
+        return RemoteFile(self.model_url, self.sha256)
+
+    @property
+    def model_file(self) -> str:
+        """The sandbox file the model is kept in: named by its checksum too, so that an update of
+        the model (a new sha256) served by the same executor never collides with the old one."""
+        return f"{REPLICA_MODEL_DIR}/{self.model}-{self.sha256[:16]}.{self.format}"
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "ReplicaPayload":
+        fields = json.loads(raw)
+        if not isinstance(fields, dict) or fields.get("kind") != REPLICA_KIND:
+            raise ValueError("not a replica payload (no \"kind\": \"replica\")")
+        return _replica_payload(fields)
+
+
+def _replica_payload(fields: dict[str, Any]) -> ReplicaPayload:
+    if fields.get("version") != PROTOCOL_VERSION:
+        raise ValueError(f"replica payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+    known = set(ReplicaPayload.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"replica payload: unknown field(s) {', '.join(unknown)}")
+    return ReplicaPayload(**{**fields, "trusted_types": list(fields.get("trusted_types", []))})
+
+
+@dataclass(frozen=True)
+class ReplicaReady:
+    """A replica's TASK_RUNNING ``data``: where it listens (``port``: the one it bound), its
+    executor's ``pid``, and whether its predictions run on threads or in worker processes."""
+
+    port: int
+    pid: int
+    predict_mode: Literal["thread", "process"]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "ReplicaReady":
+        fields = json.loads(raw)
+        return cls(port=int(fields["port"]), pid=int(fields["pid"]), predict_mode=fields["predict_mode"])
+
+
+def decode_task(raw: bytes) -> "TaskPayload | BundlePayload | ReplicaPayload":
+    """A TaskInfo's data: one task's payload, a bundle of them, or a serving replica."""
     fields: dict[str, Any] = json.loads(raw)
     if fields.get("version") != PROTOCOL_VERSION:
         raise ValueError(f"task payload version {fields.get('version')!r}, expected {PROTOCOL_VERSION}")
+    if fields.get("kind") == REPLICA_KIND:
+        return _replica_payload(fields)
     if fields.get("schema") == BUNDLE_SCHEMA:
         return BundlePayload(task_id=str(fields["task_id"]), items=[_task_payload(i) for i in fields["items"]],
                              inline_limit=int(fields["inline_limit"]))

@@ -151,7 +151,7 @@ def _close_sockets(keep: int) -> None:
 
 
 def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxCache) -> None:
-    """A worker's loop: a task (model key, payload, shard path) in, ``("ok", output, usage)`` or
+    """A worker's loop: a task (model key, payload, shard path or rows) in, ``("ok", output, usage)`` or
     ``("failed", failure, traceback text)`` out, until the pipe closes."""
     while True:
         try:
@@ -160,7 +160,9 @@ def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxC
             return
         try:
             payload = TaskPayload.from_json(payload_json)
-            shard = np.load(shard_path, mmap_mode="r", allow_pickle=False)
+            # A batch task's shard is a file the worker maps; a replica's request rows come inline.
+            shard = (np.load(shard_path, mmap_mode="r", allow_pickle=False) if isinstance(shard_path, str)
+                     else shard_path)
             output, usage = compute_measured(payload, models[key], shard, cache)
             reply: tuple[Any, ...] = ("ok", output, usage)
         except Exception as error:
@@ -216,6 +218,11 @@ class PredictionPool:
         in-memory shards always run on threads)."""
         if payload.operation != "predict" or not isinstance(shard, np.memmap) or shard.filename is None:
             return "thread"
+        return self.model_mode(payload, model, shard)
+
+    def model_mode(self, payload: TaskPayload, model: Any, sample: np.ndarray) -> Mode:
+        """Where ``payload``'s model predicts, decided once per model (probed on ``sample``'s
+        rows) unless the executor forces one way."""
         if self.forced != "auto":
             return "process" if self.forced == "process" else "thread"
         key = (payload.model_file, payload.model.sha256)
@@ -223,8 +230,17 @@ class PredictionPool:
             lock = self._probing.setdefault(key, threading.Lock())
         with lock:
             if key not in self.modes:
-                self.modes[key] = self._choose(key, payload, model, shard)
+                self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
+
+    def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
+        """A serving replica's request: ``rows`` in memory, predicted where :meth:`model_mode`
+        (decided when the replica loaded its model) put the model; in a worker process the rows
+        travel through the pipe."""
+        key = (payload.model_file, payload.model.sha256)
+        if self.forced == "process" or (self.forced == "auto" and self.modes.get(key) == "process"):
+            return self._in_worker(payload, rows)
+        return compute_measured(payload, model, rows, self.cache)
 
     def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
         if self.size < 2 or cores() < 2:
@@ -244,11 +260,13 @@ class PredictionPool:
         return chosen
 
     # Worker processes.
-    def _in_worker(self, payload: TaskPayload, shard: np.memmap) -> tuple[np.ndarray, TaskUsage]:
+    def _in_worker(self, payload: TaskPayload, shard: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
         key = (payload.model_file, payload.model.sha256)
         worker = self._checkout(key)
+        # A mapped shard travels as its path; in-memory rows (a replica's request) as themselves.
+        source = str(shard.filename) if isinstance(shard, np.memmap) else np.ascontiguousarray(shard)
         try:
-            worker.conn.send((key, payload.to_json(), str(shard.filename)))
+            worker.conn.send((key, payload.to_json(), source))
             reply = worker.conn.recv()
         except (EOFError, OSError) as error:
             status = self._reap(worker)

@@ -38,9 +38,12 @@ subcommands:
   local-cluster         start the embedded Mesos cluster on its own and print its master address
   plan JOB.toml         show where a run's first offer round would put each task, its cost and
                         lower bound, and why any task waits, without launching anything
+  serve JOB.toml        deploy the job's members as long-lived replicas behind an HTTP gateway
+                        (POST /v1/predict) that batches, balances and integrates their answers;
+                        scales each member with its load; SIGHUP or serve --reload rolls changed models
 """
 
-JSON_COMMANDS = ("run", "status", "plan", "inspect")
+JSON_COMMANDS = ("run", "status", "plan", "inspect", "serve")
 """The subcommands that can print their result as one JSON document (--json)."""
 
 MASTER_HELP = ('the Mesos master: "local" (an embedded cluster), host:port, or zk://host:2181[,host:2181]/mesos '
@@ -172,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--secret-file", type=Path, help="--master: the principal's secret (default: the job's)")
     plan.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                       help="print the plan as one JSON document")
+    serve = commands.add_parser("serve", help="deploy the job's members behind an HTTP gateway until interrupted",
+                                conflict_handler="resolve")
+    serve.add_argument("job", type=Path, help="the job file; its [serve] table (see README, 'Serving')")
+    serve.add_argument("--master", help=MASTER_HELP)
+    serve.add_argument("--state-dir", type=Path,
+                       help="the deployment's journal (framework id, replicas), to re-adopt its replicas after a "
+                            "crash (default: beside the job file, JOB.serve-state/)")
+    serve.add_argument("--work-dir", type=Path, help="keep the cluster's sandboxes here (default: a temporary dir)")
+    serve.add_argument("--reload", action="store_true",
+                       help="do not deploy: tell the serve running from --state-dir to reload the job file "
+                            "(rolls changed models; as SIGHUP)")
+    serve.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="once serving, print the gateway's address and replicas as one JSON document")
     for sub in commands.choices.values():
         sub.formatter_class = DefaultsFormatter
         sub.epilog = sub.epilog or "exit status: 0 ok, 1 job failed, 2 bad input, 130/143 interrupted"
@@ -444,7 +460,47 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "validate": cmd_validate, "inspect": cmd_inspect,
             "train-demo": cmd_train_demo, "local-cluster": cmd_local_cluster}
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import json
+
+    from framework.serving.state import default_serve_state_dir, read_live
+
+    state_dir = args.state_dir or default_serve_state_dir(args.job)
+    if args.reload:
+        live = read_live(state_dir)
+        if live is None:
+            raise FrameworkError(f"{state_dir}: no serve runs from this state directory (nothing to reload)")
+        os.kill(int(live["pid"]), signal.SIGHUP)
+        if not args.quiet:
+            print(f"asked serve (pid {live['pid']}, {live['url']}) to reload {args.job}")
+        return EXIT_OK
+
+    from framework.serving.service import ServeOutcome, ServeRunner, install_reload_handler  # imports pymesos
+
+    install_signal_handlers()
+    spec = load_checked(args)
+
+    def note(line: str) -> None:
+        if not args.quiet:
+            print(f"serve: {line}", file=sys.stderr, flush=True)
+
+    def ready(outcome: ServeOutcome) -> None:
+        if args.json:
+            print(json.dumps({"url": outcome.url, "predict": f"{outcome.url}/v1/predict", "pid": os.getpid(),
+                              "state_dir": str(state_dir), "replicas": outcome.members}), flush=True)
+        else:
+            replicas = ", ".join(f"{m}: {c.get('ready', 0)}" for m, c in outcome.members.items())
+            print(f"serving {spec.name} at {outcome.url}/v1/predict (replicas ready: {replicas}); "
+                  f"Ctrl-C stops, SIGHUP or serve --reload reloads", flush=True)
+
+    runner = ServeRunner(args.job, spec, state_dir, work_dir=args.work_dir, note=note, on_ready=ready)
+    install_reload_handler(runner)
+    runner.run()
+    return EXIT_OK
+
+
 COMMANDS["plan"] = cmd_plan
+COMMANDS["serve"] = cmd_serve
 
 if __name__ == "__main__":
     sys.exit(main())

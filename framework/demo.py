@@ -3,7 +3,8 @@
 A LinearRegression and a LogisticRegression trained on scikit-learn's breast-cancer data (it
 ships with scikit-learn), saved with joblib (a pickle) or skops (``model_format="skops"``: only
 allowed types load), a held-out test CSV with labels, and a job file that averages the
-regression's output with the classifier's probability of class 1.
+regression's output with the classifier's probability of class 1; its ``[serve]`` table deploys
+the same members behind ``mesos-ensemble serve``'s gateway (``scripts/serve-demo.sh``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ mem = 128
 [framework]
 master = "local"   # the embedded cluster; or "host:5050" for a real Mesos master
 name = "mesos-ensemble-demo"
+
+# mesos-ensemble serve job.toml: the same members deployed behind an HTTP gateway
+# (curl -d '{{"rows": [{{"f0": 13.0, ...}}]}}' http://127.0.0.1:8080/v1/predict)
+[serve]
+address = "127.0.0.1:8080"
+target_p99_ms = 100
+
+[serve.models.linear]
+min_replicas = 1
+max_replicas = 2
+
+[serve.models.logistic]
+min_replicas = 1
+max_replicas = 2
 """
 
 

@@ -35,7 +35,7 @@ from framework.jobspec import JobSpec, is_html_report, json_beside, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
 from framework.members import member_columns, member_features, member_specs
-from framework.packing import PackingOptions
+from framework.packing import PackingOptions, format_port_ranges
 from framework.preflight import (LOCAL_AGENT_DEFAULTS, check_job, check_non_finite, job_warnings, local_agents,
                                  resolve_shard_rows)
 from framework.progress import JobProgress, as_progress
@@ -533,7 +533,8 @@ class JobRunner:
         # The very agents ``validate`` judged the job against (preflight.local_agents: one place
         # holds the defaults).
         agents = [
-            AgentSpec(hostname=a.hostname, resources={k: getattr(a.capacity, k) for k in LOCAL_AGENT_DEFAULTS},
+            AgentSpec(hostname=a.hostname, resources={**{k: getattr(a.capacity, k) for k in LOCAL_AGENT_DEFAULTS},
+                                                      "ports": format_port_ranges(a.port_ranges)},
                       attributes=dict(a.attributes))
             for a in local_agents(self.spec.local_cluster)
         ]

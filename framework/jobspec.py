@@ -22,9 +22,10 @@ from executor.protocol import file_sha256
 from framework import ensemble, readers
 from framework.balancing import auto_rows_per_shard
 from framework.errors import JobSpecError
-from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources
+from framework.packing import Constraint, ConstraintValueError, CostModel, PriceTable, Resources, parse_port_ranges
 from framework.packing.constraints import from_job as constraint_from_job
 from framework.packing.constraints import job_keys as constraint_keys
+from framework.serving.spec import ServeSpec, ServeSpecError, parse_serve
 
 ModelKind = ensemble.Kind
 MODEL_KINDS = ensemble.KINDS
@@ -209,6 +210,8 @@ class JobSpec:
     """Columns of the data copied into a Parquet output beside the predictions (e.g. the key)."""
     sources: tuple[SourceSpec, ...] = ()
     """``[[sources]]``: several files joined by key (empty: the one ``[data] path``)."""
+    serve: ServeSpec | None = None
+    """``[serve]``: how ``mesos-ensemble serve`` deploys the members (None: no such table)."""
 
     def source_spec(self, name: str) -> SourceSpec:
         return next(s for s in self.sources if s.name == name)
@@ -287,7 +290,8 @@ def load_job(path: Path | str) -> JobSpec:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise JobSpecError(f"{source}: not valid TOML: {error}") from None
     top = _Section(source, "", raw)
-    top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking", "sources"})
+    top.reject_unknown({"job", "data", "models", "framework", "local_cluster", "pricing", "stacking", "sources",
+                       "serve"})
     job = _Section(source, "job", top.get("job", dict, required=True))
     job.reject_unknown({"name", "integration", "output", "report", "min_members", "explain", "pass_through"})
     models_raw = top.get("models", list, required=True)
@@ -356,7 +360,16 @@ def load_job(path: Path | str) -> JobSpec:
         **_parse_pricing(source, top.get("pricing", dict, {})),
         stacking=stacking,
         sources=sources,
+        serve=_parse_serve(top, names) if "serve" in raw else None,
     )
+
+
+def _parse_serve(top: _Section, names: list[str]) -> ServeSpec:
+    """``[serve]`` (see ``framework.serving.spec``), its errors named as the rest of the file's."""
+    try:
+        return parse_serve(top.get("serve", dict), names)
+    except ServeSpecError as error:
+        raise JobSpecError(f"{top.source}: {error}") from None
 
 
 WEIGHTED_METHODS = ("weighted_mean", "hard_vote", "soft_vote")
@@ -772,9 +785,16 @@ def _parse_local_cluster(source: Path, table: Any) -> LocalClusterSpec:
     agents = section.get("agents", list, [])
     for i, agent in enumerate(agents):
         entry = _Section(source, f"local_cluster.agents[{i}]", agent)
-        entry.reject_unknown({"hostname", "cpus", "mem", "disk", "gpus", "attributes"})
+        entry.reject_unknown({"hostname", "cpus", "mem", "disk", "gpus", "ports", "attributes"})
         for key in ("cpus", "mem", "disk", "gpus"):
             entry.number(key, 0.0)
+        ports = entry.get("ports", str)
+        if ports is not None:
+            try:
+                parse_port_ranges(ports)
+            except ValueError:
+                entry.fail("ports", f"must be port ranges within 0-65535 like \"[31000-32000]\" (or \"[]\"), "
+                                    f"got {ports!r}")
         entry.get("attributes", dict, {})
     return LocalClusterSpec(agents=tuple(agents), keep_sandboxes=section.get("keep_sandboxes", bool, False))
 

@@ -75,10 +75,11 @@ kept in the database, in the same transaction that marks the item finished; larg
 an executor uploads) as files in ``results/``.  Creating a file costs a new inode: 1-10 ms on
 this project's VM disk under load, several times one WAL commit (see ``bench/journal_bench.py``)."""
 
-RESULT_NEUTRAL_TABLES = ("framework", "local_cluster", "pricing")
+RESULT_NEUTRAL_TABLES = ("framework", "local_cluster", "pricing", "serve")
 """Top-level tables of the job file left out of its fingerprint: they say where and how tasks
-run (master, retries, timeouts, agents, prices), not what any work item computes, so changing
-them (say, a longer ``timeout_seconds`` before resuming) does not invalidate finished results."""
+run (master, retries, timeouts, agents, prices, how ``serve`` deploys the members), not what any
+work item computes, so changing them (say, a longer ``timeout_seconds`` before resuming) does not
+invalidate finished results."""
 
 Durability = Literal["process", "power"]
 

@@ -16,11 +16,15 @@ import numpy as np
 from framework.dataset import Dataset, NonFinite, non_finite_columns, open_data
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec, JobSpec, LocalClusterSpec, ModelSpec
-from framework.packing import Agent, AttributeEquals, Resources
+from framework.packing import Agent, AttributeEquals, Resources, count_ports, parse_port_ranges
 from framework.readers import count_rows, open_table
 
 LOCAL_AGENT_DEFAULTS = {"cpus": 2.0, "mem": 4096.0, "disk": 10000.0, "gpus": 0.0}
 """What an embedded-cluster agent offers when ``[local_cluster] agents`` does not say."""
+
+LOCAL_AGENT_PORTS = "[31000-32000]"
+"""The ports an embedded-cluster agent offers when its ``[local_cluster] agents`` entry names none
+(what a Mesos agent offers by default)."""
 
 LOCAL_AGENT_COUNT = 2
 """How many agents the embedded cluster starts when ``[local_cluster] agents`` is not given."""
@@ -36,12 +40,14 @@ def _num(value: float) -> str:
 def local_agents(cluster: LocalClusterSpec) -> list[Agent]:
     """The agents ``master = "local"`` starts, as the packer sees them."""
     entries: Sequence[Mapping[str, Any]] = cluster.agents or [{}] * LOCAL_AGENT_COUNT
-    return [
-        Agent(agent_id=f"local-{i + 1}", hostname=str(entry.get("hostname", f"agent-{i + 1}")), offer_ids=(),
-              capacity=Resources(**{k: float(entry.get(k, d)) for k, d in LOCAL_AGENT_DEFAULTS.items()}),
-              attributes=dict(entry.get("attributes", {})))
-        for i, entry in enumerate(entries)
-    ]
+    agents = []
+    for i, entry in enumerate(entries):
+        ports = parse_port_ranges(str(entry.get("ports", LOCAL_AGENT_PORTS)))
+        agents.append(Agent(agent_id=f"local-{i + 1}", hostname=str(entry.get("hostname", f"agent-{i + 1}")),
+                            offer_ids=(), attributes=dict(entry.get("attributes", {})), port_ranges=ports,
+                            capacity=Resources(**{k: float(entry.get(k, d)) for k, d in LOCAL_AGENT_DEFAULTS.items()},
+                                               ports=count_ports(ports))))
+    return agents
 
 
 def _feasible(constraint: Any, agents: Sequence[Agent]) -> np.ndarray | None:

@@ -5,7 +5,8 @@ FrameworkInfo, ExecutorInfo with its CommandInfo, TaskInfo, resources carved fro
 filters, offer and task ids for ACCEPT/DECLINE/KILL/RECONCILE.  Incoming (pymesos dicts or
 addict.Dicts in, the project's values out): offers as :class:`OfferView`, status updates as
 :class:`StatusUpdate`, ids as strings.  Only the scalar resources our role may use are counted
-(unreserved ``*`` and our role's).
+(unreserved ``*`` and our role's), and the unreserved ``ports`` ranges (a task names the ports it
+listens on: :func:`assign_ports` picks them, ``task_info(..., ports=...)`` carries them).
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ import dataclasses
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from executor.protocol import BundlePayload, BundleResult, TaskPayload
 from framework.offers import OfferView
-from framework.packing import Resources
+from framework.packing import PortRanges, Resources, normalize_port_ranges
 
 SCALARS = ("cpus", "mem", "disk", "gpus")
 
 __all__ = ["Message", "OfferView", "StatusUpdate", "PoolAllocator", "ExecutorLaunch", "read_id", "read_offer",
            "read_status", "read_master", "fan_out", "offered_cpus", "bundle_info",
            "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
-           "reconcile_tasks", "executor_info", "task_info", "framework_info"]
+           "reconcile_tasks", "executor_info", "task_info", "framework_info", "assign_ports", "ports_resource"]
 
 Message = dict[str, Any]
 """A Mesos v1 JSON object as pymesos sends it."""
@@ -61,12 +62,16 @@ def _role_of(resource: Mapping[str, Any]) -> str:
 def read_offer(offer: Mapping[str, Any], role: str) -> OfferView:
     """Read one offer as pymesos delivers it (dict or addict.Dict)."""
     pools = []
+    ports: list[tuple[int, int]] = []
     for resource in offer.get("resources") or []:
         name = resource.get("name")
         if name in SCALARS and resource.get("type", "SCALAR") == "SCALAR":
             resource_role = _role_of(resource)
             if resource_role in ("*", role):
                 pools.append((name, resource_role, float(resource["scalar"]["value"])))
+        elif name == "ports" and resource.get("type") == "RANGES" and _role_of(resource) == "*":
+            # Unreserved only: a launch names its ports without a role (see ports_resource).
+            ports += [(int(r["begin"]), int(r["end"])) for r in (resource.get("ranges") or {}).get("range") or []]
     attributes: dict[str, str | float] = {}
     for attribute in offer.get("attributes") or []:
         kind = attribute.get("type")
@@ -82,6 +87,7 @@ def read_offer(offer: Mapping[str, Any], role: str) -> OfferView:
         hostname=str(offer.get("hostname") or ""),
         pools=tuple(pools),
         attributes=attributes,
+        ports=normalize_port_ranges(ports),
     )
 
 
@@ -204,6 +210,34 @@ class PoolAllocator:
         return resources
 
 
+def assign_ports(free_ranges: Iterable[tuple[int, int]], count: int, taken: Iterable[int] = ()) -> list[int]:
+    """``count`` ports from the inclusive ``free_ranges`` (an agent's offered ``port_ranges``),
+    lowest first, none of ``taken`` (those already given to other tasks of this round).
+    Raises ValueError when the ranges hold fewer than ``count`` such ports."""
+    if count < 0:
+        raise ValueError(f"a negative number of ports: {count}")
+    skip = set(taken)
+    chosen: list[int] = []
+    for begin, end in normalize_port_ranges(free_ranges):
+        port = begin
+        while port <= end and len(chosen) < count:
+            if port not in skip:
+                chosen.append(port)
+            port += 1
+        if len(chosen) == count:
+            return chosen
+    if len(chosen) < count:
+        raise ValueError(f"ports: {count} wanted, the offered ranges hold {len(chosen)} free")
+    return chosen
+
+
+def ports_resource(ports: Iterable[int]) -> Message:
+    """The unreserved ``ports`` RANGES resource naming exactly ``ports`` (adjacent ones merged)."""
+    ranges: PortRanges = normalize_port_ranges((p, p) for p in ports)
+    return {"name": "ports", "type": "RANGES",
+            "ranges": {"range": [{"begin": begin, "end": end} for begin, end in ranges]}}
+
+
 @dataclass(frozen=True)
 class ExecutorLaunch:
     """What one of our executors on one agent looks like (for one model, or shared by all).
@@ -252,13 +286,15 @@ def task_info(
     resources: list[Message],
     executor: Message,
     payload: bytes,
+    ports: Sequence[int] = (),
 ) -> Message:
-    """TaskInfo for a task run by our executor; ``payload`` travels base64 in ``data``."""
+    """TaskInfo for a task run by our executor; ``payload`` travels base64 in ``data``.
+    ``ports`` (from :func:`assign_ports`) are added to ``resources`` as a ``ports`` RANGES resource."""
     return {
         "task_id": id_message(task_id),
         "agent_id": id_message(agent_id),
         "name": name,
-        "resources": resources,
+        "resources": list(resources) + ([ports_resource(ports)] if ports else []),
         "executor": executor,
         "data": base64.b64encode(payload).decode("ascii"),
     }

@@ -28,7 +28,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem", type=float, default=4096.0, help="memory (MB) per agent")
     parser.add_argument("--disk", type=float, default=10000.0, help="disk (MB) per agent")
     parser.add_argument("--gpus", type=float, default=0.0, help="gpus per agent")
-    parser.add_argument("--ports", default=None, help='port ranges per agent, e.g. "[31000-32000]" (default: none)')
+    parser.add_argument("--ports", default=None,
+                        help='port ranges per agent (default "[31000-32000]", as a Mesos agent; "[]" for none)')
     parser.add_argument("--attributes", default="",
                         help='agent attributes in Mesos agent syntax, e.g. "zone:a;price:1.5" (default: none)')
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -29,7 +29,8 @@ def generate_secret() -> str:
 @dataclass
 class AgentSpec:
     """Resources and attributes of one agent (``resources`` like ``{"cpus": 2, "mem": 4096}``;
-    ``"ports": "[31000-32000]"`` for ranges)."""
+    ``"ports": "[31000-32000]"`` for ranges: an agent that names no ports offers those, as a
+    Mesos agent does, and ``"ports": "[]"`` none)."""
 
     hostname: str = "localhost"
     resources: Mapping[str, Any] = field(default_factory=lambda: {"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0})
@@ -132,7 +133,7 @@ class LocalCluster:
     def _add_agent(self, spec: AgentSpec, port: int) -> Agent:
         assert self.master is not None
         o = self.options
-        agent = Agent(self.master, self.lock, spec.hostname, Resources.from_spec(spec.resources),
+        agent = Agent(self.master, self.lock, spec.hostname, Resources.for_agent(spec.resources),
                       dict(spec.attributes), self.work_dir, self.host, port,
                       executor_shutdown_grace_period=o["executor_shutdown_grace_period"],
                       status_update_retry_interval=o["status_update_retry_interval"],

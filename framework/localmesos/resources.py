@@ -8,6 +8,8 @@ from typing import Any, Iterable, Mapping
 Range = tuple[int, int]
 _SCALAR_ORDER = ("cpus", "mem", "disk", "gpus")
 _EPSILON = 1e-9
+DEFAULT_PORTS = "[31000-32000]"
+"""What a Mesos agent offers as ``ports`` when its ``--resources`` name none."""
 
 
 def _round(value: float) -> float:
@@ -96,6 +98,12 @@ class Resources:
         return res
 
     @classmethod
+    def for_agent(cls, spec: Mapping[str, Any]) -> "Resources":
+        """An agent's total from its resource mapping, as a Mesos agent sets it up: ``ports``
+        default to ``[31000-32000]`` when not named (``"ports": "[]"`` for none)."""
+        return cls.from_spec({"ports": DEFAULT_PORTS, **dict(spec)})
+
+    @classmethod
     def from_json(cls, items: Iterable[Mapping[str, Any]] | None) -> "Resources":
         """From a v1 ``Resource`` list; raises ValueError for unsupported shapes."""
         res = cls()
@@ -163,9 +171,12 @@ class Resources:
         return names
 
     def to_json(self, role: bool = True, allocation_info: bool = False) -> list[dict[str, Any]]:
-        """v1 ``Resource`` list (zero scalars and empty ranges are omitted)."""
+        """v1 ``Resource`` list (zero scalars and empty ranges are omitted); ranges first, then
+        the scalars, the order of the offers real Mesos 1.11 sends (``ports`` before ``cpus``)."""
         out: list[dict[str, Any]] = []
-        for name in self._names():
+        names = self._names()
+        for name in [n for n in names if n in self.ranges and n not in self.scalars] + \
+                [n for n in names if not (n in self.ranges and n not in self.scalars)]:
             if name in self.ranges and name not in self.scalars:
                 item: dict[str, Any] = {
                     "name": name, "type": "RANGES",

@@ -34,7 +34,8 @@ and the agent-emptying search, and a greedy start that opens it can end in a wor
 optimum; a safeguard would need the plan without that agent, which ``pack`` does not know.
 """
 
-from .agents import RESOURCE_NAMES, Agent, Resources
+from .agents import (RESOURCE_NAMES, Agent, PortRanges, Resources, count_ports, format_port_ranges,
+                     normalize_port_ranges, parse_port_ranges)
 from .baseline import first_fit_decreasing
 from .constraints import (AttributeEquals, AvoidAgents, Constraint, ConstraintValueError, MaxPerAgent, ModelLimits,
                           NeedsGpu, SpreadAtLeast)
@@ -43,5 +44,6 @@ from .packer import pack
 
 __all__ = ["RESOURCE_NAMES", "Agent", "AttributeEquals", "AvoidAgents", "Constraint", "ConstraintValueError",
            "CostModel", "DeclineReason", "MaxPerAgent", "ModelLimits", "NeedsGpu", "PackingOptions", "Plan",
-           "PriceTable", "Resources", "SpreadAtLeast", "TaskDemand", "Unplaced", "first_fit_decreasing", "pack",
+           "PortRanges", "PriceTable", "Resources", "SpreadAtLeast", "TaskDemand", "Unplaced", "count_ports",
+           "first_fit_decreasing", "format_port_ranges", "normalize_port_ranges", "pack", "parse_port_ranges",
            "resolve_price"]

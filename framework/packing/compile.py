@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .agents import Agent
+from .agents import RESOURCE_NAMES, SCALAR_NAMES, Agent
 from .constraints import Constraint, NeedsGpu
 from .model import TaskDemand
 from .problem import BIG, Problem
@@ -35,6 +35,7 @@ class Compiled:
     filters: list[list[Filter]]
     max_label: dict[int, str]      # model index -> label of its tightest per-agent limit
     spread_label: dict[int, str]   # model index -> label of its largest spread
+    resource_names: tuple[str, ...] = SCALAR_NAMES  # name of each column of the problem's arrays
 
 
 def compile_problem(tasks: Sequence[TaskDemand], agents: Sequence[Agent]) -> Compiled:
@@ -46,12 +47,18 @@ def compile_problem(tasks: Sequence[TaskDemand], agents: Sequence[Agent]) -> Com
     models = sorted({t.model for t in tasks})
     index = {m: i for i, m in enumerate(models)}
     T, A, M = len(tasks), len(agents), len(models)
-    demand = np.array([t.resources.as_tuple() for t in tasks], float).reshape(T, 4)
+    n = len(RESOURCE_NAMES)
+    demand = np.array([t.resources.as_tuple() for t in tasks], float).reshape(T, n)
     model_of = np.array([index[t.model] for t in tasks], dtype=np.int64)
-    exec_dem = np.zeros((M, 4))
+    exec_dem = np.zeros((M, n))
     for t in tasks:  # the largest executor declared for a model counts
         exec_dem[index[t.model]] = np.maximum(exec_dem[index[t.model]], t.executor.as_tuple())
-    cap = np.array([a.capacity.as_tuple() for a in agents], float).reshape(A, 4)
+    cap = np.array([a.capacity.as_tuple() for a in agents], float).reshape(A, n)
+    # Dimensions beyond the scalars (ports) only when asked for: a problem nobody asks ports of
+    # is exactly the four-resource one (same sizes, same search).
+    keep = [r for r, name in enumerate(RESOURCE_NAMES)
+            if name in SCALAR_NAMES or (demand[:, r] > 0).any() or (exec_dem[:, r] > 0).any()]
+    demand, exec_dem, cap = demand[:, keep], exec_dem[:, keep], cap[:, keep]
     price = np.array([0.0 if a.in_use else float(a.price) for a in agents])
     loaded = np.zeros((A, M), bool)
     running = np.zeros((A, M), np.int64)
@@ -70,7 +77,8 @@ def compile_problem(tasks: Sequence[TaskDemand], agents: Sequence[Agent]) -> Com
             allowed[i] &= ok
     max_per, spread, max_label, spread_label = model_limits(tasks, models)
     p = Problem(demand, model_of, exec_dem, cap, price, loaded, running, allowed, max_per, spread)
-    return Compiled(tasks, agents, p, models, filters, max_label, spread_label)
+    return Compiled(tasks, agents, p, models, filters, max_label, spread_label,
+                    tuple(RESOURCE_NAMES[r] for r in keep))
 
 
 def implied_constraints(task: TaskDemand) -> tuple[Constraint, ...]:

@@ -7,7 +7,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .agents import RESOURCE_NAMES
 from .bounds import cost_lower_bound
 from .compile import Compiled
 from .construct import empty_fits
@@ -107,7 +106,7 @@ def _reasons(c: Compiled, state: State, t: int) -> Unplaced:
     need = (state.cnt[:, m] == 0) & ~p.loaded[:, m]
     new = state.load + p.demand[t] + need[:, None] * p.exec_dem[m]
     over = (new > p.cap_tol) & ~rejected[:, None]
-    for r, name in enumerate(RESOURCE_NAMES[:p.R]):
+    for r, name in enumerate(c.resource_names):
         if over[:, r].any():
             exhausted[name] = int(over[:, r].sum())
     return Unplaced(c.tasks[t].task_id, exhausted, filtered)

@@ -218,3 +218,18 @@ def test_secret_from_a_file_or_an_environment_variable(demo_dir: Path, tmp_path:
     with pytest.raises(JobSpecError) as error:
         load_job(number)
     assert "918273645" not in str(error.value) and "framework.secret must be a string" in str(error.value)
+
+
+@pytest.mark.parametrize(("ports", "message"), [
+    ('"31000-32000"', r'local_cluster\.agents\[0\]\.ports must be port ranges within 0-65535 like "\[31000-32000\]" '
+                      r"\(or \"\[\]\"\), got '31000-32000'"),
+    ('"[70000-70001]"', r"local_cluster\.agents\[0\]\.ports must be port ranges .*got '\[70000-70001\]'"),
+    ("31000", r"local_cluster\.agents\[0\]\.ports must be str, got 31000"),
+])
+def test_local_cluster_agent_ports_are_mesos_ranges(demo_dir: Path, tmp_path: Path, ports: str, message: str) -> None:
+    good = variant(demo_dir, tmp_path, "[framework]",
+                   '[local_cluster]\nagents = [{ ports = "[31000-31004, 31010-31010]" }, {}]\n\n[framework]')
+    assert [a.get("ports") for a in load_job(good).local_cluster.agents] == ["[31000-31004, 31010-31010]", None]
+    bad = variant(demo_dir, tmp_path, "[framework]", f"[local_cluster]\nagents = [{{ ports = {ports} }}]\n\n[framework]")
+    with pytest.raises(JobSpecError, match=message):
+        load_job(bad)

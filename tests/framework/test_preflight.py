@@ -38,9 +38,13 @@ def agent(name: str, cpus: float = 2, mem: float = 4096, gpus: float = 0, **attr
 
 def test_the_default_local_cluster_is_two_agents_of_2_cpus_and_4096_mb() -> None:
     agents = local_agents(LocalClusterSpec())
-    assert [a.capacity for a in agents] == [Resources(cpus=2, mem=4096, disk=10000)] * 2
+    # and the ports a Mesos agent offers by default (issue 15: serving replicas listen on them)
+    assert [a.capacity for a in agents] == [Resources(cpus=2, mem=4096, disk=10000, ports=1001)] * 2
+    assert [a.port_ranges for a in agents] == [((31000, 32000),)] * 2
     custom = local_agents(LocalClusterSpec(agents=({"hostname": "g", "gpus": 1, "attributes": {"zone": "a"}},)))
     assert custom[0].hostname == "g" and custom[0].capacity.gpus == 1 and custom[0].attributes == {"zone": "a"}
+    named = local_agents(LocalClusterSpec(agents=({"ports": "[31000-31002, 31010-31010]"}, {"ports": "[]"})))
+    assert [(a.port_ranges, a.capacity.ports) for a in named] == [(((31000, 31002), (31010, 31010)), 4), ((), 0)]
 
 
 def test_models_that_fit_give_no_reasons(spec: JobSpec) -> None:

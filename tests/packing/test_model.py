@@ -11,10 +11,14 @@ def test_resources_arithmetic_and_fit():
     assert Resources(1, 2).fits_in(Resources(1, 2))
     assert Resources(1 + 1e-12, 2).fits_in(Resources(1, 2))
     assert not Resources(1.01, 2).fits_in(Resources(1, 2))
-    assert Resources.from_mapping({"mem": 3}).as_dict() == {"cpus": 0.0, "mem": 3.0, "disk": 0.0, "gpus": 0.0}
+    assert Resources.from_mapping({"mem": 3}).as_dict() == {"cpus": 0.0, "mem": 3.0, "disk": 0.0, "gpus": 0.0,
+                                                             "ports": 0.0}
     assert Resources().is_zero() and not a.is_zero()
+    # ports (issue 15) is a count the packer knows; anything else is still refused
+    assert Resources.from_mapping({"ports": 2}) == Resources(ports=2)
+    assert not Resources(ports=3).fits_in(Resources(cpus=8, ports=2))
     with pytest.raises(ValueError):
-        Resources.from_mapping({"ports": 1})
+        Resources.from_mapping({"ram": 1})
 
 
 def test_price_precedence_hostname_then_attribute_table_then_scalar_then_default():

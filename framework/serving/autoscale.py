@@ -1,0 +1,149 @@
+"""How many replicas each member should run: a pure decision from the gateway's load samples.
+
+``decide(spec, loads, current_counts, state, now) -> (desired_counts, new_state)``; the
+controller calls it every ``scale_interval_s`` with the last window's :class:`MemberLoad` per
+member and keeps the returned :class:`AutoscaleState` for the next call.
+
+* **Up, at once**, when the member is *pressed*: its p99 is above ``target_p99_ms``, or its
+  queue grew since the last decision and holds more than one request per ready replica.  The
+  step is sized from the measured rate: ``rate / (capacity x HEADROOM)`` replicas, where the
+  capacity is the highest rate per ready replica seen while the member met its target (what a
+  replica is known to carry).  Before any such measurement (or to check it), the step is the
+  ready count times the pressure (p99 over target, or waiting plus in-flight requests over
+  in-flight ones), at most :data:`MAX_STEP_FACTOR` times the ready count per decision; so a
+  4x load step is met in one decision, two without a capacity measurement.
+* **Down, slowly**: only after ``scale_down_delay_s`` during which the member met its target and
+  fewer replicas would have carried every sample's rate at the measured capacity (a rate per
+  replica known to meet the target); it then goes to the largest count any sample of that window
+  needed (hysteresis: a noisy rate does not flap), and the next step down waits a whole delay
+  again.
+* Always within the member's ``min_replicas..max_replicas``.
+
+No clock, threads or I/O: the time is the ``now`` argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from framework.serving.spec import ServeSpec
+
+HEADROOM = 0.8
+"""Replicas are sized to carry the rate at this share of their measured capacity."""
+MAX_STEP_FACTOR = 4.0
+"""At most this many times the ready replicas in one scale-up decision."""
+MIN_PRESSURE_STEP = 1.5
+"""A pressed member without a capacity measurement grows by at least this factor."""
+
+
+@dataclass(frozen=True)
+class MemberLoad:
+    """What the gateway measured for one member over its last window."""
+
+    member: str
+    rate_rps: float
+    """Requests per second that arrived for the member (its offered load, not only the served)."""
+    queue_depth: int
+    """Requests waiting in the gateway (batcher) for a replica at the end of the window."""
+    in_flight: int
+    """Requests sent to replicas and not answered yet."""
+    p99_ms: float
+    """The member's p99 latency over the window (0 when it had no request)."""
+    replicas_ready: int
+    """Replicas that passed their health check and take requests."""
+
+
+@dataclass(frozen=True)
+class MemberScaleState:
+    """What the autoscaler remembers of one member between decisions."""
+
+    capacity_rps: float = 0.0
+    """Highest rate per ready replica seen while the member met its target (0: none yet)."""
+    last_queue: int = 0
+    low_since: float | None = None
+    """Since when fewer replicas would have carried the load (None: not now)."""
+    low_need: int = 0
+    """The most replicas any sample needed since ``low_since``."""
+    last_up: float | None = None
+    """When the member last scaled up."""
+
+
+@dataclass(frozen=True)
+class AutoscaleState:
+    """The autoscaler's memory, returned by each :func:`decide` for the next."""
+
+    members: Mapping[str, MemberScaleState] = field(default_factory=dict)
+
+
+def decide(spec: ServeSpec, loads: Mapping[str, MemberLoad], current_counts: Mapping[str, int],
+           state: AutoscaleState, now: float) -> tuple[dict[str, int], AutoscaleState]:
+    """Desired replicas per member (every member of ``current_counts``) and the next state.
+
+    ``current_counts`` are the counts the controller aims at now (its last desired counts); a
+    member with no sample in ``loads`` keeps its count (clamped to its bounds)."""
+    desired: dict[str, int] = {}
+    members: dict[str, MemberScaleState] = {}
+    for member, current in current_counts.items():
+        bounds = spec.bounds(member)
+        previous = state.members.get(member, MemberScaleState())
+        load = loads.get(member)
+        if load is None:
+            desired[member], members[member] = bounds.clamp(current), previous
+            continue
+        count, members[member] = _decide_member(spec, load, bounds.clamp(current), previous, now)
+        desired[member] = bounds.clamp(count)
+    return desired, AutoscaleState(members)
+
+
+def pressed(spec: ServeSpec, load: MemberLoad, last_queue: int) -> bool:
+    """The member misses its target: p99 above it, or a queue that grows past one request
+    waiting per ready replica."""
+    growing = load.queue_depth > last_queue and load.queue_depth > max(1, load.replicas_ready)
+    return load.p99_ms > spec.target_p99_ms or growing
+
+
+def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) -> int:
+    """Replicas that carry ``rate_rps`` at ``headroom`` of ``capacity_rps`` each (0 for no load)."""
+    if rate_rps <= 0:
+        return 0
+    return max(1, math.ceil(rate_rps / (capacity_rps * headroom) - 1e-9))
+
+
+def _decide_member(spec: ServeSpec, load: MemberLoad, current: int, state: MemberScaleState,
+                   now: float) -> tuple[int, MemberScaleState]:
+    ready = max(0, load.replicas_ready)
+    if pressed(spec, load, state.last_queue):
+        wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps))
+        return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
+                               last_up=now if wanted > current else state.last_up)
+    capacity = state.capacity_rps
+    if ready > 0 and load.rate_rps > 0:
+        capacity = max(capacity, load.rate_rps / ready)
+    state = replace(state, capacity_rps=capacity, last_queue=load.queue_depth)
+    if capacity <= 0 and load.rate_rps > 0:  # no measurement of what a replica carries: stay
+        return current, replace(state, low_since=None, low_need=0)
+    need = replicas_for(load.rate_rps, capacity) if capacity > 0 else 0
+    if need >= current or ready < current:  # all are needed, or some are still starting
+        return current, replace(state, low_since=None, low_need=0)
+    if state.low_since is None:
+        return current, replace(state, low_since=now, low_need=need)
+    low_need = max(state.low_need, need)
+    if now - state.low_since < spec.scale_down_delay_s:
+        return current, replace(state, low_need=low_need)
+    # low for long enough: down to what the window's busiest sample needed, then wait again
+    return low_need, replace(state, low_since=None, low_need=0)
+
+
+def _scale_up(spec: ServeSpec, load: MemberLoad, ready: int, capacity: float) -> int:
+    """Replicas for a pressed member: the most of what the measured capacity says (at HEADROOM)
+    and what the pressure on the ready ones says, at most MAX_STEP_FACTOR x ready at once.
+    With no replica ready, only the capacity can say (the pressure is on replicas yet to start)."""
+    by_rate = replicas_for(load.rate_rps, capacity, HEADROOM) if capacity > 0 else 0
+    if ready == 0:
+        return by_rate
+    pressure = max(load.p99_ms / spec.target_p99_ms, (load.queue_depth + load.in_flight) / max(1, load.in_flight),
+                   MIN_PRESSURE_STEP)
+    by_pressure = math.ceil(ready * min(pressure, MAX_STEP_FACTOR) - 1e-9)
+    return min(max(by_rate, by_pressure), math.ceil(ready * MAX_STEP_FACTOR))

@@ -1,0 +1,143 @@
+"""Which replica gets a member's next batch, when to hedge it, where a failed one goes.
+
+Pure decisions over measurements the gateway feeds in (no I/O, no clock of its own: ``now`` is
+given; randomness from an injected ``random.Random``):
+
+* **Least outstanding requests**: a batch goes to the replica with the fewest calls in flight;
+  ties are broken by the *power of two random choices*: two of the tied replicas are drawn and
+  the one with the lower recent mean latency wins (a replica with no measurement yet counts as
+  fastest, so a new replica is tried at once).
+* **Hedging**: a call still unanswered after the member's recent p95 call latency (at least
+  ``hedge_min_s``) is sent to a second replica too; the first answer wins, the other is cancelled.
+  A cancelled call counts in its replica's window with the time it had taken (a lower bound), so
+  a slow replica loses its ties afterwards.
+* **Failover**: a call that failed (error, connection lost, timeout) goes to a replica not tried
+  yet for that batch; the failed replica is *suspect* for ``suspect_s`` and gets new work only
+  when every other candidate is suspect too.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Collection, Sequence
+
+DEFAULT_WINDOW = 200
+"""Calls kept per replica and per member for the latency statistics."""
+
+MIN_HEDGE_SAMPLES = 20
+"""Below this many measured calls of a member, the hedge delay is the floor ``hedge_min_s``'s
+multiple ``COLD_HEDGE_FACTOR``: the p95 of a handful of calls says little."""
+
+COLD_HEDGE_FACTOR = 10.0
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` by the nearest-rank method; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
+
+
+@dataclass
+class ReplicaStats:
+    """What the balancer knows of one replica."""
+
+    outstanding: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=DEFAULT_WINDOW))
+    consecutive_failures: int = 0
+    suspect_until: float = 0.0
+    calls: int = 0
+    failures: int = 0
+
+    def mean_latency(self) -> float:
+        """Mean of the recent call latencies; 0.0 before any (so that a new replica is tried)."""
+        return sum(self.latencies) / len(self.latencies) if self.latencies else 0.0
+
+
+class Balancer:
+    """Per-gateway balancing state; not thread-safe (the gateway's event loop owns it)."""
+
+    def __init__(self, hedge: bool = True, hedge_min_s: float = 0.01, suspect_s: float = 2.0,
+                 window: int = DEFAULT_WINDOW, rng: random.Random | None = None) -> None:
+        if hedge_min_s < 0 or suspect_s < 0 or window < 1:
+            raise ValueError("hedge_min_s and suspect_s must be >= 0 and window >= 1")
+        self.hedge = hedge
+        self.hedge_min_s = hedge_min_s
+        self.suspect_s = suspect_s
+        self.window = window
+        self.rng = rng or random.Random()
+        self.replicas: dict[str, ReplicaStats] = {}
+        self.members: dict[str, deque[float]] = {}
+
+    def stats(self, replica_id: str) -> ReplicaStats:
+        stats = self.replicas.get(replica_id)
+        if stats is None:
+            stats = self.replicas[replica_id] = ReplicaStats(latencies=deque(maxlen=self.window))
+        return stats
+
+    # Decisions ------------------------------------------------------------------------------
+    def pick(self, candidates: Sequence[str], now: float, exclude: Collection[str] = ()) -> str | None:
+        """The replica for the next call among ``candidates`` (not in ``exclude``); None if none is left."""
+        pool = [c for c in candidates if c not in exclude]
+        if not pool:
+            return None
+        healthy = [c for c in pool if self.stats(c).suspect_until <= now] or pool
+        fewest = min(self.stats(c).outstanding for c in healthy)
+        tied = [c for c in healthy if self.stats(c).outstanding == fewest]
+        if len(tied) == 1:
+            return tied[0]
+        first, second = self.rng.sample(tied, 2)
+        return second if self.stats(second).mean_latency() < self.stats(first).mean_latency() else first
+
+    def hedge_delay(self, member: str) -> float | None:
+        """Seconds after which a call of ``member`` still unanswered is hedged; None: never."""
+        if not self.hedge:
+            return None
+        window = self.members.get(member, ())
+        if len(window) < MIN_HEDGE_SAMPLES:
+            return self.hedge_min_s * COLD_HEDGE_FACTOR
+        return max(self.hedge_min_s, percentile(list(window), 95.0))
+
+    def p95(self, member: str) -> float:
+        """The member's recent p95 call latency in seconds (0.0 before any call)."""
+        return percentile(list(self.members.get(member, ())), 95.0)
+
+    # Measurements ---------------------------------------------------------------------------
+    def started(self, replica_id: str) -> None:
+        """A call to ``replica_id`` begins."""
+        stats = self.stats(replica_id)
+        stats.outstanding += 1
+        stats.calls += 1
+
+    def succeeded(self, member: str, replica_id: str, seconds: float) -> None:
+        """A call answered in ``seconds``: it counts in the replica's and the member's windows."""
+        stats = self.stats(replica_id)
+        stats.outstanding = max(0, stats.outstanding - 1)
+        stats.latencies.append(seconds)
+        stats.consecutive_failures = 0
+        stats.suspect_until = 0.0
+        self.members.setdefault(member, deque(maxlen=self.window)).append(seconds)
+
+    def failed(self, replica_id: str, now: float) -> None:
+        """A call failed: the replica is suspect for ``suspect_s``."""
+        stats = self.stats(replica_id)
+        stats.outstanding = max(0, stats.outstanding - 1)
+        stats.consecutive_failures += 1
+        stats.failures += 1
+        stats.suspect_until = now + self.suspect_s
+
+    def abandoned(self, replica_id: str, seconds: float) -> None:
+        """A call lost a hedge race after ``seconds`` and was cancelled (a lower bound of its latency)."""
+        stats = self.stats(replica_id)
+        stats.outstanding = max(0, stats.outstanding - 1)
+        stats.latencies.append(seconds)
+
+    def forget(self, keep: Collection[str]) -> None:
+        """Drop the statistics of replicas not in ``keep`` that have nothing in flight."""
+        for replica_id in [r for r, s in self.replicas.items() if r not in keep and s.outstanding == 0]:
+            del self.replicas[replica_id]

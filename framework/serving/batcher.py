@@ -1,0 +1,217 @@
+"""Dynamic batching of one member's requests (as Triton's dynamic batcher does).
+
+Requests for a member wait in a queue; a batch is cut when it holds ``max_batch_rows`` rows or
+when its oldest request has waited ``max_wait_s``, whichever comes first, and only while fewer
+than ``max_concurrent()`` batches of the member are at its replicas (while they all are, the
+queue grows and the next batch is larger). Each batch is one call (one POST to one replica); its
+output is split back by rows. A request larger than ``max_batch_rows`` is cut across batches and
+its parts joined in order. Rows are never reordered, so each row's output is what the member
+says for that row.
+
+The cutting and splitting are pure functions (:func:`take_rows`, :func:`split_rows`);
+:class:`MemberBatcher` is the asyncio queue around them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import numpy as np
+
+
+def take_rows(remaining: Sequence[int], max_rows: int) -> list[int]:
+    """How many rows of each queued request (in queue order) the next batch takes.
+
+    Requests are taken whole while they fit; the first one that does not fit is cut (so a
+    batch is always full when the queue holds enough rows). The result is as long as the
+    number of requests touched; each count is > 0.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    taken: list[int] = []
+    room = max_rows
+    for rows in remaining:
+        if room == 0:
+            break
+        if rows <= 0:
+            raise ValueError(f"a queued request has {rows} rows left")
+        n = min(rows, room)
+        taken.append(n)
+        room -= n
+    return taken
+
+
+def split_rows(output: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
+    """Split a batch's output (rows first) into consecutive parts of ``counts`` rows."""
+    output = np.asarray(output)
+    total = sum(counts)
+    if output.ndim == 0 or output.shape[0] != total:
+        raise ValueError(f"the batch has {total} rows but its output has shape {output.shape}")
+    bounds = np.cumsum(counts)[:-1]
+    return np.split(output, bounds, axis=0)
+
+
+@dataclass(eq=False)
+class _Request:
+    rows: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    arrived: float
+    taken: int = 0
+    parts: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def left(self) -> int:
+        return self.rows.shape[0] - self.taken
+
+    def deliver(self, start: int, part: np.ndarray) -> None:
+        if self.future.done():
+            return
+        self.parts[start] = part
+        if sum(p.shape[0] for p in self.parts.values()) == self.rows.shape[0]:
+            ordered = [self.parts[k] for k in sorted(self.parts)]
+            self.future.set_result(ordered[0] if len(ordered) == 1 else np.concatenate(ordered, axis=0))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+Send = Callable[[np.ndarray], Awaitable[np.ndarray]]
+"""Sends one batch (2-D rows) to the member; returns its output (rows first)."""
+
+
+@dataclass(frozen=True)
+class BatchSent:
+    """One batch handed to ``send`` (for the metrics)."""
+
+    rows: int
+    requests: int
+
+
+class MemberBatcher:
+    """The queue of one member's requests; runs on the gateway's event loop."""
+
+    def __init__(self, member: str, send: Send, max_batch_rows: int, max_wait_s: float,
+                 max_concurrent: Callable[[], int] = lambda: 1,
+                 on_batch: Callable[[str, BatchSent], None] | None = None) -> None:
+        if max_batch_rows < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_rows must be >= 1 and max_wait_s >= 0")
+        self.member = member
+        self.send = send
+        self.max_batch_rows = max_batch_rows
+        self.max_wait_s = max_wait_s
+        self.max_concurrent = max_concurrent
+        self.on_batch = on_batch
+        self.queue: deque[_Request] = deque()
+        self.in_flight = 0
+        """Batches handed to ``send`` and not answered yet."""
+        self.batches = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for (the rest of their rows to get into) a batch."""
+        return len(self.queue)
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.member}")
+
+    async def submit(self, rows: np.ndarray) -> np.ndarray:
+        """The member's output for ``rows`` (2-D, at least one row), once its batch(es) came back."""
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise ValueError(f"a request needs 2-D rows, got shape {rows.shape}")
+        loop = asyncio.get_running_loop()
+        request = _Request(rows, loop.create_future(), loop.time())
+        self.queue.append(request)
+        self._wakeup.set()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            if request.taken == 0 and request in self.queue:
+                self.queue.remove(request)  # nothing of it was sent: drop it
+            raise
+
+    async def close(self) -> None:
+        """Stop cutting batches; requests still queued fail; batches in flight are cancelled."""
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+            self._runner = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self.queue:
+            self.queue.popleft().fail(RuntimeError(f"member {self.member}: the gateway is stopping"))
+
+    # The loop -------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            while self.in_flight >= max(1, self.max_concurrent()):
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Wait for more rows, until the batch is full or its oldest request waited max_wait_s.
+            while self.queue and self._queued_rows() < self.max_batch_rows:
+                left = self.queue[0].arrived + self.max_wait_s - loop.time()
+                if left <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            if self.queue:
+                self._dispatch()
+
+    def _queued_rows(self) -> int:
+        return sum(r.left for r in self.queue)
+
+    def _dispatch(self) -> None:
+        if any(r.future.done() for r in self.queue):  # failed in part, or its client went away
+            self.queue = deque(r for r in self.queue if not r.future.done())
+            if not self.queue:
+                return
+        counts = take_rows([r.left for r in self.queue], self.max_batch_rows)
+        segments: list[tuple[_Request, int, int]] = []
+        for n in counts:
+            request = self.queue[0]
+            segments.append((request, request.taken, n))
+            request.taken += n
+            if request.left == 0:
+                self.queue.popleft()
+        batch = (segments[0][0].rows[segments[0][1]:segments[0][1] + segments[0][2]] if len(segments) == 1
+                 else np.concatenate([r.rows[s:s + n] for r, s, n in segments], axis=0))
+        self.in_flight += 1
+        self.batches += 1
+        if self.on_batch is not None:
+            self.on_batch(self.member, BatchSent(rows=int(batch.shape[0]), requests=len(segments)))
+        task = asyncio.get_running_loop().create_task(self._send(batch, segments))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: np.ndarray, segments: list[tuple[_Request, int, int]]) -> None:
+        try:
+            output = await self.send(batch)
+            parts = split_rows(output, [n for _r, _s, n in segments])
+        except asyncio.CancelledError:
+            for request, _s, _n in segments:
+                request.fail(RuntimeError(f"member {self.member}: the gateway is stopping"))
+            raise
+        except Exception as exc:  # the member's failure is each request's failure
+            for request, _s, _n in segments:
+                request.fail(exc)
+        else:
+            for (request, start, _n), part in zip(segments, parts):
+                request.deliver(start, part)
+        finally:
+            self.in_flight -= 1
+            self._wakeup.set()

@@ -1,0 +1,796 @@
+"""The serving controller: a pymesos ``Scheduler`` for long-lived replica tasks.
+
+It keeps every member's replicas between its ``min_replicas`` and the autoscaler's desired
+count, places new ones on offers (``framework.serving.placement``: the cost packer, preferring
+agents that already run our executor), registers a replica with the gateway's
+:class:`~framework.serving.routing.ReplicaTable` once it is ready (TASK_RUNNING, then a health
+check), replaces one that ends (crash, agent loss), drains and kills replicas to scale down, and
+rolls a member whose model changed (new replicas first; an old one drains only once a new one
+is ready, so no request finds no replica).
+
+Conventions of :mod:`framework.scheduler`: every pymesos callback (one IO thread) only
+translates its message and queues it, under a guard that never lets an exception reach the
+driver; one worker thread takes the queue and decides (autoscaling, placement, drains) and sends
+the calls.  Status updates are acknowledged explicitly once handled (and journaled).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import queue
+import secrets
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
+
+from framework import translator
+from framework.offers import OfferView, merge_by_agent
+from framework.packing import Agent, PriceTable, Resources
+from framework.scheduler import DRIVER_ABORTED, DriverAbortWatch, EventKind, SchedulerEvent
+from framework.serving import placement
+from framework.tasks import TERMINAL_MESOS_STATES
+from framework.translator import Message, PoolAllocator
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_SECONDS = 2.0
+HEALTH_ATTEMPTS = 20
+"""A replica that says TASK_RUNNING is health-checked (``GET /v1/health``) before it takes
+requests; after this many failed tries (0.25 s apart) it is killed and replaced."""
+DRAIN_SECONDS = 0.5
+"""Between marking a replica draining (the gateway sends it nothing new) and killing it (it then
+finishes what it has in flight before TASK_KILLED)."""
+TICK_SECONDS = 0.25
+BAD_PORT_SECONDS = 120.0
+"""A port a replica could not bind on a host is not chosen again there for this long."""
+
+
+class ReplicaState(StrEnum):
+    LAUNCHING = "launching"
+    """Recorded and sent; no update yet."""
+    STARTING = "starting"
+    """TASK_STARTING seen: the model loads."""
+    CHECKING = "checking"
+    """TASK_RUNNING seen: its health is being checked."""
+    READY = "ready"
+    """In the replica table: takes requests."""
+    DRAINING = "draining"
+    """Out of the table; killed (or about to be): finishes what it has in flight."""
+    ADOPTING = "adopting"
+    """A replica of an earlier ``serve`` (from the journal), reconciling."""
+
+
+LIVE_STATES = (ReplicaState.LAUNCHING, ReplicaState.STARTING, ReplicaState.CHECKING, ReplicaState.READY,
+               ReplicaState.ADOPTING)
+
+
+@dataclass
+class LiveReplica:
+    """One replica task as the controller follows it."""
+
+    task_id: str
+    member: str
+    agent_id: str
+    hostname: str
+    address: str
+    """Where the gateway reaches it (the agent's hostname; 127.0.0.1 on a loopback cluster)."""
+    port: int
+    sha256: str
+    executor_key: str
+    executor_id: str
+    state: ReplicaState = ReplicaState.LAUNCHING
+    since: float = 0.0
+    pid: int | None = None
+    kill_at: float | None = None
+    replaces: str | None = None
+    """A re-pack's replacement: the replica it takes over from (drained once this one is ready)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServedMember:
+    """What a member's replicas must run: its model (by sha256), and its replica bounds."""
+
+    name: str
+    sha256: str
+    min_replicas: int
+    max_replicas: int
+
+
+class ReplicaCatalog(Protocol):
+    """Builds the Mesos messages of replicas (implemented by ``framework.serving.service``)."""
+
+    agent_reserve: Resources
+    """Kept free on agents without an executor of ours yet (the shared executor's resources)."""
+
+    def executor_key(self, member: str) -> str: ...
+
+    def executor_models(self, key: str) -> frozenset[str]: ...
+
+    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message: ...
+
+    def replica_target(self, member: str, desired: int, sha256: str) -> placement.MemberTarget:
+        """What placement needs of ``member``: one replica's demand (a port included), its
+        executor's resources (none for the shared one), its constraints."""
+        ...
+
+    def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
+                     port: int) -> Message: ...
+
+
+REPACK_INTERVAL_SECONDS = 30.0
+"""At most one re-pack (moving replicas off an expensive agent) per this many seconds."""
+
+
+def callback(method: Callable[..., None]) -> Callable[..., None]:
+    """Wrap a pymesos callback so that it can never raise into the driver."""
+
+    def guarded(self: "ServingController", *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as error:  # the driver must survive our bugs; serve stops instead
+            log.exception("scheduler callback %s failed", method.__name__)
+            self.events.put(SchedulerEvent(EventKind.FATAL, detail=f"{method.__name__}: {type(error).__name__}: "
+                                                                   f"{error}"))
+
+    guarded.__name__ = method.__name__
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+class ServingController(pymesos.Scheduler):
+    """Long-lived replicas on Mesos offers (see the module docstring)."""
+
+    def __init__(self, targets: Mapping[str, ServedMember], catalog: ReplicaCatalog, table: Any,
+                 prices: PriceTable, *, role: str = "*", refuse_seconds: float = 5.0,
+                 loopback: bool = False, state: Any = None, loads: Callable[[], Mapping[str, Any]] | None = None,
+                 autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
+                 scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 health_check: Callable[["LiveReplica"], bool] | None = None) -> None:
+        self.targets = dict(targets)
+        self.catalog, self.table, self.prices = catalog, table, prices
+        self.role, self.refuse_seconds, self.loopback = role, refuse_seconds, loopback
+        self.state = state
+        """The deployment journal (:class:`framework.serving.state.ServeState`) or None."""
+        self.loads, self.autoscale, self.scale_interval, self.clock = loads, autoscale, scale_interval, clock
+        self.health_check = health_check or check_health
+        self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
+        self.replicas: dict[str, LiveReplica] = {}
+        self.executors: dict[tuple[str, str], int] = {}
+        self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
+        self._executor_infos: dict[tuple[str, str, int], Message] = {}
+        self.agent_prices: dict[str, float] = {}
+        self.hostnames: dict[str, str] = {}
+        self.bad_ports: dict[tuple[str, int], float] = {}
+        self.framework_id: str | None = None
+        self.events: queue.Queue[SchedulerEvent] = queue.Queue()
+        """FATAL events for the service's main thread."""
+        self.lock = threading.RLock()
+        self._wanting = False
+        self.stopping = False
+        self.launched = 0
+        self.replaced = 0
+        self.last_decision: placement.ServeDecision | None = None
+        self.repack_not_before = 0.0
+        self._unplaced_said: dict[str, int] = {}
+        self._token = secrets.token_hex(3)
+        self._count = itertools.count(1)
+        self._inbox: list[tuple[str, Any, Any]] = []
+        self._inbox_ready = threading.Condition(threading.Lock())
+        self._rescinded: set[str] = set()
+        self._closed = False
+        self._driver: Any = None
+        self._last_scale = float("-inf")
+        self._worker = threading.Thread(target=self._work, name="serving-controller", daemon=True)
+        self._abort_watch = DriverAbortWatch(self.events)
+        DRIVER_ABORTED.clear()
+        logging.getLogger("pymesos.process").addFilter(self._abort_watch)
+        self._changed = threading.Condition(self.lock)
+        """Notified whenever a replica changes state (for ``wait_until``)."""
+
+    # --- life ---------------------------------------------------------------------------------
+    def start(self, driver: Any) -> None:
+        """Start deciding (the driver is started by the caller)."""
+        self._driver = driver
+        self._worker.start()
+
+    def adopt(self, records: Iterable[Any]) -> int:
+        """Take over replicas an earlier ``serve`` journaled (``ReplicaRecord``s): they are reconciled
+        once subscribed; one still running is health-checked and then serves again."""
+        count = 0
+        with self.lock:
+            for record in records:
+                if record.member not in self.targets:
+                    continue
+                key, generation = _executor_of(record.executor_id)
+                replica = LiveReplica(record.task_id, record.member, record.agent_id, record.hostname,
+                                      self._address(record.hostname), record.port, record.sha256, key,
+                                      record.executor_id, ReplicaState.ADOPTING, self.clock())
+                self.replicas[record.task_id] = replica
+                if key:  # never launched into again: its ExecutorInfo (artifact URLs) was the earlier serve's
+                    self.executor_generation[(record.agent_id, key)] = max(
+                        self.executor_generation[(record.agent_id, key)], generation + 1)
+                count += 1
+        return count
+
+    def avoid_earlier_executors(self, generation: int) -> None:
+        """New executors of this run get ids no earlier run used (Mesos refuses another
+        ExecutorInfo under an existing executor id): generations start at ``generation``."""
+        self._generation_floor = generation
+
+    _generation_floor = 0
+
+    def close(self) -> None:
+        logging.getLogger("pymesos.process").removeFilter(self._abort_watch)
+        with self._inbox_ready:
+            self._closed = True
+            self._inbox_ready.notify_all()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=10)
+
+    # --- pymesos callbacks (IO thread): translate and queue ---------------------------------------
+    @callback
+    def registered(self, driver: Any, framework_id: Any, master_info: Any) -> None:
+        framework = translator.read_id(framework_id)
+        log.info("registered as framework %s with master %s", framework, translator.read_master(master_info))
+        self._queue("subscribed", driver, framework)
+
+    @callback
+    def reregistered(self, driver: Any, master_info: Any) -> None:
+        log.info("re-registered with the master; reconciling replicas")
+        self._queue("subscribed", driver, getattr(driver, "framework_id", None))
+
+    @callback
+    def disconnected(self, driver: Any) -> None:
+        if not self.stopping:
+            log.warning("disconnected from the master; pymesos reconnects")
+
+    @callback
+    def error(self, driver: Any, message: str) -> None:
+        self.events.put(SchedulerEvent(EventKind.FATAL, detail=f"Mesos error: {message}"))
+
+    @callback
+    def resourceOffers(self, driver: Any, offers: list[Any]) -> None:  # noqa: N802 (pymesos name)
+        self._queue("offers", driver, [translator.read_offer(offer, self.role) for offer in offers])
+
+    @callback
+    def offerRescinded(self, driver: Any, offer_id: Any) -> None:  # noqa: N802
+        with self.lock:
+            self._rescinded.add(translator.read_id(offer_id))
+
+    @callback
+    def statusUpdate(self, driver: Any, status: Any) -> None:  # noqa: N802
+        self._queue("update", driver, (translator.read_status(status), status))
+
+    @callback
+    def slaveLost(self, driver: Any, agent_id: Any) -> None:  # noqa: N802
+        self._queue("agent_lost", driver, translator.read_id(agent_id))
+
+    @callback
+    def executorLost(self, driver: Any, executor_id: Any, agent_id: Any, status: Any) -> None:  # noqa: N802
+        self._queue("executor_lost", driver, (translator.read_id(executor_id), translator.read_id(agent_id)))
+
+    @callback
+    def frameworkMessage(self, driver: Any, executor_id: Any, agent_id: Any, data: str) -> None:  # noqa: N802
+        log.debug("framework message from %s", translator.read_id(executor_id))
+
+    def _queue(self, kind: str, driver: Any, value: Any) -> None:
+        with self._inbox_ready:
+            if self._closed:
+                return
+            self._inbox.append((kind, driver, value))
+            self._inbox_ready.notify()
+
+    def poke(self) -> None:
+        """Decide now (a reload, a test): wakes the worker."""
+        self._queue("poke", None, None)
+
+    # --- the worker ------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._inbox_ready:
+                if not self._inbox and not self._closed:
+                    self._inbox_ready.wait(TICK_SECONDS)
+                if self._closed:
+                    return
+                batch, self._inbox = self._inbox, []
+            try:
+                self._step(batch)
+            except Exception as error:  # the worker must survive our bugs too: serve stops instead
+                log.exception("serving controller failed")
+                self.events.put(SchedulerEvent(EventKind.FATAL, detail=f"controller: {type(error).__name__}: "
+                                                                       f"{error}"))
+                return
+
+    def _step(self, batch: list[tuple[str, Any, Any]]) -> None:
+        driver = self._driver
+        offers: list[OfferView] = []
+        for kind, from_driver, value in batch:
+            driver = from_driver or driver
+            if kind == "offers":
+                offers.extend(value)
+            elif kind == "update":
+                self._on_update(driver, *value)
+            elif kind == "subscribed":
+                self._on_subscribed(driver, value)
+            elif kind == "agent_lost":
+                self._forget_agent(value)
+            elif kind == "executor_lost":
+                self._forget_executor(*value)
+            elif kind == "ready":
+                self._on_ready(value)
+            elif kind == "unhealthy":
+                self._on_unhealthy(driver, value)
+        if driver is None:
+            return
+        self._driver = driver
+        with self.lock:
+            rescinded = {o.offer_id for o in offers if o.offer_id in self._rescinded}
+            self._rescinded -= {o.offer_id for o in offers}
+        offers = [o for o in offers if o.offer_id not in rescinded]
+        if self.stopping:
+            self._decline(driver, offers, self.refuse_seconds)
+            return
+        now = self.clock()
+        self._scale(now)
+        self._decide(driver, offers, now)
+        self._kill_due(driver, now)
+
+    # --- updates -------------------------------------------------------------------------------
+    def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
+        with self.lock:
+            if framework_id:
+                self.framework_id = framework_id
+            adopting = [r.task_id for r in self.replicas.values() if r.state is not ReplicaState.DRAINING]
+        if self.state is not None and self.framework_id:
+            self.state.save_framework_id(self.framework_id)
+        if adopting:
+            driver.reconcileTasks(translator.reconcile_tasks(adopting))
+        with self.lock:
+            self._wanting = True
+        driver.reviveOffers()
+
+    def _on_update(self, driver: Any, update: translator.StatusUpdate, status: Any) -> None:
+        with self.lock:
+            replica = self.replicas.get(update.task_id)
+            if replica is None:
+                known = False
+            else:
+                known = True
+                if update.state in TERMINAL_MESOS_STATES:
+                    self._gone(replica, update)
+                elif update.state == "TASK_STARTING" and replica.state is ReplicaState.LAUNCHING:
+                    replica.state = ReplicaState.STARTING
+                elif update.state == "TASK_RUNNING" and replica.state in (
+                        ReplicaState.LAUNCHING, ReplicaState.STARTING, ReplicaState.ADOPTING):
+                    replica.state, replica.since = ReplicaState.CHECKING, self.clock()
+                    replica.pid = _running_pid(update.data)
+                    if update.agent_id and replica.agent_id != update.agent_id:
+                        replica.agent_id = update.agent_id
+                    threading.Thread(target=self._check, args=(replica,), name=f"health-{replica.task_id}",
+                                     daemon=True).start()
+                self._changed.notify_all()
+        if known and self.state is not None and update.state not in TERMINAL_MESOS_STATES:
+            self.state.set_state(update.task_id, update.state)
+        if not known and update.state not in TERMINAL_MESOS_STATES:
+            # Not ours (any more): a task of an earlier run the journal lost, or one we gave up on.
+            log.info("killing task %s, unknown to this deployment (%s)", update.task_id, update.state)
+            driver.killTask(translator.id_message(update.task_id))
+        _acknowledge(driver, status)
+
+    def _gone(self, replica: LiveReplica, update: translator.StatusUpdate) -> None:
+        """A replica ended (call with the lock held): out of the table and the journal; the next
+        decision replaces it if its member needs it."""
+        del self.replicas[replica.task_id]
+        self.table.remove(replica.task_id)
+        if self.state is not None:
+            self.state.remove(replica.task_id)
+        if update.reason == "REASON_EXECUTOR_TERMINATED":
+            self._forget_executor(replica.executor_id, replica.agent_id)
+        if _bind_failed(update.message):
+            self.bad_ports[(replica.address, replica.port)] = self.clock() + BAD_PORT_SECONDS
+        if replica.state is ReplicaState.DRAINING:
+            log.info("replica %s of %s drained (%s)", replica.task_id, replica.member, update.state)
+        else:
+            self.replaced += 1
+            log.warning("replica %s of %s on %s ended: %s%s%s; replacing it", replica.task_id, replica.member,
+                        replica.hostname, update.state, f" ({update.reason})" if update.reason else "",
+                        f": {update.message}" if update.message else "")
+
+    def _check(self, replica: LiveReplica) -> None:
+        """Health-check a replica that says it runs (its own thread: a slow one blocks nothing)."""
+        try:
+            healthy = False
+            for _attempt in range(HEALTH_ATTEMPTS):
+                if self._closed or replica.state is not ReplicaState.CHECKING:
+                    return
+                if self.health_check(replica):
+                    healthy = True
+                    break
+                time.sleep(0.25)
+            self._queue("ready" if healthy else "unhealthy", None, replica.task_id)
+        except Exception:  # a bug here must not leave the replica checking forever
+            log.exception("health check of %s failed", replica.task_id)
+            self._queue("unhealthy", None, replica.task_id)
+
+    def _on_ready(self, task_id: str) -> None:
+        from framework.serving.routing import Replica
+
+        with self.lock:
+            replica = self.replicas.get(task_id)
+            if replica is None or replica.state is not ReplicaState.CHECKING:
+                return
+            replica.state, replica.since = ReplicaState.READY, self.clock()
+            self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id, replica.sha256))
+            self._changed.notify_all()
+        if self.state is not None:
+            self.state.set_state(task_id, "TASK_RUNNING")
+        log.info("replica %s of %s ready at %s", task_id, replica.member, replica.url)
+
+    def _on_unhealthy(self, driver: Any, task_id: str) -> None:
+        with self.lock:
+            replica = self.replicas.get(task_id)
+            if replica is None or replica.state is not ReplicaState.CHECKING:
+                return
+            replica.state, replica.kill_at = ReplicaState.DRAINING, self.clock()
+        log.warning("replica %s of %s failed its health checks at %s: replacing it", task_id, replica.member,
+                    replica.url)
+
+    def _forget_agent(self, agent_id: str) -> None:
+        with self.lock:
+            for key in [k for k in self.executors if k[0] == agent_id]:
+                self._drop_executor(*key)
+        log.warning("agent %s lost; its replicas come back as TASK_LOST and are replaced", agent_id)
+
+    def _forget_executor(self, executor_id: str, agent_id: str) -> None:
+        with self.lock:
+            for (on, key), generation in list(self.executors.items()):
+                if on == agent_id and translator.executor_id(key, generation) == executor_id:
+                    self._drop_executor(on, key)
+
+    def _drop_executor(self, agent_id: str, key: str) -> None:
+        if self.executors.pop((agent_id, key), None) is not None:
+            self.executor_generation[(agent_id, key)] += 1
+
+    # --- decisions -----------------------------------------------------------------------------
+    def _scale(self, now: float) -> None:
+        """Every ``scale_interval``: the autoscaler's desired counts from the gateway's load."""
+        if self.autoscale is None or self.loads is None or now - self._last_scale < self.scale_interval:
+            return
+        self._last_scale = now
+        loads = self.loads()
+        with self.lock:
+            current = {m: sum(1 for r in self.replicas.values() if r.member == m and r.state in LIVE_STATES)
+                       for m in self.targets}
+        desired = self.autoscale(loads, current, now)
+        with self.lock:
+            for member, count in desired.items():
+                target = self.targets.get(member)
+                if target is None:
+                    continue
+                count = max(target.min_replicas, min(target.max_replicas, int(count)))
+                if count != self.desired.get(member):
+                    log.info("member %s: %d replica(s) wanted (was %d)", member, count, self.desired.get(member, 0))
+                    self.desired[member] = count
+
+    def _drain(self, replica: LiveReplica, now: float, why: str) -> None:
+        """Take a replica out of the table now; kill it after ``DRAIN_SECONDS`` (lock held)."""
+        if replica.state is ReplicaState.DRAINING:
+            return
+        log.info("draining replica %s of %s on %s (%s)", replica.task_id, replica.member, replica.hostname, why)
+        was_ready = replica.state is ReplicaState.READY
+        replica.state = ReplicaState.DRAINING
+        replica.kill_at = now + (DRAIN_SECONDS if was_ready else 0.0)
+        if was_ready:
+            self.table.mark_draining(replica.task_id)
+        if self.state is not None:
+            self.state.set_state(replica.task_id, "draining")
+        self._changed.notify_all()
+
+    def _kill_due(self, driver: Any, now: float) -> None:
+        with self.lock:
+            due = [r for r in self.replicas.values() if r.kill_at is not None and r.kill_at <= now]
+            for replica in due:
+                replica.kill_at = None
+        for replica in due:
+            driver.killTask(translator.id_message(replica.task_id))
+
+    def snapshot(self, now: float) -> placement.ServeSnapshot:
+        """What a placement decision reads, as values (call with the lock held)."""
+        served: dict[str, set[str]] = defaultdict(set)
+        for agent_id, key in self.executors:
+            served[agent_id] |= self.catalog.executor_models(key)
+        return placement.ServeSnapshot(
+            targets={m: self.catalog.replica_target(m, self.desired.get(m, t.min_replicas), t.sha256)
+                     for m, t in self.targets.items()},
+            replicas=tuple(placement.ReplicaView(r.task_id, r.member, r.agent_id, r.sha256, _placement_state(r.state),
+                                                 r.replaces) for r in self.replicas.values()),
+            agent_prices=dict(self.agent_prices),
+            executors={agent: frozenset(members) for agent, members in served.items()},
+            agent_reserve=self.catalog.agent_reserve,
+            repack_not_before=self.repack_not_before,
+        )
+
+    def _wanted(self) -> bool:
+        """Whether some member has fewer replicas of its current model than desired (lock held)."""
+        for member, target in self.targets.items():
+            live = sum(1 for r in self.replicas.values() if r.member == member and r.sha256 == target.sha256
+                       and r.state in LIVE_STATES)
+            if live < self.desired.get(member, target.min_replicas):
+                return True
+        return False
+
+    def _decide(self, driver: Any, offers: list[OfferView], now: float) -> None:
+        """One placement decision (``framework.serving.placement``) on the offers at hand (maybe
+        none: drains need none), applied: drains, launches (one ACCEPT per agent), declines."""
+        with self.lock:
+            for view in offers:
+                self.hostnames[view.agent_id] = view.hostname
+            agents = merge_by_agent(offers, self.prices, {}, {}, {}) if offers else []
+            for agent in agents:
+                self.agent_prices[agent.agent_id] = agent.price
+            snapshot = self.snapshot(now)
+        decision = placement.decide(snapshot, agents, now)
+        self.last_decision = decision
+        with self.lock:
+            if decision.repacked:
+                self.repack_not_before = now + REPACK_INTERVAL_SECONDS
+                log.info("re-pack: moving %d replica(s) to cheaper agents", len(decision.launches))
+            for drain in decision.drains:
+                replica = self.replicas.get(drain.replica_id)
+                if replica is not None:
+                    self._drain(replica, now, drain.reason.replace("_", " "))
+            if decision.unplaced and decision.unplaced != self._unplaced_said and offers:
+                log.info("replicas wait for offers that fit them: %s", "; ".join(decision.reasons) or
+                         ", ".join(f"{m}: {n}" for m, n in decision.unplaced.items()))
+            self._unplaced_said = dict(decision.unplaced) if offers else self._unplaced_said
+        used = self._launch(driver, offers, agents, decision.launches, now)
+        self._decline(driver, [o for o in offers if o.offer_id not in used], self.refuse_seconds)
+        # Offers keep coming while nothing is wanted (declined for ``refuse_seconds``): a re-pack
+        # needs them.  When replicas become wanted, REVIVE clears those filters at once.
+        with self.lock:
+            wanted = self._wanted()
+            revive = wanted and not self._wanting and self.framework_id is not None
+            self._wanting = wanted
+        if revive:
+            driver.reviveOffers()
+
+    def _launch(self, driver: Any, offers: list[OfferView], agents: Sequence[Agent],
+                launches: Sequence[placement.ReplicaLaunch], now: float) -> set[str]:
+        """Accept the offers of each agent the decision launches on (one ACCEPT per agent)."""
+        from framework.serving.state import ReplicaRecord
+
+        by_agent: dict[str, list[placement.ReplicaLaunch]] = defaultdict(list)
+        for launch in launches:
+            by_agent[launch.agent_id].append(launch)
+        agent_of = {a.agent_id: a for a in agents}
+        used: set[str] = set()
+        for agent_id, mine in by_agent.items():
+            agent = agent_of.get(agent_id)
+            if agent is None:
+                continue
+            views = [o for o in offers if o.agent_id == agent_id]
+            allocator = PoolAllocator(views, self.role)
+            tasks: list[Message] = []
+            records: list[Any] = []
+            with self.lock:
+                free = self._free_ports(views)
+                for launch in mine:
+                    if not free:
+                        log.info("no free port left on %s for a replica of %s", agent.hostname, launch.member)
+                        break
+                    target = self.targets.get(launch.member)
+                    if target is None or target.sha256 != launch.sha256:
+                        continue  # retargeted while deciding
+                    port = free.pop(0)
+                    key = self.catalog.executor_key(launch.member)
+                    started = (agent_id, key) in self.executors
+                    generation = self.executors.get((agent_id, key), max(
+                        self.executor_generation[(agent_id, key)], self._generation_floor))
+                    info_key = (agent_id, key, generation)
+                    try:
+                        if info_key not in self._executor_infos:
+                            self._executor_infos[info_key] = self.catalog.executor_info(key, agent, allocator,
+                                                                                       generation)
+                        task_id = f"{launch.member}.replica-{self._token}-{next(self._count)}"
+                        task = self.catalog.replica_info(launch.member, task_id, agent, allocator,
+                                                         self._executor_infos[info_key], port)
+                    except ValueError as error:  # the offer holds less than the placement thought
+                        log.info("a replica of %s does not fit on %s after all: %s", launch.member, agent.hostname,
+                                 error)
+                        if not started:
+                            self._executor_infos.pop(info_key, None)
+                        break
+                    self.executors[(agent_id, key)] = generation
+                    self.executor_generation[(agent_id, key)] = generation
+                    replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
+                                          self._address(agent.hostname), port, target.sha256, key,
+                                          translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
+                                          replaces=launch.replaces)
+                    self.replicas[task_id] = replica
+                    tasks.append(task)
+                    records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
+                                                 target.sha256, "launching", replica.executor_id))
+                    log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
+                             agent.hostname, port, launch.reason.replace("_", " "))
+            if not tasks:
+                continue
+            if self.state is not None:
+                self.state.record_launches(records)  # before the launch is sent: never an unknown replica
+            self.launched += len(tasks)
+            used.update(v.offer_id for v in views)
+            driver.launchTasks(translator.offer_ids(v.offer_id for v in views), tasks,
+                               translator.filters(self.refuse_seconds))
+        return used
+
+    def _free_ports(self, views: list[OfferView]) -> list[int]:
+        """The ports offered by these offers, lowest first, without those a replica of ours holds on
+        the same address (every agent of a loopback cluster shares one) or failed to bind lately."""
+        ranges = [r for view in views for r in _port_ranges(view)]
+        if not ranges:
+            return []
+        address = self._address(views[0].hostname)
+        now = self.clock()
+        taken = {r.port for r in self.replicas.values() if r.address == address}
+        taken |= {port for (where, port), until in self.bad_ports.items() if where == address and until > now}
+        free: list[int] = []
+        for begin, end in sorted(ranges):
+            for port in range(begin, end + 1):
+                if port not in taken and (not self.loopback or _bindable(port)):
+                    free.append(port)
+                    if len(free) >= 16:
+                        return free
+        return free
+
+    def _decline(self, driver: Any, offers: list[OfferView], refuse_seconds: float) -> None:
+        if offers:
+            driver.declineOffer(translator.offer_ids(o.offer_id for o in offers), translator.filters(refuse_seconds))
+
+    def _address(self, hostname: str) -> str:
+        return "127.0.0.1" if self.loopback else hostname
+
+    # --- main-thread API -------------------------------------------------------------------------
+    def retarget(self, targets: Mapping[str, ServedMember]) -> list[str]:
+        """A reloaded job: members whose model changed roll to the new one; returns their names."""
+        changed = []
+        with self.lock:
+            for name, target in targets.items():
+                before = self.targets.get(name)
+                if before is not None and before.sha256 != target.sha256:
+                    changed.append(name)
+                self.targets[name] = target
+                self.desired[name] = max(target.min_replicas, min(target.max_replicas,
+                                                                  self.desired.get(name, target.min_replicas)))
+        self.poke()
+        return changed
+
+    def drain_all(self) -> None:
+        """Stop: every replica out of the table and killed (they finish what they have in flight)."""
+        with self.lock:
+            self.stopping = True
+            now = self.clock()
+            for replica in self.replicas.values():
+                self._drain(replica, now, "serve stops")
+                replica.kill_at = now
+        driver = self._driver
+        if driver is not None:
+            with self.lock:
+                ids = list(self.replicas)
+            for task_id in ids:
+                driver.killTask(translator.id_message(task_id))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per member: desired, and replicas by state."""
+        with self.lock:
+            result: dict[str, dict[str, int]] = {m: {"desired": self.desired.get(m, 0)} for m in self.targets}
+            for replica in self.replicas.values():
+                entry = result.setdefault(replica.member, {"desired": 0})
+                entry[replica.state.value] = entry.get(replica.state.value, 0) + 1
+            return result
+
+    def ready(self, member: str, sha256: str | None = None) -> list[LiveReplica]:
+        with self.lock:
+            return [r for r in self.replicas.values() if r.member == member and r.state is ReplicaState.READY
+                    and (sha256 is None or r.sha256 == sha256)]
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Wait (main thread, tests) until ``condition()`` holds, re-checked on every replica change."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+        return True
+
+    def all_ready(self) -> bool:
+        """Every member has at least its desired number of ready replicas of its current model."""
+        with self.lock:
+            return all(len([r for r in self.replicas.values() if r.member == m and r.sha256 == t.sha256
+                            and r.state is ReplicaState.READY]) >= self.desired.get(m, t.min_replicas)
+                       for m, t in self.targets.items())
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _placement_state(state: ReplicaState) -> placement.ReplicaState:
+    if state is ReplicaState.READY:
+        return "running"
+    return "draining" if state is ReplicaState.DRAINING else "starting"
+
+
+def _acknowledge(driver: Any, status: Any) -> None:
+    if not status or not status.get("uuid"):
+        return
+    try:
+        driver.acknowledgeStatusUpdate(status)
+    except Exception as error:  # not connected: Mesos resends the update later
+        log.info("could not acknowledge an update of %s: %s", status.get("task_id"), error)
+
+
+def _running_pid(data: str | None) -> int | None:
+    """The replica's pid from its TASK_RUNNING data (``{"port", "pid", "predict_mode"}``)."""
+    if not data:
+        return None
+    try:
+        document = json.loads(base64.b64decode(data))
+        return int(document["pid"]) if isinstance(document, dict) and "pid" in document else None
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _bind_failed(message: str) -> bool:
+    text = message.lower()
+    return "address already in use" in text or "errno 98" in text or "cannot bind" in text
+
+
+def _executor_of(executor_id: str) -> tuple[str, int]:
+    """``ensemble.g3`` -> ("ensemble", 3)."""
+    key, _, generation = executor_id.rpartition(".g")
+    try:
+        return key, int(generation)
+    except ValueError:
+        return "", 0
+
+
+def _port_ranges(view: OfferView) -> list[tuple[int, int]]:
+    """The port ranges an offer holds (``OfferView.ports``, read by ``framework.translator``)."""
+    ranges = getattr(view, "ports", None) or ()
+    return [(int(begin), int(end)) for begin, end in ranges]
+
+
+def _bindable(port: int) -> bool:
+    """On a loopback cluster (agents on this machine): whether nothing listens on ``port`` now
+    (another program may hold a port the agents offer; a replica there would fail to bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_health(replica: LiveReplica) -> bool:
+    """``GET /v1/health`` answers 200, ready, for the model the replica must run."""
+    try:
+        with urllib.request.urlopen(f"{replica.url}/v1/health", timeout=HEALTH_TIMEOUT_SECONDS) as response:
+            if response.status != 200:
+                return False
+            document = json.loads(response.read() or b"{}")
+    except (OSError, ValueError, urllib.error.URLError):
+        return False
+    return bool(document.get("ready", True)) and document.get("sha256", replica.sha256) == replica.sha256

@@ -1,0 +1,571 @@
+"""The serving gateway: an aiohttp server on its own asyncio loop in a thread of the framework.
+
+``POST /v1/predict`` takes rows (JSON ``{"rows": [{column: value}, ...]}``, JSON
+``{"columns": [...], "data": [[...], ...]}``, or an ``.npy`` body with ``Content-Type:
+application/x-npy`` whose columns are the job's feature columns in order), gives each member its
+columns of them through the member's dynamic batcher (:mod:`framework.serving.batcher`), sends
+each batch to one of the member's ready replicas (:mod:`framework.serving.balancer`: least
+outstanding, hedging past the member's recent p95, failover on error) and integrates the
+members' outputs with the job's combiner (:mod:`framework.serving.combine`), answering
+``{"predictions": [...], "answered_by": [...], "missing": [...]}`` (and ``"members"``: what
+each member said per row, with ``"members": true`` or ``?members=true``). With ``min_members``
+below the number of members, an answer comes from the members that answered (``missing`` names
+the others and ``errors`` says why). A bad body is a 400 with ``{"error": "<one line naming the
+field, column or value>"}``; too few members answering is a 503.
+
+``GET /v1/health`` (200 while enough members have a ready replica, 503 otherwise or while
+draining), ``GET /v1/models`` (members, columns, replicas with their sha256) and ``GET
+/metrics`` (Prometheus text, :mod:`framework.serving.metrics`).
+
+The controller drives it from its own thread: :meth:`Gateway.start`, :meth:`Gateway.stop`,
+:meth:`Gateway.load_samples`, :meth:`Gateway.set_cost_per_hour`; the replicas it routes to are
+those of the :class:`~framework.serving.routing.ReplicaTable` the controller keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from framework.ensemble import IntegrationError, MemberSpec
+from framework.serving.balancer import Balancer
+from framework.serving.batcher import BatchSent, MemberBatcher
+from framework.serving.combine import CombinerFactory, RequestCombiner
+from framework.serving.metrics import GatewayMetrics, LiveState, MemberLoad
+from framework.serving.routing import Replica, ReplicaTable
+
+NPY_TYPE = "application/x-npy"
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """The gateway's knobs (the ``[serve]`` table's, where it has them).
+
+    Attributes
+    ----------
+    max_batch_rows : int
+        Most rows in one call to a replica.
+    max_wait_ms : float
+        Longest a request waits for others to join its batch.
+    hedge : bool
+        Hedge a call to a second replica past the member's recent p95.
+    hedge_min_ms : float
+        The hedge delay is at least this.
+    replica_timeout_s : float
+        A call to a replica that takes longer has failed (and goes to another replica).
+    suspect_s : float
+        A replica whose call failed gets new work only when no other can, for this long.
+    batches_per_replica : int
+        Batches of a member in flight per ready replica before its queue waits (and batches grow).
+    max_request_bytes : int
+        Largest request body.
+    window_s : float
+        The load samples' window.
+    drain_s : float
+        ``stop`` waits this long for requests in flight.
+    """
+
+    max_batch_rows: int = 256
+    max_wait_ms: float = 2.0
+    hedge: bool = True
+    hedge_min_ms: float = 10.0
+    replica_timeout_s: float = 30.0
+    suspect_s: float = 2.0
+    batches_per_replica: int = 2
+    max_request_bytes: int = 64 * 1024 * 1024
+    window_s: float = 10.0
+    drain_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
+        for name in ("max_wait_ms", "hedge_min_ms", "suspect_s", "drain_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("replica_timeout_s", "window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.batches_per_replica < 1:
+            raise ValueError(f"batches_per_replica must be >= 1, got {self.batches_per_replica}")
+
+    @classmethod
+    def from_spec(cls, spec: Any, **overrides: Any) -> "GatewayOptions":
+        """The options an object with some of these attributes (a ``ServeSpec``) sets; the rest default."""
+        if isinstance(spec, GatewayOptions):
+            values = {f.name: getattr(spec, f.name) for f in fields(cls)}
+        else:
+            values = {f.name: getattr(spec, f.name) for f in fields(cls) if spec is not None and hasattr(spec, f.name)}
+        values.update(overrides)
+        return cls(**values)
+
+
+class BadRequest(ValueError):
+    """A request body the gateway cannot answer; the message is one line naming what is wrong."""
+
+
+class ReplicaCallError(Exception):
+    """A call to a replica failed (HTTP error, bad answer, connection lost, timeout)."""
+
+
+class MemberUnavailable(Exception):
+    """No replica of a member answered a batch."""
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+# Reading requests (pure) ----------------------------------------------------------------------
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{where}: expected a number, got {json.dumps(value)[:40]}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise BadRequest(f"{where}: expected a finite number, got {value}")
+    return number
+
+
+def _show(columns: Sequence[str], limit: int = 20) -> str:
+    return ", ".join(columns[:limit]) + (", ..." if len(columns) > limit else "")
+
+
+def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, bool]:
+    """The float64 (rows, columns) matrix and the ``members`` flag of a JSON request; BadRequest
+    (one line naming the field, column or value) otherwise."""
+    if not isinstance(document, dict):
+        raise BadRequest("body: expected a JSON object with \"rows\", or \"columns\" and \"data\"")
+    unknown = sorted(set(document) - {"rows", "columns", "data", "members"})
+    if unknown:
+        raise BadRequest(f"body: unknown field {unknown[0]!r}; expected \"rows\", or \"columns\" and \"data\", "
+                         "and optionally \"members\"")
+    members = document.get("members", False)
+    if not isinstance(members, bool):
+        raise BadRequest(f"members: expected true or false, got {json.dumps(members)[:40]}")
+    index = {c: i for i, c in enumerate(columns)}
+    if "rows" in document:
+        if "columns" in document or "data" in document:
+            raise BadRequest("body: give \"rows\", or \"columns\" and \"data\", not both")
+        rows = document["rows"]
+        if not isinstance(rows, list) or not rows:
+            raise BadRequest("rows: expected a non-empty list of objects (column -> value)")
+        matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
+        for r, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
+            for name in row:
+                if name not in index:
+                    raise BadRequest(f"rows[{r}]: unknown column {name!r}; the feature columns are {_show(columns)}")
+            for c, name in enumerate(columns):
+                if name not in row:
+                    raise BadRequest(f"rows[{r}]: missing column {name!r}")
+                matrix[r, c] = _number(row[name], f"rows[{r}].{name}")
+        return matrix, members
+    if "columns" not in document or "data" not in document:
+        raise BadRequest("body: expected \"rows\", or \"columns\" and \"data\"")
+    given = document["columns"]
+    if not isinstance(given, list) or not all(isinstance(c, str) for c in given):
+        raise BadRequest("columns: expected a list of column names")
+    for name in given:
+        if name not in index:
+            raise BadRequest(f"columns: unknown column {name!r}; the feature columns are {_show(columns)}")
+    if len(set(given)) != len(given):
+        twice = next(c for c in given if given.count(c) > 1)
+        raise BadRequest(f"columns: column {twice!r} is named twice")
+    absent = [c for c in columns if c not in given]
+    if absent:
+        raise BadRequest(f"columns: missing column {absent[0]!r}" + (f" (and {len(absent) - 1} more)"
+                                                                      if len(absent) > 1 else ""))
+    data = document["data"]
+    if not isinstance(data, list) or not data:
+        raise BadRequest("data: expected a non-empty list of rows (lists of numbers)")
+    order = [given.index(c) for c in columns]
+    matrix = np.empty((len(data), len(columns)), dtype=np.float64)
+    for r, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(given):
+            raise BadRequest(f"data[{r}]: expected a list of {len(given)} numbers (one per column), "
+                             f"got {json.dumps(row)[:40]}")
+        for c, source in enumerate(order):
+            matrix[r, c] = _number(row[source], f"data[{r}][{source}] ({given[source]})")
+    return matrix, members
+
+
+def rows_from_npy(body: bytes, columns: Sequence[str]) -> np.ndarray:
+    """The float64 (rows, columns) matrix of an ``.npy`` body (no pickles); BadRequest otherwise."""
+    try:
+        array = np.load(io.BytesIO(body), allow_pickle=False)
+    except ValueError as exc:
+        reason = "it holds Python objects (pickles are refused)" if "allow_pickle" in str(exc) else str(exc)
+        raise BadRequest(f"body: not a readable .npy: {reason}") from None
+    except (OSError, EOFError) as exc:
+        raise BadRequest(f"body: not a readable .npy: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        raise BadRequest("body: expected one .npy array, got an archive")
+    if array.ndim != 2:
+        raise BadRequest(f"body: expected a 2-D array (rows x {len(columns)} columns), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise BadRequest("body: the array has no rows")
+    if array.shape[1] != len(columns):
+        raise BadRequest(f"body: the array has {array.shape[1]} columns; expected {len(columns)}: {_show(columns)}")
+    if array.dtype.kind not in "biuf":
+        raise BadRequest(f"body: expected numbers, got dtype {array.dtype}")
+    matrix = np.asarray(array, dtype=np.float64)
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise BadRequest(f"body: row {r}, column {columns[c]!r}: {matrix[r, c]}; expected finite numbers")
+    return matrix
+
+
+class Gateway:
+    """The gateway of one deployed ensemble.
+
+    Parameters
+    ----------
+    spec : ServeSpec, GatewayOptions or None
+        Batching, hedging and timing knobs (attributes of :class:`GatewayOptions`; others ignored).
+    members : sequence of MemberSpec
+        The job's members (``features``: the columns each takes; None: all of ``columns``).
+    table : ReplicaTable
+        The replicas to route to (kept by the controller).
+    combiner_factory : CombinerFactory
+        Builds the job's combiner for ``members`` (:func:`framework.serving.combine.combiner_factory`).
+    columns : sequence of str
+        The job's feature columns, in the data's order (what a request gives per row).
+    min_members : int, optional
+        Fewest members that make an answer (default: all).
+    integration : str, optional
+        The integration method's name, shown by ``/v1/models``.
+    rng : random.Random, optional
+        The balancer's randomness (tie breaks).
+    """
+
+    def __init__(self, spec: Any, members: Sequence[MemberSpec], table: ReplicaTable,
+                 combiner_factory: CombinerFactory, *, columns: Sequence[str], min_members: int | None = None,
+                 integration: str | None = None, rng: random.Random | None = None) -> None:
+        self.options = GatewayOptions.from_spec(spec)
+        self.members = tuple(members)
+        self.table = table
+        self.columns = tuple(columns)
+        if not self.columns:
+            raise ValueError("the gateway needs the job's feature columns")
+        self.member_columns: dict[str, list[int] | None] = {}
+        for m in self.members:
+            if m.features is None:
+                self.member_columns[m.name] = None
+                continue
+            unknown = [f for f in m.features if f not in self.columns]
+            if unknown:
+                raise ValueError(f"member {m.name}: columns {unknown} are not feature columns ({_show(self.columns)})")
+            self.member_columns[m.name] = [self.columns.index(f) for f in m.features]
+        self.combiner = RequestCombiner(combiner_factory(self.members), self.members, min_members)
+        self.integration = integration or self.combiner.combiner.method
+        self.metrics = GatewayMetrics([m.name for m in self.members], window_s=self.options.window_s)
+        self.balancer = Balancer(hedge=self.options.hedge, hedge_min_s=self.options.hedge_min_ms / 1000.0,
+                                 suspect_s=self.options.suspect_s, rng=rng)
+        self.batchers: dict[str, MemberBatcher] = {}
+        self.draining = False
+        self.address: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._table_version = -1
+
+    # Life cycle (called from the controller's thread) -----------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Serve on ``host:port`` (0: any free port) from a new thread; return the address bound."""
+        if self._loop is not None:
+            raise RuntimeError("the gateway is already started")
+        loop = self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="serving-gateway", daemon=True)
+        self._thread.start()
+        try:
+            self.address = asyncio.run_coroutine_threadsafe(self._start(host, port), loop).result()
+        except BaseException:
+            self._halt()
+            raise
+        return self.address
+
+    def stop(self) -> None:
+        """Drain: refuse new connections, answer the requests in flight (up to ``drain_s``), stop."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), loop).result()
+        finally:
+            self._halt()
+
+    def _halt(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join()
+        loop.close()
+        self._loop = self._thread = None
+
+    @property
+    def url(self) -> str:
+        if self.address is None:
+            raise RuntimeError("the gateway is not started")
+        host, port = self.address
+        return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    def load_samples(self) -> dict[str, MemberLoad]:
+        """Each member's load over the last window (thread-safe)."""
+        return self.metrics.load_samples(self._live())
+
+    def set_cost_per_hour(self, cost: float, lower_bound: float | None = None) -> None:
+        """The deployment's cost per hour (and the packer's lower bound), shown by ``/metrics``."""
+        self.metrics.set_cost_per_hour(cost, lower_bound)
+
+    # On the loop ------------------------------------------------------------------------------
+    async def _start(self, host: str, port: int) -> tuple[str, int]:
+        timeout = aiohttp.ClientTimeout(total=self.options.replica_timeout_s)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+        for m in self.members:
+            batcher = MemberBatcher(m.name, self._sender(m.name), self.options.max_batch_rows,
+                                    self.options.max_wait_ms / 1000.0,
+                                    max_concurrent=self._concurrency(m.name), on_batch=self._batch_sent)
+            batcher.start()
+            self.batchers[m.name] = batcher
+        app = web.Application(client_max_size=self.options.max_request_bytes)
+        app.router.add_post("/v1/predict", self._predict)
+        app.router.add_get("/v1/health", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.options.drain_s)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        return str(bound[0]), int(bound[1])
+
+    async def _stop(self) -> None:
+        self.draining = True
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops listening, waits for the handlers in flight
+        for batcher in self.batchers.values():
+            await batcher.close()
+        if self._session is not None:
+            await self._session.close()
+
+    def _concurrency(self, member: str) -> Any:
+        return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))
+
+    def _batch_sent(self, member: str, sent: BatchSent) -> None:
+        self.metrics.batch_rows.labels(member).observe(sent.rows)
+
+    def _live(self) -> dict[str, LiveState]:
+        live = {}
+        for m in self.members:
+            counts = self.table.counts(m.name)
+            batcher = self.batchers.get(m.name)
+            live[m.name] = LiveState(queue_depth=batcher.queue_depth if batcher else 0,
+                                     in_flight=batcher.in_flight if batcher else 0,
+                                     replicas_ready=counts["ready"], replicas_draining=counts["draining"])
+        return live
+
+    # Calls to replicas ------------------------------------------------------------------------
+    def _sender(self, member: str) -> Any:
+        async def send(batch: np.ndarray) -> np.ndarray:
+            return await self._call_member(member, batch)
+        return send
+
+    async def _post(self, replica: Replica, body: bytes, rows: int) -> np.ndarray:
+        assert self._session is not None
+        try:
+            async with self._session.post(f"{replica.base_url}/v1/predict", data=body,
+                                          headers={"Content-Type": NPY_TYPE}) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise ReplicaCallError(f"replica {replica.replica_id}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if status != 200:
+            try:
+                reason = json.loads(payload)["error"]
+            except (ValueError, KeyError, TypeError):
+                reason = payload[:200].decode("utf-8", "replace")
+            raise ReplicaCallError(f"replica {replica.replica_id}: HTTP {status}: {reason}")
+        try:
+            output = np.load(io.BytesIO(payload), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ReplicaCallError(f"replica {replica.replica_id}: its answer is not a .npy: {exc}") from None
+        if not isinstance(output, np.ndarray) or output.ndim == 0 or output.shape[0] != rows:
+            raise ReplicaCallError(f"replica {replica.replica_id}: answered shape "
+                                   f"{getattr(output, 'shape', None)} for {rows} rows")
+        return output
+
+    async def _call_member(self, member: str, batch: np.ndarray) -> np.ndarray:
+        """One batch of ``member`` answered by one of its replicas: least outstanding first, a hedge
+        to a second one past the member's recent p95, a failed call sent to one not tried yet."""
+        loop = asyncio.get_running_loop()
+        body = npy_bytes(np.ascontiguousarray(batch, dtype=np.float64))
+        rows = int(batch.shape[0])
+        tried: set[str] = set()
+        running: dict[asyncio.Task[np.ndarray], tuple[str, float]] = {}
+        errors: list[str] = []
+        self._forget_gone()
+
+        def launch() -> bool:
+            ready = {r.replica_id: r for r in self.table.ready(member)}
+            chosen = self.balancer.pick(list(ready), loop.time(), exclude=tried)
+            if chosen is None:
+                return False
+            tried.add(chosen)
+            self.balancer.started(chosen)
+            running[loop.create_task(self._post(ready[chosen], body, rows))] = (chosen, loop.time())
+            return True
+
+        if not launch():
+            raise MemberUnavailable(f"member {member}: no ready replica")
+        delay = self.balancer.hedge_delay(member)
+        hedge_at = None if delay is None else loop.time() + delay
+        try:
+            while running:
+                timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
+                done, _pending = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:  # past the hedge delay: one more replica races it (once)
+                    hedge_at = None
+                    if launch():
+                        self.metrics.hedges.labels(member).inc()
+                    continue
+                for task in done:
+                    replica_id, started = running.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        self.balancer.succeeded(member, replica_id, loop.time() - started)
+                        self.metrics.replica_calls.labels(member, "ok").inc()
+                        return task.result()
+                    self.balancer.failed(replica_id, loop.time())
+                    self.metrics.replica_calls.labels(member, "error").inc()
+                    errors.append(str(exc))
+                if not running and launch():
+                    self.metrics.failovers.labels(member).inc()
+            raise MemberUnavailable(f"member {member}: " + "; ".join(errors))
+        finally:
+            for task, (replica_id, started) in running.items():
+                task.cancel()
+                self.balancer.abandoned(replica_id, loop.time() - started)
+                self.metrics.replica_calls.labels(member, "cancelled").inc()
+
+    def _forget_gone(self) -> None:
+        version = self.table.version
+        if version != self._table_version:
+            self._table_version = version
+            self.balancer.forget({r.replica_id for r, _state in self.table.snapshot()})
+
+    # Handlers ---------------------------------------------------------------------------------
+    async def _member_output(self, member: str, rows: np.ndarray) -> np.ndarray:
+        self.metrics.member_arrived(member)
+        started = time.monotonic()
+        ok = False
+        try:
+            output = await self.batchers[member].submit(rows)
+            ok = True
+            return output
+        finally:
+            self.metrics.member_answered(member, time.monotonic() - started, ok)
+
+    async def _read(self, request: web.Request) -> tuple[np.ndarray, bool]:
+        body = await request.read()
+        if request.content_type in (NPY_TYPE, "application/octet-stream"):
+            flag = request.query.get("members", "false").lower()
+            if flag not in ("true", "false", "1", "0"):
+                raise BadRequest(f"members: expected true or false, got {flag!r}")
+            return rows_from_npy(body, self.columns), flag in ("true", "1")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"body: not JSON ({exc}); send JSON, or an .npy with Content-Type: {NPY_TYPE}") from None
+        return rows_from_json(document, self.columns)
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        if self.draining:
+            self.metrics.requests.labels("unavailable").inc()
+            return web.json_response({"error": "the gateway is draining"}, status=503)
+        try:
+            rows, want_members = await self._read(request)
+        except BadRequest as exc:
+            self.metrics.requests.labels("bad_request").inc()
+            return web.json_response({"error": str(exc)}, status=400)
+        names = [m.name for m in self.members]
+        parts = [rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
+                 for n in names]
+        results = await asyncio.gather(*(self._member_output(n, p) for n, p in zip(names, parts)),
+                                       return_exceptions=True)
+        outputs: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                errors[name] = str(result) or type(result).__name__
+            else:
+                outputs[name] = result
+        answered, missing = [n for n in names if n in outputs], [n for n in names if n not in outputs]
+        try:
+            records = self.combiner.combine(outputs, rows)
+            answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
+        except IntegrationError as exc:
+            self.metrics.requests.labels("unavailable").inc()
+            return web.json_response({"error": str(exc), "answered_by": answered, "missing": missing,
+                                      "errors": errors}, status=503)
+        except ValueError as exc:  # a member's output the combiner cannot take
+            self.metrics.requests.labels("error").inc()
+            return web.json_response({"error": f"integration failed: {exc}", "answered_by": answered,
+                                      "missing": missing}, status=500)
+        if want_members:
+            answer["members"] = self.combiner.member_values(outputs)
+        answer["answered_by"], answer["missing"] = answered, missing
+        if errors:
+            answer["errors"] = errors
+        self.metrics.requests.labels("degraded" if missing else "ok").inc()
+        self.metrics.request_seconds.observe(time.monotonic() - started)
+        return web.json_response(answer)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        live = self._live()
+        serving = [n for n, state in live.items() if state.replicas_ready > 0]
+        status = ("draining" if self.draining else "ok" if len(serving) == len(live)
+                  else "degraded" if len(serving) >= self.combiner.min_members else "unavailable")
+        body = {"status": status, "min_members": self.combiner.min_members,
+                "members": {n: {"ready": s.replicas_ready, "draining": s.replicas_draining} for n, s in live.items()}}
+        return web.json_response(body, status=200 if status in ("ok", "degraded") else 503)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        replicas: dict[str, list[dict[str, str]]] = {m.name: [] for m in self.members}
+        for replica, state in self.table.snapshot():
+            if replica.member in replicas:
+                replicas[replica.member].append({"id": replica.replica_id, "url": replica.url,
+                                                 "agent_id": replica.agent_id, "sha256": replica.sha256,
+                                                 "state": state})
+        body = {
+            "integration": self.integration, "columns": list(self.columns), "min_members": self.combiner.min_members,
+            "predicts_labels": bool(self.combiner.combiner.predicts_labels),
+            "classes": None if self.combiner.classes is None else self.combiner.classes.tolist(),
+            "members": [{"name": m.name, "kind": m.kind, "output": m.output, "weight": m.weight,
+                         "columns": list(m.features) if m.features is not None else list(self.columns),
+                         "replicas": replicas[m.name]} for m in self.members],
+        }
+        return web.json_response(body)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.observe(self._live())
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+

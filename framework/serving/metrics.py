@@ -1,0 +1,195 @@
+"""What the gateway measures: Prometheus metrics for ``/metrics`` and load samples for the autoscaler.
+
+Every metric lives in the gateway's own ``CollectorRegistry`` (two gateways in one process do
+not share counters). Names (all prefixed ``mesos_ensemble_``):
+
+* ``requests_total{outcome}``: client requests by outcome (``ok``, ``degraded``: answered by fewer
+  members than all, ``bad_request``, ``unavailable``: too few members answered, ``error``);
+* ``request_seconds``: end-to-end latency of answered requests (histogram);
+* ``member_requests_total{member,outcome}``, ``member_seconds{member}``: each member's part of a
+  request, from queueing to its output (histogram);
+* ``replica_calls_total{member,outcome}``: calls to replicas (``ok``, ``error``, ``cancelled``:
+  lost a hedge race), ``hedges_total{member}``, ``failovers_total{member}``,
+  ``batch_rows{member}`` (histogram of rows per call);
+* gauges ``queue_depth{member}`` (requests waiting for a batch), ``in_flight{member}`` (calls at
+  replicas), ``replicas{member,state}`` (ready, draining), ``cost_per_hour`` and
+  ``cost_lower_bound_per_hour`` (set by the controller).
+
+:meth:`GatewayMetrics.load_samples` gives the autoscaler one :class:`MemberLoad` per member over
+the last ``window_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from framework.serving.balancer import percentile
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+                   0.75, 1.0, 2.5, 5.0, 10.0, float("inf"))
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, float("inf"))
+DEFAULT_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class MemberLoad:
+    """One member's load over the gateway's last window (what the autoscaler decides from).
+
+    Attributes
+    ----------
+    member : str
+    rate_rps : float
+        Requests for the member per second.
+    queue_depth : int
+        Requests waiting for a batch now.
+    in_flight : int
+        Calls at its replicas now.
+    p99_ms : float
+        99th percentile of the member's latency (queueing included), 0.0 without requests.
+    replicas_ready : int
+        Replicas taking new work now.
+    """
+
+    member: str
+    rate_rps: float
+    queue_depth: int
+    in_flight: int
+    p99_ms: float
+    replicas_ready: int
+
+
+class LoadWindow:
+    """Arrivals and latencies of one member over the last ``window_s`` seconds (clock given)."""
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, started: float = 0.0) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = window_s
+        self.started = started
+        self.arrivals: deque[float] = deque()
+        self.latencies: deque[tuple[float, float]] = deque()
+
+    def arrived(self, now: float) -> None:
+        self.arrivals.append(now)
+
+    def answered(self, now: float, seconds: float) -> None:
+        self.latencies.append((now, seconds))
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.window_s
+        while self.arrivals and self.arrivals[0] < horizon:
+            self.arrivals.popleft()
+        while self.latencies and self.latencies[0][0] < horizon:
+            self.latencies.popleft()
+
+    def rate(self, now: float) -> float:
+        """Arrivals per second over the window (or over the time since ``started``, at least 1 s)."""
+        self._trim(now)
+        span = min(self.window_s, max(1.0, now - self.started))
+        return len(self.arrivals) / span
+
+    def p99_ms(self, now: float) -> float:
+        self._trim(now)
+        return 1000.0 * percentile([s for _t, s in self.latencies], 99.0)
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """A member's state now, read from the gateway's batcher and replica table."""
+
+    queue_depth: int
+    in_flight: int
+    replicas_ready: int
+    replicas_draining: int = 0
+
+
+class GatewayMetrics:
+    """The gateway's metrics (thread-safe: the gateway's loop writes, the controller reads)."""
+
+    def __init__(self, members: Sequence[str], window_s: float = DEFAULT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic, registry: CollectorRegistry | None = None) -> None:
+        self.members = tuple(members)
+        self.clock = clock
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("mesos_ensemble_requests", "Client requests by outcome", ["outcome"], registry=r)
+        self.request_seconds = Histogram("mesos_ensemble_request_seconds", "End-to-end latency of answered requests",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.member_requests = Counter("mesos_ensemble_member_requests", "Members' parts of requests by outcome",
+                                       ["member", "outcome"], registry=r)
+        self.member_seconds = Histogram("mesos_ensemble_member_seconds",
+                                        "A member's latency for a request, queueing and batching included",
+                                        ["member"], buckets=LATENCY_BUCKETS, registry=r)
+        self.replica_calls = Counter("mesos_ensemble_replica_calls", "Calls (batches) to replicas by outcome",
+                                     ["member", "outcome"], registry=r)
+        self.hedges = Counter("mesos_ensemble_hedges", "Calls hedged to a second replica", ["member"], registry=r)
+        self.failovers = Counter("mesos_ensemble_failovers", "Failed calls sent again to another replica",
+                                 ["member"], registry=r)
+        self.batch_rows = Histogram("mesos_ensemble_batch_rows", "Rows per call to a replica", ["member"],
+                                    buckets=ROW_BUCKETS, registry=r)
+        self.queue_depth = Gauge("mesos_ensemble_queue_depth", "Requests waiting for a batch", ["member"], registry=r)
+        self.in_flight = Gauge("mesos_ensemble_in_flight", "Calls at replicas", ["member"], registry=r)
+        self.replicas = Gauge("mesos_ensemble_replicas", "Replicas by state", ["member", "state"], registry=r)
+        self.cost_per_hour = Gauge("mesos_ensemble_cost_per_hour", "The deployment's cost per hour", registry=r)
+        self.cost_lower_bound_per_hour = Gauge("mesos_ensemble_cost_lower_bound_per_hour",
+                                               "The packer's lower bound of the cost per hour", registry=r)
+        for outcome in ("ok", "degraded", "bad_request", "unavailable", "error"):
+            self.requests.labels(outcome)
+        now = clock()
+        self._lock = threading.Lock()
+        self._windows = {m: LoadWindow(window_s, now) for m in self.members}
+        for m in self.members:
+            self.member_seconds.labels(m)
+            self.hedges.labels(m)
+            self.failovers.labels(m)
+            for state in ("ready", "draining"):
+                self.replicas.labels(m, state)
+
+    # Written by the gateway -----------------------------------------------------------------
+    def member_arrived(self, member: str) -> None:
+        with self._lock:
+            self._windows[member].arrived(self.clock())
+
+    def member_answered(self, member: str, seconds: float, ok: bool) -> None:
+        self.member_requests.labels(member, "ok" if ok else "failed").inc()
+        if ok:
+            self.member_seconds.labels(member).observe(seconds)
+        with self._lock:
+            self._windows[member].answered(self.clock(), seconds)
+
+    def observe(self, live: Mapping[str, LiveState]) -> None:
+        """Set the gauges from the members' state now."""
+        for member, state in live.items():
+            self.queue_depth.labels(member).set(state.queue_depth)
+            self.in_flight.labels(member).set(state.in_flight)
+            self.replicas.labels(member, "ready").set(state.replicas_ready)
+            self.replicas.labels(member, "draining").set(state.replicas_draining)
+
+    # Written by the controller --------------------------------------------------------------
+    def set_cost_per_hour(self, cost: float, lower_bound: float | None = None) -> None:
+        self.cost_per_hour.set(cost)
+        if lower_bound is not None:
+            self.cost_lower_bound_per_hour.set(lower_bound)
+
+    # Read -----------------------------------------------------------------------------------
+    def load_samples(self, live: Mapping[str, LiveState]) -> dict[str, MemberLoad]:
+        """One :class:`MemberLoad` per member over the last window."""
+        now = self.clock()
+        with self._lock:
+            rates = {m: w.rate(now) for m, w in self._windows.items()}
+            p99s = {m: w.p99_ms(now) for m, w in self._windows.items()}
+        empty = LiveState(0, 0, 0)
+        return {m: MemberLoad(member=m, rate_rps=rates[m], queue_depth=live.get(m, empty).queue_depth,
+                              in_flight=live.get(m, empty).in_flight, p99_ms=p99s[m],
+                              replicas_ready=live.get(m, empty).replicas_ready)
+                for m in self.members}
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,335 @@
+"""Where replicas run: a pure decision ``decide(snapshot, agents, now) -> ServeDecision``.
+
+The controller takes a :class:`ServeSnapshot` (the replicas it knows, each member's desired
+count, model sha256 and demand, the agents its executors run on) and the offered agents
+(``framework.packing.Agent`` values from ``framework.offers.merge_by_agent``: free capacity,
+price), and applies the :class:`ServeDecision`.  What it decides, in order:
+
+1. **drains** (none ever takes a member below ``min(desired, ready replicas)`` ready ones):
+   a. a replica whose re-pack replacement (a replica naming it in ``replaces``) is ready;
+   b. rolling update: replicas whose sha256 is not the member's: those still starting at once,
+      ready ones only as new ones are ready (never fewer ready than the desired count);
+   c. scale down: the replicas above the desired count, those on the most expensive agents
+      first (then on the agents with the fewest of our replicas, so whole agents are released;
+      on one agent, starting ones before ready ones), ready ones only while the member keeps
+      its desired count ready;
+   d. replicas of members no longer in the job.
+2. **launches**: each member's missing replicas (desired less its live replicas of the current
+   sha256) placed by ``framework.packing.pack`` on the offered agents, where the agents that
+   already run our replicas or executors cost nothing more (the packer's ``in_use``) and hold a
+   loaded executor (no executor resources, no cold start); other agents lose the shared
+   executor's reserve, as in a batch round.
+3. **re-pack**, when the deployment is settled (nothing to launch, nothing starting or
+   draining) and ``now`` has passed ``repack_not_before``: for the most expensive agent in use
+   whose replicas the other offered agents can take for less than its price (agents in use
+   count 0), those replicas are started there first, each naming the one it replaces; step 1a
+   drains the old ones once the new ones are ready, and the agent is released.
+
+No Mesos, threads, locks or clock here: the time is the ``now`` argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Sequence
+
+from framework.packing import (RESOURCE_NAMES, Agent, Constraint, CostModel, DeclineReason, PackingOptions,
+                               Resources, TaskDemand, pack)
+
+ReplicaState = Literal["starting", "running", "draining"]
+LaunchReason = Literal["scale_up", "update", "repack"]
+DrainReason = Literal["scale_down", "update", "repack", "removed"]
+EPS = 1e-9
+
+
+def replica_demand(cpus: float, mem: float, disk: float = 0.0, gpus: float = 0.0) -> Resources:
+    """One replica's resources: the model's cpus/mem (disk, gpus) and one port when the packer
+    counts ports (``ports`` in ``RESOURCE_NAMES``)."""
+    values = {"cpus": cpus, "mem": mem, "disk": disk, "gpus": gpus}
+    if "ports" in RESOURCE_NAMES:
+        values["ports"] = 1.0
+    return Resources(**values)
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica as the controller knows it."""
+
+    replica_id: str
+    member: str
+    agent_id: str
+    sha256: str
+    state: ReplicaState
+    """``starting`` (launched, not healthy yet), ``running`` (ready: takes requests), ``draining``."""
+    replaces: str | None = None
+    """A re-pack replacement: the replica it takes over from (drained once this one is ready)."""
+
+    @property
+    def live(self) -> bool:
+        return self.state != "draining"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "running"
+
+
+@dataclass(frozen=True)
+class MemberTarget:
+    """What one member should run: how many replicas, of which model file, needing what."""
+
+    member: str
+    desired: int
+    sha256: str
+    demand: Resources
+    """One replica's resources (see :func:`replica_demand`)."""
+    executor: Resources = Resources()
+    """The member's own executor (``executors = "per_model"``); zero with the shared executor."""
+    constraints: tuple[Constraint, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServeSnapshot:
+    """Everything one placement decision reads, as values."""
+
+    targets: Mapping[str, MemberTarget]
+    replicas: tuple[ReplicaView, ...]
+    agent_prices: Mapping[str, float] = field(default_factory=dict)
+    """Price of every agent hosting a replica (offered agents carry their own)."""
+    executors: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per agent running an executor of ours, the members it serves (loaded: no cold start)."""
+    agent_reserve: Resources = Resources()
+    """Kept free on agents without an executor of ours yet (the shared executor's resources)."""
+    cost_model: CostModel = field(default_factory=CostModel)
+    packing: PackingOptions = field(default_factory=PackingOptions)
+    repack_not_before: float = 0.0
+    """No re-pack starts before this time (the controller spaces them: ``now`` + an interval)."""
+    repack_min_saving: float = 0.0
+    """A re-pack must save more than this share of the released agent's price."""
+
+
+@dataclass(frozen=True)
+class ReplicaLaunch:
+    """A replica to start on an agent (one of its offers' resources, one port)."""
+
+    member: str
+    agent_id: str
+    sha256: str
+    reason: LaunchReason
+    replaces: str | None = None
+    new_executor: bool = False
+    """No executor of ours serves the member on that agent yet (it starts with this launch)."""
+
+
+@dataclass(frozen=True)
+class ReplicaDrain:
+    """A replica to drain (health 503, finish in-flight requests, then killed)."""
+
+    replica_id: str
+    member: str
+    agent_id: str
+    reason: DrainReason
+
+
+@dataclass(frozen=True)
+class ServeDecision:
+    launches: tuple[ReplicaLaunch, ...] = ()
+    drains: tuple[ReplicaDrain, ...] = ()
+    released_agents: tuple[str, ...] = ()
+    """Agents hosting an executor or replica of ours where no live replica remains and none is
+    launched: once their drains finish, their executors can stop and the agents go back."""
+    unused_agents: Mapping[str, DeclineReason] = field(default_factory=dict)
+    """Offered agents that get no launch, and why (for the DECLINE's filter)."""
+    unplaced: Mapping[str, int] = field(default_factory=dict)
+    """Per member, the replicas wanted that no offered agent fits."""
+    reasons: tuple[str, ...] = ()
+    """The packer's account of each unplaced replica."""
+    repacked: bool = False
+    """A re-pack started (the controller moves ``repack_not_before`` forward)."""
+
+
+def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> ServeDecision:
+    """The launches and drains for this moment; see the module docstring."""
+    prices = _prices(snapshot, agents)
+    drains = _drains(snapshot, prices)
+    drained = {d.replica_id for d in drains}
+    missing = _missing(snapshot, drained)
+    prepared = _prepare(snapshot, agents)
+    tasks = [TaskDemand(f"{member}#{i}", member, snapshot.targets[member].demand, snapshot.targets[member].executor,
+                        snapshot.targets[member].constraints)
+             for member, count in sorted(missing.items()) for i in range(count)]
+    launches: list[ReplicaLaunch] = []
+    unplaced: Counter[str] = Counter()
+    reasons: list[str] = []
+    declined: dict[str, DeclineReason] = {a.agent_id: "unneeded" for a in agents}
+    if tasks and prepared:
+        plan = pack(tasks, prepared, snapshot.cost_model, snapshot.packing)
+        member_of = {t.task_id: t.model for t in tasks}
+        for agent_id, task_ids in plan.assignments.items():
+            declined.pop(agent_id, None)
+            launches += [_launch(snapshot, member_of[t], agent_id, "update" if _updating(snapshot, member_of[t])
+                                 else "scale_up") for t in task_ids]
+        declined.update({a: r for a, r in plan.declined.items() if a in declined})
+        unplaced.update(member_of[t] for t in plan.unplaced)
+        reasons = [u.describe() for u in plan.unplaced.values()]
+    else:
+        unplaced.update(missing)
+    repacked = False
+    if not tasks and not drains and now >= snapshot.repack_not_before and _settled(snapshot):
+        moves = _repack(snapshot, prepared, prices)
+        if moves:
+            repacked = True
+            for launch in moves:
+                declined.pop(launch.agent_id, None)
+            launches += moves
+    return ServeDecision(
+        launches=tuple(launches), drains=tuple(drains),
+        released_agents=_released(snapshot, drained, launches),
+        unused_agents=declined, unplaced=dict(unplaced), reasons=tuple(reasons), repacked=repacked)
+
+
+def _prices(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> dict[str, float]:
+    prices = dict(snapshot.agent_prices)
+    prices.update({a.agent_id: a.price for a in agents})
+    return prices
+
+
+def _updating(snapshot: ServeSnapshot, member: str) -> bool:
+    """The member has live replicas of another model file (a rolling update is under way)."""
+    target = snapshot.targets[member]
+    return any(r.live and r.member == member and r.sha256 != target.sha256 for r in snapshot.replicas)
+
+
+def _launch(snapshot: ServeSnapshot, member: str, agent_id: str, reason: LaunchReason,
+            replaces: str | None = None) -> ReplicaLaunch:
+    new = member not in snapshot.executors.get(agent_id, frozenset())
+    return ReplicaLaunch(member, agent_id, snapshot.targets[member].sha256, reason, replaces, new)
+
+
+def _pending_replacements(live: Sequence[ReplicaView], gone: set[str]) -> set[str]:
+    """Ids of live replicas that replace a replica still live (and not drained in ``gone``)."""
+    live_ids = {r.replica_id for r in live if r.replica_id not in gone}
+    return {r.replica_id for r in live if r.replaces is not None and r.replaces in live_ids}
+
+
+def _agent_order(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> dict[str, tuple[float, int, str]]:
+    """Drain order of agents: most expensive first, then those with the fewest live replicas."""
+    on_agent = Counter(r.agent_id for r in snapshot.replicas if r.live)
+    return {a: (-prices.get(a, 0.0), n, a) for a, n in on_agent.items()}
+
+
+def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[ReplicaDrain]:
+    live = [r for r in snapshot.replicas if r.live]
+    order = _agent_order(snapshot, prices)
+    drains: list[ReplicaDrain] = []
+    gone: set[str] = set()
+
+    def drain(replica: ReplicaView, reason: DrainReason) -> None:
+        drains.append(ReplicaDrain(replica.replica_id, replica.member, replica.agent_id, reason))
+        gone.add(replica.replica_id)
+
+    def key(replica: ReplicaView) -> tuple[tuple[float, int, str], bool, str]:
+        return order[replica.agent_id], replica.ready, replica.replica_id
+
+    # d. members no longer in the job
+    for replica in live:
+        if replica.member not in snapshot.targets:
+            drain(replica, "removed")
+    # a. re-packed replicas whose replacement is ready
+    by_id = {r.replica_id: r for r in live}
+    for replica in sorted(live, key=lambda r: r.replica_id):
+        old = by_id.get(replica.replaces or "")
+        if replica.ready and old is not None and old.replica_id not in gone and old.member == replica.member:
+            drain(old, "repack")
+    for member, target in sorted(snapshot.targets.items()):
+        mine = [r for r in live if r.member == member and r.replica_id not in gone]
+        ready_left = sum(r.ready for r in mine)
+        # b. rolling update: old starting ones at once; old ready ones as new ones are ready
+        for replica in sorted((r for r in mine if r.sha256 != target.sha256), key=key):
+            if not replica.ready:
+                drain(replica, "update")
+            elif ready_left - 1 >= target.desired:
+                drain(replica, "update")
+                ready_left -= 1
+        # c. scale down: most expensive agents first, keeping the desired count ready
+        pending = _pending_replacements(mine, gone)
+        counted = [r for r in mine if r.sha256 == target.sha256 and r.replica_id not in gone | pending]
+        excess = len(counted) - target.desired
+        for replica in sorted(counted, key=key):
+            if excess <= 0:
+                break
+            if replica.ready:
+                if ready_left - 1 < target.desired:
+                    continue
+                ready_left -= 1
+            drain(replica, "scale_down")
+            excess -= 1
+    return drains
+
+
+def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[str, int]:
+    """Per member, the replicas of its current sha256 to launch to reach its desired count."""
+    missing = {}
+    for member, target in snapshot.targets.items():
+        mine = [r for r in snapshot.replicas if r.live and r.member == member and r.replica_id not in drained]
+        pending = _pending_replacements(mine, drained)
+        have = sum(1 for r in mine if r.sha256 == target.sha256 and r.replica_id not in pending)
+        if have < target.desired:
+            missing[member] = target.desired - have
+    return missing
+
+
+def _prepare(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> list[Agent]:
+    """Offered agents as the packer sees them: those running our replicas or executors are in
+    use (cost nothing more) with their executors' members loaded; the others keep the shared
+    executor's reserve free."""
+    hosting = {r.agent_id for r in snapshot.replicas if r.live} | set(snapshot.executors)
+    prepared = []
+    for agent in agents:
+        has_executor = agent.agent_id in snapshot.executors
+        prepared.append(dataclasses.replace(
+            agent,
+            in_use=agent.in_use or agent.agent_id in hosting,
+            loaded_models=frozenset(snapshot.executors.get(agent.agent_id, agent.loaded_models)),
+            capacity=agent.capacity if has_executor else (agent.capacity - snapshot.agent_reserve).nonnegative(),
+        ))
+    return prepared
+
+
+def _settled(snapshot: ServeSnapshot) -> bool:
+    """Every replica is ready and of its member's current model file (none starting or draining)."""
+    return all(r.state == "running" and r.member in snapshot.targets
+               and r.sha256 == snapshot.targets[r.member].sha256 for r in snapshot.replicas)
+
+
+def _repack(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float]) -> list[ReplicaLaunch]:
+    """Replacements for every replica of the most expensive agent in use that the other offered
+    agents take for less than its price (empty: no such agent)."""
+    on_agent: dict[str, list[ReplicaView]] = defaultdict(list)
+    for replica in snapshot.replicas:
+        on_agent[replica.agent_id].append(replica)
+    for agent_id in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a)):
+        price = prices.get(agent_id, 0.0)
+        if price <= EPS:
+            break
+        others = [a for a in prepared if a.agent_id != agent_id]
+        if not others:
+            continue
+        moving = sorted(on_agent[agent_id], key=lambda r: r.replica_id)
+        tasks = [TaskDemand(r.replica_id, r.member, snapshot.targets[r.member].demand,
+                            snapshot.targets[r.member].executor, snapshot.targets[r.member].constraints)
+                 for r in moving]
+        plan = pack(tasks, others, CostModel(), snapshot.packing)
+        if plan.unplaced or plan.cost >= price * (1.0 - snapshot.repack_min_saving) - EPS:
+            continue
+        where = {task_id: a for a, task_ids in plan.assignments.items() for task_id in task_ids}
+        return [_launch(snapshot, r.member, where[r.replica_id], "repack", replaces=r.replica_id) for r in moving]
+    return []
+
+
+def _released(snapshot: ServeSnapshot, drained: set[str], launches: Sequence[ReplicaLaunch]) -> tuple[str, ...]:
+    ours = {r.agent_id for r in snapshot.replicas} | set(snapshot.executors)
+    keeping = {r.agent_id for r in snapshot.replicas if r.live and r.replica_id not in drained}
+    keeping |= {launch.agent_id for launch in launches}
+    return tuple(sorted(ours - keeping))

@@ -1,0 +1,320 @@
+"""``mesos-ensemble serve``: the wiring of a deployment.
+
+The job file is checked as ``run`` checks it before anything launches (its models inspected in
+a subprocess, the members' columns and compatibility; bad input is one line, exit 2); then the
+embedded cluster (``master = "local"``) or the external master, the artifact server that hands
+the executor package and the model files to the agents, the controller (a pymesos scheduler for
+replicas, :mod:`framework.serving.controller`) and the gateway (:mod:`framework.serving.gateway`).
+Once every member has its ``min_replicas`` ready, the gateway's address is printed and recorded
+in the state directory (``serve.json``: ``serve --reload`` signals that process).
+
+SIGHUP (or ``serve --reload``) reloads the job file: a member whose model changed (a new sha256)
+rolls to it, new replicas first.  SIGINT/SIGTERM: the gateway stops accepting and finishes what
+it has, every replica drains and is killed, the framework is torn down; exit 130/143.  A
+``serve`` that dies without that (``kill -9``) leaves its replicas running on an external
+master; run again with the same state directory, it re-subscribes under its framework id and
+re-adopts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from executor.protocol import ReplicaPayload
+from framework import ensemble, translator
+from framework.artifacts import ArtifactServer
+from framework.catalog import SHARED_EXECUTOR, JobCatalog
+from framework.dataset import DataInfo
+from framework.errors import FrameworkError, JobFailed, JobSpecError
+from framework.executor_package import build_executor_package
+from framework.jobspec import JobSpec, load_job, parse_master
+from framework.packing import Agent, Resources
+from framework.scheduler import EventKind
+from framework.serving import placement
+from framework.serving.controller import ServedMember, ServingController
+from framework.serving.spec import ServeSpec
+from framework.serving.state import ServeState, remove_live, write_live
+from framework.translator import Message, PoolAllocator
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_SECONDS = 120.0
+"""How long ``serve`` waits for every member's ``min_replicas`` to be ready before it fails."""
+STOP_TIMEOUT_SECONDS = 15.0
+"""How long a stopping ``serve`` waits for its replicas to drain and end."""
+
+
+class ServeCatalog(JobCatalog):
+    """The controller's :class:`~framework.serving.controller.ReplicaCatalog`: a job catalog
+    (model files served, executors' resources and ExecutorInfos as ``run`` builds them) that
+    also builds replica TaskInfos (``executor.protocol.ReplicaPayload`` with a port)."""
+
+    def __init__(self, spec: JobSpec, server: ArtifactServer, python: str, executor_package_url: str,
+                 bind_host: str) -> None:
+        super().__init__(spec, server, {}, python, executor_package_url)
+        self.bind_host = bind_host
+        self.serve = spec.serve or ServeSpec()
+
+    def publish_models(self, spec: JobSpec) -> None:
+        """Serve a reloaded job's model files (a changed one under a new name: old replicas keep theirs)."""
+        for model in spec.models:
+            self.model_urls[model.name] = self.server.publish(f"{model.name}-{model.sha256[:16]}.{model.format}",
+                                                              model.path)
+        self.spec = spec
+
+    def replica_target(self, member: str, desired: int, sha256: str) -> placement.MemberTarget:
+        """What placement needs of ``member``: one replica's resources as launched (its executor's
+        cpus carved out, as for a batch task) and one port; its own executor's resources when
+        executors are per model; its constraints."""
+        model = self.spec.model(member)
+        task = self.task_resources[member]
+        shared = self.executor_key(member) == SHARED_EXECUTOR
+        return placement.MemberTarget(
+            member=member, desired=desired, sha256=sha256,
+            demand=placement.replica_demand(task.cpus, task.mem, task.disk, task.gpus),
+            executor=Resources() if shared else self.executor_resources[member],
+            constraints=model.constraints)
+
+    def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
+                     port: int) -> Message:
+        model = self.spec.model(member)
+        payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
+                                 output=model.output, format=model.format, trusted_types=list(model.trusted_types),
+                                 host=self.bind_host, max_batch_rows=self.serve.max_batch_rows)
+        resources = allocator.take(self.task_resources[member])
+        return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
+                                    payload.to_json(), ports=[port])
+
+
+# --- the service ---------------------------------------------------------------------------------
+@dataclass
+class ServeOutcome:
+    url: str
+    members: dict[str, dict[str, int]]
+
+
+class ServeRunner:
+    """One deployment of a job (see the module docstring)."""
+
+    def __init__(self, job_file: Path, spec: JobSpec, state_dir: Path, *, work_dir: Path | None = None,
+                 note: Callable[[str], None] = lambda line: None,
+                 on_ready: Callable[[ServeOutcome], None] | None = None,
+                 load_job_file: Callable[[Path], JobSpec] | None = None) -> None:
+        self.job_file, self.spec, self.state_dir, self.work_dir = job_file, spec, state_dir, work_dir
+        self.note, self.on_ready = note, on_ready
+        self.load_job_file = load_job_file or (lambda path: load_job(path))
+        self.reload_requested = threading.Event()
+        self.stop_requested = threading.Event()
+        self.controller: ServingController | None = None
+        self.gateway: Any = None
+        self.url: str | None = None
+        self.credentials: tuple[str, str] | None = None
+        self.failover_on_stop = False
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Deploy, serve until ``stop_requested`` (or an interrupt raised in the main thread), then
+        drain and tear down."""
+        from framework.job import JobRunner, pymesos_driver, prepare
+
+        spec = self.spec
+        if spec.sources:
+            raise JobSpecError(f"{spec.source}: serve takes a job with [data] (its columns are the request's); "
+                               "[[sources]] jobs are not served yet")
+        if spec.integration == "stacking":
+            raise JobSpecError(f"{spec.source}: serve does not serve stacking yet (its final estimator is fitted "
+                               "by run)")
+        serve = spec.serve or ServeSpec()
+        info, members, _estimators = prepare(spec)
+        assert isinstance(info, DataInfo)
+        feature_names = tuple(info.feature_names)
+        with ExitStack() as stack:
+            state = ServeState.open(self.state_dir)
+            stack.callback(state.close)
+            work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix="mesos-ensemble-serve-"))
+            if self.work_dir is None:
+                stack.callback(shutil.rmtree, work_dir, True)
+            runner = JobRunner(spec)
+            master, python = runner._master(stack, work_dir)
+            self.credentials = runner.credentials
+            local = spec.framework.master == "local"
+            loopback = parse_master(master).loopback
+            bind = "127.0.0.1" if loopback else "0.0.0.0"  # noqa: S104
+            server = ArtifactServer(work_dir / "results", bind=bind, port=spec.framework.artifact_port,
+                                    advertise_host=spec.framework.artifact_host or (
+                                        "127.0.0.1" if loopback else None)).start()
+            stack.callback(server.stop)
+            package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
+            catalog = ServeCatalog(spec, server, python, package_url, bind)
+            catalog.publish_models(spec)
+
+            from framework.serving.routing import ReplicaTable
+
+            table = ReplicaTable()
+            self.gateway = gateway = self._gateway(spec, serve, members, feature_names, table)
+            host, port = gateway.start(serve.host, serve.port)
+            self.url = f"http://{host}:{port}"
+            stop_gateway = _once(gateway.stop)
+            stack.callback(stop_gateway)
+
+            controller = self.controller = ServingController(
+                self._targets(spec, serve), catalog, table, spec.pricing, role=spec.framework.role,
+                refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
+                loads=gateway.load_samples, autoscale=self._autoscaler(serve),
+                scale_interval=serve.scale_interval_s)
+            framework_id = None
+            earlier = state.replicas()
+            if local or not state.framework_id:
+                for record in earlier:  # the embedded cluster died with the serve that started them
+                    state.remove(record.task_id)
+                state.save_framework_id("")
+            else:
+                framework_id = state.framework_id
+                adopted = controller.adopt(earlier)
+                controller.avoid_earlier_executors(int(time.time()))
+                self.note(f"re-subscribing as framework {framework_id}; adopting {adopted} replica(s) of the "
+                          f"earlier serve")
+            principal, secret = self.credentials or (spec.framework.principal, spec.framework.secret)
+            framework = translator.framework_info(spec.framework.name, spec.framework.user, spec.framework.role,
+                                                  spec.framework.failover_timeout, principal,
+                                                  framework_id=framework_id, webui_url=self.url)
+            driver = pymesos_driver(controller, framework, master, principal, secret)
+            driver.start()
+            stack.callback(driver.join)
+            stack.callback(lambda: driver.stop(failover=self.failover_on_stop))
+            stack.callback(controller.close)
+            stack.callback(self._drain, controller)
+            stack.callback(stop_gateway)  # first: stop accepting, finish what is in flight; then drain
+            controller.start(driver)
+            self.note(f"deploying {spec.name} on {master}: "
+                      + ", ".join(f"{m}: {t.min_replicas}..{t.max_replicas} replicas"
+                                  for m, t in controller.targets.items()))
+            self._wait_ready(controller)
+            write_live(self.state_dir, os.getpid(), self.url, spec.name)
+            stack.callback(remove_live, self.state_dir)
+            if self.on_ready is not None:
+                self.on_ready(ServeOutcome(self.url, controller.counts()))
+            self._serve(controller, catalog)
+
+    def _gateway(self, spec: JobSpec, serve: ServeSpec, members: list[ensemble.MemberSpec],
+                 feature_names: tuple[str, ...], table: Any) -> Any:
+        from framework.serving.combine import combiner_factory
+        from framework.serving.gateway import Gateway
+
+        return Gateway(serve, members, table, combiner_factory(spec.integration), columns=feature_names,
+                       min_members=spec.min_members, integration=spec.integration)
+
+    @staticmethod
+    def _targets(spec: JobSpec, serve: ServeSpec) -> dict[str, ServedMember]:
+        return {m.name: ServedMember(m.name, m.sha256, serve.bounds(m.name).min_replicas,
+                                     serve.bounds(m.name).max_replicas) for m in spec.models}
+
+    @staticmethod
+    def _autoscaler(serve: ServeSpec) -> Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]]:
+        from framework.serving import autoscale
+
+        memory = [autoscale.AutoscaleState()]
+
+        def decide(loads: Mapping[str, Any], current: Mapping[str, int], now: float) -> dict[str, int]:
+            desired, memory[0] = autoscale.decide(serve, loads, current, memory[0], now)
+            return desired
+        return decide
+
+    def _wait_ready(self, controller: ServingController) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not controller.all_ready():
+            self._check_fatal(controller)
+            if self.stop_requested.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise JobFailed(f"the replicas were not ready within {READY_TIMEOUT_SECONDS:.0f} s: "
+                                f"{_describe_counts(controller.counts())}")
+            controller.wait_until(controller.all_ready, 0.5)
+
+    def _check_fatal(self, controller: ServingController) -> None:
+        while not controller.events.empty():
+            event = controller.events.get_nowait()
+            if event.kind is EventKind.FATAL:
+                raise JobFailed(event.detail)
+
+    def _serve(self, controller: ServingController, catalog: ServeCatalog) -> None:
+        """Until stopped: watch for fatal events, reloads; the controller does the rest."""
+        while not self.stop_requested.is_set():
+            self._check_fatal(controller)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload(controller, catalog)
+            self.stop_requested.wait(0.2)
+
+    def reload(self, controller: ServingController, catalog: ServeCatalog) -> list[str]:
+        """Read the job file again; members whose model changed roll to it.  A job changed in other
+        ways, or whose models fail the checks, is refused in one line; serving goes on."""
+        from framework.job import prepare
+
+        try:
+            spec = self.load_job_file(self.job_file)
+            spec = dataclasses.replace(spec, framework=self.spec.framework)
+            _check_reloadable(self.spec, spec)
+            prepare(spec)
+        except FrameworkError as error:
+            log.error("reload refused: %s", error)
+            self.note(f"reload refused: {error}")
+            return []
+        catalog.publish_models(spec)
+        self.spec = spec
+        changed = controller.retarget(self._targets(spec, spec.serve or ServeSpec()))
+        self.note(f"reloaded {self.job_file}: " + (f"rolling {', '.join(changed)} to the new model(s)"
+                                                    if changed else "no model changed"))
+        return changed
+
+    def _drain(self, controller: ServingController) -> None:
+        """Stopping: every replica drains and is killed; wait (a while) for them to end."""
+        controller.drain_all()
+        if not controller.wait_until(lambda: not controller.replicas, STOP_TIMEOUT_SECONDS):
+            log.warning("%d replica(s) did not end within %.0f s; tearing the framework down",
+                        len(controller.replicas), STOP_TIMEOUT_SECONDS)
+
+
+def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
+    """A reload may change model files (path, sha256) and replica bounds, nothing else."""
+    if [m.name for m in before.models] != [m.name for m in after.models]:
+        raise JobSpecError(f"{after.source}: a reload cannot add, remove or rename models (restart serve)")
+    for old, new in zip(before.models, after.models):
+        for name in ("kind", "output", "weight", "proba_class", "features"):
+            if getattr(old, name) != getattr(new, name):
+                raise JobSpecError(f"{after.source}: models ({new.name}).{name} changed; a reload changes only "
+                                   "model files and replica bounds (restart serve)")
+    if before.integration != after.integration:
+        raise JobSpecError(f"{after.source}: job.integration changed; a reload changes only model files and "
+                           "replica bounds (restart serve)")
+
+
+def _describe_counts(counts: Mapping[str, Mapping[str, int]]) -> str:
+    return "; ".join(f"{member}: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+                     for member, states in counts.items())
+
+
+def _once(function: Callable[[], Any]) -> Callable[[], None]:
+    done: list[bool] = []
+
+    def call() -> None:
+        if not done:
+            done.append(True)
+            function()
+    return call
+
+
+def install_reload_handler(runner: ServeRunner) -> None:
+    """SIGHUP: reload the job file (on the main loop, not in the handler)."""
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: runner.reload_requested.set())

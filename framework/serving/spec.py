@@ -1,0 +1,171 @@
+"""The job file's ``[serve]`` table (and ``[serve.models.<name>]``) as frozen values.
+
+Parsed by :func:`parse_serve`, which ``framework.jobspec`` calls with the job's member names; a
+bad value raises :class:`ServeSpecError` naming the field (relative to ``serve``) and what was
+expected, which ``jobspec`` turns into its one-line ``file: serve.field ...`` error (exit 2).
+Pure: no I/O, no project imports beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+DEFAULT_MIN_REPLICAS = 1
+DEFAULT_MAX_REPLICAS = 4
+
+
+class ServeSpecError(ValueError):
+    """A bad ``[serve]`` value: ``field`` (dotted, under ``serve``) and what was expected."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"serve.{field} {problem}" if field else f"serve {problem}")
+        self.field, self.problem = field, problem
+
+
+@dataclass(frozen=True)
+class ReplicaBounds:
+    """``[serve.models.<name>]``: how many replicas of one member may run."""
+
+    min_replicas: int = DEFAULT_MIN_REPLICAS
+    max_replicas: int = DEFAULT_MAX_REPLICAS
+
+    def clamp(self, count: int) -> int:
+        """``count`` brought within ``min_replicas..max_replicas``."""
+        return max(self.min_replicas, min(self.max_replicas, count))
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """A validated ``[serve]`` table; ``models`` has an entry for every member of the job."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """The gateway's port; 0: any free port."""
+    target_p99_ms: float = 100.0
+    max_batch_rows: int = 256
+    max_wait_ms: float = 2.0
+    hedge: bool = True
+    """Hedge a call to another replica past the member's recent p95 (at least ``hedge_min_ms``)."""
+    hedge_min_ms: float = 10.0
+    scale_interval_s: float = 1.0
+    """How often the autoscaler runs."""
+    scale_down_delay_s: float = 30.0
+    """Load must stay low this long before a replica drains."""
+    models: Mapping[str, ReplicaBounds] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as written in the job file (IPv6 hosts in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def bounds(self, member: str) -> ReplicaBounds:
+        """The replica bounds of ``member`` (the defaults for a member the table does not name)."""
+        return self.models.get(member, ReplicaBounds())
+
+
+KNOWN_FIELDS = ("address", "target_p99_ms", "max_batch_rows", "max_wait_ms", "hedge", "hedge_min_ms",
+                "scale_interval_s", "scale_down_delay_s", "models")
+MODEL_FIELDS = ("min_replicas", "max_replicas")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6; port 0..65535, 0 = any free port) -> (host, port);
+    raises ``ValueError`` saying what was expected."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        raise ValueError(f"must be host:port (e.g. \"127.0.0.1:8080\"; port 0 = any free port), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        bad_host = not host or any(c not in "0123456789abcdefABCDEF:." for c in host)
+    else:
+        bad_host = not host or any(c.isspace() or c in ":/@[],?#" for c in host)
+    if bad_host:
+        raise ValueError(f"must be host:port with a host name or address before the colon, got {text!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"must end in a port from 0 to 65535 (0 = any free port), got {text!r}")
+    return host, int(port_text)
+
+
+def parse_serve(table: Mapping[str, Any], members: Sequence[str]) -> ServeSpec:
+    """The ``[serve]`` table of a job whose members are ``members``; raises :class:`ServeSpecError`."""
+    if not isinstance(table, Mapping):
+        raise ServeSpecError("", f"must be a table, got {type(table).__name__}")
+    _reject_unknown(table, KNOWN_FIELDS, "")
+    defaults = ServeSpec()
+    host, port = defaults.host, defaults.port
+    if "address" in table:
+        try:
+            host, port = parse_address(_typed(table, "address", str, ""))
+        except ValueError as error:
+            raise ServeSpecError("address", str(error)) from None
+    hedge = table.get("hedge", defaults.hedge)
+    if not isinstance(hedge, bool):
+        raise ServeSpecError("hedge", f"must be true or false, got {hedge!r}")
+    return ServeSpec(
+        host=host, port=port,
+        target_p99_ms=_number(table, "target_p99_ms", defaults.target_p99_ms),
+        max_batch_rows=_count(table, "max_batch_rows", defaults.max_batch_rows, minimum=1),
+        max_wait_ms=_number(table, "max_wait_ms", defaults.max_wait_ms, positive=False),
+        hedge=hedge,
+        hedge_min_ms=_number(table, "hedge_min_ms", defaults.hedge_min_ms, positive=False),
+        scale_interval_s=_number(table, "scale_interval_s", defaults.scale_interval_s),
+        scale_down_delay_s=_number(table, "scale_down_delay_s", defaults.scale_down_delay_s, positive=False),
+        models=_parse_models(table.get("models", {}), members),
+    )
+
+
+def _parse_models(table: Any, members: Sequence[str]) -> dict[str, ReplicaBounds]:
+    if not isinstance(table, Mapping):
+        raise ServeSpecError("models", f"must be a table of [serve.models.<name>] tables, got {table!r}")
+    for name in table:
+        if name not in members:
+            raise ServeSpecError(f"models.{name}", f"names {name!r}, which is not a [[models]] name "
+                                                   f"(known: {', '.join(members)})")
+    bounds = {}
+    for name in members:
+        entry = table.get(name, {})
+        where = f"models.{name}"
+        if not isinstance(entry, Mapping):
+            raise ServeSpecError(where, f"must be a table (min_replicas, max_replicas), got {entry!r}")
+        _reject_unknown(entry, MODEL_FIELDS, where)
+        low = _count(entry, "min_replicas", DEFAULT_MIN_REPLICAS, minimum=1, where=where,
+                     why=" (a member with no replica cannot answer)")
+        high = _count(entry, "max_replicas", max(DEFAULT_MAX_REPLICAS, low), minimum=1, where=where)
+        if high < low:
+            raise ServeSpecError(f"{where}.max_replicas", f"must be at least min_replicas ({low}), got {high}")
+        bounds[name] = ReplicaBounds(low, high)
+    return bounds
+
+
+def _reject_unknown(table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    for key in sorted(set(table) - set(known)):
+        name = f"{where}.{key}" if where else key
+        raise ServeSpecError(name, f"is not a known field (known: {', '.join(sorted(known))})")
+
+
+def _typed(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = table[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ServeSpecError(f"{where}.{key}" if where else key, f"must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, default: float, positive: bool = True) -> float:
+    if key not in table:
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise ServeSpecError(key, f"must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
+def _count(table: Mapping[str, Any], key: str, default: int, minimum: int, where: str = "", why: str = "") -> int:
+    if key not in table:
+        return default
+    value = _typed(table, key, int, where)
+    if value < minimum:
+        raise ServeSpecError(f"{where}.{key}" if where else key, f"must be at least {minimum}{why}, got {value}")
+    return int(value)

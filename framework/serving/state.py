@@ -1,0 +1,243 @@
+"""A deployment's journal: what ``mesos-ensemble serve`` must know to come back after a restart.
+
+The state directory (``--state-dir``, by default ``JOB.serve-state/`` beside the job file) holds
+``serve.sqlite3`` (stdlib :mod:`sqlite3`, WAL, ``synchronous=NORMAL``, schema version in ``PRAGMA
+user_version``: the conventions of :mod:`framework.journal`), ``lock`` (an advisory ``flock`` held
+by the one live ``serve`` of this directory, released by the kernel when it dies) and
+``serve.json`` (the live process's pid and gateway address, for ``serve --reload`` and
+``status``; written then renamed, removed on a clean exit).
+
+The database keeps the framework id (so a restarted ``serve`` re-subscribes with it and its
+replicas are not torn down) and every replica launched and not yet known to be gone: Mesos task
+id, member, agent id and hostname, port, the model's sha256, and the last state seen.  A
+replica is recorded *before* its launch is sent, so a ``serve`` killed at any point leaves no
+running replica it does not know of; a terminal state removes the row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from framework.errors import FrameworkError
+
+SCHEMA_VERSION = 1
+DATABASE_NAME = "serve.sqlite3"
+LOCK_NAME = "lock"
+LIVE_NAME = "serve.json"
+
+
+def default_serve_state_dir(job_file: Path) -> Path:
+    """``jobs/demo.toml`` -> ``jobs/demo.serve-state/`` (apart from ``run``'s ``demo.state/``)."""
+    return job_file.with_name(job_file.stem + ".serve-state")
+
+
+class ServeStateError(FrameworkError):
+    """The state directory cannot be used (busy, corrupt, newer schema)."""
+
+
+@dataclass(frozen=True)
+class ReplicaRecord:
+    """One replica as journaled."""
+
+    task_id: str
+    member: str
+    agent_id: str
+    hostname: str
+    port: int
+    sha256: str
+    state: str
+    """``launching`` (recorded, launch sent), or the last Mesos state seen (TASK_RUNNING...), or
+    ``draining`` (a kill sent to scale down or roll)."""
+    executor_id: str = ""
+    updated_at: float = 0.0
+
+
+class ServeState:
+    """The journal of one deployment (see the module docstring).  Thread-safe."""
+
+    def __init__(self, state_dir: Path, connection: sqlite3.Connection, lock_file: int | None) -> None:
+        self.state_dir = state_dir
+        self._db = connection
+        self._lock_file = lock_file
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, state_dir: Path | str) -> "ServeState":
+        """Open (or create) the deployment journal for writing; refuse one another live ``serve`` holds."""
+        state_dir = Path(state_dir)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            lock_file = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise ServeStateError(f"cannot use the state directory {state_dir}: {error.strerror}") from error
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_file)
+            raise ServeStateError(f"{state_dir}: another mesos-ensemble serve is using this state directory "
+                                  f"(serve --reload --state-dir {state_dir} signals it)") from None
+        try:
+            state = cls(state_dir, _connect(state_dir / DATABASE_NAME, readonly=False), lock_file)
+            state._initialise()
+        except BaseException:
+            os.close(lock_file)
+            raise
+        return state
+
+    @classmethod
+    def read(cls, state_dir: Path | str) -> "ServeState":
+        """Open an existing deployment journal read-only (no lock)."""
+        state_dir = Path(state_dir)
+        if not (state_dir / DATABASE_NAME).is_file():
+            raise ServeStateError(f"{state_dir}: no deployment journal here ({DATABASE_NAME} missing)")
+        state = cls(state_dir, _connect(state_dir / DATABASE_NAME, readonly=True), None)
+        state._check_version()
+        return state
+
+    def _check_version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise ServeStateError(f"{self.state_dir / DATABASE_NAME}: schema version {version}, this "
+                                  f"mesos-ensemble reads up to {SCHEMA_VERSION}")
+        return version
+
+    def _initialise(self) -> None:
+        with self._lock:
+            if self._check_version() == 0:
+                self._db.executescript(f"""
+                    BEGIN;
+                    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                    CREATE TABLE IF NOT EXISTS replicas (
+                        task_id TEXT PRIMARY KEY, member TEXT NOT NULL, agent_id TEXT NOT NULL,
+                        hostname TEXT NOT NULL, port INTEGER NOT NULL, sha256 TEXT NOT NULL,
+                        state TEXT NOT NULL, executor_id TEXT NOT NULL DEFAULT '',
+                        updated_at REAL NOT NULL);
+                    PRAGMA user_version={SCHEMA_VERSION};
+                    COMMIT;""")
+
+    # framework id ------------------------------------------------------------------------
+    @property
+    def framework_id(self) -> str | None:
+        return self._meta("framework_id") or None
+
+    def save_framework_id(self, framework_id: str) -> None:
+        """Keep the framework id (``""`` forgets it: the next ``serve`` subscribes anew)."""
+        self._set_meta("framework_id", framework_id)
+
+    def _meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # replicas ----------------------------------------------------------------------------
+    def record_launches(self, replicas: Iterable[ReplicaRecord]) -> None:
+        """Record replicas about to be launched (one transaction), before the launch is sent."""
+        now = time.time()
+        rows = [(r.task_id, r.member, r.agent_id, r.hostname, r.port, r.sha256, r.state, r.executor_id, now)
+                for r in replicas]
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def set_state(self, task_id: str, state: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE replicas SET state = ?, updated_at = ? WHERE task_id = ?",
+                             (state, time.time(), task_id))
+
+    def remove(self, task_id: str) -> None:
+        """The replica is gone (a terminal update)."""
+        with self._lock:
+            self._db.execute("DELETE FROM replicas WHERE task_id = ?", (task_id,))
+
+    def replicas(self) -> list[ReplicaRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT task_id, member, agent_id, hostname, port, sha256, state, executor_id, "
+                                    "updated_at FROM replicas ORDER BY task_id").fetchall()
+        return [ReplicaRecord(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._db.close()
+            if self._lock_file is not None:
+                os.close(self._lock_file)
+
+    def __enter__(self) -> "ServeState":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+        else:
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise ServeStateError(f"{path}: not a usable deployment journal ({error})") from error
+    return connection
+
+
+# The live process: pid and gateway address -----------------------------------------------------
+def write_live(state_dir: Path, pid: int, url: str, job: str) -> None:
+    """Say where the running ``serve`` is (``serve --reload`` signals this pid)."""
+    target = state_dir / LIVE_NAME
+    temporary = target.with_name(f".{LIVE_NAME}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"pid": pid, "url": url, "job": job}) + "\n")
+    os.replace(temporary, target)
+
+
+def read_live(state_dir: Path) -> dict[str, Any] | None:
+    """The running ``serve``'s pid, url and job, if its state directory is locked by a live process."""
+    try:
+        document = json.loads((state_dir / LIVE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("pid"), int) or not _locked(state_dir):
+        return None
+    return document
+
+
+def remove_live(state_dir: Path) -> None:
+    (state_dir / LIVE_NAME).unlink(missing_ok=True)
+
+
+def _locked(state_dir: Path) -> bool:
+    """Whether a live process holds the state directory's lock."""
+    try:
+        handle = os.open(state_dir / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(handle)
+    return False

@@ -1,0 +1,161 @@
+"""``serve`` end to end on the embedded cluster: real executor processes holding replicas, the
+real gateway over HTTP.  The gateway's answers equal the batch job's output for the same rows; a
+replica whose executor is killed (``kill -9``) is replaced while requests keep being answered;
+replicas follow the load up and back down; a changed model rolls without a failed request."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LinearRegression
+
+from framework.job import JobRunner
+from framework.jobspec import load_job
+from deploy_helpers import Served, post, predict, serve_job, held_out_rows, wait_for
+
+
+@pytest.fixture(scope="module")
+def batch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[list[float]], list[float]]:
+    """The founding example run as a batch job (``run``): its rows and its integrated predictions."""
+    job = serve_job(tmp_path_factory.mktemp("batch"))
+    outcome = JobRunner(load_job(job)).run()
+    columns, rows = held_out_rows(job)
+    with outcome.output.open() as handle:
+        next(handle)
+        expected = [float(line.strip()) for line in handle]
+    return columns, rows, expected
+
+
+def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_reference: Any) -> None:
+    columns, rows, expected = batch_reference
+    job = serve_job(tmp_path / "job")
+    with Served(job, tmp_path / "state") as served:
+        # One request per shard of the batch job (rows_per_shard = 50): each member predicts the same
+        # rows in one call, as in the batch job (LinearRegression's last bits depend on the batch size).
+        answers = [value for start in range(0, len(rows), 50)
+                   for value in predict(served.url, columns, rows[start:start + 50])]
+        assert answers == expected
+        # Named columns in any order, and each member's own values when asked.
+        status, answer = post(served.url, {"rows": [dict(reversed(list(zip(columns, rows[0]))))], "members": True})
+        assert status == 200 and set(answer["members"]) == {"linear", "logistic"}
+        assert sorted(answer["answered_by"]) == ["linear", "logistic"]
+        counts = served.controller.counts()
+        assert counts["linear"]["ready"] == 1 and counts["logistic"]["ready"] == 1
+        state = (tmp_path / "state")
+        assert (state / "serve.json").exists()
+    assert not (state / "serve.json").exists(), "serve.json outlived serve"
+    assert any("deploying" in note for note in served.notes)
+
+
+def spread_job(directory: Path, serve: str = "", replicas: str = "min_replicas = 2\nmax_replicas = 2") -> Path:
+    """The demo on two agents, each member's replicas one per agent (so each agent's executor holds
+    one replica of every member)."""
+    job = serve_job(directory, serve, models={"linear": replicas, "logistic": replicas})
+    text = job.read_text().replace("proba_class = 1\n", "proba_class = 1\nconstraints = { max_per_agent = 1 }\n")
+    text = text.replace('output = "predict"\n', 'output = "predict"\nconstraints = { max_per_agent = 1 }\n', 1)
+    job.write_text(text)
+    return job
+
+
+class Client:
+    """Requests in a loop on a thread; every answer's status is kept."""
+
+    def __init__(self, url: str, columns: list[str], rows: list[list[float]], threads: int = 2) -> None:
+        self.url, self.columns, self.rows = url, columns, rows
+        self.statuses: list[int] = []
+        self.failures: list[Any] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        index = 0
+        while not self.stopped.is_set():
+            status, answer = post(self.url, {"columns": self.columns, "data": self.rows[index % 150:][:5]})
+            self.statuses.append(status)
+            if status != 200:
+                self.failures.append(answer)
+            index += 5
+
+    def __enter__(self) -> "Client":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+def test_a_replica_whose_executor_is_killed_is_replaced_and_requests_keep_being_answered(
+        tmp_path: Path, batch_reference: Any) -> None:
+    columns, rows, _expected = batch_reference
+    job = spread_job(tmp_path / "job")
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        victim = next(r for r in controller.ready("linear"))
+        assert victim.pid, "TASK_RUNNING carries the executor's pid"
+        with Client(served.url, columns, rows) as client:
+            wait_for(lambda: len(client.statuses) >= 5)
+            os.kill(victim.pid, signal.SIGKILL)
+            wait_for(lambda: victim.task_id not in controller.replicas)
+            wait_for(lambda: controller.all_ready() and victim.task_id not in {r.task_id for r in
+                                                                              controller.ready("linear")})
+            answered = len(client.statuses)
+            wait_for(lambda: len(client.statuses) >= answered + 5)
+        assert client.failures == [], client.failures[:3]
+        assert controller.replaced >= 2  # the executor held a replica of each member
+        assert len(controller.ready("linear")) == 2 and len(controller.ready("logistic")) == 2
+
+
+def test_replicas_follow_the_load_up_and_back_down(tmp_path: Path, batch_reference: Any) -> None:
+    columns, rows, _expected = batch_reference
+    job = spread_job(tmp_path / "job", serve="target_p99_ms = 0.001\nscale_down_delay_s = 1\nmax_wait_ms = 0",
+                     replicas="min_replicas = 1\nmax_replicas = 2")
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        assert len(controller.ready("linear")) == 1
+        with Client(served.url, columns, rows, threads=4) as client:
+            wait_for(lambda: len(controller.ready("linear")) == 2 and len(controller.ready("logistic")) == 2)
+        assert client.failures == []
+        # The load is gone: after scale_down_delay_s, back to one replica each (drained, then killed).
+        wait_for(lambda: len(controller.ready("linear")) == 1 and len(controller.ready("logistic")) == 1
+                 and len(controller.replicas) == 2)
+        assert predict(served.url, columns, rows[:3])
+
+
+def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_reference: Any) -> None:
+    columns, rows, _expected = batch_reference
+    job = serve_job(tmp_path / "job", models={"linear": "min_replicas = 1\nmax_replicas = 2"})
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        [old] = controller.ready("linear")
+        before = predict(served.url, columns, rows[:5])
+        # A new linear model (fitted on the squared target: other coefficients), swapped in the job file.
+        data = load_breast_cancer()
+        path = job.parent / "linear-v2.joblib"
+        joblib.dump(LinearRegression().fit(data.data, data.target * 0.5), path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        text = job.read_text().replace('path = "linear.joblib"', 'path = "linear-v2.joblib"')
+        job.write_text(text.replace(load_job(job).model("linear").sha256, sha))
+        with Client(served.url, columns, rows) as client:
+            wait_for(lambda: len(client.statuses) >= 5)
+            served.runner.reload_requested.set()
+            wait_for(lambda: {r.sha256 for r in controller.ready("linear")} == {sha}
+                     and old.task_id not in controller.replicas)
+            answered = len(client.statuses)
+            wait_for(lambda: len(client.statuses) >= answered + 5)
+        assert client.failures == [], client.failures[:3]
+        after = predict(served.url, columns, rows[:5])
+        assert after != before
+        assert any("rolling linear" in note for note in served.notes)
+        assert dataclasses.asdict(controller.targets["linear"])["sha256"] == sha
