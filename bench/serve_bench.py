@@ -17,14 +17,15 @@ Both sides get the same cores:
   two by default, priced 1.0 and 2.0 per hour so that scale-down has an expensive agent to
   release) share this machine's cores between them (``os.cpu_count()`` cpus in all);
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
-  processes sharing one listening socket (as gunicorn's workers do), each loading every member
-  with joblib and limited to one BLAS/OpenMP thread (no oversubscription), closing each
-  connection after its answer as gunicorn's sync workers do (so a new request is accepted by an
-  idle worker rather than queued behind a busy one on a kept-alive connection; ``--baseline-
-  keepalive`` keeps connections open instead); each request: parse
-  the JSON rows, every member predicts, the job's combiner (``framework.ensemble``, the code the
-  batch job uses) integrates, a JSON answer in the gateway's format.  Same request format as the
-  gateway's ``POST /v1/predict``, so one client drives both.
+  processes sharing one listening socket (as gunicorn's pre-fork workers do), each loading every
+  member with joblib and limited to one BLAS/OpenMP thread (no oversubscription).  Each request:
+  parse the JSON rows, every member predicts, the job's combiner (``framework.ensemble``, the
+  code the batch job uses) integrates, a JSON answer in the gateway's format.  Each connection
+  is closed after its answer, as gunicorn's sync workers do, so that a new request is accepted
+  by an idle worker instead of queueing behind a busy one on a kept-alive connection
+  (``--baseline-keepalive`` keeps them open).  Same request format as the gateway's
+  ``POST /v1/predict``, so one client drives both; the script checks that both give the same
+  answers to the same requests before it measures.
 
 The load generator is open loop (asyncio + a pooled keep-alive aiohttp client): Poisson arrivals
 are drawn ahead and each request is sent at its scheduled time whether or not earlier ones have
@@ -39,14 +40,20 @@ Phases:
    the p99); a side stops at its first miss, then the gap between its last pass and first miss
    is bisected.  Max rate at SLO per side.
 2. **half**: both sides at half the baseline's max rate, longer; p99 ratio.
-3. **step and fall** (project; baseline for reference): base load (a quarter of 75 % of the
-   project's max rate) until the project has scaled down (its replicas gauge stops falling),
+3. **step and fall** (project; the baseline too, for reference, except with ``--quick``): base
+   load (a quarter of 75 % of the project's max rate) until the project's ready replicas are
+   down to the members' ``min_replicas`` (or have not fallen for the scale-down delay + 10 s),
    then 4x the base: recovery = time from the step to the end of the last 1 s window (by send
-   time) whose p99 exceeds the target; then back to the base rate while ``/metrics`` is polled:
-   cost per hour against the packer's lower bound, and the time until the cost stays within 10 %.
+   time, stride 0.25 s) whose p99 exceeds the target; then back to the base rate while
+   ``/metrics`` is polled every 0.5 s: cost per hour (``mesos_ensemble_cost_per_hour``) against
+   the packer's lower bound (``mesos_ensemble_cost_lower_bound_per_hour``), and the time from the
+   fall until the cost stays within 10 % of the bound.  The job's ``scale_down_delay_s`` is the
+   design's default, 30 s (10 s with ``--quick``).
 
-``--quick`` (about a minute on a quiet 2-core machine, plus training and start-up) shortens every
-phase for checking the script; its figures are not the benchmark's.
+``--quick`` (about a minute and a half of load on a quiet 2-core machine, plus training and
+start-up) shortens every phase for checking the script; its figures are not the benchmark's.
+The full run takes about 15 minutes.  ``--keep DIR`` keeps the job, the models (reused by the
+next run with the same ``--keep``) and serve's log.
 """
 
 from __future__ import annotations
