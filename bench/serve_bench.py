@@ -723,7 +723,7 @@ def settings(args: argparse.Namespace) -> Settings:
                         max_rate=args.max_rate, bisect=0, half_seconds=4.0, base_settle_max=15.0, step_pre=2.0,
                         step_high=5.0, fall_seconds=15.0, timeout=5.0,
                         scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 10.0)
-    return Settings(args.target_p99_ms, seconds=10.0, warmup=2.0, factor=1.4, start_rate=args.start_rate or 10,
+    return Settings(args.target_p99_ms, seconds=10.0, warmup=5.0, factor=1.4, start_rate=args.start_rate or 10,
                     max_rate=args.max_rate, bisect=2, half_seconds=30.0, base_settle_max=180.0, step_pre=5.0,
                     step_high=20.0, fall_seconds=90.0, timeout=10.0,
                     scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 30.0)
