@@ -148,6 +148,24 @@ class Replica:
         self._idle: asyncio.Event | None = None
 
     # Before serving.
+    def check_output(self) -> None:
+        """MemberError (the task fails as a member error) when the model has no ``output`` method."""
+        if not callable(getattr(self.model, self.payload.output, None)):
+            raise MemberError(f"model {self.payload.model} ({type(self.model).__name__}) has no method "
+                              f"{self.payload.output}")
+
+    def warm_up(self) -> None:
+        """One call on a row of zeros, so that the first request does not pay for what the model
+        sets up on its first call (lazy imports, caches); a model that raises on it is left alone."""
+        if self.n_features is None or self.mode != "thread":
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(self.model, self.payload.output)(np.zeros((1, self.n_features)))
+        except Exception:  # noqa: S110 - its requests will say so
+            pass
+
     def choose_mode(self) -> Mode:
         """Where this model's predictions run (see ``PredictionPool.model_mode``), probed on
         synthetic rows of the model's width; a model of unknown width predicts on threads unless
@@ -185,7 +203,7 @@ class Replica:
         app = web.Application(client_max_size=max(1 << 20, self.payload.max_batch_rows * width * 8 + (1 << 16)))
         app.router.add_get("/v1/health", self._health)
         app.router.add_post("/v1/predict", self._predict)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)  # drained before it closes
         await runner.setup()
         try:
             await web.TCPSite(runner, self.payload.host, self.payload.port, backlog=1024).start()
@@ -334,7 +352,9 @@ class ReplicaHost:
             model = self.cache.model(payload.remote, payload.model_file, payload.model, payload.format,
                                      payload.trusted_types)
             replica = Replica(task_id, payload, model, self.predictions, entry.threads)
+            replica.check_output()
             mode = replica.choose_mode()
+            replica.warm_up()
             with entry.lock:
                 if entry.terminal:  # killed while loading: reported already, never serves
                     return

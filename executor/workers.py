@@ -263,8 +263,9 @@ class PredictionPool:
     def _in_worker(self, payload: TaskPayload, shard: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
         key = (payload.model_file, payload.model.sha256)
         worker = self._checkout(key)
-        # A mapped shard travels as its path; in-memory rows (a replica's request) as themselves.
-        source = str(shard.filename) if isinstance(shard, np.memmap) else np.ascontiguousarray(shard)
+        # A mapped shard travels as its path; in-memory rows (a replica's request) as themselves
+        # (pickled through the pipe with their memory layout, so the worker computes on what came).
+        source = str(shard.filename) if isinstance(shard, np.memmap) else shard
         try:
             worker.conn.send((key, payload.to_json(), source))
             reply = worker.conn.recv()

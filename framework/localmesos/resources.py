@@ -165,18 +165,17 @@ class Resources:
 
     # -- rendering ------------------------------------------------------
     def _names(self) -> list[str]:
-        names = [n for n in _SCALAR_ORDER if self.scalars.get(n, 0.0) > _EPSILON]
+        """Ranges first, then the scalars: the order of an agent's resources in what Mesos 1.11
+        sends (offers, and the texts of its resource errors: ``ports(...):[...]; cpus(...):2``)."""
+        names = sorted(n for n, v in self.ranges.items() if v and n not in self.scalars)
+        names += [n for n in _SCALAR_ORDER if self.scalars.get(n, 0.0) > _EPSILON]
         names += sorted(n for n, v in self.scalars.items() if n not in _SCALAR_ORDER and v > _EPSILON)
-        names += sorted(n for n, v in self.ranges.items() if v)
         return names
 
     def to_json(self, role: bool = True, allocation_info: bool = False) -> list[dict[str, Any]]:
-        """v1 ``Resource`` list (zero scalars and empty ranges are omitted); ranges first, then
-        the scalars, the order of the offers real Mesos 1.11 sends (``ports`` before ``cpus``)."""
+        """v1 ``Resource`` list (zero scalars and empty ranges are omitted)."""
         out: list[dict[str, Any]] = []
-        names = self._names()
-        for name in [n for n in names if n in self.ranges and n not in self.scalars] + \
-                [n for n in names if not (n in self.ranges and n not in self.scalars)]:
+        for name in self._names():
             if name in self.ranges and name not in self.scalars:
                 item: dict[str, Any] = {
                     "name": name, "type": "RANGES",

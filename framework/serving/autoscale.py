@@ -8,15 +8,20 @@ member and keeps the returned :class:`AutoscaleState` for the next call.
   queue grew since the last decision and holds more than one request per ready replica.  The
   step is sized from the measured rate: ``rate / (capacity x HEADROOM)`` replicas, where the
   capacity is the highest rate per ready replica seen while the member met its target (what a
-  replica is known to carry).  Before any such measurement (or to check it), the step is the
-  ready count times the pressure (p99 over target, or waiting plus in-flight requests over
-  in-flight ones), at most :data:`MAX_STEP_FACTOR` times the ready count per decision; so a
-  4x load step is met in one decision, two without a capacity measurement.
-* **Down, slowly**: only after ``scale_down_delay_s`` during which the member met its target and
-  fewer replicas would have carried every sample's rate at the measured capacity (a rate per
-  replica known to meet the target); it then goes to the largest count any sample of that window
-  needed (hysteresis: a noisy rate does not flap), and the next step down waits a whole delay
-  again.
+  replica is known to carry).  Without such a measurement, or when it says the ready replicas
+  should suffice, the step is the ready count times the pressure (p99 over target, or waiting
+  plus in-flight requests over in-flight ones); at most :data:`MAX_STEP_FACTOR` times the ready
+  count per decision.  So a 4x load step is met in one decision, two without a measurement.
+* **Down, slowly**: only after ``scale_down_delay_s`` during which every sample met the target
+  with replicas to spare: the known capacity (the highest rate per replica seen while the target
+  was met, but at most ``PROBE`` of the lowest rate per replica that ever pressed it) carries
+  the rate on fewer; or, a careful probe once the last scale-up is a delay old, the member stays
+  comfortably under its target (p99 at most ``COMFORT`` of it) and one replica fewer would each
+  carry less than ``PROBE`` of that pressing rate (the capacity is only measured up to the load
+  the replicas have seen, so an over-sized step up is undone one replica at a time).  It then
+  goes to the largest count any sample of that window needed (hysteresis: a noisy rate does not
+  flap), and the next step down waits a whole delay again.  A step down that pressed the member
+  lowers the known capacity, so it is not tried again at that load.
 * Always within the member's ``min_replicas..max_replicas``.
 
 No clock, threads or I/O: the time is the ``now`` argument.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from framework.serving.spec import ServeSpec
 
@@ -35,7 +40,11 @@ HEADROOM = 0.8
 MAX_STEP_FACTOR = 4.0
 """At most this many times the ready replicas in one scale-up decision."""
 MIN_PRESSURE_STEP = 1.5
-"""A pressed member without a capacity measurement grows by at least this factor."""
+"""A pressed member grows by at least this factor (at least one replica)."""
+COMFORT = 0.3
+"""A p99 at most this share of the target leaves room to try one replica fewer."""
+PROBE = 0.8
+"""One replica fewer is tried only below this share of the rate per replica that once pressed."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +64,31 @@ class MemberLoad:
     """Replicas that passed their health check and take requests."""
 
 
+class LoadSample(Protocol):
+    """What :func:`decide` reads of a load sample: :class:`MemberLoad`, or any value with these
+    fields (the gateway's own sample type)."""
+
+    @property
+    def rate_rps(self) -> float: ...
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def p99_ms(self) -> float: ...
+    @property
+    def replicas_ready(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class MemberScaleState:
     """What the autoscaler remembers of one member between decisions."""
 
     capacity_rps: float = 0.0
     """Highest rate per ready replica seen while the member met its target (0: none yet)."""
+    pressed_rps: float = math.inf
+    """Lowest rate per ready replica seen while the member was pressed with all its replicas
+    ready (inf: never)."""
     last_queue: int = 0
     low_since: float | None = None
     """Since when fewer replicas would have carried the load (None: not now)."""
@@ -77,7 +105,7 @@ class AutoscaleState:
     members: Mapping[str, MemberScaleState] = field(default_factory=dict)
 
 
-def decide(spec: ServeSpec, loads: Mapping[str, MemberLoad], current_counts: Mapping[str, int],
+def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Mapping[str, int],
            state: AutoscaleState, now: float) -> tuple[dict[str, int], AutoscaleState]:
     """Desired replicas per member (every member of ``current_counts``) and the next state.
 
@@ -97,7 +125,7 @@ def decide(spec: ServeSpec, loads: Mapping[str, MemberLoad], current_counts: Map
     return desired, AutoscaleState(members)
 
 
-def pressed(spec: ServeSpec, load: MemberLoad, last_queue: int) -> bool:
+def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
     """The member misses its target: p99 above it, or a queue that grows past one request
     waiting per ready replica."""
     growing = load.queue_depth > last_queue and load.queue_depth > max(1, load.replicas_ready)
@@ -111,21 +139,19 @@ def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) ->
     return max(1, math.ceil(rate_rps / (capacity_rps * headroom) - 1e-9))
 
 
-def _decide_member(spec: ServeSpec, load: MemberLoad, current: int, state: MemberScaleState,
+def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
                    now: float) -> tuple[int, MemberScaleState]:
     ready = max(0, load.replicas_ready)
+    per_replica = load.rate_rps / ready if ready > 0 else 0.0
     if pressed(spec, load, state.last_queue):
         wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps))
+        pressed_rps = min(state.pressed_rps, per_replica) if ready >= current and per_replica > 0 \
+            else state.pressed_rps
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
-                               last_up=now if wanted > current else state.last_up)
-    capacity = state.capacity_rps
-    if ready > 0 and load.rate_rps > 0:
-        capacity = max(capacity, load.rate_rps / ready)
-    state = replace(state, capacity_rps=capacity, last_queue=load.queue_depth)
-    if capacity <= 0 and load.rate_rps > 0:  # no measurement of what a replica carries: stay
-        return current, replace(state, low_since=None, low_need=0)
-    need = replicas_for(load.rate_rps, capacity) if capacity > 0 else 0
-    if need >= current or ready < current:  # all are needed, or some are still starting
+                               pressed_rps=pressed_rps, last_up=now if wanted > current else state.last_up)
+    state = replace(state, capacity_rps=max(state.capacity_rps, per_replica), last_queue=load.queue_depth)
+    need = _fewer(spec, load, current, ready, state, now)
+    if need >= current:  # all are needed (or some are still starting): the window starts again
         return current, replace(state, low_since=None, low_need=0)
     if state.low_since is None:
         return current, replace(state, low_since=now, low_need=need)
@@ -136,14 +162,40 @@ def _decide_member(spec: ServeSpec, load: MemberLoad, current: int, state: Membe
     return low_need, replace(state, low_since=None, low_need=0)
 
 
-def _scale_up(spec: ServeSpec, load: MemberLoad, ready: int, capacity: float) -> int:
-    """Replicas for a pressed member: the most of what the measured capacity says (at HEADROOM)
-    and what the pressure on the ready ones says, at most MAX_STEP_FACTOR x ready at once.
+def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
+           now: float) -> int:
+    """The replicas an unpressed sample needs: fewer than ``current`` when the known capacity
+    carries its rate on fewer, or (a probe, once the last scale-up is a delay old) one fewer when
+    it is comfortably under the target and one fewer would stay below the known capacity's limit;
+    else ``current``.  The known capacity is the measured one, but never above ``PROBE`` of the
+    rate per replica that once pressed (a step down that failed is not tried again)."""
+    if ready < current:
+        return current
+    if load.rate_rps <= 0:
+        return 0
+    limit = PROBE * state.pressed_rps
+    capacity = min(state.capacity_rps, limit)
+    need = replicas_for(load.rate_rps, capacity) if capacity > 0 else current
+    if need < current:
+        return need
+    settled = state.last_up is None or now - state.last_up >= spec.scale_down_delay_s
+    if settled and current > 1 and load.p99_ms <= COMFORT * spec.target_p99_ms \
+            and load.rate_rps / (current - 1) <= limit:
+        return current - 1
+    return current
+
+
+def _scale_up(spec: ServeSpec, load: LoadSample, ready: int, capacity: float) -> int:
+    """Replicas for a pressed member, at most MAX_STEP_FACTOR x ready at once: what the measured
+    capacity says (the rate at HEADROOM of it) when that is more than are ready; else (no
+    measurement, or one the pressure contradicts) the ready ones times the pressure (p99 over
+    target, or waiting plus in-flight requests over in-flight ones; at least MIN_PRESSURE_STEP).
     With no replica ready, only the capacity can say (the pressure is on replicas yet to start)."""
     by_rate = replicas_for(load.rate_rps, capacity, HEADROOM) if capacity > 0 else 0
     if ready == 0:
         return by_rate
-    pressure = max(load.p99_ms / spec.target_p99_ms, (load.queue_depth + load.in_flight) / max(1, load.in_flight),
-                   MIN_PRESSURE_STEP)
-    by_pressure = math.ceil(ready * min(pressure, MAX_STEP_FACTOR) - 1e-9)
-    return min(max(by_rate, by_pressure), math.ceil(ready * MAX_STEP_FACTOR))
+    if by_rate <= ready:
+        pressure = max(load.p99_ms / spec.target_p99_ms, (load.queue_depth + load.in_flight) / max(1, load.in_flight),
+                       MIN_PRESSURE_STEP)
+        by_rate = math.ceil(ready * min(pressure, MAX_STEP_FACTOR) - 1e-9)
+    return min(by_rate, math.ceil(ready * MAX_STEP_FACTOR))

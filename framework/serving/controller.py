@@ -160,7 +160,8 @@ class ServingController(pymesos.Scheduler):
                  loopback: bool = False, state: Any = None, loads: Callable[[], Mapping[str, Any]] | None = None,
                  autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
                  scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 health_check: Callable[["LiveReplica"], bool] | None = None) -> None:
+                 health_check: Callable[["LiveReplica"], bool] | None = None,
+                 on_cost: Callable[[float, float], None] | None = None) -> None:
         self.targets = dict(targets)
         self.catalog, self.table, self.prices = catalog, table, prices
         self.role, self.refuse_seconds, self.loopback = role, refuse_seconds, loopback
@@ -168,6 +169,11 @@ class ServingController(pymesos.Scheduler):
         """The deployment journal (:class:`framework.serving.state.ServeState`) or None."""
         self.loads, self.autoscale, self.scale_interval, self.clock = loads, autoscale, scale_interval, clock
         self.health_check = health_check or check_health
+        self.on_cost = on_cost
+        self.cost_history: list[tuple[float, float, float]] = []
+        """(time, cost per hour, lower bound per hour), every ``scale_interval``."""
+        self._last_agents: dict[str, Agent] = {}
+        """Each agent as last offered (for the lower bound)."""
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
         self.replicas: dict[str, LiveReplica] = {}
         self.executors: dict[tuple[str, str], int] = {}
@@ -486,6 +492,30 @@ class ServingController(pymesos.Scheduler):
                 if count != self.desired.get(member):
                     log.info("member %s: %d replica(s) wanted (was %d)", member, count, self.desired.get(member, 0))
                     self.desired[member] = count
+        self._report_cost(now)
+
+    def _report_cost(self, now: float) -> None:
+        """The deployment's cost per hour as placed, and the packer's lower bound for the desired
+        replicas on the agents as known (``framework.serving.cost``), to ``on_cost`` and ``cost_history``."""
+        from framework.serving import cost
+
+        with self.lock:
+            snapshot = self.snapshot(now)
+            agents = list(self._last_agents.values())
+        live = [r for r in snapshot.replicas if r.live]
+        demands = {m: t.demand for m, t in snapshot.targets.items()}
+        try:
+            spent = cost.cost_per_hour(live, snapshot.agent_prices)
+            whole = cost.whole_agents(agents, live, demands, snapshot.agent_prices, self.hostnames)
+            bound = cost.lower_bound_per_hour({m: t.desired for m, t in snapshot.targets.items()}, whole, demands,
+                                              agent_reserve=snapshot.agent_reserve)
+        except (KeyError, ValueError) as error:  # an agent whose price is not known yet
+            log.debug("cost per hour not known yet: %s", error)
+            return
+        self.cost_history.append((now, spent, bound))
+        del self.cost_history[:-3600]
+        if self.on_cost is not None:
+            self.on_cost(spent, bound)
 
     def _drain(self, replica: LiveReplica, now: float, why: str) -> None:
         """Take a replica out of the table now; kill it after ``DRAIN_SECONDS`` (lock held)."""
@@ -543,6 +573,8 @@ class ServingController(pymesos.Scheduler):
             agents = merge_by_agent(offers, self.prices, {}, {}, {}) if offers else []
             for agent in agents:
                 self.agent_prices[agent.agent_id] = agent.price
+            for agent in agents:
+                self._last_agents[agent.agent_id] = agent
             snapshot = self.snapshot(now)
         decision = placement.decide(snapshot, agents, now)
         self.last_decision = decision

@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Sequence
 
-from framework.packing import (RESOURCE_NAMES, Agent, Constraint, CostModel, DeclineReason, PackingOptions,
+from framework.packing import (Agent, Constraint, CostModel, DeclineReason, PackingOptions,
                                Resources, TaskDemand, pack)
 
 ReplicaState = Literal["starting", "running", "draining"]
@@ -45,12 +45,8 @@ EPS = 1e-9
 
 
 def replica_demand(cpus: float, mem: float, disk: float = 0.0, gpus: float = 0.0) -> Resources:
-    """One replica's resources: the model's cpus/mem (disk, gpus) and one port when the packer
-    counts ports (``ports`` in ``RESOURCE_NAMES``)."""
-    values = {"cpus": cpus, "mem": mem, "disk": disk, "gpus": gpus}
-    if "ports" in RESOURCE_NAMES:
-        values["ports"] = 1.0
-    return Resources(**values)
+    """One replica's resources: the model's cpus/mem (disk, gpus) and the one port it listens on."""
+    return Resources(cpus=cpus, mem=mem, disk=disk, gpus=gpus, ports=1.0)
 
 
 @dataclass(frozen=True)
@@ -236,22 +232,28 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
     for replica in live:
         if replica.member not in snapshot.targets:
             drain(replica, "removed")
-    # a. re-packed replicas whose replacement is ready
+    ready_left = Counter(r.member for r in live if r.ready and r.replica_id not in gone)
+    # a. re-packed replicas whose replacement is ready (while the member keeps its desired count
+    #    ready: a member short of replicas keeps the old one until the missing one is ready)
     by_id = {r.replica_id: r for r in live}
     for replica in sorted(live, key=lambda r: r.replica_id):
         old = by_id.get(replica.replaces or "")
-        if replica.ready and old is not None and old.replica_id not in gone and old.member == replica.member:
-            drain(old, "repack")
+        if not replica.ready or old is None or old.replica_id in gone or old.member != replica.member \
+                or old.member not in snapshot.targets:
+            continue
+        if old.ready and ready_left[old.member] - 1 < snapshot.targets[old.member].desired:
+            continue
+        ready_left[old.member] -= old.ready
+        drain(old, "repack")
     for member, target in sorted(snapshot.targets.items()):
         mine = [r for r in live if r.member == member and r.replica_id not in gone]
-        ready_left = sum(r.ready for r in mine)
         # b. rolling update: old starting ones at once; old ready ones as new ones are ready
         for replica in sorted((r for r in mine if r.sha256 != target.sha256), key=key):
             if not replica.ready:
                 drain(replica, "update")
-            elif ready_left - 1 >= target.desired:
+            elif ready_left[member] - 1 >= target.desired:
                 drain(replica, "update")
-                ready_left -= 1
+                ready_left[member] -= 1
         # c. scale down: most expensive agents first, keeping the desired count ready
         pending = _pending_replacements(mine, gone)
         counted = [r for r in mine if r.sha256 == target.sha256 and r.replica_id not in gone | pending]
@@ -260,9 +262,9 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
             if excess <= 0:
                 break
             if replica.ready:
-                if ready_left - 1 < target.desired:
+                if ready_left[member] - 1 < target.desired:
                     continue
-                ready_left -= 1
+                ready_left[member] -= 1
             drain(replica, "scale_down")
             excess -= 1
     return drains

@@ -172,7 +172,7 @@ class ServeRunner:
                 self._targets(spec, serve), catalog, table, spec.pricing, role=spec.framework.role,
                 refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
                 loads=gateway.load_samples, autoscale=self._autoscaler(serve),
-                scale_interval=serve.scale_interval_s)
+                scale_interval=serve.scale_interval_s, on_cost=gateway.set_cost_per_hour)
             framework_id = None
             earlier = state.replicas()
             if local or not state.framework_id:

@@ -17,17 +17,30 @@ import joblib
 import numpy as np
 import pytest
 from addict import Dict
+import skops.io
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from executor.main import EnsembleExecutor
 from executor.protocol import (ReplicaPayload, ReplicaReady, TaskFailure, TaskPayload, RemoteFile, array_to_npy,
                                decode_task, npy_to_array, sha256_hex)
 from executor.replica import kill_grace, read_rows, task_cpus, BadRequest
-from slow_models import SlowOnLoad
 from tests.executor.test_main import RecordingExecutorDriver
 
 RNG = np.random.default_rng(3)
 FEATURES = RNG.normal(size=(300, 5))
+HOLD, RELEASE = threading.Event(), threading.Event()
+"""While HOLD is set, :class:`BlockingRegression`'s predictions wait for RELEASE."""
+
+
+class BlockingRegression(LinearRegression):
+    """A regression whose predict waits for :data:`RELEASE` while :data:`HOLD` is set (loaded in
+    this process, it is this class, so a test decides when a request in flight ends)."""
+
+    def predict(self, X: Any) -> Any:  # noqa: N803 (scikit-learn's name)
+        if HOLD.is_set():
+            assert RELEASE.wait(60)
+        return super().predict(X)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
@@ -190,7 +203,7 @@ def test_running_only_once_loaded_then_exact_outputs_over_keep_alive(executor: E
     assert ready.predict_mode == "thread" and ready.port > 0 and ready.pid > 0
     model = joblib.load(path)
     connection = http.client.HTTPConnection("127.0.0.1", ready.port, timeout=60)
-    for rows in (FEATURES[:1], FEATURES[:7], FEATURES[50:250]):
+    for rows in (FEATURES[:1], FEATURES[:7], FEATURES[50:250], np.asfortranarray(FEATURES[10:60])):
         status, headers, body = post(ready.port, array_to_npy(rows), connection)  # one keep-alive connection
         assert status == 200 and headers["Content-Type"] == "application/x-npy"
         assert float(headers["X-Compute-Seconds"]) >= 0
@@ -251,24 +264,30 @@ def test_bad_bodies_get_400_and_a_raising_model_500(executor: EnsembleExecutor, 
 
 
 def test_kill_drains_requests_in_flight_then_reports_killed(executor: EnsembleExecutor, tmp_path: Path) -> None:
-    model = LinearRegression().fit(FEATURES, FEATURES.sum(axis=1))
-    path = write_model(tmp_path, "slow", SlowOnLoad(model, 1.5))
+    RELEASE.clear()
+    model = BlockingRegression().fit(FEATURES, FEATURES.sum(axis=1))
+    path = write_model(tmp_path, "blocking", model)
     driver = RecordingExecutorDriver()
-    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=30))
+    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=60))
     port = running_port(driver, "r1").port
+    HOLD.set()
     answered: list[tuple[int, bytes]] = []
     in_flight = threading.Thread(target=lambda: answered.append(post(port, array_to_npy(FEATURES[:4]))[::2]))
     in_flight.start()
-    wait_for(lambda: health(port)[1]["in_flight"] == 1)
-    executor.killTask(driver, Dict({"value": "r1"}))
-    status, answer = health(port)  # at once: draining
-    assert status == 503 and answer["ready"] is False and answer["draining"] is True
-    status, _headers, raw = post(port, array_to_npy(FEATURES[:2]))  # a new request is refused
-    assert status == 503 and "draining" in json.loads(raw)["error"]
-    assert "TASK_KILLED" not in states(driver, "r1")  # not before the request in flight has its answer
+    try:
+        wait_for(lambda: health(port)[1]["in_flight"] == 1)
+        executor.killTask(driver, Dict({"value": "r1"}))
+        status, answer = health(port)  # at once: draining
+        assert status == 503 and answer["ready"] is False and answer["draining"] is True
+        status, _headers, raw = post(port, array_to_npy(FEATURES[:2]))  # a new request is refused
+        assert status == 503 and "draining" in json.loads(raw)["error"]
+        assert states(driver, "r1") == ["TASK_STARTING", "TASK_RUNNING"]  # the request in flight is not answered yet
+    finally:
+        RELEASE.set()
+        HOLD.clear()
     in_flight.join(60)
     assert answered and answered[0][0] == 200
-    assert np.array_equal(npy_to_array(answered[0][1]), model.predict(FEATURES[:4]))
+    assert np.array_equal(npy_to_array(answered[0][1]), LinearRegression.predict(model, FEATURES[:4]))
     wait_for(lambda: "TASK_KILLED" in states(driver, "r1"))
     assert states(driver, "r1") == ["TASK_STARTING", "TASK_RUNNING", "TASK_KILLED"]
     assert refused(port)
@@ -284,13 +303,16 @@ def test_a_model_that_cannot_load_fails_the_task(executor: EnsembleExecutor, tmp
     driver = RecordingExecutorDriver()
     executor.launchTask(driver, replica_task("r1", wrong))
     executor.launchTask(driver, replica_task("r2", payload_for(broken)))
-    for task_id, words in (("r1", "sha256 mismatch"), ("r2", "could not be loaded")):
+    executor.launchTask(driver, replica_task("r3", payload_for(path, "predict_proba")))  # a regressor
+    for task_id, words in (("r1", "sha256 mismatch"), ("r2", "could not be loaded"),
+                           ("r3", "(LinearRegression) has no method predict_proba")):
         wait_for(lambda task_id=task_id: "TASK_FAILED" in states(driver, task_id))  # type: ignore[misc]
         assert states(driver, task_id) == ["TASK_STARTING", "TASK_FAILED"]
         failed = update(driver, task_id, "TASK_FAILED")
         failure = TaskFailure.from_status(failed["data"], failed["message"])
-        assert failure is not None and failure.kind == "infrastructure" and words in failure.message
-        assert failed["message"].startswith("infrastructure: ")
+        kind = "member_error" if task_id == "r3" else "infrastructure"
+        assert failure is not None and failure.kind == kind and words in failure.message
+        assert failed["message"].startswith(f"{kind.replace('_', ' ')}: ")
 
 
 def test_a_taken_port_fails_the_task(executor: EnsembleExecutor, tmp_path: Path) -> None:
@@ -351,9 +373,9 @@ def test_gil_bound_models_predict_in_worker_processes(tmp_path: Path) -> None:
     executor.launchTask(driver, replica_task("r1", payload_for(path, "predict_proba")))
     ready = running_port(driver, "r1")
     assert ready.predict_mode == "process"
-    rows = FEATURES[:40]
-    status, _headers, body = post(ready.port, array_to_npy(rows))
-    assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(path).predict_proba(rows))
+    for rows in (FEATURES[:40], np.asfortranarray(FEATURES[40:90])):
+        status, _headers, body = post(ready.port, array_to_npy(rows))
+        assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(path).predict_proba(rows))
     workers = executor.predictions.worker_pids
     assert workers and all(pid != ready.pid for pid in workers)
     with_nan = rows[:2].copy()
@@ -362,3 +384,74 @@ def test_gil_bound_models_predict_in_worker_processes(tmp_path: Path) -> None:
     assert status == 500 and json.loads(raw)["kind"] == "member_error"
     executor.shutdown(driver)
     assert executor.predictions.worker_pids == [] and refused(ready.port)
+
+
+def test_a_replica_killed_while_its_model_loads_never_serves(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    path = regressor(tmp_path)
+    loading, release = threading.Event(), threading.Event()
+    plain = executor.cache.download
+
+    def slow_download(url: str) -> bytes:
+        loading.set()
+        assert release.wait(30)
+        return plain(url)
+
+    executor.cache.download = slow_download
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, replica_task("r1", payload_for(path, port=port)))
+    assert loading.wait(30)
+    executor.killTask(driver, Dict({"value": "r1"}))
+    assert states(driver, "r1") == ["TASK_STARTING", "TASK_KILLED"]  # nothing to drain: at once
+    release.set()
+    executor.pool.shutdown(wait=True)  # the load ends (the task's thread returns)
+    assert states(driver, "r1") == ["TASK_STARTING", "TASK_KILLED"] and refused(port)
+    assert not any(t.name.startswith("replica-http") for t in threading.enumerate())
+
+
+def test_the_kill_grace_period_bounds_the_drain(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    RELEASE.clear()
+    path = write_model(tmp_path, "blocking", BlockingRegression().fit(FEATURES, FEATURES.sum(axis=1)))
+    driver = RecordingExecutorDriver()
+    executor.launchTask(driver, replica_task("r1", payload_for(path), grace_s=0.2))
+    port = running_port(driver, "r1").port
+    HOLD.set()
+    outcome: list[Any] = []
+
+    def client() -> None:
+        try:
+            outcome.append(post(port, array_to_npy(FEATURES[:3]))[0])
+        except (http.client.HTTPException, OSError) as error:
+            outcome.append(error)
+
+    in_flight = threading.Thread(target=client)
+    in_flight.start()
+    try:
+        wait_for(lambda: health(port)[1]["in_flight"] == 1)
+        executor.killTask(driver, Dict({"value": "r1"}))
+        # The prediction is still blocked: the task is reported killed once the grace period is over.
+        wait_for(lambda: "TASK_KILLED" in states(driver, "r1"))
+        in_flight.join(60)
+        assert outcome and isinstance(outcome[0], (http.client.HTTPException, OSError))  # cut off, no answer
+        assert refused(port)
+    finally:
+        RELEASE.set()
+        HOLD.clear()
+
+
+def test_a_skops_model_loads_with_the_allow_list(executor: EnsembleExecutor, tmp_path: Path) -> None:
+    forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(FEATURES, FEATURES[:, 0] > 0)
+    path = tmp_path / "forest.skops"
+    skops.io.dump(forest, path)
+    driver = RecordingExecutorDriver()
+    plain = payload_for(path, "predict_proba", format="skops")
+    executor.launchTask(driver, replica_task("refused", plain))
+    executor.launchTask(driver, replica_task("trusted", ReplicaPayload(
+        **{**plain.__dict__, "trusted_types": ["sklearn.tree._tree.Tree"]})))
+    port = running_port(driver, "trusted").port
+    status, _headers, body = post(port, array_to_npy(FEATURES[:30]))
+    assert status == 200 and np.array_equal(npy_to_array(body), forest.predict_proba(FEATURES[:30]))
+    wait_for(lambda: "TASK_FAILED" in states(driver, "refused"))
+    assert "untrusted types: sklearn.tree._tree.Tree" in update(driver, "refused", "TASK_FAILED")["message"]

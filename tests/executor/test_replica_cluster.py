@@ -1,6 +1,7 @@
-"""A serving replica launched on the embedded cluster by a real pymesos scheduler: the real
-executor process (``python -m executor``) loads the model, listens on the port it was offered,
-answers HTTP, drains when the framework kills it, and goes away with the framework."""
+"""Serving replicas launched on the embedded cluster by a real pymesos scheduler: the real
+executor process (``python -m executor``) loads the model, each replica listens on a port it was
+offered and answers HTTP; one drains when the framework kills it, the other stops with the
+executor when the framework goes away (no process, no listening port left)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 import executor as executor_package
 from executor.protocol import ReplicaPayload, ReplicaReady, array_to_npy, npy_to_array, sha256_hex
 from framework.localmesos import AgentSpec, LocalCluster
+from tests.executor.test_replica import wait_for
 
 ROOT = Path(executor_package.__file__).resolve().parent.parent
 
@@ -37,7 +39,8 @@ def scalar(name: str, value: float) -> dict[str, Any]:
 
 
 class ReplicaScheduler(Scheduler):
-    """Launches one replica on the first offer, on the first port of the offer's ``ports``."""
+    """Launches two replicas of one model in one executor on the first offer, each on one of the
+    offer's ports."""
 
     def __init__(self, payload: ReplicaPayload) -> None:
         self.payload = payload
@@ -51,26 +54,42 @@ class ReplicaScheduler(Scheduler):
                 driver.declineOffer(offer.id, {"refuse_seconds": 60})
                 continue
             self.launched = True
-            port = int(ranges[0].ranges.range[0].begin)
-            payload = ReplicaPayload(**{**self.payload.__dict__, "port": port})
+            ports = [p for r in ranges[0].ranges.range for p in range(int(r.begin), int(r.end) + 1)][:2]
             executor = {"executor_id": {"value": "serve-exec"}, "name": "serve-exec",
                         "resources": [scalar("cpus", 0.1), scalar("mem", 128)],
                         "command": {"value": f"exec {sys.executable} -m executor", "environment": {"variables": [
                             {"name": "PYTHONPATH", "value": str(ROOT)},
                             {"name": "MESOS_ENSEMBLE_WORKERS", "value": "1"}]}}}
-            task = {"task_id": {"value": "replica-1"}, "agent_id": offer.agent_id, "name": "replica",
-                    "resources": [scalar("cpus", 0.5), scalar("mem", 256),
-                                  {"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": port,
-                                                                                          "end": port}]}}],
-                    "executor": executor, "data": encode_data(payload.to_json())}
-            driver.launchTasks(offer.id, [task])
+            tasks = []
+            for number, port in enumerate(ports, 1):
+                payload = ReplicaPayload(**{**self.payload.__dict__, "port": port})
+                tasks.append({"task_id": {"value": f"replica-{number}"}, "agent_id": offer.agent_id,
+                              "name": f"replica {number}", "executor": executor,
+                              "data": encode_data(payload.to_json()),
+                              "resources": [scalar("cpus", 0.5), scalar("mem", 256),
+                                            {"name": "ports", "type": "RANGES",
+                                             "ranges": {"range": [{"begin": port, "end": port}]}}]})
+            driver.launchTasks(offer.id, tasks)
 
     def statusUpdate(self, driver: Any, update: Any) -> None:  # noqa: N802
         self.updates.put(update)
 
 
-def next_state(scheduler: ReplicaScheduler) -> Any:
-    return scheduler.updates.get(timeout=60)
+def next_states(scheduler: ReplicaScheduler, count: int) -> dict[str, list[Any]]:
+    """The next ``count`` status updates, by task id."""
+    seen: dict[str, list[Any]] = {}
+    for _ in range(count):
+        update = scheduler.updates.get(timeout=60)
+        seen.setdefault(update.task_id.value, []).append(update)
+    return seen
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
@@ -83,15 +102,16 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
         connection.close()
 
 
-def test_a_replica_on_the_embedded_cluster_serves_drains_and_goes(tmp_path: Path) -> None:
+def test_replicas_on_the_embedded_cluster_serve_drain_and_go(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     features = rng.normal(size=(200, 4))
     model = LogisticRegression().fit(features, (features[:, 0] > 0).astype(int))
     path = tmp_path / "logistic.joblib"
     joblib.dump(model, path)
-    port = free_port()
+    ports = sorted({free_port(), free_port()})
+    assert len(ports) == 2
     agent = AgentSpec(hostname="agent-1", resources={"cpus": 2, "mem": 4096, "disk": 10000,
-                                                     "ports": f"[{port}-{port}]"})
+                                                     "ports": "[" + ",".join(f"{p}-{p}" for p in ports) + "]"})
     cluster = LocalCluster(agents=[agent], work_dir=tmp_path / "cluster", allocation_interval=0.1,
                            executor_shutdown_grace_period=3.0)
     cluster.start()
@@ -102,24 +122,28 @@ def test_a_replica_on_the_embedded_cluster_serves_drains_and_goes(tmp_path: Path
                                   use_addict=True)
     driver.start()
     try:
-        assert next_state(scheduler).state == "TASK_STARTING"
-        running = next_state(scheduler)
-        assert running.state == "TASK_RUNNING", running.get("message")
-        ready = ReplicaReady.from_json(base64.b64decode(running.data))
-        assert ready.port == port and ready.pid in cluster.live_processes()
-        status, body = request(port, "POST", "/v1/predict", array_to_npy(features[:25]))
-        assert status == 200 and np.array_equal(npy_to_array(body), model.predict_proba(features[:25]))
-        status, body = request(port, "GET", "/v1/health")
+        seen = next_states(scheduler, 4)
+        ready = {}
+        for task_id, updates in seen.items():
+            assert [u.state for u in updates] == ["TASK_STARTING", "TASK_RUNNING"], updates[-1].get("message")
+            ready[task_id] = ReplicaReady.from_json(base64.b64decode(updates[-1].data))
+        assert sorted(r.port for r in ready.values()) == ports  # the ports offered, one each
+        assert len({r.pid for r in ready.values()}) == 1 and ready["replica-1"].pid in cluster.live_processes()
+        for replica in ready.values():
+            status, body = request(replica.port, "POST", "/v1/predict", array_to_npy(features[:25]))
+            assert status == 200 and np.array_equal(npy_to_array(body), model.predict_proba(features[:25]))
+        status, body = request(ready["replica-1"].port, "GET", "/v1/health")
         assert status == 200 and json.loads(body)["task_id"] == "replica-1"
         driver.killTask({"value": "replica-1"})
-        killed = next_state(scheduler)
+        killed = next_states(scheduler, 1)["replica-1"][0]
         assert killed.state == "TASK_KILLED" and "drained" in killed.message
-        try:
-            request(port, "GET", "/v1/health")
-            raise AssertionError("the killed replica still answers")
-        except ConnectionRefusedError:
-            pass
-    finally:
-        driver.stop()  # TEARDOWN: the executor is shut down (the no-orphan check follows the test)
+        assert refused(ready["replica-1"].port)
+        status, _body = request(ready["replica-2"].port, "GET", "/v1/health")  # the other one serves on
+        assert status == 200
+        driver.stop()  # TEARDOWN: the agent shuts the executor down, and it stops its other replica
         driver.join()
+        wait_for(lambda: refused(ready["replica-2"].port), timeout=60)  # closed by the executor itself
+        wait_for(lambda: not cluster.live_processes(), timeout=60)
+    finally:
+        driver.stop()
         cluster.stop()

@@ -4,15 +4,20 @@ agent, chosen lowest first, and carried in a TaskInfo as a RANGES resource."""
 from __future__ import annotations
 
 import json
+import queue
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pymesos import MesosSchedulerDriver, Scheduler
 
 from framework import translator
+from framework.localmesos import AgentSpec, LocalCluster
 from framework.offers import merge_by_agent
-from framework.packing import PriceTable, Resources
+from framework.packing import Agent, PriceTable, Resources
 
 TRANSCRIPT = Path("/work/shared/reference/real-mesos/mesos-1.11.1-transcript.json")
 
@@ -90,3 +95,69 @@ def test_task_info_carries_the_ports_as_a_ranges_resource() -> None:
     assert translator.task_info("t1", "task", "a", [cpus], {}, b"{}")["resources"] == [cpus]
     several = translator.ports_resource([31005, 31001, 31002])
     assert several["ranges"]["range"] == [{"begin": 31001, "end": 31002}, {"begin": 31005, "end": 31005}]
+
+
+class PortsScheduler(Scheduler):
+    """Reads offers through the translator and the offers code; the first one launches two
+    command tasks on two ports assigned in one round; later offers are only recorded."""
+
+    def __init__(self) -> None:
+        self.agents: "queue.Queue[Agent]" = queue.Queue()
+        self.updates: "queue.Queue[Any]" = queue.Queue()
+        self.launched: list[int] = []
+
+    def resourceOffers(self, driver: Any, offers: Any) -> None:
+        views = [translator.read_offer(o, "*") for o in offers]
+        for agent in merge_by_agent(views, PriceTable(), {}, {}, {}):
+            self.agents.put(agent)
+            if self.launched:
+                driver.declineOffer([translator.id_message(i) for i in agent.offer_ids], {"refuse_seconds": 0.2})
+                continue
+            tasks = []
+            for name in ("first", "second"):
+                (port,) = translator.assign_ports(agent.port_ranges, 1, taken=self.launched)
+                self.launched.append(port)
+                cpus = {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}
+                mem = {"name": "mem", "type": "SCALAR", "scalar": {"value": 32}}
+                tasks.append({"task_id": translator.id_message(name), "agent_id": translator.id_message(agent.agent_id),
+                              "name": name, "resources": [cpus, mem, translator.ports_resource([port])],
+                              "command": {"value": "sleep 60"}})
+            driver.launchTasks([translator.id_message(i) for i in agent.offer_ids], tasks, {"refuse_seconds": 0.2})
+
+    def statusUpdate(self, driver: Any, update: Any) -> None:
+        self.updates.put(translator.read_status(update))
+
+
+def _next_agent(scheduler: PortsScheduler, predicate: Any, timeout: float = 20.0) -> Agent:
+    deadline = time.monotonic() + timeout
+    while True:
+        agent = scheduler.agents.get(timeout=max(0.01, deadline - time.monotonic()))
+        if predicate(agent):
+            return agent
+
+
+def test_ports_assigned_from_a_live_offer_are_launched_and_come_back(tmp_path: Path) -> None:
+    cluster = LocalCluster(agents=[AgentSpec("agent-1", {"cpus": 2, "mem": 1024, "ports": "[31000-31009]"})],
+                           work_dir=tmp_path / "cluster", allocation_interval=0.1,
+                           command_kill_grace_period=1.0).start()
+    scheduler = PortsScheduler()
+    driver = MesosSchedulerDriver(scheduler, {"user": "tester", "name": "ports-test"}, cluster.master_address,
+                                  use_addict=True)
+    driver.start()
+    try:
+        first = _next_agent(scheduler, lambda a: True)
+        assert first.port_ranges == ((31000, 31009),) and first.capacity.ports == 10
+        assert scheduler.launched == [31000, 31001]
+        running: set[str] = set()
+        while running != {"first", "second"}:
+            update = scheduler.updates.get(timeout=20)
+            assert update.state in ("TASK_STARTING", "TASK_RUNNING"), update
+            running |= {update.task_id} if update.state == "TASK_RUNNING" else set()
+        rest = _next_agent(scheduler, lambda a: True)
+        assert rest.port_ranges == ((31002, 31009),) and rest.capacity.ports == 8
+        for name in ("first", "second"):
+            driver.killTask(translator.id_message(name))
+        _next_agent(scheduler, lambda a: a.port_ranges == ((31000, 31009),))
+    finally:
+        driver.stop()
+        cluster.stop()

@@ -35,7 +35,7 @@ def test_resources_arithmetic_and_mesos_text():
     rest = total - task
     assert rest.scalar("cpus") == 1.9 and rest.ranges["ports"] == [(31002, 32000)]
     assert total.contains(task) and not rest.contains(task)
-    assert str(rest) == "cpus(allocated: *):1.9; mem(allocated: *):4096; ports(allocated: *):[31002-32000]"
+    assert str(rest) == "ports(allocated: *):[31002-32000]; cpus(allocated: *):1.9; mem(allocated: *):4096"
     assert (rest + task).ranges["ports"] == [(31000, 32000)]
     assert not Resources.from_spec({"cpus": 0.001, "mem": 16}).allocatable()
     with pytest.raises(ValueError):

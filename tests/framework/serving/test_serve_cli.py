@@ -65,10 +65,17 @@ def test_serve_answers_reloads_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert status == 200 and len(answer["predictions"]) == 1
         reload = run_cli("serve", job, "--reload", "--state-dir", state)
         assert reload.returncode == 0 and f"pid {serve.pid}" in reload.stdout
+        assert serve.stderr is not None
+        seen = []
+        for line in serve.stderr:  # the reload's line (the job file re-checked) before the signal
+            seen.append(line)
+            if "reload" in line:
+                break
         records = recorded_processes(work / "cluster")
         assert records
         serve.send_signal(signal.SIGTERM)
-        out, err = serve.communicate(timeout=120)
+        out, rest = serve.communicate(timeout=120)
+        err = "".join(seen) + rest
     finally:
         if serve.poll() is None:
             serve.kill()

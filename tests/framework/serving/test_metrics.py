@@ -1,0 +1,57 @@
+"""The gateway's metrics: load windows (clock given), Prometheus text, load samples."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from framework.serving.metrics import GatewayMetrics, LiveState, LoadWindow, MemberLoad
+
+
+def test_a_load_window_keeps_the_last_window_s_seconds():
+    w = LoadWindow(window_s=10.0, started=100.0)
+    for t in range(100, 120):
+        w.arrived(float(t))
+        w.answered(float(t), 0.001 * (t - 99))
+    assert w.rate(119.5) == pytest.approx(10 / 10.0)   # arrivals at 110..119
+    assert w.p99_ms(119.5) == pytest.approx(20.0)
+    assert w.rate(200.0) == 0.0 and w.p99_ms(200.0) == 0.0
+    young = LoadWindow(window_s=10.0, started=0.0)
+    for t in (0.5, 1.0, 1.5, 2.0):
+        young.arrived(t)
+    assert young.rate(2.0) == pytest.approx(4 / 2.0)   # a gateway younger than its window
+    with pytest.raises(ValueError):
+        LoadWindow(window_s=0)
+
+
+def test_load_samples_and_exposition():
+    now = [50.0]
+    metrics = GatewayMetrics(["a", "b"], window_s=5.0, clock=lambda: now[0])
+    for i in range(10):
+        now[0] = 50.0 + i * 0.5
+        metrics.member_arrived("a")
+        metrics.member_answered("a", 0.010 + 0.001 * i, ok=True)
+    metrics.member_arrived("b")
+    metrics.member_answered("b", 0.5, ok=False)
+    metrics.hedges.labels("a").inc()
+    metrics.set_cost_per_hour(0.75, lower_bound=0.5)
+    live = {"a": LiveState(queue_depth=3, in_flight=2, replicas_ready=2, replicas_draining=1),
+            "b": LiveState(queue_depth=0, in_flight=0, replicas_ready=1)}
+    loads = metrics.load_samples(live)
+    assert loads["a"] == MemberLoad("a", rate_rps=pytest.approx(10 / 4.5), queue_depth=3, in_flight=2,
+                                    p99_ms=pytest.approx(19.0), replicas_ready=2)
+    assert loads["b"].p99_ms == 500.0 and loads["b"].replicas_ready == 1
+
+    metrics.observe(live)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert families["mesos_ensemble_member_seconds"].type == "histogram"
+    assert samples[("mesos_ensemble_member_seconds_count", (("member", "a"),))] == 10
+    assert samples[("mesos_ensemble_member_requests_total", (("member", "b"), ("outcome", "failed")))] == 1
+    assert samples[("mesos_ensemble_hedges_total", (("member", "a"),))] == 1
+    assert samples[("mesos_ensemble_queue_depth", (("member", "a"),))] == 3
+    assert samples[("mesos_ensemble_replicas", (("member", "a"), ("state", "draining")))] == 1
+    assert samples[("mesos_ensemble_cost_per_hour", ())] == 0.75
+    # Each gateway has its own registry: a second one starts from zero.
+    other = GatewayMetrics(["a"])
+    assert "mesos_ensemble_hedges_total{member=\"a\"} 0.0" in other.exposition().decode()
