@@ -759,8 +759,9 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
             for name, url in urls.items():
                 if name == "baseline" and args.quick:
                     continue  # a reference only: not worth the quick run's time
-                print(f"\n== {name}: step {base} -> {4 * base} rps, fall back after {s.step_high:g} s, "
-                      f"watch {s.fall_seconds:g} s (load average {os.getloadavg()[0]:.1f})", flush=True)
+                watch = f"watch {s.fall_seconds:g} s" if name == "project" else "then 3 s"
+                print(f"\n== {name}: step {base} -> {4 * base} rps, back to {base} after {s.step_high:g} s, {watch} "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
                 steps[name] = await step_and_fall(session, url, bodies, base, s, names, with_metrics=name == "project")
                 r = steps[name]
                 print(f"  p99 over the high phase {r.high_p99_ms:.1f} ms; back under target after "
@@ -789,6 +790,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
     if "project" in steps:
         r = steps["project"]
         print(f"4x step: p99 back under target after {fmt(r.recovery, '.2f', 'not within the phase')} s (target <= 5)")
+        floor = sum(low for _, low, _ in REPLICAS.values())
+        if r.replicas_at_step is not None and r.replicas_at_step > floor:
+            print(f"  (the project had not scaled down to its {floor} minimum replicas before the step: it had "
+                  f"{r.replicas_at_step:g}, so the step tested less than a scale-up from the minimum)")
         print(f"after the fall: cost/h / lower bound = {fmt(r.fall_cost_ratio, '.2f')}; within 10 % after "
               f"{fmt(r.fall_within_10pct, '.1f', 'not within the watch')} s (target <= 60)")
     if "baseline" in steps:
