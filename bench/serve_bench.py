@@ -420,14 +420,13 @@ class Project:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGINT)  # serve drains, kills its replicas, tears down
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # serve drains, kills its replicas, tears down
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: serve and what it started
+                self.process.wait()
         self.log.close()
 
 
