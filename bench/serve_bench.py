@@ -34,7 +34,7 @@ answered; its latency runs from the *scheduled* time to the answer, so time queu
 out request counts as an infinite latency.  The generator runs on the same machine as the
 servers (it takes a share of the cores from both sides alike).
 
-Phases:
+Phases (after priming each side at the starting rate, 10 s; 3 s with ``--quick``):
 1. **sweep**: rates rising geometrically; a rate meets the SLO when p99 <= ``target_p99_ms``,
    and errors <= 0.1 % (latency counts from the schedule, so a server that falls behind misses
    the p99); a side stops at its first miss, then the gap between its last pass and first miss
@@ -512,6 +512,7 @@ class Settings:
     fall_seconds: float
     timeout: float
     scale_down_delay: float
+    prime_seconds: float
 
 
 def post_json(url: str, body: bytes, timeout: float) -> bytes:
@@ -718,14 +719,16 @@ def print_table(results: dict[str, dict[float, Trial]], target_ms: float) -> Non
 
 def settings(args: argparse.Namespace) -> Settings:
     if args.quick:
-        return Settings(args.target_p99_ms, seconds=3.0, warmup=0.5, factor=2.0, start_rate=args.start_rate or 5,
+        return Settings(args.target_p99_ms, seconds=3.0, warmup=1.0, factor=2.0, start_rate=args.start_rate or 5,
                         max_rate=args.max_rate, bisect=0, half_seconds=4.0, base_settle_max=15.0, step_pre=2.0,
                         step_high=5.0, fall_seconds=15.0, timeout=5.0,
-                        scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 10.0)
+                        scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 10.0,
+                        prime_seconds=3.0)
     return Settings(args.target_p99_ms, seconds=10.0, warmup=5.0, factor=1.4, start_rate=args.start_rate or 10,
                     max_rate=args.max_rate, bisect=2, half_seconds=30.0, base_settle_max=180.0, step_pre=5.0,
                     step_high=20.0, fall_seconds=90.0, timeout=10.0,
-                    scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 30.0)
+                    scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 30.0,
+                    prime_seconds=10.0)
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings) -> None:
@@ -734,7 +737,10 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
     names = MetricNames(args.cost_metric, args.bound_metric, args.replicas_metric)
     connector = aiohttp.TCPConnector(limit=512, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
-        print(f"\n== sweep (load average {os.getloadavg()[0]:.1f})", flush=True)
+        for url in urls.values():  # first calls (page faults, pools, first batches) are not the steady state
+            await trial(session, url + "/v1/predict", bodies, s.start_rate, s.prime_seconds, 0.0, s.timeout, 1)
+        print(f"\n== sweep, after {s.prime_seconds:g} s of priming at {s.start_rate:g} rps per side "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         results = await sweep(session, urls, bodies, s)
         print()
         print_table(results, s.target_ms)
