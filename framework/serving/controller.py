@@ -570,7 +570,13 @@ class ServingController(pymesos.Scheduler):
         with self.lock:
             for view in offers:
                 self.hostnames[view.agent_id] = view.hostname
-            agents = merge_by_agent(offers, self.prices, {}, {}, {}) if offers else []
+            # What each agent runs of ours already (constraints such as max_per_agent count it).
+            running: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            for replica in self.replicas.values():
+                if replica.state is not ReplicaState.DRAINING:
+                    running[replica.agent_id][replica.member] += 1
+            agents = merge_by_agent(offers, self.prices, {}, {}, {a: dict(c) for a, c in running.items()}
+                                    ) if offers else []
             for agent in agents:
                 self.agent_prices[agent.agent_id] = agent.price
             for agent in agents:

@@ -121,6 +121,7 @@ class ServeRunner:
         self.url: str | None = None
         self.credentials: tuple[str, str] | None = None
         self.failover_on_stop = False
+        self.resumed_framework_id: str | None = None
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -180,7 +181,7 @@ class ServeRunner:
                     state.remove(record.task_id)
                 state.save_framework_id("")
             else:
-                framework_id = state.framework_id
+                framework_id = self.resumed_framework_id = state.framework_id
                 adopted = controller.adopt(earlier)
                 controller.avoid_earlier_executors(int(time.time()))
                 self.note(f"re-subscribing as framework {framework_id}; adopting {adopted} replica(s) of the "
@@ -245,8 +246,18 @@ class ServeRunner:
     def _check_fatal(self, controller: ServingController) -> None:
         while not controller.events.empty():
             event = controller.events.get_nowait()
-            if event.kind is EventKind.FATAL:
-                raise JobFailed(event.detail)
+            if event.kind is not EventKind.FATAL:
+                continue
+            if self.resumed_framework_id and controller.framework_id is None and "removed" in event.detail \
+                    and controller.state is not None:
+                controller.state.save_framework_id("")  # the next serve subscribes as a new framework
+                for record in controller.state.replicas():
+                    controller.state.remove(record.task_id)
+                self.failover_on_stop = True  # nothing of ours to tear down
+                raise JobFailed(f"the master no longer knows framework {self.resumed_framework_id} (torn down, or "
+                                "its failover_timeout passed), so its replicas are gone; run serve again to deploy "
+                                "anew")
+            raise JobFailed(event.detail)
 
     def _serve(self, controller: ServingController, catalog: ServeCatalog) -> None:
         """Until stopped: watch for fatal events, reloads; the controller does the rest."""

@@ -76,7 +76,7 @@ class Deployment:
             self.checked.append(replica.task_id)
             return healthy(replica) if healthy else True
 
-        self.controller = ServingController(targets, self.catalog, self.table, spec.pricing, loopback=True,
+        self.controller = ServingController(targets, self.catalog, self.table, spec.pricing, loopback=False,
                                             state=state, health_check=check)
         self.driver = LockedDriver(self.controller)
         self.controller.start(self.driver)
@@ -124,7 +124,7 @@ def test_min_replicas_launch_with_ports_and_join_the_table_once_running(demo: Jo
         wait_for(lambda: deployment.table.ready("linear") and deployment.table.ready("logistic"))
         [linear] = deployment.table.ready("linear")
         port = payload(next(t for t in tasks if payload(t)["model"] == "linear"))["port"]
-        assert linear.url == f"http://127.0.0.1:{port}" and linear.agent_id == "a1"
+        assert linear.url == f"http://a1.example:{port}" and linear.agent_id == "a1"  # the agent's hostname
         assert deployment.controller.all_ready()
         # Nothing more is wanted: later offers are declined (not suppressed: a re-pack needs offers).
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a2")])

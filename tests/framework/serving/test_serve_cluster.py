@@ -123,6 +123,7 @@ def test_a_replica_whose_executor_is_killed_is_replaced_and_requests_keep_being_
         assert len(controller.ready("linear")) == 2 and len(controller.ready("logistic")) == 2
 
 
+@pytest.mark.faults
 def test_replicas_follow_the_load_up_and_back_down(tmp_path: Path, batch_reference: Any) -> None:
     columns, rows, _expected = batch_reference
     job = spread_job(tmp_path / "job", serve="target_p99_ms = 0.001\nscale_down_delay_s = 1\nmax_wait_ms = 0",
@@ -165,3 +166,28 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
         assert after != before
         assert any("rolling linear" in note for note in served.notes)
         assert dataclasses.asdict(controller.targets["linear"])["sha256"] == sha
+
+
+@pytest.mark.faults
+def test_an_agent_lost_keeps_the_other_agents_replicas_answering_and_is_refilled_when_it_returns(
+        tmp_path: Path, batch_reference: Any) -> None:
+    import cluster_records
+
+    columns, rows, _expected = batch_reference
+    job = spread_job(tmp_path / "job")
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        [cluster] = cluster_records.started
+        lost = {r.task_id for r in controller.replicas.values() if r.hostname == "agent-1"}
+        assert len(lost) == 2  # one replica of each member
+        with Client(served.url, columns, rows) as client:
+            wait_for(lambda: len(client.statuses) >= 5)
+            cluster.kill_agent("agent-1")
+            wait_for(lambda: not lost & set(controller.replicas))
+            answered = len(client.statuses)
+            wait_for(lambda: len(client.statuses) >= answered + 5)  # agent-2's replicas answer meanwhile
+            cluster.restart_agent("agent-1")
+            wait_for(controller.all_ready)
+        assert client.failures == [], client.failures[:3]
+        assert {r.hostname for r in controller.replicas.values()} == {"agent-1", "agent-2"}
+        assert controller.replaced >= 2

@@ -15,7 +15,11 @@ from framework.serving.spec import ReplicaBounds, ServeSpec, ServeSpecError, par
 
 @pytest.fixture(scope="module")
 def demo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_demo(tmp_path_factory.mktemp("serve-demo"))
+    """The founding example without the ``[serve]`` table train-demo writes (the tests add their own)."""
+    job = train_demo(tmp_path_factory.mktemp("serve-demo"))
+    text = job.read_text()
+    job.write_text(text[:text.index("\n# mesos-ensemble serve job.toml")] + "\n")
+    return job
 
 
 def with_serve(job: Path, name: str, serve: str) -> Path:
