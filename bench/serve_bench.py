@@ -15,7 +15,10 @@ the point of a serving layer.
 Both sides get the same cores:
 - **project**: ``mesos-ensemble serve`` on the embedded cluster, whose agents (``--agents``,
   two by default, priced 1.0 and 2.0 per hour so that scale-down has an expensive agent to
-  release) share this machine's cores between them (``os.cpu_count()`` cpus in all);
+  release) share this machine's cores between them (``os.cpu_count()`` cpus in all).  A
+  replica asks for 0.5 cpus (forest), 0.25 (boosting) or 0.1 (logistic regression), each member
+  1..cores replicas (the logistic regression 1..cores/2): at their most they declare 80 % of
+  the cores, so the packer cannot place more replicas than the cores can run;
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
   processes sharing one listening socket (as gunicorn's pre-fork workers do), each loading every
   member with joblib and limited to one BLAS/OpenMP thread (no oversubscription).  Each request:
@@ -91,8 +94,18 @@ from framework import ensemble  # noqa: E402
 INTEGRATION = "soft_vote"
 OUTPUT = "predict_proba"
 FEATURES = 20
-# Per member: replica cpus share and replica bounds in the job's [serve] table.
-REPLICAS = {"forest": (0.25, 1, 4), "boosting": (0.25, 1, 2), "logistic": (0.1, 1, 2)}
+# Per member: each replica's cpus, and its most replicas per core of the machine.  At their most
+# the replicas declare 0.8 of the cores (1 x 0.5 + 1 x 0.25 + 0.5 x 0.1 per core), the rest being
+# the executors' and the gateway's, so the autoscaler cannot start more replicas than the cores run.
+REPLICA_CPUS = {"forest": 0.5, "boosting": 0.25, "logistic": 0.1}
+MAX_PER_CORE = {"forest": 1.0, "boosting": 1.0, "logistic": 0.5}
+MIN_REPLICAS = 1
+
+
+def replica_bounds(cores: int) -> dict[str, tuple[float, int, int]]:
+    """Per member: (cpus, min_replicas, max_replicas) for a machine of ``cores`` cores."""
+    return {name: (cpus, MIN_REPLICAS, max(MIN_REPLICAS, int(MAX_PER_CORE[name] * cores)))
+            for name, cpus in REPLICA_CPUS.items()}
 AGENT_PRICES = (1.0, 2.0)
 
 
@@ -129,13 +142,13 @@ def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str,
              "[data]", f'path = "{data.name}"', 'label = "target"', ""]
     for name, path in paths.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        cpus = REPLICAS[name][0]
+        cpus = REPLICA_CPUS[name]
         lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
                   'kind = "classifier"', f'output = "{OUTPUT}"', f"cpus = {cpus}", "mem = 512", ""]
     lines += ["[serve]", f'address = "{address}"', f"target_p99_ms = {target_p99_ms:g}", "max_batch_rows = 256",
               "max_wait_ms = 2", "hedge = true", "scale_interval_s = 1", f"scale_down_delay_s = {scale_down_delay_s:g}",
               ""]
-    for name, (_, low, high) in REPLICAS.items():
+    for name, (_, low, high) in replica_bounds(cores).items():
         lines += [f"[serve.models.{name}]", f"min_replicas = {low}", f"max_replicas = {high}", ""]
     hostnames = [f"serve-{chr(ord('a') + i)}" for i in range(agents)]
     share = round(cores / agents, 3)
@@ -641,7 +654,7 @@ async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: f
     """Base load (settled), then 4x for ``step_high`` s, then the base again for ``fall_seconds`` s."""
     replicas = None
     if with_metrics:
-        floor = sum(low for _, low, _ in REPLICAS.values())
+        floor = MIN_REPLICAS * len(REPLICA_CPUS)
         replicas = await settle(session, url, bodies, base, names, floor, s.scale_down_delay + 10, s.base_settle_max,
                                 1000)
     # Without cost gauges to watch (the baseline's cost is fixed) the fall is only long enough to end the step.
@@ -795,7 +808,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
     if "project" in steps:
         r = steps["project"]
         print(f"4x step: p99 back under target after {fmt(r.recovery, '.2f', 'not within the phase')} s (target <= 5)")
-        floor = sum(low for _, low, _ in REPLICAS.values())
+        floor = MIN_REPLICAS * len(REPLICA_CPUS)
         if r.replicas_at_step is not None and r.replicas_at_step > floor:
             print(f"  (the project had not scaled down to its {floor} minimum replicas before the step: it had "
                   f"{r.replicas_at_step:g}, so the step tested less than a scale-up from the minimum)")
