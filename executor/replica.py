@@ -32,7 +32,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -160,9 +159,7 @@ class Replica:
         if self.n_features is None or self.mode != "thread":
             return
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                getattr(self.model, self.payload.output)(np.zeros((1, self.n_features)))
+            getattr(self.model, self.payload.output)(np.zeros((1, self.n_features)))
         except Exception:  # noqa: S110 - its requests will say so
             pass
 
@@ -175,9 +172,7 @@ class Replica:
         elif self.n_features is not None and self.n_features > 0:
             rows = max(1, min(200_000, PROBE_FLOATS // self.n_features))
             sample = np.random.default_rng(0).standard_normal((rows, self.n_features))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.mode = self.predictions.model_mode(self.request, self.model, sample)
+            self.mode = self.predictions.model_mode(self.request, self.model, sample)
         return self.mode
 
     def start(self) -> int:

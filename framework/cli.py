@@ -475,10 +475,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"asked serve (pid {live['pid']}, {live['url']}) to reload {args.job}")
         return EXIT_OK
 
+    spec = load_checked(args)  # bad input: one line, before the heavier imports below
     from framework.serving.service import ServeOutcome, ServeRunner, install_reload_handler  # imports pymesos
 
     install_signal_handlers()
-    spec = load_checked(args)
 
     def note(line: str) -> None:
         if not args.quiet:

@@ -1,17 +1,20 @@
 """How many replicas each member should run: a pure decision from the gateway's load samples.
 
-``decide(spec, loads, current_counts, state, now) -> (desired_counts, new_state)``; the
-controller calls it every ``scale_interval_s`` with the last window's :class:`MemberLoad` per
-member and keeps the returned :class:`AutoscaleState` for the next call.
+``decide(spec, loads, current_counts, state, now, *, window_s) -> (desired_counts, new_state)``;
+the controller calls it every ``scale_interval_s`` with the last window's :class:`MemberLoad`
+per member and keeps the returned :class:`AutoscaleState` for the next call.
 
 * **Up, at once**, when the member is *pressed*: its p99 is above ``target_p99_ms``, or its
   queue grew since the last decision and holds more than one request per ready replica.  The
-  step is sized from the measured rate: ``rate / (capacity x HEADROOM)`` replicas, where the
-  capacity is the highest rate per ready replica seen while the member met its target (what a
-  replica is known to carry).  Without such a measurement, or when it says the ready replicas
-  should suffice, the step is the ready count times the pressure (p99 over target, or waiting
-  plus in-flight requests over in-flight ones); at most :data:`MAX_STEP_FACTOR` times the ready
-  count per decision.  So a 4x load step is met in one decision, two without a measurement.
+  step is the most of what the measured rate says, ``rate / (capacity x HEADROOM)`` replicas
+  (the capacity is the highest rate per ready replica seen while the member met its target:
+  what a replica is known to carry), and the ready count times the pressure (p99 over target;
+  waiting plus in-flight requests over in-flight ones, at most ``QUEUE_STEP``); at most
+  :data:`MAX_STEP_FACTOR` times the ready count per decision.  So a 4x load step is met in one
+  decision, two without a capacity measurement.  The samples' p99 is measured over a window
+  (``window_s``, the gateway's): after a step up it still holds the requests from before, so
+  until that window has passed only a p99 worse than the one that made the step counts again
+  (a stale p99 does not multiply the replicas twice); the rate alone may still ask for more.
 * **Down, slowly**: only after ``scale_down_delay_s`` during which every sample met the target
   with replicas to spare: the known capacity (the highest rate per replica seen while the target
   was met, but at most ``PROBE`` of the lowest rate per replica that ever pressed it) carries
@@ -41,10 +44,16 @@ MAX_STEP_FACTOR = 4.0
 """At most this many times the ready replicas in one scale-up decision."""
 MIN_PRESSURE_STEP = 1.5
 """A pressed member grows by at least this factor (at least one replica)."""
+QUEUE_STEP = 2.0
+"""A growing queue at most doubles the ready replicas per decision (a backlog is not a rate)."""
+DEFAULT_WINDOW_S = 10.0
+"""The window of the gateway's load samples (``GatewayOptions.window_s``)."""
 COMFORT = 0.3
 """A p99 at most this share of the target leaves room to try one replica fewer."""
 PROBE = 0.8
 """One replica fewer is tried only below this share of the rate per replica that once pressed."""
+MANY = 1_000_000
+"""More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,8 @@ class MemberScaleState:
     """The most replicas any sample needed since ``low_since``."""
     last_up: float | None = None
     """When the member last scaled up."""
+    up_p99: float = 0.0
+    """The p99 that made it scale up then (a windowed p99 that is not worse is not news)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +117,13 @@ class AutoscaleState:
 
 
 def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Mapping[str, int],
-           state: AutoscaleState, now: float) -> tuple[dict[str, int], AutoscaleState]:
+           state: AutoscaleState, now: float, *, window_s: float = DEFAULT_WINDOW_S
+           ) -> tuple[dict[str, int], AutoscaleState]:
     """Desired replicas per member (every member of ``current_counts``) and the next state.
 
     ``current_counts`` are the counts the controller aims at now (its last desired counts); a
-    member with no sample in ``loads`` keeps its count (clamped to its bounds)."""
+    member with no sample in ``loads`` keeps its count (clamped to its bounds).  ``window_s``:
+    the window the samples' rate and p99 are measured over (the gateway's ``window_s``)."""
     desired: dict[str, int] = {}
     members: dict[str, MemberScaleState] = {}
     for member, current in current_counts.items():
@@ -120,7 +133,7 @@ def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Map
         if load is None:
             desired[member], members[member] = bounds.clamp(current), previous
             continue
-        count, members[member] = _decide_member(spec, load, bounds.clamp(current), previous, now)
+        count, members[member] = _decide_member(spec, load, bounds.clamp(current), previous, now, window_s)
         desired[member] = bounds.clamp(count)
     return desired, AutoscaleState(members)
 
@@ -128,27 +141,45 @@ def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Map
 def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
     """The member misses its target: p99 above it, or a queue that grows past one request
     waiting per ready replica."""
-    growing = load.queue_depth > last_queue and load.queue_depth > max(1, load.replicas_ready)
-    return load.p99_ms > spec.target_p99_ms or growing
+    return load.p99_ms > spec.target_p99_ms or _growing(load, last_queue)
+
+
+def _growing(load: LoadSample, last_queue: int) -> bool:
+    return load.queue_depth > last_queue and load.queue_depth > max(1, load.replicas_ready)
 
 
 def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) -> int:
     """Replicas that carry ``rate_rps`` at ``headroom`` of ``capacity_rps`` each (0 for no load)."""
     if rate_rps <= 0:
         return 0
-    return max(1, math.ceil(rate_rps / (capacity_rps * headroom) - 1e-9))
+    ratio = rate_rps / (capacity_rps * headroom)
+    if not ratio < MANY:  # a capacity measured from a vanishing rate: as many as allowed
+        return MANY
+    return max(1, math.ceil(ratio - 1e-9))
 
 
 def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
-                   now: float) -> tuple[int, MemberScaleState]:
+                   now: float, window_s: float) -> tuple[int, MemberScaleState]:
     ready = max(0, load.replicas_ready)
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
-    if pressed(spec, load, state.last_queue):
-        wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps))
+    growing = _growing(load, state.last_queue)
+    slow = load.p99_ms > spec.target_p99_ms
+    # a p99 measured over a window still holds the requests from before the last step up: it
+    # counts again once that window has passed, or when it got worse than at the step
+    fresh = slow and (state.last_up is None or now - state.last_up >= window_s or load.p99_ms > state.up_p99)
+    if growing or fresh:
+        wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
         pressed_rps = min(state.pressed_rps, per_replica) if ready >= current and per_replica > 0 \
             else state.pressed_rps
+        up = wanted > current
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
-                               pressed_rps=pressed_rps, last_up=now if wanted > current else state.last_up)
+                               pressed_rps=pressed_rps, last_up=now if up else state.last_up,
+                               up_p99=load.p99_ms if up else state.up_p99)
+    if slow:  # only the p99 of the last step's window: the measured rate alone may ask for more
+        by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 else 0
+        wanted = max(current, min(by_rate, math.ceil(max(1, ready) * MAX_STEP_FACTOR)))
+        return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
+                               last_up=now if wanted > current else state.last_up)
     state = replace(state, capacity_rps=max(state.capacity_rps, per_replica), last_queue=load.queue_depth)
     need = _fewer(spec, load, current, ready, state, now)
     if need >= current:  # all are needed (or some are still starting): the window starts again
@@ -185,17 +216,23 @@ def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: M
     return current
 
 
-def _scale_up(spec: ServeSpec, load: LoadSample, ready: int, capacity: float) -> int:
-    """Replicas for a pressed member, at most MAX_STEP_FACTOR x ready at once: what the measured
-    capacity says (the rate at HEADROOM of it) when that is more than are ready; else (no
-    measurement, or one the pressure contradicts) the ready ones times the pressure (p99 over
-    target, or waiting plus in-flight requests over in-flight ones; at least MIN_PRESSURE_STEP).
-    With no replica ready, only the capacity can say (the pressure is on replicas yet to start)."""
+def _scale_up(spec: ServeSpec, load: LoadSample, ready: int, capacity: float, growing: bool, slow: bool) -> int:
+    """Replicas for a pressed member, at most MAX_STEP_FACTOR x ready at once: the most of what
+    the measured capacity says (the rate at HEADROOM of it) and the ready ones times the pressure
+    (p99 over target when ``slow``; waiting plus in-flight requests over in-flight ones, at most
+    QUEUE_STEP, when the queue is ``growing``; at least MIN_PRESSURE_STEP).  With a capacity
+    that says more than the ready ones, the pressure adds at most QUEUE_STEP x ready (the rate
+    knows better than a noisy p99).  With no replica ready, only the capacity can say (the
+    pressure is on replicas yet to start)."""
     by_rate = replicas_for(load.rate_rps, capacity, HEADROOM) if capacity > 0 else 0
     if ready == 0:
         return by_rate
-    if by_rate <= ready:
-        pressure = max(load.p99_ms / spec.target_p99_ms, (load.queue_depth + load.in_flight) / max(1, load.in_flight),
-                       MIN_PRESSURE_STEP)
-        by_rate = math.ceil(ready * min(pressure, MAX_STEP_FACTOR) - 1e-9)
-    return min(by_rate, math.ceil(ready * MAX_STEP_FACTOR))
+    pressure = MIN_PRESSURE_STEP
+    if slow:
+        pressure = max(pressure, load.p99_ms / spec.target_p99_ms)
+    if growing:
+        pressure = max(pressure, min((load.queue_depth + load.in_flight) / max(1, load.in_flight), QUEUE_STEP))
+    if by_rate > ready:
+        pressure = min(pressure, QUEUE_STEP)
+    by_pressure = math.ceil(ready * min(pressure, MAX_STEP_FACTOR) - 1e-9)
+    return min(max(by_rate, by_pressure), math.ceil(ready * MAX_STEP_FACTOR))

@@ -10,7 +10,9 @@ given; randomness from an injected ``random.Random``):
 * **Hedging**: a call still unanswered after the member's recent p95 call latency (at least
   ``hedge_min_s``) is sent to a second replica too; the first answer wins, the other is cancelled.
   A cancelled call counts in its replica's window with the time it had taken (a lower bound), so
-  a slow replica loses its ties afterwards.
+  a slow replica loses its ties afterwards. Hedges are *budgeted*: at most ``hedge_budget`` of a
+  member's recent calls (at least one), so that a member slow everywhere (overloaded) is not sent
+  more work by hedging.
 * **Failover**: a call that failed (error, connection lost, timeout) goes to a replica not tried
   yet for that batch; the failed replica is *suspect* for ``suspect_s`` and gets new work only
   when every other candidate is suspect too.
@@ -27,11 +29,17 @@ from typing import Collection, Sequence
 DEFAULT_WINDOW = 200
 """Calls kept per replica and per member for the latency statistics."""
 
+DEFAULT_HEDGE_BUDGET = 0.1
+"""At most this share of a member's recent calls is hedged."""
+
 MIN_HEDGE_SAMPLES = 20
 """Below this many measured calls of a member, the hedge delay is the floor ``hedge_min_s``'s
 multiple ``COLD_HEDGE_FACTOR``: the p95 of a handful of calls says little."""
 
 COLD_HEDGE_FACTOR = 10.0
+
+P95_REFRESH = 8
+"""The hedge delay's p95 is recomputed (a sort of the window) after this many new measurements."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -63,16 +71,25 @@ class Balancer:
     """Per-gateway balancing state; not thread-safe (the gateway's event loop owns it)."""
 
     def __init__(self, hedge: bool = True, hedge_min_s: float = 0.01, suspect_s: float = 2.0,
-                 window: int = DEFAULT_WINDOW, rng: random.Random | None = None) -> None:
-        if hedge_min_s < 0 or suspect_s < 0 or window < 1:
-            raise ValueError("hedge_min_s and suspect_s must be >= 0 and window >= 1")
+                 window: int = DEFAULT_WINDOW, rng: random.Random | None = None,
+                 hedge_budget: float = DEFAULT_HEDGE_BUDGET) -> None:
+        if hedge_min_s < 0 or suspect_s < 0 or window < 1 or not 0 <= hedge_budget <= 1:
+            raise ValueError("hedge_min_s and suspect_s must be >= 0, window >= 1, hedge_budget in 0..1")
         self.hedge = hedge
+        self.hedge_budget = hedge_budget
+        self.calls: dict[str, deque[bool]] = {}
+        """Per member, whether each of its recent calls was hedged."""
+        self.hedging: dict[str, int] = {}
+        """Per member, calls hedged and not finished yet."""
         self.hedge_min_s = hedge_min_s
         self.suspect_s = suspect_s
         self.window = window
         self.rng = rng or random.Random()
         self.replicas: dict[str, ReplicaStats] = {}
         self.members: dict[str, deque[float]] = {}
+        self._p95: dict[str, float] = {}
+        self._added: dict[str, int] = {}
+        """Per member, calls measured since its p95 was last computed."""
 
     def stats(self, replica_id: str) -> ReplicaStats:
         stats = self.replicas.get(replica_id)
@@ -101,13 +118,33 @@ class Balancer:
         window = self.members.get(member, ())
         if len(window) < MIN_HEDGE_SAMPLES:
             return self.hedge_min_s * COLD_HEDGE_FACTOR
-        return max(self.hedge_min_s, percentile(list(window), 95.0))
+        cached = self._p95.get(member)
+        if cached is None or self._added.get(member, 0) >= P95_REFRESH:
+            cached = self._p95[member] = percentile(list(window), 95.0)
+            self._added[member] = 0
+        return max(self.hedge_min_s, cached)
+
+    def may_hedge(self, member: str) -> bool:
+        """Whether the budget allows one more hedge of ``member`` now."""
+        recent = self.calls.get(member, ())
+        hedged = sum(recent) + self.hedging.get(member, 0)
+        return hedged < max(1.0, self.hedge_budget * len(recent))
 
     def p95(self, member: str) -> float:
         """The member's recent p95 call latency in seconds (0.0 before any call)."""
         return percentile(list(self.members.get(member, ())), 95.0)
 
     # Measurements ---------------------------------------------------------------------------
+    def hedged(self, member: str) -> None:
+        """A call of ``member`` was hedged (until :meth:`call_done`)."""
+        self.hedging[member] = self.hedging.get(member, 0) + 1
+
+    def call_done(self, member: str, hedged: bool) -> None:
+        """A call of ``member`` ended (answered or failed), hedged or not."""
+        if hedged:
+            self.hedging[member] = max(0, self.hedging.get(member, 0) - 1)
+        self.calls.setdefault(member, deque(maxlen=self.window)).append(hedged)
+
     def started(self, replica_id: str) -> None:
         """A call to ``replica_id`` begins."""
         stats = self.stats(replica_id)
@@ -122,6 +159,7 @@ class Balancer:
         stats.consecutive_failures = 0
         stats.suspect_until = 0.0
         self.members.setdefault(member, deque(maxlen=self.window)).append(seconds)
+        self._added[member] = self._added.get(member, 0) + 1
 
     def failed(self, replica_id: str, now: float) -> None:
         """A call failed: the replica is suspect for ``suspect_s``."""

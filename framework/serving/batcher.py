@@ -3,7 +3,9 @@
 Requests for a member wait in a queue; a batch is cut when it holds ``max_batch_rows`` rows or
 when its oldest request has waited ``max_wait_s``, whichever comes first, and only while fewer
 than ``max_concurrent()`` batches of the member are at its replicas (while they all are, the
-queue grows and the next batch is larger). Each batch is one call (one POST to one replica); its
+queue grows and the next batch is larger). When none of the member's batches is out, the queue
+is sent at once (``wait_when_idle=False``, the default): waiting only delays a request when there
+is no load to batch it with, so light load pays no ``max_wait_s``. Each batch is one call (one POST to one replica); its
 output is split back by rows. A request larger than ``max_batch_rows`` is cut across batches and
 its parts joined in order. Rows are never reordered, so each row's output is what the member
 says for that row.
@@ -96,7 +98,7 @@ class MemberBatcher:
 
     def __init__(self, member: str, send: Send, max_batch_rows: int, max_wait_s: float,
                  max_concurrent: Callable[[], int] = lambda: 1,
-                 on_batch: Callable[[str, BatchSent], None] | None = None) -> None:
+                 on_batch: Callable[[str, BatchSent], None] | None = None, wait_when_idle: bool = False) -> None:
         if max_batch_rows < 1 or max_wait_s < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_wait_s >= 0")
         self.member = member
@@ -105,9 +107,12 @@ class MemberBatcher:
         self.max_wait_s = max_wait_s
         self.max_concurrent = max_concurrent
         self.on_batch = on_batch
+        self.wait_when_idle = wait_when_idle
         self.queue: deque[_Request] = deque()
         self.in_flight = 0
         """Batches handed to ``send`` and not answered yet."""
+        self.in_flight_requests = 0
+        """Requests in those batches (a request cut across batches counts in each)."""
         self.batches = 0
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -159,8 +164,9 @@ class MemberBatcher:
             while self.in_flight >= max(1, self.max_concurrent()):
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Wait for more rows, until the batch is full or its oldest request waited max_wait_s.
-            while self.queue and self._queued_rows() < self.max_batch_rows:
+            # Wait for more rows, until the batch is full or its oldest request waited max_wait_s;
+            # not while none of the member's batches is out (an idle member answers at once).
+            while self.queue and self._queued_rows() < self.max_batch_rows and (self.in_flight or self.wait_when_idle):
                 left = self.queue[0].arrived + self.max_wait_s - loop.time()
                 if left <= 0:
                     break
@@ -191,6 +197,7 @@ class MemberBatcher:
         batch = (segments[0][0].rows[segments[0][1]:segments[0][1] + segments[0][2]] if len(segments) == 1
                  else np.concatenate([r.rows[s:s + n] for r, s, n in segments], axis=0))
         self.in_flight += 1
+        self.in_flight_requests += len(segments)
         self.batches += 1
         if self.on_batch is not None:
             self.on_batch(self.member, BatchSent(rows=int(batch.shape[0]), requests=len(segments)))
@@ -214,4 +221,5 @@ class MemberBatcher:
                 request.deliver(start, part)
         finally:
             self.in_flight -= 1
+            self.in_flight_requests -= len(segments)
             self._wakeup.set()

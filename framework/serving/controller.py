@@ -134,6 +134,8 @@ class ReplicaCatalog(Protocol):
 
 REPACK_INTERVAL_SECONDS = 30.0
 """At most one re-pack (moving replicas off an expensive agent) per this many seconds."""
+REPACK_CHECK_SECONDS = 5.0
+"""A settled deployment looks for a cheaper placement at most this often (each look packs a few times)."""
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -496,26 +498,22 @@ class ServingController(pymesos.Scheduler):
 
     def _report_cost(self, now: float) -> None:
         """The deployment's cost per hour as placed, and the packer's lower bound for the desired
-        replicas on the agents as known (``framework.serving.cost``), to ``on_cost`` and ``cost_history``."""
+        replicas on the agents as known (``framework.serving.cost.deployment_cost``), to ``on_cost``
+        and ``cost_history``."""
         from framework.serving import cost
 
         with self.lock:
             snapshot = self.snapshot(now)
             agents = list(self._last_agents.values())
-        live = [r for r in snapshot.replicas if r.live]
-        demands = {m: t.demand for m, t in snapshot.targets.items()}
         try:
-            spent = cost.cost_per_hour(live, snapshot.agent_prices)
-            whole = cost.whole_agents(agents, live, demands, snapshot.agent_prices, self.hostnames)
-            bound = cost.lower_bound_per_hour({m: t.desired for m, t in snapshot.targets.items()}, whole, demands,
-                                              agent_reserve=snapshot.agent_reserve)
-        except (KeyError, ValueError) as error:  # an agent whose price is not known yet
+            report = cost.deployment_cost(snapshot, agents, default_price=self.prices.default)
+        except (KeyError, ValueError) as error:  # nothing known of an agent yet
             log.debug("cost per hour not known yet: %s", error)
             return
-        self.cost_history.append((now, spent, bound))
+        self.cost_history.append((now, report.cost_per_hour, report.lower_bound_per_hour))
         del self.cost_history[:-3600]
         if self.on_cost is not None:
-            self.on_cost(spent, bound)
+            self.on_cost(report.cost_per_hour, report.lower_bound_per_hour)
 
     def _drain(self, replica: LiveReplica, now: float, why: str) -> None:
         """Take a replica out of the table now; kill it after ``DRAIN_SECONDS`` (lock held)."""
@@ -588,10 +586,12 @@ class ServingController(pymesos.Scheduler):
             if decision.repacked:
                 self.repack_not_before = now + REPACK_INTERVAL_SECONDS
                 log.info("re-pack: moving %d replica(s) to cheaper agents", len(decision.launches))
+            elif decision.repack_checked:
+                self.repack_not_before = now + REPACK_CHECK_SECONDS
             for drain in decision.drains:
-                replica = self.replicas.get(drain.replica_id)
-                if replica is not None:
-                    self._drain(replica, now, drain.reason.replace("_", " "))
+                doomed = self.replicas.get(drain.replica_id)
+                if doomed is not None:
+                    self._drain(doomed, now, drain.reason.replace("_", " "))
             if decision.unplaced and decision.unplaced != self._unplaced_said and offers:
                 log.info("replicas wait for offers that fit them: %s", "; ".join(decision.reasons) or
                          ", ".join(f"{m}: {n}" for m, n in decision.unplaced.items()))

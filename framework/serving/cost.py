@@ -3,26 +3,31 @@
 Prices are the batch cost model's (``[pricing]``, ``framework.packing.resolve_price``), read per
 hour for a deployment: every agent that holds at least one replica costs its price, and each
 replica adds ``[pricing] unit_prices`` (per resource-second, as for batch tasks) x its
-resources x 3600.  ``lower_bound_per_hour`` is the packer's bound
-(``framework.packing.bounds.cost_lower_bound``: Martello–Toth L2 / fractional cover) on the
-agents' cost of placing the desired replicas on the given agents, plus the same unit term.
+resources x 3600.  ``lower_bound_per_hour`` is the packer's bound on the agents' cost of
+placing the desired replicas on the given agents (``pack``'s ``Plan.lower_bound``: proven
+optimal plans give their cost; else the fractional cover / Martello–Toth L2 of
+``framework.packing.bounds``), plus the same unit term.
 Pure: no Mesos, no clock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from framework.packing import Agent, CostModel, Resources, TaskDemand
+from framework.packing import Agent, CostModel, PackingOptions, Resources, TaskDemand, pack
 from framework.packing.bounds import cost_lower_bound
 from framework.packing.compile import compile_problem
-from framework.serving.placement import ReplicaView
+from framework.serving.placement import ReplicaView, ServeSnapshot
 
 SECONDS_PER_HOUR = 3600.0
 NO_UNIT_PRICES = CostModel()
 NOTHING = Resources()
+BOUND_OPTIONS = PackingOptions(time_budget_s=0.2)
+"""The packer's search for the bound: long enough for its exact phase on a deployment's few replicas."""
 
 
 def unit_cost_per_hour(counts: Mapping[str, int], demands: Mapping[str, Resources], cost_model: CostModel) -> float:
@@ -50,11 +55,18 @@ def cost_per_hour(replicas: Iterable[ReplicaView], agent_prices: Mapping[str, fl
 
 def lower_bound_per_hour(desired: Mapping[str, int], agents: Sequence[Agent], demands: Mapping[str, Resources],
                          cost_model: CostModel = NO_UNIT_PRICES, executors: Mapping[str, Resources] | None = None,
-                         agent_reserve: Resources = NOTHING) -> float:
+                         agent_reserve: Resources = NOTHING, options: PackingOptions = BOUND_OPTIONS) -> float:
     """A lower bound on the hourly cost of any placement of ``desired`` replicas per member on
     ``agents`` (their whole capacity for us, see :func:`whole_agents`; every agent at its price,
     whether in use or not).  ``executors``: per member, its own executor's resources
-    (``per_model``); ``agent_reserve``: the shared executor's, taken off every agent."""
+    (``per_model``); ``agent_reserve``: the shared executor's, taken off every agent.
+
+    The bound is the packer's: ``pack``'s ``Plan.lower_bound`` when it places every replica (the
+    plan's cost itself when its exact phase proves the plan optimal, as on small deployments),
+    and never below ``cost_lower_bound`` (fractional cover / Martello–Toth L2) of all of them.
+    Within a time budget (``options``) a loaded machine may leave the weaker of the two; a
+    deterministic bound takes ``time_budget_s=math.inf`` (and a ``max_iterations`` cap).  It costs
+    a packing: compute it when the desired counts or the agents change, not per request."""
     executors = executors or {}
     tasks = [TaskDemand(f"{member}#{i}", member, demands[member], executors.get(member, Resources()))
              for member, count in sorted(desired.items()) for i in range(count)]
@@ -62,8 +74,11 @@ def lower_bound_per_hour(desired: Mapping[str, int], agents: Sequence[Agent], de
         return unit_cost_per_hour(desired, demands, cost_model) if tasks else 0.0
     fresh = [dataclasses.replace(a, in_use=False, loaded_models=frozenset(), running_tasks={},
                                  capacity=(a.capacity - agent_reserve).nonnegative()) for a in agents]
-    problem = compile_problem(tasks, fresh).problem
-    return cost_lower_bound(problem) + unit_cost_per_hour(desired, demands, cost_model)
+    bound = cost_lower_bound(compile_problem(tasks, fresh).problem)
+    plan = pack(tasks, fresh, NO_UNIT_PRICES, options)
+    if not plan.unplaced:
+        bound = max(bound, plan.lower_bound)
+    return bound + unit_cost_per_hour(desired, demands, cost_model)
 
 
 def whole_agents(offered: Sequence[Agent], replicas: Iterable[ReplicaView], demands: Mapping[str, Resources],
@@ -84,3 +99,43 @@ def whole_agents(offered: Sequence[Agent], replicas: Iterable[ReplicaView], dema
         agents.append(Agent(agent_id, (hostnames or {}).get(agent_id, agent_id), (), used[agent_id], {},
                             price=agent_prices[agent_id]))
     return agents
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """A deployment's cost per hour as placed, and the least any placement of its desired
+    replicas on the known agents could cost (for ``/metrics`` and the status page)."""
+
+    cost_per_hour: float
+    lower_bound_per_hour: float
+
+    @property
+    def ratio(self) -> float:
+        """Cost over its lower bound (1.0: no placement is cheaper; inf: a cost with a bound of 0)."""
+        if self.lower_bound_per_hour > 0:
+            return self.cost_per_hour / self.lower_bound_per_hour
+        return 1.0 if self.cost_per_hour <= 0 else math.inf
+
+
+def deployment_cost(snapshot: ServeSnapshot, agents: Sequence[Agent], default_price: float = 1.0,
+                    options: PackingOptions = BOUND_OPTIONS) -> CostReport:
+    """:func:`cost_per_hour` of the snapshot's replicas (draining ones too: they still hold their
+    agents) and :func:`lower_bound_per_hour` of its desired counts on ``agents`` made whole
+    (:func:`whole_agents`: the agents as last offered, plus what our replicas and executors hold
+    there).  An agent whose price is known neither from ``agents`` nor from the snapshot counts
+    ``default_price`` (``[pricing] default``)."""
+    prices = {r.agent_id: default_price for r in snapshot.replicas}
+    prices.update(snapshot.agent_prices)
+    prices.update({a.agent_id: a.price for a in agents})
+    demands = {r.member: NOTHING for r in snapshot.replicas}  # members no longer in the job
+    demands.update({m: t.demand for m, t in snapshot.targets.items()})
+    held: dict[str, Resources] = {}
+    for agent_id, members in snapshot.executors.items():
+        own = [snapshot.targets[m].executor for m in members if m in snapshot.targets]
+        held[agent_id] = sum(own, snapshot.agent_reserve)
+    whole = whole_agents(agents, snapshot.replicas, demands, prices, executors=held)
+    cost = cost_per_hour(snapshot.replicas, prices, demands, snapshot.cost_model)
+    bound = lower_bound_per_hour({m: t.desired for m, t in snapshot.targets.items()}, whole, demands,
+                                 snapshot.cost_model, {m: t.executor for m, t in snapshot.targets.items()},
+                                 snapshot.agent_reserve, options)
+    return CostReport(cost, bound)

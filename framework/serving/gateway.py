@@ -32,7 +32,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import aiohttp
 import numpy as np
@@ -43,7 +43,8 @@ from framework.ensemble import IntegrationError, MemberSpec
 from framework.serving.balancer import Balancer
 from framework.serving.batcher import BatchSent, MemberBatcher
 from framework.serving.combine import CombinerFactory, RequestCombiner
-from framework.serving.metrics import GatewayMetrics, LiveState, MemberLoad
+from framework.serving.autoscale import MemberLoad
+from framework.serving.metrics import GatewayMetrics, LiveState
 from framework.serving.routing import Replica, ReplicaTable
 
 NPY_TYPE = "application/x-npy"
@@ -133,9 +134,12 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"{where}: expected a number, got {json.dumps(value)[:40]}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
     if not math.isfinite(number):
-        raise BadRequest(f"{where}: expected a finite number, got {value}")
+        raise BadRequest(f"{where}: expected a finite number, got {str(value)[:40]}")
     return number
 
 
@@ -164,15 +168,12 @@ def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, b
             raise BadRequest("rows: expected a non-empty list of objects (column -> value)")
         matrix = np.empty((len(rows), len(columns)), dtype=np.float64)
         for r, row in enumerate(rows):
-            if not isinstance(row, dict):
-                raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
-            for name in row:
-                if name not in index:
-                    raise BadRequest(f"rows[{r}]: unknown column {name!r}; the feature columns are {_show(columns)}")
-            for c, name in enumerate(columns):
-                if name not in row:
-                    raise BadRequest(f"rows[{r}]: missing column {name!r}")
-                matrix[r, c] = _number(row[name], f"rows[{r}].{name}")
+            # Fast path: an object with exactly the columns, each a plain int or float.
+            values = [row.get(name) for name in columns] if type(row) is dict and len(row) == len(columns) else None
+            if values is None or not all(type(v) is float or type(v) is int for v in values) or not _fill(
+                    matrix, r, values):
+                _check_row(row, r, columns, index)  # raises, naming the column or value
+        _check_finite(matrix, lambda r, c: f"rows[{r}].{columns[c]}")
         return matrix, members
     if "columns" not in document or "data" not in document:
         raise BadRequest("body: expected \"rows\", or \"columns\" and \"data\"")
@@ -193,14 +194,48 @@ def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, b
     if not isinstance(data, list) or not data:
         raise BadRequest("data: expected a non-empty list of rows (lists of numbers)")
     order = [given.index(c) for c in columns]
+    in_order = order == list(range(len(columns)))
     matrix = np.empty((len(data), len(columns)), dtype=np.float64)
     for r, row in enumerate(data):
-        if not isinstance(row, list) or len(row) != len(given):
+        if type(row) is not list or len(row) != len(given):
             raise BadRequest(f"data[{r}]: expected a list of {len(given)} numbers (one per column), "
                              f"got {json.dumps(row)[:40]}")
-        for c, source in enumerate(order):
-            matrix[r, c] = _number(row[source], f"data[{r}][{source}] ({given[source]})")
+        values = row if in_order else [row[source] for source in order]
+        if not all(type(v) is float or type(v) is int for v in values) or not _fill(matrix, r, values):
+            for c, source in enumerate(order):
+                matrix[r, c] = _number(row[source], f"data[{r}][{source}] ({given[source]})")
+    _check_finite(matrix, lambda r, c: f"data[{r}][{order[c]}] ({given[order[c]]})")
     return matrix, members
+
+
+def _fill(matrix: np.ndarray, r: int, values: list[Any]) -> bool:
+    """Row ``r`` of ``matrix`` from plain numbers; False for an int too large for a float."""
+    try:
+        matrix[r] = values
+    except OverflowError:
+        return False
+    return True
+
+
+def _check_row(row: Any, r: int, columns: Sequence[str], index: Mapping[str, int]) -> None:
+    """BadRequest naming what is wrong with ``rows[r]``."""
+    if not isinstance(row, dict):
+        raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
+    for name in row:
+        if name not in index:
+            raise BadRequest(f"rows[{r}]: unknown column {name!r}; the feature columns are {_show(columns)}")
+    for name in columns:
+        if name not in row:
+            raise BadRequest(f"rows[{r}]: missing column {name!r}")
+        _number(row[name], f"rows[{r}].{name}")
+    raise BadRequest(f"rows[{r}]: expected numbers")  # not reached: _number raised
+
+
+def _check_finite(matrix: np.ndarray, where: Callable[[int, int], str]) -> None:
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        r, c = (int(i) for i in np.argwhere(bad)[0])
+        raise BadRequest(f"{where(r, c)}: expected a finite number, got {matrix[r, c]}")
 
 
 def rows_from_npy(body: bytes, columns: Sequence[str]) -> np.ndarray:
@@ -370,7 +405,7 @@ class Gateway:
         return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))
 
     def _batch_sent(self, member: str, sent: BatchSent) -> None:
-        self.metrics.batch_rows.labels(member).observe(sent.rows)
+        self.metrics.batch(member, sent.rows)
 
     def _live(self) -> dict[str, LiveState]:
         live = {}
@@ -378,7 +413,7 @@ class Gateway:
             counts = self.table.counts(m.name)
             batcher = self.batchers.get(m.name)
             live[m.name] = LiveState(queue_depth=batcher.queue_depth if batcher else 0,
-                                     in_flight=batcher.in_flight if batcher else 0,
+                                     in_flight=batcher.in_flight_requests if batcher else 0,
                                      replicas_ready=counts["ready"], replicas_draining=counts["draining"])
         return live
 
@@ -437,33 +472,37 @@ class Gateway:
             raise MemberUnavailable(f"member {member}: no ready replica")
         delay = self.balancer.hedge_delay(member)
         hedge_at = None if delay is None else loop.time() + delay
+        hedged = False
         try:
             while running:
                 timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
                 done, _pending = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # past the hedge delay: one more replica races it (once)
+                if not done:  # past the hedge delay: one more replica races it (once, within the budget)
                     hedge_at = None
-                    if launch():
-                        self.metrics.hedges.labels(member).inc()
+                    if self.balancer.may_hedge(member) and launch():
+                        hedged = True
+                        self.balancer.hedged(member)
+                        self.metrics.hedge(member)
                     continue
                 for task in done:
                     replica_id, started = running.pop(task)
                     exc = task.exception()
                     if exc is None:
                         self.balancer.succeeded(member, replica_id, loop.time() - started)
-                        self.metrics.replica_calls.labels(member, "ok").inc()
+                        self.metrics.replica_call(member, "ok")
                         return task.result()
                     self.balancer.failed(replica_id, loop.time())
-                    self.metrics.replica_calls.labels(member, "error").inc()
+                    self.metrics.replica_call(member, "error")
                     errors.append(str(exc))
                 if not running and launch():
-                    self.metrics.failovers.labels(member).inc()
+                    self.metrics.failover(member)
             raise MemberUnavailable(f"member {member}: " + "; ".join(errors))
         finally:
+            self.balancer.call_done(member, hedged)
             for task, (replica_id, started) in running.items():
                 task.cancel()
                 self.balancer.abandoned(replica_id, loop.time() - started)
-                self.metrics.replica_calls.labels(member, "cancelled").inc()
+                self.metrics.replica_call(member, "cancelled")
 
     def _forget_gone(self) -> None:
         version = self.table.version
@@ -499,12 +538,12 @@ class Gateway:
     async def _predict(self, request: web.Request) -> web.Response:
         started = time.monotonic()
         if self.draining:
-            self.metrics.requests.labels("unavailable").inc()
+            self.metrics.request("unavailable")
             return web.json_response({"error": "the gateway is draining"}, status=503)
         try:
             rows, want_members = await self._read(request)
         except BadRequest as exc:
-            self.metrics.requests.labels("bad_request").inc()
+            self.metrics.request("bad_request")
             return web.json_response({"error": str(exc)}, status=400)
         names = [m.name for m in self.members]
         parts = [rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
@@ -523,11 +562,11 @@ class Gateway:
             records = self.combiner.combine(outputs, rows)
             answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
         except IntegrationError as exc:
-            self.metrics.requests.labels("unavailable").inc()
+            self.metrics.request("unavailable")
             return web.json_response({"error": str(exc), "answered_by": answered, "missing": missing,
                                       "errors": errors}, status=503)
         except ValueError as exc:  # a member's output the combiner cannot take
-            self.metrics.requests.labels("error").inc()
+            self.metrics.request("error")
             return web.json_response({"error": f"integration failed: {exc}", "answered_by": answered,
                                       "missing": missing}, status=500)
         if want_members:
@@ -535,8 +574,7 @@ class Gateway:
         answer["answered_by"], answer["missing"] = answered, missing
         if errors:
             answer["errors"] = errors
-        self.metrics.requests.labels("degraded" if missing else "ok").inc()
-        self.metrics.request_seconds.observe(time.monotonic() - started)
+        self.metrics.request("degraded" if missing else "ok", time.monotonic() - started)
         return web.json_response(answer)
 
     async def _health(self, request: web.Request) -> web.Response:

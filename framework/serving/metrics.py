@@ -11,12 +11,15 @@ not share counters). Names (all prefixed ``mesos_ensemble_``):
 * ``replica_calls_total{member,outcome}``: calls to replicas (``ok``, ``error``, ``cancelled``:
   lost a hedge race), ``hedges_total{member}``, ``failovers_total{member}``,
   ``batch_rows{member}`` (histogram of rows per call);
-* gauges ``queue_depth{member}`` (requests waiting for a batch), ``in_flight{member}`` (calls at
-  replicas), ``replicas{member,state}`` (ready, draining), ``cost_per_hour`` and
+* gauges ``queue_depth{member}`` (requests waiting for a batch), ``in_flight{member}`` (requests
+  in batches at replicas), ``replicas{member,state}`` (ready, draining), ``cost_per_hour`` and
   ``cost_lower_bound_per_hour`` (set by the controller).
 
-:meth:`GatewayMetrics.load_samples` gives the autoscaler one :class:`MemberLoad` per member over
-the last ``window_s`` seconds.
+:meth:`GatewayMetrics.load_samples` gives the autoscaler one
+:class:`~framework.serving.autoscale.MemberLoad` per member over the last ``window_s`` seconds:
+``rate_rps`` (requests for the member per second), ``queue_depth`` (requests waiting for a batch
+now), ``in_flight`` (requests in batches at its replicas now), ``p99_ms`` (the member's latency, queueing
+included; 0 without requests), ``replicas_ready``.
 """
 
 from __future__ import annotations
@@ -25,43 +28,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from framework.serving.autoscale import MemberLoad
 from framework.serving.balancer import percentile
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
                    0.75, 1.0, 2.5, 5.0, 10.0, float("inf"))
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, float("inf"))
 DEFAULT_WINDOW_S = 10.0
-
-
-@dataclass(frozen=True)
-class MemberLoad:
-    """One member's load over the gateway's last window (what the autoscaler decides from).
-
-    Attributes
-    ----------
-    member : str
-    rate_rps : float
-        Requests for the member per second.
-    queue_depth : int
-        Requests waiting for a batch now.
-    in_flight : int
-        Calls at its replicas now.
-    p99_ms : float
-        99th percentile of the member's latency (queueing included), 0.0 without requests.
-    replicas_ready : int
-        Replicas taking new work now.
-    """
-
-    member: str
-    rate_rps: float
-    queue_depth: int
-    in_flight: int
-    p99_ms: float
-    replicas_ready: int
 
 
 class LoadWindow:
@@ -134,7 +111,7 @@ class GatewayMetrics:
         self.batch_rows = Histogram("mesos_ensemble_batch_rows", "Rows per call to a replica", ["member"],
                                     buckets=ROW_BUCKETS, registry=r)
         self.queue_depth = Gauge("mesos_ensemble_queue_depth", "Requests waiting for a batch", ["member"], registry=r)
-        self.in_flight = Gauge("mesos_ensemble_in_flight", "Calls at replicas", ["member"], registry=r)
+        self.in_flight = Gauge("mesos_ensemble_in_flight", "Requests in batches at replicas", ["member"], registry=r)
         self.replicas = Gauge("mesos_ensemble_replicas", "Replicas by state", ["member", "state"], registry=r)
         self.cost_per_hour = Gauge("mesos_ensemble_cost_per_hour", "The deployment's cost per hour", registry=r)
         self.cost_lower_bound_per_hour = Gauge("mesos_ensemble_cost_lower_bound_per_hour",
@@ -142,6 +119,7 @@ class GatewayMetrics:
         for outcome in ("ok", "degraded", "bad_request", "unavailable", "error"):
             self.requests.labels(outcome)
         now = clock()
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
         self._windows = {m: LoadWindow(window_s, now) for m in self.members}
         for m in self.members:
@@ -152,14 +130,41 @@ class GatewayMetrics:
                 self.replicas.labels(m, state)
 
     # Written by the gateway -----------------------------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once (the hot path counts every request)."""
+        key = (id(metric),) + labels
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request(self, outcome: str, seconds: float | None = None) -> None:
+        """A client request ended with ``outcome`` (its latency counts when answered)."""
+        self._child(self.requests, outcome).inc()
+        if seconds is not None:
+            self.request_seconds.observe(seconds)
+
+    def replica_call(self, member: str, outcome: str) -> None:
+        """A call to a replica of ``member`` ended: ``ok``, ``error`` or ``cancelled``."""
+        self._child(self.replica_calls, member, outcome).inc()
+
+    def hedge(self, member: str) -> None:
+        self._child(self.hedges, member).inc()
+
+    def failover(self, member: str) -> None:
+        self._child(self.failovers, member).inc()
+
+    def batch(self, member: str, rows: int) -> None:
+        self._child(self.batch_rows, member).observe(rows)
+
     def member_arrived(self, member: str) -> None:
         with self._lock:
             self._windows[member].arrived(self.clock())
 
     def member_answered(self, member: str, seconds: float, ok: bool) -> None:
-        self.member_requests.labels(member, "ok" if ok else "failed").inc()
+        self._child(self.member_requests, member, "ok" if ok else "failed").inc()
         if ok:
-            self.member_seconds.labels(member).observe(seconds)
+            self._child(self.member_seconds, member).observe(seconds)
         with self._lock:
             self._windows[member].answered(self.clock(), seconds)
 
@@ -179,7 +184,7 @@ class GatewayMetrics:
 
     # Read -----------------------------------------------------------------------------------
     def load_samples(self, live: Mapping[str, LiveState]) -> dict[str, MemberLoad]:
-        """One :class:`MemberLoad` per member over the last window."""
+        """One ``MemberLoad`` per member over the last window."""
         now = self.clock()
         with self._lock:
             rates = {m: w.rate(now) for m, w in self._windows.items()}

@@ -20,10 +20,12 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
    loaded executor (no executor resources, no cold start); other agents lose the shared
    executor's reserve, as in a batch round.
 3. **re-pack**, when the deployment is settled (nothing to launch, nothing starting or
-   draining) and ``now`` has passed ``repack_not_before``: for the most expensive agent in use
-   whose replicas the other offered agents can take for less than its price (agents in use
-   count 0), those replicas are started there first, each naming the one it replaces; step 1a
-   drains the old ones once the new ones are ready, and the agent is released.
+   draining) and ``now`` has passed ``repack_not_before``: for a group of agents in use whose
+   replicas the other offered agents can take for less than the group's price (agents in use
+   count 0) -- the agents a fresh placement of every replica would leave out, else the most
+   expensive single agent that can be emptied so -- those replicas are started elsewhere first,
+   each naming the one it replaces; step 1a drains the old ones once the new ones are ready, and
+   the agents are released.  Each re-pack lowers the cost, so re-packs end.
 
 No Mesos, threads, locks or clock here: the time is the ``now`` argument.
 """
@@ -42,6 +44,8 @@ ReplicaState = Literal["starting", "running", "draining"]
 LaunchReason = Literal["scale_up", "update", "repack"]
 DrainReason = Literal["scale_down", "update", "repack", "removed"]
 EPS = 1e-9
+REPACK_SINGLE_AGENTS = 3
+"""A re-pack tries to empty at most this many agents alone (the most expensive), one packing each."""
 
 
 def replica_demand(cpus: float, mem: float, disk: float = 0.0, gpus: float = 0.0) -> Resources:
@@ -143,6 +147,9 @@ class ServeDecision:
     """The packer's account of each unplaced replica."""
     repacked: bool = False
     """A re-pack started (the controller moves ``repack_not_before`` forward)."""
+    repack_checked: bool = False
+    """A re-pack was looked for (started or not: it costs a few packings, so the controller
+    should move ``repack_not_before`` forward after a check too, not only after a re-pack)."""
 
 
 def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> ServeDecision:
@@ -172,7 +179,9 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     else:
         unplaced.update(missing)
     repacked = False
-    if not tasks and not drains and now >= snapshot.repack_not_before and _settled(snapshot):
+    checked = bool(not tasks and not drains and prepared and now >= snapshot.repack_not_before
+                   and _settled(snapshot))
+    if checked:
         moves = _repack(snapshot, prepared, prices)
         if moves:
             repacked = True
@@ -182,7 +191,8 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     return ServeDecision(
         launches=tuple(launches), drains=tuple(drains),
         released_agents=_released(snapshot, drained, launches),
-        unused_agents=declined, unplaced=dict(unplaced), reasons=tuple(reasons), repacked=repacked)
+        unused_agents=declined, unplaced=dict(unplaced), reasons=tuple(reasons), repacked=repacked,
+        repack_checked=checked)
 
 
 def _prices(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> dict[str, float]:
@@ -306,28 +316,53 @@ def _settled(snapshot: ServeSnapshot) -> bool:
 
 
 def _repack(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float]) -> list[ReplicaLaunch]:
-    """Replacements for every replica of the most expensive agent in use that the other offered
-    agents take for less than its price (empty: no such agent)."""
+    """Replacements for every replica of a group of agents in use that the other offered agents
+    take for less than the group's price (empty: no such group).  Groups tried: the agents in use
+    that a fresh placement of every replica on all the agents (made whole) leaves out, then each
+    agent in use alone, the most expensive first (at most REPACK_SINGLE_AGENTS of them)."""
     on_agent: dict[str, list[ReplicaView]] = defaultdict(list)
     for replica in snapshot.replicas:
         on_agent[replica.agent_id].append(replica)
-    for agent_id in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a)):
-        price = prices.get(agent_id, 0.0)
-        if price <= EPS:
-            break
-        others = [a for a in prepared if a.agent_id != agent_id]
-        if not others:
+    groups = [_left_out(snapshot, prepared, prices, on_agent)]
+    groups += [(a,) for a in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a))[:REPACK_SINGLE_AGENTS]]
+    for group in groups:
+        price = sum(prices.get(a, 0.0) for a in group)
+        others = [a for a in prepared if a.agent_id not in group]
+        if price <= EPS or not others:
             continue
-        moving = sorted(on_agent[agent_id], key=lambda r: r.replica_id)
-        tasks = [TaskDemand(r.replica_id, r.member, snapshot.targets[r.member].demand,
-                            snapshot.targets[r.member].executor, snapshot.targets[r.member].constraints)
-                 for r in moving]
-        plan = pack(tasks, others, CostModel(), snapshot.packing)
+        moving = sorted((r for a in group for r in on_agent[a]), key=lambda r: r.replica_id)
+        plan = pack([_demand(snapshot, r.replica_id, r.member) for r in moving], others, CostModel(), snapshot.packing)
         if plan.unplaced or plan.cost >= price * (1.0 - snapshot.repack_min_saving) - EPS:
             continue
         where = {task_id: a for a, task_ids in plan.assignments.items() for task_id in task_ids}
         return [_launch(snapshot, r.member, where[r.replica_id], "repack", replaces=r.replica_id) for r in moving]
     return []
+
+
+def _demand(snapshot: ServeSnapshot, task_id: str, member: str) -> TaskDemand:
+    target = snapshot.targets[member]
+    return TaskDemand(task_id, member, target.demand, target.executor, target.constraints)
+
+
+def _left_out(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float],
+              on_agent: Mapping[str, list[ReplicaView]]) -> tuple[str, ...]:
+    """The agents in use that a fresh placement of all the replicas leaves out: every agent at
+    its price with its free capacity plus what our replicas hold there (an agent in use that
+    offers nothing now: what they hold)."""
+    held: dict[str, Resources] = defaultdict(Resources)
+    for agent_id, replicas in on_agent.items():
+        for replica in replicas:
+            held[agent_id] = held[agent_id] + snapshot.targets[replica.member].demand
+    whole = [dataclasses.replace(a, in_use=False, capacity=a.capacity + held.get(a.agent_id, Resources()))
+             for a in prepared]
+    offered = {a.agent_id for a in prepared}
+    whole += [Agent(a, a, (), held[a], {}, price=prices.get(a, 0.0),
+                    loaded_models=snapshot.executors.get(a, frozenset())) for a in sorted(set(held) - offered)]
+    tasks = [_demand(snapshot, r.replica_id, r.member) for a in sorted(on_agent) for r in on_agent[a]]
+    plan = pack(tasks, whole, CostModel(), snapshot.packing)
+    if plan.unplaced:
+        return ()
+    return tuple(sorted(set(on_agent) - set(plan.assignments)))
 
 
 def _released(snapshot: ServeSnapshot, drained: set[str], launches: Sequence[ReplicaLaunch]) -> tuple[str, ...]:

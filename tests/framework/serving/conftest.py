@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serving_helpers import ModelReplica  # noqa: E402
 
 from framework.ensemble import MemberSpec  # noqa: E402
-from framework.serving.combine import combiner_factory  # noqa: E402
+from framework.serving.combine import CombinerFactory, combiner_factory  # noqa: E402
 from framework.serving.gateway import Gateway, GatewayOptions  # noqa: E402
 from framework.serving.routing import Replica, ReplicaTable  # noqa: E402
 
@@ -86,8 +86,10 @@ class Deployer:
     def __init__(self) -> None:
         self.started: list[Any] = []
 
-    def __call__(self, members: Sequence[tuple[MemberSpec, Any, int]], integration: str, columns: Sequence[str],
-                 min_members: int | None = None, **options: Any) -> Deployment:
+    def __call__(self, members: Sequence[tuple[MemberSpec, Any, int]], integration: str | CombinerFactory,
+                 columns: Sequence[str], min_members: int | None = None, **options: Any) -> Deployment:
+        """``members``: (spec, fitted model, number of replicas); ``integration``: a method's name,
+        or the combiner factory (a method with parameters: stacking's fitted model)."""
         table = ReplicaTable()
         replicas: dict[str, list[ModelReplica]] = {}
         for spec, model, count in members:
@@ -97,7 +99,8 @@ class Deployer:
                 replicas.setdefault(spec.name, []).append(replica)
                 table.add(Replica(f"{spec.name}-{i}", spec.name, replica.url, f"agent-{i}", f"sha-{spec.name}"))
         gateway = Gateway(GatewayOptions(**options), [s for s, _m, _c in members], table,
-                          combiner_factory(integration), columns=columns, min_members=min_members)
+                          combiner_factory(integration) if isinstance(integration, str) else integration,
+                          columns=columns, min_members=min_members)
         gateway.start("127.0.0.1", 0)
         self.started.append(gateway)
         return Deployment(gateway, table, replicas)

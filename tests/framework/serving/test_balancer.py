@@ -101,3 +101,20 @@ def test_bad_settings_are_refused():
         Balancer(hedge_min_s=-1)
     with pytest.raises(ValueError):
         Balancer(window=0)
+
+
+def test_hedges_stay_within_their_budget():
+    b = Balancer(hedge_budget=0.1)
+    assert b.may_hedge("m")  # the first hedge is always allowed
+    b.hedged("m")
+    assert not b.may_hedge("m")  # one in progress, no calls measured yet
+    b.call_done("m", hedged=True)
+    for _ in range(9):
+        b.call_done("m", hedged=False)
+    assert not b.may_hedge("m")  # 1 of 10 calls hedged: the budget is spent
+    for _ in range(10):
+        b.call_done("m", hedged=False)
+    assert b.may_hedge("m")      # 1 of 20
+    assert b.may_hedge("other")  # budgets are per member
+    with pytest.raises(ValueError):
+        Balancer(hedge_budget=1.5)

@@ -129,7 +129,8 @@ def test_batches_in_flight_are_limited_and_the_queue_grows_meanwhile():
             await asyncio.sleep(0)
         for _ in range(20):
             await asyncio.sleep(0)
-        assert batcher.in_flight == 2 and len(model.batches) == 2 and batcher.queue_depth == 3
+        assert batcher.in_flight == batcher.in_flight_requests == 2 and len(model.batches) == 2
+        assert batcher.queue_depth == 3
         model.gate.set()
         answers = await asyncio.gather(*tasks)
         assert [a.tolist() for a in answers] == [[1.5 * i] for i in range(5)]
@@ -166,3 +167,30 @@ def test_bad_submissions_and_settings():
     asyncio.run(run())
     with pytest.raises(ValueError):
         MemberBatcher("m", Model(), max_batch_rows=0, max_wait_s=0.0)
+
+
+def test_an_idle_member_sends_at_once_and_a_busy_one_gathers_a_batch():
+    async def run() -> None:
+        model = Model()
+        batcher = MemberBatcher("m", model, max_batch_rows=100, max_wait_s=3600.0)
+        batcher.start()
+        rows = np.arange(6.0).reshape(2, 3)
+        # Nothing out: no waiting for company (a wait of max_wait_s would be an hour).
+        assert np.array_equal(await asyncio.wait_for(batcher.submit(rows), 60), model.expected(rows))
+        model.gate = asyncio.Event()
+        first = asyncio.create_task(batcher.submit(rows))
+        while not batcher.in_flight:
+            await asyncio.sleep(0)
+        # A batch is out: the next requests wait for more rows (up to max_wait_s or a full batch).
+        waiting = [asyncio.create_task(batcher.submit(rows + i)) for i in range(3)]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert batcher.queue_depth == 3 and model.batches == [2, 2]
+        model.gate.set()
+        await first
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert batcher.queue_depth == 0 and model.batches == [2, 2, 6]  # idle again: sent at once, together
+        assert [np.array_equal(await w, model.expected(rows + i)) for i, w in enumerate(waiting)] == [True] * 3
+        await batcher.close()
+    asyncio.run(run())

@@ -376,3 +376,49 @@ def test_bad_requests_are_400_with_one_line_naming_what_is_wrong(deploy, cancer,
     assert d.replica("tree").calls == 0
     samples = metric_samples(d.url)
     assert samples[("mesos_ensemble_requests_total", (("outcome", "bad_request"),))] == len(cases)
+
+
+def test_reading_json_rows_and_columns_directly():
+    from framework.serving.gateway import BadRequest, rows_from_json
+
+    columns = ("a", "b", "c")
+    matrix, members = rows_from_json({"rows": [{"c": 3, "a": 1.5, "b": -2}, {"a": 0, "b": 1e300, "c": 0.1}]}, columns)
+    assert matrix.tolist() == [[1.5, -2.0, 3.0], [0.0, 1e300, 0.1]] and members is False
+    same, members = rows_from_json({"columns": ["c", "a", "b"], "data": [[3, 1.5, -2], [0.1, 0, 1e300]],
+                                    "members": True}, columns)
+    assert np.array_equal(same, matrix) and members is True
+    for document, message in [
+        ({"rows": [{"a": 1, "b": 2, "c": 10 ** 400}]}, "rows[0].c: expected a finite number"),
+        ({"rows": [{"a": 1, "b": 2, "d": 3}]}, "rows[0]: unknown column 'd'"),
+        ({"rows": [{"a": 1, "b": None, "c": 3}]}, "rows[0].b: expected a number, got null"),
+        ({"rows": [{"a": 1, "b": "2", "c": 3}]}, "rows[0].b: expected a number, got \"2\""),
+        ({"rows": [[1, 2, 3]]}, "rows[0]: expected an object"),
+        ({"columns": ["c", "a", "b"], "data": [[1, 2, float("inf")]]}, "data[0][2] (b): expected a finite number"),
+        ({"columns": ["c", "a", "b"], "data": [[1, False, 3]]}, "data[0][1] (a): expected a number, got false"),
+    ]:
+        with pytest.raises(BadRequest) as caught:
+            rows_from_json(document, columns)
+        assert message in str(caught.value), (message, str(caught.value))
+
+
+def test_stacking_with_passthrough_answers_equal_stacking_classifier(deploy, cancer):
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from framework.ensemble import fit_stacking_locally
+    from framework.serving.combine import combiner_factory
+
+    estimators = {n: classifiers()[n] for n in ("tree", "nb")}
+    final = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    reference = StackingClassifier(list(estimators.items()), final_estimator=final, passthrough=True)
+    reference.fit(cancer.X, cancer.y)
+    model, fitted = fit_stacking_locally(estimators, cancer.X, cancer.y, "classifier", passthrough=True,
+                                         final_estimator=final)
+    members = [(spec_for(n, fitted[n], meth), fitted[n], 1) for n, meth in zip(model.members, model.stack_methods)]
+    d = deploy(members, combiner_factory("stacking", model=model), cancer.columns)
+    X = cancer.X[120:160]
+    status, answer = post(f"{d.url}/v1/predict", npy(X), NPY)
+    assert status == 200, answer
+    assert_soft_vote(answer, reference.predict(X), reference.predict_proba(X), ["benign", "malignant"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from framework.serving.metrics import GatewayMetrics, LiveState, LoadWindow, MemberLoad
+from framework.serving.autoscale import MemberLoad
+from framework.serving.metrics import GatewayMetrics, LiveState, LoadWindow
 
 
 def test_a_load_window_keeps_the_last_window_s_seconds():

@@ -15,10 +15,15 @@ from framework.serving.spec import ReplicaBounds, ServeSpec, ServeSpecError, par
 
 @pytest.fixture(scope="module")
 def demo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The founding example without the ``[serve]`` table train-demo writes (the tests add their own)."""
+    """The demo's job file without any [serve] table of its own."""
     job = train_demo(tmp_path_factory.mktemp("serve-demo"))
-    text = job.read_text()
-    job.write_text(text[:text.index("\n# mesos-ensemble serve job.toml")] + "\n")
+    kept, skipping = [], False
+    for line in job.read_text().splitlines():
+        if line.lstrip().startswith("["):
+            skipping = line.lstrip().startswith("[serve")
+        if not skipping:
+            kept.append(line)
+    job.write_text("\n".join(kept) + "\n")
     return job
 
 
