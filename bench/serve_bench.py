@@ -800,6 +800,9 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
     print(f"\n== figures (targets of issue 15; load average {os.getloadavg()[0]:.1f})")
     for name, rate in best.items():
         print(f"max rate at p99 <= {s.target_ms:g} ms: {name} {rate:.1f} rps")
+    if not any(best.values()):
+        print(f"no side met the SLO at the starting rate ({s.start_rate:g} rps): a busy machine? "
+              "--start-rate lower or --target-p99-ms higher measures the rest")
     if "project" in best and "baseline" in best and best["baseline"] > 0:
         print(f"max rate at SLO, project / baseline = {best['project'] / best['baseline']:.2f} (target >= 1)")
     if "project" in half and "baseline" in half:
