@@ -5,6 +5,7 @@ and the job's Parquet output, written from the integrated result chunk by chunk.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +22,23 @@ from framework.readers import rebatch
 def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
     """Turn a terminal update's data into the task's output array (checking its sha256) and
     what the task cost, as its executor measured it."""
+    decoded = decode_result_npy(server, task_id, data_b64)
+    return decoded.output, decoded.usage
+
+
+@dataclass(frozen=True)
+class DecodedResult:
+    """A finished task's output, its ``.npy`` bytes and their (checked) sha256, and its usage."""
+
+    output: np.ndarray
+    npy: bytes
+    sha256: str
+    usage: TaskUsage | None
+
+
+def decode_result_npy(server: ArtifactServer, task_id: str, data_b64: str | None) -> DecodedResult:
+    """:func:`decode_result`, keeping the checked ``.npy`` bytes and sha256 (the journal stores
+    those bytes as they are: no second encoding, no second checksum)."""
     if not data_b64:
         raise ValueError("TASK_FINISHED carried no result data")
     envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
@@ -34,7 +52,7 @@ def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) ->
         path.unlink()
     if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
         raise ValueError(f"result of {task_id} failed its sha256/size check")
-    return npy_to_array(npy), envelope.usage
+    return DecodedResult(npy_to_array(npy), npy, envelope.sha256, envelope.usage)
 
 
 PARQUET_CHUNK_ROWS = 65536
