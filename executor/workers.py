@@ -50,8 +50,10 @@ PARALLEL_ENOUGH = 1.4
 """Two probe predictions on two threads at once that end less than this many times sooner than
 one after the other serialise (on the GIL): the model's predictions go to worker processes."""
 
-PROBE_SECONDS = 0.08
-"""How long one probe prediction should take (its rows are scaled from a first small call)."""
+PROBE_SECONDS = 0.03
+"""How long one probe prediction should take (its rows are scaled from a first small call).  The
+probe's 9 calls cost each model about 9x this in CPU before its first task computes: at 0.08 s
+they were most of a small job's executor start (profiled on ``bench/tiny_tasks_bench.py``)."""
 
 PROBE_MIN_ROWS = 64
 
@@ -200,6 +202,9 @@ class PredictionPool:
         self._workers: list[Worker] = []
         self._free = threading.Condition()
         self._probing: dict[tuple[str, str], threading.Lock] = {}
+        self._one_probe = threading.Lock()
+        """One model probes at a time: two probes at once (four threads) would each see the other's
+        threads as contention and send both models to processes."""
         self._closed = False
         self._forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fork")
 
@@ -223,7 +228,8 @@ class PredictionPool:
             lock = self._probing.setdefault(key, threading.Lock())
         with lock:
             if key not in self.modes:
-                self.modes[key] = self._choose(key, payload, model, shard)
+                with self._one_probe:
+                    self.modes[key] = self._choose(key, payload, model, shard)
             return self.modes[key]
 
     def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
