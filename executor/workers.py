@@ -50,10 +50,11 @@ PARALLEL_ENOUGH = 1.4
 """Two probe predictions on two threads at once that end less than this many times sooner than
 one after the other serialise (on the GIL): the model's predictions go to worker processes."""
 
-PROBE_SECONDS = 0.03
+PROBE_SECONDS = 0.08
 """How long one probe prediction should take (its rows are scaled from a first small call).  The
-probe's 9 calls cost each model about 9x this in CPU before its first task computes: at 0.08 s
-they were most of a small job's executor start (profiled on ``bench/tiny_tasks_bench.py``)."""
+probe's 9 calls cost each model about 9x this in CPU before its first task computes (most of a
+small job's executor start, profiled on ``bench/tiny_tasks_bench.py``); 0.03 s was tried and
+measured a GIL-bound model as 4x faster on two threads on a loaded machine: too noisy."""
 
 PROBE_MIN_ROWS = 64
 
