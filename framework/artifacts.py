@@ -100,6 +100,14 @@ class ArtifactServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("artifact server: %s", server.redact(format % args))
 
+            def handle(self) -> None:
+                # Executors keep their connections open between downloads: one that dies (killed
+                # with its job) resets it, which is no error of the server's worth a traceback.
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    self.close_connection = True
+
             def _route(self) -> tuple[str, str] | None:
                 parts = self.path.split("?", 1)[0].split("/", 3)
                 if len(parts) == 3 and parts[0] == "" and parts[1] == "public":
