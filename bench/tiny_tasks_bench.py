@@ -163,6 +163,7 @@ def main() -> None:
             profiler = cProfile.Profile()
         print(f"{'job':<10}{'rows/shard':>11}{'tasks':>7}{'wall s':>9}{'limit s':>9}{'/limit':>8}"
               f"{'/joblib':>9}{'/joblib tiny':>13}{'ms/task':>9}{'mesos tasks':>12}")
+        overheads: dict[str, tuple[float, int]] = {}  # job -> (wall - limit, items)
         for name, shard_rows in jobs.items():
             per_shard = rows_by_job[name]
             compute, t_joblib, labels = baselines[per_shard]
@@ -186,9 +187,17 @@ def main() -> None:
             wall, outcome = best
             limit = compute / args.cores
             overhead_ms = (wall - limit) * args.cores / tasks * 1000
+            overheads[name] = (wall - limit, tasks)
             print(f"{name:<10}{per_shard:>11}{tasks:>7}{wall:>9.2f}{limit:>9.2f}{wall / limit:>8.2f}"
                   f"{wall / t_joblib:>9.2f}{wall / t_tiny_joblib:>13.2f}{overhead_ms:>9.2f}"
                   f"{outcome.mesos_tasks:>12}")
+        if len(overheads) == 2 and overheads["explicit"][1] != overheads["default"][1]:
+            (extra_e, items_e), (extra_d, items_d) = overheads["explicit"], overheads["default"]
+            marginal = (extra_e - extra_d) * args.cores / (items_e - items_d) * 1000
+            print(f"overhead per work item: {overheads['explicit'][0] * args.cores / items_e * 1000:.2f} ms with the "
+                  f"job's fixed start spread over its {items_e} items; {marginal:.2f} ms per item beyond the fixed "
+                  f"start (the two jobs' overheads, (wall - limit) x cores, differ by this per extra item); fixed "
+                  f"start about {max(0.0, extra_d - marginal / 1000 * items_d / args.cores):.2f} s of wall")
         print("ms/task = (wall - physical limit) x cores / tasks; /joblib: against joblib over the same shards; "
               f"/joblib tiny: against joblib over {args.shard_rows}-row shards.  Labels identical to the "
               f"in-process soft vote in every run.  {load_average()}")

@@ -8,11 +8,16 @@ and turns any exception into TASK_FAILED through :func:`report_failure`: a :clas
 from __future__ import annotations
 
 import hashlib
+import http.client
+import os
 import sys
 import threading
 import time
 import traceback
+import urllib.error
+import urllib.parse
 import urllib.request
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -74,6 +79,76 @@ def http_download(url: str) -> bytes:
         return response.read()
 
 
+_DOWNLOADERS: "weakref.WeakSet[KeptAliveDownloads]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for downloads in list(_DOWNLOADERS):
+        downloads._forget_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class KeptAliveDownloads:
+    """GET over kept-alive HTTP/1.1 connections (a few per server, shared by the executor's
+    threads): a new connection per shard (and a new server thread for it) was a visible part of
+    a small task's cost.  Other schemes go through :func:`http_download`."""
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        self._idle: dict[tuple[str, int], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        _DOWNLOADERS.add(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: drop the parent's connections without closing them (their sockets
+        are the parent's; the child closes inherited descriptors itself)."""
+        self._lock = threading.Lock()
+        for connections in self._idle.values():
+            for connection in connections:
+                if connection.sock is not None:
+                    connection.sock.detach()
+                    connection.sock = None
+        self._idle = {}
+
+    def __call__(self, url: str) -> bytes:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return http_download(url)
+        key = (parts.hostname, parts.port or 80)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        with self._lock:
+            kept = self._idle.get(key, [])
+            connection = kept.pop() if kept else None
+        if connection is not None:
+            try:
+                return self._get(key, connection, url, target)
+            except urllib.error.HTTPError:  # an answer (an OSError too): not worth a second try
+                raise
+            except (OSError, http.client.HTTPException):  # the server closed it meanwhile: once more, anew
+                pass
+        return self._get(key, http.client.HTTPConnection(*key, timeout=self.timeout), url, target)
+
+    def _get(self, key: tuple[str, int], connection: http.client.HTTPConnection, url: str, target: str) -> bytes:
+        try:
+            connection.request("GET", target)
+            response = connection.getresponse()
+            data = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        if response.status != 200:
+            connection.close()
+            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
+        if response.will_close:
+            connection.close()
+        else:
+            with self._lock:
+                self._idle.setdefault(key, []).append(connection)
+        return data
+
+
 UNPICKLING = threading.Lock()
 """One model load at a time per process: unpickling imports modules, and two threads importing
 parts of one package at once can deadlock on CPython's module locks (seen with a forest and a
@@ -93,8 +168,8 @@ class SandboxCache:
     Thread-safe: concurrent tasks that need the same file wait for one download.
     """
 
-    def __init__(self, sandbox: Path, download: Downloader = http_download) -> None:
-        self.sandbox, self.download = sandbox, download
+    def __init__(self, sandbox: Path, download: Downloader | None = None) -> None:
+        self.sandbox, self.download = sandbox, download or KeptAliveDownloads()
         self._models: dict[tuple[str, str], Any] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()

@@ -51,7 +51,10 @@ PARALLEL_ENOUGH = 1.4
 one after the other serialise (on the GIL): the model's predictions go to worker processes."""
 
 PROBE_SECONDS = 0.08
-"""How long one probe prediction should take (its rows are scaled from a first small call)."""
+"""How long one probe prediction should take (its rows are scaled from a first small call).  The
+probe's 9 calls cost each model about 9x this in CPU before its first task computes (most of a
+small job's executor start, profiled on ``bench/tiny_tasks_bench.py``); 0.03 s was tried and
+measured a GIL-bound model as 4x faster on two threads on a loaded machine: too noisy."""
 
 PROBE_MIN_ROWS = 64
 
@@ -202,6 +205,9 @@ class PredictionPool:
         self._workers: list[Worker] = []
         self._free = threading.Condition()
         self._probing: dict[tuple[str, str], threading.Lock] = {}
+        self._one_probe = threading.Lock()
+        """One model probes at a time: two probes at once (four threads) would each see the other's
+        threads as contention and send both models to processes."""
         self._closed = False
         self._forker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fork")
 
@@ -230,7 +236,8 @@ class PredictionPool:
             lock = self._probing.setdefault(key, threading.Lock())
         with lock:
             if key not in self.modes:
-                self.modes[key] = self._choose(key, payload, model, sample)
+                with self._one_probe:
+                    self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
 
     def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray) -> tuple[np.ndarray, TaskUsage]:

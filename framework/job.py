@@ -41,7 +41,7 @@ from framework.preflight import (LOCAL_AGENT_DEFAULTS, check_job, check_non_fini
 from framework.progress import JobProgress, as_progress
 from framework.readers import open_table
 from framework.report_data import RoundRecorder, attempts_from_journal, classifier_curves, run_data
-from framework.results import decode_result, write_parquet_output
+from framework.results import DecodedResult, decode_result_npy, write_parquet_output
 from framework.scheduler import EnsembleScheduler, EventKind, OfferPolicy, SchedulerEvent, describe_driver_abort
 from framework.sources import JoinedData, join_sources
 from framework.stacking_run import fit_stacking
@@ -59,6 +59,9 @@ SUBSCRIBE_TIMEOUT_SECONDS = 30.0
 
 SPECULATION_CHECK_SECONDS = 0.5
 """How often the job looks for stragglers that deserve a backup copy."""
+
+RESULT_BATCH = 256
+"""At most this many queued events handled at once (their results journalled in one transaction)."""
 
 TEMPORARY_WORK_DIR_PREFIX = "mesos-ensemble-"
 
@@ -634,7 +637,47 @@ class JobRunner:
                 if not str(error).startswith("Failed with HTTP"):
                     raise
                 raise JobFailed(describe_driver_abort(error)) from None
-            self._handle(event, scheduler, driver, server, on_result, on_member_failed)
+            events = [event]  # and whatever else is queued: their results are journalled together
+            while len(events) < RESULT_BATCH:
+                try:
+                    events.append(scheduler.events.get_nowait())
+                except queue.Empty:
+                    break
+            finished: list[SchedulerEvent] = []
+            for event in events:
+                if event.kind is EventKind.FINISHED:
+                    finished.append(event)
+                    continue
+                self._handle_finished(finished, scheduler, driver, server, on_result)
+                finished = []
+                self._handle(event, scheduler, driver, server, on_result, on_member_failed)
+            self._handle_finished(finished, scheduler, driver, server, on_result)
+
+    def _handle_finished(self, events: list[SchedulerEvent], scheduler: EnsembleScheduler, driver: Any,
+                         server: ArtifactServer, on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
+        """Finished items, in order: each result decoded and checked, all of them made durable in
+        ONE journal transaction, then each acknowledged (only once durable) and integrated."""
+        decoded: list[tuple[SchedulerEvent, WorkItem, DecodedResult]] = []
+        for event in events:
+            item = event.item
+            assert item is not None
+            try:
+                result = decode_result_npy(server, item.task_id or "", event.data)
+            except ValueError as error:
+                scheduler.retry(driver, item, str(error))
+                scheduler.acknowledge(driver, event.status)
+                continue
+            if result.usage is not None:
+                scheduler.record_usage(item, result.usage.seconds, result.usage.cpu_seconds)
+                self.compute_seconds[item.task_id or ""] = result.usage.seconds
+            decoded.append((event, item, result))
+        if self.journal is not None and decoded:
+            self.journal.record_results([(item.key, item.task_id or "", result.npy, result.sha256)
+                                         for _event, item, result in decoded])
+        for event, item, result in decoded:
+            scheduler.acknowledge(driver, event.status)  # only now: the result is durable
+            on_result(item, result.output)
+            self.progress.task_done(item.model, self._rows(item), item.key)
 
     def _handle(self, event: SchedulerEvent, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer,
                 on_result: Callable[[WorkItem, np.ndarray], None],
@@ -655,20 +698,7 @@ class JobRunner:
         item = event.item
         assert item is not None
         if event.kind is EventKind.FINISHED:
-            try:
-                output, usage = decode_result(server, item.task_id or "", event.data)
-            except ValueError as error:
-                scheduler.retry(driver, item, str(error))
-                scheduler.acknowledge(driver, event.status)
-                return
-            if usage is not None:
-                scheduler.record_usage(item, usage.seconds, usage.cpu_seconds)
-                self.compute_seconds[item.task_id or ""] = usage.seconds
-            if self.journal is not None:
-                self.journal.record_result(item.key, item.task_id or "", output)
-            scheduler.acknowledge(driver, event.status)  # only now: the result is durable
-            on_result(item, output)
-            self.progress.task_done(item.model, self._rows(item), item.key)
+            self._handle_finished([event], scheduler, driver, server, on_result)
         elif event.kind is EventKind.GAVE_UP:
             failures = "; ".join(item.failures[-3:])
             scheduler.cancel_model(driver, item.model)

@@ -695,20 +695,65 @@ class Journal:
             relative = f"{RESULTS_DIR}/{files[1].name}" if files else None
             try:
                 with self._transaction():
-                    self._ensure_item(item_key, now)
-                    self._db.execute("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (item_key, task_id, relative, None if files else npy, digest, len(npy), now))
-                    self._db.execute("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
-                                     (ItemState.FINISHED.value, now, item_key))
-                    self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
-                                     "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
-                if self._attempts.get(task_id, ("",))[0] == item_key:
-                    self._attempts[task_id] = (item_key, ("TASK_FINISHED", "", "", ""))
+                    self._insert_result(item_key, task_id, relative, None if files else npy, digest, len(npy), now)
+                self._finished_attempt(item_key, task_id)
             finally:
                 if power:
                     self._db.execute("PRAGMA synchronous=NORMAL")
         return ResultRecord(item_key, task_id, files[1] if files else None, digest, len(npy), now)
+
+    def record_results(self, results: Iterable[tuple[str, str, bytes, str | None]]) -> list[ResultRecord]:
+        """:meth:`record_result` for several results (item key, task id, ``.npy`` bytes, their
+        sha256 if already known), those kept in the database committed in ONE transaction (a
+        commit per result was most of a small task's journal cost); returns once all are durable."""
+        records: list[ResultRecord] = []
+        inline: list[tuple[str, str, bytes, str]] = []
+        for item_key, task_id, npy, digest in results:
+            if len(npy) > self.blob_limit:
+                records.append(self.record_result(item_key, task_id, npy))
+            else:
+                inline.append((item_key, task_id, npy, digest or sha256_hex(npy)))
+        if not inline:
+            return records
+        now = time.time()
+        power = self.durability == "power"
+        with self._lock:
+            self._writing()
+            if power:
+                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._transaction():
+                    inserted: list[tuple[str, str]] = []
+                    for item_key, task_id, npy, digest in inline:
+                        existing = self._result_row_locked(item_key)
+                        if existing is not None:  # the first attempt to finish wins
+                            records.append(existing)
+                            continue
+                        self._insert_result(item_key, task_id, None, npy, digest, len(npy), now)
+                        records.append(ResultRecord(item_key, task_id, None, digest, len(npy), now))
+                        inserted.append((item_key, task_id))
+                for item_key, task_id in inserted:
+                    self._finished_attempt(item_key, task_id)
+            finally:
+                if power:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+        return records
+
+    def _insert_result(self, item_key: str, task_id: str, relative: str | None, data: bytes | None, digest: str,
+                       nbytes: int, now: float) -> None:
+        """In a transaction, the lock held: the result's row, its item FINISHED, its attempt TASK_FINISHED."""
+        self._ensure_item(item_key, now)
+        self._db.execute("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (item_key, task_id, relative, data, digest, nbytes, now))
+        self._db.execute("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
+                         (ItemState.FINISHED.value, now, item_key))
+        self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
+                         "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
+
+    def _finished_attempt(self, item_key: str, task_id: str) -> None:
+        """After the commit: the attempt that delivered ``item_key``'s result is TASK_FINISHED."""
+        if self._attempts.get(task_id, ("",))[0] == item_key:
+            self._attempts[task_id] = (item_key, ("TASK_FINISHED", "", "", ""))
 
     def mark_item(self, item_key: str, state: ItemState, detail: str = "") -> None:
         """Set an item's state where the tracker decides it: FAILED (gave up; ``detail`` says

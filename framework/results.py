@@ -5,6 +5,7 @@ and the job's Parquet output, written from the integrated result chunk by chunk.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +22,23 @@ from framework.readers import rebatch
 def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
     """Turn a terminal update's data into the task's output array (checking its sha256) and
     what the task cost, as its executor measured it."""
+    decoded = decode_result_npy(server, task_id, data_b64)
+    return decoded.output, decoded.usage
+
+
+@dataclass(frozen=True)
+class DecodedResult:
+    """A finished task's output, its ``.npy`` bytes and their (checked) sha256, and its usage."""
+
+    output: np.ndarray
+    npy: bytes
+    sha256: str
+    usage: TaskUsage | None
+
+
+def decode_result_npy(server: ArtifactServer, task_id: str, data_b64: str | None) -> DecodedResult:
+    """:func:`decode_result`, keeping the checked ``.npy`` bytes and sha256 (the journal stores
+    those bytes as they are: no second encoding, no second checksum)."""
     if not data_b64:
         raise ValueError("TASK_FINISHED carried no result data")
     envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
@@ -34,7 +52,33 @@ def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) ->
         path.unlink()
     if sha256_hex(npy) != envelope.sha256 or len(npy) != envelope.nbytes:
         raise ValueError(f"result of {task_id} failed its sha256/size check")
-    return npy_to_array(npy), envelope.usage
+    return DecodedResult(read_npy(npy), npy, envelope.sha256, envelope.usage)
+
+
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+"""Parsed ``.npy`` headers (version 1.0) by their bytes: a job's results share a few (one per
+model and shard size), and parsing one (``ast.literal_eval``) was half of decoding a small result."""
+
+
+def read_npy(npy: bytes) -> np.ndarray:
+    """The array of ``.npy`` bytes, as ``np.load`` gives it (a writable copy, never a pickle),
+    with the header parsed once per distinct header."""
+    if npy[:8] != b"\x93NUMPY\x01\x00" or len(npy) < 10:
+        return npy_to_array(npy)
+    end = 10 + int.from_bytes(npy[8:10], "little")
+    header = npy[:end]
+    known = _NPY_HEADERS.get(header)
+    if known is None:
+        array = npy_to_array(npy)
+        if not array.dtype.hasobject and len(_NPY_HEADERS) < 1024:
+            _NPY_HEADERS[header] = (array.dtype, array.shape, bool(array.flags.f_contiguous and array.ndim > 1))
+        return array
+    dtype, shape, fortran = known
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(npy) != end + count * dtype.itemsize:
+        raise ValueError(f".npy result has {len(npy) - end} bytes of data, its header says {count * dtype.itemsize}")
+    flat = np.frombuffer(npy, dtype=dtype, count=count, offset=end)
+    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
 
 PARQUET_CHUNK_ROWS = 65536

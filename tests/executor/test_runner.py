@@ -216,3 +216,54 @@ print(errors or "ok")
     for _ in range(2):  # a fresh interpreter each time: nothing of scikit-learn imported yet
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=root)
         assert result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_downloads_reuse_a_kept_alive_connection_until_the_server_closes_it() -> None:
+    import http.server
+    import threading as _threading
+    import urllib.error
+
+    from executor.runner import KeptAliveDownloads
+
+    connections: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address[1])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/missing":
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.path.encode() * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            if self.path == "/last":
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    _threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        download = KeptAliveDownloads(timeout=10)
+        assert [download(f"{base}/s{i}") for i in range(5)] == [f"/s{i}".encode() * 1000 for i in range(5)]
+        assert len(connections) == 1, connections  # one connection for all five
+        with pytest.raises(urllib.error.HTTPError):
+            download(f"{base}/missing")
+        assert download(f"{base}/last") == b"/last" * 1000  # the server closes this one after answering
+        assert download(f"{base}/again") == b"/again" * 1000
+        assert len(connections) == 3, connections
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -271,6 +271,29 @@ def test_an_item_through_launch_running_result_and_finished(tmp_path: Path, blob
         assert progress.summary() == "1/2 items finished (1 pending, 1 finished), 1 attempts"
 
 
+@pytest.mark.parametrize("blob_limit", [250, 64 * 1024])
+def test_results_recorded_together_are_each_durable_and_the_first_of_an_item_wins(tmp_path: Path,
+                                                                                   blob_limit: int) -> None:
+    outputs = {f"linear.s{i:05d}": np.linspace(0, i, 3 + 10 * i) for i in range(3)}  # .npy of 152, 232, 312 bytes
+    with Journal.open(tmp_path / "state", fingerprint(tmp_path), blob_limit=blob_limit) as journal:
+        journal.add_items(items(models=("linear",), shards=3))
+        for key in outputs:
+            journal.record_launch(key, f"{key}.a1", "agent-1")
+            journal.record_update(f"{key}.a1", "TASK_RUNNING")
+        batch = [(key, f"{key}.a1", array_to_npy(output), None) for key, output in outputs.items()]
+        batch.append(("linear.s00001", "linear.s00001.a2", array_to_npy(np.zeros(2)), None))  # a late copy
+        records = journal.record_results(batch)
+        assert [r.item_key for r in records].count("linear.s00001") == 2
+        assert {r.task_id for r in records if r.item_key == "linear.s00001"} == {"linear.s00001.a1"}
+        assert {r.path is None for r in records} == ({True} if blob_limit > 1000 else {True, False})
+    with Journal.open(tmp_path / "state", fingerprint(tmp_path), blob_limit=blob_limit) as journal:  # reopened
+        assert sorted(journal.finished()) == sorted(outputs)
+        for key, output in outputs.items():
+            np.testing.assert_array_equal(journal.load_result(key), output)
+            item = journal.items()[key]
+            assert item.state is ItemState.FINISHED and item.attempts[0].state == "TASK_FINISHED"
+
+
 def test_a_failed_attempt_makes_the_item_pending_and_a_given_up_one_failed(tmp_path: Path) -> None:
     with Journal.open(tmp_path / "state", fingerprint(tmp_path)) as journal:
         journal.add_items(items(models=("linear",), shards=1))
