@@ -106,6 +106,23 @@ class JournalBusy(JournalError):
     """Another live process has this journal open for writing."""
 
 
+def lock_state_dir(state_dir: Path, busy_message: str) -> int:
+    """Create ``state_dir`` and take its lock file's exclusive lock without waiting; the returned
+    descriptor holds the lock until it is closed.  :class:`JournalError` when the directory cannot
+    be used, :class:`JournalBusy` (``busy_message``) when another process holds it."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock_file = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise JournalError(f"cannot use the state directory {state_dir}: {error.strerror}") from error
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_file)
+        raise JournalBusy(busy_message) from None
+    return lock_file
+
+
 # Fingerprint ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -378,16 +395,7 @@ class Journal:
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
         state_dir = Path(state_dir)
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            lock_file = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise JournalError(f"cannot use the state directory {state_dir}: {error.strerror}") from error
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_file)
-            raise JournalBusy(f"{state_dir}: another mesos-ensemble process is using this journal") from None
+        lock_file = lock_state_dir(state_dir, f"{state_dir}: another mesos-ensemble process is using this journal")
         try:
             if fresh:
                 cls._remove(state_dir)

@@ -777,15 +777,8 @@ class EnsembleScheduler(pymesos.Scheduler):
             return 0.0 if self.disconnected_since is None else self.clock() - self.disconnected_since
     # --- journal, acknowledgements and adoption (see framework.journal) --------------------
     def acknowledge(self, driver: Any, status: Any) -> None:
-        """Acknowledge a status update (the driver runs with explicit acknowledgements: Mesos
-        resends an update until it is acknowledged).  Master-generated updates carry no uuid and
-        need none; a failed acknowledgement is resent by Mesos, so it is only logged."""
-        if not status or not status.get("uuid"):
-            return
-        try:
-            driver.acknowledgeStatusUpdate(status)
-        except Exception as error:  # not connected: Mesos resends the update later
-            log.info("could not acknowledge an update of %s: %s", status.get("task_id"), error)
+        """Acknowledge a status update (:func:`framework.translator.acknowledge`)."""
+        translator.acknowledge(driver, status)
 
     def adopt(self, items: list[tuple[WorkItem, str | None]]) -> None:
         """Take over tasks a previous run of the job launched and the journal last saw active

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
@@ -27,10 +28,25 @@ SCALARS = ("cpus", "mem", "disk", "gpus")
 __all__ = ["Message", "OfferView", "StatusUpdate", "PoolAllocator", "ExecutorLaunch", "read_id", "read_offer",
            "read_status", "read_master", "fan_out", "offered_cpus", "bundle_info",
            "executor_id_of", "id_message", "executor_id", "offer_ids", "filters",
-           "reconcile_tasks", "executor_info", "task_info", "framework_info", "assign_ports", "ports_resource"]
+           "reconcile_tasks", "executor_info", "task_info", "framework_info", "assign_ports", "ports_resource",
+           "acknowledge"]
 
 Message = dict[str, Any]
 """A Mesos v1 JSON object as pymesos sends it."""
+
+log = logging.getLogger(__name__)
+
+
+def acknowledge(driver: Any, status: Any) -> None:
+    """Acknowledge a status update (drivers run with explicit acknowledgements: Mesos resends an
+    update until it is acknowledged).  Master-generated updates carry no uuid and need none; a
+    failed acknowledgement is resent by Mesos, so it is only logged."""
+    if not status or not status.get("uuid"):
+        return
+    try:
+        driver.acknowledgeStatusUpdate(status)
+    except Exception as error:  # not connected: Mesos resends the update later
+        log.info("could not acknowledge an update of %s: %s", status.get("task_id"), error)
 
 
 # --- reading -------------------------------------------------------------------------------

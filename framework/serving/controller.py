@@ -398,7 +398,7 @@ class ServingController(pymesos.Scheduler):
             # Not ours (any more): a task of an earlier run the journal lost, or one we gave up on.
             log.info("killing task %s, unknown to this deployment (%s)", update.task_id, update.state)
             driver.killTask(translator.id_message(update.task_id))
-        _acknowledge(driver, status)
+        translator.acknowledge(driver, status)
 
     def _gone(self, replica: LiveReplica, update: translator.StatusUpdate) -> None:
         """A replica ended (call with the lock held): out of the table and the journal; the next
@@ -769,15 +769,6 @@ def _placement_state(state: ReplicaState) -> placement.ReplicaState:
     if state is ReplicaState.READY:
         return "running"
     return "draining" if state is ReplicaState.DRAINING else "starting"
-
-
-def _acknowledge(driver: Any, status: Any) -> None:
-    if not status or not status.get("uuid"):
-        return
-    try:
-        driver.acknowledgeStatusUpdate(status)
-    except Exception as error:  # not connected: Mesos resends the update later
-        log.info("could not acknowledge an update of %s: %s", status.get("task_id"), error)
 
 
 def _running_pid(data: str | None) -> int | None:

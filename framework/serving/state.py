@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from framework.errors import FrameworkError
+from framework.journal import LOCK_NAME, JournalError, lock_state_dir
 
 SCHEMA_VERSION = 1
 DATABASE_NAME = "serve.sqlite3"
-LOCK_NAME = "lock"
 LIVE_NAME = "serve.json"
 
 
@@ -75,16 +75,10 @@ class ServeState:
         """Open (or create) the deployment journal for writing; refuse one another live ``serve`` holds."""
         state_dir = Path(state_dir)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            lock_file = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise ServeStateError(f"cannot use the state directory {state_dir}: {error.strerror}") from error
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_file)
-            raise ServeStateError(f"{state_dir}: another mesos-ensemble serve is using this state directory "
-                                  f"(serve --reload --state-dir {state_dir} signals it)") from None
+            lock_file = lock_state_dir(state_dir, f"{state_dir}: another mesos-ensemble serve is using this state "
+                                                  f"directory (serve --reload --state-dir {state_dir} signals it)")
+        except JournalError as error:
+            raise ServeStateError(str(error)) from None
         try:
             state = cls(state_dir, _connect(state_dir / DATABASE_NAME, readonly=False), lock_file)
             state._initialise()
