@@ -276,7 +276,9 @@ class Replica:
             except Exception:
                 log.exception("replica %s of %s did not close cleanly", self.task_id, self.payload.model)
         self._close_loop()
-        self.threads.shutdown(wait=False, cancel_futures=True)
+        # Nothing in flight (the usual end of a drain): wait for the prediction threads to end, so
+        # none outlives the replica; a prediction still running past the grace is not waited for.
+        self.threads.shutdown(wait=not self.in_flight, cancel_futures=True)
 
     async def _drain(self, grace: float) -> None:
         if self._idle is not None and self.in_flight:
