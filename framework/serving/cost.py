@@ -141,7 +141,10 @@ def deployment_cost(snapshot: ServeSnapshot, agents: Sequence[Agent], default_pr
     cost = cost_per_hour(snapshot.replicas, prices, demands, snapshot.cost_model)
     inputs = ({m: t.desired for m, t in snapshot.targets.items()}, whole, demands, snapshot.cost_model,
               {m: t.executor for m, t in snapshot.targets.items()}, snapshot.agent_reserve, options)
-    key = repr(inputs) if memo is not None else ""
+    # Keyed without what the bound does not read (lower_bound_per_hour resets the rest): the
+    # offers' ids change with every offer cycle.
+    unoffered = [dataclasses.replace(a, offer_ids=()) for a in whole]
+    key = repr((inputs[0], unoffered, *inputs[2:])) if memo is not None else ""
     bound = memo.get(key) if memo is not None else None
     if bound is None:
         bound = lower_bound_per_hour(*inputs)
