@@ -28,6 +28,8 @@ NO_UNIT_PRICES = CostModel()
 NOTHING = Resources()
 BOUND_OPTIONS = PackingOptions(time_budget_s=0.2)
 """The packer's search for the bound: long enough for its exact phase on a deployment's few replicas."""
+MEMO_SIZE = 64
+"""The most bounds a ``deployment_cost`` memo holds (then it starts again)."""
 
 
 def unit_cost_per_hour(counts: Mapping[str, int], demands: Mapping[str, Resources], cost_model: CostModel) -> float:
@@ -118,12 +120,14 @@ class CostReport:
 
 
 def deployment_cost(snapshot: ServeSnapshot, agents: Sequence[Agent], default_price: float = 1.0,
-                    options: PackingOptions = BOUND_OPTIONS) -> CostReport:
+                    options: PackingOptions = BOUND_OPTIONS, memo: dict[str, float] | None = None) -> CostReport:
     """:func:`cost_per_hour` of the snapshot's replicas (draining ones too: they still hold their
     agents) and :func:`lower_bound_per_hour` of its desired counts on ``agents`` made whole
     (:func:`whole_agents`: the agents as last offered, plus what our replicas and executors hold
     there).  An agent whose price is known neither from ``agents`` nor from the snapshot counts
-    ``default_price`` (``[pricing] default``)."""
+    ``default_price`` (``[pricing] default``).  ``memo``: bounds already computed, by their
+    inputs (the bound costs a packing; a caller that asks every second keeps one, so that it packs
+    again only when the desired counts or the agents changed)."""
     prices = {r.agent_id: default_price for r in snapshot.replicas}
     prices.update(snapshot.agent_prices)
     prices.update({a.agent_id: a.price for a in agents})
@@ -135,7 +139,17 @@ def deployment_cost(snapshot: ServeSnapshot, agents: Sequence[Agent], default_pr
         held[agent_id] = sum(own, snapshot.agent_reserve)
     whole = whole_agents(agents, snapshot.replicas, demands, prices, executors=held)
     cost = cost_per_hour(snapshot.replicas, prices, demands, snapshot.cost_model)
-    bound = lower_bound_per_hour({m: t.desired for m, t in snapshot.targets.items()}, whole, demands,
-                                 snapshot.cost_model, {m: t.executor for m, t in snapshot.targets.items()},
-                                 snapshot.agent_reserve, options)
+    inputs = ({m: t.desired for m, t in snapshot.targets.items()}, whole, demands, snapshot.cost_model,
+              {m: t.executor for m, t in snapshot.targets.items()}, snapshot.agent_reserve, options)
+    # Keyed without what the bound does not read (lower_bound_per_hour resets the rest): the
+    # offers' ids change with every offer cycle.
+    unoffered = [dataclasses.replace(a, offer_ids=()) for a in whole]
+    key = repr((inputs[0], unoffered, *inputs[2:])) if memo is not None else ""
+    bound = memo.get(key) if memo is not None else None
+    if bound is None:
+        bound = lower_bound_per_hour(*inputs)
+        if memo is not None:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[key] = bound
     return CostReport(cost, bound)
