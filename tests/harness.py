@@ -29,6 +29,18 @@ from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inp
 from factories import make_offer, make_status
 
 
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.02) -> Any:
+    """Poll until ``condition()`` is true and return its value (``timeout`` only guards against hangs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
 @dataclass
 class FakeDriver:
     """Records launches, declines, suppress/revive, kills, reconciliations and acknowledgements."""

@@ -9,9 +9,8 @@ import io
 import json
 import socket
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import joblib
 import numpy as np
@@ -25,6 +24,7 @@ from executor.main import EnsembleExecutor
 from executor.protocol import (ReplicaPayload, ReplicaReady, TaskFailure, TaskPayload, RemoteFile, array_to_npy,
                                decode_task, npy_to_array, sha256_hex)
 from executor.replica import kill_grace, read_rows, task_cpus, BadRequest
+from harness import wait_for
 from tests.executor.test_main import RecordingExecutorDriver
 
 RNG = np.random.default_rng(3)
@@ -43,14 +43,6 @@ class BlockingRegression(LinearRegression):
         return super().predict(X)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met")
 
 
 def write_model(directory: Path, name: str, model: Any) -> Path:

@@ -8,25 +8,19 @@ import csv
 import json
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import harness
 from framework.demo import train_demo
 from framework.jobspec import load_job
 from framework.serving.service import ServeRunner
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 120.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+wait_for = partial(harness.wait_for, timeout=120.0, interval=0.05)
 
 
 def serve_job(directory: Path, serve: str = "", models: dict[str, str] | None = None, agents: str = "",

@@ -11,11 +11,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Sequence
 
 import aiohttp
 import numpy as np
 from aiohttp import web
+import harness
 
 NPY = "application/x-npy"
 
@@ -144,13 +146,4 @@ def post_concurrently(url: str, documents: Sequence[Any]) -> list[tuple[int, Any
     return asyncio.run(run())
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.01) -> Any:
-    """Poll until ``condition()`` is true (a generous limit only against hangs)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+wait_for = partial(harness.wait_for, interval=0.01)

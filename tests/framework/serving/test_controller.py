@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
+import harness
 from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
 from framework.demo import train_demo
@@ -26,14 +28,7 @@ from framework.serving.state import ServeState
 from harness import FakeDriver
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
+wait_for = partial(harness.wait_for, timeout=10.0, interval=0.01)
 
 
 def port_offer(agent: str, begin: int = 31000, end: int = 31009, cpus: float = 2.0, mem: float = 4096.0,
