@@ -41,7 +41,14 @@ Phases (after priming each side at the starting rate, 10 s; 3 s with ``--quick``
 1. **sweep**: rates rising geometrically; a rate meets the SLO when p99 <= ``target_p99_ms``,
    and errors <= 0.1 % (latency counts from the schedule, so a server that falls behind misses
    the p99); a side stops at its first miss, then the gap between its last pass and first miss
-   is bisected.  Max rate at SLO per side.
+   is bisected.  Max rate at SLO per side.  Each rate is measured in its steady state: the
+   project first runs at that rate, in 2 s slices, until it has stopped scaling (its ready
+   replicas in ``/metrics`` unchanged for 6 s, 4 s with ``--quick``, and the last slice within
+   the SLO or every member at its ``max_replicas``; at most 60 s, 20 s with ``--quick``), since
+   a replica starting mid-measurement (model load, probe, warm-up on the same cores) is a
+   transient, which phase 3 measures; then both sides get the warm-up seconds whose samples
+   are dropped (5 s, 1 s with ``--quick``) and the measured seconds (10 s, 3 s).
+   ``--no-settle`` measures without the settling.
 2. **half**: both sides at half the baseline's max rate, longer; p99 ratio.
 3. **step and fall** (project; the baseline too, for reference, except with ``--quick``): base
    load (a quarter of 75 % of the project's max rate) until the project's ready replicas are
@@ -528,6 +535,10 @@ class Settings:
     timeout: float
     scale_down_delay: float
     prime_seconds: float
+    stable: float = 6.0
+    """Seconds a rate's ready replicas stay unchanged before the sweep measures it (``settle_at``)."""
+    settle_max: float = 60.0
+    """Most seconds the sweep lets the project settle at one rate (0: no settling)."""
 
 
 def post_json(url: str, body: bytes, timeout: float) -> bytes:
@@ -553,24 +564,68 @@ def quiet_until_idle(url: str, target_ms: float, limit: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-async def sweep(session: Any, sides: dict[str, str], bodies: Sequence[bytes], s: Settings
-                ) -> dict[str, dict[float, Trial]]:
-    """Rising rates, side by side at each rate, until every side has missed; then bisection."""
+async def settle_at(session: Any, url: str, bodies: Sequence[bytes], rate: float, s: Settings, names: MetricNames,
+                   most: float) -> tuple[float, float | None]:
+    """Load at ``rate`` in 2 s slices until the deployment has stopped scaling at that rate: its
+    ready replicas (``/metrics``) unchanged for the last ``s.stable`` seconds and the last slice
+    within the SLO (or the replicas at their ``most``, where the autoscaler cannot add more);
+    at most ``s.settle_max`` seconds.  Returns (seconds spent, ready replicas at the end)."""
+    started = time.monotonic()
+    steady_since, previous = started, None
+    seed = int(rate * 10) + 7
+    while True:
+        result = await trial(session, url + "/v1/predict", bodies, rate, 2.0, 0.0, s.timeout, seed)
+        seed += 1
+        try:
+            replicas = (await read_metric(session, url, names))["replicas"]
+        except Exception:  # noqa: BLE001  (no gauge: nothing to wait for)
+            replicas = None
+        now = time.monotonic()
+        if replicas is None:
+            return now - started, None
+        if previous is not None and replicas != previous:
+            steady_since = now
+        previous = replicas
+        if now - steady_since >= s.stable and (result.meets(s.target_ms) or replicas >= most):
+            return now - started, replicas
+        if now - started >= s.settle_max:
+            return now - started, replicas
+
+
+async def sweep(session: Any, sides: dict[str, str], bodies: Sequence[bytes], s: Settings,
+                names: MetricNames | None = None, most: float = math.inf) -> dict[str, dict[float, Trial]]:
+    """Rising rates, side by side at each rate, until every side has missed; then bisection.
+
+    Each rate is measured in its steady state: the project (which scales with its load) first
+    runs at that rate until it has stopped scaling (:func:`settle_at`, when ``names`` is given;
+    ``most``: its ready replicas at the members' ``max_replicas``); every side then gets
+    ``s.warmup`` seconds of the rate whose samples are dropped, then ``s.seconds`` measured.
+    How fast the deployment scales is the step phase's measure, not the sweep's."""
     results: dict[str, dict[float, Trial]] = {name: {} for name in sides}
+
+    async def measure_rate(name: str, rate: float, note: str = "") -> bool:
+        settled = ""
+        if name == "project" and names is not None and s.settle_max > 0:
+            spent, replicas = await settle_at(session, sides[name], bodies, rate, s, names, most)
+            settled = f"  settled {spent:.0f} s at {fmt(replicas, 'g')} replicas"
+        result = await trial(session, sides[name] + "/v1/predict", bodies, rate, s.seconds, s.warmup, s.timeout,
+                             int(rate * 10))
+        results[name][rate] = result
+        print(f"  {name:<9} {rate:8.1f} rps: p50 {result.percentile_ms(50):8.1f} ms  p99 "
+              f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps  errors {result.errors}  "
+              f"client lag p99 {result.lag_p99_ms:.1f} ms{settled}{note}"
+              f"{'' if result.meets(s.target_ms) else '  (misses the SLO)'}", flush=True)
+        if not result.meets(s.target_ms):
+            await asyncio.to_thread(quiet_until_idle, sides[name], s.target_ms)
+            return False
+        return True
+
     active = set(sides)
     rate = s.start_rate
     while active and rate <= s.max_rate:
         for name in [n for n in sides if n in active]:  # the same arrivals and bodies for both sides
-            result = await trial(session, sides[name] + "/v1/predict", bodies, rate, s.seconds, s.warmup, s.timeout,
-                                 int(rate * 10))
-            results[name][rate] = result
-            print(f"  {name:<9} {rate:8.1f} rps: p50 {result.percentile_ms(50):8.1f} ms  p99 "
-                  f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps  errors {result.errors}  "
-                  f"client lag p99 {result.lag_p99_ms:.1f} ms"
-                  f"{'' if result.meets(s.target_ms) else '  (misses the SLO)'}", flush=True)
-            if not result.meets(s.target_ms):
+            if not await measure_rate(name, rate):
                 active.discard(name)
-                await asyncio.to_thread(quiet_until_idle, sides[name], s.target_ms)
         rate = round(rate * s.factor, 1)
     for name in sides:
         for _ in range(s.bisect):
@@ -581,14 +636,7 @@ async def sweep(session: Any, sides: dict[str, str], bodies: Sequence[bytes], s:
             high = min((r for r, t in results[name].items() if r > low and not t.meets(s.target_ms)), default=None)
             if high is None or high / low < 1.05:
                 break
-            middle = round(math.sqrt(low * high), 1)
-            result = await trial(session, sides[name] + "/v1/predict", bodies, middle, s.seconds, s.warmup,
-                                 s.timeout, int(middle * 10))
-            results[name][middle] = result
-            print(f"  {name:<9} {middle:8.1f} rps: p50 {result.percentile_ms(50):8.1f} ms  p99 "
-                  f"{result.percentile_ms(99):8.1f} ms  achieved {result.achieved:7.1f} rps (bisection)", flush=True)
-            if not result.meets(s.target_ms):
-                await asyncio.to_thread(quiet_until_idle, sides[name], s.target_ms)
+            await measure_rate(name, round(math.sqrt(low * high), 1), " (bisection)")
     return results
 
 
@@ -745,7 +793,7 @@ def settings(args: argparse.Namespace) -> Settings:
                         max_rate=args.max_rate, bisect=0, half_seconds=4.0, base_settle_max=15.0, step_pre=2.0,
                         step_high=5.0, fall_seconds=15.0, timeout=5.0,
                         scale_down_delay=args.scale_down_delay_s if args.scale_down_delay_s is not None else 10.0,
-                        prime_seconds=3.0)
+                        prime_seconds=3.0, stable=4.0, settle_max=20.0)
     return Settings(args.target_p99_ms, seconds=10.0, warmup=5.0, factor=1.4, start_rate=args.start_rate or 10,
                     max_rate=args.max_rate, bisect=2, half_seconds=30.0, base_settle_max=180.0, step_pre=5.0,
                     step_high=20.0, fall_seconds=90.0, timeout=10.0,
@@ -763,7 +811,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
             await trial(session, url + "/v1/predict", bodies, s.start_rate, s.prime_seconds, 0.0, s.timeout, 1)
         print(f"\n== sweep, after {s.prime_seconds:g} s of priming at {s.start_rate:g} rps per side "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        results = await sweep(session, urls, bodies, s)
+        most = sum(high for _cpus, _low, high in replica_bounds(args.cores).values())
+        results = await sweep(session, urls, bodies, s, None if args.no_settle else names, most)
         print()
         print_table(results, s.target_ms)
         best = {name: max_rate_at_slo(trials, s.target_ms) for name, trials in results.items()}
@@ -849,6 +898,8 @@ def main() -> None:
     parser.add_argument("--step-base", type=float, default=None,
                         help="base rate of the step (default: 3/16 of the project's max rate at the SLO)")
     parser.add_argument("--no-step", action="store_true", help="sweep and half-rate phases only")
+    parser.add_argument("--no-settle", action="store_true",
+                        help="measure each rate of the sweep without first letting the project stop scaling")
     parser.add_argument("--scale-down-delay-s", type=float, default=None,
                         help="the job's scale_down_delay_s (default 30; 10 with --quick)")
     defaults = MetricNames()
