@@ -26,7 +26,6 @@ port and the task is reported TASK_KILLED.  Nothing here knows Mesos: the execut
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import math
 import os
@@ -39,7 +38,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from aiohttp import web
 
-from executor.protocol import RemoteFile, ReplicaPayload, ReplicaReady, TaskPayload, array_to_npy
+from executor import npycodec
+from executor.protocol import RemoteFile, ReplicaPayload, ReplicaReady, TaskPayload
 from executor.runner import MemberError, SandboxCache, TaskError, describe_failure, report_failure
 from executor.workers import Mode, PredictionPool
 
@@ -72,7 +72,7 @@ def read_rows(body: bytes, n_features: int | None, max_rows: int, model: str) ->
     if not body:
         raise BadRequest("empty body: expected an .npy array (float64, 2-D)")
     try:
-        rows = np.lib.format.read_array(io.BytesIO(body), allow_pickle=False)
+        rows = npycodec.decode(body, npycodec.read_array)
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise BadRequest("body is an object (pickled) array: expected float64 numbers, "
@@ -102,7 +102,7 @@ def output_npy(output: np.ndarray, what: str) -> bytes:
             output = output.astype(np.str_)
         else:
             raise MemberError(f"{what} returned an object array, which cannot be sent without pickle")
-    return array_to_npy(output)
+    return npycodec.encode(output)
 
 
 def task_cpus(task: Mapping[str, Any]) -> float:

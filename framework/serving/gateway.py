@@ -25,7 +25,6 @@ those of the :class:`~framework.serving.routing.ReplicaTable` the controller kee
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import math
 import random
@@ -39,6 +38,7 @@ import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from executor import npycodec
 from framework.ensemble import IntegrationError, MemberSpec
 from framework.serving.balancer import Balancer
 from framework.serving.batcher import BatchSent, MemberBatcher
@@ -125,9 +125,7 @@ class MemberUnavailable(Exception):
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
+    return npycodec.encode(array)
 
 
 # Reading requests (pure) ----------------------------------------------------------------------
@@ -241,7 +239,7 @@ def _check_finite(matrix: np.ndarray, where: Callable[[int, int], str]) -> None:
 def rows_from_npy(body: bytes, columns: Sequence[str]) -> np.ndarray:
     """The float64 (rows, columns) matrix of an ``.npy`` body (no pickles); BadRequest otherwise."""
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        array = npycodec.decode(body)
     except ValueError as exc:
         reason = "it holds Python objects (pickles are refused)" if "allow_pickle" in str(exc) else str(exc)
         raise BadRequest(f"body: not a readable .npy: {reason}") from None
@@ -445,7 +443,7 @@ class Gateway:
                 reason = payload[:200].decode("utf-8", "replace")
             raise ReplicaCallError(f"replica {replica.replica_id}: HTTP {status}: {reason}")
         try:
-            output = np.load(io.BytesIO(payload), allow_pickle=False)
+            output = npycodec.decode(payload)
         except (ValueError, OSError, EOFError) as exc:
             raise ReplicaCallError(f"replica {replica.replica_id}: its answer is not a .npy: {exc}") from None
         if not isinstance(output, np.ndarray) or output.ndim == 0 or output.shape[0] != rows:
