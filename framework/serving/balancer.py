@@ -90,6 +90,8 @@ class Balancer:
         self._p95: dict[str, float] = {}
         self._added: dict[str, int] = {}
         """Per member, calls measured since its p95 was last computed."""
+        self._quantile_cache: dict[str, tuple[float, float]] = {}
+        self._quantiles_added: dict[str, int] = {}
 
     def stats(self, replica_id: str) -> ReplicaStats:
         stats = self.replicas.get(replica_id)
@@ -123,6 +125,29 @@ class Balancer:
             cached = self._p95[member] = percentile(list(window), 95.0)
             self._added[member] = 0
         return max(self.hedge_min_s, cached)
+
+    def slack(self, member: str, members: Collection[str]) -> float:
+        """Seconds a batch of ``member`` may wait for more requests without, typically, making an
+        answer later: an answer waits for every member, so a member whose calls end sooner (its
+        p95) than the slowest other member's (their median) has that difference to spare.  0.0
+        until each of them has :data:`MIN_HEDGE_SAMPLES` calls measured."""
+        own = self._quantiles(member)
+        others = [q for q in (self._quantiles(m) for m in members if m != member) if q is not None]
+        if own is None or not others:
+            return 0.0
+        return max(0.0, max(p50 for p50, _p95 in others) - own[1])
+
+    def _quantiles(self, member: str) -> tuple[float, float] | None:
+        """(p50, p95) of the member's recent call latencies, recomputed every :data:`P95_REFRESH` calls."""
+        window = self.members.get(member, ())
+        if len(window) < MIN_HEDGE_SAMPLES:
+            return None
+        cached = self._quantile_cache.get(member)
+        if cached is None or self._quantiles_added.get(member, 0) >= P95_REFRESH:
+            values = list(window)
+            cached = self._quantile_cache[member] = (percentile(values, 50.0), percentile(values, 95.0))
+            self._quantiles_added[member] = 0
+        return cached
 
     def may_hedge(self, member: str) -> bool:
         """Whether the budget allows one more hedge of ``member`` now."""
@@ -160,6 +185,7 @@ class Balancer:
         stats.suspect_until = 0.0
         self.members.setdefault(member, deque(maxlen=self.window)).append(seconds)
         self._added[member] = self._added.get(member, 0) + 1
+        self._quantiles_added[member] = self._quantiles_added.get(member, 0) + 1
 
     def failed(self, replica_id: str, now: float) -> None:
         """A call failed: the replica is suspect for ``suspect_s``."""

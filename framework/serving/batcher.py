@@ -5,7 +5,9 @@ when its oldest request has waited ``max_wait_s``, whichever comes first, and on
 than ``max_concurrent()`` batches of the member are at its replicas (while they all are, the
 queue grows and the next batch is larger). When none of the member's batches is out, the queue
 is sent at once (``wait_when_idle=False``, the default): waiting only delays a request when there
-is no load to batch it with, so light load pays no ``max_wait_s``. Each batch is one call (one POST to one replica); its
+is no load to batch it with, so light load pays no ``max_wait_s``.  A member whose answers
+would wait for a slower member anyway (``slack``: the gateway's measure of how much sooner its
+calls end) waits that long for others in any case, for free.  Each batch is one call (one POST to one replica); its
 output is split back by rows. A request larger than ``max_batch_rows`` is cut across batches and
 its parts joined in order. Rows are never reordered, so each row's output is what the member
 says for that row.
@@ -98,7 +100,8 @@ class MemberBatcher:
 
     def __init__(self, member: str, send: Send, max_batch_rows: int, max_wait_s: float,
                  max_concurrent: Callable[[], int] = lambda: 1,
-                 on_batch: Callable[[str, BatchSent], None] | None = None, wait_when_idle: bool = False) -> None:
+                 on_batch: Callable[[str, BatchSent], None] | None = None, wait_when_idle: bool = False,
+                 slack: Callable[[], float] = lambda: 0.0) -> None:
         if max_batch_rows < 1 or max_wait_s < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_wait_s >= 0")
         self.member = member
@@ -108,6 +111,9 @@ class MemberBatcher:
         self.max_concurrent = max_concurrent
         self.on_batch = on_batch
         self.wait_when_idle = wait_when_idle
+        self.slack = slack
+        """Seconds a request may wait for others even when none of the member's batches is out
+        (its answer waits for slower members anyway); the wait is the larger of this and ``max_wait_s``."""
         self.queue: deque[_Request] = deque()
         self.in_flight = 0
         """Batches handed to ``send`` and not answered yet."""
@@ -164,10 +170,12 @@ class MemberBatcher:
             while self.in_flight >= max(1, self.max_concurrent()):
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            # Wait for more rows, until the batch is full or its oldest request waited max_wait_s;
-            # not while none of the member's batches is out (an idle member answers at once).
-            while self.queue and self._queued_rows() < self.max_batch_rows and (self.in_flight or self.wait_when_idle):
-                left = self.queue[0].arrived + self.max_wait_s - loop.time()
+            # Wait for more rows, until the batch is full or its oldest request waited max_wait_s
+            # (not while none of the member's batches is out: an idle member answers at once), or
+            # the member's slack (the time its answers would wait for slower members anyway).
+            while self.queue and self._queued_rows() < self.max_batch_rows:
+                wait = max(self.max_wait_s if self.in_flight or self.wait_when_idle else 0.0, self.slack())
+                left = self.queue[0].arrived + wait - loop.time()
                 if left <= 0:
                     break
                 self._wakeup.clear()

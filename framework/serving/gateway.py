@@ -75,6 +75,12 @@ class GatewayOptions:
         together in the next cost far less CPU than a second small batch queued at the replica
         behind the first (measured on ``bench/serve_bench.py``'s ensemble: CPU per request
         26 vs 45 ms at 20 rps, 18.5 vs 22.7 at 40, 14.6 vs 16.9 at 60, with lower latency).
+    max_slack_ms : float
+        A member whose calls end sooner than the slowest other member's lets its requests wait
+        for others (and go in one call) that much longer, up to this many ms; 0 turns it off.
+        An answer waits for every member, so this costs it nothing while the measures hold:
+        the cheap members of ``bench/serve_bench.py``'s ensemble (logistic regression, boosting:
+        a few ms a call) wait for the forest's ~20 ms instead of making a call per request.
     max_request_bytes : int
         Largest request body.
     window_s : float
@@ -90,6 +96,7 @@ class GatewayOptions:
     replica_timeout_s: float = 30.0
     suspect_s: float = 2.0
     batches_per_replica: int = 1
+    max_slack_ms: float = 50.0
     max_request_bytes: int = 64 * 1024 * 1024
     window_s: float = 10.0
     drain_s: float = 10.0
@@ -97,7 +104,7 @@ class GatewayOptions:
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
-        for name in ("max_wait_ms", "hedge_min_ms", "suspect_s", "drain_s"):
+        for name in ("max_wait_ms", "hedge_min_ms", "suspect_s", "drain_s", "max_slack_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("replica_timeout_s", "window_s"):
@@ -383,7 +390,8 @@ class Gateway:
         for m in self.members:
             batcher = MemberBatcher(m.name, self._sender(m.name), self.options.max_batch_rows,
                                     self.options.max_wait_ms / 1000.0,
-                                    max_concurrent=self._concurrency(m.name), on_batch=self._batch_sent)
+                                    max_concurrent=self._concurrency(m.name), on_batch=self._batch_sent,
+                                    slack=self._slack(m.name))
             batcher.start()
             self.batchers[m.name] = batcher
         app = web.Application(client_max_size=self.options.max_request_bytes)
@@ -409,6 +417,14 @@ class Gateway:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _slack(self, member: str) -> Callable[[], float]:
+        """How long ``member``'s requests may wait for others: what its answers would wait for the
+        slowest other member anyway (the balancer's measure), at most ``max_slack_ms``."""
+        if self.options.max_slack_ms <= 0 or len(self.members) < 2:
+            return lambda: 0.0
+        names, cap = [m.name for m in self.members], self.options.max_slack_ms / 1000.0
+        return lambda: min(cap, self.balancer.slack(member, names))
 
     def _concurrency(self, member: str) -> Any:
         return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))

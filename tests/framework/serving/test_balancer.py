@@ -118,3 +118,17 @@ def test_hedges_stay_within_their_budget():
     assert b.may_hedge("other")  # budgets are per member
     with pytest.raises(ValueError):
         Balancer(hedge_budget=1.5)
+
+
+def test_slack_is_how_much_sooner_a_member_s_calls_end_than_the_slowest_other_s():
+    b = Balancer()
+    members = ["forest", "logistic", "boosting"]
+    assert b.slack("logistic", members) == 0.0  # nothing measured yet
+    for i in range(MIN_HEDGE_SAMPLES * 5):
+        b.started("r")
+        b.succeeded("forest", "r", 0.020 + 0.0001 * (i % 10))
+        b.succeeded("logistic", "r", 0.002 + 0.0001 * (i % 10))
+    assert b.slack("logistic", members) == pytest.approx(0.0204 - 0.0029)  # forest's p50 - its own p95
+    assert b.slack("forest", members) == 0.0  # the slowest has nothing to spare
+    assert b.slack("boosting", members) == 0.0  # not measured: no slack
+    assert b.slack("logistic", ["logistic"]) == 0.0

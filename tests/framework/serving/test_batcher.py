@@ -194,3 +194,23 @@ def test_an_idle_member_sends_at_once_and_a_busy_one_gathers_a_batch():
         assert [np.array_equal(await w, model.expected(rows + i)) for i, w in enumerate(waiting)] == [True] * 3
         await batcher.close()
     asyncio.run(run())
+
+
+def test_an_idle_member_with_slack_waits_that_long_for_company():
+    async def run() -> None:
+        model = Model()
+        slack = [3600.0]
+        batcher = MemberBatcher("m", model, max_batch_rows=100, max_wait_s=0.0, slack=lambda: slack[0])
+        batcher.start()
+        rows = np.arange(6.0).reshape(2, 3)
+        waiting = [asyncio.create_task(batcher.submit(rows + i)) for i in range(3)]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert batcher.queue_depth == 3 and model.batches == []  # idle, but its answers can wait
+        slack[0] = 0.0  # the slack is read afresh: no time to spare any more, so they go, together
+        batcher._wakeup.set()
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 60)
+        assert model.batches == [6]
+        assert all(np.array_equal(a, model.expected(rows + i)) for i, a in enumerate(answers))
+        await batcher.close()
+    asyncio.run(run())
