@@ -135,6 +135,7 @@ class Replica:
             task_id=task_id, operation="predict", model_name=payload.model, model=RemoteFile("", payload.sha256),
             model_file=payload.model_file, method=payload.output, shard=RemoteFile("", ""), shard_index=0,
             result_upload_url="", model_format=payload.format, trusted_types=list(payload.trusted_types))
+        self.request_json = self.request.to_json()
         self.threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=f"replica-{payload.model}")
         self.mode: Mode = "thread"
         self.port = 0
@@ -256,7 +257,7 @@ class Replica:
         """The model's output for ``rows`` as ``.npy`` bytes, and the seconds the prediction took
         (a worker thread of this replica)."""
         started = time.perf_counter()
-        output, _usage = self.predictions.compute_rows(self.request, self.model, rows)
+        output, _usage = self.predictions.compute_rows(self.request, self.model, rows, self.request_json)
         seconds = time.perf_counter() - started
         return output_npy(output, f"model {self.payload.model}.{self.payload.output}"), seconds
 

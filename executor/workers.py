@@ -156,13 +156,16 @@ def _close_sockets(keep: int) -> None:
 def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxCache) -> None:
     """A worker's loop: a task (model key, payload, shard path or rows) in, ``("ok", output, usage)`` or
     ``("failed", failure, traceback text)`` out, until the pipe closes."""
+    last: tuple[Any, TaskPayload] | None = None  # a replica's requests repeat one payload
     while True:
         try:
             key, payload_json, shard_path = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            payload = TaskPayload.from_json(payload_json)
+            if last is None or last[0] != payload_json:
+                last = (payload_json, TaskPayload.from_json(payload_json))
+            payload = last[1]
             # A batch task's shard is a file the worker maps; a replica's request rows come inline.
             shard = (np.load(shard_path, mmap_mode="r", allow_pickle=False) if isinstance(shard_path, str)
                      else shard_path)
@@ -240,13 +243,15 @@ class PredictionPool:
                     self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
 
-    def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
+    def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray,
+                     payload_json: bytes | None = None) -> tuple[np.ndarray, TaskUsage]:
         """A serving replica's request: ``rows`` in memory, predicted where :meth:`model_mode`
         (decided when the replica loaded its model) put the model; in a worker process the rows
-        travel through the pipe."""
+        travel through the pipe (with ``payload_json``, ``payload.to_json()`` made once by the
+        replica rather than on every request)."""
         key = (payload.model_file, payload.model.sha256)
         if self.forced == "process" or (self.forced == "auto" and self.modes.get(key) == "process"):
-            return self._in_worker(payload, rows)
+            return self._in_worker(payload, rows, payload_json)
         return compute_measured(payload, model, rows, self.cache)
 
     def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
@@ -267,14 +272,15 @@ class PredictionPool:
         return chosen
 
     # Worker processes.
-    def _in_worker(self, payload: TaskPayload, shard: np.ndarray) -> tuple[np.ndarray, TaskUsage]:
+    def _in_worker(self, payload: TaskPayload, shard: np.ndarray,
+                   payload_json: bytes | None = None) -> tuple[np.ndarray, TaskUsage]:
         key = (payload.model_file, payload.model.sha256)
         worker = self._checkout(key)
         # A mapped shard travels as its path; in-memory rows (a replica's request) as themselves
         # (pickled through the pipe with their memory layout, so the worker computes on what came).
         source = str(shard.filename) if isinstance(shard, np.memmap) else shard
         try:
-            worker.conn.send((key, payload.to_json(), source))
+            worker.conn.send((key, payload_json or payload.to_json(), source))
             reply = worker.conn.recv()
         except (EOFError, OSError) as error:
             status = self._reap(worker)
