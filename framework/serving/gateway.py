@@ -72,9 +72,9 @@ class GatewayOptions:
         Batches of a member in flight per ready replica before its queue waits (and batches grow).
         One by default: a call's cost barely grows with its rows (a 100-tree forest: ~15 ms for
         1 row, ~20 ms for 256), so requests that wait for the replica's current batch and go
-        together in the next cost far less CPU than a second small batch queued at the replica
-        behind the first (measured on ``bench/serve_bench.py``'s ensemble: CPU per request
-        26 vs 45 ms at 20 rps, 18.5 vs 22.7 at 40, 14.6 vs 16.9 at 60, with lower latency).
+        together in the next cost less CPU than a second small batch queued at the replica
+        behind the first, for about the same wait (the second batch would wait at the replica
+        for the first anyway); what it gives up is the replica's idle round trip between batches.
     max_slack_ms : float
         A member whose calls end sooner than the slowest other member's lets its requests wait
         for others (and go in one call) that much longer, up to this many ms; 0 turns it off.
