@@ -207,10 +207,10 @@ def test_an_idle_member_with_slack_waits_that_long_for_company():
         for _ in range(50):
             await asyncio.sleep(0)
         assert batcher.queue_depth == 3 and model.batches == []  # idle, but its answers can wait
-        slack[0] = 0.0  # the slack is read afresh: no time to spare any more, so they go, together
-        batcher._wakeup.set()
+        slack[0] = 0.0  # read afresh when the next request comes: no time to spare, so all go together
+        waiting.append(asyncio.create_task(batcher.submit(rows + 3)))
         answers = await asyncio.wait_for(asyncio.gather(*waiting), 60)
-        assert model.batches == [6]
+        assert model.batches == [8]
         assert all(np.array_equal(a, model.expected(rows + i)) for i, a in enumerate(answers))
         await batcher.close()
     asyncio.run(run())
