@@ -424,7 +424,10 @@ class Gateway:
         if self.options.max_slack_ms <= 0 or len(self.members) < 2:
             return lambda: 0.0
         names, cap = [m.name for m in self.members], self.options.max_slack_ms / 1000.0
-        return lambda: min(cap, self.balancer.slack(member, names))
+
+        def slack() -> float:  # a member with no ready replica holds no answer back
+            return min(cap, self.balancer.slack(member, [n for n in names if n == member or self.table.ready(n)]))
+        return slack
 
     def _concurrency(self, member: str) -> Any:
         return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))
