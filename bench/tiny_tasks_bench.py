@@ -205,8 +205,8 @@ class Timeline:
                             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                         except (OSError, IndexError):
                             continue
-                        record = self.processes.setdefault(pid, {"parent": parent, "command": command.strip(),
-                                                                 "first": time.time() - self.started})
+                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started})
+                        record["command"] = command.strip()  # a shell's exec changes it
                         record["cpu"] = (int(fields[11]) + int(fields[12])) / ticks
                         record["last"] = time.time() - self.started
 
@@ -243,7 +243,8 @@ class Timeline:
         ours = {pid: r for pid, r in self.processes.items()  # not the warm joblib pool of the baselines
                 if "joblib" not in r["command"] and "multiprocessing" not in r["command"]}
         pythons = {pid for pid, r in ours.items()  # the executor's Python (maybe under a shell) and its workers
-                   if r["command"].endswith("-m executor") and not r["command"].startswith("/bin/sh")}
+                   if r["command"].endswith("-m executor") and not r["command"].startswith("/bin/sh")
+                   and "launcher.py" not in r["command"]}
         executors = {pid for pid in pythons if ours[pid]["parent"] not in pythons}
         total = self.cpu
         print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f}")
@@ -251,8 +252,8 @@ class Timeline:
             if record.get("cpu", 0) < 0.005:
                 continue
             role = ("executor" if pid in executors else "prediction worker" if record["parent"] in executors
-                    else "executor's shell" if record["command"].startswith("/bin/sh")
-                    else "launcher" if "launcher.py" in record["command"] else record["command"][:60])
+                    else "launcher" if "launcher.py" in record["command"]
+                    else "executor's shell" if record["command"].startswith("/bin/sh") else record["command"][:60])
             total += record["cpu"]
             print(f"    {role} {pid}: {record['cpu']:.2f} (alive {record['first']:.2f}-{record['last']:.2f} s)")
         print(f"    all processes: {total:.2f}")
