@@ -206,7 +206,8 @@ class Timeline:
                         except (OSError, IndexError):
                             continue
                         record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started})
-                        record["command"] = command.strip()  # a shell's exec changes it
+                        if command.strip():  # a shell's exec changes it; an exiting process has none
+                            record["command"] = command.strip()
                         record["cpu"] = (int(fields[11]) + int(fields[12])) / ticks
                         record["last"] = time.time() - self.started
 
