@@ -2,7 +2,7 @@
 side by side with joblib.Parallel over the same members and shards.  Prints wall times, the
 ratio to joblib, the physical limit and the overhead per task (work item).
 
-    .venv/bin/python bench/tiny_tasks_bench.py [--rows 100000] [--shard-rows 250] [--repeat 1]
+    .venv/bin/python bench/tiny_tasks_bench.py [--rows 100000] [--shard-rows 250] [--repeat 1] [--timeline]
 
 The README's small-task case: four members (random forest, histogram gradient boosting, logistic
 regression, extra trees) asked for ``predict_proba`` on 100,000 generated rows.  Two jobs run:
@@ -14,7 +14,10 @@ Baselines: joblib.Parallel over the 250-row shards (what the user's tiny tasks c
 process pool), and over the default job's own shards.  The physical limit is the members' total
 single-thread compute over those shards (measured sequentially, task by task) divided by the
 cores.  Overhead per task = (wall - physical limit) x cores / tasks: what each work item cost
-beyond its own compute, on average.  A task asks for one core less the shared executor's small
+beyond its own compute, on average.  joblib's figures reuse one warm process pool (its workers
+imported scikit-learn during the first baseline); ``/joblib fresh`` is against joblib with fresh
+worker processes, as a user's script starts them.  ``--timeline`` prints when each run reached
+each phase and the CPU seconds of every process.  A task asks for one core less the shared executor's small
 share, as each joblib worker takes one.
 """
 
@@ -23,10 +26,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
+import sqlite3
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Callable
 
 import joblib
 import numpy as np
@@ -36,7 +44,9 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from framework import job as job_module  # noqa: E402
 from framework.job import JobRunner  # noqa: E402
+from framework.journal import DATABASE_NAME  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
 from framework.preflight import rows_per_shard  # noqa: E402
 
@@ -59,7 +69,7 @@ def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
 
 
 def job_file(directory: Path, name: str, members: dict[str, Path], data: Path, shard_rows: int | None,
-             cores: int) -> Path:
+             cores: int, keep_sandboxes: bool = False) -> Path:
     lines = ["[job]", f'name = "{name}"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{data.name}"']
     if shard_rows is not None:
@@ -72,6 +82,8 @@ def job_file(directory: Path, name: str, members: dict[str, Path], data: Path, s
                   'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 256",
                   "executor_cpus = 0.05", ""]
     lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
+    if keep_sandboxes:  # the executor's log, for --timeline
+        lines.append("keep_sandboxes = true")
     path = directory / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -99,12 +111,153 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int) -> tuple
     return time.perf_counter() - start, labels
 
 
+def run_joblib_fresh(paths: list[Path], shards: list[np.ndarray], cores: int) -> float:
+    """:func:`run_joblib` with fresh worker processes (as a user's script starts them), not the
+    reusable pool an earlier call left warm (its workers already imported scikit-learn)."""
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+    return run_joblib(paths, shards, cores)[0]
+
+
 def load_average() -> str:
     try:
         one, five, _fifteen = os.getloadavg()
         return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
     except OSError:
         return "load average unknown"
+
+
+class Timeline:
+    """What a mesos-ensemble run spends its time on: when the scheduler process reached each phase
+    (functions of the framework wrapped for the run), when the executor registered and decided each
+    model's thread-or-process probe (its sandbox log), launches and results (the journal), and the
+    CPU seconds of every process (this one, from ``getrusage``; its descendants, sampled from
+    ``/proc``).  On a shared machine the CPU seconds mean more than the walls."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.events: list[tuple[float, str]] = []
+        self.processes: dict[int, dict[str, Any]] = {}
+        self._restore: list[Callable[[], None]] = []
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="timeline", daemon=True)
+
+    def _mark(self, name: str) -> None:
+        if not any(n == name for _t, n in self.events):
+            self.events.append((time.time() - self.started, name))
+
+    def _wrap(self, owner: Any, attribute: str, before: str | None, after: str | None) -> None:
+        original = getattr(owner, attribute)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                self._mark(before)
+            result = original(*args, **kwargs)
+            if after:
+                self._mark(after)
+            return result
+
+        setattr(owner, attribute, wrapped)
+        self._restore.append(lambda: setattr(owner, attribute, original))
+
+    def __enter__(self) -> "Timeline":
+        from framework.localmesos import LocalCluster
+        from framework.scheduler import EnsembleScheduler
+
+        self._wrap(job_module, "prepare", None, "models inspected (prepare done)")
+        self._wrap(LocalCluster, "start", None, "embedded cluster up")
+        self._wrap(EnsembleScheduler, "registered", "framework registered", None)
+        self._wrap(EnsembleScheduler, "resourceOffers", "first offer", None)
+        usage = os.times()
+        self.cpu = usage.user + usage.system
+        self.started = time.time()
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        usage = os.times()
+        self.cpu = usage.user + usage.system - self.cpu
+        self._mark("job end")
+        self._stop.set()
+        self._sampler.join()
+        for restore in reversed(self._restore):
+            restore()
+
+    def _sample(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(0.1):
+            pending, seen = [os.getpid()], set()
+            while pending:
+                parent = pending.pop()
+                for children in Path(f"/proc/{parent}/task").glob("*/children"):
+                    try:
+                        pids = [int(p) for p in children.read_text().split()]
+                    except OSError:
+                        continue
+                    for pid in pids:
+                        if pid in seen:
+                            continue
+                        seen.add(pid)
+                        pending.append(pid)
+                        try:
+                            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                        except (OSError, IndexError):
+                            continue
+                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started})
+                        if command.strip():  # a shell's exec changes it; an exiting process has none
+                            record["command"] = command.strip()
+                        record["cpu"] = (int(fields[11]) + int(fields[12])) / ticks
+                        record["last"] = time.time() - self.started
+
+    def _journal(self) -> None:
+        with sqlite3.connect(self.state_dir / DATABASE_NAME) as db:
+            launched = db.execute("SELECT min(launched_at) FROM attempts").fetchone()[0]
+            first, last = db.execute("SELECT min(recorded_at), max(recorded_at) FROM results").fetchone()
+        for when, name in ((launched, "first launch"), (first, "first result recorded"),
+                           (last, "last result recorded")):
+            if when is not None:
+                self.events.append((when - self.started, name))
+
+    def _executor_log(self) -> None:
+        pattern = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
+        work = self.state_dir.with_suffix(".work")
+        for stderr in sorted(work.glob("cluster/**/runs/latest/stderr")):
+            for line in stderr.read_text(errors="replace").splitlines():
+                match = pattern.match(line)
+                if not match:
+                    continue
+                when = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - self.started
+                text = match[2]
+                if text.startswith("registered executor"):
+                    self.events.append((when, "executor registered"))
+                elif "two probe threads" in text:
+                    self.events.append((when, "probe done: " + text.replace("two probe threads were ", "")))
+
+    def report(self, title: str) -> None:
+        self._journal()
+        self._executor_log()
+        print(f"timeline of {title} (seconds from JobRunner.run):")
+        for when, name in sorted(self.events):
+            print(f"  {when:7.2f}  {name}")
+        ours = {pid: r for pid, r in self.processes.items()  # not the warm joblib pool of the baselines
+                if "joblib" not in r["command"] and "multiprocessing" not in r["command"]}
+        pythons = {pid for pid, r in ours.items()  # the executor's Python (maybe under a shell) and its workers
+                   if r["command"].endswith("-m executor") and not r["command"].startswith("/bin/sh")
+                   and "launcher.py" not in r["command"]}
+        executors = {pid for pid in pythons if ours[pid]["parent"] not in pythons}
+        total = self.cpu
+        print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f}")
+        for pid, record in sorted(ours.items(), key=lambda kv: kv[1]["first"]):
+            if record.get("cpu", 0) < 0.005:
+                continue
+            role = ("executor" if pid in executors else "prediction worker" if record["parent"] in executors
+                    else "launcher" if "launcher.py" in record["command"]
+                    else "executor's shell" if record["command"].startswith("/bin/sh") else record["command"][:60])
+            total += record["cpu"]
+            print(f"    {role} {pid}: {record['cpu']:.2f} (alive {record['first']:.2f}-{record['last']:.2f} s)")
+        print(f"    all processes: {total:.2f}")
 
 
 def main() -> None:
@@ -116,6 +269,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each job (the best is kept)")
     parser.add_argument("--only", choices=("explicit", "default"), help="run one of the two jobs")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the scheduler process's runs here")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each run's timeline (cluster up, inspection, first offer and launch, executor "
+                             "registered, probes, results) and the CPU seconds of every process")
     args = parser.parse_args()
 
     x_all, y_all = make_classification(n_samples=args.rows + 5_000, n_features=args.features, n_informative=10,
@@ -143,6 +299,7 @@ def main() -> None:
             rows_by_job[name] = rows_per_shard(spec, *x.shape)
 
         baselines: dict[int, tuple[float, float, np.ndarray]] = {}
+        fresh: dict[int, float] = {}
         for shard_rows in sorted(set(rows_by_job.values()) | {args.shard_rows}):
             shards = shards_of(x, shard_rows)
             compute = compute_seconds(list(members.values()), shards)
@@ -151,7 +308,9 @@ def main() -> None:
             baselines[shard_rows] = (compute, t_joblib, labels)
             tasks = len(members) * len(shards)
             limit = compute / args.cores
-            print(f"joblib over {len(shards)} shards of {shard_rows} rows ({tasks} tasks): {t_joblib:.2f} s; "
+            fresh[shard_rows] = run_joblib_fresh(list(paths.values()), shards, args.cores)
+            print(f"joblib over {len(shards)} shards of {shard_rows} rows ({tasks} tasks): {t_joblib:.2f} s "
+                  f"(fresh workers: {fresh[shard_rows]:.2f} s); "
                   f"compute {compute:.2f} s, physical limit {limit:.2f} s; "
                   f"overhead {(t_joblib - limit) * args.cores / tasks * 1000:.2f} ms/task")
 
@@ -162,7 +321,7 @@ def main() -> None:
 
             profiler = cProfile.Profile()
         print(f"{'job':<10}{'rows/shard':>11}{'tasks':>7}{'wall s':>9}{'limit s':>9}{'/limit':>8}"
-              f"{'/joblib':>9}{'/joblib tiny':>13}{'ms/task':>9}{'mesos tasks':>12}")
+              f"{'/joblib':>9}{'/joblib tiny':>13}{'ms/task':>9}{'mesos tasks':>12}{'/joblib fresh':>15}")
         overheads: dict[str, tuple[float, int]] = {}  # job -> (wall - limit, items)
         for name, shard_rows in jobs.items():
             per_shard = rows_by_job[name]
@@ -170,13 +329,21 @@ def main() -> None:
             tasks = len(members) * len(shards_of(x, per_shard))
             best = None
             for attempt in range(args.repeat):
-                spec = load_job(job_file(directory, name, paths, directory / "data.npy", shard_rows, args.cores))
+                spec = load_job(job_file(directory, name, paths, directory / "data.npy", shard_rows, args.cores,
+                                         keep_sandboxes=args.timeline))
                 state = directory / f"{name}-{attempt}.state"
                 if profiler is not None:
                     profiler.enable()
+                timeline = Timeline(state) if args.timeline else None
                 start = time.perf_counter()
-                outcome = JobRunner(spec, state_dir=state).run()
+                if timeline is not None:
+                    with timeline:
+                        outcome = JobRunner(spec, state_dir=state, work_dir=directory / f"{name}-{attempt}.work").run()
+                else:
+                    outcome = JobRunner(spec, state_dir=state).run()
                 wall = time.perf_counter() - start
+                if timeline is not None:
+                    timeline.report(f"{name} (attempt {attempt + 1})")
                 if profiler is not None:
                     profiler.disable()
                 identical = bool(np.array_equal(np.load(outcome.output)["prediction"], reference_labels[labels]))
@@ -190,7 +357,7 @@ def main() -> None:
             overheads[name] = (wall - limit, tasks)
             print(f"{name:<10}{per_shard:>11}{tasks:>7}{wall:>9.2f}{limit:>9.2f}{wall / limit:>8.2f}"
                   f"{wall / t_joblib:>9.2f}{wall / t_tiny_joblib:>13.2f}{overhead_ms:>9.2f}"
-                  f"{outcome.mesos_tasks:>12}")
+                  f"{outcome.mesos_tasks:>12}{wall / fresh[per_shard]:>15.2f}")
         if len(overheads) == 2 and overheads["explicit"][1] != overheads["default"][1]:
             (extra_e, items_e), (extra_d, items_d) = overheads["explicit"], overheads["default"]
             marginal = (extra_e - extra_d) * args.cores / (items_e - items_d) * 1000
@@ -199,8 +366,9 @@ def main() -> None:
                   f"start (the two jobs' overheads, (wall - limit) x cores, differ by this per extra item); fixed "
                   f"start about {max(0.0, extra_d - marginal / 1000 * items_d / args.cores):.2f} s of wall")
         print("ms/task = (wall - physical limit) x cores / tasks; /joblib: against joblib over the same shards; "
-              f"/joblib tiny: against joblib over {args.shard_rows}-row shards.  Labels identical to the "
-              f"in-process soft vote in every run.  {load_average()}")
+              f"/joblib tiny: against joblib over {args.shard_rows}-row shards; /joblib fresh: against joblib over "
+              "the same shards with fresh worker processes (the other joblib figures reuse a warm pool).  Labels "
+              f"identical to the in-process soft vote in every run.  {load_average()}")
         if profiler is not None:
             profiler.dump_stats(str(args.profile))
             print(f"profile of the mesos-ensemble runs (scheduler process) in {args.profile}")

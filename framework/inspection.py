@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -44,8 +43,8 @@ INSPECT_MIN_MEMORY_MB = 2048
 """Address-space limit of the inspection process, at least (Python with numpy, scikit-learn and
 skops imported maps about 400 MB); larger files get ``1024 + 10 x`` their size."""
 
-_CHILD = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
-          "from executor.describe import main; main()")
+_ZYGOTE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+           "from executor.describe import serve; serve()")
 """The subprocess' program: ``-I`` ignores PYTHONPATH, so the ``executor`` package's parent is
 passed as the first argument."""
 
@@ -237,6 +236,33 @@ def parse_metadata(path: Path, raw: Any) -> ModelMetadata:
     )
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One model to inspect, as the zygote gets it."""
+
+    path: Path
+    model_format: str
+    trusted_types: tuple[str, ...]
+    memory_mb: int
+    cpu_seconds: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path.resolve()), "format": self.model_format,
+                "trusted_types": list(self.trusted_types), "memory_bytes": self.memory_mb * 2**20,
+                "cpu_seconds": self.cpu_seconds}
+
+
+def _request(path: Path, model_format: str | None, trusted_types: Iterable[str],
+             limits: InspectionLimits) -> _Request:
+    from executor.modelfile import format_of
+
+    model_format = format_of(path, model_format)
+    if model_format not in FORMATS:
+        raise InspectionError(f"unknown format {model_format!r}; expected one of {', '.join(FORMATS)}")
+    return _Request(path, model_format, tuple(trusted_types), limits.memory_for(path),
+                    max(1, int(limits.timeout_seconds)))
+
+
 def inspect_model(path: Path, model_format: str | None = None, trusted_types: Iterable[str] = (),
                   limits: InspectionLimits = InspectionLimits(), sha256: str | None = None) -> ModelMetadata:
     """Load ``path`` in an inspection subprocess and return its metadata.
@@ -248,47 +274,101 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
     outside the allow-list) when the file cannot be loaded there, the process crashes, runs out
     of memory or time, or answers with anything but the expected JSON.
     """
-    from executor.modelfile import format_of
+    answer = _inspect_many([(path, model_format, trusted_types, sha256)], limits)[0]
+    if isinstance(answer, InspectionError):
+        raise answer
+    return answer
 
-    model_format = format_of(path, model_format)
-    if model_format not in FORMATS:
-        raise InspectionError(f"unknown format {model_format!r}; expected one of {', '.join(FORMATS)}")
-    trusted_types = tuple(trusted_types)
-    if sha256 is not None and (cached := _recall(path, sha256, model_format, trusted_types)) is not None:
-        return cached
-    memory_mb = limits.memory_for(path)
-    cpu_seconds = max(1, int(limits.timeout_seconds))
+
+def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None]], limits: InspectionLimits,
+                  workers: int = 1) -> list[ModelMetadata | InspectionError]:
+    """Each model's metadata (or why not), in order: cached answers as they are, the others from
+    ONE zygote process (:func:`executor.describe.serve`) that imports scikit-learn once and loads
+    each model in a forked child of its own, ``workers`` at a time."""
+    answers: list[ModelMetadata | InspectionError | None] = []
+    requests: list[tuple[int, _Request, str | None]] = []
+    for index, (path, model_format, trusted, sha256) in enumerate(models):
+        try:
+            request = _request(path, model_format, trusted, limits)
+        except InspectionError as error:
+            answers.append(error)
+            continue
+        cached = (_recall(path, sha256, request.model_format, request.trusted_types)
+                  if sha256 is not None else None)
+        answers.append(cached)
+        if cached is None:
+            requests.append((index, request, sha256))
+    if requests:
+        for (index, request, sha256), outcome in zip(requests, _run_zygote([r for _i, r, _s in requests],
+                                                                           limits, workers)):
+            answers[index] = _judge(request, outcome, sha256, limits)
+    assert all(a is not None for a in answers)
+    return answers  # type: ignore[return-value]
+
+
+def _run_zygote(requests: list[_Request], limits: InspectionLimits, workers: int) -> list[dict[str, Any]]:
+    """Run the zygote over ``requests``; each request's outcome (see :func:`executor.describe.serve`).
+    A zygote that fails as a whole (it is killed, or answers nothing sensible) makes every request's
+    outcome that failure."""
+    rounds = -(-len(requests) // max(1, workers))
+    timeout = limits.timeout_seconds * (rounds + 1)  # the import, then the children's rounds
     package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
+    spec = json.dumps({"workers": workers, "timeout": limits.timeout_seconds,
+                       "requests": [r.to_json() for r in requests]})
+    memory = max(r.memory_mb for r in requests)
     with tempfile.TemporaryDirectory(prefix="mesos-ensemble-inspect-") as work_dir:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD, package_parent, str(path.resolve()), model_format, *trusted_types],
+            [sys.executable, "-I", "-c", _ZYGOTE, package_parent, spec],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir,
-            env=child_environment(work_dir), preexec_fn=_limit(memory_mb * 2**20, cpu_seconds),
+            env=child_environment(work_dir), preexec_fn=_limit(memory * 2**20, max(1, int(timeout))),
             start_new_session=True, close_fds=True,
         )
         try:
-            out, err = process.communicate(timeout=limits.timeout_seconds)
+            out, err = process.communicate(timeout=timeout + 5)
         except subprocess.TimeoutExpired:
             _kill_group(process)
             process.communicate()
-            raise InspectionError(f"did not finish loading within {limits.timeout_seconds:g} s in the inspection "
-                                  "process (killed it; a model that hangs while loading?)") from None
+            return [{"timed_out": True, "returncode": -signal.SIGKILL, "stdout": "", "stderr": ""}] * len(requests)
         finally:
-            _kill_group(process)  # anything the model started in the background goes too
-    stderr_tail = _last_line(err)
-    if process.returncode != 0:
-        if process.returncode < 0:
-            number = -process.returncode
+            _kill_group(process)
+    try:
+        outcomes = json.loads(out)
+        if not isinstance(outcomes, list) or len(outcomes) != len(requests) or not all(
+                isinstance(o, dict) and isinstance(o.get("returncode"), int) for o in outcomes):
+            raise ValueError("not one outcome per model")
+        return outcomes
+    except (ValueError, TypeError) as error:
+        code = process.returncode
+        failure = f"status {code}" if code >= 0 else signal.Signals(-code).name
+        return [{"timed_out": False, "returncode": code if code != 0 else 1, "stdout": "",
+                 "stderr": f"{err.decode(errors='replace')}\ninspection zygote failed ({failure}): {error}"}
+                ] * len(requests)
+
+
+def _judge(request: _Request, outcome: dict[str, Any], sha256: str | None,
+           limits: InspectionLimits) -> ModelMetadata | InspectionError:
+    """One child's outcome as metadata (kept in the cache with ``sha256``), or the error to raise."""
+    path, model_format, memory_mb, cpu_seconds = request.path, request.model_format, request.memory_mb, \
+        request.cpu_seconds
+    if outcome.get("timed_out"):
+        return InspectionError(f"did not finish loading within {limits.timeout_seconds:g} s in the inspection "
+                               "process (killed it; a model that hangs while loading?)")
+    err = str(outcome.get("stderr", ""))
+    stderr_tail = _last_line(err.encode())
+    returncode = outcome["returncode"]
+    if returncode != 0:
+        if returncode < 0:
+            number = -returncode
             what = {signal.SIGXCPU: f"used more than {cpu_seconds} s of CPU",
                     signal.SIGKILL: "was killed (out of memory?)"}.get(signal.Signals(number),
                                                                       f"crashed ({signal.Signals(number).name})")
-            raise InspectionError(f"the inspection process {what} while loading it"
-                                  + (f": {stderr_tail}" if stderr_tail else ""))
-        memory_hint = f" (memory limit {memory_mb} MB)" if "MemoryError" in err.decode(errors="replace") else ""
-        raise InspectionError(f"the inspection process exited with status {process.returncode}{memory_hint}"
-                              + (f": {stderr_tail}" if stderr_tail else ""))
+            return InspectionError(f"the inspection process {what} while loading it"
+                                   + (f": {stderr_tail}" if stderr_tail else ""))
+        memory_hint = f" (memory limit {memory_mb} MB)" if "MemoryError" in err else ""
+        return InspectionError(f"the inspection process exited with status {returncode}{memory_hint}"
+                               + (f": {stderr_tail}" if stderr_tail else ""))
     try:
-        answer = json.loads(out)
+        answer = json.loads(str(outcome.get("stdout", "")))
         if not isinstance(answer, dict):
             raise ValueError("not an object")
         if not answer.get("ok"):
@@ -297,17 +377,18 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
                 refused = answer.get("refused")
                 if not isinstance(refused, dict):
                     raise ValueError("refused is not an object")
-                raise InspectionError(_refusal(refused), {str(k): str(v) for k, v in refused.items()})
+                return InspectionError(_refusal(refused), {str(k): str(v) for k, v in refused.items()})
             if kind == "memory":
-                raise InspectionError(f"ran out of memory while loading in the inspection process "
-                                      f"(limit {memory_mb} MB)")
-            raise InspectionError(f"could not be loaded as a {model_format} file: {error}")
+                return InspectionError(f"ran out of memory while loading in the inspection process "
+                                       f"(limit {memory_mb} MB)")
+            return InspectionError(f"could not be loaded as a {model_format} file: {error}")
         raw = answer.get("metadata")
         metadata = parse_metadata(path, raw)
-        return metadata if sha256 is None else _remember(metadata, raw, sha256, model_format, trusted_types)
+        return (metadata if sha256 is None
+                else _remember(metadata, raw, sha256, model_format, request.trusted_types))
     except (ValueError, TypeError) as error:
-        raise InspectionError(f"the inspection process gave no valid answer ({error})"
-                              + (f": {stderr_tail}" if stderr_tail else "")) from None
+        return InspectionError(f"the inspection process gave no valid answer ({error})"
+                               + (f": {stderr_tail}" if stderr_tail else ""))
 
 
 CACHE_ENV = "MESOS_ENSEMBLE_CACHE_DIR"
@@ -376,24 +457,22 @@ def _last_line(data: bytes) -> str:
 
 def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
                    limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
-    """Inspect every model (``ModelSpec``-like: name, path, format, trusted_types) at once, a few
-    at a time; the first failure (in the models' order) is a :class:`JobSpecError` that starts
-    with ``where(index, model)``."""
+    """Inspect every model (``ModelSpec``-like: name, path, format, trusted_types) at once: one
+    process imports scikit-learn and loads each model in a child of its own, a few at a time; the
+    first failure (in the models' order) is a :class:`JobSpecError` that starts with
+    ``where(index, model)``."""
     models = list(models)
+    if not models:
+        return {}
     workers = max(1, min(len(models), os.cpu_count() or 1, 4))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
-    try:
-        futures = [pool.submit(inspect_model, m.path, m.format, m.trusted_types, limits, getattr(m, "sha256", None))
-                   for m in models]
-        found: dict[str, ModelMetadata] = {}
-        for index, (model, future) in enumerate(zip(models, futures)):
-            try:
-                found[model.name] = future.result()
-            except InspectionError as error:
-                raise JobSpecError(f"{where(index, model)}: {model.path.name}: {error}") from None
-        return found
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    answers = _inspect_many([(m.path, m.format, m.trusted_types, getattr(m, "sha256", None)) for m in models],
+                            limits, workers)
+    found: dict[str, ModelMetadata] = {}
+    for index, (model, answer) in enumerate(zip(models, answers)):
+        if isinstance(answer, InspectionError):
+            raise JobSpecError(f"{where(index, model)}: {model.path.name}: {answer}") from None
+        found[model.name] = answer
+    return found
 
 
 def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:

@@ -169,6 +169,26 @@ def test_inspection_process_has_no_secrets_and_has_limits(tmp_path: Path, iris, 
     assert seen["cwd"] != os.getcwd() and not Path(seen["cwd"]).exists()  # its own directory, removed after
 
 
+def test_several_models_each_load_in_a_process_of_their_own(tmp_path: Path, iris,  # noqa: ANN001
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """One inspection process imports scikit-learn once, then each model loads in a child of its
+    own (its own session, limits and directory); one model's failure is its own."""
+    x, y, _ = iris
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    paths = [write_joblib_trojan(tmp_path / f"m{i}.joblib", LinearRegression().fit(x, y),
+                                 probe_expression(tmp_path / f"seen{i}.json")) for i in range(2)]
+    crash = write_joblib_trojan(tmp_path / "crash.joblib", LinearRegression().fit(x, y), "__import__('os')._exit(3)")
+    specs = [SimpleNamespace(name=f"m{i}", path=p, format="joblib", trusted_types=()) for i, p in enumerate(paths)]
+    found = inspect_models(specs, lambda i, m: m.name, InspectionLimits(timeout_seconds=90, memory_mb=1600))
+    assert [m.estimator_class for m in found.values()] == ["sklearn.linear_model._base.LinearRegression"] * 2
+    seen = [json.loads((tmp_path / f"seen{i}.json").read_text()) for i in range(2)]
+    assert seen[0]["pid"] != seen[1]["pid"] and all(s["sid"] == s["pid"] != os.getpid() for s in seen)
+    assert seen[0]["cwd"] != seen[1]["cwd"] and all(s["as"] == [1600 * 2**20] * 2 for s in seen)
+    with pytest.raises(JobSpecError, match=r"^bad: crash.joblib: the inspection process exited with status 3"):
+        inspect_models([*specs, SimpleNamespace(name="bad", path=crash, format="joblib", trusted_types=())],
+                       lambda i, m: m.name)
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
