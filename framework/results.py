@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from executor import npycodec
 from executor.protocol import ResultEnvelope, TaskUsage, npy_to_array, sha256_hex
 from framework import atomic
 from framework.artifacts import ArtifactServer
@@ -55,30 +56,10 @@ def decode_result_npy(server: ArtifactServer, task_id: str, data_b64: str | None
     return DecodedResult(read_npy(npy), npy, envelope.sha256, envelope.usage)
 
 
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-"""Parsed ``.npy`` headers (version 1.0) by their bytes: a job's results share a few (one per
-model and shard size), and parsing one (``ast.literal_eval``) was half of decoding a small result."""
-
-
 def read_npy(npy: bytes) -> np.ndarray:
     """The array of ``.npy`` bytes, as ``np.load`` gives it (a writable copy, never a pickle),
-    with the header parsed once per distinct header."""
-    if npy[:8] != b"\x93NUMPY\x01\x00" or len(npy) < 10:
-        return npy_to_array(npy)
-    end = 10 + int.from_bytes(npy[8:10], "little")
-    header = npy[:end]
-    known = _NPY_HEADERS.get(header)
-    if known is None:
-        array = npy_to_array(npy)
-        if not array.dtype.hasobject and len(_NPY_HEADERS) < 1024:
-            _NPY_HEADERS[header] = (array.dtype, array.shape, bool(array.flags.f_contiguous and array.ndim > 1))
-        return array
-    dtype, shape, fortran = known
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(npy) != end + count * dtype.itemsize:
-        raise ValueError(f".npy result has {len(npy) - end} bytes of data, its header says {count * dtype.itemsize}")
-    flat = np.frombuffer(npy, dtype=dtype, count=count, offset=end)
-    return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
+    with the header parsed once per distinct header (:mod:`executor.npycodec`)."""
+    return npycodec.decode(npy, npy_to_array)
 
 
 PARQUET_CHUNK_ROWS = 65536

@@ -26,5 +26,5 @@ def test_read_npy_equals_np_load_bit_for_bit_first_and_cached(array: np.ndarray)
 def test_read_npy_refuses_bytes_that_do_not_match_their_cached_header() -> None:
     npy = array_to_npy(RNG.random((3, 2)))
     read_npy(npy)
-    with pytest.raises(ValueError, match="bytes of data"):
+    with pytest.raises(ValueError, match="expected 48 bytes got 40"):  # numpy's own error
         read_npy(npy[:-8])
