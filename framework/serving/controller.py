@@ -17,6 +17,7 @@ the calls.  Status updates are acknowledged explicitly once handled (and journal
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import logging
@@ -132,10 +133,19 @@ class ReplicaCatalog(Protocol):
                      port: int) -> Message: ...
 
 
-REPACK_INTERVAL_SECONDS = 30.0
-"""At most one re-pack (moving replicas off an expensive agent) per this many seconds."""
+REPACK_INTERVAL_SECONDS = 10.0
+"""At most one re-pack (moving replicas off an expensive agent) per this many seconds.  Every
+re-pack lowers the cost of the agents in use (``placement``), so re-packs end without a long
+spacing; this one only keeps a re-pack from starting on offers that crossed the last one.  It
+must leave the fall in load its time: the scale-down delay (``scale_down_delay_s``, 30 s), the
+drains (under a second), a re-pack's replacements starting and the old replicas draining fit
+within issue 15's 60 s only if a re-pack is not held back long after the drains."""
 REPACK_CHECK_SECONDS = 5.0
-"""A settled deployment looks for a cheaper placement at most this often (each look packs a few times)."""
+"""A settled deployment looks for a cheaper placement with an agent's offers at most this often
+(each look packs a few times); an agent offered again within this time is not looked at again
+unless the replicas changed since (a scale-down's drains ended, a replica became ready).  Per
+agent: the agents' offers come on their own cycles (``refuse_seconds`` after each decline), so a
+spacing shared by all would lock onto one agent's cycle and never look at the other's offers."""
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -174,8 +184,11 @@ class ServingController(pymesos.Scheduler):
         self.on_cost = on_cost
         self.cost_history: list[tuple[float, float, float]] = []
         """(time, cost per hour, lower bound per hour), every ``scale_interval``."""
-        self._last_agents: dict[str, Agent] = {}
-        """Each agent as last offered (for the lower bound)."""
+        self._known_agents: dict[str, Agent] = {}
+        """Each agent as it is for us (``cost.measure_agents``: its last offer plus what our
+        replicas and executors held there when it came), for the lower bound."""
+        self._repack_looked: dict[str, float] = {}
+        """Per agent, when a re-pack was last looked for with its offers (see REPACK_CHECK_SECONDS)."""
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
         self.replicas: dict[str, LiveReplica] = {}
         self.executors: dict[tuple[str, str], int] = {}
@@ -330,10 +343,12 @@ class ServingController(pymesos.Scheduler):
     def _step(self, batch: list[tuple[str, Any, Any]]) -> None:
         driver = self._driver
         offers: list[OfferView] = []
+        measured: set[str] = set()
         for kind, from_driver, value in batch:
             driver = from_driver or driver
             if kind == "offers":
                 offers.extend(value)
+                self._measure(value, measured)
             elif kind == "update":
                 self._on_update(driver, *value)
             elif kind == "subscribed":
@@ -360,6 +375,22 @@ class ServingController(pymesos.Scheduler):
         self._scale(now)
         self._decide(driver, offers, now)
         self._kill_due(driver, now)
+
+    def _measure(self, views: list[OfferView], measured: set[str]) -> None:
+        """Each offered agent's whole capacity for us, taken as the offers arrive: before the
+        updates that follow them in this batch change the replicas (the master sent those later).
+        An agent offered twice in one batch: both offers' resources (they are disjoint)."""
+        from framework.serving import cost
+
+        with self.lock:
+            agents = merge_by_agent(views, self.prices, {}, {}, {})
+            snapshot = self.snapshot(self.clock())
+            for offered, whole in zip(agents, cost.measure_agents(agents, snapshot)):
+                earlier = self._known_agents.get(offered.agent_id)
+                if earlier is not None and offered.agent_id in measured:
+                    whole = dataclasses.replace(whole, capacity=earlier.capacity + offered.capacity)
+                self._known_agents[offered.agent_id] = whole
+                measured.add(offered.agent_id)
 
     # --- updates -------------------------------------------------------------------------------
     def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
@@ -407,6 +438,7 @@ class ServingController(pymesos.Scheduler):
         """A replica ended (call with the lock held): out of the table and the journal; the next
         decision replaces it if its member needs it."""
         del self.replicas[replica.task_id]
+        self._repack_looked.clear()  # the replicas changed: a re-pack may now pay where it did not
         self.table.remove(replica.task_id)
         if self.state is not None:
             self.state.remove(replica.task_id)
@@ -446,6 +478,7 @@ class ServingController(pymesos.Scheduler):
             if replica is None or replica.state is not ReplicaState.CHECKING:
                 return
             replica.state, replica.since = ReplicaState.READY, self.clock()
+            self._repack_looked.clear()
             self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id, replica.sha256))
             self._changed.notify_all()
         if self.state is not None:
@@ -463,6 +496,7 @@ class ServingController(pymesos.Scheduler):
 
     def _forget_agent(self, agent_id: str) -> None:
         with self.lock:
+            self._known_agents.pop(agent_id, None)
             for key in [k for k in self.executors if k[0] == agent_id]:
                 self._drop_executor(*key)
         log.warning("agent %s lost; its replicas come back as TASK_LOST and are replaced", agent_id)
@@ -485,8 +519,11 @@ class ServingController(pymesos.Scheduler):
         self._last_scale = now
         loads = self.loads()
         with self.lock:
-            current = {m: sum(1 for r in self.replicas.values() if r.member == m and r.state in LIVE_STATES)
-                       for m in self.targets}
+            # The counts aimed at (the autoscaler's contract), not the live replicas: those also
+            # count a re-pack's replacements beside the replicas they replace, and an autoscaler
+            # that keeps "the current count" would keep them all (a re-pack of 3 replicas turned
+            # into 6 wanted, the bound and the cost up with them, for another scale-down delay).
+            current = {m: self.desired.get(m, t.min_replicas) for m, t in self.targets.items()}
         desired = self.autoscale(loads, current, now)
         with self.lock:
             for member, count in desired.items():
@@ -507,9 +544,10 @@ class ServingController(pymesos.Scheduler):
 
         with self.lock:
             snapshot = self.snapshot(now)
-            agents = list(self._last_agents.values())
+            agents = list(self._known_agents.values())
         try:
-            report = cost.deployment_cost(snapshot, agents, default_price=self.prices.default, memo=self._bounds)
+            report = cost.deployment_cost(snapshot, agents, default_price=self.prices.default, memo=self._bounds,
+                                          whole=True)
         except (KeyError, ValueError) as error:  # nothing known of an agent yet
             log.debug("cost per hour not known yet: %s", error)
             return
@@ -580,17 +618,19 @@ class ServingController(pymesos.Scheduler):
                                     ) if offers else []
             for agent in agents:
                 self.agent_prices[agent.agent_id] = agent.price
-            for agent in agents:
-                self._last_agents[agent.agent_id] = agent
             snapshot = self.snapshot(now)
+            # a re-pack is looked for with offers of an agent not looked at lately (per agent)
+            looked = min((self._repack_looked.get(a.agent_id, float("-inf")) + REPACK_CHECK_SECONDS
+                          for a in agents), default=now)
+            snapshot = dataclasses.replace(snapshot, repack_not_before=max(self.repack_not_before, looked))
         decision = placement.decide(snapshot, agents, now)
         self.last_decision = decision
         with self.lock:
             if decision.repacked:
                 self.repack_not_before = now + REPACK_INTERVAL_SECONDS
                 log.info("re-pack: moving %d replica(s) to cheaper agents", len(decision.launches))
-            elif decision.repack_checked:
-                self.repack_not_before = now + REPACK_CHECK_SECONDS
+            if decision.repack_checked:
+                self._repack_looked.update((a.agent_id, now) for a in agents)
             for drain in decision.drains:
                 doomed = self.replicas.get(drain.replica_id)
                 if doomed is not None:

@@ -16,9 +16,10 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
    d. replicas of members no longer in the job.
 2. **launches**: each member's missing replicas (desired less its live replicas of the current
    sha256) placed by ``framework.packing.pack`` on the offered agents, where the agents that
-   already run our replicas or executors cost nothing more (the packer's ``in_use``) and hold a
-   loaded executor (no executor resources, no cold start); other agents lose the shared
-   executor's reserve, as in a batch round.
+   keep live replicas of ours cost nothing more (the packer's ``in_use``); those running our
+   executor hold it loaded (no executor resources, no cold start) but an executor alone does not
+   make an agent free (it costs its price again once its last replica is gone); other agents lose
+   the shared executor's reserve, as in a batch round.
 3. **re-pack**, when the deployment is settled (nothing to launch, nothing starting or
    draining) and ``now`` has passed ``repack_not_before``: for a group of agents in use whose
    replicas the other offered agents can take for less than the group's price (agents in use
@@ -158,7 +159,7 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     drains = _drains(snapshot, prices)
     drained = {d.replica_id for d in drains}
     missing = _missing(snapshot, drained)
-    prepared = _prepare(snapshot, agents)
+    prepared = _prepare(snapshot, agents, drained)
     tasks = [TaskDemand(f"{member}#{i}", member, snapshot.targets[member].demand, snapshot.targets[member].executor,
                         snapshot.targets[member].constraints)
              for member, count in sorted(missing.items()) for i in range(count)]
@@ -292,11 +293,14 @@ def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[str, int]:
     return missing
 
 
-def _prepare(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> list[Agent]:
-    """Offered agents as the packer sees them: those running our replicas or executors are in
-    use (cost nothing more) with their executors' members loaded; the others keep the shared
-    executor's reserve free."""
-    hosting = {r.agent_id for r in snapshot.replicas if r.live} | set(snapshot.executors)
+def _prepare(snapshot: ServeSnapshot, agents: Sequence[Agent], drained: set[str]) -> list[Agent]:
+    """Offered agents as the packer sees them: those keeping live replicas of ours (not drained
+    now) are in use (cost nothing more); those running an executor of ours have its members
+    loaded (no executor resources, no cold start) but, with no replica left, cost their price
+    again: an idle executor does not make an agent free (else a re-pack "saves" by moving
+    replicas onto a dearer agent that merely kept its executor, and back).  Agents without an
+    executor of ours keep the shared executor's reserve free."""
+    hosting = {r.agent_id for r in snapshot.replicas if r.live and r.replica_id not in drained}
     prepared = []
     for agent in agents:
         has_executor = agent.agent_id in snapshot.executors

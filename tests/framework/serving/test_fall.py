@@ -1,0 +1,85 @@
+"""After load falls, the deployment's cost per hour comes down to the packer's lower bound and
+stays there: the real controller on a simulated cluster and clock (``fleet.Fleet``, the bench's
+shape: two 1-cpu agents priced 1 and 2, forest/boosting/logistic replicas, a 30 s scale-down
+delay), a 4x load step, then the base load again."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fleet import Fleet  # noqa: E402
+
+BASE = 3.4
+STEP_AT, FALL_AT, END = 60.0, 80.0, 170.0
+TARGET_S = 60.0
+"""Issue 15's target: within 10 % of the bound within 60 s of the fall."""
+
+
+def step_and_fall(now: float) -> float:
+    return 4 * BASE if STEP_AT <= now < FALL_AT else BASE
+
+
+def within(cost: float, bound: float) -> bool:
+    return cost <= 1.1 * bound + 1e-9
+
+
+def assert_falls_to_the_bound(fleet: Fleet) -> None:
+    """From the fall on: the cost never rises, is within 10 % of the bound 60 s after the fall
+    and stays there, and the bound (of the replicas wanted) only moves when the wanted counts do."""
+    after = [(t, c, b) for t, c, b in fleet.costs if t >= FALL_AT]
+    timeline = fleet.timeline(FALL_AT)
+    rises = [(t0, c0, t1, c1) for (t0, c0, _), (t1, c1, _) in zip(after, after[1:]) if c1 > c0 + 1e-9]
+    assert not rises, f"the cost rose after the fall: {rises}; timeline {timeline}"
+    late = [(t, c, b) for t, c, b in after if t >= FALL_AT + TARGET_S]
+    assert late and all(within(c, b) for _, c, b in late), f"not within 10 % of the bound: {timeline}"
+    bounds = sorted({b for _, _, b in after})
+    assert len(bounds) <= 2, f"the bound moved more than the wanted counts: {timeline}"
+
+
+def test_after_a_4x_step_the_cost_falls_back_to_the_bound_within_60_s() -> None:
+    fleet = Fleet(rate=step_and_fall)
+    fleet.run_until(STEP_AT)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
+    fleet.run_until(FALL_AT)
+    assert sum(fleet.controller.desired.values()) == 5 and fleet.cost_now() == 3.0
+    fleet.run_until(END)
+    assert_falls_to_the_bound(fleet)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    assert fleet.controller.desired == {"forest": 1, "boosting": 1, "logistic": 1}
+    assert (fleet.cost_now(), fleet.bound_now()) == (1.0, 1.0)
+
+
+def test_a_deployment_that_started_on_the_dear_agent_moves_to_the_cheap_one_and_stays() -> None:
+    """The cheap agent joins late (the base load lands on the dear one); a re-pack moves the
+    replicas to it once, and neither the step nor the fall moves them back."""
+    fleet = Fleet(rate=step_and_fall)
+    cheap = fleet.mesos.agents["cheap"]
+    cheap.filters.append((cheap.total, 8.0))  # not offered for the first 8 s
+    fleet.run_until(6.0)
+    assert fleet.placed() == {"dear": ["boosting", "forest", "logistic"]}
+    fleet.run_until(STEP_AT)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
+    fleet.run_until(END)
+    assert_falls_to_the_bound(fleet)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+
+
+def test_replicas_left_on_both_agents_by_the_scale_down_are_re_packed_within_the_target() -> None:
+    """During the step the cheap agent's boosting replica crashes while that agent is withheld:
+    its replacement goes to the dear one, so the scale-down (dear agent's replicas first) leaves
+    the members on both agents.  A re-pack moves the boosting replica to the cheap agent within
+    the target, and the cost never goes up on the way."""
+    fleet = Fleet(rate=step_and_fall)
+    fleet.run_until(STEP_AT + 10.0)
+    [boosting] = [r for r in fleet.controller.replicas.values() if r.member == "boosting" and r.agent_id == "cheap"]
+    fleet.mesos.withhold("cheap", 6.0)
+    fleet.mesos.crash(boosting.task_id)
+    fleet.run_until(FALL_AT)
+    assert fleet.placed() == {"cheap": ["forest", "logistic"], "dear": ["boosting", "boosting", "forest"]}
+    fleet.run_until(END)
+    assert_falls_to_the_bound(fleet)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    assert (fleet.cost_now(), fleet.bound_now()) == (1.0, 1.0)
