@@ -282,10 +282,18 @@ class Fleet:
         self.mesos = SimMesos(self, agents or BENCH_AGENTS, agent_cpus, start_s, kill_s)
         self.table = ReplicaTable()
         self.costs: list[tuple[float, float, float]] = []
+        self.aimed: list[tuple[dict[str, int], dict[str, int]]] = []
+        """Per autoscaler call: the counts it was given as current, and the controller's desired then."""
+        autoscale = ServeRunner._autoscaler(self.spec)
+
+        def scale(loads: Mapping[str, Any], current: Mapping[str, int], now: float) -> dict[str, int]:
+            self.aimed.append((dict(current), dict(self.controller.desired)))
+            return autoscale(loads, current, now)
+
         self.controller = ServingController(
             {m.name: ServedMember(m.name, "s" * 64, m.min_replicas, m.max_replicas) for m in members},
             Catalog(self.members), self.table, PriceTable(), refuse_seconds=5.0, loopback=False,
-            loads=self.loads, autoscale=ServeRunner._autoscaler(self.spec), scale_interval=self.spec.scale_interval_s,
+            loads=self.loads, autoscale=scale, scale_interval=self.spec.scale_interval_s,
             clock=lambda: self.now, health_check=lambda replica: False,
             on_cost=lambda cost, bound: self.costs.append((self.now, cost, bound)))
         self.controller._driver = self.mesos

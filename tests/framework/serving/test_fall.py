@@ -62,6 +62,10 @@ def test_a_deployment_that_started_on_the_dear_agent_moves_to_the_cheap_one_and_
     assert fleet.placed() == {"dear": ["boosting", "forest", "logistic"]}
     fleet.run_until(STEP_AT)
     assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
+    # while the replacements started beside the replicas they replace, the autoscaler was given
+    # the counts aimed at, not the live replicas (it would keep those: 6 wanted for 3 moved)
+    assert all(current == desired for current, desired in fleet.aimed)
+    assert {sum(current.values()) for current, _ in fleet.aimed} == {3}
     fleet.run_until(END)
     assert_falls_to_the_bound(fleet)
     assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
