@@ -592,6 +592,7 @@ class ServingController(pymesos.Scheduler):
             executors={agent: frozenset(members) for agent, members in served.items()},
             agent_reserve=self.catalog.agent_reserve,
             repack_not_before=self.repack_not_before,
+            agent_capacity={a: agent.capacity for a, agent in self._known_agents.items()},
         )
 
     def _wanted(self) -> bool:

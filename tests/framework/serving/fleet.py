@@ -35,6 +35,8 @@ from framework.serving.service import ServeRunner
 from framework.serving.spec import ReplicaBounds, ServeSpec
 from framework.translator import Message, PoolAllocator
 
+WINDOW_S = 10.0
+"""The gateway's load window (``GatewayOptions.window_s``)."""
 RESERVE = Resources(cpus=0.01, mem=160.0)
 """The shared executor's resources (what ``framework.catalog`` gives three small models)."""
 
@@ -112,6 +114,8 @@ class SimAgent:
     first_port: int
     executors: dict[str, Resources] = field(default_factory=dict)
     filters: list[tuple[Resources, float]] = field(default_factory=list)
+    withheld_until: float = 0.0
+    """Offered to nobody before then (held by another framework: a REVIVE does not change it)."""
 
 
 class SimMesos:
@@ -184,8 +188,7 @@ class SimMesos:
 
     def withhold(self, agent_id: str, seconds: float) -> None:
         """The agent is offered to nobody for ``seconds`` (as if another framework held it)."""
-        agent = self.agents[agent_id]
-        agent.filters.append((agent.total, self.fleet.now + seconds))
+        self.agents[agent_id].withheld_until = self.fleet.now + seconds
 
     # --- the master's side -------------------------------------------------------------------
     def _at(self, when: float, kind: str, value: Any) -> None:
@@ -227,7 +230,7 @@ class SimMesos:
             free = (agent.total - self.used(agent)).nonnegative()
             if free.cpus < 0.01 and free.mem < 32:
                 continue
-            if any(free.fits_in(refused) for refused, _ in agent.filters):
+            if any(free.fits_in(refused) for refused, _ in agent.filters) or agent.withheld_until > now:
                 continue
             taken = {p for t in self.tasks.values() if t.agent == agent.agent_id and t.ended_at is None
                      for p in t.ports}
@@ -300,7 +303,9 @@ class Fleet:
         self.controller._step([("subscribed", self.mesos, "F1")])
 
     def loads(self) -> dict[str, MemberLoad]:
-        rate = self.rate(self.now)
+        """As the gateway measures them: the rate over its last window (``WINDOW_S``)."""
+        steps = int(WINDOW_S / controller_module.TICK_SECONDS)
+        rate = sum(self.rate(self.now - i * controller_module.TICK_SECONDS) for i in range(steps)) / steps
         return {name: load_model(m, rate, len(self.controller.ready(name)), self.spec.target_p99_ms)
                 for name, m in self.members.items()}
 

@@ -56,8 +56,7 @@ def test_a_deployment_that_started_on_the_dear_agent_moves_to_the_cheap_one_and_
     """The cheap agent joins late (the base load lands on the dear one); a re-pack moves the
     replicas to it once, and neither the step nor the fall moves them back."""
     fleet = Fleet(rate=step_and_fall)
-    cheap = fleet.mesos.agents["cheap"]
-    cheap.filters.append((cheap.total, 8.0))  # not offered for the first 8 s
+    fleet.mesos.withhold("cheap", 8.0)  # not offered for the first 8 s
     fleet.run_until(6.0)
     assert fleet.placed() == {"dear": ["boosting", "forest", "logistic"]}
     fleet.run_until(STEP_AT)
@@ -77,9 +76,9 @@ def test_replicas_left_on_both_agents_by_the_scale_down_are_re_packed_within_the
     the members on both agents.  A re-pack moves the boosting replica to the cheap agent within
     the target, and the cost never goes up on the way."""
     fleet = Fleet(rate=step_and_fall)
-    fleet.run_until(STEP_AT + 10.0)
+    fleet.run_until(STEP_AT + 12.0)
     [boosting] = [r for r in fleet.controller.replicas.values() if r.member == "boosting" and r.agent_id == "cheap"]
-    fleet.mesos.withhold("cheap", 6.0)
+    fleet.mesos.withhold("cheap", 8.0)
     fleet.mesos.crash(boosting.task_id)
     fleet.run_until(FALL_AT)
     assert fleet.placed() == {"cheap": ["forest", "logistic"], "dear": ["boosting", "boosting", "forest"]}

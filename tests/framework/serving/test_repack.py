@@ -55,7 +55,8 @@ class Estate:
         members = {m: frozenset(DEMANDS) for m in self.executors}
         return ServeSnapshot(targets={m: MemberTarget(m, n, SHA, DEMANDS[m]) for m, n in desired.items()},
                              replicas=tuple(self.replicas), agent_prices=dict(self.prices), executors=members,
-                             agent_reserve=RESERVE, packing=packing, repack_not_before=self.repack_not_before)
+                             agent_reserve=RESERVE, packing=packing, repack_not_before=self.repack_not_before,
+                             agent_capacity=dict(self.totals))
 
     def place(self, member: str, agent_id: str) -> None:
         self.replicas.append(ReplicaView(f"r{next(self.ids)}", member, agent_id, SHA, "running"))
@@ -116,6 +117,27 @@ def test_a_replica_goes_to_the_cheaper_agent_over_a_dearer_one_with_an_idle_exec
     estate.executors.add("dear")
     decision = estate.decide({"forest": 1}, 0.0)
     assert [(launch.agent_id, launch.new_executor) for launch in decision.launches] == [("cheap", True)]
+
+
+# --- a re-pack goes towards the cheapest placement, not away from it --------------------------
+
+def test_with_only_the_dear_agent_offered_a_re_pack_waits_for_the_cheap_one() -> None:
+    """After the scale-down the members are on both agents and only the dear agent is offered
+    (its drained replica's resources came back): moving the cheap agent's replicas onto it would
+    save 1, but the cheapest placement is all on the cheap agent; the re-pack waits for that
+    agent's offer and then moves the dear agent's replica there (3 -> 1, not 3 -> 2 -> 3 -> 1)."""
+    estate = bench_estate()
+    estate.place("forest", "cheap")
+    estate.place("logistic", "cheap")
+    estate.place("boosting", "dear")
+    low = {m: 1 for m in DEMANDS}
+    waiting = estate.decide(low, 0.0, only={"dear"})
+    assert waiting.repack_checked and not waiting.launches, waiting
+    moved = estate.decide(low, 1.0, only={"cheap"})
+    assert [(launch.member, launch.agent_id) for launch in moved.launches] == [("boosting", "cheap")]
+    estate.start()
+    estate.decide(low, 2.0)
+    assert estate.cost() == 1.0 == estate.bound(low)
 
 
 # --- a re-pack never raises the cost ------------------------------------------------------------
