@@ -730,12 +730,14 @@ class ServingController(pymesos.Scheduler):
         taken = {r.port for r in self.replicas.values() if r.address == address}
         taken |= {port for (where, port), until in self.bad_ports.items() if where == address and until > now}
         free: list[int] = []
-        for begin, end in sorted(ranges):
-            for port in range(begin, end + 1):
-                if port not in taken and (not self.loopback or _bindable(port)):
-                    free.append(port)
-                    if len(free) >= 16:
-                        return free
+        while len(free) < 16:
+            try:
+                [port] = translator.assign_ports(ranges, 1, taken)
+            except ValueError:  # none left
+                break
+            taken.add(port)
+            if not self.loopback or _bindable(port):
+                free.append(port)
         return free
 
     def _decline(self, driver: Any, offers: list[OfferView], refuse_seconds: float) -> None:
