@@ -55,6 +55,13 @@ finishes what it has in flight before TASK_KILLED)."""
 TICK_SECONDS = 0.25
 BAD_PORT_SECONDS = 120.0
 """A port a replica could not bind on a host is not chosen again there for this long."""
+EXECUTOR_IDLE_SECONDS = 5.0
+"""An executor of ours left without a replica (its last drain finished: a scale-down or re-pack
+released its agent, or the replicas of its member there ended) is shut down (Mesos ``SHUTDOWN``)
+once it has stayed so this long, so that its agent, executor resources included, goes back to the
+cluster.  The wait lets a scale-up or a replacement a moment later reuse the loaded executor (no
+cold start); it is short next to the autoscaler's scale-down delay (30 s by default), which the
+load already had to stay low for."""
 
 
 class ReplicaState(StrEnum):
@@ -173,7 +180,8 @@ class ServingController(pymesos.Scheduler):
                  autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
                  scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  health_check: Callable[["LiveReplica"], bool] | None = None,
-                 on_cost: Callable[[float, float], None] | None = None) -> None:
+                 on_cost: Callable[[float, float], None] | None = None,
+                 executor_idle_seconds: float = EXECUTOR_IDLE_SECONDS) -> None:
         self.targets = dict(targets)
         self.catalog, self.table, self.prices = catalog, table, prices
         self.role, self.refuse_seconds, self.loopback = role, refuse_seconds, loopback
@@ -192,6 +200,12 @@ class ServingController(pymesos.Scheduler):
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
         self.replicas: dict[str, LiveReplica] = {}
         self.executors: dict[tuple[str, str], int] = {}
+        self.hosting: dict[tuple[str, str], float | None] = {}
+        """Every executor of ours believed to run, (agent id, executor id) -> since when it has had
+        no replica (None while it has one): launched by us or hosting an adopted replica."""
+        self.executor_idle_seconds = executor_idle_seconds
+        self.shutdowns: list[tuple[str, str]] = []
+        """(agent id, executor id) of every executor shut down, in order (logs, tests)."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}
         self.agent_prices: dict[str, float] = {}
@@ -245,6 +259,8 @@ class ServingController(pymesos.Scheduler):
                                       self._address(record.hostname), record.port, record.sha256, key,
                                       record.executor_id, ReplicaState.ADOPTING, self.clock())
                 self.replicas[record.task_id] = replica
+                if record.executor_id:
+                    self.hosting[(record.agent_id, record.executor_id)] = None
                 if key:  # never launched into again: its ExecutorInfo (artifact URLs) was the earlier serve's
                     self.executor_generation[(record.agent_id, key)] = max(
                         self.executor_generation[(record.agent_id, key)], generation + 1)
@@ -375,6 +391,7 @@ class ServingController(pymesos.Scheduler):
         self._scale(now)
         self._decide(driver, offers, now)
         self._kill_due(driver, now)
+        self._release_idle_executors(driver, now)
 
     def _measure(self, views: list[OfferView], measured: set[str]) -> None:
         """Each offered agent's whole capacity for us, taken as the offers arrive: before the
@@ -499,10 +516,13 @@ class ServingController(pymesos.Scheduler):
             self._known_agents.pop(agent_id, None)
             for key in [k for k in self.executors if k[0] == agent_id]:
                 self._drop_executor(*key)
+            for hosted in [h for h in self.hosting if h[0] == agent_id]:
+                del self.hosting[hosted]
         log.warning("agent %s lost; its replicas come back as TASK_LOST and are replaced", agent_id)
 
     def _forget_executor(self, executor_id: str, agent_id: str) -> None:
         with self.lock:
+            self.hosting.pop((agent_id, executor_id), None)
             for (on, key), generation in list(self.executors.items()):
                 if on == agent_id and translator.executor_id(key, generation) == executor_id:
                     self._drop_executor(on, key)
@@ -577,6 +597,41 @@ class ServingController(pymesos.Scheduler):
                 replica.kill_at = None
         for replica in due:
             driver.killTask(translator.id_message(replica.task_id))
+
+    def _release_idle_executors(self, driver: Any, now: float) -> None:
+        """Shut down (Mesos ``SHUTDOWN``, framework -> master -> agent -> executor) each executor of
+        ours that has had no replica for ``executor_idle_seconds``: no live replica there and its
+        drains finished (a draining replica is in ``replicas`` until its terminal update).  It is
+        forgotten first (no launch goes to it again: the next replica there starts a new executor
+        generation), so that its agent's resources, its own included, are offered again once it
+        exits.  Replicas live in the journal with their executor's id, and leave it with their
+        terminal update, so a restarted ``serve`` never re-adopts an executor shut down here."""
+        with self.lock:
+            busy = {(r.agent_id, r.executor_id) for r in self.replicas.values()}
+            due: list[tuple[str, str]] = []
+            for hosted, idle_since in list(self.hosting.items()):
+                if hosted in busy:
+                    self.hosting[hosted] = None
+                elif idle_since is None:
+                    self.hosting[hosted] = now
+                elif now - idle_since >= self.executor_idle_seconds:
+                    due.append(hosted)
+            for agent_id, executor_id in due:
+                del self.hosting[(agent_id, executor_id)]
+                for (on, key), generation in list(self.executors.items()):
+                    if on == agent_id and translator.executor_id(key, generation) == executor_id:
+                        self._drop_executor(on, key)
+        for agent_id, executor_id in due:
+            log.info("shutting down executor %s on %s: no replica there for %.0f s", executor_id,
+                     self.hostnames.get(agent_id, agent_id), self.executor_idle_seconds)
+            try:
+                shutdown_executor(driver, executor_id, agent_id)
+            except (OSError, RuntimeError) as error:  # not connected now: the agent keeps it until we retry
+                log.warning("could not shut down executor %s on %s (%s); retrying", executor_id, agent_id, error)
+                with self.lock:
+                    self.hosting[(agent_id, executor_id)] = now
+                continue
+            self.shutdowns.append((agent_id, executor_id))
 
     def snapshot(self, now: float) -> placement.ServeSnapshot:
         """What a placement decision reads, as values (call with the lock held)."""
@@ -699,6 +754,7 @@ class ServingController(pymesos.Scheduler):
                         break
                     self.executors[(agent_id, key)] = generation
                     self.executor_generation[(agent_id, key)] = generation
+                    self.hosting[(agent_id, translator.executor_id(key, generation))] = None
                     replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
                                           self._address(agent.hostname), port, target.sha256, key,
                                           translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
@@ -811,6 +867,23 @@ class ServingController(pymesos.Scheduler):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def shutdown_executor(driver: Any, executor_id: str, agent_id: str) -> None:
+    """Send the scheduler API's ``SHUTDOWN`` call for one executor (the agent sends it the
+    ``SHUTDOWN`` event, kills it after its grace period, and its resources are offered again).
+    pymesos (0.3.x) has no method for this call: a driver that has ``shutdownExecutor`` is asked
+    to, a pymesos driver sends the call itself as its other methods do."""
+    method = getattr(driver, "shutdownExecutor", None)
+    if callable(method):
+        method(translator.id_message(executor_id), translator.id_message(agent_id))
+        return
+    framework_id = getattr(driver, "framework_id", None)
+    if not framework_id or not getattr(driver, "connected", True):
+        raise RuntimeError("not subscribed to a master")
+    driver._send({"type": "SHUTDOWN", "framework_id": {"value": framework_id},
+                  "shutdown": {"executor_id": translator.id_message(executor_id),
+                               "agent_id": translator.id_message(agent_id)}})
+
+
 def _placement_state(state: ReplicaState) -> placement.ReplicaState:
     if state is ReplicaState.READY:
         return "running"

@@ -10,9 +10,9 @@ filters: a declined or partly used agent is offered again after ``refuse_seconds
 when more of it became free), and runs one controller step on them (``ServingController._step``,
 what its worker thread runs).  The resources Mesos accounts are the launches' own: each task's
 resources and ports, and each executor's resources from its first launch on an agent until the
-end (executors stay, as they do on a Mesos agent).  The bench's shape by default: two agents of 1
-cpu priced 1 and 2 per hour; forest / boosting / logistic replicas of 0.5 / 0.25 / 0.1 cpus less
-the shared executor's 0.01.
+controller shuts it down (SHUTDOWN: it exits ``kill_s`` later and its resources are offered again,
+as on a Mesos agent).  The bench's shape by default: two agents of 1 cpu priced 1 and 2 per hour;
+forest / boosting / logistic replicas of 0.5 / 0.25 / 0.1 cpus less the shared executor's 0.01.
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ class SimMesos:
         self.due: list[tuple[float, int, str, Any]] = []
         self._ids = itertools.count()
         self.kills: list[str] = []
+        self.shutdowns: list[tuple[str, str]] = []
+        """(agent id, executor id) of every SHUTDOWN call, in order."""
+        self.shutdown_times: list[float] = []
 
     # --- the driver's calls ------------------------------------------------------------------
     def launchTasks(self, offer_ids: Any, tasks: list[Message], filters: Any = None) -> None:  # noqa: N802
@@ -167,6 +170,13 @@ class SimMesos:
         task = self.tasks.get(task_id["value"])
         if task is not None and task.ended_at is None:
             self._at(self.fleet.now + self.kill_s, "update", (task_id["value"], "TASK_KILLED"))
+
+    def shutdownExecutor(self, executor_id: Any, agent_id: Any) -> None:  # noqa: N802
+        """The scheduler API's SHUTDOWN: the executor exits after ``kill_s``, its resources free
+        (then the master sends FAILURE for it, as Mesos does when an executor terminates)."""
+        self.shutdowns.append((agent_id["value"], executor_id["value"]))
+        self.shutdown_times.append(self.fleet.now)
+        self._at(self.fleet.now + self.kill_s, "executor_exit", (executor_id["value"], agent_id["value"]))
 
     def reviveOffers(self, roles: Any = ()) -> None:  # noqa: N802
         for agent in self.agents.values():
@@ -213,6 +223,11 @@ class SimMesos:
         for _, _, kind, value in due:
             if kind == "ready":
                 batch.append(("ready", None, value))
+                continue
+            if kind == "executor_exit":
+                executor_id, agent_id = value
+                if self.agents[agent_id].executors.pop(executor_id, None) is not None:
+                    batch.append(("executor_lost", self, (executor_id, agent_id)))
                 continue
             task_id, state = value
             task = self.tasks[task_id]

@@ -86,3 +86,46 @@ def test_replicas_left_on_both_agents_by_the_scale_down_are_re_packed_within_the
     assert_falls_to_the_bound(fleet)
     assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
     assert (fleet.cost_now(), fleet.bound_now()) == (1.0, 1.0)
+
+
+def test_the_executor_on_a_released_agent_is_shut_down_and_the_agent_offered_whole() -> None:
+    """The fall's scale-down empties the dear agent: once its drains have ended and the executor
+    has stayed idle ``executor_idle_seconds``, the controller sends SHUTDOWN for that executor
+    (and only it: the cheap agent still hosts replicas), the executor's resources come back, and
+    a later scale-up on that agent starts a new executor there (a new id)."""
+    fleet = Fleet(rate=step_and_fall)
+    fleet.run_until(FALL_AT)
+    dear = fleet.mesos.agents["dear"]
+    [loaded] = dear.executors  # the step put replicas (and so our executor) on the dear agent
+    assert fleet.mesos.shutdowns == []
+    fleet.run_until(END)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    assert fleet.mesos.shutdowns == [("dear", loaded)] == fleet.controller.shutdowns
+    assert dear.executors == {} and len(fleet.mesos.agents["cheap"].executors) == 1
+    assert fleet.mesos.used(dear).cpus == 0.0  # nothing of ours holds the dear agent
+    assert ("dear", loaded) not in fleet.controller.hosting
+    assert not any(agent == "dear" for agent, _ in fleet.controller.executors)
+    # sent once the dear agent's last replica had ended and the executor had waited out its idle time
+    last_ended = max(t.ended_at or END for t in fleet.mesos.tasks.values() if t.agent == "dear")
+    [sent_at] = fleet.mesos.shutdown_times
+    assert last_ended + fleet.controller.executor_idle_seconds <= sent_at <= last_ended + 1.0 + \
+        fleet.controller.executor_idle_seconds
+
+
+def test_an_executor_idle_only_a_moment_is_reused_not_shut_down() -> None:
+    """Every replica on the cheap agent crashes at once: their replacements go to the same,
+    still loaded executor within its idle time, and it is never shut down (the replicas the
+    autoscaler adds meanwhile on the dear agent are released later, and only that executor goes)."""
+    fleet = Fleet(rate=lambda now: 3.4)
+    fleet.run_until(20.0)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    [executor] = fleet.mesos.agents["cheap"].executors
+    for replica in list(fleet.controller.replicas.values()):
+        fleet.mesos.crash(replica.task_id)
+    fleet.run_until(22.0)
+    assert fleet.placed()["cheap"] == ["boosting", "forest", "logistic"]
+    assert {r.executor_id for r in fleet.controller.replicas.values() if r.agent_id == "cheap"} == {executor}
+    fleet.run_until(90.0)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    assert [agent for agent, _ in fleet.mesos.shutdowns] == ["dear"]
+    assert list(fleet.mesos.agents["cheap"].executors) == [executor] and fleet.mesos.agents["dear"].executors == {}
