@@ -6,7 +6,9 @@ agents that already run our executor), registers a replica with the gateway's
 :class:`~framework.serving.routing.ReplicaTable` once it is ready (TASK_RUNNING, then a health
 check), replaces one that ends (crash, agent loss), drains and kills replicas to scale down, and
 rolls a member whose model changed (new replicas first; an old one drains only once a new one
-is ready, so no request finds no replica).
+is ready, so no request finds no replica), and shuts down (Mesos ``SHUTDOWN``) an executor of
+ours left without replicas for ``EXECUTOR_IDLE_SECONDS``, so that a released agent goes back to
+the cluster whole.
 
 Conventions of :mod:`framework.scheduler`: every pymesos callback (one IO thread) only
 translates its message and queues it, under a guard that never lets an exception reach the
@@ -877,9 +879,10 @@ def shutdown_executor(driver: Any, executor_id: str, agent_id: str) -> None:
         method(translator.id_message(executor_id), translator.id_message(agent_id))
         return
     framework_id = getattr(driver, "framework_id", None)
-    if not framework_id or not getattr(driver, "connected", True):
+    send = getattr(driver, "_send", None)
+    if not framework_id or not getattr(driver, "connected", True) or send is None:
         raise RuntimeError("not subscribed to a master")
-    driver._send({"type": "SHUTDOWN", "framework_id": {"value": framework_id},
+    send({"type": "SHUTDOWN", "framework_id": {"value": framework_id},
                   "shutdown": {"executor_id": translator.id_message(executor_id),
                                "agent_id": translator.id_message(agent_id)}})
 
