@@ -6,7 +6,9 @@ agents that already run our executor), registers a replica with the gateway's
 :class:`~framework.serving.routing.ReplicaTable` once it is ready (TASK_RUNNING, then a health
 check), replaces one that ends (crash, agent loss), drains and kills replicas to scale down, and
 rolls a member whose model changed (new replicas first; an old one drains only once a new one
-is ready, so no request finds no replica).
+is ready, so no request finds no replica), and shuts down (Mesos ``SHUTDOWN``) an executor of
+ours left without replicas for ``EXECUTOR_IDLE_SECONDS``, so that a released agent goes back to
+the cluster whole.
 
 Conventions of :mod:`framework.scheduler`: every pymesos callback (one IO thread) only
 translates its message and queues it, under a guard that never lets an exception reach the
@@ -17,6 +19,7 @@ the calls.  Status updates are acknowledged explicitly once handled (and journal
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import logging
@@ -54,6 +57,13 @@ finishes what it has in flight before TASK_KILLED)."""
 TICK_SECONDS = 0.25
 BAD_PORT_SECONDS = 120.0
 """A port a replica could not bind on a host is not chosen again there for this long."""
+EXECUTOR_IDLE_SECONDS = 5.0
+"""An executor of ours left without a replica (its last drain finished: a scale-down or re-pack
+released its agent, or the replicas of its member there ended) is shut down (Mesos ``SHUTDOWN``)
+once it has stayed so this long, so that its agent, executor resources included, goes back to the
+cluster.  The wait lets a scale-up or a replacement a moment later reuse the loaded executor (no
+cold start); it is short next to the autoscaler's scale-down delay (30 s by default), which the
+load already had to stay low for."""
 
 
 class ReplicaState(StrEnum):
@@ -132,10 +142,19 @@ class ReplicaCatalog(Protocol):
                      port: int) -> Message: ...
 
 
-REPACK_INTERVAL_SECONDS = 30.0
-"""At most one re-pack (moving replicas off an expensive agent) per this many seconds."""
+REPACK_INTERVAL_SECONDS = 10.0
+"""At most one re-pack (moving replicas off an expensive agent) per this many seconds.  Every
+re-pack lowers the cost of the agents in use (``placement``), so re-packs end without a long
+spacing; this one only keeps a re-pack from starting on offers that crossed the last one.  It
+must leave the fall in load its time: the scale-down delay (``scale_down_delay_s``, 30 s), the
+drains (under a second), a re-pack's replacements starting and the old replicas draining fit
+within issue 15's 60 s only if a re-pack is not held back long after the drains."""
 REPACK_CHECK_SECONDS = 5.0
-"""A settled deployment looks for a cheaper placement at most this often (each look packs a few times)."""
+"""A settled deployment looks for a cheaper placement with an agent's offers at most this often
+(each look packs a few times); an agent offered again within this time is not looked at again
+unless the replicas changed since (a scale-down's drains ended, a replica became ready).  Per
+agent: the agents' offers come on their own cycles (``refuse_seconds`` after each decline), so a
+spacing shared by all would lock onto one agent's cycle and never look at the other's offers."""
 
 
 def callback(method: Callable[..., None]) -> Callable[..., None]:
@@ -163,7 +182,8 @@ class ServingController(pymesos.Scheduler):
                  autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
                  scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  health_check: Callable[["LiveReplica"], bool] | None = None,
-                 on_cost: Callable[[float, float], None] | None = None) -> None:
+                 on_cost: Callable[[float, float], None] | None = None,
+                 executor_idle_seconds: float = EXECUTOR_IDLE_SECONDS) -> None:
         self.targets = dict(targets)
         self.catalog, self.table, self.prices = catalog, table, prices
         self.role, self.refuse_seconds, self.loopback = role, refuse_seconds, loopback
@@ -174,11 +194,20 @@ class ServingController(pymesos.Scheduler):
         self.on_cost = on_cost
         self.cost_history: list[tuple[float, float, float]] = []
         """(time, cost per hour, lower bound per hour), every ``scale_interval``."""
-        self._last_agents: dict[str, Agent] = {}
-        """Each agent as last offered (for the lower bound)."""
+        self._known_agents: dict[str, Agent] = {}
+        """Each agent as it is for us (``cost.measure_agents``: its last offer plus what our
+        replicas and executors held there when it came), for the lower bound."""
+        self._repack_looked: dict[str, float] = {}
+        """Per agent, when a re-pack was last looked for with its offers (see REPACK_CHECK_SECONDS)."""
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
         self.replicas: dict[str, LiveReplica] = {}
         self.executors: dict[tuple[str, str], int] = {}
+        self.hosting: dict[tuple[str, str], float | None] = {}
+        """Every executor of ours believed to run, (agent id, executor id) -> since when it has had
+        no replica (None while it has one): launched by us or hosting an adopted replica."""
+        self.executor_idle_seconds = executor_idle_seconds
+        self.shutdowns: list[tuple[str, str]] = []
+        """(agent id, executor id) of every executor shut down, in order (logs, tests)."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}
         self.agent_prices: dict[str, float] = {}
@@ -232,6 +261,8 @@ class ServingController(pymesos.Scheduler):
                                       self._address(record.hostname), record.port, record.sha256, key,
                                       record.executor_id, ReplicaState.ADOPTING, self.clock())
                 self.replicas[record.task_id] = replica
+                if record.executor_id:
+                    self.hosting[(record.agent_id, record.executor_id)] = None
                 if key:  # never launched into again: its ExecutorInfo (artifact URLs) was the earlier serve's
                     self.executor_generation[(record.agent_id, key)] = max(
                         self.executor_generation[(record.agent_id, key)], generation + 1)
@@ -330,10 +361,12 @@ class ServingController(pymesos.Scheduler):
     def _step(self, batch: list[tuple[str, Any, Any]]) -> None:
         driver = self._driver
         offers: list[OfferView] = []
+        measured: set[str] = set()
         for kind, from_driver, value in batch:
             driver = from_driver or driver
             if kind == "offers":
                 offers.extend(value)
+                self._measure(value, measured)
             elif kind == "update":
                 self._on_update(driver, *value)
             elif kind == "subscribed":
@@ -360,6 +393,23 @@ class ServingController(pymesos.Scheduler):
         self._scale(now)
         self._decide(driver, offers, now)
         self._kill_due(driver, now)
+        self._release_idle_executors(driver, now)
+
+    def _measure(self, views: list[OfferView], measured: set[str]) -> None:
+        """Each offered agent's whole capacity for us, taken as the offers arrive: before the
+        updates that follow them in this batch change the replicas (the master sent those later).
+        An agent offered twice in one batch: both offers' resources (they are disjoint)."""
+        from framework.serving import cost
+
+        with self.lock:
+            agents = merge_by_agent(views, self.prices, {}, {}, {})
+            snapshot = self.snapshot(self.clock())
+            for offered, whole in zip(agents, cost.measure_agents(agents, snapshot)):
+                earlier = self._known_agents.get(offered.agent_id)
+                if earlier is not None and offered.agent_id in measured:
+                    whole = dataclasses.replace(whole, capacity=earlier.capacity + offered.capacity)
+                self._known_agents[offered.agent_id] = whole
+                measured.add(offered.agent_id)
 
     # --- updates -------------------------------------------------------------------------------
     def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
@@ -407,6 +457,7 @@ class ServingController(pymesos.Scheduler):
         """A replica ended (call with the lock held): out of the table and the journal; the next
         decision replaces it if its member needs it."""
         del self.replicas[replica.task_id]
+        self._repack_looked.clear()  # the replicas changed: a re-pack may now pay where it did not
         self.table.remove(replica.task_id)
         if self.state is not None:
             self.state.remove(replica.task_id)
@@ -446,6 +497,7 @@ class ServingController(pymesos.Scheduler):
             if replica is None or replica.state is not ReplicaState.CHECKING:
                 return
             replica.state, replica.since = ReplicaState.READY, self.clock()
+            self._repack_looked.clear()
             self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id, replica.sha256))
             self._changed.notify_all()
         if self.state is not None:
@@ -463,12 +515,16 @@ class ServingController(pymesos.Scheduler):
 
     def _forget_agent(self, agent_id: str) -> None:
         with self.lock:
+            self._known_agents.pop(agent_id, None)
             for key in [k for k in self.executors if k[0] == agent_id]:
                 self._drop_executor(*key)
+            for hosted in [h for h in self.hosting if h[0] == agent_id]:
+                del self.hosting[hosted]
         log.warning("agent %s lost; its replicas come back as TASK_LOST and are replaced", agent_id)
 
     def _forget_executor(self, executor_id: str, agent_id: str) -> None:
         with self.lock:
+            self.hosting.pop((agent_id, executor_id), None)
             for (on, key), generation in list(self.executors.items()):
                 if on == agent_id and translator.executor_id(key, generation) == executor_id:
                     self._drop_executor(on, key)
@@ -485,8 +541,11 @@ class ServingController(pymesos.Scheduler):
         self._last_scale = now
         loads = self.loads()
         with self.lock:
-            current = {m: sum(1 for r in self.replicas.values() if r.member == m and r.state in LIVE_STATES)
-                       for m in self.targets}
+            # The counts aimed at (the autoscaler's contract), not the live replicas: those also
+            # count a re-pack's replacements beside the replicas they replace, and an autoscaler
+            # that keeps "the current count" would keep them all (a re-pack of 3 replicas turned
+            # into 6 wanted, the bound and the cost up with them, for another scale-down delay).
+            current = {m: self.desired.get(m, t.min_replicas) for m, t in self.targets.items()}
         desired = self.autoscale(loads, current, now)
         with self.lock:
             for member, count in desired.items():
@@ -507,9 +566,10 @@ class ServingController(pymesos.Scheduler):
 
         with self.lock:
             snapshot = self.snapshot(now)
-            agents = list(self._last_agents.values())
+            agents = list(self._known_agents.values())
         try:
-            report = cost.deployment_cost(snapshot, agents, default_price=self.prices.default, memo=self._bounds)
+            report = cost.deployment_cost(snapshot, agents, default_price=self.prices.default, memo=self._bounds,
+                                          whole=True)
         except (KeyError, ValueError) as error:  # nothing known of an agent yet
             log.debug("cost per hour not known yet: %s", error)
             return
@@ -540,6 +600,41 @@ class ServingController(pymesos.Scheduler):
         for replica in due:
             driver.killTask(translator.id_message(replica.task_id))
 
+    def _release_idle_executors(self, driver: Any, now: float) -> None:
+        """Shut down (Mesos ``SHUTDOWN``, framework -> master -> agent -> executor) each executor of
+        ours that has had no replica for ``executor_idle_seconds``: no live replica there and its
+        drains finished (a draining replica is in ``replicas`` until its terminal update).  It is
+        forgotten first (no launch goes to it again: the next replica there starts a new executor
+        generation), so that its agent's resources, its own included, are offered again once it
+        exits.  Replicas live in the journal with their executor's id, and leave it with their
+        terminal update, so a restarted ``serve`` never re-adopts an executor shut down here."""
+        with self.lock:
+            busy = {(r.agent_id, r.executor_id) for r in self.replicas.values()}
+            due: list[tuple[str, str]] = []
+            for hosted, idle_since in list(self.hosting.items()):
+                if hosted in busy:
+                    self.hosting[hosted] = None
+                elif idle_since is None:
+                    self.hosting[hosted] = now
+                elif now - idle_since >= self.executor_idle_seconds:
+                    due.append(hosted)
+            for agent_id, executor_id in due:
+                del self.hosting[(agent_id, executor_id)]
+                for (on, key), generation in list(self.executors.items()):
+                    if on == agent_id and translator.executor_id(key, generation) == executor_id:
+                        self._drop_executor(on, key)
+        for agent_id, executor_id in due:
+            log.info("shutting down executor %s on %s: no replica there for %.0f s", executor_id,
+                     self.hostnames.get(agent_id, agent_id), self.executor_idle_seconds)
+            try:
+                shutdown_executor(driver, executor_id, agent_id)
+            except (OSError, RuntimeError) as error:  # not connected now: the agent keeps it until we retry
+                log.warning("could not shut down executor %s on %s (%s); retrying", executor_id, agent_id, error)
+                with self.lock:
+                    self.hosting[(agent_id, executor_id)] = now
+                continue
+            self.shutdowns.append((agent_id, executor_id))
+
     def snapshot(self, now: float) -> placement.ServeSnapshot:
         """What a placement decision reads, as values (call with the lock held)."""
         served: dict[str, set[str]] = defaultdict(set)
@@ -554,6 +649,7 @@ class ServingController(pymesos.Scheduler):
             executors={agent: frozenset(members) for agent, members in served.items()},
             agent_reserve=self.catalog.agent_reserve,
             repack_not_before=self.repack_not_before,
+            agent_capacity={a: agent.capacity for a, agent in self._known_agents.items()},
         )
 
     def _wanted(self) -> bool:
@@ -580,17 +676,19 @@ class ServingController(pymesos.Scheduler):
                                     ) if offers else []
             for agent in agents:
                 self.agent_prices[agent.agent_id] = agent.price
-            for agent in agents:
-                self._last_agents[agent.agent_id] = agent
             snapshot = self.snapshot(now)
+            # a re-pack is looked for with offers of an agent not looked at lately (per agent)
+            looked = min((self._repack_looked.get(a.agent_id, float("-inf")) + REPACK_CHECK_SECONDS
+                          for a in agents), default=now)
+            snapshot = dataclasses.replace(snapshot, repack_not_before=max(self.repack_not_before, looked))
         decision = placement.decide(snapshot, agents, now)
         self.last_decision = decision
         with self.lock:
             if decision.repacked:
                 self.repack_not_before = now + REPACK_INTERVAL_SECONDS
                 log.info("re-pack: moving %d replica(s) to cheaper agents", len(decision.launches))
-            elif decision.repack_checked:
-                self.repack_not_before = now + REPACK_CHECK_SECONDS
+            if decision.repack_checked:
+                self._repack_looked.update((a.agent_id, now) for a in agents)
             for drain in decision.drains:
                 doomed = self.replicas.get(drain.replica_id)
                 if doomed is not None:
@@ -658,6 +756,7 @@ class ServingController(pymesos.Scheduler):
                         break
                     self.executors[(agent_id, key)] = generation
                     self.executor_generation[(agent_id, key)] = generation
+                    self.hosting[(agent_id, translator.executor_id(key, generation))] = None
                     replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
                                           self._address(agent.hostname), port, target.sha256, key,
                                           translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
@@ -689,12 +788,14 @@ class ServingController(pymesos.Scheduler):
         taken = {r.port for r in self.replicas.values() if r.address == address}
         taken |= {port for (where, port), until in self.bad_ports.items() if where == address and until > now}
         free: list[int] = []
-        for begin, end in sorted(ranges):
-            for port in range(begin, end + 1):
-                if port not in taken and (not self.loopback or _bindable(port)):
-                    free.append(port)
-                    if len(free) >= 16:
-                        return free
+        while len(free) < 16:
+            try:
+                [port] = translator.assign_ports(ranges, 1, taken)
+            except ValueError:  # none left
+                break
+            taken.add(port)
+            if not self.loopback or _bindable(port):
+                free.append(port)
         return free
 
     def _decline(self, driver: Any, offers: list[OfferView], refuse_seconds: float) -> None:
@@ -768,6 +869,24 @@ class ServingController(pymesos.Scheduler):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def shutdown_executor(driver: Any, executor_id: str, agent_id: str) -> None:
+    """Send the scheduler API's ``SHUTDOWN`` call for one executor (the agent sends it the
+    ``SHUTDOWN`` event, kills it after its grace period, and its resources are offered again).
+    pymesos (0.3.x) has no method for this call: a driver that has ``shutdownExecutor`` is asked
+    to, a pymesos driver sends the call itself as its other methods do."""
+    method = getattr(driver, "shutdownExecutor", None)
+    if callable(method):
+        method(translator.id_message(executor_id), translator.id_message(agent_id))
+        return
+    framework_id = getattr(driver, "framework_id", None)
+    send = getattr(driver, "_send", None)
+    if not framework_id or not getattr(driver, "connected", True) or send is None:
+        raise RuntimeError("not subscribed to a master")
+    send({"type": "SHUTDOWN", "framework_id": {"value": framework_id},
+                  "shutdown": {"executor_id": translator.id_message(executor_id),
+                               "agent_id": translator.id_message(agent_id)}})
+
+
 def _placement_state(state: ReplicaState) -> placement.ReplicaState:
     if state is ReplicaState.READY:
         return "running"

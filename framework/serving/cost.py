@@ -26,8 +26,12 @@ from framework.serving.placement import ReplicaView, ServeSnapshot
 SECONDS_PER_HOUR = 3600.0
 NO_UNIT_PRICES = CostModel()
 NOTHING = Resources()
-BOUND_OPTIONS = PackingOptions(time_budget_s=0.2)
-"""The packer's search for the bound: long enough for its exact phase on a deployment's few replicas."""
+BOUND_OPTIONS = PackingOptions(time_budget_s=math.inf, max_iterations=300, exact_max_nodes=100)
+"""The packer's search for the bound: capped by steps, not time, so that the bound depends on its
+inputs only, never on how loaded the machine is (a time budget that a busy machine cuts short
+leaves the fractional bound: 0.83 instead of 1.0 for the bench's three replicas on its cheap
+agent, and a deployment at the optimum looks 20 % over it); enough for the exact phase on a
+deployment's few replicas (tens of milliseconds; computed only when its inputs change)."""
 MEMO_SIZE = 64
 """The most bounds a ``deployment_cost`` memo holds (then it starts again)."""
 
@@ -103,6 +107,36 @@ def whole_agents(offered: Sequence[Agent], replicas: Iterable[ReplicaView], dema
     return agents
 
 
+def measure_agents(offered: Sequence[Agent], snapshot: ServeSnapshot) -> list[Agent]:
+    """Each offered agent as it is for us: its free capacity plus what the snapshot's replicas
+    (draining ones too: they hold their resources until they end) and executors hold there.
+    Take it when the offers arrive, with the replicas as they are then: Mesos offers what none of
+    them holds, so offer and replicas describe one moment.  Made later (a replica launched from
+    that offer, or ended since), the sum counts a replica twice or not at all, and the bound
+    read from it flips with every offer cycle (two agents of one cpu holding 0.83 cpus of
+    replicas look like 0.5 cpus, or 1.5).  For :func:`deployment_cost` with ``whole=True``."""
+    demands = {r.member: NOTHING for r in snapshot.replicas}
+    demands.update({m: t.demand for m, t in snapshot.targets.items()})
+    here = {a.agent_id for a in offered}
+    held = {agent_id: res for agent_id, res in _executors_held(snapshot).items() if agent_id in here}
+    replicas = [r for r in snapshot.replicas if r.agent_id in here]
+    return whole_agents(offered, replicas, demands, {}, executors=held)
+
+
+def _rounded(resources: Resources) -> tuple[float, ...]:
+    return tuple(round(v, 9) for v in resources.as_tuple())
+
+
+def _executors_held(snapshot: ServeSnapshot) -> dict[str, Resources]:
+    """Per agent running an executor of ours, what it holds: the shared executor's reserve plus
+    the per-model executors of the members it serves."""
+    held: dict[str, Resources] = {}
+    for agent_id, members in snapshot.executors.items():
+        own = [snapshot.targets[m].executor for m in members if m in snapshot.targets]
+        held[agent_id] = sum(own, snapshot.agent_reserve)
+    return held
+
+
 @dataclass(frozen=True)
 class CostReport:
     """A deployment's cost per hour as placed, and the least any placement of its desired
@@ -120,31 +154,42 @@ class CostReport:
 
 
 def deployment_cost(snapshot: ServeSnapshot, agents: Sequence[Agent], default_price: float = 1.0,
-                    options: PackingOptions = BOUND_OPTIONS, memo: dict[str, float] | None = None) -> CostReport:
+                    options: PackingOptions = BOUND_OPTIONS, memo: dict[str, float] | None = None,
+                    whole: bool = False) -> CostReport:
     """:func:`cost_per_hour` of the snapshot's replicas (draining ones too: they still hold their
-    agents) and :func:`lower_bound_per_hour` of its desired counts on ``agents`` made whole
-    (:func:`whole_agents`: the agents as last offered, plus what our replicas and executors hold
-    there).  An agent whose price is known neither from ``agents`` nor from the snapshot counts
-    ``default_price`` (``[pricing] default``).  ``memo``: bounds already computed, by their
-    inputs (the bound costs a packing; a caller that asks every second keeps one, so that it packs
-    again only when the desired counts or the agents changed)."""
+    agents) and :func:`lower_bound_per_hour` of its desired counts on the agents as they are for
+    us: ``agents`` already made so (``whole``: each from :func:`measure_agents` when it was
+    offered; what a running controller passes), or, without ``whole``, ``agents`` as offered made
+    whole now (:func:`whole_agents`: plus what our replicas and executors hold there; right only
+    when the replicas have not changed since those offers).  Agents holding replicas that
+    ``agents`` lacks count what the replicas hold.  An agent whose price is known neither from
+    ``agents`` nor from the snapshot counts ``default_price`` (``[pricing] default``).  ``memo``:
+    bounds already computed, by their inputs (the bound costs a packing; a caller that asks every
+    second keeps one, so that it packs again only when the desired counts or the agents changed)."""
     prices = {r.agent_id: default_price for r in snapshot.replicas}
     prices.update(snapshot.agent_prices)
     prices.update({a.agent_id: a.price for a in agents})
     demands = {r.member: NOTHING for r in snapshot.replicas}  # members no longer in the job
     demands.update({m: t.demand for m, t in snapshot.targets.items()})
-    held: dict[str, Resources] = {}
-    for agent_id, members in snapshot.executors.items():
-        own = [snapshot.targets[m].executor for m in members if m in snapshot.targets]
-        held[agent_id] = sum(own, snapshot.agent_reserve)
-    whole = whole_agents(agents, snapshot.replicas, demands, prices, executors=held)
+    held = _executors_held(snapshot)
+    if whole:
+        known = {a.agent_id for a in agents}
+        extra = whole_agents([], [r for r in snapshot.replicas if r.agent_id not in known], demands, prices,
+                             executors={a: r for a, r in held.items() if a not in known})
+        whole_list = list(agents) + extra
+    else:
+        whole_list = whole_agents(agents, snapshot.replicas, demands, prices, executors=held)
     cost = cost_per_hour(snapshot.replicas, prices, demands, snapshot.cost_model)
-    inputs = ({m: t.desired for m, t in snapshot.targets.items()}, whole, demands, snapshot.cost_model,
+    inputs = ({m: t.desired for m, t in snapshot.targets.items()}, whole_list, demands, snapshot.cost_model,
               {m: t.executor for m, t in snapshot.targets.items()}, snapshot.agent_reserve, options)
-    # Keyed without what the bound does not read (lower_bound_per_hour resets the rest): the
-    # offers' ids change with every offer cycle.
-    unoffered = [dataclasses.replace(a, offer_ids=()) for a in whole]
-    key = repr((inputs[0], unoffered, *inputs[2:])) if memo is not None else ""
+    # Keyed by what the bound reads, not by the rest (lower_bound_per_hour resets it): the
+    # offers' ids change with every offer cycle, which ports are free and what runs where with
+    # every launch; sorted and rounded, so that equal inputs give one key whatever the order the
+    # members were met in or the float noise of adding and taking back what replicas hold.
+    unoffered = sorted((a.agent_id, a.price, _rounded(a.capacity), tuple(sorted(a.attributes.items())))
+                       for a in whole_list)
+    key = repr((sorted(inputs[0].items()), unoffered, sorted((m, _rounded(demands[m])) for m in inputs[0]),
+                *inputs[3:])) if memo is not None else ""
     bound = memo.get(key) if memo is not None else None
     if bound is None:
         bound = lower_bound_per_hour(*inputs)

@@ -16,16 +16,21 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
    d. replicas of members no longer in the job.
 2. **launches**: each member's missing replicas (desired less its live replicas of the current
    sha256) placed by ``framework.packing.pack`` on the offered agents, where the agents that
-   already run our replicas or executors cost nothing more (the packer's ``in_use``) and hold a
-   loaded executor (no executor resources, no cold start); other agents lose the shared
-   executor's reserve, as in a batch round.
+   keep live replicas of ours cost nothing more (the packer's ``in_use``); those running our
+   executor hold it loaded (no executor resources, no cold start) but an executor alone does not
+   make an agent free (it costs its price again once its last replica is gone); other agents lose
+   the shared executor's reserve, as in a batch round.
 3. **re-pack**, when the deployment is settled (nothing to launch, nothing starting or
    draining) and ``now`` has passed ``repack_not_before``: for a group of agents in use whose
-   replicas the other offered agents can take for less than the group's price (agents in use
-   count 0) -- the agents a fresh placement of every replica would leave out, else the most
-   expensive single agent that can be emptied so -- those replicas are started elsewhere first,
-   each naming the one it replaces; step 1a drains the old ones once the new ones are ready, and
-   the agents are released.  Each re-pack lowers the cost, so re-packs end.
+   replicas the other offered agents can take for less than the group's price (agents keeping
+   replicas count 0; an agent with only an idle executor of ours counts its price) -- the agents
+   a fresh placement of every replica on the known agents (``agent_capacity``) would leave out,
+   else the most expensive single agent that can be emptied so -- those replicas are started
+   elsewhere first, each naming the one it replaces; step 1a drains the old ones once the new
+   ones are ready, and the agents are released.  When that fresh placement is cheaper than the
+   agents in use, replicas move only onto agents it uses (a move away from it would save now and
+   cost a second move later, the cost going up while its replacements start).  Each re-pack
+   lowers the cost of the agents in use, so re-packs end.
 
 No Mesos, threads, locks or clock here: the time is the ``now`` argument.
 """
@@ -107,6 +112,10 @@ class ServeSnapshot:
     """No re-pack starts before this time (the controller spaces them: ``now`` + an interval)."""
     repack_min_saving: float = 0.0
     """A re-pack must save more than this share of the released agent's price."""
+    agent_capacity: Mapping[str, Resources] = field(default_factory=dict)
+    """Each known agent's capacity for us as last measured (``cost.measure_agents``: its last
+    offer plus what our replicas and executors held there then): a re-pack sees the agents that
+    are not offered at this moment as they are, not as only what our replicas hold there."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     drains = _drains(snapshot, prices)
     drained = {d.replica_id for d in drains}
     missing = _missing(snapshot, drained)
-    prepared = _prepare(snapshot, agents)
+    prepared = _prepare(snapshot, agents, drained)
     tasks = [TaskDemand(f"{member}#{i}", member, snapshot.targets[member].demand, snapshot.targets[member].executor,
                         snapshot.targets[member].constraints)
              for member, count in sorted(missing.items()) for i in range(count)]
@@ -292,11 +301,14 @@ def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[str, int]:
     return missing
 
 
-def _prepare(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> list[Agent]:
-    """Offered agents as the packer sees them: those running our replicas or executors are in
-    use (cost nothing more) with their executors' members loaded; the others keep the shared
-    executor's reserve free."""
-    hosting = {r.agent_id for r in snapshot.replicas if r.live} | set(snapshot.executors)
+def _prepare(snapshot: ServeSnapshot, agents: Sequence[Agent], drained: set[str]) -> list[Agent]:
+    """Offered agents as the packer sees them: those keeping live replicas of ours (not drained
+    now) are in use (cost nothing more); those running an executor of ours have its members
+    loaded (no executor resources, no cold start) but, with no replica left, cost their price
+    again: an idle executor does not make an agent free (else a re-pack "saves" by moving
+    replicas onto a dearer agent that merely kept its executor, and back).  Agents without an
+    executor of ours keep the shared executor's reserve free."""
+    hosting = {r.agent_id for r in snapshot.replicas if r.live and r.replica_id not in drained}
     prepared = []
     for agent in agents:
         has_executor = agent.agent_id in snapshot.executors
@@ -318,24 +330,44 @@ def _settled(snapshot: ServeSnapshot) -> bool:
 def _repack(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float]) -> list[ReplicaLaunch]:
     """Replacements for every replica of a group of agents in use that the other offered agents
     take for less than the group's price (empty: no such group).  Groups tried: the agents in use
-    that a fresh placement of every replica on all the agents (made whole) leaves out, then each
-    agent in use alone, the most expensive first (at most REPACK_SINGLE_AGENTS of them)."""
+    that a fresh placement of every replica on all the known agents (made whole) leaves out, then
+    each agent in use alone, the most expensive first (at most REPACK_SINGLE_AGENTS of them).
+
+    When that fresh placement costs less than the agents in use now, the replicas move only onto
+    agents it uses: with one agent's offer at hand, moving the cheap agent's replicas onto the
+    dear one "saves" the cheap one's price, but the fresh placement puts everything on the cheap
+    one, and getting there takes a second re-pack whose replacements start on the cheap agent
+    beside the dear one's replicas (the cost up again, for the second time).  Other agents are
+    targets only when every agent of the fresh placement with room for a replica is offered now
+    (so a move towards it was possible and none fits)."""
     on_agent: dict[str, list[ReplicaView]] = defaultdict(list)
     for replica in snapshot.replicas:
         on_agent[replica.agent_id].append(replica)
-    groups = [_left_out(snapshot, prepared, prices, on_agent)]
+    current = sum(prices.get(a, 0.0) for a in on_agent)
+    fresh = _fresh_placement(snapshot, prepared, prices, on_agent)
+    offered = {a.agent_id for a in prepared}
+    attempts: list[set[str] | None] = [None]
+    groups: list[tuple[str, ...]] = []
+    if fresh is not None and fresh[1] < current - EPS:
+        keep = fresh[0]
+        attempts = [keep]
+        if all(a in offered or not _has_room(snapshot, a, on_agent) for a in keep):
+            attempts.append(None)
+        groups.append(tuple(sorted(set(on_agent) - keep)))
     groups += [(a,) for a in sorted(on_agent, key=lambda a: (-prices.get(a, 0.0), a))[:REPACK_SINGLE_AGENTS]]
-    for group in groups:
-        price = sum(prices.get(a, 0.0) for a in group)
-        others = [a for a in prepared if a.agent_id not in group]
-        if price <= EPS or not others:
-            continue
-        moving = sorted((r for a in group for r in on_agent[a]), key=lambda r: r.replica_id)
-        plan = pack([_demand(snapshot, r.replica_id, r.member) for r in moving], others, CostModel(), snapshot.packing)
-        if plan.unplaced or plan.cost >= price * (1.0 - snapshot.repack_min_saving) - EPS:
-            continue
-        where = {task_id: a for a, task_ids in plan.assignments.items() for task_id in task_ids}
-        return [_launch(snapshot, r.member, where[r.replica_id], "repack", replaces=r.replica_id) for r in moving]
+    for allowed in attempts:
+        for group in groups:
+            price = sum(prices.get(a, 0.0) for a in group)
+            others = [a for a in prepared if a.agent_id not in group and (allowed is None or a.agent_id in allowed)]
+            if price <= EPS or not others:
+                continue
+            moving = sorted((r for a in group for r in on_agent[a]), key=lambda r: r.replica_id)
+            plan = pack([_demand(snapshot, r.replica_id, r.member) for r in moving], others, CostModel(),
+                        snapshot.packing)
+            if plan.unplaced or plan.cost >= price * (1.0 - snapshot.repack_min_saving) - EPS:
+                continue
+            where = {task_id: a for a, task_ids in plan.assignments.items() for task_id in task_ids}
+            return [_launch(snapshot, r.member, where[r.replica_id], "repack", replaces=r.replica_id) for r in moving]
     return []
 
 
@@ -344,25 +376,52 @@ def _demand(snapshot: ServeSnapshot, task_id: str, member: str) -> TaskDemand:
     return TaskDemand(task_id, member, target.demand, target.executor, target.constraints)
 
 
-def _left_out(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float],
-              on_agent: Mapping[str, list[ReplicaView]]) -> tuple[str, ...]:
-    """The agents in use that a fresh placement of all the replicas leaves out: every agent at
-    its price with its free capacity plus what our replicas hold there (an agent in use that
-    offers nothing now: what they hold)."""
-    held: dict[str, Resources] = defaultdict(Resources)
-    for agent_id, replicas in on_agent.items():
-        for replica in replicas:
-            held[agent_id] = held[agent_id] + snapshot.targets[replica.member].demand
-    whole = [dataclasses.replace(a, in_use=False, capacity=a.capacity + held.get(a.agent_id, Resources()))
+def _executor_held(snapshot: ServeSnapshot, agent_id: str) -> Resources:
+    """What our executors on the agent hold (none: nothing)."""
+    members = snapshot.executors.get(agent_id)
+    if members is None:
+        return Resources()
+    return sum((snapshot.targets[m].executor for m in members if m in snapshot.targets), snapshot.agent_reserve)
+
+
+def _held(snapshot: ServeSnapshot, replicas: Sequence[ReplicaView]) -> Resources:
+    return sum((snapshot.targets[r.member].demand for r in replicas if r.member in snapshot.targets), Resources())
+
+
+def _has_room(snapshot: ServeSnapshot, agent_id: str, on_agent: Mapping[str, list[ReplicaView]]) -> bool:
+    """Whether the agent, as last measured, has room for one more replica of some member (an
+    agent never measured: as far as we know)."""
+    capacity = snapshot.agent_capacity.get(agent_id)
+    if capacity is None:
+        return True
+    free = capacity - _executor_held(snapshot, agent_id) - _held(snapshot, on_agent.get(agent_id, []))
+    return any(t.demand.fits_in(free) for t in snapshot.targets.values())
+
+
+def _fresh_placement(snapshot: ServeSnapshot, prepared: Sequence[Agent], prices: Mapping[str, float],
+                     on_agent: Mapping[str, list[ReplicaView]]) -> tuple[set[str], float] | None:
+    """The agents a fresh placement of all the replicas uses, and its cost (None: it places
+    them not all).  Every agent at its price, with what it holds for us whole: an offered one its
+    free capacity plus what our replicas hold there; one not offered now its capacity as last
+    measured (``agent_capacity``) less what our executor holds, or, never measured, what our
+    replicas hold there."""
+    whole = [dataclasses.replace(a, in_use=False, capacity=a.capacity + _held(snapshot, on_agent.get(a.agent_id, [])))
              for a in prepared]
     offered = {a.agent_id for a in prepared}
-    whole += [Agent(a, a, (), held[a], {}, price=prices.get(a, 0.0),
-                    loaded_models=snapshot.executors.get(a, frozenset())) for a in sorted(set(held) - offered)]
+    for agent_id in sorted((set(on_agent) | set(snapshot.agent_capacity)) - offered):
+        measured = snapshot.agent_capacity.get(agent_id)
+        if measured is not None:
+            executor = _executor_held(snapshot, agent_id) if agent_id in snapshot.executors else snapshot.agent_reserve
+            capacity = (measured - executor).nonnegative()
+        else:
+            capacity = _held(snapshot, on_agent.get(agent_id, []))
+        whole.append(Agent(agent_id, agent_id, (), capacity, {}, price=prices.get(agent_id, 0.0),
+                           loaded_models=snapshot.executors.get(agent_id, frozenset())))
     tasks = [_demand(snapshot, r.replica_id, r.member) for a in sorted(on_agent) for r in on_agent[a]]
     plan = pack(tasks, whole, CostModel(), snapshot.packing)
     if plan.unplaced:
-        return ()
-    return tuple(sorted(set(on_agent) - set(plan.assignments)))
+        return None
+    return set(plan.assignments), plan.cost
 
 
 def _released(snapshot: ServeSnapshot, drained: set[str], launches: Sequence[ReplicaLaunch]) -> tuple[str, ...]:

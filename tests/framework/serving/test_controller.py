@@ -42,6 +42,13 @@ def port_offer(agent: str, begin: int = 31000, end: int = 31009, cpus: float = 2
 class LockedDriver(FakeDriver):
     """A recording driver whose lists the test reads while the controller's worker writes."""
 
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__(scheduler)
+        self.shutdowns: list[tuple[str, str]] = []
+
+    def shutdownExecutor(self, executor_id: Any, agent_id: Any) -> None:  # noqa: N802 (the SHUTDOWN call)
+        self.shutdowns.append((agent_id["value"], executor_id["value"]))
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> JobSpec:
@@ -252,3 +259,33 @@ def test_journal_keeps_replicas_and_a_restart_adopts_the_running_ones(demo: JobS
     finally:
         again.close()
         state.close()
+
+
+def test_an_adopted_executor_left_without_replicas_is_shut_down(demo: JobSpec, server: ArtifactServer,
+                                                               tmp_path: Path) -> None:
+    """A restarted ``serve`` knows an earlier run's executor from its adopted replicas' journal
+    rows: once those replicas have ended and it stayed idle, it is shut down like one of ours
+    (no orphan executor holding the agent), and the executor that still has a replica is not."""
+    from framework.serving.state import ReplicaRecord
+
+    deployment = Deployment(demo, server)
+    deployment.controller.executor_idle_seconds = 0.2
+    try:
+        records = [ReplicaRecord("linear.replica-old-1", "linear", "a1", "a1.example", 31000,
+                                 demo.model("linear").sha256, "TASK_RUNNING", "ensemble.g3"),
+                   ReplicaRecord("logistic.replica-old-2", "logistic", "a2", "a2.example", 31001,
+                                 demo.model("logistic").sha256, "TASK_RUNNING", "ensemble.g3")]
+        assert deployment.controller.adopt(records) == 2
+        deployment.subscribe()
+        wait_for(lambda: deployment.driver.reconciles)
+        deployment.controller.statusUpdate(deployment.driver, make_status("linear.replica-old-1", "TASK_FAILED",
+                                                                          "a1", message="model server exited"))
+        deployment.controller.statusUpdate(deployment.driver, make_status("logistic.replica-old-2", "TASK_RUNNING",
+                                                                          "a2"))
+        wait_for(lambda: deployment.driver.shutdowns)
+        time.sleep(1.0)  # several idle periods: the a2 executor, still serving, is never shut down
+        assert deployment.driver.shutdowns == [("a1", "ensemble.g3")]
+        assert ("a1", "ensemble.g3") not in deployment.controller.hosting
+        assert deployment.controller.hosting[("a2", "ensemble.g3")] is None
+    finally:
+        deployment.close()
