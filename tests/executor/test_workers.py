@@ -23,7 +23,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, sha256_hex
 from executor.runner import MemberError, SandboxCache, describe_failure, fetch_inputs, report_failure
-from executor.workers import PredictionPool, RemoteTaskError, WorkerDied, probe_rows, thread_speedup
+from executor.workers import (PARALLEL_ENOUGH, PROBE_MIN_ROWS, PredictionPool, RemoteTaskError, WorkerDied, probe_rows,
+                              thread_speedup)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,6 +146,28 @@ def test_a_model_holding_the_gil_is_measured_and_gets_processes(tmp_path: Path, 
     # One task slot: nothing to run beside it, so no probe and no worker.
     single = PredictionPool(1, cache)
     assert single.mode(payload, loaded, shard) == "thread" and single.measured == {}
+
+
+def test_probe_rows_are_scaled_from_a_warm_call() -> None:
+    """A model's first call can be much slower than the next (imports, caches): the probe's rows
+    come from calls after it, so a probe call lasts about PROBE_SECONDS, not a fraction of it."""
+    calls: list[int] = []
+
+    def model(x: np.ndarray) -> None:
+        time.sleep(0.3 if not calls else len(x) * 1e-5)  # a slow first call, then 10 us per row
+        calls.append(len(x))
+
+    rows = probe_rows(model, np.zeros((100_000, 3)))
+    assert calls[0] == PROBE_MIN_ROWS and len(calls) > 2  # the warm-up, then timed calls
+    # 8,000 rows on an idle machine; other work only makes the timed calls slower (fewer rows),
+    # whereas scaling from the warm-up call gave the minimum, 64.
+    assert len(rows) >= 1_000
+
+
+def test_threads_that_never_run_at_once_are_not_parallel() -> None:
+    """Two calls that end together on two threads but used no CPU at once (here: they sleep)
+    are not parallel predictions: the pair's concurrency caps the measured speedup."""
+    assert thread_speedup(lambda x: time.sleep(0.02), np.zeros((10, 2)), repeats=2) < PARALLEL_ENOUGH
 
 
 def test_a_member_error_in_a_worker_is_a_member_error(tmp_path: Path, data: Any) -> None:
