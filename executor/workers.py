@@ -98,32 +98,32 @@ def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> flo
 
 
 def _concurrent_seconds(function: Any, features: np.ndarray, threads: int) -> tuple[float, float]:
-    """Wall seconds of ``threads`` threads calling ``function`` on ``features`` at once, and the
-    CPU seconds the calling threads used in all."""
+    """Wall seconds of ``threads`` threads calling ``function`` on ``features`` at once (from the
+    first call's start to the last one's end, timed on the calling threads themselves: the thread
+    that starts them may get the GIL back only after a GIL-bound call has run for a switch
+    interval, 5 ms), and the CPU seconds the calling threads used in all."""
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
-    cpu: list[float] = []
+    spans: list[tuple[float, float, float]] = []  # per call: wall start, wall end, CPU seconds
 
     def call() -> None:
         barrier.wait()
-        started = time.thread_time()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             function(features)
         except BaseException as error:  # the real task will raise it again, as a member error
             errors.append(error)
-        cpu.append(time.thread_time() - started)
+        spans.append((started, time.perf_counter(), time.thread_time() - cpu_started))
 
     workers = [threading.Thread(target=call, daemon=True) for _ in range(threads)]
     for worker in workers:
         worker.start()
     barrier.wait()
-    wall = time.perf_counter()
     for worker in workers:
         worker.join()
-    wall = time.perf_counter() - wall
     if errors:
         raise errors[0]
-    return wall, sum(cpu)
+    return max(end for _, end, _ in spans) - min(start for start, _, _ in spans), sum(cpu for _, _, cpu in spans)
 
 
 def probe_rows(function: Any, features: np.ndarray) -> np.ndarray:
@@ -340,7 +340,10 @@ class PredictionPool:
     def _fork(self) -> Worker:
         """A worker forked now (under the pool's lock), holding every model loaded so far.  The
         fork happens on the pool's own thread, which lives as long as the pool: the kernel's
-        parent-death signal follows the forking *thread*, and a task thread may end first."""
+        parent-death signal follows the forking *thread*, and a task thread may end first.  That
+        thread never predicts, which also keeps GNU OpenMP working in the child: a child forked
+        from a thread that has run an OpenMP region (a histogram boosting model's probe, say)
+        waits forever in its own first one, for pool threads that exist only in the parent."""
         return self._forker.submit(self._fork_here).result()
 
     def _fork_here(self) -> Worker:

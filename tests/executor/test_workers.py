@@ -16,7 +16,8 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -170,6 +171,28 @@ def test_threads_that_never_run_at_once_are_not_parallel() -> None:
     assert thread_speedup(lambda x: time.sleep(0.02), np.zeros((10, 2)), repeats=2) < PARALLEL_ENOUGH
 
 
+def test_an_openmp_model_predicts_in_a_worker_forked_after_its_thread_used_openmp(tmp_path: Path) -> None:
+    """GNU OpenMP is not fork-safe: a child forked from a thread that has run an OpenMP region
+    waits forever in its own first one.  The task's thread predicts with OpenMP here before it
+    asks for a worker, whose fork must happen elsewhere (the pool's own thread)."""
+    x, y = make_classification(n_samples=20_000, n_features=10, random_state=0)
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    payload, cache = task(tmp_path, model, x)
+    loaded, shard = fetch_inputs(payload, cache)
+    pool, threads = PredictionPool(2, cache, "process"), ThreadPoolExecutor(1)
+
+    def on_one_thread() -> tuple[np.ndarray, np.ndarray]:
+        expected = loaded.predict_proba(x)  # OpenMP's pool now exists for this thread
+        return expected, pool.compute(payload, loaded, shard)[0]
+
+    try:
+        expected, output = threads.submit(on_one_thread).result(timeout=240)
+    finally:
+        pool.close()  # a hung worker is killed: its task ends as WorkerDied
+        threads.shutdown()
+    assert np.array_equal(output, expected)
+
+
 def test_a_member_error_in_a_worker_is_a_member_error(tmp_path: Path, data: Any) -> None:
     x, y = data
     model = gil_bound(x, y)
@@ -245,7 +268,8 @@ def test_workers_die_with_a_killed_executor(tmp_path: Path) -> None:
         import sys, time, threading, numpy as np
         sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
         from test_workers import task, gil_bound, slow_python_level
-        from sklearn.datasets import load_breast_cancer
+        from sklearn.datasets import load_breast_cancer, make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
         from pathlib import Path
         from executor.runner import fetch_inputs
         from executor.workers import PredictionPool
