@@ -268,8 +268,7 @@ def test_workers_die_with_a_killed_executor(tmp_path: Path) -> None:
         import sys, time, threading, numpy as np
         sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
         from test_workers import task, gil_bound, slow_python_level
-        from sklearn.datasets import load_breast_cancer, make_classification
-from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.datasets import load_breast_cancer
         from pathlib import Path
         from executor.runner import fetch_inputs
         from executor.workers import PredictionPool
