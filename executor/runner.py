@@ -328,8 +328,14 @@ def compute_measured(payload: TaskPayload, model: Any, shard: np.ndarray,
 
 def compute(payload: TaskPayload, model: Any, shard: np.ndarray, cache: SandboxCache) -> np.ndarray:
     """The task's own work on fetched inputs: the model's columns of the shard, then its method
-    (or one cross-validation fold)."""
-    features = model_columns(payload, shard)
+    (or one cross-validation fold).
+
+    The member sees a plain ``ndarray`` view of the mapped shard (no copy, same bytes, still
+    read-only), never the ``np.memmap`` itself: every slice of a memmap runs its Python-level
+    ``__array_finalize__``/``__array_wrap__``, which made a member that works row by row in
+    Python (``numpy.apply_along_axis`` in a ``FunctionTransformer``) about 3x slower (profiled
+    with py-spy on ``bench/cores_bench.py --suite gil``: 75% of the workers' samples)."""
+    features = np.asarray(model_columns(payload, shard))
     if payload.operation == "predict":
         return call_method(model, payload.method, features, payload.model_name)
     if payload.operation == "cv_fit_predict":

@@ -50,11 +50,14 @@ PARALLEL_ENOUGH = 1.4
 """Two probe predictions on two threads at once that end less than this many times sooner than
 one after the other serialise (on the GIL): the model's predictions go to worker processes."""
 
-PROBE_SECONDS = 0.08
-"""How long one probe prediction should take (its rows are scaled from a first small call).  The
-probe's 9 calls cost each model about 9x this in CPU before its first task computes (most of a
-small job's executor start, profiled on ``bench/tiny_tasks_bench.py``); 0.03 s was tried and
-measured a GIL-bound model as 4x faster on two threads on a loaded machine: too noisy."""
+PROBE_SECONDS = 0.02
+"""How long one probe prediction should take (its rows are scaled from warm calls, see
+:func:`probe_rows`).  The probe's 9 calls cost each model about 10x this in CPU before its first
+task computes.  Until 2026-12-02 the rows were scaled from the model's first (cold) call, so the
+calls meant to take 0.08 s took 1-5 ms, and on a loaded machine the ratio of two such wall times
+sent GIL-bound models to threads (3.5x "faster" on two threads); with warm scaling and the
+speedup capped by the pair's measured concurrency (:func:`thread_speedup`), 20 ms calls are
+long enough, at a quarter of the CPU that 80 ms calls would now cost."""
 
 PROBE_MIN_ROWS = 64
 
@@ -77,48 +80,71 @@ def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> flo
     """How many times sooner two calls of ``function`` on ``features`` end on two threads at
     once than one after the other (about 1 when the calls hold the GIL, about 2 when they
     release it and the machine has a second core free); the best of ``repeats`` of each, since
-    other work on the machine only ever slows a call down."""
+    other work on the machine only ever slows a call down.
+
+    Capped by the pair's concurrency (both threads' CPU seconds over the pair's wall seconds,
+    the best of the repeats): calls that hold the GIL never use more than about one core
+    between them, whereas the ratio of two wall times taken at different moments can be
+    anything when other work preempts one of them (a GIL-bound model measured 3.5x on a loaded
+    machine, and went to threads)."""
     alone = pair = float("inf")
+    concurrency = 0.0
     for _ in range(repeats):  # interleaved, so that a burst of other work slows both alike
-        alone = min(alone, _concurrent_seconds(function, features, 1))
-        pair = min(pair, _concurrent_seconds(function, features, 2))
-    return 2 * alone / pair if pair > 0 else 2.0
+        alone = min(alone, _concurrent_seconds(function, features, 1)[0])
+        wall, cpu = _concurrent_seconds(function, features, 2)
+        pair = min(pair, wall)
+        concurrency = max(concurrency, cpu / wall if wall > 0 else 2.0)
+    return min(2 * alone / pair if pair > 0 else 2.0, concurrency)
 
 
-def _concurrent_seconds(function: Any, features: np.ndarray, threads: int) -> float:
-    """Wall seconds of ``threads`` threads calling ``function`` on ``features`` at once."""
+def _concurrent_seconds(function: Any, features: np.ndarray, threads: int) -> tuple[float, float]:
+    """Wall seconds of ``threads`` threads calling ``function`` on ``features`` at once (from the
+    first call's start to the last one's end, timed on the calling threads themselves: the thread
+    that starts them may get the GIL back only after a GIL-bound call has run for a switch
+    interval, 5 ms), and the CPU seconds the calling threads used in all."""
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
+    spans: list[tuple[float, float, float]] = []  # per call: wall start, wall end, CPU seconds
 
     def call() -> None:
         barrier.wait()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             function(features)
         except BaseException as error:  # the real task will raise it again, as a member error
             errors.append(error)
+        spans.append((started, time.perf_counter(), time.thread_time() - cpu_started))
 
     workers = [threading.Thread(target=call, daemon=True) for _ in range(threads)]
     for worker in workers:
         worker.start()
     barrier.wait()
-    wall = time.perf_counter()
     for worker in workers:
         worker.join()
-    wall = time.perf_counter() - wall
     if errors:
         raise errors[0]
-    return wall
+    return max(end for _, end, _ in spans) - min(start for start, _, _ in spans), sum(cpu for _, _, cpu in spans)
 
 
 def probe_rows(function: Any, features: np.ndarray) -> np.ndarray:
     """A slice of ``features`` on which one call of ``function`` takes about
-    :data:`PROBE_SECONDS` (measured on a first call of :data:`PROBE_MIN_ROWS` rows, which also
-    warms the model up)."""
-    first = np.ascontiguousarray(features[:PROBE_MIN_ROWS])
-    started = time.perf_counter()
-    function(first)
-    seconds = max(time.perf_counter() - started, 1e-5)
-    rows = int(PROBE_MIN_ROWS * PROBE_SECONDS / seconds)
+    :data:`PROBE_SECONDS`: a first call of :data:`PROBE_MIN_ROWS` rows warms the model up (its
+    first call can take 10x the next: the probe's calls were scaled from it and took 2 ms instead
+    of 80, too short to measure threads on), then calls of 4x as many rows (the faster of two
+    each) until one takes a quarter of :data:`PROBE_SECONDS`, from which the rows are scaled."""
+    function(np.ascontiguousarray(features[:PROBE_MIN_ROWS]))
+    rows = PROBE_MIN_ROWS
+    while True:
+        sample = np.ascontiguousarray(features[:rows])
+        seconds = float("inf")
+        for _ in range(2):  # the faster of two: other work on the machine only slows a call down
+            started = time.perf_counter()
+            function(sample)
+            seconds = min(seconds, max(time.perf_counter() - started, 1e-5))
+        if seconds >= PROBE_SECONDS / 4 or rows >= len(features):
+            break
+        rows *= 4
+    rows = int(len(sample) * PROBE_SECONDS / seconds)
     return np.ascontiguousarray(features[:max(PROBE_MIN_ROWS, min(rows, len(features)))])
 
 
@@ -320,7 +346,10 @@ class PredictionPool:
     def _fork(self) -> Worker:
         """A worker forked now (under the pool's lock), holding every model loaded so far.  The
         fork happens on the pool's own thread, which lives as long as the pool: the kernel's
-        parent-death signal follows the forking *thread*, and a task thread may end first."""
+        parent-death signal follows the forking *thread*, and a task thread may end first.  That
+        thread never predicts, which also keeps GNU OpenMP working in the child: a child forked
+        from a thread that has run an OpenMP region (a histogram boosting model's probe, say)
+        waits forever in its own first one, for pool threads that exist only in the parent."""
         return self._forker.submit(self._fork_here).result()
 
     def _fork_here(self) -> Worker:

@@ -16,14 +16,16 @@ from typing import Any, Callable
 import joblib
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, sha256_hex
 from executor.runner import MemberError, SandboxCache, describe_failure, fetch_inputs, report_failure
-from executor.workers import PredictionPool, RemoteTaskError, WorkerDied, probe_rows, thread_speedup
+from executor.workers import (PARALLEL_ENOUGH, PROBE_MIN_ROWS, PredictionPool, RemoteTaskError, WorkerDied, probe_rows,
+                              thread_speedup)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +42,16 @@ def slow_python_level(x: np.ndarray) -> np.ndarray:
 
 def failing(x: np.ndarray) -> np.ndarray:
     raise ValueError("a member's own bug")
+
+
+class InputTypeReporter:
+    """A member that answers, per row, whether its input was a plain ``ndarray`` (1) or a subclass
+    such as ``np.memmap`` (0)."""
+
+    classes_ = np.array([0, 1])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), float(type(x) is np.ndarray))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -100,6 +112,22 @@ def test_outputs_in_a_worker_are_bit_for_bit_the_threads(tmp_path: Path, data: A
         assert usage.seconds > 0 and usage.cpu_seconds > 0
 
 
+def test_a_member_sees_a_plain_array_of_its_mapped_shard_in_a_thread_or_a_worker(tmp_path: Path, data: Any) -> None:
+    """A mapped shard reaches the member as a plain ``ndarray`` view (each slice of an ``np.memmap``
+    runs Python code: 3x slower for a member that works row by row), the same bytes."""
+    x, _y = data
+    payload, cache = task(tmp_path, InputTypeReporter(), x[:30], method="predict")
+    loaded, shard = fetch_inputs(payload, cache)
+    assert isinstance(shard, np.memmap)
+    for mode in ("thread", "process"):
+        pool = PredictionPool(2, cache, mode)
+        try:
+            output, _usage = pool.compute(payload, loaded, shard)
+        finally:
+            pool.close()
+        assert np.array_equal(output, np.ones(30)), mode
+
+
 def test_a_model_holding_the_gil_is_measured_and_gets_processes(tmp_path: Path, data: Any) -> None:
     x, y = data
     model = gil_bound(x, y)
@@ -119,6 +147,50 @@ def test_a_model_holding_the_gil_is_measured_and_gets_processes(tmp_path: Path, 
     # One task slot: nothing to run beside it, so no probe and no worker.
     single = PredictionPool(1, cache)
     assert single.mode(payload, loaded, shard) == "thread" and single.measured == {}
+
+
+def test_probe_rows_are_scaled_from_a_warm_call() -> None:
+    """A model's first call can be much slower than the next (imports, caches): the probe's rows
+    come from calls after it, so a probe call lasts about PROBE_SECONDS, not a fraction of it."""
+    calls: list[int] = []
+
+    def model(x: np.ndarray) -> None:
+        time.sleep(0.3 if not calls else len(x) * 1e-5)  # a slow first call, then 10 us per row
+        calls.append(len(x))
+
+    rows = probe_rows(model, np.zeros((100_000, 3)))
+    assert calls[0] == PROBE_MIN_ROWS and len(calls) > 2  # the warm-up, then timed calls
+    # 8,000 rows on an idle machine; other work only makes the timed calls slower (fewer rows),
+    # whereas scaling from the warm-up call gave the minimum, 64.
+    assert len(rows) >= 1_000
+
+
+def test_threads_that_never_run_at_once_are_not_parallel() -> None:
+    """Two calls that end together on two threads but used no CPU at once (here: they sleep)
+    are not parallel predictions: the pair's concurrency caps the measured speedup."""
+    assert thread_speedup(lambda x: time.sleep(0.02), np.zeros((10, 2)), repeats=2) < PARALLEL_ENOUGH
+
+
+def test_an_openmp_model_predicts_in_a_worker_forked_after_its_thread_used_openmp(tmp_path: Path) -> None:
+    """GNU OpenMP is not fork-safe: a child forked from a thread that has run an OpenMP region
+    waits forever in its own first one.  The task's thread predicts with OpenMP here before it
+    asks for a worker, whose fork must happen elsewhere (the pool's own thread)."""
+    x, y = make_classification(n_samples=20_000, n_features=10, random_state=0)
+    model = HistGradientBoostingClassifier(max_iter=10, random_state=0).fit(x, y)
+    payload, cache = task(tmp_path, model, x)
+    loaded, shard = fetch_inputs(payload, cache)
+    pool, threads = PredictionPool(2, cache, "process"), ThreadPoolExecutor(1)
+
+    def on_one_thread() -> tuple[np.ndarray, np.ndarray]:
+        expected = loaded.predict_proba(x)  # OpenMP's pool now exists for this thread
+        return expected, pool.compute(payload, loaded, shard)[0]
+
+    try:
+        expected, output = threads.submit(on_one_thread).result(timeout=240)
+    finally:
+        pool.close()  # a hung worker is killed: its task ends as WorkerDied
+        threads.shutdown()
+    assert np.array_equal(output, expected)
 
 
 def test_a_member_error_in_a_worker_is_a_member_error(tmp_path: Path, data: Any) -> None:
