@@ -1,0 +1,204 @@
+"""Watching a deployment: the sampler that records its history, and its status page.
+
+:class:`DeploymentMonitor` runs on its own thread in the ``serve`` process.  Every ``interval``
+seconds it reads the gateway's Prometheus registry (counters and histograms: reading takes the
+metrics' own locks for microseconds, the gateway's asyncio loop never waits on us), the
+controller's replicas and its last cost report, makes one :class:`~framework.serving.history.Point`
+(pure: :func:`framework.serving.history.sample`), and writes it, the events logged since and a
+snapshot of the members and replicas to the deployment's journal
+(:class:`~framework.serving.state.ServeState`), rolling complete buckets up into the coarser
+tiers and dropping what is past each tier's retention (:data:`framework.serving.history.TIERS`).
+
+Events are the controller's own log lines at INFO and above (scaling, placement, drains,
+re-packs, replacements, each with its reason) and the service's notes (reloads), caught by a
+:class:`logging.Handler` (:class:`EventLog`), secrets redacted.
+
+The status page is the live status machinery of batch jobs (:class:`framework.live_status.
+StatusServer`, on ``[framework] status_port``), here with the deployment's document
+(:func:`read_document`: from the journal, as ``mesos-ensemble status`` reads it) and page
+(:func:`framework.serving.page.render_page`).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from framework.serving import history
+from framework.serving.history import TIERS, Counters, Point
+from framework.serving.state import ServeState, read_live
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SECONDS = 5.0
+"""How often ``serve`` samples its deployment into the journal."""
+EVENT_LOGGERS = ("framework.serving.controller", "framework.serving.service")
+PAGE_POINTS = 100_000
+"""The most raw points read for a page (the tiers' retention keeps fewer)."""
+
+
+class EventLog(logging.Handler):
+    """Keeps the INFO+ log records of the controller (and the service's notes) as events, with
+    every secret replaced; :meth:`take` hands them over."""
+
+    def __init__(self, secrets: Iterable[str | None] = (), most: int = 1000,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(logging.INFO)
+        self.secrets = [s for s in secrets if s]
+        self.clock = clock
+        self._events: collections.deque[tuple[float, str]] = collections.deque(maxlen=most)
+        self._lock_events = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.add(record.getMessage())
+        except Exception:  # a log line must never fail the code that logs it
+            self.handleError(record)
+
+    def add(self, text: str) -> None:
+        for secret in self.secrets:
+            text = text.replace(secret, "<redacted>")
+        with self._lock_events:
+            self._events.append((self.clock(), text))
+
+    def take(self) -> list[tuple[float, str]]:
+        with self._lock_events:
+            events, self._events = list(self._events), collections.deque(maxlen=self._events.maxlen)
+        return events
+
+    def attach(self) -> "EventLog":
+        for name in EVENT_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)  # the handler's level filters; others' handlers keep theirs
+        return self
+
+    def detach(self) -> None:
+        for name in EVENT_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+
+class DeploymentMonitor:
+    """Samples a deployment into its journal every ``interval`` seconds (see the module docstring).
+
+    ``registry``: the gateway's Prometheus registry (``gateway.metrics.registry``);
+    ``controller``: the :class:`~framework.serving.controller.ServingController` (read: its
+    ``counts()``, ``replicas``, ``targets``, ``desired``, ``agent_prices``, ``cost_history``);
+    ``describe``: the snapshot's constant part (job, gateway and status page addresses)."""
+
+    def __init__(self, state: ServeState, controller: Any, registry: Any, describe: Mapping[str, Any],
+                 events: EventLog, interval: float = SAMPLE_SECONDS, wall_clock: Callable[[], float] = time.time,
+                 ) -> None:
+        self.state, self.controller, self.registry = state, controller, registry
+        self.describe = dict(describe)
+        self.events = events
+        self.interval = interval
+        self.wall_clock = wall_clock
+        self.started_at = wall_clock()
+        self.samples = 0
+        self._before = Counters()
+        self._before_at = self.started_at
+        self._last_t: float | None = state.last_point_time(0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="serve-monitor", daemon=True)
+
+    def start(self) -> "DeploymentMonitor":
+        self._before = history.read_counters(self.registry.collect())
+        self._before_at = self.wall_clock()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling, after one last sample (what happened since the previous one is kept)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self._sample_safely()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample_safely()
+
+    def _sample_safely(self) -> None:
+        try:
+            self.sample_now()
+        except Exception:  # watching must never stop serving
+            log.warning("sampling the deployment failed", exc_info=True)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The members and replicas now (agent, price, state), for the journal's ``deployment``."""
+        controller = self.controller
+        with controller.lock:
+            replicas = [{"task_id": r.task_id, "member": r.member, "agent_id": r.agent_id, "hostname": r.hostname,
+                         "port": r.port, "state": r.state.value, "sha256": r.sha256,
+                         "price": controller.agent_prices.get(r.agent_id)} for r in controller.replicas.values()]
+            targets = {m: {"sha256": t.sha256, "min_replicas": t.min_replicas, "max_replicas": t.max_replicas,
+                           "desired": controller.desired.get(m, t.min_replicas)}
+                       for m, t in controller.targets.items()}
+            framework_id = controller.framework_id
+        return {**self.describe, "framework_id": framework_id, "started_at": self.started_at, "updated_at": now,
+                "targets": targets, "replicas": replicas}
+
+    def sample_now(self) -> Point:
+        """Take one sample now and write it (with the events and the snapshot) to the journal."""
+        now = self.wall_clock()
+        after = history.read_counters(self.registry.collect())
+        counts = self.controller.counts()
+        latest = self.controller.cost_history[-1] if self.controller.cost_history else None
+        cost = None if latest is None else (float(latest[1]), float(latest[2]))
+        point = history.sample(now, max(0.0, now - self._before_at), self._before, after, counts, cost)
+        self._before, self._before_at = after, now
+        self.state.add_points([(0, point.t, json.dumps(point.to_json()))])
+        self.state.add_events(self.events.take())
+        self.state.save_snapshot(self.snapshot(now))
+        self._roll_up(point.t)
+        self.samples += 1
+        return point
+
+    def _roll_up(self, t: float) -> None:
+        """Complete buckets of the coarser tiers made from the finer ones (finest first: a
+        15-minute bucket reads the minute points just made); the retention applied."""
+        previous, self._last_t = self._last_t, t
+        for index in range(1, len(TIERS)):
+            bucket = history.completed_bucket(previous, t, TIERS[index].width)
+            if bucket is None:
+                continue
+            finer = [Point.from_json(json.loads(text)) for text in self.state.points(index - 1, *bucket)]
+            if finer:
+                rolled = history.aggregate(finer)
+                self.state.add_points([(index, rolled.t, json.dumps(rolled.to_json()))])
+        self.state.prune([(i, t - tier.keep) for i, tier in enumerate(TIERS)])
+
+
+def read_points(state: ServeState) -> list[Point]:
+    """The journal's history as one series, oldest first (coarse tiers where the fine ones were dropped)."""
+    tiers = [[Point.from_json(json.loads(text)) for text in state.points(i)] for i in range(len(TIERS))]
+    return history.merge_tiers(tiers)
+
+
+def read_document(state_dir: Path, state: ServeState | None = None, now: float | None = None,
+                  live: bool | None = None) -> dict[str, Any]:
+    """The deployment's summary (:func:`framework.serving.history.summary`) from its journal in
+    ``state_dir`` (``state``: one open already), whether its ``serve`` runs or not (``live``:
+    known by the caller; else whether a live ``serve`` holds the directory)."""
+    opened = state is None
+    journal = ServeState.read(state_dir) if state is None else state
+    try:
+        snapshot = journal.snapshot()
+        points = read_points(journal)
+        events = journal.events()
+    finally:
+        if opened:
+            journal.close()
+    running = read_live(state_dir)
+    if running is not None:
+        snapshot = {**snapshot, "url": running.get("url", snapshot.get("url")),
+                    "status_url": running.get("status_url", snapshot.get("status_url"))}
+    serving = running is not None if live is None else live
+    return history.summary(snapshot, points, events, serving, time.time() if now is None else now)
