@@ -345,7 +345,7 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
     bounds and model, replicas with agent, price and state; see ``DeploymentMonitor.snapshot``);
     ``points``: the history, oldest first; ``events``: (time, text), oldest first; ``live``:
     whether its ``serve`` runs now."""
-    recent_points = [p for p in points if p.t >= now - RECENT_SECONDS] or list(points[-1:])
+    recent_points = [p for p in points if p.t > now - RECENT_SECONDS] or list(points[-1:])
     recent = aggregate(recent_points) if recent_points else None
     last = points[-1] if points else None
     targets: Mapping[str, Mapping[str, Any]] = snapshot.get("targets") or {}

@@ -27,10 +27,10 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from framework.serving import history
-from framework.serving.history import TIERS, Counters, Point
+from framework.serving.history import TIERS, Counters, Point, Tier
 from framework.serving.state import ServeState, read_live
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 SAMPLE_SECONDS = 5.0
 """How often ``serve`` samples its deployment into the journal."""
 EVENT_LOGGERS = ("framework.serving.controller", "framework.serving.service")
-PAGE_POINTS = 100_000
-"""The most raw points read for a page (the tiers' retention keeps fewer)."""
 
 
 class EventLog(logging.Handler):
@@ -94,11 +92,12 @@ class DeploymentMonitor:
 
     def __init__(self, state: ServeState, controller: Any, registry: Any, describe: Mapping[str, Any],
                  events: EventLog, interval: float = SAMPLE_SECONDS, wall_clock: Callable[[], float] = time.time,
-                 ) -> None:
+                 tiers: Sequence[Tier] = TIERS) -> None:
         self.state, self.controller, self.registry = state, controller, registry
         self.describe = dict(describe)
         self.events = events
         self.interval = interval
+        self.tiers = tuple(tiers)
         self.wall_clock = wall_clock
         self.started_at = wall_clock()
         self.samples = 0
@@ -154,32 +153,34 @@ class DeploymentMonitor:
         cost = None if latest is None else (float(latest[1]), float(latest[2]))
         point = history.sample(now, max(0.0, now - self._before_at), self._before, after, counts, cost)
         self._before, self._before_at = after, now
-        self.state.add_points([(0, point.t, json.dumps(point.to_json()))])
         self.state.add_events(self.events.take())
         self.state.save_snapshot(self.snapshot(now))
-        self._roll_up(point.t)
+        record(self.state, point, self._last_t, self.tiers)
+        self._last_t = point.t
         self.samples += 1
         return point
 
-    def _roll_up(self, t: float) -> None:
-        """Complete buckets of the coarser tiers made from the finer ones (finest first: a
-        15-minute bucket reads the minute points just made); the retention applied."""
-        previous, self._last_t = self._last_t, t
-        for index in range(1, len(TIERS)):
-            bucket = history.completed_bucket(previous, t, TIERS[index].width)
-            if bucket is None:
-                continue
-            finer = [Point.from_json(json.loads(text)) for text in self.state.points(index - 1, *bucket)]
-            if finer:
-                rolled = history.aggregate(finer)
-                self.state.add_points([(index, rolled.t, json.dumps(rolled.to_json()))])
-        self.state.prune([(i, t - tier.keep) for i, tier in enumerate(TIERS)])
+
+def record(state: ServeState, point: Point, previous_t: float | None, tiers: Sequence[Tier] = TIERS) -> None:
+    """Store a raw point (tier 0) sampled after one at ``previous_t``: the coarser tiers' buckets
+    it completes are made from the finer tiers' points (finest first: a 15-minute bucket reads
+    the minute points just made); then each tier's retention is applied."""
+    state.add_points([(0, point.t, json.dumps(point.to_json()))])
+    for index in range(1, len(tiers)):
+        bucket = history.completed_bucket(previous_t, point.t, tiers[index].width)
+        if bucket is None:
+            continue
+        finer = [Point.from_json(json.loads(text)) for text in state.points(index - 1, *bucket)]
+        if finer:
+            rolled = history.aggregate(finer)
+            state.add_points([(index, rolled.t, json.dumps(rolled.to_json()))])
+    state.prune([(i, point.t - tier.keep) for i, tier in enumerate(tiers)])
 
 
-def read_points(state: ServeState) -> list[Point]:
+def read_points(state: ServeState, tiers: Sequence[Tier] = TIERS) -> list[Point]:
     """The journal's history as one series, oldest first (coarse tiers where the fine ones were dropped)."""
-    tiers = [[Point.from_json(json.loads(text)) for text in state.points(i)] for i in range(len(TIERS))]
-    return history.merge_tiers(tiers)
+    return history.merge_tiers([[Point.from_json(json.loads(text)) for text in state.points(i)]
+                                for i in range(len(tiers))])
 
 
 def read_document(state_dir: Path, state: ServeState | None = None, now: float | None = None,
