@@ -498,8 +498,9 @@ def deployment_figure(name: str, series: Mapping[str, Any]) -> Figure:
             _plot(axes, xs, series["members"][member]["rate"], color=colours[member], linewidth=0.8,
                   label=f"{member} requests/s")
         errors = axes.twinx()
-        _plot(errors, xs, series["errors"], color=FAILED_COLOUR, linestyle=":", label="errors")
-        errors.set_ylabel("errors per point", color=FAILED_COLOUR)
+        _plot(errors, xs, series["errors"], color=FAILED_COLOUR, linestyle=":", label="errors/s")
+        errors.set_ylim(bottom=0)
+        errors.set_ylabel("errors per second", color=FAILED_COLOUR)
         axes.set_ylabel("requests per second")
         axes.set_title("Request rate (and errors)")
     elif name == "replicas":
@@ -510,11 +511,15 @@ def deployment_figure(name: str, series: Mapping[str, Any]) -> Figure:
         axes.set_title("Ready replicas per member")
     else:
         raise ValueError(f"no deployment figure named {name!r}")
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=9, frameon=False, loc="upper left")
-    figure.autofmt_xdate()
     return figure
 
 
@@ -549,7 +554,7 @@ def render_deployment(document: Mapping[str, Any], title: str | None = None) -> 
     else:
         parts.append('<p class="note">No history recorded yet.</p>')
     rows = "".join(f"<tr><td>{e(name)}</td><td>{m['ready']}</td><td>{m['starting']}</td><td>{m['draining']}</td>"
-                   f"<td>{e(str(m.get('desired')))}</td><td>{e(str(m.get('min_replicas')))}..."
+                   f"<td>{e(str(m.get('desired')))}</td><td>{e(str(m.get('min_replicas')))}.."
                    f"{e(str(m.get('max_replicas')))}</td><td>{e((m.get('sha256') or '-')[:12])}</td></tr>"
                    for name, m in document["members"].items())
     parts.append("<h2>Members</h2><table><tr><th>member</th><th>ready</th><th>starting</th><th>draining</th>"

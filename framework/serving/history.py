@@ -316,15 +316,16 @@ def _figures(point: Point | None) -> dict[str, Any]:
 
 
 def series(points: Sequence[Point]) -> dict[str, Any]:
-    """Columns for charts: times, cost, lower bound, end-to-end rate/p50/p99/errors, and per
-    member ready replicas, rate and p99 (``None`` where unknown or without requests)."""
+    """Columns for charts: times, cost, lower bound, end-to-end rate, p50, p99 (ms) and errors
+    (per second), and per member ready replicas, rate and p99 (``None`` where unknown or without
+    requests)."""
     members = sorted({m for p in points for m in p.members})
     return {
         "t": [round(p.t, 3) for p in points],
         "cost": [_round(p.cost_per_hour, 6) for p in points],
         "bound": [_round(p.lower_bound_per_hour, 6) for p in points],
         "rate": [_round(p.rate_rps) for p in points],
-        "errors": [p.errors for p in points],
+        "errors": [_round(p.errors / p.span) if p.span > 0 else None for p in points],
         "p50": [_round(milliseconds(quantile(0.5, p.latency))) for p in points],
         "p99": [_round(milliseconds(quantile(0.99, p.latency))) for p in points],
         "members": {m: {
@@ -344,10 +345,11 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
     ``snapshot``: what the monitor last recorded of the deployment (job, addresses, members'
     bounds and model, replicas with agent, price and state; see ``DeploymentMonitor.snapshot``);
     ``points``: the history, oldest first; ``events``: (time, text), oldest first; ``live``:
-    whether its ``serve`` runs now."""
-    recent_points = [p for p in points if p.t > now - RECENT_SECONDS] or list(points[-1:])
+    whether its ``serve`` runs now.  ``cost_per_hour`` and its bound are the latest known
+    (``cost_at``: when; a stopped deployment's are those of its last minutes of serving)."""
+    until = now if live or not points else points[-1].t  # stopped: its last minute of serving
+    recent_points = [p for p in points if p.t > until - RECENT_SECONDS] or list(points[-1:])
     recent = aggregate(recent_points) if recent_points else None
-    last = points[-1] if points else None
     targets: Mapping[str, Mapping[str, Any]] = snapshot.get("targets") or {}
     replicas = [dict(r) for r in snapshot.get("replicas") or ()]
     members: dict[str, Any] = {}
@@ -365,8 +367,9 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
                 t=recent.t if recent else now, span=recent.span if recent else 0.0, requests=member_recent.requests,
                 errors=member_recent.errors, latency=member_recent.latency)).items()},
         }
-    cost = last.cost_per_hour if last is not None else None
-    bound = last.lower_bound_per_hour if last is not None else None
+    costed = next((p for p in reversed(points) if p.cost_per_hour is not None), None)
+    cost = costed.cost_per_hour if costed is not None else None
+    bound = costed.lower_bound_per_hour if costed is not None else None
     return {
         "kind": "deployment",
         "job": snapshot.get("job"),
@@ -378,6 +381,7 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
         "updated_at": snapshot.get("updated_at"),
         "now": round(now, 3),
         "cost_per_hour": _round(cost, 6),
+        "cost_at": costed.t if costed is not None else None,
         "lower_bound_per_hour": _round(bound, 6),
         "cost_over_bound": _round(cost / bound, 4) if cost is not None and bound else None,
         "end_to_end": _figures(recent),
@@ -402,7 +406,8 @@ def describe(document: Mapping[str, Any]) -> str:
              + ("" if document["state"] == "serving" else " (from its state directory: no serve runs it now)")]
     cost, bound = document.get("cost_per_hour"), document.get("lower_bound_per_hour")
     ratio = document.get("cost_over_bound")
-    lines.append(f"  cost per hour {num(cost, digits=4)} (lower bound {num(bound, digits=4)}"
+    lines.append(f"  {'' if document['state'] == 'serving' else 'last '}cost per hour {num(cost, digits=4)} "
+                 f"(lower bound {num(bound, digits=4)}"
                  + (f", {ratio:.2f}x" if ratio is not None else "") + ")")
     e2e = document["end_to_end"]
     lines.append(f"  last minute: {num(e2e['rate_rps'], ' req/s')}, p50 {num(e2e['p50_ms'], ' ms')}, "

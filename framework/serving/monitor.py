@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 5.0
 """How often ``serve`` samples its deployment into the journal."""
+STALE_COST_SECONDS = 10.0
+"""A cost report older than this (and than three samples) is not sampled: the controller stopped reporting."""
 EVENT_LOGGERS = ("framework.serving.controller", "framework.serving.service")
 
 
@@ -144,13 +146,22 @@ class DeploymentMonitor:
         return {**self.describe, "framework_id": framework_id, "started_at": self.started_at, "updated_at": now,
                 "targets": targets, "replicas": replicas}
 
+    def _cost(self) -> tuple[float, float] | None:
+        """The controller's latest cost per hour and lower bound; None once it stops (its replicas
+        drain: the last figures no longer hold) or when its latest report is stale."""
+        controller = self.controller
+        latest = controller.cost_history[-1] if controller.cost_history else None
+        if latest is None or getattr(controller, "stopping", False) \
+                or latest[0] < controller.clock() - max(3 * self.interval, STALE_COST_SECONDS):
+            return None
+        return float(latest[1]), float(latest[2])
+
     def sample_now(self) -> Point:
         """Take one sample now and write it (with the events and the snapshot) to the journal."""
         now = self.wall_clock()
         after = history.read_counters(self.registry.collect())
         counts = self.controller.counts()
-        latest = self.controller.cost_history[-1] if self.controller.cost_history else None
-        cost = None if latest is None else (float(latest[1]), float(latest[2]))
+        cost = self._cost()
         point = history.sample(now, max(0.0, now - self._before_at), self._before, after, counts, cost)
         self._before, self._before_at = after, now
         self.state.add_events(self.events.take())

@@ -23,7 +23,7 @@ WIDTH, HEIGHT = 720, 180
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 22, 22
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 CHART_STYLE = """
-svg.chart{background:#fafafa;border:1px solid #ddd;margin:.3em 0 1em}
+svg.chart{background:#fafafa;border:1px solid #ddd;margin:.2em 0 0}.figure{margin:0 0 1.2em}
 svg.chart text{font:11px system-ui,sans-serif;fill:#555}.legend span{margin-right:1em}
 .swatch{display:inline-block;width:1.2em;height:.25em;vertical-align:middle;margin-right:.3em}
 """
@@ -105,7 +105,7 @@ def svg_chart(name: str, title: str, times: Sequence[float], lines: Sequence[Lin
     parts.append("</svg>")
     legend = "".join(f'<span><i class="swatch" style="background:{colour}"></i>{_e(label)}</span>'
                      for label, _ys, colour, _dash in lines)
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+    return f'<div class="figure"><div class="legend">{legend}</div>' + "".join(parts) + "</div>"
 
 
 def _tick(value: float) -> str:
@@ -125,9 +125,9 @@ def charts(document: Mapping[str, Any]) -> list[str]:
         svg_chart("latency", "latency (ms): end to end p50 and p99, each member's p99", times,
                   [("p50", series["p50"], PALETTE[0], True), ("p99", series["p99"], PALETTE[1], False)]
                   + [(f"{m} p99", series["members"][m]["p99"], colour[m], False) for m in members], " ms"),
-        svg_chart("rate", "requests per second (and errors)", times,
+        svg_chart("rate", "requests per second (and errors per second)", times,
                   [("requests/s", series["rate"], PALETTE[0], False),
-                   ("errors", series["errors"], PALETTE[3], True)]),
+                   ("errors/s", series["errors"], PALETTE[3], True)]),
         svg_chart("replicas", "ready replicas per member", times,
                   [(m, series["members"][m]["ready"], colour[m], False) for m in members], step=True),
     ]

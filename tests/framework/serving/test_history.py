@@ -158,6 +158,10 @@ def test_the_summary_and_its_text() -> None:
     assert "member lin<b>: 1 ready, 1 starting, 0 draining (desired 2, 1..3)" in text
     assert "lin<b>.replica-1: lin<b> on cheap&host:31000 (ready; price 0.5/h)" in text
     assert "2 replica(s) wanted" in text
+    stopped = history.summary(SNAPSHOT, points + [Point(t=106.0, span=6.0)], [], live=False, now=5000.0)
+    assert (stopped["cost_per_hour"], stopped["cost_at"]) == (2.5, 100.0)  # its last cost while serving
+    assert stopped["end_to_end"]["requests"] == 550  # its last minute of serving, not the minute before `now`
+    assert "last cost per hour 2.5000" in history.describe(stopped)
     empty = history.summary({}, [], [], live=True, now=1.0)
     assert empty["cost_per_hour"] is None and empty["history"]["points"] == 0
     assert "deployment serving" in history.describe(empty)
