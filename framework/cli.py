@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the live status (or the journal's) as one JSON document")
     status.add_argument("--report", type=Path, metavar="OUT.html",
-                        help="a deployment: also write its history as a static HTML page (matplotlib figures)")
+                        help="a deployment: also write its history as a static HTML page with its figures "
+                             "(default: none written)")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path, help="the job file")

@@ -293,7 +293,7 @@ def merge_tiers(tiers: Sequence[Sequence[Point]]) -> list[Point]:
     return merged
 
 
-def for_display(points: Sequence[Point], most: int = 240) -> list[Point]:
+def for_display(points: Sequence[Point], most: int = 180) -> list[Point]:
     """At most about ``most`` points for a chart: the series downsampled to a width that fits."""
     if len(points) <= most:
         return list(points)

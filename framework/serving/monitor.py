@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 SAMPLE_SECONDS = 5.0
 """How often ``serve`` samples its deployment into the journal."""
+PAGE_WINDOW_SECONDS = 3600.0
+"""The live status page shows the last hour (``status`` and ``status --report`` the whole history):
+building its document from ~720 points costs the serve process ~0.1 s of CPU, at most once per
+sample however many watch (:func:`cached`)."""
 STALE_COST_SECONDS = 10.0
 """A cost report older than this (and than three samples) is not sampled: the controller stopped reporting."""
 EVENT_LOGGERS = ("framework.serving.controller", "framework.serving.service")
@@ -188,22 +192,54 @@ def record(state: ServeState, point: Point, previous_t: float | None, tiers: Seq
     state.prune([(i, point.t - tier.keep) for i, tier in enumerate(tiers)])
 
 
-def read_points(state: ServeState, tiers: Sequence[Tier] = TIERS) -> list[Point]:
-    """The journal's history as one series, oldest first (coarse tiers where the fine ones were dropped)."""
-    return history.merge_tiers([[Point.from_json(json.loads(text)) for text in state.points(i)]
+def read_points(state: ServeState, tiers: Sequence[Tier] = TIERS, since: float = float("-inf")) -> list[Point]:
+    """The journal's history (from ``since``) as one series, oldest first (coarse tiers where the
+    fine ones were dropped)."""
+    return history.merge_tiers([[Point.from_json(json.loads(text)) for text in state.points(i, since)]
                                 for i in range(len(tiers))])
 
 
+def render_once(render: Callable[[Mapping[str, Any]], str]) -> Callable[[Mapping[str, Any]], str]:
+    """``render`` of a document (by identity: :func:`cached` hands out the same one) done once."""
+    memo: list[tuple[Mapping[str, Any], str]] = []
+    lock = threading.Lock()
+
+    def call(document: Mapping[str, Any]) -> str:
+        with lock:
+            if not memo or memo[0][0] is not document:
+                memo[:] = [(document, render(document))]
+            return memo[0][1]
+    return call
+
+
+def cached(function: Callable[[], dict[str, Any]], seconds: float,
+           clock: Callable[[], float] = time.monotonic) -> Callable[[], dict[str, Any]]:
+    """``function`` computed at most once per ``seconds`` (the page refreshes every two seconds,
+    for every viewer; its document changes once per sample): the serve process, where the
+    gateway's loop runs, spends little on watchers."""
+    lock = threading.Lock()
+    memo: list[tuple[float, dict[str, Any]]] = []
+
+    def call() -> dict[str, Any]:
+        with lock:
+            if not memo or clock() - memo[0][0] >= seconds:
+                memo[:] = [(clock(), function())]
+            return memo[0][1]
+    return call
+
+
 def read_document(state_dir: Path, state: ServeState | None = None, now: float | None = None,
-                  live: bool | None = None) -> dict[str, Any]:
+                  live: bool | None = None, window: float | None = None) -> dict[str, Any]:
     """The deployment's summary (:func:`framework.serving.history.summary`) from its journal in
     ``state_dir`` (``state``: one open already), whether its ``serve`` runs or not (``live``:
-    known by the caller; else whether a live ``serve`` holds the directory)."""
+    known by the caller; else whether a live ``serve`` holds the directory); ``window``: only
+    the history of that many seconds before ``now`` (the live page's), else all of it."""
     opened = state is None
     journal = ServeState.read(state_dir) if state is None else state
+    now = time.time() if now is None else now
     try:
         snapshot = journal.snapshot()
-        points = read_points(journal)
+        points = read_points(journal, since=float("-inf") if window is None else now - window)
         events = journal.events()
     finally:
         if opened:
@@ -213,4 +249,4 @@ def read_document(state_dir: Path, state: ServeState | None = None, now: float |
         snapshot = {**snapshot, "url": running.get("url", snapshot.get("url")),
                     "status_url": running.get("status_url", snapshot.get("status_url"))}
     serving = running is not None if live is None else live
-    return history.summary(snapshot, points, events, serving, time.time() if now is None else now)
+    return history.summary(snapshot, points, events, serving, now)

@@ -218,7 +218,8 @@ class ServeRunner:
         """Sample the deployment into its journal and serve its status page
         (:mod:`framework.serving.monitor`); returns the page's address."""
         from framework.live_status import StatusServer
-        from framework.serving.monitor import DeploymentMonitor, EventLog, read_document
+        from framework.serving.monitor import (PAGE_WINDOW_SECONDS, DeploymentMonitor, EventLog, cached, read_document,
+                                                 render_once)
         from framework.serving.page import render_page
 
         settings = self.spec.framework
@@ -231,8 +232,10 @@ class ServeRunner:
             events.add(line)
             note(line)
         self.note = noted
-        status = StatusServer(lambda: read_document(self.state_dir, state, live=True), bind=bind,
-                              port=settings.status_port, render=render_page,
+        document = cached(lambda: read_document(self.state_dir, state, live=True, window=PAGE_WINDOW_SECONDS),
+                          min(self.history_interval, SAMPLE_SECONDS))
+        status = StatusServer(document, bind=bind,
+                              port=settings.status_port, render=render_once(render_page),
                               advertise_host=settings.artifact_host or ("127.0.0.1" if loopback else None)).start()
         stack.callback(status.stop)
         monitor = DeploymentMonitor(state, controller, gateway.metrics.registry,

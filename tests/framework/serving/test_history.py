@@ -188,3 +188,15 @@ def test_a_chart_breaks_its_line_where_values_are_unknown_and_steps_when_asked()
     polyline = re.search(r'points="([^"]+)"', chart)
     assert polyline is not None and len(polyline.group(1).split()) == 3  # 2 points + the step's corner
     assert not math.isnan(float(polyline.group(1).split()[0].split(",")[1]))
+
+
+def test_the_page_document_is_built_once_per_sample_however_many_watch() -> None:
+    from framework.serving.monitor import cached, render_once
+
+    built: list[int] = []
+    now = [0.0]
+    document = cached(lambda: built.append(1) or {"n": len(built)}, 5.0, clock=lambda: now[0])
+    page = render_once(lambda d: f"page {d['n']}")
+    assert [page(document()) for _ in range(10)] == ["page 1"] * 10 and len(built) == 1
+    now[0] = 5.0
+    assert page(document()) == "page 2" and len(built) == 2
