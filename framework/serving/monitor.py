@@ -48,7 +48,12 @@ EVENT_LOGGERS = ("framework.serving.controller", "framework.serving.service")
 
 class EventLog(logging.Handler):
     """Keeps the INFO+ log records of the controller (and the service's notes) as events, with
-    every secret replaced; :meth:`take` hands them over."""
+    every secret replaced; :meth:`take` hands them over.
+
+    What the command line prints does not change: where a logger is quieter than INFO (``serve``
+    without ``-v`` logs warnings), :meth:`attach` lets it emit INFO to this handler only (it stops
+    propagating and this handler passes on what the logger would have let through before, to
+    its parent's handlers, as propagation does); :meth:`detach` puts it back."""
 
     def __init__(self, secrets: Iterable[str | None] = (), most: int = 1000,
                  clock: Callable[[], float] = time.time) -> None:
@@ -57,12 +62,23 @@ class EventLog(logging.Handler):
         self.clock = clock
         self._events: collections.deque[tuple[float, str]] = collections.deque(maxlen=most)
         self._lock_events = threading.Lock()
+        self._quieter: dict[str, tuple[int, int, bool]] = {}
+        """Per logger made to emit INFO: its effective level, own level and propagation before."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.add(record.getMessage())
         except Exception:  # a log line must never fail the code that logs it
             self.handleError(record)
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        emitted = super().handle(record)
+        before = self._quieter.get(record.name)
+        if before is not None and before[2] and record.levelno >= before[0]:
+            parent = logging.getLogger(record.name).parent
+            if parent is not None:
+                parent.callHandlers(record)  # what propagation did: the ancestors' handlers
+        return bool(emitted)
 
     def add(self, text: str) -> None:
         for secret in self.secrets:
@@ -78,14 +94,20 @@ class EventLog(logging.Handler):
     def attach(self) -> "EventLog":
         for name in EVENT_LOGGERS:
             logger = logging.getLogger(name)
-            logger.addHandler(self)
             if logger.getEffectiveLevel() > logging.INFO:
-                logger.setLevel(logging.INFO)  # the handler's level filters; others' handlers keep theirs
+                self._quieter[name] = (logger.getEffectiveLevel(), logger.level, logger.propagate)
+                logger.setLevel(logging.INFO)
+                logger.propagate = False
+            logger.addHandler(self)
         return self
 
     def detach(self) -> None:
         for name in EVENT_LOGGERS:
-            logging.getLogger(name).removeHandler(self)
+            logger = logging.getLogger(name)
+            logger.removeHandler(self)
+            if name in self._quieter:
+                _effective, level, logger.propagate = self._quieter.pop(name)
+                logger.setLevel(level)
 
 
 class DeploymentMonitor:

@@ -200,3 +200,63 @@ def test_the_page_document_is_built_once_per_sample_however_many_watch() -> None
     assert [page(document()) for _ in range(10)] == ["page 1"] * 10 and len(built) == 1
     now[0] = 5.0
     assert page(document()) == "page 2" and len(built) == 2
+
+
+def test_events_are_caught_without_changing_what_the_command_line_prints() -> None:
+    """``serve`` logs warnings only (no -v): the controller's INFO lines become events, while the
+    root's handler still gets its warnings and nothing more; detached, the loggers are as before."""
+    import io
+    import logging
+
+    root, controller = logging.getLogger(), logging.getLogger("framework.serving.controller")
+    stream = io.StringIO()
+    printed = logging.StreamHandler(stream)
+    saved = (root.level, controller.level, controller.propagate)
+    root.addHandler(printed)
+    root.setLevel(logging.WARNING)
+    controller.setLevel(logging.NOTSET)
+    try:
+        events = EventLog().attach()
+        controller.info("member linear: 2 replica(s) wanted (was 1)")
+        controller.warning("replica r1 of linear on agent-1 ended: TASK_FAILED; replacing it")
+        controller.debug("not an event")
+        events.detach()
+        controller.info("after detach")
+        assert [text for _t, text in events.take()] == ["member linear: 2 replica(s) wanted (was 1)",
+                                                        "replica r1 of linear on agent-1 ended: TASK_FAILED; "
+                                                        "replacing it"]
+        assert stream.getvalue().splitlines() == ["replica r1 of linear on agent-1 ended: TASK_FAILED; replacing it"]
+        assert (controller.level, controller.propagate) == (logging.NOTSET, True)
+    finally:
+        root.removeHandler(printed)
+        root.setLevel(saved[0])
+        controller.setLevel(saved[1])
+        controller.propagate = saved[2]
+
+
+def test_a_journal_of_the_first_schema_is_read_and_then_upgraded(tmp_path: Path) -> None:
+    """A deployment journaled before the history existed: status reads it (no history), and the
+    next serve of it adds the history and keeps its framework id and replicas."""
+    import sqlite3
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    db = sqlite3.connect(state_dir / "serve.sqlite3")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE replicas (task_id TEXT PRIMARY KEY, member TEXT NOT NULL, agent_id TEXT NOT NULL,
+            hostname TEXT NOT NULL, port INTEGER NOT NULL, sha256 TEXT NOT NULL, state TEXT NOT NULL,
+            executor_id TEXT NOT NULL DEFAULT '', updated_at REAL NOT NULL);
+        INSERT INTO meta VALUES ('framework_id', 'fw-old');
+        INSERT INTO replicas VALUES ('r1', 'linear', 'a1', 'host1', 31000, 'ab', 'TASK_RUNNING', 'ensemble.g1', 1.0);
+        PRAGMA user_version=1;""")
+    db.close()
+    with ServeState.read(state_dir) as old:
+        assert old.points(0) == [] and old.events() == [] and old.snapshot() == {}
+    with ServeState.open(state_dir) as state:
+        assert state.framework_id == "fw-old" and [r.task_id for r in state.replicas()] == ["r1"]
+        record(state, point(10.0), None)
+        assert len(state.points(0)) == 1
+    with ServeState.read(state_dir) as upgraded:
+        assert int(upgraded._db.execute("PRAGMA user_version").fetchone()[0]) == 2
+        assert [p.t for p in read_points(upgraded)] == [10.0]
