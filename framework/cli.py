@@ -552,7 +552,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(outcome: ServeOutcome) -> None:
         if args.json:
             print(json.dumps({"url": outcome.url, "predict": f"{outcome.url}/v1/predict", "pid": os.getpid(),
-                              "state_dir": str(state_dir), "replicas": outcome.members}), flush=True)
+                              "state_dir": str(state_dir), "replicas": outcome.members,
+                              "status_page": runner.status_url}), flush=True)
         else:
             replicas = ", ".join(f"{m}: {c.get('ready', 0)}" for m, c in outcome.members.items())
             print(f"serving {spec.name} at {outcome.url}/v1/predict (replicas ready: {replicas}); "

@@ -26,6 +26,7 @@ import json
 import logging
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -272,3 +273,25 @@ def read_document(state_dir: Path, state: ServeState | None = None, now: float |
                     "status_url": running.get("status_url", snapshot.get("status_url"))}
     serving = running is not None if live is None else live
     return history.summary(snapshot, points, events, serving, now)
+
+
+def watch(stack: ExitStack, state_dir: Path, state: ServeState, controller: Any, registry: Any,
+          describe: Mapping[str, Any], *, bind: str, port: int, advertise_host: str | None,
+          secrets: Iterable[str | None], interval: float = SAMPLE_SECONDS) -> tuple[str, EventLog]:
+    """Start watching a deployment (``serve``'s hook): the event log, the status page (the live
+    status server of batch jobs, with :func:`framework.serving.page.render_page`, on ``port``)
+    and the sampler; each undone by ``stack``.  Returns the page's address and the event log."""
+    from framework.live_status import StatusServer
+    from framework.serving.page import render_page
+
+    events = EventLog(secrets=secrets).attach()
+    stack.callback(events.detach)
+    document = cached(lambda: read_document(state_dir, state, live=True, window=PAGE_WINDOW_SECONDS),
+                      min(interval, SAMPLE_SECONDS))
+    status = StatusServer(document, bind=bind, port=port, render=render_once(render_page),
+                          advertise_host=advertise_host).start()
+    stack.callback(status.stop)
+    monitor = DeploymentMonitor(state, controller, registry, {**describe, "status_url": status.url}, events,
+                                interval=interval).start()
+    stack.callback(monitor.stop)
+    return status.url, events

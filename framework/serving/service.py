@@ -43,8 +43,8 @@ from framework.packing import Agent, Resources
 from framework.scheduler import EventKind
 from framework.serving import placement
 from framework.serving.controller import ServedMember, ServingController
-from framework.serving.spec import ServeSpec
 from framework.serving.monitor import SAMPLE_SECONDS
+from framework.serving.spec import ServeSpec
 from framework.serving.state import ServeState, remove_live, write_live
 from framework.translator import Message, PoolAllocator
 
@@ -216,34 +216,24 @@ class ServeRunner:
     def _watch(self, stack: ExitStack, state: ServeState, controller: ServingController, gateway: Any, bind: str,
                loopback: bool, token: str | None) -> str:
         """Sample the deployment into its journal and serve its status page
-        (:mod:`framework.serving.monitor`); returns the page's address."""
-        from framework.live_status import StatusServer
-        from framework.serving.monitor import (PAGE_WINDOW_SECONDS, DeploymentMonitor, EventLog, cached, read_document,
-                                                 render_once)
-        from framework.serving.page import render_page
+        (:func:`framework.serving.monitor.watch`); returns the page's address."""
+        from framework.serving.monitor import watch
 
         settings = self.spec.framework
-        secret = self.credentials[1] if self.credentials else settings.secret
-        events = EventLog(secrets=(secret, token)).attach()
-        stack.callback(events.detach)
+        status_url, events = watch(
+            stack, self.state_dir, state, controller, gateway.metrics.registry,
+            {"job": self.spec.name, "url": self.url}, bind=bind, port=settings.status_port,
+            advertise_host=settings.artifact_host or ("127.0.0.1" if loopback else None),
+            secrets=(self.credentials[1] if self.credentials else settings.secret, token),
+            interval=self.history_interval)
         note = self.note
 
         def noted(line: str) -> None:  # the service's notes (reloads) are events too
             events.add(line)
             note(line)
         self.note = noted
-        document = cached(lambda: read_document(self.state_dir, state, live=True, window=PAGE_WINDOW_SECONDS),
-                          min(self.history_interval, SAMPLE_SECONDS))
-        status = StatusServer(document, bind=bind,
-                              port=settings.status_port, render=render_once(render_page),
-                              advertise_host=settings.artifact_host or ("127.0.0.1" if loopback else None)).start()
-        stack.callback(status.stop)
-        monitor = DeploymentMonitor(state, controller, gateway.metrics.registry,
-                                    {"job": self.spec.name, "url": self.url, "status_url": status.url},
-                                    events, interval=self.history_interval).start()
-        stack.callback(monitor.stop)
-        self.note(f"status page: {status.url}")
-        return status.url
+        self.note(f"status page: {status_url}")
+        return status_url
 
     def _gateway(self, spec: JobSpec, serve: ServeSpec, members: list[ensemble.MemberSpec],
                  feature_names: tuple[str, ...], table: Any) -> Any:
