@@ -40,12 +40,17 @@ def status(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def sampled(state_dir: Path, served: Served) -> dict[str, Any]:
-    """The summary once the history has a few points with a known cost and some requests."""
+    """The summary once the history has a few points with a known cost and some requests, and
+    its replicas are the controller's."""
     def ready() -> dict[str, Any] | None:
         document = read_document(state_dir, served.runner.controller.state, live=True)
         costs = [c for c in document["series"]["cost"] if c is not None]
         asked = sum(r or 0 for r in document["series"]["rate"])
-        return document if len(costs) >= 2 and asked > 0 and document["replicas"] else None
+        with served.controller.lock:
+            running = {(r.task_id, r.member, r.hostname, r.port, r.state.value)
+                       for r in served.controller.replicas.values()}
+        recorded = {(r["task_id"], r["member"], r["hostname"], r["port"], r["state"]) for r in document["replicas"]}
+        return document if len(costs) >= 2 and asked > 0 and recorded == running else None
     return wait_for(ready)
 
 
@@ -62,8 +67,8 @@ def test_a_deployment_is_watched_live_in_a_browser_and_by_status_then_reported(t
         controller = served.controller
         with controller.lock:
             replicas = {r.task_id: (r.member, r.hostname) for r in controller.replicas.values()}
-        assert {r["task_id"] for r in document["replicas"]} <= set(replicas) | {r["task_id"] for r in
-                                                                             document["replicas"]}
+        assert {r["member"] for r in document["replicas"]} == {"linear", "logistic"}
+        assert all(r["price"] is not None and r["state"] == "ready" for r in document["replicas"])
         assert document["lower_bound_per_hour"] is not None and document["cost_per_hour"] is not None
         assert document["cost_per_hour"] >= document["lower_bound_per_hour"] > 0
 
