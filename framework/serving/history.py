@@ -363,9 +363,9 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
             "ready": sum(1 for r in mine if r.get("state") == "ready"),
             "starting": sum(1 for r in mine if r.get("state") in STARTING_STATES),
             "draining": sum(1 for r in mine if r.get("state") in ENDED_STATES),
-            **{k: v for k, v in _figures(None if member_recent is None else Point(
-                t=recent.t if recent else now, span=recent.span if recent else 0.0, requests=member_recent.requests,
-                errors=member_recent.errors, latency=member_recent.latency)).items()},
+            **_figures(None if recent is None or member_recent is None else Point(
+                t=recent.t, span=recent.span, requests=member_recent.requests, errors=member_recent.errors,
+                latency=member_recent.latency)),
         }
     costed = next((p for p in reversed(points) if p.cost_per_hour is not None), None)
     cost = costed.cost_per_hour if costed is not None else None
