@@ -68,7 +68,9 @@ def test_a_deployment_is_watched_live_in_a_browser_and_by_status_then_reported(t
         with controller.lock:
             replicas = {r.task_id: (r.member, r.hostname) for r in controller.replicas.values()}
         assert {r["member"] for r in document["replicas"]} == {"linear", "logistic"}
-        assert all(r["price"] is not None and r["state"] == "ready" for r in document["replicas"])
+        assert all(r["price"] is not None for r in document["replicas"]), document["replicas"]
+        for member in ("linear", "logistic"):  # (a loaded machine may have scaled a member up meanwhile)
+            assert any(r["member"] == member and r["state"] == "ready" for r in document["replicas"]), member
         assert document["lower_bound_per_hour"] is not None and document["cost_per_hour"] is not None
         assert document["cost_per_hour"] >= document["lower_bound_per_hour"] > 0
 
