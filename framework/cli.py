@@ -28,7 +28,9 @@ subcommands:
   run JOB.toml          run an ensemble job; master = "local" (the default) starts an embedded
                         Mesos cluster in-process, "host:port" or "zk://..." uses a real one
   status JOB.toml       while the job runs, its live status (progress per model, agents, cost,
-                        events); else what its journal knows: items by state, attempts, framework id
+                        events); else what its journal knows: items by state, attempts, framework id;
+                        for a deployment (serve): members, replicas, cost per hour against its lower
+                        bound, latency, events (--report OUT.html: its history as a page)
   validate JOB.toml     check a job file, its models, data and compatibility without running it
   inspect MODEL         print what a model file holds (estimator, features, classes, outputs,
                         scikit-learn version; for skops files, the types it would need trusted),
@@ -128,11 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-running", action="store_true",
                      help="external master: when interrupted, leave the tasks running for the next run to adopt")
 
-    status = commands.add_parser("status", help="show a running job's live status, else what its journal records")
+    status = commands.add_parser("status", help="show a running job's live status, else what its journal records; "
+                                 "for a deployment (serve), its replicas, cost and history")
     status.add_argument("job", type=Path, help="the job file")
-    status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job)")
+    status.add_argument("--state-dir", type=Path, help="the journal's directory (default: JOB.state/ beside the job, "
+                        "or JOB.serve-state/ for a deployment)")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the live status (or the journal's) as one JSON document")
+    status.add_argument("--report", type=Path, metavar="OUT.html",
+                        help="a deployment: also write its history as a static HTML page with its figures "
+                             "(default: none written)")
 
     validate = commands.add_parser("validate", help="check a job file without running it")
     validate.add_argument("job", type=Path, help="the job file")
@@ -358,6 +365,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from framework.journal import Journal, default_state_dir
     from framework.live_status import describe, read_live
 
+    deployment = _deployment_dir(args)
+    if deployment is not None:
+        return _deployment_status(args, deployment)
+    if args.report is not None:
+        from framework.serving.state import default_serve_state_dir
+
+        raise FrameworkError(f"{args.state_dir or default_serve_state_dir(args.job)}: no deployment journal here "
+                             "(status --report is for a deployment: run serve first)")
     state_dir = args.state_dir or default_state_dir(args.job)
     live = read_live(state_dir) if Journal.exists(state_dir) else None
     if live is not None:  # the job runs now: what its framework serves
@@ -392,6 +407,56 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f" (saved {when(progress.framework_id_saved_at)})" if progress.framework_id else ""))
     for key, detail in sorted(progress.failures.items()):
         print(f"  failed {key}: {detail}")
+    return 0
+
+
+def _deployment_dir(args: argparse.Namespace) -> Path | None:
+    """The deployment journal ``status`` shows: ``--state-dir`` when it holds one; else
+    ``JOB.serve-state/`` when it holds one and its serve runs, or no run of the job runs and its
+    own journal (``JOB.state/``) is missing or older."""
+    from framework.journal import DATABASE_NAME as RUN_DATABASE
+    from framework.journal import default_state_dir
+    from framework.live_status import ADDRESS_FILE
+    from framework.serving.state import DATABASE_NAME, default_serve_state_dir
+    from framework.serving.state import read_live as serve_live
+
+    if args.state_dir is not None:
+        return args.state_dir if (args.state_dir / DATABASE_NAME).is_file() else None
+    serving, running = default_serve_state_dir(args.job), default_state_dir(args.job)
+    if not (serving / DATABASE_NAME).is_file():
+        return None
+    if serve_live(serving) is not None:
+        return serving
+    if (running / ADDRESS_FILE).is_file():  # a run of the job records its live status
+        return None
+    if not (running / RUN_DATABASE).is_file():
+        return serving
+    return serving if (serving / DATABASE_NAME).stat().st_mtime >= (running / RUN_DATABASE).stat().st_mtime else None
+
+
+def _deployment_status(args: argparse.Namespace, state_dir: Path) -> int:
+    """``status`` of a deployment: its summary from its journal (serve running or not); ``--report``
+    writes its history as a static page too."""
+    import json
+
+    from framework.serving.history import describe
+    from framework.serving.monitor import read_document
+    from framework.serving.state import ServeStateError
+
+    try:
+        document = read_document(state_dir)
+    except ServeStateError as error:
+        raise FrameworkError(str(error)) from None
+    if args.report is not None:
+        from framework.report_html import write_deployment_report  # matplotlib: only for a report
+
+        write_deployment_report(document, args.report)
+    if args.json:
+        print(json.dumps({"source": "deployment", "state_dir": str(state_dir), **document}, indent=2))
+    else:
+        print(describe(document))
+        if args.report is not None:
+            print(f"  report: {args.report}")
     return 0
 
 
@@ -487,7 +552,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(outcome: ServeOutcome) -> None:
         if args.json:
             print(json.dumps({"url": outcome.url, "predict": f"{outcome.url}/v1/predict", "pid": os.getpid(),
-                              "state_dir": str(state_dir), "replicas": outcome.members}), flush=True)
+                              "state_dir": str(state_dir), "replicas": outcome.members,
+                              "status_page": runner.status_url}), flush=True)
         else:
             replicas = ", ".join(f"{m}: {c.get('ready', 0)}" for m, c in outcome.members.items())
             print(f"serving {spec.name} at {outcome.url}/v1/predict (replicas ready: {replicas}); "

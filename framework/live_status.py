@@ -34,6 +34,13 @@ ADDRESS_FILE = "live-status.json"
 
 REFRESH_SECONDS = 2
 REDACTED = "<redacted>"
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse}td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}
+.bar{display:inline-block;width:12em;height:.8em;background:#eee;margin-right:.5em}
+.bar div{height:100%;background:#4a8}.waiting{color:#a60}time{color:#777}
+"""
+"""The pages' style sheet (the job's page and a deployment's, ``framework.serving.page``)."""
 
 
 @dataclass(frozen=True)
@@ -133,12 +140,7 @@ def render_html(document: Mapping[str, Any]) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{refresh}
 <title>{e(document['job'])}: {e(document['state'])} - mesos-ensemble</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}}
-table{{border-collapse:collapse}}td,th{{padding:.2em .8em;text-align:left;border-bottom:1px solid #ddd}}
-.bar{{display:inline-block;width:12em;height:.8em;background:#eee;margin-right:.5em}}
-.bar div{{height:100%;background:#4a8}}.waiting{{color:#a60}}time{{color:#777}}
-</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>{e(document['job'])} <small>({e(document['state'])})</small></h1>
 <p>master {e(str(document['master'] or '-'))}; framework {e(str(document['framework_id'] or '-'))};
 running for {_seconds(document['elapsed_seconds'])}</p>
@@ -157,11 +159,13 @@ cost so far {document['cost']:g} (lower bound {document['lower_bound']:g})</p>
 
 
 class StatusServer:
-    """Serves ``document()`` as JSON at ``/status`` and as a page at ``/``, in a thread."""
+    """Serves ``document()`` as JSON at ``/status`` and as a page at ``/`` (``render(document)``:
+    a job's page unless told otherwise), in a thread."""
 
     def __init__(self, document: Callable[[], dict[str, Any]], bind: str = "127.0.0.1", port: int = 0,
-                 advertise_host: str | None = None) -> None:
+                 advertise_host: str | None = None, render: Callable[[Mapping[str, Any]], str] | None = None) -> None:
         self.document = document
+        self.render = render or render_html
         self._server = ThreadingHTTPServer((bind, port), self._handler_class())
         self._server.daemon_threads = True
         self.advertise_host = advertise_host or (bind if bind not in ("0.0.0.0", "") else socket.getfqdn())
@@ -200,7 +204,7 @@ class StatusServer:
                 if path == "/status":
                     self._send(200, "application/json", json.dumps(document, indent=1).encode())
                 else:
-                    self._send(200, "text/html; charset=utf-8", render_html(document).encode())
+                    self._send(200, "text/html; charset=utf-8", server.render(document).encode())
 
             def _send(self, code: int, kind: str, body: bytes) -> None:
                 self.send_response(code)

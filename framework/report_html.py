@@ -453,3 +453,145 @@ def write_html_report(report: Mapping[str, Any], path: str | os.PathLike[str], t
     with atomic.atomic_open(path, "w") as handle:
         handle.write(page)
     return Path(path)
+
+
+# A deployment's report (``mesos-ensemble status JOB.toml --report OUT.html``) ---------------------
+
+DEPLOYMENT_FIGURES = ("cost", "latency", "rate", "replicas")
+
+
+def _times(series: Mapping[str, Any]) -> list[Any]:
+    import datetime
+
+    return [datetime.datetime.fromtimestamp(t) for t in series["t"]]
+
+
+def _plot(axes: Any, xs: Sequence[Any], ys: Sequence[float | None], **style: Any) -> None:
+    """A line with gaps where a value is unknown (None)."""
+    axes.plot(xs, [math.nan if y is None else y for y in ys], **style)
+
+
+def deployment_figure(name: str, series: Mapping[str, Any]) -> Figure:
+    """One of the deployment's figures over time (:data:`DEPLOYMENT_FIGURES`) from its history's
+    ``series`` (:func:`framework.serving.history.series`)."""
+    xs = _times(series)
+    members = list(series["members"])
+    colours = _colours(["", ""] + members)
+    figure = Figure(figsize=(WIDTH_INCHES, 3.0))
+    axes = figure.add_subplot()
+    if name == "cost":
+        _plot(axes, xs, series["cost"], color=PALETTE[0], drawstyle="steps-post", label="cost per hour")
+        _plot(axes, xs, series["bound"], color=PALETTE[1], drawstyle="steps-post", linestyle="--",
+              label="the packer's lower bound")
+        axes.set_ylabel("cost per hour")
+        axes.set_title("Cost per hour against the packer's lower bound")
+    elif name == "latency":
+        _plot(axes, xs, series["p50"], color=PALETTE[0], linestyle="--", label="end to end p50")
+        _plot(axes, xs, series["p99"], color=PALETTE[1], label="end to end p99")
+        for member in members:
+            _plot(axes, xs, series["members"][member]["p99"], color=colours[member], label=f"{member} p99")
+        axes.set_ylabel("ms")
+        axes.set_title("Latency")
+    elif name == "rate":
+        _plot(axes, xs, series["rate"], color=PALETTE[0], label="requests/s")
+        for member in members:
+            _plot(axes, xs, series["members"][member]["rate"], color=colours[member], linewidth=0.8,
+                  label=f"{member} requests/s")
+        errors = axes.twinx()
+        _plot(errors, xs, series["errors"], color=FAILED_COLOUR, linestyle=":", label="errors/s")
+        errors.set_ylim(bottom=0)
+        errors.set_ylabel("errors per second", color=FAILED_COLOUR)
+        axes.set_ylabel("requests per second")
+        axes.set_title("Request rate (and errors)")
+    elif name == "replicas":
+        for member in members:
+            _plot(axes, xs, series["members"][member]["ready"], color=colours[member], drawstyle="steps-post",
+                  label=member)
+        axes.set_ylabel("ready replicas")
+        axes.set_title("Ready replicas per member")
+    else:
+        raise ValueError(f"no deployment figure named {name!r}")
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.set_ylim(bottom=0)
+    axes.grid(alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=9, frameon=False, loc="upper left")
+    return figure
+
+
+def render_deployment(document: Mapping[str, Any], title: str | None = None) -> str:
+    """A deployment's history as one self-contained page (the document of
+    :func:`framework.serving.history.summary`): a summary, the members and replicas, the figures
+    over time, the recent events.  Everything from the job file is escaped."""
+    e = html.escape
+    title = title or f"{document.get('job') or 'deployment'}: mesos-ensemble deployment report"
+    series = document["series"]
+    figures = list(DEPLOYMENT_FIGURES) if series["t"] else []
+    history = document["history"]
+    e2e = document["end_to_end"]
+
+    def num(value: Any, digits: int = 4) -> str:
+        return "-" if value is None else f"{value:.{digits}g}"
+
+    tiles = [(num(document.get("cost_per_hour")), "cost per hour"),
+             (num(document.get("lower_bound_per_hour")), "the packer's lower bound"),
+             (num(e2e["rate_rps"], 3), "requests/s (last minute)"), (num(e2e["p99_ms"], 3), "p99 ms (last minute)"),
+             (str(len(document["replicas"])), "replicas"), (str(history["points"]), "points of history")]
+    parts = [f"<h1>{e(title)}</h1>",
+             '<div class="summary">' + "".join(f"<div><b>{e(v)}</b><span>{e(k)}</span></div>" for v, k in tiles)
+             + "</div>"]
+    if history["points"]:
+        import datetime
+
+        def stamp(t: float) -> str:
+            return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+        parts.append(f'<p class="note">From {e(stamp(history["from"]))} to {e(stamp(history["to"]))}; '
+                     f'deployment {e(document["state"])}.</p>')
+    else:
+        parts.append('<p class="note">No history recorded yet.</p>')
+    rows = "".join(f"<tr><td>{e(name)}</td><td>{m['ready']}</td><td>{m['starting']}</td><td>{m['draining']}</td>"
+                   f"<td>{e(str(m.get('desired')))}</td><td>{e(str(m.get('min_replicas')))}.."
+                   f"{e(str(m.get('max_replicas')))}</td><td>{e((m.get('sha256') or '-')[:12])}</td></tr>"
+                   for name, m in document["members"].items())
+    parts.append("<h2>Members</h2><table><tr><th>member</th><th>ready</th><th>starting</th><th>draining</th>"
+                 f"<th>desired</th><th>bounds</th><th>model</th></tr>{rows}</table>")
+    rows = "".join(f"<tr><td>{e(str(r.get('task_id')))}</td><td>{e(str(r.get('member')))}</td>"
+                   f"<td>{e(str(r.get('hostname') or r.get('agent_id')))}</td><td>{e(str(r.get('price')))}</td>"
+                   f"<td>{e(str(r.get('port')))}</td><td>{e(str(r.get('state')))}</td></tr>"
+                   for r in document["replicas"])
+    parts.append("<h2>Replicas</h2><table><tr><th>task</th><th>member</th><th>agent</th><th>price/h</th>"
+                 f"<th>port</th><th>state</th></tr>{rows or '<tr><td colspan=6>none</td></tr>'}</table>")
+    if figures:
+        parts.append("<h2>Over time</h2>")
+        captions = {"cost": "The deployment's cost per hour as placed (its agents' prices, plus unit prices) and "
+                            "the packer's lower bound on any placement of the replicas wanted then.",
+                    "latency": "End-to-end latency (p50, p99) and each member's p99, per point of history.",
+                    "rate": "Requests answered per second, each member's share, and the requests that failed.",
+                    "replicas": "Ready replicas per member."}
+        for name in figures:
+            parts.append(_figure(name, deployment_figure(name, series), captions[name]))
+    events = "".join(f"<li>{e(stamp_event(ev['at']))} {e(ev['text'])}</li>" for ev in document["events"])
+    parts.append(f"<h2>Recent events</h2><ul>{events or '<li>none</li>'}</ul>")
+    parts.append(f'<p id="figure-check" data-expected="{",".join(figures)}">figures not checked yet</p>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>{''.join(parts)}</main>"
+            f"<script>{CHECK_SCRIPT}</script></body></html>\n")
+
+
+def stamp_event(at: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def write_deployment_report(document: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`render_deployment` of ``document`` to ``path``, atomically."""
+    page = render_deployment(document)
+    with atomic.atomic_open(path, "w") as handle:
+        handle.write(page)
+    return Path(path)

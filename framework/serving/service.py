@@ -43,6 +43,7 @@ from framework.packing import Agent, Resources
 from framework.scheduler import EventKind
 from framework.serving import placement
 from framework.serving.controller import ServedMember, ServingController
+from framework.serving.monitor import SAMPLE_SECONDS
 from framework.serving.spec import ServeSpec
 from framework.serving.state import ServeState, remove_live, write_live
 from framework.translator import Message, PoolAllocator
@@ -122,6 +123,9 @@ class ServeRunner:
         self.credentials: tuple[str, str] | None = None
         self.failover_on_stop = False
         self.resumed_framework_id: str | None = None
+        self.status_url: str | None = None
+        self.history_interval = SAMPLE_SECONDS
+        """How often the deployment is sampled into its journal (``framework.serving.monitor``)."""
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -174,6 +178,7 @@ class ServeRunner:
                 refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
                 loads=gateway.load_samples, autoscale=self._autoscaler(serve),
                 scale_interval=serve.scale_interval_s, on_cost=gateway.set_cost_per_hour)
+            self.status_url = self._watch(stack, state, controller, gateway, bind, loopback, server.token)
             framework_id = None
             earlier = state.replicas()
             if local or not state.framework_id:
@@ -202,11 +207,33 @@ class ServeRunner:
                       + ", ".join(f"{m}: {t.min_replicas}..{t.max_replicas} replicas"
                                   for m, t in controller.targets.items()))
             self._wait_ready(controller)
-            write_live(self.state_dir, os.getpid(), self.url, spec.name)
+            write_live(self.state_dir, os.getpid(), self.url, spec.name, self.status_url)
             stack.callback(remove_live, self.state_dir)
             if self.on_ready is not None:
                 self.on_ready(ServeOutcome(self.url, controller.counts()))
             self._serve(controller, catalog)
+
+    def _watch(self, stack: ExitStack, state: ServeState, controller: ServingController, gateway: Any, bind: str,
+               loopback: bool, token: str | None) -> str:
+        """Sample the deployment into its journal and serve its status page
+        (:func:`framework.serving.monitor.watch`); returns the page's address."""
+        from framework.serving.monitor import watch
+
+        settings = self.spec.framework
+        status_url, events = watch(
+            stack, self.state_dir, state, controller, gateway.metrics.registry,
+            {"job": self.spec.name, "url": self.url}, bind=bind, port=settings.status_port,
+            advertise_host=settings.artifact_host or ("127.0.0.1" if loopback else None),
+            secrets=(self.credentials[1] if self.credentials else settings.secret, token),
+            interval=self.history_interval)
+        note = self.note
+
+        def noted(line: str) -> None:  # the service's notes (reloads) are events too
+            events.add(line)
+            note(line)
+        self.note = noted
+        self.note(f"status page: {status_url}")
+        return status_url
 
     def _gateway(self, spec: JobSpec, serve: ServeSpec, members: list[ensemble.MemberSpec],
                  feature_names: tuple[str, ...], table: Any) -> Any:

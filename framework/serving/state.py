@@ -12,6 +12,12 @@ replicas are not torn down) and every replica launched and not yet known to be g
 id, member, agent id and hostname, port, the model's sha256, and the last state seen.  A
 replica is recorded *before* its launch is sent, so a ``serve`` killed at any point leaves no
 running replica it does not know of; a terminal state removes the row.
+
+Schema 2 adds what people watching the deployment read (``mesos-ensemble status``, the status
+page, the report): ``history`` (the sampled points of :mod:`framework.serving.history`, per tier
+of resolution, pruned to each tier's retention), ``events`` (scaling, re-packs, updates, with
+their reasons; the latest :data:`EVENTS_KEPT`) and the ``deployment`` snapshot in ``meta`` (the
+members and replicas as last sampled).
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from typing import Any, Iterable
 from framework.errors import FrameworkError
 from framework.journal import LOCK_NAME, JournalError, lock_state_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DATABASE_NAME = "serve.sqlite3"
 LIVE_NAME = "serve.json"
+EVENTS_KEPT = 1000
 
 
 def default_serve_state_dir(job_file: Path) -> Path:
@@ -106,8 +113,9 @@ class ServeState:
 
     def _initialise(self) -> None:
         with self._lock:
-            if self._check_version() == 0:
-                self._db.executescript(f"""
+            version = self._check_version()
+            if version == 0:
+                self._db.executescript("""
                     BEGIN;
                     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                     CREATE TABLE IF NOT EXISTS replicas (
@@ -115,6 +123,14 @@ class ServeState:
                         hostname TEXT NOT NULL, port INTEGER NOT NULL, sha256 TEXT NOT NULL,
                         state TEXT NOT NULL, executor_id TEXT NOT NULL DEFAULT '',
                         updated_at REAL NOT NULL);
+                    COMMIT;""")
+            if version < 2:
+                self._db.executescript(f"""
+                    BEGIN;
+                    CREATE TABLE IF NOT EXISTS history (
+                        tier INTEGER NOT NULL, t REAL NOT NULL, point TEXT NOT NULL, PRIMARY KEY (tier, t));
+                    CREATE TABLE IF NOT EXISTS events (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, text TEXT NOT NULL);
                     PRAGMA user_version={SCHEMA_VERSION};
                     COMMIT;""")
 
@@ -166,6 +182,77 @@ class ServeState:
                                     "updated_at FROM replicas ORDER BY task_id").fetchall()
         return [ReplicaRecord(*row) for row in rows]
 
+    # what people watching read: history, events, snapshot ----------------------------------
+    def _has(self, table: str) -> bool:
+        """Whether the database has ``table`` (a schema 1 journal read-only has no history)."""
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (table,)).fetchone() is not None
+
+    def add_points(self, points: Iterable[tuple[int, float, str]]) -> None:
+        """Store points, each (tier, time, its JSON), one transaction (a point at the same tier
+        and time replaces the earlier one)."""
+        rows = list(points)
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO history (tier, t, point) VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def points(self, tier: int, start: float = float("-inf"), end: float = float("inf")) -> list[str]:
+        """The JSON of the points of ``tier`` with ``start <= t < end``, oldest first."""
+        with self._lock:
+            if not self._has("history"):
+                return []
+            rows = self._db.execute("SELECT point FROM history WHERE tier = ? AND t >= ? AND t < ? ORDER BY t",
+                                    (tier, start, end)).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def last_point_time(self, tier: int) -> float | None:
+        with self._lock:
+            if not self._has("history"):
+                return None
+            row = self._db.execute("SELECT max(t) FROM history WHERE tier = ?", (tier,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def prune(self, cutoffs: Iterable[tuple[int, float]]) -> None:
+        """Drop each ``(tier, before)``'s points older than ``before``, and all but the latest
+        :data:`EVENTS_KEPT` events."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            for tier, before in cutoffs:
+                self._db.execute("DELETE FROM history WHERE tier = ? AND t < ?", (tier, before))
+            self._db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?", (EVENTS_KEPT,))
+            self._db.execute("COMMIT")
+
+    def add_events(self, events: Iterable[tuple[float, str]]) -> None:
+        rows = list(events)
+        if rows:
+            with self._lock:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO events (t, text) VALUES (?, ?)", rows)
+                self._db.execute("COMMIT")
+
+    def events(self, limit: int = 50) -> list[tuple[float, str]]:
+        """The latest ``limit`` events (time, text), oldest first."""
+        with self._lock:
+            if not self._has("events"):
+                return []
+            rows = self._db.execute("SELECT t, text FROM events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [(float(t), str(text)) for t, text in reversed(rows)]
+
+    def save_snapshot(self, snapshot: dict[str, Any]) -> None:
+        """The deployment as last sampled (members, replicas with agent and price), as JSON."""
+        self._set_meta("deployment", json.dumps(snapshot))
+
+    def snapshot(self) -> dict[str, Any]:
+        text = self._meta("deployment")
+        try:
+            document = json.loads(text) if text else {}
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -199,11 +286,15 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 
 
 # The live process: pid and gateway address -----------------------------------------------------
-def write_live(state_dir: Path, pid: int, url: str, job: str) -> None:
-    """Say where the running ``serve`` is (``serve --reload`` signals this pid)."""
+def write_live(state_dir: Path, pid: int, url: str, job: str, status_url: str | None = None) -> None:
+    """Say where the running ``serve`` is (``serve --reload`` signals this pid; ``status`` shows
+    its status page's address)."""
     target = state_dir / LIVE_NAME
     temporary = target.with_name(f".{LIVE_NAME}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"pid": pid, "url": url, "job": job}) + "\n")
+    document: dict[str, Any] = {"pid": pid, "url": url, "job": job}
+    if status_url:
+        document["status_url"] = status_url
+    temporary.write_text(json.dumps(document) + "\n")
     os.replace(temporary, target)
 
 
