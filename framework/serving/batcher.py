@@ -129,6 +129,13 @@ class MemberBatcher:
         """Requests waiting for (the rest of their rows to get into) a batch."""
         return len(self.queue)
 
+    @property
+    def backlog(self) -> int:
+        """Requests waiting for a replica: the queue while every batch slot is taken, else 0.
+        Requests held for company while a slot is free (``max_wait_s``, the slack) wait by
+        choice, not for capacity, so the autoscaler must not read them as load it cannot carry."""
+        return len(self.queue) if self.in_flight >= max(1, self.max_concurrent()) else 0
+
     def start(self) -> None:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.member}")

@@ -442,7 +442,8 @@ class Gateway:
             batcher = self.batchers.get(m.name)
             live[m.name] = LiveState(queue_depth=batcher.queue_depth if batcher else 0,
                                      in_flight=batcher.in_flight_requests if batcher else 0,
-                                     replicas_ready=counts["ready"], replicas_draining=counts["draining"])
+                                     replicas_ready=counts["ready"], replicas_draining=counts["draining"],
+                                     backlog=batcher.backlog if batcher else 0)
         return live
 
     # Calls to replicas ------------------------------------------------------------------------

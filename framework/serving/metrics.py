@@ -17,9 +17,10 @@ not share counters). Names (all prefixed ``mesos_ensemble_``):
 
 :meth:`GatewayMetrics.load_samples` gives the autoscaler one
 :class:`~framework.serving.autoscale.MemberLoad` per member over the last ``window_s`` seconds:
-``rate_rps`` (requests for the member per second), ``queue_depth`` (requests waiting for a batch
-now), ``in_flight`` (requests in batches at its replicas now), ``p99_ms`` (the member's latency, queueing
-included; 0 without requests), ``replicas_ready``.
+``rate_rps`` (requests for the member per second), ``queue_depth`` (requests waiting for a
+replica now: the backlog, not requests a batch holds for company while a replica is free),
+``in_flight`` (requests in batches at its replicas now), ``p99_ms`` (the member's latency,
+queueing included; 0 without requests), ``replicas_ready``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ class LiveState:
     in_flight: int
     replicas_ready: int
     replicas_draining: int = 0
+    backlog: int = 0
+    """Requests waiting for a replica (every batch slot taken), not for company: the
+    autoscaler's queue (``MemberBatcher.backlog``)."""
 
 
 class GatewayMetrics:
@@ -190,7 +194,7 @@ class GatewayMetrics:
             rates = {m: w.rate(now) for m, w in self._windows.items()}
             p99s = {m: w.p99_ms(now) for m, w in self._windows.items()}
         empty = LiveState(0, 0, 0)
-        return {m: MemberLoad(member=m, rate_rps=rates[m], queue_depth=live.get(m, empty).queue_depth,
+        return {m: MemberLoad(member=m, rate_rps=rates[m], queue_depth=live.get(m, empty).backlog,
                               in_flight=live.get(m, empty).in_flight, p99_ms=p99s[m],
                               replicas_ready=live.get(m, empty).replicas_ready)
                 for m in self.members}

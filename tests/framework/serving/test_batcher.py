@@ -186,6 +186,7 @@ def test_an_idle_member_sends_at_once_and_a_busy_one_gathers_a_batch():
         for _ in range(50):
             await asyncio.sleep(0)
         assert batcher.queue_depth == 3 and model.batches == [2, 2]
+        assert batcher.backlog == 3  # every batch slot taken: they wait for a replica
         model.gate.set()
         await first
         for _ in range(50):
@@ -207,6 +208,7 @@ def test_an_idle_member_with_slack_waits_that_long_for_company():
         for _ in range(50):
             await asyncio.sleep(0)
         assert batcher.queue_depth == 3 and model.batches == []  # idle, but its answers can wait
+        assert batcher.backlog == 0  # held for company with the replica free: no load for the autoscaler
         slack[0] = 0.0  # read afresh when the next request comes: no time to spare, so all go together
         waiting.append(asyncio.create_task(batcher.submit(rows + 3)))
         answers = await asyncio.wait_for(asyncio.gather(*waiting), 60)

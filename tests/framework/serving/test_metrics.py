@@ -36,7 +36,7 @@ def test_load_samples_and_exposition():
     metrics.member_answered("b", 0.5, ok=False)
     metrics.hedges.labels("a").inc()
     metrics.set_cost_per_hour(0.75, lower_bound=0.5)
-    live = {"a": LiveState(queue_depth=3, in_flight=2, replicas_ready=2, replicas_draining=1),
+    live = {"a": LiveState(queue_depth=5, in_flight=2, replicas_ready=2, replicas_draining=1, backlog=3),
             "b": LiveState(queue_depth=0, in_flight=0, replicas_ready=1)}
     loads = metrics.load_samples(live)
     assert loads["a"] == MemberLoad("a", rate_rps=pytest.approx(10 / 4.5), queue_depth=3, in_flight=2,
@@ -50,7 +50,7 @@ def test_load_samples_and_exposition():
     assert samples[("mesos_ensemble_member_seconds_count", (("member", "a"),))] == 10
     assert samples[("mesos_ensemble_member_requests_total", (("member", "b"), ("outcome", "failed")))] == 1
     assert samples[("mesos_ensemble_hedges_total", (("member", "a"),))] == 1
-    assert samples[("mesos_ensemble_queue_depth", (("member", "a"),))] == 3
+    assert samples[("mesos_ensemble_queue_depth", (("member", "a"),))] == 5  # the whole queue (autoscaler: backlog)
     assert samples[("mesos_ensemble_replicas", (("member", "a"), ("state", "draining")))] == 1
     assert samples[("mesos_ensemble_cost_per_hour", ())] == 0.75
     # Each gateway has its own registry: a second one starts from zero.
