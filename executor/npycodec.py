@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from executor.protocol import array_to_npy, npy_to_array
+
 _MAGIC_1_0 = b"\x93NUMPY\x01\x00"
 _CACHE_SIZE = 512
 """Headers kept per direction; a cache that fills is emptied (a flood of shapes costs only speed)."""
@@ -31,11 +33,11 @@ def encode(array: np.ndarray) -> bytes:
     array = np.asanyarray(array)
     dtype = array.dtype
     if dtype.hasobject or dtype.names is not None or dtype.kind == "V" or not array.flags.c_contiguous:
-        return _save(array)
+        return array_to_npy(array)
     key = (dtype.str, array.shape)
     header = _written.get(key)
     if header is None:
-        whole = _save(array)
+        whole = array_to_npy(array)
         if len(_written) >= _CACHE_SIZE:
             _written.clear()
         _written[key] = whole[:len(whole) - array.nbytes]
@@ -45,7 +47,7 @@ def encode(array: np.ndarray) -> bytes:
 
 def np_load(body: bytes) -> Any:
     """``np.load(io.BytesIO(body), allow_pickle=False)``: an array, or an archive for an ``.npz``."""
-    return np.load(io.BytesIO(body), allow_pickle=False)
+    return npy_to_array(body)
 
 
 def read_array(body: bytes) -> np.ndarray:
@@ -80,9 +82,3 @@ def decode(body: bytes, slow: Callable[[bytes], Any] = np_load) -> Any:
     if len(body) - start != count * dtype.itemsize:
         return _load(body)  # truncated or padded: numpy's error (or its reading) as before
     return np.frombuffer(body, dtype=dtype, count=count, offset=start).reshape(shape).copy()
-
-
-def _save(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
