@@ -787,16 +787,8 @@ class ServingController(pymesos.Scheduler):
         now = self.clock()
         taken = {r.port for r in self.replicas.values() if r.address == address}
         taken |= {port for (where, port), until in self.bad_ports.items() if where == address and until > now}
-        free: list[int] = []
-        while len(free) < 16:
-            try:
-                [port] = translator.assign_ports(ranges, 1, taken)
-            except ValueError:  # none left
-                break
-            taken.add(port)
-            if not self.loopback or _bindable(port):
-                free.append(port)
-        return free
+        candidates = translator.free_ports(ranges, taken)
+        return list(itertools.islice((p for p in candidates if not self.loopback or _bindable(p)), 16))
 
     def _decline(self, driver: Any, offers: list[OfferView], refuse_seconds: float) -> None:
         if offers:
