@@ -182,15 +182,15 @@ class ServeRunner:
             framework_id = None
             earlier = state.replicas()
             if local or not state.framework_id:
-                for record in earlier:  # the embedded cluster died with the serve that started them
-                    state.remove(record.task_id)
+                state.forget_tasks()  # the embedded cluster died with the serve that started them
                 state.save_framework_id("")
             else:
                 framework_id = self.resumed_framework_id = state.framework_id
-                adopted = controller.adopt(earlier)
+                executors = state.executors()
+                adopted = controller.adopt(earlier, executors)
                 controller.avoid_earlier_executors(int(time.time()))
                 self.note(f"re-subscribing as framework {framework_id}; adopting {adopted} replica(s) of the "
-                          f"earlier serve")
+                          f"earlier serve" + (f" and {len(executors)} executor(s)" if executors else ""))
             principal, secret = self.credentials or (spec.framework.principal, spec.framework.secret)
             framework = translator.framework_info(spec.framework.name, spec.framework.user, spec.framework.role,
                                                   spec.framework.failover_timeout, principal,
@@ -278,8 +278,7 @@ class ServeRunner:
             if self.resumed_framework_id and controller.framework_id is None and "removed" in event.detail \
                     and controller.state is not None:
                 controller.state.save_framework_id("")  # the next serve subscribes as a new framework
-                for record in controller.state.replicas():
-                    controller.state.remove(record.task_id)
+                controller.state.forget_tasks()
                 self.failover_on_stop = True  # nothing of ours to tear down
                 raise JobFailed(f"the master no longer knows framework {self.resumed_framework_id} (torn down, or "
                                 "its failover_timeout passed), so its replicas are gone; run serve again to deploy "

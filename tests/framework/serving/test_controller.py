@@ -289,3 +289,114 @@ def test_an_adopted_executor_left_without_replicas_is_shut_down(demo: JobSpec, s
         assert deployment.controller.hosting[("a2", "ensemble.g3")] is None
     finally:
         deployment.close()
+
+
+def test_an_executor_journaled_idle_by_a_killed_serve_is_shut_down_by_the_next(demo: JobSpec, server: ArtifactServer,
+                                                                              tmp_path: Path) -> None:
+    """The journal keeps every executor of ours (schema 3): recorded with its first replica's
+    launch, marked idle once its replicas have ended.  A ``serve`` that dies while its executor
+    waits idle for its ``SHUTDOWN`` leaves it in the journal, and the next ``serve`` sends it."""
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state)
+    deployment.controller.executor_idle_seconds = 3600.0  # this serve dies before it would shut it down
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        assert [(e.agent_id, e.executor_id, e.hostname, e.state) for e in state.executors()] == [
+            ("a1", "ensemble.g0", "a1.example", "running")]  # journaled before the launch was sent
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        for task in tasks:  # both replicas end (no offer: none replaces them there)
+            deployment.controller.statusUpdate(deployment.driver, make_status(task["task_id"]["value"], "TASK_KILLED"))
+        [idle] = wait_for(lambda: [e for e in state.executors() if e.state == "idle"])
+        assert idle.executor_id == "ensemble.g0" and idle.idle_since is not None
+        assert state.replicas() == [] and deployment.driver.shutdowns == []
+    finally:
+        deployment.close()  # killed: the executor's SHUTDOWN was never sent
+        state.close()
+
+    state = ServeState.open(tmp_path / "state")
+    again = Deployment(demo, server, state=state)
+    again.controller.executor_idle_seconds = 0.5
+    try:
+        assert again.controller.adopt(state.replicas(), state.executors()) == 0
+        again.controller.avoid_earlier_executors(7)
+        again.controller.reregistered(again.driver, {"hostname": "master", "port": 5050})
+        assert wait_for(lambda: again.driver.shutdowns) == [("a1", "ensemble.g0")]
+        assert state.executors() == [], "a shut-down executor stayed in the journal"
+        # New replicas go to a new executor (the earlier run's ExecutorInfo is not reused).
+        again.controller.resourceOffers(again.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(again.launched()) == 2 and again.launched())
+        assert {t["executor"]["executor_id"]["value"] for t in tasks} == {"ensemble.g7"}
+        assert [(e.executor_id, e.state) for e in state.executors()] == [("ensemble.g7", "running")]
+    finally:
+        again.close()
+        state.close()
+
+
+def test_an_idle_executor_of_a_killed_serve_waits_out_its_idle_time_and_one_that_serves_again_is_kept(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """The idle time counts from when the earlier ``serve`` saw the executor idle (wall clock): a
+    long-idle one is shut down at once, one just idle waits; one whose adopted replica still runs
+    (the journal said running) is not shut down."""
+    from framework.serving.state import ExecutorRecord, ReplicaRecord
+
+    deployment = Deployment(demo, server)
+    deployment.controller.executor_idle_seconds = 30.0
+    try:
+        now = time.time()
+        executors = [ExecutorRecord("a1", "ensemble.g3", "a1.example", now - 3600.0),
+                     ExecutorRecord("a2", "ensemble.g3", "a2.example", now),
+                     ExecutorRecord("a3", "ensemble.g3", "a3.example")]
+        replica = ReplicaRecord("linear.replica-old-1", "linear", "a3", "a3.example", 31000,
+                                demo.model("linear").sha256, "TASK_RUNNING", "ensemble.g3")
+        assert deployment.controller.adopt([replica], executors) == 1
+        deployment.subscribe()
+        wait_for(lambda: deployment.driver.reconciles)
+        deployment.controller.statusUpdate(deployment.driver, make_status("linear.replica-old-1", "TASK_RUNNING",
+                                                                          "a3"))
+        assert wait_for(lambda: deployment.driver.shutdowns) == [("a1", "ensemble.g3")]
+        time.sleep(0.5)  # ticks go by: a2 has been idle for far less than 30 s, a3 serves
+        assert deployment.driver.shutdowns == [("a1", "ensemble.g3")]
+        assert deployment.controller.hosting[("a3", "ensemble.g3")] is None
+        assert deployment.controller.hosting[("a2", "ensemble.g3")] is not None
+    finally:
+        deployment.close()
+
+
+def test_a_master_failover_reconciles_every_known_replica_keeps_them_serving_and_scaling_works_after(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """The master fails over while serving: the driver re-subscribes under the same framework id
+    (``reregistered``); the controller asks the master about every replica it knows (explicit
+    reconciliation), keeps them in the table meanwhile and after, and still scales."""
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state, bounds={"linear": (1, 3), "logistic": (1, 1)})
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        known = sorted(t["task_id"]["value"] for t in tasks)
+        deployment.driver.framework_id = "F1"
+        deployment.controller.disconnected(deployment.driver)
+        deployment.controller.reregistered(deployment.driver, {"hostname": "master", "port": 5050})
+        [reconciled] = wait_for(lambda: deployment.driver.reconciles)
+        assert sorted(t["task_id"]["value"] for t in reconciled) == known  # explicit, not implicit ([])
+        assert deployment.controller.framework_id == "F1" and state.framework_id == "F1"
+        assert sorted(r.replica_id for m in ("linear", "logistic") for r in deployment.table.ready(m)) == known
+        for task in tasks:  # the master's answers (REASON_RECONCILIATION): nothing changes
+            deployment.controller.statusUpdate(deployment.driver, make_status(
+                task["task_id"]["value"], "TASK_RUNNING", reason="REASON_RECONCILIATION", uuid=None))
+        deployment.controller.retarget({"linear": ServedMember("linear", demo.model("linear").sha256, 2, 3)})
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
+        [added] = wait_for(lambda: deployment.launched()[2:])
+        assert payload(added)["model"] == "linear"
+        assert deployment.driver.kills == [] and deployment.controller.replaced == 0
+        assert sorted(r.replica_id for m in ("linear", "logistic") for r in deployment.table.ready(m)) == known
+    finally:
+        deployment.close()
+        state.close()
