@@ -647,9 +647,10 @@ class ServingController(pymesos.Scheduler):
                     self.hosting[hosted] = now
                 elif now - idle_since >= self.executor_idle_seconds:
                     due.append(hosted)
-                if hosted not in busy and hosted not in self._idle_journaled:
+                since = self.hosting[hosted]
+                if since is not None and hosted not in self._idle_journaled:
                     # Journaled idle (wall clock): a serve killed now leaves the next one its SHUTDOWN to send.
-                    self._idle_journaled[hosted] = time.time() - (now - self.hosting[hosted])
+                    self._idle_journaled[hosted] = time.time() - (now - since)
                     if self.state is not None:
                         self.state.set_executor_idle(*hosted, self._idle_journaled[hosted])
             for agent_id, executor_id in due:
