@@ -114,6 +114,21 @@ class Deployer:
 
 
 @pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """An embedded cluster of two agents (2 cpus, ports) run apart from ``serve``: a separate
+    master that a killed ``serve`` comes back to, or that fails over under it."""
+    from framework.localmesos import AgentSpec, LocalCluster
+
+    agents = [AgentSpec(hostname=f"agent-{i}", resources={"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0,
+                                                          "ports": "[31000-32000]"}) for i in (1, 2)]
+    cluster = LocalCluster(agents=agents, work_dir=tmp_path / "cluster", allocation_interval=0.1,
+                           executor_shutdown_grace_period=1.0, command_kill_grace_period=1.0)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
 def deploy() -> Iterator[Deployer]:
     deployer = Deployer()
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from framework.localmesos import AgentSpec, LocalCluster
+from framework.localmesos import LocalCluster
 from framework.localmesos.cluster import live_processes, recorded_processes
 from framework.serving.state import ServeState
 from deploy_helpers import held_out_rows, post, serve_job, wait_for
@@ -88,17 +88,6 @@ def test_serve_answers_reloads_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in err
     wait_for(lambda: not live_processes(records), timeout=30)
     assert not (state / "serve.json").exists()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Any:
-    agents = [AgentSpec(hostname=f"agent-{i}", resources={"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0,
-                                                          "ports": "[31000-32000]"}) for i in (1, 2)]
-    cluster = LocalCluster(agents=agents, work_dir=tmp_path / "cluster", allocation_interval=0.1,
-                           executor_shutdown_grace_period=1.0, command_kill_grace_period=1.0)
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.mark.faults
