@@ -113,6 +113,22 @@ class Deployer:
             thing.stop()
 
 
+@pytest.fixture(scope="module")
+def batch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[list[float]], list[float]]:
+    """The founding example run as a batch job (``run``): its rows and its integrated predictions."""
+    from deploy_helpers import held_out_rows, serve_job
+    from framework.job import JobRunner
+    from framework.jobspec import load_job
+
+    job = serve_job(tmp_path_factory.mktemp("batch"))
+    outcome = JobRunner(load_job(job)).run()
+    columns, rows = held_out_rows(job)
+    with outcome.output.open() as handle:
+        next(handle)
+        expected = [float(line.strip()) for line in handle]
+    return columns, rows, expected
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Any]:
     """An embedded cluster of two agents (2 cpus, ports) run apart from ``serve``: a separate
