@@ -400,3 +400,73 @@ def test_a_master_failover_reconciles_every_known_replica_keeps_them_serving_and
     finally:
         deployment.close()
         state.close()
+
+
+def test_per_model_executors_hold_one_member_each_and_a_crash_replaces_only_its_member(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """``executors = "per_model"``: each member's replicas go to executors of its own (with their
+    own resources); one of them dying takes only its member's replica, replaced in a new
+    generation of that member's executor, and the journal follows the executors."""
+    spec = dataclasses.replace(demo, framework=dataclasses.replace(demo.framework, executors="per_model"))
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(spec, server, state=state)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", cpus=4.0, mem=8192.0)])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        executor_of = {payload(t)["model"]: t["executor"] for t in tasks}
+        assert {m: e["executor_id"]["value"] for m, e in executor_of.items()} == {"linear": "linear.g0",
+                                                                                 "logistic": "logistic.g0"}
+        assert all(any(r["name"] == "cpus" for r in e["resources"]) for e in executor_of.values())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        assert sorted(e.executor_id for e in state.executors()) == ["linear.g0", "logistic.g0"]
+        linear = next(t for t in tasks if payload(t)["model"] == "linear")
+        deployment.controller.statusUpdate(deployment.driver, make_status(
+            linear["task_id"]["value"], "TASK_FAILED", reason="REASON_EXECUTOR_TERMINATED", message="exited"))
+        wait_for(lambda: not deployment.table.ready("linear") and deployment.driver.revived)
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", cpus=4.0, mem=8192.0)])
+        [replacement] = wait_for(lambda: deployment.launched()[2:])
+        assert payload(replacement)["model"] == "linear"
+        assert replacement["executor"]["executor_id"]["value"] == "linear.g1"
+        assert len(deployment.table.ready("logistic")) == 1 and deployment.driver.kills == []
+        assert deployment.controller.replaced == 1
+        assert sorted(e.executor_id for e in state.executors()) == ["linear.g1", "logistic.g0"]
+    finally:
+        deployment.close()
+        state.close()
+
+
+def test_an_agent_lost_takes_its_replicas_and_executor_and_they_are_replaced_elsewhere(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        # The master's word: the agent is gone (FAILURE), its tasks TASK_LOST (no uuid to acknowledge).
+        deployment.controller.slaveLost(deployment.driver, {"value": "a1"})
+        for task in tasks:
+            deployment.controller.statusUpdate(deployment.driver, make_status(
+                task["task_id"]["value"], "TASK_LOST", reason="REASON_AGENT_REMOVED", uuid=None))
+        wait_for(lambda: not deployment.controller.replicas and deployment.driver.revived)
+        assert deployment.table.ready("linear") == [] and deployment.table.ready("logistic") == []
+        assert not [h for h in deployment.controller.hosting if h[0] == "a1"] and state.executors() == []
+        assert deployment.driver.shutdowns == []  # nothing to shut down on a lost agent
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a2")])
+        replacements = wait_for(lambda: len(deployment.launched()) == 4 and deployment.launched()[2:])
+        assert {t["agent_id"]["value"] for t in replacements} == {"a2"}
+        assert sorted(payload(t)["model"] for t in replacements) == ["linear", "logistic"]
+        for task in replacements:
+            deployment.run(task, "a2")
+        wait_for(deployment.controller.all_ready)
+        assert [(e.agent_id, e.state) for e in state.executors()] == [("a2", "running")]
+        assert deployment.controller.replaced == 2
+    finally:
+        deployment.close()
+        state.close()
