@@ -256,7 +256,8 @@ class ServingController(pymesos.Scheduler):
         (``ExecutorRecord``s) are followed as ours: one left without a replica (the earlier
         ``serve`` died while it waited idle for its ``SHUTDOWN``, or its adopted replicas turn out
         gone) is shut down once idle for ``executor_idle_seconds``, counted from when the earlier
-        ``serve`` saw it idle.  Never launched into again (its ExecutorInfo was the earlier run's)."""
+        ``serve`` saw it idle.  Never launched into again (its ExecutorInfo was the earlier run's).
+        A replica the earlier ``serve`` was draining is killed, not served again."""
         count = 0
         with self.lock:
             for executor in executors:
@@ -279,6 +280,8 @@ class ServingController(pymesos.Scheduler):
                 replica = LiveReplica(record.task_id, record.member, record.agent_id, record.hostname,
                                       self._address(record.hostname), record.port, record.sha256, key,
                                       record.executor_id, ReplicaState.ADOPTING, self.clock())
+                if record.state == "draining":  # the earlier serve was draining it: it goes
+                    replica.state, replica.kill_at = ReplicaState.DRAINING, self.clock()
                 self.replicas[record.task_id] = replica
                 if record.executor_id:
                     self.hosting[(record.agent_id, record.executor_id)] = None
@@ -433,10 +436,18 @@ class ServingController(pymesos.Scheduler):
 
     # --- updates -------------------------------------------------------------------------------
     def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
+        """Subscribed, or subscribed again (a master failover, a restarted ``serve``): every replica
+        known is reconciled explicitly (a launch or a kill sent while disconnected was dropped by
+        the driver: the master's answer says what became of it), and every drain's kill is sent
+        again (killing a task twice is harmless; one never killed would run on)."""
         with self.lock:
             if framework_id:
                 self.framework_id = framework_id
-            adopting = [r.task_id for r in self.replicas.values() if r.state is not ReplicaState.DRAINING]
+            adopting = list(self.replicas)
+            now = self.clock()
+            for replica in self.replicas.values():
+                if replica.state is ReplicaState.DRAINING and replica.kill_at is None:
+                    replica.kill_at = now
         if self.state is not None and self.framework_id:
             self.state.save_framework_id(self.framework_id)
         if adopting:
@@ -620,6 +631,8 @@ class ServingController(pymesos.Scheduler):
         self._changed.notify_all()
 
     def _kill_due(self, driver: Any, now: float) -> None:
+        if not getattr(driver, "connected", True):
+            return  # pymesos drops a kill while disconnected: sent once subscribed again
         with self.lock:
             due = [r for r in self.replicas.values() if r.kill_at is not None and r.kill_at <= now]
             for replica in due:

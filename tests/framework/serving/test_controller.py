@@ -470,3 +470,70 @@ def test_an_agent_lost_takes_its_replicas_and_executor_and_they_are_replaced_els
     finally:
         deployment.close()
         state.close()
+
+
+class DroppingDriver(LockedDriver):
+    """Drops what it is asked while disconnected, as pymesos does (``killTask``, ``launchTasks``...)."""
+
+    connected = True
+
+    def killTask(self, task_id: Any) -> None:  # noqa: N802
+        if self.connected:
+            super().killTask(task_id)
+
+
+def test_a_drain_during_a_master_failover_is_killed_once_subscribed_again(demo: JobSpec, server: ArtifactServer,
+                                                                          tmp_path: Path) -> None:
+    """pymesos drops a kill sent while it is disconnected (the master failing over): the drain's
+    kill waits until the framework is subscribed again, and a drained replica is reconciled with
+    the others (it must not run on, unknown to anyone)."""
+    deployment = Deployment(demo, server, bounds={"linear": (2, 3), "logistic": (1, 1)})
+    driver = deployment.driver = DroppingDriver(deployment.controller)
+    deployment.controller._driver = driver
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 3 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        driver.connected = False  # the master fails over
+        deployment.controller.disconnected(driver)
+        with deployment.controller.lock:
+            deployment.controller.desired["linear"] = 1
+        deployment.controller.poke()
+        [drained] = wait_for(lambda: [r.task_id for r in deployment.controller.replicas.values()
+                                      if r.state.value == "draining"])
+        time.sleep(1.0)  # past the drain: its kill is due, but cannot be sent
+        assert driver.kills == [] and drained not in {r.replica_id for r in deployment.table.ready("linear")}
+        driver.connected = True
+        driver.framework_id = "F1"
+        deployment.controller.reregistered(driver, {"hostname": "master", "port": 5050})
+        assert wait_for(lambda: driver.kills) == [drained]
+        [reconciled] = driver.reconciles  # the first subscription had no replica to reconcile
+        assert sorted(t["task_id"]["value"] for t in reconciled) == sorted(t["task_id"]["value"] for t in tasks)
+    finally:
+        deployment.close()
+
+
+def test_a_replica_the_earlier_serve_was_draining_is_killed_not_served(demo: JobSpec, server: ArtifactServer) -> None:
+    from framework.serving.state import ReplicaRecord
+
+    deployment = Deployment(demo, server)
+    try:
+        sha = {m: demo.model(m).sha256 for m in ("linear", "logistic")}
+        records = [ReplicaRecord("linear.replica-old-1", "linear", "a1", "a1.example", 31000, sha["linear"],
+                                 "TASK_RUNNING", "ensemble.g3"),
+                   ReplicaRecord("linear.replica-old-2", "linear", "a1", "a1.example", 31001, sha["linear"],
+                                 "draining", "ensemble.g3"),
+                   ReplicaRecord("logistic.replica-old-3", "logistic", "a1", "a1.example", 31002, sha["logistic"],
+                                 "TASK_RUNNING", "ensemble.g3")]
+        assert deployment.controller.adopt(records) == 3
+        deployment.subscribe()
+        assert wait_for(lambda: deployment.driver.kills) == ["linear.replica-old-2"]
+        for record in records:  # the reconciliation's answers
+            deployment.controller.statusUpdate(deployment.driver, make_status(record.task_id, "TASK_RUNNING", "a1"))
+        wait_for(deployment.controller.all_ready)
+        assert [r.replica_id for r in deployment.table.ready("linear")] == ["linear.replica-old-1"]
+    finally:
+        deployment.close()
