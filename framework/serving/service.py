@@ -198,7 +198,7 @@ class ServeRunner:
             driver = pymesos_driver(controller, framework, master, principal, secret)
             driver.start()
             stack.callback(driver.join)
-            stack.callback(lambda: driver.stop(failover=self.failover_on_stop))
+            stack.callback(self._stop_driver, driver, state)
             stack.callback(controller.close)
             stack.callback(self._drain, controller)
             stack.callback(stop_gateway)  # first: stop accepting, finish what is in flight; then drain
@@ -314,6 +314,17 @@ class ServeRunner:
         self.note(f"reloaded {self.job_file}: " + (f"rolling {', '.join(changed)} to the new model(s)"
                                                     if changed else "no model changed"))
         return changed
+
+    def _stop_driver(self, driver: Any, state: ServeState) -> None:
+        """Stop the driver: tear the framework down (its replicas and executors go with it), or
+        leave it for a failover.  Torn down (pymesos sends TEARDOWN only while connected), the
+        journal forgets its framework id and tasks, so the next ``serve`` subscribes anew instead
+        of failing on a framework the master has removed."""
+        torn_down = not self.failover_on_stop and bool(getattr(driver, "connected", False))
+        driver.stop(failover=self.failover_on_stop)
+        if torn_down:
+            state.save_framework_id("")
+            state.forget_tasks()
 
     def _drain(self, controller: ServingController) -> None:
         """Stopping: every replica drains and is killed; wait (a while) for them to end."""

@@ -124,5 +124,7 @@ def test_a_killed_serve_restarted_re_adopts_its_running_replicas(tmp_path: Path,
             second.kill()
     assert second.returncode == 130, err
     assert "adopting 2 replica(s)" in err
+    with ServeState.read(state) as journal:  # torn down: the next serve subscribes anew (not as a removed id)
+        assert journal.framework_id is None and journal.replicas() == [] and journal.executors() == []
     tasks = [t for f in cluster.state()["frameworks"] for t in f["tasks"]]
     assert not [t for t in tasks if t["state"] in ("TASK_RUNNING", "TASK_STARTING")]
