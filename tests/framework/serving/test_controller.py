@@ -477,9 +477,19 @@ class DroppingDriver(LockedDriver):
 
     connected = True
 
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__(scheduler)
+        self.dropped: list[dict[str, Any]] = []
+
     def killTask(self, task_id: Any) -> None:  # noqa: N802
         if self.connected:
             super().killTask(task_id)
+
+    def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
+        if self.connected:
+            super().launchTasks(offer_ids, tasks, filters)
+        else:
+            self.dropped.extend(tasks)
 
 
 def test_a_drain_during_a_master_failover_is_killed_once_subscribed_again(demo: JobSpec, server: ArtifactServer,
@@ -537,3 +547,70 @@ def test_a_replica_the_earlier_serve_was_draining_is_killed_not_served(demo: Job
         assert [r.replica_id for r in deployment.table.ready("linear")] == ["linear.replica-old-1"]
     finally:
         deployment.close()
+
+
+def test_a_launch_lost_to_a_master_failover_is_reconciled_as_lost_and_replaced(
+        demo: JobSpec, server: ArtifactServer) -> None:
+    """Offers handled just as the master fails over: the driver drops the launch.  The replicas,
+    recorded as launching, are reconciled once subscribed again; the master knows nothing of them
+    (TASK_LOST), so they are replaced."""
+    deployment = Deployment(demo, server)
+    driver = deployment.driver = DroppingDriver(deployment.controller)
+    deployment.controller._driver = driver
+    try:
+        deployment.subscribe()
+        driver.connected = False
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        lost = wait_for(lambda: len(driver.dropped) == 2 and [t["task_id"]["value"] for t in driver.dropped])
+        assert deployment.launched() == []
+        driver.connected = True
+        driver.framework_id = "F1"
+        deployment.controller.reregistered(driver, {"hostname": "master", "port": 5050})
+        [reconciled] = wait_for(lambda: driver.reconciles)
+        assert sorted(t["task_id"]["value"] for t in reconciled) == sorted(lost)
+        for task_id in lost:
+            deployment.controller.statusUpdate(driver, make_status(task_id, "TASK_LOST", reason="REASON_RECONCILIATION",
+                                                                   uuid=None))
+        wait_for(lambda: not set(lost) & set(deployment.controller.replicas))
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        assert sorted(payload(t)["model"] for t in tasks) == ["linear", "logistic"]
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+    finally:
+        deployment.close()
+
+
+class Teardown(LockedDriver):
+    connected = True
+    failover: bool | None = None
+
+    def stop(self, failover: bool = False) -> None:
+        self.failover = failover
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_a_stop_that_tears_the_framework_down_forgets_it_in_the_journal(demo: JobSpec, tmp_path: Path,
+                                                                        connected: bool) -> None:
+    """Torn down (TEARDOWN sent: the driver is connected), the next serve must subscribe anew;
+    not connected, the framework and its replicas live on at the master: the journal keeps them."""
+    from framework.serving.service import ServeRunner
+    from framework.serving.state import ExecutorRecord, ReplicaRecord
+
+    state = ServeState.open(tmp_path / "state")
+    try:
+        state.save_framework_id("F1")
+        state.record_launches([ReplicaRecord("r1", "linear", "a1", "h1", 31000, "ab", "TASK_RUNNING", "ensemble.g0")],
+                              [ExecutorRecord("a1", "ensemble.g0", "h1")])
+        driver = Teardown(None)
+        driver.connected = connected
+        runner = ServeRunner(tmp_path / "job.toml", demo, tmp_path / "state")
+        runner._stop_driver(driver, state)
+        assert driver.failover is False
+        if connected:
+            assert state.framework_id is None and state.replicas() == [] and state.executors() == []
+        else:
+            assert state.framework_id == "F1" and len(state.replicas()) == 1 and len(state.executors()) == 1
+    finally:
+        state.close()
