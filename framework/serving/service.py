@@ -197,7 +197,6 @@ class ServeRunner:
                                                   framework_id=framework_id, webui_url=self.url)
             driver = pymesos_driver(controller, framework, master, principal, secret)
             driver.start()
-            stack.callback(driver.join)
             stack.callback(self._stop_driver, driver, state)
             stack.callback(controller.close)
             stack.callback(self._drain, controller)
@@ -316,13 +315,14 @@ class ServeRunner:
         return changed
 
     def _stop_driver(self, driver: Any, state: ServeState) -> None:
-        """Stop the driver: tear the framework down (its replicas and executors go with it), or
-        leave it for a failover.  Torn down (pymesos sends TEARDOWN only while connected), the
-        journal forgets its framework id and tasks, so the next ``serve`` subscribes anew instead
-        of failing on a framework the master has removed."""
-        torn_down = not self.failover_on_stop and bool(getattr(driver, "connected", False))
+        """Stop the driver and wait for it: the framework torn down (its replicas and executors
+        go with it), or left for a failover.  Torn down (pymesos sends TEARDOWN only while
+        connected, and then forgets the framework id), the journal forgets the framework id and
+        its tasks, so the next ``serve`` subscribes anew instead of failing on a framework the
+        master has removed; not sent, the journal keeps them for the next ``serve`` to adopt."""
         driver.stop(failover=self.failover_on_stop)
-        if torn_down:
+        driver.join()
+        if not self.failover_on_stop and not getattr(driver, "framework_id", None):
             state.save_framework_id("")
             state.forget_tasks()
 

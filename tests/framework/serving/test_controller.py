@@ -583,11 +583,16 @@ def test_a_launch_lost_to_a_master_failover_is_reconciled_as_lost_and_replaced(
 
 
 class Teardown(LockedDriver):
+    """Stops as pymesos does: TEARDOWN (and the framework id forgotten) only while connected."""
+
     connected = True
     failover: bool | None = None
+    framework_id: str | None = "F1"
 
     def stop(self, failover: bool = False) -> None:
         self.failover = failover
+        if not failover and self.connected:
+            self.framework_id = None
 
 
 @pytest.mark.parametrize("connected", [True, False])
