@@ -182,23 +182,22 @@ class ServeRunner:
             framework_id = None
             earlier = state.replicas()
             if local or not state.framework_id:
-                for record in earlier:  # the embedded cluster died with the serve that started them
-                    state.remove(record.task_id)
+                state.forget_tasks()  # the embedded cluster died with the serve that started them
                 state.save_framework_id("")
             else:
                 framework_id = self.resumed_framework_id = state.framework_id
-                adopted = controller.adopt(earlier)
+                executors = state.executors()
+                adopted = controller.adopt(earlier, executors)
                 controller.avoid_earlier_executors(int(time.time()))
                 self.note(f"re-subscribing as framework {framework_id}; adopting {adopted} replica(s) of the "
-                          f"earlier serve")
+                          f"earlier serve" + (f" and {len(executors)} executor(s)" if executors else ""))
             principal, secret = self.credentials or (spec.framework.principal, spec.framework.secret)
             framework = translator.framework_info(spec.framework.name, spec.framework.user, spec.framework.role,
                                                   spec.framework.failover_timeout, principal,
                                                   framework_id=framework_id, webui_url=self.url)
             driver = pymesos_driver(controller, framework, master, principal, secret)
             driver.start()
-            stack.callback(driver.join)
-            stack.callback(lambda: driver.stop(failover=self.failover_on_stop))
+            stack.callback(self._stop_driver, driver, state)
             stack.callback(controller.close)
             stack.callback(self._drain, controller)
             stack.callback(stop_gateway)  # first: stop accepting, finish what is in flight; then drain
@@ -278,8 +277,7 @@ class ServeRunner:
             if self.resumed_framework_id and controller.framework_id is None and "removed" in event.detail \
                     and controller.state is not None:
                 controller.state.save_framework_id("")  # the next serve subscribes as a new framework
-                for record in controller.state.replicas():
-                    controller.state.remove(record.task_id)
+                controller.state.forget_tasks()
                 self.failover_on_stop = True  # nothing of ours to tear down
                 raise JobFailed(f"the master no longer knows framework {self.resumed_framework_id} (torn down, or "
                                 "its failover_timeout passed), so its replicas are gone; run serve again to deploy "
@@ -315,6 +313,18 @@ class ServeRunner:
         self.note(f"reloaded {self.job_file}: " + (f"rolling {', '.join(changed)} to the new model(s)"
                                                     if changed else "no model changed"))
         return changed
+
+    def _stop_driver(self, driver: Any, state: ServeState) -> None:
+        """Stop the driver and wait for it: the framework torn down (its replicas and executors
+        go with it), or left for a failover.  Torn down (pymesos sends TEARDOWN only while
+        connected, and then forgets the framework id), the journal forgets the framework id and
+        its tasks, so the next ``serve`` subscribes anew instead of failing on a framework the
+        master has removed; not sent, the journal keeps them for the next ``serve`` to adopt."""
+        driver.stop(failover=self.failover_on_stop)
+        driver.join()
+        if not self.failover_on_stop and not getattr(driver, "framework_id", None):
+            state.save_framework_id("")
+            state.forget_tasks()
 
     def _drain(self, controller: ServingController) -> None:
         """Stopping: every replica drains and is killed; wait (a while) for them to end."""

@@ -18,21 +18,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LinearRegression
 
-from framework.job import JobRunner
 from framework.jobspec import load_job
-from deploy_helpers import Served, held_out_rows, metric, post, predict, serve_job, wait_for
-
-
-@pytest.fixture(scope="module")
-def batch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[list[float]], list[float]]:
-    """The founding example run as a batch job (``run``): its rows and its integrated predictions."""
-    job = serve_job(tmp_path_factory.mktemp("batch"))
-    outcome = JobRunner(load_job(job)).run()
-    columns, rows = held_out_rows(job)
-    with outcome.output.open() as handle:
-        next(handle)
-        expected = [float(line.strip()) for line in handle]
-    return columns, rows, expected
+from deploy_helpers import Served, metric, post, predict, serve_job, wait_for
 
 
 def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_reference: Any) -> None:
