@@ -54,6 +54,15 @@ PROBE = 0.8
 """One replica fewer is tried only below this share of the rate per replica that once pressed."""
 MANY = 1_000_000
 """More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
+UP_UTILISATION = 0.7
+"""With a busy measure: replicas are sized so that each is busy at most this share of the time
+at the recent rate (more are asked for at once, before the p99 or the queue says so)."""
+DOWN_UTILISATION = 0.5
+"""With a busy measure: one replica fewer only when each of the rest would be busy at most this
+share of the time (below ``UP_UTILISATION``: the count does not flap between the two)."""
+PRESSED_MEMORY_DELAYS = 10.0
+"""The rate that pressed the member is forgotten after this many scale-down delays (a step down
+refused once is tried again later: a noisy second need not pin the count for good)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,13 @@ class MemberLoad:
     """The member's p99 latency over the window (0 when it had no request)."""
     replicas_ready: int
     """Replicas that passed their health check and take requests."""
+    recent_rate_rps: float | None = None
+    """Requests per second over the last few seconds (``RECENT_S`` of the gateway; None: not
+    measured): a step in the load shows here within a second or two, in ``rate_rps`` over a window."""
+    busy: float | None = None
+    """Replica-seconds of calls (batches at replicas) per second over the window, i.e. how many
+    replicas were busy on average (None: not measured).  ``busy / rate_rps`` is the replica time
+    one request costs."""
 
 
 class LoadSample(Protocol):
@@ -107,6 +123,16 @@ class MemberScaleState:
     """When the member last scaled up."""
     up_p99: float = 0.0
     """The p99 that made it scale up then (a windowed p99 that is not worse is not news)."""
+    pressed_at: float | None = None
+    """When ``pressed_rps`` was last lowered (it is forgotten ``PRESSED_MEMORY_DELAYS`` delays later)."""
+    ready: int = -1
+    """The ready replicas of the last sample (-1: none seen yet)."""
+    rose_at: float | None = None
+    """When the ready replicas last grew: for a window after, its p99 still holds requests that
+    fewer replicas served (it says nothing of the rate per replica that presses this many)."""
+    fell_at: float | None = None
+    """When the ready replicas last shrank: for a window after, its met p99 still holds requests
+    that more replicas served (it says nothing of what this many carry)."""
 
 
 @dataclass(frozen=True)
@@ -158,29 +184,79 @@ def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) ->
     return max(1, math.ceil(ratio - 1e-9))
 
 
+def demand(load: LoadSample, rate_rps: float) -> float | None:
+    """Replicas kept busy full time by ``rate_rps``: the sample's busy replicas scaled from its
+    window's rate (the replica time a request costs, times the rate); None without a busy measure."""
+    busy = getattr(load, "busy", None)
+    if busy is None:
+        return None
+    if load.rate_rps <= 0 or busy <= 0:
+        return 0.0
+    return busy * rate_rps / load.rate_rps
+
+
+def _rate_now(load: LoadSample) -> float:
+    """The higher of the window's rate and the recent one (a step up shows in the recent one first;
+    after a fall the window's still holds the high load)."""
+    recent = getattr(load, "recent_rate_rps", None)
+    return load.rate_rps if recent is None else max(load.rate_rps, recent)
+
+
+def by_utilisation(load: LoadSample, utilisation: float) -> int:
+    """Replicas that keep each busy at most ``utilisation`` of the time at the rate now (0 when
+    the sample has no busy measure or no load)."""
+    needed = demand(load, _rate_now(load))
+    if not needed:
+        return 0
+    return max(1, math.ceil(needed / utilisation - 1e-9))
+
+
+def _observe(state: MemberScaleState, ready: int, now: float) -> MemberScaleState:
+    """The state with this sample's ready count (when it grew or shrank)."""
+    if state.ready < 0 or ready == state.ready:
+        return replace(state, ready=ready)
+    if ready > state.ready:
+        return replace(state, ready=ready, rose_at=now)
+    return replace(state, ready=ready, fell_at=now)
+
+
 def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
                    now: float, window_s: float) -> tuple[int, MemberScaleState]:
     ready = max(0, load.replicas_ready)
+    state = _observe(state, ready, now)
+    memory = PRESSED_MEMORY_DELAYS * max(spec.scale_down_delay_s, window_s)
+    if state.pressed_at is not None and now - state.pressed_at >= memory:
+        state = replace(state, pressed_rps=math.inf, pressed_at=None)
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
+    most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
+    early = min(by_utilisation(load, UP_UTILISATION), most)
     growing = _growing(load, state.last_queue)
     slow = load.p99_ms > spec.target_p99_ms
     # a p99 measured over a window still holds the requests from before the last step up: it
     # counts again once that window has passed, or when it got worse than at the step
     fresh = slow and (state.last_up is None or now - state.last_up >= window_s or load.p99_ms > state.up_p99)
     if growing or fresh:
-        wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
-        pressed_rps = min(state.pressed_rps, per_replica) if ready >= current and per_replica > 0 \
-            else state.pressed_rps
+        wanted = max(current, early, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
+        # the rate per replica that pressed: from a slow p99 of a window that only this many
+        # ready replicas (all that are wanted) served, not a queue's blip or a stale window
+        settled = state.rose_at is None or now - state.rose_at >= window_s
+        lower = fresh and settled and ready >= current and 0 < per_replica < state.pressed_rps
         up = wanted > current
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
-                               pressed_rps=pressed_rps, last_up=now if up else state.last_up,
+                               pressed_rps=per_replica if lower else state.pressed_rps,
+                               pressed_at=now if lower else state.pressed_at,
+                               last_up=now if up else state.last_up,
                                up_p99=load.p99_ms if up else state.up_p99)
-    if slow:  # only the p99 of the last step's window: the measured rate alone may ask for more
-        by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 else 0
-        wanted = max(current, min(by_rate, math.ceil(max(1, ready) * MAX_STEP_FACTOR)))
+    if slow or early > current:
+        # only the p99 of the last step's window, or the rate now needs more than are wanted
+        # (asked for early, before the p99 or the queue says so): the measured rate may ask for more
+        by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 and slow else 0
+        wanted = max(current, early, min(by_rate, most))
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
                                last_up=now if wanted > current else state.last_up)
-    state = replace(state, capacity_rps=max(state.capacity_rps, per_replica), last_queue=load.queue_depth)
+    if state.fell_at is None or now - state.fell_at >= window_s:  # met by this many replicas
+        state = replace(state, capacity_rps=max(state.capacity_rps, per_replica))
+    state = replace(state, last_queue=load.queue_depth)
     need = _fewer(spec, load, current, ready, state, now)
     if need >= current:  # all are needed (or some are still starting): the window starts again
         return current, replace(state, low_since=None, low_need=0)
@@ -195,16 +271,24 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
 
 def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
            now: float) -> int:
-    """The replicas an unpressed sample needs: fewer than ``current`` when the known capacity
-    carries its rate on fewer, or (a probe, once the last scale-up is a delay old) one fewer when
-    it is comfortably under the target and one fewer would stay below the known capacity's limit;
-    else ``current``.  The known capacity is the measured one, but never above ``PROBE`` of the
-    rate per replica that once pressed (a step down that failed is not tried again)."""
+    """The replicas an unpressed sample needs: ``current`` while some are still starting.  With a
+    busy measure: as many as keep each busy at most ``DOWN_UTILISATION`` of the time at the rate
+    now, but never so few that each would carry ``PROBE`` of the rate per replica that once pressed
+    (a step down that failed is not tried again at that load).  Without one: fewer than ``current``
+    when the known capacity carries its rate on fewer, or (a probe, once the last scale-up is a
+    delay old) one fewer when it is comfortably under the target and one fewer would stay below
+    the known capacity's limit; else ``current``.  The known capacity is the measured one, but
+    never above ``PROBE`` of the rate per replica that once pressed."""
     if ready < current:
         return current
-    if load.rate_rps <= 0:
+    rate = _rate_now(load)
+    if rate <= 0:
         return 0
     limit = PROBE * state.pressed_rps
+    busy = by_utilisation(load, DOWN_UTILISATION)
+    if demand(load, rate) is not None:
+        floor = replicas_for(rate, limit) if math.isfinite(limit) else 1
+        return min(current, max(1, busy, floor))
     capacity = min(state.capacity_rps, limit)
     need = replicas_for(load.rate_rps, capacity) if capacity > 0 else current
     if need < current:
