@@ -52,6 +52,9 @@ COMFORT = 0.3
 """A p99 at most this share of the target leaves room to try one replica fewer."""
 PROBE = 0.8
 """One replica fewer is tried only below this share of the rate per replica that once pressed."""
+SAME_LOAD = 1.25
+"""A slow p99 soon after a step down refuses that step only at a rate at most this times the
+rate then (a load that rose since is not the step down's fault)."""
 MANY = 1_000_000
 """More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
 UP_UTILISATION = 0.7
@@ -125,6 +128,16 @@ class MemberScaleState:
     """The p99 that made it scale up then (a windowed p99 that is not worse is not news)."""
     pressed_at: float | None = None
     """When ``pressed_rps`` was last lowered (it is forgotten ``PRESSED_MEMORY_DELAYS`` delays later)."""
+    down_at: float | None = None
+    """When the member last stepped down."""
+    down_rate: float = 0.0
+    """The rate then."""
+    down_utilisation: float = 0.0
+    """How busy each remaining replica was expected to be after that step down (busy measure)."""
+    refused_utilisation: float = math.inf
+    """The expected utilisation of the lowest step down that the p99 refused (pressed within a
+    delay of it: it was undone); later steps down expect less than ``PROBE`` of it (inf: none)."""
+    refused_at: float | None = None
     ready: int = -1
     """The ready replicas of the last sample (-1: none seen yet)."""
     rose_at: float | None = None
@@ -227,6 +240,8 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     memory = PRESSED_MEMORY_DELAYS * max(spec.scale_down_delay_s, window_s)
     if state.pressed_at is not None and now - state.pressed_at >= memory:
         state = replace(state, pressed_rps=math.inf, pressed_at=None)
+    if state.refused_at is not None and now - state.refused_at >= memory:
+        state = replace(state, refused_utilisation=math.inf, refused_at=None)
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
     most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
     early = min(by_utilisation(load, UP_UTILISATION), most)
@@ -238,12 +253,20 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     if growing or fresh:
         wanted = max(current, early, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
         # the rate per replica that pressed: from a slow p99 of a window that only this many
-        # ready replicas (all that are wanted) served, not a queue's blip or a stale window
+        # ready replicas (all that are wanted) served, not a queue's blip or a stale window, at
+        # the rate now (the window's lags behind a step)
         settled = state.rose_at is None or now - state.rose_at >= window_s
-        lower = fresh and settled and ready >= current and 0 < per_replica < state.pressed_rps
+        pressing = _rate_now(load) / ready if ready > 0 else 0.0
+        lower = fresh and settled and ready >= current and 0 < pressing < state.pressed_rps
+        # a slow p99 within a delay of a step down: that step is undone, and not tried again at that utilisation
+        refused = fresh and state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
+            and _rate_now(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
         up = wanted > current
+        if refused:
+            state = replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
+                            refused_at=now, down_at=None)
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
-                               pressed_rps=per_replica if lower else state.pressed_rps,
+                               pressed_rps=pressing if lower else state.pressed_rps,
                                pressed_at=now if lower else state.pressed_at,
                                last_up=now if up else state.last_up,
                                up_p99=load.p99_ms if up else state.up_p99)
@@ -266,7 +289,9 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     if now - state.low_since < spec.scale_down_delay_s:
         return current, replace(state, low_need=low_need)
     # low for long enough: down to what the window's busiest sample needed, then wait again
-    return low_need, replace(state, low_since=None, low_need=0)
+    expected = demand(load, _rate_now(load))
+    return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_now(load),
+                             down_utilisation=expected / max(1, low_need) if expected is not None else 0.0)
 
 
 def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
@@ -284,11 +309,9 @@ def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: M
     rate = _rate_now(load)
     if rate <= 0:
         return 0
-    limit = PROBE * state.pressed_rps
-    busy = by_utilisation(load, DOWN_UTILISATION)
     if demand(load, rate) is not None:
-        floor = replicas_for(rate, limit) if math.isfinite(limit) else 1
-        return min(current, max(1, busy, floor))
+        return min(current, max(1, by_utilisation(load, min(DOWN_UTILISATION, PROBE * state.refused_utilisation))))
+    limit = PROBE * state.pressed_rps
     capacity = min(state.capacity_rps, limit)
     need = replicas_for(load.rate_rps, capacity) if capacity > 0 else current
     if need < current:
