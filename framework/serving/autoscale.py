@@ -221,7 +221,8 @@ def by_utilisation(load: LoadSample, utilisation: float) -> int:
     needed = demand(load, _rate_now(load))
     if not needed:
         return 0
-    return max(1, math.ceil(needed / utilisation - 1e-9))
+    ratio = needed / utilisation if utilisation > 0 else math.inf
+    return max(1, math.ceil(ratio - 1e-9)) if ratio < MANY else MANY
 
 
 def _observe(state: MemberScaleState, ready: int, now: float) -> MemberScaleState:
@@ -262,7 +263,7 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         refused = fresh and state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
             and _rate_now(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
         up = wanted > current
-        if refused:
+        if refused and state.down_utilisation > 0:
             state = replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
                             refused_at=now, down_at=None)
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,

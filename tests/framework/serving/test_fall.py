@@ -131,7 +131,8 @@ def test_an_executor_idle_only_a_moment_is_reused_not_shut_down() -> None:
     assert list(fleet.mesos.agents["cheap"].executors) == [executor] and fleet.mesos.agents["dear"].executors == {}
 
 
-AT_THE_EDGE = (Member("forest", 0.49, 3.6), Member("boosting", 0.24, 12.0), Member("logistic", 0.09, 100.0, max_replicas=1))
+AT_THE_EDGE = (Member("forest", 0.49, 3.6), Member("boosting", 0.24, 12.0),
+               Member("logistic", 0.09, 100.0, max_replicas=1))
 """The bench's members as measured: one forest replica carries the base load with little to
 spare (3.4 of 3.6 requests/s), so the 4x step presses it even on its most replicas."""
 
