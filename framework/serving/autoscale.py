@@ -179,8 +179,9 @@ def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Map
 
 def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
     """The member misses its target: p99 above it, or a queue that grows past one request
-    waiting per ready replica."""
-    return load.p99_ms > spec.target_p99_ms or _growing(load, last_queue)
+    waiting per ready replica (with a busy measure, only while they are busy past ``UP_UTILISATION``)."""
+    return load.p99_ms > spec.target_p99_ms or (_growing(load, last_queue)
+                                                and _saturated(load, max(0, load.replicas_ready)))
 
 
 def _growing(load: LoadSample, last_queue: int) -> bool:
@@ -225,6 +226,12 @@ def by_utilisation(load: LoadSample, utilisation: float) -> int:
     return max(1, math.ceil(ratio - 1e-9)) if ratio < MANY else MANY
 
 
+def _saturated(load: LoadSample, ready: int) -> bool:
+    """The ready replicas are busy past ``UP_UTILISATION`` at the rate now (True without a busy measure)."""
+    needed = demand(load, _rate_now(load))
+    return needed is None or needed >= UP_UTILISATION * max(1, ready)
+
+
 def _observe(state: MemberScaleState, ready: int, now: float) -> MemberScaleState:
     """The state with this sample's ready count (when it grew or shrank)."""
     if state.ready < 0 or ready == state.ready:
@@ -246,7 +253,9 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
     most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
     early = min(by_utilisation(load, UP_UTILISATION), most)
-    growing = _growing(load, state.last_queue)
+    # a backlog the next batch takes is no pressure: with a busy measure, a growing one counts only
+    # while the replicas are busy past UP_UTILISATION (else it is requests arriving mid-batch)
+    growing = _growing(load, state.last_queue) and _saturated(load, ready)
     slow = load.p99_ms > spec.target_p99_ms
     # a p99 measured over a window still holds the requests from before the last step up: it
     # counts again once that window has passed, or when it got worse than at the step

@@ -208,6 +208,9 @@ def test_queue_growth_counts_relative_to_replicas() -> None:
     assert not pressed(SPEC, quiet, last_queue=0)  # 2 waiting for 4 replicas
     busy = MemberLoad("m", 10.0, 9, 4, 30.0, replicas_ready=4)
     assert pressed(SPEC, busy, last_queue=3) and not pressed(SPEC, busy, last_queue=9)
+    # with a busy measure, a backlog the next batch takes (replicas 30 % busy) is not pressure
+    assert not pressed(SPEC, dataclasses.replace(busy, busy=1.2), last_queue=3)
+    assert pressed(SPEC, dataclasses.replace(busy, busy=2.8), last_queue=3)
 
 
 def test_replicas_for() -> None:
