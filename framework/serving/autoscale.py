@@ -63,6 +63,9 @@ at the recent rate (more are asked for at once, before the p99 or the queue says
 DOWN_UTILISATION = 0.5
 """With a busy measure: one replica fewer only when each of the rest would be busy at most this
 share of the time (below ``UP_UTILISATION``: the count does not flap between the two)."""
+IDLE_UTILISATION = 0.2
+"""With a busy measure: replicas busy less than this share of the time are not pressed by a slow
+p99 (their requests hardly wait for each other: the latency is not the load's)."""
 PRESSED_MEMORY_DELAYS = 10.0
 """The rate that pressed the member is forgotten after this many scale-down delays (a step down
 refused once is tried again later: a noisy second need not pin the count for good)."""
@@ -178,10 +181,12 @@ def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Map
 
 
 def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
-    """The member misses its target: p99 above it, or a queue that grows past one request
-    waiting per ready replica (with a busy measure, only while they are busy past ``UP_UTILISATION``)."""
-    return load.p99_ms > spec.target_p99_ms or (_growing(load, last_queue)
-                                                and _saturated(load, max(0, load.replicas_ready)))
+    """The member misses its target because of its load: p99 above it, or a queue that grows past
+    one request waiting per ready replica.  With a busy measure, the p99 counts only while the
+    replicas are busy at least ``IDLE_UTILISATION`` of the time, the queue only past ``UP_UTILISATION``."""
+    ready = max(0, load.replicas_ready)
+    return (load.p99_ms > spec.target_p99_ms and _saturated(load, ready, IDLE_UTILISATION)) or \
+        (_growing(load, last_queue) and _saturated(load, ready))
 
 
 def _growing(load: LoadSample, last_queue: int) -> bool:
@@ -226,10 +231,10 @@ def by_utilisation(load: LoadSample, utilisation: float) -> int:
     return max(1, math.ceil(ratio - 1e-9)) if ratio < MANY else MANY
 
 
-def _saturated(load: LoadSample, ready: int) -> bool:
-    """The ready replicas are busy past ``UP_UTILISATION`` at the rate now (True without a busy measure)."""
+def _saturated(load: LoadSample, ready: int, utilisation: float = UP_UTILISATION) -> bool:
+    """The ready replicas are busy past ``utilisation`` at the rate now (True without a busy measure)."""
     needed = demand(load, _rate_now(load))
-    return needed is None or needed >= UP_UTILISATION * max(1, ready)
+    return needed is None or needed >= utilisation * max(1, ready)
 
 
 def _observe(state: MemberScaleState, ready: int, now: float) -> MemberScaleState:
@@ -256,7 +261,9 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     # a backlog the next batch takes is no pressure: with a busy measure, a growing one counts only
     # while the replicas are busy past UP_UTILISATION (else it is requests arriving mid-batch)
     growing = _growing(load, state.last_queue) and _saturated(load, ready)
-    slow = load.p99_ms > spec.target_p99_ms
+    # and a slow p99 of replicas that are nearly idle is not the load's (a cold first call, a
+    # neighbour's CPU): more replicas would not make it faster
+    slow = load.p99_ms > spec.target_p99_ms and _saturated(load, ready, IDLE_UTILISATION)
     # a p99 measured over a window still holds the requests from before the last step up: it
     # counts again once that window has passed, or when it got worse than at the step
     fresh = slow and (state.last_up is None or now - state.last_up >= window_s or load.p99_ms > state.up_p99)

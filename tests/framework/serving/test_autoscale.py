@@ -211,6 +211,10 @@ def test_queue_growth_counts_relative_to_replicas() -> None:
     # with a busy measure, a backlog the next batch takes (replicas 30 % busy) is not pressure
     assert not pressed(SPEC, dataclasses.replace(busy, busy=1.2), last_queue=3)
     assert pressed(SPEC, dataclasses.replace(busy, busy=2.8), last_queue=3)
+    # nor is a slow p99 of nearly idle replicas (a cold first call): more would not be faster
+    cold = MemberLoad("m", 0.2, 0, 1, 400.0, 1, recent_rate_rps=0.2, busy=0.05)
+    assert not pressed(SPEC, cold, last_queue=0) and pressed(SPEC, dataclasses.replace(cold, busy=0.3), 0)
+    assert decide(SPEC, {"m": cold}, {"m": 1}, AutoscaleState(), 0.0)[0] == {"m": 1}
 
 
 def test_replicas_for() -> None:
