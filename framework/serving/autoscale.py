@@ -4,27 +4,39 @@
 the controller calls it every ``scale_interval_s`` with the last window's :class:`MemberLoad`
 per member and keeps the returned :class:`AutoscaleState` for the next call.
 
+* **Sized by utilisation** when the samples carry the gateway's ``busy`` measure (replica-seconds
+  of calls per second over the window; over the window's rate, what one request costs): the
+  replicas that keep each busy at most ``UP_UTILISATION`` of the time at the *rate now* (the
+  higher of the window's and the recent one, ``recent_rate_rps``, over the last couple of
+  seconds) are asked for at once, as Ray Serve's target ongoing requests or Knative's
+  concurrency target do: a step in the load is asked for within a decision or two, before the
+  p99 or the queue show it (a new replica's start takes CPU too: better asked early).
 * **Up, at once**, when the member is *pressed*: its p99 is above ``target_p99_ms``, or its
-  queue grew since the last decision and holds more than one request per ready replica.  The
-  step is the most of what the measured rate says, ``rate / (capacity x HEADROOM)`` replicas
-  (the capacity is the highest rate per ready replica seen while the member met its target:
-  what a replica is known to carry), and the ready count times the pressure (p99 over target;
-  waiting plus in-flight requests over in-flight ones, at most ``QUEUE_STEP``); at most
-  :data:`MAX_STEP_FACTOR` times the ready count per decision.  So a 4x load step is met in one
-  decision, two without a capacity measurement.  The samples' p99 is measured over a window
-  (``window_s``, the gateway's): after a step up it still holds the requests from before, so
-  until that window has passed only a p99 worse than the one that made the step counts again
-  (a stale p99 does not multiply the replicas twice); the rate alone may still ask for more.
+  queue grew since the last decision and holds more than one request per ready replica.  With a
+  busy measure only load presses: a slow p99 while the replicas are busy less than
+  ``IDLE_UTILISATION`` of the time is not the load's (a cold first call, a neighbour's CPU), nor
+  a growing backlog below ``UP_UTILISATION`` (the next batch takes it).  The step is the most of
+  the utilisation's count, what the measured rate says, ``rate / (capacity x HEADROOM)``
+  replicas (the capacity is the highest rate per ready replica seen while the member met its
+  target with a whole window served by that many), and the ready count times the pressure (p99
+  over target; waiting plus in-flight requests over in-flight ones, at most ``QUEUE_STEP``); at
+  most :data:`MAX_STEP_FACTOR` times the ready count per decision.  The samples' p99 is measured
+  over a window (``window_s``, the gateway's): after a step up it still holds the requests from
+  before, so until that window has passed only a p99 worse than the one that made the step
+  counts again (a stale p99 does not multiply the replicas twice).
 * **Down, slowly**: only after ``scale_down_delay_s`` during which every sample met the target
-  with replicas to spare: the known capacity (the highest rate per replica seen while the target
-  was met, but at most ``PROBE`` of the lowest rate per replica that ever pressed it) carries
-  the rate on fewer; or, a careful probe once the last scale-up is a delay old, the member stays
-  comfortably under its target (p99 at most ``COMFORT`` of it) and one replica fewer would each
-  carry less than ``PROBE`` of that pressing rate (the capacity is only measured up to the load
-  the replicas have seen, so an over-sized step up is undone one replica at a time).  It then
-  goes to the largest count any sample of that window needed (hysteresis: a noisy rate does not
-  flap), and the next step down waits a whole delay again.  A step down that pressed the member
-  lowers the known capacity, so it is not tried again at that load.
+  with replicas to spare, to the largest count any sample of that delay needed (hysteresis: a
+  noisy rate does not flap), and the next step down waits a whole delay again.  With a busy
+  measure, "to spare" is: fewer replicas would each be busy at most ``DOWN_UTILISATION`` of the
+  time at the rate now (below ``UP_UTILISATION``: no flapping between the two).  A step down that
+  the p99 refuses (slow within a delay of it, at about the same rate: ``SAME_LOAD``) is undone at
+  once by the pressure, and later steps down expect at most ``PROBE`` of the utilisation it
+  expected, for ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity
+  (at most ``PROBE`` of the lowest rate per replica that pressed it, taken only from a window
+  that many ready replicas served, at the rate now) carries the rate on fewer; or, a careful
+  probe once the last scale-up is a delay old, the member stays comfortably under its target
+  (p99 at most ``COMFORT`` of it) and one replica fewer would each carry less than ``PROBE`` of
+  that pressing rate.  The pressing rate is forgotten after ``PRESSED_MEMORY_DELAYS`` delays.
 * Always within the member's ``min_replicas..max_replicas``.
 
 No clock, threads or I/O: the time is the ``now`` argument.
