@@ -142,7 +142,7 @@ def test_the_fall_from_a_step_that_pressed_every_replica_returns_to_what_the_bas
     phase's slow requests while the windowed rate falls.  Those samples are not taken for the
     rate per replica that presses the member (it was not: that p99 is the high load's), so the
     forest comes back to one replica and the cost to what the base load needs before the fall's
-    60 s; the step is asked for on the recent rate within two decisions."""
+    60 s.  The step is asked for within two decisions."""
     fleet = Fleet(members=AT_THE_EDGE, rate=step_and_fall, measured=True)
     fleet.run_until(STEP_AT)
     assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
