@@ -69,6 +69,8 @@ SAME_LOAD = 1.25
 rate then (a load that rose since is not the step down's fault)."""
 MANY = 1_000_000
 """More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
+RECENT_S = 2.0
+"""The gateway's recent rate is measured over the last this many seconds (``recent_rate_rps``)."""
 UP_UTILISATION = 0.7
 """With a busy measure: replicas are sized so that each is busy at most this share of the time
 at the recent rate (more are asked for at once, before the p99 or the queue says so)."""
@@ -99,7 +101,7 @@ class MemberLoad:
     replicas_ready: int
     """Replicas that passed their health check and take requests."""
     recent_rate_rps: float | None = None
-    """Requests per second over the last few seconds (``RECENT_S`` of the gateway; None: not
+    """Requests per second over the last :data:`RECENT_S` seconds (None: not
     measured): a step in the load shows here within a second or two, in ``rate_rps`` over a window."""
     busy: float | None = None
     """Replica-seconds of calls (batches at replicas) per second over the window, i.e. how many
@@ -228,7 +230,17 @@ def demand(load: LoadSample, rate_rps: float) -> float | None:
 
 def _rate_now(load: LoadSample) -> float:
     """The higher of the window's rate and the recent one (a step up shows in the recent one first;
-    after a fall the window's still holds the high load)."""
+    after a fall the window's still holds the high load).  The recent rate counts less two standard
+    deviations of a Poisson count over ``RECENT_S``: a step, not the noise of a short window (at
+    10/s, 2 s hold 20 +- 4.5 arrivals; a 4x step still reads as 31/s or more)."""
+    recent = getattr(load, "recent_rate_rps", None)
+    if recent is None or recent <= 0:
+        return load.rate_rps
+    return max(load.rate_rps, recent - 2.0 * math.sqrt(recent / RECENT_S))
+
+
+def _rate_seen(load: LoadSample) -> float:
+    """The higher of the window's rate and the recent one as measured (any sign of a rise)."""
     recent = getattr(load, "recent_rate_rps", None)
     return load.rate_rps if recent is None else max(load.rate_rps, recent)
 
@@ -289,7 +301,7 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         lower = fresh and settled and ready >= current and 0 < pressing < state.pressed_rps
         # a slow p99 within a delay of a step down: that step is undone, and not tried again at that utilisation
         refused = fresh and state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
-            and _rate_now(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
+            and _rate_seen(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
         up = wanted > current
         if refused and state.down_utilisation > 0:
             state = replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
@@ -319,7 +331,7 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         return current, replace(state, low_need=low_need)
     # low for long enough: down to what the window's busiest sample needed, then wait again
     expected = demand(load, _rate_now(load))
-    return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_now(load),
+    return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_seen(load),
                              down_utilisation=expected / max(1, low_need) if expected is not None else 0.0)
 
 

@@ -35,15 +35,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from framework.serving.autoscale import MemberLoad
+from framework.serving.autoscale import RECENT_S, MemberLoad
 from framework.serving.balancer import percentile
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
                    0.75, 1.0, 2.5, 5.0, 10.0, float("inf"))
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, float("inf"))
 DEFAULT_WINDOW_S = 10.0
-RECENT_S = 2.0
-"""The recent rate's window: short enough to see a step within a scale interval or two."""
 
 
 class LoadWindow:

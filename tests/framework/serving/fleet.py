@@ -29,9 +29,8 @@ from framework import translator
 from framework.packing import Agent, PriceTable, Resources
 from framework.serving import controller as controller_module
 from framework.serving import placement
-from framework.serving.autoscale import MemberLoad
+from framework.serving.autoscale import RECENT_S, MemberLoad
 from framework.serving.controller import ReplicaState, ServedMember, ServingController
-from framework.serving.metrics import RECENT_S
 from framework.serving.routing import ReplicaTable
 from framework.serving.service import ServeRunner
 from framework.serving.spec import ReplicaBounds, ServeSpec
