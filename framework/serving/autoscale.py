@@ -339,8 +339,8 @@ def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: M
            now: float) -> int:
     """The replicas an unpressed sample needs: ``current`` while some are still starting.  With a
     busy measure: as many as keep each busy at most ``DOWN_UTILISATION`` of the time at the rate
-    now, but never so few that each would carry ``PROBE`` of the rate per replica that once pressed
-    (a step down that failed is not tried again at that load).  Without one: fewer than ``current``
+    now, and less than ``PROBE`` of the utilisation a refused step down expected (a step down that
+    failed is not tried again at that load).  Without one: fewer than ``current``
     when the known capacity carries its rate on fewer, or (a probe, once the last scale-up is a
     delay old) one fewer when it is comfortably under the target and one fewer would stay below
     the known capacity's limit; else ``current``.  The known capacity is the measured one, but
