@@ -592,8 +592,11 @@ class ServingController(pymesos.Scheduler):
                     continue
                 count = max(target.min_replicas, min(target.max_replicas, int(count)))
                 if count != self.desired.get(member):
-                    log.info("member %s: %d replica(s) wanted (was %d)", member, count, self.desired.get(member, 0))
+                    log.info("member %s: %d replica(s) wanted (was %d)%s", member, count, self.desired.get(member, 0),
+                             describe_load(loads.get(member)))
                     self.desired[member] = count
+                else:
+                    log.debug("member %s: %d replica(s)%s", member, count, describe_load(loads.get(member)))
         self._report_cost(now)
 
     def _report_cost(self, now: float) -> None:
@@ -917,6 +920,24 @@ class ServingController(pymesos.Scheduler):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def describe_load(load: Any) -> str:
+    """``load`` (a member's sample, or None) as the autoscaler read it, for the log: ``": rate
+    12.0/s (recent 40.1/s), busy 0.35, p99 82 ms, backlog 3, 1 ready"``."""
+    if load is None:
+        return ""
+    try:
+        text = f": rate {load.rate_rps:.1f}/s"
+        recent = getattr(load, "recent_rate_rps", None)
+        if recent is not None:
+            text += f" (recent {recent:.1f}/s)"
+        busy = getattr(load, "busy", None)
+        if busy is not None:
+            text += f", busy {busy:.2f}"
+        return text + f", p99 {load.p99_ms:.0f} ms, backlog {load.queue_depth}, {load.replicas_ready} ready"
+    except (AttributeError, TypeError, ValueError):  # a sample of another shape: the decision still stands
+        return ""
+
+
 def shutdown_executor(driver: Any, executor_id: str, agent_id: str) -> None:
     """Send the scheduler API's ``SHUTDOWN`` call for one executor (the agent sends it the
     ``SHUTDOWN`` event, kills it after its grace period, and its resources are offered again).

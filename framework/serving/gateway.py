@@ -518,10 +518,10 @@ class Gateway:
                     exc = task.exception()
                     if exc is None:
                         self.balancer.succeeded(member, replica_id, loop.time() - started)
-                        self.metrics.replica_call(member, "ok")
+                        self.metrics.replica_call(member, "ok", self._busy(loop.time() - started))
                         return task.result()
                     self.balancer.failed(replica_id, loop.time())
-                    self.metrics.replica_call(member, "error")
+                    self.metrics.replica_call(member, "error", self._busy(loop.time() - started))
                     errors.append(str(exc))
                 if not running and launch():
                     self.metrics.failover(member)
@@ -531,7 +531,11 @@ class Gateway:
             for task, (replica_id, started) in running.items():
                 task.cancel()
                 self.balancer.abandoned(replica_id, loop.time() - started)
-                self.metrics.replica_call(member, "cancelled")
+                self.metrics.replica_call(member, "cancelled", self._busy(loop.time() - started))
+
+    def _busy(self, seconds: float) -> float:
+        """A call's share of its replica's time: a replica takes ``batches_per_replica`` at once."""
+        return seconds / self.options.batches_per_replica
 
     def _forget_gone(self) -> None:
         version = self.table.version

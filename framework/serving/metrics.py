@@ -20,7 +20,9 @@ not share counters). Names (all prefixed ``mesos_ensemble_``):
 ``rate_rps`` (requests for the member per second), ``queue_depth`` (requests waiting for a
 replica now: the backlog, not requests a batch holds for company while a replica is free),
 ``in_flight`` (requests in batches at its replicas now), ``p99_ms`` (the member's latency,
-queueing included; 0 without requests), ``replicas_ready``.
+queueing included; 0 without requests), ``replicas_ready``, ``recent_rate_rps`` (requests per
+second over the last ``RECENT_S`` seconds: a step shows at once) and ``busy`` (replica-seconds of
+calls to its replicas per second over the window: how many replicas were busy on average).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from framework.serving.autoscale import MemberLoad
+from framework.serving.autoscale import RECENT_S, MemberLoad
 from framework.serving.balancer import percentile
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
@@ -52,6 +54,8 @@ class LoadWindow:
         self.started = started
         self.arrivals: deque[float] = deque()
         self.latencies: deque[tuple[float, float]] = deque()
+        self.calls: deque[tuple[float, float]] = deque()
+        """(end, seconds) of every call to a replica."""
 
     def arrived(self, now: float) -> None:
         self.arrivals.append(now)
@@ -59,18 +63,43 @@ class LoadWindow:
     def answered(self, now: float, seconds: float) -> None:
         self.latencies.append((now, seconds))
 
+    def called(self, now: float, seconds: float) -> None:
+        """A call to a replica ended after ``seconds`` (answered, failed or given up)."""
+        self.calls.append((now, seconds))
+
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s
         while self.arrivals and self.arrivals[0] < horizon:
             self.arrivals.popleft()
         while self.latencies and self.latencies[0][0] < horizon:
             self.latencies.popleft()
+        while self.calls and self.calls[0][0] < horizon:
+            self.calls.popleft()
+
+    def _span(self, now: float, window_s: float) -> float:
+        return min(window_s, max(1.0, now - self.started))
 
     def rate(self, now: float) -> float:
         """Arrivals per second over the window (or over the time since ``started``, at least 1 s)."""
         self._trim(now)
-        span = min(self.window_s, max(1.0, now - self.started))
-        return len(self.arrivals) / span
+        return len(self.arrivals) / self._span(now, self.window_s)
+
+    def recent_rate(self, now: float, recent_s: float = RECENT_S) -> float:
+        """Arrivals per second over the last ``recent_s`` seconds (at most the window)."""
+        self._trim(now)
+        span = self._span(now, min(recent_s, self.window_s))
+        horizon = now - span
+        count = 0
+        for t in reversed(self.arrivals):
+            if t < horizon:
+                break
+            count += 1
+        return count / span
+
+    def busy(self, now: float) -> float:
+        """Replica-seconds of calls that ended in the window, per second of it."""
+        self._trim(now)
+        return sum(seconds for _t, seconds in self.calls) / self._span(now, self.window_s)
 
     def p99_ms(self, now: float) -> float:
         self._trim(now)
@@ -148,9 +177,13 @@ class GatewayMetrics:
         if seconds is not None:
             self.request_seconds.observe(seconds)
 
-    def replica_call(self, member: str, outcome: str) -> None:
-        """A call to a replica of ``member`` ended: ``ok``, ``error`` or ``cancelled``."""
+    def replica_call(self, member: str, outcome: str, seconds: float | None = None) -> None:
+        """A call to a replica of ``member`` ended: ``ok``, ``error`` or ``cancelled``, after
+        ``seconds`` (the replica's time it took: the autoscaler's busy measure)."""
         self._child(self.replica_calls, member, outcome).inc()
+        if seconds is not None:
+            with self._lock:
+                self._windows[member].called(self.clock(), seconds)
 
     def hedge(self, member: str) -> None:
         self._child(self.hedges, member).inc()
@@ -192,11 +225,14 @@ class GatewayMetrics:
         now = self.clock()
         with self._lock:
             rates = {m: w.rate(now) for m, w in self._windows.items()}
+            recent = {m: w.recent_rate(now) for m, w in self._windows.items()}
+            busy = {m: w.busy(now) for m, w in self._windows.items()}
             p99s = {m: w.p99_ms(now) for m, w in self._windows.items()}
         empty = LiveState(0, 0, 0)
         return {m: MemberLoad(member=m, rate_rps=rates[m], queue_depth=live.get(m, empty).backlog,
                               in_flight=live.get(m, empty).in_flight, p99_ms=p99s[m],
-                              replicas_ready=live.get(m, empty).replicas_ready)
+                              replicas_ready=live.get(m, empty).replicas_ready, recent_rate_rps=recent[m],
+                              busy=busy[m])
                 for m in self.members}
 
     def exposition(self) -> bytes:

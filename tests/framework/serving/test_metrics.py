@@ -16,6 +16,10 @@ def test_a_load_window_keeps_the_last_window_s_seconds():
         w.answered(float(t), 0.001 * (t - 99))
     assert w.rate(119.5) == pytest.approx(10 / 10.0)   # arrivals at 110..119
     assert w.p99_ms(119.5) == pytest.approx(20.0)
+    assert w.recent_rate(119.5) == pytest.approx(2 / 2.0)  # arrivals at 118, 119
+    w.called(118.0, 0.5)
+    w.called(119.0, 1.5)
+    assert w.busy(119.5) == pytest.approx(2.0 / 10.0) and w.busy(128.5) == pytest.approx(1.5 / 10.0)
     assert w.rate(200.0) == 0.0 and w.p99_ms(200.0) == 0.0
     young = LoadWindow(window_s=10.0, started=0.0)
     for t in (0.5, 1.0, 1.5, 2.0):
@@ -32,6 +36,9 @@ def test_load_samples_and_exposition():
         now[0] = 50.0 + i * 0.5
         metrics.member_arrived("a")
         metrics.member_answered("a", 0.010 + 0.001 * i, ok=True)
+        if i % 3 == 0:  # calls at 50, 51.5, 53, 54.5: 0.03 s of a replica's time each
+            metrics.replica_call("a", "ok", 0.03)
+    metrics.replica_call("a", "cancelled")  # no time given: counted, not busy
     metrics.member_arrived("b")
     metrics.member_answered("b", 0.5, ok=False)
     metrics.hedges.labels("a").inc()
@@ -40,7 +47,10 @@ def test_load_samples_and_exposition():
             "b": LiveState(queue_depth=0, in_flight=0, replicas_ready=1)}
     loads = metrics.load_samples(live)
     assert loads["a"] == MemberLoad("a", rate_rps=pytest.approx(10 / 4.5), queue_depth=3, in_flight=2,
-                                    p99_ms=pytest.approx(19.0), replicas_ready=2)
+                                    p99_ms=pytest.approx(19.0), replicas_ready=2,
+                                    recent_rate_rps=pytest.approx(5 / 2.0),  # arrivals at 52.5..54.5
+                                    busy=pytest.approx(4 * 0.03 / 4.5))
+    assert loads["b"].busy == 0.0
     assert loads["b"].p99_ms == 500.0 and loads["b"].replicas_ready == 1
 
     metrics.observe(live)
