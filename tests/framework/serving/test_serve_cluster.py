@@ -37,12 +37,15 @@ def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_refer
         assert sorted(answer["answered_by"]) == ["linear", "logistic"]
         counts = served.controller.counts()
         assert counts["linear"]["ready"] == 1 and counts["logistic"]["ready"] == 1
-        # Cost per hour (each agent holding a replica at its price, 1.0 by default) against the bound.
-        agents = {r.agent_id for r in served.controller.replicas.values()}
-        [(_labels, cost)] = wait_for(lambda: [s for s in metric(served.url, "mesos_ensemble_cost_per_hour")
-                                              if s[1] > 0])
-        [(_labels, bound)] = metric(served.url, "mesos_ensemble_cost_lower_bound_per_hour")
-        assert cost == float(len(agents)) and 0 < bound <= cost
+        # Cost per hour (each agent holding a replica at its price, 1.0 by default) against the
+        # bound, once every replica the autoscaler wants is placed (a loaded machine may scale up).
+        def priced() -> tuple[float, float, int] | None:
+            agents = {r.agent_id for r in served.controller.replicas.values()}
+            [(_labels, cost)] = metric(served.url, "mesos_ensemble_cost_per_hour")
+            [(_labels, bound)] = metric(served.url, "mesos_ensemble_cost_lower_bound_per_hour")
+            return (cost, bound, len(agents)) if cost > 0 and bound <= cost else None
+        cost, bound, agents = wait_for(priced)
+        assert cost == float(agents) and 0 < bound <= cost
         state = (tmp_path / "state")
         assert (state / "serve.json").exists()
     assert not (state / "serve.json").exists(), "serve.json outlived serve"
