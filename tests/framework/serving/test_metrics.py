@@ -89,3 +89,31 @@ def test_shed_requests_stay_demand_for_the_autoscaler_and_are_counted_by_reason(
     # A window later, with nothing shed since, the queue is the backlog alone again.
     now[0] += 6.0
     assert metrics.load_samples(live)["a"].queue_depth == 3
+
+
+def test_a_member_shedding_at_its_cap_reads_as_pressed_to_the_autoscaler():
+    """Shedding keeps the queue short and the admitted requests fast (p99 under target): the shed
+    requests in the samples are what make the autoscaler add replicas."""
+    from framework.serving import autoscale
+    from framework.serving.spec import ReplicaBounds, ServeSpec
+
+    now = [0.0]
+    metrics = GatewayMetrics(["a"], window_s=10.0, clock=lambda: now[0])
+    spec = ServeSpec(target_p99_ms=100.0, models={"a": ReplicaBounds(1, 4)})
+    # The queue has been at its cap (max_queue = 10) since an earlier decision: it no longer grows.
+    state = autoscale.AutoscaleState({"a": autoscale.MemberScaleState(last_queue=10)})
+    desired = {"a": 1}
+    live = {"a": LiveState(queue_depth=10, in_flight=1, replicas_ready=1, backlog=10)}
+    for second in range(1, 4):
+        for i in range(50):  # 50 arrivals a second: 10 answered in 20 ms, 40 refused by the full queue
+            now[0] = second - 1 + i / 50
+            metrics.member_arrived("a")
+            if i % 5 == 0:
+                metrics.member_answered("a", 0.020, ok=True)
+            else:
+                metrics.member_rejected_part("a", "queue_full")
+        now[0] = float(second)
+        load = metrics.load_samples(live)["a"]
+        assert load.p99_ms < spec.target_p99_ms
+        desired, state = autoscale.decide(spec, {"a": load}, desired, state, now[0])
+    assert desired["a"] > 1
