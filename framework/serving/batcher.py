@@ -205,14 +205,15 @@ class MemberBatcher:
         return request
 
     def withdraw(self, request: _Request) -> None:
-        """Take back a request none of whose rows was sent (no-op otherwise)."""
+        """Give a request up: out of the queue if none of its rows was sent yet, its future
+        cancelled (what of it is at a replica is dropped when it comes back)."""
         if request.taken == 0 and request in self.queue:
             self.queue.remove(request)
             self._wakeup.set()
         request.future.cancel()
 
     async def wait(self, request: _Request) -> np.ndarray:
-        """The output of an :meth:`enqueue` d request (see :meth:`submit`)."""
+        """The output of a request :meth:`enqueue` queued (see :meth:`submit`)."""
         loop = asyncio.get_running_loop()
         try:
             while True:
