@@ -694,7 +694,13 @@ class Gateway:
             first = next(iter(refused.values()))
             return self._shed(first, missing=names, errors={n: str(e) for n, e in refused.items()})
         asked = [n for n in names if n in queued]
-        results = await asyncio.gather(*(self._member_output(n, queued[n]) for n in asked), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(self._member_output(n, queued[n]) for n in asked),
+                                           return_exceptions=True)
+        except asyncio.CancelledError:  # the client went away: what is still queued is not sent
+            for name in asked:
+                self.batchers[name].withdraw(queued[name])
+            raise
         outputs: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {n: str(e) for n, e in refused.items()}
         sheds: list[Shed] = list(refused.values())
