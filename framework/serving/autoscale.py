@@ -93,7 +93,9 @@ class MemberLoad:
     rate_rps: float
     """Requests per second that arrived for the member (its offered load, not only the served)."""
     queue_depth: int
-    """Requests waiting in the gateway (batcher) for a replica at the end of the window."""
+    """Requests waiting in the gateway (batcher) for a replica at the end of the window (the
+    backlog), plus those shed for capacity over the window (a full queue, a queue timeout):
+    what would be waiting had the queue no cap."""
     in_flight: int
     """Requests sent to replicas and not answered yet."""
     p99_ms: float

@@ -130,11 +130,15 @@ def test_replicas_follow_the_load_up_and_back_down(tmp_path: Path, batch_referen
         assert predict(served.url, columns, rows[:3])
 
 
-def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_reference: Any) -> None:
+def test_a_changed_model_rolls_and_serve_fields_apply_live_without_a_failed_request(
+        tmp_path: Path, batch_reference: Any) -> None:
+    """One reload rolls a changed model and applies changed [serve] fields live; reloads that change
+    what cannot change while serving are refused whole, and the old configuration keeps serving."""
     columns, rows, _expected = batch_reference
-    job = serve_job(tmp_path / "job", models={"linear": "min_replicas = 1\nmax_replicas = 2"})
+    job = serve_job(tmp_path / "job", serve="max_batch_rows = 64",
+                    models={"linear": "min_replicas = 1\nmax_replicas = 2"})
     with Served(job, tmp_path / "state") as served:
-        controller = served.controller
+        controller, gateway = served.controller, served.runner.gateway
         [old] = controller.ready("linear")
         before = predict(served.url, columns, rows[:5])
         # A new linear model (fitted on the squared target: other coefficients), swapped in the job file.
@@ -143,6 +147,11 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
         joblib.dump(LinearRegression().fit(data.data, data.target * 0.5), path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         text = job.read_text().replace('path = "linear.joblib"', 'path = "linear-v2.joblib"')
+        # ... and new batching, target, shedding, hedging and scaling settings.
+        text = text.replace("scale_interval_s = 0.2\nmax_batch_rows = 64",
+                            "scale_interval_s = 0.5\nmax_batch_rows = 16\ntarget_p99_ms = 250\nmax_queue = 50\n"
+                            "queue_timeout_ms = 2000\nhedge = false\n"
+                            "scale_down_delay_s = 7")
         job.write_text(text.replace(load_job(job).model("linear").sha256, sha))
         with Client(served.url, columns, rows) as client:
             wait_for(lambda: len(client.statuses) >= 5)
@@ -151,10 +160,30 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
                      and old.task_id not in controller.replicas)
             answered = len(client.statuses)
             wait_for(lambda: len(client.statuses) >= answered + 5)
+            options = gateway.options
+            assert (options.max_batch_rows, options.max_queue, options.queue_timeout_ms, options.hedge) == (
+                16, 50, 2000.0, False)
+            assert {b.max_batch_rows for b in gateway.batchers.values()} == {16}
+            assert served.runner.serve_spec.target_p99_ms == 250 and served.runner.serve_spec.scale_down_delay_s == 7
+            assert controller.scale_interval == 0.5
+            # Refused whole: a new address (with a new target beside it), then a bad value.
+            good = job.read_text()
+            for bad, why in ((good.replace('address = "127.0.0.1:0"', 'address = "127.0.0.1:1"')
+                              .replace("target_p99_ms = 250", "target_p99_ms = 5"), "serve.address changed"),
+                             (good.replace("max_queue = 50", "max_queue = -1"), "serve.max_queue must be at least 0")):
+                job.write_text(bad)
+                refused = len([n for n in served.notes if "reload refused" in n])
+                served.runner.reload_requested.set()
+                wait_for(lambda n=refused: len([x for x in served.notes if "reload refused" in x]) > n)
+                assert why in served.notes[-1]
+                answered = len(client.statuses)
+                wait_for(lambda n=answered: len(client.statuses) >= n + 5)
+            assert gateway.options == options and served.runner.serve_spec.target_p99_ms == 250
         assert client.failures == [], client.failures[:3]
         after = predict(served.url, columns, rows[:5])
         assert after != before
-        assert any("rolling linear" in note for note in served.notes)
+        assert any("rolling linear" in note and "[serve] target_p99_ms 100.0 -> 250.0" in note
+                   for note in served.notes), served.notes
         assert dataclasses.asdict(controller.targets["linear"])["sha256"] == sha
 
 
