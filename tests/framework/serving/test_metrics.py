@@ -102,8 +102,9 @@ def test_shed_requests_stay_demand_for_the_autoscaler_and_are_counted_by_reason(
 
 
 def test_a_member_shedding_at_its_cap_reads_as_pressed_to_the_autoscaler():
-    """Shedding keeps the queue short and the admitted requests fast (p99 under target): the shed
-    requests in the samples are what make the autoscaler add replicas."""
+    """Shedding keeps the queue short and the admitted requests within the target (p99 under it)
+    while the replica is busy: the shed requests in the samples are what make the autoscaler add
+    replicas."""
     from framework.serving import autoscale
     from framework.serving.spec import ReplicaBounds, ServeSpec
 
@@ -115,11 +116,12 @@ def test_a_member_shedding_at_its_cap_reads_as_pressed_to_the_autoscaler():
     desired = {"a": 1}
     live = {"a": LiveState(queue_depth=10, in_flight=1, replicas_ready=1, backlog=10)}
     for second in range(1, 4):
-        for i in range(50):  # 50 arrivals a second: 10 answered in 20 ms, 40 refused by the full queue
+        for i in range(50):  # 50 arrivals a second: 10 answered in 95 ms, 40 refused by the full queue
             now[0] = second - 1 + i / 50
             metrics.member_arrived("a")
-            if i % 5 == 0:
-                metrics.member_answered("a", 0.020, ok=True)
+            if i % 5 == 0:  # one call after another: the replica is busy 95 % of the time
+                metrics.replica_call("a", "ok", 0.095)
+                metrics.member_answered("a", 0.095, ok=True)
             else:
                 metrics.member_rejected_part("a", "queue_full")
         now[0] = float(second)
