@@ -247,7 +247,7 @@ def write_shard(index: int, start: int, matrix: np.ndarray, directory: Path, kin
     matrix = np.ascontiguousarray(matrix, dtype=None if matrix.dtype.kind == "U" else np.float64)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(matrix))
-    body = memoryview(matrix.reshape(-1).view(np.uint8)) if matrix.size else memoryview(b"")
+    body = memoryview(matrix.reshape(-1).view(np.uint8).data) if matrix.size else memoryview(b"")
     digest = hashlib.sha256(header.getvalue())
     digest.update(body)
     path = directory / f"{kind}-{index:05d}.npy"
