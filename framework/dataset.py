@@ -150,10 +150,12 @@ def describe_data(spec: DataSpec, sample_rows: int = SAMPLE_ROWS) -> DataInfo:
     features, types = _columns(spec, reader)
     if reader.format == "csv":
         _check_csv_inference(reader, features)
-    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    columns = list(features) + list(spec.text) + ([spec.label] if spec.label is not None else [])
     taken = 0
     parts: list[Dataset] = []
     for table in rebatch(reader.iter_batches(columns, types=types), max(1, sample_rows)):
+        for name in spec.text:  # a missing text in the sample is named now (run checks every row)
+            text_array(table.column(name), f"{spec.path}: text column {name!r}", 0)
         parts.append(_as_dataset(table, features, spec.label))
         taken += table.num_rows
         break

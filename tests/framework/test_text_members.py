@@ -149,8 +149,23 @@ def test_missing_text_is_refused_naming_the_row(job: Path, tmp_path: Path) -> No
     docs = table.column("review").to_pylist()
     docs[97] = None
     pq.write_table(table.set_column(2, "review", pa.array(docs, pa.string())), job.parent / "data.parquet")
-    with pytest.raises(JobSpecError, match=r"data\.parquet: text column 'review', data row 98: missing text \(null\)"):
-        JobRunner(load_job(job), work_dir=tmp_path / "work").run()
+    spec = load_job(job)
+    for check in (lambda: validate_job(spec), lambda: spill_shards(spec.data, ("f0",), tmp_path / "s", 40)):
+        with pytest.raises(JobSpecError, match=r"data\.parquet: text column 'review', data row 98: missing text "
+                                               r"\(null\); a text member needs a string in every row"):
+            check()
+
+
+def test_a_job_of_text_members_only(job: Path, tmp_path: Path) -> None:
+    """Data holding nothing but the text column (no numeric features, no label) is a job too."""
+    pq.write_table(pq.read_table(job.parent / "data.parquet").select(["review"]), job.parent / "data.parquet")
+    text = job.read_text().replace('label = "target"\n', "").replace('report = "report.json"\n', "")
+    job.write_text(text[:text.index('[[models]]\nname = "numbers"')])
+    spec = load_job(job)
+    assert "0 features" in validate_job(spec)
+    spilled = spill_shards(spec.data, (), tmp_path / "shards")
+    assert [s.rows for s in spilled.text_shards["review"]] == [40, 40, 40, 30]
+    assert spilled.shards[0].array().shape == (40, 0)
 
 
 def test_bad_text_input_exits_2_through_the_command_line(job: Path) -> None:
