@@ -115,7 +115,7 @@ SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int,
     # suite: (members, default rows, default rows per shard)
     "mixed": (mixed_members, 200_000, 25_000),
     "gil": (gil_members, 200_000, 12_500),
-    "text": (text_members, 60_000, 5_000),
+    "text": (text_members, 40_000, 5_000),
 }
 
 

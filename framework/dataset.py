@@ -134,9 +134,8 @@ def _columns(spec: DataSpec, reader: TableReader) -> tuple[tuple[str, ...], dict
         for name in features:
             kind = reader.schema.field(name).type
             if not is_numeric(kind):
-                hint = (" (a text member takes a string column with text = \"...\")" if is_text(kind) else "")
                 raise JobSpecError(f"{path}: column {name!r} is {kind}, expected numbers (feature columns must be "
-                                   f"numeric; name the ones to use in [data] features){hint}")
+                                   "numeric; name the ones to use in [data] features)")
     types.update({name: pa.string() for name in spec.text})
     if spec.label is not None and reader.format == "csv":
         types[spec.label] = pa.string()  # labels may be text; read as numbers later if they all are

@@ -37,23 +37,25 @@ def member_features(spec: JobSpec, estimators: dict[str, Any],
     """
     chosen: dict[str, tuple[str, ...] | None] = {}
     for index, model in enumerate(spec.models):
-        where = f"{spec.source}: models[{index}] ({model.name})"
         takes_text = bool(getattr(estimators[model.name], "takes_text", False))
-        if model.text is not None:
+        text = getattr(model, "text", None)  # (duck-typed specs of numeric members may lack it)
+        if text is not None:
             n_in = getattr(estimators[model.name], "n_features_in_", None)
             if n_in is not None and not takes_text:
-                raise JobSpecError(f"{where}.text names the text column {model.text!r}, but the model takes "
-                                   f"{n_in} numeric features (n_features_in_); give it features instead")
-            chosen[model.name] = (model.text,)
+                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).text names the text column "
+                                   f"{text!r}, but the model takes {n_in} numeric features (n_features_in_); give it "
+                                   "features instead")
+            chosen[model.name] = (text,)
             continue
         if takes_text:
-            raise JobSpecError(f"{where}: the model takes text (its first step is a text vectorizer); name its "
-                               f"string column with text = \"...\"")
+            raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}): the model takes text (its first step "
+                               "is a text vectorizer); name its string column with text = \"...\"")
         if model.features is not None:
             texts = [f for f in model.features if f in spec.data.text]
             if texts:
-                raise JobSpecError(f"{where}.features names {texts[0]!r}, a text column; a numeric member takes "
-                                   f"numbers (a text member takes it with text = {texts[0]!r})")
+                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names {texts[0]!r}, a text "
+                                   f"column; a numeric member takes numbers (a text member takes it with "
+                                   f"text = {texts[0]!r})")
             unknown = [f for f in model.features if f not in data_features]
             if unknown:
                 raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names columns that are not "
