@@ -492,6 +492,7 @@ def describe_metadata(metadata: ModelMetadata) -> str:
         f"{metadata.path}: {metadata.format} file, {_size(size)}"
         + (" (a pickle: loading it runs its code)" if metadata.format == "joblib" else ""),
         f"  estimator: {metadata.estimator_class} ({metadata.estimator_type or 'neither classifier nor regressor'})",
+        "  input: text (one string column per row: give it text = \"column\" in a job)" if metadata.takes_text else
         f"  features: {metadata.n_features_in if metadata.n_features_in is not None else 'unknown'}"
         + (f" ({', '.join(names[:20])}{', ...' if len(names) > 20 else ''})" if names is not None else ""),
         f"  classes: {classes[:20]}{' ...' if len(classes) > 20 else ''}" if classes is not None else "  classes: -",

@@ -192,3 +192,11 @@ def test_documents_are_deterministic() -> None:
     first, second = documents(20, seed=3), documents(20, seed=3)
     assert first[0] == second[0] and np.array_equal(first[1], second[1])
     assert joblib.hash(first) == joblib.hash(second)
+
+
+def test_inspect_says_a_text_pipeline_takes_text(job: Path) -> None:
+    result = run_cli("inspect", job.parent / "text.joblib")
+    assert result.returncode == 0, result.stderr
+    assert '  input: text (one string column per row: give it text = "column" in a job)' in result.stdout
+    result = run_cli("inspect", job.parent / "numbers.joblib", "--json")
+    assert json.loads(result.stdout)["takes_text"] is False
