@@ -36,7 +36,6 @@ BUNDLE_RESULT_SCHEMA = "mesos-ensemble/bundle-result/1"
 
 Operation = Literal["predict", "cv_fit_predict"]
 InputFormat = Literal["float64", "text"]
-INPUT_FORMATS = ("float64", "text")
 
 
 @dataclass(frozen=True)
