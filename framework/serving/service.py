@@ -155,6 +155,10 @@ class ServeRunner:
         if spec.integration == "stacking":
             raise JobSpecError(f"{spec.source}: serve does not serve stacking yet (its final estimator is fitted "
                                "by run)")
+        texts = [(i, m.name) for i, m in enumerate(spec.models) if m.text is not None]
+        if texts:
+            raise JobSpecError(f"{spec.source}: models[{texts[0][0]}] ({texts[0][1]}).text: serve does not serve text "
+                               "members yet (a request's rows are numbers); run the job as a batch")
         serve = spec.serve or ServeSpec()
         info, members, _estimators = prepare(spec)
         assert isinstance(info, DataInfo)
