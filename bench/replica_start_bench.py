@@ -14,7 +14,12 @@ forest's desired count itself, as the autoscaler does on a load step:
    process, scikit-learn imported, the model downloaded and loaded, its predict mode decided);
 
 then back to one forest replica, until ``serve-b``'s executor is shut down (idle), and again
-(``--rounds``).  Each ready replica's timeline is the controller's own log line ("replica ... ready
+(``--rounds``).  Each round runs twice, alternately: as the code stands (``after``), and with
+this issue's cold-start changes switched off from outside (``before``: no predict mode passed on
+from the first replica, so each fresh executor probes; no preload of scikit-learn while the
+executor subscribes), so both see the same machine load.  (The other change, a replica of a
+model its executor knows no longer drawing 32 MB of probe rows, 0.15 s, cannot be switched off.)
+Each ready replica's timeline is the controller's own log line ("replica ... ready
 in ..."): waiting for an offer (from the moment the count went up to the launch), the start (launch
 to TASK_RUNNING, with the executor's timing of its steps: ``executor_start``, ``load``,
 ``probe``, ``warm_up``, ``listen``) and the health check; plus, measured here, when the gateway's
@@ -49,6 +54,13 @@ from framework.serving.service import ServeRunner  # noqa: E402
 
 READY = re.compile(r"replica (?P<task>\S+) of (?P<member>\S+) ready at \S+ in (?P<total>[\d.]+) s: (?P<steps>.*)")
 STEP = re.compile(r"(?P<name>[a-z_ ]+?) (?P<seconds>[\d.]+)")
+
+
+class Forgetful(dict):  # type: ignore[type-arg]
+    """The controller's ``predict_modes`` as before: nothing measured is passed on."""
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        return default
 
 
 class ReadyLog(logging.Handler):
@@ -92,8 +104,11 @@ def write_job(directory: Path, rows: int) -> Path:
     job = serve_bench.write_job(directory, paths, data, "127.0.0.1:0", 2, 2, 100.0, 600.0)
     text = job.read_text()
     # serve-a: the first replicas (0.85 cpus) and a second forest replica (0.5); serve-b: the rest.
-    text = re.sub(r"agents = \[.*\]", 'agents = [{ hostname = "serve-a", cpus = 1.4, mem = 8192 }, '
-                                      '{ hostname = "serve-b", cpus = 1.4, mem = 8192 }]', text)
+    # Ports away from the default range, which other embedded clusters on a shared machine use.
+    base = 42000 + 100 * (os.getpid() % 200)
+    ports = f'ports = "[{base}-{base + 99}]"'
+    text = re.sub(r"agents = \[.*\]", f'agents = [{{ hostname = "serve-a", cpus = 1.4, mem = 8192, {ports} }}, '
+                                      f'{{ hostname = "serve-b", cpus = 1.4, mem = 8192, {ports} }}]', text)
     job.write_text(text)
     return job
 
@@ -126,7 +141,7 @@ def main() -> None:
     controller_log = logging.getLogger("framework.serving.controller")
     controller_log.setLevel(logging.INFO)
     controller_log.addHandler(ready_log)
-    results: dict[str, list[dict[str, float]]] = {"warm": [], "cold": []}
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
     loads = [os.getloadavg()[0]]
     with ExitStack() as stack:
         directory = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="replica-start-")))
@@ -153,9 +168,16 @@ def main() -> None:
         assert controller is not None
         controller.autoscale = None  # this script sets the counts
         table = controller.table
+        catalog: Any = controller.catalog
+        modes, preload = controller.predict_modes, catalog.preload
+
+        def variant(name: str) -> None:
+            with controller.lock:
+                controller.predict_modes = Forgetful() if name == "before" else modes
+                catalog.preload = "" if name == "before" else preload
         print(f"deployed: {controller.counts()}", flush=True)
 
-        def step(count: int, kind: str) -> None:
+        def step(count: int, name: str) -> None:
             before = {r.task_id for r in controller.replicas.values() if r.member == "forest"}
             wanted = time.monotonic()
             scale(runner, "forest", count)
@@ -167,30 +189,32 @@ def main() -> None:
             for replica in new:
                 timeline = dict(ready_log.timelines[replica.task_id], in_table=in_table)
                 where = controller.hostnames.get(replica.agent_id, replica.agent_id)
-                fresh = "executor_start" in timeline
-                results[kind].append(timeline)
-                print(f"{kind:4} forest replica on {where}{' (fresh executor)' if fresh else ''}: "
+                kind = "cold" if "executor_start" in timeline else "warm"
+                results.setdefault((name, kind), []).append(timeline)
+                print(f"{name:6} {kind} forest replica on {where}: "
                       + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items()), flush=True)
                 loads.append(os.getloadavg()[0])
 
         for _round in range(args.rounds):
-            step(2, "warm")
-            step(3, "cold")
-            scale(runner, "forest", 1)
-            # back to one replica, and serve-b's executor shut down (idle), so the next is cold again
-            wait(lambda: len([r for r in controller.replicas.values() if r.member == "forest"]) == 1
-                 and not any(controller.hostnames.get(a) == "serve-b" for a, _ in controller.hosting), 60,
-                 "the scale-down and serve-b's executor shut down")
-    steps = ["offer", "start", "executor_start", "load", "probe", "warm_up", "listen", "health_check", "total",
-             "in_table"]
+            for name in ("before", "after"):
+                variant(name)
+                step(2, name)
+                step(3, name)
+                scale(runner, "forest", 1)
+                # back to one replica, and serve-b's executor shut down (idle), so the next is cold again
+                wait(lambda: len([r for r in controller.replicas.values() if r.member == "forest"]) == 1
+                     and not any(controller.hostnames.get(a) == "serve-b" for a, _ in controller.hosting), 60,
+                     "the scale-down and serve-b's executor shut down")
+    steps = ["offer", "start", "executor_start", "fetch", "load", "probe", "warm_up", "listen", "health_check",
+             "total", "in_table"]
     print(f"\nmedian seconds per step (load average {min(loads):.2f}-{max(loads):.2f}):")
-    print(f"{'kind':5} {'n':>2} " + " ".join(f"{s:>14}" for s in steps))
-    for kind, timelines in results.items():
+    print(f"{'':12} {'n':>2} " + " ".join(f"{s:>14}" for s in steps))
+    for (name, kind), timelines in sorted(results.items(), key=lambda item: (item[0][1] == "cold", item[0][0])):
         cells = []
-        for name in steps:
-            values = [t[name] for t in timelines if name in t]
+        for step_name in steps:
+            values = [t[step_name] for t in timelines if step_name in t]
             cells.append(f"{statistics.median(values):14.2f}" if values else f"{'-':>14}")
-        print(f"{kind:5} {len(timelines):2} " + " ".join(cells))
+        print(f"{name + ' ' + kind:12} {len(timelines):2} " + " ".join(cells))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from aiohttp import web
 
-from executor import npycodec
+from executor import npycodec, preload
 from executor.protocol import RemoteFile, ReplicaPayload, ReplicaReady, TaskPayload
 from executor.runner import MemberError, SandboxCache, TaskError, describe_failure, report_failure
 from executor.workers import Mode, PredictionPool
@@ -56,11 +56,13 @@ executor's process group after its own shutdown grace period, 5 s by default).""
 PROBE_FLOATS = 4_000_000
 """The synthetic rows a replica probes its model's threading on hold at most this many numbers."""
 NPY = "application/x-npy"
-START_PHASES = ("executor_start", "load", "probe", "warm_up", "listen")
+START_PHASES = ("executor_start", "fetch", "load", "probe", "warm_up", "listen")
 """The steps of a replica's start that its TASK_RUNNING update times (:class:`ReplicaReady`
 ``phases``, seconds): ``executor_start``, from the executor process's start to this task's
 arrival (only for the first replica of a fresh executor: interpreter, imports, subscription);
-``load``, the model downloaded, checked and unpickled (scikit-learn imported on the first load);
+``fetch``, the model file downloaded and its sha256 checked (0 when the sandbox has it);
+``load``, the model unpickled (after the executor's preload of scikit-learn, see
+``executor.preload``, or with scikit-learn's import on the first load without one);
 ``probe``, where its predictions run decided (0 when known already); ``warm_up``, one call;
 ``listen``, the HTTP server bound."""
 
@@ -390,6 +392,9 @@ class ReplicaHost:
             phases[phase] = round(now - clock[0], 4)
             clock[0] = now
         try:
+            self.cache.file(payload.remote, payload.model_file, f"model file {payload.model_file}")
+            timed("fetch")
+            preload.wait()  # never unpickle beside the preload's imports (see executor.preload)
             model = self.cache.model(payload.remote, payload.model_file, payload.model, payload.format,
                                      payload.trusted_types)
             timed("load")
