@@ -381,7 +381,7 @@ def test_a_replica_takes_the_predict_mode_an_earlier_one_measured_instead_of_pro
         # The mode measured elsewhere is taken as it is (threads would win for this model here: it
         # releases the GIL), and nothing was probed for it; its answers are exact, from the workers.
         assert first.predict_mode == "process" and executor.predictions.measured == {}
-        assert list(first.phases) == ["executor_start", "load", "probe", "warm_up", "listen"]
+        assert list(first.phases) == ["executor_start", "fetch", "load", "probe", "warm_up", "listen"]
         assert all(seconds >= 0 for seconds in first.phases.values())
         status, _headers, body = post(first.port, array_to_npy(FEATURES[:30]))
         assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(logistic).predict_proba(FEATURES[:30]))
@@ -390,7 +390,7 @@ def test_a_replica_takes_the_predict_mode_an_earlier_one_measured_instead_of_pro
         executor.launchTask(driver, replica_task("r2", payload_for(logistic, "predict_proba")))
         second = running_port(driver, "r2")
         assert second.predict_mode == "process" and executor.predictions.measured == {}
-        assert list(second.phases) == ["load", "probe", "warm_up", "listen"]  # the executor had started
+        assert list(second.phases) == ["fetch", "load", "probe", "warm_up", "listen"]  # the executor had started
         # A model nothing measured yet is probed here.
         executor.launchTask(driver, replica_task("r3", payload_for(linear)))
         running_port(driver, "r3")
