@@ -16,9 +16,9 @@ forest's desired count itself, as the autoscaler does on a load step:
 then back to one forest replica, until ``serve-b``'s executor is shut down (idle), and again
 (``--rounds``).  Each round runs twice, alternately: as the code stands (``after``), and with
 this issue's cold-start changes switched off from outside (``before``: no predict mode passed on
-from the first replica, so each fresh executor probes; no preload of scikit-learn while the
-executor subscribes), so both see the same machine load.  (The other change, a replica of a
-model its executor knows no longer drawing 32 MB of probe rows, 0.15 s, cannot be switched off.)
+from the first replica, so each fresh executor probes), so both see the same machine load.  (The
+other change, a replica of a model its executor knows no longer drawing 32 MB of probe rows,
+0.15 s, cannot be switched off.)
 Each ready replica's timeline is the controller's own log line ("replica ... ready
 in ..."): waiting for an offer (from the moment the count went up to the launch), the start (launch
 to TASK_RUNNING, with the executor's timing of its steps: ``executor_start``, ``load``,
@@ -168,13 +168,11 @@ def main() -> None:
         assert controller is not None
         controller.autoscale = None  # this script sets the counts
         table = controller.table
-        catalog: Any = controller.catalog
-        modes, preload = controller.predict_modes, catalog.preload
+        modes = controller.predict_modes
 
         def variant(name: str) -> None:
             with controller.lock:
                 controller.predict_modes = Forgetful() if name == "before" else modes
-                catalog.preload = "" if name == "before" else preload
         print(f"deployed: {controller.counts()}", flush=True)
 
         def step(count: int, name: str) -> None:

@@ -32,7 +32,6 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor import preload
 from executor.runner import SandboxCache, TaskError, fetch_inputs, report_failure
 from executor.workers import PredictionPool
 
@@ -271,7 +270,6 @@ def main() -> int:
     # Shards are arrays without column names; the framework matched each member's columns to
     # its feature_names_in_ before launching, so scikit-learn's per-call warning is noise here.
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
-    preload.start(os.environ.get(preload.ENV, ""))  # serving: import what replicas load while subscribing
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
     executor = EnsembleExecutor(sandbox, workers, os.environ.get("MESOS_ENSEMBLE_PREDICT", "auto"))

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from aiohttp import web
 
-from executor import npycodec, preload
+from executor import npycodec
 from executor.protocol import RemoteFile, ReplicaPayload, ReplicaReady, TaskPayload
 from executor.runner import MemberError, SandboxCache, TaskError, describe_failure, report_failure
 from executor.workers import Mode, PredictionPool
@@ -61,8 +61,7 @@ START_PHASES = ("executor_start", "fetch", "load", "probe", "warm_up", "listen")
 ``phases``, seconds): ``executor_start``, from the executor process's start to this task's
 arrival (only for the first replica of a fresh executor: interpreter, imports, subscription);
 ``fetch``, the model file downloaded and its sha256 checked (0 when the sandbox has it);
-``load``, the model unpickled (after the executor's preload of scikit-learn, see
-``executor.preload``, or with scikit-learn's import on the first load without one);
+``load``, the model unpickled (scikit-learn imported on an executor's first load);
 ``probe``, where its predictions run decided (0 when known already); ``warm_up``, one call;
 ``listen``, the HTTP server bound."""
 
@@ -394,7 +393,6 @@ class ReplicaHost:
         try:
             self.cache.file(payload.remote, payload.model_file, f"model file {payload.model_file}")
             timed("fetch")
-            preload.wait()  # never unpickle beside the preload's imports (see executor.preload)
             model = self.cache.model(payload.remote, payload.model_file, payload.model, payload.format,
                                      payload.trusted_types)
             timed("load")

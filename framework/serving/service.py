@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from executor import preload
 from executor.protocol import ReplicaPayload
 from framework import ensemble, translator
 from framework.artifacts import ArtifactServer
@@ -67,16 +66,6 @@ class ServeCatalog(JobCatalog):
         super().__init__(spec, server, {}, python, executor_package_url)
         self.bind_host = bind_host
         self.serve = spec.serve or ServeSpec()
-        self.preload = ""
-        """The modules a fresh executor imports while it subscribes (``executor.preload``)."""
-
-    def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:
-        """A batch job's ExecutorInfo, plus the modules its replicas will load, to import at once."""
-        info = super().executor_info(key, agent, allocator, generation)
-        if self.preload:
-            info["command"]["environment"]["variables"].append({"name": preload.ENV, "type": "VALUE",
-                                                                "value": self.preload})
-        return info
 
     def publish_models(self, spec: JobSpec) -> None:
         """Serve a reloaded job's model files (a changed one under a new name: old replicas keep theirs)."""
@@ -174,7 +163,6 @@ class ServeRunner:
             stack.callback(server.stop)
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = ServeCatalog(spec, server, python, package_url, bind)
-            catalog.preload = preload_modules(_estimators)
             catalog.publish_models(spec)
 
             from framework.serving.routing import ReplicaTable
@@ -335,18 +323,6 @@ class ServeRunner:
         if not controller.wait_until(lambda: not controller.replicas, STOP_TIMEOUT_SECONDS):
             log.warning("%d replica(s) did not end within %.0f s; tearing the framework down",
                         len(controller.replicas), STOP_TIMEOUT_SECONDS)
-
-
-def preload_modules(estimators: Mapping[str, Any]) -> str:
-    """What a fresh executor of the deployment imports while it subscribes (``executor.preload``):
-    the replica's server, and the scikit-learn module of each model's estimator class as its
-    inspection found it (the models themselves are never loaded here)."""
-    modules = ["executor.replica"]
-    for metadata in estimators.values():
-        module = str(getattr(metadata, "estimator_class", "")).rpartition(".")[0]
-        if preload.allowed(module) and module.startswith("sklearn.") and module not in modules:
-            modules.append(module)
-    return ",".join(modules)
 
 
 def _check_reloadable(before: JobSpec, after: JobSpec) -> None:

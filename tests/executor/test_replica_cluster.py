@@ -59,10 +59,7 @@ class ReplicaScheduler(Scheduler):
                         "resources": [scalar("cpus", 0.1), scalar("mem", 128)],
                         "command": {"value": f"exec {sys.executable} -m executor", "environment": {"variables": [
                             {"name": "PYTHONPATH", "value": str(ROOT)},
-                            {"name": "MESOS_ENSEMBLE_WORKERS", "value": "1"},
-                            # as serve names them: imported while the executor subscribes ("os": not ours)
-                            {"name": "MESOS_ENSEMBLE_PRELOAD",
-                             "value": "executor.replica,sklearn.linear_model._logistic,os"}]}}}
+                            {"name": "MESOS_ENSEMBLE_WORKERS", "value": "1"}]}}}
             tasks = []
             for number, port in enumerate(ports, 1):
                 payload = ReplicaPayload(**{**self.payload.__dict__, "port": port})
@@ -134,8 +131,6 @@ def test_replicas_on_the_embedded_cluster_serve_drain_and_go(tmp_path: Path) -> 
         # Each start is timed; only the first replica's includes the executor's own start.
         assert sorted("executor_start" in r.phases for r in ready.values()) == [False, True]
         assert all({"fetch", "load", "probe", "listen"} <= set(r.phases) for r in ready.values())
-        stderr = "".join(p.read_text(errors="replace") for p in (tmp_path / "cluster").rglob("stderr"))
-        assert "preloaded executor.replica, sklearn.linear_model._logistic in" in stderr, stderr[-2000:]
         assert len({r.pid for r in ready.values()}) == 1 and ready["replica-1"].pid in cluster.live_processes()
         for replica in ready.values():
             status, body = request(replica.port, "POST", "/v1/predict", array_to_npy(features[:25]))

@@ -13,7 +13,6 @@ import logging
 import time
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -25,7 +24,7 @@ from framework.demo import train_demo
 from framework.jobspec import JobSpec, load_job
 from framework.serving.controller import LiveReplica, ServedMember, ServingController
 from framework.serving.routing import ReplicaTable
-from framework.serving.service import ServeCatalog, preload_modules
+from framework.serving.service import ServeCatalog
 from framework.serving.state import ServeState
 from harness import FakeDriver
 
@@ -144,18 +143,11 @@ def test_later_replicas_of_a_model_are_launched_with_the_predict_mode_its_first_
         demo: JobSpec, server: ArtifactServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="framework.serving.controller")
     deployment = Deployment(demo, server)
-    deployment.catalog.preload = preload_modules({"a": SimpleNamespace(estimator_class="sklearn.svm._classes.SVC"),
-                                                  "b": SimpleNamespace(estimator_class="xgboost.sklearn.XGBClassifier"),
-                                                  "c": SimpleNamespace(estimator_class="sklearn.svm._classes.SVR")})
     try:
         deployment.subscribe()
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
         tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
         assert [payload(t)["predict_mode"] for t in tasks] == [None, None]  # nothing measured yet: they probe
-        # A fresh executor imports the replica server and the models' scikit-learn modules while it
-        # subscribes (only scikit-learn's: a model file's class is not a module to import on its word).
-        variables = {v["name"]: v["value"] for v in tasks[0]["executor"]["command"]["environment"]["variables"]}
-        assert variables["MESOS_ENSEMBLE_PRELOAD"] == "executor.replica,sklearn.svm._classes"
         for task in tasks:
             mode = "process" if payload(task)["model"] == "linear" else "thread"
             deployment.run(task, mode=mode, phases={"executor_start": 1.25, "load": 0.5, "probe": 0.75})
