@@ -180,6 +180,10 @@ class ReplicaPayload:
     host: str = "0.0.0.0"  # noqa: S104 - a replica serves the gateway, on another host
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
     """The most rows one request may carry (the gateway's batches are at most this big)."""
+    predict_mode: str | None = None
+    """Where an earlier replica of this model file found its predictions run best ("thread" or
+    "process", its :class:`ReplicaReady` said): the replica takes it instead of probing again
+    (None: the executor probes, unless it knows the model already)."""
     kind: str = REPLICA_KIND
     version: int = PROTOCOL_VERSION
 
@@ -192,6 +196,8 @@ class ReplicaPayload:
             raise ValueError(f"replica port {self.port!r}: expected an integer in 0..65535")
         if not isinstance(self.max_batch_rows, int) or self.max_batch_rows < 1:
             raise ValueError(f"replica max_batch_rows {self.max_batch_rows!r}: expected a positive integer")
+        if self.predict_mode not in (None, "thread", "process"):
+            raise ValueError(f"replica predict_mode {self.predict_mode!r}: expected thread, process or null")
         if not self.model or "/" in self.model or self.model.startswith("."):
             raise ValueError(f"replica model name {self.model!r}: expected a plain name")
 
@@ -229,19 +235,24 @@ def _replica_payload(fields: dict[str, Any]) -> ReplicaPayload:
 @dataclass(frozen=True)
 class ReplicaReady:
     """A replica's TASK_RUNNING ``data``: where it listens (``port``: the one it bound), its
-    executor's ``pid``, and whether its predictions run on threads or in worker processes."""
+    executor's ``pid``, whether its predictions run on threads or in worker processes, and how
+    long each step of its start took (``phases``: seconds by step, in order, measured by the
+    executor: see ``executor.replica.START_PHASES``; absent from an older executor's)."""
 
     port: int
     pid: int
     predict_mode: Literal["thread", "process"]
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json.dumps(asdict(self)).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ReplicaReady":
         fields = json.loads(raw)
-        return cls(port=int(fields["port"]), pid=int(fields["pid"]), predict_mode=fields["predict_mode"])
+        phases = fields.get("phases") or {}
+        return cls(port=int(fields["port"]), pid=int(fields["pid"]), predict_mode=fields["predict_mode"],
+                   phases={str(k): float(v) for k, v in phases.items()} if isinstance(phases, dict) else {})
 
 
 def decode_task(raw: bytes) -> "TaskPayload | BundlePayload | ReplicaPayload":

@@ -56,6 +56,14 @@ executor's process group after its own shutdown grace period, 5 s by default).""
 PROBE_FLOATS = 4_000_000
 """The synthetic rows a replica probes its model's threading on hold at most this many numbers."""
 NPY = "application/x-npy"
+START_PHASES = ("executor_start", "fetch", "load", "probe", "warm_up", "listen")
+"""The steps of a replica's start that its TASK_RUNNING update times (:class:`ReplicaReady`
+``phases``, seconds): ``executor_start``, from the executor process's start to this task's
+arrival (only for the first replica of a fresh executor: interpreter, imports, subscription);
+``fetch``, the model file downloaded and its sha256 checked (0 when the sandbox has it);
+``load``, the model unpickled (scikit-learn imported on an executor's first load);
+``probe``, where its predictions run decided (0 when known already); ``warm_up``, one call;
+``listen``, the HTTP server bound."""
 
 
 class BadRequest(Exception):
@@ -167,10 +175,18 @@ class Replica:
             pass
 
     def choose_mode(self) -> Mode:
-        """Where this model's predictions run (see ``PredictionPool.model_mode``), probed on
-        synthetic rows of the model's width; a model of unknown width predicts on threads unless
-        the executor forces processes (``MESOS_ENSEMBLE_PREDICT``)."""
-        if self.predictions.forced != "auto":
+        """Where this model's predictions run (see ``PredictionPool.model_mode``): as decided
+        already in this executor (another replica of the model probed it), else as the payload
+        says an earlier replica measured (``predict_mode``), else probed on synthetic rows of the
+        model's width; a model of unknown width predicts on threads unless the executor forces
+        processes (``MESOS_ENSEMBLE_PREDICT``)."""
+        known = self.predictions.known_mode(self.request)
+        if known is None and self.payload.predict_mode in ("thread", "process"):
+            known = self.predictions.adopt_mode(self.request, "process" if self.payload.predict_mode == "process"
+                                                else "thread")
+        if known is not None:
+            self.mode = known
+        elif self.predictions.forced != "auto":
             self.mode = self.predictions.model_mode(self.request, self.model, np.empty((0, 0)))
         elif self.n_features is not None and self.n_features > 0:
             rows = max(1, min(200_000, PROBE_FLOATS // self.n_features))
@@ -305,6 +321,16 @@ class Replica:
         self._loop = self._thread = None
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat_file:
+            started_ticks = int(stat_file.read().rsplit(b")", 1)[1].split()[19])
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 @dataclass
 class _Entry:
     """A replica task the executor runs: loading, serving, or draining."""
@@ -314,6 +340,8 @@ class _Entry:
     send: Send
     threads: int
     grace: float
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds each step of the start took (:data:`START_PHASES`), filled as it loads."""
     replica: Replica | None = None
     terminal: bool = False
     drainer: threading.Thread | None = None
@@ -330,12 +358,19 @@ class ReplicaHost:
         self._entries: dict[str, _Entry] = {}
         self._ended: set[str] = set()  # replica tasks that reported their terminal state
         self._lock = threading.Lock()
+        self._fresh = True
+        """No replica registered yet: the first one's start includes the executor's own."""
 
     def register(self, task_id: str, payload: ReplicaPayload, task: Mapping[str, Any], send: Send) -> None:
         """Take a replica task (not loaded yet: see :meth:`load`); a kill from now on is this host's."""
         threads = max(1, math.ceil(task_cpus(task) - 1e-9))
+        entry = _Entry(task_id, payload, send, threads, kill_grace(task))
         with self._lock:
-            self._entries[task_id] = _Entry(task_id, payload, send, threads, kill_grace(task))
+            fresh, self._fresh = self._fresh, False
+            self._entries[task_id] = entry
+        age = process_age() if fresh else None
+        if age is not None:
+            entry.phases["executor_start"] = round(age, 3)
 
     def owns(self, task_id: str) -> bool:
         with self._lock:
@@ -348,18 +383,30 @@ class ReplicaHost:
             entry = self._entries.get(task_id)
         if entry is None:
             return
-        payload, replica = entry.payload, None
+        payload, replica, phases = entry.payload, None, entry.phases
+        clock = [time.perf_counter()]
+
+        def timed(phase: str) -> None:
+            now = time.perf_counter()
+            phases[phase] = round(now - clock[0], 4)
+            clock[0] = now
         try:
+            self.cache.file(payload.remote, payload.model_file, f"model file {payload.model_file}")
+            timed("fetch")
             model = self.cache.model(payload.remote, payload.model_file, payload.model, payload.format,
                                      payload.trusted_types)
+            timed("load")
             replica = Replica(task_id, payload, model, self.predictions, entry.threads)
             replica.check_output()
             mode = replica.choose_mode()
+            timed("probe")
             replica.warm_up()
+            timed("warm_up")
             with entry.lock:
                 if entry.terminal:  # killed while loading: reported already, never serves
                     return
             port = replica.start()
+            timed("listen")
         except Exception as error:  # the model cannot be loaded or the port cannot be bound
             failure = report_failure(task_id, error)
             self._forget(task_id)
@@ -371,9 +418,10 @@ class ReplicaHost:
         with entry.lock:
             if not entry.terminal:
                 entry.replica = replica
-                log.info("replica %s of %s serves on port %d (%s predictions, %d threads)",
-                         task_id, payload.model, port, mode, entry.threads)
-                entry.send("TASK_RUNNING", None, ReplicaReady(port, os.getpid(), mode).to_json())
+                log.info("replica %s of %s serves on port %d (%s predictions, %d threads; started in %s)",
+                         task_id, payload.model, port, mode, entry.threads,
+                         ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
+                entry.send("TASK_RUNNING", None, ReplicaReady(port, os.getpid(), mode, dict(phases)).to_json())
                 return
         replica.stop(0.0)  # killed while it bound its port
 

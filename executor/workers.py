@@ -269,6 +269,32 @@ class PredictionPool:
                     self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
 
+    def known_mode(self, payload: TaskPayload) -> Mode | None:
+        """Where ``payload``'s model predicts, when that is decided already (forced by the
+        executor, probed, or taken from an earlier measurement: :meth:`adopt_mode`); else None."""
+        if self.forced != "auto":
+            return "process" if self.forced == "process" else "thread"
+        with self._free:
+            return self.modes.get((payload.model_file, payload.model.sha256))
+
+    def adopt_mode(self, payload: TaskPayload, measured: Mode) -> Mode:
+        """Take the mode an earlier probe of the same model file found (another replica's, on
+        another executor), instead of probing here; the executor's own rule still comes first
+        (one task slot or one core: threads, which lose nothing there; a forced mode).  A mode
+        decided here already stays.  Returns the mode the model's predictions now take."""
+        if self.forced != "auto":
+            return "process" if self.forced == "process" else "thread"
+        key = (payload.model_file, payload.model.sha256)
+        with self._free:
+            lock = self._probing.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self.modes:
+                chosen: Mode = "thread" if self.size < 2 or cores() < 2 else measured
+                self.modes[key] = chosen
+                log.info("model %s: predictions run in %ss, as an earlier replica measured (not probed here)",
+                         payload.model_name, chosen)
+            return self.modes[key]
+
     def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray,
                      payload_json: bytes | None = None) -> tuple[np.ndarray, TaskUsage]:
         """A serving replica's request: ``rows`` in memory, predicted where :meth:`model_mode`

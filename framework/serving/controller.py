@@ -105,6 +105,13 @@ class LiveReplica:
     kill_at: float | None = None
     replaces: str | None = None
     """A re-pack's replacement: the replica it takes over from (drained once this one is ready)."""
+    wanted_at: float | None = None
+    """When the replica was first wanted (its member's desired count went up, or it was replaced):
+    the start of its timeline, logged when it is ready."""
+    launched_at: float | None = None
+    running_at: float | None = None
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The executor's timing of the replica's start (``ReplicaReady.phases``)."""
 
     @property
     def url(self) -> str:
@@ -139,7 +146,10 @@ class ReplicaCatalog(Protocol):
         ...
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
-                     port: int) -> Message: ...
+                     port: int, predict_mode: str | None = None) -> Message:
+        """A replica's TaskInfo; ``predict_mode``: where an earlier replica of the same model file
+        measured its predictions run best (the new one skips its probe)."""
+        ...
 
 
 REPACK_INTERVAL_SECONDS = 10.0
@@ -200,6 +210,12 @@ class ServingController(pymesos.Scheduler):
         self._repack_looked: dict[str, float] = {}
         """Per agent, when a re-pack was last looked for with its offers (see REPACK_CHECK_SECONDS)."""
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
+        self.predict_modes: dict[str, str] = {}
+        """Per model file (sha256): where its first replica found its predictions run best
+        (TASK_RUNNING's ``predict_mode``); later replicas are launched with it and skip the probe."""
+        self._wanted_at: dict[str, float] = {name: clock() for name in self.targets}
+        """Per member, when it last wanted another replica (scaled up, or lost one): the start of
+        the next launched replica's timeline (``start_timeline``)."""
         self.replicas: dict[str, LiveReplica] = {}
         self.executors: dict[tuple[str, str], int] = {}
         self.hosting: dict[tuple[str, str], float | None] = {}
@@ -470,7 +486,10 @@ class ServingController(pymesos.Scheduler):
                 elif update.state == "TASK_RUNNING" and replica.state in (
                         ReplicaState.LAUNCHING, ReplicaState.STARTING, ReplicaState.ADOPTING):
                     replica.state, replica.since = ReplicaState.CHECKING, self.clock()
-                    replica.pid = _running_pid(update.data)
+                    replica.running_at = replica.since
+                    replica.pid, mode, replica.phases = _running_data(update.data)
+                    if mode is not None:
+                        self.predict_modes.setdefault(replica.sha256, mode)
                     if update.agent_id and replica.agent_id != update.agent_id:
                         replica.agent_id = update.agent_id
                     threading.Thread(target=self._check, args=(replica,), name=f"health-{replica.task_id}",
@@ -500,6 +519,7 @@ class ServingController(pymesos.Scheduler):
             log.info("replica %s of %s drained (%s)", replica.task_id, replica.member, update.state)
         else:
             self.replaced += 1
+            self._wanted_at[replica.member] = self.clock()
             log.warning("replica %s of %s on %s ended: %s%s%s; replacing it", replica.task_id, replica.member,
                         replica.hostname, update.state, f" ({update.reason})" if update.reason else "",
                         f": {update.message}" if update.message else "")
@@ -533,7 +553,8 @@ class ServingController(pymesos.Scheduler):
             self._changed.notify_all()
         if self.state is not None:
             self.state.set_state(task_id, "TASK_RUNNING")
-        log.info("replica %s of %s ready at %s", task_id, replica.member, replica.url)
+        log.info("replica %s of %s ready at %s in %s", task_id, replica.member, replica.url,
+                 start_timeline(replica, replica.since))
 
     def _on_unhealthy(self, driver: Any, task_id: str) -> None:
         with self.lock:
@@ -594,6 +615,8 @@ class ServingController(pymesos.Scheduler):
                 if count != self.desired.get(member):
                     log.info("member %s: %d replica(s) wanted (was %d)%s", member, count, self.desired.get(member, 0),
                              describe_load(loads.get(member)))
+                    if count > self.desired.get(member, 0):
+                        self._wanted_at[member] = now
                     self.desired[member] = count
                 else:
                     log.debug("member %s: %d replica(s)%s", member, count, describe_load(loads.get(member)))
@@ -803,7 +826,8 @@ class ServingController(pymesos.Scheduler):
                                                                                        generation)
                         task_id = f"{launch.member}.replica-{self._token}-{next(self._count)}"
                         task = self.catalog.replica_info(launch.member, task_id, agent, allocator,
-                                                         self._executor_infos[info_key], port)
+                                                         self._executor_infos[info_key], port,
+                                                         predict_mode=self.predict_modes.get(target.sha256))
                     except ValueError as error:  # the offer holds less than the placement thought
                         log.info("a replica of %s does not fit on %s after all: %s", launch.member, agent.hostname,
                                  error)
@@ -816,7 +840,9 @@ class ServingController(pymesos.Scheduler):
                     replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
                                           self._address(agent.hostname), port, target.sha256, key,
                                           translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
-                                          replaces=launch.replaces)
+                                          replaces=launch.replaces, launched_at=now,
+                                          wanted_at=now if launch.reason == "repack" else
+                                          min(now, self._wanted_at.get(launch.member, now)))
                     self.replicas[task_id] = replica
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
@@ -865,6 +891,7 @@ class ServingController(pymesos.Scheduler):
                 before = self.targets.get(name)
                 if before is not None and before.sha256 != target.sha256:
                     changed.append(name)
+                    self._wanted_at[name] = self.clock()
                 self.targets[name] = target
                 self.desired[name] = max(target.min_replicas, min(target.max_replicas,
                                                                   self.desired.get(name, target.min_replicas)))
@@ -962,15 +989,44 @@ def _placement_state(state: ReplicaState) -> placement.ReplicaState:
     return "draining" if state is ReplicaState.DRAINING else "starting"
 
 
-def _running_pid(data: str | None) -> int | None:
-    """The replica's pid from its TASK_RUNNING data (``{"port", "pid", "predict_mode"}``)."""
+def _running_data(data: str | None) -> tuple[int | None, str | None, dict[str, float]]:
+    """The replica's pid, predict mode and start phases from its TASK_RUNNING data (``{"port",
+    "pid", "predict_mode", "phases"}``, an ``executor.protocol.ReplicaReady``)."""
     if not data:
-        return None
+        return None, None, {}
     try:
         document = json.loads(base64.b64decode(data))
-        return int(document["pid"]) if isinstance(document, dict) and "pid" in document else None
-    except (ValueError, TypeError, KeyError):
-        return None
+    except (ValueError, TypeError):
+        return None, None, {}
+    if not isinstance(document, dict):
+        return None, None, {}
+    try:
+        pid = int(document["pid"]) if "pid" in document else None
+    except (ValueError, TypeError):
+        pid = None
+    mode = document.get("predict_mode")
+    phases = document.get("phases")
+    try:
+        timed = {str(k): float(v) for k, v in phases.items()} if isinstance(phases, dict) else {}
+    except (ValueError, TypeError, AttributeError):
+        timed = {}
+    return pid, mode if mode in ("thread", "process") else None, timed
+
+
+def start_timeline(replica: LiveReplica, ready_at: float) -> str:
+    """A ready replica's start, step by step, in seconds (for the log and the deployment's events):
+    waiting for an offer (from the moment it was wanted to its launch), the launch until the
+    executor says it runs (the executor's own timing of it in brackets), the health check."""
+    launched = replica.launched_at if replica.launched_at is not None else replica.since
+    running = replica.running_at if replica.running_at is not None else ready_at
+    parts = []
+    if replica.wanted_at is not None:
+        parts.append(f"offer {max(0.0, launched - replica.wanted_at):.2f}")
+    inside = ", ".join(f"{name} {seconds:.2f}" for name, seconds in replica.phases.items())
+    parts.append(f"start {max(0.0, running - launched):.2f}" + (f" ({inside})" if inside else ""))
+    parts.append(f"health check {max(0.0, ready_at - running):.2f}")
+    total = ready_at - (replica.wanted_at if replica.wanted_at is not None else launched)
+    return f"{total:.2f} s: " + ", ".join(parts)
 
 
 def _bind_failed(message: str) -> bool:

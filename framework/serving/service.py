@@ -101,11 +101,12 @@ class ServeCatalog(JobCatalog):
             constraints=model.constraints)
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
-                     port: int) -> Message:
+                     port: int, predict_mode: str | None = None) -> Message:
         model = self.spec.model(member)
         payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
                                  output=model.output, format=model.format, trusted_types=list(model.trusted_types),
-                                 host=self.bind_host, max_batch_rows=self.replica_rows)
+                                 host=self.bind_host, max_batch_rows=self.replica_rows,
+                                 predict_mode=predict_mode)
         resources = allocator.take(self.task_resources[member])
         return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
                                     payload.to_json(), ports=[port])

@@ -4,6 +4,7 @@ real port, real HTTP requests (issue 15, SERVE-DESIGN.md "Replica task")."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -152,6 +153,12 @@ def test_the_payload_travels_as_json_and_is_checked() -> None:
     with pytest.raises(ValueError, match="unknown field"):
         decode_task(json.dumps({**json.loads(payload.to_json()), "colour": 1}).encode())
     assert ReplicaReady.from_json(ReplicaReady(31001, 42, "process").to_json()) == ReplicaReady(31001, 42, "process")
+    timed = ReplicaReady(31001, 42, "thread", {"load": 0.5, "probe": 0.0})
+    assert ReplicaReady.from_json(timed.to_json()) == timed
+    with pytest.raises(ValueError, match="replica predict_mode 'fork'"):
+        ReplicaPayload(model="m", model_url="u", sha256="0", port=1, predict_mode="fork")
+    measured = dataclasses.replace(payload, predict_mode="process")
+    assert decode_task(measured.to_json()) == measured and payload.predict_mode is None
 
 
 def test_task_resources_and_kill_policy_are_read() -> None:
@@ -360,6 +367,37 @@ def test_replicas_and_batch_tasks_side_by_side_and_shutdown_stops_them_all(tmp_p
         assert states(driver, task_id) == ["TASK_STARTING", "TASK_RUNNING", "TASK_KILLED"]
         assert refused(port)
     assert not any(t.name.startswith(("replica-", "drain-")) for t in threading.enumerate())
+
+
+def test_a_replica_takes_the_predict_mode_an_earlier_one_measured_instead_of_probing(tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    executor = EnsembleExecutor(sandbox, workers=2, mode="auto")  # as served: the mode is measured
+    logistic, linear = classifier(tmp_path), regressor(tmp_path)
+    driver = RecordingExecutorDriver()
+    try:
+        executor.launchTask(driver, replica_task("r1", payload_for(logistic, "predict_proba", predict_mode="process")))
+        first = running_port(driver, "r1")
+        # The mode measured elsewhere is taken as it is (threads would win for this model here: it
+        # releases the GIL), and nothing was probed for it; its answers are exact, from the workers.
+        assert first.predict_mode == "process" and executor.predictions.measured == {}
+        assert list(first.phases) == ["executor_start", "fetch", "load", "probe", "warm_up", "listen"]
+        assert all(seconds >= 0 for seconds in first.phases.values())
+        status, _headers, body = post(first.port, array_to_npy(FEATURES[:30]))
+        assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(logistic).predict_proba(FEATURES[:30]))
+        assert executor.predictions.worker_pids
+        # A second replica of the model, without a measured mode: its executor knows the model already.
+        executor.launchTask(driver, replica_task("r2", payload_for(logistic, "predict_proba")))
+        second = running_port(driver, "r2")
+        assert second.predict_mode == "process" and executor.predictions.measured == {}
+        assert list(second.phases) == ["fetch", "load", "probe", "warm_up", "listen"]  # the executor had started
+        # A model nothing measured yet is probed here.
+        executor.launchTask(driver, replica_task("r3", payload_for(linear)))
+        running_port(driver, "r3")
+        probed = payload_for(linear)
+        assert list(executor.predictions.measured) == [(probed.model_file, probed.sha256)]
+    finally:
+        executor.shutdown(driver)
 
 
 def test_gil_bound_models_predict_in_worker_processes(tmp_path: Path) -> None:

@@ -128,6 +128,9 @@ def test_replicas_on_the_embedded_cluster_serve_drain_and_go(tmp_path: Path) -> 
             assert [u.state for u in updates] == ["TASK_STARTING", "TASK_RUNNING"], updates[-1].get("message")
             ready[task_id] = ReplicaReady.from_json(base64.b64decode(updates[-1].data))
         assert sorted(r.port for r in ready.values()) == ports  # the ports offered, one each
+        # Each start is timed; only the first replica's includes the executor's own start.
+        assert sorted("executor_start" in r.phases for r in ready.values()) == [False, True]
+        assert all({"fetch", "load", "probe", "listen"} <= set(r.phases) for r in ready.values())
         assert len({r.pid for r in ready.values()}) == 1 and ready["replica-1"].pid in cluster.live_processes()
         for replica in ready.values():
             status, body = request(replica.port, "POST", "/v1/predict", array_to_npy(features[:25]))

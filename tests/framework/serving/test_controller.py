@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from functools import partial
 from pathlib import Path
@@ -89,8 +90,10 @@ class Deployment:
     def launched(self) -> list[dict[str, Any]]:
         return [task for _offers, tasks, _filters in self.driver.launches for task in tasks]
 
-    def run(self, task: dict[str, Any], agent: str = "a1") -> None:
-        data = base64.b64encode(json.dumps({"port": 1, "pid": 4242, "predict_mode": "thread"}).encode()).decode()
+    def run(self, task: dict[str, Any], agent: str = "a1", mode: str = "thread",
+            phases: dict[str, float] | None = None) -> None:
+        data = base64.b64encode(json.dumps({"port": 1, "pid": 4242, "predict_mode": mode,
+                                            "phases": phases or {}}).encode()).decode()
         self.controller.statusUpdate(self.driver, make_status(task["task_id"]["value"], "TASK_RUNNING", agent,
                                                               data=data))
 
@@ -132,6 +135,35 @@ def test_min_replicas_launch_with_ports_and_join_the_table_once_running(demo: Jo
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a2")])
         wait_for(lambda: deployment.driver.declines)
         assert len(deployment.launched()) == 2
+    finally:
+        deployment.close()
+
+
+def test_later_replicas_of_a_model_are_launched_with_the_predict_mode_its_first_one_measured(
+        demo: JobSpec, server: ArtifactServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="framework.serving.controller")
+    deployment = Deployment(demo, server)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        assert [payload(t)["predict_mode"] for t in tasks] == [None, None]  # nothing measured yet: they probe
+        for task in tasks:
+            mode = "process" if payload(task)["model"] == "linear" else "thread"
+            deployment.run(task, mode=mode, phases={"executor_start": 1.25, "load": 0.5, "probe": 0.75})
+        wait_for(deployment.controller.all_ready)
+        # Each ready replica's start is logged step by step (the executor's own timing in brackets).
+        ready = [r.getMessage() for r in caplog.records if " ready at " in r.getMessage()]
+        assert len(ready) == 2 and all("(executor_start 1.25, load 0.50, probe 0.75)" in line for line in ready)
+        with deployment.controller.lock:
+            deployment.controller.desired["linear"] = 2
+            deployment.controller.desired["logistic"] = 2
+        deployment.controller.poke()
+        wait_for(lambda: deployment.driver.revived)
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31002)])
+        later = wait_for(lambda: len(deployment.launched()) == 4 and deployment.launched()[2:])
+        assert {payload(t)["model"]: payload(t)["predict_mode"] for t in later} == {"linear": "process",
+                                                                                   "logistic": "thread"}
     finally:
         deployment.close()
 
