@@ -3,7 +3,7 @@
 with ``joblib.Parallel`` over the same members and shards, and the physical limit (the members'
 summed single-thread compute divided by the cores).  Prints wall times and ratios.
 
-    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|both] [--rows N] [--shard-rows N]
+    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|both] [--rows N] [--shard-rows N] [--timeline]
 
 Suites:
 - ``mixed``: logistic regression, random forest, histogram gradient boosting and k-nearest
@@ -22,6 +22,10 @@ stricter baseline for GIL-bound members).  ``cpu s`` is the CPU time each run us
 processes included (executors, prediction workers, joblib's workers): when other work shares the
 cores, it says what a run cost better than its wall time.
 
+``--timeline`` prints where the job's core-seconds went (see :class:`SlotTimeline`): every Mesos
+task's launch, TASK_RUNNING and result per executor slot, and the cores' wall time split into
+start-up, compute, in-task overhead, gaps between tasks and the tail.
+
 The default sizes take about two minutes on 2 quiet cores; the job's output is checked against
 the in-process soft vote (the ensemble's labels must be identical).
 """
@@ -29,6 +33,7 @@ the in-process soft vote (the ensemble's labels must be identical).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import functools
 import os
@@ -36,6 +41,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
+from framework.scheduler import EnsembleScheduler  # noqa: E402
 
 
 def mixed_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -112,8 +119,9 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int, max_nbyt
 
 
 def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
-             executor_cpus: float | None, executors: str) -> Path:
-    """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus."""
+             executor_cpus: float | None, executors: str, agents: int = 1) -> Path:
+    """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus;
+    ``cores`` cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each."""
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", 'path = "data.npy"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
@@ -123,10 +131,117 @@ def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: 
         if executor_cpus is not None:
             lines.insert(-1, f"executor_cpus = {executor_cpus}")
     lines += ["[framework]", f'executors = "{executors}"', ""]
-    lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
+    hosts = [f'{{ hostname = "bench-agent{f"-{i}" if agents > 1 else ""}", cpus = {cores / agents:g}, mem = 16384 }}'
+             for i in range(agents)]
+    lines += ["[local_cluster]", f"agents = [{', '.join(hosts)}]"]
     path = directory / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class SlotTimeline:
+    """Where a job's core-seconds went, from the scheduler's side: each Mesos task's launch (the
+    offer round's decision), first TASK_RUNNING and terminal update, and its items' compute
+    seconds as the executor measured them; tasks are laid onto ``cores`` slots (each starts on
+    the slot that freed last before its launch), and ``cores x wall`` is split into start-up
+    (before a slot's first launch), task start (launch to TASK_RUNNING: the executor's start,
+    scikit-learn import, model load and probe, downloads), compute, in-task overhead (the rest of
+    TASK_RUNNING to the result: later shards, result encoding, the update's trip), gaps between a
+    slot's tasks (result to the next launch: acknowledgement, offer round, launch) and the tail
+    (a slot's last result to the job's end: the other slots finishing, the output written)."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self.launched: dict[str, tuple[float, str, int]] = {}  # carrier: (when, model, items)
+        self.carrier: dict[str, str] = {}  # item task id: carrier
+        self.running: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.compute: dict[str, float] = defaultdict(float)
+        self._restore: list[Callable[[], None]] = []
+        self.started = self.finished = 0.0
+
+    def _wrap(self, name: str, before: Callable[..., None]) -> None:
+        original = getattr(EnsembleScheduler, name)
+
+        def wrapped(scheduler: Any, *args: Any) -> Any:
+            before(*args)
+            return original(scheduler, *args)
+
+        setattr(EnsembleScheduler, name, wrapped)
+        self._restore.append(lambda: setattr(EnsembleScheduler, name, original))
+
+    def _on_apply(self, driver: Any, views: Any, decision: Any) -> None:
+        now = time.perf_counter()
+        for _agent, task in decision.tasks:
+            carrier = task.carrier or task.task_id
+            self.carrier[task.task_id] = carrier
+            self.launched.setdefault(carrier, (now, task.model, task.bundle_size))
+
+    def _on_status(self, driver: Any, status: Any) -> None:
+        now, task_id, state = time.perf_counter(), status["task_id"]["value"], status["state"]
+        if state == "TASK_RUNNING":
+            self.running.setdefault(task_id, now)
+        elif state in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"):
+            self.ended.setdefault(task_id, now)
+
+    def _on_usage(self, item: Any, seconds: float, cpu_seconds: float) -> None:
+        self.compute[self.carrier.get(item.task_id or "", "?")] += seconds
+
+    def __enter__(self) -> "SlotTimeline":
+        self._wrap("_apply", self._on_apply)
+        self._wrap("statusUpdate", self._on_status)
+        self._wrap("record_usage", self._on_usage)
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finished = time.perf_counter()
+        for restore in reversed(self._restore):
+            restore()
+
+    def slots(self) -> list[list[str]]:
+        """The Mesos tasks (carriers) per slot, in launch order."""
+        slots: list[list[str]] = [[] for _ in range(self.cores)]
+        free = [self.started] * self.cores
+        for carrier in sorted(self.launched, key=lambda c: self.launched[c][0]):
+            launched = self.launched[carrier][0]
+            ready = [i for i in range(self.cores) if free[i] <= launched + 1e-3]
+            slot = max(ready, key=lambda i: free[i]) if ready else min(range(self.cores), key=lambda i: free[i])
+            slots[slot].append(carrier)
+            free[slot] = self.ended.get(carrier, self.finished)
+        return slots
+
+    def report(self, single_thread: float, width: int = 100) -> None:
+        wall = self.finished - self.started
+        parts: dict[str, float] = defaultdict(float)
+        lines = []
+        step = wall / width
+        for number, carriers in enumerate(self.slots()):
+            cells = ["."] * width
+            previous = self.started
+            for carrier in carriers:
+                launched, model, _items = self.launched[carrier]
+                running = self.running.get(carrier, launched)
+                ended = self.ended.get(carrier, self.finished)
+                compute = min(self.compute.get(carrier, 0.0), ended - running)
+                parts["start-up" if previous == self.started else "gaps between tasks"] += max(0.0, launched - previous)
+                parts["task start (launch to TASK_RUNNING)"] += max(0.0, running - launched)
+                parts["compute"] += compute
+                parts["in-task overhead"] += max(0.0, ended - running - compute)
+                first, last = int((launched - self.started) / step), int((ended - self.started) / step)
+                for cell in range(first, min(width, last + 1)):
+                    cells[cell] = model[0] if self.started + (cell + 0.5) * step >= running else "s"
+                previous = max(previous, ended)
+            parts["tail"] += self.finished - previous
+            lines.append(f"  slot {number}: {''.join(cells)}")
+        print(f"timeline ({self.cores} slots x {wall:.2f} s; a cell is {step:.2f} s; s: task start, letter: a task "
+              "of that model running, '.': idle)")
+        print("\n".join(lines))
+        total = self.cores * wall
+        print(f"  core-seconds: {total:.2f} = " + ", ".join(f"{name} {seconds:.2f} ({seconds / total:.0%})"
+                                                        for name, seconds in parts.items()))
+        print(f"  compute in the job {parts['compute']:.2f} s vs single-thread compute {single_thread:.2f} s "
+              f"({parts['compute'] / single_thread:.2f}x: contention for the cores/memory, or a slower machine)")
 
 
 def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
@@ -173,8 +288,10 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
 
         spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
                                  args.executors))
+        timeline = SlotTimeline(args.cores) if args.timeline else contextlib.nullcontext()
         start, cpu = time.perf_counter(), cpu_seconds()
-        outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
+        with timeline:
+            outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
         timings["mesos"] = (time.perf_counter() - start, cpu_seconds() - cpu)
         ensemble = np.load(outcome.output)
 
@@ -195,6 +312,8 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
           f"max_nbytes=None), {t_mesos / limit:.2f}x the physical limit; "
           f"{outcome.task_attempts} attempts, {outcome.executors_launched} executor(s); labels identical to the "
           f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
+    if isinstance(timeline, SlotTimeline):
+        timeline.report(compute)
     return {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
 
 
@@ -209,6 +328,8 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="cpus per task, as the job file says")
     parser.add_argument("--executor-cpus", type=float, default=None, help="default: the job file's default")
     parser.add_argument("--executors", choices=("shared", "per_model"), default="shared")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each Mesos task per executor slot and where the cores' time went")
     args = parser.parse_args()
     for suite in (("mixed", "gil") if args.suite == "both" else (args.suite,)):
         run_suite(suite, args)
