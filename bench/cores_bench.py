@@ -144,8 +144,10 @@ class SlotTimeline:
     offer round's decision), first TASK_RUNNING and terminal update, and its items' compute
     seconds as the executor measured them; tasks are laid onto ``cores`` slots (each starts on
     the slot that freed last before its launch), and ``cores x wall`` is split into start-up
-    (before a slot's first launch), task start (launch to TASK_RUNNING: the executor's start,
-    scikit-learn import, model load and probe, downloads), compute, in-task overhead (the rest of
+    (before a slot's first launch), the first task's start on each slot (launch to TASK_RUNNING:
+    the executor's start, scikit-learn's import, the model's download, load and probe, the shard's
+    download), later tasks' start (a model not loaded yet, a shard not downloaded yet), compute,
+    in-task overhead (the rest of
     TASK_RUNNING to the result: later shards, result encoding, the update's trip), gaps between a
     slot's tasks (result to the next launch: acknowledgement, offer round, launch) and the tail
     (a slot's last result to the job's end: the other slots finishing, the output written)."""
@@ -159,6 +161,8 @@ class SlotTimeline:
         self.compute: dict[str, float] = defaultdict(float)
         self._restore: list[Callable[[], None]] = []
         self.started = self.finished = 0.0
+        self.compute_cpu = 0.0
+        self.cpu: dict[str, float] = {}  # this process's, and its reaped children's, CPU seconds in the run
 
     def _wrap(self, name: str, before: Callable[..., None]) -> None:
         original = getattr(EnsembleScheduler, name)
@@ -186,18 +190,26 @@ class SlotTimeline:
 
     def _on_usage(self, item: Any, seconds: float, cpu_seconds: float) -> None:
         self.compute[self.carrier.get(item.task_id or "", "?")] += seconds
+        self.compute_cpu += cpu_seconds
 
     def __enter__(self) -> "SlotTimeline":
         self._wrap("_apply", self._on_apply)
         self._wrap("statusUpdate", self._on_status)
         self._wrap("record_usage", self._on_usage)
+        self.cpu = self._cpu()
         self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.finished = time.perf_counter()
+        self.cpu = {who: seconds - self.cpu[who] for who, seconds in self._cpu().items()}
         for restore in reversed(self._restore):
             restore()
+
+    @staticmethod
+    def _cpu() -> dict[str, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"scheduler": own.ru_utime + own.ru_stime, "executors": children.ru_utime + children.ru_stime}
 
     def slots(self) -> list[list[str]]:
         """The Mesos tasks (carriers) per slot, in launch order."""
@@ -211,7 +223,7 @@ class SlotTimeline:
             free[slot] = self.ended.get(carrier, self.finished)
         return slots
 
-    def report(self, single_thread: float, width: int = 100) -> None:
+    def report(self, single_thread: float, single_thread_cpu: float, width: int = 100) -> None:
         wall = self.finished - self.started
         parts: dict[str, float] = defaultdict(float)
         lines = []
@@ -225,12 +237,15 @@ class SlotTimeline:
                 ended = self.ended.get(carrier, self.finished)
                 compute = min(self.compute.get(carrier, 0.0), ended - running)
                 parts["start-up" if previous == self.started else "gaps between tasks"] += max(0.0, launched - previous)
-                parts["task start (launch to TASK_RUNNING)"] += max(0.0, running - launched)
+                parts["first task's start" if previous == self.started else "later tasks' start"] += max(
+                    0.0, running - launched)
                 parts["compute"] += compute
                 parts["in-task overhead"] += max(0.0, ended - running - compute)
                 first, last = int((launched - self.started) / step), int((ended - self.started) / step)
-                for cell in range(first, min(width, last + 1)):
-                    cells[cell] = model[0] if self.started + (cell + 0.5) * step >= running else "s"
+                for cell in range(first, min(width, last + 1)):  # what the cell's middle shows
+                    middle = self.started + (cell + 0.5) * step
+                    if launched <= middle < ended:
+                        cells[cell] = model[0] if middle >= running else "s"
                 previous = max(previous, ended)
             parts["tail"] += self.finished - previous
             lines.append(f"  slot {number}: {''.join(cells)}")
@@ -242,6 +257,12 @@ class SlotTimeline:
                                                         for name, seconds in parts.items()))
         print(f"  compute in the job {parts['compute']:.2f} s vs single-thread compute {single_thread:.2f} s "
               f"({parts['compute'] / single_thread:.2f}x: contention for the cores/memory, or a slower machine)")
+        # CPU seconds say what each side cost whatever else ran on the machine.
+        executors, scheduler = self.cpu["executors"], self.cpu["scheduler"]
+        print(f"  CPU seconds: tasks' compute {self.compute_cpu:.2f} (single-thread run {single_thread_cpu:.2f}); "
+              f"executors' other work (start, imports, model loads, probes, shards, results) "
+              f"{executors - self.compute_cpu:.2f}; scheduler process (framework, embedded cluster, artifact "
+              f"server, integration) {scheduler:.2f}")
 
 
 def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
@@ -313,7 +334,7 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
           f"{outcome.task_attempts} attempts, {outcome.executors_launched} executor(s); labels identical to the "
           f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
     if isinstance(timeline, SlotTimeline):
-        timeline.report(compute)
+        timeline.report(compute, compute_cpu)
     return {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
 
 
