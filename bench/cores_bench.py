@@ -18,7 +18,11 @@ Two joblib baselines run, each on fresh workers: joblib's defaults (a shard over
 = 1 MB reaches a worker as an ``np.memmap``, whose every slice runs Python code, so a member that
 works row by row pays about 3x for it: the GIL suite's joblib is several times the physical limit
 for that reason) and ``max_nbytes=None`` (each shard pickled to the worker as a plain array, the
-stricter baseline for GIL-bound members).  ``cpu s`` is the CPU time each run used, its child
+stricter baseline for GIL-bound members).  A third run computes the same tasks on threads of the
+bench's own process (members in memory, one BLAS/OpenMP thread each, longest first): no start-up
+and no transfer, so its distance from the physical limit is what computations running side by side
+cost on this machine (shared caches, memory bandwidth), which no scheduler removes (for the GIL
+suite it shows the GIL instead).  ``cpu s`` is the CPU time each run used, its child
 processes included (executors, prediction workers, joblib's workers): when other work shares the
 cores, it says what a run cost better than its wall time.
 
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -95,6 +100,16 @@ def predict_shard(model: Any, shard: np.ndarray) -> np.ndarray:
 
 def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
     return np.average(np.stack(outputs), axis=0).argmax(axis=1)
+
+
+def in_process_threads(members: dict[str, Any], shards: list[np.ndarray], per_member: dict[str, float],
+                       cores: int) -> np.ndarray:
+    """Every (member, shard) task on ``cores`` threads, longest member first, one BLAS/OpenMP
+    thread each; soft-voted like the other runs."""
+    order = sorted(((name, i) for name in members for i in range(len(shards))), key=lambda t: -per_member[t[0]])
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=cores) as pool:
+        results = dict(zip(order, pool.map(lambda task: predict_shard(members[task[0]], shards[task[1]]), order)))
+    return soft_vote([np.concatenate([results[(name, i)] for i in range(len(shards))]) for name in members])
 
 
 def cpu_seconds() -> float:
@@ -298,10 +313,20 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
         sequential = soft_vote(outputs)
         compute = sum(per_member.values())
         limit = compute / args.cores
+        # The same tasks on ``cores`` threads of this process, longest first (members in memory,
+        # no start-up, no transfer): what running computations side by side costs on this machine
+        # (shared caches and memory bandwidth), which no scheduler removes.
+        start, cpu = time.perf_counter(), time.process_time()
+        threaded = in_process_threads(members, shards, per_member, args.cores)
+        timings_threads = (time.perf_counter() - start, time.process_time() - cpu)
+        assert np.array_equal(threaded, sequential), "threads and sequential disagree"
 
         get_reusable_executor().shutdown(wait=True)
-        timings: dict[str, tuple[float, float]] = {}  # run: (wall s, cpu s)
+        timings: dict[str, tuple[float, float]] = {"threads": timings_threads}  # run: (wall s, cpu s)
         for label, max_nbytes in (("joblib", "1M"), ("joblib_pickled", None)):
+            if args.no_baselines:
+                timings[label] = (float("nan"), float("nan"))
+                continue
             start, cpu = time.perf_counter(), cpu_seconds()
             parallel = run_joblib(list(paths.values()), shards, args.cores, max_nbytes)
             timings[label] = (time.perf_counter() - start, cpu_seconds() - cpu)
@@ -323,14 +348,16 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
     print(f"{'run':<56}{'wall s':>8}{'/ joblib':>10}{'/ limit':>9}{'cpu s':>8}")
     print(f"{f'physical limit ({compute:.2f} s / {args.cores} cores)':<56}{limit:>8.2f}{limit / t_joblib:>10.2f}"
           f"{1:>9.2f}{compute_cpu:>8.2f}")
-    for label, (seconds, cpu) in ((f"joblib.Parallel (n_jobs={args.cores})", timings["joblib"]),
+    for label, (seconds, cpu) in ((f"{args.cores} threads in-process, no start-up", timings["threads"]),
+                                  (f"joblib.Parallel (n_jobs={args.cores})", timings["joblib"]),
                                   (f"joblib.Parallel (n_jobs={args.cores}, max_nbytes=None)",
                                    timings["joblib_pickled"]),
                                   (f"mesos-ensemble (cpus = {args.cpus}, executors = {args.executors})",
                                    timings["mesos"])):
         print(f"{label:<56}{seconds:>8.2f}{seconds / t_joblib:>10.2f}{seconds / limit:>9.2f}{cpu:>8.2f}")
     print(f"{suite}: mesos-ensemble = {t_mesos / t_joblib:.2f}x joblib ({t_mesos / t_pickled:.2f}x joblib with "
-          f"max_nbytes=None), {t_mesos / limit:.2f}x the physical limit; "
+          f"max_nbytes=None), {t_mesos / limit:.2f}x the physical limit, {t_mesos / timings['threads'][0]:.2f}x "
+          f"{args.cores} threads in-process; "
           f"{outcome.task_attempts} attempts, {outcome.executors_launched} executor(s); labels identical to the "
           f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
     if isinstance(timeline, SlotTimeline):
@@ -349,6 +376,8 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="cpus per task, as the job file says")
     parser.add_argument("--executor-cpus", type=float, default=None, help="default: the job file's default")
     parser.add_argument("--executors", choices=("shared", "per_model"), default="shared")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="skip the joblib runs (to study the job's own timeline; the ratios print nan)")
     parser.add_argument("--timeline", action="store_true",
                         help="print each Mesos task per executor slot and where the cores' time went")
     args = parser.parse_args()
