@@ -13,7 +13,10 @@ the data is ``--rows-per-core`` x the machine's cores rows in 8 shards per core 
 run (every run computes the same shards), so a larger machine runs a larger job.  The job is
 written as a user writes it (``cpus = 1`` per task, the default ``executor_cpus``).  joblib's
 one-core run computes in this process (``n_jobs=1`` starts no worker), the job's starts its
-executor: the one-core row shows that fixed start, the larger rows how each scales.
+executor: the one-core row shows that fixed start, the larger rows how each scales.  Both use one
+BLAS/OpenMP thread per task (joblib's ``inner_max_num_threads=1``; the executors set
+``OMP_NUM_THREADS=1``), so a run of n cores computes on n cores; neither is pinned to them, so
+the framework's own threads (or joblib's parent) may use other idle cores of a larger machine.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class Run:
     @property
     def label(self) -> str:
         per = self.cores / self.agents
-        return f"{self.agents} agent{'s' if self.agents > 1 else ''} x {per:g} cpus"
+        return f"{self.agents} agent{'s' if self.agents > 1 else ''} x {per:g} cpu{'s' if per != 1 else ''}"
 
 
 def runs(cores: int) -> list[Run]:
@@ -128,7 +131,11 @@ def main() -> None:
             if run.cores not in joblib_at:
                 get_reusable_executor().shutdown(wait=True)
                 started = time.perf_counter()
-                parallel = cores_bench.run_joblib(list(paths.values()), shards, run.cores, "1M")
+                # One BLAS/OpenMP thread per worker (in this process for n_jobs=1), as the job's
+                # executors run: else each of n workers takes cores // n threads and a "1-core"
+                # joblib run would use every core of the machine.
+                with joblib.parallel_config(inner_max_num_threads=1), threadpool_limits(1):
+                    parallel = cores_bench.run_joblib(list(paths.values()), shards, run.cores, "1M")
                 joblib_at[run.cores] = time.perf_counter() - started
                 assert np.array_equal(parallel, sequential), "joblib and sequential disagree"
             state = directory / f"job-{run.agents}-{run.cores}"
