@@ -37,6 +37,7 @@ test: $(STAMP)
 # Every fault-injection test, the slow ones included (`make test` runs the quick ones).
 faults: $(STAMP)
 	$(BIN)/python -m pytest -m "" tests/faults
+	$(BIN)/python -m pytest -m faults tests --ignore=tests/faults
 
 # Style, types and the architecture's import rules (contracts in pyproject.toml).
 lint: $(STAMP)

@@ -3,16 +3,20 @@
 with ``joblib.Parallel`` over the same members and shards, and the physical limit (the members'
 summed single-thread compute divided by the cores).  Prints wall times and ratios.
 
-    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|both] [--rows N] [--shard-rows N] [--timeline]
+    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|text|both|all] [--rows N] [--shard-rows N] [--timeline]
 
 Suites:
 - ``mixed``: logistic regression, random forest, histogram gradient boosting and k-nearest
   neighbours asked for ``predict_proba`` (members that release the GIL, of unequal cost).
 - ``gil``: four Pipelines whose first step is a Python-level ``FunctionTransformer``
   (``numpy.apply_along_axis`` of a ufunc: Python runs per row, holding the GIL), then a scaler
-  and a logistic regression.  Text members (``TfidfVectorizer``) cannot be benchmarked
-  end to end yet: the job's data is a numeric CSV or ``.npy`` whose shards are float arrays, so
-  a text column cannot reach a member.
+  and a logistic regression.
+- ``text``: text members (``text = "text"``: a string column of a Parquet file, handed to each
+  member as a 1-D array of ``str``): ``TfidfVectorizer`` + ``LogisticRegression`` on words, on
+  words and word pairs, on character n-grams, and ``HashingVectorizer`` + ``LogisticRegression``;
+  tokenising holds the GIL.  The documents are deterministic pseudo-text (20-60 words drawn from
+  a Zipf-distributed vocabulary of syllable words, with label-dependent words mixed in: numpy
+  only, nothing downloaded); joblib gets the same shards as the executors (``<U{n}`` arrays).
 
 Two joblib baselines run, each on fresh workers: joblib's defaults (a shard over ``max_nbytes``
 = 1 MB reaches a worker as an ``np.memmap``, whose every slice runs Python code, so a member that
@@ -52,6 +56,8 @@ from typing import Any, Callable
 
 import joblib
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from joblib.externals.loky import get_reusable_executor
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -87,10 +93,41 @@ def gil_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             for name, function in functions.items()}
 
 
+def text_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The issue's text model (``TfidfVectorizer`` + ``LogisticRegression``) and three variants of
+    unequal cost; each tokenises in Python, holding the GIL."""
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
+
+    def fit(vectorizer: Any) -> Any:
+        return make_pipeline(vectorizer, LogisticRegression(max_iter=1000)).fit(x, y)
+
+    return {"tfidf_words": fit(TfidfVectorizer()),
+            "tfidf_bigrams": fit(TfidfVectorizer(ngram_range=(1, 2), min_df=2)),
+            "tfidf_chars": fit(TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 4), min_df=2)),
+            "hashing": fit(HashingVectorizer(n_features=2**18))}
+
+
+def pseudo_text(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` documents of 20-60 words (``<U{n}``) and their 0/1 labels, deterministic: words
+    made of syllables, drawn Zipf-like from a 5,000-word vocabulary, plus a few words of a
+    label's own 50 (so that the models learn something)."""
+    rng = np.random.default_rng(seed)
+    syllables = np.array(["ka", "to", "ri", "mu", "se", "na", "lo", "pe", "vi", "du", "xo", "be", "qua", "sti"])
+    vocabulary = np.array(["".join(rng.choice(syllables, rng.integers(1, 5))) for _ in range(5000)])
+    labels = rng.integers(0, 2, rows)
+    lengths = rng.integers(20, 61, rows)
+    words = vocabulary[(rng.zipf(1.3, int(lengths.sum())) - 1) % len(vocabulary)]
+    cues = vocabulary[rng.integers(0, 50, rows * 3) + 50 * np.repeat(labels, 3)].reshape(rows, 3)
+    ends = np.cumsum(lengths)
+    docs = [" ".join([*words[end - length:end - 3], *cues[i]]) for i, (end, length) in enumerate(zip(ends, lengths))]
+    return np.asarray(docs), labels
+
+
 SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int, int]] = {
     # suite: (members, default rows, default rows per shard)
     "mixed": (mixed_members, 200_000, 25_000),
     "gil": (gil_members, 200_000, 12_500),
+    "text": (text_members, 40_000, 5_000),
 }
 
 
@@ -134,15 +171,17 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int, max_nbyt
 
 
 def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
-             executor_cpus: float | None, executors: str, agents: int = 1) -> Path:
-    """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus;
-    ``cores`` cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each."""
+             executor_cpus: float | None, executors: str, text: bool = False, agents: int = 1) -> Path:
+    """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus
+    (``text``: the data is ``data.parquet``, whose ``text`` column every member takes); ``cores``
+    cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each."""
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
-             "[data]", 'path = "data.npy"', f"rows_per_shard = {shard_rows}", ""]
+             "[data]", f'path = "{"data.parquet" if text else "data.npy"}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
-                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512", ""]
+                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512",
+                  *(['text = "text"'] if text else []), ""]
         if executor_cpus is not None:
             lines.insert(-1, f"executor_cpus = {executor_cpus}")
     lines += ["[framework]", f'executors = "{executors}"', ""]
@@ -283,13 +322,19 @@ class SlotTimeline:
 def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
     make, default_rows, default_shard_rows = SUITES[suite]
     rows, shard_rows = args.rows or default_rows, args.shard_rows or default_shard_rows
-    x_all, y_all = make_classification(n_samples=rows + 20_000, n_features=args.features, n_informative=10,
-                                       random_state=0)
+    text = suite == "text"
+    if text:
+        x_all, y_all = pseudo_text(rows + 20_000)
+    else:
+        x_all, y_all = make_classification(n_samples=rows + 20_000, n_features=args.features, n_informative=10,
+                                           random_state=0)
     x_train, y_train, x = x_all[:20_000], y_all[:20_000], x_all[20_000:]
     members = make(x_train, y_train)
     shards = [x[i:i + shard_rows] for i in range(0, len(x), shard_rows)]
     tasks = len(members) * len(shards)
-    print(f"\n== {suite}: {', '.join(members)}; {rows:,} rows x {args.features} features, {len(shards)} shards "
+    shape = (f"{rows:,} documents of 20-60 words (longest {x.dtype.itemsize // 4} characters)" if text
+             else f"{rows:,} rows x {args.features} features")
+    print(f"\n== {suite}: {', '.join(members)}; {shape}, {len(shards)} shards "
           f"= {tasks} tasks; {args.cores} cores; load average {os.getloadavg()[0]:.1f}")
 
     with tempfile.TemporaryDirectory(prefix="cores-bench-") as tmp:
@@ -298,7 +343,10 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
         for name, model in members.items():
             paths[name] = directory / f"{name}.joblib"
             joblib.dump(model, paths[name])
-        np.save(directory / "data.npy", x)
+        if text:
+            pq.write_table(pa.table({"text": pa.array(x.tolist(), pa.string())}), directory / "data.parquet")
+        else:
+            np.save(directory / "data.npy", x)
 
         # The physical limit: every task's single-thread compute, summed, over the cores.
         per_member: dict[str, float] = {}
@@ -333,7 +381,7 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
             assert np.array_equal(parallel, sequential), f"{label} and sequential disagree"
 
         spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
-                                 args.executors))
+                                 args.executors, text))
         timeline = SlotTimeline(args.cores) if args.timeline else contextlib.nullcontext()
         start, cpu = time.perf_counter(), cpu_seconds()
         with timeline:
@@ -367,7 +415,8 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("mixed", "gil", "both"), default="both")
+    parser.add_argument("--suite", choices=("mixed", "gil", "text", "both", "all"), default="all",
+                        help="both: mixed and gil; all: the three")
     parser.add_argument("--rows", type=int, default=0, help="rows to predict (default: per suite)")
     parser.add_argument("--shard-rows", type=int, default=0, help="rows per shard (default: per suite)")
     parser.add_argument("--features", type=int, default=20)
@@ -381,7 +430,8 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="print each Mesos task per executor slot and where the cores' time went")
     args = parser.parse_args()
-    for suite in (("mixed", "gil") if args.suite == "both" else (args.suite,)):
+    chosen = {"both": ("mixed", "gil"), "all": ("mixed", "gil", "text")}.get(args.suite, (args.suite,))
+    for suite in chosen:
         run_suite(suite, args)
 
 

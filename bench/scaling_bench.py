@@ -140,7 +140,7 @@ def main() -> None:
                 assert np.array_equal(parallel, sequential), "joblib and sequential disagree"
             state = directory / f"job-{run.agents}-{run.cores}"
             spec = load_job(cores_bench.job_file(directory, paths, shard_rows, run.cores, 1.0, None, "shared",
-                                                 run.agents))
+                                                 agents=run.agents))
             started = time.perf_counter()
             outcome = JobRunner(spec, progress=lambda message: None, state_dir=state / "job.state").run()
             seconds = time.perf_counter() - started

@@ -62,6 +62,16 @@ def encode_classes(classes: Any) -> dict[str, Any] | None:
     return {"dtype": array.dtype.str if array.dtype.kind != "O" else "object", "values": values}
 
 
+def takes_text(estimator: Any) -> bool:
+    """Whether the model's input is text: it is (or a Pipeline whose first step, however nested,
+    is) a scikit-learn text vectorizer (``CountVectorizer``, ``TfidfVectorizer``,
+    ``HashingVectorizer``: they build an analyzer) reading documents given as strings."""
+    first = estimator
+    while isinstance(getattr(first, "steps", None), list) and first.steps:
+        first = first.steps[0][1]
+    return callable(getattr(first, "build_analyzer", None)) and getattr(first, "input", "content") == "content"
+
+
 def describe(estimator: Any, version: str | None, loaded_bytes: int) -> dict[str, Any]:
     """The model's metadata as plain JSON values."""
     kind = type(estimator)
@@ -76,6 +86,7 @@ def describe(estimator: Any, version: str | None, loaded_bytes: int) -> dict[str
         "methods": [m for m in OUTPUTS if getattr(estimator, m, None) is not None],
         "sklearn_version": version,
         "loaded_bytes": int(loaded_bytes),
+        "takes_text": takes_text(estimator),
     }
 
 

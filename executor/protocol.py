@@ -35,6 +35,7 @@ BUNDLE_SCHEMA = "mesos-ensemble/bundle/1"
 BUNDLE_RESULT_SCHEMA = "mesos-ensemble/bundle-result/1"
 
 Operation = Literal["predict", "cv_fit_predict"]
+InputFormat = Literal["float64", "text"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class TaskPayload:
     inputs: list[ShardPart] = field(default_factory=list)
     """When given, the model's input instead of ``shard``/``columns``: these parts' columns side
     by side (each file downloaded once per executor, like a shard)."""
+    input_format: InputFormat = "float64"
+    """What ``shard`` holds: ``float64``, a 2-D matrix of features (the model takes ``columns``);
+    ``text``, a 1-D fixed-width unicode array (``<U{n}``), one document per row, which the model
+    gets as it is (a 1-D array of ``str``, as scikit-learn's text vectorizers take)."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -141,6 +141,8 @@ class Replica:
         self.port = 0
         self.draining = False
         self.in_flight = 0
+        self.abandoned = False
+        """A drain ran out of grace with predictions still computing: they are not waited for."""
         self.served = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -279,13 +281,14 @@ class Replica:
         self._close_loop()
         # Nothing in flight (the usual end of a drain): wait for the prediction threads to end, so
         # none outlives the replica; a prediction still running past the grace is not waited for.
-        self.threads.shutdown(wait=not self.in_flight, cancel_futures=True)
+        self.threads.shutdown(wait=not (self.in_flight or self.abandoned), cancel_futures=True)
 
     async def _drain(self, grace: float) -> None:
         if self._idle is not None and self.in_flight:
             try:
                 await asyncio.wait_for(self._idle.wait(), grace)
             except asyncio.TimeoutError:
+                self.abandoned = True  # closing the port cancels their handlers, not their threads
                 log.warning("replica %s of %s: %d request(s) still in flight after %.1f s; closing",
                             self.task_id, self.payload.model, self.in_flight, grace)
         if self._runner is not None:

@@ -288,7 +288,7 @@ def call_method(model: Any, method: str, features: np.ndarray, model_name: str) 
     if function is None:
         raise MemberError(f"model {model_name} ({type(model).__name__}) has no method {method}")
     expected = getattr(model, "n_features_in_", None)
-    if expected is not None and features.shape[1] != expected:
+    if expected is not None and features.ndim == 2 and features.shape[1] != expected:
         raise MemberError(
             f"model {model_name} expects {expected} features, the shard has {features.shape[1]}"
         )
@@ -306,6 +306,13 @@ def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.nda
     if payload.inputs:
         return model, assemble_parts(payload, cache)
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
+    if payload.input_format == "text":
+        if features.ndim != 1 or features.dtype.kind != "U":
+            raise TaskError(f"text shard {payload.shard_index} has shape {features.shape} and dtype {features.dtype}, "
+                            "expected a 1-D unicode array")
+        return model, features
+    if payload.input_format != "float64":
+        raise TaskError(f"unknown input format {payload.input_format!r}")
     if features.ndim != 2:
         raise TaskError(f"shard {payload.shard_index} has shape {features.shape}, expected 2 dimensions")
     return model, features
@@ -328,7 +335,9 @@ def assemble_parts(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
 
 
 def model_columns(payload: TaskPayload, features: np.ndarray) -> np.ndarray:
-    """The columns of the shard that this task's model takes."""
+    """The columns of the shard that this task's model takes (a text shard: all of it, 1-D)."""
+    if payload.input_format == "text":
+        return features
     if payload.columns:
         if max(payload.columns) >= features.shape[1]:
             raise TaskError(f"model {payload.model_name} takes column {max(payload.columns)}, "

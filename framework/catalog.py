@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from executor.protocol import RemoteFile, ShardPart, TaskPayload
 from framework.artifacts import ArtifactServer
-from framework.dataset import Shard
+from framework.dataset import Shard, text_kind
 from framework.jobspec import JobSpec, ModelSpec
 from framework.packing import Agent, Resources, TaskDemand
 from framework.sources import SourceShards
@@ -200,6 +200,12 @@ class JobCatalog(JobDemands):
             parts = [ShardPart(self.part_files[(group, item.shard)], columns)
                      for group, columns in self.source_shards.parts[model.name]]
             inputs = {"shard": parts[0].file, "shard_index": item.shard, "inputs": parts}
+        elif kind == "data" and model.text is not None:
+            # A text member: its column's text shard (a 1-D unicode .npy), handed to it as it is.
+            text = text_kind(self.spec.data.text.index(model.text))
+            shard = self.shards[text][item.shard]
+            inputs = {"shard": RemoteFile(self.shard_urls[(text, shard.index)], shard.sha256),
+                      "shard_index": shard.index, "input_format": "text"}
         else:
             shard = self.shards[kind][item.shard]
             train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])

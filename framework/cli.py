@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--work-dir", type=Path, help="keep the cluster's sandboxes here (default: a temporary dir)")
     serve.add_argument("--reload", action="store_true",
                        help="do not deploy: tell the serve running from --state-dir to reload the job file "
-                            "(rolls changed models; as SIGHUP)")
+                            "(rolls changed models, applies changed [serve] fields live; as SIGHUP)")
     serve.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="once serving, print the gateway's address and replicas as one JSON document")
     for sub in commands.choices.values():

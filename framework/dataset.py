@@ -99,9 +99,15 @@ def open_data(spec: DataSpec) -> TableReader:
     return open_table(spec.path, CsvOptions(delimiter=spec.delimiter, encoding=spec.encoding))
 
 
+def is_text(kind: pa.DataType) -> bool:
+    """A type a text member's column may have: strings (or all-null, refused row by row)."""
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind))
+
+
 def _columns(spec: DataSpec, reader: TableReader) -> tuple[tuple[str, ...], dict[str, pa.DataType]]:
-    """The feature columns (named, or every column but the label) and the types to read them as;
-    a missing or non-numeric column is refused naming it."""
+    """The feature columns (named, or every column but the label and the text members' columns)
+    and the types to read them (and the text columns) as; a missing or non-numeric feature column,
+    or a text column that is missing or does not hold strings, is refused naming it."""
     path, names = spec.path, reader.schema.names
     npy = reader.format == "npy"
     listing = (f"x0..x{len(names) - 1}" if npy else f"the header {names[:20]}" if reader.format == "csv"
@@ -109,12 +115,19 @@ def _columns(spec: DataSpec, reader: TableReader) -> tuple[tuple[str, ...], dict
     if spec.label is not None and spec.label not in names:
         raise JobSpecError(f"{path}: label {spec.label!r} must name a column {listing}" if npy
                            else f"{path}: label column {spec.label!r} is not in {listing}")
-    features = spec.features or tuple(n for n in names if n != spec.label)
+    for name in spec.text:
+        if name not in names:
+            raise JobSpecError(f"{path}: text column {name!r} (a model's text) is not in {listing}")
+        kind = reader.schema.field(name).type
+        if not is_text(kind):
+            raise JobSpecError(f"{path}: text column {name!r} (a model's text) holds {kind}, expected text "
+                               "(a string column)")
+    features = spec.features or tuple(n for n in names if n != spec.label and n not in spec.text)
     for name in features:
         if name not in names:
             raise JobSpecError(f"{path}: feature {name!r} must name a column {listing}" if npy
                                else f"{path}: feature column {name!r} is not in {listing}")
-    if not features:
+    if not features and not spec.text:
         raise JobSpecError(f"{path}: no feature columns (only the label {spec.label!r})")
     types: dict[str, pa.DataType] = {name: pa.float64() for name in features}
     if reader.format != "csv":
@@ -123,6 +136,7 @@ def _columns(spec: DataSpec, reader: TableReader) -> tuple[tuple[str, ...], dict
             if not is_numeric(kind):
                 raise JobSpecError(f"{path}: column {name!r} is {kind}, expected numbers (feature columns must be "
                                    "numeric; name the ones to use in [data] features)")
+    types.update({name: pa.string() for name in spec.text})
     if spec.label is not None and reader.format == "csv":
         types[spec.label] = pa.string()  # labels may be text; read as numbers later if they all are
     return tuple(features), types
@@ -135,10 +149,12 @@ def describe_data(spec: DataSpec, sample_rows: int = SAMPLE_ROWS) -> DataInfo:
     features, types = _columns(spec, reader)
     if reader.format == "csv":
         _check_csv_inference(reader, features)
-    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    columns = list(features) + list(spec.text) + ([spec.label] if spec.label is not None else [])
     taken = 0
     parts: list[Dataset] = []
     for table in rebatch(reader.iter_batches(columns, types=types), max(1, sample_rows)):
+        for name in spec.text:  # a missing text in the sample is named now (run checks every row)
+            text_array(table.column(name), f"{spec.path}: text column {name!r}", 0)
         parts.append(_as_dataset(table, features, spec.label))
         taken += table.num_rows
         break
@@ -226,11 +242,13 @@ def non_finite_columns(dataset: Dataset) -> list[NonFinite]:
 def write_shard(index: int, start: int, matrix: np.ndarray, directory: Path, kind: str = "data") -> Shard:
     """Write ``matrix`` (rows ``start``... of the data) as ``<kind>-<index>.npy`` in ``directory``,
     under a temporary name then renamed (a reader never sees half a shard; the work directory is
-    scratch, so it is not fsynced), and return its :class:`Shard`."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
+    scratch, so it is not fsynced), and return its :class:`Shard`.  ``matrix`` is float64 (a
+    feature shard) or, for a text shard, a 1-D fixed-width unicode array (``<U{n}``, see
+    :func:`text_array`), written as it is."""
+    matrix = np.ascontiguousarray(matrix, dtype=None if matrix.dtype.kind == "U" else np.float64)
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(matrix))
-    body = memoryview(matrix.data).cast("B") if matrix.size else memoryview(b"")
+    body = memoryview(matrix.reshape(-1).view(np.uint8).data) if matrix.size else memoryview(b"")
     digest = hashlib.sha256(header.getvalue())
     digest.update(body)
     path = directory / f"{kind}-{index:05d}.npy"
@@ -240,6 +258,18 @@ def write_shard(index: int, start: int, matrix: np.ndarray, directory: Path, kin
         handle.write(body)
     os.replace(temporary, path)
     return Shard(index, start, start + matrix.shape[0], digest.hexdigest(), path=path)
+
+
+def text_array(column: pa.ChunkedArray | pa.Array, where: str, first_row: int) -> np.ndarray:
+    """A string column as a 1-D fixed-width unicode array (``<U{n}``, n its longest value: what
+    ``np.load(..., allow_pickle=False)`` reads back, no objects); a missing value is refused
+    naming its row (``where``: the file and column; ``first_row``: the column's first data row)."""
+    if column.null_count:
+        nulls = np.asarray(column.is_null())
+        raise JobSpecError(f"{where}, data row {first_row + int(np.argmax(nulls)) + 1}: missing text (null); a text "
+                           "member needs a string in every row (an empty one is fine)")
+    values = column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column.to_numpy()
+    return np.asarray(values.astype(str) if len(values) else np.empty(0, dtype="<U1"))
 
 
 @dataclass
@@ -252,6 +282,8 @@ class SpilledData:
     non_finite: list[NonFinite]
     """Every feature column holding NaN or inf, with its first such rows (the whole data scanned)."""
     labels_path: Path | None = None
+    text_shards: dict[str, list[Shard]] = dataclasses.field(default_factory=dict)
+    """Per text column (``DataSpec.text``), its shards: ``<U{n}`` ``.npy`` files, one per shard."""
 
     def labels(self) -> np.ndarray | None:
         """The label column (memory-mapped from its file), or None."""
@@ -282,9 +314,10 @@ class _NonFiniteTracker:
         return [self.found[n] for n in self.names if n in self.found]
 
 
-def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: int,
-                     labels: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """``(start, features, raw labels)`` of each shard of ``rows_per_shard`` rows, streamed."""
+def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: int, labels: bool = True
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]]:
+    """``(start, features, raw labels, text columns)`` of each shard of ``rows_per_shard`` rows,
+    streamed (the text columns, ``spec.text``, as :func:`text_array` makes them)."""
     if not labels:
         spec = dataclasses.replace(spec, label=None)
     reader = open_data(spec)
@@ -295,14 +328,16 @@ def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: 
         for start in range(0, rows, rows_per_shard):
             stop = min(start + rows_per_shard, rows)
             label_values = reader.float64_rows(start, stop, label)[:, 0] if label else None
-            yield start, reader.float64_rows(start, stop, features), label_values
+            yield start, reader.float64_rows(start, stop, features), label_values, {}
         return
-    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    columns = list(features) + list(spec.text) + ([spec.label] if spec.label is not None else [])
     start = 0
     batches = reader.iter_batches(columns, rows=min(rows_per_shard, DEFAULT_BATCH_ROWS), types=types)
     for table in rebatch(batches, rows_per_shard):  # memory: a shard and a batch no larger
         label_values = _raw_labels(table.column(spec.label)) if spec.label is not None else None
-        yield start, to_float64(table, features), label_values
+        texts = {name: text_array(table.column(name), f"{spec.path}: text column {name!r}", start)
+                 for name in spec.text}
+        yield start, to_float64(table, features), label_values, texts
         start += table.num_rows
 
 
@@ -314,7 +349,7 @@ def scan_data(spec: DataSpec, features: tuple[str, ...]) -> tuple[int, list[NonF
     NaN or inf with its first such rows (``validate --scan``)."""
     tracker = _NonFiniteTracker(features)
     rows = 0
-    for start, matrix, _labels in iter_data_shards(spec, features, SCAN_ROWS, labels=False):
+    for start, matrix, _labels, _texts in iter_data_shards(spec, features, SCAN_ROWS, labels=False):
         tracker.add(start, matrix)
         rows = start + matrix.shape[0]
     return rows, tracker.result()
@@ -329,11 +364,14 @@ def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
     directory.mkdir(parents=True, exist_ok=True)
     tracker = _NonFiniteTracker(features)
     shards: list[Shard] = []
+    text_shards: dict[str, list[Shard]] = {name: [] for name in spec.text}
     parts = directory / f".{kind}-labels.parts"
     with parts.open("wb") as label_parts:  # each shard's labels, one .npy after the other
-        for index, (start, matrix, labels) in enumerate(iter_data_shards(spec, features, per_shard)):
+        for index, (start, matrix, labels, texts) in enumerate(iter_data_shards(spec, features, per_shard)):
             tracker.add(start, matrix)
             shards.append(write_shard(index, start, matrix, directory, kind))
+            for number, name in enumerate(spec.text):
+                text_shards[name].append(write_shard(index, start, texts[name], directory, text_kind(number)))
             if labels is not None:
                 np.save(label_parts, labels, allow_pickle=False)
     rows = shards[-1].stop if shards else 0
@@ -343,7 +381,12 @@ def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
     labels_path = (_join_labels(parts, len(shards), directory / f"{kind}-labels.npy", rows)
                    if spec.label is not None else None)
     parts.unlink()
-    return SpilledData(shards, rows, features, tracker.result(), labels_path)
+    return SpilledData(shards, rows, features, tracker.result(), labels_path, text_shards)
+
+
+def text_kind(number: int) -> str:
+    """The shard kind (file name prefix, artifact name) of the ``number``-th text column."""
+    return f"text{number}"
 
 
 def _join_labels(parts: Path, count: int, path: Path, rows: int) -> Path:

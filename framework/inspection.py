@@ -89,6 +89,8 @@ class ModelMetadata:
     """Memory the loaded model holds: the resident set's growth on a second load, or the file's size."""
     untrusted_types: tuple[str, ...] = ()
     """skops files: the types skops does not trust by itself (all allowed, or it was not loaded)."""
+    takes_text: bool = False
+    """Its input is text (a text vectorizer, or a Pipeline starting with one): a text member."""
 
     # The estimator's inspectable surface, as scikit-learn's checks read it: a fitted attribute
     # the model lacks is missing here too (AttributeError), as on the estimator.
@@ -150,6 +152,7 @@ class ModelMetadata:
             "classes": self.classes.tolist() if self.classes is not None else None,
             "methods": sorted(self.methods), "sklearn_version": self.sklearn_version,
             "loaded_bytes": self.loaded_bytes, "untrusted_types": list(self.untrusted_types),
+            "takes_text": self.takes_text,
         }
 
 
@@ -232,7 +235,7 @@ def parse_metadata(path: Path, raw: Any) -> ModelMetadata:
         n_features_in=n_in, feature_names_in=tuple(names) if names is not None else None,
         classes=_decode_classes(raw.get("classes")), methods=frozenset(methods),
         sklearn_version=check("sklearn_version", str), loaded_bytes=check("loaded_bytes", int, optional=False),
-        untrusted_types=tuple(untrusted),
+        untrusted_types=tuple(untrusted), takes_text=check("takes_text", bool) is True,
     )
 
 
@@ -489,6 +492,7 @@ def describe_metadata(metadata: ModelMetadata) -> str:
         f"{metadata.path}: {metadata.format} file, {_size(size)}"
         + (" (a pickle: loading it runs its code)" if metadata.format == "joblib" else ""),
         f"  estimator: {metadata.estimator_class} ({metadata.estimator_type or 'neither classifier nor regressor'})",
+        "  input: text (one string column per row: give it text = \"column\" in a job)" if metadata.takes_text else
         f"  features: {metadata.n_features_in if metadata.n_features_in is not None else 'unknown'}"
         + (f" ({', '.join(names[:20])}{', ...' if len(names) > 20 else ''})" if names is not None else ""),
         f"  classes: {classes[:20]}{' ...' if len(classes) > 20 else ''}" if classes is not None else "  classes: -",

@@ -27,7 +27,8 @@ from framework import ensemble
 from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
-from framework.dataset import DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards
+from framework.dataset import (DataInfo, describe_data, non_finite_columns, open_data, scan_data, spill_shards,
+                               text_kind)
 from framework.errors import JobFailed, JobSpecError, MasterLost
 from framework.executor_package import build_executor_package
 from framework.inspection import inspect_job_models
@@ -287,7 +288,8 @@ class JobRunner:
                 stack.callback(shutil.rmtree, work_dir / "shards", True)
                 check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
                 self.progress.note(f"data: {data.rows} rows in {len(data.shards)} shards")
-                shards = {"data": data.shards}
+                shards = {"data": data.shards,
+                          **{text_kind(i): data.text_shards[name] for i, name in enumerate(spec.data.text)}}
                 shard_rows, labels = [s.rows for s in data.shards], data.labels()
             master, python = self._master(stack, work_dir)
             server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),

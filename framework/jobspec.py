@@ -69,6 +69,9 @@ class ModelSpec:
     """skops: types allowed on top of the default (scikit-learn's and numpy's own classes)."""
     timeout: float | None = None
     """Seconds one task may compute; past it the task is killed and retried on another agent."""
+    text: str | None = None
+    """A text member: the one string column of the data it takes, handed to it as a 1-D array of
+    ``str`` (as a ``TfidfVectorizer`` pipeline wants); None: it takes numbers (``features``)."""
     inputs: tuple["SourceColumns", ...] = ()
     """With ``[[sources]]``: the sources this member reads and their columns, in order (from
     ``source`` [+ ``features``] or ``columns``); empty: resolved from the model (see
@@ -124,6 +127,9 @@ class DataSpec:
     """CSV only: the field delimiter."""
     encoding: str = "utf-8"
     """CSV only: the text encoding (any Python codec name pyarrow accepts, e.g. latin-1)."""
+    text: tuple[str, ...] = ()
+    """The string columns text members take (their ``text``), each cut into text shards of its
+    own; never numeric features."""
     primary: str | None = None
     """With ``[[sources]]``: the source whose row order the output keeps (default: the first)."""
     missing: str = "error"
@@ -333,6 +339,17 @@ def load_job(path: Path | str) -> JobSpec:
     if sources and "stacking" in raw:
         top.fail("stacking", "cannot be used with [[sources]] yet (its train set is one [data]-style file)")
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
+    texts = [(i, m) for i, m in enumerate(models) if m.text is not None]
+    if texts and stacking is not None:
+        top.fail(f"models[{texts[0][0]}] ({texts[0][1].name}).text", "cannot be used with [stacking] yet (its "
+                                                                     "cross-validation folds take numbers only)")
+    if texts and data.features is not None:
+        for i, m in texts:
+            if m.text in data.features:
+                top.fail(f"models[{i}] ({m.name}).text", f"names {m.text!r}, which data.features lists as a numeric "
+                                                         "feature; list only numeric columns in data.features")
+    if texts:
+        data = dataclasses.replace(data, text=tuple(dict.fromkeys(m.text for _i, m in texts if m.text)))
     train_table = ensemble.method(integration).train_table
     if train_table is not None and train_table not in raw:
         job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')
@@ -429,7 +446,7 @@ def _parse_model(source: Path, index: int, entry: Any, source_names: tuple[str, 
     section.reject_unknown(
         {"name", "path", "sha256", "kind", "output", "weight", "proba_class", "cpus", "mem", "disk", "gpus",
          "executor_cpus", "executor_mem", "constraints", "duration", "features", "allow_nan",
-         "format", "trusted_types", "timeout", "source", "columns"}
+         "format", "trusted_types", "timeout", "source", "columns", "text"}
     )
     name = section.get("name", str, required=True)
     section.prefix = f"models[{index}] ({name})"
@@ -466,6 +483,15 @@ def _parse_model(source: Path, index: int, entry: Any, source_names: tuple[str, 
         section.fail("trusted_types", f"applies only to skops files; {path.name} is a {model_format} file, "
                                       "whose code runs when it is loaded whatever this list says")
     inputs = _parse_model_inputs(section, features, source_names)
+    text = section.get("text", str)
+    if text is not None:
+        if not text:
+            section.fail("text", "must name the string column this model takes, got ''")
+        if features is not None:
+            section.fail("text", f"and features are both given; a text member takes one string column ({text!r}), "
+                                 "a numeric member takes features")
+        if source_names:
+            section.fail("text", "cannot be used with [[sources]] yet; give the data as [data] path")
     number: Callable[..., Any] = section.number
     return ModelSpec(
         name=name, path=path, sha256=sha256, kind=kind, output=output,
@@ -478,7 +504,7 @@ def _parse_model(source: Path, index: int, entry: Any, source_names: tuple[str, 
         allow_nan=section.get("allow_nan", bool, False),
         format=model_format, trusted_types=tuple(trusted_types),
         timeout=number("timeout", None, positive=True),
-        inputs=inputs,
+        inputs=inputs, text=text,
     )
 
 

@@ -30,10 +30,32 @@ def member_features(spec: JobSpec, estimators: dict[str, Any],
     A model's ``features`` if given (each must be a feature column of the data); else the
     columns it was fitted on (``feature_names_in_``, as a DataFrame fit records them) when the
     data has them all; else every feature column.
+
+    A text member (``text``) takes its one string column; a numeric member naming a text column,
+    or either kind of member given the other kind of model (by what its inspection found), is
+    refused in one line.
     """
     chosen: dict[str, tuple[str, ...] | None] = {}
     for index, model in enumerate(spec.models):
+        takes_text = bool(getattr(estimators[model.name], "takes_text", False))
+        text = getattr(model, "text", None)  # (duck-typed specs of numeric members may lack it)
+        if text is not None:
+            n_in = getattr(estimators[model.name], "n_features_in_", None)
+            if n_in is not None and not takes_text:
+                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).text names the text column "
+                                   f"{text!r}, but the model takes {n_in} numeric features (n_features_in_); give it "
+                                   "features instead")
+            chosen[model.name] = (text,)
+            continue
+        if takes_text:
+            raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}): the model takes text (its first step "
+                               "is a text vectorizer); name its string column with text = \"...\"")
         if model.features is not None:
+            texts = [f for f in model.features if f in spec.data.text]
+            if texts:
+                raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names {texts[0]!r}, a text "
+                                   f"column; a numeric member takes numbers (a text member takes it with "
+                                   f"text = {texts[0]!r})")
             unknown = [f for f in model.features if f not in data_features]
             if unknown:
                 raise JobSpecError(f"{spec.source}: models[{index}] ({model.name}).features names columns that are not "
@@ -63,4 +85,5 @@ def member_specs(spec: JobSpec, estimators: dict[str, Any],
 
 def member_columns(members: list[ensemble.MemberSpec], data_features: tuple[str, ...]) -> dict[str, list[int]]:
     """Per member, the indexes of its columns in the shards (empty: all columns)."""
-    return {m.name: [data_features.index(f) for f in m.features] if m.features is not None else [] for m in members}
+    return {m.name: [data_features.index(f) for f in m.features]
+            if m.features is not None and all(f in data_features for f in m.features) else [] for m in members}

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import logging
 import shlex
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from executor.protocol import BundlePayload, BundleResult, TaskPayload
 from framework.offers import OfferView
@@ -226,22 +227,21 @@ class PoolAllocator:
         return resources
 
 
+def free_ports(free_ranges: Iterable[tuple[int, int]], taken: Iterable[int] = ()) -> Iterator[int]:
+    """The ports of the inclusive ``free_ranges`` (an agent's offered ``port_ranges``), lowest
+    first, none of ``taken``; lazily, so a caller can stop at the first it can use."""
+    skip = set(taken)
+    for begin, end in normalize_port_ranges(free_ranges):
+        yield from (port for port in range(begin, end + 1) if port not in skip)
+
+
 def assign_ports(free_ranges: Iterable[tuple[int, int]], count: int, taken: Iterable[int] = ()) -> list[int]:
     """``count`` ports from the inclusive ``free_ranges`` (an agent's offered ``port_ranges``),
     lowest first, none of ``taken`` (those already given to other tasks of this round).
     Raises ValueError when the ranges hold fewer than ``count`` such ports."""
     if count < 0:
         raise ValueError(f"a negative number of ports: {count}")
-    skip = set(taken)
-    chosen: list[int] = []
-    for begin, end in normalize_port_ranges(free_ranges):
-        port = begin
-        while port <= end and len(chosen) < count:
-            if port not in skip:
-                chosen.append(port)
-            port += 1
-        if len(chosen) == count:
-            return chosen
+    chosen = list(itertools.islice(free_ports(free_ranges, taken), count))
     if len(chosen) < count:
         raise ValueError(f"ports: {count} wanted, the offered ranges hold {len(chosen)} free")
     return chosen

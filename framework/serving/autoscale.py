@@ -4,27 +4,39 @@
 the controller calls it every ``scale_interval_s`` with the last window's :class:`MemberLoad`
 per member and keeps the returned :class:`AutoscaleState` for the next call.
 
+* **Sized by utilisation** when the samples carry the gateway's ``busy`` measure (replica-seconds
+  of calls per second over the window; over the window's rate, what one request costs): the
+  replicas that keep each busy at most ``UP_UTILISATION`` of the time at the *rate now* (the
+  higher of the window's and the recent one, ``recent_rate_rps``, over the last couple of
+  seconds) are asked for at once, as Ray Serve's target ongoing requests or Knative's
+  concurrency target do: a step in the load is asked for within a decision or two, before the
+  p99 or the queue show it (a new replica's start takes CPU too: better asked early).
 * **Up, at once**, when the member is *pressed*: its p99 is above ``target_p99_ms``, or its
-  queue grew since the last decision and holds more than one request per ready replica.  The
-  step is the most of what the measured rate says, ``rate / (capacity x HEADROOM)`` replicas
-  (the capacity is the highest rate per ready replica seen while the member met its target:
-  what a replica is known to carry), and the ready count times the pressure (p99 over target;
-  waiting plus in-flight requests over in-flight ones, at most ``QUEUE_STEP``); at most
-  :data:`MAX_STEP_FACTOR` times the ready count per decision.  So a 4x load step is met in one
-  decision, two without a capacity measurement.  The samples' p99 is measured over a window
-  (``window_s``, the gateway's): after a step up it still holds the requests from before, so
-  until that window has passed only a p99 worse than the one that made the step counts again
-  (a stale p99 does not multiply the replicas twice); the rate alone may still ask for more.
+  queue grew since the last decision and holds more than one request per ready replica.  With a
+  busy measure only load presses: a slow p99 while the replicas are busy less than
+  ``IDLE_UTILISATION`` of the time is not the load's (a cold first call, a neighbour's CPU), nor
+  a growing backlog below ``UP_UTILISATION`` (the next batch takes it).  The step is the most of
+  the utilisation's count, what the measured rate says, ``rate / (capacity x HEADROOM)``
+  replicas (the capacity is the highest rate per ready replica seen while the member met its
+  target with a whole window served by that many), and the ready count times the pressure (p99
+  over target; waiting plus in-flight requests over in-flight ones, at most ``QUEUE_STEP``); at
+  most :data:`MAX_STEP_FACTOR` times the ready count per decision.  The samples' p99 is measured
+  over a window (``window_s``, the gateway's): after a step up it still holds the requests from
+  before, so until that window has passed only a p99 worse than the one that made the step
+  counts again (a stale p99 does not multiply the replicas twice).
 * **Down, slowly**: only after ``scale_down_delay_s`` during which every sample met the target
-  with replicas to spare: the known capacity (the highest rate per replica seen while the target
-  was met, but at most ``PROBE`` of the lowest rate per replica that ever pressed it) carries
-  the rate on fewer; or, a careful probe once the last scale-up is a delay old, the member stays
-  comfortably under its target (p99 at most ``COMFORT`` of it) and one replica fewer would each
-  carry less than ``PROBE`` of that pressing rate (the capacity is only measured up to the load
-  the replicas have seen, so an over-sized step up is undone one replica at a time).  It then
-  goes to the largest count any sample of that window needed (hysteresis: a noisy rate does not
-  flap), and the next step down waits a whole delay again.  A step down that pressed the member
-  lowers the known capacity, so it is not tried again at that load.
+  with replicas to spare, to the largest count any sample of that delay needed (hysteresis: a
+  noisy rate does not flap), and the next step down waits a whole delay again.  With a busy
+  measure, "to spare" is: fewer replicas would each be busy at most ``DOWN_UTILISATION`` of the
+  time at the rate now (below ``UP_UTILISATION``: no flapping between the two).  A step down that
+  the p99 refuses (slow within a delay of it, at about the same rate: ``SAME_LOAD``) is undone at
+  once by the pressure, and later steps down expect at most ``PROBE`` of the utilisation it
+  expected, for ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity
+  (at most ``PROBE`` of the lowest rate per replica that pressed it, taken only from a window
+  that many ready replicas served, at the rate now) carries the rate on fewer; or, a careful
+  probe once the last scale-up is a delay old, the member stays comfortably under its target
+  (p99 at most ``COMFORT`` of it) and one replica fewer would each carry less than ``PROBE`` of
+  that pressing rate.  The pressing rate is forgotten after ``PRESSED_MEMORY_DELAYS`` delays.
 * Always within the member's ``min_replicas..max_replicas``.
 
 No clock, threads or I/O: the time is the ``now`` argument.
@@ -52,8 +64,25 @@ COMFORT = 0.3
 """A p99 at most this share of the target leaves room to try one replica fewer."""
 PROBE = 0.8
 """One replica fewer is tried only below this share of the rate per replica that once pressed."""
+SAME_LOAD = 1.25
+"""A slow p99 soon after a step down refuses that step only at a rate at most this times the
+rate then (a load that rose since is not the step down's fault)."""
 MANY = 1_000_000
 """More replicas than any bound allows (the spec's ``max_replicas`` clamps it)."""
+RECENT_S = 2.0
+"""The gateway's recent rate is measured over the last this many seconds (``recent_rate_rps``)."""
+UP_UTILISATION = 0.7
+"""With a busy measure: replicas are sized so that each is busy at most this share of the time
+at the recent rate (more are asked for at once, before the p99 or the queue says so)."""
+DOWN_UTILISATION = 0.5
+"""With a busy measure: one replica fewer only when each of the rest would be busy at most this
+share of the time (below ``UP_UTILISATION``: the count does not flap between the two)."""
+IDLE_UTILISATION = 0.2
+"""With a busy measure: replicas busy less than this share of the time are not pressed by a slow
+p99 (their requests hardly wait for each other: the latency is not the load's)."""
+PRESSED_MEMORY_DELAYS = 10.0
+"""The rate that pressed the member is forgotten after this many scale-down delays (a step down
+refused once is tried again later: a noisy second need not pin the count for good)."""
 
 
 @dataclass(frozen=True)
@@ -64,13 +93,22 @@ class MemberLoad:
     rate_rps: float
     """Requests per second that arrived for the member (its offered load, not only the served)."""
     queue_depth: int
-    """Requests waiting in the gateway (batcher) for a replica at the end of the window."""
+    """Requests waiting in the gateway (batcher) for a replica at the end of the window (the
+    backlog), plus those shed for capacity over the window (a full queue, a queue timeout):
+    what would be waiting had the queue no cap."""
     in_flight: int
     """Requests sent to replicas and not answered yet."""
     p99_ms: float
     """The member's p99 latency over the window (0 when it had no request)."""
     replicas_ready: int
     """Replicas that passed their health check and take requests."""
+    recent_rate_rps: float | None = None
+    """Requests per second over the last :data:`RECENT_S` seconds (None: not
+    measured): a step in the load shows here within a second or two, in ``rate_rps`` over a window."""
+    busy: float | None = None
+    """Replica-seconds of calls (batches at replicas) per second over the window, i.e. how many
+    replicas were busy on average (None: not measured).  ``busy / rate_rps`` is the replica time
+    one request costs."""
 
 
 class LoadSample(Protocol):
@@ -107,6 +145,26 @@ class MemberScaleState:
     """When the member last scaled up."""
     up_p99: float = 0.0
     """The p99 that made it scale up then (a windowed p99 that is not worse is not news)."""
+    pressed_at: float | None = None
+    """When ``pressed_rps`` was last lowered (it is forgotten ``PRESSED_MEMORY_DELAYS`` delays later)."""
+    down_at: float | None = None
+    """When the member last stepped down."""
+    down_rate: float = 0.0
+    """The rate then."""
+    down_utilisation: float = 0.0
+    """How busy each remaining replica was expected to be after that step down (busy measure)."""
+    refused_utilisation: float = math.inf
+    """The expected utilisation of the lowest step down that the p99 refused (pressed within a
+    delay of it: it was undone); later steps down expect less than ``PROBE`` of it (inf: none)."""
+    refused_at: float | None = None
+    ready: int = -1
+    """The ready replicas of the last sample (-1: none seen yet)."""
+    rose_at: float | None = None
+    """When the ready replicas last grew: for a window after, its p99 still holds requests that
+    fewer replicas served (it says nothing of the rate per replica that presses this many)."""
+    fell_at: float | None = None
+    """When the ready replicas last shrank: for a window after, its met p99 still holds requests
+    that more replicas served (it says nothing of what this many carry)."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +197,12 @@ def decide(spec: ServeSpec, loads: Mapping[str, LoadSample], current_counts: Map
 
 
 def pressed(spec: ServeSpec, load: LoadSample, last_queue: int) -> bool:
-    """The member misses its target: p99 above it, or a queue that grows past one request
-    waiting per ready replica."""
-    return load.p99_ms > spec.target_p99_ms or _growing(load, last_queue)
+    """The member misses its target because of its load: p99 above it, or a queue that grows past
+    one request waiting per ready replica.  With a busy measure, the p99 counts only while the
+    replicas are busy at least ``IDLE_UTILISATION`` of the time, the queue only past ``UP_UTILISATION``."""
+    ready = max(0, load.replicas_ready)
+    return (load.p99_ms > spec.target_p99_ms and _saturated(load, ready, IDLE_UTILISATION)) or \
+        (_growing(load, last_queue) and _saturated(load, ready))
 
 
 def _growing(load: LoadSample, last_queue: int) -> bool:
@@ -158,29 +219,110 @@ def replicas_for(rate_rps: float, capacity_rps: float, headroom: float = 1.0) ->
     return max(1, math.ceil(ratio - 1e-9))
 
 
+def demand(load: LoadSample, rate_rps: float) -> float | None:
+    """Replicas kept busy full time by ``rate_rps``: the sample's busy replicas scaled from its
+    window's rate (the replica time a request costs, times the rate); None without a busy measure."""
+    busy = getattr(load, "busy", None)
+    if busy is None:
+        return None
+    if load.rate_rps <= 0 or busy <= 0:
+        return 0.0
+    return busy * rate_rps / load.rate_rps
+
+
+def _rate_now(load: LoadSample) -> float:
+    """The higher of the window's rate and the recent one (a step up shows in the recent one first;
+    after a fall the window's still holds the high load).  The recent rate counts less two standard
+    deviations of a Poisson count over ``RECENT_S``: a step, not the noise of a short window (at
+    10/s, 2 s hold 20 +- 4.5 arrivals; a 4x step still reads as 31/s or more)."""
+    recent = getattr(load, "recent_rate_rps", None)
+    if recent is None or recent <= 0:
+        return load.rate_rps
+    return max(load.rate_rps, recent - 2.0 * math.sqrt(recent / RECENT_S))
+
+
+def _rate_seen(load: LoadSample) -> float:
+    """The higher of the window's rate and the recent one as measured (any sign of a rise)."""
+    recent = getattr(load, "recent_rate_rps", None)
+    return load.rate_rps if recent is None else max(load.rate_rps, recent)
+
+
+def by_utilisation(load: LoadSample, utilisation: float) -> int:
+    """Replicas that keep each busy at most ``utilisation`` of the time at the rate now (0 when
+    the sample has no busy measure or no load)."""
+    needed = demand(load, _rate_now(load))
+    if not needed:
+        return 0
+    ratio = needed / utilisation if utilisation > 0 else math.inf
+    return max(1, math.ceil(ratio - 1e-9)) if ratio < MANY else MANY
+
+
+def _saturated(load: LoadSample, ready: int, utilisation: float = UP_UTILISATION) -> bool:
+    """The ready replicas are busy past ``utilisation`` at the rate now (True without a busy measure)."""
+    needed = demand(load, _rate_now(load))
+    return needed is None or needed >= utilisation * max(1, ready)
+
+
+def _observe(state: MemberScaleState, ready: int, now: float) -> MemberScaleState:
+    """The state with this sample's ready count (when it grew or shrank)."""
+    if state.ready < 0 or ready == state.ready:
+        return replace(state, ready=ready)
+    if ready > state.ready:
+        return replace(state, ready=ready, rose_at=now)
+    return replace(state, ready=ready, fell_at=now)
+
+
 def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: MemberScaleState,
                    now: float, window_s: float) -> tuple[int, MemberScaleState]:
     ready = max(0, load.replicas_ready)
+    state = _observe(state, ready, now)
+    memory = PRESSED_MEMORY_DELAYS * max(spec.scale_down_delay_s, window_s)
+    if state.pressed_at is not None and now - state.pressed_at >= memory:
+        state = replace(state, pressed_rps=math.inf, pressed_at=None)
+    if state.refused_at is not None and now - state.refused_at >= memory:
+        state = replace(state, refused_utilisation=math.inf, refused_at=None)
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
-    growing = _growing(load, state.last_queue)
-    slow = load.p99_ms > spec.target_p99_ms
+    most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
+    early = min(by_utilisation(load, UP_UTILISATION), most)
+    # a backlog the next batch takes is no pressure: with a busy measure, a growing one counts only
+    # while the replicas are busy past UP_UTILISATION (else it is requests arriving mid-batch)
+    growing = _growing(load, state.last_queue) and _saturated(load, ready)
+    # and a slow p99 of replicas that are nearly idle is not the load's (a cold first call, a
+    # neighbour's CPU): more replicas would not make it faster
+    slow = load.p99_ms > spec.target_p99_ms and _saturated(load, ready, IDLE_UTILISATION)
     # a p99 measured over a window still holds the requests from before the last step up: it
     # counts again once that window has passed, or when it got worse than at the step
     fresh = slow and (state.last_up is None or now - state.last_up >= window_s or load.p99_ms > state.up_p99)
     if growing or fresh:
-        wanted = max(current, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
-        pressed_rps = min(state.pressed_rps, per_replica) if ready >= current and per_replica > 0 \
-            else state.pressed_rps
+        wanted = max(current, early, _scale_up(spec, load, ready, state.capacity_rps, growing, fresh))
+        # the rate per replica that pressed: from a slow p99 of a window that only this many
+        # ready replicas (all that are wanted) served, not a queue's blip or a stale window, at
+        # the rate now (the window's lags behind a step)
+        settled = state.rose_at is None or now - state.rose_at >= window_s
+        pressing = _rate_now(load) / ready if ready > 0 else 0.0
+        lower = fresh and settled and ready >= current and 0 < pressing < state.pressed_rps
+        # a slow p99 within a delay of a step down: that step is undone, and not tried again at that utilisation
+        refused = fresh and state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
+            and _rate_seen(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
         up = wanted > current
+        if refused and state.down_utilisation > 0:
+            state = replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
+                            refused_at=now, down_at=None)
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
-                               pressed_rps=pressed_rps, last_up=now if up else state.last_up,
+                               pressed_rps=pressing if lower else state.pressed_rps,
+                               pressed_at=now if lower else state.pressed_at,
+                               last_up=now if up else state.last_up,
                                up_p99=load.p99_ms if up else state.up_p99)
-    if slow:  # only the p99 of the last step's window: the measured rate alone may ask for more
-        by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 else 0
-        wanted = max(current, min(by_rate, math.ceil(max(1, ready) * MAX_STEP_FACTOR)))
+    if slow or early > current:
+        # only the p99 of the last step's window, or the rate now needs more than are wanted
+        # (asked for early, before the p99 or the queue says so): the measured rate may ask for more
+        by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 and slow else 0
+        wanted = max(current, early, min(by_rate, most))
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
                                last_up=now if wanted > current else state.last_up)
-    state = replace(state, capacity_rps=max(state.capacity_rps, per_replica), last_queue=load.queue_depth)
+    if state.fell_at is None or now - state.fell_at >= window_s:  # met by this many replicas
+        state = replace(state, capacity_rps=max(state.capacity_rps, per_replica))
+    state = replace(state, last_queue=load.queue_depth)
     need = _fewer(spec, load, current, ready, state, now)
     if need >= current:  # all are needed (or some are still starting): the window starts again
         return current, replace(state, low_since=None, low_need=0)
@@ -190,20 +332,28 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     if now - state.low_since < spec.scale_down_delay_s:
         return current, replace(state, low_need=low_need)
     # low for long enough: down to what the window's busiest sample needed, then wait again
-    return low_need, replace(state, low_since=None, low_need=0)
+    expected = demand(load, _rate_now(load))
+    return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_seen(load),
+                             down_utilisation=expected / max(1, low_need) if expected is not None else 0.0)
 
 
 def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
            now: float) -> int:
-    """The replicas an unpressed sample needs: fewer than ``current`` when the known capacity
-    carries its rate on fewer, or (a probe, once the last scale-up is a delay old) one fewer when
-    it is comfortably under the target and one fewer would stay below the known capacity's limit;
-    else ``current``.  The known capacity is the measured one, but never above ``PROBE`` of the
-    rate per replica that once pressed (a step down that failed is not tried again)."""
+    """The replicas an unpressed sample needs: ``current`` while some are still starting.  With a
+    busy measure: as many as keep each busy at most ``DOWN_UTILISATION`` of the time at the rate
+    now, and less than ``PROBE`` of the utilisation a refused step down expected (a step down that
+    failed is not tried again at that load).  Without one: fewer than ``current``
+    when the known capacity carries its rate on fewer, or (a probe, once the last scale-up is a
+    delay old) one fewer when it is comfortably under the target and one fewer would stay below
+    the known capacity's limit; else ``current``.  The known capacity is the measured one, but
+    never above ``PROBE`` of the rate per replica that once pressed."""
     if ready < current:
         return current
-    if load.rate_rps <= 0:
+    rate = _rate_now(load)
+    if rate <= 0:
         return 0
+    if demand(load, rate) is not None:
+        return min(current, max(1, by_utilisation(load, min(DOWN_UTILISATION, PROBE * state.refused_utilisation))))
     limit = PROBE * state.pressed_rps
     capacity = min(state.capacity_rps, limit)
     need = replicas_for(load.rate_rps, capacity) if capacity > 0 else current

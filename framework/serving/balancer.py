@@ -137,6 +137,12 @@ class Balancer:
             return 0.0
         return max(0.0, max(p50 for p50, _p95 in others) - own[1])
 
+    def typical_call(self, member: str) -> float | None:
+        """The member's recent median call latency in seconds; None until it has
+        :data:`MIN_HEDGE_SAMPLES` calls measured."""
+        quantiles = self._quantiles(member)
+        return None if quantiles is None else quantiles[0]
+
     def _quantiles(self, member: str) -> tuple[float, float] | None:
         """(p50, p95) of the member's recent call latencies, recomputed every :data:`P95_REFRESH` calls."""
         window = self.members.get(member, ())

@@ -12,13 +12,22 @@ output is split back by rows. A request larger than ``max_batch_rows`` is cut ac
 its parts joined in order. Rows are never reordered, so each row's output is what the member
 says for that row.
 
-The cutting and splitting are pure functions (:func:`take_rows`, :func:`split_rows`);
-:class:`MemberBatcher` is the asyncio queue around them.
+Overload protection (as Triton's ``max_queue_size`` and ``default_queue_policy`` with REJECT):
+a request that finds ``max_queue`` requests already waiting is refused at once
+(:class:`Shed` ``queue_full``); one that waited ``queue_timeout_s`` without any of its rows sent
+leaves the queue (``queue_timeout``); one whose client deadline passes while it waits leaves it
+too (``deadline``: no replica time is spent on an answer nobody waits for), and one whose deadline
+passes while its batch is at a replica is given up (``deadline``, ``sent``).  :func:`expected_s`
+estimates, for the gateway's early refusal, how long a request joining the queue now takes.
+
+The cutting and splitting are pure functions (:func:`take_rows`, :func:`split_rows`,
+:func:`expected_s`); :class:`MemberBatcher` is the asyncio queue around them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Sequence
@@ -58,11 +67,34 @@ def split_rows(output: np.ndarray, counts: Sequence[int]) -> list[np.ndarray]:
     return np.split(output, bounds, axis=0)
 
 
+def expected_s(call_s: float, batches_out: int, queued_rows: int, rows: int, max_batch_rows: int,
+               slots: int) -> float:
+    """Expected seconds until a request of ``rows`` rows joining a member's queue now is answered:
+    the batches ahead of and including it (``queued_rows`` already waiting, cut at
+    ``max_batch_rows``; the ``batches_out`` at replicas counted as half done) over the ``slots``
+    batches the member runs at once, each a typical call of ``call_s``; at least one call."""
+    if call_s <= 0:
+        return 0.0
+    mine = math.ceil((queued_rows + rows) / max(1, max_batch_rows))
+    return call_s * max(1.0, (batches_out / 2.0 + mine) / max(1, slots))
+
+
+class Shed(Exception):
+    """A request the gateway will not wait for; ``reason``: ``queue_full``, ``queue_timeout`` or
+    ``deadline``; ``sent``: some of its rows were at a replica when it was given up."""
+
+    def __init__(self, reason: str, detail: str, sent: bool = False) -> None:
+        super().__init__(detail)
+        self.reason, self.sent = reason, sent
+
+
 @dataclass(eq=False)
 class _Request:
     rows: np.ndarray
     future: asyncio.Future[np.ndarray]
     arrived: float
+    deadline: float | None = None
+    """The client's deadline (loop time), or None."""
     taken: int = 0
     parts: dict[int, np.ndarray] = field(default_factory=dict)
 
@@ -101,13 +133,12 @@ class MemberBatcher:
     def __init__(self, member: str, send: Send, max_batch_rows: int, max_wait_s: float,
                  max_concurrent: Callable[[], int] = lambda: 1,
                  on_batch: Callable[[str, BatchSent], None] | None = None, wait_when_idle: bool = False,
-                 slack: Callable[[], float] = lambda: 0.0) -> None:
-        if max_batch_rows < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_rows must be >= 1 and max_wait_s >= 0")
+                 slack: Callable[[], float] = lambda: 0.0, max_queue: int = 0, queue_timeout_s: float = 0.0) -> None:
         self.member = member
         self.send = send
-        self.max_batch_rows = max_batch_rows
-        self.max_wait_s = max_wait_s
+        self._wakeup = asyncio.Event()
+        self.max_batch_rows, self.max_wait_s, self.max_queue, self.queue_timeout_s = 1, 0.0, 0, 0.0
+        self.reconfigure(max_batch_rows, max_wait_s, max_queue, queue_timeout_s)
         self.max_concurrent = max_concurrent
         self.on_batch = on_batch
         self.wait_when_idle = wait_when_idle
@@ -120,7 +151,6 @@ class MemberBatcher:
         self.in_flight_requests = 0
         """Requests in those batches (a request cut across batches counts in each)."""
         self.batches = 0
-        self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
 
@@ -136,23 +166,83 @@ class MemberBatcher:
         choice, not for capacity, so the autoscaler must not read them as load it cannot carry."""
         return len(self.queue) if self.in_flight >= max(1, self.max_concurrent()) else 0
 
+    def reconfigure(self, max_batch_rows: int, max_wait_s: float, max_queue: int = 0,
+                    queue_timeout_s: float = 0.0) -> None:
+        """New limits, from the next batch on (a reload); requests already queued keep their place
+        and are held to the new ``queue_timeout_s`` (0: none) and ``max_queue`` (0: no cap)."""
+        if max_batch_rows < 1 or max_wait_s < 0 or max_queue < 0 or queue_timeout_s < 0:
+            raise ValueError("max_batch_rows must be >= 1 and max_wait_s, max_queue, queue_timeout_s >= 0")
+        self.max_batch_rows, self.max_wait_s = max_batch_rows, max_wait_s
+        self.max_queue, self.queue_timeout_s = max_queue, queue_timeout_s
+        self._wakeup.set()
+
+    @property
+    def full(self) -> bool:
+        """``max_queue`` requests are waiting: a new one is shed."""
+        return 0 < self.max_queue <= len(self.queue)
+
     def start(self) -> None:
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.member}")
 
-    async def submit(self, rows: np.ndarray) -> np.ndarray:
-        """The member's output for ``rows`` (2-D, at least one row), once its batch(es) came back."""
+    async def submit(self, rows: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """The member's output for ``rows`` (2-D, at least one row), once its batch(es) came back;
+        :class:`Shed` when the queue is full, or the request timed out in it or missed ``deadline``."""
+        return await self.wait(self.enqueue(rows, deadline))
+
+    def enqueue(self, rows: np.ndarray, deadline: float | None = None) -> _Request:
+        """Queue ``rows`` (at once, no await: the gateway admits a request to every member in one
+        step) with the client's ``deadline`` (loop time); :class:`Shed` ``queue_full`` if it is full."""
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise ValueError(f"a request needs 2-D rows, got shape {rows.shape}")
+        if self.full:
+            raise Shed("queue_full", f"member {self.member}: {len(self.queue)} requests are waiting "
+                                     f"(max_queue {self.max_queue})")
         loop = asyncio.get_running_loop()
-        request = _Request(rows, loop.create_future(), loop.time())
+        request = _Request(rows, loop.create_future(), loop.time(), deadline)
         self.queue.append(request)
         self._wakeup.set()
+        return request
+
+    def withdraw(self, request: _Request) -> None:
+        """Give a request up: out of the queue if none of its rows was sent yet, its future
+        cancelled (what of it is at a replica is dropped when it comes back)."""
+        if request.taken == 0 and request in self.queue:
+            self.queue.remove(request)
+            self._wakeup.set()
+        request.future.cancel()
+
+    async def wait(self, request: _Request) -> np.ndarray:
+        """The output of a request :meth:`enqueue` queued (see :meth:`submit`)."""
+        loop = asyncio.get_running_loop()
         try:
-            return await request.future
+            while True:
+                queued = request.taken == 0
+                limits = [request.deadline] if request.deadline is not None else []
+                if queued and self.queue_timeout_s > 0:
+                    limits.append(request.arrived + self.queue_timeout_s)
+                if not limits:
+                    return await request.future
+                left = min(limits) - loop.time()
+                if left > 0:
+                    await asyncio.wait((request.future,), timeout=left)
+                    if request.future.done():
+                        return request.future.result()
+                    continue
+                if request.future.done():
+                    return request.future.result()
+                self.withdraw(request)
+                waited = loop.time() - request.arrived
+                if not queued:
+                    raise Shed("deadline", f"member {self.member}: the request's deadline passed after "
+                                           f"{waited * 1000:.0f} ms, its batch at a replica", sent=True)
+                if request.deadline is not None and request.deadline <= min(limits):
+                    raise Shed("deadline", f"member {self.member}: the request's deadline passed after "
+                                           f"{waited * 1000:.0f} ms waiting for a replica")
+                raise Shed("queue_timeout", f"member {self.member}: waited {waited * 1000:.0f} ms for a replica "
+                                            f"(queue_timeout_ms {self.queue_timeout_s * 1000:g})")
         except asyncio.CancelledError:
-            if request.taken == 0 and request in self.queue:
-                self.queue.remove(request)  # nothing of it was sent: drop it
+            self.withdraw(request)  # nothing of it was sent: drop it
             raise
 
     async def close(self) -> None:
@@ -180,7 +270,7 @@ class MemberBatcher:
             # Wait for more rows, until the batch is full or its oldest request waited max_wait_s
             # (not while none of the member's batches is out: an idle member answers at once), or
             # the member's slack (the time its answers would wait for slower members anyway).
-            while self.queue and self._queued_rows() < self.max_batch_rows:
+            while self.queue and self.queued_rows() < self.max_batch_rows:
                 wait = max(self.max_wait_s if self.in_flight or self.wait_when_idle else 0.0, self.slack())
                 left = self.queue[0].arrived + wait - loop.time()
                 if left <= 0:
@@ -193,7 +283,8 @@ class MemberBatcher:
             if self.queue:
                 self._dispatch()
 
-    def _queued_rows(self) -> int:
+    def queued_rows(self) -> int:
+        """Rows waiting in the queue (of requests cut across batches, the rows not sent yet)."""
         return sum(r.left for r in self.queue)
 
     def _dispatch(self) -> None:

@@ -206,6 +206,8 @@ class ServingController(pymesos.Scheduler):
         """Every executor of ours believed to run, (agent id, executor id) -> since when it has had
         no replica (None while it has one): launched by us or hosting an adopted replica."""
         self.executor_idle_seconds = executor_idle_seconds
+        self._idle_journaled: dict[tuple[str, str], float] = {}
+        """Executors journaled idle, and since when (wall clock)."""
         self.shutdowns: list[tuple[str, str]] = []
         """(agent id, executor id) of every executor shut down, in order (logs, tests)."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
@@ -248,11 +250,29 @@ class ServingController(pymesos.Scheduler):
         self._driver = driver
         self._worker.start()
 
-    def adopt(self, records: Iterable[Any]) -> int:
+    def adopt(self, records: Iterable[Any], executors: Iterable[Any] = ()) -> int:
         """Take over replicas an earlier ``serve`` journaled (``ReplicaRecord``s): they are reconciled
-        once subscribed; one still running is health-checked and then serves again."""
+        once subscribed; one still running is health-checked and then serves again.  Its executors
+        (``ExecutorRecord``s) are followed as ours: one left without a replica (the earlier
+        ``serve`` died while it waited idle for its ``SHUTDOWN``, or its adopted replicas turn out
+        gone) is shut down once idle for ``executor_idle_seconds``, counted from when the earlier
+        ``serve`` saw it idle.  Never launched into again (its ExecutorInfo was the earlier run's).
+        A replica the earlier ``serve`` was draining is killed, not served again."""
         count = 0
         with self.lock:
+            for executor in executors:
+                hosted = (executor.agent_id, executor.executor_id)
+                if executor.idle_since is None:
+                    self.hosting[hosted] = None  # idle from the first tick that finds it without replicas
+                else:
+                    self.hosting[hosted] = self.clock() - max(0.0, time.time() - executor.idle_since)
+                    self._idle_journaled[hosted] = executor.idle_since
+                if executor.hostname:
+                    self.hostnames.setdefault(executor.agent_id, executor.hostname)
+                key, generation = _executor_of(executor.executor_id)
+                if key:
+                    self.executor_generation[(executor.agent_id, key)] = max(
+                        self.executor_generation[(executor.agent_id, key)], generation + 1)
             for record in records:
                 if record.member not in self.targets:
                     continue
@@ -260,9 +280,12 @@ class ServingController(pymesos.Scheduler):
                 replica = LiveReplica(record.task_id, record.member, record.agent_id, record.hostname,
                                       self._address(record.hostname), record.port, record.sha256, key,
                                       record.executor_id, ReplicaState.ADOPTING, self.clock())
+                if record.state == "draining":  # the earlier serve was draining it: it goes
+                    replica.state, replica.kill_at = ReplicaState.DRAINING, self.clock()
                 self.replicas[record.task_id] = replica
                 if record.executor_id:
                     self.hosting[(record.agent_id, record.executor_id)] = None
+                    self._idle_journaled.pop((record.agent_id, record.executor_id), None)
                 if key:  # never launched into again: its ExecutorInfo (artifact URLs) was the earlier serve's
                     self.executor_generation[(record.agent_id, key)] = max(
                         self.executor_generation[(record.agent_id, key)], generation + 1)
@@ -413,10 +436,18 @@ class ServingController(pymesos.Scheduler):
 
     # --- updates -------------------------------------------------------------------------------
     def _on_subscribed(self, driver: Any, framework_id: str | None) -> None:
+        """Subscribed, or subscribed again (a master failover, a restarted ``serve``): every replica
+        known is reconciled explicitly (a launch or a kill sent while disconnected was dropped by
+        the driver: the master's answer says what became of it), and every drain's kill is sent
+        again (killing a task twice is harmless; one never killed would run on)."""
         with self.lock:
             if framework_id:
                 self.framework_id = framework_id
-            adopting = [r.task_id for r in self.replicas.values() if r.state is not ReplicaState.DRAINING]
+            adopting = list(self.replicas)
+            now = self.clock()
+            for replica in self.replicas.values():
+                if replica.state is ReplicaState.DRAINING and replica.kill_at is None:
+                    replica.kill_at = now
         if self.state is not None and self.framework_id:
             self.state.save_framework_id(self.framework_id)
         if adopting:
@@ -519,15 +550,22 @@ class ServingController(pymesos.Scheduler):
             for key in [k for k in self.executors if k[0] == agent_id]:
                 self._drop_executor(*key)
             for hosted in [h for h in self.hosting if h[0] == agent_id]:
-                del self.hosting[hosted]
+                self._unhost(hosted)
         log.warning("agent %s lost; its replicas come back as TASK_LOST and are replaced", agent_id)
 
     def _forget_executor(self, executor_id: str, agent_id: str) -> None:
         with self.lock:
-            self.hosting.pop((agent_id, executor_id), None)
+            self._unhost((agent_id, executor_id))
             for (on, key), generation in list(self.executors.items()):
                 if on == agent_id and translator.executor_id(key, generation) == executor_id:
                     self._drop_executor(on, key)
+
+    def _unhost(self, hosted: tuple[str, str]) -> None:
+        """An executor of ours is gone or shut down (lock held): forgotten, and out of the journal."""
+        self.hosting.pop(hosted, None)
+        self._idle_journaled.pop(hosted, None)
+        if self.state is not None:
+            self.state.remove_executor(*hosted)
 
     def _drop_executor(self, agent_id: str, key: str) -> None:
         if self.executors.pop((agent_id, key), None) is not None:
@@ -554,8 +592,11 @@ class ServingController(pymesos.Scheduler):
                     continue
                 count = max(target.min_replicas, min(target.max_replicas, int(count)))
                 if count != self.desired.get(member):
-                    log.info("member %s: %d replica(s) wanted (was %d)", member, count, self.desired.get(member, 0))
+                    log.info("member %s: %d replica(s) wanted (was %d)%s", member, count, self.desired.get(member, 0),
+                             describe_load(loads.get(member)))
                     self.desired[member] = count
+                else:
+                    log.debug("member %s: %d replica(s)%s", member, count, describe_load(loads.get(member)))
         self._report_cost(now)
 
     def _report_cost(self, now: float) -> None:
@@ -593,6 +634,8 @@ class ServingController(pymesos.Scheduler):
         self._changed.notify_all()
 
     def _kill_due(self, driver: Any, now: float) -> None:
+        if not getattr(driver, "connected", True):
+            return  # pymesos drops a kill while disconnected: sent once subscribed again
         with self.lock:
             due = [r for r in self.replicas.values() if r.kill_at is not None and r.kill_at <= now]
             for replica in due:
@@ -614,10 +657,18 @@ class ServingController(pymesos.Scheduler):
             for hosted, idle_since in list(self.hosting.items()):
                 if hosted in busy:
                     self.hosting[hosted] = None
+                    if self._idle_journaled.pop(hosted, None) is not None and self.state is not None:
+                        self.state.set_executor_idle(*hosted, None)
                 elif idle_since is None:
                     self.hosting[hosted] = now
                 elif now - idle_since >= self.executor_idle_seconds:
                     due.append(hosted)
+                since = self.hosting[hosted]
+                if since is not None and hosted not in self._idle_journaled:
+                    # Journaled idle (wall clock): a serve killed now leaves the next one its SHUTDOWN to send.
+                    self._idle_journaled[hosted] = time.time() - (now - since)
+                    if self.state is not None:
+                        self.state.set_executor_idle(*hosted, self._idle_journaled[hosted])
             for agent_id, executor_id in due:
                 del self.hosting[(agent_id, executor_id)]
                 for (on, key), generation in list(self.executors.items()):
@@ -633,6 +684,10 @@ class ServingController(pymesos.Scheduler):
                 with self.lock:
                     self.hosting[(agent_id, executor_id)] = now
                 continue
+            with self.lock:
+                self._idle_journaled.pop((agent_id, executor_id), None)
+            if self.state is not None:
+                self.state.remove_executor(agent_id, executor_id)  # sent: the master and the agent see to it
             self.shutdowns.append((agent_id, executor_id))
 
     def snapshot(self, now: float) -> placement.ServeSnapshot:
@@ -711,7 +766,7 @@ class ServingController(pymesos.Scheduler):
     def _launch(self, driver: Any, offers: list[OfferView], agents: Sequence[Agent],
                 launches: Sequence[placement.ReplicaLaunch], now: float) -> set[str]:
         """Accept the offers of each agent the decision launches on (one ACCEPT per agent)."""
-        from framework.serving.state import ReplicaRecord
+        from framework.serving.state import ExecutorRecord, ReplicaRecord
 
         by_agent: dict[str, list[placement.ReplicaLaunch]] = defaultdict(list)
         for launch in launches:
@@ -726,6 +781,7 @@ class ServingController(pymesos.Scheduler):
             allocator = PoolAllocator(views, self.role)
             tasks: list[Message] = []
             records: list[Any] = []
+            hosts: dict[str, Any] = {}
             with self.lock:
                 free = self._free_ports(views)
                 for launch in mine:
@@ -765,12 +821,15 @@ class ServingController(pymesos.Scheduler):
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
                                                  target.sha256, "launching", replica.executor_id))
+                    hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname)
+                    self._idle_journaled.pop((agent_id, replica.executor_id), None)
                     log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
                              agent.hostname, port, launch.reason.replace("_", " "))
             if not tasks:
                 continue
             if self.state is not None:
-                self.state.record_launches(records)  # before the launch is sent: never an unknown replica
+                # before the launch is sent: never an unknown replica or executor
+                self.state.record_launches(records, hosts.values())
             self.launched += len(tasks)
             used.update(v.offer_id for v in views)
             driver.launchTasks(translator.offer_ids(v.offer_id for v in views), tasks,
@@ -787,16 +846,8 @@ class ServingController(pymesos.Scheduler):
         now = self.clock()
         taken = {r.port for r in self.replicas.values() if r.address == address}
         taken |= {port for (where, port), until in self.bad_ports.items() if where == address and until > now}
-        free: list[int] = []
-        while len(free) < 16:
-            try:
-                [port] = translator.assign_ports(ranges, 1, taken)
-            except ValueError:  # none left
-                break
-            taken.add(port)
-            if not self.loopback or _bindable(port):
-                free.append(port)
-        return free
+        candidates = translator.free_ports(ranges, taken)
+        return list(itertools.islice((p for p in candidates if not self.loopback or _bindable(p)), 16))
 
     def _decline(self, driver: Any, offers: list[OfferView], refuse_seconds: float) -> None:
         if offers:
@@ -869,6 +920,24 @@ class ServingController(pymesos.Scheduler):
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def describe_load(load: Any) -> str:
+    """``load`` (a member's sample, or None) as the autoscaler read it, for the log: ``": rate
+    12.0/s (recent 40.1/s), busy 0.35, p99 82 ms, backlog 3, 1 ready"``."""
+    if load is None:
+        return ""
+    try:
+        text = f": rate {load.rate_rps:.1f}/s"
+        recent = getattr(load, "recent_rate_rps", None)
+        if recent is not None:
+            text += f" (recent {recent:.1f}/s)"
+        busy = getattr(load, "busy", None)
+        if busy is not None:
+            text += f", busy {busy:.2f}"
+        return text + f", p99 {load.p99_ms:.0f} ms, backlog {load.queue_depth}, {load.replicas_ready} ready"
+    except (AttributeError, TypeError, ValueError):  # a sample of another shape: the decision still stands
+        return ""
+
+
 def shutdown_executor(driver: Any, executor_id: str, agent_id: str) -> None:
     """Send the scheduler API's ``SHUTDOWN`` call for one executor (the agent sends it the
     ``SHUTDOWN`` event, kills it after its grace period, and its resources are offered again).

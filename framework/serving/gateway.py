@@ -41,13 +41,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from executor import npycodec
 from framework.ensemble import IntegrationError, MemberSpec
 from framework.serving.balancer import Balancer
-from framework.serving.batcher import BatchSent, MemberBatcher
+from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s
 from framework.serving.combine import CombinerFactory, RequestCombiner
 from framework.serving.autoscale import MemberLoad
 from framework.serving.metrics import GatewayMetrics, LiveState
 from framework.serving.routing import Replica, ReplicaTable
 
 NPY_TYPE = "application/x-npy"
+DEADLINE_HEADER = "X-Request-Timeout-Ms"
+"""A client's budget for its request, in ms from its arrival at the gateway (optional)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class GatewayOptions:
         An answer waits for every member, so this costs it nothing while the measures hold:
         the cheap members of ``bench/serve_bench.py``'s ensemble (logistic regression, boosting:
         a few ms a call) wait for the forest's ~20 ms instead of making a call per request.
+    max_queue : int
+        Requests waiting in one member's queue before new ones are shed (503 ``queue_full``); 0: no cap.
+    queue_timeout_ms : float
+        A request waiting this long in a member's queue, none of its rows sent, is shed; 0: never.
+    retry_after_s : int
+        The ``Retry-After`` of a shed request, in seconds.
     max_request_bytes : int
         Largest request body.
     window_s : float
@@ -97,6 +105,9 @@ class GatewayOptions:
     suspect_s: float = 2.0
     batches_per_replica: int = 1
     max_slack_ms: float = 50.0
+    max_queue: int = 1000
+    queue_timeout_ms: float = 0.0
+    retry_after_s: int = 1
     max_request_bytes: int = 64 * 1024 * 1024
     window_s: float = 10.0
     drain_s: float = 10.0
@@ -104,7 +115,8 @@ class GatewayOptions:
     def __post_init__(self) -> None:
         if self.max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be >= 1, got {self.max_batch_rows}")
-        for name in ("max_wait_ms", "hedge_min_ms", "suspect_s", "drain_s", "max_slack_ms"):
+        for name in ("max_wait_ms", "hedge_min_ms", "suspect_s", "drain_s", "max_slack_ms", "max_queue",
+                     "queue_timeout_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("replica_timeout_s", "window_s"):
@@ -112,14 +124,19 @@ class GatewayOptions:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.batches_per_replica < 1:
             raise ValueError(f"batches_per_replica must be >= 1, got {self.batches_per_replica}")
+        if self.retry_after_s < 1:
+            raise ValueError(f"retry_after_s must be >= 1, got {self.retry_after_s}")
 
     @classmethod
-    def from_spec(cls, spec: Any, **overrides: Any) -> "GatewayOptions":
-        """The options an object with some of these attributes (a ``ServeSpec``) sets; the rest default."""
+    def from_spec(cls, spec: Any, base: "GatewayOptions | None" = None, **overrides: Any) -> "GatewayOptions":
+        """The options an object with some of these attributes (a ``ServeSpec``) sets; the rest as
+        in ``base`` (default: the defaults)."""
+        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
         if isinstance(spec, GatewayOptions):
-            values = {f.name: getattr(spec, f.name) for f in fields(cls)}
+            values.update({f.name: getattr(spec, f.name) for f in fields(cls)})
         else:
-            values = {f.name: getattr(spec, f.name) for f in fields(cls) if spec is not None and hasattr(spec, f.name)}
+            values.update({f.name: getattr(spec, f.name) for f in fields(cls)
+                           if spec is not None and hasattr(spec, f.name)})
         values.update(overrides)
         return cls(**values)
 
@@ -246,6 +263,20 @@ def _check_finite(matrix: np.ndarray, where: Callable[[int, int], str]) -> None:
     if bad.any():
         r, c = (int(i) for i in np.argwhere(bad)[0])
         raise BadRequest(f"{where(r, c)}: expected a finite number, got {matrix[r, c]}")
+
+
+def request_timeout_ms(value: str | None) -> float | None:
+    """The client's budget from the ``X-Request-Timeout-Ms`` header (None without it); BadRequest
+    for anything but a positive number of milliseconds."""
+    if value is None:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        budget = math.nan
+    if not math.isfinite(budget) or budget <= 0:
+        raise BadRequest(f"{DEADLINE_HEADER}: expected a positive number of milliseconds, got {value[:40]!r}")
+    return budget
 
 
 def rows_from_npy(body: bytes, columns: Sequence[str]) -> np.ndarray:
@@ -379,6 +410,33 @@ class Gateway:
         """Each member's load over the last window (thread-safe)."""
         return self.metrics.load_samples(self._live())
 
+    def rejected_rates(self) -> dict[str, dict[str, float]]:
+        """Per member, its parts of requests shed per second over the last window, by reason
+        (thread-safe; the demand the autoscaler's samples already include, broken down)."""
+        return self.metrics.rejected_rates()
+
+    def reconfigure(self, spec: Any) -> GatewayOptions:
+        """Apply a reloaded ``[serve]`` table's batching, hedging and shedding limits (thread-safe;
+        options ``spec`` does not set stay).  All at once on the gateway's loop, between two
+        requests: none is dropped; batches already cut keep their rows.  Raises ``ValueError``
+        (and changes nothing) for values the options refuse; returns the options in force."""
+        options = GatewayOptions.from_spec(spec, base=self.options)
+        loop = self._loop
+        if loop is None:
+            self._apply(options)
+        else:
+            async def apply() -> None:
+                self._apply(options)
+            asyncio.run_coroutine_threadsafe(apply(), loop).result()
+        return options
+
+    def _apply(self, options: GatewayOptions) -> None:
+        self.options = options
+        self.balancer.hedge, self.balancer.hedge_min_s = options.hedge, options.hedge_min_ms / 1000.0
+        for batcher in self.batchers.values():
+            batcher.reconfigure(options.max_batch_rows, options.max_wait_ms / 1000.0, options.max_queue,
+                                options.queue_timeout_ms / 1000.0)
+
     def set_cost_per_hour(self, cost: float, lower_bound: float | None = None) -> None:
         """The deployment's cost per hour (and the packer's lower bound), shown by ``/metrics``."""
         self.metrics.set_cost_per_hour(cost, lower_bound)
@@ -391,7 +449,8 @@ class Gateway:
             batcher = MemberBatcher(m.name, self._sender(m.name), self.options.max_batch_rows,
                                     self.options.max_wait_ms / 1000.0,
                                     max_concurrent=self._concurrency(m.name), on_batch=self._batch_sent,
-                                    slack=self._slack(m.name))
+                                    slack=self._slack(m.name), max_queue=self.options.max_queue,
+                                    queue_timeout_s=self.options.queue_timeout_ms / 1000.0)
             batcher.start()
             self.batchers[m.name] = batcher
         app = web.Application(client_max_size=self.options.max_request_bytes)
@@ -518,10 +577,10 @@ class Gateway:
                     exc = task.exception()
                     if exc is None:
                         self.balancer.succeeded(member, replica_id, loop.time() - started)
-                        self.metrics.replica_call(member, "ok")
+                        self.metrics.replica_call(member, "ok", self._busy(loop.time() - started))
                         return task.result()
                     self.balancer.failed(replica_id, loop.time())
-                    self.metrics.replica_call(member, "error")
+                    self.metrics.replica_call(member, "error", self._busy(loop.time() - started))
                     errors.append(str(exc))
                 if not running and launch():
                     self.metrics.failover(member)
@@ -531,7 +590,11 @@ class Gateway:
             for task, (replica_id, started) in running.items():
                 task.cancel()
                 self.balancer.abandoned(replica_id, loop.time() - started)
-                self.metrics.replica_call(member, "cancelled")
+                self.metrics.replica_call(member, "cancelled", self._busy(loop.time() - started))
+
+    def _busy(self, seconds: float) -> float:
+        """A call's share of its replica's time: a replica takes ``batches_per_replica`` at once."""
+        return seconds / self.options.batches_per_replica
 
     def _forget_gone(self) -> None:
         version = self.table.version
@@ -540,16 +603,66 @@ class Gateway:
             self.balancer.forget({r.replica_id for r, _state in self.table.snapshot()})
 
     # Handlers ---------------------------------------------------------------------------------
-    async def _member_output(self, member: str, rows: np.ndarray) -> np.ndarray:
-        self.metrics.member_arrived(member)
+    async def _member_output(self, member: str, request: Any) -> np.ndarray:
+        """The output of ``member``'s part of a request queued by ``_admit``."""
+        batcher = self.batchers[member]
         started = time.monotonic()
-        ok = False
         try:
-            output = await self.batchers[member].submit(rows)
-            ok = True
-            return output
-        finally:
-            self.metrics.member_answered(member, time.monotonic() - started, ok)
+            output = await batcher.wait(request)
+        except Shed as shed:
+            self.metrics.member_rejected_part(member, shed.reason, time.monotonic() - started)
+            raise
+        except BaseException:
+            self.metrics.member_answered(member, time.monotonic() - started, False)
+            raise
+        self.metrics.member_answered(member, time.monotonic() - started, True)
+        return output
+
+    def _admit(self, names: Sequence[str], parts: Sequence[np.ndarray], deadline_ms: float | None
+               ) -> tuple[dict[str, Any], dict[str, Shed]]:
+        """Queue a request's part at every member that can take it, in one step (no await): the
+        queued parts by member, and why the others refused (a full queue; a deadline shorter than
+        the member's expected time).  Fewer than ``min_members`` taking it: none keeps it."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadline = None if deadline_ms is None else now + deadline_ms / 1000.0
+        queued: dict[str, Any] = {}
+        refused: dict[str, Shed] = {}
+        for name, part in zip(names, parts):
+            self.metrics.member_arrived(name)  # offered load, shed or not
+            batcher = self.batchers[name]
+            try:
+                if deadline_ms is not None:
+                    expected = expected_s(self.balancer.typical_call(name) or 0.0, batcher.in_flight,
+                                          batcher.queued_rows(), int(part.shape[0]), batcher.max_batch_rows,
+                                          max(1, batcher.max_concurrent()))
+                    if expected * 1000.0 > deadline_ms:
+                        raise Shed("deadline", f"member {name}: expected to take {expected * 1000:.0f} ms, "
+                                               f"over the request's {deadline_ms:g} ms ({DEADLINE_HEADER})")
+                queued[name] = batcher.enqueue(part, deadline)
+            except Shed as shed:
+                refused[name] = shed
+        if len(queued) < self.combiner.min_members:
+            for name, request in queued.items():
+                self.batchers[name].withdraw(request)
+            queued = {}
+        for name, why in refused.items():
+            self.metrics.member_rejected_part(name, why.reason)
+        return queued, refused
+
+    def _shed(self, shed: Shed, answered: Sequence[str] = (), missing: Sequence[str] = (),
+              errors: Mapping[str, str] | None = None) -> web.Response:
+        """The answer to a shed request: 503 with ``Retry-After`` (504 when its deadline passed at a
+        replica), ``{"error", "reason", ...}``; counted by reason."""
+        self.metrics.request_rejected(shed.reason, shed.sent)
+        body: dict[str, Any] = {"error": str(shed), "reason": shed.reason}
+        if answered or missing:
+            body.update(answered_by=list(answered), missing=list(missing))
+        if errors:
+            body["errors"] = dict(errors)
+        if shed.sent:
+            return web.json_response(body, status=504)
+        return web.json_response(body, status=503, headers={"Retry-After": str(self.options.retry_after_s)})
 
     async def _read(self, request: web.Request) -> tuple[np.ndarray, bool]:
         body = await request.read()
@@ -570,27 +683,46 @@ class Gateway:
             self.metrics.request("unavailable")
             return web.json_response({"error": "the gateway is draining"}, status=503)
         try:
+            deadline_ms = request_timeout_ms(request.headers.get(DEADLINE_HEADER))
             rows, want_members = await self._read(request)
         except BadRequest as exc:
             self.metrics.request("bad_request")
             return web.json_response({"error": str(exc)}, status=400)
+        if deadline_ms is not None:
+            deadline_ms -= (time.monotonic() - started) * 1000.0  # reading the body took some of it
         names = [m.name for m in self.members]
         parts = [rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
                  for n in names]
-        results = await asyncio.gather(*(self._member_output(n, p) for n, p in zip(names, parts)),
-                                       return_exceptions=True)
+        queued, refused = self._admit(names, parts, deadline_ms)
+        if not queued:
+            first = next(iter(refused.values()))
+            return self._shed(first, missing=names, errors={n: str(e) for n, e in refused.items()})
+        asked = [n for n in names if n in queued]
+        try:
+            results = await asyncio.gather(*(self._member_output(n, queued[n]) for n in asked),
+                                           return_exceptions=True)
+        except asyncio.CancelledError:  # the client went away: what is still queued is not sent
+            for name in asked:
+                self.batchers[name].withdraw(queued[name])
+            raise
         outputs: dict[str, np.ndarray] = {}
-        errors: dict[str, str] = {}
-        for name, result in zip(names, results):
+        errors: dict[str, str] = {n: str(e) for n, e in refused.items()}
+        sheds: list[Shed] = list(refused.values())
+        for name, result in zip(asked, results):
             if isinstance(result, BaseException):
                 errors[name] = str(result) or type(result).__name__
+                if isinstance(result, Shed):
+                    sheds.append(result)
             else:
                 outputs[name] = result
+        errors = {n: errors[n] for n in names if n in errors}
         answered, missing = [n for n in names if n in outputs], [n for n in names if n not in outputs]
         try:
             records = self.combiner.combine(outputs, rows)
             answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
         except IntegrationError as exc:
+            if sheds:  # too few members answered because some shed it: say why, as a shed request
+                return self._shed(next((s for s in sheds if s.sent), sheds[0]), answered, missing, errors)
             self.metrics.request("unavailable")
             return web.json_response({"error": str(exc), "answered_by": answered, "missing": missing,
                                       "errors": errors}, status=503)

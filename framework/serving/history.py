@@ -82,6 +82,9 @@ class Point:
     bad_requests: float = 0.0
     latency: Buckets = field(default_factory=dict)
     members: Mapping[str, MemberPoint] = field(default_factory=dict)
+    rejected: float = 0.0
+    """Client requests shed by the gateway's overload protection (503 with Retry-After, or 504 when
+    their deadline passed at a replica): not errors, the load it would not queue."""
 
     @property
     def rate_rps(self) -> float:
@@ -90,7 +93,8 @@ class Point:
     def to_json(self) -> dict[str, Any]:
         return {"t": self.t, "span": self.span, "cost": self.cost_per_hour, "bound": self.lower_bound_per_hour,
                 "requests": self.requests, "errors": self.errors, "bad": self.bad_requests,
-                "latency": dict(self.latency), "members": {m: p.to_json() for m, p in self.members.items()}}
+                "latency": dict(self.latency), "members": {m: p.to_json() for m, p in self.members.items()},
+                "rejected": self.rejected}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> "Point":
@@ -102,7 +106,8 @@ class Point:
                    float(document.get("requests", 0.0)), float(document.get("errors", 0.0)),
                    float(document.get("bad", 0.0)),
                    {str(k): float(v) for k, v in dict(document.get("latency") or {}).items()},
-                   {str(m): MemberPoint.from_json(p) for m, p in dict(document.get("members") or {}).items()})
+                   {str(m): MemberPoint.from_json(p) for m, p in dict(document.get("members") or {}).items()},
+                   rejected=float(document.get("rejected", 0.0)))
 
 
 # --- reading the gateway's counters --------------------------------------------------------------
@@ -111,7 +116,8 @@ class Counters:
     """The gateway's cumulative counters at one moment (read from its Prometheus registry)."""
 
     requests: Mapping[str, float] = field(default_factory=dict)
-    """Client requests by outcome (``ok``, ``degraded``, ``bad_request``, ``unavailable``, ``error``)."""
+    """Client requests by outcome (``ok``, ``degraded``, ``bad_request``, ``unavailable``, ``error``,
+    ``rejected``, ``timeout``)."""
     latency: Buckets = field(default_factory=dict)
     """End-to-end latency: cumulative count per ``le``."""
     member_requests: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -213,7 +219,8 @@ def sample(t: float, span: float, before: Counters, after: Counters, replicas: M
                  requests=_count_increase(before.requests, after.requests, ("ok", "degraded")),
                  errors=_count_increase(before.requests, after.requests, ("error", "unavailable")),
                  bad_requests=_count_increase(before.requests, after.requests, ("bad_request",)),
-                 latency=bucket_increase(before.latency, after.latency), members=members)
+                 latency=bucket_increase(before.latency, after.latency), members=members,
+                 rejected=_count_increase(before.requests, after.requests, ("rejected", "timeout")))
 
 
 # --- downsampling ---------------------------------------------------------------------------------
@@ -258,7 +265,8 @@ def aggregate(points: Sequence[Point]) -> Point:
                  cost_per_hour=_weighted_mean([(p.cost_per_hour, p.span) for p in ordered]),
                  lower_bound_per_hour=_weighted_mean([(p.lower_bound_per_hour, p.span) for p in ordered]),
                  requests=sum(p.requests for p in ordered), errors=sum(p.errors for p in ordered),
-                 bad_requests=sum(p.bad_requests for p in ordered), latency=latency, members=members)
+                 bad_requests=sum(p.bad_requests for p in ordered), latency=latency, members=members,
+                 rejected=sum(p.rejected for p in ordered))
 
 
 def downsample(points: Sequence[Point], width: float) -> list[Point]:
@@ -309,10 +317,10 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 def _figures(point: Point | None) -> dict[str, Any]:
     if point is None:
-        return {"rate_rps": None, "p50_ms": None, "p99_ms": None, "errors": 0.0, "requests": 0.0}
+        return {"rate_rps": None, "p50_ms": None, "p99_ms": None, "errors": 0.0, "requests": 0.0, "rejected": 0.0}
     return {"rate_rps": _round(point.rate_rps), "p50_ms": _round(milliseconds(quantile(0.5, point.latency))),
             "p99_ms": _round(milliseconds(quantile(0.99, point.latency))), "errors": point.errors,
-            "requests": point.requests}
+            "requests": point.requests, "rejected": point.rejected}
 
 
 def series(points: Sequence[Point]) -> dict[str, Any]:
@@ -326,6 +334,7 @@ def series(points: Sequence[Point]) -> dict[str, Any]:
         "bound": [_round(p.lower_bound_per_hour, 6) for p in points],
         "rate": [_round(p.rate_rps) for p in points],
         "errors": [_round(p.errors / p.span) if p.span > 0 else None for p in points],
+        "rejected": [_round(p.rejected / p.span) if p.span > 0 else None for p in points],
         "p50": [_round(milliseconds(quantile(0.5, p.latency))) for p in points],
         "p99": [_round(milliseconds(quantile(0.99, p.latency))) for p in points],
         "members": {m: {
@@ -411,7 +420,8 @@ def describe(document: Mapping[str, Any]) -> str:
                  + (f", {ratio:.2f}x" if ratio is not None else "") + ")")
     e2e = document["end_to_end"]
     lines.append(f"  last minute: {num(e2e['rate_rps'], ' req/s')}, p50 {num(e2e['p50_ms'], ' ms')}, "
-                 f"p99 {num(e2e['p99_ms'], ' ms')}, {e2e['errors']:.0f} errors")
+                 f"p99 {num(e2e['p99_ms'], ' ms')}, {e2e['errors']:.0f} errors"
+                 + (f", {e2e['rejected']:.0f} shed (overload)" if e2e.get("rejected") else ""))
     for name, m in document["members"].items():
         lines.append(f"  member {name}: {m['ready']} ready, {m['starting']} starting, {m['draining']} draining "
                      f"(desired {m['desired'] if m['desired'] is not None else '-'}, "

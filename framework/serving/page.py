@@ -125,9 +125,10 @@ def charts(document: Mapping[str, Any]) -> list[str]:
         svg_chart("latency", "latency (ms): end to end p50 and p99, each member's p99", times,
                   [("p50", series["p50"], PALETTE[0], True), ("p99", series["p99"], PALETTE[1], False)]
                   + [(f"{m} p99", series["members"][m]["p99"], colour[m], False) for m in members], " ms"),
-        svg_chart("rate", "requests per second (and errors per second)", times,
+        svg_chart("rate", "requests per second (and errors and shed requests per second)", times,
                   [("requests/s", series["rate"], PALETTE[0], False),
-                   ("errors/s", series["errors"], PALETTE[3], True)]),
+                   ("errors/s", series["errors"], PALETTE[3], True)]
+                  + ([("shed/s", series["rejected"], PALETTE[1], True)] if any(series.get("rejected") or ()) else [])),
         svg_chart("replicas", "ready replicas per member", times,
                   [(m, series["members"][m]["ready"], colour[m], False) for m in members], step=True),
     ]
@@ -167,7 +168,7 @@ def render_page(document: Mapping[str, Any]) -> str:
 <p id="cost">cost per hour <b>{_number(document.get('cost_per_hour'), 4)}</b>; the packer's lower bound
 {_number(document.get('lower_bound_per_hour'), 4)}{f' ({ratio:.2f}x)' if ratio is not None else ''}</p>
 <p>last minute: {_number(e2e['rate_rps'])} requests/s; p50 {_number(e2e['p50_ms'], unit=' ms')},
-p99 {_number(e2e['p99_ms'], unit=' ms')}; {e2e['errors']:.0f} errors</p>
+p99 {_number(e2e['p99_ms'], unit=' ms')}; {e2e['errors']:.0f} errors; {e2e.get('rejected', 0.0):.0f} shed (overload)</p>
 <h2>Members</h2>
 <table id="members"><tr><th>member</th><th>model</th><th>ready</th><th>starting</th><th>draining</th>
 <th>desired (min..max)</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>errors</th></tr>{members}</table>

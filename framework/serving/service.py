@@ -9,7 +9,14 @@ Once every member has its ``min_replicas`` ready, the gateway's address is print
 in the state directory (``serve.json``: ``serve --reload`` signals that process).
 
 SIGHUP (or ``serve --reload``) reloads the job file: a member whose model changed (a new sha256)
-rolls to it, new replicas first.  SIGINT/SIGTERM: the gateway stops accepting and finishes what
+rolls to it, new replicas first; every other ``[serve]`` field applies live (replica bounds,
+``target_p99_ms`` and ``scale_down_delay_s`` from the autoscaler's next decision,
+``scale_interval_s``, the gateway's batching, hedging and shedding limits between two requests).
+A reload that changes what cannot change while serving (the gateway's ``address``; a
+``max_batch_rows`` above the rows the running replicas accept per call; the models' names, kinds,
+outputs, weights or columns; the integration or ``min_members``) or whose models fail the checks
+is refused in one line naming the field, and the old configuration keeps serving: nothing of a
+refused reload applies.  SIGINT/SIGTERM: the gateway stops accepting and finishes what
 it has, every replica drains and is killed, the framework is torn down; exit 130/143.  A
 ``serve`` that dies without that (``kill -9``) leaves its replicas running on an external
 master; run again with the same state directory, it re-subscribes under its framework id and
@@ -44,7 +51,7 @@ from framework.scheduler import EventKind
 from framework.serving import placement
 from framework.serving.controller import ServedMember, ServingController
 from framework.serving.monitor import SAMPLE_SECONDS
-from framework.serving.spec import ServeSpec
+from framework.serving.spec import ServeSpec, ServeSpecError, reload_changes
 from framework.serving.state import ServeState, remove_live, write_live
 from framework.translator import Message, PoolAllocator
 
@@ -54,6 +61,9 @@ READY_TIMEOUT_SECONDS = 120.0
 """How long ``serve`` waits for every member's ``min_replicas`` to be ready before it fails."""
 STOP_TIMEOUT_SECONDS = 15.0
 """How long a stopping ``serve`` waits for its replicas to drain and end."""
+REPLICA_MIN_ROWS = 4096
+"""Replicas accept calls of at least this many rows (``ReplicaPayload.max_batch_rows``; more when
+``[serve] max_batch_rows`` is larger), so that a reload may raise ``max_batch_rows`` up to it."""
 
 
 class ServeCatalog(JobCatalog):
@@ -66,6 +76,9 @@ class ServeCatalog(JobCatalog):
         super().__init__(spec, server, {}, python, executor_package_url)
         self.bind_host = bind_host
         self.serve = spec.serve or ServeSpec()
+        self.replica_rows = max(self.serve.max_batch_rows, REPLICA_MIN_ROWS)
+        """Most rows per call every replica of this serve accepts (the highest ``max_batch_rows`` a
+        reload may set)."""
 
     def publish_models(self, spec: JobSpec) -> None:
         """Serve a reloaded job's model files (a changed one under a new name: old replicas keep theirs)."""
@@ -92,7 +105,7 @@ class ServeCatalog(JobCatalog):
         model = self.spec.model(member)
         payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
                                  output=model.output, format=model.format, trusted_types=list(model.trusted_types),
-                                 host=self.bind_host, max_batch_rows=self.serve.max_batch_rows)
+                                 host=self.bind_host, max_batch_rows=self.replica_rows)
         resources = allocator.take(self.task_resources[member])
         return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
                                     payload.to_json(), ports=[port])
@@ -126,6 +139,8 @@ class ServeRunner:
         self.status_url: str | None = None
         self.history_interval = SAMPLE_SECONDS
         """How often the deployment is sampled into its journal (``framework.serving.monitor``)."""
+        self.serve_spec = spec.serve or ServeSpec()
+        """The ``[serve]`` table in force (a reload replaces it; the autoscaler reads it)."""
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -140,6 +155,10 @@ class ServeRunner:
         if spec.integration == "stacking":
             raise JobSpecError(f"{spec.source}: serve does not serve stacking yet (its final estimator is fitted "
                                "by run)")
+        texts = [(i, m.name) for i, m in enumerate(spec.models) if m.text is not None]
+        if texts:
+            raise JobSpecError(f"{spec.source}: models[{texts[0][0]}] ({texts[0][1]}).text: serve does not serve text "
+                               "members yet (a request's rows are numbers); run the job as a batch")
         serve = spec.serve or ServeSpec()
         info, members, _estimators = prepare(spec)
         assert isinstance(info, DataInfo)
@@ -176,29 +195,28 @@ class ServeRunner:
             controller = self.controller = ServingController(
                 self._targets(spec, serve), catalog, table, spec.pricing, role=spec.framework.role,
                 refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
-                loads=gateway.load_samples, autoscale=self._autoscaler(serve),
+                loads=gateway.load_samples, autoscale=self._autoscaler(serve, lambda: self.serve_spec),
                 scale_interval=serve.scale_interval_s, on_cost=gateway.set_cost_per_hour)
             self.status_url = self._watch(stack, state, controller, gateway, bind, loopback, server.token)
             framework_id = None
             earlier = state.replicas()
             if local or not state.framework_id:
-                for record in earlier:  # the embedded cluster died with the serve that started them
-                    state.remove(record.task_id)
+                state.forget_tasks()  # the embedded cluster died with the serve that started them
                 state.save_framework_id("")
             else:
                 framework_id = self.resumed_framework_id = state.framework_id
-                adopted = controller.adopt(earlier)
+                executors = state.executors()
+                adopted = controller.adopt(earlier, executors)
                 controller.avoid_earlier_executors(int(time.time()))
                 self.note(f"re-subscribing as framework {framework_id}; adopting {adopted} replica(s) of the "
-                          f"earlier serve")
+                          f"earlier serve" + (f" and {len(executors)} executor(s)" if executors else ""))
             principal, secret = self.credentials or (spec.framework.principal, spec.framework.secret)
             framework = translator.framework_info(spec.framework.name, spec.framework.user, spec.framework.role,
                                                   spec.framework.failover_timeout, principal,
                                                   framework_id=framework_id, webui_url=self.url)
             driver = pymesos_driver(controller, framework, master, principal, secret)
             driver.start()
-            stack.callback(driver.join)
-            stack.callback(lambda: driver.stop(failover=self.failover_on_stop))
+            stack.callback(self._stop_driver, driver, state)
             stack.callback(controller.close)
             stack.callback(self._drain, controller)
             stack.callback(stop_gateway)  # first: stop accepting, finish what is in flight; then drain
@@ -249,13 +267,16 @@ class ServeRunner:
                                      serve.bounds(m.name).max_replicas) for m in spec.models}
 
     @staticmethod
-    def _autoscaler(serve: ServeSpec) -> Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]]:
+    def _autoscaler(serve: ServeSpec, current: Callable[[], ServeSpec] | None = None
+                    ) -> Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]]:
+        """The controller's autoscaler over ``serve`` (or, each decision, the spec ``current()`` gives:
+        a reload's ``target_p99_ms``, ``scale_down_delay_s`` and bounds apply from the next one)."""
         from framework.serving import autoscale
 
         memory = [autoscale.AutoscaleState()]
 
-        def decide(loads: Mapping[str, Any], current: Mapping[str, int], now: float) -> dict[str, int]:
-            desired, memory[0] = autoscale.decide(serve, loads, current, memory[0], now)
+        def decide(loads: Mapping[str, Any], counts: Mapping[str, int], now: float) -> dict[str, int]:
+            desired, memory[0] = autoscale.decide(current() if current else serve, loads, counts, memory[0], now)
             return desired
         return decide
 
@@ -278,8 +299,7 @@ class ServeRunner:
             if self.resumed_framework_id and controller.framework_id is None and "removed" in event.detail \
                     and controller.state is not None:
                 controller.state.save_framework_id("")  # the next serve subscribes as a new framework
-                for record in controller.state.replicas():
-                    controller.state.remove(record.task_id)
+                controller.state.forget_tasks()
                 self.failover_on_stop = True  # nothing of ours to tear down
                 raise JobFailed(f"the master no longer knows framework {self.resumed_framework_id} (torn down, or "
                                 "its failover_timeout passed), so its replicas are gone; run serve again to deploy "
@@ -296,25 +316,59 @@ class ServeRunner:
             self.stop_requested.wait(0.2)
 
     def reload(self, controller: ServingController, catalog: ServeCatalog) -> list[str]:
-        """Read the job file again; members whose model changed roll to it.  A job changed in other
-        ways, or whose models fail the checks, is refused in one line; serving goes on."""
+        """Read the job file again and apply it whole, or refuse it whole (see the module docstring):
+        members whose model changed roll to it (their names are returned), every other ``[serve]``
+        field applies live.  A refusal is one line naming the field; serving goes on unchanged."""
         from framework.job import prepare
+        from framework.serving.gateway import GatewayOptions
 
         try:
             spec = self.load_job_file(self.job_file)
             spec = dataclasses.replace(spec, framework=self.spec.framework)
             _check_reloadable(self.spec, spec)
+            serve = spec.serve or ServeSpec()
+            try:
+                changes = reload_changes(self.serve_spec, serve)
+            except ServeSpecError as error:
+                raise JobSpecError(f"{spec.source}: {error}") from None
+            if serve.max_batch_rows > catalog.replica_rows:
+                raise JobSpecError(f"{spec.source}: serve.max_batch_rows {serve.max_batch_rows} is above the "
+                                   f"{catalog.replica_rows} rows per call the running replicas accept (restart "
+                                   "serve to raise it)")
+            if self.gateway is not None:
+                try:
+                    GatewayOptions.from_spec(serve, base=self.gateway.options)
+                except ValueError as error:
+                    raise JobSpecError(f"{spec.source}: serve: {error}") from None
             prepare(spec)
         except FrameworkError as error:
             log.error("reload refused: %s", error)
-            self.note(f"reload refused: {error}")
+            self.note(f"reload refused: {error}; serving on with the previous configuration")
             return []
+        # Checked whole: now applied whole (none of these refuses what passed the checks above).
+        if self.gateway is not None:
+            self.gateway.reconfigure(serve)
+        self.serve_spec = catalog.serve = serve
+        controller.scale_interval = serve.scale_interval_s
         catalog.publish_models(spec)
         self.spec = spec
-        changed = controller.retarget(self._targets(spec, spec.serve or ServeSpec()))
+        changed = controller.retarget(self._targets(spec, serve))
         self.note(f"reloaded {self.job_file}: " + (f"rolling {', '.join(changed)} to the new model(s)"
-                                                    if changed else "no model changed"))
+                                                    if changed else "no model changed")
+                  + (f"; [serve] {', '.join(changes)}" if changes else ""))
         return changed
+
+    def _stop_driver(self, driver: Any, state: ServeState) -> None:
+        """Stop the driver and wait for it: the framework torn down (its replicas and executors
+        go with it), or left for a failover.  Torn down (pymesos sends TEARDOWN only while
+        connected, and then forgets the framework id), the journal forgets the framework id and
+        its tasks, so the next ``serve`` subscribes anew instead of failing on a framework the
+        master has removed; not sent, the journal keeps them for the next ``serve`` to adopt."""
+        driver.stop(failover=self.failover_on_stop)
+        driver.join()
+        if not self.failover_on_stop and not getattr(driver, "framework_id", None):
+            state.save_framework_id("")
+            state.forget_tasks()
 
     def _drain(self, controller: ServingController) -> None:
         """Stopping: every replica drains and is killed; wait (a while) for them to end."""
@@ -325,17 +379,19 @@ class ServeRunner:
 
 
 def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
-    """A reload may change model files (path, sha256) and replica bounds, nothing else."""
+    """A reload may change model files (path, sha256) and the ``[serve]`` table, nothing else
+    of the models or the integration."""
     if [m.name for m in before.models] != [m.name for m in after.models]:
         raise JobSpecError(f"{after.source}: a reload cannot add, remove or rename models (restart serve)")
     for old, new in zip(before.models, after.models):
         for name in ("kind", "output", "weight", "proba_class", "features"):
             if getattr(old, name) != getattr(new, name):
-                raise JobSpecError(f"{after.source}: models ({new.name}).{name} changed; a reload changes only "
-                                   "model files and replica bounds (restart serve)")
-    if before.integration != after.integration:
-        raise JobSpecError(f"{after.source}: job.integration changed; a reload changes only model files and "
-                           "replica bounds (restart serve)")
+                raise JobSpecError(f"{after.source}: models ({new.name}).{name} changed; a reload changes model "
+                                   "files and [serve] fields only (restart serve)")
+    for name in ("integration", "min_members"):
+        if getattr(before, name) != getattr(after, name):
+            raise JobSpecError(f"{after.source}: job.{name} changed; a reload changes model files and [serve] "
+                               "fields only (restart serve)")
 
 
 def _describe_counts(counts: Mapping[str, Mapping[str, int]]) -> str:

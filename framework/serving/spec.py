@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 
 DEFAULT_MIN_REPLICAS = 1
 DEFAULT_MAX_REPLICAS = 4
+DEFAULT_MAX_QUEUE = 1000
+"""Requests a member's queue holds before the gateway sheds new ones (503)."""
 
 
 class ServeSpecError(ValueError):
@@ -53,6 +55,14 @@ class ServeSpec:
     """How often the autoscaler runs."""
     scale_down_delay_s: float = 30.0
     """Load must stay low this long before a replica drains."""
+    max_queue: int = DEFAULT_MAX_QUEUE
+    """Requests waiting in one member's queue (for a batch or a replica) before the gateway sheds
+    new requests with 503 ``queue_full`` (as Triton's ``max_queue_size``); 0: no cap."""
+    queue_timeout_ms: float = 0.0
+    """A request still waiting in a member's queue (none of its rows sent) after this long is
+    answered 503 ``queue_timeout`` (as Triton's ``default_queue_policy`` with REJECT); 0: none."""
+    retry_after_s: int = 1
+    """The ``Retry-After`` header of a shed request (whole seconds)."""
     models: Mapping[str, ReplicaBounds] = field(default_factory=dict)
 
     @property
@@ -66,7 +76,7 @@ class ServeSpec:
 
 
 KNOWN_FIELDS = ("address", "target_p99_ms", "max_batch_rows", "max_wait_ms", "hedge", "hedge_min_ms",
-                "scale_interval_s", "scale_down_delay_s", "models")
+                "scale_interval_s", "scale_down_delay_s", "max_queue", "queue_timeout_ms", "retry_after_s", "models")
 MODEL_FIELDS = ("min_replicas", "max_replicas")
 
 
@@ -112,8 +122,33 @@ def parse_serve(table: Mapping[str, Any], members: Sequence[str]) -> ServeSpec:
         hedge_min_ms=_number(table, "hedge_min_ms", defaults.hedge_min_ms, positive=False),
         scale_interval_s=_number(table, "scale_interval_s", defaults.scale_interval_s),
         scale_down_delay_s=_number(table, "scale_down_delay_s", defaults.scale_down_delay_s, positive=False),
+        max_queue=_count(table, "max_queue", defaults.max_queue, minimum=0, why=" (0: no cap)"),
+        queue_timeout_ms=_number(table, "queue_timeout_ms", defaults.queue_timeout_ms, positive=False),
+        retry_after_s=_count(table, "retry_after_s", defaults.retry_after_s, minimum=1,
+                             why=" (whole seconds, as the Retry-After header takes)"),
         models=_parse_models(table.get("models", {}), members),
     )
+
+
+RESTART_FIELDS = ("address",)
+"""``[serve]`` fields a running deployment cannot change (the gateway's listening socket)."""
+
+
+def reload_changes(before: ServeSpec, after: ServeSpec) -> list[str]:
+    """What a reload from ``before`` to ``after`` changes, one ``field old -> new`` per field (in
+    ``KNOWN_FIELDS`` order; ``models.<name>`` for replica bounds).  Raises :class:`ServeSpecError`
+    naming the first field that cannot change while serving (:data:`RESTART_FIELDS`)."""
+    if before.address != after.address:
+        raise ServeSpecError("address", f"changed ({before.address} -> {after.address}); the gateway keeps "
+                                        "listening where it is: restart serve to move it")
+    changes = [f"{name} {getattr(before, name)!r} -> {getattr(after, name)!r}" for name in KNOWN_FIELDS
+               if name not in RESTART_FIELDS and name != "models" and getattr(before, name) != getattr(after, name)]
+    for member in sorted(set(before.models) | set(after.models)):
+        old, new = before.bounds(member), after.bounds(member)
+        if old != new:
+            changes.append(f"models.{member} {old.min_replicas}..{old.max_replicas} -> "
+                           f"{new.min_replicas}..{new.max_replicas} replicas")
+    return changes
 
 
 def _parse_models(table: Any, members: Sequence[str]) -> dict[str, ReplicaBounds]:

@@ -18,6 +18,15 @@ page, the report): ``history`` (the sampled points of :mod:`framework.serving.hi
 of resolution, pruned to each tier's retention), ``events`` (scaling, re-packs, updates, with
 their reasons; the latest :data:`EVENTS_KEPT`) and the ``deployment`` snapshot in ``meta`` (the
 members and replicas as last sampled).
+
+Schema 3 adds ``executors``: every executor of ours believed to run (agent id, executor id, the
+agent's hostname, ``running`` or ``idle`` with the wall-clock time since when it has had no
+replica).  It is recorded with the first replica launched into it (same transaction, before the
+launch is sent) and for every executor of an adopted replica, marked idle when its last replica
+ends, and removed once its ``SHUTDOWN`` is sent or it is known gone (its agent lost, it exited).
+A ``serve`` killed while an executor waits idle for its ``SHUTDOWN`` thus leaves a row the next
+``serve`` reads: it re-adopts the executor and shuts it down once its idle time is up.  A schema 2
+journal gains the table filled from its replicas' executors.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from typing import Any, Iterable
 from framework.errors import FrameworkError
 from framework.journal import LOCK_NAME, JournalError, lock_state_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DATABASE_NAME = "serve.sqlite3"
 LIVE_NAME = "serve.json"
 EVENTS_KEPT = 1000
@@ -65,6 +74,22 @@ class ReplicaRecord:
     ``draining`` (a kill sent to scale down or roll)."""
     executor_id: str = ""
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExecutorRecord:
+    """One executor of ours as journaled (schema 3)."""
+
+    agent_id: str
+    executor_id: str
+    hostname: str = ""
+    idle_since: float | None = None
+    """Wall-clock time (``time.time()``) since which it has had no replica; None while it has one."""
+    updated_at: float = 0.0
+
+    @property
+    def state(self) -> str:
+        return "running" if self.idle_since is None else "idle"
 
 
 class ServeState:
@@ -125,12 +150,25 @@ class ServeState:
                         updated_at REAL NOT NULL);
                     COMMIT;""")
             if version < 2:
-                self._db.executescript(f"""
+                self._db.executescript("""
                     BEGIN;
                     CREATE TABLE IF NOT EXISTS history (
                         tier INTEGER NOT NULL, t REAL NOT NULL, point TEXT NOT NULL, PRIMARY KEY (tier, t));
                     CREATE TABLE IF NOT EXISTS events (
                         id INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, text TEXT NOT NULL);
+                    PRAGMA user_version=2;
+                    COMMIT;""")
+            if version < 3:
+                # The executors an earlier schema knew only through its replicas' rows.
+                self._db.executescript(f"""
+                    BEGIN;
+                    CREATE TABLE IF NOT EXISTS executors (
+                        agent_id TEXT NOT NULL, executor_id TEXT NOT NULL, hostname TEXT NOT NULL DEFAULT '',
+                        state TEXT NOT NULL, idle_since REAL, updated_at REAL NOT NULL,
+                        PRIMARY KEY (agent_id, executor_id));
+                    INSERT OR IGNORE INTO executors (agent_id, executor_id, hostname, state, idle_since, updated_at)
+                        SELECT agent_id, executor_id, max(hostname), 'running', NULL, max(updated_at)
+                        FROM replicas WHERE executor_id != '' GROUP BY agent_id, executor_id;
                     PRAGMA user_version={SCHEMA_VERSION};
                     COMMIT;""")
 
@@ -154,16 +192,19 @@ class ServeState:
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     # replicas ----------------------------------------------------------------------------
-    def record_launches(self, replicas: Iterable[ReplicaRecord]) -> None:
-        """Record replicas about to be launched (one transaction), before the launch is sent."""
+    def record_launches(self, replicas: Iterable[ReplicaRecord], executors: Iterable[ExecutorRecord] = ()) -> None:
+        """Record replicas about to be launched and the executors they go to (one transaction),
+        before the launch is sent."""
         now = time.time()
         rows = [(r.task_id, r.member, r.agent_id, r.hostname, r.port, r.sha256, r.state, r.executor_id, now)
                 for r in replicas]
-        if not rows:
+        executor_rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now) for e in executors]
+        if not rows and not executor_rows:
             return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO replicas VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(_UPSERT_EXECUTOR, executor_rows)
             self._db.execute("COMMIT")
 
     def set_state(self, task_id: str, state: str) -> None:
@@ -181,6 +222,51 @@ class ServeState:
             rows = self._db.execute("SELECT task_id, member, agent_id, hostname, port, sha256, state, executor_id, "
                                     "updated_at FROM replicas ORDER BY task_id").fetchall()
         return [ReplicaRecord(*row) for row in rows]
+
+    def forget_tasks(self) -> None:
+        """Forget every replica and executor (their framework is gone: torn down, or its cluster
+        was the embedded one of the ``serve`` that died)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM replicas")
+            self._db.execute("DELETE FROM executors")
+            self._db.execute("COMMIT")
+
+    # executors ---------------------------------------------------------------------------
+    def record_executors(self, executors: Iterable[ExecutorRecord]) -> None:
+        """Record (or update) executors of ours, one transaction."""
+        now = time.time()
+        rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now) for e in executors]
+        if rows:
+            with self._lock:
+                self._db.execute("BEGIN")
+                self._db.executemany(_UPSERT_EXECUTOR, rows)
+                self._db.execute("COMMIT")
+
+    def set_executor_idle(self, agent_id: str, executor_id: str, idle_since: float | None) -> None:
+        """Since when (wall clock) the executor has had no replica; None: it has one again."""
+        with self._lock:
+            self._db.execute("UPDATE executors SET state = ?, idle_since = ?, updated_at = ? "
+                             "WHERE agent_id = ? AND executor_id = ?",
+                             ("running" if idle_since is None else "idle", idle_since, time.time(), agent_id,
+                              executor_id))
+
+    def remove_executor(self, agent_id: str, executor_id: str) -> None:
+        """The executor is shut down (its ``SHUTDOWN`` sent) or known gone."""
+        with self._lock:
+            self._db.execute("DELETE FROM executors WHERE agent_id = ? AND executor_id = ?", (agent_id, executor_id))
+
+    def executors(self) -> list[ExecutorRecord]:
+        with self._lock:
+            if not self._has("executors"):  # a schema 2 journal read-only: its replicas tell
+                rows = self._db.execute("SELECT agent_id, executor_id, max(hostname), NULL, max(updated_at) "
+                                        "FROM replicas WHERE executor_id != '' GROUP BY agent_id, executor_id "
+                                        "ORDER BY agent_id, executor_id").fetchall()
+            else:
+                rows = self._db.execute("SELECT agent_id, executor_id, hostname, idle_since, updated_at "
+                                        "FROM executors ORDER BY agent_id, executor_id").fetchall()
+        return [ExecutorRecord(str(a), str(e), str(h), None if idle is None else float(idle), float(at))
+                for a, e, h, idle, at in rows]
 
     # what people watching read: history, events, snapshot ----------------------------------
     def _has(self, table: str) -> bool:
@@ -267,6 +353,12 @@ class ServeState:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_UPSERT_EXECUTOR = ("INSERT INTO executors (agent_id, executor_id, hostname, state, idle_since, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id, executor_id) DO UPDATE SET "
+                    "hostname = excluded.hostname, state = excluded.state, idle_since = excluded.idle_since, "
+                    "updated_at = excluded.updated_at")
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:

@@ -31,6 +31,8 @@ RNG = np.random.default_rng(3)
 FEATURES = RNG.normal(size=(300, 5))
 HOLD, RELEASE = threading.Event(), threading.Event()
 """While HOLD is set, :class:`BlockingRegression`'s predictions wait for RELEASE."""
+BLOCKED: list[int] = []
+"""One item per :class:`BlockingRegression` prediction waiting for RELEASE now."""
 
 
 class BlockingRegression(LinearRegression):
@@ -39,7 +41,11 @@ class BlockingRegression(LinearRegression):
 
     def predict(self, X: Any) -> Any:  # noqa: N803 (scikit-learn's name)
         if HOLD.is_set():
-            assert RELEASE.wait(60)
+            BLOCKED.append(1)
+            try:
+                assert RELEASE.wait(60)
+            finally:
+                BLOCKED.pop()
         return super().predict(X)
 
 
@@ -425,6 +431,7 @@ def test_the_kill_grace_period_bounds_the_drain(executor: EnsembleExecutor, tmp_
         executor.killTask(driver, Dict({"value": "r1"}))
         # The prediction is still blocked: the task is reported killed once the grace period is over.
         wait_for(lambda: "TASK_KILLED" in states(driver, "r1"))
+        assert BLOCKED == [1]  # reported killed while the prediction still computes: not waited for
         in_flight.join(60)
         assert outcome and isinstance(outcome[0], (http.client.HTTPException, OSError))  # cut off, no answer
         assert refused(port)

@@ -78,6 +78,7 @@ def _ranges(draw: st.DrawFn) -> list[tuple[int, int]]:
 @settings(max_examples=200, deadline=None)
 def test_assign_ports_properties(free: list[tuple[int, int]], count: int, taken: set[int]) -> None:
     available = sorted({p for b, e in free for p in range(b, e + 1)} - taken)
+    assert list(translator.free_ports(free, taken)) == available
     if count > len(available):
         with pytest.raises(ValueError):
             translator.assign_ports(free, count, taken)

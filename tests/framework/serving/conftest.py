@@ -113,6 +113,37 @@ class Deployer:
             thing.stop()
 
 
+@pytest.fixture(scope="module")
+def batch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[list[float]], list[float]]:
+    """The founding example run as a batch job (``run``): its rows and its integrated predictions."""
+    from deploy_helpers import held_out_rows, serve_job
+    from framework.job import JobRunner
+    from framework.jobspec import load_job
+
+    job = serve_job(tmp_path_factory.mktemp("batch"))
+    outcome = JobRunner(load_job(job)).run()
+    columns, rows = held_out_rows(job)
+    with outcome.output.open() as handle:
+        next(handle)
+        expected = [float(line.strip()) for line in handle]
+    return columns, rows, expected
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Any]:
+    """An embedded cluster of two agents (2 cpus, ports) run apart from ``serve``: a separate
+    master that a killed ``serve`` comes back to, or that fails over under it."""
+    from framework.localmesos import AgentSpec, LocalCluster
+
+    agents = [AgentSpec(hostname=f"agent-{i}", resources={"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0,
+                                                          "ports": "[31000-32000]"}) for i in (1, 2)]
+    cluster = LocalCluster(agents=agents, work_dir=tmp_path / "cluster", allocation_interval=0.1,
+                           executor_shutdown_grace_period=1.0, command_kill_grace_period=1.0)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def deploy() -> Iterator[Deployer]:
     deployer = Deployer()

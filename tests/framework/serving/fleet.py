@@ -17,6 +17,7 @@ forest / boosting / logistic replicas of 0.5 / 0.25 / 0.1 cpus less the shared e
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections import defaultdict
@@ -28,7 +29,7 @@ from framework import translator
 from framework.packing import Agent, PriceTable, Resources
 from framework.serving import controller as controller_module
 from framework.serving import placement
-from framework.serving.autoscale import MemberLoad
+from framework.serving.autoscale import RECENT_S, MemberLoad
 from framework.serving.controller import ReplicaState, ServedMember, ServingController
 from framework.serving.routing import ReplicaTable
 from framework.serving.service import ServeRunner
@@ -51,6 +52,14 @@ class Member:
     min_replicas: int = 1
     max_replicas: int = 2
     mem: float = 544.0
+    busy_at_capacity: float = 0.45
+    """The share of the time a replica is busy at ``capacity_rps`` (a batching replica meets its
+    target latency without being busy all the time): the gateway's busy measure, when measured."""
+
+    @property
+    def service_s(self) -> float:
+        """Replica-seconds one request costs."""
+        return self.busy_at_capacity / self.capacity_rps
 
 
 BENCH_MEMBERS = (Member("forest", 0.49, 8.0), Member("boosting", 0.24, 12.0),
@@ -291,8 +300,15 @@ class Fleet:
 
     def __init__(self, members: tuple[Member, ...] = BENCH_MEMBERS, agents: Mapping[str, float] | None = None,
                  agent_cpus: float = 1.0, start_s: float = 4.0, kill_s: float = 0.5, scale_down_delay_s: float = 30.0,
-                 target_p99_ms: float = 100.0, rate: Callable[[float], float] = lambda now: 3.4) -> None:
+                 target_p99_ms: float = 100.0, rate: Callable[[float], float] = lambda now: 3.4,
+                 measured: bool = False) -> None:
         self.now = 0.0
+        self.measured = measured
+        """The loads as the gateway measures them: the p99 the worst of its window (it still holds
+        the slow requests of a load that has passed), a recent rate (``RECENT_S``) and the replicas'
+        busy time; else an instant p99 of the windowed rate and neither of the others."""
+        self._p99s: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self._busy: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.members = {m.name: m for m in members}
         self.rate = rate
         self.spec = ServeSpec(target_p99_ms=target_p99_ms, scale_down_delay_s=scale_down_delay_s,
@@ -317,12 +333,30 @@ class Fleet:
         self.controller._driver = self.mesos
         self.controller._step([("subscribed", self.mesos, "F1")])
 
+    def _rate_over(self, seconds: float) -> float:
+        steps = int(seconds / controller_module.TICK_SECONDS)
+        return sum(self.rate(self.now - i * controller_module.TICK_SECONDS) for i in range(steps)) / steps
+
     def loads(self) -> dict[str, MemberLoad]:
-        """As the gateway measures them: the rate over its last window (``WINDOW_S``)."""
-        steps = int(WINDOW_S / controller_module.TICK_SECONDS)
-        rate = sum(self.rate(self.now - i * controller_module.TICK_SECONDS) for i in range(steps)) / steps
-        return {name: load_model(m, rate, len(self.controller.ready(name)), self.spec.target_p99_ms)
-                for name, m in self.members.items()}
+        """As the gateway measures them: the rate over its last window (``WINDOW_S``); when
+        ``measured``, also as described there."""
+        rate = self._rate_over(WINDOW_S)
+        loads = {name: load_model(m, rate, len(self.controller.ready(name)), self.spec.target_p99_ms)
+                 for name, m in self.members.items()}
+        if not self.measured:
+            return loads
+        now, recent = self.rate(self.now), self._rate_over(RECENT_S)
+        for name, m in self.members.items():
+            ready = loads[name].replicas_ready
+            instant = load_model(m, now, ready, self.spec.target_p99_ms).p99_ms
+            busy = min(float(ready), now * m.service_s)
+            for series, value in ((self._p99s[name], instant), (self._busy[name], busy)):
+                series.append((self.now, value))
+                del series[:-int(WINDOW_S)]  # one a second: the window's
+            loads[name] = dataclasses.replace(
+                loads[name], p99_ms=max(p for _, p in self._p99s[name]), recent_rate_rps=recent,
+                busy=sum(b for _, b in self._busy[name]) / len(self._busy[name]))
+        return loads
 
     def run_until(self, end: float) -> None:
         tick = controller_module.TICK_SECONDS

@@ -44,6 +44,8 @@ class ModelReplica:
         """Close the connection without an answer (the replica died mid-request)."""
         self.hold: asyncio.Event | None = None
         """While set to an unset event, requests wait for it (a slow replica)."""
+        self.delay_s = 0.0
+        """Every predict request takes at least this long (a model this slow)."""
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -106,6 +108,8 @@ class ModelReplica:
             return web.json_response({"error": "ValueError: the model raised", "kind": "member_error"}, status=500)
         if self.hold is not None:
             await self.hold.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         started = time.perf_counter()
         output = getattr(self.model, self.output)(X)
         self.answered += 1
@@ -125,6 +129,18 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def post_with_headers(url: str, body: bytes, content_type: str = "application/json",
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    """POST with extra request headers; (status, response headers, parsed JSON answer)."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type, **(headers or {})},
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read())
 
 
 def get(url: str) -> tuple[int, bytes]:

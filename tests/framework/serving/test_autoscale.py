@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framework.serving.autoscale import (MAX_STEP_FACTOR, AutoscaleState, MemberLoad, MemberScaleState, decide,
-                                         pressed, replicas_for)
+from framework.serving.autoscale import (DOWN_UTILISATION, MAX_STEP_FACTOR, UP_UTILISATION, AutoscaleState,
+                                         MemberLoad, MemberScaleState, by_utilisation, decide, pressed,
+                                         replicas_for)
 from framework.serving.spec import ReplicaBounds, ServeSpec
 
 SPEC = ServeSpec(target_p99_ms=100.0, scale_interval_s=1.0, scale_down_delay_s=30.0,
@@ -207,6 +208,13 @@ def test_queue_growth_counts_relative_to_replicas() -> None:
     assert not pressed(SPEC, quiet, last_queue=0)  # 2 waiting for 4 replicas
     busy = MemberLoad("m", 10.0, 9, 4, 30.0, replicas_ready=4)
     assert pressed(SPEC, busy, last_queue=3) and not pressed(SPEC, busy, last_queue=9)
+    # with a busy measure, a backlog the next batch takes (replicas 30 % busy) is not pressure
+    assert not pressed(SPEC, dataclasses.replace(busy, busy=1.2), last_queue=3)
+    assert pressed(SPEC, dataclasses.replace(busy, busy=2.8), last_queue=3)
+    # nor is a slow p99 of nearly idle replicas (a cold first call): more would not be faster
+    cold = MemberLoad("m", 0.2, 0, 1, 400.0, 1, recent_rate_rps=0.2, busy=0.05)
+    assert not pressed(SPEC, cold, last_queue=0) and pressed(SPEC, dataclasses.replace(cold, busy=0.3), 0)
+    assert decide(SPEC, {"m": cold}, {"m": 1}, AutoscaleState(), 0.0)[0] == {"m": 1}
 
 
 def test_replicas_for() -> None:
@@ -247,3 +255,115 @@ def test_a_pressed_member_never_shrinks_and_steps_at_most_four_times(ready: int,
     state = AutoscaleState({"m": MemberScaleState(capacity_rps=capacity)})
     desired, _ = decide(spec, {"m": MemberLoad("m", rate, 0, ready, p99, ready)}, {"m": ready}, state, 0.0)
     assert ready < desired["m"] <= math.ceil(ready * MAX_STEP_FACTOR)
+
+
+# --- with a busy measure (the gateway's replica-seconds per second) and a recent rate -------------
+
+
+class BusyMember(WindowedMember):
+    """The windowed member with the gateway's other two measures: the replicas' busy time over
+    the window (a replica is busy ``rate / capacity`` of the time, at most all of it) and the
+    rate of the last ``recent`` seconds."""
+
+    def __init__(self, recent: int = 2, **changes: float) -> None:
+        super().__init__(10, **changes)
+        self.recent: deque[float] = deque(maxlen=recent)
+        self.busy: deque[float] = deque(maxlen=10)
+
+    def step(self, rate: float, dt: float, now: float) -> MemberLoad:
+        load = super().step(rate, dt, now)
+        self.recent.append(rate)
+        self.busy.append(min(float(self.ready), rate / self.capacity))
+        return dataclasses.replace(load, recent_rate_rps=sum(self.recent) / len(self.recent),
+                                   busy=sum(self.busy) / len(self.busy))
+
+
+def drive(sim: SimulatedMember, rates: list[float], count: int = 1, state: AutoscaleState | None = None,
+          start: float = 0.0) -> tuple[list[int], list[float], AutoscaleState]:
+    """One decision a second from ``start``: the counts and the instant p99s."""
+    state = state or AutoscaleState()
+    counts, instant = [], []
+    for i, rate in enumerate(rates):
+        now = start + i
+        load = sim.step(rate, 1.0, now)
+        instant.append(getattr(sim, "instant_p99", load.p99_ms))
+        desired, state = decide(SPEC, {"m": load}, {"m": count}, state, now, window_s=10.0)
+        count = desired["m"]
+        sim.set_count(count, now)
+        counts.append(count)
+    return counts, instant, state
+
+
+def test_a_step_is_asked_for_on_the_recent_rate_before_the_p99_or_the_queue_says_so() -> None:
+    """30/s to 85/s: one replica still meets the target (p99 ~67 ms, no queue), but at 85 % busy
+    it is past UP_UTILISATION: a second is asked for within two decisions of the step."""
+    sim = BusyMember(service_ms=10.0)
+    _, _, state = drive(sim, [30.0] * 20)
+    counts, instant, _ = drive(sim, [85.0] * 5, state=state, start=20.0)
+    assert all(p <= SPEC.target_p99_ms for p in instant), instant  # nothing pressed it
+    assert counts[1] == 2, counts
+
+
+def test_with_a_busy_measure_the_fall_goes_back_to_what_the_load_needs_despite_a_stale_window() -> None:
+    """A 6.7x step that presses the replicas until more have started, then back to the base: the
+    windowed p99 stays over the target for a window after the fall while the windowed rate falls,
+    and the count still comes back to the base's one replica, one delay after the window cleared."""
+    sim = BusyMember(capacity=40.0)
+    _, _, state = drive(sim, [15.0] * 40)
+    counts, _, state = drive(sim, [100.0] * 20, state=state, start=40.0)
+    assert counts[-1] >= math.ceil(100.0 / 40.0 / UP_UTILISATION)
+    after, instant, _ = drive(sim, [15.0] * 60, count=counts[-1], state=state, start=60.0)
+    assert after[-1] == 1, changes_of(after)
+    first_down = next(i for i, c in enumerate(after) if c < counts[-1])
+    assert first_down <= 10 + SPEC.scale_down_delay_s + 1, after
+    assert all(p <= SPEC.target_p99_ms for p in instant[first_down:])
+
+
+def test_a_refused_step_down_is_undone_and_not_tried_again_at_that_utilisation() -> None:
+    """A member whose one replica misses the target at 45 % busy (its latency is not its busy
+    time): the step down from two is tried once, undone when the p99 says so, and not tried again
+    while the load stays (the refusal is remembered ``PRESSED_MEMORY_DELAYS`` delays)."""
+    sim = BusyMember(capacity=100.0, service_ms=60.0)  # p99 60 ms at 2 x 22 %, 109 ms at 45 %
+    counts, _, state = drive(sim, [45.0] * 150, count=2)
+    downs = [(i, c) for i, c in changes_of(counts) if c == 1]
+    ups = [(i, c) for i, c in changes_of(counts) if c == 2]
+    assert len(downs) == 1 and len(ups) == 1 and ups[0][0] > downs[0][0], changes_of(counts)
+    assert counts[-1] == 2
+    assert state.members["m"].refused_utilisation == pytest.approx(0.45, rel=0.05)
+
+
+def test_no_flapping_under_a_noisy_load_with_a_busy_measure() -> None:
+    """The noisy 200/s of the test above, with the busy measure: the count holds after the first
+    step up (hysteresis between UP_UTILISATION and DOWN_UTILISATION), and p99 meets the target."""
+    for seed in range(10):
+        rng = random.Random(seed)
+        sim = BusyMember()
+        counts, instant, _ = drive(sim, [max(0.0, 200.0 * (1 + rng.gauss(0, 0.15))) for _ in range(400)])
+        assert len(changes_of(counts)) <= 2, changes_of(counts)
+        assert sum(1 for p in instant[3:] if p > SPEC.target_p99_ms) <= 1
+
+
+busy_loads = st.builds(
+    MemberLoad, st.just("m"), st.floats(0, 5000), st.integers(0, 500), st.integers(0, 100), st.floats(0, 5000),
+    st.integers(0, 20), recent_rate_rps=st.floats(0, 5000), busy=st.floats(0, 20))
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(low=st.integers(1, 3), span=st.integers(0, 12), start=st.integers(0, 15),
+       samples=st.lists(busy_loads, min_size=1, max_size=60))
+def test_with_a_busy_measure_steps_down_leave_the_rest_under_down_utilisation_and_ups_are_asked(
+        low: int, span: int, start: int, samples: list[MemberLoad]) -> None:
+    """Within bounds; a step down never leaves the last sample's demand above DOWN_UTILISATION
+    per replica (unless at the minimum); and what the rate now needs at UP_UTILISATION is
+    always asked for (at most MAX_STEP_FACTOR x the ready ones at once, within the bounds)."""
+    spec = ServeSpec(target_p99_ms=100.0, scale_down_delay_s=5.0, models={"m": ReplicaBounds(low, low + span)})
+    state, count = AutoscaleState(), spec.bounds("m").clamp(start)
+    for i, load in enumerate(samples):
+        desired, state = decide(spec, {"m": load}, {"m": count}, state, float(i))
+        wanted = desired["m"]
+        assert low <= wanted <= low + span
+        if wanted < count:
+            assert wanted == low or by_utilisation(load, DOWN_UTILISATION) <= wanted
+        asked = min(by_utilisation(load, UP_UTILISATION), math.ceil(max(1, load.replicas_ready) * MAX_STEP_FACTOR))
+        assert wanted >= spec.bounds("m").clamp(min(asked, low + span)) or wanted >= count, (load, count, wanted)
+        count = wanted

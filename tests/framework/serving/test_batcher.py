@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from framework.serving.batcher import BatchSent, MemberBatcher, split_rows, take_rows
+from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s, split_rows, take_rows
 
 
 def test_take_rows_takes_whole_requests_and_cuts_the_one_that_does_not_fit():
@@ -214,5 +214,59 @@ def test_an_idle_member_with_slack_waits_that_long_for_company():
         answers = await asyncio.wait_for(asyncio.gather(*waiting), 60)
         assert model.batches == [8]
         assert all(np.array_equal(a, model.expected(rows + i)) for i, a in enumerate(answers))
+        await batcher.close()
+    asyncio.run(run())
+
+
+def test_expected_time_counts_the_batches_ahead_over_the_slots():
+    assert expected_s(0.0, 3, 500, 1, 10, 1) == 0.0  # nothing measured yet: never refused
+    assert expected_s(0.02, 0, 0, 1, 256, 1) == pytest.approx(0.02)  # idle: one call
+    assert expected_s(0.02, 1, 0, 1, 256, 1) == pytest.approx(0.03)  # behind a batch half done
+    assert expected_s(0.02, 2, 600, 10, 256, 2) == pytest.approx(0.02 * (1 + 3) / 2)  # 610 rows: 3 batches
+    assert expected_s(0.02, 0, 0, 1, 256, 4) == pytest.approx(0.02)  # at least one call
+
+
+def test_a_full_queue_refuses_a_timed_out_request_leaves_it_and_limits_change_live():
+    async def run() -> None:
+        model = Model()
+        model.gate = asyncio.Event()
+        batcher = MemberBatcher("m", model, max_batch_rows=4, max_wait_s=0.0, max_concurrent=lambda: 1,
+                                max_queue=2, queue_timeout_s=0.05)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit(np.ones((1, 3))))
+        while batcher.in_flight == 0:
+            await asyncio.sleep(0)
+        waiting = [asyncio.create_task(batcher.submit(np.ones((1, 3)) * i)) for i in (2, 3)]
+        while batcher.queue_depth < 2:
+            await asyncio.sleep(0)
+        assert batcher.full
+        with pytest.raises(Shed) as full:
+            batcher.enqueue(np.ones((1, 3)))
+        assert full.value.reason == "queue_full" and not full.value.sent
+        # Past queue_timeout_s, the waiting requests leave the queue unsent.
+        for task in waiting:
+            with pytest.raises(Shed) as late:
+                await task
+            assert late.value.reason == "queue_timeout"
+        assert batcher.queue_depth == 0 and len(model.batches) == 1
+        # New limits: no timeout, a deadline instead; the next batch is cut at 2 rows.
+        batcher.reconfigure(max_batch_rows=2, max_wait_s=0.0, max_queue=0, queue_timeout_s=0.0)
+        loop = asyncio.get_running_loop()
+        doomed = asyncio.create_task(batcher.submit(np.ones((1, 3)), deadline=loop.time() + 0.02))
+        big = asyncio.create_task(batcher.submit(np.ones((3, 3)) * 5))
+        with pytest.raises(Shed) as missed:
+            await doomed
+        assert missed.value.reason == "deadline" and not missed.value.sent
+        model.gate.set()
+        assert (await first).tolist() == [1.5]
+        assert (await big).tolist() == [7.5] * 3
+        assert model.batches == [1, 2, 1]  # the doomed request was never sent
+        # A deadline that passes while the batch is out: given up, ``sent``.
+        model.gate.clear()
+        at_replica = asyncio.create_task(batcher.submit(np.ones((1, 3)), deadline=loop.time() + 0.02))
+        with pytest.raises(Shed) as gone:
+            await at_replica
+        assert gone.value.reason == "deadline" and gone.value.sent
+        model.gate.set()
         await batcher.close()
     asyncio.run(run())

@@ -289,3 +289,333 @@ def test_an_adopted_executor_left_without_replicas_is_shut_down(demo: JobSpec, s
         assert deployment.controller.hosting[("a2", "ensemble.g3")] is None
     finally:
         deployment.close()
+
+
+def test_an_executor_journaled_idle_by_a_killed_serve_is_shut_down_by_the_next(demo: JobSpec, server: ArtifactServer,
+                                                                              tmp_path: Path) -> None:
+    """The journal keeps every executor of ours (schema 3): recorded with its first replica's
+    launch, marked idle once its replicas have ended.  A ``serve`` that dies while its executor
+    waits idle for its ``SHUTDOWN`` leaves it in the journal, and the next ``serve`` sends it."""
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state)
+    deployment.controller.executor_idle_seconds = 3600.0  # this serve dies before it would shut it down
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        assert [(e.agent_id, e.executor_id, e.hostname, e.state) for e in state.executors()] == [
+            ("a1", "ensemble.g0", "a1.example", "running")]  # journaled before the launch was sent
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        for task in tasks:  # both replicas end (no offer: none replaces them there)
+            deployment.controller.statusUpdate(deployment.driver, make_status(task["task_id"]["value"], "TASK_KILLED"))
+        [idle] = wait_for(lambda: [e for e in state.executors() if e.state == "idle"])
+        assert idle.executor_id == "ensemble.g0" and idle.idle_since is not None
+        assert state.replicas() == [] and deployment.driver.shutdowns == []
+    finally:
+        deployment.close()  # killed: the executor's SHUTDOWN was never sent
+        state.close()
+
+    state = ServeState.open(tmp_path / "state")
+    again = Deployment(demo, server, state=state)
+    again.controller.executor_idle_seconds = 0.5
+    try:
+        assert again.controller.adopt(state.replicas(), state.executors()) == 0
+        again.controller.avoid_earlier_executors(7)
+        again.controller.reregistered(again.driver, {"hostname": "master", "port": 5050})
+        assert wait_for(lambda: again.driver.shutdowns) == [("a1", "ensemble.g0")]
+        assert state.executors() == [], "a shut-down executor stayed in the journal"
+        # New replicas go to a new executor (the earlier run's ExecutorInfo is not reused).
+        again.controller.resourceOffers(again.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(again.launched()) == 2 and again.launched())
+        assert {t["executor"]["executor_id"]["value"] for t in tasks} == {"ensemble.g7"}
+        assert [(e.executor_id, e.state) for e in state.executors()] == [("ensemble.g7", "running")]
+    finally:
+        again.close()
+        state.close()
+
+
+def test_an_idle_executor_of_a_killed_serve_waits_out_its_idle_time_and_one_that_serves_again_is_kept(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """The idle time counts from when the earlier ``serve`` saw the executor idle (wall clock): a
+    long-idle one is shut down at once, one just idle waits; one whose adopted replica still runs
+    (the journal said running) is not shut down."""
+    from framework.serving.state import ExecutorRecord, ReplicaRecord
+
+    deployment = Deployment(demo, server)
+    deployment.controller.executor_idle_seconds = 30.0
+    try:
+        now = time.time()
+        executors = [ExecutorRecord("a1", "ensemble.g3", "a1.example", now - 3600.0),
+                     ExecutorRecord("a2", "ensemble.g3", "a2.example", now),
+                     ExecutorRecord("a3", "ensemble.g3", "a3.example")]
+        replica = ReplicaRecord("linear.replica-old-1", "linear", "a3", "a3.example", 31000,
+                                demo.model("linear").sha256, "TASK_RUNNING", "ensemble.g3")
+        assert deployment.controller.adopt([replica], executors) == 1
+        deployment.subscribe()
+        wait_for(lambda: deployment.driver.reconciles)
+        deployment.controller.statusUpdate(deployment.driver, make_status("linear.replica-old-1", "TASK_RUNNING",
+                                                                          "a3"))
+        assert wait_for(lambda: deployment.driver.shutdowns) == [("a1", "ensemble.g3")]
+        time.sleep(0.5)  # ticks go by: a2 has been idle for far less than 30 s, a3 serves
+        assert deployment.driver.shutdowns == [("a1", "ensemble.g3")]
+        assert deployment.controller.hosting[("a3", "ensemble.g3")] is None
+        assert deployment.controller.hosting[("a2", "ensemble.g3")] is not None
+    finally:
+        deployment.close()
+
+
+def test_a_master_failover_reconciles_every_known_replica_keeps_them_serving_and_scaling_works_after(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """The master fails over while serving: the driver re-subscribes under the same framework id
+    (``reregistered``); the controller asks the master about every replica it knows (explicit
+    reconciliation), keeps them in the table meanwhile and after, and still scales."""
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state, bounds={"linear": (1, 3), "logistic": (1, 1)})
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        known = sorted(t["task_id"]["value"] for t in tasks)
+        deployment.driver.framework_id = "F1"
+        deployment.controller.disconnected(deployment.driver)
+        deployment.controller.reregistered(deployment.driver, {"hostname": "master", "port": 5050})
+        [reconciled] = wait_for(lambda: deployment.driver.reconciles)
+        assert sorted(t["task_id"]["value"] for t in reconciled) == known  # explicit, not implicit ([])
+        assert deployment.controller.framework_id == "F1" and state.framework_id == "F1"
+        assert sorted(r.replica_id for m in ("linear", "logistic") for r in deployment.table.ready(m)) == known
+        for task in tasks:  # the master's answers (REASON_RECONCILIATION): nothing changes
+            deployment.controller.statusUpdate(deployment.driver, make_status(
+                task["task_id"]["value"], "TASK_RUNNING", reason="REASON_RECONCILIATION", uuid=None))
+        deployment.controller.retarget({"linear": ServedMember("linear", demo.model("linear").sha256, 2, 3)})
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
+        [added] = wait_for(lambda: deployment.launched()[2:])
+        assert payload(added)["model"] == "linear"
+        assert deployment.driver.kills == [] and deployment.controller.replaced == 0
+        assert sorted(r.replica_id for m in ("linear", "logistic") for r in deployment.table.ready(m)) == known
+    finally:
+        deployment.close()
+        state.close()
+
+
+def test_per_model_executors_hold_one_member_each_and_a_crash_replaces_only_its_member(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """``executors = "per_model"``: each member's replicas go to executors of its own (with their
+    own resources); one of them dying takes only its member's replica, replaced in a new
+    generation of that member's executor, and the journal follows the executors."""
+    spec = dataclasses.replace(demo, framework=dataclasses.replace(demo.framework, executors="per_model"))
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(spec, server, state=state)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", cpus=4.0, mem=8192.0)])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        executor_of = {payload(t)["model"]: t["executor"] for t in tasks}
+        assert {m: e["executor_id"]["value"] for m, e in executor_of.items()} == {"linear": "linear.g0",
+                                                                                 "logistic": "logistic.g0"}
+        assert all(any(r["name"] == "cpus" for r in e["resources"]) for e in executor_of.values())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        assert sorted(e.executor_id for e in state.executors()) == ["linear.g0", "logistic.g0"]
+        linear = next(t for t in tasks if payload(t)["model"] == "linear")
+        deployment.controller.statusUpdate(deployment.driver, make_status(
+            linear["task_id"]["value"], "TASK_FAILED", reason="REASON_EXECUTOR_TERMINATED", message="exited"))
+        wait_for(lambda: not deployment.table.ready("linear") and deployment.driver.revived)
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", cpus=4.0, mem=8192.0)])
+        [replacement] = wait_for(lambda: deployment.launched()[2:])
+        assert payload(replacement)["model"] == "linear"
+        assert replacement["executor"]["executor_id"]["value"] == "linear.g1"
+        assert len(deployment.table.ready("logistic")) == 1 and deployment.driver.kills == []
+        assert deployment.controller.replaced == 1
+        assert sorted(e.executor_id for e in state.executors()) == ["linear.g1", "logistic.g0"]
+    finally:
+        deployment.close()
+        state.close()
+
+
+def test_an_agent_lost_takes_its_replicas_and_executor_and_they_are_replaced_elsewhere(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        # The master's word: the agent is gone (FAILURE), its tasks TASK_LOST (no uuid to acknowledge).
+        deployment.controller.slaveLost(deployment.driver, {"value": "a1"})
+        for task in tasks:
+            deployment.controller.statusUpdate(deployment.driver, make_status(
+                task["task_id"]["value"], "TASK_LOST", reason="REASON_AGENT_REMOVED", uuid=None))
+        wait_for(lambda: not deployment.controller.replicas and deployment.driver.revived)
+        assert deployment.table.ready("linear") == [] and deployment.table.ready("logistic") == []
+        assert not [h for h in deployment.controller.hosting if h[0] == "a1"] and state.executors() == []
+        assert deployment.driver.shutdowns == []  # nothing to shut down on a lost agent
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a2")])
+        replacements = wait_for(lambda: len(deployment.launched()) == 4 and deployment.launched()[2:])
+        assert {t["agent_id"]["value"] for t in replacements} == {"a2"}
+        assert sorted(payload(t)["model"] for t in replacements) == ["linear", "logistic"]
+        for task in replacements:
+            deployment.run(task, "a2")
+        wait_for(deployment.controller.all_ready)
+        assert [(e.agent_id, e.state) for e in state.executors()] == [("a2", "running")]
+        assert deployment.controller.replaced == 2
+    finally:
+        deployment.close()
+        state.close()
+
+
+class DroppingDriver(LockedDriver):
+    """Drops what it is asked while disconnected, as pymesos does (``killTask``, ``launchTasks``...)."""
+
+    connected = True
+
+    def __init__(self, scheduler: Any) -> None:
+        super().__init__(scheduler)
+        self.dropped: list[dict[str, Any]] = []
+
+    def killTask(self, task_id: Any) -> None:  # noqa: N802
+        if self.connected:
+            super().killTask(task_id)
+
+    def launchTasks(self, offer_ids: Any, tasks: list[dict[str, Any]], filters: Any = None) -> None:  # noqa: N802
+        if self.connected:
+            super().launchTasks(offer_ids, tasks, filters)
+        else:
+            self.dropped.extend(tasks)
+
+
+def test_a_drain_during_a_master_failover_is_killed_once_subscribed_again(demo: JobSpec, server: ArtifactServer,
+                                                                          tmp_path: Path) -> None:
+    """pymesos drops a kill sent while it is disconnected (the master failing over): the drain's
+    kill waits until the framework is subscribed again, and a drained replica is reconciled with
+    the others (it must not run on, unknown to anyone)."""
+    deployment = Deployment(demo, server, bounds={"linear": (2, 3), "logistic": (1, 1)})
+    driver = deployment.driver = DroppingDriver(deployment.controller)
+    deployment.controller._driver = driver
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 3 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        driver.connected = False  # the master fails over
+        deployment.controller.disconnected(driver)
+        with deployment.controller.lock:
+            deployment.controller.desired["linear"] = 1
+        deployment.controller.poke()
+        [drained] = wait_for(lambda: [r.task_id for r in deployment.controller.replicas.values()
+                                      if r.state.value == "draining"])
+        time.sleep(1.0)  # past the drain: its kill is due, but cannot be sent
+        assert driver.kills == [] and drained not in {r.replica_id for r in deployment.table.ready("linear")}
+        driver.connected = True
+        driver.framework_id = "F1"
+        deployment.controller.reregistered(driver, {"hostname": "master", "port": 5050})
+        assert wait_for(lambda: driver.kills) == [drained]
+        [reconciled] = driver.reconciles  # the first subscription had no replica to reconcile
+        assert sorted(t["task_id"]["value"] for t in reconciled) == sorted(t["task_id"]["value"] for t in tasks)
+    finally:
+        deployment.close()
+
+
+def test_a_replica_the_earlier_serve_was_draining_is_killed_not_served(demo: JobSpec, server: ArtifactServer) -> None:
+    from framework.serving.state import ReplicaRecord
+
+    deployment = Deployment(demo, server)
+    try:
+        sha = {m: demo.model(m).sha256 for m in ("linear", "logistic")}
+        records = [ReplicaRecord("linear.replica-old-1", "linear", "a1", "a1.example", 31000, sha["linear"],
+                                 "TASK_RUNNING", "ensemble.g3"),
+                   ReplicaRecord("linear.replica-old-2", "linear", "a1", "a1.example", 31001, sha["linear"],
+                                 "draining", "ensemble.g3"),
+                   ReplicaRecord("logistic.replica-old-3", "logistic", "a1", "a1.example", 31002, sha["logistic"],
+                                 "TASK_RUNNING", "ensemble.g3")]
+        assert deployment.controller.adopt(records) == 3
+        deployment.subscribe()
+        assert wait_for(lambda: deployment.driver.kills) == ["linear.replica-old-2"]
+        for record in records:  # the reconciliation's answers
+            deployment.controller.statusUpdate(deployment.driver, make_status(record.task_id, "TASK_RUNNING", "a1"))
+        wait_for(deployment.controller.all_ready)
+        assert [r.replica_id for r in deployment.table.ready("linear")] == ["linear.replica-old-1"]
+    finally:
+        deployment.close()
+
+
+def test_a_launch_lost_to_a_master_failover_is_reconciled_as_lost_and_replaced(
+        demo: JobSpec, server: ArtifactServer) -> None:
+    """Offers handled just as the master fails over: the driver drops the launch.  The replicas,
+    recorded as launching, are reconciled once subscribed again; the master knows nothing of them
+    (TASK_LOST), so they are replaced."""
+    deployment = Deployment(demo, server)
+    driver = deployment.driver = DroppingDriver(deployment.controller)
+    deployment.controller._driver = driver
+    try:
+        deployment.subscribe()
+        driver.connected = False
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        lost = wait_for(lambda: len(driver.dropped) == 2 and [t["task_id"]["value"] for t in driver.dropped])
+        assert deployment.launched() == []
+        driver.connected = True
+        driver.framework_id = "F1"
+        deployment.controller.reregistered(driver, {"hostname": "master", "port": 5050})
+        [reconciled] = wait_for(lambda: driver.reconciles)
+        assert sorted(t["task_id"]["value"] for t in reconciled) == sorted(lost)
+        for task_id in lost:
+            deployment.controller.statusUpdate(driver, make_status(task_id, "TASK_LOST", reason="REASON_RECONCILIATION",
+                                                                   uuid=None))
+        wait_for(lambda: not set(lost) & set(deployment.controller.replicas))
+        deployment.controller.resourceOffers(driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        assert sorted(payload(t)["model"] for t in tasks) == ["linear", "logistic"]
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+    finally:
+        deployment.close()
+
+
+class Teardown(LockedDriver):
+    """Stops as pymesos does: TEARDOWN (and the framework id forgotten) only while connected."""
+
+    connected = True
+    failover: bool | None = None
+    framework_id: str | None = "F1"
+
+    def stop(self, failover: bool = False) -> None:
+        self.failover = failover
+        if not failover and self.connected:
+            self.framework_id = None
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_a_stop_that_tears_the_framework_down_forgets_it_in_the_journal(demo: JobSpec, tmp_path: Path,
+                                                                        connected: bool) -> None:
+    """Torn down (TEARDOWN sent: the driver is connected), the next serve must subscribe anew;
+    not connected, the framework and its replicas live on at the master: the journal keeps them."""
+    from framework.serving.service import ServeRunner
+    from framework.serving.state import ExecutorRecord, ReplicaRecord
+
+    state = ServeState.open(tmp_path / "state")
+    try:
+        state.save_framework_id("F1")
+        state.record_launches([ReplicaRecord("r1", "linear", "a1", "h1", 31000, "ab", "TASK_RUNNING", "ensemble.g0")],
+                              [ExecutorRecord("a1", "ensemble.g0", "h1")])
+        driver = Teardown(None)
+        driver.connected = connected
+        runner = ServeRunner(tmp_path / "job.toml", demo, tmp_path / "state")
+        runner._stop_driver(driver, state)
+        assert driver.failover is False
+        if connected:
+            assert state.framework_id is None and state.replicas() == [] and state.executors() == []
+        else:
+            assert state.framework_id == "F1" and len(state.replicas()) == 1 and len(state.executors()) == 1
+    finally:
+        state.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fleet import Fleet  # noqa: E402
+from fleet import Fleet, Member  # noqa: E402
 
 BASE = 3.4
 STEP_AT, FALL_AT, END = 60.0, 80.0, 170.0
@@ -129,3 +129,31 @@ def test_an_executor_idle_only_a_moment_is_reused_not_shut_down() -> None:
     assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
     assert [agent for agent, _ in fleet.mesos.shutdowns] == ["dear"]
     assert list(fleet.mesos.agents["cheap"].executors) == [executor] and fleet.mesos.agents["dear"].executors == {}
+
+
+AT_THE_EDGE = (Member("forest", 0.49, 3.6), Member("boosting", 0.24, 12.0),
+               Member("logistic", 0.09, 100.0, max_replicas=1))
+"""The bench's members as measured: one forest replica carries the base load with little to
+spare (3.4 of 3.6 requests/s), so the 4x step presses it even on its most replicas."""
+
+
+def test_the_fall_from_a_step_that_pressed_every_replica_returns_to_what_the_base_load_needs() -> None:
+    """The gateway's p99 is the worst of its 10 s window: after the fall it still holds the high
+    phase's slow requests while the windowed rate falls.  Those samples are not taken for the
+    rate per replica that presses the member (it was not: that p99 is the high load's), so the
+    forest comes back to one replica and the cost to what the base load needs before the fall's
+    60 s.  The step is asked for within two decisions."""
+    fleet = Fleet(members=AT_THE_EDGE, rate=step_and_fall, measured=True)
+    fleet.run_until(STEP_AT)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
+    fleet.run_until(STEP_AT + 2.0)
+    assert fleet.controller.desired["forest"] == 2
+    fleet.run_until(FALL_AT)
+    assert fleet.controller.desired == {"forest": 2, "boosting": 2, "logistic": 1} and fleet.cost_now() == 3.0
+    fleet.run_until(END)
+    assert_falls_to_the_bound(fleet)
+    assert fleet.controller.desired == {"forest": 1, "boosting": 1, "logistic": 1}
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]}
+    assert (fleet.cost_now(), fleet.bound_now()) == (1.0, 1.0)
+    cheap_again = next(t for t, c, _ in fleet.timeline(FALL_AT) if c == 1.0)
+    assert cheap_again <= FALL_AT + TARGET_S, fleet.timeline(FALL_AT)

@@ -281,6 +281,8 @@ def test_metrics_health_models_and_load_samples(deploy, cancer, fitted):
     assert set(loads) == set(names)
     assert loads["tree"].replicas_ready == 1 and loads["nb"].replicas_ready == 1
     assert loads["tree"].rate_rps > 0 and loads["tree"].p99_ms > 0 and loads["tree"].queue_depth == 0
+    assert loads["tree"].busy is not None and loads["tree"].busy > 0  # the calls' time at its replicas
+    assert loads["nb"].busy is not None and loads["nb"].busy > 0 and loads["tree"].recent_rate_rps is not None
 
     status, body = get(f"{d.url}/v1/health")
     assert status == 200 and json.loads(body)["members"]["tree"] == {"ready": 1, "draining": 1}

@@ -258,5 +258,24 @@ def test_a_journal_of_the_first_schema_is_read_and_then_upgraded(tmp_path: Path)
         record(state, point(10.0), None)
         assert len(state.points(0)) == 1
     with ServeState.read(state_dir) as upgraded:
-        assert int(upgraded._db.execute("PRAGMA user_version").fetchone()[0]) == 2
+        assert int(upgraded._db.execute("PRAGMA user_version").fetchone()[0]) == 3  # through 2 (history) to 3
         assert [p.t for p in read_points(upgraded)] == [10.0]
+
+
+def test_shed_requests_are_sampled_summed_and_shown_apart_from_errors() -> None:
+    metrics = GatewayMetrics(["linear"])
+    before = history.read_counters(metrics.registry.collect())
+    metrics.request("ok", 0.004)
+    for _ in range(3):
+        metrics.request_rejected("queue_full")
+    metrics.request_rejected("deadline", sent=True)
+    after = history.read_counters(metrics.registry.collect())
+    point = history.sample(100.0, 5.0, before, after, {"linear": {"desired": 1, "ready": 1}}, None)
+    assert (point.requests, point.errors, point.rejected) == (1, 0, 4)
+    assert Point.from_json(json.loads(json.dumps(point.to_json()))) == point
+    assert Point.from_json({"t": 1.0, "span": 5.0}).rejected == 0.0  # a journal written before shedding
+    assert history.aggregate([point, point]).rejected == 8
+    document = history.summary(SNAPSHOT, [point], [], live=False, now=100.0)
+    assert document["end_to_end"]["rejected"] == 4 and document["series"]["rejected"] == [0.8]
+    assert "0 errors, 4 shed (overload)" in history.describe(document)
+    assert "4 shed (overload)" in render_page(document)

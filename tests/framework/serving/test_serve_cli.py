@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from framework.localmesos import AgentSpec, LocalCluster
+from framework.localmesos import LocalCluster
 from framework.localmesos.cluster import live_processes, recorded_processes
 from framework.serving.state import ServeState
 from deploy_helpers import held_out_rows, post, serve_job, wait_for
@@ -90,17 +90,6 @@ def test_serve_answers_reloads_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert not (state / "serve.json").exists()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Any:
-    agents = [AgentSpec(hostname=f"agent-{i}", resources={"cpus": 2, "mem": 4096, "disk": 10000, "gpus": 0,
-                                                          "ports": "[31000-32000]"}) for i in (1, 2)]
-    cluster = LocalCluster(agents=agents, work_dir=tmp_path / "cluster", allocation_interval=0.1,
-                           executor_shutdown_grace_period=1.0, command_kill_grace_period=1.0)
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
 @pytest.mark.faults
 def test_a_killed_serve_restarted_re_adopts_its_running_replicas(tmp_path: Path, cluster: LocalCluster) -> None:
     job = serve_job(tmp_path / "job")
@@ -135,5 +124,7 @@ def test_a_killed_serve_restarted_re_adopts_its_running_replicas(tmp_path: Path,
             second.kill()
     assert second.returncode == 130, err
     assert "adopting 2 replica(s)" in err
+    with ServeState.read(state) as journal:  # torn down: the next serve subscribes anew (not as a removed id)
+        assert journal.framework_id is None and journal.replicas() == [] and journal.executors() == []
     tasks = [t for f in cluster.state()["frameworks"] for t in f["tasks"]]
     assert not [t for t in tasks if t["state"] in ("TASK_RUNNING", "TASK_STARTING")]

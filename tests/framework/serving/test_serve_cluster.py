@@ -18,21 +18,8 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LinearRegression
 
-from framework.job import JobRunner
 from framework.jobspec import load_job
-from deploy_helpers import Served, held_out_rows, metric, post, predict, serve_job, wait_for
-
-
-@pytest.fixture(scope="module")
-def batch_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[list[float]], list[float]]:
-    """The founding example run as a batch job (``run``): its rows and its integrated predictions."""
-    job = serve_job(tmp_path_factory.mktemp("batch"))
-    outcome = JobRunner(load_job(job)).run()
-    columns, rows = held_out_rows(job)
-    with outcome.output.open() as handle:
-        next(handle)
-        expected = [float(line.strip()) for line in handle]
-    return columns, rows, expected
+from deploy_helpers import Served, metric, post, predict, serve_job, wait_for
 
 
 def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_reference: Any) -> None:
@@ -50,12 +37,15 @@ def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_refer
         assert sorted(answer["answered_by"]) == ["linear", "logistic"]
         counts = served.controller.counts()
         assert counts["linear"]["ready"] == 1 and counts["logistic"]["ready"] == 1
-        # Cost per hour (each agent holding a replica at its price, 1.0 by default) against the bound.
-        agents = {r.agent_id for r in served.controller.replicas.values()}
-        [(_labels, cost)] = wait_for(lambda: [s for s in metric(served.url, "mesos_ensemble_cost_per_hour")
-                                              if s[1] > 0])
-        [(_labels, bound)] = metric(served.url, "mesos_ensemble_cost_lower_bound_per_hour")
-        assert cost == float(len(agents)) and 0 < bound <= cost
+        # Cost per hour (each agent holding a replica at its price, 1.0 by default) against the
+        # bound, once every replica the autoscaler wants is placed (a loaded machine may scale up).
+        def priced() -> tuple[float, float, int] | None:
+            agents = {r.agent_id for r in served.controller.replicas.values()}
+            [(_labels, cost)] = metric(served.url, "mesos_ensemble_cost_per_hour")
+            [(_labels, bound)] = metric(served.url, "mesos_ensemble_cost_lower_bound_per_hour")
+            return (cost, bound, len(agents)) if cost > 0 and bound <= cost else None
+        cost, bound, agents = wait_for(priced)
+        assert cost == float(agents) and 0 < bound <= cost
         state = (tmp_path / "state")
         assert (state / "serve.json").exists()
     assert not (state / "serve.json").exists(), "serve.json outlived serve"
@@ -140,11 +130,15 @@ def test_replicas_follow_the_load_up_and_back_down(tmp_path: Path, batch_referen
         assert predict(served.url, columns, rows[:3])
 
 
-def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_reference: Any) -> None:
+def test_a_changed_model_rolls_and_serve_fields_apply_live_without_a_failed_request(
+        tmp_path: Path, batch_reference: Any) -> None:
+    """One reload rolls a changed model and applies changed [serve] fields live; reloads that change
+    what cannot change while serving are refused whole, and the old configuration keeps serving."""
     columns, rows, _expected = batch_reference
-    job = serve_job(tmp_path / "job", models={"linear": "min_replicas = 1\nmax_replicas = 2"})
+    job = serve_job(tmp_path / "job", serve="max_batch_rows = 64",
+                    models={"linear": "min_replicas = 1\nmax_replicas = 2"})
     with Served(job, tmp_path / "state") as served:
-        controller = served.controller
+        controller, gateway = served.controller, served.runner.gateway
         [old] = controller.ready("linear")
         before = predict(served.url, columns, rows[:5])
         # A new linear model (fitted on the squared target: other coefficients), swapped in the job file.
@@ -153,6 +147,11 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
         joblib.dump(LinearRegression().fit(data.data, data.target * 0.5), path)
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
         text = job.read_text().replace('path = "linear.joblib"', 'path = "linear-v2.joblib"')
+        # ... and new batching, target, shedding, hedging and scaling settings.
+        text = text.replace("scale_interval_s = 0.2\nmax_batch_rows = 64",
+                            "scale_interval_s = 0.5\nmax_batch_rows = 16\ntarget_p99_ms = 250\nmax_queue = 50\n"
+                            "queue_timeout_ms = 2000\nhedge = false\n"
+                            "scale_down_delay_s = 7")
         job.write_text(text.replace(load_job(job).model("linear").sha256, sha))
         with Client(served.url, columns, rows) as client:
             wait_for(lambda: len(client.statuses) >= 5)
@@ -161,10 +160,30 @@ def test_a_changed_model_rolls_without_a_failed_request(tmp_path: Path, batch_re
                      and old.task_id not in controller.replicas)
             answered = len(client.statuses)
             wait_for(lambda: len(client.statuses) >= answered + 5)
+            options = gateway.options
+            assert (options.max_batch_rows, options.max_queue, options.queue_timeout_ms, options.hedge) == (
+                16, 50, 2000.0, False)
+            assert {b.max_batch_rows for b in gateway.batchers.values()} == {16}
+            assert served.runner.serve_spec.target_p99_ms == 250 and served.runner.serve_spec.scale_down_delay_s == 7
+            assert controller.scale_interval == 0.5
+            # Refused whole: a new address (with a new target beside it), then a bad value.
+            good = job.read_text()
+            for bad, why in ((good.replace('address = "127.0.0.1:0"', 'address = "127.0.0.1:1"')
+                              .replace("target_p99_ms = 250", "target_p99_ms = 5"), "serve.address changed"),
+                             (good.replace("max_queue = 50", "max_queue = -1"), "serve.max_queue must be at least 0")):
+                job.write_text(bad)
+                refused = len([n for n in served.notes if "reload refused" in n])
+                served.runner.reload_requested.set()
+                wait_for(lambda n=refused: len([x for x in served.notes if "reload refused" in x]) > n)
+                assert why in served.notes[-1]
+                answered = len(client.statuses)
+                wait_for(lambda n=answered: len(client.statuses) >= n + 5)
+            assert gateway.options == options and served.runner.serve_spec.target_p99_ms == 250
         assert client.failures == [], client.failures[:3]
         after = predict(served.url, columns, rows[:5])
         assert after != before
-        assert any("rolling linear" in note for note in served.notes)
+        assert any("rolling linear" in note and "[serve] target_p99_ms 100.0 -> 250.0" in note
+                   for note in served.notes), served.notes
         assert dataclasses.asdict(controller.targets["linear"])["sha256"] == sha
 
 

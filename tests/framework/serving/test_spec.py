@@ -10,7 +10,8 @@ import pytest
 from framework.demo import train_demo
 from framework.errors import JobSpecError
 from framework.jobspec import load_job
-from framework.serving.spec import ReplicaBounds, ServeSpec, ServeSpecError, parse_address, parse_serve
+from framework.serving.spec import (ReplicaBounds, ServeSpec, ServeSpecError, parse_address, parse_serve,
+                                   reload_changes)
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,9 @@ max_wait_ms = 1.5
 hedge = false
 scale_interval_s = 0.5
 scale_down_delay_s = 20
+max_queue = 64
+queue_timeout_ms = 250
+retry_after_s = 3
 
 [serve.models.linear]
 min_replicas = 2
@@ -56,6 +60,7 @@ max_replicas = 6
     assert (spec.host, spec.port, spec.address) == ("0.0.0.0", 0, "0.0.0.0:0")
     assert (spec.target_p99_ms, spec.max_batch_rows, spec.max_wait_ms, spec.hedge) == (50.0, 64, 1.5, False)
     assert (spec.scale_interval_s, spec.scale_down_delay_s) == (0.5, 20.0)
+    assert (spec.max_queue, spec.queue_timeout_ms, spec.retry_after_s) == (64, 250.0, 3)
     assert spec.bounds("linear") == ReplicaBounds(2, 6)
     assert spec.bounds("logistic") == ReplicaBounds(1, 4)  # every member gets the defaults
     assert set(spec.models) == {"linear", "logistic"}
@@ -66,6 +71,7 @@ def test_empty_serve_table_takes_the_defaults(demo_job: Path) -> None:
     assert spec is not None
     assert spec == ServeSpec(models={"linear": ReplicaBounds(), "logistic": ReplicaBounds()})
     assert spec.address == "127.0.0.1:8080"
+    assert (spec.max_queue, spec.queue_timeout_ms, spec.retry_after_s) == (1000, 0.0, 1)
 
 
 @pytest.mark.parametrize(("serve", "message"), [
@@ -83,6 +89,12 @@ def test_empty_serve_table_takes_the_defaults(demo_job: Path) -> None:
     ('[serve]\nhedge = "yes"', r"serve\.hedge must be true or false, got 'yes'"),
     ("[serve]\nscale_interval_s = 0", r"serve\.scale_interval_s must be a positive number, got 0"),
     ("[serve]\nscale_down_delay_s = nan", r"serve\.scale_down_delay_s must be a non-negative number, got nan"),
+    ("[serve]\nmax_queue = -1", r"serve\.max_queue must be at least 0 \(0: no cap\), got -1"),
+    ("[serve]\nmax_queue = 1.5", r"serve\.max_queue must be int, got 1\.5"),
+    ("[serve]\nqueue_timeout_ms = -5", r"serve\.queue_timeout_ms must be a non-negative number, got -5"),
+    ("[serve]\nretry_after_s = 0", r"serve\.retry_after_s must be at least 1 \(whole seconds, as the Retry-After "
+                                   r"header takes\), got 0"),
+    ("[serve]\nretry_after_s = 0.5", r"serve\.retry_after_s must be int, got 0\.5"),
     ("[serve.models.ridge]\nmin_replicas = 1",
      r"serve\.models\.ridge names 'ridge', which is not a \[\[models\]\] name \(known: linear, logistic\)"),
     ("[serve.models.linear]\nmin_replicas = 3\nmax_replicas = 2",
@@ -137,3 +149,17 @@ def test_bad_addresses(text: str) -> None:
 
 def test_clamp() -> None:
     assert [ReplicaBounds(2, 5).clamp(n) for n in (0, 2, 4, 9)] == [2, 2, 4, 5]
+
+
+def test_reload_changes_name_every_live_field_and_refuse_a_new_address() -> None:
+    before = parse_serve({"address": "127.0.0.1:0", "models": {"a": {"max_replicas": 2}}}, ["a", "b"])
+    after = parse_serve({"address": "127.0.0.1:0", "target_p99_ms": 50, "max_queue": 10, "hedge": False,
+                         "models": {"a": {"max_replicas": 3}}}, ["a", "b"])
+    assert reload_changes(before, after) == ["target_p99_ms 100.0 -> 50.0", "hedge True -> False",
+                                             "max_queue 1000 -> 10", "models.a 1..2 -> 1..3 replicas"]
+    assert reload_changes(after, after) == []
+    moved = parse_serve({"address": "127.0.0.1:9000", "target_p99_ms": 50}, ["a", "b"])
+    with pytest.raises(ServeSpecError) as caught:
+        reload_changes(before, moved)
+    assert caught.value.field == "address"
+    assert str(caught.value).startswith("serve.address changed (127.0.0.1:0 -> 127.0.0.1:9000); ")

@@ -40,8 +40,9 @@ def status(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def sampled(state_dir: Path, served: Served) -> dict[str, Any]:
-    """The summary once the history has a few points with a known cost and some requests, and
-    its replicas are the controller's."""
+    """The summary once the history has a few points with a known cost and some requests, its
+    replicas are the controller's, and every replica the autoscaler wants is placed (the bound
+    is that of the replicas wanted: below it while a scale-up is under way)."""
     def ready() -> dict[str, Any] | None:
         document = read_document(state_dir, served.runner.controller.state, live=True)
         costs = [c for c in document["series"]["cost"] if c is not None]
@@ -50,7 +51,8 @@ def sampled(state_dir: Path, served: Served) -> dict[str, Any]:
             running = {(r.task_id, r.member, r.hostname, r.port, r.state.value)
                        for r in served.controller.replicas.values()}
         recorded = {(r["task_id"], r["member"], r["hostname"], r["port"], r["state"]) for r in document["replicas"]}
-        return document if len(costs) >= 2 and asked > 0 and recorded == running else None
+        placed = (document["cost_per_hour"] or 0) >= (document["lower_bound_per_hour"] or 0)
+        return document if len(costs) >= 2 and asked > 0 and recorded == running and placed else None
     return wait_for(ready)
 
 
