@@ -3,7 +3,7 @@
 with ``joblib.Parallel`` over the same members and shards, and the physical limit (the members'
 summed single-thread compute divided by the cores).  Prints wall times and ratios.
 
-    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|text|both|all] [--rows N] [--shard-rows N]
+    .venv/bin/python bench/cores_bench.py [--suite mixed|gil|text|both|all] [--rows N] [--shard-rows N] [--timeline]
 
 Suites:
 - ``mixed``: logistic regression, random forest, histogram gradient boosting and k-nearest
@@ -22,9 +22,17 @@ Two joblib baselines run, each on fresh workers: joblib's defaults (a shard over
 = 1 MB reaches a worker as an ``np.memmap``, whose every slice runs Python code, so a member that
 works row by row pays about 3x for it: the GIL suite's joblib is several times the physical limit
 for that reason) and ``max_nbytes=None`` (each shard pickled to the worker as a plain array, the
-stricter baseline for GIL-bound members).  ``cpu s`` is the CPU time each run used, its child
+stricter baseline for GIL-bound members).  A third run computes the same tasks on threads of the
+bench's own process (members in memory, one BLAS/OpenMP thread each, longest first): no start-up
+and no transfer, so its distance from the physical limit is what computations running side by side
+cost on this machine (shared caches, memory bandwidth), which no scheduler removes (for the GIL
+suite it shows the GIL instead).  ``cpu s`` is the CPU time each run used, its child
 processes included (executors, prediction workers, joblib's workers): when other work shares the
 cores, it says what a run cost better than its wall time.
+
+``--timeline`` prints where the job's core-seconds went (see :class:`SlotTimeline`): every Mesos
+task's launch, TASK_RUNNING and result per executor slot, and the cores' wall time split into
+start-up, compute, in-task overhead, gaps between tasks and the tail.
 
 The default sizes take about two minutes on 2 quiet cores; the job's output is checked against
 the in-process soft vote (the ensemble's labels must be identical).
@@ -33,6 +41,7 @@ the in-process soft vote (the ensemble's labels must be identical).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import functools
 import os
@@ -40,6 +49,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
+from framework.scheduler import EnsembleScheduler  # noqa: E402
 
 
 def mixed_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -127,6 +139,16 @@ def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
     return np.average(np.stack(outputs), axis=0).argmax(axis=1)
 
 
+def in_process_threads(members: dict[str, Any], shards: list[np.ndarray], per_member: dict[str, float],
+                       cores: int) -> np.ndarray:
+    """Every (member, shard) task on ``cores`` threads, longest member first, one BLAS/OpenMP
+    thread each; soft-voted like the other runs."""
+    order = sorted(((name, i) for name in members for i in range(len(shards))), key=lambda t: -per_member[t[0]])
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=cores) as pool:
+        results = dict(zip(order, pool.map(lambda task: predict_shard(members[task[0]], shards[task[1]]), order)))
+    return soft_vote([np.concatenate([results[(name, i)] for i in range(len(shards))]) for name in members])
+
+
 def cpu_seconds() -> float:
     """CPU seconds of this process (the job's scheduler and embedded cluster are threads of it) and of
     its children that have been reaped (executors, their prediction workers, joblib's workers): under
@@ -149,9 +171,10 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int, max_nbyt
 
 
 def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
-             executor_cpus: float | None, executors: str, text: bool = False) -> Path:
+             executor_cpus: float | None, executors: str, text: bool = False, agents: int = 1) -> Path:
     """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus
-    (``text``: the data is ``data.parquet``, whose ``text`` column every member takes)."""
+    (``text``: the data is ``data.parquet``, whose ``text`` column every member takes); ``cores``
+    cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each."""
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{"data.parquet" if text else "data.npy"}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
@@ -162,10 +185,138 @@ def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: 
         if executor_cpus is not None:
             lines.insert(-1, f"executor_cpus = {executor_cpus}")
     lines += ["[framework]", f'executors = "{executors}"', ""]
-    lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
+    hosts = [f'{{ hostname = "bench-agent{f"-{i}" if agents > 1 else ""}", cpus = {cores / agents:g}, mem = 16384 }}'
+             for i in range(agents)]
+    lines += ["[local_cluster]", f"agents = [{', '.join(hosts)}]"]
     path = directory / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class SlotTimeline:
+    """Where a job's core-seconds went, from the scheduler's side: each Mesos task's launch (the
+    offer round's decision), first TASK_RUNNING and terminal update, and its items' compute
+    seconds as the executor measured them; tasks are laid onto ``cores`` slots (each starts on
+    the slot that freed last before its launch), and ``cores x wall`` is split into start-up
+    (before a slot's first launch), the first task's start on each slot (launch to TASK_RUNNING:
+    the executor's start, scikit-learn's import, the model's download, load and probe, the shard's
+    download), later tasks' start (a model not loaded yet, a shard not downloaded yet), compute,
+    in-task overhead (the rest of
+    TASK_RUNNING to the result: later shards, result encoding, the update's trip), gaps between a
+    slot's tasks (result to the next launch: acknowledgement, offer round, launch) and the tail
+    (a slot's last result to the job's end: the other slots finishing, the output written)."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self.launched: dict[str, tuple[float, str, int]] = {}  # carrier: (when, model, items)
+        self.carrier: dict[str, str] = {}  # item task id: carrier
+        self.running: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.compute: dict[str, float] = defaultdict(float)
+        self._restore: list[Callable[[], None]] = []
+        self.started = self.finished = 0.0
+        self.compute_cpu = 0.0
+        self.cpu: dict[str, float] = {}  # this process's, and its reaped children's, CPU seconds in the run
+
+    def _wrap(self, name: str, before: Callable[..., None]) -> None:
+        original = getattr(EnsembleScheduler, name)
+
+        def wrapped(scheduler: Any, *args: Any) -> Any:
+            before(*args)
+            return original(scheduler, *args)
+
+        setattr(EnsembleScheduler, name, wrapped)
+        self._restore.append(lambda: setattr(EnsembleScheduler, name, original))
+
+    def _on_apply(self, driver: Any, views: Any, decision: Any) -> None:
+        now = time.perf_counter()
+        for _agent, task in decision.tasks:
+            carrier = task.carrier or task.task_id
+            self.carrier[task.task_id] = carrier
+            self.launched.setdefault(carrier, (now, task.model, task.bundle_size))
+
+    def _on_status(self, driver: Any, status: Any) -> None:
+        now, task_id, state = time.perf_counter(), status["task_id"]["value"], status["state"]
+        if state == "TASK_RUNNING":
+            self.running.setdefault(task_id, now)
+        elif state in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"):
+            self.ended.setdefault(task_id, now)
+
+    def _on_usage(self, item: Any, seconds: float, cpu_seconds: float) -> None:
+        self.compute[self.carrier.get(item.task_id or "", "?")] += seconds
+        self.compute_cpu += cpu_seconds
+
+    def __enter__(self) -> "SlotTimeline":
+        self._wrap("_apply", self._on_apply)
+        self._wrap("statusUpdate", self._on_status)
+        self._wrap("record_usage", self._on_usage)
+        self.cpu = self._cpu()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finished = time.perf_counter()
+        self.cpu = {who: seconds - self.cpu[who] for who, seconds in self._cpu().items()}
+        for restore in reversed(self._restore):
+            restore()
+
+    @staticmethod
+    def _cpu() -> dict[str, float]:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"scheduler": own.ru_utime + own.ru_stime, "executors": children.ru_utime + children.ru_stime}
+
+    def slots(self) -> list[list[str]]:
+        """The Mesos tasks (carriers) per slot, in launch order."""
+        slots: list[list[str]] = [[] for _ in range(self.cores)]
+        free = [self.started] * self.cores
+        for carrier in sorted(self.launched, key=lambda c: self.launched[c][0]):
+            launched = self.launched[carrier][0]
+            ready = [i for i in range(self.cores) if free[i] <= launched + 1e-3]
+            slot = max(ready, key=lambda i: free[i]) if ready else min(range(self.cores), key=lambda i: free[i])
+            slots[slot].append(carrier)
+            free[slot] = self.ended.get(carrier, self.finished)
+        return slots
+
+    def report(self, single_thread: float, single_thread_cpu: float, width: int = 100) -> None:
+        wall = self.finished - self.started
+        parts: dict[str, float] = defaultdict(float)
+        lines = []
+        step = wall / width
+        for number, carriers in enumerate(self.slots()):
+            cells = ["."] * width
+            previous = self.started
+            for carrier in carriers:
+                launched, model, _items = self.launched[carrier]
+                running = self.running.get(carrier, launched)
+                ended = self.ended.get(carrier, self.finished)
+                compute = min(self.compute.get(carrier, 0.0), ended - running)
+                parts["start-up" if previous == self.started else "gaps between tasks"] += max(0.0, launched - previous)
+                parts["first task's start" if previous == self.started else "later tasks' start"] += max(
+                    0.0, running - launched)
+                parts["compute"] += compute
+                parts["in-task overhead"] += max(0.0, ended - running - compute)
+                first, last = int((launched - self.started) / step), int((ended - self.started) / step)
+                for cell in range(first, min(width, last + 1)):  # what the cell's middle shows
+                    middle = self.started + (cell + 0.5) * step
+                    if launched <= middle < ended:
+                        cells[cell] = model[0] if middle >= running else "s"
+                previous = max(previous, ended)
+            parts["tail"] += self.finished - previous
+            lines.append(f"  slot {number}: {''.join(cells)}")
+        print(f"timeline ({self.cores} slots x {wall:.2f} s; a cell is {step:.2f} s; s: task start, letter: a task "
+              "of that model running, '.': idle)")
+        print("\n".join(lines))
+        total = self.cores * wall
+        print(f"  core-seconds: {total:.2f} = " + ", ".join(f"{name} {seconds:.2f} ({seconds / total:.0%})"
+                                                        for name, seconds in parts.items()))
+        print(f"  compute in the job {parts['compute']:.2f} s vs single-thread compute {single_thread:.2f} s "
+              f"({parts['compute'] / single_thread:.2f}x: contention for the cores/memory, or a slower machine)")
+        # CPU seconds say what each side cost whatever else ran on the machine.
+        executors, scheduler = self.cpu["executors"], self.cpu["scheduler"]
+        print(f"  CPU seconds: tasks' compute {self.compute_cpu:.2f} (single-thread run {single_thread_cpu:.2f}); "
+              f"executors' other work (start, imports, model loads, probes, shards, results) "
+              f"{executors - self.compute_cpu:.2f}; scheduler process (framework, embedded cluster, artifact "
+              f"server, integration) {scheduler:.2f}")
 
 
 def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
@@ -210,10 +361,20 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
         sequential = soft_vote(outputs)
         compute = sum(per_member.values())
         limit = compute / args.cores
+        # The same tasks on ``cores`` threads of this process, longest first (members in memory,
+        # no start-up, no transfer): what running computations side by side costs on this machine
+        # (shared caches and memory bandwidth), which no scheduler removes.
+        start, cpu = time.perf_counter(), time.process_time()
+        threaded = in_process_threads(members, shards, per_member, args.cores)
+        timings_threads = (time.perf_counter() - start, time.process_time() - cpu)
+        assert np.array_equal(threaded, sequential), "threads and sequential disagree"
 
         get_reusable_executor().shutdown(wait=True)
-        timings: dict[str, tuple[float, float]] = {}  # run: (wall s, cpu s)
+        timings: dict[str, tuple[float, float]] = {"threads": timings_threads}  # run: (wall s, cpu s)
         for label, max_nbytes in (("joblib", "1M"), ("joblib_pickled", None)):
+            if args.no_baselines:
+                timings[label] = (float("nan"), float("nan"))
+                continue
             start, cpu = time.perf_counter(), cpu_seconds()
             parallel = run_joblib(list(paths.values()), shards, args.cores, max_nbytes)
             timings[label] = (time.perf_counter() - start, cpu_seconds() - cpu)
@@ -221,8 +382,10 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
 
         spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
                                  args.executors, text))
+        timeline = SlotTimeline(args.cores) if args.timeline else contextlib.nullcontext()
         start, cpu = time.perf_counter(), cpu_seconds()
-        outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
+        with timeline:
+            outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
         timings["mesos"] = (time.perf_counter() - start, cpu_seconds() - cpu)
         ensemble = np.load(outcome.output)
 
@@ -233,16 +396,20 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
     print(f"{'run':<56}{'wall s':>8}{'/ joblib':>10}{'/ limit':>9}{'cpu s':>8}")
     print(f"{f'physical limit ({compute:.2f} s / {args.cores} cores)':<56}{limit:>8.2f}{limit / t_joblib:>10.2f}"
           f"{1:>9.2f}{compute_cpu:>8.2f}")
-    for label, (seconds, cpu) in ((f"joblib.Parallel (n_jobs={args.cores})", timings["joblib"]),
+    for label, (seconds, cpu) in ((f"{args.cores} threads in-process, no start-up", timings["threads"]),
+                                  (f"joblib.Parallel (n_jobs={args.cores})", timings["joblib"]),
                                   (f"joblib.Parallel (n_jobs={args.cores}, max_nbytes=None)",
                                    timings["joblib_pickled"]),
                                   (f"mesos-ensemble (cpus = {args.cpus}, executors = {args.executors})",
                                    timings["mesos"])):
         print(f"{label:<56}{seconds:>8.2f}{seconds / t_joblib:>10.2f}{seconds / limit:>9.2f}{cpu:>8.2f}")
     print(f"{suite}: mesos-ensemble = {t_mesos / t_joblib:.2f}x joblib ({t_mesos / t_pickled:.2f}x joblib with "
-          f"max_nbytes=None), {t_mesos / limit:.2f}x the physical limit; "
+          f"max_nbytes=None), {t_mesos / limit:.2f}x the physical limit, {t_mesos / timings['threads'][0]:.2f}x "
+          f"{args.cores} threads in-process; "
           f"{outcome.task_attempts} attempts, {outcome.executors_launched} executor(s); labels identical to the "
           f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
+    if isinstance(timeline, SlotTimeline):
+        timeline.report(compute, compute_cpu)
     return {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
 
 
@@ -258,6 +425,10 @@ def main() -> None:
     parser.add_argument("--cpus", type=float, default=1.0, help="cpus per task, as the job file says")
     parser.add_argument("--executor-cpus", type=float, default=None, help="default: the job file's default")
     parser.add_argument("--executors", choices=("shared", "per_model"), default="shared")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="skip the joblib runs (to study the job's own timeline; the ratios print nan)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each Mesos task per executor slot and where the cores' time went")
     args = parser.parse_args()
     chosen = {"both": ("mixed", "gil"), "all": ("mixed", "gil", "text")}.get(args.suite, (args.suite,))
     for suite in chosen:

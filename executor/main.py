@@ -32,7 +32,7 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, fetch_inputs, report_failure
+from executor.runner import SandboxCache, TaskError, fetch_inputs, preimport, report_failure
 from executor.workers import PredictionPool
 
 if TYPE_CHECKING:
@@ -270,6 +270,7 @@ def main() -> int:
     # Shards are arrays without column names; the framework matched each member's columns to
     # its feature_names_in_ before launching, so scikit-learn's per-call warning is noise here.
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+    preimport()  # scikit-learn's import overlaps the registration and the first task's downloads
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))
     executor = EnsembleExecutor(sandbox, workers, os.environ.get("MESOS_ENSEMBLE_PREDICT", "auto"))

@@ -267,3 +267,25 @@ def test_downloads_reuse_a_kept_alive_connection_until_the_server_closes_it() ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_preimport_imports_under_the_unpickling_lock_and_skips_what_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor's start-up import holds the lock model loads take (no two imports of one
+    package at once), imports what it can and leaves a broken module to the load that needs it."""
+    import sys
+
+    from executor.runner import UNPICKLING, preimport
+
+    (tmp_path / "preimport_probe_ok.py").write_text(
+        "from executor.runner import UNPICKLING\nHELD = UNPICKLING.locked()\n")
+    (tmp_path / "preimport_probe_broken.py").write_text("raise RuntimeError('broken on import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("preimport_probe_ok", "preimport_probe_broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    thread = preimport(("preimport_probe_broken", "preimport_probe_ok", "no_such_module_here"))
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert sys.modules["preimport_probe_ok"].HELD is True
+    assert "preimport_probe_broken" not in sys.modules
+    assert not UNPICKLING.locked()
