@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/journal_bench.py
 	$(BIN)/python bench/cores_bench.py
 	$(BIN)/python bench/tiny_tasks_bench.py
+	$(BIN)/python bench/scaling_bench.py
+	$(BIN)/python bench/replica_start_bench.py
 	$(BIN)/python bench/data_bench.py
 	$(BIN)/python bench/serve_bench.py
 
