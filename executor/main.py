@@ -26,12 +26,12 @@ from executor.protocol import (
     ResultEnvelope,
     TaskPayload,
     TaskUsage,
-    array_to_npy,
     decode_task,
     inline_envelope,
     sha256_hex,
     uploaded_envelope,
 )
+from executor import npycodec
 from executor.runner import SandboxCache, TaskError, fetch_inputs, report_failure
 from executor.workers import PredictionPool
 
@@ -53,7 +53,7 @@ def upload_result(url: str, npy: bytes) -> None:
 
 def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None = None) -> bytes:
     """Encode ``output`` as a result envelope, uploading it first if it is too big to inline."""
-    npy = array_to_npy(output)
+    npy = npycodec.encode(output)  # np.save's bytes, its header formatted once per shape
     if len(npy) <= payload.inline_limit:
         return inline_envelope(npy, output.shape, usage).to_json()
     upload_result(payload.result_upload_url, npy)
@@ -63,7 +63,7 @@ def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None
 def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
     """One bundled item's result: inline while the bundle's budget (``inline_left`` bytes) lasts,
     else uploaded like a lone task's large result."""
-    npy = array_to_npy(output)
+    npy = npycodec.encode(output)  # np.save's bytes, its header formatted once per shape
     if len(npy) <= min(inline_left, max(payload.inline_limit, BUNDLE_ITEM_INLINE_LIMIT)):
         return inline_envelope(npy, output.shape, usage)
     upload_result(payload.result_upload_url, npy)

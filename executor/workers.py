@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 import traceback
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
@@ -39,7 +40,8 @@ from typing import Any, Literal
 import numpy as np
 
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
-from executor.runner import SandboxCache, TaskError, compute_measured, describe_failure, model_columns
+from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
+                             model_columns)
 
 log = logging.getLogger("executor.workers")
 
@@ -183,6 +185,7 @@ def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxC
     """A worker's loop: a task (model key, payload, shard path or rows) in, ``("ok", output, usage)`` or
     ``("failed", failure, traceback text)`` out, until the pipe closes."""
     last: tuple[Any, TaskPayload] | None = None  # a replica's requests repeat one payload
+    mapped: OrderedDict[str, np.ndarray] = OrderedDict()  # a shard's items come one after another
     while True:
         try:
             key, payload_json, shard_path = conn.recv()
@@ -193,13 +196,26 @@ def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxC
                 last = (payload_json, TaskPayload.from_json(payload_json))
             payload = last[1]
             # A batch task's shard is a file the worker maps; a replica's request rows come inline.
-            shard = (np.load(shard_path, mmap_mode="r", allow_pickle=False) if isinstance(shard_path, str)
-                     else shard_path)
+            shard = _mapped(mapped, shard_path) if isinstance(shard_path, str) else shard_path
             output, usage = compute_measured(payload, models[key], shard, cache)
             reply: tuple[Any, ...] = ("ok", output, usage)
         except Exception as error:
             reply = ("failed", describe_failure(error), "".join(traceback.format_exception(error)))
         conn.send(reply)
+
+
+def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str) -> np.ndarray:
+    """The shard file ``path`` mapped, kept for the next tasks on it (the last
+    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
+    never change, and mapping one per task was a visible part of a small task's cost."""
+    shard = mapped.get(path)
+    if shard is None:
+        shard = mapped[path] = map_npy(path)
+        while len(mapped) > MAPPED_ARRAYS:
+            mapped.popitem(last=False)
+    else:
+        mapped.move_to_end(path)
+    return shard
 
 
 @dataclass
