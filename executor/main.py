@@ -70,6 +70,12 @@ def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, in
     return uploaded_envelope(npy, output.shape, usage)
 
 
+BUNDLE_BATCH = 16
+"""A bundle's items are fetched and computed this many at a time: a model that predicts in worker
+processes gets them in one message (see ``PredictionPool.compute_many``), while the next ones'
+shards still download."""
+
+
 class EnsembleExecutor(pymesos.Executor):
     """A pymesos ``Executor``: runs the prediction tasks of one model, or of every model on its
     agent, on ``workers`` threads; tasks share loaded models and downloaded shards.  A model
@@ -179,21 +185,31 @@ class EnsembleExecutor(pymesos.Executor):
         # The shards download one after the other while the items compute (an item waits only
         # for its own shard; a failed download is reported by the item itself).
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
-        for payload in bundle.items:
+        for first in range(0, len(bundle.items), BUNDLE_BATCH):
             if self._was_killed(task_id):
                 return
-            try:
-                model, shard = fetch_inputs(payload, self.cache)
-                if not running:
-                    self._send(driver, task_id, "TASK_RUNNING")
-                    running = True
-                output, usage = self.predictions.compute(payload, model, shard)
-                envelope = bundle_item_envelope(payload, output, usage, inline_left)
-                if envelope.kind == "inline":
-                    inline_left -= envelope.nbytes
-                results.results[payload.task_id] = envelope
-            except Exception as error:  # this item failed; the bundle's other items go on
-                results.failures[payload.task_id] = report_failure(payload.task_id, error)
+            fetched = []
+            for payload in bundle.items[first:first + BUNDLE_BATCH]:
+                try:
+                    model, shard = fetch_inputs(payload, self.cache)
+                    fetched.append((payload, model, shard))
+                except Exception as error:  # this item failed; the bundle's other items go on
+                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
+            if fetched and not running:
+                self._send(driver, task_id, "TASK_RUNNING")
+                running = True
+            outcomes = self.predictions.compute_many(fetched) if fetched else []
+            for (payload, _model, _shard), outcome in zip(fetched, outcomes):
+                try:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    output, usage = outcome
+                    envelope = bundle_item_envelope(payload, output, usage, inline_left)
+                    if envelope.kind == "inline":
+                        inline_left -= envelope.nbytes
+                    results.results[payload.task_id] = envelope
+                except Exception as error:  # this item failed; the bundle's other items go on
+                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
         if self._was_killed(task_id):
             return
         failed = len(results.failures)
