@@ -12,7 +12,8 @@ import sys
 import threading
 import warnings
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -86,6 +87,9 @@ class EnsembleExecutor(pymesos.Executor):
         self.sandbox = sandbox
         self.cache = SandboxCache(sandbox)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.status_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
+        """Sends a bundle's TASK_RUNNING while its items compute (each update is a synchronous round
+        trip to the agent); the bundle's terminal update waits for it, so that they arrive in order."""
         self.predictions = PredictionPool(workers, self.cache, mode)
         self.killed: set[str] = set()
         self.lock = threading.Lock()
@@ -125,6 +129,7 @@ class EnsembleExecutor(pymesos.Executor):
         if self.replicas is not None:
             self.replicas.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.status_sender.shutdown(wait=False)
         self.predictions.close()
 
     def error(self, driver: Any, message: str) -> None:
@@ -181,7 +186,8 @@ class EnsembleExecutor(pymesos.Executor):
         """Run a bundle's items one after the other (each on its own shard, measured alone) and
         report them all in ONE terminal update; an item's failure is reported for that item only."""
         results: BundleResult = BundleResult()
-        inline_left, running = bundle.inline_limit, False
+        inline_left = bundle.inline_limit
+        running: Future[None] | None = None
         # The shards download one after the other while the items compute (an item waits only
         # for its own shard; a failed download is reported by the item itself).
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
@@ -195,9 +201,8 @@ class EnsembleExecutor(pymesos.Executor):
                     fetched.append((payload, model, shard))
                 except Exception as error:  # this item failed; the bundle's other items go on
                     results.failures[payload.task_id] = report_failure(payload.task_id, error)
-            if fetched and not running:
-                self._send(driver, task_id, "TASK_RUNNING")
-                running = True
+            if fetched and running is None:
+                running = self._send_soon(driver, task_id, "TASK_RUNNING")
             outcomes = self.predictions.compute_many(fetched) if fetched else []
             for (payload, _model, _shard), outcome in zip(fetched, outcomes):
                 try:
@@ -210,6 +215,8 @@ class EnsembleExecutor(pymesos.Executor):
                     results.results[payload.task_id] = envelope
                 except Exception as error:  # this item failed; the bundle's other items go on
                     results.failures[payload.task_id] = report_failure(payload.task_id, error)
+        if running is not None:
+            wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
         if self._was_killed(task_id):
             return
         failed = len(results.failures)
@@ -225,6 +232,16 @@ class EnsembleExecutor(pymesos.Executor):
                 self.cache.array(payload.shard, f"shard {payload.shard_index}")
             except Exception:  # noqa: S110 - the item's own fetch reports it
                 pass
+
+    def _send_soon(self, driver: Any, task_id: str, state: str) -> "Future[None]":
+        """:meth:`_send` on the status thread (or here, if the executor is shutting down)."""
+        try:
+            return self.status_sender.submit(self._send, driver, task_id, state)
+        except RuntimeError:  # shut down
+            done: Future[None] = Future()
+            self._send(driver, task_id, state)
+            done.set_result(None)
+            return done
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:
