@@ -299,7 +299,11 @@ class PredictionPool:
                 except Exception as error:
                     outcomes[indices[0]] = error
                 continue
-            for index, outcome in zip(indices, self._in_worker_batch(key, [tasks[i] for i in indices])):
+            try:
+                batch = self._in_worker_batch(key, [tasks[i] for i in indices])
+            except Exception as error:  # no worker (the executor is shutting down): each of them fails
+                batch = [error] * len(indices)
+            for index, outcome in zip(indices, batch):
                 outcomes[index] = outcome
         return [outcome if outcome is not None else TaskError("not computed") for outcome in outcomes]
 
