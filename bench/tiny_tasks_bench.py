@@ -17,13 +17,16 @@ cores.  Overhead per task = (wall - physical limit) x cores / tasks: what each w
 beyond its own compute, on average.  joblib's figures reuse one warm process pool (its workers
 imported scikit-learn during the first baseline); ``/joblib fresh`` is against joblib with fresh
 worker processes, as a user's script starts them.  ``--timeline`` prints when each run reached
-each phase and the CPU seconds of every process.  A task asks for one core less the shared executor's small
+each phase, each Mesos task's path (offer round, the wait for the next round once it finished,
+its time at the executor beyond its items' compute, the decoding of its results) and the CPU
+seconds of every process.  A task asks for one core less the shared executor's small
 share, as each joblib worker takes one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -169,6 +172,7 @@ class Timeline:
         self._wrap(LocalCluster, "start", None, "embedded cluster up")
         self._wrap(EnsembleScheduler, "registered", "framework registered", None)
         self._wrap(EnsembleScheduler, "resourceOffers", "first offer", None)
+        self._watch_phases(EnsembleScheduler)
         usage = os.times()
         self.cpu = usage.user + usage.system
         self.started = time.time()
@@ -183,6 +187,59 @@ class Timeline:
         self._sampler.join()
         for restore in reversed(self._restore):
             restore()
+
+    def _watch_phases(self, scheduler: Any) -> None:
+        """Timestamps along each Mesos task's path, in the scheduler process: when its TASK_RUNNING
+        and TASK_FINISHED arrived, when its items' results were decoded (with the compute seconds
+        the executor measured for each), and when each offer round began and ended."""
+        self.arrivals: dict[str, dict[str, float]] = {}
+        self.computed: dict[str, list[float]] = {}  # Mesos task id -> its items' compute seconds
+        self.decoded: dict[str, float] = {}
+        self.rounds: list[tuple[float, float]] = []
+        status_update, record_usage, one_round = scheduler.statusUpdate, scheduler.record_usage, scheduler._round
+
+        def on_status(this: Any, driver: Any, status: Any) -> None:
+            self.arrivals.setdefault(status["task_id"]["value"], {}).setdefault(status["state"], time.perf_counter())
+            status_update(this, driver, status)
+
+        def on_usage(this: Any, item: Any, seconds: float, cpu_seconds: float) -> None:
+            with this.lock:
+                carrier = this.tracker.carrier_of(item.task_id)
+            self.computed.setdefault(carrier, []).append(seconds)
+            self.decoded[carrier] = time.perf_counter()
+            record_usage(this, item, seconds, cpu_seconds)
+
+        def on_round(this: Any, driver: Any, offers: Any) -> None:
+            began = time.perf_counter()
+            one_round(this, driver, offers)
+            self.rounds.append((began, time.perf_counter()))
+
+        wrappers: list[tuple[str, Callable[..., None], Any]] = [
+            ("statusUpdate", on_status, status_update), ("record_usage", on_usage, record_usage),
+            ("_round", on_round, one_round)]
+        for name, wrapper, original in wrappers:
+            setattr(scheduler, name, wrapper)
+            self._restore.append(functools.partial(setattr, scheduler, name, original))
+
+    def _phases(self) -> None:
+        """Each Mesos task's path, averaged (see :meth:`_watch_phases`)."""
+        done = {task: at for task, at in self.arrivals.items() if "TASK_FINISHED" in at and "TASK_RUNNING" in at
+                and task in self.computed}
+        if not done or not self.rounds:
+            return
+        items = sum(len(self.computed[task]) for task in done)
+        starts = sorted(began for began, _ended in self.rounds)
+        idle = [next((s for s in starts if s >= at["TASK_FINISHED"]), at["TASK_FINISHED"]) - at["TASK_FINISHED"]
+                for at in done.values()]
+        beyond = [at["TASK_FINISHED"] - at["TASK_RUNNING"] - sum(self.computed[task]) for task, at in done.items()]
+        decode = [self.decoded[task] - at["TASK_FINISHED"] for task, at in done.items()]
+        rounds = [ended - began for began, ended in self.rounds]
+        print(f"  per Mesos task ({len(done)} with {items} items; means): offer round {np.mean(rounds) * 1000:.1f} ms "
+              f"({len(rounds)} rounds, {sum(rounds):.2f} s); its TASK_FINISHED's arrival to the next round "
+              f"{np.mean(idle) * 1000:.1f} ms; TASK_RUNNING to TASK_FINISHED arrivals beyond its items' compute "
+              f"{np.mean(beyond) * 1000:.1f} ms ({sum(beyond) / items * 1000:.2f} ms per item); TASK_FINISHED's "
+              f"arrival to its last result decoded {np.mean(decode) * 1000:.1f} ms; items' compute (as the executor "
+              f"measured it) {sum(sum(self.computed[task]) for task in done):.2f} s")
 
     def _sample(self) -> None:
         ticks = os.sysconf("SC_CLK_TCK")
@@ -241,6 +298,7 @@ class Timeline:
         print(f"timeline of {title} (seconds from JobRunner.run):")
         for when, name in sorted(self.events):
             print(f"  {when:7.2f}  {name}")
+        self._phases()
         ours = {pid: r for pid, r in self.processes.items()  # not the warm joblib pool of the baselines
                 if "joblib" not in r["command"] and "multiprocessing" not in r["command"]}
         pythons = {pid for pid, r in ours.items()  # the executor's Python (maybe under a shell) and its workers

@@ -12,12 +12,14 @@ import sys
 import threading
 import warnings
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
+from executor import npycodec
 from executor.protocol import (
     BUNDLE_ITEM_INLINE_LIMIT,
     BundlePayload,
@@ -26,7 +28,6 @@ from executor.protocol import (
     ResultEnvelope,
     TaskPayload,
     TaskUsage,
-    array_to_npy,
     decode_task,
     inline_envelope,
     sha256_hex,
@@ -53,7 +54,7 @@ def upload_result(url: str, npy: bytes) -> None:
 
 def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None = None) -> bytes:
     """Encode ``output`` as a result envelope, uploading it first if it is too big to inline."""
-    npy = array_to_npy(output)
+    npy = npycodec.encode(output)  # np.save's bytes, its header formatted once per shape
     if len(npy) <= payload.inline_limit:
         return inline_envelope(npy, output.shape, usage).to_json()
     upload_result(payload.result_upload_url, npy)
@@ -63,11 +64,17 @@ def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None
 def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
     """One bundled item's result: inline while the bundle's budget (``inline_left`` bytes) lasts,
     else uploaded like a lone task's large result."""
-    npy = array_to_npy(output)
+    npy = npycodec.encode(output)  # np.save's bytes, its header formatted once per shape
     if len(npy) <= min(inline_left, max(payload.inline_limit, BUNDLE_ITEM_INLINE_LIMIT)):
         return inline_envelope(npy, output.shape, usage)
     upload_result(payload.result_upload_url, npy)
     return uploaded_envelope(npy, output.shape, usage)
+
+
+BUNDLE_BATCH = 16
+"""A bundle's items are fetched and computed this many at a time: a model that predicts in worker
+processes gets them in one message (see ``PredictionPool.compute_many``), while the next ones'
+shards still download."""
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -80,6 +87,9 @@ class EnsembleExecutor(pymesos.Executor):
         self.sandbox = sandbox
         self.cache = SandboxCache(sandbox)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
+        self.status_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
+        """Sends a bundle's TASK_RUNNING while its items compute (each update is a synchronous round
+        trip to the agent); the bundle's terminal update waits for it, so that they arrive in order."""
         self.predictions = PredictionPool(workers, self.cache, mode)
         self.killed: set[str] = set()
         self.lock = threading.Lock()
@@ -119,6 +129,7 @@ class EnsembleExecutor(pymesos.Executor):
         if self.replicas is not None:
             self.replicas.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.status_sender.shutdown(wait=False)
         self.predictions.close()
 
     def error(self, driver: Any, message: str) -> None:
@@ -175,25 +186,37 @@ class EnsembleExecutor(pymesos.Executor):
         """Run a bundle's items one after the other (each on its own shard, measured alone) and
         report them all in ONE terminal update; an item's failure is reported for that item only."""
         results: BundleResult = BundleResult()
-        inline_left, running = bundle.inline_limit, False
+        inline_left = bundle.inline_limit
+        running: Future[None] | None = None
         # The shards download one after the other while the items compute (an item waits only
         # for its own shard; a failed download is reported by the item itself).
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
-        for payload in bundle.items:
+        for first in range(0, len(bundle.items), BUNDLE_BATCH):
             if self._was_killed(task_id):
                 return
-            try:
-                model, shard = fetch_inputs(payload, self.cache)
-                if not running:
-                    self._send(driver, task_id, "TASK_RUNNING")
-                    running = True
-                output, usage = self.predictions.compute(payload, model, shard)
-                envelope = bundle_item_envelope(payload, output, usage, inline_left)
-                if envelope.kind == "inline":
-                    inline_left -= envelope.nbytes
-                results.results[payload.task_id] = envelope
-            except Exception as error:  # this item failed; the bundle's other items go on
-                results.failures[payload.task_id] = report_failure(payload.task_id, error)
+            fetched = []
+            for payload in bundle.items[first:first + BUNDLE_BATCH]:
+                try:
+                    model, shard = fetch_inputs(payload, self.cache)
+                    fetched.append((payload, model, shard))
+                except Exception as error:  # this item failed; the bundle's other items go on
+                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
+            if fetched and running is None:
+                running = self._send_soon(driver, task_id, "TASK_RUNNING")
+            outcomes = self.predictions.compute_many(fetched) if fetched else []
+            for (payload, _model, _shard), outcome in zip(fetched, outcomes):
+                try:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    output, usage = outcome
+                    envelope = bundle_item_envelope(payload, output, usage, inline_left)
+                    if envelope.kind == "inline":
+                        inline_left -= envelope.nbytes
+                    results.results[payload.task_id] = envelope
+                except Exception as error:  # this item failed; the bundle's other items go on
+                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
+        if running is not None:
+            wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
         if self._was_killed(task_id):
             return
         failed = len(results.failures)
@@ -209,6 +232,16 @@ class EnsembleExecutor(pymesos.Executor):
                 self.cache.array(payload.shard, f"shard {payload.shard_index}")
             except Exception:  # noqa: S110 - the item's own fetch reports it
                 pass
+
+    def _send_soon(self, driver: Any, task_id: str, state: str) -> "Future[None]":
+        """:meth:`_send` on the status thread (or here, if the executor is shutting down)."""
+        try:
+            return self.status_sender.submit(self._send, driver, task_id, state)
+        except RuntimeError:  # shut down
+            done: Future[None] = Future()
+            self._send(driver, task_id, state)
+            done.set_result(None)
+            return done
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:

@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 import traceback
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
@@ -39,7 +40,8 @@ from typing import Any, Literal
 import numpy as np
 
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
-from executor.runner import SandboxCache, TaskError, compute_measured, describe_failure, model_columns
+from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
+                             model_columns)
 
 log = logging.getLogger("executor.workers")
 
@@ -183,23 +185,48 @@ def _serve(conn: Connection, models: dict[tuple[str, str], Any], cache: SandboxC
     """A worker's loop: a task (model key, payload, shard path or rows) in, ``("ok", output, usage)`` or
     ``("failed", failure, traceback text)`` out, until the pipe closes."""
     last: tuple[Any, TaskPayload] | None = None  # a replica's requests repeat one payload
+    mapped: OrderedDict[str, np.ndarray] = OrderedDict()  # a shard's items come one after another
     while True:
         try:
-            key, payload_json, shard_path = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        try:
-            if last is None or last[0] != payload_json:
-                last = (payload_json, TaskPayload.from_json(payload_json))
-            payload = last[1]
-            # A batch task's shard is a file the worker maps; a replica's request rows come inline.
-            shard = (np.load(shard_path, mmap_mode="r", allow_pickle=False) if isinstance(shard_path, str)
-                     else shard_path)
-            output, usage = compute_measured(payload, models[key], shard, cache)
-            reply: tuple[Any, ...] = ("ok", output, usage)
-        except Exception as error:
-            reply = ("failed", describe_failure(error), "".join(traceback.format_exception(error)))
+        if isinstance(message, list):  # a bundle's tasks: computed one after the other, one reply
+            conn.send([_serve_one(request, models, cache, mapped, None)[0] for request in message])
+            continue
+        reply, last = _serve_one(message, models, cache, mapped, last)
         conn.send(reply)
+
+
+def _serve_one(request: tuple[tuple[str, str], bytes, Any], models: dict[tuple[str, str], Any], cache: SandboxCache,
+               mapped: "OrderedDict[str, np.ndarray]",
+               last: tuple[Any, TaskPayload] | None) -> tuple[tuple[Any, ...], tuple[Any, TaskPayload] | None]:
+    """One task in a worker: ``("ok", output, usage)`` or ``("failed", failure, traceback text)``."""
+    key, payload_json, shard_path = request
+    try:
+        if last is None or last[0] != payload_json:
+            last = (payload_json, TaskPayload.from_json(payload_json))
+        payload = last[1]
+        # A batch task's shard is a file the worker maps; a replica's request rows come inline.
+        shard = _mapped(mapped, shard_path) if isinstance(shard_path, str) else shard_path
+        output, usage = compute_measured(payload, models[key], shard, cache)
+        return ("ok", output, usage), last
+    except Exception as error:
+        return ("failed", describe_failure(error), "".join(traceback.format_exception(error))), last
+
+
+def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str) -> np.ndarray:
+    """The shard file ``path`` mapped, kept for the next tasks on it (the last
+    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
+    never change, and mapping one per task was a visible part of a small task's cost."""
+    shard = mapped.get(path)
+    if shard is None:
+        shard = mapped[path] = map_npy(path)
+        while len(mapped) > MAPPED_ARRAYS:
+            mapped.popitem(last=False)
+    else:
+        mapped.move_to_end(path)
+    return shard
 
 
 @dataclass
@@ -247,6 +274,38 @@ class PredictionPool:
             return compute_measured(payload, model, shard, self.cache)
         assert isinstance(shard, np.memmap)  # see mode
         return self._in_worker(payload, shard)
+
+    def compute_many(self, tasks: list[tuple[TaskPayload, Any, np.ndarray]]
+                     ) -> list[tuple[np.ndarray, TaskUsage] | Exception]:
+        """Several tasks of one bundle: each one's output and usage, or its exception, in order.
+        Tasks whose model predicts in worker processes go to ONE worker in one message (it
+        computes them back to back and answers once): a round trip through the pipe per task
+        (two wake-ups of two processes) was most of a small task's overhead on a busy machine."""
+        outcomes: list[tuple[np.ndarray, TaskUsage] | Exception | None] = [None] * len(tasks)
+        batches: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for index, (payload, model, shard) in enumerate(tasks):
+            try:
+                if self.mode(payload, model, shard) == "thread":
+                    outcomes[index] = compute_measured(payload, model, shard, self.cache)
+                else:
+                    batches[(payload.model_file, payload.model.sha256)].append(index)
+            except Exception as error:  # this task failed; the others go on
+                outcomes[index] = error
+        for key, indices in batches.items():
+            if len(indices) == 1:
+                payload, _model, shard = tasks[indices[0]]
+                try:
+                    outcomes[indices[0]] = self._in_worker(payload, shard)
+                except Exception as error:
+                    outcomes[indices[0]] = error
+                continue
+            try:
+                batch = self._in_worker_batch(key, [tasks[i] for i in indices])
+            except Exception as error:  # no worker (the executor is shutting down): each of them fails
+                batch = [error] * len(indices)
+            for index, outcome in zip(indices, batch):
+                outcomes[index] = outcome
+        return [outcome if outcome is not None else TaskError("not computed") for outcome in outcomes]
 
     def mode(self, payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
         """Where ``payload``'s model predicts: decided once per model (cross-validation fits and
@@ -342,6 +401,28 @@ class PredictionPool:
         if reply[0] == "ok":
             return reply[1], reply[2]
         raise RemoteTaskError(reply[1], reply[2])
+
+    def _in_worker_batch(self, key: tuple[str, str], tasks: list[tuple[TaskPayload, Any, np.ndarray]]
+                         ) -> list[tuple[np.ndarray, TaskUsage] | Exception]:
+        """:meth:`_in_worker` for several tasks of one model in one message; if the worker dies,
+        each of them fails as a task whose worker died."""
+        worker = self._checkout(key)
+        requests = [(key, payload.to_json(), str(shard.filename) if isinstance(shard, np.memmap) else shard)
+                    for payload, _model, shard in tasks]
+        try:
+            worker.conn.send(requests)
+            replies = worker.conn.recv()
+        except (EOFError, OSError) as error:
+            status = self._reap(worker)
+            died: list[tuple[np.ndarray, TaskUsage] | Exception] = []
+            for payload, _model, _shard in tasks:
+                failure = WorkerDied(f"prediction worker {worker.pid} of model {payload.model_name} died ({status}) "
+                                     "while running the task")
+                failure.__cause__ = error
+                died.append(failure)
+            return died
+        self._checkin(worker)
+        return [(reply[1], reply[2]) if reply[0] == "ok" else RemoteTaskError(reply[1], reply[2]) for reply in replies]
 
     def _checkout(self, key: tuple[str, str]) -> Worker:
         """An idle worker that holds model ``key``, forking one when there is room (or in place

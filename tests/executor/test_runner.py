@@ -17,7 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, npy_to_array, sha256_hex
-from executor.runner import SandboxCache, TaskError, run_task
+from executor.runner import SandboxCache, TaskError, map_npy, run_task
 
 
 def scaled_logistic():  # noqa: ANN201
@@ -289,3 +289,32 @@ def test_preimport_imports_under_the_unpickling_lock_and_skips_what_fails(
     assert sys.modules["preimport_probe_ok"].HELD is True
     assert "preimport_probe_broken" not in sys.modules
     assert not UNPICKLING.locked()
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype=np.float64).reshape(250, 20), np.arange(7, dtype=np.int32), np.zeros((0, 3)),
+    np.asfortranarray(np.arange(12.0).reshape(4, 3)), np.array(2.5), np.array([(1, 2.0)], dtype="i4,f8"),
+], ids=["plain", "int32", "empty", "fortran", "scalar", "structured"])
+def test_map_npy_maps_what_np_load_maps(tmp_path: Path, array: np.ndarray) -> None:
+    """The cached-header mapping is np.load's own mapping, twice (the second from the cache)."""
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    expected = np.load(path, mmap_mode="r", allow_pickle=False)
+    for _ in range(2):
+        mapped = map_npy(path)
+        assert type(mapped) is type(expected) and mapped.dtype == expected.dtype and mapped.shape == expected.shape
+        assert mapped.offset == expected.offset and mapped.filename == expected.filename
+        assert mapped.flags.writeable is False and mapped.flags.f_contiguous == expected.flags.f_contiguous
+        assert np.array_equal(mapped, expected)
+
+
+def test_map_npy_says_what_np_load_says_for_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.npy"
+    np.save(path, np.arange(5000.0).reshape(250, 20))
+    map_npy(path)  # its header is now known
+    path.write_bytes(path.read_bytes()[:500])  # the same header, a truncated body
+    with pytest.raises(Exception) as ours:  # noqa: PT011 - whatever numpy raises, the same
+        map_npy(path)
+    with pytest.raises(Exception) as numpys:  # noqa: PT011
+        np.load(path, mmap_mode="r", allow_pickle=False)
+    assert (type(ours.value), str(ours.value)) == (type(numpys.value), str(numpys.value))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import signal
@@ -293,3 +295,35 @@ def test_workers_die_with_a_killed_executor(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_bundles_tasks_go_to_one_worker_in_one_message_and_fail_alone(tmp_path: Path, data: Any) -> None:
+    """compute_many: a process-mode model's tasks travel in one message to one worker, their
+    outputs bit for bit each task's own; a task that raises fails alone, in its place."""
+    x, y = data
+    model = gil_bound(x, y)
+    payload, cache = task(tmp_path, model, x[:100])
+    loaded, shard = fetch_inputs(payload, cache)
+    bad = dataclasses.replace(payload, task_id="t2", method="no_such_method")
+    pool = PredictionPool(2, cache, "process")
+    sent: list[Any] = []
+    try:
+        checkout = pool._checkout
+
+        def watched(key: Any) -> Any:
+            worker = checkout(key)
+            send = worker.conn.send
+            worker.conn.send = lambda message: (sent.append(message), send(message))[1]  # type: ignore[method-assign]
+            return worker
+
+        pool._checkout = watched  # type: ignore[method-assign]
+        outcomes = pool.compute_many([(payload, loaded, shard), (bad, loaded, shard), (payload, loaded, shard)])
+        assert len(pool.worker_pids) == 1
+    finally:
+        pool.close()
+    assert len(sent) == 1 and isinstance(sent[0], list) and len(sent[0]) == 3
+    first, failed, third = outcomes
+    assert isinstance(failed, RemoteTaskError) and describe_failure(failed).kind == "member_error"
+    assert not isinstance(first, Exception) and not isinstance(third, Exception)
+    for output, usage in (first, third):
+        assert np.array_equal(output, model.predict_proba(x[:100])) and usage.seconds > 0
