@@ -320,13 +320,16 @@ class PredictionPool:
         if self.forced != "auto":
             return "process" if self.forced == "process" else "thread"
         key = (payload.model_file, payload.model.sha256)
-        with self._free:
-            lock = self._probing.setdefault(key, threading.Lock())
-        with lock:
+        with self._mode_lock(key):
             if key not in self.modes:
                 with self._one_probe:
                     self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
+
+    def _mode_lock(self, key: tuple[str, str]) -> threading.Lock:
+        """The lock deciding one model's mode: one probe or adoption per model at once."""
+        with self._free:
+            return self._probing.setdefault(key, threading.Lock())
 
     def known_mode(self, payload: TaskPayload) -> Mode | None:
         """Where ``payload``'s model predicts, when that is decided already (forced by the
@@ -344,9 +347,7 @@ class PredictionPool:
         if self.forced != "auto":
             return "process" if self.forced == "process" else "thread"
         key = (payload.model_file, payload.model.sha256)
-        with self._free:
-            lock = self._probing.setdefault(key, threading.Lock())
-        with lock:
+        with self._mode_lock(key):
             if key not in self.modes:
                 chosen: Mode = "thread" if self.size < 2 or cores() < 2 else measured
                 self.modes[key] = chosen
