@@ -380,8 +380,10 @@ class ServeRunner:
 
 
 def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
-    """A reload may change model files (path, sha256) and the ``[serve]`` table, nothing else
-    of the models or the integration."""
+    """A reload may change model files (path, sha256) and the ``[serve]`` table, nothing else of
+    the models, the integration, the data's columns, the prices or the embedded cluster (refused
+    rather than left unapplied; ``[framework]`` is the running one's, as the command line may
+    have set its master)."""
     if [m.name for m in before.models] != [m.name for m in after.models]:
         raise JobSpecError(f"{after.source}: a reload cannot add, remove or rename models (restart serve)")
     for old, new in zip(before.models, after.models):
@@ -392,6 +394,11 @@ def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
     for name in ("integration", "min_members"):
         if getattr(before, name) != getattr(after, name):
             raise JobSpecError(f"{after.source}: job.{name} changed; a reload changes model files and [serve] "
+                               "fields only (restart serve)")
+    for table, names in (("[data]", ("data",)), ("[pricing]", ("pricing", "cost_model")),
+                         ("[local_cluster]", ("local_cluster",))):
+        if any(getattr(before, name) != getattr(after, name) for name in names):
+            raise JobSpecError(f"{after.source}: {table} changed; a reload changes model files and [serve] "
                                "fields only (restart serve)")
 
 

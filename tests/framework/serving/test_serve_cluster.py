@@ -166,11 +166,12 @@ def test_a_changed_model_rolls_and_serve_fields_apply_live_without_a_failed_requ
             assert {b.max_batch_rows for b in gateway.batchers.values()} == {16}
             assert served.runner.serve_spec.target_p99_ms == 250 and served.runner.serve_spec.scale_down_delay_s == 7
             assert controller.scale_interval == 0.5
-            # Refused whole: a new address (with a new target beside it), then a bad value.
+            # Refused whole: a new address (with a new target beside it), a bad value, new prices.
             good = job.read_text()
             for bad, why in ((good.replace('address = "127.0.0.1:0"', 'address = "127.0.0.1:1"')
                               .replace("target_p99_ms = 250", "target_p99_ms = 5"), "serve.address changed"),
-                             (good.replace("max_queue = 50", "max_queue = -1"), "serve.max_queue must be at least 0")):
+                             (good.replace("max_queue = 50", "max_queue = -1"), "serve.max_queue must be at least 0"),
+                             (good + "\n[pricing]\ndefault = 3.0\n", "[pricing] changed")):
                 job.write_text(bad)
                 refused = len([n for n in served.notes if "reload refused" in n])
                 served.runner.reload_requested.set()
