@@ -134,7 +134,7 @@ def main() -> None:
                 # One BLAS/OpenMP thread per worker (in this process for n_jobs=1), as the job's
                 # executors run: else each of n workers takes cores // n threads and a "1-core"
                 # joblib run would use every core of the machine.
-                with joblib.parallel_config(inner_max_num_threads=1), threadpool_limits(1):
+                with joblib.parallel_config(backend="loky", inner_max_num_threads=1), threadpool_limits(1):
                     parallel = cores_bench.run_joblib(list(paths.values()), shards, run.cores, "1M")
                 joblib_at[run.cores] = time.perf_counter() - started
                 assert np.array_equal(parallel, sequential), "joblib and sequential disagree"
