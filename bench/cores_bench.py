@@ -131,6 +131,14 @@ SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int,
 }
 
 
+def dump_members(members: dict[str, Any], directory: Path) -> dict[str, Path]:
+    """Each member as ``directory/<name>.joblib``; the paths by name."""
+    paths = {name: directory / f"{name}.joblib" for name in members}
+    for name, model in members.items():
+        joblib.dump(model, paths[name])
+    return paths
+
+
 def predict_shard(model: Any, shard: np.ndarray) -> np.ndarray:
     return model.predict_proba(shard)
 
@@ -339,10 +347,7 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory(prefix="cores-bench-") as tmp:
         directory = Path(tmp)
-        paths = {}
-        for name, model in members.items():
-            paths[name] = directory / f"{name}.joblib"
-            joblib.dump(model, paths[name])
+        paths = dump_members(members, directory)
         if text:
             pq.write_table(pa.table({"text": pa.array(x.tolist(), pa.string())}), directory / "data.parquet")
         else:

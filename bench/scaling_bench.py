@@ -109,10 +109,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
         directory = Path(tmp)
-        paths = {}
-        for name, model in members.items():
-            paths[name] = directory / f"{name}.joblib"
-            joblib.dump(model, paths[name])
+        paths = cores_bench.dump_members(members, directory)
         np.save(directory / "data.npy", x)
         started = time.perf_counter()
         with threadpool_limits(1):
