@@ -28,7 +28,22 @@ def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
                  estimators: dict[str, Any], data_features: tuple[str, ...], work_dir: Path, run_tasks: RunTasks,
                  progress: Callable[[str], None]) -> tuple[list[ensemble.MemberSpec], Any]:
     """Stacking, phase 1: the members' cross-validation fits run as Mesos tasks; then the final
-    estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does)."""
+    estimator is fitted here on their out-of-fold predictions (as ``Stacking*.fit`` does).
+    Returns the members as stacked (each ``output`` its stack method) and the job's combiner."""
+    stacked_members, fitted = fit_stacking_model(spec, catalog, server, members, estimators, data_features,
+                                                 work_dir, run_tasks, progress)
+    return stacked_members, ensemble.make_combiner("stacking", stacked_members, model=fitted)
+
+
+def fit_stacking_model(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer,
+                       members: list[ensemble.MemberSpec], estimators: dict[str, Any], data_features: tuple[str, ...],
+                       work_dir: Path, run_tasks: RunTasks, progress: Callable[[str], None], save: bool = True
+                       ) -> tuple[list[ensemble.MemberSpec], ensemble.FittedStacking]:
+    """:func:`fit_stacking`'s fit: the members as stacked and the fitted stacking layer (its final
+    estimator fitted here from the numbers the tasks returned: nothing is unpickled). ``catalog``
+    keeps the stack methods (``catalog.methods``): the members' prediction tasks, or replicas,
+    use them.  ``save``: write it to ``stacking.save_to`` when the job names one (``serve`` does not:
+    that file is ``run``'s)."""
     stacking = spec.stacking
     assert stacking is not None
     train = load_dataset(stacking.train)
@@ -62,8 +77,8 @@ def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
     final = ensemble.fit_final_estimator(meta, plan, kind, ensemble.final_estimator(stacking.final_estimator, kind))
     fitted = ensemble.FittedStacking(kind=kind, members=tuple(names), stack_methods=tuple(methods[n] for n in names),
                                      classes=plan.classes, passthrough=stacking.passthrough, final_estimator=final)
-    if stacking.save_to is not None:
+    if save and stacking.save_to is not None:
         ensemble.save_stacking(fitted, stacking.save_to)
     stacked_members = [dataclasses.replace(m, output=member_output(methods[m.name])) for m in members]
-    return stacked_members, ensemble.make_combiner("stacking", stacked_members, model=fitted)
+    return stacked_members, fitted
 

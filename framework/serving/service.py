@@ -6,7 +6,10 @@ embedded cluster (``master = "local"``) or the external master, the artifact ser
 the executor package and the model files to the agents, the controller (a pymesos scheduler for
 replicas, :mod:`framework.serving.controller`) and the gateway (:mod:`framework.serving.gateway`).
 Once every member has its ``min_replicas`` ready, the gateway's address is printed and recorded
-in the state directory (``serve.json``: ``serve --reload`` signals that process).
+in the state directory (``serve.json``: ``serve --reload`` signals that process).  A stacking
+job's fit phase runs first, as ``run`` runs it (its cross-validation folds as Mesos tasks of a
+framework torn down once they are in; the final estimator fitted here from their numbers); the
+members' replicas then serve their stack methods.
 
 SIGHUP (or ``serve --reload``) reloads the job file: a member whose model changed (a new sha256)
 rolls to it, new replicas first; every other ``[serve]`` field applies live (replica bounds,
@@ -14,7 +17,8 @@ rolls to it, new replicas first; every other ``[serve]`` field applies live (rep
 ``scale_interval_s``, the gateway's batching, hedging and shedding limits between two requests).
 A reload that changes what cannot change while serving (the gateway's ``address``; a
 ``max_batch_rows`` above the rows the running replicas accept per call; the models' names, kinds,
-outputs, weights or columns; the integration or ``min_members``) or whose models fail the checks
+outputs, weights or columns; the integration or ``min_members``; a stacking member's model file
+or ``[stacking]``) or whose models fail the checks
 is refused in one line naming the field, and the old configuration keeps serving: nothing of a
 refused reload applies.  SIGINT/SIGTERM: the gateway stops accepting and finishes what
 it has, every replica drains and is killed, the framework is torn down; exit 130/143.  A
@@ -104,9 +108,9 @@ class ServeCatalog(JobCatalog):
                      port: int, predict_mode: str | None = None) -> Message:
         model = self.spec.model(member)
         payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
-                                 output=model.output, format=model.format, trusted_types=list(model.trusted_types),
-                                 host=self.bind_host, max_batch_rows=self.replica_rows,
-                                 predict_mode=predict_mode)
+                                 output=self.methods.get(member, model.output),  # stacking: its stack method
+                                 format=model.format, trusted_types=list(model.trusted_types),
+                                 host=self.bind_host, max_batch_rows=self.replica_rows, predict_mode=predict_mode)
         resources = allocator.take(self.task_resources[member])
         return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
                                     payload.to_json(), ports=[port])
@@ -153,15 +157,12 @@ class ServeRunner:
         if spec.sources:
             raise JobSpecError(f"{spec.source}: serve takes a job with [data] (its columns are the request's); "
                                "[[sources]] jobs are not served yet")
-        if spec.integration == "stacking":
-            raise JobSpecError(f"{spec.source}: serve does not serve stacking yet (its final estimator is fitted "
-                               "by run)")
         texts = [(i, m.name) for i, m in enumerate(spec.models) if m.text is not None]
         if texts:
             raise JobSpecError(f"{spec.source}: models[{texts[0][0]}] ({texts[0][1]}).text: serve does not serve text "
                                "members yet (a request's rows are numbers); run the job as a batch")
         serve = spec.serve or ServeSpec()
-        info, members, _estimators = prepare(spec)
+        info, members, estimators = prepare(spec)
         assert isinstance(info, DataInfo)
         feature_names = tuple(info.feature_names)
         with ExitStack() as stack:
@@ -183,11 +184,15 @@ class ServeRunner:
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
             catalog = ServeCatalog(spec, server, python, package_url, bind)
             catalog.publish_models(spec)
+            stacking: ensemble.FittedStacking | None = None
+            if spec.integration == "stacking":
+                members, stacking = self._fit_stacking(runner, master, catalog, server, members, estimators,
+                                                       feature_names, work_dir)
 
             from framework.serving.routing import ReplicaTable
 
             table = ReplicaTable()
-            self.gateway = gateway = self._gateway(spec, serve, members, feature_names, table)
+            self.gateway = gateway = self._gateway(spec, serve, members, feature_names, table, stacking)
             host, port = gateway.start(serve.host, serve.port)
             self.url = f"http://{host}:{port}"
             stop_gateway = _once(gateway.stop)
@@ -255,12 +260,39 @@ class ServeRunner:
         return status_url
 
     def _gateway(self, spec: JobSpec, serve: ServeSpec, members: list[ensemble.MemberSpec],
-                 feature_names: tuple[str, ...], table: Any) -> Any:
+                 feature_names: tuple[str, ...], table: Any, stacking: ensemble.FittedStacking | None = None) -> Any:
         from framework.serving.combine import combiner_factory
         from framework.serving.gateway import Gateway
 
-        return Gateway(serve, members, table, combiner_factory(spec.integration), columns=feature_names,
+        params = {"model": stacking} if stacking is not None else {}
+        return Gateway(serve, members, table, combiner_factory(spec.integration, **params), columns=feature_names,
                        min_members=spec.min_members, integration=spec.integration)
+
+    def _fit_stacking(self, runner: Any, master: str, catalog: ServeCatalog, server: ArtifactServer,
+                      members: list[ensemble.MemberSpec], estimators: dict[str, Any], feature_names: tuple[str, ...],
+                      work_dir: Path) -> tuple[list[ensemble.MemberSpec], ensemble.FittedStacking]:
+        """Stacking, before anything is deployed: ``run``'s fit phase, as ``run`` runs it (each
+        member's cross-validation folds as Mesos tasks of a framework of their own, torn down once
+        they are in; the final estimator fitted here from their numbers, nothing unpickled).  The
+        members come back as stacked (``output``: their stack method, which their replicas then
+        serve); ``catalog`` keeps the stack methods."""
+        from framework.members import member_columns
+        from framework.stacking_run import fit_stacking_model
+        from framework.tasks import Tracker
+
+        spec = self.spec
+        catalog.columns = member_columns(members, feature_names)
+        with ExitStack() as stack:
+            scheduler = runner._scheduler(Tracker([], spec.framework.max_retries), catalog)
+            runner.run_started = time.monotonic()
+            driver = runner._start_driver(scheduler, master, stack)
+            stacked, fitted = fit_stacking_model(
+                spec, catalog, server, members, estimators, feature_names, work_dir / "stacking",
+                run_tasks=lambda items, on_result: runner._run_tasks(scheduler, driver, server, items, on_result),
+                progress=self.note, save=False)
+        self.note(f"stacking: final estimator {type(fitted.final_estimator).__name__} fitted on the members' "
+                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))}; deploying the members")
+        return stacked, fitted
 
     @staticmethod
     def _targets(spec: JobSpec, serve: ServeSpec) -> dict[str, ServedMember]:
@@ -395,7 +427,13 @@ def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
         if getattr(before, name) != getattr(after, name):
             raise JobSpecError(f"{after.source}: job.{name} changed; a reload changes model files and [serve] "
                                "fields only (restart serve)")
-    for table, names in (("[data]", ("data",)), ("[pricing]", ("pricing", "cost_model")),
+    if before.integration == "stacking":
+        changed = [new.name for old, new in zip(before.models, after.models) if old.sha256 != new.sha256]
+        if changed:
+            raise JobSpecError(f"{after.source}: models ({changed[0]}).sha256 changed; a stacking deployment's final "
+                               "estimator was fitted on its members' cross-validated predictions, so a changed "
+                               "member needs that fit again (restart serve)")
+    for table, names in (("[data]", ("data",)), ("[stacking]", ("stacking",)), ("[pricing]", ("pricing", "cost_model")),
                          ("[local_cluster]", ("local_cluster",))):
         if any(getattr(before, name) != getattr(after, name) for name in names):
             raise JobSpecError(f"{after.source}: {table} changed; a reload changes model files and [serve] "
