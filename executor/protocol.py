@@ -184,10 +184,16 @@ class ReplicaPayload:
     """Where an earlier replica of this model file found its predictions run best ("thread" or
     "process", its :class:`ReplicaReady` said): the replica takes it instead of probing again
     (None: the executor probes, unless it knows the model already)."""
+    input_format: InputFormat = "float64"
+    """What a request's ``.npy`` body holds: ``float64``, the model's columns (2-D); ``text``, one
+    document per row (a 1-D fixed-width unicode array), handed to the model as it is, as a batch
+    task's text shard is."""
     kind: str = REPLICA_KIND
     version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
+        if self.input_format not in ("float64", "text"):
+            raise ValueError(f"replica input_format {self.input_format!r}: expected float64 or text")
         if self.output not in REPLICA_OUTPUTS:
             raise ValueError(f"replica output {self.output!r}: expected one of {', '.join(REPLICA_OUTPUTS)}")
         if self.format not in ("joblib", "skops"):

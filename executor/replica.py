@@ -74,9 +74,11 @@ class BadRequest(Exception):
         self.status = status
 
 
-def read_rows(body: bytes, n_features: int | None, max_rows: int, model: str) -> np.ndarray:
+def read_rows(body: bytes, n_features: int | None, max_rows: int, model: str, input_format: str = "float64"
+              ) -> np.ndarray:
     """The rows of a predict request: an ``.npy`` float64 2-D array with the model's number of
-    columns and 1..``max_rows`` rows (native byte order); :class:`BadRequest` otherwise."""
+    columns and 1..``max_rows`` rows (native byte order), or for a text member (``input_format``
+    ``text``) a 1-D unicode array, one document per row; :class:`BadRequest` otherwise."""
     if not body:
         raise BadRequest("empty body: expected an .npy array (float64, 2-D)")
     try:
@@ -88,6 +90,16 @@ def read_rows(body: bytes, n_features: int | None, max_rows: int, model: str) ->
         raise BadRequest(f"body is not an .npy array: {error}") from error
     except Exception as error:  # numpy raises several types for a malformed header
         raise BadRequest(f"body is not an .npy array: {type(error).__name__}: {error}") from error
+    if input_format == "text":
+        if rows.dtype.kind != "U" or rows.ndim != 1:
+            raise BadRequest(f"array has dtype {rows.dtype} and shape {list(rows.shape)}: model {model} takes text, "
+                             "a 1-D unicode array (one document per row)")
+        if rows.shape[0] == 0:
+            raise BadRequest("array has no rows")
+        if rows.shape[0] > max_rows:
+            raise BadRequest(f"array has {rows.shape[0]} rows: this replica takes at most {max_rows} "
+                             "per request (max_batch_rows)", status=413)
+        return rows
     if rows.dtype.kind != "f" or rows.dtype.itemsize != 8:
         raise BadRequest(f"array dtype is {rows.dtype}: expected float64")
     if rows.ndim != 2:
@@ -135,14 +147,15 @@ class Replica:
     def __init__(self, task_id: str, payload: ReplicaPayload, model: Any, predictions: PredictionPool,
                  threads: int) -> None:
         self.task_id, self.payload, self.model, self.predictions = task_id, payload, model, predictions
-        n_features = getattr(model, "n_features_in_", None)
+        n_features = getattr(model, "n_features_in_", None) if payload.input_format != "text" else None
         self.n_features = int(n_features) if isinstance(n_features, (int, np.integer)) else None
         # The per-request payload the prediction pool (and its workers) run: no URL (the token
         # stays in the executor), the model's sandbox file and checksum as its key.
         self.request = TaskPayload(
             task_id=task_id, operation="predict", model_name=payload.model, model=RemoteFile("", payload.sha256),
             model_file=payload.model_file, method=payload.output, shard=RemoteFile("", ""), shard_index=0,
-            result_upload_url="", model_format=payload.format, trusted_types=list(payload.trusted_types))
+            result_upload_url="", model_format=payload.format, trusted_types=list(payload.trusted_types),
+            input_format=payload.input_format)
         self.request_json = self.request.to_json()
         self.threads = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix=f"replica-{payload.model}")
         self.mode: Mode = "thread"
@@ -257,7 +270,8 @@ class Replica:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.read()
-            rows = read_rows(body, self.n_features, self.payload.max_batch_rows, self.payload.model)
+            rows = read_rows(body, self.n_features, self.payload.max_batch_rows, self.payload.model,
+                             self.payload.input_format)
         except web.HTTPRequestEntityTooLarge as error:
             return web.json_response({"error": f"body too large: {error.text}"}, status=413)
         except BadRequest as error:

@@ -193,8 +193,8 @@ class MemberBatcher:
     def enqueue(self, rows: np.ndarray, deadline: float | None = None) -> _Request:
         """Queue ``rows`` (at once, no await: the gateway admits a request to every member in one
         step) with the client's ``deadline`` (loop time); :class:`Shed` ``queue_full`` if it is full."""
-        if rows.ndim != 2 or rows.shape[0] == 0:
-            raise ValueError(f"a request needs 2-D rows, got shape {rows.shape}")
+        if rows.ndim not in (1, 2) or rows.shape[0] == 0 or (rows.ndim == 1 and rows.dtype.kind != "U"):
+            raise ValueError(f"a request needs 2-D rows (or a 1-D text column), got shape {rows.shape}")
         if self.full:
             raise Shed("queue_full", f"member {self.member}: {len(self.queue)} requests are waiting "
                                      f"(max_queue {self.max_queue})")

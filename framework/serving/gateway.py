@@ -235,6 +235,48 @@ def rows_from_json(document: Any, columns: Sequence[str]) -> tuple[np.ndarray, b
     return matrix, members
 
 
+def split_text(document: Any, text_columns: Sequence[str]) -> tuple[Any, dict[str, np.ndarray]]:
+    """A JSON request's text columns (each a 1-D unicode array, one string per row, as a batch
+    job's text shards hold them) and the request without them (for :func:`rows_from_json`);
+    BadRequest (one line naming the row and column) for a text value that is not a string."""
+    if not text_columns or not isinstance(document, dict):
+        return document, {}
+    texts: dict[str, list[str]] = {name: [] for name in text_columns}
+
+    def text(value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise BadRequest(f"{where}: expected a string (a text column), got {json.dumps(value)[:40]}")
+        return value
+
+    if "rows" in document and isinstance(document["rows"], list):
+        rows = []
+        for r, row in enumerate(document["rows"]):
+            if not isinstance(row, dict):
+                raise BadRequest(f"rows[{r}]: expected an object (column -> value), got {json.dumps(row)[:40]}")
+            for name in text_columns:
+                if name not in row:
+                    raise BadRequest(f"rows[{r}]: missing column {name!r}")
+                texts[name].append(text(row[name], f"rows[{r}].{name}"))
+            rows.append({k: v for k, v in row.items() if k not in texts})
+        document = {**document, "rows": rows}
+    elif isinstance(document.get("columns"), list) and isinstance(document.get("data"), list):
+        given = document["columns"]
+        for name in text_columns:
+            if name not in given:
+                raise BadRequest(f"columns: missing column {name!r}")
+        at = {given.index(name): name for name in text_columns}
+        data = []
+        for r, row in enumerate(document["data"]):
+            if type(row) is not list or len(row) != len(given):
+                raise BadRequest(f"data[{r}]: expected a list of {len(given)} values (one per column), "
+                                 f"got {json.dumps(row)[:40]}")
+            for c, name in at.items():
+                texts[name].append(text(row[c], f"data[{r}][{c}] ({name})"))
+            data.append([v for c, v in enumerate(row) if c not in at])
+        document = {**document, "columns": [c for i, c in enumerate(given) if i not in at], "data": data}
+    return document, {name: np.array(values, dtype=np.str_) for name, values in texts.items()}
+
+
 def _fill(matrix: np.ndarray, r: int, values: list[Any]) -> bool:
     """Row ``r`` of ``matrix`` from plain numbers; False for an int too large for a float."""
     try:
@@ -331,15 +373,22 @@ class Gateway:
 
     def __init__(self, spec: Any, members: Sequence[MemberSpec], table: ReplicaTable,
                  combiner_factory: CombinerFactory, *, columns: Sequence[str], min_members: int | None = None,
-                 integration: str | None = None, rng: random.Random | None = None) -> None:
+                 integration: str | None = None, rng: random.Random | None = None,
+                 text_columns: Sequence[str] = ()) -> None:
         self.options = GatewayOptions.from_spec(spec)
         self.members = tuple(members)
         self.table = table
         self.columns = tuple(columns)
-        if not self.columns:
+        self.text_columns = tuple(text_columns)
+        if not self.columns and not self.text_columns:
             raise ValueError("the gateway needs the job's feature columns")
         self.member_columns: dict[str, list[int] | None] = {}
+        self.member_text: dict[str, str] = {}
+        """Text members: the text column each takes (a 1-D array of strings, not numbers)."""
         for m in self.members:
+            if m.features is not None and len(m.features) == 1 and m.features[0] in self.text_columns:
+                self.member_text[m.name] = m.features[0]
+                continue
             if m.features is None:
                 self.member_columns[m.name] = None
                 continue
@@ -539,7 +588,7 @@ class Gateway:
         """One batch of ``member`` answered by one of its replicas: least outstanding first, a hedge
         to a second one past the member's recent p95, a failed call sent to one not tried yet."""
         loop = asyncio.get_running_loop()
-        body = npy_bytes(np.ascontiguousarray(batch, dtype=np.float64))
+        body = npy_bytes(batch if batch.dtype.kind == "U" else np.ascontiguousarray(batch, dtype=np.float64))
         rows = int(batch.shape[0])
         tried: set[str] = set()
         running: dict[asyncio.Task[np.ndarray], tuple[str, float]] = {}
@@ -664,18 +713,25 @@ class Gateway:
             return web.json_response(body, status=504)
         return web.json_response(body, status=503, headers={"Retry-After": str(self.options.retry_after_s)})
 
-    async def _read(self, request: web.Request) -> tuple[np.ndarray, bool]:
+    async def _read(self, request: web.Request) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
+        """The request's numbers (rows x the job's feature columns), its text columns, and its
+        ``members`` flag."""
         body = await request.read()
         if request.content_type in (NPY_TYPE, "application/octet-stream"):
+            if self.text_columns:
+                raise BadRequest(f"body: this job has text columns ({_show(self.text_columns)}), which an .npy "
+                                 "body cannot carry; send JSON")
             flag = request.query.get("members", "false").lower()
             if flag not in ("true", "false", "1", "0"):
                 raise BadRequest(f"members: expected true or false, got {flag!r}")
-            return rows_from_npy(body, self.columns), flag in ("true", "1")
+            return rows_from_npy(body, self.columns), {}, flag in ("true", "1")
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body: not JSON ({exc}); send JSON, or an .npy with Content-Type: {NPY_TYPE}") from None
-        return rows_from_json(document, self.columns)
+        document, texts = split_text(document, self.text_columns)
+        rows, members = rows_from_json(document, self.columns)
+        return rows, texts, members
 
     async def _predict(self, request: web.Request) -> web.Response:
         started = time.monotonic()
@@ -684,14 +740,15 @@ class Gateway:
             return web.json_response({"error": "the gateway is draining"}, status=503)
         try:
             deadline_ms = request_timeout_ms(request.headers.get(DEADLINE_HEADER))
-            rows, want_members = await self._read(request)
+            rows, texts, want_members = await self._read(request)
         except BadRequest as exc:
             self.metrics.request("bad_request")
             return web.json_response({"error": str(exc)}, status=400)
         if deadline_ms is not None:
             deadline_ms -= (time.monotonic() - started) * 1000.0  # reading the body took some of it
         names = [m.name for m in self.members]
-        parts = [rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
+        parts = [texts[self.member_text[n]] if n in self.member_text
+                 else rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
                  for n in names]
         queued, refused = self._admit(names, parts, deadline_ms)
         if not queued:
@@ -755,7 +812,8 @@ class Gateway:
                                                  "agent_id": replica.agent_id, "sha256": replica.sha256,
                                                  "state": state})
         body = {
-            "integration": self.integration, "columns": list(self.columns), "min_members": self.combiner.min_members,
+            "integration": self.integration, "columns": list(self.columns), "text_columns": list(self.text_columns),
+            "min_members": self.combiner.min_members,
             "predicts_labels": bool(self.combiner.combiner.predicts_labels),
             "classes": None if self.combiner.classes is None else self.combiner.classes.tolist(),
             "members": [{"name": m.name, "kind": m.kind, "output": m.output, "weight": m.weight,

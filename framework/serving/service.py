@@ -110,7 +110,8 @@ class ServeCatalog(JobCatalog):
         payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
                                  output=self.methods.get(member, model.output),  # stacking: its stack method
                                  format=model.format, trusted_types=list(model.trusted_types),
-                                 host=self.bind_host, max_batch_rows=self.replica_rows, predict_mode=predict_mode)
+                                 host=self.bind_host, max_batch_rows=self.replica_rows, predict_mode=predict_mode,
+                                 input_format="text" if model.text is not None else "float64")
         resources = allocator.take(self.task_resources[member])
         return translator.task_info(task_id, f"{member} replica", agent.agent_id, resources, executor,
                                     payload.to_json(), ports=[port])
@@ -157,10 +158,6 @@ class ServeRunner:
         if spec.sources:
             raise JobSpecError(f"{spec.source}: serve takes a job with [data] (its columns are the request's); "
                                "[[sources]] jobs are not served yet")
-        texts = [(i, m.name) for i, m in enumerate(spec.models) if m.text is not None]
-        if texts:
-            raise JobSpecError(f"{spec.source}: models[{texts[0][0]}] ({texts[0][1]}).text: serve does not serve text "
-                               "members yet (a request's rows are numbers); run the job as a batch")
         serve = spec.serve or ServeSpec()
         info, members, estimators = prepare(spec)
         assert isinstance(info, DataInfo)
@@ -266,7 +263,7 @@ class ServeRunner:
 
         params = {"model": stacking} if stacking is not None else {}
         return Gateway(serve, members, table, combiner_factory(spec.integration, **params), columns=feature_names,
-                       min_members=spec.min_members, integration=spec.integration)
+                       min_members=spec.min_members, integration=spec.integration, text_columns=spec.data.text)
 
     def _fit_stacking(self, runner: Any, master: str, catalog: ServeCatalog, server: ArtifactServer,
                       members: list[ensemble.MemberSpec], estimators: dict[str, Any], feature_names: tuple[str, ...],

@@ -187,6 +187,18 @@ def test_request_bodies_are_checked_before_the_model_sees_them() -> None:
     assert caught.value.status == 413
 
 
+def test_a_text_replica_takes_a_1d_unicode_array_and_nothing_else() -> None:
+    docs = np.array(["a bright day", "", "naïve café"])
+    assert np.array_equal(read_rows(array_to_npy(docs), None, 10, "m", "text"), docs)
+    for body, words in {array_to_npy(docs.reshape(3, 1)): r"shape \[3, 1\]: model m takes text",
+                        array_to_npy(np.zeros(3)): "dtype float64", array_to_npy(docs[:0]): "no rows"}.items():
+        with pytest.raises(BadRequest, match=words) as caught:
+            read_rows(body, None, 10, "m", "text")
+        assert caught.value.status == 400 and "\n" not in str(caught.value)
+    with pytest.raises(BadRequest, match="at most 2 per request"):
+        read_rows(array_to_npy(docs), None, 2, "m", "text")
+
+
 def test_running_only_once_loaded_then_exact_outputs_over_keep_alive(executor: EnsembleExecutor,
                                                                        tmp_path: Path) -> None:
     path = classifier(tmp_path)
