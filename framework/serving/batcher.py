@@ -79,6 +79,20 @@ def expected_s(call_s: float, batches_out: int, queued_rows: int, rows: int, max
     return call_s * max(1.0, (batches_out / 2.0 + mine) / max(1, slots))
 
 
+def retry_after_s(waiting: int, drain_rps: float | None, cap_s: int) -> int:
+    """The ``Retry-After`` of a request a member shed: the seconds its queue (``waiting``
+    requests) takes to drain at the rate it has been draining (``drain_rps``, requests answered
+    per second recently), rounded up to whole seconds as HTTP's ``Retry-After`` is, at least 1 and
+    at most ``cap_s``; ``cap_s`` itself when no drain was measured (nothing answered lately: the
+    queue is not known to drain at all)."""
+    if cap_s < 1:
+        raise ValueError(f"cap_s must be >= 1, got {cap_s}")
+    if drain_rps is None or not math.isfinite(drain_rps) or drain_rps <= 0:
+        return cap_s
+    seconds = max(0, waiting) / drain_rps
+    return max(1, min(cap_s, math.ceil(seconds - 1e-9)))  # (3 / 1.5 is 2 s, not 3 after rounding)
+
+
 class Shed(Exception):
     """A request the gateway will not wait for; ``reason``: ``queue_full``, ``queue_timeout`` or
     ``deadline``; ``sent``: some of its rows were at a replica when it was given up."""

@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from executor import npycodec
 from framework.ensemble import IntegrationError, MemberSpec
 from framework.serving.balancer import Balancer
-from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s
+from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s, retry_after_s
 from framework.serving.combine import CombinerFactory, RequestCombiner
 from framework.serving.autoscale import MemberLoad
 from framework.serving.metrics import GatewayMetrics, LiveState
@@ -88,7 +88,9 @@ class GatewayOptions:
     queue_timeout_ms : float
         A request waiting this long in a member's queue, none of its rows sent, is shed; 0: never.
     retry_after_s : int
-        The ``Retry-After`` of a shed request, in seconds.
+        The most a shed request's ``Retry-After`` says, in seconds, and what it says while nothing
+        drained lately (else the seconds the shedding members' queues take to drain at the rate
+        they have been draining: :meth:`Gateway.retry_after`).
     max_request_bytes : int
         Largest request body.
     window_s : float
@@ -699,10 +701,20 @@ class Gateway:
             self.metrics.member_rejected_part(name, why.reason)
         return queued, refused
 
+    def retry_after(self, members: Sequence[str]) -> int:
+        """The ``Retry-After`` of a request that ``members`` shed: the longest any of their queues
+        takes to drain at its measured rate (:func:`~framework.serving.batcher.retry_after_s`,
+        capped by ``retry_after_s``, which is also the answer while nothing drained lately)."""
+        rates = self.metrics.drain_rates()
+        cap = self.options.retry_after_s
+        return max((retry_after_s(self.batchers[m].queue_depth, rates.get(m), cap)
+                    for m in members if m in self.batchers), default=cap)
+
     def _shed(self, shed: Shed, answered: Sequence[str] = (), missing: Sequence[str] = (),
-              errors: Mapping[str, str] | None = None) -> web.Response:
-        """The answer to a shed request: 503 with ``Retry-After`` (504 when its deadline passed at a
-        replica), ``{"error", "reason", ...}``; counted by reason."""
+              errors: Mapping[str, str] | None = None, shed_by: Sequence[str] = ()) -> web.Response:
+        """The answer to a shed request: 503 with ``Retry-After`` (:meth:`retry_after` of the
+        members that shed it, ``shed_by``; 504 when its deadline passed at a replica),
+        ``{"error", "reason", ...}``; counted by reason."""
         self.metrics.request_rejected(shed.reason, shed.sent)
         body: dict[str, Any] = {"error": str(shed), "reason": shed.reason}
         if answered or missing:
@@ -711,7 +723,7 @@ class Gateway:
             body["errors"] = dict(errors)
         if shed.sent:
             return web.json_response(body, status=504)
-        return web.json_response(body, status=503, headers={"Retry-After": str(self.options.retry_after_s)})
+        return web.json_response(body, status=503, headers={"Retry-After": str(self.retry_after(shed_by))})
 
     async def _read(self, request: web.Request) -> tuple[np.ndarray, dict[str, np.ndarray], bool]:
         """The request's numbers (rows x the job's feature columns), its text columns, and its
@@ -753,7 +765,8 @@ class Gateway:
         queued, refused = self._admit(names, parts, deadline_ms)
         if not queued:
             first = next(iter(refused.values()))
-            return self._shed(first, missing=names, errors={n: str(e) for n, e in refused.items()})
+            return self._shed(first, missing=names, errors={n: str(e) for n, e in refused.items()},
+                              shed_by=list(refused))
         asked = [n for n in names if n in queued]
         try:
             results = await asyncio.gather(*(self._member_output(n, queued[n]) for n in asked),
@@ -765,11 +778,13 @@ class Gateway:
         outputs: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {n: str(e) for n, e in refused.items()}
         sheds: list[Shed] = list(refused.values())
+        shed_by = list(refused)
         for name, result in zip(asked, results):
             if isinstance(result, BaseException):
                 errors[name] = str(result) or type(result).__name__
                 if isinstance(result, Shed):
                     sheds.append(result)
+                    shed_by.append(name)
             else:
                 outputs[name] = result
         errors = {n: errors[n] for n in names if n in errors}
@@ -779,7 +794,7 @@ class Gateway:
             answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
         except IntegrationError as exc:
             if sheds:  # too few members answered because some shed it: say why, as a shed request
-                return self._shed(next((s for s in sheds if s.sent), sheds[0]), answered, missing, errors)
+                return self._shed(next((s for s in sheds if s.sent), sheds[0]), answered, missing, errors, shed_by)
             self.metrics.request("unavailable")
             return web.json_response({"error": str(exc), "answered_by": answered, "missing": missing,
                                       "errors": errors}, status=503)

@@ -71,6 +71,8 @@ class LoadWindow:
         self.calls: deque[tuple[float, float]] = deque()
         """(end, seconds) of every call to a replica."""
         self.shed: deque[tuple[float, str]] = deque()
+        self.left: deque[float] = deque()
+        """When each of the member's requests left its queue answered (or failed at replicas)."""
 
     def arrived(self, now: float) -> None:
         self.arrivals.append(now)
@@ -80,6 +82,10 @@ class LoadWindow:
 
     def answered(self, now: float, seconds: float) -> None:
         self.latencies.append((now, seconds))
+
+    def drained(self, now: float) -> None:
+        """One of the member's requests came back from its replicas (answered or failed)."""
+        self.left.append(now)
 
     def called(self, now: float, seconds: float) -> None:
         """A call to a replica ended after ``seconds`` (answered, failed or given up)."""
@@ -95,6 +101,8 @@ class LoadWindow:
             self.calls.popleft()
         while self.shed and self.shed[0][0] < horizon:
             self.shed.popleft()
+        while self.left and self.left[0] < horizon:
+            self.left.popleft()
 
     def _span(self, now: float, window_s: float) -> float:
         return min(window_s, max(1.0, now - self.started))
@@ -115,6 +123,12 @@ class LoadWindow:
                 break
             count += 1
         return count / span
+
+    def drain_rate(self, now: float) -> float:
+        """Requests that came back from the member's replicas per second over the window (the
+        rate its queue drains at; the window's span as :meth:`rate`'s)."""
+        self._trim(now)
+        return len(self.left) / self._span(now, self.window_s)
 
     def busy(self, now: float) -> float:
         """Replica-seconds of calls that ended in the window, per second of it."""
@@ -256,7 +270,10 @@ class GatewayMetrics:
         if ok:
             self._child(self.member_seconds, member).observe(seconds)
         with self._lock:
-            self._windows[member].answered(self.clock(), seconds)
+            window = self._windows[member]
+            now = self.clock()
+            window.answered(now, seconds)
+            window.drained(now)
 
     def observe(self, live: Mapping[str, LiveState]) -> None:
         """Set the gauges from the members' state now."""
@@ -288,6 +305,12 @@ class GatewayMetrics:
                               replicas_ready=live.get(m, empty).replicas_ready, recent_rate_rps=recent[m],
                               busy=busy[m])
                 for m in self.members}
+
+    def drain_rates(self) -> dict[str, float]:
+        """Per member, its requests that came back from its replicas per second over the last window."""
+        now = self.clock()
+        with self._lock:
+            return {m: w.drain_rate(now) for m, w in self._windows.items()}
 
     def rejected_rates(self) -> dict[str, dict[str, float]]:
         """Per member, its parts of requests shed per second over the last window, by reason."""

@@ -62,7 +62,9 @@ class ServeSpec:
     """A request still waiting in a member's queue (none of its rows sent) after this long is
     answered 503 ``queue_timeout`` (as Triton's ``default_queue_policy`` with REJECT); 0: none."""
     retry_after_s: int = 1
-    """The ``Retry-After`` header of a shed request (whole seconds)."""
+    """The most a shed request's ``Retry-After`` header says (whole seconds), and what it says
+    when the member's queue drained nothing lately; else the queue's depth over the rate it has
+    been draining, rounded up (:func:`framework.serving.batcher.retry_after_s`)."""
     models: Mapping[str, ReplicaBounds] = field(default_factory=dict)
 
     @property

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s, split_rows, take_rows
+from framework.serving.batcher import BatchSent, MemberBatcher, Shed, expected_s, retry_after_s, split_rows, take_rows
 
 
 def test_take_rows_takes_whole_requests_and_cuts_the_one_that_does_not_fit():
@@ -270,3 +270,19 @@ def test_a_full_queue_refuses_a_timed_out_request_leaves_it_and_limits_change_li
         model.gate.set()
         await batcher.close()
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("waiting, rate, cap, expected", [
+    (40, 8.0, 60, 5),      # 5 s to drain
+    (41, 8.0, 60, 6),      # 5.125 s: rounded up (HTTP's Retry-After is whole seconds)
+    (3, 1.5, 60, 2),       # exactly 2 s, not 3 after floating-point rounding
+    (0, 8.0, 60, 1),       # an empty queue (a deadline shed): at least 1 s
+    (1, 100.0, 60, 1),
+    (1000, 2.0, 30, 30),   # capped by retry_after_s
+    (40, 0.0, 7, 7),       # nothing drained lately: the fixed value
+    (40, None, 7, 7),
+    (40, float("nan"), 7, 7),
+])
+def test_retry_after_is_the_queue_over_the_drain_rate_rounded_up_and_bounded(waiting, rate, cap, expected):
+    assert retry_after_s(waiting, rate, cap) == expected
+

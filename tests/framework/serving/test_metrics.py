@@ -129,3 +129,16 @@ def test_a_member_shedding_at_its_cap_reads_as_pressed_to_the_autoscaler():
         assert load.p99_ms < spec.target_p99_ms
         desired, state = autoscale.decide(spec, {"a": load}, desired, state, now[0])
     assert desired["a"] > 1
+
+
+def test_the_drain_rate_counts_requests_that_came_back_over_the_window():
+    now = [100.0]
+    metrics = GatewayMetrics(["tree", "nb"], window_s=10.0, clock=lambda: now[0])
+    now[0] = 104.0
+    for _ in range(8):
+        metrics.member_answered("tree", 0.01, True)
+    metrics.member_answered("tree", 0.01, False)  # a failed part left the queue too
+    metrics.member_rejected_part("tree", "queue_timeout", 0.5)  # shed: not drained
+    assert metrics.drain_rates() == {"tree": 9 / 4.0, "nb": 0.0}  # 4 s since the start
+    now[0] = 120.0
+    assert metrics.drain_rates()["tree"] == 0.0  # out of the window

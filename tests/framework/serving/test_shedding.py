@@ -191,6 +191,33 @@ def test_reconfigure_applies_batching_and_shedding_live_without_dropping_request
     second, _ = in_background(lambda: post_json(f"{d.url}/v1/predict", json.loads(body(cancer, 1))))
     wait_for(lambda: batcher.queue_depth == 1)
     status, headers, answer = post_with_headers(f"{d.url}/v1/predict", body(cancer, 2))
-    assert status == 503 and headers["Retry-After"] == "3" and answer["reason"] == "queue_full"
+    # Retry-After: one request waiting, drained at the rate the 30 above came back (at least 3 per
+    # second over the 10 s window): 1 s, under the new cap.
+    assert status == 503 and headers["Retry-After"] == "1" and answer["reason"] == "queue_full"
     replica.release()
     first.join(30), second.join(30)
+
+
+def test_retry_after_estimates_when_the_queue_drains_at_its_measured_rate(deploy, cancer, fitted):
+    """A shed request's Retry-After is its member's queue over the rate the queue has been draining,
+    rounded up, within 1..retry_after_s: neither the cap nor 1 when the queue is long."""
+    tree = fitted["tree"]
+    d = deploy([(spec_for("tree", tree, "predict_proba"), tree, 1)], "soft_vote", cancer.columns,
+               max_queue=40, retry_after_s=60, batches_per_replica=1, max_batch_rows=1, max_wait_ms=0)
+    replica, batcher = d.replica("tree"), d.gateway.batchers["tree"]
+    assert [s for s, _a in post_concurrently(f"{d.url}/v1/predict",
+                                             [json.loads(body(cancer, i)) for i in range(20)])] == [200] * 20
+    replica.slow()
+    first, _ = in_background(lambda: post_json(f"{d.url}/v1/predict", json.loads(body(cancer, 0))))
+    wait_for(lambda: batcher.in_flight == 1)
+    queued, queued_out = in_background(lambda: post_concurrently(
+        f"{d.url}/v1/predict", [json.loads(body(cancer, i)) for i in range(40)]))
+    wait_for(lambda: batcher.queue_depth == 40)
+    status, headers, answer = post_with_headers(f"{d.url}/v1/predict", body(cancer, 2))
+    # 20 came back within the 10 s window (2..20 per second): 40 waiting take 2..20 s.
+    assert status == 503 and answer["reason"] == "queue_full"
+    assert 2 <= int(headers["Retry-After"]) <= 20, headers["Retry-After"]
+    replica.release()
+    first.join(30), queued.join(60)
+    assert [s for s, _a in queued_out[0]] == [200] * 40
+
