@@ -24,6 +24,17 @@ RunTasks = Callable[[list[WorkItem], Callable[[WorkItem, np.ndarray], None]], No
 """Runs work items to the end, handing each result to the callback (the job's scheduler loop)."""
 
 
+def check_train_columns(spec: JobSpec, train_features: tuple[str, ...], data_features: tuple[str, ...]) -> None:
+    """JobSpecError (one line) unless the stacking train file has the data's feature columns, in
+    order: the members' column indexes and passthrough both assume them."""
+    stacking = spec.stacking
+    assert stacking is not None
+    if train_features != data_features:
+        raise JobSpecError(f"{spec.source}: stacking.train: {stacking.train.path.name} has feature columns "
+                           f"{list(train_features)[:20]}, the data has {list(data_features)[:20]}; "
+                           "they must be the same, in the same order")
+
+
 def fit_stacking(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, members: list[ensemble.MemberSpec],
                  estimators: dict[str, Any], data_features: tuple[str, ...], work_dir: Path, run_tasks: RunTasks,
                  progress: Callable[[str], None]) -> tuple[list[ensemble.MemberSpec], Any]:
@@ -47,11 +58,7 @@ def fit_stacking_model(spec: JobSpec, catalog: JobCatalog, server: ArtifactServe
     stacking = spec.stacking
     assert stacking is not None
     train = load_dataset(stacking.train)
-    if tuple(train.feature_names) != data_features:
-        # Members' column indexes and passthrough both assume the data's columns.
-        raise JobSpecError(f"{spec.source}: stacking.train: {stacking.train.path.name} has feature columns "
-                           f"{list(train.feature_names)[:20]}, the data has {list(data_features)[:20]}; "
-                           "they must be the same, in the same order")
+    check_train_columns(spec, tuple(train.feature_names), data_features)
     kind: ensemble.Kind = "classifier" if all(m.kind == "classifier" for m in members) else "regressor"
     plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
     methods = {name: ensemble.resolve_stack_method(name, est, stacking.stack_method, kind)

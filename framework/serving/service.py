@@ -162,6 +162,11 @@ class ServeRunner:
         info, members, estimators = prepare(spec)
         assert isinstance(info, DataInfo)
         feature_names = tuple(info.feature_names)
+        if spec.integration == "stacking" and spec.stacking is not None:  # refused now, not after the cluster starts
+            from framework.dataset import describe_data
+            from framework.stacking_run import check_train_columns
+
+            check_train_columns(spec, tuple(describe_data(spec.stacking.train).feature_names), feature_names)
         with ExitStack() as stack:
             state = ServeState.open(self.state_dir)
             stack.callback(state.close)

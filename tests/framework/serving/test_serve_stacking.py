@@ -132,3 +132,16 @@ def test_a_stacking_job_is_served_with_the_batch_jobs_answers(tmp_path: Path) ->
         assert "\n" not in refused
         status, answer = post(served.url, {"columns": columns, "data": x_test[:ROWS_PER_SHARD].tolist()})
         assert status == 200 and answer["predictions"] == answers[:ROWS_PER_SHARD]
+
+
+def test_a_stacking_train_file_with_other_columns_is_one_line_and_exit_2_before_serve_starts(tmp_path: Path) -> None:
+    from test_serve_cli import run_cli
+
+    job, _members, (x_train, _x_test, y_train) = stacking_job(tmp_path / "job")
+    write_csv(job.parent / "train.csv", x_train[:, :3], y_train)
+    done = run_cli("serve", job, "--state-dir", tmp_path / "state")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.endswith("stacking.train: train.csv has feature columns ['f0', 'f1', 'f2'], the data has "
+                         "['f0', 'f1', 'f2', 'f3']; they must be the same, in the same order"), line
+    assert not (tmp_path / "state").exists(), "serve created its state before checking its input"
