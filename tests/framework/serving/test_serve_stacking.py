@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -29,28 +31,35 @@ def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*(f"f{i}" for i in range(x.shape[1])), "target"])
-        writer.writerows([*map(repr, map(float, row)), int(label)] for row, label in zip(x, y))
+        integral = np.issubdtype(np.asarray(y).dtype, np.integer)
+        writer.writerows([*map(repr, map(float, row)), int(label) if integral else repr(float(label))]
+                         for row, label in zip(x, y))
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def stacking_job(directory: Path) -> tuple[Path, dict[str, object], tuple[np.ndarray, ...]]:
-    """Iris, a tree on the petal columns and naive Bayes on all four, stacked with passthrough."""
+def write_stacking_job(directory: Path, members: dict[str, Any], kind: str, output: str,
+                       data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], passthrough: bool,
+                       features: dict[str, list[str]] | None = None) -> Path:
+    """A stacking job over ``members`` (fitted), its final estimator trained on ``data``'s
+    (x_train, y_train), predicting (x_test, y_test); the gateway on any free port."""
     directory.mkdir(parents=True, exist_ok=True)
-    x, y = load_iris(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.4, random_state=1, stratify=y)
-    members = {"tree": DecisionTreeClassifier(max_depth=3, random_state=0).fit(x_train[:, 2:4], y_train),
-               "bayes": GaussianNB().fit(x_train, y_train)}
-    for name, model in members.items():
-        joblib.dump(model, directory / f"{name}.joblib")
+    x_train, y_train, x_test, y_test = data
     write_csv(directory / "train.csv", x_train, y_train)
     write_csv(directory / "test.csv", x_test, y_test)
+    models = ""
+    for name, model in members.items():
+        joblib.dump(model, directory / f"{name}.joblib")
+        columns = f"features = {json.dumps((features or {}).get(name))}\n" if name in (features or {}) else ""
+        models += (f'[[models]]\nname = "{name}"\npath = "{name}.joblib"\n'
+                   f'sha256 = "{sha256(directory / f"{name}.joblib")}"\nkind = "{kind}"\noutput = "{output}"\n'
+                   f"{columns}cpus = 0.5\nmem = 128\n\n")
     job = directory / "job.toml"
     job.write_text(f"""
 [job]
-name = "stacked-iris"
+name = "stacked"
 integration = "stacking"
 output = "out.npy"
 
@@ -62,27 +71,9 @@ rows_per_shard = {ROWS_PER_SHARD}
 [stacking]
 train = {{ path = "train.csv", label = "target" }}
 cv = 3
-passthrough = true
+passthrough = {str(passthrough).lower()}
 
-[[models]]
-name = "tree"
-path = "tree.joblib"
-sha256 = "{sha256(directory / 'tree.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-features = ["f2", "f3"]
-cpus = 0.5
-mem = 128
-
-[[models]]
-name = "bayes"
-path = "bayes.joblib"
-sha256 = "{sha256(directory / 'bayes.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-cpus = 0.5
-mem = 128
-
+{models}
 [framework]
 master = "local"
 
@@ -90,7 +81,32 @@ master = "local"
 address = "127.0.0.1:0"
 scale_interval_s = 0.2
 """)
+    return job
+
+
+def stacking_job(directory: Path) -> tuple[Path, dict[str, object], tuple[np.ndarray, ...]]:
+    """Iris, a tree on the petal columns and naive Bayes on all four, stacked with passthrough."""
+    x, y = load_iris(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.4, random_state=1, stratify=y)
+    members: dict[str, Any] = {
+        "tree": DecisionTreeClassifier(max_depth=3, random_state=0).fit(x_train[:, 2:4], y_train),
+        "bayes": GaussianNB().fit(x_train, y_train)}
+    job = write_stacking_job(directory, members, "classifier", "predict_proba", (x_train, y_train, x_test, y_test),
+                             True,
+                             {"tree": ["f2", "f3"]})
     return job, members, (x_train, x_test, y_train)
+
+
+def served_answers(url: str, x: np.ndarray) -> list[Any]:
+    """The gateway's predictions for ``x``, one request per shard of the batch job (the final
+    estimator then sees the batch job's batches)."""
+    columns = [f"f{i}" for i in range(x.shape[1])]
+    answers = []
+    for start in range(0, len(x), ROWS_PER_SHARD):
+        status, answer = post(url, {"columns": columns, "data": x[start:start + ROWS_PER_SHARD].tolist()})
+        assert status == 200, answer
+        answers += answer["predictions"]
+    return answers
 
 
 def test_a_stacking_job_is_served_with_the_batch_jobs_answers(tmp_path: Path) -> None:
@@ -145,3 +161,24 @@ def test_a_stacking_train_file_with_other_columns_is_one_line_and_exit_2_before_
     assert line.endswith("stacking.train: train.csv has feature columns ['f0', 'f1', 'f2'], the data has "
                          "['f0', 'f1', 'f2', 'f3']; they must be the same, in the same order"), line
     assert not (tmp_path / "state").exists(), "serve created its state before checking its input"
+
+
+def test_a_stacking_regressor_is_served_with_the_batch_jobs_answers(tmp_path: Path) -> None:
+    """Diabetes, a tree and nearest neighbours stacked by RidgeCV (the default): per shard, the
+    batch job's numbers, which are StackingRegressor's."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import StackingRegressor
+    from sklearn.neighbors import KNeighborsRegressor
+    from sklearn.tree import DecisionTreeRegressor
+
+    x, y = load_diabetes(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
+    members = {"tree": DecisionTreeRegressor(max_depth=4, random_state=0).fit(x_train, y_train),
+               "neighbours": KNeighborsRegressor(n_neighbors=7).fit(x_train, y_train)}
+    job = write_stacking_job(tmp_path / "job", members, "regressor", "predict", (x_train, y_train, x_test, y_test),
+                             False)
+    batch = np.load(JobRunner(load_job(job)).run().output)
+    reference = StackingRegressor(list(members.items()), cv=3).fit(x_train, y_train)
+    np.testing.assert_allclose(batch["prediction"], reference.predict(x_test), rtol=1e-12)
+    with Served(job, tmp_path / "state") as served:
+        assert served_answers(served.url, x_test) == batch["prediction"].tolist()
