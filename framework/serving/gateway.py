@@ -2,7 +2,8 @@
 
 ``POST /v1/predict`` takes rows (JSON ``{"rows": [{column: value}, ...]}``, JSON
 ``{"columns": [...], "data": [[...], ...]}``, or an ``.npy`` body with ``Content-Type:
-application/x-npy`` whose columns are the job's feature columns in order), gives each member its
+application/x-npy`` whose columns are the job's feature columns in order; a text column travels
+as a JSON string, never in an ``.npy``), gives each member its
 columns of them through the member's dynamic batcher (:mod:`framework.serving.batcher`), sends
 each batch to one of the member's ready replicas (:mod:`framework.serving.balancer`: least
 outstanding, hedging past the member's recent p95, failover on error) and integrates the

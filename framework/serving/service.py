@@ -9,7 +9,8 @@ Once every member has its ``min_replicas`` ready, the gateway's address is print
 in the state directory (``serve.json``: ``serve --reload`` signals that process).  A stacking
 job's fit phase runs first, as ``run`` runs it (its cross-validation folds as Mesos tasks of a
 framework torn down once they are in; the final estimator fitted here from their numbers); the
-members' replicas then serve their stack methods.
+members' replicas then serve their stack methods.  A ``[[sources]]`` job's request carries the
+columns its members take (:func:`request_columns`); a text member's replicas take its text column.
 
 SIGHUP (or ``serve --reload``) reloads the job file: a member whose model changed (a new sha256)
 rolls to it, new replicas first; every other ``[serve]`` field applies live (replica bounds,
@@ -40,7 +41,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from executor.protocol import ReplicaPayload
 from framework import ensemble, translator
@@ -155,13 +156,12 @@ class ServeRunner:
         from framework.job import JobRunner, pymesos_driver, prepare
 
         spec = self.spec
-        if spec.sources:
-            raise JobSpecError(f"{spec.source}: serve takes a job with [data] (its columns are the request's); "
-                               "[[sources]] jobs are not served yet")
         serve = spec.serve or ServeSpec()
         info, members, estimators = prepare(spec)
-        assert isinstance(info, DataInfo)
-        feature_names = tuple(info.feature_names)
+        if isinstance(info, DataInfo):
+            feature_names = tuple(info.feature_names)
+        else:  # [[sources]]: a request carries the members' columns, whichever source they come from
+            feature_names, members = request_columns(info.members, members)
         if spec.integration == "stacking" and spec.stacking is not None:  # refused now, not after the cluster starts
             from framework.dataset import describe_data
             from framework.stacking_run import check_train_columns
@@ -413,6 +413,21 @@ class ServeRunner:
                         len(controller.replicas), STOP_TIMEOUT_SECONDS)
 
 
+def request_columns(sources: Mapping[str, Sequence[tuple[str, str]]], members: list[ensemble.MemberSpec]
+                    ) -> tuple[tuple[str, ...], list[ensemble.MemberSpec]]:
+    """A ``[[sources]]`` job's request columns: every (source, column) some member takes, in the
+    members' order, named as the column (``source.column`` where two sources' columns share a
+    name); and the members with their ``features`` so named (the gateway hands each its columns
+    in its order, as a batch task's parts assemble them)."""
+    pairs = list(dict.fromkeys(pair for m in members for pair in sources[m.name]))
+    times: dict[str, int] = {}
+    for _source, column in pairs:
+        times[column] = times.get(column, 0) + 1
+    name = {pair: pair[1] if times[pair[1]] == 1 else f"{pair[0]}.{pair[1]}" for pair in pairs}
+    return (tuple(name[pair] for pair in pairs),
+            [dataclasses.replace(m, features=tuple(name[pair] for pair in sources[m.name])) for m in members])
+
+
 def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
     """A reload may change model files (path, sha256) and the ``[serve]`` table, nothing else of
     the models, the integration, the data's columns, the prices or the embedded cluster (refused
@@ -421,9 +436,10 @@ def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
     if [m.name for m in before.models] != [m.name for m in after.models]:
         raise JobSpecError(f"{after.source}: a reload cannot add, remove or rename models (restart serve)")
     for old, new in zip(before.models, after.models):
-        for name in ("kind", "output", "weight", "proba_class", "features"):
+        for name in ("kind", "output", "weight", "proba_class", "features", "text", "inputs"):
             if getattr(old, name) != getattr(new, name):
-                raise JobSpecError(f"{after.source}: models ({new.name}).{name} changed; a reload changes model "
+                field = "source/columns" if name == "inputs" else name  # (as the job file names them)
+                raise JobSpecError(f"{after.source}: models ({new.name}).{field} changed; a reload changes model "
                                    "files and [serve] fields only (restart serve)")
     for name in ("integration", "min_members"):
         if getattr(before, name) != getattr(after, name):
@@ -435,7 +451,8 @@ def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
             raise JobSpecError(f"{after.source}: models ({changed[0]}).sha256 changed; a stacking deployment's final "
                                "estimator was fitted on its members' cross-validated predictions, so a changed "
                                "member needs that fit again (restart serve)")
-    for table, names in (("[data]", ("data",)), ("[stacking]", ("stacking",)), ("[pricing]", ("pricing", "cost_model")),
+    for table, names in (("[data]", ("data",)), ("[[sources]]", ("sources",)), ("[stacking]", ("stacking",)),
+                         ("[pricing]", ("pricing", "cost_model")),
                          ("[local_cluster]", ("local_cluster",))):
         if any(getattr(before, name) != getattr(after, name) for name in names):
             raise JobSpecError(f"{after.source}: {table} changed; a reload changes model files and [serve] "
