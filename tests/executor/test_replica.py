@@ -504,3 +504,40 @@ def test_a_skops_model_loads_with_the_allow_list(executor: EnsembleExecutor, tmp
     assert status == 200 and np.array_equal(npy_to_array(body), forest.predict_proba(FEATURES[:30]))
     wait_for(lambda: "TASK_FAILED" in states(driver, "refused"))
     assert "untrusted types: sklearn.tree._tree.Tree" in update(driver, "refused", "TASK_FAILED")["message"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "process"])
+def test_a_text_replica_is_probed_on_documents_and_answers_exactly_from_threads_or_workers(tmp_path: Path,
+                                                                                           mode: str) -> None:
+    """A TF-IDF pipeline behind a text replica: probed on synthetic documents (auto), or in the
+    executor's worker processes (process): either way its answers for a 1-D str array are the
+    model's own; numbers are refused in one line."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from executor.replica import probe_documents
+
+    docs = probe_documents(300)
+    labels = np.arange(300) % 2
+    path = tmp_path / "text.joblib"
+    joblib.dump(make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(docs, labels), path)
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    executor = EnsembleExecutor(sandbox, workers=2, mode=mode)
+    driver = RecordingExecutorDriver()
+    try:
+        executor.launchTask(driver, replica_task("t1", payload_for(path, "predict_proba", input_format="text")))
+        ready = running_port(driver, "t1")
+        if mode == "auto":
+            probed = payload_for(path, input_format="text")
+            assert list(executor.predictions.measured) == [(probed.model_file, probed.sha256)]
+        else:
+            assert ready.predict_mode == "process"
+        asked = np.array(["a w3 w5 mot7é day", "", "w11 w11 w11"])
+        status, _headers, body = post(ready.port, array_to_npy(asked))
+        assert status == 200 and np.array_equal(npy_to_array(body), joblib.load(path).predict_proba(asked))
+        status, _headers, body = post(ready.port, array_to_npy(np.zeros((2, 3))))
+        assert status == 400 and b"takes text" in body
+    finally:
+        executor.shutdown(driver)
