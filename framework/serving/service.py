@@ -284,6 +284,7 @@ class ServeRunner:
 
         spec = self.spec
         catalog.columns = member_columns(members, feature_names)
+        started = time.monotonic()
         with ExitStack() as stack:
             scheduler = runner._scheduler(Tracker([], spec.framework.max_retries), catalog)
             runner.run_started = time.monotonic()
@@ -293,7 +294,8 @@ class ServeRunner:
                 run_tasks=lambda items, on_result: runner._run_tasks(scheduler, driver, server, items, on_result),
                 progress=self.note, save=False)
         self.note(f"stacking: final estimator {type(fitted.final_estimator).__name__} fitted on the members' "
-                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))}; deploying the members")
+                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))} in {time.monotonic() - started:.1f} s "
+                  "(its framework torn down); deploying the members")
         return stacked, fitted
 
     @staticmethod
