@@ -314,6 +314,9 @@ def load_job(path: Path | str) -> JobSpec:
     min_members = job.get("min_members", int)
     if min_members is not None and not 1 <= min_members <= len(models):
         job.fail("min_members", f"must be between 1 and the number of models ({len(models)}), got {min_members}")
+    if min_members is not None and min_members < len(models) and not ensemble.method(integration).supports_subsets:
+        job.fail("min_members", f'is {min_members}, but integration = "{integration}" needs every member (it cannot '
+                                f"combine a subset of them); remove it or set it to {len(models)}")
     _check_weights(top, models, integration, min_members)
     output = job.path("output", must_exist=False)
     assert output is not None

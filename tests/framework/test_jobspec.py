@@ -144,9 +144,12 @@ def test_bad_prices_are_named(demo_dir: Path, tmp_path: Path, pricing: str, mess
         ('master = "local"', 'master = "m:70000"', r"framework\.master must be host:port, zk://host:2181/mesos or "
                                                    r"\"local\": must have a port from 1 to 65535 after 'm', got '70000'"),
         ('master = "local"', 'master = "zk://a:2181"', r"framework\.master .* a ZooKeeper master needs servers and a path"),
+        ('integration = "mean"', 'integration = "stacking"\nmin_members = 1',
+         r'job\.min_members is 1, but integration = "stacking" needs every member \(it cannot combine a subset of '
+         r"them\); remove it or set it to 2"),
     ],
     ids=["median-unit", "median-weight", "zero-weight-alone", "allow-nan-type", "report-is-output", "npy-output",
-         "output-dot", "report-dir", "zk-master", "bad-port", "zk-no-path"],
+         "output-dot", "report-dir", "zk-master", "bad-port", "zk-no-path", "stacking-subset"],
 )
 def test_output_weight_and_master_fields(demo_dir: Path, tmp_path: Path, old: str, new: str,
                                          message: str | None) -> None:
