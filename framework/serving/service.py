@@ -273,11 +273,12 @@ class ServeRunner:
     def _fit_stacking(self, runner: Any, master: str, catalog: ServeCatalog, server: ArtifactServer,
                       members: list[ensemble.MemberSpec], estimators: dict[str, Any], feature_names: tuple[str, ...],
                       work_dir: Path) -> tuple[list[ensemble.MemberSpec], ensemble.FittedStacking]:
-        """Stacking, before anything is deployed: ``run``'s fit phase, as ``run`` runs it (each
-        member's cross-validation folds as Mesos tasks of a framework of their own, torn down once
-        they are in; the final estimator fitted here from their numbers, nothing unpickled).  The
-        members come back as stacked (``output``: their stack method, which their replicas then
-        serve); ``catalog`` keeps the stack methods."""
+        """Stacking, before anything is deployed: the final estimator fitted here from numbers
+        (nothing unpickled): those ``run`` recorded beside ``stacking.save_to`` when they were
+        made for these members, train data and ``[stacking]``; else ``run``'s fit phase, as ``run``
+        runs it (each member's cross-validation folds as Mesos tasks of a framework of their own,
+        torn down once they are in).  The members come back as stacked (``output``: their stack
+        method, which their replicas then serve); ``catalog`` keeps the stack methods."""
         from framework.members import member_columns
         from framework.stacking_run import fit_stacking_model
         from framework.tasks import Tracker
@@ -286,16 +287,18 @@ class ServeRunner:
         catalog.columns = member_columns(members, feature_names)
         started = time.monotonic()
         with ExitStack() as stack:
-            scheduler = runner._scheduler(Tracker([], spec.framework.max_retries), catalog)
-            runner.run_started = time.monotonic()
-            driver = runner._start_driver(scheduler, master, stack)
-            stacked, fitted = fit_stacking_model(
-                spec, catalog, server, members, estimators, feature_names, work_dir / "stacking",
-                run_tasks=lambda items, on_result: runner._run_tasks(scheduler, driver, server, items, on_result),
-                progress=self.note, save=False)
+            def run_tasks(items: list[Any], on_result: Callable[[Any, Any], None]) -> None:
+                scheduler = runner._scheduler(Tracker([], spec.framework.max_retries), catalog)
+                runner.run_started = time.monotonic()
+                driver = runner._start_driver(scheduler, master, stack)  # torn down when the block ends
+                runner._run_tasks(scheduler, driver, server, items, on_result)
+
+            stacked, fitted = fit_stacking_model(spec, catalog, server, members, estimators, feature_names,
+                                                 work_dir / "stacking", run_tasks, progress=self.note, save=False,
+                                                 reuse=True)
         self.note(f"stacking: final estimator {type(fitted.final_estimator).__name__} fitted on the members' "
-                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))} in {time.monotonic() - started:.1f} s "
-                  "(its framework torn down); deploying the members")
+                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))} in {time.monotonic() - started:.1f} s; "
+                  "deploying the members")
         return stacked, fitted
 
     @staticmethod

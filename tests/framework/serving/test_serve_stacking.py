@@ -1,8 +1,10 @@
-"""``serve`` of a stacking job on the embedded cluster: ``serve`` runs the fit phase as ``run`` does
-(the members' cross-validation folds as Mesos tasks, the final estimator fitted from their
-numbers), then deploys the members with their stack methods; the gateway's answers are the batch
-job's, bit for bit, which are ``StackingClassifier``'s.  A reload that changes a member is refused
-in one line (the final estimator would need fitting again)."""
+"""``serve`` of a stacking job on the embedded cluster: ``serve`` fits the final estimator from the
+numbers ``run`` recorded beside ``save_to`` when they are for the same members, train data and
+``[stacking]``, else runs the fit phase as ``run`` does (the members' cross-validation folds as
+Mesos tasks, the final estimator fitted from their numbers); then it deploys the members with
+their stack methods.  Either way the gateway's answers are the batch job's, bit for bit, which are
+``StackingClassifier``'s/``StackingRegressor``'s.  A reload that changes a member is refused in one
+line (the final estimator would need fitting again)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,10 @@ def sha256(path: Path) -> str:
 
 def write_stacking_job(directory: Path, members: dict[str, Any], kind: str, output: str,
                        data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], passthrough: bool,
-                       features: dict[str, list[str]] | None = None) -> Path:
+                       features: dict[str, list[str]] | None = None, save_to: bool = False) -> Path:
     """A stacking job over ``members`` (fitted), its final estimator trained on ``data``'s
-    (x_train, y_train), predicting (x_test, y_test); the gateway on any free port."""
+    (x_train, y_train), predicting (x_test, y_test); the gateway on any free port; ``save_to``: the
+    batch job saves its fit (and records its numbers beside it)."""
     directory.mkdir(parents=True, exist_ok=True)
     x_train, y_train, x_test, y_test = data
     write_csv(directory / "train.csv", x_train, y_train)
@@ -72,6 +75,7 @@ rows_per_shard = {ROWS_PER_SHARD}
 train = {{ path = "train.csv", label = "target" }}
 cv = 3
 passthrough = {str(passthrough).lower()}
+{'save_to = "stacking.joblib"' if save_to else ""}
 
 {models}
 [framework]
@@ -92,8 +96,7 @@ def stacking_job(directory: Path) -> tuple[Path, dict[str, object], tuple[np.nda
         "tree": DecisionTreeClassifier(max_depth=3, random_state=0).fit(x_train[:, 2:4], y_train),
         "bayes": GaussianNB().fit(x_train, y_train)}
     job = write_stacking_job(directory, members, "classifier", "predict_proba", (x_train, y_train, x_test, y_test),
-                             True,
-                             {"tree": ["f2", "f3"]})
+                             True, {"tree": ["f2", "f3"]}, save_to=True)
     return job, members, (x_train, x_test, y_train)
 
 
@@ -122,7 +125,10 @@ def test_a_stacking_job_is_served_with_the_batch_jobs_answers(tmp_path: Path) ->
     assert np.array_equal(batch["prediction"], reference.predict(x_test))
     columns = [f"f{i}" for i in range(4)]
     with Served(job, tmp_path / "state") as served:
-        assert any("stacking: 6 cross-validation tasks" in note for note in served.notes), served.notes
+        # The batch job recorded its fit's numbers beside save_to: no cross-validation task here.
+        assert (job.parent / "stacking.joblib.fit.npz").is_file()
+        assert any("recorded by run in" in note and "no cross-validation task" in note for note in served.notes)
+        assert not any("cross-validation tasks" in note for note in served.notes), served.notes
         # One request per shard of the batch job: the final estimator sees the same batches.
         answers = []
         for start in range(0, len(x_test), ROWS_PER_SHARD):
@@ -181,4 +187,52 @@ def test_a_stacking_regressor_is_served_with_the_batch_jobs_answers(tmp_path: Pa
     reference = StackingRegressor(list(members.items()), cv=3).fit(x_train, y_train)
     np.testing.assert_allclose(batch["prediction"], reference.predict(x_test), rtol=1e-12)
     with Served(job, tmp_path / "state") as served:
+        # No save_to: nothing recorded, so serve runs the folds itself.
+        assert any("stacking: 6 cross-validation tasks" in note for note in served.notes), served.notes
         assert served_answers(served.url, x_test) == batch["prediction"].tolist()
+
+
+def test_a_recorded_fit_is_reused_only_for_the_same_members_train_data_and_stacking(tmp_path: Path) -> None:
+    """The record's key names every input of the fit; a record made for other inputs, a missing
+    one and a damaged one are not reused (serve then runs the folds); what is read back is exact."""
+    from framework.ensemble import FoldPlan
+    from framework.job import prepare
+    from framework.stacking_run import fit_key, fit_record_path, read_fit_record, write_fit_record
+
+    job, _members, (x_train, _x_test, y_train) = stacking_job(tmp_path / "job")
+    spec = load_job(job)
+    _info, members, _estimators = prepare(spec)
+    methods = {m.name: "predict_proba" for m in members}
+    key = fit_key(spec, members, methods)
+    record = fit_record_path(spec)
+    assert record == job.parent / "stacking.joblib.fit.npz"
+    assert read_fit_record(record, key) is None  # none yet
+    meta = np.random.default_rng(0).normal(size=(len(y_train), 6))
+    plan = FoldPlan(folds=(), y_fit=np.asarray(y_train) % 3, classes=np.array([0, 1, 2]), n_samples=len(y_train))
+    assert write_fit_record(record, key, meta, plan)
+    got_meta, got_y, got_classes = read_fit_record(record, key)
+    assert got_meta.tobytes() == meta.tobytes() and got_y.dtype == plan.y_fit.dtype
+    assert np.array_equal(got_y, plan.y_fit) and np.array_equal(got_classes, plan.classes)
+    # Another member file, other train rows, another [stacking] or stack method: another key.
+    text = job.read_text()
+    changed = [load_job(_write(job, text.replace("cv = 3", "cv = 4")))]
+    joblib.dump(GaussianNB(var_smoothing=1e-3).fit(x_train, y_train), job.parent / "bayes.joblib")
+    changed.append(load_job(_write(job, text.replace(spec.model("bayes").sha256,
+                                                     sha256(job.parent / "bayes.joblib")))))
+    assert all(fit_key(other, members, methods) != key for other in changed)
+    assert fit_key(spec, members, {**methods, "tree": "predict"}) != key
+    _write(job, text)
+    write_csv(job.parent / "train.csv", x_train[::-1], y_train[::-1])
+    assert fit_key(spec, members, methods) != key
+    assert read_fit_record(record, fit_key(spec, members, methods)) is None
+    record.write_bytes(record.read_bytes()[:100])  # damaged: not reused
+    assert read_fit_record(record, key) is None
+    # Labels held as Python objects are not recorded (they could only be read back unpickled).
+    assert not write_fit_record(tmp_path / "objects.npz", key, meta,
+                                FoldPlan((), plan.y_fit, np.array(["a", 1], dtype=object), len(y_train)))
+    assert not (tmp_path / "objects.npz").exists()
+
+
+def _write(job: Path, text: str) -> Path:
+    job.write_text(text)
+    return job
