@@ -55,6 +55,26 @@ def test_a_text_member_gets_its_column_as_strings(tmp_path: Path, fitted: tuple[
     assert usage.cpu_seconds > 0
 
 
+def test_a_text_member_goes_to_processes_unprobed(tmp_path: Path, fitted: tuple[Any, list[str]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenising holds the GIL: a text member's predictions go to worker processes without the
+    probe (which cost each text model about 0.25 s while the other task slot waited)."""
+    model, docs = fitted
+    payload, cache = text_task(tmp_path, model, np.asarray(docs))
+    loaded, shard = fetch_inputs(payload, cache)
+    monkeypatch.setattr("executor.workers.cores", lambda: 2)
+    monkeypatch.setattr("executor.workers.thread_speedup", lambda *args: pytest.fail("probed a text member"))
+    pool = PredictionPool(2, cache)
+    try:
+        assert pool.mode(payload, loaded, shard) == "process" and pool.measured == {}
+        output, _usage = pool.compute(payload, loaded, shard)
+        assert pool.worker_pids  # computed in a worker
+    finally:
+        pool.close()
+    assert np.array_equal(output, model.predict_proba(docs))
+    assert PredictionPool(1, cache).mode(payload, loaded, shard) == "thread"  # one slot: nothing beside it
+
+
 def test_a_text_shard_that_is_not_text_fails_the_task(tmp_path: Path, fitted: tuple[Any, list[str]]) -> None:
     model, _docs = fitted
     payload, cache = text_task(tmp_path, model, np.zeros((4, 2)))
