@@ -43,6 +43,7 @@ import numpy as np
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
 from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
                              model_columns)
+from executor.textshard import map_text_shard
 
 log = logging.getLogger("executor.workers")
 
@@ -217,20 +218,22 @@ def _serve_one(request: tuple[tuple[str, str], bytes, Any], models: dict[tuple[s
             last = (payload_json, TaskPayload.from_json(payload_json))
         payload = last[1]
         # A batch task's shard is a file the worker maps; a replica's request rows come inline.
-        shard = _mapped(mapped, shard_path) if isinstance(shard_path, str) else shard_path
+        shard = (_mapped(mapped, shard_path, payload.input_format == "text") if isinstance(shard_path, str)
+                 else shard_path)
         output, usage = compute_measured(payload, models[key], shard, cache)
         return ("ok", output, usage), last
     except Exception as error:
         return ("failed", describe_failure(error), "".join(traceback.format_exception(error))), last
 
 
-def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str) -> np.ndarray:
-    """The shard file ``path`` mapped, kept for the next tasks on it (the last
-    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
-    never change, and mapping one per task was a visible part of a small task's cost."""
+def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str, text: bool = False) -> np.ndarray:
+    """The shard file ``path`` mapped (``text``: a text shard, as its bytes), kept for the next
+    tasks on it (the last :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are
+    named by their sha256 and never change, and mapping one per task was a visible part of a
+    small task's cost."""
     shard = mapped.get(path)
     if shard is None:
-        shard = mapped[path] = map_npy(path)
+        shard = mapped[path] = map_text_shard(path) if text else map_npy(path)
         while len(mapped) > MAPPED_ARRAYS:
             mapped.popitem(last=False)
     else:
@@ -379,7 +382,7 @@ class PredictionPool:
         if self.size < 2 or cores() < 2:
             return "thread"  # one task at a time, or one core: threads lose nothing
         if payload.input_format == "text":
-            log.info("model %s: a text member, not probed: predictions run in %ss", payload.model_name, TEXT_MODE)
+            log.info("model %s: a text member, not probed: predictions run in worker processes", payload.model_name)
             return TEXT_MODE
         function = getattr(model, payload.method, None)
         if function is None:
