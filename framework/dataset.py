@@ -23,13 +23,14 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from executor.textshard import encode_parts, npy_header, read_text_shard
 from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
 from framework.readers import (DEFAULT_BATCH_ROWS, CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
-                               to_float64)
+                               sample, to_float64)
 
 SAMPLE_ROWS = 10_000
 """Rows ``validate`` reads (checked for NaN/inf unless ``--scan`` reads them all)."""
@@ -287,6 +288,21 @@ def check_no_missing_text(column: pa.ChunkedArray | pa.Array, where: str, first_
         nulls = np.asarray(column.is_null())
         raise JobSpecError(f"{where}, data row {first_row + int(np.argmax(nulls)) + 1}: missing text (null); a text "
                            "member needs a string in every row (an empty one is fine)")
+
+
+def text_bytes_per_row(spec: DataSpec, rows: int = SAMPLE_ROWS) -> float:
+    """What a row of ``spec``'s text columns takes in a text shard (each column's UTF-8 bytes and
+    its 8-byte offset), the mean over the first ``rows`` rows (``rows_per_shard = "auto"`` sizes
+    text shards by it: a text column is not one number wide)."""
+    reader = open_data(spec)
+    names = [n for n in spec.text if n in reader.schema.names and is_text(reader.schema.field(n).type)]
+    if not names:  # (a text column missing or not text is named by the job's checks)
+        return 0.0
+    table = sample(reader, rows, names, {name: pa.string() for name in names})
+    if table.num_rows == 0:
+        return 0.0
+    text = sum(pc.sum(pc.binary_length(table.column(name))).as_py() or 0 for name in names)
+    return float(text / table.num_rows + 8 * len(names))
 
 
 def text_column(column: pa.ChunkedArray | pa.Array, where: str, first_row: int) -> tuple[np.ndarray, np.ndarray]:

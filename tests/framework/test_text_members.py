@@ -16,10 +16,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from framework.dataset import spill_shards, text_column, write_text_shard
+from framework.dataset import spill_shards, text_bytes_per_row, text_column, write_text_shard
 from framework.errors import JobSpecError
 from framework.job import JobRunner, validate_job
 from framework.jobspec import load_job
+from framework.preflight import resolve_shard_rows
 from harness import run_cli
 from text_helpers import digest, documents, expected_mean, write_text_job
 
@@ -99,6 +100,22 @@ def test_a_document_ending_in_nul_reaches_the_shard_whole(job: Path, tmp_path: P
     pq.write_table(table.set_column(2, "review", pa.array(docs, pa.string())), job.parent / "data.parquet")
     spilled = spill_shards(load_job(job).data, ("f0", "f1"), tmp_path / "shards", rows_per_shard=64)
     assert spilled.text_shards["review"][0].array()[5] == docs[5]
+
+
+def test_auto_shards_of_long_documents_are_sized_by_their_bytes(job: Path) -> None:
+    """``rows_per_shard = "auto"`` counts a text column's UTF-8 bytes (sampled), not one number:
+    1,200 documents of 20 KB on the default 2 cpus make shards of 16 MiB, 837 documents (it was
+    1,000, as if the text column were one number wide)."""
+    long_docs = ["w" * 19_995 + f"{i:05d}" for i in range(1200)]
+    pq.write_table(pa.table({"f0": np.zeros(1200), "f1": np.ones(1200), "review": long_docs,
+                             "target": np.arange(1200) % 2}), job.parent / "data.parquet")
+    job.write_text(job.read_text().replace("rows_per_shard = 40\n", ""))
+    spec = load_job(job)
+    assert spec.data.rows_per_shard == "auto"
+    assert text_bytes_per_row(spec.data) == 20_000 + 8
+    assert resolve_shard_rows(spec).data.rows_per_shard == 16 * 2**20 // (2 * 8 + 20_008) == 837
+    job.write_text(job.read_text().replace('text = "review"', 'text = "summary"'))
+    assert text_bytes_per_row(load_job(job).data) == 0.0  # (the job's checks name the missing column)
 
 
 def test_a_csv_text_column_is_read_as_strings(tmp_path: Path) -> None:
