@@ -1,6 +1,6 @@
-"""A text task (``input_format = "text"``): the executor maps the text shard (a 1-D fixed-width
-unicode ``.npy``, loaded without pickle) and hands the member the whole column as a 1-D array of
-``str``, on a thread or in a forked worker, with scikit-learn's own answers."""
+"""A text task (``input_format = "text"``): the executor maps the text shard (UTF-8 and offsets,
+see ``executor.textshard``; no pickle) and hands the member the whole column decoded, a 1-D array
+of ``str``, on a thread or in a forked worker (unprobed), with scikit-learn's own answers."""
 
 from __future__ import annotations
 

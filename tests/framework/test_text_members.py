@@ -1,5 +1,5 @@
 """Text members: a member that takes one string column (``text = "review"``) gets it as a 1-D
-array of ``str``, from text shards (fixed-width unicode ``.npy`` files, no pickle), beside numeric
+array of ``str``, from text shards (UTF-8 and offsets in plain ``.npy`` arrays, no pickle), beside numeric
 members in one ensemble; bad declarations are refused in one line before anything launches."""
 
 from __future__ import annotations
