@@ -16,7 +16,10 @@ Suites:
   words and word pairs, on character n-grams, and ``HashingVectorizer`` + ``LogisticRegression``;
   tokenising holds the GIL.  The documents are deterministic pseudo-text (20-60 words drawn from
   a Zipf-distributed vocabulary of syllable words, with label-dependent words mixed in: numpy
-  only, nothing downloaded); joblib gets the same shards as the executors (``<U{n}`` arrays).
+  only, nothing downloaded); joblib, the threads and the physical limit get each shard as the
+  executors' members do: a 1-D object array of ``str`` (the text shards travel as UTF-8 and
+  offsets, see ``executor.textshard``; before 2026-12-02 11:20 UTC both sides had ``<U{n}``
+  arrays, whose compute was within a few percent of this).
 
 Two joblib baselines run, each on fresh workers: joblib's defaults (a shard over ``max_nbytes``
 = 1 MB reaches a worker as an ``np.memmap``, whose every slice runs Python code, so a member that
@@ -121,6 +124,13 @@ def pseudo_text(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     ends = np.cumsum(lengths)
     docs = [" ".join([*words[end - length:end - 3], *cues[i]]) for i, (end, length) in enumerate(zip(ends, lengths))]
     return np.asarray(docs), labels
+
+
+def as_documents(texts: np.ndarray) -> np.ndarray:
+    """A 1-D object array of ``str``: what a text member gets in the executor."""
+    documents = np.empty(len(texts), dtype=object)
+    documents[:] = texts.tolist()
+    return documents
 
 
 SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int, int]] = {
@@ -338,9 +348,10 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
                                            random_state=0)
     x_train, y_train, x = x_all[:20_000], y_all[:20_000], x_all[20_000:]
     members = make(x_train, y_train)
-    shards = [x[i:i + shard_rows] for i in range(0, len(x), shard_rows)]
+    shards = [as_documents(x[i:i + shard_rows]) if text else x[i:i + shard_rows] for i in range(0, len(x), shard_rows)]
     tasks = len(members) * len(shards)
-    shape = (f"{rows:,} documents of 20-60 words (longest {x.dtype.itemsize // 4} characters)" if text
+    shape = (f"{rows:,} documents of 20-60 words (longest {x.dtype.itemsize // 4} characters; "
+             f"{sum(len(d.encode()) for d in x.tolist()) / 1e6:.1f} MB of UTF-8, {x.nbytes / 1e6:.1f} MB as <U)" if text
              else f"{rows:,} rows x {args.features} features")
     print(f"\n== {suite}: {', '.join(members)}; {shape}, {len(shards)} shards "
           f"= {tasks} tasks; {args.cores} cores; load average {os.getloadavg()[0]:.1f}")

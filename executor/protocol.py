@@ -93,8 +93,9 @@ class TaskPayload:
     by side (each file downloaded once per executor, like a shard)."""
     input_format: InputFormat = "float64"
     """What ``shard`` holds: ``float64``, a 2-D matrix of features (the model takes ``columns``);
-    ``text``, a 1-D fixed-width unicode array (``<U{n}``), one document per row, which the model
-    gets as it is (a 1-D array of ``str``, as scikit-learn's text vectorizers take)."""
+    ``text``, a text shard (one string column's rows as UTF-8 bytes and offsets, see
+    ``executor.textshard``), which the model gets decoded, one document per row (a 1-D object
+    array of ``str``, as scikit-learn's text vectorizers take)."""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

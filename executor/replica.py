@@ -54,8 +54,6 @@ SHUTDOWN_GRACE = 2.0
 """At executor shutdown, the most a replica waits for its requests in flight (the agent kills the
 executor's process group after its own shutdown grace period, 5 s by default)."""
 PROBE_FLOATS = 4_000_000
-PROBE_DOCUMENTS = 4096
-"""A text replica probes its model's threading on at most this many synthetic documents."""
 """The synthetic rows a replica probes its model's threading on hold at most this many numbers."""
 NPY = "application/x-npy"
 START_PHASES = ("executor_start", "fetch", "load", "probe", "warm_up", "listen")
@@ -133,16 +131,6 @@ def task_cpus(task: Mapping[str, Any]) -> float:
                if r.get("name") == "cpus")
 
 
-def probe_documents(count: int = PROBE_DOCUMENTS) -> np.ndarray:
-    """``count`` synthetic documents (20-40 words of a 2,000-word vocabulary, some non-ASCII, a
-    fixed seed) as a 1-D unicode array: what a text model's thread-or-process probe runs on
-    (tokenising them holds the GIL as real text does; their words need not be the model's)."""
-    rng = np.random.default_rng(0)
-    vocabulary = np.array([f"w{i}" if i % 7 else f"mot{i}é" for i in range(2000)])
-    return np.array([" ".join(rng.choice(vocabulary, int(rng.integers(20, 41)))) for _ in range(count)],
-                    dtype=np.str_)
-
-
 def kill_grace(task: Mapping[str, Any]) -> float:
     """Seconds a killed replica may drain: the TaskInfo's ``kill_policy.grace_period``, else
     :data:`DEFAULT_KILL_GRACE`."""
@@ -203,7 +191,8 @@ class Replica:
         """Where this model's predictions run (see ``PredictionPool.model_mode``): as decided
         already in this executor (another replica of the model probed it), else as the payload
         says an earlier replica measured (``predict_mode``), else probed on synthetic rows of the
-        model's width (a text model: on synthetic documents, :func:`probe_documents`); a numeric
+        model's width (a text model is not probed: it goes to worker processes, as a batch text
+        member does, see ``workers.TEXT_MODE``); a numeric
         model of unknown width predicts on threads unless the executor forces processes
         (``MESOS_ENSEMBLE_PREDICT``)."""
         known = self.predictions.known_mode(self.request)
@@ -215,7 +204,7 @@ class Replica:
         elif self.predictions.forced != "auto":
             self.mode = self.predictions.model_mode(self.request, self.model, np.empty((0, 0)))
         elif self.payload.input_format == "text":
-            self.mode = self.predictions.model_mode(self.request, self.model, probe_documents())
+            self.mode = self.predictions.model_mode(self.request, self.model, np.empty(0, dtype=object))
         elif self.n_features is not None and self.n_features > 0:
             rows = max(1, min(200_000, PROBE_FLOATS // self.n_features))
             sample = np.random.default_rng(0).standard_normal((rows, self.n_features))

@@ -30,6 +30,7 @@ import numpy as np
 from executor.modelfile import UntrustedTypes, load_model
 from executor.protocol import (RemoteFile, TaskFailure, TaskPayload, TaskUsage, file_sha256,
                                truncate_traceback)
+from executor.textshard import NotATextShard, decode_text, map_text_shard
 
 Downloader = Callable[[str], bytes]
 
@@ -269,15 +270,18 @@ class SandboxCache:
             self._checked.add((name, remote.sha256))
             return path
 
-    def array(self, remote: RemoteFile, what: str) -> np.ndarray:
+    def array(self, remote: RemoteFile, what: str, text: bool = False) -> np.ndarray:
         """A shard or label array, memory-mapped from the sandbox copy (the last
-        :data:`MAPPED_ARRAYS` mapped are kept: every member's task on a shard maps it once)."""
+        :data:`MAPPED_ARRAYS` mapped are kept: every member's task on a shard maps it once);
+        ``text``: a text shard, mapped as its bytes (see ``executor.textshard``)."""
         mapped = self._arrays.get(remote.sha256)
         if mapped is not None:
             return mapped
         path = self.file(remote, f"cache/{remote.sha256}.npy", what)
         try:
-            mapped = map_npy(path)
+            mapped = map_text_shard(path) if text else map_npy(path)
+        except NotATextShard as error:
+            raise TaskError(f"{what} is not a text shard: {error}") from error
         except Exception as error:
             raise TaskError(f"{what} is not a valid .npy array: {error}") from error
         with self._guard:
@@ -342,12 +346,9 @@ def fetch_inputs(payload: TaskPayload, cache: SandboxCache) -> tuple[Any, np.nda
                         payload.trusted_types)
     if payload.inputs:
         return model, assemble_parts(payload, cache)
+    if payload.input_format == "text":  # its bytes, decoded where the member runs (model_columns)
+        return model, cache.array(payload.shard, f"text shard {payload.shard_index}", text=True)
     features = cache.array(payload.shard, f"shard {payload.shard_index}")
-    if payload.input_format == "text":
-        if features.ndim != 1 or features.dtype.kind != "U":
-            raise TaskError(f"text shard {payload.shard_index} has shape {features.shape} and dtype {features.dtype}, "
-                            "expected a 1-D unicode array")
-        return model, features
     if payload.input_format != "float64":
         raise TaskError(f"unknown input format {payload.input_format!r}")
     if features.ndim != 2:
@@ -372,9 +373,18 @@ def assemble_parts(payload: TaskPayload, cache: SandboxCache) -> np.ndarray:
 
 
 def model_columns(payload: TaskPayload, features: np.ndarray) -> np.ndarray:
-    """The columns of the shard that this task's model takes (a text shard: all of it, 1-D)."""
+    """The columns of the shard that this task's model takes.  Text: a text shard's bytes (a
+    1-D ``uint8`` mapping, see ``executor.textshard``) decoded to a 1-D object array of ``str``
+    (a few ms per 5,000 documents, where the member runs: the shard travels to a worker process
+    as its path, never as strings); rows that are strings already (a 1-D ``str`` or object
+    array in memory) as they are."""
     if payload.input_format == "text":
-        return features
+        if features.ndim == 1 and features.dtype.kind in "UO":
+            return features
+        try:
+            return decode_text(features)
+        except NotATextShard as error:
+            raise TaskError(f"text shard {payload.shard_index} is not a text shard: {error}") from error
     if payload.columns:
         if max(payload.columns) >= features.shape[1]:
             raise TaskError(f"model {payload.model_name} takes column {max(payload.columns)}, "

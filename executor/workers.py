@@ -9,6 +9,7 @@ much sooner the pair ends than twice the one says how many cores threads get) an
 predictions of a model whose threads serialise in worker processes.  On an agent whose cores
 are busy with other work, threads gain nothing either and the model goes to processes: that
 costs a copy of each output through a pipe and the workers' private memory, never exactness.
+A text member (``input_format = "text"``) is not probed: it goes to processes (:data:`TEXT_MODE`).
 
 Workers are forked after the model is loaded, so the loaded model is shared copy-on-write
 (models are code: a worker holds only what the executor loaded from its allow-listed, checked
@@ -42,6 +43,7 @@ import numpy as np
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
 from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
                              model_columns)
+from executor.textshard import map_text_shard
 
 log = logging.getLogger("executor.workers")
 
@@ -62,6 +64,14 @@ speedup capped by the pair's measured concurrency (:func:`thread_speedup`), 20 m
 long enough, at a quarter of the CPU that 80 ms calls would now cost."""
 
 PROBE_MIN_ROWS = 64
+
+TEXT_MODE: Mode = "process"
+"""Where a text member (``input_format = "text"``) predicts, unprobed: its vectorizer tokenises
+in Python, holding the GIL for most of the call, so two threads never beat one (the text suite's
+four members probed at 0.3-1.0x), and the probe cost every text model about 0.25 s of wall, one
+model at a time, while the executor's other task slot waited for it (1.5 s at the text suite's
+start on the shared 2-core machine).  Processes lose nothing that matters to such a model: its
+output (a row of probabilities per document) is small beside the tokenising."""
 
 
 class WorkerDied(TaskError):
@@ -208,20 +218,22 @@ def _serve_one(request: tuple[tuple[str, str], bytes, Any], models: dict[tuple[s
             last = (payload_json, TaskPayload.from_json(payload_json))
         payload = last[1]
         # A batch task's shard is a file the worker maps; a replica's request rows come inline.
-        shard = _mapped(mapped, shard_path) if isinstance(shard_path, str) else shard_path
+        shard = (_mapped(mapped, shard_path, payload.input_format == "text") if isinstance(shard_path, str)
+                 else shard_path)
         output, usage = compute_measured(payload, models[key], shard, cache)
         return ("ok", output, usage), last
     except Exception as error:
         return ("failed", describe_failure(error), "".join(traceback.format_exception(error))), last
 
 
-def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str) -> np.ndarray:
-    """The shard file ``path`` mapped, kept for the next tasks on it (the last
-    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
-    never change, and mapping one per task was a visible part of a small task's cost."""
+def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str, text: bool = False) -> np.ndarray:
+    """The shard file ``path`` mapped (``text``: a text shard, as its bytes), kept for the next
+    tasks on it (the last :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are
+    named by their sha256 and never change, and mapping one per task was a visible part of a
+    small task's cost."""
     shard = mapped.get(path)
     if shard is None:
-        shard = mapped[path] = map_npy(path)
+        shard = mapped[path] = map_text_shard(path) if text else map_npy(path)
         while len(mapped) > MAPPED_ARRAYS:
             mapped.popitem(last=False)
     else:
@@ -369,6 +381,9 @@ class PredictionPool:
     def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
         if self.size < 2 or cores() < 2:
             return "thread"  # one task at a time, or one core: threads lose nothing
+        if payload.input_format == "text":
+            log.info("model %s: a text member, not probed: predictions run in worker processes", payload.model_name)
+            return TEXT_MODE
         function = getattr(model, payload.method, None)
         if function is None:
             return "thread"  # the task fails as a member error on its thread

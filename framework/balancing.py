@@ -144,15 +144,19 @@ AUTO_MIN_SHARD_ROWS = 1000
 """... but at least this many rows (a shard's download, checksum and result stay cheap) ..."""
 AUTO_MAX_SHARD_BYTES = 16 * 2**20
 AUTO_MAX_SHARD_ROWS = 100_000
-"""... and at most this many rows and feature bytes (a task's working memory stays small)."""
+"""... and at most this many rows and bytes (a task's working memory stays small): 8 per feature
+and row, and a text column's UTF-8 bytes and offset (a member's own memory on text, a
+vectorizer's sparse matrix, can be several times its text)."""
 
 
-def auto_rows_per_shard(rows: int, features: int, cores: float) -> int:
-    """The base shard size of ``rows_per_shard = "auto"`` for data of ``rows`` x ``features`` on
-    ``cores`` cores.  Small tasks are not a cost: several travel as one Mesos task (see
+def auto_rows_per_shard(rows: int, features: int, cores: float, text_bytes: float = 0.0) -> int:
+    """The base shard size of ``rows_per_shard = "auto"`` for data of ``rows`` x ``features``
+    (float64) and ``text_bytes`` per row of text (the text columns' mean UTF-8 bytes and offsets)
+    on ``cores`` cores.  Small tasks are not a cost: several travel as one Mesos task (see
     :func:`bundle_sizes`)."""
     shards = max(1, math.ceil(max(cores, 1.0) * AUTO_SHARDS_PER_CORE))
-    largest = max(1, min(AUTO_MAX_SHARD_ROWS, AUTO_MAX_SHARD_BYTES // (8 * max(1, features))))
+    row_bytes = max(8, math.ceil(8 * features + text_bytes))
+    largest = max(1, min(AUTO_MAX_SHARD_ROWS, AUTO_MAX_SHARD_BYTES // row_bytes))
     return max(1, min(max(math.ceil(rows / shards), AUTO_MIN_SHARD_ROWS), largest, max(rows, 1)))
 
 

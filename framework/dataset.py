@@ -23,12 +23,14 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from executor.textshard import encode_parts, npy_header, read_text_shard
 from framework import atomic
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec
 from framework.readers import (DEFAULT_BATCH_ROWS, CsvOptions, NpyReader, TableReader, is_numeric, open_table, rebatch,
-                               to_float64)
+                               sample, to_float64)
 
 SAMPLE_ROWS = 10_000
 """Rows ``validate`` reads (checked for NaN/inf unless ``--scan`` reads them all)."""
@@ -55,13 +57,18 @@ class Shard:
     sha256: str
     npy_parts: tuple[bytes, memoryview] | None = None
     path: Path | None = None
+    text: bool = False
+    """A text shard (a file of UTF-8 bytes and offsets, see ``executor.textshard``)."""
 
     @property
     def rows(self) -> int:
         return self.stop - self.start
 
     def array(self) -> np.ndarray:
-        """The shard's rows (read from its file, or the view in memory)."""
+        """The shard's rows (read from its file, or the view in memory; a text shard's as a 1-D
+        object array of ``str``)."""
+        if self.text and self.path is not None:
+            return read_text_shard(self.path)
         if self.path is not None:
             return np.load(self.path, allow_pickle=False)
         assert self.npy_parts is not None
@@ -154,7 +161,7 @@ def describe_data(spec: DataSpec, sample_rows: int = SAMPLE_ROWS) -> DataInfo:
     parts: list[Dataset] = []
     for table in rebatch(reader.iter_batches(columns, types=types), max(1, sample_rows)):
         for name in spec.text:  # a missing text in the sample is named now (run checks every row)
-            text_array(table.column(name), f"{spec.path}: text column {name!r}", 0)
+            check_no_missing_text(table.column(name), f"{spec.path}: text column {name!r}", 0)
         parts.append(_as_dataset(table, features, spec.label))
         taken += table.num_rows
         break
@@ -240,36 +247,78 @@ def non_finite_columns(dataset: Dataset) -> list[NonFinite]:
 
 
 def write_shard(index: int, start: int, matrix: np.ndarray, directory: Path, kind: str = "data") -> Shard:
-    """Write ``matrix`` (rows ``start``... of the data) as ``<kind>-<index>.npy`` in ``directory``,
-    under a temporary name then renamed (a reader never sees half a shard; the work directory is
-    scratch, so it is not fsynced), and return its :class:`Shard`.  ``matrix`` is float64 (a
-    feature shard) or, for a text shard, a 1-D fixed-width unicode array (``<U{n}``, see
-    :func:`text_array`), written as it is."""
-    matrix = np.ascontiguousarray(matrix, dtype=None if matrix.dtype.kind == "U" else np.float64)
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(matrix))
+    """Write ``matrix`` (rows ``start``... of the data, float64) as ``<kind>-<index>.npy`` in
+    ``directory`` and return its :class:`Shard` (see :func:`_write_parts`)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float64)
     body = memoryview(matrix.reshape(-1).view(np.uint8).data) if matrix.size else memoryview(b"")
-    digest = hashlib.sha256(header.getvalue())
-    digest.update(body)
+    return _write_parts(index, start, start + matrix.shape[0], [npy_header(matrix), body], directory, kind)
+
+
+def write_text_shard(index: int, start: int, column: tuple[np.ndarray, np.ndarray], directory: Path,
+                     kind: str) -> Shard:
+    """Write a text column's rows ``start``... (``column``: offsets and UTF-8 bytes, as
+    :func:`text_column` gives them) as the text shard ``<kind>-<index>.npy`` (two plain ``.npy``
+    arrays, see ``executor.textshard``) and return its :class:`Shard`."""
+    offsets, data = column
+    return _write_parts(index, start, start + len(offsets) - 1, encode_parts(offsets, data), directory, kind,
+                        text=True)
+
+
+def _write_parts(index: int, start: int, stop: int, parts: list[bytes | memoryview], directory: Path, kind: str,
+                 text: bool = False) -> Shard:
+    """Write ``parts`` one after the other as ``<kind>-<index>.npy`` in ``directory``, under a
+    temporary name then renamed (a reader never sees half a shard; the work directory is
+    scratch, so it is not fsynced), and return its :class:`Shard` (rows ``start``-``stop``)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
     path = directory / f"{kind}-{index:05d}.npy"
     temporary = path.with_name(f".{path.name}.partial")
     with temporary.open("wb") as handle:
-        handle.write(header.getvalue())
-        handle.write(body)
+        for part in parts:
+            handle.write(part)
     os.replace(temporary, path)
-    return Shard(index, start, start + matrix.shape[0], digest.hexdigest(), path=path)
+    return Shard(index, start, stop, digest.hexdigest(), path=path, text=text)
 
 
-def text_array(column: pa.ChunkedArray | pa.Array, where: str, first_row: int) -> np.ndarray:
-    """A string column as a 1-D fixed-width unicode array (``<U{n}``, n its longest value: what
-    ``np.load(..., allow_pickle=False)`` reads back, no objects); a missing value is refused
-    naming its row (``where``: the file and column; ``first_row``: the column's first data row)."""
+def check_no_missing_text(column: pa.ChunkedArray | pa.Array, where: str, first_row: int) -> None:
+    """Refuse a missing value in a text column, naming its row (``where``: the file and column;
+    ``first_row``: the column's first data row)."""
     if column.null_count:
         nulls = np.asarray(column.is_null())
         raise JobSpecError(f"{where}, data row {first_row + int(np.argmax(nulls)) + 1}: missing text (null); a text "
                            "member needs a string in every row (an empty one is fine)")
-    values = column.to_numpy(zero_copy_only=False) if isinstance(column, pa.Array) else column.to_numpy()
-    return np.asarray(values.astype(str) if len(values) else np.empty(0, dtype="<U1"))
+
+
+def text_bytes_per_row(spec: DataSpec, rows: int = SAMPLE_ROWS) -> float:
+    """What a row of ``spec``'s text columns takes in a text shard (each column's UTF-8 bytes and
+    its 8-byte offset), the mean over the first ``rows`` rows (``rows_per_shard = "auto"`` sizes
+    text shards by it: a text column is not one number wide)."""
+    reader = open_data(spec)
+    names = [n for n in spec.text if n in reader.schema.names and is_text(reader.schema.field(n).type)]
+    if not names:  # (a text column missing or not text is named by the job's checks)
+        return 0.0
+    table = sample(reader, rows, names, {name: pa.string() for name in names})
+    if table.num_rows == 0:
+        return 0.0
+    text = sum(pc.sum(pc.binary_length(table.column(name))).as_py() or 0 for name in names)
+    return float(text / table.num_rows + 8 * len(names))
+
+
+def text_column(column: pa.ChunkedArray | pa.Array, where: str, first_row: int) -> tuple[np.ndarray, np.ndarray]:
+    """A string column as a text shard's two arrays: ``int64`` offsets (one more than the rows,
+    from 0) and the rows' UTF-8 bytes, taken from Arrow's own buffers (which hold the strings so,
+    checked UTF-8 when read); a missing value is refused naming its row."""
+    check_no_missing_text(column, where, first_row)
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    array = array.cast(pa.large_string())  # int64 offsets
+    rows = len(array)
+    _validity, offsets_buffer, data_buffer = array.buffers()
+    if rows == 0 or offsets_buffer is None:
+        return np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.uint8)
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset:array.offset + rows + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, dtype=np.uint8)
+    return offsets - offsets[0], data[offsets[0]:offsets[-1]]
 
 
 @dataclass
@@ -283,7 +332,8 @@ class SpilledData:
     """Every feature column holding NaN or inf, with its first such rows (the whole data scanned)."""
     labels_path: Path | None = None
     text_shards: dict[str, list[Shard]] = dataclasses.field(default_factory=dict)
-    """Per text column (``DataSpec.text``), its shards: ``<U{n}`` ``.npy`` files, one per shard."""
+    """Per text column (``DataSpec.text``), its shards: text shard files (UTF-8 and offsets, see
+    ``executor.textshard``), one per shard."""
 
     def labels(self) -> np.ndarray | None:
         """The label column (memory-mapped from its file), or None."""
@@ -315,9 +365,9 @@ class _NonFiniteTracker:
 
 
 def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: int, labels: bool = True
-                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, dict[str, np.ndarray]]]:
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, dict[str, tuple[np.ndarray, np.ndarray]]]]:
     """``(start, features, raw labels, text columns)`` of each shard of ``rows_per_shard`` rows,
-    streamed (the text columns, ``spec.text``, as :func:`text_array` makes them)."""
+    streamed (the text columns, ``spec.text``, as :func:`text_column` makes them)."""
     if not labels:
         spec = dataclasses.replace(spec, label=None)
     reader = open_data(spec)
@@ -335,7 +385,7 @@ def iter_data_shards(spec: DataSpec, features: tuple[str, ...], rows_per_shard: 
     batches = reader.iter_batches(columns, rows=min(rows_per_shard, DEFAULT_BATCH_ROWS), types=types)
     for table in rebatch(batches, rows_per_shard):  # memory: a shard and a batch no larger
         label_values = _raw_labels(table.column(spec.label)) if spec.label is not None else None
-        texts = {name: text_array(table.column(name), f"{spec.path}: text column {name!r}", start)
+        texts = {name: text_column(table.column(name), f"{spec.path}: text column {name!r}", start)
                  for name in spec.text}
         yield start, to_float64(table, features), label_values, texts
         start += table.num_rows
@@ -371,7 +421,7 @@ def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
             tracker.add(start, matrix)
             shards.append(write_shard(index, start, matrix, directory, kind))
             for number, name in enumerate(spec.text):
-                text_shards[name].append(write_shard(index, start, texts[name], directory, text_kind(number)))
+                text_shards[name].append(write_text_shard(index, start, texts[name], directory, text_kind(number)))
             if labels is not None:
                 np.save(label_parts, labels, allow_pickle=False)
     rows = shards[-1].stop if shards else 0

@@ -111,10 +111,11 @@ class DataSpec:
     """Rows per shard (one work item per model and shard), or ``auto``: sized from the data's rows
     and the job's cores (see :meth:`shard_rows`)."""
 
-    def shard_rows(self, rows: int, features: int, cores: float) -> int:
-        """The rows of one shard for data of ``rows`` x ``features`` on ``cores`` cores."""
+    def shard_rows(self, rows: int, features: int, cores: float, text_bytes: float = 0.0) -> int:
+        """The rows of one shard for data of ``rows`` x ``features`` (and ``text_bytes`` of text
+        per row) on ``cores`` cores."""
         if self.rows_per_shard == "auto":
-            return auto_rows_per_shard(rows, features, cores)
+            return auto_rows_per_shard(rows, features, cores, text_bytes)
         return self.rows_per_shard
 
     @property

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from framework.dataset import Dataset, NonFinite, non_finite_columns, open_data
+from framework.dataset import Dataset, NonFinite, non_finite_columns, open_data, text_bytes_per_row
 from framework.errors import JobSpecError
 from framework.jobspec import DataSpec, JobSpec, LocalClusterSpec, ModelSpec
 from framework.packing import Agent, AttributeEquals, Resources, count_ports, parse_port_ranges
@@ -238,12 +238,12 @@ EXTERNAL_CLUSTER_CORES = 16.0
 cluster's size is known only from its offers; bundles adapt to it at run time)."""
 
 
-def rows_per_shard(spec: JobSpec, rows: int, features: int) -> int:
+def rows_per_shard(spec: JobSpec, rows: int, features: int, text_bytes: float = 0.0) -> int:
     """The job's rows per shard: as the job file says, or sized for the job's cores (the embedded
     cluster's agents, else :data:`EXTERNAL_CLUSTER_CORES`)."""
     cores = (sum(a.capacity.cpus for a in local_agents(spec.local_cluster)) if spec.framework.master == "local"
              else EXTERNAL_CLUSTER_CORES)
-    return spec.data.shard_rows(rows, features, cores)
+    return spec.data.shard_rows(rows, features, cores, text_bytes)
 
 
 def resolve_shard_rows(spec: JobSpec) -> JobSpec:
@@ -262,6 +262,7 @@ def resolve_shard_rows(spec: JobSpec) -> JobSpec:
         reader = open_data(spec.data)
         rows = count_rows(reader)
         features = (len(spec.data.features) if spec.data.features
-                    else len(reader.schema.names) - (1 if spec.data.label else 0))
-    per_shard = rows_per_shard(spec, rows, max(1, features))
+                    else len(reader.schema.names) - (1 if spec.data.label else 0) - len(spec.data.text))
+    text_bytes = text_bytes_per_row(spec.data) if spec.data.text and not spec.sources else 0.0
+    per_shard = rows_per_shard(spec, rows, max(0 if text_bytes else 1, features), text_bytes)
     return dataclasses.replace(spec, data=dataclasses.replace(spec.data, rows_per_shard=per_shard))

@@ -1,6 +1,6 @@
-"""A text task (``input_format = "text"``): the executor maps the text shard (a 1-D fixed-width
-unicode ``.npy``, loaded without pickle) and hands the member the whole column as a 1-D array of
-``str``, on a thread or in a forked worker, with scikit-learn's own answers."""
+"""A text task (``input_format = "text"``): the executor maps the text shard (UTF-8 and offsets,
+see ``executor.textshard``; no pickle) and hands the member the whole column decoded, a 1-D array
+of ``str``, on a thread or in a forked worker (unprobed), with scikit-learn's own answers."""
 
 from __future__ import annotations
 
@@ -16,14 +16,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, sha256_hex
+from executor.textshard import text_shard_bytes
 from executor.runner import SandboxCache, TaskError, fetch_inputs, run_task
 from executor.workers import PredictionPool
 from text_helpers import documents
 
 
-def text_task(tmp_path: Path, model: Any, shard: np.ndarray) -> tuple[TaskPayload, SandboxCache]:
+def text_task(tmp_path: Path, model: Any, docs: list[str] | bytes) -> tuple[TaskPayload, SandboxCache]:
+    """A text task on a text shard of ``docs`` (or on the file bytes given)."""
     joblib.dump(model, tmp_path / "text.joblib")
-    blob, raw = array_to_npy(shard), (tmp_path / "text.joblib").read_bytes()
+    blob = docs if isinstance(docs, bytes) else text_shard_bytes(docs)
+    raw = (tmp_path / "text.joblib").read_bytes()
     blobs = {"mem://text": raw, f"mem://shard/{sha256_hex(blob)}": blob}
     payload = TaskPayload(task_id="t1", operation="predict", model_name="text",
                           model=RemoteFile("mem://text", sha256_hex(raw)), model_file="text.joblib",
@@ -42,10 +45,10 @@ def fitted() -> tuple[Any, list[str]]:
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_a_text_member_gets_its_column_as_strings(tmp_path: Path, fitted: tuple[Any, list[str]], mode: str) -> None:
     model, docs = fitted
-    payload, cache = text_task(tmp_path, model, np.asarray(docs))
+    payload, cache = text_task(tmp_path, model, docs)
     assert TaskPayload.from_json(payload.to_json()) == payload  # the format travels in the payload
     loaded, shard = fetch_inputs(payload, cache)
-    assert isinstance(shard, np.memmap) and shard.dtype.kind == "U" and shard.ndim == 1
+    assert isinstance(shard, np.memmap) and shard.dtype == np.uint8  # the file's bytes, decoded where it runs
     pool = PredictionPool(2, cache, mode)
     try:
         output, usage = pool.compute(payload, loaded, shard)
@@ -55,10 +58,31 @@ def test_a_text_member_gets_its_column_as_strings(tmp_path: Path, fitted: tuple[
     assert usage.cpu_seconds > 0
 
 
+def test_a_text_member_goes_to_processes_unprobed(tmp_path: Path, fitted: tuple[Any, list[str]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenising holds the GIL: a text member's predictions go to worker processes without the
+    probe (which cost each text model about 0.25 s while the other task slot waited)."""
+    model, docs = fitted
+    payload, cache = text_task(tmp_path, model, docs)
+    loaded, shard = fetch_inputs(payload, cache)
+    monkeypatch.setattr("executor.workers.cores", lambda: 2)
+    monkeypatch.setattr("executor.workers.thread_speedup", lambda *args: pytest.fail("probed a text member"))
+    pool = PredictionPool(2, cache)
+    try:
+        assert pool.mode(payload, loaded, shard) == "process" and pool.measured == {}
+        output, _usage = pool.compute(payload, loaded, shard)
+        assert pool.worker_pids  # computed in a worker
+    finally:
+        pool.close()
+    assert np.array_equal(output, model.predict_proba(docs))
+    assert PredictionPool(1, cache).mode(payload, loaded, shard) == "thread"  # one slot: nothing beside it
+
+
 def test_a_text_shard_that_is_not_text_fails_the_task(tmp_path: Path, fitted: tuple[Any, list[str]]) -> None:
     model, _docs = fitted
-    payload, cache = text_task(tmp_path, model, np.zeros((4, 2)))
-    with pytest.raises(TaskError, match=r"text shard 0 has shape \(4, 2\) and dtype float64, expected a 1-D unicode"):
+    payload, cache = text_task(tmp_path, model, array_to_npy(np.zeros((4, 2))))
+    with pytest.raises(TaskError, match=r"text shard 0 is not a text shard: the offsets are a float64 array of "
+                                        r"shape \(4, 2\), expected a 1-D int64 array"):
         run_task(payload, cache)
     with pytest.raises(TaskError, match="unknown input format 'words'"):
         run_task(dataclasses.replace(payload, input_format="words"), cache)  # type: ignore[arg-type]

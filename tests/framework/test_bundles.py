@@ -76,6 +76,9 @@ def test_auto_shards_are_fine_for_the_cores_but_never_tiny_nor_huge() -> None:
     assert auto_rows_per_shard(10_000_000, 20, cores=2) == 100_000  # a task's memory stays small
     assert auto_rows_per_shard(10_000_000, 1000, cores=2) == 2_097  # 16 MiB of features at most
     assert auto_rows_per_shard(1, 3, cores=0) == 1
+    # Text is measured by its bytes, not as one number per row: 16 MiB of it at most.
+    assert auto_rows_per_shard(1_000_000, 0, cores=2, text_bytes=2_008) == 8_355
+    assert auto_rows_per_shard(1_000_000, 2, cores=2, text_bytes=200) == 62_500  # short documents: as before
 
 
 def test_bundles_compute_for_about_a_second_unless_that_leaves_cores_idle() -> None:

@@ -1,5 +1,5 @@
 """Text members: a member that takes one string column (``text = "review"``) gets it as a 1-D
-array of ``str``, from text shards (fixed-width unicode ``.npy`` files, no pickle), beside numeric
+array of ``str``, from text shards (UTF-8 and offsets in plain ``.npy`` arrays, no pickle), beside numeric
 members in one ensemble; bad declarations are refused in one line before anything launches."""
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from framework.dataset import spill_shards
+from framework.dataset import spill_shards, text_bytes_per_row, text_column, write_text_shard
 from framework.errors import JobSpecError
 from framework.job import JobRunner, validate_job
 from framework.jobspec import load_job
+from framework.preflight import resolve_shard_rows
 from harness import run_cli
 from text_helpers import digest, documents, expected_mean, write_text_job
 
@@ -57,7 +58,7 @@ def test_text_and_numeric_members_on_the_embedded_cluster_equal_scikit_learn(job
     assert set(report["members"]) == {"text", "numbers"}
 
 
-def test_text_shards_are_unicode_npy_files_read_without_pickle(job: Path, tmp_path: Path) -> None:
+def test_text_shards_are_utf8_and_offsets_in_plain_npy_arrays(job: Path, tmp_path: Path) -> None:
     spec = load_job(job)
     spilled = spill_shards(spec.data, ("f0", "f1"), tmp_path / "shards", rows_per_shard=64)
     docs = pq.read_table(job.parent / "data.parquet").column("review").to_pylist()
@@ -66,12 +67,55 @@ def test_text_shards_are_unicode_npy_files_read_without_pickle(job: Path, tmp_pa
         (0, 64), (64, 128), (128, 150)]
     for shard in texts:
         assert shard.path is not None and shard.path.name == f"text0-{shard.index:05d}.npy"
-        array = np.load(shard.path, allow_pickle=False, mmap_mode="r")
-        assert array.ndim == 1 and array.dtype.kind == "U"
-        assert array.dtype.itemsize == 4 * max(len(d) for d in docs[shard.start:shard.stop])  # per-shard width
-        assert array.tolist() == docs[shard.start:shard.stop]
+        with shard.path.open("rb") as handle:  # numpy alone reads it, without pickle: offsets, then bytes
+            offsets, data = np.load(handle, allow_pickle=False), np.load(handle, allow_pickle=False)
+            assert handle.read() == b""
+        expected = [d.encode() for d in docs[shard.start:shard.stop]]
+        assert offsets.dtype == np.int64 and data.dtype == np.uint8
+        assert data.tobytes() == b"".join(expected)  # UTF-8, no padding: ~4x less than <U for ASCII
+        assert offsets.tolist() == np.concatenate([[0], np.cumsum([len(e) for e in expected])]).tolist()
+        assert shard.array().tolist() == docs[shard.start:shard.stop]
         assert digest(shard.path) == shard.sha256
     assert spilled.shards[0].array().shape == (64, 2)  # the numeric shards are as before
+
+
+def test_a_text_column_is_taken_from_arrows_buffers_exactly(tmp_path: Path) -> None:
+    """Sliced and chunked columns, either string type: the rows' own bytes, and a document that
+    ends in NUL keeps it (a fixed-width <U shard dropped it)."""
+    docs = ["α β", "", "ends in NUL\x00", "déjà vu", "g"]
+    for kind in (pa.string(), pa.large_string()):
+        column = pa.chunked_array([pa.array(docs[:2], kind), pa.array(docs[2:], kind)]).slice(1, 3)
+        offsets, data = text_column(column, "w", 0)
+        assert offsets[0] == 0 and data.tobytes() == "".join(docs[1:4]).encode()
+        shard = write_text_shard(0, 1, (offsets, data), tmp_path, "text0")
+        assert (shard.start, shard.stop) == (1, 4) and shard.array().tolist() == docs[1:4]
+    offsets, data = text_column(pa.array([], pa.string()), "w", 0)
+    assert offsets.tolist() == [0] and len(data) == 0
+
+
+def test_a_document_ending_in_nul_reaches_the_shard_whole(job: Path, tmp_path: Path) -> None:
+    table = pq.read_table(job.parent / "data.parquet")
+    docs = table.column("review").to_pylist()
+    docs[5] += "\x00"
+    pq.write_table(table.set_column(2, "review", pa.array(docs, pa.string())), job.parent / "data.parquet")
+    spilled = spill_shards(load_job(job).data, ("f0", "f1"), tmp_path / "shards", rows_per_shard=64)
+    assert spilled.text_shards["review"][0].array()[5] == docs[5]
+
+
+def test_auto_shards_of_long_documents_are_sized_by_their_bytes(job: Path) -> None:
+    """``rows_per_shard = "auto"`` counts a text column's UTF-8 bytes (sampled), not one number:
+    1,200 documents of 20 KB on the default 2 cpus make shards of 16 MiB, 837 documents (it was
+    1,000, as if the text column were one number wide)."""
+    long_docs = ["w" * 19_995 + f"{i:05d}" for i in range(1200)]
+    pq.write_table(pa.table({"f0": np.zeros(1200), "f1": np.ones(1200), "review": long_docs,
+                             "target": np.arange(1200) % 2}), job.parent / "data.parquet")
+    job.write_text(job.read_text().replace("rows_per_shard = 40\n", ""))
+    spec = load_job(job)
+    assert spec.data.rows_per_shard == "auto"
+    assert text_bytes_per_row(spec.data) == 20_000 + 8
+    assert resolve_shard_rows(spec).data.rows_per_shard == 16 * 2**20 // (2 * 8 + 20_008) == 837
+    job.write_text(job.read_text().replace('text = "review"', 'text = "summary"'))
+    assert text_bytes_per_row(load_job(job).data) == 0.0  # (the job's checks name the missing column)
 
 
 def test_a_csv_text_column_is_read_as_strings(tmp_path: Path) -> None:
