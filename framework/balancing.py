@@ -103,10 +103,14 @@ class Measurements:
         Ties keep the given order."""
         probing = set(probing)
         seen: dict[str, int] = defaultdict(int)
+        means: dict[str, float | None] = {}  # looked up once per kind (a round orders every pending item)
         keyed = []
         for position, item in enumerate(pending):
             kind = usage_key(item)
-            mean = self.mean_seconds(kind)
+            if kind in means:
+                mean = means[kind]
+            else:
+                mean = means[kind] = self.mean_seconds(kind)
             if mean is not None:
                 key: tuple[Any, ...] = (1, -mean, position)
             elif kind not in probing and seen[kind] == 0:
