@@ -18,8 +18,12 @@ beyond its own compute, on average.  joblib's figures reuse one warm process poo
 imported scikit-learn during the first baseline); ``/joblib fresh`` is against joblib with fresh
 worker processes, as a user's script starts them.  ``--timeline`` prints when each run reached
 each phase, each Mesos task's path (offer round, the wait for the next round once it finished,
-its time at the executor beyond its items' compute, the decoding of its results) and the CPU
-seconds of every process.  A task asks for one core less the shared executor's small
+its time at the executor beyond its items' compute, the decoding of its results), the CPU
+seconds of every process, and the per-item budget: the cores x wall split into the items'
+compute, the executor beyond it, the slots idle between Mesos tasks, the start and the rest,
+then the CPU per item beyond the items' own compute per process (and per extra item between the
+two jobs, where the fixed costs cancel: what a quiet machine pays one for one on busy cores).
+A task asks for one core less the shared executor's small
 share, as each joblib worker takes one.
 """
 
