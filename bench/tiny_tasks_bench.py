@@ -23,8 +23,7 @@ seconds of every process, and the per-item budget: the cores x wall split into t
 compute, the executor beyond it, the slots idle between Mesos tasks, the start and the rest,
 then the CPU per item beyond the items' own compute per process (and per extra item between the
 two jobs, where the fixed costs cancel: what a quiet machine pays one for one on busy cores).
-A task asks for one core less the shared executor's small
-share, as each joblib worker takes one.
+A task asks for one core less the shared executor's small share, as each joblib worker takes one.
 """
 
 from __future__ import annotations
