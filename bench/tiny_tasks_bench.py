@@ -18,9 +18,12 @@ beyond its own compute, on average.  joblib's figures reuse one warm process poo
 imported scikit-learn during the first baseline); ``/joblib fresh`` is against joblib with fresh
 worker processes, as a user's script starts them.  ``--timeline`` prints when each run reached
 each phase, each Mesos task's path (offer round, the wait for the next round once it finished,
-its time at the executor beyond its items' compute, the decoding of its results) and the CPU
-seconds of every process.  A task asks for one core less the shared executor's small
-share, as each joblib worker takes one.
+its time at the executor beyond its items' compute, the decoding of its results), the CPU
+seconds of every process, and the per-item budget: the cores x wall split into the items'
+compute, the executor beyond it, the slots idle between Mesos tasks, the start and the rest,
+then the CPU per item beyond the items' own compute per process (and per extra item between the
+two jobs, where the fixed costs cancel: what a quiet machine pays one for one on busy cores).
+A task asks for one core less the shared executor's small share, as each joblib worker takes one.
 """
 
 from __future__ import annotations
@@ -138,8 +141,8 @@ class Timeline:
     CPU seconds of every process (this one, from ``getrusage``; its descendants, sampled from
     ``/proc``).  On a shared machine the CPU seconds mean more than the walls."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+    def __init__(self, state_dir: Path, cores: int) -> None:
+        self.state_dir, self.cores = state_dir, cores
         self.events: list[tuple[float, str]] = []
         self.processes: dict[int, dict[str, Any]] = {}
         self._restore: list[Callable[[], None]] = []
@@ -175,11 +178,12 @@ class Timeline:
         self._watch_phases(EnsembleScheduler)
         usage = os.times()
         self.cpu = usage.user + usage.system
-        self.started = time.time()
+        self.started, self.started_perf = time.time(), time.perf_counter()
         self._sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.ended_perf = time.perf_counter()
         usage = os.times()
         self.cpu = usage.user + usage.system - self.cpu
         self._mark("job end")
@@ -196,7 +200,10 @@ class Timeline:
         self.computed: dict[str, list[float]] = {}  # Mesos task id -> its items' compute seconds
         self.decoded: dict[str, float] = {}
         self.rounds: list[tuple[float, float]] = []
+        self.accepted: dict[str, float] = {}  # Mesos task id -> when its ACCEPT was sent
+        self.compute_cpu = 0.0  # the items' CPU seconds, as the executor measured each
         status_update, record_usage, one_round = scheduler.statusUpdate, scheduler.record_usage, scheduler._round
+        apply = scheduler._apply
 
         def on_status(this: Any, driver: Any, status: Any) -> None:
             self.arrivals.setdefault(status["task_id"]["value"], {}).setdefault(status["state"], time.perf_counter())
@@ -206,8 +213,15 @@ class Timeline:
             with this.lock:
                 carrier = this.tracker.carrier_of(item.task_id)
             self.computed.setdefault(carrier, []).append(seconds)
+            self.compute_cpu += cpu_seconds
             self.decoded[carrier] = time.perf_counter()
             record_usage(this, item, seconds, cpu_seconds)
+
+        def on_apply(this: Any, driver: Any, views: Any, decision: Any) -> None:
+            apply(this, driver, views, decision)
+            sent = time.perf_counter()
+            for _agent, task in decision.tasks:
+                self.accepted.setdefault(task.carrier or task.task_id, sent)
 
         def on_round(this: Any, driver: Any, offers: Any) -> None:
             began = time.perf_counter()
@@ -216,7 +230,7 @@ class Timeline:
 
         wrappers: list[tuple[str, Callable[..., None], Any]] = [
             ("statusUpdate", on_status, status_update), ("record_usage", on_usage, record_usage),
-            ("_round", on_round, one_round)]
+            ("_round", on_round, one_round), ("_apply", on_apply, apply)]
         for name, wrapper, original in wrappers:
             setattr(scheduler, name, wrapper)
             self._restore.append(functools.partial(setattr, scheduler, name, original))
@@ -240,6 +254,36 @@ class Timeline:
               f"{np.mean(beyond) * 1000:.1f} ms ({sum(beyond) / items * 1000:.2f} ms per item); TASK_FINISHED's "
               f"arrival to its last result decoded {np.mean(decode) * 1000:.1f} ms; items' compute (as the executor "
               f"measured it) {sum(sum(self.computed[task]) for task in done):.2f} s")
+        self._budget(done, items)
+
+    def _budget(self, done: dict[str, dict[str, float]], items: int) -> None:
+        """The run's core-seconds (cores x wall) split by where they went, per item: the items'
+        compute (as the executor measured each), the executor's time in a Mesos task beyond its
+        items' compute, the slots idle between Mesos tasks (a task's TASK_RUNNING arrival after
+        the last TASK_FINISHED before its ACCEPT: the round trip through agent, master, REVIVE,
+        offer round, ACCEPT and launch), the start (until the first TASK_RUNNING) and the rest
+        (the end of the job and idle cores at its tail)."""
+        cores = self.cores
+        wall = self.ended_perf - self.started_perf
+        compute = sum(sum(self.computed[task]) for task in done)
+        beyond = sum(at["TASK_FINISHED"] - at["TASK_RUNNING"] for at in done.values()) - compute
+        finishes = sorted(at["TASK_FINISHED"] for at in done.values())
+        runs = sorted(at["TASK_RUNNING"] for at in done.values())
+        gaps = 0.0
+        for task, at in done.items():
+            accepted = self.accepted.get(task)
+            before = [f for f in finishes if accepted is not None and f <= accepted]
+            if before:
+                gaps += max(0.0, at["TASK_RUNNING"] - before[-1])
+        start = cores * (runs[0] - self.started_perf)
+        rest = cores * wall - compute - beyond - gaps - start
+        per_item = [(name, value / items * 1000) for name, value in (
+            ("items' compute", compute), ("executor beyond compute", beyond), ("slots idle between Mesos tasks", gaps),
+            ("start until the first TASK_RUNNING", start), ("the rest (job end, idle cores at the tail)", rest))]
+        print(f"  budget of the {cores} cores x {wall:.2f} s of wall, per item (ms): "
+              + "; ".join(f"{name} {value:.2f}" for name, value in per_item)
+              + f"; the overhead beyond the start: {(beyond + gaps + rest) / items * 1000:.2f} ms per item, plus the "
+              "compute's own slowdown against the bench's sequential run")
 
     def _sample(self) -> None:
         ticks = os.sysconf("SC_CLK_TCK")
@@ -306,6 +350,7 @@ class Timeline:
                    and "launcher.py" not in r["command"]}
         executors = {pid for pid in pythons if ours[pid]["parent"] not in pythons}
         total = self.cpu
+        self.cpu_by_role = {"scheduler process": self.cpu, "executor": 0.0, "prediction workers": -self.compute_cpu}
         print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f}")
         for pid, record in sorted(ours.items(), key=lambda kv: kv[1]["first"]):
             if record.get("cpu", 0) < 0.005:
@@ -314,8 +359,15 @@ class Timeline:
                     else "launcher" if "launcher.py" in record["command"]
                     else "executor's shell" if record["command"].startswith("/bin/sh") else record["command"][:60])
             total += record["cpu"]
+            if role in ("executor", "prediction worker"):
+                self.cpu_by_role["executor" if role == "executor" else "prediction workers"] += record["cpu"]
             print(f"    {role} {pid}: {record['cpu']:.2f} (alive {record['first']:.2f}-{record['last']:.2f} s)")
         print(f"    all processes: {total:.2f}")
+        self.items = sum(len(times) for times in self.computed.values())
+        if self.items:
+            print("  CPU per item beyond the items' own compute (ms; fixed costs such as imports, model loads and "
+                  "probes included; the workers' CPU less the items' measured CPU): "
+                  + ", ".join(f"{role} {cpu / self.items * 1000:.2f}" for role, cpu in self.cpu_by_role.items()))
 
 
 def main() -> None:
@@ -381,6 +433,7 @@ def main() -> None:
         print(f"{'job':<10}{'rows/shard':>11}{'tasks':>7}{'wall s':>9}{'limit s':>9}{'/limit':>8}"
               f"{'/joblib':>9}{'/joblib tiny':>13}{'ms/task':>9}{'mesos tasks':>12}{'/joblib fresh':>15}")
         overheads: dict[str, tuple[float, int]] = {}  # job -> (wall - limit, items)
+        timelines: dict[str, Timeline] = {}
         for name, shard_rows in jobs.items():
             per_shard = rows_by_job[name]
             compute, t_joblib, labels = baselines[per_shard]
@@ -392,7 +445,7 @@ def main() -> None:
                 state = directory / f"{name}-{attempt}.state"
                 if profiler is not None:
                     profiler.enable()
-                timeline = Timeline(state) if args.timeline else None
+                timeline = Timeline(state, args.cores) if args.timeline else None
                 start = time.perf_counter()
                 if timeline is not None:
                     with timeline:
@@ -402,6 +455,7 @@ def main() -> None:
                 wall = time.perf_counter() - start
                 if timeline is not None:
                     timeline.report(f"{name} (attempt {attempt + 1})")
+                    timelines[name] = timeline
                 if profiler is not None:
                     profiler.disable()
                 identical = bool(np.array_equal(np.load(outcome.output)["prediction"], reference_labels[labels]))
@@ -423,6 +477,13 @@ def main() -> None:
                   f"job's fixed start spread over its {items_e} items; {marginal:.2f} ms per item beyond the fixed "
                   f"start (the two jobs' overheads, (wall - limit) x cores, differ by this per extra item); fixed "
                   f"start about {max(0.0, extra_d - marginal / 1000 * items_d / args.cores):.2f} s of wall")
+        if len(timelines) == 2 and timelines["explicit"].items != timelines["default"].items:
+            explicit, default = timelines["explicit"], timelines["default"]
+            extra = explicit.items - default.items
+            print("CPU per extra item, beyond its own compute (ms; the two --timeline runs' CPU differ by this per "
+                  "extra item): " + ", ".join(
+                      f"{role} {(explicit.cpu_by_role[role] - default.cpu_by_role[role]) / extra * 1000:.2f}"
+                      for role in explicit.cpu_by_role))
         print("ms/task = (wall - physical limit) x cores / tasks; /joblib: against joblib over the same shards; "
               f"/joblib tiny: against joblib over {args.shard_rows}-row shards; /joblib fresh: against joblib over "
               "the same shards with fresh worker processes (the other joblib figures reuse a warm pool).  Labels "

@@ -14,8 +14,9 @@ import warnings
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
@@ -34,7 +35,7 @@ from executor.protocol import (
     uploaded_envelope,
 )
 from executor.runner import SandboxCache, TaskError, fetch_inputs, preimport, report_failure
-from executor.workers import PredictionPool
+from executor.workers import Batch, PredictionPool
 
 if TYPE_CHECKING:
     from executor.replica import ReplicaHost
@@ -73,8 +74,8 @@ def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, in
 
 BUNDLE_BATCH = 16
 """A bundle's items are fetched and computed this many at a time: a model that predicts in worker
-processes gets them in one message (see ``PredictionPool.compute_many``), while the next ones'
-shards still download."""
+processes gets them in one message, the next batch queued behind it (see
+``PredictionPool.compute_stream``), while the next ones' shards still download."""
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -191,30 +192,38 @@ class EnsembleExecutor(pymesos.Executor):
         # The shards download one after the other while the items compute (an item waits only
         # for its own shard; a failed download is reported by the item itself).
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
-        for first in range(0, len(bundle.items), BUNDLE_BATCH):
-            if self._was_killed(task_id):
-                return
-            fetched = []
-            for payload in bundle.items[first:first + BUNDLE_BATCH]:
-                try:
-                    model, shard = fetch_inputs(payload, self.cache)
-                    fetched.append((payload, model, shard))
-                except Exception as error:  # this item failed; the bundle's other items go on
-                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
-            if fetched and running is None:
-                running = self._send_soon(driver, task_id, "TASK_RUNNING")
-            outcomes = self.predictions.compute_many(fetched) if fetched else []
-            for (payload, _model, _shard), outcome in zip(fetched, outcomes):
-                try:
-                    if isinstance(outcome, Exception):
-                        raise outcome
-                    output, usage = outcome
-                    envelope = bundle_item_envelope(payload, output, usage, inline_left)
-                    if envelope.kind == "inline":
-                        inline_left -= envelope.nbytes
-                    results.results[payload.task_id] = envelope
-                except Exception as error:  # this item failed; the bundle's other items go on
-                    results.failures[payload.task_id] = report_failure(payload.task_id, error)
+
+        def batches() -> Iterator[Batch]:
+            """The items' inputs, BUNDLE_BATCH at a time (fetched while the batch before computes)."""
+            nonlocal running
+            for first in range(0, len(bundle.items), BUNDLE_BATCH):
+                if self._was_killed(task_id):
+                    return
+                fetched = []
+                for payload in bundle.items[first:first + BUNDLE_BATCH]:
+                    try:
+                        model, shard = fetch_inputs(payload, self.cache)
+                        fetched.append((payload, model, shard))
+                    except Exception as error:  # this item failed; the bundle's other items go on
+                        results.failures[payload.task_id] = report_failure(payload.task_id, error)
+                if fetched and running is None:
+                    running = self._send_soon(driver, task_id, "TASK_RUNNING")
+                if fetched:
+                    yield fetched
+
+        with closing(self.predictions.compute_stream(batches())) as computed:
+            for fetched, outcomes in computed:
+                for (payload, _model, _shard), outcome in zip(fetched, outcomes):
+                    try:
+                        if isinstance(outcome, Exception):
+                            raise outcome
+                        output, usage = outcome
+                        envelope = bundle_item_envelope(payload, output, usage, inline_left)
+                        if envelope.kind == "inline":
+                            inline_left -= envelope.nbytes
+                        results.results[payload.task_id] = envelope
+                    except Exception as error:  # this item failed; the bundle's other items go on
+                        results.failures[payload.task_id] = report_failure(payload.task_id, error)
         if running is not None:
             wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
         if self._was_killed(task_id):

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,20 @@ BUNDLE_RESULT_SCHEMA = "mesos-ensemble/bundle-result/1"
 
 Operation = Literal["predict", "cv_fit_predict"]
 InputFormat = Literal["float64", "text"]
+
+
+def _fields_of(value: Any) -> dict[str, Any]:
+    """A dataclass instance's fields, for ``json.dumps(default=...)``: the same JSON as
+    ``json.dumps(asdict(value))`` at a third of the cost (``asdict`` deep-copies every nested
+    value first; a bundle encodes its items' payloads and results several times on their way)."""
+    if isinstance(value, type) or not hasattr(value, "__dataclass_fields__"):
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` (dataclasses, nested, in dicts and lists) as sorted-key JSON bytes."""
+    return json.dumps(value, default=_fields_of, sort_keys=True).encode()
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,7 @@ class TaskPayload:
     array of ``str``, as scikit-learn's text vectorizers take)."""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json_bytes(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> "TaskPayload":
@@ -117,7 +131,7 @@ class ResultEnvelope:
     usage: "TaskUsage | None" = None
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json_bytes(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> "ResultEnvelope":
@@ -151,9 +165,8 @@ class BundlePayload:
     version: int = PROTOCOL_VERSION
 
     def to_json(self) -> bytes:
-        return json.dumps({"task_id": self.task_id, "items": [asdict(i) for i in self.items],
-                           "inline_limit": self.inline_limit, "schema": self.schema, "version": self.version},
-                          sort_keys=True).encode()
+        return json_bytes({"task_id": self.task_id, "items": self.items, "inline_limit": self.inline_limit,
+                           "schema": self.schema, "version": self.version})
 
 
 REPLICA_KIND = "replica"
@@ -297,8 +310,7 @@ class BundleResult:
     schema: str = BUNDLE_RESULT_SCHEMA
 
     def to_json(self) -> bytes:
-        return json.dumps({"schema": self.schema, "results": {k: asdict(v) for k, v in self.results.items()},
-                           "failures": {k: asdict(v) for k, v in self.failures.items()}}, sort_keys=True).encode()
+        return json_bytes({"schema": self.schema, "results": self.results, "failures": self.failures})
 
     @classmethod
     def from_json(cls, raw: bytes) -> "BundleResult":
@@ -393,7 +405,7 @@ class TaskFailure:
         return FAILURE_MESSAGE_PREFIX[self.kind] + text
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
+        return json_bytes(self)
 
     @classmethod
     def from_json(cls, raw: bytes) -> "TaskFailure":

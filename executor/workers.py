@@ -32,11 +32,11 @@ import stat
 import threading
 import time
 import traceback
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
-from typing import Any, Literal
+from typing import Any, Generator, Iterable, Literal
 
 import numpy as np
 
@@ -241,6 +241,12 @@ def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str, text: bool = Fals
     return shard
 
 
+Batch = list[tuple[TaskPayload, Any, np.ndarray]]
+"""Tasks of one bundle with their fetched inputs: (payload, model, shard)."""
+Outcome = tuple[np.ndarray, TaskUsage] | Exception
+"""A task's output and usage, or why it failed."""
+
+
 @dataclass
 class Worker:
     pid: int
@@ -318,6 +324,100 @@ class PredictionPool:
             for index, outcome in zip(indices, batch):
                 outcomes[index] = outcome
         return [outcome if outcome is not None else TaskError("not computed") for outcome in outcomes]
+
+    def compute_stream(self, batches: Iterable[Batch]) -> Generator[tuple[Batch, list[Outcome]], None, None]:
+        """:meth:`compute_many` over a bundle's consecutive batches: each batch with its outcomes,
+        in order.  A batch of one model's items predicting in worker processes is sent to its
+        worker BEFORE the previous batch's answer is read, so the worker computes the next batch
+        while the caller encodes this one's results and fetches the batch after: it never waits
+        for the executor between batches (issue 13's profile: a worker idled a process wake-up
+        per batch).  At most one batch waits at the worker (requests are a few KB, far below a
+        pipe's buffer).  If the worker dies, the items it held (the batch computing and the one
+        waiting) fail as :class:`WorkerDied`; later batches go to another worker."""
+        worker: Worker | None = None
+        worker_key: tuple[str, str] | None = None
+        held: deque[Batch] = deque()  # sent to ``worker``, not answered yet, oldest first
+        try:
+            for batch in batches:
+                key = self._worker_key(batch)
+                if worker is not None and key != worker_key:
+                    yield from self._answers(worker, held, keep=0)
+                    self._let_go(worker)
+                    worker = None
+                if key is None:
+                    yield batch, self.compute_many(batch)
+                    continue
+                if worker is None:
+                    worker, worker_key = self._checkout(key), key
+                held.append(batch)
+                try:
+                    worker.conn.send(self._requests(key, batch))
+                except (EOFError, OSError) as error:  # it died on the batch before
+                    yield from self._held_fail(worker, held, error)
+                    worker = None
+                    continue
+                yield from self._answers(worker, held, keep=1)
+                if worker.conn.closed:  # it died (reaped by ``_answers``)
+                    worker = None
+            if worker is not None:
+                yield from self._answers(worker, held, keep=0)
+                self._let_go(worker)
+                worker = None
+        finally:  # the caller stopped early (its task was killed): the worker is returned idle
+            if worker is not None:
+                self._answers(worker, held, keep=0)
+                self._let_go(worker)
+
+    def _worker_key(self, batch: Batch) -> tuple[str, str] | None:
+        """The model's key when every task of ``batch`` predicts in worker processes with one model."""
+        keys = set()
+        try:
+            for payload, model, shard in batch:
+                if self.mode(payload, model, shard) != "process":
+                    return None
+                keys.add((payload.model_file, payload.model.sha256))
+        except Exception:  # noqa: BLE001 - compute_many reports each task's own failure
+            return None
+        return keys.pop() if len(keys) == 1 else None
+
+    @staticmethod
+    def _requests(key: tuple[str, str], batch: Batch) -> list[tuple[tuple[str, str], bytes, Any]]:
+        return [(key, payload.to_json(), str(shard.filename) if isinstance(shard, np.memmap) else shard)
+                for payload, _model, shard in batch]
+
+    def _answers(self, worker: Worker, held: "deque[Batch]", keep: int) -> list[tuple[Batch, list[Outcome]]]:
+        """The worker's answers to the oldest held batches until ``keep`` are left; if it died,
+        every held batch fails and the worker is reaped (its connection closed)."""
+        answered: list[tuple[Batch, list[Outcome]]] = []
+        while len(held) > keep and not worker.conn.closed:
+            try:
+                replies = worker.conn.recv()
+            except (EOFError, OSError) as error:
+                return answered + self._held_fail(worker, held, error)
+            batch = held.popleft()
+            answered.append((batch, [(reply[1], reply[2]) if reply[0] == "ok" else RemoteTaskError(reply[1], reply[2])
+                                     for reply in replies]))
+        return answered
+
+    def _held_fail(self, worker: Worker, held: "deque[Batch]",
+                   error: BaseException) -> list[tuple[Batch, list[Outcome]]]:
+        """The held batches of a worker that died, each task failed; the worker reaped."""
+        status = self._reap(worker)
+        failed: list[tuple[Batch, list[Outcome]]] = []
+        for batch in held:
+            outcomes: list[Outcome] = []
+            for payload, _model, _shard in batch:
+                failure = WorkerDied(f"prediction worker {worker.pid} of model {payload.model_name} died ({status}) "
+                                     "while running the task")
+                failure.__cause__ = error
+                outcomes.append(failure)
+            failed.append((batch, outcomes))
+        held.clear()
+        return failed
+
+    def _let_go(self, worker: Worker) -> None:
+        if not worker.conn.closed:
+            self._checkin(worker)
 
     def mode(self, payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
         """Where ``payload``'s model predicts: decided once per model (cross-validation fits and

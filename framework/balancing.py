@@ -103,10 +103,14 @@ class Measurements:
         Ties keep the given order."""
         probing = set(probing)
         seen: dict[str, int] = defaultdict(int)
+        means: dict[str, float | None] = {}  # looked up once per kind (a round orders every pending item)
         keyed = []
         for position, item in enumerate(pending):
             kind = usage_key(item)
-            mean = self.mean_seconds(kind)
+            if kind in means:
+                mean = means[kind]
+            else:
+                mean = means[kind] = self.mean_seconds(kind)
             if mean is not None:
                 key: tuple[Any, ...] = (1, -mean, position)
             elif kind not in probing and seen[kind] == 0:
@@ -166,6 +170,12 @@ BUNDLES_PER_CORE = 2
 """... or less, so that the work left makes at least this many bundles per core of the job ..."""
 MAX_BUNDLE_ITEMS = 256
 """... and it carries at most this many items (its TaskInfo and status update stay small)."""
+MIN_BUNDLE_SECONDS = 0.1
+"""... but never less than this (unless its model has less work pending): each Mesos task costs
+a round trip during which its slot idles (TASK_FINISHED through agent and master, REVIVE, offer
+round, ACCEPT, launch: 20-60 ms on the embedded cluster, more on a real one), so bundles of a
+few ms at the end of a job cost several times their compute (issue 13's profile: the last 0.25 s
+of work took 1 s in bundles of 1-9 items)."""
 
 
 def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: float,
@@ -173,7 +183,8 @@ def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: f
     """Per ``usage_key`` of the pending items: how many of its items travel in one Mesos task.
     An unmeasured model's items (its probe first) and stacking folds go alone; a measured model's
     items are grouped to compute for about ``target_seconds``, less when the measured work left
-    would otherwise make fewer than :data:`BUNDLES_PER_CORE` bundles per core."""
+    would otherwise make fewer than :data:`BUNDLES_PER_CORE` bundles per core, but never less than
+    :data:`MIN_BUNDLE_SECONDS`."""
     counts: dict[str, int] = defaultdict(int)
     operations: dict[str, str] = {}
     for item in pending:
@@ -183,7 +194,7 @@ def bundle_sizes(pending: Iterable[Measured], measured: "Measurements", cores: f
     means = {kind: measured.mean_seconds(kind) for kind in counts}
     work = sum((means[kind] or 0.0) * n for kind, n in counts.items())
     target = min(TARGET_BUNDLE_SECONDS if target_seconds is None else target_seconds,
-                 work / (max(cores, 1.0) * BUNDLES_PER_CORE))
+                 max(MIN_BUNDLE_SECONDS, work / (max(cores, 1.0) * BUNDLES_PER_CORE)))
     sizes = {}
     for kind, n in counts.items():
         mean = means[kind]

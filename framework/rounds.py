@@ -279,7 +279,11 @@ def _judge_fit(snapshot: RoundSnapshot, pending: list[ItemView], agents: list[Ag
                 if other in snapshot.demands:
                     for _ in range(count):
                         freed = freed + snapshot.demands[other].resources
-            alone = dataclasses.replace(agent, capacity=agent.capacity + freed, running_tasks={})
+            capacity = agent.capacity + freed
+            if _plainly_fits(demand, capacity):
+                fits.add(model)
+                break
+            alone = dataclasses.replace(agent, capacity=capacity, running_tasks={})
             verdict = pack([demand], [alone], snapshot.cost_model, snapshot.packing)
             if demand.task_id in verdict.unplaced:
                 unfit.setdefault(model, {})[agent.agent_id] = verdict.unplaced[demand.task_id]
@@ -287,6 +291,16 @@ def _judge_fit(snapshot: RoundSnapshot, pending: list[ItemView], agents: list[Ag
                 fits.add(model)
                 break
     return unfit, frozenset(fits)
+
+
+def _plainly_fits(demand: TaskDemand, capacity: Resources) -> bool:
+    """One task the packer would surely place alone on an agent of ``capacity``: no constraints
+    (declared or implied: no gpus), no ports, and its resources fit with its executor's on top
+    (whether or not that executor already runs there).  Saves :func:`_judge_fit` a pack per
+    model and round (1-2 ms each) on the common case; anything else is packed."""
+    resources = demand.resources
+    return (not demand.constraints and resources.gpus == 0 and resources.ports == 0 and demand.executor.ports == 0
+            and (resources + demand.executor).fits_in(capacity))
 
 
 def describe_unfit(reasons: Iterable[Unplaced]) -> str:

@@ -327,3 +327,88 @@ def test_a_bundles_tasks_go_to_one_worker_in_one_message_and_fail_alone(tmp_path
     assert not isinstance(first, Exception) and not isinstance(third, Exception)
     for output, usage in (first, third):
         assert np.array_equal(output, model.predict_proba(x[:100])) and usage.seconds > 0
+
+
+def watch_sends_and_receives(pool: PredictionPool, events: list[str]) -> None:
+    """Record every message to and from the pool's workers, in order ("send n" / "recv n")."""
+    checkout = pool._checkout
+
+    def watched(key: Any) -> Any:
+        worker = checkout(key)
+        if not getattr(worker, "watched", False):
+            send, recv = worker.conn.send, worker.conn.recv
+            worker.conn.send = lambda message: (events.append(f"send {len(message)}"), send(message))[1]  # type: ignore[method-assign]
+            worker.conn.recv = lambda: (lambda reply: (events.append(f"recv {len(reply)}"), reply)[1])(recv())  # type: ignore[method-assign]
+            worker.watched = True
+        return worker
+
+    pool._checkout = watched  # type: ignore[method-assign]
+
+
+def test_a_bundles_next_batch_waits_at_its_worker_while_the_executor_handles_the_last(tmp_path: Path,
+                                                                                     data: Any) -> None:
+    """compute_stream: batch n+1 is sent to the worker before batch n's answer is read (the worker
+    never idles between batches), every output bit for bit its task's own, in order."""
+    x, y = data
+    model = gil_bound(x, y)
+    payload, cache = task(tmp_path, model, x[:100])
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(2, cache, "process")
+    events: list[str] = []
+    watch_sends_and_receives(pool, events)
+    batches = [[(dataclasses.replace(payload, task_id=f"t{b}.{i}"), loaded, shard) for i in range(size)]
+               for b, size in enumerate((3, 2, 1))]
+    try:
+        streamed = list(pool.compute_stream(iter(batches)))
+        assert len(pool.worker_pids) == 1
+    finally:
+        pool.close()
+    assert events == ["send 3", "send 2", "recv 3", "send 1", "recv 2", "recv 1"]
+    assert [batch for batch, _outcomes in streamed] == batches
+    expected = model.predict_proba(x[:100])
+    for batch, outcomes in streamed:
+        assert len(outcomes) == len(batch)
+        assert all(not isinstance(o, Exception) and np.array_equal(o[0], expected) for o in outcomes)
+
+
+def test_a_worker_killed_mid_bundle_fails_the_items_it_held_and_a_new_one_takes_the_rest(tmp_path: Path,
+                                                                                         data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y, slow_python_level)
+    payload, cache = task(tmp_path, model, x)
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(1, cache, "process")
+    batches = [[(dataclasses.replace(payload, task_id=f"t{b}"), loaded, shard)] for b in range(4)]
+    try:
+        stream = pool.compute_stream(iter(batches))
+        first_batch, first = next(stream)  # batch 1 is computing in the worker now
+        victim = pool.worker_pids[0]
+        os.kill(victim, signal.SIGKILL)
+        rest = list(stream)
+        assert gone(victim) and victim not in pool.worker_pids and len(pool.worker_pids) == 1
+    finally:
+        pool.close()
+    assert first_batch is batches[0] and not isinstance(first[0], Exception)
+    outcomes = {batch[0][0].task_id: out[0] for batch, out in rest}
+    assert list(outcomes) == ["t1", "t2", "t3"]  # each batch answered once, in order
+    died = [task_id for task_id, outcome in outcomes.items() if isinstance(outcome, WorkerDied)]
+    assert "t1" in died and "t3" not in died  # the held ones fail; later batches go to a new worker
+    assert all(describe_failure(outcomes[t]).kind == "infrastructure" for t in died)  # type: ignore[arg-type]
+    assert np.array_equal(outcomes["t3"][0], model.predict_proba(x))  # type: ignore[index]
+
+
+def test_a_bundle_stopped_early_leaves_its_worker_idle_for_the_next(tmp_path: Path, data: Any) -> None:
+    x, y = data
+    model = gil_bound(x, y)
+    payload, cache = task(tmp_path, model, x[:50])
+    loaded, shard = fetch_inputs(payload, cache)
+    pool = PredictionPool(1, cache, "process")
+    batches = [[(dataclasses.replace(payload, task_id=f"t{b}"), loaded, shard)] * 2 for b in range(5)]
+    try:
+        stream = pool.compute_stream(iter(batches))
+        next(stream)  # two batches were sent; the caller stops (its task was killed)
+        stream.close()
+        output, _usage = pool.compute(payload, loaded, shard)  # the one worker is free, its pipe clean
+        assert np.array_equal(output, model.predict_proba(x[:50])) and len(pool.worker_pids) == 1
+    finally:
+        pool.close()

@@ -30,7 +30,7 @@ from framework.job import JobRunner
 from framework.jobspec import load_job
 from harness import InProcessMesos
 from framework.balancing import (AUTO_MIN_SHARD_ROWS, MAX_BUNDLE_ITEMS, Measurements, SpeculationPolicy,
-                                 auto_rows_per_shard, bundle_sizes, stragglers)
+                                 MIN_BUNDLE_SECONDS, auto_rows_per_shard, bundle_sizes, stragglers)
 from framework.offers import OfferView
 from framework.packing import Resources, TaskDemand
 from framework.rounds import OfferPolicy, RoundSnapshot, decide, timed_out
@@ -88,14 +88,23 @@ def test_bundles_compute_for_about_a_second_unless_that_leaves_cores_idle() -> N
     assert sizes["fast"] == 250  # 1 s of 4 ms items
     assert sizes["slow"] == 1  # already long
     assert sizes["new"] == 1  # not measured yet: probed alone
-    # Little work left: bundles shrink so that every core still gets at least two.
-    sizes = bundle_sizes(items[:40], measured(fast=0.004), cores=4)
-    assert sizes["fast"] == 5  # 40 x 4 ms = 0.16 s over 4 cores x 2 bundles = 20 ms
+    # Less work left: bundles shrink so that every core still gets at least two.
+    sizes = bundle_sizes(items[:400], measured(fast=0.004), cores=4)
+    assert sizes["fast"] == 50  # 400 x 4 ms = 1.6 s over 4 cores x 2 bundles = 0.2 s
     assert bundle_sizes([pending(f"fast.s{i}", "fast") for i in range(10_000)], measured(fast=1e-5),
                         cores=1)["fast"] == MAX_BUNDLE_ITEMS
     folds = [ItemView(f"f{i}", "fast", "cv_fit_predict", ItemState.PENDING, 0, None, None, None, ())
              for i in range(10)]
     assert bundle_sizes(folds, measured(**{"fast (cv_fit_predict)": 0.001}), cores=1)["fast (cv_fit_predict)"] == 1
+
+
+def test_bundles_at_the_end_of_a_job_are_never_shorter_than_a_round_trip_is_worth() -> None:
+    # 40 x 4 ms = 0.16 s over 4 cores x 2 bundles would be 20 ms bundles: each would idle its slot
+    # for a round trip longer than its compute.  They compute for MIN_BUNDLE_SECONDS instead.
+    items = [pending(f"fast.s{i}", "fast") for i in range(40)]
+    assert bundle_sizes(items, measured(fast=0.004), cores=4)["fast"] == round(MIN_BUNDLE_SECONDS / 0.004)
+    assert bundle_sizes(items[:7], measured(fast=0.004), cores=4)["fast"] == 7  # less than that left: all of it
+    assert bundle_sizes(items, measured(fast=2.0), cores=4)["fast"] == 1  # long items still go alone
 
 
 # --- the offer round ---------------------------------------------------------------------------

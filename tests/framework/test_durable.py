@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pymesos
 import pytest
 
+from executor.protocol import BundlePayload, decode_task
 from factories import make_offer, make_status
 from framework import cli
 from framework.artifacts import ArtifactServer
@@ -61,9 +63,21 @@ def stop_after(finished: int) -> Any:
     return progress
 
 
+def carriers(driver: Any) -> dict[str, str]:
+    """Per launched item's task id, the Mesos task that carried it (its own, or its bundle's)."""
+    carried = {}
+    for _offers, tasks, _filters in driver.launches:
+        for task in tasks:
+            payload = decode_task(pymesos.decode_data(task["data"]))
+            for task_id in ([item.task_id for item in payload.items] if isinstance(payload, BundlePayload)
+                            else [task["task_id"]["value"]]):
+                carried[task_id] = task["task_id"]["value"]
+    return carried
+
+
 def launched_items(driver: Any) -> list[str]:
-    return [task["task_id"]["value"].rsplit(".a", 1)[0] for _offers, tasks, _filters in driver.launches
-            for task in tasks]
+    """The items launched, each bundle's items counted one by one (a Mesos task may carry several)."""
+    return [task_id.rsplit(".a", 1)[0] for task_id in carriers(driver)]
 
 
 def test_resume_loads_finished_items_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -100,7 +114,8 @@ def test_resume_loads_finished_items_and_matches_an_uninterrupted_run(tmp_path: 
         assert len(task_ids) == len(set(task_ids))
     # Finished results are acknowledged (explicitly, after being recorded) like every other update.
     acked = {status["task_id"]["value"] for status in factory.last.acks}
-    assert {f"{key}.a{len(items[key].attempts)}" for key in relaunched} <= acked
+    carried = carriers(factory.last)
+    assert {carried[f"{key}.a{len(items[key].attempts)}"] for key in relaunched} <= acked
 
     runner, factory = in_process(job, tmp_path / "sb3", state_dir=state)
     with pytest.raises(JobAlreadyFinished, match="already finished"):

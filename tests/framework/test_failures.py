@@ -16,7 +16,7 @@ from addict import Dict
 from executor.protocol import TaskFailure
 from factories import make_offer, make_status
 from framework.artifacts import ArtifactServer
-from framework.packing import Resources, TaskDemand
+from framework.packing import AvoidAgents, Resources, TaskDemand
 from framework.rounds import decide, describe_unfit, timed_out
 from framework.scheduler import EnsembleScheduler, EventKind
 from framework.tasks import (BLAME_SECONDS, BLAME_STREAK, BACKOFF_MAX_SECONDS, INFRASTRUCTURE, MEMBER_ERROR,
@@ -302,3 +302,25 @@ def test_timeouts_in_the_job_file(tmp_path: Path) -> None:
     job.write_text(text.replace('name = "mesos-ensemble-demo"', 'name = "mesos-ensemble-demo"\nmaster_timeout = -1'))
     with pytest.raises(JobSpecError, match=r"framework\.master_timeout.*must be a positive number"):
         load_job(job)
+
+
+def test_a_plain_task_is_judged_to_fit_without_a_pack_per_model_and_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: with one slot free, every other model with pending work was judged by a pack of
+    its own each round (1-2 ms each).  A task without constraints whose resources and executor fit
+    the agent alone fits without one; a constrained one is still judged by the packer."""
+    import framework.rounds as rounds
+
+    calls: list[int] = []
+    real_pack = rounds.pack
+    monkeypatch.setattr(rounds, "pack", lambda tasks, *rest: (calls.append(len(tasks)), real_pack(tasks, *rest))[1])
+    models = ("m0", "m1", "m2", "m3")
+    items = tuple(pending(f"{m}.s{i}", m) for m in models for i in range(3))
+    snap = snapshot(items, models=models)
+    decision = decide(snap, [offer("a1", cpus=1.0)], now=0.0)
+    assert len(placed(decision)) == 1 and decision.fits == set(models) and decision.unfit == {}
+    assert calls == [1]  # the round's plan only
+    calls.clear()
+    spread = TaskDemand("", "m1", Resources(cpus=1.0, mem=256.0), Resources(), (AvoidAgents(frozenset({"zz"})),))
+    decision = decide(dataclasses.replace(snap, demands={**snap.demands, "m1": spread}), [offer("a1", cpus=1.0)],
+                      now=0.0)
+    assert decision.fits == set(models) and calls == [1, 1]  # the plan, then m1 judged by the packer
