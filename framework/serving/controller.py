@@ -112,6 +112,8 @@ class LiveReplica:
     running_at: float | None = None
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
     """The executor's timing of the replica's start (``ReplicaReady.phases``)."""
+    routed: bool = False
+    """READY and in the gateway's table; READY and not routed: a standby replica (``placement.route``)."""
 
     @property
     def url(self) -> str:
@@ -126,6 +128,8 @@ class ServedMember:
     sha256: str
     min_replicas: int
     max_replicas: int
+    standby_replicas: int = 0
+    """Ready replicas kept out of the gateway's table beside the autoscaler's count (``[serve.models]``)."""
 
 
 class ReplicaCatalog(Protocol):
@@ -431,6 +435,7 @@ class ServingController(pymesos.Scheduler):
         now = self.clock()
         self._scale(now)
         self._decide(driver, offers, now)
+        self._route("routed count up")
         self._kill_due(driver, now)
         self._release_idle_executors(driver, now)
 
@@ -541,20 +546,48 @@ class ServingController(pymesos.Scheduler):
             self._queue("unhealthy", None, replica.task_id)
 
     def _on_ready(self, task_id: str) -> None:
-        from framework.serving.routing import Replica
-
         with self.lock:
             replica = self.replicas.get(task_id)
             if replica is None or replica.state is not ReplicaState.CHECKING:
                 return
             replica.state, replica.since = ReplicaState.READY, self.clock()
             self._repack_looked.clear()
-            self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id, replica.sha256))
             self._changed.notify_all()
         if self.state is not None:
             self.state.set_state(task_id, "TASK_RUNNING")
         log.info("replica %s of %s ready at %s in %s", task_id, replica.member, replica.url,
                  start_timeline(replica, replica.since))
+        self._route("ready")
+
+    def _route(self, why: str) -> None:
+        """Put in the gateway's table the ready replicas ``placement.route`` routes, and take out the
+        others (standby replicas: they stay ready, and finish what they have in flight)."""
+        from framework.serving.routing import Replica
+
+        with self.lock:
+            routed_now = frozenset(r.task_id for r in self.replicas.values() if r.routed)
+            chosen = placement.route(self.snapshot(self.clock()), routed_now)
+            moved: list[tuple[LiveReplica, bool]] = []
+            for replica in self.replicas.values():
+                want = replica.state is ReplicaState.READY and replica.task_id in chosen
+                if want == replica.routed:
+                    continue
+                replica.routed = want
+                if want:
+                    self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id,
+                                           replica.sha256))
+                elif replica.state is ReplicaState.READY:
+                    self.table.remove(replica.task_id)
+                moved.append((replica, want))
+            if moved:
+                self._changed.notify_all()
+        for replica, want in moved:
+            if want and why != "ready":
+                log.info("replica %s of %s on %s: standby -> routed (%s)", replica.task_id, replica.member,
+                         replica.hostname, why)
+            elif not want:
+                log.info("replica %s of %s on %s kept as standby, out of the gateway's table", replica.task_id,
+                         replica.member, replica.hostname)
 
     def _on_unhealthy(self, driver: Any, task_id: str) -> None:
         with self.lock:
@@ -648,7 +681,7 @@ class ServingController(pymesos.Scheduler):
             return
         log.info("draining replica %s of %s on %s (%s)", replica.task_id, replica.member, replica.hostname, why)
         was_ready = replica.state is ReplicaState.READY
-        replica.state = ReplicaState.DRAINING
+        replica.state, replica.routed = ReplicaState.DRAINING, False
         replica.kill_at = now + (DRAIN_SECONDS if was_ready else 0.0)
         if was_ready:
             self.table.mark_draining(replica.task_id)
@@ -718,9 +751,14 @@ class ServingController(pymesos.Scheduler):
         served: dict[str, set[str]] = defaultdict(set)
         for agent_id, key in self.executors:
             served[agent_id] |= self.catalog.executor_models(key)
+        targets = {}
+        for m, t in self.targets.items():
+            desired = self.desired.get(m, t.min_replicas)
+            standby = placement.standby_for(desired, t.standby_replicas, t.max_replicas)
+            targets[m] = dataclasses.replace(self.catalog.replica_target(m, desired + standby, t.sha256),
+                                             standby=standby)
         return placement.ServeSnapshot(
-            targets={m: self.catalog.replica_target(m, self.desired.get(m, t.min_replicas), t.sha256)
-                     for m, t in self.targets.items()},
+            targets=targets,
             replicas=tuple(placement.ReplicaView(r.task_id, r.member, r.agent_id, r.sha256, _placement_state(r.state),
                                                  r.replaces) for r in self.replicas.values()),
             agent_prices=dict(self.agent_prices),
@@ -735,7 +773,8 @@ class ServingController(pymesos.Scheduler):
         for member, target in self.targets.items():
             live = sum(1 for r in self.replicas.values() if r.member == member and r.sha256 == target.sha256
                        and r.state in LIVE_STATES)
-            if live < self.desired.get(member, target.min_replicas):
+            desired = self.desired.get(member, target.min_replicas)
+            if live < desired + placement.standby_for(desired, target.standby_replicas, target.max_replicas):
                 return True
         return False
 
@@ -919,7 +958,8 @@ class ServingController(pymesos.Scheduler):
             result: dict[str, dict[str, int]] = {m: {"desired": self.desired.get(m, 0)} for m in self.targets}
             for replica in self.replicas.values():
                 entry = result.setdefault(replica.member, {"desired": 0})
-                entry[replica.state.value] = entry.get(replica.state.value, 0) + 1
+                state = "standby" if replica.state is ReplicaState.READY and not replica.routed else replica.state.value
+                entry[state] = entry.get(state, 0) + 1
             return result
 
     def ready(self, member: str, sha256: str | None = None) -> list[LiveReplica]:
