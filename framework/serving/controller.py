@@ -232,6 +232,11 @@ class ServingController(pymesos.Scheduler):
         """(agent id, executor id) of every executor shut down, in order (logs, tests)."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}
+        self._journaled_infos: dict[tuple[str, str], Message] = {}
+        """(agent id, executor id) -> the ExecutorInfo an earlier ``serve`` launched that executor with
+        (the journal's): once one of its adopted replicas runs, new replicas are launched into it."""
+        self.reused: set[tuple[str, str]] = set()
+        """(agent id, executor id) of the adopted executors launched into again."""
         self.agent_prices: dict[str, float] = {}
         self.hostnames: dict[str, str] = {}
         self.bad_ports: dict[tuple[str, int], float] = {}
@@ -276,12 +281,20 @@ class ServingController(pymesos.Scheduler):
         (``ExecutorRecord``s) are followed as ours: one left without a replica (the earlier
         ``serve`` died while it waited idle for its ``SHUTDOWN``, or its adopted replicas turn out
         gone) is shut down once idle for ``executor_idle_seconds``, counted from when the earlier
-        ``serve`` saw it idle.  Never launched into again (its ExecutorInfo was the earlier run's).
+        ``serve`` saw it idle.  One journaled with its ExecutorInfo (schema 4) is launched into
+        again once one of its adopted replicas runs (the same ExecutorInfo, as Mesos requires; the
+        replicas' payloads name this run's artifact server); one journaled without it is not.
         A replica the earlier ``serve`` was draining is killed, not served again."""
         count = 0
         with self.lock:
             for executor in executors:
                 hosted = (executor.agent_id, executor.executor_id)
+                if getattr(executor, "info", None):
+                    try:
+                        self._journaled_infos[hosted] = json.loads(executor.info)
+                    except ValueError:
+                        log.warning("executor %s on %s: its journaled ExecutorInfo is not JSON; it is not launched "
+                                    "into again", executor.executor_id, executor.agent_id)
                 if executor.idle_since is None:
                     self.hosting[hosted] = None  # idle from the first tick that finds it without replicas
                 else:
@@ -497,6 +510,7 @@ class ServingController(pymesos.Scheduler):
                         self.predict_modes.setdefault(replica.sha256, mode)
                     if update.agent_id and replica.agent_id != update.agent_id:
                         replica.agent_id = update.agent_id
+                    self._reuse_adopted_executor(replica)
                     threading.Thread(target=self._check, args=(replica,), name=f"health-{replica.task_id}",
                                      daemon=True).start()
                 self._changed.notify_all()
@@ -508,10 +522,31 @@ class ServingController(pymesos.Scheduler):
             driver.killTask(translator.id_message(update.task_id))
         translator.acknowledge(driver, status)
 
+    def _reuse_adopted_executor(self, replica: LiveReplica) -> None:
+        """An adopted replica runs (lock held): its executor runs, so new replicas on its agent are
+        launched into it with the ExecutorInfo an earlier ``serve`` journaled for it (no new executor
+        beside it, no cold start), unless another executor of ours serves that agent already."""
+        hosted = (replica.agent_id, replica.executor_id)
+        info = self._journaled_infos.pop(hosted, None)
+        key, generation = _executor_of(replica.executor_id)
+        if info is None or not key or (replica.agent_id, key) in self.executors:
+            return
+        self.executors[(replica.agent_id, key)] = generation
+        self.executor_generation[(replica.agent_id, key)] = generation
+        self._executor_infos[(replica.agent_id, key, generation)] = info
+        self.reused.add(hosted)
+
     def _gone(self, replica: LiveReplica, update: translator.StatusUpdate) -> None:
         """A replica ended (call with the lock held): out of the table and the journal; the next
         decision replaces it if its member needs it."""
         del self.replicas[replica.task_id]
+        if (replica.agent_id, replica.executor_id) in self.reused and replica.state in (
+                ReplicaState.LAUNCHING, ReplicaState.STARTING):
+            # launched into a re-adopted executor and never ran: the next launch there starts a new one
+            # (the old one stays followed: its other replicas keep it, its idle time shuts it down)
+            key, generation = _executor_of(replica.executor_id)
+            if self.executors.get((replica.agent_id, key)) == generation:
+                self._drop_executor(replica.agent_id, key)
         self._repack_looked.clear()  # the replicas changed: a re-pack may now pay where it did not
         self.table.remove(replica.task_id)
         if self.state is not None:
@@ -886,7 +921,8 @@ class ServingController(pymesos.Scheduler):
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
                                                  target.sha256, "launching", replica.executor_id))
-                    hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname)
+                    hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname,
+                                                                info=json.dumps(self._executor_infos[info_key]))
                     self._idle_journaled.pop((agent_id, replica.executor_id), None)
                     log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
                              agent.hostname, port, launch.reason.replace("_", " "))
