@@ -18,7 +18,10 @@ Both sides get the same cores:
   release) share this machine's cores between them (``os.cpu_count()`` cpus in all).  A
   replica asks for 0.5 cpus (forest), 0.25 (boosting) or 0.1 (logistic regression), each member
   1..cores replicas (the logistic regression 1..cores/2): at their most they declare 80 % of
-  the cores, so the packer cannot place more replicas than the cores can run;
+  the cores, so the packer cannot place more replicas than the cores can run; each member keeps
+  ``--standby`` standby replicas (1 by default: ready, out of the gateway's table, routed at once
+  on a scale-up; they hold the second agent, so the cost at base load is 3.0 per hour, not 1.0;
+  ``--standby 0`` for the deployment without them);
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
   processes sharing one listening socket (as gunicorn's pre-fork workers do), each loading every
   member with joblib and limited to one BLAS/OpenMP thread (no oversubscription).  Each request:
@@ -60,7 +63,13 @@ Phases (after priming each side at the starting rate, 10 s; 3 s with ``--quick``
    fall until the cost stays within 10 % of the bound (the gauge is the bound for the replicas
    the autoscaler wants now, so it is also compared with the cost at the settled base load
    before the step: back within 10 % of that, and when).  The job's ``scale_down_delay_s`` is the
-   design's default, 30 s (10 s with ``--quick``).
+   design's default, 30 s (10 s with ``--quick``).  Printed with it: the p99 of every 1 s window
+   over the target (from 1 s before the step), and the deployment's events from 3 s before the
+   step to 5 s after the recovery (``serve.sqlite3``: the scale decisions with the load they read,
+   launches, standby replicas routed, each new replica's start step by step), so the recovery's
+   time can be read as decision delay, offer, executor start, import and load, health check and
+   the backlog draining.  ``--step-only`` runs this phase alone (at ``--step-base``, 30.1 rps by
+   default: the quiet full run's), ``--step-high`` and ``--fall-seconds`` set its lengths.
 
 ``--quick`` (about a minute and a half of load on a quiet 2-core machine, plus training and
 start-up) shortens every phase for checking the script; its figures are not the benchmark's.
