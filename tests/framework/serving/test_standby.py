@@ -131,3 +131,33 @@ def test_the_controller_routes_its_standby_replica_on_a_scale_up_and_on_a_loss(d
         assert successor["task_id"]["value"] in routed_ids(deployment, "linear")
     finally:
         deployment.close()
+
+
+# --- the bench's step and fall on a simulated cluster (``fleet.Fleet``: the real controller) ------
+
+
+def test_a_standby_forest_is_routed_in_the_step_s_decision_and_the_fall_keeps_the_cost_at_its_bound() -> None:
+    import dataclasses as dc
+
+    from fleet import BENCH_MEMBERS, Fleet
+    from test_fall import FALL_AT, STEP_AT, assert_falls_to_the_bound, step_and_fall
+
+    members = tuple(dc.replace(m, standby_replicas=1) if m.name == "forest" else m for m in BENCH_MEMBERS)
+    fleet = Fleet(members=members, rate=step_and_fall)
+    fleet.run_until(STEP_AT)
+    # four replicas need both agents (two forests fill one): the standby's price is paid, and bounded
+    assert sorted(m for ms in fleet.placed().values() for m in ms) == ["boosting", "forest", "forest", "logistic"]
+    assert (fleet.cost_now(), fleet.bound_now()) == (3.0, 3.0)
+    assert len(fleet.table.ready("forest")) == 1 and fleet.controller.counts()["forest"]["standby"] == 1
+    wanted_at = routed_at = None
+    while fleet.now < FALL_AT:
+        fleet.run_until(fleet.now + 0.25)
+        if wanted_at is None and fleet.controller.desired["forest"] == 2:
+            wanted_at = fleet.now
+        if routed_at is None and len(fleet.table.ready("forest")) == 2:
+            routed_at = fleet.now
+    assert wanted_at is not None and routed_at == wanted_at  # the same decision: no replica start
+    fleet.run_until(FALL_AT + 90.0)
+    assert_falls_to_the_bound(fleet)
+    assert fleet.controller.desired["forest"] == 1 and fleet.controller.counts()["forest"]["standby"] == 1
+    assert (fleet.cost_now(), fleet.bound_now()) == (3.0, 3.0)
