@@ -448,7 +448,7 @@ class ServingController(pymesos.Scheduler):
         now = self.clock()
         self._scale(now)
         self._decide(driver, offers, now)
-        self._route("routed count up")
+        self._route("one more wanted, or a routed one gone")
         self._kill_due(driver, now)
         self._release_idle_executors(driver, now)
 
