@@ -13,6 +13,10 @@ forest's desired count itself, as the autoscaler does on a load step:
 2. forest 2 -> 3: ``serve-a`` is full, the replica goes to ``serve-b`` (**cold**: a fresh executor
    process, scikit-learn imported, the model downloaded and loaded, its predict mode decided);
 
+3. with ``standby_replicas = 1`` set on the forest (and its count back to 1): once its standby
+   replica is ready, forest 1 -> 2 (**standby**: the standby replica goes into the gateway's table;
+   nothing starts), then the standby switched off again;
+
 then back to one forest replica, until ``serve-b``'s executor is shut down (idle), and again
 (``--rounds``).  Each round runs twice, alternately: as the code stands (``after``), and with
 this issue's cold-start changes switched off from outside (``before``: no predict mode passed on
@@ -30,6 +34,7 @@ printed too: these are wall times on shared cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -193,11 +198,32 @@ def main() -> None:
                       + ", ".join(f"{k} {v:.2f}" for k, v in timeline.items()), flush=True)
                 loads.append(os.getloadavg()[0])
 
+        def standby(count: int) -> None:
+            with controller.lock:
+                controller.targets["forest"] = dataclasses.replace(controller.targets["forest"],
+                                                                   standby_replicas=count)
+
+        def standby_step() -> None:
+            standby(1)
+            scale(runner, "forest", 1)
+            wait(lambda: controller.counts()["forest"].get("standby") == 1 and len(table.ready("forest")) == 1,
+                 120, "the forest's standby replica")
+            wanted = time.monotonic()
+            scale(runner, "forest", 2)
+            wait(lambda: len(table.ready("forest")) >= 2, 120, "2 forest replicas")
+            in_table = time.monotonic() - wanted
+            results.setdefault(("after", "standby"), []).append({"total": in_table, "in_table": in_table})
+            print(f"after  standby forest replica: in_table {in_table:.3f}", flush=True)
+            loads.append(os.getloadavg()[0])
+            standby(0)
+
         for _round in range(args.rounds):
             for name in ("before", "after"):
                 variant(name)
                 step(2, name)
                 step(3, name)
+                if name == "after":
+                    standby_step()
                 scale(runner, "forest", 1)
                 # back to one replica, and serve-b's executor shut down (idle), so the next is cold again
                 wait(lambda: len([r for r in controller.replicas.values() if r.member == "forest"]) == 1
@@ -207,7 +233,8 @@ def main() -> None:
              "total", "in_table"]
     print(f"\nmedian seconds per step (load average {min(loads):.2f}-{max(loads):.2f}):")
     print(f"{'':12} {'n':>2} " + " ".join(f"{s:>14}" for s in steps))
-    for (name, kind), timelines in sorted(results.items(), key=lambda item: (item[0][1] == "cold", item[0][0])):
+    order = {"standby": 0, "warm": 1, "cold": 2}
+    for (name, kind), timelines in sorted(results.items(), key=lambda item: (order[item[0][1]], item[0][0])):
         cells = []
         for step_name in steps:
             values = [t[step_name] for t in timelines if step_name in t]

@@ -18,7 +18,10 @@ Both sides get the same cores:
   release) share this machine's cores between them (``os.cpu_count()`` cpus in all).  A
   replica asks for 0.5 cpus (forest), 0.25 (boosting) or 0.1 (logistic regression), each member
   1..cores replicas (the logistic regression 1..cores/2): at their most they declare 80 % of
-  the cores, so the packer cannot place more replicas than the cores can run;
+  the cores, so the packer cannot place more replicas than the cores can run; each member keeps
+  ``--standby`` standby replicas (1 by default: ready, out of the gateway's table, routed at once
+  on a scale-up; they hold the second agent, so the cost at base load is 3.0 per hour, not 1.0;
+  ``--standby 0`` for the deployment without them);
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
   processes sharing one listening socket (as gunicorn's pre-fork workers do), each loading every
   member with joblib and limited to one BLAS/OpenMP thread (no oversubscription).  Each request:
@@ -60,7 +63,13 @@ Phases (after priming each side at the starting rate, 10 s; 3 s with ``--quick``
    fall until the cost stays within 10 % of the bound (the gauge is the bound for the replicas
    the autoscaler wants now, so it is also compared with the cost at the settled base load
    before the step: back within 10 % of that, and when).  The job's ``scale_down_delay_s`` is the
-   design's default, 30 s (10 s with ``--quick``).
+   design's default, 30 s (10 s with ``--quick``).  Printed with it: the p99 of every 1 s window
+   over the target (from 1 s before the step), and the deployment's events from 3 s before the
+   step to 5 s after the recovery (``serve.sqlite3``: the scale decisions with the load they read,
+   launches, standby replicas routed, each new replica's start step by step), so the recovery's
+   time can be read as decision delay, offer, executor start, import and load, health check and
+   the backlog draining.  ``--step-only`` runs this phase alone (at ``--step-base``, 30.1 rps by
+   default: the quiet full run's), ``--step-high`` and ``--fall-seconds`` set its lengths.
 
 ``--quick`` (about a minute and a half of load on a quiet 2-core machine, plus training and
 start-up) shortens every phase for checking the script; its figures are not the benchmark's.
@@ -145,7 +154,7 @@ def free_port() -> int:
 
 
 def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str, cores: int, agents: int,
-              target_p99_ms: float, scale_down_delay_s: float) -> Path:
+              target_p99_ms: float, scale_down_delay_s: float, standby: int = 0) -> Path:
     """The job file as a user writes it, with its ``[serve]`` table; agents share ``cores`` cpus."""
     lines = ["[job]", 'name = "serve-bench"', f'integration = "{INTEGRATION}"', 'output = "out.csv"', "",
              "[data]", f'path = "{data.name}"', 'label = "target"', ""]
@@ -158,7 +167,8 @@ def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str,
               "max_wait_ms = 2", "hedge = true", "scale_interval_s = 1", f"scale_down_delay_s = {scale_down_delay_s:g}",
               ""]
     for name, (_, low, high) in replica_bounds(cores).items():
-        lines += [f"[serve.models.{name}]", f"min_replicas = {low}", f"max_replicas = {high}", ""]
+        lines += [f"[serve.models.{name}]", f"min_replicas = {low}", f"max_replicas = {high}",
+                  f"standby_replicas = {standby}", ""]
     hostnames = [f"serve-{chr(ord('a') + i)}" for i in range(agents)]
     share = round(cores / agents, 3)
     entries = ", ".join(f'{{ hostname = "{h}", cpus = {share}, mem = 8192 }}' for h in hostnames)
@@ -664,6 +674,10 @@ class StepResult:
     fall_within_10pct_of_pre_step: float | None = None
     cost_points: list[tuple[float, float | None, float | None]] = field(default_factory=list)
     metric_names: list[str] = field(default_factory=list)
+    step_wall: float = math.nan
+    """The step's wall-clock time (``time.time()``), to place the deployment's events."""
+    windows: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds from the step, p99 seconds) of each 1 s window (stride 0.5 s) from 1 s before the step."""
 
 
 async def settle(session: Any, url: str, bodies: Sequence[bytes], base: float, names: MetricNames, floor: int,
@@ -714,6 +728,7 @@ async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: f
     arrivals = poisson_arrivals(segments, np.random.default_rng(2000))
     log = MetricsLog()
     poller = None
+    step_wall = time.time() + 0.05 + s.step_pre  # run_load starts its clock 0.05 s from now
     if with_metrics:
         poller = asyncio.create_task(poll_metrics(session, url, names, log, asyncio.get_running_loop().time() + 0.05))
     samples, _ = await run_load(session, url + "/v1/predict", bodies, arrivals, s.timeout)
@@ -724,6 +739,8 @@ async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: f
     result = StepResult(base, recovery_seconds(samples, step_at, fall_at, s.target_ms / 1000),
                         float(np.percentile(high, 99, method="higher")) * 1000 if high else math.inf, replicas)
     counts = [p["replicas"] for _, p in log.points if p["replicas"] is not None]
+    result.step_wall = step_wall
+    result.windows = [(t - step_at, p99) for t, p99 in window_p99s(samples, step_at - 1.0, fall_at, 1.0, 0.5)]
     result.replicas_peak = max(counts) if counts else None
     result.replicas_end = counts[-1] if counts else None
     result.cost_points = [(t, p["cost"], p["bound"]) for t, p in log.points if t >= fall_at]
@@ -801,7 +818,35 @@ def settings(args: argparse.Namespace) -> Settings:
                     prime_seconds=10.0)
 
 
-async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings) -> None:
+def step_events(state_dir: Path | None, since: float, until: float) -> list[tuple[float, str]]:
+    """The deployment's events (scale decisions, launches, ready replicas with their start's
+    breakdown) between two wall-clock times, from ``serve.sqlite3``'s events table (read-only)."""
+    import sqlite3
+
+    path = state_dir / "serve.sqlite3" if state_dir is not None else None
+    if path is None or not path.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute("SELECT t, text FROM events WHERE t >= ? AND t <= ? ORDER BY id",
+                              (since, until)).fetchall()
+    except sqlite3.Error:
+        return []
+    return [(float(t), str(text)) for t, text in rows]
+
+
+def print_step_breakdown(r: StepResult, s: Settings, state_dir: Path | None) -> None:
+    """The step's p99 per 1 s window, and what the deployment did meanwhile (its events, in seconds
+    from the step): where the recovery time went."""
+    over = [f"{t:+.1f}:{p * 1000:.0f}" for t, p in r.windows if p * 1000 > s.target_ms]
+    print(f"  1 s windows over {s.target_ms:g} ms (start from the step: p99 ms): {', '.join(over) or 'none'}")
+    until = r.step_wall + (r.recovery if r.recovery is not None else s.step_high) + 5.0
+    for t, text in step_events(state_dir, r.step_wall - 3.0, until):
+        print(f"    step {t - r.step_wall:+6.2f} s  {text[:200]}")
+
+
+async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings,
+                  state_dir: Path | None = None) -> None:
     import aiohttp
 
     names = MetricNames(args.cost_metric, args.bound_metric, args.replicas_metric)
@@ -812,14 +857,16 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
         print(f"\n== sweep, after {s.prime_seconds:g} s of priming at {s.start_rate:g} rps per side "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         most = sum(high for _cpus, _low, high in replica_bounds(args.cores).values())
-        results = await sweep(session, urls, bodies, s, None if args.no_settle else names, most)
-        print()
-        print_table(results, s.target_ms)
+        results: dict[str, dict[float, Trial]] = {}
+        if not args.step_only:
+            results = await sweep(session, urls, bodies, s, None if args.no_settle else names, most)
+            print()
+            print_table(results, s.target_ms)
         best = {name: max_rate_at_slo(trials, s.target_ms) for name, trials in results.items()}
 
         half: dict[str, Trial] = {}
         reference = best.get("baseline") or best.get("project") or 0.0
-        if reference > 0:
+        if reference > 0 and not args.step_only:
             rate = round(reference / 2, 1)
             print(f"\n== half of the baseline's max rate: {rate} rps for {s.half_seconds:g} s each", flush=True)
             for name, url in urls.items():
@@ -829,7 +876,8 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
                       f"  achieved {h.achieved:7.1f} rps", flush=True)
 
         steps: dict[str, StepResult] = {}
-        step_reference = best.get("project") or best.get("baseline") or 0.0
+        step_reference = best.get("project") or best.get("baseline") or (
+            4 * args.step_base / 0.75 if args.step_base else 0.0)
         if step_reference > 0 and not args.no_step:
             base = round(args.step_base or 0.75 * step_reference / 4, 1)
             for name, url in urls.items():
@@ -845,6 +893,7 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
                 if name == "project":
                     print(f"  ready replicas: {fmt(r.replicas_at_step, 'g')} at the step, {fmt(r.replicas_peak, 'g')} "
                           f"at most, {fmt(r.replicas_end, 'g')} at the end")
+                    print_step_breakdown(r, s, state_dir)
                     if not any(c for _, c, _ in r.cost_points):
                         print("  cost gauges absent or 0 in /metrics; its cost and replica samples: "
                               + (", ".join(n for n in r.metric_names if "cost" in n or "replica" in n) or "none"))
@@ -898,6 +947,14 @@ def main() -> None:
     parser.add_argument("--step-base", type=float, default=None,
                         help="base rate of the step (default: 3/16 of the project's max rate at the SLO)")
     parser.add_argument("--no-step", action="store_true", help="sweep and half-rate phases only")
+    parser.add_argument("--standby", type=int, default=1,
+                        help="each member's standby_replicas (ready, out of the gateway's table; 0: none)")
+    parser.add_argument("--step-high", type=float, default=None,
+                        help="seconds at 4x the base (default 20; 5 with --quick)")
+    parser.add_argument("--fall-seconds", type=float, default=None,
+                        help="seconds watched after the fall (default 90; 15 with --quick)")
+    parser.add_argument("--step-only", action="store_true",
+                        help="the step and fall phase only, at --step-base (the full run's 30.1 rps by default)")
     parser.add_argument("--no-settle", action="store_true",
                         help="measure each rate of the sweep without first letting the project stop scaling")
     parser.add_argument("--scale-down-delay-s", type=float, default=None,
@@ -910,7 +967,13 @@ def main() -> None:
                         help="/metrics samples (summed) of the ready replicas")
     parser.add_argument("--keep", type=Path, help="keep the job, models and serve's log in this directory")
     args = parser.parse_args()
+    if args.step_only and args.step_base is None:
+        args.step_base = 30.1  # the quiet full run's base (2026-12-02 08:23): 3/16 of its 160.5 rps
     s = settings(args)
+    if args.step_high is not None:
+        s.step_high = args.step_high
+    if args.fall_seconds is not None:
+        s.fall_seconds = args.fall_seconds
 
     started = time.perf_counter()
     train_rows = 5_000 if args.quick else 20_000
@@ -943,14 +1006,15 @@ def main() -> None:
         np.savetxt(data, np.column_stack([x_test[:500], y_test[:500]]), delimiter=",", header=header, comments="",
                    fmt=["%.17g"] * FEATURES + ["%d"])
         address = f"127.0.0.1:{free_port()}"
-        job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, s.scale_down_delay)
+        job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, s.scale_down_delay,
+                        args.standby)
 
         urls: dict[str, str] = {}
         if args.only in ("both", "project"):
             project = stack.enter_context(Project(job, address, directory / "state", directory / "serve.log", 180.0))
             urls["project"] = project.url
-            print(f"project: mesos-ensemble serve {job.name} ({args.agents} agents, {args.cores} cpus in all), "
-                  f"gateway {project.url} up in {project.started_in:.1f} s")
+            print(f"project: mesos-ensemble serve {job.name} ({args.agents} agents, {args.cores} cpus in all, "
+                  f"standby_replicas = {args.standby}), gateway {project.url} up in {project.started_in:.1f} s")
         if args.only in ("both", "baseline"):
             baseline = stack.enter_context(Baseline(args.cores, paths, member_specs(members), columns,
                                                     args.baseline_keepalive))
@@ -958,7 +1022,7 @@ def main() -> None:
             print(f"baseline: {args.cores} aiohttp worker processes at {baseline.url}, connections "
                   f"{'kept alive' if args.baseline_keepalive else 'closed after each answer'}")
         print(f"answers agree: {check_answers_agree(urls, bodies[:20])}", flush=True)
-        asyncio.run(measure(args, urls, bodies, s))
+        asyncio.run(measure(args, urls, bodies, s, directory / "state" if "project" in urls else None))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

@@ -112,6 +112,8 @@ class LiveReplica:
     running_at: float | None = None
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
     """The executor's timing of the replica's start (``ReplicaReady.phases``)."""
+    routed: bool = False
+    """READY and in the gateway's table; READY and not routed: a standby replica (``placement.route``)."""
 
     @property
     def url(self) -> str:
@@ -126,6 +128,8 @@ class ServedMember:
     sha256: str
     min_replicas: int
     max_replicas: int
+    standby_replicas: int = 0
+    """Ready replicas kept out of the gateway's table beside the autoscaler's count (``[serve.models]``)."""
 
 
 class ReplicaCatalog(Protocol):
@@ -228,6 +232,11 @@ class ServingController(pymesos.Scheduler):
         """(agent id, executor id) of every executor shut down, in order (logs, tests)."""
         self.executor_generation: dict[tuple[str, str], int] = defaultdict(int)
         self._executor_infos: dict[tuple[str, str, int], Message] = {}
+        self._journaled_infos: dict[tuple[str, str], Message] = {}
+        """(agent id, executor id) -> the ExecutorInfo an earlier ``serve`` launched that executor with
+        (the journal's): once one of its adopted replicas runs, new replicas are launched into it."""
+        self.reused: set[tuple[str, str]] = set()
+        """(agent id, executor id) of the adopted executors launched into again."""
         self.agent_prices: dict[str, float] = {}
         self.hostnames: dict[str, str] = {}
         self.bad_ports: dict[tuple[str, int], float] = {}
@@ -272,12 +281,20 @@ class ServingController(pymesos.Scheduler):
         (``ExecutorRecord``s) are followed as ours: one left without a replica (the earlier
         ``serve`` died while it waited idle for its ``SHUTDOWN``, or its adopted replicas turn out
         gone) is shut down once idle for ``executor_idle_seconds``, counted from when the earlier
-        ``serve`` saw it idle.  Never launched into again (its ExecutorInfo was the earlier run's).
+        ``serve`` saw it idle.  One journaled with its ExecutorInfo (schema 4) is launched into
+        again once one of its adopted replicas runs (the same ExecutorInfo, as Mesos requires; the
+        replicas' payloads name this run's artifact server); one journaled without it is not.
         A replica the earlier ``serve`` was draining is killed, not served again."""
         count = 0
         with self.lock:
             for executor in executors:
                 hosted = (executor.agent_id, executor.executor_id)
+                if getattr(executor, "info", None):
+                    try:
+                        self._journaled_infos[hosted] = json.loads(executor.info)
+                    except ValueError:
+                        log.warning("executor %s on %s: its journaled ExecutorInfo is not JSON; it is not launched "
+                                    "into again", executor.executor_id, executor.agent_id)
                 if executor.idle_since is None:
                     self.hosting[hosted] = None  # idle from the first tick that finds it without replicas
                 else:
@@ -431,6 +448,7 @@ class ServingController(pymesos.Scheduler):
         now = self.clock()
         self._scale(now)
         self._decide(driver, offers, now)
+        self._route("one more wanted, or a routed one gone")
         self._kill_due(driver, now)
         self._release_idle_executors(driver, now)
 
@@ -492,6 +510,7 @@ class ServingController(pymesos.Scheduler):
                         self.predict_modes.setdefault(replica.sha256, mode)
                     if update.agent_id and replica.agent_id != update.agent_id:
                         replica.agent_id = update.agent_id
+                    self._reuse_adopted_executor(replica)
                     threading.Thread(target=self._check, args=(replica,), name=f"health-{replica.task_id}",
                                      daemon=True).start()
                 self._changed.notify_all()
@@ -503,10 +522,31 @@ class ServingController(pymesos.Scheduler):
             driver.killTask(translator.id_message(update.task_id))
         translator.acknowledge(driver, status)
 
+    def _reuse_adopted_executor(self, replica: LiveReplica) -> None:
+        """An adopted replica runs (lock held): its executor runs, so new replicas on its agent are
+        launched into it with the ExecutorInfo an earlier ``serve`` journaled for it (no new executor
+        beside it, no cold start), unless another executor of ours serves that agent already."""
+        hosted = (replica.agent_id, replica.executor_id)
+        info = self._journaled_infos.pop(hosted, None)
+        key, generation = _executor_of(replica.executor_id)
+        if info is None or not key or (replica.agent_id, key) in self.executors:
+            return
+        self.executors[(replica.agent_id, key)] = generation
+        self.executor_generation[(replica.agent_id, key)] = generation
+        self._executor_infos[(replica.agent_id, key, generation)] = info
+        self.reused.add(hosted)
+
     def _gone(self, replica: LiveReplica, update: translator.StatusUpdate) -> None:
         """A replica ended (call with the lock held): out of the table and the journal; the next
         decision replaces it if its member needs it."""
         del self.replicas[replica.task_id]
+        if (replica.agent_id, replica.executor_id) in self.reused and replica.state in (
+                ReplicaState.LAUNCHING, ReplicaState.STARTING):
+            # launched into a re-adopted executor and never ran: the next launch there starts a new one
+            # (the old one stays followed: its other replicas keep it, its idle time shuts it down)
+            key, generation = _executor_of(replica.executor_id)
+            if self.executors.get((replica.agent_id, key)) == generation:
+                self._drop_executor(replica.agent_id, key)
         self._repack_looked.clear()  # the replicas changed: a re-pack may now pay where it did not
         self.table.remove(replica.task_id)
         if self.state is not None:
@@ -541,20 +581,48 @@ class ServingController(pymesos.Scheduler):
             self._queue("unhealthy", None, replica.task_id)
 
     def _on_ready(self, task_id: str) -> None:
-        from framework.serving.routing import Replica
-
         with self.lock:
             replica = self.replicas.get(task_id)
             if replica is None or replica.state is not ReplicaState.CHECKING:
                 return
             replica.state, replica.since = ReplicaState.READY, self.clock()
             self._repack_looked.clear()
-            self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id, replica.sha256))
             self._changed.notify_all()
         if self.state is not None:
             self.state.set_state(task_id, "TASK_RUNNING")
         log.info("replica %s of %s ready at %s in %s", task_id, replica.member, replica.url,
                  start_timeline(replica, replica.since))
+        self._route("ready")
+
+    def _route(self, why: str) -> None:
+        """Put in the gateway's table the ready replicas ``placement.route`` routes, and take out the
+        others (standby replicas: they stay ready, and finish what they have in flight)."""
+        from framework.serving.routing import Replica
+
+        with self.lock:
+            routed_now = frozenset(r.task_id for r in self.replicas.values() if r.routed)
+            chosen = placement.route(self.snapshot(self.clock()), routed_now)
+            moved: list[tuple[LiveReplica, bool]] = []
+            for replica in self.replicas.values():
+                want = replica.state is ReplicaState.READY and replica.task_id in chosen
+                if want == replica.routed:
+                    continue
+                replica.routed = want
+                if want:
+                    self.table.add(Replica(replica.task_id, replica.member, replica.url, replica.agent_id,
+                                           replica.sha256))
+                elif replica.state is ReplicaState.READY:
+                    self.table.remove(replica.task_id)
+                moved.append((replica, want))
+            if moved:
+                self._changed.notify_all()
+        for replica, want in moved:
+            if want and why != "ready":
+                log.info("replica %s of %s on %s: standby -> routed (%s)", replica.task_id, replica.member,
+                         replica.hostname, why)
+            elif not want:
+                log.info("replica %s of %s on %s kept as standby, out of the gateway's table", replica.task_id,
+                         replica.member, replica.hostname)
 
     def _on_unhealthy(self, driver: Any, task_id: str) -> None:
         with self.lock:
@@ -648,7 +716,7 @@ class ServingController(pymesos.Scheduler):
             return
         log.info("draining replica %s of %s on %s (%s)", replica.task_id, replica.member, replica.hostname, why)
         was_ready = replica.state is ReplicaState.READY
-        replica.state = ReplicaState.DRAINING
+        replica.state, replica.routed = ReplicaState.DRAINING, False
         replica.kill_at = now + (DRAIN_SECONDS if was_ready else 0.0)
         if was_ready:
             self.table.mark_draining(replica.task_id)
@@ -718,9 +786,14 @@ class ServingController(pymesos.Scheduler):
         served: dict[str, set[str]] = defaultdict(set)
         for agent_id, key in self.executors:
             served[agent_id] |= self.catalog.executor_models(key)
+        targets = {}
+        for m, t in self.targets.items():
+            desired = self.desired.get(m, t.min_replicas)
+            standby = placement.standby_for(desired, t.standby_replicas, t.max_replicas)
+            targets[m] = dataclasses.replace(self.catalog.replica_target(m, desired + standby, t.sha256),
+                                             standby=standby)
         return placement.ServeSnapshot(
-            targets={m: self.catalog.replica_target(m, self.desired.get(m, t.min_replicas), t.sha256)
-                     for m, t in self.targets.items()},
+            targets=targets,
             replicas=tuple(placement.ReplicaView(r.task_id, r.member, r.agent_id, r.sha256, _placement_state(r.state),
                                                  r.replaces) for r in self.replicas.values()),
             agent_prices=dict(self.agent_prices),
@@ -735,7 +808,8 @@ class ServingController(pymesos.Scheduler):
         for member, target in self.targets.items():
             live = sum(1 for r in self.replicas.values() if r.member == member and r.sha256 == target.sha256
                        and r.state in LIVE_STATES)
-            if live < self.desired.get(member, target.min_replicas):
+            desired = self.desired.get(member, target.min_replicas)
+            if live < desired + placement.standby_for(desired, target.standby_replicas, target.max_replicas):
                 return True
         return False
 
@@ -847,7 +921,8 @@ class ServingController(pymesos.Scheduler):
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
                                                  target.sha256, "launching", replica.executor_id))
-                    hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname)
+                    hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname,
+                                                                info=json.dumps(self._executor_infos[info_key]))
                     self._idle_journaled.pop((agent_id, replica.executor_id), None)
                     log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
                              agent.hostname, port, launch.reason.replace("_", " "))
@@ -919,7 +994,8 @@ class ServingController(pymesos.Scheduler):
             result: dict[str, dict[str, int]] = {m: {"desired": self.desired.get(m, 0)} for m in self.targets}
             for replica in self.replicas.values():
                 entry = result.setdefault(replica.member, {"desired": 0})
-                entry[replica.state.value] = entry.get(replica.state.value, 0) + 1
+                state = "standby" if replica.state is ReplicaState.READY and not replica.routed else replica.state.value
+                entry[state] = entry.get(state, 0) + 1
             return result
 
     def ready(self, member: str, sha256: str | None = None) -> list[LiveReplica]:

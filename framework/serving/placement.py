@@ -92,6 +92,9 @@ class MemberTarget:
     executor: Resources = Resources()
     """The member's own executor (``executors = "per_model"``); zero with the shared executor."""
     constraints: tuple[Constraint, ...] = ()
+    standby: int = 0
+    """Of ``desired``, how many are standby replicas: kept ready out of the gateway's table
+    (:func:`route`), launched, placed, drained and priced as the others."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,35 @@ class ServeDecision:
     repack_checked: bool = False
     """A re-pack was looked for (started or not: it costs a few packings, so the controller
     should move ``repack_not_before`` forward after a check too, not only after a re-pack)."""
+
+
+def standby_for(desired: int, standby: int, most: int) -> int:
+    """The standby replicas to keep beside ``desired`` routed ones: ``standby``, but never above
+    ``most`` (``max_replicas``) replicas in all (at its most a member cannot scale up further)."""
+    return max(0, min(standby, most - desired))
+
+
+def route(snapshot: ServeSnapshot, routed_now: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The ready replicas the gateway's table should hold: each member's ready ones less its standby
+    replicas, which are the ready replicas of its current model beyond its routed count
+    (``desired - standby``), at most ``standby`` of them.  Kept aside first: those not routed now
+    (no flapping), then those on the most expensive agents (the first a scale-down drains), then by
+    id.  So a scale-up or a lost replica routes a standby one in the same decision, a
+    scale-down first sets one aside, and without standby every ready replica is routed."""
+    prices = snapshot.agent_prices
+    routed: set[str] = set()
+    for member in sorted({r.member for r in snapshot.replicas}):
+        ready = [r for r in snapshot.replicas if r.member == member and r.ready]
+        target = snapshot.targets.get(member)
+        aside: set[str] = set()
+        if target is not None and target.standby > 0:
+            current = [r for r in ready if r.sha256 == target.sha256]
+            count = min(target.standby, max(0, len(current) - (target.desired - target.standby)))
+            order = sorted(current, key=lambda r: (r.replica_id in routed_now, -prices.get(r.agent_id, 0.0),
+                                                   r.replica_id))
+            aside = {r.replica_id for r in order[:count]}
+        routed.update(r.replica_id for r in ready if r.replica_id not in aside)
+    return frozenset(routed)
 
 
 def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> ServeDecision:

@@ -304,7 +304,8 @@ class ServeRunner:
     @staticmethod
     def _targets(spec: JobSpec, serve: ServeSpec) -> dict[str, ServedMember]:
         return {m.name: ServedMember(m.name, m.sha256, serve.bounds(m.name).min_replicas,
-                                     serve.bounds(m.name).max_replicas) for m in spec.models}
+                                     serve.bounds(m.name).max_replicas, serve.bounds(m.name).standby_replicas)
+                for m in spec.models}
 
     @staticmethod
     def _autoscaler(serve: ServeSpec, current: Callable[[], ServeSpec] | None = None

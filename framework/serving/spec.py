@@ -32,6 +32,11 @@ class ReplicaBounds:
 
     min_replicas: int = DEFAULT_MIN_REPLICAS
     max_replicas: int = DEFAULT_MAX_REPLICAS
+    standby_replicas: int = 0
+    """Replicas kept started, loaded and health-checked beyond the autoscaler's count but out of
+    the gateway's table (never above ``max_replicas`` in all): a scale-up or a lost replica puts one
+    in the table at once, with no cold start.  They hold their agents and resources: the cost per
+    hour counts them, and the lower bound is that of the count with them."""
 
     def clamp(self, count: int) -> int:
         """``count`` brought within ``min_replicas..max_replicas``."""
@@ -79,7 +84,7 @@ class ServeSpec:
 
 KNOWN_FIELDS = ("address", "target_p99_ms", "max_batch_rows", "max_wait_ms", "hedge", "hedge_min_ms",
                 "scale_interval_s", "scale_down_delay_s", "max_queue", "queue_timeout_ms", "retry_after_s", "models")
-MODEL_FIELDS = ("min_replicas", "max_replicas")
+MODEL_FIELDS = ("min_replicas", "max_replicas", "standby_replicas")
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -149,7 +154,9 @@ def reload_changes(before: ServeSpec, after: ServeSpec) -> list[str]:
         old, new = before.bounds(member), after.bounds(member)
         if old != new:
             changes.append(f"models.{member} {old.min_replicas}..{old.max_replicas} -> "
-                           f"{new.min_replicas}..{new.max_replicas} replicas")
+                           f"{new.min_replicas}..{new.max_replicas} replicas"
+                           + (f", standby {old.standby_replicas} -> {new.standby_replicas}"
+                              if old.standby_replicas != new.standby_replicas else ""))
     return changes
 
 
@@ -165,14 +172,16 @@ def _parse_models(table: Any, members: Sequence[str]) -> dict[str, ReplicaBounds
         entry = table.get(name, {})
         where = f"models.{name}"
         if not isinstance(entry, Mapping):
-            raise ServeSpecError(where, f"must be a table (min_replicas, max_replicas), got {entry!r}")
+            raise ServeSpecError(where, f"must be a table (min_replicas, max_replicas, standby_replicas), "
+                                        f"got {entry!r}")
         _reject_unknown(entry, MODEL_FIELDS, where)
         low = _count(entry, "min_replicas", DEFAULT_MIN_REPLICAS, minimum=1, where=where,
                      why=" (a member with no replica cannot answer)")
         high = _count(entry, "max_replicas", max(DEFAULT_MAX_REPLICAS, low), minimum=1, where=where)
         if high < low:
             raise ServeSpecError(f"{where}.max_replicas", f"must be at least min_replicas ({low}), got {high}")
-        bounds[name] = ReplicaBounds(low, high)
+        standby = _count(entry, "standby_replicas", 0, minimum=0, where=where)
+        bounds[name] = ReplicaBounds(low, high, standby)
     return bounds
 
 

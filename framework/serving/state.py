@@ -27,6 +27,11 @@ ends, and removed once its ``SHUTDOWN`` is sent or it is known gone (its agent l
 A ``serve`` killed while an executor waits idle for its ``SHUTDOWN`` thus leaves a row the next
 ``serve`` reads: it re-adopts the executor and shuts it down once its idle time is up.  A schema 2
 journal gains the table filled from its replicas' executors.
+
+Schema 4 adds each executor's ``info``: the ExecutorInfo it was launched with (JSON), so that a
+restarted ``serve`` launches new replicas into an executor it re-adopted (Mesos takes a task into
+a running executor only with the ExecutorInfo that started it).  Rows of an earlier schema have
+none: such an executor is not launched into again, and is shut down once idle.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from typing import Any, Iterable
 from framework.errors import FrameworkError
 from framework.journal import LOCK_NAME, JournalError, lock_state_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DATABASE_NAME = "serve.sqlite3"
 LIVE_NAME = "serve.json"
 EVENTS_KEPT = 1000
@@ -78,7 +83,7 @@ class ReplicaRecord:
 
 @dataclass(frozen=True)
 class ExecutorRecord:
-    """One executor of ours as journaled (schema 3)."""
+    """One executor of ours as journaled (schema 3; its ``info`` schema 4)."""
 
     agent_id: str
     executor_id: str
@@ -86,6 +91,8 @@ class ExecutorRecord:
     idle_since: float | None = None
     """Wall-clock time (``time.time()``) since which it has had no replica; None while it has one."""
     updated_at: float = 0.0
+    info: str | None = None
+    """The ExecutorInfo it was launched with, as JSON (schema 4; None: not known)."""
 
     @property
     def state(self) -> str:
@@ -160,7 +167,7 @@ class ServeState:
                     COMMIT;""")
             if version < 3:
                 # The executors an earlier schema knew only through its replicas' rows.
-                self._db.executescript(f"""
+                self._db.executescript("""
                     BEGIN;
                     CREATE TABLE IF NOT EXISTS executors (
                         agent_id TEXT NOT NULL, executor_id TEXT NOT NULL, hostname TEXT NOT NULL DEFAULT '',
@@ -169,6 +176,12 @@ class ServeState:
                     INSERT OR IGNORE INTO executors (agent_id, executor_id, hostname, state, idle_since, updated_at)
                         SELECT agent_id, executor_id, max(hostname), 'running', NULL, max(updated_at)
                         FROM replicas WHERE executor_id != '' GROUP BY agent_id, executor_id;
+                    PRAGMA user_version=3;
+                    COMMIT;""")
+            if version < 4:
+                self._db.executescript(f"""
+                    BEGIN;
+                    ALTER TABLE executors ADD COLUMN info TEXT;
                     PRAGMA user_version={SCHEMA_VERSION};
                     COMMIT;""")
 
@@ -198,7 +211,8 @@ class ServeState:
         now = time.time()
         rows = [(r.task_id, r.member, r.agent_id, r.hostname, r.port, r.sha256, r.state, r.executor_id, now)
                 for r in replicas]
-        executor_rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now) for e in executors]
+        executor_rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now, e.info)
+                         for e in executors]
         if not rows and not executor_rows:
             return
         with self._lock:
@@ -236,7 +250,7 @@ class ServeState:
     def record_executors(self, executors: Iterable[ExecutorRecord]) -> None:
         """Record (or update) executors of ours, one transaction."""
         now = time.time()
-        rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now) for e in executors]
+        rows = [(e.agent_id, e.executor_id, e.hostname, e.state, e.idle_since, now, e.info) for e in executors]
         if rows:
             with self._lock:
                 self._db.execute("BEGIN")
@@ -259,14 +273,17 @@ class ServeState:
     def executors(self) -> list[ExecutorRecord]:
         with self._lock:
             if not self._has("executors"):  # a schema 2 journal read-only: its replicas tell
-                rows = self._db.execute("SELECT agent_id, executor_id, max(hostname), NULL, max(updated_at) "
+                rows = self._db.execute("SELECT agent_id, executor_id, max(hostname), NULL, max(updated_at), NULL "
                                         "FROM replicas WHERE executor_id != '' GROUP BY agent_id, executor_id "
                                         "ORDER BY agent_id, executor_id").fetchall()
             else:
-                rows = self._db.execute("SELECT agent_id, executor_id, hostname, idle_since, updated_at "
+                columns = {str(row[1]) for row in self._db.execute("PRAGMA table_info(executors)")}
+                info = "info" if "info" in columns else "NULL"  # a schema 3 journal read-only has none
+                rows = self._db.execute(f"SELECT agent_id, executor_id, hostname, idle_since, updated_at, {info} "
                                         "FROM executors ORDER BY agent_id, executor_id").fetchall()
-        return [ExecutorRecord(str(a), str(e), str(h), None if idle is None else float(idle), float(at))
-                for a, e, h, idle, at in rows]
+        return [ExecutorRecord(str(a), str(e), str(h), None if idle is None else float(idle), float(at),
+                               None if info is None else str(info))
+                for a, e, h, idle, at, info in rows]
 
     # what people watching read: history, events, snapshot ----------------------------------
     def _has(self, table: str) -> bool:
@@ -355,10 +372,10 @@ class ServeState:
         self.close()
 
 
-_UPSERT_EXECUTOR = ("INSERT INTO executors (agent_id, executor_id, hostname, state, idle_since, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id, executor_id) DO UPDATE SET "
+_UPSERT_EXECUTOR = ("INSERT INTO executors (agent_id, executor_id, hostname, state, idle_since, updated_at, info) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(agent_id, executor_id) DO UPDATE SET "
                     "hostname = excluded.hostname, state = excluded.state, idle_since = excluded.idle_since, "
-                    "updated_at = excluded.updated_at")
+                    "updated_at = excluded.updated_at, info = coalesce(excluded.info, executors.info)")
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:

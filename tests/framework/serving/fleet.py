@@ -55,6 +55,7 @@ class Member:
     busy_at_capacity: float = 0.45
     """The share of the time a replica is busy at ``capacity_rps`` (a batching replica meets its
     target latency without being busy all the time): the gateway's busy measure, when measured."""
+    standby_replicas: int = 0
 
     @property
     def service_s(self) -> float:
@@ -312,7 +313,8 @@ class Fleet:
         self.members = {m.name: m for m in members}
         self.rate = rate
         self.spec = ServeSpec(target_p99_ms=target_p99_ms, scale_down_delay_s=scale_down_delay_s,
-                              models={m.name: ReplicaBounds(m.min_replicas, m.max_replicas) for m in members})
+                              models={m.name: ReplicaBounds(m.min_replicas, m.max_replicas, m.standby_replicas)
+                                      for m in members})
         self.mesos = SimMesos(self, agents or BENCH_AGENTS, agent_cpus, start_s, kill_s)
         self.table = ReplicaTable()
         self.costs: list[tuple[float, float, float]] = []
@@ -325,7 +327,8 @@ class Fleet:
             return autoscale(loads, current, now)
 
         self.controller = ServingController(
-            {m.name: ServedMember(m.name, "s" * 64, m.min_replicas, m.max_replicas) for m in members},
+            {m.name: ServedMember(m.name, "s" * 64, m.min_replicas, m.max_replicas, m.standby_replicas)
+             for m in members},
             Catalog(self.members), self.table, PriceTable(), refuse_seconds=5.0, loopback=False,
             loads=self.loads, autoscale=scale, scale_interval=self.spec.scale_interval_s,
             clock=lambda: self.now, health_check=lambda replica: False,
@@ -341,7 +344,7 @@ class Fleet:
         """As the gateway measures them: the rate over its last window (``WINDOW_S``); when
         ``measured``, also as described there."""
         rate = self._rate_over(WINDOW_S)
-        loads = {name: load_model(m, rate, len(self.controller.ready(name)), self.spec.target_p99_ms)
+        loads = {name: load_model(m, rate, len(self.table.ready(name)), self.spec.target_p99_ms)
                  for name, m in self.members.items()}
         if not self.measured:
             return loads

@@ -651,3 +651,45 @@ def test_a_stop_that_tears_the_framework_down_forgets_it_in_the_journal(demo: Jo
             assert state.framework_id == "F1" and len(state.replicas()) == 1 and len(state.executors()) == 1
     finally:
         state.close()
+
+
+def test_a_restart_launches_into_the_executor_it_adopted_with_its_journaled_info(
+        demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> None:
+    """The journal keeps each executor's ExecutorInfo: a restarted ``serve`` that wants one more
+    replica on the agent of an adopted running replica launches it into that executor (same id,
+    same ExecutorInfo: Mesos refuses another under that id) instead of starting one beside it."""
+    state = ServeState.open(tmp_path / "state")
+    deployment = Deployment(demo, server, state=state)
+    try:
+        deployment.subscribe()
+        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
+        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        for task in tasks:
+            deployment.run(task)
+        wait_for(deployment.controller.all_ready)
+        wait_for(lambda: {r.state for r in state.replicas()} == {"TASK_RUNNING"})
+    finally:
+        deployment.close()
+        state.close()
+
+    state = ServeState.open(tmp_path / "state")
+    [executor] = state.executors()
+    assert executor.info is not None and json.loads(executor.info) == tasks[0]["executor"]
+    again = Deployment(demo, server, state=state)
+    try:
+        again.controller.adopt(state.replicas(), state.executors())
+        again.controller.avoid_earlier_executors(7)
+        again.subscribe()
+        wait_for(lambda: again.driver.reconciles)
+        for task in tasks:
+            again.run(task)
+        wait_for(again.controller.all_ready)
+        with again.controller.lock:
+            again.controller.desired["linear"] = 2
+        again.controller.resourceOffers(again.driver, [port_offer("a1", begin=31010, end=31019)])
+        [launch] = wait_for(lambda: again.launched())
+        assert launch["executor"] == tasks[0]["executor"]  # into the running executor, not ensemble.g7
+        assert payload(launch)["model"] == "linear" and again.controller.reused == {("a1", executor.executor_id)}
+    finally:
+        again.close()
+        state.close()

@@ -258,7 +258,7 @@ def test_a_journal_of_the_first_schema_is_read_and_then_upgraded(tmp_path: Path)
         record(state, point(10.0), None)
         assert len(state.points(0)) == 1
     with ServeState.read(state_dir) as upgraded:
-        assert int(upgraded._db.execute("PRAGMA user_version").fetchone()[0]) == 3  # through 2 (history) to 3
+        assert int(upgraded._db.execute("PRAGMA user_version").fetchone()[0]) == 4  # through 2 (history) and 3 to 4
         assert [p.t for p in read_points(upgraded)] == [10.0]
 
 

@@ -117,6 +117,19 @@ def test_a_killed_serve_restarted_re_adopts_its_running_replicas(tmp_path: Path,
         with ServeState.read(state) as journal:
             assert journal.framework_id == framework_id
             assert sorted(r.task_id for r in journal.replicas()) == replicas, "the replicas were not adopted"
+            [executor] = journal.executors()
+        # One more linear replica (a reload): launched into the adopted executor with its journaled
+        # ExecutorInfo, its model fetched from this serve's artifact server.
+        job.write_text(job.read_text() + "\n[serve.models.linear]\nmin_replicas = 2\n")
+        second.send_signal(signal.SIGHUP)
+
+        def third_running() -> list[Any]:
+            with ServeState.read(state) as journal:
+                return [r for r in journal.replicas() if r.task_id not in replicas and r.state == "TASK_RUNNING"]
+        [third] = wait_for(third_running)
+        assert third.executor_id == executor.executor_id and third.agent_id == executor.agent_id
+        with ServeState.read(state) as journal:
+            assert [e.executor_id for e in journal.executors()] == [executor.executor_id]
         second.send_signal(signal.SIGINT)
         _out, err = second.communicate(timeout=120)
     finally:

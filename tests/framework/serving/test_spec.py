@@ -103,9 +103,10 @@ def test_empty_serve_table_takes_the_defaults(demo_job: Path) -> None:
                                                 r"with no replica cannot answer\), got 0"),
     ("[serve.models.linear]\nmax_replicas = true", r"serve\.models\.linear\.max_replicas must be int, got True"),
     ("[serve.models.linear]\nreplicas = 2", r"serve\.models\.linear\.replicas is not a known field \(known: "
-                                            r"max_replicas, min_replicas\)"),
+                                            r"max_replicas, min_replicas, standby_replicas\)"),
     ("[serve]\nmodels = 3", r"serve\.models must be a table of \[serve\.models\.<name>\] tables, got 3"),
-    ('[serve]\nmodels = { linear = 2 }', r"serve\.models\.linear must be a table \(min_replicas, max_replicas\)"),
+    ('[serve]\nmodels = { linear = 2 }',
+     r"serve\.models\.linear must be a table \(min_replicas, max_replicas, standby_replicas\)"),
 ])
 def test_bad_serve_values_are_one_line_naming_the_field(demo_job: Path, serve: str, message: str) -> None:
     name = f"bad-{abs(hash(serve))}"

@@ -66,12 +66,16 @@ def test_a_schema_2_journal_gains_the_executors_its_replicas_name(tmp_path: Path
     with ServeState.read(state_dir) as old:  # status reads it as it is
         assert [(e.agent_id, e.executor_id, e.hostname, e.state) for e in old.executors()] == expected
     with ServeState.open(state_dir) as state:
-        assert int(state._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 3
+        assert int(state._db.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 4
         assert [(e.agent_id, e.executor_id, e.hostname, e.state) for e in state.executors()] == expected
+        assert [e.info for e in state.executors()] == [None, None]  # not known: never launched into again
+        state.record_executors([ExecutorRecord("a1", "ensemble.g1", "h1", info='{"executor_id": {"value": "x"}}')])
+        state.record_executors([ExecutorRecord("a1", "ensemble.g1", "h1", idle_since=9.0)])  # keeps the info
+        assert state.executors()[0].info == '{"executor_id": {"value": "x"}}'
         assert state.framework_id == "fw-2" and [r.task_id for r in state.replicas()] == ["r1", "r2", "r3", "r4"]
         assert [text for _t, text in state.events()] == ["member linear: 2 replica(s) wanted (was 1)"]
     with ServeState.open(state_dir) as again:  # opened twice: migrated once
-        assert len(again.executors()) == 2
+        assert len(again.executors()) == 2 and again.executors()[0].info is not None
 
 
 def test_a_journal_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
