@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from executor import timeline
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
 from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
                              model_columns)
@@ -372,11 +373,14 @@ class PredictionPool:
         function = getattr(model, payload.method, None)
         if function is None:
             return "thread"  # the task fails as a member error on its thread
+        timeline.mark(f"probe:{payload.model_name}")
         try:
             rows = probe_rows(function, model_columns(payload, shard))
             used = thread_speedup(function, rows)
         except Exception:  # the member raises: its task will say so, on a thread
             return "thread"
+        finally:
+            timeline.mark(f"probed:{payload.model_name}")
         self.measured[key] = used
         chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
         log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %ss",
