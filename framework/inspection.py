@@ -404,11 +404,16 @@ CACHE_ENV = "MESOS_ENSEMBLE_CACHE_DIR"
 """Overrides where the inspection cache lives (default ``$XDG_CACHE_HOME/mesos-ensemble``)."""
 
 
+def cache_root() -> Path:
+    """Where mesos-ensemble keeps what it can compute again (``$MESOS_ENSEMBLE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/mesos-ensemble``)."""
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                            os.path.expanduser("~/.cache"), "mesos-ensemble"))
+
+
 def cache_dir() -> Path:
     """The inspection cache: one JSON answer per model file, format, allow-list and software."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                       os.path.expanduser("~/.cache"), "mesos-ensemble")
-    return Path(root) / "inspections"
+    return cache_root() / "inspections"
 
 
 def _cache_key(sha256: str, model_format: str, trusted_types: tuple[str, ...]) -> str:
