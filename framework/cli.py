@@ -282,8 +282,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
                              "cluster ends with the run")
     # The models' inspection process starts now, so that its Python start, scikit-learn import and
-    # model loads run while this process imports the rest of the framework (scikit-learn, pyarrow,
-    # pymesos: seconds on a small machine); the run waits for its answer before anything launches.
+    # model loads run while this process imports the rest of the framework and the run reads and
+    # cuts the data and starts the cluster; the run waits for its answer before anything launches.
     inspection = InspectionAhead(spec)
     try:
         return _run_job(args, spec, inspection)

@@ -299,7 +299,8 @@ class JobRunner:
         for name, when in sorted(self.steps.items(), key=lambda step: step[1]):
             if name == "run":
                 continue
-            since = when - self.steps["run"] if name == "models inspected" else when - previous
+            # (an inspection started by the caller may have answered before the run began)
+            since = max(0.0, when - self.steps["run"]) if name == "models inspected" else when - previous
             parts.append(f"{name} {since:.3f} s" + (" from the start" if name == "models inspected" else ""))
             previous = max(previous, when)
         return ", ".join(parts)
