@@ -75,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
 from framework.scheduler import EnsembleScheduler  # noqa: E402
+from executor.timeline import LINE as TIMELINE_LINE  # noqa: E402
 
 
 def mixed_members(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -189,10 +190,12 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int, max_nbyt
 
 
 def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
-             executor_cpus: float | None, executors: str, text: bool = False, agents: int = 1) -> Path:
+             executor_cpus: float | None, executors: str, text: bool = False, agents: int = 1,
+             keep_sandboxes: bool = False) -> Path:
     """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus
     (``text``: the data is ``data.parquet``, whose ``text`` column every member takes); ``cores``
-    cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each."""
+    cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each (``keep_sandboxes``:
+    for the executors' logs, read by ``--timeline``)."""
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{"data.parquet" if text else "data.npy"}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
@@ -206,6 +209,8 @@ def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: 
     hosts = [f'{{ hostname = "bench-agent{f"-{i}" if agents > 1 else ""}", cpus = {cores / agents:g}, mem = 16384 }}'
              for i in range(agents)]
     lines += ["[local_cluster]", f"agents = [{', '.join(hosts)}]"]
+    if keep_sandboxes:
+        lines.append("keep_sandboxes = true")
     path = directory / "bench.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -226,6 +231,8 @@ class SlotTimeline:
 
     def __init__(self, cores: int) -> None:
         self.cores = cores
+        self.steps: dict[str, float] = {}  # the start's steps, wall clock (see start_report)
+        self.start_text = ""
         self.launched: dict[str, tuple[float, str, int]] = {}  # carrier: (when, model, items)
         self.carrier: dict[str, str] = {}  # item task id: carrier
         self.running: dict[str, float] = {}
@@ -248,6 +255,8 @@ class SlotTimeline:
 
     def _on_apply(self, driver: Any, views: Any, decision: Any) -> None:
         now = time.perf_counter()
+        if decision.tasks:
+            self.steps.setdefault("first launch", time.time())
         for _agent, task in decision.tasks:
             carrier = task.carrier or task.task_id
             self.carrier[task.task_id] = carrier
@@ -260,6 +269,11 @@ class SlotTimeline:
         elif state in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"):
             self.ended.setdefault(task_id, now)
 
+    def _on_step(self, name: str) -> Callable[..., None]:
+        def note(*_args: Any) -> None:
+            self.steps.setdefault(name, time.time())
+        return note
+
     def _on_usage(self, item: Any, seconds: float, cpu_seconds: float) -> None:
         self.compute[self.carrier.get(item.task_id or "", "?")] += seconds
         self.compute_cpu += cpu_seconds
@@ -268,8 +282,11 @@ class SlotTimeline:
         self._wrap("_apply", self._on_apply)
         self._wrap("statusUpdate", self._on_status)
         self._wrap("record_usage", self._on_usage)
+        self._wrap("registered", self._on_step("subscribed"))
+        self._wrap("resourceOffers", self._on_step("first offer"))
         self.cpu = self._cpu()
         self.started = time.perf_counter()
+        self.started_wall = time.time()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -294,6 +311,43 @@ class SlotTimeline:
             slots[slot].append(carrier)
             free[slot] = self.ended.get(carrier, self.finished)
         return slots
+
+    def start_report(self, runner: JobRunner, sandboxes: Path) -> None:
+        """The job's start step by step, in seconds since the run began: the scheduler process'
+        steps (``JobRunner.steps``: the inspection runs beside the data and the cluster), the
+        framework's first subscription, offer and launch, then the executor's own steps as it logged
+        them in its sandbox (``executor.timeline``), each model's, and each slot's first TASK_RUNNING
+        and result (kept in ``start_text`` for the report: the sandboxes go with the bench's directory)."""
+        zero = self.started_wall
+        to_wall = self.started_wall - self.started  # perf_counter -> time.time
+
+        def line(title: str, steps: dict[str, float]) -> str:
+            return f"    {title}: " + ", ".join(f"{name} {when - zero:.2f}" for name, when in
+                                               sorted(steps.items(), key=lambda step: step[1]))
+
+        executor: dict[str, float] = {}
+        for stderr in sandboxes.rglob("stderr"):
+            for match in TIMELINE_LINE.finditer(stderr.read_text(errors="replace")):
+                step, when = match.group(1), float(match.group(2))
+                executor[step] = min(when, executor.get(step, when))
+        framework = {name: when for name, when in runner.steps.items() if name != "run"} | self.steps
+        lines = ["  the start, step by step (seconds since the run began):", line("scheduler process", framework),
+                 line("executor", {name: when for name, when in executor.items() if ":" not in name})]
+        models = sorted({name.split(":", 1)[1] for name in executor if ":" in name},
+                        key=lambda model: executor.get(f"model_fetched:{model}", 0.0))
+        for model in models:
+            lines.append(line(f"  {model}", {step: executor[f"{step}:{model}"] for step in
+                                       ("model_fetched", "model_load", "model_loaded", "probe", "probed", "compute")
+                                       if f"{step}:{model}" in executor}))
+        for number, carriers in enumerate(self.slots()):
+            if carriers:
+                first = carriers[0]
+                running, ended = self.running.get(first), self.ended.get(first)
+                lines.append(f"    slot {number}: first launch {self.launched[first][0] + to_wall - zero:.2f} "
+                      f"({self.launched[first][1]}), TASK_RUNNING "
+                      f"{'-' if running is None else f'{running + to_wall - zero:.2f}'}, result "
+                      f"{'-' if ended is None else f'{ended + to_wall - zero:.2f}'}")
+        self.start_text = "\n".join(lines)
 
     def report(self, single_thread: float, single_thread_cpu: float, width: int = 100) -> None:
         wall = self.finished - self.started
@@ -397,13 +451,17 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
             assert np.array_equal(parallel, sequential), f"{label} and sequential disagree"
 
         spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
-                                 args.executors, text))
+                                 args.executors, text, keep_sandboxes=args.timeline))
         timeline = SlotTimeline(args.cores) if args.timeline else contextlib.nullcontext()
+        runner = JobRunner(spec, work_dir=directory / "work", progress=lambda message: None,
+                           state_dir=directory / "job.state")
         start, cpu = time.perf_counter(), cpu_seconds()
         with timeline:
-            outcome = JobRunner(spec, progress=lambda message: None, state_dir=directory / "job.state").run()
+            outcome = runner.run()
         timings["mesos"] = (time.perf_counter() - start, cpu_seconds() - cpu)
         ensemble = np.load(outcome.output)
+        if isinstance(timeline, SlotTimeline):  # the executors' logs go with the directory
+            timeline.start_report(runner, directory / "work" / "cluster")
 
     labels = np.asarray(members[next(iter(members))].classes_)[sequential]
     identical = bool(np.array_equal(ensemble["prediction"], labels))
@@ -426,6 +484,7 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
           f"in-process soft vote: {identical}; load average after {os.getloadavg()[0]:.1f}")
     if isinstance(timeline, SlotTimeline):
         timeline.report(compute, compute_cpu)
+        print(timeline.start_text)
     return {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
 
 

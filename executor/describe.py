@@ -161,11 +161,26 @@ def _limit(memory_bytes: int | None, cpu_seconds: int) -> None:
         resource.setrlimit(what, (soft, hard))
 
 
-def _child(request: dict[str, Any], directory: str) -> None:
-    """In a forked child: its own session, limits and directory, stdout and stderr to its own
-    files; then :func:`main` on one model (which exits)."""
+def _die_with_zygote(zygote: int) -> None:
+    """Linux: the kernel kills this child when the zygote dies (``PR_SET_PDEATHSIG``), so that a
+    zygote killed by the framework (its run abandoned, or past its deadline) leaves no model loading."""
     try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != zygote:  # it died before prctl took effect
+        os._exit(70)
+
+
+def _child(request: dict[str, Any], directory: str, zygote: int, keep_out: int) -> None:
+    """In a forked child: its own session, limits and directory, stdout and stderr to its own
+    files, dying with the zygote; then :func:`main` on one model (which exits)."""
+    try:
+        os.close(keep_out)  # the zygote's answer pipe: the framework reads it to its end
         os.setsid()
+        _die_with_zygote(zygote)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.makedirs(directory)
@@ -204,10 +219,18 @@ def serve(argv: list[str] | None = None) -> None:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    running: dict[int, tuple[int, float]] = {}  # pid -> (request index, started)
+
+    def stop(signum: int, _frame: Any) -> None:
+        """SIGTERM (the framework gave up on this inspection): every child goes, with what it started."""
+        for child in list(running):
+            _kill_group(child)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     _preimport(requests)
     base = os.getcwd()
     results: list[dict[str, Any] | None] = [None] * len(requests)
-    running: dict[int, tuple[int, float]] = {}  # pid -> (request index, started)
     waiting = list(range(len(requests)))
     while waiting or running:
         while waiting and len(running) < workers:
@@ -215,7 +238,7 @@ def serve(argv: list[str] | None = None) -> None:
             directory = os.path.join(base, f"model-{index}")
             pid = os.fork()
             if pid == 0:
-                _child(requests[index], directory)
+                _child(requests[index], directory, os.getppid(), out.fileno())
             running[pid] = (index, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:

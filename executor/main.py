@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
-from executor import npycodec
+from executor import npycodec, timeline
 from executor.protocol import (
     BUNDLE_ITEM_INLINE_LIMIT,
     BundlePayload,
@@ -99,6 +99,7 @@ class EnsembleExecutor(pymesos.Executor):
 
     # pymesos callbacks (IO thread): return fast, never raise.
     def registered(self, driver: Any, executor_info: Any, framework_info: Any, agent_info: Any) -> None:
+        timeline.mark("subscribed")
         log.info("registered executor %s on %s", executor_info.get("executor_id"), agent_info.get("hostname"))
 
     def reregistered(self, driver: Any, agent_info: Any) -> None:
@@ -108,6 +109,7 @@ class EnsembleExecutor(pymesos.Executor):
         log.warning("disconnected from the agent")
 
     def launchTask(self, driver: Any, task: Any) -> None:  # noqa: N802 (pymesos name)
+        timeline.mark("first_launch")
         try:
             self.pool.submit(self._run, driver, task)
         except Exception:  # pool shut down: the executor is going away
@@ -312,6 +314,10 @@ def main() -> int:
     # Shards are arrays without column names; the framework matched each member's columns to
     # its feature_names_in_ before launching, so scikit-learn's per-call warning is noise here.
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
+    started = timeline.process_started()
+    if started is not None:
+        timeline.mark("process", started)
+    timeline.mark("imported")  # pymesos, numpy and the executor's modules (this module's imports)
     preimport()  # scikit-learn's import overlaps the registration and the first task's downloads
     sandbox = Path(os.environ.get("MESOS_SANDBOX") or os.getcwd())
     workers = max(1, int(float(os.environ.get("MESOS_ENSEMBLE_WORKERS", "1"))))

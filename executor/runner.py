@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from executor import timeline
 from executor.modelfile import UntrustedTypes, load_model
 from executor.protocol import (RemoteFile, TaskFailure, TaskPayload, TaskUsage, file_sha256,
                                truncate_traceback)
@@ -178,6 +179,7 @@ def preimport(modules: Iterable[str] = PREIMPORTED) -> threading.Thread:
                     importlib.import_module(name)
                 except Exception:  # noqa: S112 - the model load reports it, on the task
                     continue
+            timeline.mark("preimported")
 
     thread = threading.Thread(target=run, name="preimport", daemon=True)
     thread.start()
@@ -278,6 +280,7 @@ class SandboxCache:
         if mapped is not None:
             return mapped
         path = self.file(remote, f"cache/{remote.sha256}.npy", what)
+        timeline.mark("first_shard")
         try:
             mapped = map_text_shard(path) if text else map_npy(path)
         except NotATextShard as error:
@@ -298,9 +301,12 @@ class SandboxCache:
         with self._lock_for(f"load:{name}"):
             if key not in self._models:
                 path = self.file(remote, name, f"model file {name}")
+                timeline.mark(f"model_fetched:{model_name}")
                 try:
                     with UNPICKLING:
+                        timeline.mark(f"model_load:{model_name}")
                         self._models[key], _version = load_model(path, model_format, trusted_types)
+                    timeline.mark(f"model_loaded:{model_name}")
                 except UntrustedTypes as error:
                     raise TaskError(f"model file {name} of {model_name} was not loaded: {error}") from error
                 except Exception as error:  # joblib/pickle/skops raise many types for a bad file
@@ -403,6 +409,7 @@ def compute_measured(payload: TaskPayload, model: Any, shard: np.ndarray,
                      cache: SandboxCache) -> tuple[np.ndarray, TaskUsage]:
     """:func:`compute`, and what it cost: wall and CPU seconds of this thread (the inputs are
     already fetched, so the model load and shard download the executor shares are not counted)."""
+    timeline.mark(f"compute:{payload.model_name}")
     started, cpu_started = time.perf_counter(), time.thread_time()
     output = compute(payload, model, shard, cache)
     return output, TaskUsage(round(time.perf_counter() - started, 6), round(time.thread_time() - cpu_started, 6))

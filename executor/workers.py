@@ -40,6 +40,7 @@ from typing import Any, Generator, Iterable, Literal
 
 import numpy as np
 
+from executor import timeline
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
 from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
                              model_columns)
@@ -56,7 +57,8 @@ one after the other serialise (on the GIL): the model's predictions go to worker
 
 PROBE_SECONDS = 0.02
 """How long one probe prediction should take (its rows are scaled from warm calls, see
-:func:`probe_rows`).  The probe's 9 calls cost each model about 10x this in CPU before its first
+:func:`probe_rows`).  The probe's 9 calls (3 for a model clearly parallel on threads, see
+:data:`CLEARLY_PARALLEL`) cost each model up to about 10x this in CPU before its first
 task computes.  Until 2026-12-02 the rows were scaled from the model's first (cold) call, so the
 calls meant to take 0.08 s took 1-5 ms, and on a loaded machine the ratio of two such wall times
 sent GIL-bound models to threads (3.5x "faster" on two threads); with warm scaling and the
@@ -88,7 +90,13 @@ class RemoteTaskError(TaskError):
         self.failure, self.text = failure, text
 
 
-def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> float:
+CLEARLY_PARALLEL = PARALLEL_ENOUGH * 1.25
+"""A probe whose first rounds already measure threads this much faster stops there (see
+:func:`thread_speedup`): the remaining rounds could only lower the ratio by a fifth to change the
+verdict, and calls that hold the GIL can never show it (their concurrency caps it near 1)."""
+
+
+def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3, clear: float | None = None) -> float:
     """How many times sooner two calls of ``function`` on ``features`` end on two threads at
     once than one after the other (about 1 when the calls hold the GIL, about 2 when they
     release it and the machine has a second core free); the best of ``repeats`` of each, since
@@ -98,7 +106,12 @@ def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> flo
     the best of the repeats): calls that hold the GIL never use more than about one core
     between them, whereas the ratio of two wall times taken at different moments can be
     anything when other work preempts one of them (a GIL-bound model measured 3.5x on a loaded
-    machine, and went to threads)."""
+    machine, and went to threads).
+
+    ``clear``: stop after the first round whose measure reaches it (a model that clearly
+    releases the GIL needs no more rounds: each model's first task waits for its probe, one
+    model probing at a time, and the mixed bench's four probes were about 0.9 s of its start's
+    wall at load 6, 2026-12-02)."""
     alone = pair = float("inf")
     concurrency = 0.0
     for _ in range(repeats):  # interleaved, so that a burst of other work slows both alike
@@ -106,6 +119,8 @@ def thread_speedup(function: Any, features: np.ndarray, repeats: int = 3) -> flo
         wall, cpu = _concurrent_seconds(function, features, 2)
         pair = min(pair, wall)
         concurrency = max(concurrency, cpu / wall if wall > 0 else 2.0)
+        if clear is not None and min(2 * alone / pair if pair > 0 else 2.0, concurrency) >= clear:
+            break
     return min(2 * alone / pair if pair > 0 else 2.0, concurrency)
 
 
@@ -487,11 +502,14 @@ class PredictionPool:
         function = getattr(model, payload.method, None)
         if function is None:
             return "thread"  # the task fails as a member error on its thread
+        timeline.mark(f"probe:{payload.model_name}")
         try:
             rows = probe_rows(function, model_columns(payload, shard))
-            used = thread_speedup(function, rows)
+            used = thread_speedup(function, rows, clear=CLEARLY_PARALLEL)
         except Exception:  # the member raises: its task will say so, on a thread
             return "thread"
+        finally:
+            timeline.mark(f"probed:{payload.model_name}")
         self.measured[key] = used
         chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
         log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %ss",

@@ -16,6 +16,7 @@ from executor.modelfile import format_of
 from framework.errors import FrameworkError, JobFailed
 
 if TYPE_CHECKING:
+    from framework.inspection import InspectionAhead
     from framework.job import JobOutcome
     from framework.jobspec import JobSpec
     from framework.progress import JobProgress
@@ -236,14 +237,19 @@ class Interrupted(BaseException):
         """What the journal keeps, as the end of the one line printed (filled in by ``run``)."""
 
 
-def install_signal_handlers() -> None:
+def install_signal_handlers(after_pymesos: bool = True) -> None:
     """SIGINT and SIGTERM: the first raises :class:`Interrupted` in the main thread (a clean stop);
     a second one while that clean-up runs exits at once.  Installed after pymesos is imported (it
-    installs its own SIGINT handler at import)."""
-    from framework.scheduler import DRIVER_ABORTED
+    installs its own SIGINT handler at import); ``after_pymesos=False``: before, while no driver
+    exists yet (``run`` installs them so before it starts the models' inspection, then again)."""
+    aborted = None
+    if after_pymesos:
+        from framework.scheduler import DRIVER_ABORTED
+
+        aborted = DRIVER_ABORTED
 
     def handle(signum: int, _frame: object) -> None:
-        if signum == signal.SIGINT and DRIVER_ABORTED.is_set():
+        if signum == signal.SIGINT and aborted is not None and aborted.is_set():
             return  # pymesos' interrupt_main() after its IO thread died: the job reports why
         if handle.interrupted:  # type: ignore[attr-defined]
             os._exit(128 + signum)
@@ -268,6 +274,24 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from framework.inspection import InspectionAhead
+
+    install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
+    spec = load_checked(args)
+    if args.keep_running and spec.framework.master == "local":
+        raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
+                             "cluster ends with the run")
+    # The models' inspection process starts now, so that its Python start, scikit-learn import and
+    # model loads run while this process imports the rest of the framework and the run reads and
+    # cuts the data and starts the cluster; the run waits for its answer before anything launches.
+    inspection = InspectionAhead(spec)
+    try:
+        return _run_job(args, spec, inspection)
+    finally:
+        inspection.cancel()
+
+
+def _run_job(args: argparse.Namespace, spec: "JobSpec", inspection: "InspectionAhead") -> int:
     import json
 
     from framework.job import JobAlreadyFinished, JobRunner  # imports pymesos (its SIGINT handler) first
@@ -275,14 +299,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from framework.progress import for_stderr
 
     install_signal_handlers()
-    spec = load_checked(args)
-    if args.keep_running and spec.framework.master == "local":
-        raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
-                             "cluster ends with the run")
     state_dir = args.state_dir or default_state_dir(args.job)
     progress = for_stderr(quiet=args.quiet)
     runner = JobRunner(spec, work_dir=args.work_dir, progress=progress, state_dir=state_dir, fresh=args.fresh,
-                       keep_running=args.keep_running)
+                       keep_running=args.keep_running, inspection=inspection)
     try:
         with progress, _logging_through(progress):
             outcome = runner.run()

@@ -23,6 +23,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -284,7 +286,8 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
 
 
 def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None]], limits: InspectionLimits,
-                  workers: int = 1) -> list[ModelMetadata | InspectionError]:
+                  workers: int = 1, started: Callable[[subprocess.Popen[bytes]], None] | None = None
+                  ) -> list[ModelMetadata | InspectionError]:
     """Each model's metadata (or why not), in order: cached answers as they are, the others from
     ONE zygote process (:func:`executor.describe.serve`) that imports scikit-learn once and loads
     each model in a forked child of its own, ``workers`` at a time."""
@@ -303,16 +306,17 @@ def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None
             requests.append((index, request, sha256))
     if requests:
         for (index, request, sha256), outcome in zip(requests, _run_zygote([r for _i, r, _s in requests],
-                                                                           limits, workers)):
+                                                                           limits, workers, started)):
             answers[index] = _judge(request, outcome, sha256, limits)
     assert all(a is not None for a in answers)
     return answers  # type: ignore[return-value]
 
 
-def _run_zygote(requests: list[_Request], limits: InspectionLimits, workers: int) -> list[dict[str, Any]]:
+def _run_zygote(requests: list[_Request], limits: InspectionLimits, workers: int,
+                started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> list[dict[str, Any]]:
     """Run the zygote over ``requests``; each request's outcome (see :func:`executor.describe.serve`).
     A zygote that fails as a whole (it is killed, or answers nothing sensible) makes every request's
-    outcome that failure."""
+    outcome that failure.  ``started`` is told the zygote's process as soon as it runs."""
     rounds = -(-len(requests) // max(1, workers))
     timeout = limits.timeout_seconds * (rounds + 1)  # the import, then the children's rounds
     package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
@@ -326,10 +330,12 @@ def _run_zygote(requests: list[_Request], limits: InspectionLimits, workers: int
             env=child_environment(work_dir), preexec_fn=_limit(memory * 2**20, max(1, int(timeout))),
             start_new_session=True, close_fds=True,
         )
+        if started is not None:
+            started(process)
         try:
             out, err = process.communicate(timeout=timeout + 5)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
+            stop_zygote(process)
             process.communicate()
             return [{"timed_out": True, "returncode": -signal.SIGKILL, "stdout": "", "stderr": ""}] * len(requests)
         finally:
@@ -398,11 +404,16 @@ CACHE_ENV = "MESOS_ENSEMBLE_CACHE_DIR"
 """Overrides where the inspection cache lives (default ``$XDG_CACHE_HOME/mesos-ensemble``)."""
 
 
+def cache_root() -> Path:
+    """Where mesos-ensemble keeps what it can compute again (``$MESOS_ENSEMBLE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/mesos-ensemble``)."""
+    return Path(os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                            os.path.expanduser("~/.cache"), "mesos-ensemble"))
+
+
 def cache_dir() -> Path:
     """The inspection cache: one JSON answer per model file, format, allow-list and software."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                       os.path.expanduser("~/.cache"), "mesos-ensemble")
-    return Path(root) / "inspections"
+    return cache_root() / "inspections"
 
 
 def _cache_key(sha256: str, model_format: str, trusted_types: tuple[str, ...]) -> str:
@@ -446,6 +457,21 @@ def _refusal(refused: Mapping[str, Any]) -> str:
             "--trusted-types) only if you trust where the file comes from")
 
 
+ZYGOTE_STOP_GRACE_SECONDS = 2.0
+"""How long a zygote told to stop (SIGTERM) has to kill its children before its group is killed."""
+
+
+def stop_zygote(process: subprocess.Popen[bytes]) -> None:
+    """Stop an inspection zygote and every model it is loading: SIGTERM (it kills each child's
+    session, then exits), then SIGKILL for its own process group (its children also die with it)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=ZYGOTE_STOP_GRACE_SECONDS)
+    except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+        pass
+    _kill_group(process)
+
+
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -459,17 +485,18 @@ def _last_line(data: bytes) -> str:
 
 
 def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
-                   limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
+                   limits: InspectionLimits = InspectionLimits(),
+                   started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, ModelMetadata]:
     """Inspect every model (``ModelSpec``-like: name, path, format, trusted_types) at once: one
     process imports scikit-learn and loads each model in a child of its own, a few at a time; the
     first failure (in the models' order) is a :class:`JobSpecError` that starts with
-    ``where(index, model)``."""
+    ``where(index, model)``.  ``started`` is told the inspection process, if one runs."""
     models = list(models)
     if not models:
         return {}
     workers = max(1, min(len(models), os.cpu_count() or 1, 4))
     answers = _inspect_many([(m.path, m.format, m.trusted_types, getattr(m, "sha256", None)) for m in models],
-                            limits, workers)
+                            limits, workers, started)
     found: dict[str, ModelMetadata] = {}
     for index, (model, answer) in enumerate(zip(models, answers)):
         if isinstance(answer, InspectionError):
@@ -478,9 +505,74 @@ def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
     return found
 
 
-def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits()) -> dict[str, ModelMetadata]:
+def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits(),
+                       started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, ModelMetadata]:
     """:func:`inspect_models` for a job's ``[[models]]``, errors naming the job file and model."""
-    return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits)
+    return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits, started)
+
+
+def _job_models_key(spec: Any) -> tuple[Any, ...]:
+    """What a job's inspection depends on: each model's name, file, format, allow-list and checksum."""
+    return (spec.source, tuple((m.name, str(m.path), m.format, tuple(m.trusted_types), getattr(m, "sha256", None))
+                               for m in spec.models))
+
+
+class InspectionAhead:
+    """:func:`inspect_job_models` started at once on a thread of its own, so that the inspection
+    process (a Python start, scikit-learn's import, each model's load: seconds) runs while the
+    caller does what needs no model metadata: importing the rest of the framework, reading and
+    cutting the data, starting the embedded cluster.  Nothing the caller does meanwhile may launch
+    work (a model that fails inspection is bad input).  :meth:`result` waits for the answer (or
+    raises the inspection's :class:`~framework.errors.JobSpecError`); :meth:`cancel` kills the
+    inspection process if it still runs (an abandoned run leaves nothing behind)."""
+
+    def __init__(self, spec: Any, limits: InspectionLimits = InspectionLimits()) -> None:
+        self.key = _job_models_key(spec)
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._cancelled = False
+        self._answer: dict[str, ModelMetadata] | None = None
+        self._error: BaseException | None = None
+        self.finished_at: float | None = None
+        """When the answer came (``time.time()``), once it has."""
+        self._thread = threading.Thread(target=self._inspect, args=(spec, limits), name="inspection", daemon=True)
+        self._thread.start()
+
+    def _inspect(self, spec: Any, limits: InspectionLimits) -> None:
+        try:
+            self._answer = inspect_job_models(spec, limits, self._started)
+        except BaseException as error:  # handed to the caller by result()
+            self._error = error
+        finally:
+            self.finished_at = time.time()
+
+    def _started(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._process = process
+            cancelled = self._cancelled
+        if cancelled:
+            stop_zygote(process)
+
+    def matches(self, spec: Any) -> bool:
+        """Whether this inspects ``spec``'s models (the same files, formats and allow-lists)."""
+        return self.key == _job_models_key(spec)
+
+    def result(self) -> dict[str, ModelMetadata]:
+        """Each model's metadata by name, once the inspection is done (its error, raised here)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._answer is not None
+        return self._answer
+
+    def cancel(self) -> None:
+        """Kill the inspection process if it still runs, and wait for the thread (quick after a kill)."""
+        with self._lock:
+            self._cancelled = True
+            process = self._process
+        if process is not None and process.poll() is None:
+            stop_zygote(process)
+        self._thread.join()
 
 
 def describe_metadata(metadata: ModelMetadata) -> str:

@@ -31,7 +31,7 @@ from framework.dataset import (DataInfo, describe_data, non_finite_columns, open
                                text_kind)
 from framework.errors import JobFailed, JobSpecError, MasterLost
 from framework.executor_package import build_executor_package
-from framework.inspection import inspect_job_models
+from framework.inspection import InspectionAhead, inspect_job_models
 from framework.jobspec import JobSpec, is_html_report, json_beside, parse_master
 from framework.journal import Journal, job_fingerprint
 from framework.live_status import StatusServer, remove_address, status_document, write_address
@@ -134,27 +134,32 @@ def pymesos_driver(scheduler: Any, info: dict[str, Any], master: str, principal:
                                 implicit_acknowledgements=False)
 
 
-def prepare(spec: JobSpec, scan: bool = False
-            ) -> tuple[DataInfo | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
+def prepare(spec: JobSpec, scan: bool = False, inspection: InspectionAhead | None = None,
+            info: DataInfo | None = None) -> tuple[DataInfo | JoinedData, list[ensemble.MemberSpec], dict[str, Any]]:
     """Read the data's schema and a sample and the models' metadata, and check, before anything
     launches, that they fit together (``scan``: check every row for NaN/inf, not just the sample;
-    ``run`` checks every row anyway while it cuts the shards, before launching).
+    ``run`` checks every row anyway while it cuts the shards, before launching).  ``inspection``:
+    the models' inspection, already under way (else it runs here); ``info``: the data's
+    description, already read (``describe_data``).
 
     Returns what the data is, the members' specs and, by model name, each model's metadata (a
     ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
     import sklearn
 
+    def inspected() -> dict[str, Any]:
+        return inspection.result() if inspection is not None else inspect_job_models(spec)
+
     check_job(spec)
     if spec.sources:  # several sources joined by key: see framework.sources
-        estimators = inspect_job_models(spec)
+        estimators = inspected()
         joined = join_sources(spec, estimators)
         _check_pass_through(spec)
         members = member_specs(spec, estimators, joined.member_features())
         ensemble.check_compatibility(estimators, members, (), spec.integration, sklearn.__version__,
                                      recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
         return joined, members, estimators
-    info = describe_data(spec.data)
-    estimators = inspect_job_models(spec)
+    info = info if info is not None else describe_data(spec.data)
+    estimators = inspected()
     features = member_features(spec, estimators, tuple(info.feature_names))
     if scan and not info.complete:
         rows, problems = scan_data(spec.data, info.feature_names)
@@ -230,7 +235,8 @@ class JobRunner:
     def __init__(self, spec: JobSpec, work_dir: Path | None = None,
                  progress: JobProgress | Callable[[str], None] | None = None,
                  driver_factory: DriverFactory = pymesos_driver, start_local_cluster: bool = True,
-                 state_dir: Path | None = None, fresh: bool = False, keep_running: bool = False) -> None:
+                 state_dir: Path | None = None, fresh: bool = False, keep_running: bool = False,
+                 inspection: InspectionAhead | None = None) -> None:
         """``driver_factory`` makes the scheduler driver (pymesos by default).  ``start_local_cluster``:
         when the job's master is ``local``, start the embedded cluster; False when the driver
         factory brings its own master (as the in-process mock of the tests does).
@@ -238,7 +244,9 @@ class JobRunner:
         ``state_dir``: keep the job's journal there (see ``framework.journal``) and resume from it;
         ``fresh`` starts the journal over.  ``keep_running`` (an external master): when the job is
         interrupted, stop the driver with failover, so that its tasks run on and a later run
-        adopts them, instead of tearing the framework down."""
+        adopts them, instead of tearing the framework down.  ``inspection``: the job's models'
+        inspection, started by the caller already (``mesos-ensemble run`` starts it before it
+        imports the rest of the framework); else the run starts its own."""
         self.spec = spec
         self.work_dir = work_dir
         self.progress = as_progress(progress)
@@ -260,43 +268,97 @@ class JobRunner:
         """What each offer round packed (cost, lower bound, backups), for the HTML report."""
         self.compute_seconds: dict[str, float] = {}
         """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
+        self.inspection = inspection
+        self.steps: dict[str, float] = {}
+        """When each step of the run's start ended (``time.time()``, by step, in order): the
+        start-up's budget, logged once the work is handed to the scheduler."""
 
     # The whole job -------------------------------------------------------------------------
     def run(self) -> JobOutcome:
         started = time.monotonic()
+        self.steps = {"run": time.time()}
         spec = self.spec = resolve_shard_rows(self.spec)
         self.progress.hold()  # until the master accepts the framework (see JobWatch.tick)
-        info, members, estimators = prepare(spec)
+        # The models' inspection (a process of its own: seconds when not cached) runs while the data
+        # is read and cut and the cluster starts; nothing launches before its answer is checked.
+        given = self.inspection
+        inspection = given if given is not None and given.matches(spec) else InspectionAhead(spec)
+        try:
+            return self._run(spec, started, inspection)
+        finally:
+            inspection.cancel()  # still running only when the run failed before it needed the answer
+
+    def _step(self, name: str, when: float | None = None) -> None:
+        """Note when a step of the run's start ended (wall clock, as the executors log theirs)."""
+        self.steps[name] = time.time() if when is None else when
+
+    def describe_steps(self) -> str:
+        """The start's steps so far, each with the seconds since the one before (the inspection,
+        which runs beside the data and the cluster, with the seconds since the run's start)."""
+        parts, previous = [], self.steps.get("run", 0.0)
+        for name, when in sorted(self.steps.items(), key=lambda step: step[1]):
+            if name == "run":
+                continue
+            # (an inspection started by the caller may have answered before the run began)
+            since = max(0.0, when - self.steps["run"]) if name == "models inspected" else when - previous
+            parts.append(f"{name} {since:.3f} s" + (" from the start" if name == "models inspected" else ""))
+            previous = max(previous, when)
+        return ", ".join(parts)
+
+    def _run(self, spec: JobSpec, started: float, inspection: InspectionAhead) -> JobOutcome:
+        check_job(spec)
+        described = None if spec.sources else describe_data(spec.data)
+        self._step("data described")
         with ExitStack() as stack:
             journal = self._open_journal(stack)
             self.progress.note(f"running {spec.name} ({len(spec.models)} models, integration {spec.integration})")
             work_dir = self.work_dir or Path(tempfile.mkdtemp(prefix=TEMPORARY_WORK_DIR_PREFIX))
+            refused = False
             if self.work_dir is None:
                 stack.callback(shutil.rmtree, work_dir, True)
                 if journal is not None:  # removed by the next run if this one is killed
                     journal.set_note("temporary_work_dir", str(work_dir))
                     stack.callback(journal.set_note, "temporary_work_dir", None)
-            # The data, streamed once into shard files before anything launches: every row is
-            # checked for NaN/inf on the way (validate only checks a sample).
-            if isinstance(info, JoinedData):  # several sources: one file per column group and shard
-                self.progress.note(info.summary())
-                joined = info.write_shards(work_dir / "sources")
-                stack.callback(shutil.rmtree, work_dir / "sources", True)
-                shard_rows, labels = joined.shard_rows, info.labels
-            else:
-                data = spill_shards(spec.data, info.feature_names, work_dir / "shards")
-                stack.callback(shutil.rmtree, work_dir / "shards", True)
-                check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
-                self.progress.note(f"data: {data.rows} rows in {len(data.shards)} shards")
-                shards = {"data": data.shards,
-                          **{text_kind(i): data.text_shards[name] for i, name in enumerate(spec.data.text)}}
-                shard_rows, labels = [s.rows for s in data.shards], data.labels()
-            master, python = self._master(stack, work_dir)
-            server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
-                                    port=spec.framework.artifact_port,
-                                    advertise_host=spec.framework.artifact_host or self._advertise_host(master)).start()
-            stack.callback(server.stop)
-            package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
+            elif not work_dir.exists():  # made by this run: a job refused before it launches leaves none
+                stack.callback(lambda: shutil.rmtree(work_dir, True) if refused else None)
+            # The data, streamed once into shard files before anything launches (every row is
+            # checked for NaN/inf on the way: validate only checks a sample), and the cluster
+            # started, while the models are inspected; nothing launches before both are checked.
+            try:
+                if described is None:  # several sources: the join needs the models' columns first
+                    info, members, estimators = prepare(spec, inspection=inspection)
+                    self._step("models inspected", inspection.finished_at)
+                    assert isinstance(info, JoinedData)
+                    self.progress.note(info.summary())
+                    joined = info.write_shards(work_dir / "sources")
+                    stack.callback(shutil.rmtree, work_dir / "sources", True)
+                    shard_rows, labels = joined.shard_rows, info.labels
+                    self._step("shards cut")
+                else:
+                    data = spill_shards(spec.data, described.feature_names, work_dir / "shards")
+                    stack.callback(shutil.rmtree, work_dir / "shards", True)
+                    self._step("shards cut")
+                master, python = self._master(stack, work_dir)
+                self._step("cluster started")
+                advertise = spec.framework.artifact_host or self._advertise_host(master)
+                server = ArtifactServer(work_dir / "results", bind=self._bind_host(master),
+                                        port=spec.framework.artifact_port, advertise_host=advertise).start()
+                stack.callback(server.stop)
+                package = build_executor_package(work_dir)
+                package_url = server.publish_public("mesos-ensemble-executor.tar.gz", package)
+                self._step("artifacts served")
+                if described is not None:
+                    info, members, estimators = prepare(spec, inspection=inspection, info=described)
+                    self._step("models inspected", inspection.finished_at)
+                    check_non_finite(spec, data.non_finite, {m.name: m.features for m in members})
+                    self._step("checked")
+                    self.progress.note(f"data: {data.rows} rows in {len(data.shards)} shards")
+                    shards = {"data": data.shards,
+                              **{text_kind(i): data.text_shards[name] for i, name in enumerate(spec.data.text)}}
+                    shard_rows, labels = [s.rows for s in data.shards], data.labels()
+            except JobSpecError:
+                refused = True
+                raise
             if isinstance(info, JoinedData):
                 catalog = JobCatalog(spec, server, {}, python, package_url, source_shards=joined)
             else:
@@ -310,6 +372,7 @@ class JobRunner:
             self.run_started = time.monotonic()
             self.run_started_wall = time.time()
             driver = self._start_driver(scheduler, master, stack)
+            self._step("driver started")
             self.progress.note(f"framework subscribed to {master}")
 
             if spec.stacking is not None and spec.integration == "stacking":
@@ -336,6 +399,8 @@ class JobRunner:
                      for index in range(len(shard_rows))]
             self.progress.note(f"{len(items)} prediction tasks ({len(spec.models)} models x {len(shard_rows)} shards)")
             self._submit(scheduler, driver, items, lambda item, output: integrator.add(item.model, item.shard, output))
+            self._step("work handed over")
+            log.info("start-up: %s", self.describe_steps())
             self._drive(scheduler, driver, server,
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)

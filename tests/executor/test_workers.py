@@ -412,3 +412,34 @@ def test_a_bundle_stopped_early_leaves_its_worker_idle_for_the_next(tmp_path: Pa
         assert np.array_equal(output, model.predict_proba(x[:50])) and len(pool.worker_pids) == 1
     finally:
         pool.close()
+
+
+def test_a_probe_stops_once_threads_are_clearly_parallel(tmp_path: Path, data: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model whose first round shows two threads twice as fast is decided there (1 round: 3
+    calls, not 9); one whose pair runs no faster than one call is measured every round."""
+    from executor import workers
+
+    rounds: list[int] = []
+
+    def measured(parallel: bool) -> Callable[[Any, np.ndarray, int], tuple[float, float]]:
+        def seconds(function: Any, features: np.ndarray, threads: int) -> tuple[float, float]:
+            rounds.append(threads)
+            wall = 0.02 if parallel or threads == 1 else 0.04
+            return wall, 0.02 * threads  # (wall, CPU): two calls at once use two cores' worth, or one
+        return seconds
+
+    x, y = data
+    payload, cache = task(tmp_path, LogisticRegression(max_iter=500).fit(x, y), np.tile(x, (4, 1)))
+    loaded, shard = fetch_inputs(payload, cache)
+    for parallel, mode, calls in ((True, "thread", [1, 2]), (False, "process", [1, 2] * 3)):
+        monkeypatch.setattr(workers, "_concurrent_seconds", measured(parallel))
+        monkeypatch.setattr(workers, "cores", lambda: 2)
+        rounds.clear()
+        pool = PredictionPool(2, cache)
+        try:
+            assert pool.model_mode(payload, loaded, shard) == mode
+        finally:
+            pool.close()
+        assert rounds == calls, parallel
+    assert thread_speedup(np.sum, np.zeros(10), repeats=3, clear=None) >= 0  # the plain form still measures

@@ -88,8 +88,8 @@ def test_bad_model_file_fails_cleanly(demo: Path, tmp_path: Path, monkeypatch: p
 
     real_prepare = job_module.prepare
 
-    def prepare_then_corrupt(spec):  # noqa: ANN001, ANN202
-        result = real_prepare(spec)
+    def prepare_then_corrupt(spec, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        result = real_prepare(spec, **kwargs)
         spec.models[0].path.write_bytes(spec.models[0].path.read_bytes()[:-10] + b"0123456789")
         return result
 

@@ -1,0 +1,120 @@
+"""The job's start: the models' inspection process runs while the data is cut and the cluster
+starts (nothing launches before its answer), an abandoned run leaves no inspection process
+behind, and the start's steps are recorded in order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import joblib
+import pytest
+
+from framework import job as job_module
+from framework.demo import train_demo
+from framework.errors import JobSpecError
+from framework.inspection import CACHE_ENV, InspectionAhead
+from framework.job import JobRunner
+from framework.jobspec import load_job
+from harness import InProcessMesos
+from trojans import write_joblib_trojan
+
+
+def slow_demo(tmp_path: Path, seconds: float) -> Path:
+    """The founding example whose linear model sleeps ``seconds`` when loaded, after writing the
+    loading process' id to ``tmp_path/pids`` (its sha256 declared correctly)."""
+    demo = train_demo(tmp_path / "demo")
+    linear = demo.parent / "linear.joblib"
+    declared = hashlib.sha256(linear.read_bytes()).hexdigest()
+    pids = tmp_path / "pids"
+    write_joblib_trojan(linear, joblib.load(linear),
+                        f"[open({str(pids)!r}, 'a').write('%d\\n' % __import__('os').getpid()), "
+                        f"__import__('time').sleep({seconds})]")
+    text = demo.read_text().replace(declared, hashlib.sha256(linear.read_bytes()).hexdigest())
+    demo.write_text(text)
+    return demo
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float = 30.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+class Stop(Exception):
+    """Ends the run where the test has seen what it wanted."""
+
+
+def test_shards_are_cut_while_the_models_are_inspected_and_an_abandoned_run_kills_the_inspection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # inspected anew
+    demo = slow_demo(tmp_path, 60)
+    seen: dict[str, bool] = {}
+    real_spill = job_module.spill_shards
+
+    def spill_and_stop(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real_spill(*args, **kwargs)
+        inspecting = [t for t in threading.enumerate() if t.name == "inspection" and t.is_alive()]
+        seen["inspecting"] = bool(inspecting)
+        assert wait_for(lambda: (tmp_path / "pids").exists())  # the model is being loaded, elsewhere
+        raise Stop
+
+    monkeypatch.setattr(job_module, "spill_shards", spill_and_stop)
+    started = time.monotonic()
+    with pytest.raises(Stop):
+        JobRunner(load_job(demo), work_dir=tmp_path / "work", progress=lambda message: None).run()
+    assert seen == {"inspecting": True}  # the shards were cut while the inspection ran
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert pids and os.getpid() not in pids
+    assert wait_for(lambda: not any(alive(p) for p in pids), timeout=10)  # killed, not left to sleep on
+    assert time.monotonic() - started < 50
+    assert not [t for t in threading.enumerate() if t.name == "inspection"]
+
+
+def test_a_model_refused_by_its_inspection_launches_nothing_even_after_the_shards_are_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    demo = train_demo(tmp_path / "demo")
+    linear = demo.parent / "linear.joblib"
+    declared = hashlib.sha256(linear.read_bytes()).hexdigest()
+    linear.write_bytes(b"not a pickle")
+    demo.write_text(demo.read_text().replace(declared, hashlib.sha256(linear.read_bytes()).hexdigest()))
+    factory = InProcessMesos.factory([{"agent": "a1", "cpus": 2, "mem": 2048}], tmp_path / "sandboxes")
+    runner = JobRunner(load_job(demo), work_dir=tmp_path / "work", start_local_cluster=False,
+                       driver_factory=factory)
+    with pytest.raises(JobSpecError, match=r"models\[0\] \(linear\): linear\.joblib: could not be loaded"):
+        runner.run()
+    assert getattr(factory, "last", None) is None  # no driver was ever made: nothing subscribed or launched
+    assert "shards cut" in runner.steps and "driver started" not in runner.steps
+    assert not (tmp_path / "work").exists()  # made by the run, removed with the refusal
+
+
+def test_the_start_is_recorded_step_by_step(tmp_path: Path) -> None:
+    demo = train_demo(tmp_path / "demo")
+    spec = load_job(demo)
+    inspection = InspectionAhead(spec)  # as `mesos-ensemble run` starts it, before the framework's imports
+    factory = InProcessMesos.factory([{"agent": "a1", "cpus": 2, "mem": 2048}], tmp_path / "sandboxes")
+    runner = JobRunner(spec, start_local_cluster=False, driver_factory=factory, inspection=inspection)
+    runner.run()
+    steps = runner.steps
+    order = ["run", "data described", "shards cut", "cluster started", "artifacts served", "checked",
+             "driver started", "work handed over"]
+    assert [name for name in sorted(steps, key=steps.__getitem__) if name in order] == order
+    assert steps["run"] <= steps["models inspected"] <= steps["checked"]
+    assert inspection.finished_at == steps["models inspected"]  # the run used the answer given, not its own
+    described = runner.describe_steps()
+    assert described.startswith("data described ") and "models inspected" in described
