@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import functools
 import os
 import resource
@@ -71,6 +70,9 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
@@ -142,22 +144,6 @@ SUITES: dict[str, tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]], int,
 }
 
 
-def dump_members(members: dict[str, Any], directory: Path) -> dict[str, Path]:
-    """Each member as ``directory/<name>.joblib``; the paths by name."""
-    paths = {name: directory / f"{name}.joblib" for name in members}
-    for name, model in members.items():
-        joblib.dump(model, paths[name])
-    return paths
-
-
-def predict_shard(model: Any, shard: np.ndarray) -> np.ndarray:
-    return model.predict_proba(shard)
-
-
-def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
-    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
-
-
 def in_process_threads(members: dict[str, Any], shards: list[np.ndarray], per_member: dict[str, float],
                        cores: int) -> np.ndarray:
     """Every (member, shard) task on ``cores`` threads, longest member first, one BLAS/OpenMP
@@ -199,12 +185,8 @@ def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: 
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{"data.parquet" if text else "data.npy"}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
-                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512",
-                  *(['text = "text"'] if text else []), ""]
-        if executor_cpus is not None:
-            lines.insert(-1, f"executor_cpus = {executor_cpus}")
+        lines += model_entry(name, path, cpus, 512, *(['text = "text"'] if text else []),
+                             *([f"executor_cpus = {executor_cpus}"] if executor_cpus is not None else []))
     lines += ["[framework]", f'executors = "{executors}"', ""]
     hosts = [f'{{ hostname = "bench-agent{f"-{i}" if agents > 1 else ""}", cpus = {cores / agents:g}, mem = 16384 }}'
              for i in range(agents)]

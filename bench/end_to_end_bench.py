@@ -12,7 +12,6 @@ classification problem, then asked for predict_proba on ``--rows`` generated row
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
@@ -26,6 +25,9 @@ from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifie
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
@@ -40,23 +42,12 @@ def make_members(x: np.ndarray, y: np.ndarray) -> dict[str, object]:
     }
 
 
-def predict_shard(model: object, shard: np.ndarray) -> np.ndarray:
-    return model.predict_proba(shard)  # type: ignore[attr-defined]
-
-
-def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
-    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
-
-
 def job_file(directory: Path, members: dict[str, Path], data: Path, shard_rows: int, cpus: float,
              executors: str) -> Path:
     lines = ["[job]", 'name = "bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{data.name}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        lines += ["[[models]]", f'name = "{name}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
-                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 512",
-                  "executor_cpus = 0.05", ""]
+        lines += model_entry(name, path, cpus, 512, "executor_cpus = 0.05")
     lines += ["[framework]", f'executors = "{executors}"', ""]
     lines += ["[local_cluster]", f"agents = [{{ hostname = \"bench-agent\", cpus = {os.cpu_count()}, mem = 16384 }}]"]
     path = directory / "bench.toml"
@@ -87,10 +78,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         directory = Path(tmp)
-        paths = {}
-        for name, model in members.items():
-            paths[name] = directory / f"{name}.joblib"
-            joblib.dump(model, paths[name])
+        paths = dump_members(members, directory)
         np.save(directory / "data.npy", x)
 
         start = time.perf_counter()

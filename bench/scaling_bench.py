@@ -38,7 +38,8 @@ from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cores_bench  # noqa: E402  (bench/ is not a package)
+import benchlib  # noqa: E402  (bench/ is not a package)
+import cores_bench  # noqa: E402
 from framework.job import JobRunner  # noqa: E402  (cores_bench put the project on the path)
 from framework.jobspec import load_job  # noqa: E402
 
@@ -109,12 +110,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
         directory = Path(tmp)
-        paths = cores_bench.dump_members(members, directory)
+        paths = benchlib.dump_members(members, directory)
         np.save(directory / "data.npy", x)
         started = time.perf_counter()
         with threadpool_limits(1):
-            sequential = cores_bench.soft_vote(
-                [np.concatenate([cores_bench.predict_shard(m, s) for s in shards]) for m in members.values()])
+            sequential = benchlib.soft_vote(
+                [np.concatenate([benchlib.predict_shard(m, s) for s in shards]) for m in members.values()])
         compute = time.perf_counter() - started
         labels = np.asarray(members[next(iter(members))].classes_)[sequential]
         print(f"single-thread compute {compute:.2f} s")

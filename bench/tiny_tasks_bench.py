@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import re
 import sqlite3
@@ -49,6 +48,9 @@ from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifie
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
 from framework import job as job_module  # noqa: E402
 from framework.job import JobRunner  # noqa: E402
@@ -66,14 +68,6 @@ def make_members(x: np.ndarray, y: np.ndarray) -> dict[str, object]:
     }
 
 
-def predict_shard(model: object, shard: np.ndarray) -> np.ndarray:
-    return model.predict_proba(shard)  # type: ignore[attr-defined]
-
-
-def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
-    return np.average(np.stack(outputs), axis=0).argmax(axis=1)
-
-
 def job_file(directory: Path, name: str, members: dict[str, Path], data: Path, shard_rows: int | None,
              cores: int, keep_sandboxes: bool = False) -> Path:
     lines = ["[job]", f'name = "{name}"', 'integration = "soft_vote"', 'output = "out.npy"', "",
@@ -83,10 +77,7 @@ def job_file(directory: Path, name: str, members: dict[str, Path], data: Path, s
     lines.append("")
     cpus = round(1.0 - 0.05 / cores, 3)  # one shared executor of 0.05 cpus beside the tasks
     for member, path in members.items():
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        lines += ["[[models]]", f'name = "{member}"', f'path = "{path.name}"', f'sha256 = "{digest}"',
-                  'kind = "classifier"', 'output = "predict_proba"', f"cpus = {cpus}", "mem = 256",
-                  "executor_cpus = 0.05", ""]
+        lines += model_entry(member, path, cpus, 256, "executor_cpus = 0.05")
     lines += ["[local_cluster]", f'agents = [{{ hostname = "bench-agent", cpus = {cores}, mem = 16384 }}]']
     if keep_sandboxes:  # the executor's log, for --timeline
         lines.append("keep_sandboxes = true")
@@ -393,10 +384,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tiny-bench-") as tmp:
         directory = Path(tmp)
-        paths = {}
-        for name, model in members.items():
-            paths[name] = directory / f"{name}.joblib"
-            joblib.dump(model, paths[name])
+        paths = dump_members(members, directory)
         np.save(directory / "data.npy", x)
         reference_labels = np.asarray(members["forest"].classes_)  # type: ignore[attr-defined]
 
