@@ -41,6 +41,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, interval: floa
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @dataclass
 class FakeDriver:
     """Records launches, declines, suppress/revive, kills, reconciliations and acknowledgements."""

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +31,7 @@ from framework.inspection import (CACHE_ENV, InspectionError, InspectionLimits, 
                                   inspect_models, parse_metadata)
 from framework.job import member_features, member_specs, validate_job
 from framework.jobspec import load_job
+from harness import alive, wait_for
 from trojans import markers, marker_expression, write_joblib_trojan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,23 +187,6 @@ def test_several_models_each_load_in_a_process_of_their_own(tmp_path: Path, iris
     with pytest.raises(JobSpecError, match=r"^bad: crash.joblib: the inspection process exited with status 3"):
         inspect_models([*specs, SimpleNamespace(name="bad", path=crash, format="joblib", trusted_types=())],
                        lambda i, m: m.name)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_model_that_hangs_is_killed_with_what_it_started(tmp_path: Path, iris) -> None:  # noqa: ANN001

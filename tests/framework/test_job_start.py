@@ -19,7 +19,7 @@ from framework.errors import JobSpecError
 from framework.inspection import CACHE_ENV, InspectionAhead
 from framework.job import JobRunner
 from framework.jobspec import load_job
-from harness import InProcessMesos
+from harness import InProcessMesos, alive, wait_for
 from trojans import write_joblib_trojan
 
 
@@ -36,23 +36,6 @@ def slow_demo(tmp_path: Path, seconds: float) -> Path:
     text = demo.read_text().replace(declared, hashlib.sha256(linear.read_bytes()).hexdigest())
     demo.write_text(text)
     return demo
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 class Stop(Exception):

@@ -90,6 +90,20 @@ class Deployment:
     def launched(self) -> list[dict[str, Any]]:
         return [task for _offers, tasks, _filters in self.driver.launches for task in tasks]
 
+    def first_launches(self) -> list[dict[str, Any]]:
+        """Subscribe, offer agent a1 and return the two replicas (one per member) it launches."""
+        self.subscribe()
+        self.controller.resourceOffers(self.driver, [port_offer("a1")])
+        return wait_for(lambda: len(self.launched()) == 2 and self.launched())
+
+    def deploy(self) -> list[dict[str, Any]]:
+        """:meth:`first_launches`, then both replicas run and pass their health checks."""
+        tasks = self.first_launches()
+        for task in tasks:
+            self.run(task)
+        wait_for(self.controller.all_ready)
+        return tasks
+
     def run(self, task: dict[str, Any], agent: str = "a1", mode: str = "thread",
             phases: dict[str, float] | None = None) -> None:
         data = base64.b64encode(json.dumps({"port": 1, "pid": 4242, "predict_mode": mode,
@@ -113,9 +127,7 @@ def ports_of(task: dict[str, Any]) -> list[int]:
 def test_min_replicas_launch_with_ports_and_join_the_table_once_running(demo: JobSpec, server: ArtifactServer) -> None:
     deployment = Deployment(demo, server)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        tasks = deployment.first_launches()
         assert sorted(payload(t)["model"] for t in tasks) == ["linear", "logistic"]
         assert sorted(p for t in tasks for p in ports_of(t)) == [31000, 31001]  # one port each, never shared
         for task in tasks:
@@ -144,9 +156,7 @@ def test_later_replicas_of_a_model_are_launched_with_the_predict_mode_its_first_
     caplog.set_level(logging.INFO, logger="framework.serving.controller")
     deployment = Deployment(demo, server)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        tasks = deployment.first_launches()
         assert [payload(t)["predict_mode"] for t in tasks] == [None, None]  # nothing measured yet: they probe
         for task in tasks:
             mode = "process" if payload(task)["model"] == "linear" else "thread"
@@ -171,12 +181,7 @@ def test_later_replicas_of_a_model_are_launched_with_the_predict_mode_its_first_
 def test_a_replica_that_ends_is_removed_and_replaced(demo: JobSpec, server: ArtifactServer) -> None:
     deployment = Deployment(demo, server)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         linear = next(t for t in tasks if payload(t)["model"] == "linear")
         revived = deployment.driver.revived
         deployment.controller.statusUpdate(deployment.driver, make_status(
@@ -223,12 +228,7 @@ def test_scale_down_drains_the_replica_on_the_most_expensive_agent(demo: JobSpec
 def test_rolling_update_starts_new_replicas_before_old_ones_drain(demo: JobSpec, server: ArtifactServer) -> None:
     deployment = Deployment(demo, server)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
         # The job reloaded with another linear model file: served, then the member retargeted.
         linear = demo.model("linear")
@@ -258,12 +258,7 @@ def test_journal_keeps_replicas_and_a_restart_adopts_the_running_ones(demo: JobS
     state = ServeState.open(tmp_path / "state")
     deployment = Deployment(demo, server, state=state)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         assert state.framework_id == "F1"
         wait_for(lambda: {r.state for r in state.replicas()} == {"TASK_RUNNING"})
     finally:
@@ -332,9 +327,7 @@ def test_an_executor_journaled_idle_by_a_killed_serve_is_shut_down_by_the_next(d
     deployment = Deployment(demo, server, state=state)
     deployment.controller.executor_idle_seconds = 3600.0  # this serve dies before it would shut it down
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
+        tasks = deployment.first_launches()
         assert [(e.agent_id, e.executor_id, e.hostname, e.state) for e in state.executors()] == [
             ("a1", "ensemble.g0", "a1.example", "running")]  # journaled before the launch was sent
         for task in tasks:
@@ -406,12 +399,7 @@ def test_a_master_failover_reconciles_every_known_replica_keeps_them_serving_and
     state = ServeState.open(tmp_path / "state")
     deployment = Deployment(demo, server, state=state, bounds={"linear": (1, 3), "logistic": (1, 1)})
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         known = sorted(t["task_id"]["value"] for t in tasks)
         deployment.driver.framework_id = "F1"
         deployment.controller.disconnected(deployment.driver)
@@ -475,12 +463,7 @@ def test_an_agent_lost_takes_its_replicas_and_executor_and_they_are_replaced_els
     state = ServeState.open(tmp_path / "state")
     deployment = Deployment(demo, server, state=state)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         # The master's word: the agent is gone (FAILURE), its tasks TASK_LOST (no uuid to acknowledge).
         deployment.controller.slaveLost(deployment.driver, {"value": "a1"})
         for task in tasks:
@@ -661,12 +644,7 @@ def test_a_restart_launches_into_the_executor_it_adopted_with_its_journaled_info
     state = ServeState.open(tmp_path / "state")
     deployment = Deployment(demo, server, state=state)
     try:
-        deployment.subscribe()
-        deployment.controller.resourceOffers(deployment.driver, [port_offer("a1")])
-        tasks = wait_for(lambda: len(deployment.launched()) == 2 and deployment.launched())
-        for task in tasks:
-            deployment.run(task)
-        wait_for(deployment.controller.all_ready)
+        tasks = deployment.deploy()
         wait_for(lambda: {r.state for r in state.replicas()} == {"TASK_RUNNING"})
     finally:
         deployment.close()
