@@ -67,6 +67,8 @@ long enough, at a quarter of the CPU that 80 ms calls would now cost."""
 
 PROBE_MIN_ROWS = 64
 
+WHERE: dict[Mode, str] = {"thread": "threads", "process": "worker processes"}
+"""A mode as the executor's log says it."""
 TEXT_MODE: Mode = "process"
 """Where a text member (``input_format = "text"``) predicts, unprobed: its vectorizer tokenises
 in Python, holding the GIL for most of the call, so two threads never beat one (the text suite's
@@ -478,8 +480,8 @@ class PredictionPool:
             if key not in self.modes:
                 chosen: Mode = "thread" if self.size < 2 or cores() < 2 else measured
                 self.modes[key] = chosen
-                log.info("model %s: predictions run in %ss, as an earlier replica measured (not probed here)",
-                         payload.model_name, chosen)
+                log.info("model %s: predictions run in %s, as an earlier replica measured (not probed here)",
+                         payload.model_name, WHERE[chosen])
             return self.modes[key]
 
     def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray,
@@ -512,8 +514,8 @@ class PredictionPool:
             timeline.mark(f"probed:{payload.model_name}")
         self.measured[key] = used
         chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
-        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %ss",
-                 payload.model_name, used, len(rows), chosen)
+        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %s",
+                 payload.model_name, used, len(rows), WHERE[chosen])
         return chosen
 
     # Worker processes.
