@@ -19,9 +19,10 @@ Both sides get the same cores:
   replica asks for 0.5 cpus (forest), 0.25 (boosting) or 0.1 (logistic regression), each member
   1..cores replicas (the logistic regression 1..cores/2): at their most they declare 80 % of
   the cores, so the packer cannot place more replicas than the cores can run; each member keeps
-  ``--standby`` standby replicas (1 by default: ready, out of the gateway's table, routed at once
-  on a scale-up; they hold the second agent, so the cost at base load is 3.0 per hour, not 1.0;
-  ``--standby 0`` for the deployment without them);
+  ``--standby`` standby replicas (0 by default, as ``serve``'s own default: the least-cost
+  deployment; ``--standby 1``: each member keeps one ready replica out of the gateway's table,
+  routed at once on a scale-up; they hold the second agent, so the cost at base load is 3.0 per
+  hour, not 1.0);
 - **baseline**: the same members behind a plain aiohttp server with ``os.cpu_count()`` worker
   processes sharing one listening socket (as gunicorn's pre-fork workers do), each loading every
   member with joblib and limited to one BLAS/OpenMP thread (no oversubscription).  Each request:
@@ -947,8 +948,9 @@ def main() -> None:
     parser.add_argument("--step-base", type=float, default=None,
                         help="base rate of the step (default: 3/16 of the project's max rate at the SLO)")
     parser.add_argument("--no-step", action="store_true", help="sweep and half-rate phases only")
-    parser.add_argument("--standby", type=int, default=1,
-                        help="each member's standby_replicas (ready, out of the gateway's table; 0: none)")
+    parser.add_argument("--standby", type=int, default=0,
+                        help="each member's standby_replicas (ready, out of the gateway's table; default 0: "
+                             "none, as serve's default)")
     parser.add_argument("--step-high", type=float, default=None,
                         help="seconds at 4x the base (default 20; 5 with --quick)")
     parser.add_argument("--fall-seconds", type=float, default=None,
