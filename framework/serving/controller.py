@@ -587,12 +587,14 @@ class ServingController(pymesos.Scheduler):
                 return
             replica.state, replica.since = ReplicaState.READY, self.clock()
             self._repack_looked.clear()
+            # routed in the same critical section: no one sees it READY and out of the table (a
+            # standby replica, to counts() and the gateway) while it is on its way in
+            self._route("ready")
             self._changed.notify_all()
         if self.state is not None:
             self.state.set_state(task_id, "TASK_RUNNING")
         log.info("replica %s of %s ready at %s in %s", task_id, replica.member, replica.url,
                  start_timeline(replica, replica.since))
-        self._route("ready")
 
     def _route(self, why: str) -> None:
         """Put in the gateway's table the ready replicas ``placement.route`` routes, and take out the
