@@ -1017,10 +1017,11 @@ class ServingController(pymesos.Scheduler):
         return True
 
     def all_ready(self) -> bool:
-        """Every member has at least its desired number of ready replicas of its current model."""
+        """Every member has at least its desired number of replicas of its current model ready and
+        in the gateway's table (routed: a standby replica is ready and takes no request)."""
         with self.lock:
             return all(len([r for r in self.replicas.values() if r.member == m and r.sha256 == t.sha256
-                            and r.state is ReplicaState.READY]) >= self.desired.get(m, t.min_replicas)
+                            and r.state is ReplicaState.READY and r.routed]) >= self.desired.get(m, t.min_replicas)
                        for m, t in self.targets.items())
 
 

@@ -118,8 +118,11 @@ def test_the_controller_routes_its_standby_replica_on_a_scale_up_and_on_a_loss(d
         # the autoscaler wants one more: the standby one is in the table within one decision
         with controller.lock:
             controller.desired["linear"] = 2
+            # two ready, one routed: not ready until the standby one is in the gateway's table
+            assert not controller.all_ready()
         controller.poke()
         wait_for(lambda: len(routed_ids(deployment, "linear")) == 2)
+        assert controller.all_ready()
         controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31010, end=31019, cpus=8.0)])
         [successor] = wait_for(lambda: len(deployment.launched()) == 4 and deployment.launched()[3:])
         deployment.run(successor)
