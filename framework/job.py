@@ -473,6 +473,20 @@ class JobRunner:
         ensemble.write_report_json(report, json_beside(spec.report))
         write_html_report(report, spec.report, title=f"{spec.name}: run report")
 
+    def run_tasks(self, catalog: JobCatalog, master: str, server: ArtifactServer, items: list[WorkItem],
+                  on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
+        """Run ``items`` to the end in a framework of their own on ``master`` (subscribed for them,
+        torn down once they are in; no journal), every result to ``on_result`` (a failed member
+        fails them all: ``JobFailed``).  ``serve`` runs a stacking job's fit phase so, beside its
+        replicas' framework.  ``catalog`` builds the tasks; ``server`` serves their files and
+        takes their results; ``credentials`` (the embedded cluster's) must be set when the job's
+        own are not the master's."""
+        with ExitStack() as stack:
+            scheduler = self._scheduler(Tracker([], self.spec.framework.max_retries), catalog)
+            self.run_started = time.monotonic()
+            driver = self._start_driver(scheduler, master, stack)
+            self._run_tasks(scheduler, driver, server, items, on_result)
+
     def _run_tasks(self, scheduler: EnsembleScheduler, driver: Any, server: ArtifactServer, items: list[WorkItem],
                    on_result: Callable[[WorkItem, np.ndarray], None]) -> None:
         """Run ``items`` to the end, every result to ``on_result`` (a failed member fails the job)."""
