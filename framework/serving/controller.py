@@ -214,6 +214,10 @@ class ServingController(pymesos.Scheduler):
         self._repack_looked: dict[str, float] = {}
         """Per agent, when a re-pack was last looked for with its offers (see REPACK_CHECK_SECONDS)."""
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
+        self.held: dict[str, str] = {}
+        """Per member of a stacking update under way, the model file (sha256) whose replicas stay
+        (ready, routed, never drained nor replaced) until :meth:`release_held`: the gateway answers
+        with them until it switches to every member's new replicas at once."""
         self.predict_modes: dict[str, str] = {}
         """Per model file (sha256): where its first replica found its predictions run best
         (TASK_RUNNING's ``predict_mode``); later replicas are launched with it and skip the probe."""
@@ -793,7 +797,7 @@ class ServingController(pymesos.Scheduler):
             desired = self.desired.get(m, t.min_replicas)
             standby = placement.standby_for(desired, t.standby_replicas, t.max_replicas)
             targets[m] = dataclasses.replace(self.catalog.replica_target(m, desired + standby, t.sha256),
-                                             standby=standby)
+                                             standby=standby, held_sha256=self.held.get(m))
         return placement.ServeSnapshot(
             targets=targets,
             replicas=tuple(placement.ReplicaView(r.task_id, r.member, r.agent_id, r.sha256, _placement_state(r.state),
@@ -960,8 +964,11 @@ class ServingController(pymesos.Scheduler):
         return "127.0.0.1" if self.loopback else hostname
 
     # --- main-thread API -------------------------------------------------------------------------
-    def retarget(self, targets: Mapping[str, ServedMember]) -> list[str]:
-        """A reloaded job: members whose model changed roll to the new one; returns their names."""
+    def retarget(self, targets: Mapping[str, ServedMember], hold: bool = False) -> list[str]:
+        """A reloaded job: members whose model changed roll to the new one; returns their names.
+        ``hold`` (a stacking update): their replicas of the model they had stay as they are
+        (ready, routed) beside the new ones until :meth:`release_held`; without it, a member
+        retargeted is held no more (an update given up goes back to the held model)."""
         changed = []
         with self.lock:
             for name, target in targets.items():
@@ -969,11 +976,21 @@ class ServingController(pymesos.Scheduler):
                 if before is not None and before.sha256 != target.sha256:
                     changed.append(name)
                     self._wanted_at[name] = self.clock()
+                    if hold:
+                        self.held[name] = before.sha256
+                    else:
+                        self.held.pop(name, None)
                 self.targets[name] = target
                 self.desired[name] = max(target.min_replicas, min(target.max_replicas,
                                                                   self.desired.get(name, target.min_replicas)))
         self.poke()
         return changed
+
+    def release_held(self) -> None:
+        """A stacking update's switch is done: the held replicas drain (as a rolling update's)."""
+        with self.lock:
+            self.held.clear()
+        self.poke()
 
     def drain_all(self) -> None:
         """Stop: every replica out of the table and killed (they finish what they have in flight)."""

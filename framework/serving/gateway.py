@@ -412,6 +412,17 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._table_version = -1
+        self.pinned: dict[str, str] | None = None
+        """Per member, the model file (sha256) whose replicas take this gateway's calls (None: any
+        of the member's replicas).  A stacking deployment pins them: its final estimator was
+        fitted on those members' predictions, so an update switches them all with it
+        (:meth:`switch`)."""
+        self._admitted = 0
+        """Requests past admission and not answered yet (each was combined with the combiner in
+        force when it was admitted: :meth:`switch` waits for them)."""
+        self._quiet: asyncio.Event | None = None
+        self._switching: asyncio.Event | None = None
+        """Set while a switch waits for the requests in flight: new requests wait for it."""
 
     # Life cycle (called from the controller's thread) -----------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -489,6 +500,60 @@ class Gateway:
             batcher.reconfigure(options.max_batch_rows, options.max_wait_ms / 1000.0, options.max_queue,
                                 options.queue_timeout_ms / 1000.0)
 
+    def switch(self, members: Sequence[MemberSpec], combiner_factory: CombinerFactory,
+               pinned: Mapping[str, str], timeout: float = 60.0) -> None:
+        """Answer with new members' replicas and a new combiner from now on, all at once (a stacking
+        update: new replicas, ``pinned`` by sha256, and the final estimator refitted on their
+        predictions).  New requests wait while the admitted ones finish with the old combiner and
+        replicas; then everything is swapped between two requests, so every answer is entirely
+        old or entirely new, and none fails.  Thread-safe; the members keep their names and
+        columns (their outputs may change).  Raises ``ValueError`` (nothing swapped) when the
+        combiner does not take the members."""
+        members = tuple(members)
+        if [m.name for m in members] != [m.name for m in self.members]:
+            raise ValueError(f"a switch keeps the members {[m.name for m in self.members]}, got "
+                             f"{[m.name for m in members]}")
+        combiner = RequestCombiner(combiner_factory(members), members, self.combiner.min_members)
+
+        def apply() -> None:
+            self.members, self.combiner, self.pinned = members, combiner, dict(pinned)
+
+        loop = self._loop
+        if loop is None:
+            apply()
+            return
+
+        async def swap() -> None:
+            gate = self._switching = asyncio.Event()
+            try:
+                while self._admitted:
+                    self._quiet = asyncio.Event()
+                    await self._quiet.wait()
+                apply()
+            finally:
+                self._switching = None
+                gate.set()
+        asyncio.run_coroutine_threadsafe(swap(), loop).result(timeout)
+
+    async def _enter(self) -> None:
+        """Admit a request (after any switch under way)."""
+        while self._switching is not None:
+            await self._switching.wait()
+        self._admitted += 1
+
+    def _leave(self) -> None:
+        self._admitted -= 1
+        if not self._admitted and self._quiet is not None:
+            self._quiet.set()
+
+    def _ready(self, member: str) -> list[Replica]:
+        """The member's replicas that take calls: ready, and of its pinned model file if any."""
+        ready = self.table.ready(member)
+        if self.pinned is None:
+            return ready
+        sha = self.pinned.get(member)
+        return [r for r in ready if r.sha256 == sha]
+
     def set_cost_per_hour(self, cost: float, lower_bound: float | None = None) -> None:
         """The deployment's cost per hour (and the packer's lower bound), shown by ``/metrics``."""
         self.metrics.set_cost_per_hour(cost, lower_bound)
@@ -537,11 +602,11 @@ class Gateway:
         names, cap = [m.name for m in self.members], self.options.max_slack_ms / 1000.0
 
         def slack() -> float:  # a member with no ready replica holds no answer back
-            return min(cap, self.balancer.slack(member, [n for n in names if n == member or self.table.ready(n)]))
+            return min(cap, self.balancer.slack(member, [n for n in names if n == member or self._ready(n)]))
         return slack
 
     def _concurrency(self, member: str) -> Any:
-        return lambda: self.options.batches_per_replica * max(1, len(self.table.ready(member)))
+        return lambda: self.options.batches_per_replica * max(1, len(self._ready(member)))
 
     def _batch_sent(self, member: str, sent: BatchSent) -> None:
         self.metrics.batch(member, sent.rows)
@@ -599,7 +664,7 @@ class Gateway:
         self._forget_gone()
 
         def launch() -> bool:
-            ready = {r.replica_id: r for r in self.table.ready(member)}
+            ready = {r.replica_id: r for r in self._ready(member)}
             chosen = self.balancer.pick(list(ready), loop.time(), exclude=tried)
             if chosen is None:
                 return False
@@ -759,6 +824,16 @@ class Gateway:
             return web.json_response({"error": str(exc)}, status=400)
         if deadline_ms is not None:
             deadline_ms -= (time.monotonic() - started) * 1000.0  # reading the body took some of it
+        await self._enter()
+        try:
+            return await self._answer(rows, texts, want_members, deadline_ms, started)
+        finally:
+            self._leave()
+
+    async def _answer(self, rows: np.ndarray, texts: Mapping[str, np.ndarray], want_members: bool,
+                      deadline_ms: float | None, started: float) -> web.Response:
+        """An admitted request's answer (the combiner and replicas in force stay so until it is in)."""
+        combiner = self.combiner
         names = [m.name for m in self.members]
         parts = [texts[self.member_text[n]] if n in self.member_text
                  else rows if self.member_columns[n] is None else np.ascontiguousarray(rows[:, self.member_columns[n]])
@@ -791,8 +866,8 @@ class Gateway:
         errors = {n: errors[n] for n in names if n in errors}
         answered, missing = [n for n in names if n in outputs], [n for n in names if n not in outputs]
         try:
-            records = self.combiner.combine(outputs, rows)
-            answer: dict[str, Any] = {"predictions": self.combiner.predictions(records)}
+            records = combiner.combine(outputs, rows)
+            answer: dict[str, Any] = {"predictions": combiner.predictions(records)}
         except IntegrationError as exc:
             if sheds:  # too few members answered because some shed it: say why, as a shed request
                 return self._shed(next((s for s in sheds if s.sent), sheds[0]), answered, missing, errors, shed_by)
@@ -804,7 +879,7 @@ class Gateway:
             return web.json_response({"error": f"integration failed: {exc}", "answered_by": answered,
                                       "missing": missing}, status=500)
         if want_members:
-            answer["members"] = self.combiner.member_values(outputs)
+            answer["members"] = combiner.member_values(outputs)
         answer["answered_by"], answer["missing"] = answered, missing
         if errors:
             answer["errors"] = errors

@@ -8,7 +8,8 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
 1. **drains** (none ever takes a member below ``min(desired, ready replicas)`` ready ones):
    a. a replica whose re-pack replacement (a replica naming it in ``replaces``) is ready;
    b. rolling update: replicas whose sha256 is not the member's: those still starting at once,
-      ready ones only as new ones are ready (never fewer ready than the desired count);
+      ready ones only as new ones are ready (never fewer ready than the desired count), and
+      those of the member's ``held_sha256`` (a stacking update) not at all;
    c. scale down: the replicas above the desired count, those on the most expensive agents
       first (then on the agents with the fewest of our replicas, so whole agents are released;
       on one agent, starting ones before ready ones), ready ones only while the member keeps
@@ -95,6 +96,10 @@ class MemberTarget:
     standby: int = 0
     """Of ``desired``, how many are standby replicas: kept ready out of the gateway's table
     (:func:`route`), launched, placed, drained and priced as the others."""
+    held_sha256: str | None = None
+    """A stacking deployment's update under way: the model file the gateway still answers with
+    (the new final estimator needs every member's new replicas at once), whose replicas are not
+    drained (nor replaced) until the controller lets them go."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +304,10 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
     for member, target in sorted(snapshot.targets.items()):
         mine = [r for r in live if r.member == member and r.replica_id not in gone]
         # b. rolling update: old starting ones at once; old ready ones as new ones are ready
+        #    (held ones, a stacking update's, not before the gateway has switched)
         for replica in sorted((r for r in mine if r.sha256 != target.sha256), key=key):
+            if replica.sha256 == target.held_sha256 and replica.ready:
+                continue
             if not replica.ready:
                 drain(replica, "update")
             elif ready_left[member] - 1 >= target.desired:

@@ -13,13 +13,15 @@ members' replicas then serve their stack methods.  A ``[[sources]]`` job's reque
 columns its members take (:func:`request_columns`); a text member's replicas take its text column.
 
 SIGHUP (or ``serve --reload``) reloads the job file: a member whose model changed (a new sha256)
-rolls to it, new replicas first; every other ``[serve]`` field applies live (replica bounds,
+rolls to it, new replicas first (a stacking job's: its final estimator fitted again first, the
+new replicas started beside the old, then the gateway switched to both in one step, then the old
+replicas drained); every other ``[serve]`` field applies live (replica bounds,
 ``target_p99_ms`` and ``scale_down_delay_s`` from the autoscaler's next decision,
 ``scale_interval_s``, the gateway's batching, hedging and shedding limits between two requests).
 A reload that changes what cannot change while serving (the gateway's ``address``; a
 ``max_batch_rows`` above the rows the running replicas accept per call; the models' names, kinds,
-outputs, weights or columns; the integration or ``min_members``; a stacking member's model file
-or ``[stacking]``) or whose models fail the checks
+outputs, weights or columns; the integration or ``min_members``; the stack method of a stacking
+member whose model file is unchanged) or whose models fail the checks (or whose stacking refit fails)
 is refused in one line naming the field, and the old configuration keeps serving: nothing of a
 refused reload applies.  SIGINT/SIGTERM: the gateway stops accepting and finishes what
 it has, every replica drains and is killed, the framework is torn down; exit 130/143.  A
@@ -125,6 +127,20 @@ class ServeOutcome:
     members: dict[str, dict[str, int]]
 
 
+@dataclass(frozen=True)
+class _FitContext:
+    """Where a stacking deployment's fit phase runs (its start's, and its reloads')."""
+
+    master: str
+    server: ArtifactServer
+    python: str
+    package_url: str
+    bind: str
+    feature_names: tuple[str, ...]
+    work_dir: Path
+    credentials: tuple[str, str] | None
+
+
 class ServeRunner:
     """One deployment of a job (see the module docstring)."""
 
@@ -148,6 +164,9 @@ class ServeRunner:
         """How often the deployment is sampled into its journal (``framework.serving.monitor``)."""
         self.serve_spec = spec.serve or ServeSpec()
         """The ``[serve]`` table in force (a reload replaces it; the autoscaler reads it)."""
+        self._fit_context: _FitContext | None = None
+        """What a stacking deployment's reload needs to fit its final estimator again."""
+        self._refits = 0
 
     # ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -188,13 +207,16 @@ class ServeRunner:
             catalog.publish_models(spec)
             stacking: ensemble.FittedStacking | None = None
             if spec.integration == "stacking":
-                members, stacking = self._fit_stacking(runner, master, catalog, server, members, estimators,
-                                                       feature_names, work_dir)
+                self._fit_context = _FitContext(master, server, python, package_url, bind, feature_names, work_dir,
+                                                runner.credentials)
+                members, stacking = self._fit_stacking(spec, catalog, members, estimators, work_dir / "stacking")
 
             from framework.serving.routing import ReplicaTable
 
             table = ReplicaTable()
             self.gateway = gateway = self._gateway(spec, serve, members, feature_names, table, stacking)
+            if stacking is not None:  # its final estimator takes these members' predictions, no others
+                gateway.pinned = {m.name: m.sha256 for m in spec.models}
             host, port = gateway.start(serve.host, serve.port)
             self.url = f"http://{host}:{port}"
             stop_gateway = _once(gateway.stop)
@@ -270,35 +292,32 @@ class ServeRunner:
         return Gateway(serve, members, table, combiner_factory(spec.integration, **params), columns=feature_names,
                        min_members=spec.min_members, integration=spec.integration, text_columns=spec.data.text)
 
-    def _fit_stacking(self, runner: Any, master: str, catalog: ServeCatalog, server: ArtifactServer,
-                      members: list[ensemble.MemberSpec], estimators: dict[str, Any], feature_names: tuple[str, ...],
-                      work_dir: Path) -> tuple[list[ensemble.MemberSpec], ensemble.FittedStacking]:
-        """Stacking, before anything is deployed: the final estimator fitted here from numbers
-        (nothing unpickled): those ``run`` recorded beside ``stacking.save_to`` when they were
-        made for these members, train data and ``[stacking]``; else ``run``'s fit phase, as ``run``
-        runs it (each member's cross-validation folds as Mesos tasks of a framework of their own,
-        torn down once they are in).  The members come back as stacked (``output``: their stack
-        method, which their replicas then serve); ``catalog`` keeps the stack methods."""
+    def _fit_stacking(self, spec: JobSpec, catalog: ServeCatalog, members: list[ensemble.MemberSpec],
+                      estimators: dict[str, Any], work_dir: Path
+                      ) -> tuple[list[ensemble.MemberSpec], ensemble.FittedStacking]:
+        """Stacking, before its members are deployed (at the start, or a reload's): the final
+        estimator fitted here from numbers (nothing unpickled): those ``run`` recorded beside
+        ``stacking.save_to`` when they were made for these members, train data and ``[stacking]``;
+        else ``run``'s fit phase, as ``run`` runs it (each member's cross-validation folds as Mesos
+        tasks of a framework of their own, torn down once they are in:
+        :meth:`framework.job.JobRunner.run_tasks`).  The members come back as stacked (``output``:
+        their stack method, which their replicas then serve); ``catalog`` keeps the stack methods."""
+        from framework.job import JobRunner
         from framework.members import member_columns
         from framework.stacking_run import fit_stacking_model
-        from framework.tasks import Tracker
 
-        spec = self.spec
-        catalog.columns = member_columns(members, feature_names)
+        context = self._fit_context
+        assert context is not None
+        catalog.columns = member_columns(members, context.feature_names)
+        runner = JobRunner(spec)
+        runner.credentials = context.credentials
         started = time.monotonic()
-        with ExitStack() as stack:
-            def run_tasks(items: list[Any], on_result: Callable[[Any, Any], None]) -> None:
-                scheduler = runner._scheduler(Tracker([], spec.framework.max_retries), catalog)
-                runner.run_started = time.monotonic()
-                driver = runner._start_driver(scheduler, master, stack)  # torn down when the block ends
-                runner._run_tasks(scheduler, driver, server, items, on_result)
-
-            stacked, fitted = fit_stacking_model(spec, catalog, server, members, estimators, feature_names,
-                                                 work_dir / "stacking", run_tasks, progress=self.note, save=False,
-                                                 reuse=True)
+        stacked, fitted = fit_stacking_model(
+            spec, catalog, context.server, members, estimators, context.feature_names, work_dir,
+            lambda items, on_result: runner.run_tasks(catalog, context.master, context.server, items, on_result),
+            progress=self.note, save=False, reuse=True)
         self.note(f"stacking: final estimator {type(fitted.final_estimator).__name__} fitted on the members' "
-                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))} in {time.monotonic() - started:.1f} s; "
-                  "deploying the members")
+                  f"out-of-fold {', '.join(sorted(set(fitted.stack_methods)))} in {time.monotonic() - started:.1f} s")
         return stacked, fitted
 
     @staticmethod
@@ -381,12 +400,24 @@ class ServeRunner:
                     GatewayOptions.from_spec(serve, base=self.gateway.options)
                 except ValueError as error:
                     raise JobSpecError(f"{spec.source}: serve: {error}") from None
-            prepare(spec)
+            _info, members, estimators = prepare(spec)
+            restack = spec.integration == "stacking" and _restacks(self.spec, spec)
+            if restack:
+                _check_stack_methods(self.spec, spec, estimators, catalog.methods)
         except FrameworkError as error:
-            log.error("reload refused: %s", error)
-            self.note(f"reload refused: {error}; serving on with the previous configuration")
-            return []
-        # Checked whole: now applied whole (none of these refuses what passed the checks above).
+            return self._refuse(str(error))
+        if restack:
+            return self._reload_stacking(controller, catalog, spec, serve, changes, members, estimators)
+        return self._apply_reload(controller, catalog, spec, serve, changes)
+
+    def _refuse(self, why: str) -> list[str]:
+        log.error("reload refused: %s", why)
+        self.note(f"reload refused: {why}; serving on with the previous configuration")
+        return []
+
+    def _apply_reload(self, controller: ServingController, catalog: ServeCatalog, spec: JobSpec, serve: ServeSpec,
+                      changes: list[str], restacked: str = "") -> list[str]:
+        """Apply a checked reload whole (none of these refuses what passed the checks)."""
         if self.gateway is not None:
             self.gateway.reconfigure(serve)
         self.serve_spec = catalog.serve = serve
@@ -394,10 +425,66 @@ class ServeRunner:
         catalog.publish_models(spec)
         self.spec = spec
         changed = controller.retarget(self._targets(spec, serve))
-        self.note(f"reloaded {self.job_file}: " + (f"rolling {', '.join(changed)} to the new model(s)"
-                                                    if changed else "no model changed")
+        self.note(f"reloaded {self.job_file}: " + (restacked or (
+            f"rolling {', '.join(changed)} to the new model(s)" if changed else "no model changed"))
                   + (f"; [serve] {', '.join(changes)}" if changes else ""))
         return changed
+
+    def _reload_stacking(self, controller: ServingController, catalog: ServeCatalog, spec: JobSpec,
+                         serve: ServeSpec, changes: list[str], members: list[ensemble.MemberSpec],
+                         estimators: dict[str, Any]) -> list[str]:
+        """A stacking deployment's rolling update: the final estimator fitted again for the new
+        members or ``[stacking]`` (as at the start: from ``run``'s record when it is for them,
+        else the fit phase as Mesos tasks), the changed members' new replicas started beside the
+        old ones (which keep answering) until they are ready and routed, then the gateway
+        switched to the new replicas and final estimator in one step, and only then the old
+        replicas drained.  A refit that fails, or new replicas not ready in time, leaves the old
+        deployment serving (one line says why)."""
+        context = self._fit_context
+        assert context is not None and self.gateway is not None
+        started = time.monotonic()
+        self._refits += 1
+        fit_catalog = ServeCatalog(spec, context.server, context.python, context.package_url, context.bind)
+        fit_catalog.publish_models(spec)
+        try:
+            stacked, fitted = self._fit_stacking(spec, fit_catalog, members, estimators,
+                                                 context.work_dir / f"stacking-reload-{self._refits}")
+        except (FrameworkError, ValueError) as error:
+            return self._refuse(f"the stacking refit failed: {_one_line(error)}")
+        old_spec, old_methods = self.spec, dict(catalog.methods)
+        catalog.publish_models(spec)
+        catalog.methods = dict(fit_catalog.methods)
+        rolling = controller.retarget(self._targets(spec, self.serve_spec), hold=True)
+        if rolling:
+            self.note(f"stacking update: starting {', '.join(rolling)} on the new model(s) beside the old replicas")
+        if not self._wait_staged(controller):
+            controller.retarget(self._targets(old_spec, self.serve_spec))  # the new replicas drain
+            catalog.publish_models(old_spec)
+            catalog.methods = old_methods
+            if self.stop_requested.is_set():
+                return []
+            return self._refuse(f"the new replicas were not ready within {READY_TIMEOUT_SECONDS:.0f} s "
+                                f"({_describe_counts(controller.counts())}); they were stopped")
+        from framework.serving.combine import combiner_factory
+
+        self.gateway.switch(stacked, combiner_factory("stacking", model=fitted),
+                            {m.name: m.sha256 for m in spec.models})
+        controller.release_held()
+        self._apply_reload(
+            controller, catalog, spec, serve, changes,
+            f"stacking refitted ({type(fitted.final_estimator).__name__}) in {time.monotonic() - started:.1f} s; "
+            + (f"switched to the new replicas of {', '.join(rolling)} and the new final estimator in one step, "
+               "draining the old ones" if rolling else "switched to the new final estimator"))
+        return rolling
+
+    def _wait_staged(self, controller: ServingController) -> bool:
+        """Wait until every member's new replicas are ready and routed (False: not in time, or stopping)."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not controller.all_ready():
+            if self.stop_requested.is_set() or time.monotonic() > deadline:
+                return False
+            controller.wait_until(controller.all_ready, 0.5)
+        return True
 
     def _stop_driver(self, driver: Any, state: ServeState) -> None:
         """Stop the driver and wait for it: the framework torn down (its replicas and executors
@@ -451,18 +538,43 @@ def _check_reloadable(before: JobSpec, after: JobSpec) -> None:
         if getattr(before, name) != getattr(after, name):
             raise JobSpecError(f"{after.source}: job.{name} changed; a reload changes model files and [serve] "
                                "fields only (restart serve)")
-    if before.integration == "stacking":
-        changed = [new.name for old, new in zip(before.models, after.models) if old.sha256 != new.sha256]
-        if changed:
-            raise JobSpecError(f"{after.source}: models ({changed[0]}).sha256 changed; a stacking deployment's final "
-                               "estimator was fitted on its members' cross-validated predictions, so a changed "
-                               "member needs that fit again (restart serve)")
-    for table, names in (("[data]", ("data",)), ("[[sources]]", ("sources",)), ("[stacking]", ("stacking",)),
-                         ("[pricing]", ("pricing", "cost_model")),
-                         ("[local_cluster]", ("local_cluster",))):
+    tables = [("[data]", ("data",)), ("[[sources]]", ("sources",)), ("[pricing]", ("pricing", "cost_model")),
+              ("[local_cluster]", ("local_cluster",))]
+    if before.integration != "stacking":  # a stacking deployment fits its final estimator again
+        tables.append(("[stacking]", ("stacking",)))
+    for table, names in tables:
         if any(getattr(before, name) != getattr(after, name) for name in names):
             raise JobSpecError(f"{after.source}: {table} changed; a reload changes model files and [serve] "
                                "fields only (restart serve)")
+
+
+def _restacks(before: JobSpec, after: JobSpec) -> bool:
+    """A stacking deployment's reload needs its final estimator fitted again: a member's model
+    file or ``[stacking]`` changed."""
+    return before.stacking != after.stacking or any(old.sha256 != new.sha256
+                                                    for old, new in zip(before.models, after.models))
+
+
+def _check_stack_methods(before: JobSpec, after: JobSpec, estimators: Mapping[str, Any],
+                         running: Mapping[str, str]) -> None:
+    """JobSpecError (one line) when a member whose model file is unchanged would be stacked with
+    another method than its running replicas serve (a new ``[stacking] stack_method``): they
+    cannot switch with the final estimator (restart serve)."""
+    assert after.stacking is not None
+    kind: ensemble.Kind = "classifier" if all(m.kind == "classifier" for m in after.models) else "regressor"
+    for old, new in zip(before.models, after.models):
+        try:
+            method = ensemble.resolve_stack_method(new.name, estimators[new.name], after.stacking.stack_method, kind)
+        except ValueError as error:
+            raise JobSpecError(f"{after.source}: stacking.stack_method: {error}") from None
+        if old.sha256 == new.sha256 and running.get(new.name, method) != method:
+            raise JobSpecError(f"{after.source}: stacking.stack_method: models ({new.name}) would be stacked with "
+                               f"{method}, its running replicas serve {running[new.name]} of the same model file; "
+                               "a reload changes the stack method of a changed model file only (restart serve)")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _describe_counts(counts: Mapping[str, Mapping[str, int]]) -> str:

@@ -253,6 +253,39 @@ def test_rolling_update_starts_new_replicas_before_old_ones_drain(demo: JobSpec,
         deployment.close()
 
 
+def test_a_held_update_keeps_the_old_replica_routed_beside_the_new_one_until_released(
+        demo: JobSpec, server: ArtifactServer) -> None:
+    """A stacking update (``retarget(hold=True)``): the new replica is ready and routed beside the
+    old one, which is not drained until ``release_held``; ``all_ready`` holds once the new one is
+    routed (the service switches the gateway then)."""
+    deployment = Deployment(demo, server)
+    controller = deployment.controller
+    try:
+        tasks = deployment.deploy()
+        old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
+        linear = demo.model("linear")
+        changed = linear.path.with_name("linear-v3.joblib")
+        changed.write_bytes(linear.path.read_bytes() + b"\0\0")
+        new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
+        deployment.catalog.publish_models(dataclasses.replace(demo, models=tuple(
+            dataclasses.replace(m, path=changed, sha256=new_sha) if m.name == "linear" else m for m in demo.models)))
+        assert controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)}, hold=True) == ["linear"]
+        assert controller.held == {"linear": linear.sha256} and not controller.all_ready()
+        wait_for(lambda: deployment.driver.revived)
+        controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
+        [new] = wait_for(lambda: deployment.launched()[2:])
+        deployment.run(new)
+        wait_for(controller.all_ready)
+        assert {r.sha256 for r in deployment.table.ready("linear")} == {linear.sha256, new_sha}
+        time.sleep(0.3)
+        assert old not in deployment.driver.kills, "a held replica drained before the hold was released"
+        controller.release_held()
+        wait_for(lambda: old in deployment.driver.kills)
+        assert [r.sha256 for r in deployment.table.ready("linear")] == [new_sha] and not controller.held
+    finally:
+        deployment.close()
+
+
 def test_journal_keeps_replicas_and_a_restart_adopts_the_running_ones(demo: JobSpec, server: ArtifactServer,
                                                                       tmp_path: Path) -> None:
     state = ServeState.open(tmp_path / "state")

@@ -440,3 +440,51 @@ def test_a_taken_port_is_an_error_at_start_and_leaves_nothing_running(deploy, ca
     assert threading.active_count() == threads and other._loop is None
     other.stop()  # nothing to stop: a no-op
     assert post_json(f"{d.url}/v1/predict", {"rows": rows_of(cancer.X[:1], cancer.columns)})[0] == 200
+
+
+def test_a_switch_waits_for_the_admitted_requests_then_answers_with_the_new_replicas_and_combiner(
+        deploy, cancer, fitted):
+    """A stacking update's switch: the gateway calls only its pinned replicas (a new model's
+    replica in the table gets nothing); a switch waits for the request in flight (answered all
+    old), holds a new one meanwhile, then answers it all new (new replica, new combiner)."""
+    from framework.serving.combine import combiner_factory
+    from framework.serving.routing import Replica
+    from serving_helpers import ModelReplica
+
+    body = {"rows": rows_of(cancer.X[:5], cancer.columns)}
+    new_specs = [spec_for("a", fitted["forest"], "predict_proba"), spec_for("b", fitted["nb"], "predict_proba", 3.0)]
+    reference = deploy([(new_specs[0], fitted["forest"], 1), (new_specs[1], fitted["nb"], 1)], "soft_vote",
+                       cancer.columns)
+    new = post_json(f"{reference.url}/v1/predict", body)[1]["predictions"]
+    d = deploy([(spec_for("a", fitted["tree"], "predict_proba"), fitted["tree"], 1),
+                (spec_for("b", fitted["nb"], "predict_proba"), fitted["nb"], 1)], "soft_vote", cancer.columns)
+    d.gateway.pinned = {"a": "sha-a", "b": "sha-b"}
+    new_a = ModelReplica(fitted["forest"], "predict_proba", name="a").start()
+    deploy.started.append(new_a)
+    d.table.add(Replica("a-new", "a", new_a.url, "agent-9", "sha-new"))
+    old = post_json(f"{d.url}/v1/predict", body)[1]["predictions"]
+    assert old != new and new_a.calls == 0
+    old_a = d.replica("a")
+    old_a.slow()
+    answers: dict[str, Any] = {}
+
+    def ask(name: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.__setitem__(name, post_json(f"{d.url}/v1/predict", body)))
+        thread.start()
+        return thread
+
+    first = ask("first")
+    wait_for(lambda: old_a.calls == 2)
+    switcher = threading.Thread(target=d.gateway.switch,
+                                args=(new_specs, combiner_factory("soft_vote"), {"a": "sha-new", "b": "sha-b"}))
+    switcher.start()
+    wait_for(lambda: d.gateway._switching is not None)
+    second = ask("second")
+    time.sleep(0.3)
+    assert switcher.is_alive() and not answers and new_a.calls == 0  # the switch waits; the new request too
+    old_a.release()
+    for thread in (first, switcher, second):
+        thread.join(timeout=30)
+    assert answers["first"] == (200, {"predictions": old, "answered_by": ["a", "b"], "missing": []})
+    assert answers["second"] == (200, {"predictions": new, "answered_by": ["a", "b"], "missing": []})
+    assert new_a.calls == 1 and old_a.calls == 2

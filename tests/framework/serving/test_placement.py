@@ -155,9 +155,11 @@ class Cluster:
         return [dataclasses.replace(a, capacity=a.capacity - times(DEMAND, used[a.agent_id]))
                 for a in self.agents.values()]
 
-    def decide(self, desired: dict[str, int], sha: str, now: float) -> ServeDecision:
+    def decide(self, desired: dict[str, int], sha: str, now: float, held: str | None = None) -> ServeDecision:
         prices = {a: self.agents[a].price for a in self.agents}
         snap = snapshot(tuple(self.replicas), desired, prices, sha=sha, repack_not_before=self.repack_not_before)
+        snap = dataclasses.replace(snap, targets={m: dataclasses.replace(t, held_sha256=held)
+                                                  for m, t in snap.targets.items()})
         decision = decide(snap, self.offered(), now)
         drained = {d.replica_id for d in decision.drains}
         self.replicas = [r for r in self.replicas if r.replica_id not in drained]
@@ -199,6 +201,24 @@ def test_rolling_update_starts_new_replicas_before_draining_old_ones() -> None:
         assert ready_by_member(cluster.replicas)["m"] >= 3
     assert history == [1, 1, 1, 0]
     assert {r.sha256 for r in cluster.replicas} == {NEW} and len(cluster.replicas) == 3
+
+
+def test_a_held_update_keeps_every_old_ready_replica_until_released() -> None:
+    """A stacking update: the new replicas start and become ready beside the old ones, which stay
+    (none drained, none re-packed) until the hold ends; then they drain as a rolling update's."""
+    cluster = Cluster({"x": agent("x", 1.0, cpus=8.0, mem=8192.0), "y": agent("y", 0.5, cpus=8.0, mem=8192.0)})
+    cluster.decide({"m": 2}, OLD, 0.0)
+    cluster.start()
+    first = cluster.decide({"m": 2}, NEW, 1.0, held=OLD)
+    assert [launch.reason for launch in first.launches] == ["update"] * 2 and not first.drains
+    cluster.start()
+    for step in range(2, 5):
+        decision = cluster.decide({"m": 2}, NEW, float(step), held=OLD)
+        assert not decision.drains and not decision.launches and not decision.repacked
+    assert Counter(r.sha256 for r in cluster.replicas if r.ready) == {OLD: 2, NEW: 2}
+    released = cluster.decide({"m": 2}, NEW, 5.0)
+    assert sorted(d.reason for d in released.drains) == ["update"] * 2
+    assert {r.sha256 for r in cluster.replicas} == {NEW}
 
 
 # --- re-pack ----------------------------------------------------------------------------------

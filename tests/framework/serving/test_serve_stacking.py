@@ -3,14 +3,17 @@ numbers ``run`` recorded beside ``save_to`` when they are for the same members, 
 ``[stacking]``, else runs the fit phase as ``run`` does (the members' cross-validation folds as
 Mesos tasks, the final estimator fitted from their numbers); then it deploys the members with
 their stack methods.  Either way the gateway's answers are the batch job's, bit for bit, which are
-``StackingClassifier``'s/``StackingRegressor``'s.  A reload that changes a member is refused in one
-line (the final estimator would need fitting again)."""
+``StackingClassifier``'s/``StackingRegressor``'s.  A reload that changes a member rolls the whole
+stack: the final estimator fitted again, the new replicas started, then the gateway switched to
+both in one step, under load, without a failed request or an answer mixing old and new."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -140,20 +143,6 @@ def test_a_stacking_job_is_served_with_the_batch_jobs_answers(tmp_path: Path) ->
         for c in (0, 1, 2):  # bit for bit: floats survive JSON exactly
             assert [a["proba"][str(c)] for a in answers] == batch[f"proba_{c}"].tolist()
         assert {r.member: r for r in served.controller.replicas.values()}.keys() == {"tree", "bayes"}
-        # A reload that changes a member is refused (the final estimator was fitted on its CV
-        # predictions); the deployment keeps answering as before.
-        old_sha = sha256(job.parent / "tree.joblib")
-        joblib.dump(DecisionTreeClassifier(max_depth=1, random_state=0).fit(x_train[:, 2:4], y_train),
-                    job.parent / "tree.joblib")
-        text = job.read_text()
-        job.write_text(text.replace(old_sha, sha256(job.parent / "tree.joblib")))
-        served.runner.reload_requested.set()
-        wait_for(lambda: any("reload refused" in note for note in served.notes))
-        [refused] = [note for note in served.notes if "reload refused" in note]
-        assert "models (tree).sha256 changed; a stacking deployment's final estimator" in refused
-        assert "\n" not in refused
-        status, answer = post(served.url, {"columns": columns, "data": x_test[:ROWS_PER_SHARD].tolist()})
-        assert status == 200 and answer["predictions"] == answers[:ROWS_PER_SHARD]
 
 
 def test_a_stacking_train_file_with_other_columns_is_one_line_and_exit_2_before_serve_starts(tmp_path: Path) -> None:
@@ -236,3 +225,112 @@ def test_a_recorded_fit_is_reused_only_for_the_same_members_train_data_and_stack
 def _write(job: Path, text: str) -> Path:
     job.write_text(text)
     return job
+
+
+class ShardClient:
+    """Requests in a loop on threads, each one shard of the batch job's (so its answer is the batch
+    job's for those rows); every answer kept as (thread, shard, status, predictions)."""
+
+    def __init__(self, url: str, x: np.ndarray, threads: int = 2) -> None:
+        self.url, self.x = url, x
+        self.answers: list[tuple[int, int, int, Any]] = []
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(t,), daemon=True) for t in range(threads)]
+
+    def _loop(self, thread: int) -> None:
+        columns = [f"f{i}" for i in range(self.x.shape[1])]
+        shards = -(-len(self.x) // ROWS_PER_SHARD)
+        shard = thread
+        while not self.stopped.is_set():
+            rows = self.x[shard * ROWS_PER_SHARD:(shard + 1) * ROWS_PER_SHARD].tolist()
+            status, answer = post(self.url, {"columns": columns, "data": rows})
+            self.answers.append((thread, shard, status, answer.get("predictions", answer)))
+            shard = (shard + 1) % shards
+
+    def __enter__(self) -> "ShardClient":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+def batch_shards(output: Path) -> list[list[Any]]:
+    """The batch job's predictions per shard, as the gateway answers them."""
+    batch = np.load(output)
+    answers = [{"label": int(label), "proba": {str(c): float(batch[f"proba_{c}"][i]) for c in (0, 1, 2)}}
+               for i, label in enumerate(batch["prediction"].tolist())]
+    return [answers[start:start + ROWS_PER_SHARD] for start in range(0, len(answers), ROWS_PER_SHARD)]
+
+
+def swap_model(job: Path, name: str, model: Any) -> None:
+    """Write ``model`` as member ``name``'s file and its sha256 into the job file."""
+    old = sha256(job.parent / f"{name}.joblib")
+    joblib.dump(model, job.parent / f"{name}.joblib")
+    job.write_text(job.read_text().replace(old, sha256(job.parent / f"{name}.joblib")))
+
+
+def test_a_stacking_deployment_rolls_to_new_members_and_a_refitted_final_estimator_in_one_step(
+        tmp_path: Path) -> None:
+    """A reload with a new member file refits the final estimator (here by the fit phase: run's
+    record is for the old members), starts the new replicas beside the old, then switches: under
+    load no request fails, each answer is the old batch job's or the new one's for its rows (never
+    old members under the new final estimator), and no thread sees old after new.  Back to the
+    old member file, the record run left is reused; a refit that fails changes nothing."""
+    job, _members, (x_train, x_test, y_train) = stacking_job(tmp_path / "job")
+    old = batch_shards(JobRunner(load_job(job)).run().output)  # and records its fit beside save_to
+    new_tree = DecisionTreeClassifier(max_depth=1, random_state=0).fit(x_train[:, 2:4], y_train)
+    shutil.copytree(job.parent, tmp_path / "new")
+    swap_model(tmp_path / "new" / "job.toml", "tree", new_tree)
+    new = batch_shards(JobRunner(load_job(tmp_path / "new" / "job.toml")).run().output)
+    assert old != new
+    old_text = job.read_text()
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        old_replicas = set(controller.replicas)
+        with ShardClient(served.url, x_test) as client:
+            wait_for(lambda: len(client.answers) >= 10)
+            swap_model(job, "tree", new_tree)
+            served.runner.reload_requested.set()
+            wait_for(lambda: any("switched to the new replicas of tree" in n for n in served.notes)
+                     and not old_replicas & {r.task_id for r in controller.replicas.values() if r.member == "tree"})
+            answered = len(client.answers)
+            wait_for(lambda: len(client.answers) >= answered + 10)
+        assert [a for a in client.answers if a[2] != 200] == []
+        for thread in (0, 1):
+            said = ["old" if answer == old[shard] else "new" if answer == new[shard] else f"neither: {answer}"
+                    for t, shard, _status, answer in client.answers if t == thread]
+            assert set(said) <= {"old", "new"}, [s for s in said if s not in ("old", "new")][:1]
+            assert said == sorted(said, key=["old", "new"].index), said  # old answers, then new ones only
+            assert said[0] == "old" and said[-1] == "new"
+        assert any("stacking: 6 cross-validation tasks" in n for n in served.notes), served.notes
+        assert "bayes" not in controller.held and not controller.held
+        # A refit that fails ([stacking] names a train file without the data's columns) changes nothing.
+        write_csv(job.parent / "train3.csv", x_train[:, :3], y_train)
+        job.write_text(job.read_text().replace('path = "train.csv"', 'path = "train3.csv"'))
+        replicas = set(controller.replicas)
+        served.runner.reload_requested.set()
+        wait_for(lambda: any("reload refused" in n for n in served.notes))
+        [refused] = [n for n in served.notes if "reload refused" in n]
+        assert "the stacking refit failed" in refused and "train3.csv has feature columns" in refused, refused
+        assert "\n" not in refused
+        assert served_answers(served.url, x_test) == [a for shard in new for a in shard]
+        assert set(controller.replicas) == replicas
+        # Back to the old member file: run's record is for it, so no cross-validation task.
+        job.write_text(old_text)
+        joblib.dump(_members["tree"], job.parent / "tree.joblib")
+        assert load_job(job).model("tree").sha256 == sha256(job.parent / "tree.joblib")
+        folds = len([n for n in served.notes if "cross-validation tasks" in n])
+        with ShardClient(served.url, x_test) as client:
+            wait_for(lambda: len(client.answers) >= 10)
+            served.runner.reload_requested.set()
+            wait_for(lambda: len([n for n in served.notes if "switched to the new replicas of tree" in n]) == 2)
+            answered = len(client.answers)
+            wait_for(lambda: len(client.answers) >= answered + 10)
+        assert [a for a in client.answers if a[2] != 200] == []
+        assert any("recorded by run in" in n for n in served.notes[-6:]), served.notes[-6:]
+        assert len([n for n in served.notes if "cross-validation tasks" in n]) == folds
+        assert served_answers(served.url, x_test) == [a for shard in old for a in shard]
