@@ -5,7 +5,6 @@ and lacks one key."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,12 @@ import pyarrow.parquet as pq
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
+from job_files import model_table
+
 FEATURES = [f"f{i}" for i in range(10)]
 EXTRA = [f"e{i}" for i in range(5)]
 MISSING_KEY = 1407
 """The primary key the second source lacks."""
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_sources(directory: Path, missing: str = "drop", rows_per_shard: int = 50, extra_models: str = "",
@@ -39,8 +36,7 @@ def write_sources(directory: Path, missing: str = "drop", rows_per_shard: int = 
     order = order[ids[order] != MISSING_KEY]
     extra = pa.table({"id": ids[order], **{c: x[order, 10 + i] for i, c in enumerate(EXTRA)}})
     pq.write_table(extra, directory / "extra.parquet", row_group_size=64)
-    for name, model in _models().items():
-        joblib.dump(model, directory / f"{name}.joblib")
+    models = _models()
     job = directory / "sources.toml"
     job.write_text(f"""
 [job]
@@ -64,36 +60,11 @@ name = "extra"
 path = "extra.parquet"
 key = "id"
 
-[[models]]
-name = "linear"
-path = "linear.joblib"
-sha256 = "{_digest(directory / 'linear.joblib')}"
-kind = "regressor"
-source = "features"
-cpus = 0.5
-mem = 128
-
-[[models]]
-name = "logistic"
-path = "logistic.joblib"
-sha256 = "{_digest(directory / 'logistic.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-proba_class = 1
-source = "extra"
-cpus = 0.5
-mem = 128
-
-[[models]]
-name = "both"
-path = "both.joblib"
-sha256 = "{_digest(directory / 'both.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-proba_class = 1
-columns = {{ extra = ["e2", "e3"], features = ["f0", "f1"] }}
-cpus = 0.5
-mem = 128
+{model_table(directory, "linear", models["linear"], kind="regressor", source="features", cpus=0.5, mem=128)}
+{model_table(directory, "logistic", models["logistic"], kind="classifier", output="predict_proba", proba_class=1,
+             source="extra", cpus=0.5, mem=128)}
+{model_table(directory, "both", models["both"], kind="classifier", output="predict_proba", proba_class=1,
+             columns={"extra": ["e2", "e3"], "features": ["f0", "f1"]}, cpus=0.5, mem=128)}
 {extra_models}
 [framework]
 executors = "{executors}"

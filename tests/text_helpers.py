@@ -14,6 +14,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
+from job_files import model_table
+
 POSITIVE = ["bright", "sunny", "warm", "gentle", "café", "naïve"]
 NEGATIVE = ["grey", "stormy", "cold", "harsh", "bleak", "wet"]
 FILLER = ["the", "a", "day", "walk", "river", "town", "old", "new", "road", "cat", "dog", "tree"]
@@ -47,8 +49,6 @@ def write_text_job(directory: Path, rows: int = 150, rows_per_shard: int = 40, e
     train_docs, train_x, train_y = documents(400, seed=1)
     text = make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000)).fit(train_docs, train_y)
     numbers = LogisticRegression(max_iter=1000).fit(train_x, train_y)
-    joblib.dump(text, directory / "text.joblib")
-    joblib.dump(numbers, directory / "numbers.joblib")
     docs, features, labels = documents(rows)
     pq.write_table(pa.table({"f0": features[:, 0], "f1": features[:, 1], "review": pa.array(docs, pa.string()),
                              "target": labels}), directory / "data.parquet", row_group_size=64)
@@ -64,23 +64,8 @@ path = "data.parquet"
 label = "target"
 rows_per_shard = {rows_per_shard}
 
-[[models]]
-name = "text"
-path = "text.joblib"
-sha256 = "{digest(directory / 'text.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-proba_class = 1
-text = "review"
-
-[[models]]
-name = "numbers"
-path = "numbers.joblib"
-sha256 = "{digest(directory / 'numbers.joblib')}"
-kind = "classifier"
-output = "predict_proba"
-proba_class = 1
-{extra}""")
+{model_table(directory, "text", text, kind="classifier", output="predict_proba", proba_class=1, text="review")}
+{model_table(directory, "numbers", numbers, kind="classifier", output="predict_proba", proba_class=1)}{extra}""")
     return job
 
 

@@ -109,6 +109,27 @@ class Served:
             raise self.error
 
 
+class LoopingClient:
+    """Threads that each run :meth:`_loop` (its thread's number) until the ``with`` block ends."""
+
+    def __init__(self, threads: int = 2) -> None:
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(t,), daemon=True) for t in range(threads)]
+
+    def _loop(self, thread: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "LoopingClient":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
 def metric(url: str, name: str) -> list[tuple[str, float]]:
     """The samples of one metric of the gateway's ``/metrics`` (labels text, value)."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:

@@ -225,18 +225,24 @@ def test_scale_down_drains_the_replica_on_the_most_expensive_agent(demo: JobSpec
         deployment.close()
 
 
+def deploy_and_change_linear(deployment: Deployment, demo: JobSpec, version: str) -> tuple[str, str]:
+    """Deploy, then serve another linear model file (``linear-<version>.joblib``), as a reloaded
+    job does before it retargets the member: the old linear replica's task id and the new sha256."""
+    tasks = deployment.deploy()
+    old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
+    linear = demo.model("linear")
+    changed = linear.path.with_name(f"linear-{version}.joblib")
+    changed.write_bytes(linear.path.read_bytes() + version.encode())
+    new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
+    deployment.catalog.publish_models(dataclasses.replace(demo, models=tuple(
+        dataclasses.replace(m, path=changed, sha256=new_sha) if m.name == "linear" else m for m in demo.models)))
+    return old, new_sha
+
+
 def test_rolling_update_starts_new_replicas_before_old_ones_drain(demo: JobSpec, server: ArtifactServer) -> None:
     deployment = Deployment(demo, server)
     try:
-        tasks = deployment.deploy()
-        old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
-        # The job reloaded with another linear model file: served, then the member retargeted.
-        linear = demo.model("linear")
-        changed = linear.path.with_name("linear-v2.joblib")
-        changed.write_bytes(linear.path.read_bytes() + b"\0")
-        new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
-        deployment.catalog.publish_models(dataclasses.replace(demo, models=tuple(
-            dataclasses.replace(m, path=changed, sha256=new_sha) if m.name == "linear" else m for m in demo.models)))
+        old, new_sha = deploy_and_change_linear(deployment, demo, "v2")
         deployment.controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)})
         wait_for(lambda: deployment.driver.revived)
         deployment.controller.resourceOffers(deployment.driver, [port_offer("a1", begin=31000, end=31009)])
@@ -261,14 +267,8 @@ def test_a_held_update_keeps_the_old_replica_routed_beside_the_new_one_until_rel
     deployment = Deployment(demo, server)
     controller = deployment.controller
     try:
-        tasks = deployment.deploy()
-        old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
+        old, new_sha = deploy_and_change_linear(deployment, demo, "v3")
         linear = demo.model("linear")
-        changed = linear.path.with_name("linear-v3.joblib")
-        changed.write_bytes(linear.path.read_bytes() + b"\0\0")
-        new_sha = hashlib.sha256(changed.read_bytes()).hexdigest()
-        deployment.catalog.publish_models(dataclasses.replace(demo, models=tuple(
-            dataclasses.replace(m, path=changed, sha256=new_sha) if m.name == "linear" else m for m in demo.models)))
         assert controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)}, hold=True) == ["linear"]
         assert controller.held == {"linear": linear.sha256} and not controller.all_ready()
         wait_for(lambda: deployment.driver.revived)

@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import os
 import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LinearRegression
 
 from framework.jobspec import load_job
-from deploy_helpers import Served, metric, post, predict, serve_job, wait_for
+from deploy_helpers import LoopingClient, Served, metric, post, predict, serve_job, wait_for
 
 
 def test_gateway_answers_equal_the_batch_jobs_output(tmp_path: Path, batch_reference: Any) -> None:
@@ -62,17 +61,16 @@ def spread_job(directory: Path, serve: str = "", replicas: str = "min_replicas =
     return job
 
 
-class Client:
-    """Requests in a loop on a thread; every answer's status is kept."""
+class Client(LoopingClient):
+    """Requests in a loop on threads; every answer's status is kept."""
 
     def __init__(self, url: str, columns: list[str], rows: list[list[float]], threads: int = 2) -> None:
         self.url, self.columns, self.rows = url, columns, rows
         self.statuses: list[int] = []
         self.failures: list[Any] = []
-        self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _loop(self) -> None:
+    def _loop(self, thread: int) -> None:
         index = 0
         while not self.stopped.is_set():
             status, answer = post(self.url, {"columns": self.columns, "data": self.rows[index % 150:][:5]})
@@ -80,16 +78,6 @@ class Client:
             if status != 200:
                 self.failures.append(answer)
             index += 5
-
-    def __enter__(self) -> "Client":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def test_a_replica_whose_executor_is_killed_is_replaced_and_requests_keep_being_answered(

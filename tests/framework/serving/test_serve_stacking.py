@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.naive_bayes import GaussianNB
 from sklearn.tree import DecisionTreeClassifier
 
-from deploy_helpers import Served, post, wait_for
+from deploy_helpers import LoopingClient, Served, post, wait_for
 from framework.job import JobRunner
 from framework.jobspec import load_job
+from job_files import model_table
 
 ROWS_PER_SHARD = 20
 
@@ -55,13 +54,9 @@ def write_stacking_job(directory: Path, members: dict[str, Any], kind: str, outp
     x_train, y_train, x_test, y_test = data
     write_csv(directory / "train.csv", x_train, y_train)
     write_csv(directory / "test.csv", x_test, y_test)
-    models = ""
-    for name, model in members.items():
-        joblib.dump(model, directory / f"{name}.joblib")
-        columns = f"features = {json.dumps((features or {}).get(name))}\n" if name in (features or {}) else ""
-        models += (f'[[models]]\nname = "{name}"\npath = "{name}.joblib"\n'
-                   f'sha256 = "{sha256(directory / f"{name}.joblib")}"\nkind = "{kind}"\noutput = "{output}"\n'
-                   f"{columns}cpus = 0.5\nmem = 128\n\n")
+    models = "\n".join(model_table(directory, name, model, kind=kind, output=output,
+                                   features=(features or {}).get(name), cpus=0.5, mem=128)
+                       for name, model in members.items())
     job = directory / "job.toml"
     job.write_text(f"""
 [job]
@@ -227,15 +222,14 @@ def _write(job: Path, text: str) -> Path:
     return job
 
 
-class ShardClient:
+class ShardClient(LoopingClient):
     """Requests in a loop on threads, each one shard of the batch job's (so its answer is the batch
     job's for those rows); every answer kept as (thread, shard, status, predictions)."""
 
     def __init__(self, url: str, x: np.ndarray, threads: int = 2) -> None:
         self.url, self.x = url, x
         self.answers: list[tuple[int, int, int, Any]] = []
-        self.stopped = threading.Event()
-        self.threads = [threading.Thread(target=self._loop, args=(t,), daemon=True) for t in range(threads)]
+        super().__init__(threads)
 
     def _loop(self, thread: int) -> None:
         columns = [f"f{i}" for i in range(self.x.shape[1])]
@@ -246,16 +240,6 @@ class ShardClient:
             status, answer = post(self.url, {"columns": columns, "data": rows})
             self.answers.append((thread, shard, status, answer.get("predictions", answer)))
             shard = (shard + 1) % shards
-
-    def __enter__(self) -> "ShardClient":
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
 
 
 def batch_shards(output: Path) -> list[list[Any]]:
