@@ -508,7 +508,8 @@ class Gateway:
         replicas; then everything is swapped between two requests, so every answer is entirely
         old or entirely new, and none fails.  Thread-safe; the members keep their names and
         columns (their outputs may change).  Raises ``ValueError`` (nothing swapped) when the
-        combiner does not take the members."""
+        combiner does not take the members, and ``TimeoutError`` (nothing swapped; the requests
+        held meanwhile go on with the old) when the admitted requests take over ``timeout`` s."""
         members = tuple(members)
         if [m.name for m in members] != [m.name for m in self.members]:
             raise ValueError(f"a switch keeps the members {[m.name for m in self.members]}, got "
@@ -523,17 +524,23 @@ class Gateway:
             apply()
             return
 
-        async def swap() -> None:
+        async def swap() -> bool:
             gate = self._switching = asyncio.Event()
+            deadline = loop.time() + timeout
             try:
                 while self._admitted:
                     self._quiet = asyncio.Event()
-                    await self._quiet.wait()
+                    try:
+                        await asyncio.wait_for(self._quiet.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        return False
                 apply()
-            finally:
+                return True
+            finally:  # the requests held meanwhile go on (with the new, or the old)
                 self._switching = None
                 gate.set()
-        asyncio.run_coroutine_threadsafe(swap(), loop).result(timeout)
+        if not asyncio.run_coroutine_threadsafe(swap(), loop).result():
+            raise TimeoutError(f"the requests in flight did not finish within {timeout:g} s; not switched")
 
     async def _enter(self) -> None:
         """Admit a request (after any switch under way)."""

@@ -68,6 +68,8 @@ READY_TIMEOUT_SECONDS = 120.0
 """How long ``serve`` waits for every member's ``min_replicas`` to be ready before it fails."""
 STOP_TIMEOUT_SECONDS = 15.0
 """How long a stopping ``serve`` waits for its replicas to drain and end."""
+SWITCH_TIMEOUT_SECONDS = 60.0
+"""How long a stacking update's switch waits for the requests admitted before it to finish."""
 REPLICA_MIN_ROWS = 4096
 """Replicas accept calls of at least this many rows (``ReplicaPayload.max_batch_rows``; more when
 ``[serve] max_batch_rows`` is larger), so that a reload may raise ``max_batch_rows`` up to it."""
@@ -457,18 +459,23 @@ class ServeRunner:
         rolling = controller.retarget(self._targets(spec, self.serve_spec), hold=True)
         if rolling:
             self.note(f"stacking update: starting {', '.join(rolling)} on the new model(s) beside the old replicas")
-        if not self._wait_staged(controller):
+
+        def roll_back(why: str) -> list[str]:
             controller.retarget(self._targets(old_spec, self.serve_spec))  # the new replicas drain
             catalog.publish_models(old_spec)
             catalog.methods = old_methods
-            if self.stop_requested.is_set():
-                return []
-            return self._refuse(f"the new replicas were not ready within {READY_TIMEOUT_SECONDS:.0f} s "
-                                f"({_describe_counts(controller.counts())}); they were stopped")
+            return [] if self.stop_requested.is_set() else self._refuse(f"{why}; the new replicas were stopped")
+
+        if not self._wait_staged(controller):
+            return roll_back(f"the new replicas were not ready within {READY_TIMEOUT_SECONDS:.0f} s "
+                             f"({_describe_counts(controller.counts())})")
         from framework.serving.combine import combiner_factory
 
-        self.gateway.switch(stacked, combiner_factory("stacking", model=fitted),
-                            {m.name: m.sha256 for m in spec.models})
+        try:
+            self.gateway.switch(stacked, combiner_factory("stacking", model=fitted),
+                                {m.name: m.sha256 for m in spec.models}, timeout=SWITCH_TIMEOUT_SECONDS)
+        except (TimeoutError, ValueError) as error:
+            return roll_back(f"the gateway did not switch: {_one_line(error)}")
         controller.release_held()
         self._apply_reload(
             controller, catalog, spec, serve, changes,

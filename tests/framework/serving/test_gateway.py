@@ -488,3 +488,28 @@ def test_a_switch_waits_for_the_admitted_requests_then_answers_with_the_new_repl
     assert answers["first"] == (200, {"predictions": old, "answered_by": ["a", "b"], "missing": []})
     assert answers["second"] == (200, {"predictions": new, "answered_by": ["a", "b"], "missing": []})
     assert new_a.calls == 1 and old_a.calls == 2
+
+
+def test_a_switch_that_times_out_swaps_nothing_and_lets_the_held_requests_in(deploy, cancer, fitted):
+    from framework.serving.combine import combiner_factory
+
+    tree = spec_for("tree", fitted["tree"], "predict_proba")
+    d = deploy([(tree, fitted["tree"], 1)], "soft_vote", cancer.columns)
+    d.gateway.pinned = {"tree": "sha-tree"}
+    body = {"rows": rows_of(cancer.X[:3], cancer.columns)}
+    before = post_json(f"{d.url}/v1/predict", body)
+    replica = d.replica("tree")
+    replica.slow()
+    answers: list[Any] = []
+    first = threading.Thread(target=lambda: answers.append(post_json(f"{d.url}/v1/predict", body)))
+    first.start()
+    wait_for(lambda: replica.calls == 2)
+    with pytest.raises(TimeoutError, match="did not finish within 0.3 s; not switched"):
+        d.gateway.switch([tree], combiner_factory("soft_vote"), {"tree": "sha-other"}, timeout=0.3)
+    assert d.gateway.pinned == {"tree": "sha-tree"} and d.gateway._switching is None
+    second = threading.Thread(target=lambda: answers.append(post_json(f"{d.url}/v1/predict", body)))
+    second.start()
+    replica.release()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert answers == [before, before]
