@@ -623,9 +623,10 @@ class Gateway:
         for m in self.members:
             counts = self.table.counts(m.name)
             batcher = self.batchers.get(m.name)
+            ready = counts["ready"] if self.pinned is None else len(self._ready(m.name))  # (a pinned one's)
             live[m.name] = LiveState(queue_depth=batcher.queue_depth if batcher else 0,
                                      in_flight=batcher.in_flight_requests if batcher else 0,
-                                     replicas_ready=counts["ready"], replicas_draining=counts["draining"],
+                                     replicas_ready=ready, replicas_draining=counts["draining"],
                                      backlog=batcher.backlog if batcher else 0)
         return live
 

@@ -464,6 +464,7 @@ def test_a_switch_waits_for_the_admitted_requests_then_answers_with_the_new_repl
     d.table.add(Replica("a-new", "a", new_a.url, "agent-9", "sha-new"))
     old = post_json(f"{d.url}/v1/predict", body)[1]["predictions"]
     assert old != new and new_a.calls == 0
+    assert d.gateway.load_samples()["a"].replicas_ready == 1  # the autoscaler's count: the replicas called
     old_a = d.replica("a")
     old_a.slow()
     answers: dict[str, Any] = {}
@@ -488,6 +489,7 @@ def test_a_switch_waits_for_the_admitted_requests_then_answers_with_the_new_repl
     assert answers["first"] == (200, {"predictions": old, "answered_by": ["a", "b"], "missing": []})
     assert answers["second"] == (200, {"predictions": new, "answered_by": ["a", "b"], "missing": []})
     assert new_a.calls == 1 and old_a.calls == 2
+    assert d.gateway.load_samples()["a"].replicas_ready == 1
 
 
 def test_a_switch_that_times_out_swaps_nothing_and_lets_the_held_requests_in(deploy, cancer, fitted):
