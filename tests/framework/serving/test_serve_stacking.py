@@ -17,6 +17,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pytest
 from sklearn.datasets import load_iris
 from sklearn.ensemble import StackingClassifier
 from sklearn.model_selection import train_test_split
@@ -318,3 +319,23 @@ def test_a_stacking_deployment_rolls_to_new_members_and_a_refitted_final_estimat
         assert any("recorded by run in" in n for n in served.notes[-6:]), served.notes[-6:]
         assert len([n for n in served.notes if "cross-validation tasks" in n]) == folds
         assert served_answers(served.url, x_test) == [a for shard in old for a in shard]
+
+
+def test_a_reload_that_would_change_an_unchanged_members_stack_method_is_one_line(tmp_path: Path) -> None:
+    """Its running replicas serve the old method of the same model file: they cannot switch with
+    the final estimator, so the reload is refused (a changed member's file may change its method)."""
+    from framework.errors import JobSpecError
+    from framework.job import prepare
+    from framework.serving.service import _check_stack_methods
+
+    job, _members, (x_train, _x_test, y_train) = stacking_job(tmp_path / "job")
+    before = load_job(job)
+    running = {"tree": "predict_proba", "bayes": "predict_proba"}
+    job.write_text(job.read_text().replace("cv = 3", 'cv = 3\nstack_method = "predict"'))
+    after = load_job(job)
+    with pytest.raises(JobSpecError, match=r"stacking.stack_method: models \(tree\) would be stacked with predict, "
+                                           r"its running replicas serve predict_proba of the same model file"):
+        _check_stack_methods(before, after, prepare(after)[2], running)
+    swap_model(job, "tree", DecisionTreeClassifier(max_depth=2, random_state=0).fit(x_train[:, 2:4], y_train))
+    swap_model(job, "bayes", GaussianNB(var_smoothing=1e-3).fit(x_train, y_train))
+    _check_stack_methods(before, load_job(job), prepare(load_job(job))[2], running)  # both files changed: fine
