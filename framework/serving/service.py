@@ -453,6 +453,7 @@ class ServeRunner:
                                                  context.work_dir / f"stacking-reload-{self._refits}")
         except (FrameworkError, ValueError) as error:
             return self._refuse(f"the stacking refit failed: {_one_line(error)}")
+        fitted_at = time.monotonic()
         old_spec, old_methods = self.spec, dict(catalog.methods)
         catalog.publish_models(spec)
         catalog.methods = dict(fit_catalog.methods)
@@ -471,17 +472,21 @@ class ServeRunner:
                              f"({_describe_counts(controller.counts())})")
         from framework.serving.combine import combiner_factory
 
+        staged_at = time.monotonic()
         try:
             self.gateway.switch(stacked, combiner_factory("stacking", model=fitted),
                                 {m.name: m.sha256 for m in spec.models}, timeout=SWITCH_TIMEOUT_SECONDS)
         except (TimeoutError, ValueError) as error:
             return roll_back(f"the gateway did not switch: {_one_line(error)}")
+        switched_at = time.monotonic()
         controller.release_held()
         self._apply_reload(
             controller, catalog, spec, serve, changes,
-            f"stacking refitted ({type(fitted.final_estimator).__name__}) in {time.monotonic() - started:.1f} s; "
-            + (f"switched to the new replicas of {', '.join(rolling)} and the new final estimator in one step, "
-               "draining the old ones" if rolling else "switched to the new final estimator"))
+            f"stacking refitted ({type(fitted.final_estimator).__name__}) in {fitted_at - started:.1f} s, the new "
+            f"replicas ready {staged_at - fitted_at:.1f} s later; "
+            + (f"switched to the new replicas of {', '.join(rolling)} and the new final estimator in one step "
+               f"({(switched_at - staged_at) * 1000:.0f} ms), draining the old ones" if rolling
+               else f"switched to the new final estimator ({(switched_at - staged_at) * 1000:.0f} ms)"))
         return rolling
 
     def _wait_staged(self, controller: ServingController) -> bool:
