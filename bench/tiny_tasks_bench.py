@@ -52,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
+from executor.main import BUNDLE_LINE  # noqa: E402
+
 from framework import job as job_module  # noqa: E402
 from framework.job import JobRunner  # noqa: E402
 from framework.journal import DATABASE_NAME  # noqa: E402
@@ -135,6 +137,9 @@ class Timeline:
     def __init__(self, state_dir: Path, cores: int) -> None:
         self.state_dir, self.cores = state_dir, cores
         self.events: list[tuple[float, str]] = []
+        self.bundle_lines: list[tuple[float, float, float, float, int, float, int]] = []
+        """Per bundle, from the executor's log: ms until its first inputs, its items' compute, first
+        inputs to last answer, encoding, update bytes, sending the update; its items."""
         self.processes: dict[int, dict[str, Any]] = {}
         self._restore: list[Callable[[], None]] = []
         self._stop = threading.Event()
@@ -245,7 +250,51 @@ class Timeline:
               f"{np.mean(beyond) * 1000:.1f} ms ({sum(beyond) / items * 1000:.2f} ms per item); TASK_FINISHED's "
               f"arrival to its last result decoded {np.mean(decode) * 1000:.1f} ms; items' compute (as the executor "
               f"measured it) {sum(sum(self.computed[task]) for task in done):.2f} s")
+        self._round_trip(done, items)
+        self._bundles(items)
         self._budget(done, items)
+
+    def _round_trip(self, done: dict[str, dict[str, float]], items: int) -> None:
+        """The slots idle between Mesos tasks, split: from the last TASK_FINISHED's arrival before
+        a task's ACCEPT to the start of the round that launched it (REVIVE, the master's offer,
+        pymesos), that round until its ACCEPT was sent (decide, journal the launches, ACCEPT), and
+        from the ACCEPT to the task's TASK_RUNNING arrival (master, agent, executor, its first
+        inputs, the update back)."""
+        finishes = sorted(at["TASK_FINISHED"] for at in done.values())
+        starts = sorted(began for began, _ended in self.rounds)
+        parts = np.zeros(3)
+        counted = 0
+        for task, at in done.items():
+            accepted = self.accepted.get(task)
+            before = [f for f in finishes if accepted is not None and f <= accepted]
+            began = [s for s in starts if accepted is not None and s <= accepted]
+            if not before or not began or accepted is None:
+                continue
+            counted += 1
+            parts += (max(0.0, began[-1] - before[-1]), accepted - max(began[-1], before[-1]),
+                      at["TASK_RUNNING"] - accepted)
+        names = ("TASK_FINISHED's arrival to the round's start", "round start to ACCEPT sent",
+                 "ACCEPT to TASK_RUNNING's arrival")
+        if counted:
+            print(f"  slots idle between Mesos tasks, split ({counted} tasks launched after another finished; "
+                  "ms per task, then ms per item of the job): "
+                  + "; ".join(f"{name} {value / counted * 1000:.1f} ({value / items * 1000:.2f})"
+                              for name, value in zip(names, parts)))
+
+    def _bundles(self, items: int) -> None:
+        """The executor's own split of each bundle (its log lines, see ``executor.main.log_bundle``)."""
+        if not self.bundle_lines:
+            return
+        first, compute, stream, encode, send = (sum(column) for column in zip(*[
+            (b[0], b[1], b[2] - b[1], b[3], b[5]) for b in self.bundle_lines]))
+        count = len(self.bundle_lines)
+        print(f"  at the executor ({count} bundles; ms per bundle, then ms per item of the job): "
+              + "; ".join(f"{name} {value / count:.1f} ({value / items:.2f})" for name, value in (
+                  ("until its first inputs were here (before TASK_RUNNING)", first),
+                  ("items' compute", compute), ("first inputs to the last answer, beyond the compute", stream),
+                  ("encoding the results", encode), ("sending the terminal update (a round trip to the agent)", send)))
+              + f"; {sum(b[4] for b in self.bundle_lines) / max(1, sum(b[6] for b in self.bundle_lines)):.0f} "
+              "bytes of update per item")
 
     def _budget(self, done: dict[str, dict[str, float]], items: int) -> None:
         """The run's core-seconds (cores x wall) split by where they went, per item: the items'
@@ -322,6 +371,13 @@ class Timeline:
                     continue
                 when = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - self.started
                 text = match[2]
+                bundle = BUNDLE_LINE.search(text)
+                if bundle:
+                    first_ms, compute_ms, stream_ms, encode_ms, size, send_ms = (
+                        float(bundle[3]), float(bundle[4]), float(bundle[5]), float(bundle[6]), int(bundle[7]),
+                        float(bundle[8]))
+                    self.bundle_lines.append((first_ms, compute_ms, stream_ms, encode_ms, size, send_ms,
+                                              int(bundle[2])))
                 if text.startswith("registered executor"):
                     self.events.append((when, "executor registered"))
                 elif "two probe threads" in text:

@@ -320,6 +320,14 @@ class SandboxCache:
         shard_file = (f"cache/{shard.sha256}.npy", shard.sha256)
         return (model_file, model.sha256) in self._models and shard_file in self._checked
 
+    def holds_inputs(self, payload: TaskPayload) -> bool:
+        """Whether :func:`fetch_inputs` would return at once for ``payload`` (its model loaded, its
+        shard or every part of it in the sandbox, checked): it downloads nothing."""
+        if (payload.model_file, payload.model.sha256) not in self._models:
+            return False
+        files = [part.file for part in payload.inputs] if payload.inputs else [payload.shard]
+        return all((f"cache/{remote.sha256}.npy", remote.sha256) in self._checked for remote in files)
+
     def loaded_models(self) -> dict[tuple[str, str], Any]:
         """Every model loaded so far, by (sandbox file, sha256)."""
         with self._guard:
