@@ -127,7 +127,7 @@ def read_status(status: Mapping[str, Any]) -> StatusUpdate:
 def fan_out(update: StatusUpdate, task_ids: list[str]) -> list[StatusUpdate]:
     """A bundle's status update as one update per item it carries (``task_ids``, the items' own
     task ids): a terminal TASK_FINISHED gives each item its own result envelope (the decoded
-    :class:`ResultEnvelope` itself: encoding it again as base64 JSON for the main thread to decode
+    :class:`ResultEnvelope` itself, in ``envelope``: encoding it again as base64 JSON for the main thread to decode
     again was 0.1 ms per item, half of it on the IO thread before its REVIVE), or its failure as a
     TASK_FAILED; any other state (a whole-bundle failure or loss included) goes to every item."""
     if update.state != "TASK_FINISHED":
