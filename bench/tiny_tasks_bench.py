@@ -356,7 +356,8 @@ class Timeline:
                             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                         except (OSError, IndexError):
                             continue
-                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started})
+                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started,
+                                                                "command": ""})  # an exiting process has none
                         if command.strip():  # a shell's exec changes it; an exiting process has none
                             record["command"] = command.strip()
                         record["cpu"] = (int(fields[11]) + int(fields[12])) / ticks
@@ -535,6 +536,12 @@ def main() -> None:
         if len(timelines) == 2 and timelines["explicit"].items != timelines["default"].items:
             explicit, default = timelines["explicit"], timelines["default"]
             extra = explicit.items - default.items
+            idle = {name: t.cores * (t.ended_perf - t.started_perf) - sum(sum(c) for c in t.computed.values())
+                    for name, t in timelines.items()}
+            print(f"overhead per extra item against the items' compute as the executor measured it (not the "
+                  f"sequential baseline, which a shared machine slows differently): "
+                  f"{(idle['explicit'] - idle['default']) / extra * 1000:.2f} ms ((cores x wall - measured compute) "
+                  f"{idle['explicit']:.2f} s against {idle['default']:.2f} s)")
             print("CPU per extra item, beyond its own compute (ms; the two --timeline runs' CPU differ by this per "
                   "extra item): " + ", ".join(
                       f"{role} {(explicit.cpu_by_role[role] - default.cpu_by_role[role]) / extra * 1000:.2f}"
