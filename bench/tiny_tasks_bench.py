@@ -52,6 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
+from executor.main import BUNDLE_LINE  # noqa: E402
+
 from framework import job as job_module  # noqa: E402
 from framework.job import JobRunner  # noqa: E402
 from framework.journal import DATABASE_NAME  # noqa: E402
@@ -135,6 +137,10 @@ class Timeline:
     def __init__(self, state_dir: Path, cores: int) -> None:
         self.state_dir, self.cores = state_dir, cores
         self.events: list[tuple[float, str]] = []
+        self.sampler_cpu = 0.0
+        self.bundle_lines: list[tuple[float, float, float, float, int, float, int]] = []
+        """Per bundle, from the executor's log: ms until its first inputs, its items' compute, first
+        inputs to last answer, encoding, update bytes, sending the update; its items."""
         self.processes: dict[int, dict[str, Any]] = {}
         self._restore: list[Callable[[], None]] = []
         self._stop = threading.Event()
@@ -176,10 +182,10 @@ class Timeline:
     def __exit__(self, *exc: object) -> None:
         self.ended_perf = time.perf_counter()
         usage = os.times()
-        self.cpu = usage.user + usage.system - self.cpu
         self._mark("job end")
         self._stop.set()
         self._sampler.join()
+        self.cpu = usage.user + usage.system - self.cpu - self.sampler_cpu  # the job's, not this bench's sampler
         for restore in reversed(self._restore):
             restore()
 
@@ -245,7 +251,51 @@ class Timeline:
               f"{np.mean(beyond) * 1000:.1f} ms ({sum(beyond) / items * 1000:.2f} ms per item); TASK_FINISHED's "
               f"arrival to its last result decoded {np.mean(decode) * 1000:.1f} ms; items' compute (as the executor "
               f"measured it) {sum(sum(self.computed[task]) for task in done):.2f} s")
+        self._round_trip(done, items)
+        self._bundles(items)
         self._budget(done, items)
+
+    def _round_trip(self, done: dict[str, dict[str, float]], items: int) -> None:
+        """The slots idle between Mesos tasks, split: from the last TASK_FINISHED's arrival before
+        a task's ACCEPT to the start of the round that launched it (REVIVE, the master's offer,
+        pymesos), that round until its ACCEPT was sent (decide, journal the launches, ACCEPT), and
+        from the ACCEPT to the task's TASK_RUNNING arrival (master, agent, executor, its first
+        inputs, the update back)."""
+        finishes = sorted(at["TASK_FINISHED"] for at in done.values())
+        starts = sorted(began for began, _ended in self.rounds)
+        parts = np.zeros(3)
+        counted = 0
+        for task, at in done.items():
+            accepted = self.accepted.get(task)
+            before = [f for f in finishes if accepted is not None and f <= accepted]
+            began = [s for s in starts if accepted is not None and s <= accepted]
+            if not before or not began or accepted is None:
+                continue
+            counted += 1
+            parts += (max(0.0, began[-1] - before[-1]), accepted - max(began[-1], before[-1]),
+                      at["TASK_RUNNING"] - accepted)
+        names = ("TASK_FINISHED's arrival to the round's start", "round start to ACCEPT sent",
+                 "ACCEPT to TASK_RUNNING's arrival")
+        if counted:
+            print(f"  slots idle between Mesos tasks, split ({counted} tasks launched after another finished; "
+                  "ms per task, then ms per item of the job): "
+                  + "; ".join(f"{name} {value / counted * 1000:.1f} ({value / items * 1000:.2f})"
+                              for name, value in zip(names, parts)))
+
+    def _bundles(self, items: int) -> None:
+        """The executor's own split of each bundle (its log lines, see ``executor.main.log_bundle``)."""
+        if not self.bundle_lines:
+            return
+        first, compute, stream, encode, send = (sum(column) for column in zip(*[
+            (b[0], b[1], b[2] - b[1], b[3], b[5]) for b in self.bundle_lines]))
+        count = len(self.bundle_lines)
+        print(f"  at the executor ({count} bundles; ms per bundle, then ms per item of the job): "
+              + "; ".join(f"{name} {value / count:.1f} ({value / items:.2f})" for name, value in (
+                  ("until its first inputs were here (before TASK_RUNNING)", first),
+                  ("items' compute", compute), ("first inputs to the last answer, beyond the compute", stream),
+                  ("encoding the results", encode), ("sending the terminal update (a round trip to the agent)", send)))
+              + f"; {sum(b[4] for b in self.bundle_lines) / max(1, sum(b[6] for b in self.bundle_lines)):.0f} "
+              "bytes of update per item")
 
     def _budget(self, done: dict[str, dict[str, float]], items: int) -> None:
         """The run's core-seconds (cores x wall) split by where they went, per item: the items'
@@ -277,6 +327,15 @@ class Timeline:
               "compute's own slowdown against the bench's sequential run")
 
     def _sample(self) -> None:
+        """Every process's CPU seconds from ``/proc``, every 0.1 s; this thread's own CPU (walking
+        ``/proc``: 0.33 s of a 20 s run on the loaded machine, 2026-12-02) is kept apart
+        (``sampler_cpu``) rather than counted as the scheduler process's."""
+        try:
+            self._sample_loop()
+        finally:
+            self.sampler_cpu = time.thread_time()
+
+    def _sample_loop(self) -> None:
         ticks = os.sysconf("SC_CLK_TCK")
         while not self._stop.wait(0.1):
             pending, seen = [os.getpid()], set()
@@ -297,7 +356,8 @@ class Timeline:
                             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
                         except (OSError, IndexError):
                             continue
-                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started})
+                        record = self.processes.setdefault(pid, {"parent": parent, "first": time.time() - self.started,
+                                                                "command": ""})  # an exiting process has none
                         if command.strip():  # a shell's exec changes it; an exiting process has none
                             record["command"] = command.strip()
                         record["cpu"] = (int(fields[11]) + int(fields[12])) / ticks
@@ -322,6 +382,13 @@ class Timeline:
                     continue
                 when = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - self.started
                 text = match[2]
+                bundle = BUNDLE_LINE.search(text)
+                if bundle:
+                    first_ms, compute_ms, stream_ms, encode_ms, size, send_ms = (
+                        float(bundle[3]), float(bundle[4]), float(bundle[5]), float(bundle[6]), int(bundle[7]),
+                        float(bundle[8]))
+                    self.bundle_lines.append((first_ms, compute_ms, stream_ms, encode_ms, size, send_ms,
+                                              int(bundle[2])))
                 if text.startswith("registered executor"):
                     self.events.append((when, "executor registered"))
                 elif "two probe threads" in text:
@@ -342,7 +409,8 @@ class Timeline:
         executors = {pid for pid in pythons if ours[pid]["parent"] not in pythons}
         total = self.cpu
         self.cpu_by_role = {"scheduler process": self.cpu, "executor": 0.0, "prediction workers": -self.compute_cpu}
-        print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f}")
+        print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f} "
+              f"(the bench's own /proc sampler, {self.sampler_cpu:.2f}, not counted)")
         for pid, record in sorted(ours.items(), key=lambda kv: kv[1]["first"]):
             if record.get("cpu", 0) < 0.005:
                 continue
@@ -468,6 +536,12 @@ def main() -> None:
         if len(timelines) == 2 and timelines["explicit"].items != timelines["default"].items:
             explicit, default = timelines["explicit"], timelines["default"]
             extra = explicit.items - default.items
+            idle = {name: t.cores * (t.ended_perf - t.started_perf) - sum(sum(c) for c in t.computed.values())
+                    for name, t in timelines.items()}
+            print(f"overhead per extra item against the items' compute as the executor measured it (not the "
+                  f"sequential baseline, which a shared machine slows differently): "
+                  f"{(idle['explicit'] - idle['default']) / extra * 1000:.2f} ms ((cores x wall - measured compute) "
+                  f"{idle['explicit']:.2f} s against {idle['default']:.2f} s)")
             print("CPU per extra item, beyond its own compute (ms; the two --timeline runs' CPU differ by this per "
                   "extra item): " + ", ".join(
                       f"{role} {(explicit.cpu_by_role[role] - default.cpu_by_role[role]) / extra * 1000:.2f}"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import threading
+import time
 import warnings
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -72,10 +74,33 @@ def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, in
     return uploaded_envelope(npy, output.shape, usage)
 
 
+def log_bundle(task_id: str, results: BundleResult, started: float, first_batch: float | None, answered: float,
+               encoding: float, encoded: float, sent: float, size: int) -> None:
+    """One line per bundle on the executor's stderr, its time split (``perf_counter`` seconds):
+    until its first items' inputs were here, from then to its last item's answer (and how much
+    of it the items computed, as each measured itself), encoding its results, and sending its
+    terminal update (a synchronous round trip to the agent).  ``bench/tiny_tasks_bench.py
+    --timeline`` reads these lines back (:data:`BUNDLE_LINE`)."""
+    first = first_batch if first_batch is not None else answered
+    compute = sum(e.usage.seconds for e in results.results.values() if e.usage is not None)
+    log.info("bundle %s: %d items; first inputs after %.2f ms; items computed %.2f ms of %.2f ms; results encoded "
+             "in %.2f ms (%d bytes); terminal update sent in %.2f ms", task_id,
+             len(results.results) + len(results.failures), (first - started) * 1000, compute * 1000,
+             (answered - first) * 1000, (encoded - encoding) * 1000, size, (sent - encoded) * 1000)
+
+
+BUNDLE_LINE = re.compile(r"bundle (\S+): (\d+) items; first inputs after ([\d.]+) ms; items computed ([\d.]+) ms of "
+                         r"([\d.]+) ms; results encoded in ([\d.]+) ms \((\d+) bytes\); terminal update sent in "
+                         r"([\d.]+) ms")
+"""How :func:`log_bundle`'s line reads (for whoever parses a sandbox's stderr)."""
+
+
 BUNDLE_BATCH = 16
-"""A bundle's items are fetched and computed this many at a time: a model that predicts in worker
-processes gets them in one message, the next batch queued behind it (see
-``PredictionPool.compute_stream``), while the next ones' shards still download."""
+"""A bundle's items are fetched and computed at most this many at a time: a model that predicts in
+worker processes gets them in one message, the next batch queued behind it (see
+``PredictionPool.compute_stream``), while the next ones' shards still download.  A batch is cut
+short where its next item's shard is not here yet (issue 13's profile: a bundle on fresh shards
+kept its slot idle until sixteen downloads were done before its first item computed)."""
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -188,6 +213,8 @@ class EnsembleExecutor(pymesos.Executor):
     def _run_bundle(self, driver: Any, task_id: str, bundle: BundlePayload) -> None:
         """Run a bundle's items one after the other (each on its own shard, measured alone) and
         report them all in ONE terminal update; an item's failure is reported for that item only."""
+        started = time.perf_counter()
+        first_batch: float | None = None
         results: BundleResult = BundleResult()
         inline_left = bundle.inline_limit
         running: Future[None] | None = None
@@ -196,20 +223,29 @@ class EnsembleExecutor(pymesos.Executor):
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
 
         def batches() -> Iterator[Batch]:
-            """The items' inputs, BUNDLE_BATCH at a time (fetched while the batch before computes)."""
-            nonlocal running
-            for first in range(0, len(bundle.items), BUNDLE_BATCH):
+            """The items' inputs, at most BUNDLE_BATCH at a time (fetched while the batch before
+            computes); a batch goes as soon as its next item's shard is still downloading, so that
+            items whose inputs are here never wait behind other items' downloads."""
+            nonlocal running, first_batch
+            items = iter(bundle.items)
+            payload = next(items, None)
+            while payload is not None:
                 if self._was_killed(task_id):
                     return
-                fetched = []
-                for payload in bundle.items[first:first + BUNDLE_BATCH]:
+                fetched: Batch = []
+                while payload is not None and len(fetched) < BUNDLE_BATCH:
+                    if fetched and not self.cache.holds_inputs(payload):
+                        break  # downloading yet: this batch computes meanwhile
                     try:
                         model, shard = fetch_inputs(payload, self.cache)
                         fetched.append((payload, model, shard))
                     except Exception as error:  # this item failed; the bundle's other items go on
                         results.failures[payload.task_id] = report_failure(payload.task_id, error)
+                    payload = next(items, None)
                 if fetched and running is None:
                     running = self._send_soon(driver, task_id, "TASK_RUNNING")
+                if fetched and first_batch is None:
+                    first_batch = time.perf_counter()
                 if fetched:
                     yield fetched
 
@@ -226,6 +262,7 @@ class EnsembleExecutor(pymesos.Executor):
                         results.results[payload.task_id] = envelope
                     except Exception as error:  # this item failed; the bundle's other items go on
                         results.failures[payload.task_id] = report_failure(payload.task_id, error)
+        answered = time.perf_counter()
         if running is not None:
             wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
         if self._was_killed(task_id):
@@ -233,7 +270,12 @@ class EnsembleExecutor(pymesos.Executor):
         failed = len(results.failures)
         message = (f"{failed} of {len(bundle.items)} bundled task(s) failed: "
                    f"{next(iter(results.failures.values())).status_message()}") if failed else None
-        self._send(driver, task_id, "TASK_FINISHED", message=message, data=results.to_json())
+        encoding = time.perf_counter()
+        data = results.to_json()
+        encoded = time.perf_counter()
+        self._send(driver, task_id, "TASK_FINISHED", message=message, data=data)
+        log_bundle(task_id, results, started, first_batch, answered, encoding, encoded, time.perf_counter(),
+                   len(data))
 
     def _prefetch(self, task_id: str, bundle: BundlePayload) -> None:
         for payload in bundle.items:

@@ -200,7 +200,11 @@ def map_npy(path: Path | str) -> np.ndarray:
     """``np.load(path, mmap_mode="r", allow_pickle=False)``: the same read-only ``np.memmap``, in
     a quarter of the time for a header seen before.  Anything off the plain path (another format
     version, Fortran order, object or structured dtypes, a file of the wrong size) goes through
-    ``np.load`` itself, which maps it or raises its own error as before."""
+    ``np.load`` itself, which maps it or raises its own error as before.  The file is mapped by its
+    path as a ``str`` (``filename`` made absolute, not resolved): given a ``Path``, ``np.memmap``
+    resolves it through every directory of a deep sandbox path, two thirds of mapping a small
+    shard (0.1 ms of 0.14, measured 2026-12-02)."""
+    path = os.fspath(path)
     with open(path, "rb") as handle:
         head = handle.read(10)
         if len(head) == 10 and head[:8] == _NPY_MAGIC_1_0:
@@ -319,6 +323,14 @@ class SandboxCache:
         computes at once."""
         shard_file = (f"cache/{shard.sha256}.npy", shard.sha256)
         return (model_file, model.sha256) in self._models and shard_file in self._checked
+
+    def holds_inputs(self, payload: TaskPayload) -> bool:
+        """Whether :func:`fetch_inputs` would return at once for ``payload`` (its model loaded, its
+        shard or every part of it in the sandbox, checked): it downloads nothing."""
+        if (payload.model_file, payload.model.sha256) not in self._models:
+            return False
+        files = [part.file for part in payload.inputs] if payload.inputs else [payload.shard]
+        return all((f"cache/{remote.sha256}.npy", remote.sha256) in self._checked for remote in files)
 
     def loaded_models(self) -> dict[tuple[str, str], Any]:
         """Every model loaded so far, by (sandbox file, sha256)."""

@@ -20,7 +20,8 @@ from framework.artifacts import ArtifactServer
 from framework.readers import rebatch
 
 
-def decode_result(server: ArtifactServer, task_id: str, data_b64: str | None) -> tuple[np.ndarray, TaskUsage | None]:
+def decode_result(server: ArtifactServer, task_id: str,
+                  data_b64: str | ResultEnvelope | None) -> tuple[np.ndarray, TaskUsage | None]:
     """Turn a terminal update's data into the task's output array (checking its sha256) and
     what the task cost, as its executor measured it."""
     decoded = decode_result_npy(server, task_id, data_b64)
@@ -37,12 +38,14 @@ class DecodedResult:
     usage: TaskUsage | None
 
 
-def decode_result_npy(server: ArtifactServer, task_id: str, data_b64: str | None) -> DecodedResult:
+def decode_result_npy(server: ArtifactServer, task_id: str, data_b64: str | ResultEnvelope | None) -> DecodedResult:
     """:func:`decode_result`, keeping the checked ``.npy`` bytes and sha256 (the journal stores
-    those bytes as they are: no second encoding, no second checksum)."""
+    those bytes as they are: no second encoding, no second checksum).  ``data_b64``: the update's
+    base64 envelope, or a bundled item's envelope already decoded (``translator.fan_out``)."""
     if not data_b64:
         raise ValueError("TASK_FINISHED carried no result data")
-    envelope = ResultEnvelope.from_json(base64.b64decode(data_b64))
+    envelope = (data_b64 if isinstance(data_b64, ResultEnvelope)
+                else ResultEnvelope.from_json(base64.b64decode(data_b64)))
     if envelope.kind == "inline":
         npy = base64.b64decode(envelope.npy_b64 or "")
     else:

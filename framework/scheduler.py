@@ -35,7 +35,7 @@ import pymesos  # imported at module load, on the main thread: it installs a SIG
 from framework import translator
 from framework.balancing import Measurements, SpeculationPolicy, usage_key
 from framework.packing import Agent, CostModel, PackingOptions, Plan, PriceTable, Resources, TaskDemand
-from executor.protocol import TaskFailure
+from executor.protocol import ResultEnvelope, TaskFailure
 from framework.rounds import (AVOID_FAILED_AGENTS_SECONDS, AgentLaunch, Decline, OfferPolicy, RoundDecision,
                               RoundSnapshot, TaskLaunch, decide, describe_unfit, timed_out, wants_backup_offers)
 from framework.tasks import (ACTIVE_ITEM_STATES, BLAME_SECONDS, MEMBER_ERROR, TERMINAL_MESOS_STATES, ItemState,
@@ -93,7 +93,8 @@ class SchedulerEvent:
 
     kind: EventKind
     item: WorkItem | None = None
-    data: str | None = None
+    data: str | ResultEnvelope | None = None
+    """FINISHED: the result envelope, base64 as the update carried it or decoded (a bundled item's)."""
     detail: str = ""
     status: Any = None
     """FINISHED: the Mesos status update, acknowledged (``acknowledge``) once its result is durable."""
@@ -533,6 +534,10 @@ class EnsembleScheduler(pymesos.Scheduler):
         # A bundle (one Mesos task carrying several items): its update is fanned out to its items,
         # each handled as if it were the item's own; the one acknowledgement goes with the last
         # result (acknowledged once every result before it is durable), or at once if none.
+        # A terminal update has freed the bundle's resources at the master: REVIVE first, so that
+        # the master's next offer is on its way while the items are handled here (this thread
+        # takes the offer only after this callback; fanning out 70 items was 5-9 ms).
+        revived = update.state in TERMINAL_MESOS_STATES and self._revive_if_needed(driver)
         parts = translator.fan_out(update, bundled)
         finished: list[SchedulerEvent] = []
         revive = False
@@ -545,7 +550,7 @@ class EnsembleScheduler(pymesos.Scheduler):
                 self.events.put(event)
         if not finished:
             self.acknowledge(driver, status)
-        if revive:
+        if revive and not revived:
             self._revive_if_needed(driver)
 
     def _on_update(self, driver: Any, update: translator.StatusUpdate, status: Any,
@@ -571,7 +576,7 @@ class EnsembleScheduler(pymesos.Scheduler):
             # Queued under the lock that changed the item's state, so "all settled and no events
             # queued" (checked under the same lock by the main thread) means every result is in.
             if transition.kind is TransitionKind.FINISHED:
-                event = SchedulerEvent(EventKind.FINISHED, item, data=update.data, status=status)
+                event = SchedulerEvent(EventKind.FINISHED, item, data=update.envelope or update.data, status=status)
                 if finished is None:
                     self.events.put(event)
                 else:
@@ -844,12 +849,13 @@ class EnsembleScheduler(pymesos.Scheduler):
             self.suppressed = True
             driver.suppressOffers()
 
-    def _revive_if_needed(self, driver: Any) -> None:
-        """REVIVE when work is pending.  Before SUBSCRIBED there is nothing to revive (pymesos
-        asserts a framework id); ``registered`` revives then.  Under the lock, so that a round's
-        SUPPRESS (also sent under it, only when nothing is pending) never overtakes it."""
+    def _revive_if_needed(self, driver: Any) -> bool:
+        """REVIVE when work is pending (returns whether it did).  Before SUBSCRIBED there is nothing
+        to revive (pymesos asserts a framework id); ``registered`` revives then.  Under the lock, so
+        that a round's SUPPRESS (also sent under it, only when nothing is pending) never overtakes it."""
         with self.lock:
             if not self.tracker.has_pending() or self.framework_id is None:
-                return
+                return False
             self.suppressed = False
             driver.reviveOffers()
+            return True

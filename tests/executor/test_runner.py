@@ -299,12 +299,26 @@ def test_map_npy_maps_what_np_load_maps(tmp_path: Path, array: np.ndarray) -> No
     """The cached-header mapping is np.load's own mapping, twice (the second from the cache)."""
     path = tmp_path / "a.npy"
     np.save(path, array)
-    expected = np.load(path, mmap_mode="r", allow_pickle=False)
+    expected = np.load(str(path), mmap_mode="r", allow_pickle=False)
     for _ in range(2):
         mapped = map_npy(path)
         assert type(mapped) is type(expected) and mapped.dtype == expected.dtype and mapped.shape == expected.shape
         assert mapped.offset == expected.offset and mapped.filename == expected.filename
         assert mapped.flags.writeable is False and mapped.flags.f_contiguous == expected.flags.f_contiguous
+        assert np.array_equal(mapped, expected)
+
+
+def test_map_npy_maps_a_path_as_given_without_resolving_it(tmp_path: Path) -> None:
+    """A shard is mapped by its path made absolute, as ``np.load`` of a ``str`` maps it, not
+    resolved through symlinks (``np.memmap`` of a ``Path`` stats every directory of it)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = tmp_path / "link" / "a.npy"
+    np.save(path, np.arange(5000.0).reshape(250, 20))
+    expected = np.load(str(path), mmap_mode="r", allow_pickle=False)
+    for given in (path, str(path)):
+        mapped = map_npy(given)
+        assert mapped.filename == expected.filename == str(path)
         assert np.array_equal(mapped, expected)
 
 

@@ -36,6 +36,7 @@ from framework.packing import Resources, TaskDemand
 from framework.rounds import OfferPolicy, RoundSnapshot, decide, timed_out
 from framework.tasks import ItemState, ItemView, Tracker, TransitionKind, WorkItem
 from framework.translator import StatusUpdate, fan_out
+from framework.results import decode_result_npy
 
 TASK = Resources(cpus=1.0, mem=256.0)
 
@@ -187,8 +188,11 @@ def test_a_finished_bundle_gives_each_item_its_result_or_its_failure() -> None:
     update = StatusUpdate("B", "TASK_FINISHED", data=base64.b64encode(outcome.to_json()).decode(), agent_id="a1")
     parts = {part.task_id: part for part in fan_out(update, ["t1", "t2", "t3"])}
     assert parts["t1"].state == "TASK_FINISHED" and parts["t1"].agent_id == "a1"
-    envelope = ResultEnvelope.from_json(base64.b64decode(parts["t1"].data or ""))
+    envelope = parts["t1"].envelope  # decoded once, not encoded again for the main thread to decode
+    assert isinstance(envelope, ResultEnvelope) and parts["t1"].data is None
     assert base64.b64decode(envelope.npy_b64 or "") == npy
+    decoded = decode_result_npy(None, "t1", envelope)  # type: ignore[arg-type]  # inline: no server
+    assert decoded.npy == npy and np.array_equal(decoded.output, np.arange(3.0))
     assert parts["t2"].state == "TASK_FAILED" and parts["t2"].message == "member error: bad input"
     failure = TaskFailure.from_status(parts["t2"].data, parts["t2"].message)
     assert failure is not None and failure.is_member_error
@@ -268,6 +272,16 @@ def test_rows_per_shard_defaults_to_auto_sized_for_the_local_agents(tmp_path: Pa
     assert rows_per_shard(load_job(demo), 100_000, 30) == 50  # explicit: as today
 
 
+class RevivesWatched(FakeDriver):
+    """A FakeDriver that notes, at each REVIVE, how many results the main thread had queued."""
+
+    events_at_revive: list[int]
+
+    def reviveOffers(self, roles: Any = ()) -> None:  # noqa: N802
+        self.events_at_revive = [*getattr(self, "events_at_revive", []), self.scheduler.events.qsize()]
+        super().reviveOffers(roles)
+
+
 def test_the_scheduler_launches_bundles_and_fans_their_update_out(tmp_path: Path) -> None:
     spec = load_job(train_demo(tmp_path / "demo"))
     shards = {"data": cut_shards(load_dataset(spec.data).features[:100], 10)}  # 10 shards
@@ -277,23 +291,26 @@ def test_the_scheduler_launches_bundles_and_fans_their_update_out(tmp_path: Path
         items = [WorkItem(f"linear.s{s.index:05d}", "linear", s.index) for s in shards["data"]]
         scheduler = EnsembleScheduler(Tracker(items, max_retries=2), catalog, PriceTable(), CostModel(),
                                       PackingOptions(), OfferPolicy(), rounds_in_callback=True)
-        driver = FakeDriver(scheduler)
+        driver = RevivesWatched(scheduler)
         scheduler.registered(driver, Dict({"value": "F1"}), Dict({"hostname": "master", "port": 5050}))
-        scheduler.measurements.record("linear", "a1", 0.01, 0.01)
+        scheduler.measurements.record("linear", "a1", 0.05, 0.05)  # bundles of 5: the other 5 items wait
         # Room for the executor and one 0.5-cpu task (the executor's 0.01 cpus come out of it), not two.
         scheduler.resourceOffers(driver, [make_offer("a1", cpus=0.75, mem=4096)])
         [(_offers, [task], _filters)] = driver.launches  # one Mesos task carrying several items
         bundle = decode_task(base64.b64decode(task["data"]))
         assert isinstance(bundle, BundlePayload) and bundle.task_id == task["task_id"]["value"]
         carried = [payload.task_id for payload in bundle.items]
-        assert len(carried) > 1 and carried[0] == "linear.s00000.a1"
+        assert 1 < len(carried) < len(items) and carried[0] == "linear.s00000.a1"
         npy = array_to_npy(np.zeros(10))
         outcome = BundleResult(results={t: inline_envelope(npy, (10,)) for t in carried[1:]},
                                failures={carried[0]: TaskFailure("infrastructure", "OSError", "disk full")})
         scheduler.statusUpdate(driver, make_status(bundle.task_id, "TASK_RUNNING"))
         assert len(driver.acks) == 1  # one acknowledgement for the bundle's update
+        revives = driver.revived
         scheduler.statusUpdate(driver, make_status(bundle.task_id, "TASK_FINISHED",
                                                    data=base64.b64encode(outcome.to_json()).decode()))
+        # One REVIVE, sent before the bundle's items were handled (the offer is on its way meanwhile).
+        assert driver.revived == revives + 1 and driver.events_at_revive[-1] == 0
         events = [scheduler.events.get_nowait() for _ in range(scheduler.events.qsize())]
         assert [e.kind for e in events] == [EventKind.FINISHED] * (len(carried) - 1)
         assert [e.item.task_id for e in events if e.item] == carried[1:]
