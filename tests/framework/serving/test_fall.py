@@ -5,8 +5,11 @@ delay), a 4x load step, then the base load again."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
+
+from framework.serving.autoscale import MemberLoad
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -157,3 +160,28 @@ def test_the_fall_from_a_step_that_pressed_every_replica_returns_to_what_the_bas
     assert (fleet.cost_now(), fleet.bound_now()) == (1.0, 1.0)
     cheap_again = next(t for t, c, _ in fleet.timeline(FALL_AT) if c == 1.0)
     assert cheap_again <= FALL_AT + TARGET_S, fleet.timeline(FALL_AT)
+
+
+
+def test_a_load_that_needs_more_replicas_is_decided_at_once_not_at_the_next_interval() -> None:
+    """Between two of the autoscaler's decisions (``scale_interval_s`` = 1 s), the controller
+    looks at each tick whether the gateway's last second already needs more replicas
+    (``autoscale.rising``) and decides at once when it does: the bench's step, 30/s to 120/s on a
+    forest 35 % busy at the base, is asked for a quarter of a second after it shows, not up to a
+    second later; a steady load is still decided once a second."""
+    fleet = Fleet()
+    fleet.run_until(20.0)
+    calls = len(fleet.aimed)
+    fleet.run_until(25.0)
+    assert len(fleet.aimed) - calls == 5  # once a second while nothing rises
+    base = {"forest": MemberLoad("forest", 30.0, 0, 1, 40.0, 1, recent_rate_rps=30.0, short_rate_rps=30.0,
+                                 busy=0.35)}
+    fleet.loads = lambda: base  # type: ignore[method-assign]
+    fleet.controller.loads = fleet.loads
+    fleet.run_until(26.0)  # the decision of 26.0 sees the base
+    assert fleet.controller.desired["forest"] == 1
+    stepped = {"forest": dataclasses.replace(base["forest"], recent_rate_rps=75.0, short_rate_rps=120.0)}
+    fleet.controller.loads = lambda: stepped
+    fleet.run_until(26.25)
+    assert fleet.controller.desired["forest"] == 2, fleet.aimed[-1]
+
