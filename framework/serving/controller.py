@@ -58,6 +58,8 @@ TICK_SECONDS = 0.25
 RISE_CHECK_SECONDS = 0.2
 """Between two decisions, a load that already needs more replicas (``rising``) is looked for at
 most this often (each tick), from this long after the last decision."""
+COST_REPORT_MAX_DELAY = 1.0
+"""A decision's cost report waits for an empty inbox (the offers its REVIVE brings) at most this long."""
 BAD_PORT_SECONDS = 120.0
 """A port a replica could not bind on a host is not chosen again there for this long."""
 EXECUTOR_IDLE_SECONDS = 5.0
@@ -270,6 +272,8 @@ class ServingController(pymesos.Scheduler):
         self._driver: Any = None
         self._last_scale = float("-inf")
         self._last_rise_check = float("-inf")
+        self._cost_due: float | None = None
+        """When a decision last wanted the cost reported (None: reported since)."""
         self._worker = threading.Thread(target=self._work, name="serving-controller", daemon=True)
         self._abort_watch = DriverAbortWatch(self.events)
         DRIVER_ABORTED.clear()
@@ -459,10 +463,17 @@ class ServingController(pymesos.Scheduler):
         self._route("one more wanted, or a routed one gone")
         self._kill_due(driver, now)
         self._release_idle_executors(driver, now)
-        if scaled:
-            # after the decision's REVIVE or launches are out: a new count's lower bound is a
-            # packing (0.13-0.16 s of CPU in the fleet's step), which delayed the scale-up's offer
-            self._report_cost(now)
+        if scaled and self._cost_due is None:
+            self._cost_due = now
+        # After the decision's REVIVE or launches are out, and not while something waits in the
+        # inbox (the offers that REVIVE brings: a new count's lower bound is a packing, 0.13-0.3 s
+        # of CPU, and the launch waited for it), unless it has waited COST_REPORT_MAX_DELAY.
+        if self._cost_due is not None:
+            with self._inbox_ready:
+                waiting = bool(self._inbox)
+            if not waiting or now - self._cost_due >= COST_REPORT_MAX_DELAY:
+                self._cost_due = None
+                self._report_cost(now)
 
     def _measure(self, views: list[OfferView], measured: set[str]) -> None:
         """Each offered agent's whole capacity for us, taken as the offers arrive: before the

@@ -218,3 +218,36 @@ def test_a_scale_up_asks_mesos_for_offers_before_the_cost_s_bound_is_computed() 
     fleet.run_until(21.0)
     assert fleet.controller.desired["forest"] == 2
     assert calls and calls[0] in ("revive", "launch") and "cost" in calls, calls
+
+
+def test_a_decision_s_cost_report_waits_while_the_offers_its_revive_brought_are_in_the_inbox() -> None:
+    """The REVIVE's offers arrive while the deciding step still runs: the cost report (a packing)
+    waits for the next step, which launches on them first (serve_bench saw the offers wait
+    0.28 s in the inbox behind the report); it is not put off for more than a second."""
+    fleet = Fleet()
+    fleet.run_until(20.0)
+    reported: list[float] = []
+    report = fleet.controller.on_cost
+    assert report is not None
+
+    def reporting(cost: float, bound: float) -> None:
+        reported.append(fleet.now)
+        report(cost, bound)
+
+    fleet.controller.on_cost = reporting
+    pressing = {"forest": MemberLoad("forest", 30.0, 0, 1, 40.0, 1, recent_rate_rps=30.0, short_rate_rps=120.0,
+                                     busy=0.35)}
+    fleet.controller.loads = lambda: pressing
+    fleet.now = 20.25
+    fleet.controller._inbox.append(("poke", None, None))  # what arrived meanwhile, as the offers do
+    fleet.controller._step([])
+    assert fleet.controller.desired["forest"] == 2 and reported == []
+    fleet.controller._inbox.clear()
+    fleet.controller._step([])
+    assert reported == [20.25]
+    # the next decision (21.25, a second after) with the inbox never empty: reported a second later
+    fleet.controller._inbox.append(("poke", None, None))
+    for t in (21.0, 21.25, 21.5, 21.75, 22.0, 22.25, 22.5):
+        fleet.now = t
+        fleet.controller._step([])
+    assert reported[1:] == [22.25], reported
