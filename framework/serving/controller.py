@@ -59,7 +59,8 @@ RISE_CHECK_SECONDS = 0.2
 """Between two decisions, a load that already needs more replicas (``rising``) is looked for at
 most this often (each tick), from this long after the last decision."""
 COST_REPORT_MAX_DELAY = 1.0
-"""A decision's cost report waits for an empty inbox (the offers its REVIVE brings) at most this long."""
+"""A decision's cost report waits while its replicas wait for offers (or the inbox holds something)
+at most this long."""
 BAD_PORT_SECONDS = 120.0
 """A port a replica could not bind on a host is not chosen again there for this long."""
 EXECUTOR_IDLE_SECONDS = 5.0
@@ -465,12 +466,15 @@ class ServingController(pymesos.Scheduler):
         self._release_idle_executors(driver, now)
         if scaled and self._cost_due is None:
             self._cost_due = now
-        # After the decision's REVIVE or launches are out, and not while something waits in the
-        # inbox (the offers that REVIVE brings: a new count's lower bound is a packing, 0.13-0.3 s
-        # of CPU, and the launch waited for it), unless it has waited COST_REPORT_MAX_DELAY.
+        # After the decision's launches are out: not while replicas wait for offers (the REVIVE's
+        # come a few ms later) or something waits in the inbox (a new count's lower bound is a
+        # packing, 0.13-0.3 s of CPU, and the launch waited for it), unless it has waited
+        # COST_REPORT_MAX_DELAY.
         if self._cost_due is not None:
             with self._inbox_ready:
                 waiting = bool(self._inbox)
+            with self.lock:
+                waiting = waiting or self._wanting
             if not waiting or now - self._cost_due >= COST_REPORT_MAX_DELAY:
                 self._cost_due = None
                 self._report_cost(now)
