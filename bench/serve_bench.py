@@ -842,8 +842,38 @@ def print_step_breakdown(r: StepResult, s: Settings, state_dir: Path | None) -> 
     over = [f"{t:+.1f}:{p * 1000:.0f}" for t, p in r.windows if p * 1000 > s.target_ms]
     print(f"  1 s windows over {s.target_ms:g} ms (start from the step: p99 ms): {', '.join(over) or 'none'}")
     until = r.step_wall + (r.recovery if r.recovery is not None else s.step_high) + 5.0
-    for t, text in step_events(state_dir, r.step_wall - 3.0, until):
-        print(f"    step {t - r.step_wall:+6.2f} s  {text[:200]}")
+    events = [(t - r.step_wall, text) for t, text in step_events(state_dir, r.step_wall - 3.0, until)]
+    for t, text in events:
+        print(f"    step {t:+6.2f} s  {text[:200]}")
+    print(f"  step phases: {step_phases(events, r.recovery)}")
+
+
+def step_phases(events: Sequence[tuple[float, str]], recovery: float | None) -> str:
+    """One line from the step's events (seconds from the step): when the first scale-up after it
+    was wanted, its replica launched and ready, and the recovery (the rest is the backlog's drain)."""
+    wanted = next(((t, text.split(":")[0]) for t, text in events if t >= 0 and "replica(s) wanted (was" in text
+                   and _count_rose(text)), None)
+    back = f"{recovery:+.2f} s" if recovery is not None else "not within the phase"
+    if wanted is None:
+        return f"no scale-up after the step; back under target {back}"
+    member = wanted[1].removeprefix("member ")
+    launch = next(((t, text.split()[2]) for t, text in events if t >= wanted[0]
+                   and text.startswith(f"launching replica {member}.")), None)
+    ready = next((t for t, text in events if launch is not None and t >= launch[0]
+                  and text.startswith(f"replica {launch[1]} ") and " ready at " in text), None)
+    drain = recovery - ready if recovery is not None and ready is not None else None
+    return (f"{member} wanted {wanted[0]:+.2f} s, launched {fmt(launch[0] if launch else None, '+.2f')} s, "
+            f"ready {fmt(ready, '+.2f')} s, back under target {back} (after ready: {fmt(drain, '.2f')} s)")
+
+
+def _count_rose(text: str) -> bool:
+    """``member m: 2 replica(s) wanted (was 1)...``: the count rose."""
+    try:
+        now = int(text.split(": ", 1)[1].split()[0])
+        was = int(text.split("(was ", 1)[1].split(")")[0])
+    except (IndexError, ValueError):
+        return False
+    return now > was
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings,

@@ -55,6 +55,12 @@ DRAIN_SECONDS = 0.5
 """Between marking a replica draining (the gateway sends it nothing new) and killing it (it then
 finishes what it has in flight before TASK_KILLED)."""
 TICK_SECONDS = 0.25
+RISE_CHECK_SECONDS = 0.2
+"""Between two decisions, a load that already needs more replicas (``rising``) is looked for at
+most this often (each tick), from this long after the last decision."""
+COST_REPORT_MAX_DELAY = 1.0
+"""A decision's cost report waits while its replicas wait for offers (or the inbox holds something)
+at most this long."""
 BAD_PORT_SECONDS = 120.0
 """A port a replica could not bind on a host is not chosen again there for this long."""
 EXECUTOR_IDLE_SECONDS = 5.0
@@ -195,6 +201,7 @@ class ServingController(pymesos.Scheduler):
                  loopback: bool = False, state: Any = None, loads: Callable[[], Mapping[str, Any]] | None = None,
                  autoscale: Callable[[Mapping[str, Any], Mapping[str, int], float], dict[str, int]] | None = None,
                  scale_interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 rising: Callable[[Mapping[str, Any], Mapping[str, int]], Sequence[str]] | None = None,
                  health_check: Callable[["LiveReplica"], bool] | None = None,
                  on_cost: Callable[[float, float], None] | None = None,
                  executor_idle_seconds: float = EXECUTOR_IDLE_SECONDS) -> None:
@@ -204,6 +211,9 @@ class ServingController(pymesos.Scheduler):
         self.state = state
         """The deployment journal (:class:`framework.serving.state.ServeState`) or None."""
         self.loads, self.autoscale, self.scale_interval, self.clock = loads, autoscale, scale_interval, clock
+        self.rising = rising
+        """Between decisions, every tick: the members whose load already needs more replicas than
+        wanted (``autoscale.rising``); any, and the autoscaler decides at once."""
         self.health_check = health_check or check_health
         self.on_cost = on_cost
         self.cost_history: list[tuple[float, float, float]] = []
@@ -266,6 +276,9 @@ class ServingController(pymesos.Scheduler):
         self._closed = False
         self._driver: Any = None
         self._last_scale = float("-inf")
+        self._last_rise_check = float("-inf")
+        self._cost_due: float | None = None
+        """When a decision last wanted the cost reported (None: reported since)."""
         self._worker = threading.Thread(target=self._work, name="serving-controller", daemon=True)
         self._abort_watch = DriverAbortWatch(self.events)
         DRIVER_ABORTED.clear()
@@ -450,11 +463,25 @@ class ServingController(pymesos.Scheduler):
             self._decline(driver, offers, self.refuse_seconds)
             return
         now = self.clock()
-        self._scale(now)
+        scaled = self._scale(now)
         self._decide(driver, offers, now)
         self._route("one more wanted, or a routed one gone")
         self._kill_due(driver, now)
         self._release_idle_executors(driver, now)
+        if scaled and self._cost_due is None:
+            self._cost_due = now
+        # After the decision's launches are out: not while replicas wait for offers (the REVIVE's
+        # come a few ms later) or something waits in the inbox (a new count's lower bound is a
+        # packing, 0.13-0.3 s of CPU, and the launch waited for it), unless it has waited
+        # COST_REPORT_MAX_DELAY.
+        if self._cost_due is not None:
+            with self._inbox_ready:
+                waiting = bool(self._inbox)
+            with self.lock:
+                waiting = waiting or self._wanting
+            if not waiting or now - self._cost_due >= COST_REPORT_MAX_DELAY:
+                self._cost_due = None
+                self._report_cost(now)
 
     def _measure(self, views: list[OfferView], measured: set[str]) -> None:
         """Each offered agent's whole capacity for us, taken as the offers arrive: before the
@@ -667,11 +694,16 @@ class ServingController(pymesos.Scheduler):
             self.executor_generation[(agent_id, key)] += 1
 
     # --- decisions -----------------------------------------------------------------------------
-    def _scale(self, now: float) -> None:
-        """Every ``scale_interval``: the autoscaler's desired counts from the gateway's load."""
-        if self.autoscale is None or self.loads is None or now - self._last_scale < self.scale_interval:
-            return
-        self._last_scale = now
+    def _scale(self, now: float) -> bool:
+        """Every ``scale_interval`` (or at once when ``rising`` says so): the autoscaler's desired
+        counts from the gateway's load.  True when it decided (the cost is then reported)."""
+        if self.autoscale is None or self.loads is None:
+            return False
+        due = now - self._last_scale >= self.scale_interval
+        if not due and (self.rising is None or now - self._last_scale < RISE_CHECK_SECONDS
+                        or now - self._last_rise_check < RISE_CHECK_SECONDS):
+            return False
+        self._last_rise_check = now
         loads = self.loads()
         with self.lock:
             # The counts aimed at (the autoscaler's contract), not the live replicas: those also
@@ -679,6 +711,9 @@ class ServingController(pymesos.Scheduler):
             # that keeps "the current count" would keep them all (a re-pack of 3 replicas turned
             # into 6 wanted, the bound and the cost up with them, for another scale-down delay).
             current = {m: self.desired.get(m, t.min_replicas) for m, t in self.targets.items()}
+        if not due and not (self.rising is not None and self.rising(loads, current)):
+            return False
+        self._last_scale = now
         desired = self.autoscale(loads, current, now)
         with self.lock:
             for member, count in desired.items():
@@ -694,7 +729,7 @@ class ServingController(pymesos.Scheduler):
                     self.desired[member] = count
                 else:
                     log.debug("member %s: %d replica(s)%s", member, count, describe_load(loads.get(member)))
-        self._report_cost(now)
+        return True
 
     def _report_cost(self, now: float) -> None:
         """The deployment's cost per hour as placed, and the packer's lower bound for the desired
@@ -1045,14 +1080,15 @@ class ServingController(pymesos.Scheduler):
 # --- helpers -----------------------------------------------------------------------------------
 def describe_load(load: Any) -> str:
     """``load`` (a member's sample, or None) as the autoscaler read it, for the log: ``": rate
-    12.0/s (recent 40.1/s), busy 0.35, p99 82 ms, backlog 3, 1 ready"``."""
+    12.0/s (recent 40.1/s, last second 61.0/s), busy 0.35, p99 82 ms, backlog 3, 1 ready"``."""
     if load is None:
         return ""
     try:
         text = f": rate {load.rate_rps:.1f}/s"
         recent = getattr(load, "recent_rate_rps", None)
+        short = getattr(load, "short_rate_rps", None)
         if recent is not None:
-            text += f" (recent {recent:.1f}/s)"
+            text += f" (recent {recent:.1f}/s" + (f", last second {short:.1f}/s)" if short is not None else ")")
         busy = getattr(load, "busy", None)
         if busy is not None:
             text += f", busy {busy:.2f}"

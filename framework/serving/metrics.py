@@ -24,7 +24,8 @@ not share counters). Names (all prefixed ``mesos_ensemble_``):
 replica now: the backlog, not requests a batch holds for company while a replica is free),
 ``in_flight`` (requests in batches at its replicas now), ``p99_ms`` (the member's latency,
 queueing included; 0 without requests), ``replicas_ready``, ``recent_rate_rps`` (requests per
-second over the last ``RECENT_S`` seconds: a step shows at once) and ``busy`` (replica-seconds of
+second over the last ``RECENT_S`` seconds: a step shows at once), ``short_rate_rps`` (the same over
+``SHORT_S``) and ``busy`` (replica-seconds of
 calls to its replicas per second over the window: how many replicas were busy on average).
 
 Shed load stays visible to the autoscaler as demand: ``rate_rps`` counts every request that
@@ -46,7 +47,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from framework.serving.autoscale import RECENT_S, MemberLoad
+from framework.serving.autoscale import RECENT_S, SHORT_S, MemberLoad
 from framework.serving.balancer import percentile
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
@@ -296,6 +297,7 @@ class GatewayMetrics:
         with self._lock:
             rates = {m: w.rate(now) for m, w in self._windows.items()}
             recent = {m: w.recent_rate(now) for m, w in self._windows.items()}
+            short = {m: w.recent_rate(now, SHORT_S) for m, w in self._windows.items()}
             busy = {m: w.busy(now) for m, w in self._windows.items()}
             p99s = {m: w.p99_ms(now) for m, w in self._windows.items()}
             shed = {m: w.shed_count(now) for m, w in self._windows.items()}
@@ -303,7 +305,7 @@ class GatewayMetrics:
         return {m: MemberLoad(member=m, rate_rps=rates[m], queue_depth=live.get(m, empty).backlog + shed[m],
                               in_flight=live.get(m, empty).in_flight, p99_ms=p99s[m],
                               replicas_ready=live.get(m, empty).replicas_ready, recent_rate_rps=recent[m],
-                              busy=busy[m])
+                              short_rate_rps=short[m], busy=busy[m])
                 for m in self.members}
 
     def drain_rates(self) -> dict[str, float]:

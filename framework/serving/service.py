@@ -228,7 +228,8 @@ class ServeRunner:
                 self._targets(spec, serve), catalog, table, spec.pricing, role=spec.framework.role,
                 refuse_seconds=spec.framework.refuse_seconds, loopback=loopback, state=state,
                 loads=gateway.load_samples, autoscale=self._autoscaler(serve, lambda: self.serve_spec),
-                scale_interval=serve.scale_interval_s, on_cost=gateway.set_cost_per_hour)
+                scale_interval=serve.scale_interval_s, on_cost=gateway.set_cost_per_hour,
+                rising=self._rising(lambda: self.serve_spec))
             self.status_url = self._watch(stack, state, controller, gateway, bind, loopback, server.token)
             framework_id = None
             earlier = state.replicas()
@@ -341,6 +342,15 @@ class ServeRunner:
             desired, memory[0] = autoscale.decide(current() if current else serve, loads, counts, memory[0], now)
             return desired
         return decide
+
+    @staticmethod
+    def _rising(current: Callable[[], ServeSpec]) -> Callable[[Mapping[str, Any], Mapping[str, int]], list[str]]:
+        """The controller's check between decisions (``autoscale.rising``) over the spec in force."""
+        from framework.serving import autoscale
+
+        def rising(loads: Mapping[str, Any], counts: Mapping[str, int]) -> list[str]:
+            return autoscale.rising(current(), loads, counts)
+        return rising
 
     def _wait_ready(self, controller: ServingController) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS

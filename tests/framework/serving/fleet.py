@@ -29,7 +29,7 @@ from framework import translator
 from framework.packing import Agent, PriceTable, Resources
 from framework.serving import controller as controller_module
 from framework.serving import placement
-from framework.serving.autoscale import RECENT_S, MemberLoad
+from framework.serving.autoscale import RECENT_S, SHORT_S, MemberLoad
 from framework.serving.controller import ReplicaState, ServedMember, ServingController
 from framework.serving.routing import ReplicaTable
 from framework.serving.service import ServeRunner
@@ -306,8 +306,9 @@ class Fleet:
         self.now = 0.0
         self.measured = measured
         """The loads as the gateway measures them: the p99 the worst of its window (it still holds
-        the slow requests of a load that has passed), a recent rate (``RECENT_S``) and the replicas'
-        busy time; else an instant p99 of the windowed rate and neither of the others."""
+        the slow requests of a load that has passed), a recent rate (``RECENT_S``), a short one
+        (``SHORT_S``) and the replicas' busy time; else an instant p99 of the windowed rate and none
+        of the others."""
         self._p99s: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self._busy: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.members = {m.name: m for m in members}
@@ -332,7 +333,8 @@ class Fleet:
             Catalog(self.members), self.table, PriceTable(), refuse_seconds=5.0, loopback=False,
             loads=self.loads, autoscale=scale, scale_interval=self.spec.scale_interval_s,
             clock=lambda: self.now, health_check=lambda replica: False,
-            on_cost=lambda cost, bound: self.costs.append((self.now, cost, bound)))
+            on_cost=lambda cost, bound: self.costs.append((self.now, cost, bound)),
+            rising=ServeRunner._rising(lambda: self.spec))
         self.controller._driver = self.mesos
         self.controller._step([("subscribed", self.mesos, "F1")])
 
@@ -354,10 +356,13 @@ class Fleet:
             instant = load_model(m, now, ready, self.spec.target_p99_ms).p99_ms
             busy = min(float(ready), now * m.service_s)
             for series, value in ((self._p99s[name], instant), (self._busy[name], busy)):
+                if series and self.now - series[-1][0] < 1.0 - 1e-9:
+                    continue  # the controller's check between decisions reads the loads too
                 series.append((self.now, value))
                 del series[:-int(WINDOW_S)]  # one a second: the window's
             loads[name] = dataclasses.replace(
                 loads[name], p99_ms=max(p for _, p in self._p99s[name]), recent_rate_rps=recent,
+                short_rate_rps=self._rate_over(SHORT_S),
                 busy=sum(b for _, b in self._busy[name]) / len(self._busy[name]))
         return loads
 

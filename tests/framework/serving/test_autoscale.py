@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framework.serving.autoscale import (DOWN_UTILISATION, MAX_STEP_FACTOR, UP_UTILISATION, AutoscaleState,
-                                         MemberLoad, MemberScaleState, by_utilisation, decide, pressed,
-                                         replicas_for)
+from framework.serving.autoscale import (DOWN_UTILISATION, MAX_STEP_FACTOR, SHORT_S, UP_UTILISATION,
+                                         AutoscaleState, MemberLoad, MemberScaleState, by_utilisation, decide,
+                                         pressed, replicas_for, rising)
+from framework.serving.metrics import LoadWindow
 from framework.serving.spec import ReplicaBounds, ServeSpec
 
 SPEC = ServeSpec(target_p99_ms=100.0, scale_interval_s=1.0, scale_down_delay_s=30.0,
@@ -367,3 +368,70 @@ def test_with_a_busy_measure_steps_down_leave_the_rest_under_down_utilisation_an
         asked = min(by_utilisation(load, UP_UTILISATION), math.ceil(max(1, load.replicas_ready) * MAX_STEP_FACTOR))
         assert wanted >= spec.bounds("m").clamp(min(asked, low + span)) or wanted >= count, (load, count, wanted)
         count = wanted
+
+
+# --- the short rate (the gateway's last second) and the check between decisions ------------------
+
+
+def measured(window: LoadWindow, now: float, ready: int = 1) -> MemberLoad:
+    """The sample the gateway gives for ``window`` at ``now`` (as ``GatewayMetrics.load_samples``)."""
+    return MemberLoad("m", window.rate(now), 0, 1, 50.0, ready, recent_rate_rps=window.recent_rate(now),
+                      short_rate_rps=window.recent_rate(now, SHORT_S), busy=window.busy(now))
+
+
+def stepped(base: float, at: float, until: float, per_request_s: float, seed: int) -> LoadWindow:
+    """Poisson arrivals at ``base``/s for 20 s, then 4x from ``at`` to ``until``, each call costing
+    ``per_request_s`` of a replica's time."""
+    rng = random.Random(seed)
+    window = LoadWindow(window_s=10.0, started=0.0)
+    t = 0.0
+    while True:
+        t += rng.expovariate(base * (4 if t >= at else 1))
+        if t >= until:
+            return window
+        window.arrived(t)
+        window.called(t, per_request_s)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_4x_step_from_30_per_s_is_asked_for_within_a_second_of_it(seed: int) -> None:
+    """The bench's step (30/s to 120/s, one replica 35 % busy at the base): the gateway's
+    measures 0.75 s after the step already ask for a second replica, both through ``rising``
+    (the controller's check between decisions) and ``decide``.  On the 2 s recent rate alone
+    (less 2 deviations: about 52/s then) they did not."""
+    window = stepped(30.0, 20.0, 20.75, 0.35 / 30.0, seed)
+    load = measured(window, 20.75)
+    assert rising(SPEC, {"m": load}, {"m": 1}) == ["m"]
+    desired, _ = decide(SPEC, {"m": load}, {"m": 1}, AutoscaleState(), 20.75)
+    assert desired["m"] >= 2
+
+
+def test_rising_holds_back_at_the_most_replicas_without_a_busy_measure_or_a_short_rate() -> None:
+    spec = ServeSpec(models={"m": ReplicaBounds(1, 2)})
+    load = MemberLoad("m", 30.0, 0, 1, 50.0, 1, recent_rate_rps=30.0, short_rate_rps=120.0, busy=0.35)
+    assert rising(spec, {"m": load}, {"m": 1}) == ["m"]
+    assert rising(spec, {"m": load}, {"m": 2}) == []  # at its max_replicas
+    assert rising(spec, {"m": dataclasses.replace(load, busy=None)}, {"m": 1}) == []
+    assert rising(spec, {"m": dataclasses.replace(load, short_rate_rps=None)}, {"m": 1}) == []
+    assert rising(spec, {}, {"m": 1}) == []
+    # 30 % more in the last second is noise at 30/s (3 deviations: 39 - 18.7), not a step
+    assert rising(spec, {"m": dataclasses.replace(load, short_rate_rps=39.0, busy=0.6)}, {"m": 1}) == []
+
+
+def test_the_short_rate_does_not_raise_a_steady_load_checked_several_times_a_second() -> None:
+    """100/s of Poisson arrivals, one replica 65 % busy (just under UP_UTILISATION): ten minutes of
+    checks every 0.25 s never find it rising (with 2 deviations off the 1 s rate, some would)."""
+    rng = random.Random(7)
+    window = LoadWindow(window_s=10.0, started=0.0)
+    t, check, noisy = 0.0, 10.0, 0
+    while check < 610.0:
+        t += rng.expovariate(100.0)
+        while check <= t:
+            load = measured(window, check)
+            assert rising(SPEC, {"m": load}, {"m": 1}) == [], (check, load)
+            short = load.short_rate_rps or 0.0
+            noisy += (load.busy or 0.0) * (short - 2 * math.sqrt(short)) / load.rate_rps > UP_UTILISATION
+            check += 0.25
+        window.arrived(t)
+        window.called(t, 0.65 / 100.0)
+    assert noisy > 0  # what the 3 deviations hold back

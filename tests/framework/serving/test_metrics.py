@@ -49,6 +49,7 @@ def test_load_samples_and_exposition():
     assert loads["a"] == MemberLoad("a", rate_rps=pytest.approx(10 / 4.5), queue_depth=3, in_flight=2,
                                     p99_ms=pytest.approx(19.0), replicas_ready=2,
                                     recent_rate_rps=pytest.approx(5 / 2.0),  # arrivals at 52.5..54.5
+                                    short_rate_rps=pytest.approx(3 / 1.0),  # arrivals at 53.5..54.5
                                     busy=pytest.approx(4 * 0.03 / 4.5))
     assert loads["b"].busy == 0.0
     assert loads["b"].p99_ms == 500.0 and loads["b"].replicas_ready == 1
