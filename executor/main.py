@@ -6,6 +6,7 @@ update is a fresh dict (pymesos mutates the dict it sends; reusing one would reu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -162,7 +163,8 @@ class EnsembleExecutor(pymesos.Executor):
                 return
             self._send(driver, task_id, "TASK_RUNNING")
             output, usage = self.predictions.compute(payload, model, shard)
-            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
+            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output,
+                                                                            self._with_mode(payload, usage))
         except Exception as error:  # answer every failure, saying whether the member's own code raised
             failure = report_failure(task_id, error)  # its whole traceback goes to the sandbox's stderr
             state, message, data = "TASK_FAILED", failure.status_message(), failure.to_json()
@@ -220,7 +222,7 @@ class EnsembleExecutor(pymesos.Executor):
                         if isinstance(outcome, Exception):
                             raise outcome
                         output, usage = outcome
-                        envelope = bundle_item_envelope(payload, output, usage, inline_left)
+                        envelope = bundle_item_envelope(payload, output, self._with_mode(payload, usage), inline_left)
                         if envelope.kind == "inline":
                             inline_left -= envelope.nbytes
                         results.results[payload.task_id] = envelope
@@ -234,6 +236,12 @@ class EnsembleExecutor(pymesos.Executor):
         message = (f"{failed} of {len(bundle.items)} bundled task(s) failed: "
                    f"{next(iter(results.failures.values())).status_message()}") if failed else None
         self._send(driver, task_id, "TASK_FINISHED", message=message, data=results.to_json())
+
+    def _with_mode(self, payload: TaskPayload, usage: TaskUsage) -> TaskUsage:
+        """``usage`` with where this executor's probe put the model (the framework remembers a
+        measured ``thread`` for later runs, which then skip the probe)."""
+        measured = self.predictions.measured_mode(payload)
+        return usage if measured is None else dataclasses.replace(usage, measured_mode=measured)
 
     def _prefetch(self, task_id: str, bundle: BundlePayload) -> None:
         for payload in bundle.items:
