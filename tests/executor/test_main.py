@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import threading
 from pathlib import Path
@@ -114,3 +115,28 @@ def test_task_killed_while_queued_never_starts(tmp_path: Path) -> None:
     release.set()
     executor.pool.shutdown(wait=True)
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
+
+
+def test_a_result_says_where_the_executors_probe_put_its_model(tmp_path: Path, monkeypatch: Any) -> None:
+    """The terminal update's usage carries the probe's verdict (the framework keeps a ``thread``
+    one for later runs); a task whose payload gave the mode (an earlier run's) reports none."""
+    from executor import workers
+
+    monkeypatch.setattr(workers, "_concurrent_seconds", lambda function, features, threads: (0.02, 0.02 * threads))
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    usages = []
+    for hinted in (False, True):
+        executor = EnsembleExecutor(tmp_path, workers=2)
+        driver = RecordingExecutorDriver()
+        task = make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri())
+        if hinted:
+            payload = TaskPayload.from_json(base64.b64decode(task.data))
+            task.data = base64.b64encode(dataclasses.replace(payload, predict_mode="thread").to_json()).decode()
+        executor.launchTask(driver, task)
+        assert driver.done.wait(30)
+        executor.shutdown(driver)
+        assert driver.updates[-1]["state"] == "TASK_FINISHED"
+        usages.append(ResultEnvelope.from_json(base64.b64decode(driver.updates[-1]["data"])).usage)
+    assert [u.measured_mode if u else "no usage" for u in usages] == ["thread", None]
