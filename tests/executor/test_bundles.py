@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -100,3 +101,63 @@ def test_the_protocols_json_is_byte_for_byte_what_asdict_gave() -> None:
     result = BundleResult({"m.s7.a1": envelope}, {"f": failure})
     assert result.to_json() == json.dumps({"schema": result.schema, "results": {"m.s7.a1": asdict(envelope)},
                                            "failures": {"f": asdict(failure)}}, sort_keys=True).encode()
+
+
+def test_a_bundles_large_results_upload_while_its_next_items_compute(tmp_path: Path, monkeypatch: Any) -> None:
+    """A bundled item's result too large for the update is uploaded on an upload thread while the
+    bundle's next item computes (the upload's HTTP was slot time between two computations); every
+    result arrives as it was computed, and an item whose upload fails fails alone."""
+    import hashlib
+    import threading
+    import time
+
+    from executor import main as executor_main
+    from executor import workers
+
+    shards = [np.arange(i, i + 12.0).reshape(4, 3) for i in range(4)]
+    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
+    payloads = []
+    for index, shard in enumerate(shards):
+        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
+        payloads.append(TaskPayload(
+            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
+            method="predict", shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(),
+                                               sha256_hex(array_to_npy(shard))),
+            shard_index=index, result_upload_url=f"http://results/m.s{index}.a1", inline_limit=0))
+    events: list[tuple[str, int, float]] = []
+    uploaded: dict[str, bytes] = {}
+    real_compute = workers.compute_measured
+
+    def compute(payload: TaskPayload, *args: Any) -> Any:
+        events.append(("compute", payload.shard_index, time.monotonic()))
+        return real_compute(payload, *args)
+
+    def upload(url: str, npy: bytes) -> None:
+        index = int(url.rsplit(".s", 1)[1].split(".")[0])
+        time.sleep(0.3)
+        assert threading.current_thread().name.startswith("upload")
+        if index == 2:
+            raise OSError("the artifact server went away")
+        uploaded[url] = npy
+        events.append(("uploaded", index, time.monotonic()))
+
+    monkeypatch.setattr(workers, "compute_measured", compute)
+    monkeypatch.setattr(executor_main, "upload_result", upload)
+    monkeypatch.setattr(executor_main, "BUNDLE_BATCH", 1)  # one item per batch: the next is computed apart
+    bundle = BundlePayload("B1", payloads, inline_limit=0)
+    executor, driver = EnsembleExecutor(tmp_path, workers=1), RecordingExecutorDriver()
+    executor.launchTask(driver, Dict({"task_id": {"value": "B1"}, "data": base64.b64encode(bundle.to_json()).decode()}))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    when = {(kind, index): at for kind, index, at in events}
+    assert when[("compute", 1)] < when[("uploaded", 0)]  # the next item computed while the last uploaded
+    outcome = BundleResult.from_json(base64.b64decode(driver.updates[-1]["data"]))
+    assert sorted(outcome.results) == ["m.s0.a1", "m.s1.a1", "m.s3.a1"] and list(outcome.failures) == ["m.s2.a1"]
+    assert "artifact server went away" in outcome.failures["m.s2.a1"].message
+    for index in (0, 1, 3):
+        envelope = outcome.results[f"m.s{index}.a1"]
+        npy = uploaded[f"http://results/m.s{index}.a1"]
+        assert envelope.kind == "uploaded" and envelope.sha256 == hashlib.sha256(npy).hexdigest()
+        assert np.array_equal(npy_to_array(npy), model.predict(shards[index]))
