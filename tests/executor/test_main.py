@@ -140,3 +140,38 @@ def test_a_result_says_where_the_executors_probe_put_its_model(tmp_path: Path, m
         assert driver.updates[-1]["state"] == "TASK_FINISHED"
         usages.append(ResultEnvelope.from_json(base64.b64decode(driver.updates[-1]["data"])).usage)
     assert [u.measured_mode if u else "no usage" for u in usages] == ["thread", None]
+
+
+def test_results_upload_over_one_kept_alive_connection(tmp_path: Path, monkeypatch: Any) -> None:
+    """Each large result is PUT to the artifact server with its checksum over a connection kept
+    alive between uploads (a new one per upload was a connection and a server thread per task);
+    an upload the server refuses is a TaskError naming its HTTP status."""
+    import http.client
+
+    import pytest
+
+    from executor import main as executor_main
+    from executor.runner import KeptAliveDownloads, TaskError
+    from framework.artifacts import ArtifactServer
+
+    connects: list[object] = []
+    real_connect = http.client.HTTPConnection.connect
+
+    def connect(self: http.client.HTTPConnection) -> None:
+        connects.append(self)
+        real_connect(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    monkeypatch.setattr(executor_main, "UPLOADS", KeptAliveDownloads(timeout=10))
+    server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
+    try:
+        outputs = [np.arange(i, i + 50_000, dtype=np.float64) for i in range(4)]
+        for index, output in enumerate(outputs):
+            executor_main.upload_result(server.expect_result(f"t{index}"), array_to_npy(output))
+        assert len(connects) == 1
+        for index, output in enumerate(outputs):
+            assert np.array_equal(np.load(server.result_path(f"t{index}")), output)
+        with pytest.raises(TaskError, match="HTTP 404"):
+            executor_main.upload_result(server.expect_result("t9").replace("t9", "not-expected"), b"x")
+    finally:
+        server.stop()
