@@ -229,13 +229,16 @@ class EnsembleExecutor(pymesos.Executor):
         threading.Thread(target=self._prefetch, args=(task_id, bundle), name="prefetch", daemon=True).start()
 
         def batches() -> Iterator[Batch]:
-            """The items' inputs, BUNDLE_BATCH at a time (fetched while the batch before computes)."""
+            """The items' inputs: the first item alone (it computes as soon as its own shard is
+            here, not once the first BUNDLE_BATCH shards are), then BUNDLE_BATCH at a time (the
+            prefetch thread downloads them while the batch before computes)."""
             nonlocal running
-            for first in range(0, len(bundle.items), BUNDLE_BATCH):
+            bounds = [0, *range(1, len(bundle.items), BUNDLE_BATCH), len(bundle.items)]
+            for first, end in zip(bounds, bounds[1:]):
                 if self._was_killed(task_id):
                     return
                 fetched = []
-                for payload in bundle.items[first:first + BUNDLE_BATCH]:
+                for payload in bundle.items[first:end]:
                     try:
                         model, shard = fetch_inputs(payload, self.cache)
                         fetched.append((payload, model, shard))
