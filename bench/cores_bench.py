@@ -47,6 +47,7 @@ import argparse
 import contextlib
 import functools
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -308,10 +309,13 @@ class SlotTimeline:
                                                sorted(steps.items(), key=lambda step: step[1]))
 
         executor: dict[str, float] = {}
+        kept: set[str] = set()  # models whose mode an earlier run's probe gave (not probed here)
         for stderr in sandboxes.rglob("stderr"):
-            for match in TIMELINE_LINE.finditer(stderr.read_text(errors="replace")):
+            text = stderr.read_text(errors="replace")
+            for match in TIMELINE_LINE.finditer(text):
                 step, when = match.group(1), float(match.group(2))
                 executor[step] = min(when, executor.get(step, when))
+            kept.update(re.findall(r"model (\S+): predictions run in .*, as an earlier run's probe measured", text))
         framework = {name: when for name, when in runner.steps.items() if name != "run"} | self.steps
         lines = ["  the start, step by step (seconds since the run began):", line("scheduler process", framework),
                  line("executor", {name: when for name, when in executor.items() if ":" not in name})]
@@ -320,7 +324,8 @@ class SlotTimeline:
         for model in models:
             lines.append(line(f"  {model}", {step: executor[f"{step}:{model}"] for step in
                                        ("model_fetched", "model_load", "model_loaded", "probe", "probed", "compute")
-                                       if f"{step}:{model}" in executor}))
+                                       if f"{step}:{model}" in executor})
+                         + (" (not probed: an earlier run's verdict, threads)" if model in kept else ""))
         for number, carriers in enumerate(self.slots()):
             if carriers:
                 first = carriers[0]

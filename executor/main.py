@@ -6,6 +6,7 @@ update is a fresh dict (pymesos mutates the dict it sends; reusing one would reu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -13,6 +14,8 @@ import sys
 import threading
 import time
 import warnings
+import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -36,7 +39,7 @@ from executor.protocol import (
     sha256_hex,
     uploaded_envelope,
 )
-from executor.runner import SandboxCache, TaskError, fetch_inputs, preimport, report_failure
+from executor.runner import KeptAliveDownloads, SandboxCache, TaskError, fetch_inputs, preimport, report_failure
 from executor.workers import Batch, PredictionPool
 
 if TYPE_CHECKING:
@@ -45,14 +48,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("executor")
 
 
+UPLOADS = KeptAliveDownloads(timeout=120)
+"""The executor's connections for result uploads, kept alive between them (and apart from the
+downloads', which a task's shard fetches use at the same time)."""
+
+
 def upload_result(url: str, npy: bytes) -> None:
     """PUT a large result to the framework's artifact server, with its checksum."""
-    request = urllib.request.Request(
-        url, data=npy, method="PUT", headers={"Content-Type": "application/octet-stream", "X-Sha256": sha256_hex(npy)}
-    )
-    with urllib.request.urlopen(request, timeout=120) as response:
-        if response.status not in (200, 201, 204):
-            raise TaskError(f"result upload answered HTTP {response.status}")
+    headers = {"Content-Type": "application/octet-stream", "X-Sha256": sha256_hex(npy)}
+    if urllib.parse.urlsplit(url).scheme != "http":
+        request = urllib.request.Request(url, data=npy, method="PUT", headers=headers)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            if response.status not in (200, 201, 204):
+                raise TaskError(f"result upload answered HTTP {response.status}")
+        return
+    try:
+        UPLOADS.put(url, npy, headers)
+    except urllib.error.HTTPError as error:
+        raise TaskError(f"result upload answered HTTP {error.code}") from error
 
 
 def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None = None) -> bytes:
@@ -67,11 +80,26 @@ def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None
 def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
     """One bundled item's result: inline while the bundle's budget (``inline_left`` bytes) lasts,
     else uploaded like a lone task's large result."""
+    envelope = bundle_item_inline(payload, output, usage, inline_left)
+    if isinstance(envelope, ResultEnvelope):
+        return envelope
+    return upload_envelope(payload, *envelope)
+
+
+def bundle_item_inline(payload: TaskPayload, output: Any, usage: TaskUsage,
+                       inline_left: int) -> ResultEnvelope | tuple[bytes, tuple[int, ...], TaskUsage]:
+    """A bundled item's inline result while the bundle's budget (``inline_left`` bytes) lasts;
+    else what :func:`upload_envelope` uploads (its ``.npy`` bytes, shape and usage)."""
     npy = npycodec.encode(output)  # np.save's bytes, its header formatted once per shape
     if len(npy) <= min(inline_left, max(payload.inline_limit, BUNDLE_ITEM_INLINE_LIMIT)):
         return inline_envelope(npy, output.shape, usage)
+    return npy, output.shape, usage
+
+
+def upload_envelope(payload: TaskPayload, npy: bytes, shape: tuple[int, ...], usage: TaskUsage) -> ResultEnvelope:
+    """Upload a result too large to travel in the status update; its envelope."""
     upload_result(payload.result_upload_url, npy)
-    return uploaded_envelope(npy, output.shape, usage)
+    return uploaded_envelope(npy, shape, usage)
 
 
 def log_bundle(task_id: str, results: BundleResult, started: float, first_batch: float | None, answered: float,
@@ -116,6 +144,9 @@ class EnsembleExecutor(pymesos.Executor):
         self.status_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status")
         """Sends a bundle's TASK_RUNNING while its items compute (each update is a synchronous round
         trip to the agent); the bundle's terminal update waits for it, so that they arrive in order."""
+        self.uploads = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="upload")
+        """Uploads a bundle's large results while its next items compute (an upload is a few ms
+        of HTTP, which the item's slot spent idle when it came between two computations)."""
         self.predictions = PredictionPool(workers, self.cache, mode)
         self.killed: set[str] = set()
         self.lock = threading.Lock()
@@ -158,6 +189,7 @@ class EnsembleExecutor(pymesos.Executor):
             self.replicas.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.status_sender.shutdown(wait=False)
+        self.uploads.shutdown(wait=False, cancel_futures=True)
         self.predictions.close()
 
     def error(self, driver: Any, message: str) -> None:
@@ -187,7 +219,8 @@ class EnsembleExecutor(pymesos.Executor):
                 return
             self._send(driver, task_id, "TASK_RUNNING")
             output, usage = self.predictions.compute(payload, model, shard)
-            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output, usage)
+            state, message, data = "TASK_FINISHED", None, build_result_data(payload, output,
+                                                                            self._with_mode(payload, usage))
         except Exception as error:  # answer every failure, saying whether the member's own code raised
             failure = report_failure(task_id, error)  # its whole traceback goes to the sandbox's stderr
             state, message, data = "TASK_FAILED", failure.status_message(), failure.to_json()
@@ -249,6 +282,7 @@ class EnsembleExecutor(pymesos.Executor):
                 if fetched:
                     yield fetched
 
+        uploading: dict[str, Future[ResultEnvelope]] = {}  # item task id: its result's upload
         with closing(self.predictions.compute_stream(batches())) as computed:
             for fetched, outcomes in computed:
                 for (payload, _model, _shard), outcome in zip(fetched, outcomes):
@@ -256,12 +290,23 @@ class EnsembleExecutor(pymesos.Executor):
                         if isinstance(outcome, Exception):
                             raise outcome
                         output, usage = outcome
-                        envelope = bundle_item_envelope(payload, output, usage, inline_left)
-                        if envelope.kind == "inline":
+                        envelope = bundle_item_inline(payload, output, self._with_mode(payload, usage), inline_left)
+                        if isinstance(envelope, ResultEnvelope):
                             inline_left -= envelope.nbytes
-                        results.results[payload.task_id] = envelope
+                            results.results[payload.task_id] = envelope
+                            continue
+                        # Uploaded while the next items compute; at most a batch's worth waits.
+                        waiting = [f for f in uploading.values() if not f.done()]
+                        if len(waiting) >= BUNDLE_BATCH:
+                            wait_futures(waiting[:1])
+                        uploading[payload.task_id] = self._upload_soon(payload, *envelope)
                     except Exception as error:  # this item failed; the bundle's other items go on
                         results.failures[payload.task_id] = report_failure(payload.task_id, error)
+        for item_task_id, upload in uploading.items():
+            try:
+                results.results[item_task_id] = upload.result()
+            except Exception as error:  # this item's upload failed; the bundle's other items go on
+                results.failures[item_task_id] = report_failure(item_task_id, error)
         answered = time.perf_counter()
         if running is not None:
             wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
@@ -277,6 +322,12 @@ class EnsembleExecutor(pymesos.Executor):
         log_bundle(task_id, results, started, first_batch, answered, encoding, encoded, time.perf_counter(),
                    len(data))
 
+    def _with_mode(self, payload: TaskPayload, usage: TaskUsage) -> TaskUsage:
+        """``usage`` with where this executor's probe put the model (the framework remembers a
+        measured ``thread`` for later runs, which then skip the probe)."""
+        measured = self.predictions.measured_mode(payload)
+        return usage if measured is None else dataclasses.replace(usage, measured_mode=measured)
+
     def _prefetch(self, task_id: str, bundle: BundlePayload) -> None:
         for payload in bundle.items:
             if self._was_killed(task_id):
@@ -285,6 +336,19 @@ class EnsembleExecutor(pymesos.Executor):
                 self.cache.array(payload.shard, f"shard {payload.shard_index}")
             except Exception:  # noqa: S110 - the item's own fetch reports it
                 pass
+
+    def _upload_soon(self, payload: TaskPayload, npy: bytes, shape: tuple[int, ...],
+                     usage: TaskUsage) -> "Future[ResultEnvelope]":
+        """:func:`upload_envelope` on an upload thread (or here, if the executor is shutting down)."""
+        try:
+            return self.uploads.submit(upload_envelope, payload, npy, shape, usage)
+        except RuntimeError:  # shut down
+            done: Future[ResultEnvelope] = Future()
+            try:
+                done.set_result(upload_envelope(payload, npy, shape, usage))
+            except Exception as error:
+                done.set_exception(error)
+            return done
 
     def _send_soon(self, driver: Any, task_id: str, state: str) -> "Future[None]":
         """:meth:`_send` on the status thread (or here, if the executor is shutting down)."""

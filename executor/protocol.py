@@ -110,6 +110,10 @@ class TaskPayload:
     ``text``, a text shard (one string column's rows as UTF-8 bytes and offsets, see
     ``executor.textshard``), which the model gets decoded, one document per row (a 1-D object
     array of ``str``, as scikit-learn's text vectorizers take)."""
+    predict_mode: str | None = None
+    """``thread``: an earlier run's probe measured this model file's ``method`` parallel on
+    threads (see ``executor.workers``), so the executor takes threads without probing it again;
+    None: the executor decides (probes)."""
 
     def to_json(self) -> bytes:
         return json_bytes(self)
@@ -149,6 +153,10 @@ class TaskUsage:
 
     seconds: float
     cpu_seconds: float
+    measured_mode: str | None = None
+    """Where this executor's probe put the model's predictions (``thread`` or ``process``); None
+    when it did not probe (one task slot, a forced mode, a text member, a mode given by the
+    payload).  The framework remembers a measured ``thread`` for later runs."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +305,8 @@ def _task_payload(fields: dict[str, Any]) -> TaskPayload:
     if fields.get("labels") is not None:
         fields["labels"] = RemoteFile(**fields["labels"])
     fields["inputs"] = [ShardPart(RemoteFile(**p["file"]), list(p["columns"])) for p in fields.get("inputs", [])]
+    if fields.get("predict_mode") not in (None, "thread"):
+        raise ValueError(f"task payload predict_mode {fields['predict_mode']!r}: expected thread or null")
     return TaskPayload(**fields)
 
 

@@ -121,6 +121,19 @@ class KeptAliveDownloads:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             return http_download(url)
+        return self._send("GET", url, None, {}, (200,))
+
+    def put(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        """PUT ``body`` to an ``http`` URL over a kept-alive connection (a result's upload: a new
+        connection per upload was a connection and a server thread per task); HTTPError unless
+        the server answers 200, 201 or 204."""
+        self._send("PUT", url, body, headers, (200, 201, 204))
+
+    def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
+              accepted: tuple[int, ...]) -> bytes:
+        parts = urllib.parse.urlsplit(url)
+        if not parts.hostname:
+            raise ValueError(f"no host in {url!r}")
         key = (parts.hostname, parts.port or 80)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         with self._lock:
@@ -128,22 +141,24 @@ class KeptAliveDownloads:
             connection = kept.pop() if kept else None
         if connection is not None:
             try:
-                return self._get(key, connection, url, target)
+                return self._request(key, connection, method, url, target, body, headers, accepted)
             except urllib.error.HTTPError:  # an answer (an OSError too): not worth a second try
                 raise
             except (OSError, http.client.HTTPException):  # the server closed it meanwhile: once more, anew
                 pass
-        return self._get(key, http.client.HTTPConnection(*key, timeout=self.timeout), url, target)
+        return self._request(key, http.client.HTTPConnection(*key, timeout=self.timeout), method, url, target, body,
+                             headers, accepted)
 
-    def _get(self, key: tuple[str, int], connection: http.client.HTTPConnection, url: str, target: str) -> bytes:
+    def _request(self, key: tuple[str, int], connection: http.client.HTTPConnection, method: str, url: str,
+                 target: str, body: bytes | None, headers: dict[str, str], accepted: tuple[int, ...]) -> bytes:
         try:
-            connection.request("GET", target)
+            connection.request(method, target, body=body, headers=headers)
             response = connection.getresponse()
             data = response.read()
         except BaseException:
             connection.close()
             raise
-        if response.status != 200:
+        if response.status not in accepted:
             connection.close()
             raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
         if response.will_close:

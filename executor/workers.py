@@ -448,12 +448,20 @@ class PredictionPool:
         rows) unless the executor forces one way."""
         if self.forced != "auto":
             return "process" if self.forced == "process" else "thread"
+        if payload.predict_mode == "thread":  # an earlier run's probe measured it: no probe here
+            return self.adopt_mode(payload, "thread", "as an earlier run's probe measured")
         key = (payload.model_file, payload.model.sha256)
         with self._mode_lock(key):
             if key not in self.modes:
                 with self._one_probe:
                     self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
+
+    def measured_mode(self, payload: TaskPayload) -> Mode | None:
+        """Where this executor's probe put ``payload``'s model (None: it was not probed here)."""
+        key = (payload.model_file, payload.model.sha256)
+        with self._free:
+            return self.modes.get(key) if key in self.measured else None
 
     def _mode_lock(self, key: tuple[str, str]) -> threading.Lock:
         """The lock deciding one model's mode: one probe or adoption per model at once."""
@@ -468,9 +476,11 @@ class PredictionPool:
         with self._free:
             return self.modes.get((payload.model_file, payload.model.sha256))
 
-    def adopt_mode(self, payload: TaskPayload, measured: Mode) -> Mode:
+    def adopt_mode(self, payload: TaskPayload, measured: Mode,
+                   source: str = "as an earlier replica measured") -> Mode:
         """Take the mode an earlier probe of the same model file found (another replica's, on
-        another executor), instead of probing here; the executor's own rule still comes first
+        another executor, or an earlier run's: ``source`` says which, for the log), instead of
+        probing here; the executor's own rule still comes first
         (one task slot or one core: threads, which lose nothing there; a forced mode).  A mode
         decided here already stays.  Returns the mode the model's predictions now take."""
         if self.forced != "auto":
@@ -480,8 +490,8 @@ class PredictionPool:
             if key not in self.modes:
                 chosen: Mode = "thread" if self.size < 2 or cores() < 2 else measured
                 self.modes[key] = chosen
-                log.info("model %s: predictions run in %s, as an earlier replica measured (not probed here)",
-                         payload.model_name, WHERE[chosen])
+                log.info("model %s: predictions run in %s, %s (not probed here)",
+                         payload.model_name, WHERE[chosen], source)
             return self.modes[key]
 
     def compute_rows(self, payload: TaskPayload, model: Any, rows: np.ndarray,

@@ -8,6 +8,7 @@ import logging
 from typing import Any, Mapping
 
 from executor.protocol import RemoteFile, ShardPart, TaskPayload
+from framework import predict_modes
 from framework.artifacts import ArtifactServer
 from framework.dataset import Shard, text_kind
 from framework.jobspec import JobSpec, ModelSpec
@@ -149,6 +150,9 @@ class JobCatalog(JobDemands):
             key: RemoteFile(server.publish(file.path.name, file.path), file.sha256)
             for key, file in (source_shards.files.items() if source_shards is not None else ())
         }
+        self._predict_modes: dict[tuple[str, str], str | None] = {}
+        """Per (model, method): ``thread`` when an earlier run's probe measured it so
+        (``framework.predict_modes``), read once."""
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
                      methods: Mapping[str, str]) -> None:
@@ -190,6 +194,25 @@ class JobCatalog(JobDemands):
         resources = allocator.take(self.task_resources[model])
         return bundle_info(task_id, name, agent.agent_id, resources, executor, payloads)
 
+    def predict_mode(self, model: ModelSpec, method: str) -> str | None:
+        """Where an earlier run's probe put ``model``'s ``method`` (``thread``), or None."""
+        key = (model.name, method)
+        if key not in self._predict_modes:
+            self._predict_modes[key] = predict_modes.recall(model.sha256, method)
+        return self._predict_modes[key]
+
+    def measured_mode(self, item: WorkItem, mode: str | None) -> None:
+        """An executor's probe put ``item``'s model in ``mode``: kept for later runs if ``thread``."""
+        if mode != "thread" or item.operation != "predict":
+            return
+        model = self.spec.model(item.model)
+        method = self.methods.get(model.name, model.output)
+        if self._predict_modes.get((model.name, method)) != "thread" and predict_modes.remember(
+                model.sha256, method, mode):
+            log.info("model %s: its executor measured its predictions parallel on threads; later runs skip "
+                     "the probe", model.name)
+        self._predict_modes[(model.name, method)] = "thread"
+
     def payload(self, item: WorkItem, task_id: str) -> tuple[TaskPayload, str]:
         """What the executor needs to run ``item`` as ``task_id``, and the task's name."""
         model = self.spec.model(item.model)
@@ -213,6 +236,7 @@ class JobCatalog(JobDemands):
                       "shard_index": shard.index, "columns": self.columns.get(model.name, []),
                       "labels": self.labels if item.operation == "cv_fit_predict" else None,
                       "train_rows": list(train_rows), "test_rows": list(test_rows)}
+        method = self.methods.get(model.name, model.output)
         payload = TaskPayload(
             task_id=task_id,
             operation=item.operation,
@@ -221,8 +245,9 @@ class JobCatalog(JobDemands):
             model_file=f"{model.name}.{model.format}",
             model_format=model.format,
             trusted_types=list(model.trusted_types),
-            method=self.methods.get(model.name, model.output),
+            method=method,
             result_upload_url=self.server.expect_result(task_id),
+            predict_mode=self.predict_mode(model, method) if item.operation == "predict" else None,
             **inputs,
         )
         name = f"{model.name} fold {item.fold}" if item.fold is not None else f"{model.name} shard {item.shard}"

@@ -17,6 +17,8 @@ import dataclasses
 import hashlib
 import io
 import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -405,25 +407,39 @@ def scan_data(spec: DataSpec, features: tuple[str, ...]) -> tuple[int, list[NonF
     return rows, tracker.result()
 
 
+SPILL_THREADS = 2
+"""Threads that checksum and write shard files while the data is read (see :func:`spill_shards`)."""
+
+
 def spill_shards(spec: DataSpec, features: tuple[str, ...], directory: Path,
                  rows_per_shard: int | None = None, kind: str = "data") -> SpilledData:
     """Stream ``spec``'s rows once, writing each shard (``rows_per_shard`` rows, default the
     spec's) as a ``.npy`` file in ``directory``; also scan for NaN/inf and keep the labels in a
-    ``.npy`` file of their own. Memory: one shard and one read batch."""
+    ``.npy`` file of their own.  Memory: a few shards (the one read, those being written on
+    :data:`SPILL_THREADS` threads) and one read batch."""
     per_shard = rows_per_shard or spec.resolved_rows_per_shard
     directory.mkdir(parents=True, exist_ok=True)
     tracker = _NonFiniteTracker(features)
-    shards: list[Shard] = []
-    text_shards: dict[str, list[Shard]] = {name: [] for name in spec.text}
+    written: list[Future[Shard]] = []
+    text_written: dict[str, list[Future[Shard]]] = {name: [] for name in spec.text}
     parts = directory / f".{kind}-labels.parts"
-    with parts.open("wb") as label_parts:  # each shard's labels, one .npy after the other
+    # Each shard's checksum and file are made on SPILL_THREADS threads (hashlib and file writes
+    # release the GIL) while this thread reads and scans the next shard: the shards' cutting is
+    # what the first launch waits for when the models' inspection is cached.
+    with parts.open("wb") as label_parts, ThreadPoolExecutor(SPILL_THREADS, thread_name_prefix="spill") as pool:
         for index, (start, matrix, labels, texts) in enumerate(iter_data_shards(spec, features, per_shard)):
-            tracker.add(start, matrix)
-            shards.append(write_shard(index, start, matrix, directory, kind))
+            # Memory: a shard's rows are let go once written; at most SPILL_THREADS more wait.
+            while len(pending := [f for f in written[-2 * SPILL_THREADS:] if not f.done()]) > SPILL_THREADS:
+                wait_futures(pending, return_when=FIRST_COMPLETED)
+            written.append(pool.submit(write_shard, index, start, matrix, directory, kind))
             for number, name in enumerate(spec.text):
-                text_shards[name].append(write_text_shard(index, start, texts[name], directory, text_kind(number)))
+                text_written[name].append(pool.submit(write_text_shard, index, start, texts[name], directory,
+                                                      text_kind(number)))
+            tracker.add(start, matrix)
             if labels is not None:
                 np.save(label_parts, labels, allow_pickle=False)
+    shards = [f.result() for f in written]
+    text_shards = {name: [f.result() for f in futures] for name, futures in text_written.items()}
     rows = shards[-1].stop if shards else 0
     if rows == 0:
         parts.unlink()

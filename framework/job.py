@@ -269,6 +269,7 @@ class JobRunner:
         self.compute_seconds: dict[str, float] = {}
         """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
         self.inspection = inspection
+        self._catalog: JobCatalog | None = None
         self.steps: dict[str, float] = {}
         """When each step of the run's start ended (``time.time()``, by step, in order): the
         start-up's budget, logged once the work is handed to the scheduler."""
@@ -364,6 +365,7 @@ class JobRunner:
             else:
                 catalog = JobCatalog(spec, server, shards, python, package_url,
                                      member_columns(members, tuple(info.feature_names)))
+            self._catalog = catalog
             tracker = Tracker([], spec.framework.max_retries)
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
@@ -751,6 +753,8 @@ class JobRunner:
             if result.usage is not None:
                 scheduler.record_usage(item, result.usage.seconds, result.usage.cpu_seconds)
                 self.compute_seconds[item.task_id or ""] = result.usage.seconds
+                if result.usage.measured_mode is not None and self._catalog is not None:
+                    self._catalog.measured_mode(item, result.usage.measured_mode)
             decoded.append((event, item, result))
         if self.journal is not None and decoded:
             self.journal.record_results([(item.key, item.task_id or "", result.npy, result.sha256)

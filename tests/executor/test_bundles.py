@@ -7,6 +7,7 @@ import base64
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -158,3 +159,109 @@ def test_a_bundles_first_items_compute_while_a_later_shard_still_downloads(tmp_p
     logged = [line for line in lines if line is not None]
     assert len(logged) == 1 and logged[0][1] == "B1" and logged[0][2] == "3"
     assert float(logged[0][4]) <= float(logged[0][5])  # the items' compute within first inputs to last answer
+
+
+def test_a_bundles_large_results_upload_while_its_next_items_compute(tmp_path: Path, monkeypatch: Any) -> None:
+    """A bundled item's result too large for the update is uploaded on an upload thread while the
+    bundle's next item computes (the upload's HTTP was slot time between two computations); every
+    result arrives as it was computed, and an item whose upload fails fails alone."""
+    import hashlib
+    import threading
+    import time
+
+    from executor import main as executor_main
+    from executor import workers
+
+    shards = [np.arange(i, i + 12.0).reshape(4, 3) for i in range(4)]
+    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
+    payloads = []
+    for index, shard in enumerate(shards):
+        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
+        payloads.append(TaskPayload(
+            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
+            method="predict", shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(),
+                                               sha256_hex(array_to_npy(shard))),
+            shard_index=index, result_upload_url=f"http://results/m.s{index}.a1", inline_limit=0))
+    events: list[tuple[str, int, float]] = []
+    uploaded: dict[str, bytes] = {}
+    real_compute = workers.compute_measured
+
+    def compute(payload: TaskPayload, *args: Any) -> Any:
+        events.append(("compute", payload.shard_index, time.monotonic()))
+        return real_compute(payload, *args)
+
+    def upload(url: str, npy: bytes) -> None:
+        index = int(url.rsplit(".s", 1)[1].split(".")[0])
+        time.sleep(0.3)
+        assert threading.current_thread().name.startswith("upload")
+        if index == 2:
+            raise OSError("the artifact server went away")
+        uploaded[url] = npy
+        events.append(("uploaded", index, time.monotonic()))
+
+    monkeypatch.setattr(workers, "compute_measured", compute)
+    monkeypatch.setattr(executor_main, "upload_result", upload)
+    monkeypatch.setattr(executor_main, "BUNDLE_BATCH", 1)  # one item per batch: the next is computed apart
+    bundle = BundlePayload("B1", payloads, inline_limit=0)
+    executor, driver = EnsembleExecutor(tmp_path, workers=1), RecordingExecutorDriver()
+    executor.launchTask(driver, Dict({"task_id": {"value": "B1"}, "data": base64.b64encode(bundle.to_json()).decode()}))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    when = {(kind, index): at for kind, index, at in events}
+    assert when[("compute", 1)] < when[("uploaded", 0)]  # the next item computed while the last uploaded
+    outcome = BundleResult.from_json(base64.b64decode(driver.updates[-1]["data"]))
+    assert sorted(outcome.results) == ["m.s0.a1", "m.s1.a1", "m.s3.a1"] and list(outcome.failures) == ["m.s2.a1"]
+    assert "artifact server went away" in outcome.failures["m.s2.a1"].message
+    for index in (0, 1, 3):
+        envelope = outcome.results[f"m.s{index}.a1"]
+        npy = uploaded[f"http://results/m.s{index}.a1"]
+        assert envelope.kind == "uploaded" and envelope.sha256 == hashlib.sha256(npy).hexdigest()
+        assert np.array_equal(npy_to_array(npy), model.predict(shards[index]))
+
+
+def test_a_bundles_first_item_computes_before_its_later_shards_are_in(tmp_path: Path, monkeypatch: Any) -> None:
+    """The first item of a bundle computes as soon as its own shard is here: a later item's shard
+    still downloading does not hold it (a batch's shards were all fetched before its first item
+    computed)."""
+    import threading
+
+    from executor import workers
+
+    shards = [np.arange(i, i + 12.0).reshape(4, 3) for i in range(3)]
+    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
+    joblib.dump(model, tmp_path / "m.joblib")
+    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
+    blobs = {f"mem://shard{i}": array_to_npy(shard) for i, shard in enumerate(shards)}
+    payloads = [TaskPayload(task_id=f"m.s{i}.a1", operation="predict", model_name="m", model_file="m.joblib",
+                            model=model_file, method="predict",
+                            shard=RemoteFile(f"mem://shard{i}", sha256_hex(blobs[f"mem://shard{i}"])), shard_index=i,
+                            result_upload_url="unused") for i in range(len(shards))]
+    first_computed = threading.Event()
+    real_compute = workers.compute_measured
+
+    def compute(payload: TaskPayload, *args: Any) -> Any:
+        if payload.shard_index == 0:
+            first_computed.set()
+        return real_compute(payload, *args)
+
+    executor, driver = EnsembleExecutor(tmp_path, workers=1), RecordingExecutorDriver()
+    model_download = executor.cache.download
+
+    def download(url: str) -> bytes:
+        if url == "mem://shard2" and not first_computed.wait(10):  # the last shard comes after the first item
+            raise OSError("the first item never computed while this shard was on its way")
+        return blobs[url] if url in blobs else model_download(url)
+
+    monkeypatch.setattr(workers, "compute_measured", compute)
+    executor.cache.download = download
+    bundle = BundlePayload("B1", payloads)
+    executor.launchTask(driver, Dict({"task_id": {"value": "B1"}, "data": base64.b64encode(bundle.to_json()).decode()}))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    outcome = BundleResult.from_json(base64.b64decode(driver.updates[-1]["data"]))
+    assert not outcome.failures and sorted(outcome.results) == ["m.s0.a1", "m.s1.a1", "m.s2.a1"]
+    for index, shard in enumerate(shards):
+        result = npy_to_array(base64.b64decode(outcome.results[f"m.s{index}.a1"].npy_b64 or ""))
+        assert np.array_equal(result, model.predict(shard))

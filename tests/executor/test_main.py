@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import threading
 from pathlib import Path
@@ -114,3 +115,63 @@ def test_task_killed_while_queued_never_starts(tmp_path: Path) -> None:
     release.set()
     executor.pool.shutdown(wait=True)
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
+
+
+def test_a_result_says_where_the_executors_probe_put_its_model(tmp_path: Path, monkeypatch: Any) -> None:
+    """The terminal update's usage carries the probe's verdict (the framework keeps a ``thread``
+    one for later runs); a task whose payload gave the mode (an earlier run's) reports none."""
+    from executor import workers
+
+    monkeypatch.setattr(workers, "_concurrent_seconds", lambda function, features, threads: (0.02, 0.02 * threads))
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    usages = []
+    for hinted in (False, True):
+        executor = EnsembleExecutor(tmp_path, workers=2)
+        driver = RecordingExecutorDriver()
+        task = make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri())
+        if hinted:
+            payload = TaskPayload.from_json(base64.b64decode(task.data))
+            task.data = base64.b64encode(dataclasses.replace(payload, predict_mode="thread").to_json()).decode()
+        executor.launchTask(driver, task)
+        assert driver.done.wait(30)
+        executor.shutdown(driver)
+        assert driver.updates[-1]["state"] == "TASK_FINISHED"
+        usages.append(ResultEnvelope.from_json(base64.b64decode(driver.updates[-1]["data"])).usage)
+    assert [u.measured_mode if u else "no usage" for u in usages] == ["thread", None]
+
+
+def test_results_upload_over_one_kept_alive_connection(tmp_path: Path, monkeypatch: Any) -> None:
+    """Each large result is PUT to the artifact server with its checksum over a connection kept
+    alive between uploads (a new one per upload was a connection and a server thread per task);
+    an upload the server refuses is a TaskError naming its HTTP status."""
+    import http.client
+
+    import pytest
+
+    from executor import main as executor_main
+    from executor.runner import KeptAliveDownloads, TaskError
+    from framework.artifacts import ArtifactServer
+
+    connects: list[object] = []
+    real_connect = http.client.HTTPConnection.connect
+
+    def connect(self: http.client.HTTPConnection) -> None:
+        connects.append(self)
+        real_connect(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "connect", connect)
+    monkeypatch.setattr(executor_main, "UPLOADS", KeptAliveDownloads(timeout=10))
+    server = ArtifactServer(tmp_path / "results", bind="127.0.0.1").start()
+    try:
+        outputs = [np.arange(i, i + 50_000, dtype=np.float64) for i in range(4)]
+        for index, output in enumerate(outputs):
+            executor_main.upload_result(server.expect_result(f"t{index}"), array_to_npy(output))
+        assert len(connects) == 1
+        for index, output in enumerate(outputs):
+            assert np.array_equal(np.load(server.result_path(f"t{index}")), output)
+        with pytest.raises(TaskError, match="HTTP 404"):
+            executor_main.upload_result(server.expect_result("t9").replace("t9", "not-expected"), b"x")
+    finally:
+        server.stop()

@@ -443,3 +443,42 @@ def test_a_probe_stops_once_threads_are_clearly_parallel(tmp_path: Path, data: A
             pool.close()
         assert rounds == calls, parallel
     assert thread_speedup(np.sum, np.zeros(10), repeats=3, clear=None) >= 0  # the plain form still measures
+
+
+def test_a_model_an_earlier_run_measured_on_threads_is_not_probed_again(tmp_path: Path, data: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payload saying ``predict_mode = "thread"`` (an earlier run's probe measured the model
+    parallel on threads) takes threads at once: no probe call, nothing reported as measured; a
+    model probed here reports its verdict (the framework keeps a ``thread`` one for later runs)."""
+    from executor import workers
+
+    probed: list[int] = []
+
+    def seconds(function: Any, features: np.ndarray, threads: int) -> tuple[float, float]:
+        probed.append(threads)
+        return 0.02, 0.02 * threads  # two threads as fast as one call: parallel
+
+    monkeypatch.setattr(workers, "_concurrent_seconds", seconds)
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    x, y = data
+    payload, cache = task(tmp_path, LogisticRegression(max_iter=500).fit(x, y), np.tile(x, (4, 1)))
+    loaded, shard = fetch_inputs(payload, cache)
+    hinted = dataclasses.replace(payload, predict_mode="thread")
+    pool = PredictionPool(2, cache)
+    try:
+        assert pool.mode(hinted, loaded, shard) == "thread"
+        assert probed == [] and pool.measured == {} and pool.measured_mode(hinted) is None
+        output, _usage = pool.compute(hinted, loaded, shard)
+        assert np.array_equal(output, loaded.predict_proba(np.tile(x, (4, 1))))
+    finally:
+        pool.close()
+    pool = PredictionPool(2, cache)
+    try:
+        assert pool.measured_mode(payload) is None  # not decided yet
+        assert pool.mode(payload, loaded, shard) == "thread" and probed == [1, 2]
+        assert pool.measured_mode(payload) == "thread"
+    finally:
+        pool.close()
+    assert TaskPayload.from_json(hinted.to_json()) == hinted
+    with pytest.raises(ValueError, match="predict_mode"):
+        TaskPayload.from_json(dataclasses.replace(payload, predict_mode="process").to_json())
