@@ -768,8 +768,9 @@ async def step_and_fall(session: Any, url: str, bodies: Sequence[bytes], base: f
     step_at, fall_at = s.step_pre, s.step_pre + s.step_high
     high = [x.latency for x in samples if step_at <= x.sent < fall_at]
     result = StepResult(base, recovery_seconds(samples, step_at, fall_at, s.target_ms / 1000),
-                        float(np.percentile(high, 99, method="higher")) * 1000 if high else math.inf, replicas,
-                        last_window_over(samples, step_at, fall_at, s.target_ms / 1000))
+                        float(np.percentile(high, 99, method="higher")) * 1000 if high else math.inf,
+                        last_window_over=last_window_over(samples, step_at, fall_at, s.target_ms / 1000),
+                        replicas_at_step=replicas)
     counts = [p["replicas"] for _, p in log.points if p["replicas"] is not None]
     result.step_wall = step_wall
     result.windows = [(t - step_at, p99) for t, p99 in window_p99s(samples, step_at - 1.0, fall_at, 1.0, 0.5)]
