@@ -21,19 +21,27 @@ from executor.protocol import (BundlePayload, BundleResult, RemoteFile, TaskPayl
 from tests.executor.test_main import RecordingExecutorDriver
 
 
-def test_a_bundle_reports_every_item_in_one_update_and_a_failed_item_alone(tmp_path: Path) -> None:
-    shards = [np.arange(12.0).reshape(4, 3), np.arange(30.0, 36.0).reshape(2, 3)]
+def linear_model_payloads(tmp_path: Path, shards: list[np.ndarray], upload_url: str = "unused",
+                          **fields: Any) -> tuple[LinearRegression, list[TaskPayload]]:
+    """A LinearRegression fitted on ``shards`` and dumped to ``tmp_path``, and a predict payload per
+    shard (its ``.npy`` beside it; ``upload_url`` may name the item's ``{task_id}``)."""
     model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
     joblib.dump(model, tmp_path / "m.joblib")
     model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
     payloads = []
     for index, shard in enumerate(shards):
-        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
+        npy, task_id = array_to_npy(shard), f"m.s{index}.a1"
+        (tmp_path / f"shard{index}.npy").write_bytes(npy)
         payloads.append(TaskPayload(
-            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
-            method="predict",
-            shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(), sha256_hex(array_to_npy(shard))),
-            shard_index=index, result_upload_url="unused"))
+            task_id=task_id, operation="predict", model_name="m", model_file="m.joblib", model=model_file,
+            method="predict", shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(), sha256_hex(npy)),
+            shard_index=index, result_upload_url=upload_url.format(task_id=task_id), **fields))
+    return model, payloads
+
+
+def test_a_bundle_reports_every_item_in_one_update_and_a_failed_item_alone(tmp_path: Path) -> None:
+    shards = [np.arange(12.0).reshape(4, 3), np.arange(30.0, 36.0).reshape(2, 3)]
+    model, payloads = linear_model_payloads(tmp_path, shards)
     broken = TaskPayload(**{**payloads[0].__dict__, "task_id": "m.s9.a1",
                             "shard": RemoteFile((tmp_path / "missing.npy").as_uri(), "0" * 64)})
     bundle = BundlePayload("B1", [payloads[0], broken, payloads[1]])
@@ -116,17 +124,7 @@ def test_a_bundles_first_items_compute_while_a_later_shard_still_downloads(tmp_p
     import urllib.request
 
     shards = [np.arange(12.0).reshape(4, 3) + 100 * index for index in range(3)]
-    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
-    joblib.dump(model, tmp_path / "m.joblib")
-    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
-    payloads = []
-    for index, shard in enumerate(shards):
-        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
-        payloads.append(TaskPayload(
-            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
-            method="predict",
-            shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(), sha256_hex(array_to_npy(shard))),
-            shard_index=index, result_upload_url="unused"))
+    model, payloads = linear_model_payloads(tmp_path, shards)
     release = threading.Event()
 
     def download(url: str) -> bytes:
@@ -173,17 +171,7 @@ def test_a_bundles_large_results_upload_while_its_next_items_compute(tmp_path: P
     from executor import workers
 
     shards = [np.arange(i, i + 12.0).reshape(4, 3) for i in range(4)]
-    model = LinearRegression().fit(np.vstack(shards), np.vstack(shards).sum(axis=1))
-    joblib.dump(model, tmp_path / "m.joblib")
-    model_file = RemoteFile((tmp_path / "m.joblib").as_uri(), sha256_hex((tmp_path / "m.joblib").read_bytes()))
-    payloads = []
-    for index, shard in enumerate(shards):
-        (tmp_path / f"shard{index}.npy").write_bytes(array_to_npy(shard))
-        payloads.append(TaskPayload(
-            task_id=f"m.s{index}.a1", operation="predict", model_name="m", model_file="m.joblib", model=model_file,
-            method="predict", shard=RemoteFile((tmp_path / f"shard{index}.npy").as_uri(),
-                                               sha256_hex(array_to_npy(shard))),
-            shard_index=index, result_upload_url=f"http://results/m.s{index}.a1", inline_limit=0))
+    model, payloads = linear_model_payloads(tmp_path, shards, "http://results/{task_id}", inline_limit=0)
     events: list[tuple[str, int, float]] = []
     uploaded: dict[str, bytes] = {}
     real_compute = workers.compute_measured
