@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import pymesos  # imported at module load, on the main thread: it installs a SIGINT handler
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from executor.replica import ReplicaHost
 
 log = logging.getLogger("executor")
+T = TypeVar("T")
 
 
 UPLOADS = KeptAliveDownloads(timeout=120)
@@ -129,6 +130,20 @@ worker processes gets them in one message, the next batch queued behind it (see
 ``PredictionPool.compute_stream``), while the next ones' shards still download.  A batch is cut
 short where its next item's shard is not here yet (issue 13's profile: a bundle on fresh shards
 kept its slot idle until sixteen downloads were done before its first item computed)."""
+
+
+def submit_or_run(pool: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> "Future[T]":
+    """``pool.submit(function, *args)``; once the pool is shut down (the executor stopping), the
+    call runs here and its outcome is the returned future's."""
+    try:
+        return pool.submit(function, *args)
+    except RuntimeError:  # shut down
+        done: Future[T] = Future()
+        try:
+            done.set_result(function(*args))
+        except Exception as error:
+            done.set_exception(error)
+        return done
 
 
 class EnsembleExecutor(pymesos.Executor):
@@ -340,25 +355,11 @@ class EnsembleExecutor(pymesos.Executor):
     def _upload_soon(self, payload: TaskPayload, npy: bytes, shape: tuple[int, ...],
                      usage: TaskUsage) -> "Future[ResultEnvelope]":
         """:func:`upload_envelope` on an upload thread (or here, if the executor is shutting down)."""
-        try:
-            return self.uploads.submit(upload_envelope, payload, npy, shape, usage)
-        except RuntimeError:  # shut down
-            done: Future[ResultEnvelope] = Future()
-            try:
-                done.set_result(upload_envelope(payload, npy, shape, usage))
-            except Exception as error:
-                done.set_exception(error)
-            return done
+        return submit_or_run(self.uploads, upload_envelope, payload, npy, shape, usage)
 
     def _send_soon(self, driver: Any, task_id: str, state: str) -> "Future[None]":
         """:meth:`_send` on the status thread (or here, if the executor is shutting down)."""
-        try:
-            return self.status_sender.submit(self._send, driver, task_id, state)
-        except RuntimeError:  # shut down
-            done: Future[None] = Future()
-            self._send(driver, task_id, state)
-            done.set_result(None)
-            return done
+        return submit_or_run(self.status_sender, self._send, driver, task_id, state)
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:
