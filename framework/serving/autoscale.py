@@ -30,10 +30,17 @@ per member and keeps the returned :class:`AutoscaleState` for the next call.
   with replicas to spare, to the largest count any sample of that delay needed (hysteresis: a
   noisy rate does not flap), and the next step down waits a whole delay again.  With a busy
   measure, "to spare" is: fewer replicas would each be busy at most ``DOWN_UTILISATION`` of the
-  time at the rate now (below ``UP_UTILISATION``: no flapping between the two).  A step down that
+  time at the rate now (below ``UP_UTILISATION``: no flapping between the two), judged by the
+  replica time a request costs now or, when lower, what it cost when that many replicas last
+  carried the load (``cost_at``: a request costs more on more replicas, where fewer requests share
+  a call and more replicas share the cores, so what more measure over-states what fewer need); a
+  count not measured lately is tried at ``UNMEASURED_DOWN_UTILISATION``.  For a window after the
+  replicas left, the busy measure still holds their costlier calls: at the same load it asks for
+  no replica back.  A step down that
   the p99 refuses (slow within a delay of it, at about the same rate: ``SAME_LOAD``) is undone at
-  once by the pressure, and later steps down expect at most ``PROBE`` of the utilisation it
-  expected, for ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity
+  once by the pressure (or by the busy measure of the fewer replicas past ``UP_UTILISATION``), and
+  later steps down expect at most ``PROBE`` of the utilisation it expected, for
+  ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity
   (at most ``PROBE`` of the lowest rate per replica that pressed it, taken only from a window
   that many ready replicas served, at the rate now) carries the rate on fewer; or, a careful
   probe once the last scale-up is a delay old, the member stays comfortably under its target
@@ -87,12 +94,23 @@ requests per second this leaves nothing, and the recent rate decides as before."
 UP_UTILISATION = 0.7
 """With a busy measure: replicas are sized so that each is busy at most this share of the time
 at the recent rate (more are asked for at once, before the p99 or the queue says so)."""
-DOWN_UTILISATION = 0.5
+DOWN_UTILISATION = 0.6
 """With a busy measure: one replica fewer only when each of the rest would be busy at most this
-share of the time (below ``UP_UTILISATION``: the count does not flap between the two)."""
+share of the time (below ``UP_UTILISATION``: the count does not flap between the two).  Judged by
+what more replicas measure, this is an over-estimate: a request costs more replica time on more
+replicas (fewer requests share a call, more replicas share the cores), so fewer are less busy
+than the measure says (the bench's forest: 55 % busy on two at a rate one carried 42 % busy)."""
+UNMEASURED_DOWN_UTILISATION = 0.65
+"""With a busy measure: a step down to a count of replicas with no remembered cost (``cost_at``:
+not seen carrying the load lately) is tried when each of them would be busy at most this share
+of the time by what more replicas measure (which over-states it, see ``DOWN_UTILISATION``): the
+only way to learn what that count costs is to run it.  Below ``UP_UTILISATION``; a step down
+the p99 or the busy measure refuses is not tried again at that utilisation (``refused_utilisation``)."""
 IDLE_UTILISATION = 0.2
 """With a busy measure: replicas busy less than this share of the time are not pressed by a slow
 p99 (their requests hardly wait for each other: the latency is not the load's)."""
+COST_WEIGHT = 0.2
+"""Each settled sample's weight in a count's remembered cost per request (``cost_at``)."""
 PRESSED_MEMORY_DELAYS = 10.0
 """The rate that pressed the member is forgotten after this many scale-down delays (a step down
 refused once is tried again later: a noisy second need not pin the count for good)."""
@@ -180,6 +198,11 @@ class MemberScaleState:
     fell_at: float | None = None
     """When the ready replicas last shrank: for a window after, its met p99 still holds requests
     that more replicas served (it says nothing of what this many carry)."""
+    cost_at: Mapping[int, tuple[float, float]] = field(default_factory=dict)
+    """Per ready count: the replica time one request cost (busy over rate, smoothed) while that
+    many met the target with a settled window, and when last seen.  A step down to a count judges
+    it by what that count itself measured, not only by what more replicas measure now (a request
+    costs more on more replicas); forgotten ``PRESSED_MEMORY_DELAYS`` delays after last seen."""
 
 
 @dataclass(frozen=True)
@@ -331,9 +354,14 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         state = replace(state, pressed_rps=math.inf, pressed_at=None)
     if state.refused_at is not None and now - state.refused_at >= memory:
         state = replace(state, refused_utilisation=math.inf, refused_at=None)
+    if any(now - seen >= memory for _cost, seen in state.cost_at.values()):
+        state = replace(state, cost_at={k: v for k, v in state.cost_at.items() if now - v[1] < memory})
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
     most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
-    early = min(by_utilisation(load, UP_UTILISATION), most)
+    # for a window after a step down's replicas left, the busy measure still holds their calls
+    # (a request costs more on more replicas): at the load of that step, it is not news
+    stale = _stale_busy(spec, load, state, now, window_s)
+    early = current if stale else min(by_utilisation(load, UP_UTILISATION), most)
     # a backlog the next batch takes is no pressure: with a busy measure, a growing one counts only
     # while the replicas are busy past UP_UTILISATION (else it is requests arriving mid-batch)
     growing = _growing(load, state.last_queue) and _saturated(load, ready)
@@ -352,12 +380,9 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         pressing = _rate_now(load) / ready if ready > 0 else 0.0
         lower = fresh and settled and ready >= current and 0 < pressing < state.pressed_rps
         # a slow p99 within a delay of a step down: that step is undone, and not tried again at that utilisation
-        refused = fresh and state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
-            and _rate_seen(load) <= SAME_LOAD * state.down_rate  # not a load that rose since
         up = wanted > current
-        if refused and state.down_utilisation > 0:
-            state = replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
-                            refused_at=now, down_at=None)
+        if fresh or up:
+            state = _refuse_last_down(spec, load, state, now)
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
                                pressed_rps=pressing if lower else state.pressed_rps,
                                pressed_at=now if lower else state.pressed_at,
@@ -368,10 +393,15 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         # (asked for early, before the p99 or the queue says so): the measured rate may ask for more
         by_rate = replicas_for(load.rate_rps, state.capacity_rps, HEADROOM) if state.capacity_rps > 0 and slow else 0
         wanted = max(current, early, min(by_rate, most))
+        if wanted > current:
+            state = _refuse_last_down(spec, load, state, now)
         return wanted, replace(state, last_queue=load.queue_depth, low_since=None, low_need=0,
                                last_up=now if wanted > current else state.last_up)
     if state.fell_at is None or now - state.fell_at >= window_s:  # met by this many replicas
         state = replace(state, capacity_rps=max(state.capacity_rps, per_replica))
+        if ready == current and load.p99_ms <= spec.target_p99_ms and \
+                (state.rose_at is None or now - state.rose_at >= window_s):
+            state = _remember_cost(state, load, ready, now)
     state = replace(state, last_queue=load.queue_depth)
     need = _fewer(spec, load, current, ready, state, now)
     if need >= current:  # all are needed (or some are still starting): the window starts again
@@ -382,9 +412,55 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     if now - state.low_since < spec.scale_down_delay_s:
         return current, replace(state, low_need=low_need)
     # low for long enough: down to what the window's busiest sample needed, then wait again
-    expected = demand(load, _rate_now(load))
+    expected = utilisation_at(load, state, max(1, low_need), _rate_now(load))
     return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_seen(load),
-                             down_utilisation=expected / max(1, low_need) if expected is not None else 0.0)
+                             down_utilisation=expected or 0.0)
+
+
+def _stale_busy(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float, window_s: float) -> bool:
+    """Within a window of the ready replicas falling after a step down, at about the load of that
+    step: the window's busy measure still holds calls of the replicas that left (each request
+    cost more on more of them), so the utilisation it gives the rest is stale."""
+    return state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
+        and state.fell_at is not None and state.fell_at >= state.down_at and now - state.fell_at < window_s \
+        and _rate_seen(load) <= SAME_LOAD * state.down_rate
+
+
+def _refuse_last_down(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float) -> MemberScaleState:
+    """The state after an up within a delay of a step down, at about the load of that step (not a
+    load that rose since): the step down is refused, and later ones expect less than ``PROBE`` of
+    the utilisation it expected (the p99 or the busy measure of the fewer replicas said no)."""
+    if state.down_at is None or now - state.down_at > spec.scale_down_delay_s or state.down_utilisation <= 0 \
+            or _rate_seen(load) > SAME_LOAD * state.down_rate:
+        return state
+    return replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
+                   refused_at=now, down_at=None)
+
+
+def _remember_cost(state: MemberScaleState, load: LoadSample, ready: int, now: float) -> MemberScaleState:
+    """The state with this sample's replica time per request remembered for ``ready`` replicas
+    (``cost_at``, smoothed by ``COST_WEIGHT``); unchanged without a busy measure or a rate."""
+    busy = getattr(load, "busy", None)
+    if busy is None or load.rate_rps <= 0 or ready <= 0:
+        return state
+    cost = busy / load.rate_rps
+    known = state.cost_at.get(ready)
+    if known is not None:
+        cost = (1.0 - COST_WEIGHT) * known[0] + COST_WEIGHT * cost
+    return replace(state, cost_at={**state.cost_at, ready: (cost, now)})
+
+
+def utilisation_at(load: LoadSample, state: MemberScaleState, count: int, rate_rps: float) -> float | None:
+    """How busy each of ``count`` replicas would be at ``rate_rps``: by the replica time a request
+    costs now, or, when lower, what it cost when ``count`` replicas last carried the load
+    (``cost_at``: a request costs more on more replicas); None without a busy measure."""
+    needed = demand(load, rate_rps)
+    if needed is None:
+        return None
+    remembered = state.cost_at.get(count)
+    if remembered is not None:
+        needed = min(needed, rate_rps * remembered[0])
+    return needed / max(1, count)
 
 
 def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: MemberScaleState,
@@ -403,7 +479,9 @@ def _fewer(spec: ServeSpec, load: LoadSample, current: int, ready: int, state: M
     if rate <= 0:
         return 0
     if demand(load, rate) is not None:
-        return min(current, max(1, by_utilisation(load, min(DOWN_UTILISATION, PROBE * state.refused_utilisation))))
+        refused = PROBE * state.refused_utilisation
+        return next((k for k in range(1, current) if (utilisation_at(load, state, k, rate) or 0.0) <=
+                     min(DOWN_UTILISATION if k in state.cost_at else UNMEASURED_DOWN_UTILISATION, refused)), current)
     limit = PROBE * state.pressed_rps
     capacity = min(state.capacity_rps, limit)
     need = replicas_for(load.rate_rps, capacity) if capacity > 0 else current

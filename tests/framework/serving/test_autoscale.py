@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framework.serving.autoscale import (DOWN_UTILISATION, MAX_STEP_FACTOR, SHORT_S, UP_UTILISATION,
+from framework.serving.autoscale import (MAX_STEP_FACTOR, SHORT_S, UNMEASURED_DOWN_UTILISATION, UP_UTILISATION,
                                          AutoscaleState, MemberLoad, MemberScaleState, by_utilisation, decide,
                                          pressed, replicas_for, rising)
 from framework.serving.metrics import LoadWindow
@@ -333,6 +333,39 @@ def test_a_refused_step_down_is_undone_and_not_tried_again_at_that_utilisation()
     assert state.members["m"].refused_utilisation == pytest.approx(0.45, rel=0.05)
 
 
+class CostlierOnMoreMember(BusyMember):
+    """The busy member whose requests cost ``growth`` more replica time on more than one ready
+    replica (fewer requests share a call; the replicas share the cores)."""
+
+    def __init__(self, growth: float, **changes: float) -> None:
+        super().__init__(**changes)
+        self.growth = growth
+
+    def step(self, rate: float, dt: float, now: float) -> MemberLoad:
+        load = super().step(rate, dt, now)
+        self.busy[-1] = min(float(self.ready), self.busy[-1] * (1.0 + self.growth * (self.ready > 1)))
+        return dataclasses.replace(load, busy=sum(self.busy) / len(self.busy))
+
+
+def test_the_fall_returns_to_the_count_whose_cost_was_measured_though_more_replicas_read_busier() -> None:
+    """One replica carries 30/s 45 % busy; two read 81 % busy at the same rate (each request costs
+    1.8 times as much on two): by what two measure, one would be 81 % busy, and the count would
+    stay at two for good.  One replica's cost, remembered from before the step, brings it back to
+    one, a delay after the window cleared, and the p99 stays met."""
+    sim = CostlierOnMoreMember(0.8, capacity=66.7, service_ms=10.0)
+    _, _, state = drive(sim, [30.0] * 40)
+    assert 1 in state.members["m"].cost_at
+    counts, _, state = drive(sim, [120.0] * 20, state=state, start=40.0)
+    assert counts[-1] >= 2
+    after, instant, state = drive(sim, [30.0] * 100, count=counts[-1], state=state, start=60.0)
+    assert after[-1] == 1 and not any(b > a for a, b in zip(after, after[1:])), changes_of(after)  # no flap
+    assert all(p <= SPEC.target_p99_ms for p in instant[after.index(1):])
+    forgotten = dataclasses.replace(state.members["m"], cost_at={})
+    sim = CostlierOnMoreMember(0.8, capacity=66.7, service_ms=10.0, ready=2)
+    stuck, _, _ = drive(sim, [30.0] * 100, count=2, state=AutoscaleState({"m": forgotten}), start=160.0)
+    assert stuck[-1] == 2, changes_of(stuck)  # (what two measure alone keeps two)
+
+
 def test_no_flapping_under_a_noisy_load_with_a_busy_measure() -> None:
     """The noisy 200/s of the test above, with the busy measure: the count holds after the first
     step up (hysteresis between UP_UTILISATION and DOWN_UTILISATION), and p99 meets the target."""
@@ -354,17 +387,19 @@ busy_loads = st.builds(
        samples=st.lists(busy_loads, min_size=1, max_size=60))
 def test_with_a_busy_measure_steps_down_leave_the_rest_under_down_utilisation_and_ups_are_asked(
         low: int, span: int, start: int, samples: list[MemberLoad]) -> None:
-    """Within bounds; a step down never leaves the last sample's demand above DOWN_UTILISATION
-    per replica (unless at the minimum); and what the rate now needs at UP_UTILISATION is
-    always asked for (at most MAX_STEP_FACTOR x the ready ones at once, within the bounds)."""
+    """Within bounds; a step down never leaves the last sample's demand above
+    UNMEASURED_DOWN_UTILISATION per replica (unless at the minimum, or to a count whose remembered
+    cost says it carries it); and what the rate now needs at UP_UTILISATION is always asked for
+    (at most MAX_STEP_FACTOR x the ready ones at once, within the bounds)."""
     spec = ServeSpec(target_p99_ms=100.0, scale_down_delay_s=5.0, models={"m": ReplicaBounds(low, low + span)})
     state, count = AutoscaleState(), spec.bounds("m").clamp(start)
     for i, load in enumerate(samples):
+        remembered = state.members.get("m", MemberScaleState()).cost_at
         desired, state = decide(spec, {"m": load}, {"m": count}, state, float(i))
         wanted = desired["m"]
         assert low <= wanted <= low + span
-        if wanted < count:
-            assert wanted == low or by_utilisation(load, DOWN_UTILISATION) <= wanted
+        if wanted < count:  # (a count whose cost is remembered is judged by that cost)
+            assert wanted == low or wanted in remembered or by_utilisation(load, UNMEASURED_DOWN_UTILISATION) <= wanted
         asked = min(by_utilisation(load, UP_UTILISATION), math.ceil(max(1, load.replicas_ready) * MAX_STEP_FACTOR))
         assert wanted >= spec.bounds("m").clamp(min(asked, low + span)) or wanted >= count, (load, count, wanted)
         count = wanted

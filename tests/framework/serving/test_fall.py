@@ -9,6 +9,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import pytest
+
 from framework.serving.autoscale import MemberLoad
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -161,6 +163,27 @@ def test_the_fall_from_a_step_that_pressed_every_replica_returns_to_what_the_bas
     cheap_again = next(t for t, c, _ in fleet.timeline(FALL_AT) if c == 1.0)
     assert cheap_again <= FALL_AT + TARGET_S, fleet.timeline(FALL_AT)
 
+
+
+def test_the_fall_goes_back_to_the_count_that_carried_the_base_load_when_more_replicas_cost_more() -> None:
+    """The bench's forest at its base load: one replica is 42 % busy, but two are busy 1.5 times as
+    long per request (fewer requests share a call, two replicas share the cores), so at the base
+    the two read as 64 % busy: judged by the 0.5 of ``DOWN_UTILISATION`` on what two measure, one
+    would never do.  The start's slow first calls ask for a second forest; the step down to one,
+    never measured, is tried, and what one then measured brings the forest back to one after the
+    fall, the cost to the base's within the target."""
+    members = (dataclasses.replace(AT_THE_EDGE[0], busy_growth=0.5),) + AT_THE_EDGE[1:]
+    fleet = Fleet(members=members, rate=step_and_fall, measured=True)
+    fleet.run_until(STEP_AT)
+    assert fleet.placed() == {"cheap": ["boosting", "forest", "logistic"]} and fleet.cost_now() == 1.0
+    fleet.run_until(FALL_AT)
+    assert fleet.controller.desired["forest"] == 2 and fleet.cost_now() == 3.0
+    fleet.run_until(FALL_AT + 20.0)
+    assert fleet.loads()["forest"].busy == pytest.approx(0.64, abs=0.01)  # two replicas, back at the base
+    fleet.run_until(END)
+    assert fleet.controller.desired == {"forest": 1, "boosting": 1, "logistic": 1}, fleet.timeline(FALL_AT)
+    cheap_again = next(t for t, c, _ in fleet.timeline(FALL_AT) if c == 1.0)
+    assert cheap_again <= FALL_AT + TARGET_S, fleet.timeline(FALL_AT)
 
 
 def test_a_load_that_needs_more_replicas_is_decided_at_once_not_at_the_next_interval() -> None:
