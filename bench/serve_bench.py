@@ -102,7 +102,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import joblib
 import numpy as np
@@ -868,6 +868,36 @@ def step_events(state_dir: Path | None, since: float, until: float) -> list[tupl
     return [(float(t), str(text)) for t, text in rows]
 
 
+def busy_between(state_dir: Path | None, since: float, until: float) -> dict[str, tuple[float, int]]:
+    """Per member, from ``serve.sqlite3``'s raw history points between two wall-clock times: the
+    replicas busy on average (replica-seconds of calls per second: the autoscaler's busy measure)
+    and the ready replicas at the last point (read-only; empty without points)."""
+    import sqlite3
+
+    path = state_dir / "serve.sqlite3" if state_dir is not None else None
+    if path is None or not path.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute("SELECT point FROM history WHERE tier = 0 AND t > ? AND t <= ? ORDER BY t",
+                              (since, until)).fetchall()
+    except sqlite3.Error:
+        return {}
+    points = [json.loads(point) for (point,) in rows]
+    span = sum(p.get("span", 0.0) for p in points)
+    names = sorted({m for p in points for m in p.get("members", {})})
+    return {m: (sum(p["members"].get(m, {}).get("busy", 0.0) for p in points) / span if span > 0 else 0.0,
+                int(points[-1]["members"].get(m, {}).get("ready", 0))) for m in names}
+
+
+def print_busy(label: str, busy: Mapping[str, tuple[float, int]]) -> None:
+    """One line: each member's busy replicas, ready ones, and the busy share of each ready one."""
+    if busy:
+        print(f"  {label}: " + "; ".join(
+            f"{m} busy {b:.2f} on {ready} ready ({b / ready:.0%} each)" if ready else f"{m} busy {b:.2f}, none ready"
+            for m, (b, ready) in busy.items()))
+
+
 def print_step_breakdown(r: StepResult, s: Settings, state_dir: Path | None) -> None:
     """The step's p99 per 1 s window, and what the deployment did meanwhile (its events, in seconds
     from the step): where the recovery time went."""
@@ -972,6 +1002,14 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
                             previous = (c, b)
                             print(f"    fall +{t - (s.step_pre + s.step_high):5.1f} s  cost/h {fmt(c, '.4f')}  "
                                   f"lower bound/h {fmt(b, '.4f')}")
+                    # what the autoscaler read: the same base load on the replicas before the step and after the fall
+                    fall_wall = r.step_wall + s.step_high
+                    print_busy("busy at the base before the step (its last 10 s)",
+                               busy_between(state_dir, r.step_wall - 10.0, r.step_wall))
+                    print_busy("busy at the base after the fall (its last 30 s)",
+                               busy_between(state_dir, fall_wall + s.fall_seconds - 30.0, fall_wall + s.fall_seconds))
+                    for t, text in step_events(state_dir, fall_wall, fall_wall + s.fall_seconds + 5.0):
+                        print(f"    fall {t - fall_wall:+6.2f} s  {text[:200]}")
 
     print(f"\n== figures (targets of issue 15; load average {os.getloadavg()[0]:.1f})")
     for name, rate in best.items():

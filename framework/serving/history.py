@@ -54,17 +54,20 @@ class MemberPoint:
     requests: float = 0.0
     errors: float = 0.0
     latency: Buckets = field(default_factory=dict)
+    busy: float = 0.0
+    """Replica-seconds of calls over the span (over the span: how many replicas were busy)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"ready": self.ready, "starting": self.starting, "draining": self.draining, "desired": self.desired,
-                "requests": self.requests, "errors": self.errors, "latency": dict(self.latency)}
+                "requests": self.requests, "errors": self.errors, "latency": dict(self.latency), "busy": self.busy}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> "MemberPoint":
         return cls(int(document.get("ready", 0)), int(document.get("starting", 0)), int(document.get("draining", 0)),
                    int(document.get("desired", 0)), float(document.get("requests", 0.0)),
                    float(document.get("errors", 0.0)), {str(k): float(v) for k, v in
-                                                        dict(document.get("latency") or {}).items()})
+                                                        dict(document.get("latency") or {}).items()},
+                   float(document.get("busy", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Counters:
     """Per member, its parts of requests by outcome (``ok``, ``failed``)."""
     member_latency: Mapping[str, Buckets] = field(default_factory=dict)
     """Per member, cumulative count per ``le``."""
+    member_busy: Mapping[str, float] = field(default_factory=dict)
+    """Per member, replica-seconds of calls (the autoscaler's busy measure, cumulative)."""
 
 
 def read_counters(families: Iterable[Any]) -> Counters:
@@ -133,6 +138,7 @@ def read_counters(families: Iterable[Any]) -> Counters:
     latency: dict[str, float] = {}
     member_requests: dict[str, dict[str, float]] = {}
     member_latency: dict[str, dict[str, float]] = {}
+    member_busy: dict[str, float] = {}
     for family in families:
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, float(sample.value)
@@ -144,7 +150,9 @@ def read_counters(families: Iterable[Any]) -> Counters:
                 member_requests.setdefault(labels["member"], {})[labels["outcome"]] = value
             elif name == "mesos_ensemble_member_seconds_bucket":
                 member_latency.setdefault(labels["member"], {})[labels["le"]] = value
-    return Counters(requests, latency, member_requests, member_latency)
+            elif name == "mesos_ensemble_replica_busy_seconds_total":
+                member_busy[labels["member"]] = value
+    return Counters(requests, latency, member_requests, member_latency, member_busy)
 
 
 def _le(key: str) -> float:
@@ -213,7 +221,8 @@ def sample(t: float, span: float, before: Counters, after: Counters, replicas: M
             draining=int(counts.get("draining", 0)), desired=int(counts.get("desired", 0)),
             requests=_count_increase(earlier, outcomes, outcomes),
             errors=_count_increase(earlier, outcomes, [o for o in outcomes if o != "ok"]),
-            latency=bucket_increase(before.member_latency.get(member, {}), after.member_latency.get(member, {})))
+            latency=bucket_increase(before.member_latency.get(member, {}), after.member_latency.get(member, {})),
+            busy=_count_increase(before.member_busy, after.member_busy, (member,)))
     return Point(t=t, span=span, cost_per_hour=None if cost is None else cost[0],
                  lower_bound_per_hour=None if cost is None else cost[1],
                  requests=_count_increase(before.requests, after.requests, ("ok", "degraded")),
@@ -257,7 +266,8 @@ def aggregate(points: Sequence[Point]) -> Point:
         for part in parts:
             latency = _add(latency, part.latency)
         members[name] = MemberPoint(end.ready, end.starting, end.draining, end.desired,
-                                    sum(p.requests for p in parts), sum(p.errors for p in parts), latency)
+                                    sum(p.requests for p in parts), sum(p.errors for p in parts), latency,
+                                    sum(p.busy for p in parts))
     latency = {}
     for point in ordered:
         latency = _add(latency, point.latency)
@@ -375,6 +385,8 @@ def summary(snapshot: Mapping[str, Any], points: Sequence[Point], events: Sequen
             **_figures(None if recent is None or member_recent is None else Point(
                 t=recent.t, span=recent.span, requests=member_recent.requests, errors=member_recent.errors,
                 latency=member_recent.latency)),
+            "busy": _round(member_recent.busy / recent.span, 3)
+            if recent is not None and member_recent is not None and recent.span > 0 else None,
         }
     costed = next((p for p in reversed(points) if p.cost_per_hour is not None), None)
     cost = costed.cost_per_hour if costed is not None else None
@@ -427,7 +439,8 @@ def describe(document: Mapping[str, Any]) -> str:
                      f"(desired {m['desired'] if m['desired'] is not None else '-'}, "
                      f"{m['min_replicas'] if m['min_replicas'] is not None else '-'}.."
                      f"{m['max_replicas'] if m['max_replicas'] is not None else '-'}); "
-                     f"{num(m['rate_rps'], ' req/s')}, p99 {num(m['p99_ms'], ' ms')}, {m['errors']:.0f} errors")
+                     f"{num(m['rate_rps'], ' req/s')}, p99 {num(m['p99_ms'], ' ms')}, {m['errors']:.0f} errors"
+                     + (f", busy {m['busy']:.2f} replica(s)" if m.get("busy") is not None else ""))
     for r in document["replicas"]:
         price = r.get("price")
         lines.append(f"    {r.get('task_id')}: {r.get('member')} on {r.get('hostname') or r.get('agent_id')}"

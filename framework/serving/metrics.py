@@ -184,6 +184,9 @@ class GatewayMetrics:
                                         ["member"], buckets=LATENCY_BUCKETS, registry=r)
         self.replica_calls = Counter("mesos_ensemble_replica_calls", "Calls (batches) to replicas by outcome",
                                      ["member", "outcome"], registry=r)
+        self.replica_busy = Counter("mesos_ensemble_replica_busy_seconds",
+                                    "Replica-seconds of calls (a call's share of its replica's time): per second, "
+                                    "how many replicas were busy", ["member"], registry=r)
         self.hedges = Counter("mesos_ensemble_hedges", "Calls hedged to a second replica", ["member"], registry=r)
         self.failovers = Counter("mesos_ensemble_failovers", "Failed calls sent again to another replica",
                                  ["member"], registry=r)
@@ -234,6 +237,7 @@ class GatewayMetrics:
         ``seconds`` (the replica's time it took: the autoscaler's busy measure)."""
         self._child(self.replica_calls, member, outcome).inc()
         if seconds is not None:
+            self._child(self.replica_busy, member).inc(seconds)
             with self._lock:
                 self._windows[member].called(self.clock(), seconds)
 

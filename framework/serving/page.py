@@ -144,7 +144,7 @@ def render_page(document: Mapping[str, Any]) -> str:
         f"({e(m.get('min_replicas') if m.get('min_replicas') is not None else '-')}.."
         f"{e(m.get('max_replicas') if m.get('max_replicas') is not None else '-')})</td>"
         f"<td>{_number(m['rate_rps'])}</td><td>{_number(m['p50_ms'])}</td><td>{_number(m['p99_ms'])}</td>"
-        f"<td>{m['errors']:.0f}</td></tr>"
+        f"<td>{m['errors']:.0f}</td><td>{_number(m.get('busy'), 2)}</td></tr>"
         for name, m in document["members"].items())
     replicas = "".join(
         f'<tr data-replica="{e(r.get("task_id"))}"><td>{e(r.get("member"))}</td><td>{e(r.get("task_id"))}</td>'
@@ -171,7 +171,9 @@ def render_page(document: Mapping[str, Any]) -> str:
 p99 {_number(e2e['p99_ms'], unit=' ms')}; {e2e['errors']:.0f} errors; {e2e.get('rejected', 0.0):.0f} shed (overload)</p>
 <h2>Members</h2>
 <table id="members"><tr><th>member</th><th>model</th><th>ready</th><th>starting</th><th>draining</th>
-<th>desired (min..max)</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>errors</th></tr>{members}</table>
+<th>desired (min..max)</th><th>req/s</th><th>p50 ms</th><th>p99 ms</th><th>errors</th>
+<th title="replica-seconds of calls per second over the last minute: how many replicas were busy">busy</th></tr>
+{members}</table>
 <h2>Replicas</h2>
 <table id="replicas"><tr><th>member</th><th>task</th><th>agent</th><th>price/h</th><th>port</th><th>state</th></tr>
 {replicas}</table>

@@ -279,3 +279,26 @@ def test_shed_requests_are_sampled_summed_and_shown_apart_from_errors() -> None:
     assert document["end_to_end"]["rejected"] == 4 and document["series"]["rejected"] == [0.8]
     assert "0 errors, 4 shed (overload)" in history.describe(document)
     assert "4 shed (overload)" in render_page(document)
+
+
+def test_each_members_busy_replicas_are_sampled_summed_and_shown() -> None:
+    """The autoscaler's busy measure (replica-seconds of calls) is a counter of the gateway's
+    metrics: a point holds its increase, an aggregate the sum, and the summary, ``status`` text
+    and the page show it per second of the last minute (how many replicas were busy)."""
+    metrics = GatewayMetrics(["forest", "logistic"])
+    before = history.read_counters(metrics.registry.collect())
+    for _ in range(40):
+        metrics.replica_call("forest", "ok", 0.05)
+    metrics.replica_call("forest", "cancelled")  # no time given: not busy
+    after = history.read_counters(metrics.registry.collect())
+    counts = {"forest": {"desired": 2, "ready": 2}, "logistic": {"desired": 1, "ready": 1}}
+    first = history.sample(100.0, 4.0, before, after, counts, (3.0, 3.0))
+    assert first.members["forest"].busy == pytest.approx(2.0) and first.members["logistic"].busy == 0.0
+    assert Point.from_json(json.loads(json.dumps(first.to_json()))) == first
+    second = history.sample(104.0, 4.0, after, after, counts, (3.0, 3.0))
+    assert history.aggregate([first, second]).members["forest"].busy == pytest.approx(2.0)
+    targets = {name: {"min_replicas": 1, "max_replicas": 2, "desired": counts[name]["desired"]} for name in counts}
+    document = history.summary({"targets": targets}, [first, second], [], True, 104.0)
+    assert document["members"]["forest"]["busy"] == pytest.approx(0.25)  # 2 replica-seconds over 8 s
+    assert "busy 0.25 replica(s)" in history.describe(document)
+    assert re.search(r"<td>0\.25</td></tr>", render_page(document))
