@@ -155,10 +155,13 @@ class JobCatalog(JobDemands):
         (``framework.predict_modes``), read once."""
 
     def add_training(self, shards: list[Shard], labels: RemoteFile, folds: list[tuple[list[int], list[int]]],
-                     methods: Mapping[str, str]) -> None:
-        """Stacking: serve the labelled training rows and remember the folds and stack methods."""
-        self.shards["train"] = shards
-        self.shard_urls.update({("train", s.index): _publish_shard(self.server, "train", s) for s in shards})
+                     methods: Mapping[str, str], text_shards: Mapping[str, list[Shard]] | None = None) -> None:
+        """Stacking: serve the labelled training rows (``text_shards``: the text columns' shards of
+        them, by text kind) and remember the folds and stack methods."""
+        kinds = {"train": shards, **{f"train-{text}": parts for text, parts in (text_shards or {}).items()}}
+        for kind, parts in kinds.items():
+            self.shards[kind] = parts
+            self.shard_urls.update({(kind, s.index): _publish_shard(self.server, kind, s) for s in parts})
         self.labels, self.folds, self.methods = labels, folds, methods
 
     def executor_info(self, key: str, agent: Agent, allocator: PoolAllocator, generation: int) -> Message:
@@ -223,12 +226,17 @@ class JobCatalog(JobDemands):
             parts = [ShardPart(self.part_files[(group, item.shard)], columns)
                      for group, columns in self.source_shards.parts[model.name]]
             inputs = {"shard": parts[0].file, "shard_index": item.shard, "inputs": parts}
-        elif kind == "data" and model.text is not None:
-            # A text member: its column's text shard (a 1-D unicode .npy), handed to it as it is.
+        elif model.text is not None:
+            # A text member: its column's text shard (a 1-D unicode .npy), handed to it as it is;
+            # a fold's is the train set's, with the labels and the fold's rows.
             text = text_kind(self.spec.data.text.index(model.text))
+            text = text if kind == "data" else f"train-{text}"
             shard = self.shards[text][item.shard]
+            train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
             inputs = {"shard": RemoteFile(self.shard_urls[(text, shard.index)], shard.sha256),
-                      "shard_index": shard.index, "input_format": "text"}
+                      "shard_index": shard.index, "input_format": "text",
+                      "labels": self.labels if item.operation == "cv_fit_predict" else None,
+                      "train_rows": list(train_rows), "test_rows": list(test_rows)}
         else:
             shard = self.shards[kind][item.shard]
             train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])

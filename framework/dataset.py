@@ -216,6 +216,18 @@ def load_dataset(spec: DataSpec) -> Dataset:
     return _as_dataset(pa.Table.from_batches(tables), features, spec.label)
 
 
+def load_text_columns(spec: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The data set's text columns (``spec.text``) whole, each as a text shard's two arrays
+    (:func:`text_column`: offsets and UTF-8 bytes; a missing value refused naming its row): for
+    small tables, as :func:`load_dataset` (stacking's training rows)."""
+    if not spec.text:
+        return {}
+    reader = open_data(spec)
+    _features, types = _columns(spec, reader)
+    table = pa.Table.from_batches(list(reader.iter_batches(list(spec.text), types=types)))
+    return {name: text_column(table.column(name), f"{spec.path}: text column {name!r}", 0) for name in spec.text}
+
+
 @dataclass(frozen=True)
 class NonFinite:
     """Where a feature column holds values that are not finite numbers (0-based data rows)."""

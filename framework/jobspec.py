@@ -344,9 +344,6 @@ def load_job(path: Path | str) -> JobSpec:
         top.fail("stacking", "cannot be used with [[sources]] yet (its train set is one [data]-style file)")
     stacking = _parse_stacking(source, top.get("stacking", dict)) if "stacking" in raw else None
     texts = [(i, m) for i, m in enumerate(models) if m.text is not None]
-    if texts and stacking is not None:
-        top.fail(f"models[{texts[0][0]}] ({texts[0][1].name}).text", "cannot be used with [stacking] yet (its "
-                                                                     "cross-validation folds take numbers only)")
     if texts and data.features is not None:
         for i, m in texts:
             if m.text in data.features:
@@ -354,6 +351,8 @@ def load_job(path: Path | str) -> JobSpec:
                                                          "feature; list only numeric columns in data.features")
     if texts:
         data = dataclasses.replace(data, text=tuple(dict.fromkeys(m.text for _i, m in texts if m.text)))
+        if stacking is not None:  # the train set holds the same text columns, for the text members' folds
+            stacking = dataclasses.replace(stacking, train=dataclasses.replace(stacking.train, text=data.text))
     train_table = ensemble.method(integration).train_table
     if train_table is not None and train_table not in raw:
         job.fail("integration", f'is "{integration}", which needs a [{train_table}] table with a labelled train set')

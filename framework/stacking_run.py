@@ -26,7 +26,7 @@ from executor.protocol import RemoteFile, array_to_npy, sha256_hex
 from framework import atomic, ensemble
 from framework.artifacts import ArtifactServer
 from framework.catalog import JobCatalog
-from framework.dataset import cut_shards, load_dataset, write_atomic
+from framework.dataset import cut_shards, load_dataset, load_text_columns, text_kind, write_atomic, write_text_shard
 from framework.errors import JobSpecError
 from framework.jobspec import JobSpec
 from framework.members import member_output
@@ -170,7 +170,8 @@ def _out_of_fold(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
                  methods: Mapping[str, str], train: Any, kind: ensemble.Kind, work_dir: Path, run_tasks: RunTasks,
                  progress: Callable[[str], None]) -> tuple[ensemble.FoldPlan, np.ndarray]:
     """The folds' plan and the final estimator's input: the members' out-of-fold predictions (each
-    member's folds run as ``cv_fit_predict`` tasks), then the passthrough features."""
+    member's folds run as ``cv_fit_predict`` tasks; a text member's on its column of the train set
+    as a text shard), then the passthrough features (the numeric ones)."""
     stacking = spec.stacking
     assert stacking is not None
     plan = ensemble.plan_folds(train.features, train.labels, kind, stacking.cv)
@@ -178,9 +179,13 @@ def _out_of_fold(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
     labels_path = work_dir / "train" / "labels.npy"
     labels_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(labels_path, array_to_npy(np.asarray(plan.y_fit)))
+    texts = load_text_columns(stacking.train)
+    text_shards = {text_kind(number): [write_text_shard(0, 0, texts[name], labels_path.parent,
+                                                        f"train-{text_kind(number)}")]
+                   for number, name in enumerate(stacking.train.text)}
     catalog.add_training(train_shards, RemoteFile(server.publish("labels.npy", labels_path),
                                                   sha256_hex(labels_path.read_bytes())),
-                         [(tr.tolist(), te.tolist()) for tr, te in plan.folds], methods)
+                         [(tr.tolist(), te.tolist()) for tr, te in plan.folds], methods, text_shards)
     items = [WorkItem(f"{m.name}.fold{k}", m.name, 0, operation="cv_fit_predict", fold=k)
              for m in spec.models for k in range(len(plan.folds))]
     fold_outputs: dict[tuple[str, int], np.ndarray] = {}

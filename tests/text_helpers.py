@@ -83,3 +83,16 @@ def expected_mean(directory: Path, rows_per_shard: int) -> np.ndarray:
             numbers.predict_proba(np.ascontiguousarray(features[start:start + rows_per_shard]))[:, 1],
         ]), axis=0))
     return np.concatenate(outputs)
+
+
+def stacking_text_job(job: Path, cv: int = 3) -> Path:
+    """``job`` (``write_text_job``'s) made a stacking job with an ``.npy`` output, trained on the
+    rows its members were trained on (written beside it as ``train.parquet``, returned)."""
+    docs, features, labels = documents(400, seed=1)
+    train = job.parent / "train.parquet"
+    pq.write_table(pa.table({"f0": features[:, 0], "f1": features[:, 1], "review": pa.array(docs, pa.string()),
+                             "target": labels}), train)
+    text = job.read_text().replace('integration = "mean"', 'integration = "stacking"')
+    text = text.replace('output = "predictions.csv"', 'output = "predictions.npy"')
+    job.write_text(text + f'\n[stacking]\ntrain = {{ path = "{train.name}", label = "target" }}\ncv = {cv}\n')
+    return train

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -22,7 +23,7 @@ from framework.job import JobRunner, validate_job
 from framework.jobspec import load_job
 from framework.preflight import resolve_shard_rows
 from harness import run_cli
-from text_helpers import digest, documents, expected_mean, write_text_job
+from text_helpers import digest, documents, expected_mean, stacking_text_job, write_text_job
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -224,12 +225,51 @@ def test_bad_text_input_exits_2_through_the_command_line(job: Path) -> None:
     assert (job.parent / "data.parquet").stat().st_mtime_ns == before
 
 
-def test_text_members_with_stacking_are_refused(job: Path) -> None:
-    text = job.read_text().replace('integration = "mean"', 'integration = "stacking"')
-    text += '\n[stacking]\ntrain = { path = "data.parquet", label = "target" }\n'
-    job.write_text(text)
-    with pytest.raises(JobSpecError, match=r"models\[0\] \(text\)\.text cannot be used with \[stacking\] yet"):
-        load_job(job)
+def column_selecting_stack(cv: int) -> Any:
+    """``StackingClassifier`` over the job's members, each behind the selection of its columns from
+    one object array (``f0``, ``f1``, ``review``): the text member's is the 1-D column of str."""
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    review = FunctionTransformer(lambda x: x[:, 2])
+    numbers = FunctionTransformer(lambda x: x[:, :2].astype(np.float64))
+    return StackingClassifier([("text", make_pipeline(review, TfidfVectorizer(), LogisticRegression(max_iter=1000))),
+                               ("numbers", make_pipeline(numbers, LogisticRegression(max_iter=1000)))], cv=cv)
+
+
+def as_objects(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    table = pq.read_table(path)
+    x = np.empty((table.num_rows, 3), dtype=object)
+    x[:, 0], x[:, 1] = table.column("f0").to_numpy(), table.column("f1").to_numpy()
+    x[:, 2] = table.column("review").to_pylist()
+    return x, table.column("target").to_numpy()
+
+
+def test_a_stacking_job_of_text_and_numeric_members_equals_stacking_classifier(job: Path, tmp_path: Path) -> None:
+    """The text member's cross-validation folds run as Mesos tasks on its column of the train set
+    (a text shard), beside the numeric member's on theirs, on real executors: the final
+    estimator and every answer equal scikit-learn's ``StackingClassifier`` over column-selecting
+    pipelines of the same members, fitted in one process."""
+    train = stacking_text_job(job)
+    spec = load_job(job)
+    assert spec.stacking is not None and spec.stacking.train.text == ("review",)
+    outcome = JobRunner(spec, work_dir=tmp_path / "work").run()
+    assert outcome.tasks == 2 * 3 + 2 * 4  # 3 folds and 4 shards per member
+    reference = column_selecting_stack(3).fit(*as_objects(train))
+    x_test, _ = as_objects(job.parent / "data.parquet")
+    result = np.load(outcome.output)
+    assert np.array_equal(result["prediction"], reference.predict(x_test))
+    probabilities = np.stack([result[f"proba_{c}"] for c in reference.classes_], axis=1)
+    np.testing.assert_allclose(probabilities, reference.predict_proba(x_test), rtol=1e-12, atol=1e-15)
+    before = outcome.output.read_bytes()
+
+    pq.write_table(pq.read_table(train).drop_columns(["review"]), train)  # the train set without the text
+    with pytest.raises(JobSpecError, match=r"train\.parquet: text column 'review' \(a model's text\) is not in "):
+        JobRunner(load_job(job), work_dir=tmp_path / "work2").run()
+    assert outcome.output.read_bytes() == before
 
 
 def test_documents_are_deterministic() -> None:

@@ -19,7 +19,7 @@ from framework.job import JobRunner
 from framework.jobspec import load_job
 from serving_helpers import npy
 from serving_helpers import post as post_body
-from text_helpers import expected_mean, write_text_job
+from text_helpers import expected_mean, stacking_text_job, write_text_job
 
 ROWS_PER_SHARD = 40
 
@@ -62,3 +62,27 @@ def test_a_text_member_is_served_with_the_batch_jobs_answers(tmp_path: Path) -> 
         with urllib.request.urlopen(f"{served.url}/v1/models", timeout=10) as response:
             models = json.loads(response.read())
         assert models["columns"] == ["f0", "f1"] and models["text_columns"] == ["review"]
+
+
+def test_a_stacking_job_with_a_text_member_is_served_with_the_batch_jobs_answers(tmp_path: Path) -> None:
+    """``serve`` fits the final estimator itself (its fit phase: each member's folds as Mesos tasks,
+    the text member's on its column of the train set) and answers as the batch job did, bit for
+    bit, one request per shard of the batch job."""
+    job = write_text_job(tmp_path / "job", rows_per_shard=ROWS_PER_SHARD)
+    stacking_text_job(job)
+    job.write_text(job.read_text() + '\n[serve]\naddress = "127.0.0.1:0"\nscale_interval_s = 0.2\n')
+    batch = np.load(JobRunner(load_job(job), work_dir=tmp_path / "work").run().output)
+    table = pq.read_table(job.parent / "data.parquet")
+    docs, f0, f1 = (table.column(c).to_pylist() for c in ("review", "f0", "f1"))
+    with Served(job, tmp_path / "state") as served:
+        assert any("cross-validation tasks (2 models x 3 folds)" in note for note in served.notes), served.notes
+        answers: list[dict] = []
+        for start in range(0, len(docs), ROWS_PER_SHARD):
+            end = start + ROWS_PER_SHARD
+            rows = [{"f0": a, "f1": b, "review": d} for a, b, d in zip(f0[start:end], f1[start:end], docs[start:end])]
+            status, answer = post(served.url, {"rows": rows})
+            assert status == 200, answer
+            answers += answer["predictions"]
+    assert [a["label"] for a in answers] == batch["prediction"].tolist()
+    for c in (0, 1):  # bit for bit: floats survive JSON exactly
+        assert [a["proba"][str(c)] for a in answers] == batch[f"proba_{c}"].tolist()
