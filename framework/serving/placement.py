@@ -20,8 +20,8 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
    sha256; while a stacking update holds the member, also desired less its live replicas of the
    ``held_sha256``, so that a held replica that ends is replaced with its own model file: the
    gateway answers with those until it switches) placed by ``framework.packing.pack`` on the
-   offered agents, where the agents that
-   keep live replicas of ours cost nothing more (the packer's ``in_use``); those running our
+   offered agents, where the agents that keep live replicas of ours cost nothing more (the
+   packer's ``in_use``); those running our
    executor hold it loaded (no executor resources, no cold start) but an executor alone does not
    make an agent free (it costs its price again once its last replica is gone); other agents lose
    the shared executor's reserve, as in a batch round.
@@ -317,8 +317,10 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
         #    ones replace held ones that ended, up to the desired count)
         held_kept = sum(1 for r in mine if r.sha256 == target.held_sha256 and r.ready)
         for replica in sorted((r for r in mine if r.sha256 != target.sha256), key=key):
-            if replica.sha256 == target.held_sha256 and (replica.ready or held_kept < target.desired):
-                held_kept += not replica.ready
+            if replica.sha256 == target.held_sha256 and replica.ready:
+                continue
+            if replica.sha256 == target.held_sha256 and held_kept < target.desired:
+                held_kept += 1  # a held replica's replacement, starting
                 continue
             if not replica.ready:
                 drain(replica, "update")
@@ -348,9 +350,7 @@ def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[tuple[str, str]
     for member, target in snapshot.targets.items():
         mine = [r for r in snapshot.replicas if r.live and r.member == member and r.replica_id not in drained]
         pending = _pending_replacements(mine, drained)
-        for sha in (target.sha256, target.held_sha256):
-            if sha is None or (sha == target.held_sha256 and sha == target.sha256):
-                continue
+        for sha in dict.fromkeys(s for s in (target.sha256, target.held_sha256) if s is not None):
             have = sum(1 for r in mine if r.sha256 == sha and r.replica_id not in pending)
             if have < target.desired:
                 missing[(member, sha)] = target.desired - have
