@@ -15,8 +15,6 @@ import threading
 import time
 import warnings
 import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import closing
@@ -57,12 +55,6 @@ downloads', which a task's shard fetches use at the same time)."""
 def upload_result(url: str, npy: bytes) -> None:
     """PUT a large result to the framework's artifact server, with its checksum."""
     headers = {"Content-Type": "application/octet-stream", "X-Sha256": sha256_hex(npy)}
-    if urllib.parse.urlsplit(url).scheme != "http":
-        request = urllib.request.Request(url, data=npy, method="PUT", headers=headers)
-        with urllib.request.urlopen(request, timeout=120) as response:
-            if response.status not in (200, 201, 204):
-                raise TaskError(f"result upload answered HTTP {response.status}")
-        return
     try:
         UPLOADS.put(url, npy, headers)
     except urllib.error.HTTPError as error:
@@ -76,15 +68,6 @@ def build_result_data(payload: TaskPayload, output: Any, usage: TaskUsage | None
         return inline_envelope(npy, output.shape, usage).to_json()
     upload_result(payload.result_upload_url, npy)
     return uploaded_envelope(npy, output.shape, usage).to_json()
-
-
-def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
-    """One bundled item's result: inline while the bundle's budget (``inline_left`` bytes) lasts,
-    else uploaded like a lone task's large result."""
-    envelope = bundle_item_inline(payload, output, usage, inline_left)
-    if isinstance(envelope, ResultEnvelope):
-        return envelope
-    return upload_envelope(payload, *envelope)
 
 
 def bundle_item_inline(payload: TaskPayload, output: Any, usage: TaskUsage,

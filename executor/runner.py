@@ -84,6 +84,19 @@ def http_download(url: str) -> bytes:
         return response.read()
 
 
+PUT_ACCEPTED = (200, 201, 204)
+"""The answers that mean an upload (a PUT) was taken."""
+
+
+def http_put(url: str, body: bytes, headers: dict[str, str], timeout: float) -> None:
+    """PUT ``body`` through urllib (one connection per call); HTTPError unless the server answers
+    one of :data:`PUT_ACCEPTED`."""
+    request = urllib.request.Request(url, data=body, method="PUT", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if response.status not in PUT_ACCEPTED:
+            raise urllib.error.HTTPError(url, response.status, response.reason, response.headers, None)
+
+
 _DOWNLOADERS: "weakref.WeakSet[KeptAliveDownloads]" = weakref.WeakSet()
 
 
@@ -96,9 +109,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class KeptAliveDownloads:
-    """GET over kept-alive HTTP/1.1 connections (a few per server, shared by the executor's
+    """GET and PUT over kept-alive HTTP/1.1 connections (a few per server, shared by the executor's
     threads): a new connection per shard (and a new server thread for it) was a visible part of
-    a small task's cost.  Other schemes go through :func:`http_download`."""
+    a small task's cost.  Other schemes go through :func:`http_download` and :func:`http_put`."""
 
     def __init__(self, timeout: float = 60.0) -> None:
         self.timeout = timeout
@@ -124,10 +137,15 @@ class KeptAliveDownloads:
         return self._send("GET", url, None, {}, (200,))
 
     def put(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        """PUT ``body`` to an ``http`` URL over a kept-alive connection (a result's upload: a new
-        connection per upload was a connection and a server thread per task); HTTPError unless
-        the server answers 200, 201 or 204."""
-        self._send("PUT", url, body, headers, (200, 201, 204))
+        """PUT ``body`` (a result's upload) to ``url``: over a kept-alive connection for an ``http``
+        URL (a new connection per upload was a connection and a server thread per task), through
+        :func:`http_put` for other schemes; HTTPError unless the server answers one of
+        :data:`PUT_ACCEPTED`."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            http_put(url, body, headers, self.timeout)
+            return
+        self._send("PUT", url, body, headers, PUT_ACCEPTED)
 
     def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
               accepted: tuple[int, ...]) -> bytes:

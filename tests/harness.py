@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 from addict import Dict
 
-from executor.main import build_result_data, bundle_item_envelope
-from executor.protocol import BundlePayload, BundleResult, TaskFailure, TaskPayload, decode_task
+from executor.main import build_result_data, bundle_item_inline, upload_envelope
+from executor.protocol import (BundlePayload, BundleResult, ResultEnvelope, TaskFailure, TaskPayload, TaskUsage,
+                               decode_task)
 from executor.runner import SandboxCache, TaskError, compute_measured, fetch_inputs
 from factories import make_offer, make_status
 
@@ -325,6 +326,15 @@ class InProcessMesos(FakeDriver):
             self._busy[agent] -= 1
         self.scheduler.statusUpdate(self, update)
         self._wake.set()
+
+
+def bundle_item_envelope(payload: TaskPayload, output: Any, usage: TaskUsage, inline_left: int) -> ResultEnvelope:
+    """One bundled item's result as the executor makes it: inline while the bundle's budget
+    (``inline_left`` bytes) lasts, else uploaded (the executor uploads on a thread of its own)."""
+    envelope = bundle_item_inline(payload, output, usage, inline_left)
+    if isinstance(envelope, ResultEnvelope):
+        return envelope
+    return upload_envelope(payload, *envelope)
 
 
 def skip_or_fail_without(message: str) -> None:

@@ -112,7 +112,7 @@ def _fill(state: State, a: int, queues: list[list[int]], left: np.ndarray, tdem:
     if execs:
         ex = texec[idx].T.copy()
         need = (state.cnt[a, m] == 0) & ~p.loaded[a, m]
-    limits = bool((p.max_per < p.T).any()) or bool(p.spread.any())
+    limits = bool(p.limited.any()) or bool(p.spread.any())
     while True:
         residual = (cap - state.load[a])[:, None]
         if execs:

@@ -51,7 +51,7 @@ def solve_exact(p: Problem, incumbent: State, time_limit: float,
     ti, ai = np.nonzero(p.allowed[:, agents])
     nx = len(ti)
     models = [m for m in range(p.M) if len(p.tasks_of[m]) and (
-        p.has_exec[m] or p.max_per[m] < p.T or p.spread[m] > 0)]
+        p.has_exec[m] or p.limited[m] or p.spread[m] > 0)]
     ym = np.repeat(models, A).astype(np.int64)
     ya = np.tile(np.arange(A), len(models)).astype(np.int64)
     ny = len(ym)

@@ -47,7 +47,7 @@ def eval_moves(state: State, a: np.ndarray, rem: list[np.ndarray], add: list[np.
     for t in add:
         new += p.demand[t]
         ok &= p.allowed[t, a]
-    if p.has_exec.any() or p.max_per.min() < len(p.demand) or p.spread.any():
+    if p.has_exec.any() or p.limited.any() or p.spread.any():
         slots, signs = rem + add, [-1] * len(rem) + [1] * len(add)
         models = [p.model_of[t] for t in slots]
         for j, mj in enumerate(models):

@@ -44,6 +44,10 @@ class Problem:
         self.size: np.ndarray = (self.demand / self.scale).sum(axis=1)
         self.agent_size: np.ndarray = (self.cap / self.scale).sum(axis=1)
         self.run_agents: np.ndarray = (self.running > 0).sum(axis=0) if self.A else np.zeros(self.M, int)
+        most_running = self.running.max(axis=0) if self.A else np.zeros(self.M, np.int64)
+        self.limited: np.ndarray = self.max_per < self.T + most_running
+        """(M,) bool: the model's per-agent limit can bind (the new tasks with those running on an
+        agent can exceed it); the search checks the limits of these models only."""
         self.tasks_of: list[np.ndarray] = [np.flatnonzero(self.model_of == m) for m in range(self.M)]
         self.has_exec: np.ndarray = np.asarray((self.exec_dem > 0).any(axis=1))
         self.total_cap: np.ndarray = self.cap.sum(axis=0)

@@ -156,9 +156,11 @@ class ReplicaCatalog(Protocol):
         ...
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
-                     port: int, predict_mode: str | None = None) -> Message:
+                     port: int, predict_mode: str | None = None, sha256: str | None = None) -> Message:
         """A replica's TaskInfo; ``predict_mode``: where an earlier replica of the same model file
-        measured its predictions run best (the new one skips its probe)."""
+        measured its predictions run best (the new one skips its probe); ``sha256``: the model
+        file it runs, when not the member's current one (a held replica's replacement during a
+        stacking update); ValueError when that file is not served."""
         ...
 
 
@@ -226,8 +228,9 @@ class ServingController(pymesos.Scheduler):
         self.desired: dict[str, int] = {name: t.min_replicas for name, t in self.targets.items()}
         self.held: dict[str, str] = {}
         """Per member of a stacking update under way, the model file (sha256) whose replicas stay
-        (ready, routed, never drained nor replaced) until :meth:`release_held`: the gateway answers
-        with them until it switches to every member's new replicas at once."""
+        (ready, routed, never drained; one that ends is replaced with that file, so the member
+        keeps its desired count of them) until :meth:`release_held`: the gateway answers with them
+        until it switches to every member's new replicas at once."""
         self.predict_modes: dict[str, str] = {}
         """Per model file (sha256): where its first replica found its predictions run best
         (TASK_RUNNING's ``predict_mode``); later replicas are launched with it and skip the probe."""
@@ -845,13 +848,16 @@ class ServingController(pymesos.Scheduler):
         )
 
     def _wanted(self) -> bool:
-        """Whether some member has fewer replicas of its current model than desired (lock held)."""
+        """Whether some member has fewer replicas of its current model than desired, or of its
+        held one during a stacking update (lock held)."""
         for member, target in self.targets.items():
-            live = sum(1 for r in self.replicas.values() if r.member == member and r.sha256 == target.sha256
-                       and r.state in LIVE_STATES)
             desired = self.desired.get(member, target.min_replicas)
-            if live < desired + placement.standby_for(desired, target.standby_replicas, target.max_replicas):
-                return True
+            wanted = desired + placement.standby_for(desired, target.standby_replicas, target.max_replicas)
+            for sha in {target.sha256, self.held.get(member, target.sha256)}:
+                live = sum(1 for r in self.replicas.values() if r.member == member and r.sha256 == sha
+                           and r.state in LIVE_STATES)
+                if live < wanted:
+                    return True
         return False
 
     def _decide(self, driver: Any, offers: list[OfferView], now: float) -> None:
@@ -927,8 +933,8 @@ class ServingController(pymesos.Scheduler):
                         log.info("no free port left on %s for a replica of %s", agent.hostname, launch.member)
                         break
                     target = self.targets.get(launch.member)
-                    if target is None or target.sha256 != launch.sha256:
-                        continue  # retargeted while deciding
+                    if target is None or launch.sha256 not in (target.sha256, self.held.get(launch.member)):
+                        continue  # retargeted (or released) while deciding
                     port = free.pop(0)
                     key = self.catalog.executor_key(launch.member)
                     started = (agent_id, key) in self.executors
@@ -942,9 +948,10 @@ class ServingController(pymesos.Scheduler):
                         task_id = f"{launch.member}.replica-{self._token}-{next(self._count)}"
                         task = self.catalog.replica_info(launch.member, task_id, agent, allocator,
                                                          self._executor_infos[info_key], port,
-                                                         predict_mode=self.predict_modes.get(target.sha256))
+                                                         predict_mode=self.predict_modes.get(launch.sha256),
+                                                         sha256=launch.sha256)
                     except ValueError as error:  # the offer holds less than the placement thought
-                        log.info("a replica of %s does not fit on %s after all: %s", launch.member, agent.hostname,
+                        log.info("a replica of %s cannot be launched on %s now: %s", launch.member, agent.hostname,
                                  error)
                         if not started:
                             self._executor_infos.pop(info_key, None)
@@ -953,7 +960,7 @@ class ServingController(pymesos.Scheduler):
                     self.executor_generation[(agent_id, key)] = generation
                     self.hosting[(agent_id, translator.executor_id(key, generation))] = None
                     replica = LiveReplica(task_id, launch.member, agent_id, agent.hostname,
-                                          self._address(agent.hostname), port, target.sha256, key,
+                                          self._address(agent.hostname), port, launch.sha256, key,
                                           translator.executor_id(key, generation), ReplicaState.LAUNCHING, now,
                                           replaces=launch.replaces, launched_at=now,
                                           wanted_at=now if launch.reason == "repack" else
@@ -961,12 +968,13 @@ class ServingController(pymesos.Scheduler):
                     self.replicas[task_id] = replica
                     tasks.append(task)
                     records.append(ReplicaRecord(task_id, launch.member, agent_id, agent.hostname, port,
-                                                 target.sha256, "launching", replica.executor_id))
+                                                 launch.sha256, "launching", replica.executor_id))
                     hosts[replica.executor_id] = ExecutorRecord(agent_id, replica.executor_id, agent.hostname,
                                                                 info=json.dumps(self._executor_infos[info_key]))
                     self._idle_journaled.pop((agent_id, replica.executor_id), None)
                     log.info("launching replica %s of %s on %s, port %d (%s)", task_id, launch.member,
-                             agent.hostname, port, launch.reason.replace("_", " "))
+                             agent.hostname, port, "the held model file, the gateway's until it switches"
+                             if launch.reason == "held" else launch.reason.replace("_", " "))
             if not tasks:
                 continue
             if self.state is not None:

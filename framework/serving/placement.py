@@ -8,16 +8,20 @@ price), and applies the :class:`ServeDecision`.  What it decides, in order:
 1. **drains** (none ever takes a member below ``min(desired, ready replicas)`` ready ones):
    a. a replica whose re-pack replacement (a replica naming it in ``replaces``) is ready;
    b. rolling update: replicas whose sha256 is not the member's: those still starting at once,
-      ready ones only as new ones are ready (never fewer ready than the desired count), and
-      those of the member's ``held_sha256`` (a stacking update) not at all;
+      ready ones only as new ones are ready (never fewer ready than the desired count); those
+      of the member's ``held_sha256`` (a stacking update) not at all, but for starting ones
+      beyond its desired count;
    c. scale down: the replicas above the desired count, those on the most expensive agents
       first (then on the agents with the fewest of our replicas, so whole agents are released;
       on one agent, starting ones before ready ones), ready ones only while the member keeps
       its desired count ready;
    d. replicas of members no longer in the job.
 2. **launches**: each member's missing replicas (desired less its live replicas of the current
-   sha256) placed by ``framework.packing.pack`` on the offered agents, where the agents that
-   keep live replicas of ours cost nothing more (the packer's ``in_use``); those running our
+   sha256; while a stacking update holds the member, also desired less its live replicas of the
+   ``held_sha256``, so that a held replica that ends is replaced with its own model file: the
+   gateway answers with those until it switches) placed by ``framework.packing.pack`` on the
+   offered agents, where the agents that keep live replicas of ours cost nothing more (the
+   packer's ``in_use``); those running our
    executor hold it loaded (no executor resources, no cold start) but an executor alone does not
    make an agent free (it costs its price again once its last replica is gone); other agents lose
    the shared executor's reserve, as in a batch round.
@@ -47,7 +51,7 @@ from framework.packing import (Agent, Constraint, CostModel, DeclineReason, Pack
                                Resources, TaskDemand, pack)
 
 ReplicaState = Literal["starting", "running", "draining"]
-LaunchReason = Literal["scale_up", "update", "repack"]
+LaunchReason = Literal["scale_up", "update", "repack", "held"]
 DrainReason = Literal["scale_down", "update", "repack", "removed"]
 EPS = 1e-9
 REPACK_SINGLE_AGENTS = 3
@@ -98,8 +102,9 @@ class MemberTarget:
     (:func:`route`), launched, placed, drained and priced as the others."""
     held_sha256: str | None = None
     """A stacking deployment's update under way: the model file the gateway still answers with
-    (the new final estimator needs every member's new replicas at once), whose replicas are not
-    drained (nor replaced) until the controller lets them go."""
+    (the new final estimator needs every member's new replicas at once), whose replicas are kept
+    at ``desired`` (one that ends is replaced with this file) and not drained until the
+    controller lets them go."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class ReplicaLaunch:
     member: str
     agent_id: str
     sha256: str
+    """The model file it runs: the member's, or its ``held_sha256`` (reason ``held``)."""
     reason: LaunchReason
     replaces: str | None = None
     new_executor: bool = False
@@ -205,25 +211,24 @@ def decide(snapshot: ServeSnapshot, agents: Sequence[Agent], now: float) -> Serv
     drained = {d.replica_id for d in drains}
     missing = _missing(snapshot, drained)
     prepared = _prepare(snapshot, agents, drained)
-    tasks = [TaskDemand(f"{member}#{i}", member, snapshot.targets[member].demand, snapshot.targets[member].executor,
-                        snapshot.targets[member].constraints)
-             for member, count in sorted(missing.items()) for i in range(count)]
+    wanted = {f"{member}#{i}" if sha == snapshot.targets[member].sha256 else f"{member}@held#{i}": (member, sha)
+              for (member, sha), count in sorted(missing.items()) for i in range(count)}
+    tasks = [_demand(snapshot, task_id, member) for task_id, (member, _sha) in wanted.items()]
     launches: list[ReplicaLaunch] = []
     unplaced: Counter[str] = Counter()
     reasons: list[str] = []
     declined: dict[str, DeclineReason] = {a.agent_id: "unneeded" for a in agents}
     if tasks and prepared:
         plan = pack(tasks, prepared, snapshot.cost_model, snapshot.packing)
-        member_of = {t.task_id: t.model for t in tasks}
         for agent_id, task_ids in plan.assignments.items():
             declined.pop(agent_id, None)
-            launches += [_launch(snapshot, member_of[t], agent_id, "update" if _updating(snapshot, member_of[t])
-                                 else "scale_up") for t in task_ids]
+            launches += [_launch(snapshot, member, agent_id, _launch_reason(snapshot, member, sha), sha256=sha)
+                         for member, sha in (wanted[t] for t in task_ids)]
         declined.update({a: r for a, r in plan.declined.items() if a in declined})
-        unplaced.update(member_of[t] for t in plan.unplaced)
+        unplaced.update(wanted[t][0] for t in plan.unplaced)
         reasons = [u.describe() for u in plan.unplaced.values()]
     else:
-        unplaced.update(missing)
+        unplaced.update(member for member, _sha in wanted.values())
     repacked = False
     checked = bool(not tasks and not drains and prepared and now >= snapshot.repack_not_before
                    and _settled(snapshot))
@@ -247,16 +252,20 @@ def _prices(snapshot: ServeSnapshot, agents: Sequence[Agent]) -> dict[str, float
     return prices
 
 
-def _updating(snapshot: ServeSnapshot, member: str) -> bool:
-    """The member has live replicas of another model file (a rolling update is under way)."""
+def _launch_reason(snapshot: ServeSnapshot, member: str, sha256: str) -> LaunchReason:
+    """``held`` for a replica of the member's held model file; ``update`` while the member has live
+    replicas of another model file (a rolling update is under way); else ``scale_up``."""
     target = snapshot.targets[member]
-    return any(r.live and r.member == member and r.sha256 != target.sha256 for r in snapshot.replicas)
+    if sha256 != target.sha256:
+        return "held"
+    updating = any(r.live and r.member == member and r.sha256 != target.sha256 for r in snapshot.replicas)
+    return "update" if updating else "scale_up"
 
 
 def _launch(snapshot: ServeSnapshot, member: str, agent_id: str, reason: LaunchReason,
-            replaces: str | None = None) -> ReplicaLaunch:
+            replaces: str | None = None, sha256: str | None = None) -> ReplicaLaunch:
     new = member not in snapshot.executors.get(agent_id, frozenset())
-    return ReplicaLaunch(member, agent_id, snapshot.targets[member].sha256, reason, replaces, new)
+    return ReplicaLaunch(member, agent_id, sha256 or snapshot.targets[member].sha256, reason, replaces, new)
 
 
 def _pending_replacements(live: Sequence[ReplicaView], gone: set[str]) -> set[str]:
@@ -304,9 +313,14 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
     for member, target in sorted(snapshot.targets.items()):
         mine = [r for r in live if r.member == member and r.replica_id not in gone]
         # b. rolling update: old starting ones at once; old ready ones as new ones are ready
-        #    (held ones, a stacking update's, not before the gateway has switched)
+        #    (held ones, a stacking update's, not before the gateway has switched: its starting
+        #    ones replace held ones that ended, up to the desired count)
+        held_kept = sum(1 for r in mine if r.sha256 == target.held_sha256 and r.ready)
         for replica in sorted((r for r in mine if r.sha256 != target.sha256), key=key):
             if replica.sha256 == target.held_sha256 and replica.ready:
+                continue
+            if replica.sha256 == target.held_sha256 and held_kept < target.desired:
+                held_kept += 1  # a held replica's replacement, starting
                 continue
             if not replica.ready:
                 drain(replica, "update")
@@ -329,15 +343,17 @@ def _drains(snapshot: ServeSnapshot, prices: Mapping[str, float]) -> list[Replic
     return drains
 
 
-def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[str, int]:
-    """Per member, the replicas of its current sha256 to launch to reach its desired count."""
+def _missing(snapshot: ServeSnapshot, drained: set[str]) -> dict[tuple[str, str], int]:
+    """Per (member, sha256), the replicas to launch: of the member's current model file to reach
+    its desired count, and of its held one (a stacking update) to keep that many of those too."""
     missing = {}
     for member, target in snapshot.targets.items():
         mine = [r for r in snapshot.replicas if r.live and r.member == member and r.replica_id not in drained]
         pending = _pending_replacements(mine, drained)
-        have = sum(1 for r in mine if r.sha256 == target.sha256 and r.replica_id not in pending)
-        if have < target.desired:
-            missing[member] = target.desired - have
+        for sha in dict.fromkeys(s for s in (target.sha256, target.held_sha256) if s is not None):
+            have = sum(1 for r in mine if r.sha256 == sha and r.replica_id not in pending)
+            if have < target.desired:
+                missing[(member, sha)] = target.desired - have
     return missing
 
 

@@ -33,6 +33,7 @@ re-adopts them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -46,13 +47,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from executor.protocol import ReplicaPayload
-from framework import ensemble, translator
+from framework import atomic, ensemble, translator
 from framework.artifacts import ArtifactServer
 from framework.catalog import SHARED_EXECUTOR, JobCatalog
 from framework.dataset import DataInfo
 from framework.errors import FrameworkError, JobFailed, JobSpecError
 from framework.executor_package import build_executor_package
-from framework.jobspec import JobSpec, load_job, parse_master
+from framework.jobspec import JobSpec, ModelSpec, load_job, parse_master
 from framework.packing import Agent, Resources
 from framework.scheduler import EventKind
 from framework.serving import placement
@@ -81,20 +82,61 @@ class ServeCatalog(JobCatalog):
     also builds replica TaskInfos (``executor.protocol.ReplicaPayload`` with a port)."""
 
     def __init__(self, spec: JobSpec, server: ArtifactServer, python: str, executor_package_url: str,
-                 bind_host: str) -> None:
+                 bind_host: str, models_dir: Path) -> None:
         super().__init__(spec, server, {}, python, executor_package_url)
         self.bind_host = bind_host
+        self.models_dir = models_dir
+        """Where the model files replicas start from are kept, each under its sha256 (:meth:`keep`)."""
         self.serve = spec.serve or ServeSpec()
         self.replica_rows = max(self.serve.max_batch_rows, REPLICA_MIN_ROWS)
         """Most rows per call every replica of this serve accepts (the highest ``max_batch_rows`` a
         reload may set)."""
+        self.held: dict[str, tuple[ModelSpec, str, str]] = {}
+        """During a stacking update, per member: the model file its old replicas run, its URL and
+        their stack method (:meth:`hold`)."""
 
     def publish_models(self, spec: JobSpec) -> None:
-        """Serve a reloaded job's model files (a changed one under a new name: old replicas keep theirs)."""
+        """Serve a reloaded job's model files, each its copy :meth:`keep` made (a changed one under a
+        new name: old replicas keep theirs)."""
+        self.keep(spec)
         for model in spec.models:
             self.model_urls[model.name] = self.server.publish(f"{model.name}-{model.sha256[:16]}.{model.format}",
-                                                              model.path)
+                                                              self._kept(model))
         self.spec = spec
+
+    def keep(self, spec: JobSpec) -> None:
+        """Copy each model file of ``spec`` not kept yet into ``models_dir`` under its sha256,
+        hashing the bytes copied (JobSpecError, one line, when they are not the job file's
+        sha256: the file changed since it was read).  Replicas start from these copies, so a
+        model file rewritten in place for a reload leaves the replicas of the file it replaced
+        theirs (a held replica's replacement during a stacking update, a roll-back)."""
+        for model in spec.models:
+            kept = self._kept(model)
+            if kept.exists():
+                continue
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with atomic.replacing(kept) as temporary, model.path.open("rb") as source, temporary.open("wb") as copy:
+                for block in iter(lambda: source.read(1 << 20), b""):
+                    digest.update(block)
+                    copy.write(block)
+                if digest.hexdigest() != model.sha256:
+                    raise JobSpecError(f"{spec.source}: models ({model.name}).sha256 does not match {model.path.name} "
+                                       f"(it changed while serve read it: the file has {digest.hexdigest()} now)")
+
+    def _kept(self, model: ModelSpec) -> Path:
+        return self.models_dir / f"{model.sha256}.{model.format}"
+
+    def hold(self) -> None:
+        """A stacking update begins (call before :meth:`publish_models` and ``methods`` move on to
+        it): until :meth:`release`, a replica of a model file served now can still be launched
+        (``replica_info``'s ``sha256``), with its stack method: the gateway answers with those
+        replicas until it switches, so one that ends is replaced with its own file."""
+        self.held = {m.name: (m, self.model_urls[m.name], self.methods.get(m.name, m.output)) for m in self.spec.models}
+
+    def release(self) -> None:
+        """The stacking update is done (switched, or rolled back): only the current files are launched."""
+        self.held = {}
 
     def replica_target(self, member: str, desired: int, sha256: str) -> placement.MemberTarget:
         """What placement needs of ``member``: one replica's resources as launched (its executor's
@@ -110,11 +152,15 @@ class ServeCatalog(JobCatalog):
             constraints=model.constraints)
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
-                     port: int, predict_mode: str | None = None) -> Message:
-        model = self.spec.model(member)
-        payload = ReplicaPayload(model=member, model_url=self.model_urls[member], sha256=model.sha256, port=port,
-                                 output=self.methods.get(member, model.output),  # stacking: its stack method
-                                 format=model.format, trusted_types=list(model.trusted_types),
+                     port: int, predict_mode: str | None = None, sha256: str | None = None) -> Message:
+        model, url = self.spec.model(member), self.model_urls[member]
+        output = self.methods.get(member, model.output)  # stacking: its stack method
+        if sha256 is not None and sha256 != model.sha256:
+            if member not in self.held or self.held[member][0].sha256 != sha256:
+                raise ValueError(f"the model file {sha256[:12]} of {member} is no longer served")
+            model, url, output = self.held[member]
+        payload = ReplicaPayload(model=member, model_url=url, sha256=model.sha256, port=port,
+                                 output=output, format=model.format, trusted_types=list(model.trusted_types),
                                  host=self.bind_host, max_batch_rows=self.replica_rows, predict_mode=predict_mode,
                                  input_format="text" if model.text is not None else "float64")
         resources = allocator.take(self.task_resources[member])
@@ -205,7 +251,7 @@ class ServeRunner:
                                         "127.0.0.1" if loopback else None)).start()
             stack.callback(server.stop)
             package_url = server.publish_public("mesos-ensemble-executor.tar.gz", build_executor_package(work_dir))
-            catalog = ServeCatalog(spec, server, python, package_url, bind)
+            catalog = ServeCatalog(spec, server, python, package_url, bind, work_dir / "models")
             catalog.publish_models(spec)
             stacking: ensemble.FittedStacking | None = None
             if spec.integration == "stacking":
@@ -413,6 +459,7 @@ class ServeRunner:
                 except ValueError as error:
                     raise JobSpecError(f"{spec.source}: serve: {error}") from None
             _info, members, estimators = prepare(spec)
+            catalog.keep(spec)  # the model files as checked, whatever becomes of them
             restack = spec.integration == "stacking" and _restacks(self.spec, spec)
             if restack:
                 _check_stack_methods(self.spec, spec, estimators, catalog.methods)
@@ -456,7 +503,8 @@ class ServeRunner:
         assert context is not None and self.gateway is not None
         started = time.monotonic()
         self._refits += 1
-        fit_catalog = ServeCatalog(spec, context.server, context.python, context.package_url, context.bind)
+        fit_catalog = ServeCatalog(spec, context.server, context.python, context.package_url, context.bind,
+                                   context.work_dir / "models")
         fit_catalog.publish_models(spec)
         try:
             stacked, fitted = self._fit_stacking(spec, fit_catalog, members, estimators,
@@ -465,6 +513,7 @@ class ServeRunner:
             return self._refuse(f"the stacking refit failed: {_one_line(error)}")
         fitted_at = time.monotonic()
         old_spec, old_methods = self.spec, dict(catalog.methods)
+        catalog.hold()  # a held replica that ends is replaced with its own model file
         catalog.publish_models(spec)
         catalog.methods = dict(fit_catalog.methods)
         rolling = controller.retarget(self._targets(spec, self.serve_spec), hold=True)
@@ -475,6 +524,7 @@ class ServeRunner:
             controller.retarget(self._targets(old_spec, self.serve_spec))  # the new replicas drain
             catalog.publish_models(old_spec)
             catalog.methods = old_methods
+            catalog.release()
             return [] if self.stop_requested.is_set() else self._refuse(f"{why}; the new replicas were stopped")
 
         if not self._wait_staged(controller):
@@ -490,6 +540,7 @@ class ServeRunner:
             return roll_back(f"the gateway did not switch: {_one_line(error)}")
         switched_at = time.monotonic()
         controller.release_held()
+        catalog.release()
         self._apply_reload(
             controller, catalog, spec, serve, changes,
             f"stacking refitted ({type(fitted.final_estimator).__name__}) in {fitted_at - started:.1f} s, the new "

@@ -4,6 +4,7 @@ touched; the built-ins keep their job-file errors and their search-phase limits.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -88,6 +89,20 @@ def test_a_counting_plugin_reaches_every_search_phase_through_limits() -> None:
         plan = pack(tasks, cluster, options=options)
         assert plan.placed_count == 3 and all(len(ts) == 1 for ts in plan.assignments.values())
         assert {dict(u.filtered)["one_per_agent"] for u in plan.unplaced.values()} == {3}
+
+
+def test_a_per_agent_limit_counts_the_tasks_running_on_the_agent() -> None:
+    """``max_per_agent = 1`` and one new task: the agent in use that already runs one of the model
+    (the cheapest place) is no place for it.  The search once checked a limit only when the new
+    tasks alone outnumbered it, so a lone task joined the one running there."""
+    cluster = [dataclasses.replace(a, in_use=True, running_tasks={"m": 1}) if a.agent_id == "a0" else a
+               for a in agents(2)]
+    tasks = [TaskDemand("t0", "m", Resources(1, 1), Resources(), (MaxPerAgent(1),))]
+    for options in (PackingOptions(time_budget_s=float("inf"), max_iterations=500),
+                    PackingOptions(time_budget_s=float("inf"), max_iterations=500, exact=False)):
+        plan = pack(tasks, cluster, options=options)
+        check_plan(plan, tasks, cluster)
+        assert plan.assignments == {"a1": ("t0",)}
 
 
 def test_job_file_honours_a_registered_plugin(hostname_in: type[HostnameIn], tmp_path: Path) -> None:

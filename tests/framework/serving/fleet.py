@@ -98,7 +98,7 @@ class Catalog:
         return placement.MemberTarget(member, desired, sha256, placement.replica_demand(m.cpus, m.mem))
 
     def replica_info(self, member: str, task_id: str, agent: Agent, allocator: PoolAllocator, executor: Message,
-                     port: int, predict_mode: str | None = None) -> Message:
+                     port: int, predict_mode: str | None = None, sha256: str | None = None) -> Message:
         m = self.members[member]
         return translator.task_info(task_id, f"{member} replica", agent.agent_id,
                                     allocator.take(Resources(cpus=m.cpus, mem=m.mem)), executor, b"{}", ports=[port])

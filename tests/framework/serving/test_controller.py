@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -68,7 +69,7 @@ class Deployment:
                  bounds: dict[str, tuple[int, int]] | None = None, healthy: Callable[[LiveReplica], bool] | None = None
                  ) -> None:
         self.catalog = ServeCatalog(spec, server, "python3", server.publish("exec.tgz", spec.models[0].path),
-                                    "127.0.0.1")
+                                    "127.0.0.1", server.results_dir.parent / "models")
         self.catalog.publish_models(spec)
         self.table = ReplicaTable()
         bounds = bounds or {}
@@ -225,10 +226,14 @@ def test_scale_down_drains_the_replica_on_the_most_expensive_agent(demo: JobSpec
         deployment.close()
 
 
-def deploy_and_change_linear(deployment: Deployment, demo: JobSpec, version: str) -> tuple[str, str]:
+def deploy_and_change_linear(deployment: Deployment, demo: JobSpec, version: str,
+                             hold: bool = False) -> tuple[str, str]:
     """Deploy, then serve another linear model file (``linear-<version>.joblib``), as a reloaded
-    job does before it retargets the member: the old linear replica's task id and the new sha256."""
+    job does before it retargets the member (``hold``: as a stacking update does, the files served
+    until then held): the old linear replica's task id and the new sha256."""
     tasks = deployment.deploy()
+    if hold:
+        deployment.catalog.hold()
     old = next(t["task_id"]["value"] for t in tasks if payload(t)["model"] == "linear")
     linear = demo.model("linear")
     changed = linear.path.with_name(f"linear-{version}.joblib")
@@ -284,6 +289,66 @@ def test_a_held_update_keeps_the_old_replica_routed_beside_the_new_one_until_rel
         assert [r.sha256 for r in deployment.table.ready("linear")] == [new_sha] and not controller.held
     finally:
         deployment.close()
+
+
+def test_a_held_replica_that_ends_is_replaced_with_its_own_model_file_and_a_roll_back_keeps_it(
+        demo: JobSpec, server: ArtifactServer) -> None:
+    """During a stacking update the gateway answers with the held replicas: one that ends is
+    replaced with the held model file (its URL and sha256), not the new one; a roll-back (the held
+    file current again) keeps that replacement and drains the new replica."""
+    deployment = Deployment(demo, server)
+    controller, driver = deployment.controller, deployment.driver
+    try:
+        old, new_sha = deploy_and_change_linear(deployment, demo, "v4", hold=True)
+        linear = demo.model("linear")
+        controller.retarget({"linear": ServedMember("linear", new_sha, 1, 3)}, hold=True)
+        controller.resourceOffers(driver, [port_offer("a1")])
+        [new] = wait_for(lambda: deployment.launched()[2:])
+        assert payload(new)["sha256"] == new_sha
+        controller.statusUpdate(driver, make_status(old, "TASK_FAILED", "a1", message="killed"))
+        wait_for(lambda: old not in controller.replicas)
+        controller.resourceOffers(driver, [port_offer("a1")])
+        [again] = wait_for(lambda: deployment.launched()[3:])
+        assert payload(again)["sha256"] == linear.sha256
+        assert payload(again)["model_url"].endswith(f"linear-{linear.sha256[:16]}.joblib")
+        deployment.run(again)
+        wait_for(lambda: [r.sha256 for r in deployment.table.ready("linear")] == [linear.sha256])
+        assert controller.held == {"linear": linear.sha256} and not controller.all_ready()
+        controller.retarget({"linear": ServedMember("linear", linear.sha256, 1, 3)})  # the roll-back
+        wait_for(lambda: new["task_id"]["value"] in driver.kills)
+        assert [r.replica_id for r in deployment.table.ready("linear")] == [again["task_id"]["value"]]
+        assert controller.all_ready() and not controller.held
+    finally:
+        deployment.close()
+
+
+def test_replicas_start_from_a_copy_of_each_model_file_kept_under_its_sha256(demo: JobSpec, server: ArtifactServer,
+                                                                             tmp_path: Path) -> None:
+    """A model file rewritten in place (for a reload) leaves the URL of the file it replaced
+    serving the bytes it had; a file whose bytes are not its sha256 any more is one line, and no
+    copy of it is left."""
+    import urllib.request
+
+    from framework.errors import JobSpecError
+
+    models = tmp_path / "files"
+    shutil.copytree(demo.model("linear").path.parent, models)
+    spec = dataclasses.replace(demo, models=tuple(dataclasses.replace(m, path=models / m.path.name)
+                                                  for m in demo.models))
+    catalog = ServeCatalog(spec, server, "python3", "unused", "127.0.0.1", tmp_path / "kept")
+    catalog.publish_models(spec)
+    linear = spec.model("linear")
+    before = linear.path.read_bytes()
+    linear.path.write_bytes(before + b"changed in place")
+    with urllib.request.urlopen(catalog.model_urls["linear"], timeout=10) as response:
+        assert response.read() == before
+    changed = dataclasses.replace(spec, models=tuple(dataclasses.replace(m, sha256="0" * 64) if m.name == "linear"
+                                                     else m for m in spec.models))
+    with pytest.raises(JobSpecError, match=r"models \(linear\)\.sha256 does not match linear\.joblib \(it changed "
+                                           r"while serve read it: the file has [0-9a-f]{64} now\)$"):
+        catalog.keep(changed)
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == sorted(f"{m.sha256}.{m.format}"
+                                                                          for m in spec.models)
 
 
 def test_journal_keeps_replicas_and_a_restart_adopts_the_running_ones(demo: JobSpec, server: ArtifactServer,

@@ -221,6 +221,28 @@ def test_a_held_update_keeps_every_old_ready_replica_until_released() -> None:
     assert {r.sha256 for r in cluster.replicas} == {NEW}
 
 
+def test_held_replicas_that_end_are_replaced_with_the_held_file_and_a_roll_back_keeps_them() -> None:
+    """During a stacking update the held replicas are kept at the desired count: one that ends is
+    replaced with the held model file (a new one with the new file), and its starting replacement
+    is not drained; a roll-back (the held file current again) drains the new replicas only."""
+    cluster = Cluster({"x": agent("x", 1.0, cpus=8.0, mem=8192.0)})
+    cluster.decide({"m": 2}, OLD, 0.0)
+    cluster.start()
+    cluster.decide({"m": 2}, NEW, 1.0, held=OLD)
+    for sha in (OLD, NEW):  # an old replica and a new one end
+        cluster.replicas.remove(next(r for r in cluster.replicas if r.sha256 == sha))
+    decision = cluster.decide({"m": 2}, NEW, 2.0, held=OLD)
+    assert sorted((launch.sha256, launch.reason) for launch in decision.launches) == [(OLD, "held"), (NEW, "update")]
+    assert not decision.drains
+    settled = cluster.decide({"m": 2}, NEW, 3.0, held=OLD)
+    assert not settled.drains and not settled.launches
+    cluster.start()
+    assert Counter(r.sha256 for r in cluster.replicas if r.ready) == {OLD: 2, NEW: 2}
+    back = cluster.decide({"m": 2}, OLD, 4.0)
+    assert [d.reason for d in back.drains] == ["update"] * 2 and not back.launches
+    assert Counter(r.sha256 for r in cluster.replicas) == {OLD: 2}
+
+
 # --- re-pack ----------------------------------------------------------------------------------
 
 def test_repack_moves_to_cheaper_agents_then_releases_the_expensive_one() -> None:

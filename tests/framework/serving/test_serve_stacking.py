@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +342,64 @@ def test_a_reload_that_would_change_an_unchanged_members_stack_method_is_one_lin
     swap_model(job, "tree", DecisionTreeClassifier(max_depth=2, random_state=0).fit(x_train[:, 2:4], y_train))
     swap_model(job, "bayes", GaussianNB(var_smoothing=1e-3).fit(x_train, y_train))
     _check_stack_methods(before, load_job(job), prepare(load_job(job))[2], running)  # both files changed: fine
+
+
+@pytest.mark.faults
+def test_a_held_replica_that_crashes_during_a_stacking_update_is_replaced_with_its_own_model_file(
+        tmp_path: Path) -> None:
+    """While a stacking update holds (the gateway answers with the old replicas and final estimator
+    until every new replica is ready), the old tree replica's process is killed: a replica of the
+    old model file replaces it and answers as the old one did; the new replica's process is killed
+    too: a new one replaces it; the gateway switches only once that one is ready, and the old
+    replica drains then.  The tree's replicas run in executors of their own (``per_model``), one
+    per agent (``max_per_agent = 1``), so each kill takes exactly one replica."""
+    job, _members, (x_train, x_test, y_train) = stacking_job(tmp_path / "job")
+    text = job.read_text().replace('master = "local"\n', 'master = "local"\nexecutors = "per_model"\n')
+    text = text.replace('features = ["f2", "f3"]\n', 'features = ["f2", "f3"]\nconstraints = { max_per_agent = 1 }\n')
+    job.write_text(text + "".join(f"\n[serve.models.{name}]\nmin_replicas = 1\nmax_replicas = 1\n"
+                                  for name in ("tree", "bayes")))
+    with Served(job, tmp_path / "state") as served:
+        controller = served.controller
+        old_sha = controller.targets["tree"].sha256
+        old_answers = served_answers(served.url, x_test)
+        [old] = controller.ready("tree")
+        # The new tree's replicas pass their health checks only once the test lets them: the hold
+        # lasts while the test kills replicas.
+        new_may_be_ready = threading.Event()
+        check = controller.health_check
+
+        def held_back(replica: Any) -> bool:
+            if replica.member == "tree" and replica.sha256 != old_sha:
+                new_may_be_ready.wait(120)
+            return bool(check(replica))
+
+        controller.health_check = held_back
+
+        def starting_new() -> list[Any]:
+            with controller.lock:
+                return [r for r in controller.replicas.values() if r.member == "tree" and r.sha256 != old_sha
+                        and r.state == "checking"]
+
+        try:
+            swap_model(job, "tree", DecisionTreeClassifier(max_depth=1, random_state=0).fit(x_train[:, 2:4], y_train))
+            served.runner.reload_requested.set()
+            [new] = wait_for(lambda: controller.held and starting_new())
+            assert new.agent_id != old.agent_id and old.pid and new.pid and new.pid != old.pid
+            os.kill(old.pid, signal.SIGKILL)  # the old tree replica's executor: that replica only
+            wait_for(lambda: old.task_id not in controller.replicas)
+            [replacement] = wait_for(lambda: controller.ready("tree", old_sha), timeout=60)
+            assert replacement.agent_id == old.agent_id and controller.held == {"tree": old_sha}
+            assert served_answers(served.url, x_test) == old_answers  # the old file, the old stack method
+            os.kill(new.pid, signal.SIGKILL)  # the new tree replica's executor, before it was ready
+            wait_for(lambda: new.task_id not in controller.replicas)
+            [new_again] = wait_for(starting_new)
+            assert new_again.agent_id == new.agent_id
+            assert not any("switched" in n for n in served.notes) and controller.held == {"tree": old_sha}
+            assert served_answers(served.url, x_test) == old_answers
+        finally:
+            new_may_be_ready.set()
+        wait_for(lambda: any("switched to the new replicas of tree" in n for n in served.notes))
+        wait_for(lambda: [r.sha256 for r in controller.ready("tree")] == [new_again.sha256]
+                 and len(controller.replicas) == 2)
+        assert not controller.held and replacement.task_id not in controller.replicas
+        assert served_answers(served.url, x_test) != old_answers
