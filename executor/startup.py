@@ -2,8 +2,8 @@
 
 An executor's start allocates about 120,000 objects that live as long as it does: numpy's,
 scipy's and scikit-learn's modules, classes and functions, aiohttp's for a replica, the first
-model.  Python's collector ran about 300 times during those imports, 0.27-0.31 s of CPU of a cold
-replica's 2.6-3.0 s (measured 2026-12-02 with ``gc.callbacks`` on the executor's imports and a
+model.  Python's collector ran about 300 times during those imports, 0.21-0.31 s of CPU of a cold
+replica's 2.1-3.0 s (measured 2026-12-02 with ``gc.callbacks`` on the executor's imports and a
 100-tree forest's load), and found about 2,000 objects to free.  :func:`hold` stops it at the
 process' first line; :func:`release`, once the start is done (the first model loaded, or
 :data:`HOLD_LIMIT` seconds at most), freezes what is alive then (``gc.freeze``: later
