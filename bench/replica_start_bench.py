@@ -1,6 +1,6 @@
 """How long a new replica takes from the moment it is wanted until it takes requests (issue 15).
 
-    .venv/bin/python bench/replica_start_bench.py [--rounds 3] [--keep DIR]
+    .venv/bin/python bench/replica_start_bench.py [--rounds 3] [--before gc|probe] [--keep DIR]
 
 Deploys the serving benchmark's members (``bench/serve_bench.py``: a 100-tree forest, a histogram
 gradient boosting model and a logistic regression) on the embedded cluster, in this process, with
@@ -19,10 +19,12 @@ forest's desired count itself, as the autoscaler does on a load step:
 
 then back to one forest replica, until ``serve-b``'s executor is shut down (idle), and again
 (``--rounds``).  Each round runs twice, alternately: as the code stands (``after``), and with
-this issue's cold-start changes switched off from outside (``before``: no predict mode passed on
-from the first replica, so each fresh executor probes), so both see the same machine load.  (The
-other change, a replica of a model its executor knows no longer drawing 32 MB of probe rows,
-0.15 s, cannot be switched off.)
+one cold-start measure switched off from outside (``before``), so both see the same machine load.
+``--before`` names which: ``gc`` (the default), the executor collecting garbage during its start
+(``executor.startup``); ``probe``, no predict mode passed on from the first replica, so each
+fresh executor probes.  (A replica of a model its executor knows no longer drawing 32 MB of
+probe rows, 0.15 s, cannot be switched off.)  A fresh executor's ``executor_cpu`` is the CPU its
+process had used (user and system, ``/proc``) once its replica was in the gateway's table.
 Each ready replica's timeline is the controller's own log line ("replica ... ready
 in ..."): waiting for an offer (from the moment the count went up to the launch), the start (launch
 to TASK_RUNNING, with the executor's timing of its steps: ``executor_start``, ``load``,
@@ -54,6 +56,8 @@ import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 
 import serve_bench  # noqa: E402
+import framework.catalog  # noqa: E402
+from executor.startup import COLLECT_DURING_START  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
 from framework.serving.service import ServeRunner  # noqa: E402
 
@@ -86,6 +90,22 @@ class ReadyLog(logging.Handler):
         with self.changed:
             self.timelines[match["task"]] = steps
             self.changed.notify_all()
+
+
+class CollectingAtStart:
+    """``framework.catalog.executor_info`` as before ``executor.startup``, while ``on``: the
+    executors it describes collect garbage during their start."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.original = framework.catalog.executor_info
+
+    def __call__(self, launch: Any) -> Any:
+        info = self.original(launch)
+        if self.on:
+            info["command"]["environment"]["variables"].append(
+                {"name": COLLECT_DURING_START, "type": "VALUE", "value": "1"})
+        return info
 
 
 def write_job(directory: Path, rows: int) -> Path:
@@ -128,6 +148,16 @@ def scale(runner: ServeRunner, member: str, count: int) -> None:
     controller.poke()
 
 
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+
+
 def wait(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -139,7 +169,10 @@ def wait(condition: Any, timeout: float, what: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="keep the job, models and state here (models reused)")
+    parser.add_argument("--before", choices=("gc", "probe"), default="gc",
+                        help="what the before rows switch off (see above)")
+    parser.add_argument("--keep", type=Path,
+                        help="keep the job, models, state and executor sandboxes here (models reused)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ready_log = ReadyLog()
@@ -153,7 +186,11 @@ def main() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         job = write_job(directory, 5_000)
         up = threading.Event()
-        runner = ServeRunner(job, load_job(job), directory / "state", on_ready=lambda _outcome: up.set())
+        spec = load_job(job)
+        if args.keep:  # the executors' sandboxes too (their stderr has each step of the start)
+            spec = dataclasses.replace(spec, local_cluster=dataclasses.replace(spec.local_cluster, keep_sandboxes=True))
+        runner = ServeRunner(job, spec, directory / "state", work_dir=directory / "work" if args.keep else None,
+                             on_ready=lambda _outcome: up.set())
         runner.history_interval = 3600.0
         failure: list[BaseException] = []
 
@@ -175,9 +212,14 @@ def main() -> None:
         table = controller.table
         modes = controller.predict_modes
 
+        collecting = CollectingAtStart()
+        framework.catalog.executor_info = collecting  # type: ignore[assignment]
+        stack.callback(setattr, framework.catalog, "executor_info", collecting.original)
+
         def variant(name: str) -> None:
             with controller.lock:
-                controller.predict_modes = Forgetful() if name == "before" else modes
+                controller.predict_modes = Forgetful() if name == "before" and args.before == "probe" else modes
+                collecting.on = name == "before" and args.before == "gc"
         print(f"deployed: {controller.counts()}", flush=True)
 
         def step(count: int, name: str) -> None:
@@ -187,10 +229,13 @@ def main() -> None:
             wait(lambda: len([r for r in table.ready("forest")]) >= count, 120, f"{count} forest replicas")
             in_table = time.monotonic() - wanted
             new = [r for r in controller.replicas.values() if r.member == "forest" and r.task_id not in before]
+            cpu = {r.task_id: process_cpu(r.pid) for r in new}  # the executor's, now it serves
             with ready_log.changed:
                 ready_log.changed.wait_for(lambda: all(r.task_id in ready_log.timelines for r in new), 10)
             for replica in new:
                 timeline = dict(ready_log.timelines[replica.task_id], in_table=in_table)
+                if cpu[replica.task_id] is not None and "executor_start" in timeline:  # a fresh executor's
+                    timeline["executor_cpu"] = cpu[replica.task_id]
                 where = controller.hostnames.get(replica.agent_id, replica.agent_id)
                 kind = "cold" if "executor_start" in timeline else "warm"
                 results.setdefault((name, kind), []).append(timeline)
@@ -230,7 +275,7 @@ def main() -> None:
                      and not any(controller.hostnames.get(a) == "serve-b" for a, _ in controller.hosting), 60,
                      "the scale-down and serve-b's executor shut down")
     steps = ["offer", "start", "executor_start", "fetch", "load", "probe", "warm_up", "listen", "health_check",
-             "total", "in_table"]
+             "total", "in_table", "executor_cpu"]
     print(f"\nmedian seconds per step (load average {min(loads):.2f}-{max(loads):.2f}):")
     print(f"{'':12} {'n':>2} " + " ".join(f"{s:>14}" for s in steps))
     order = {"standby": 0, "warm": 1, "cold": 2}

@@ -1,10 +1,14 @@
 """``python -m executor``: the mesos-ensemble executor, as launched by a Mesos agent."""
 
-import logging
-import os
-import sys
+from executor import startup
 
-from executor.main import main
+startup.hold()  # no cyclic collections while the start imports (see executor.startup)
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from executor.main import main  # noqa: E402
 
 code = main()
 # Every update is sent (synchronously) by now: skip the interpreter's teardown, which with

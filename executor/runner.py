@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from executor import timeline
+from executor import startup, timeline
 from executor.modelfile import UntrustedTypes, load_model
 from executor.protocol import (RemoteFile, TaskFailure, TaskPayload, TaskUsage, file_sha256,
                                truncate_traceback)
@@ -337,19 +337,29 @@ class SandboxCache:
         key = (name, remote.sha256)
         with self._lock_for(f"load:{name}"):
             if key not in self._models:
-                path = self.file(remote, name, f"model file {name}")
-                timeline.mark(f"model_fetched:{model_name}")
                 try:
-                    with UNPICKLING:
-                        timeline.mark(f"model_load:{model_name}")
-                        self._models[key], _version = load_model(path, model_format, trusted_types)
-                    timeline.mark(f"model_loaded:{model_name}")
-                except UntrustedTypes as error:
-                    raise TaskError(f"model file {name} of {model_name} was not loaded: {error}") from error
-                except Exception as error:  # joblib/pickle/skops raise many types for a bad file
-                    raise TaskError(f"model file {name} of {model_name} could not be loaded: "
-                                    f"{type(error).__name__}: {error}") from error
+                    self._models[key] = self._load(remote, name, model_name, model_format, trusted_types)
+                finally:  # the executor's start ends with its first model load, whatever its outcome
+                    if startup.release():
+                        timeline.mark("collector_released")
             return self._models[key]
+
+    def _load(self, remote: RemoteFile, name: str, model_name: str, model_format: str,
+              trusted_types: Iterable[str]) -> Any:
+        """``name`` fetched into the sandbox (if not there, checked) and loaded."""
+        path = self.file(remote, name, f"model file {name}")
+        timeline.mark(f"model_fetched:{model_name}")
+        try:
+            with UNPICKLING:
+                timeline.mark(f"model_load:{model_name}")
+                model, _version = load_model(path, model_format, trusted_types)
+            timeline.mark(f"model_loaded:{model_name}")
+            return model
+        except UntrustedTypes as error:
+            raise TaskError(f"model file {name} of {model_name} was not loaded: {error}") from error
+        except Exception as error:  # joblib/pickle/skops raise many types for a bad file
+            raise TaskError(f"model file {name} of {model_name} could not be loaded: "
+                            f"{type(error).__name__}: {error}") from error
 
     def holds(self, model: RemoteFile, model_file: str, shard: RemoteFile) -> bool:
         """Whether ``model`` is loaded and ``shard`` is in the sandbox, checked: a task on them

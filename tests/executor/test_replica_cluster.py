@@ -21,6 +21,7 @@ from pymesos import MesosSchedulerDriver, Scheduler, encode_data  # main thread 
 from sklearn.linear_model import LogisticRegression
 
 import executor as executor_package
+from executor import timeline
 from executor.protocol import ReplicaPayload, ReplicaReady, array_to_npy, npy_to_array, sha256_hex
 from framework.localmesos import AgentSpec, LocalCluster
 from tests.executor.test_replica import wait_for
@@ -132,6 +133,10 @@ def test_replicas_on_the_embedded_cluster_serve_drain_and_go(tmp_path: Path) -> 
         assert sorted("executor_start" in r.phases for r in ready.values()) == [False, True]
         assert all({"fetch", "load", "probe", "listen"} <= set(r.phases) for r in ready.values())
         assert len({r.pid for r in ready.values()}) == 1 and ready["replica-1"].pid in cluster.live_processes()
+        # The executor held its garbage collector off from its start until its first model load.
+        steps = {m.group(1): float(m.group(2)) for log in (tmp_path / "cluster").rglob("stderr")
+                 for m in timeline.LINE.finditer(log.read_text())}
+        assert steps["process"] <= steps["model_loaded:logistic"] <= steps["collector_released"], steps
         for replica in ready.values():
             status, body = request(replica.port, "POST", "/v1/predict", array_to_npy(features[:25]))
             assert status == 200 and np.array_equal(npy_to_array(body), model.predict_proba(features[:25]))
