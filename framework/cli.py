@@ -274,17 +274,24 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead
+    from framework.inspection import InspectionAhead, Zygote
 
     install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
-    spec = load_checked(args)
-    if args.keep_running and spec.framework.master == "local":
-        raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
-                             "cluster ends with the run")
-    # The models' inspection process starts now, so that its Python start, scikit-learn import and
-    # model loads run while this process imports the rest of the framework and the run reads and
-    # cuts the data and starts the cluster; the run waits for its answer before anything launches.
-    inspection = InspectionAhead(spec)
+    # The models' inspection process starts before the job file is read: its Python start and
+    # scikit-learn import run while this process imports scikit-learn itself (reading a job file
+    # imports the framework's ensemble core), then its model loads while this process imports the
+    # rest of the framework and the run reads and cuts the data and starts the cluster; the run
+    # waits for its answer before anything launches.
+    zygote = Zygote()
+    try:
+        spec = load_checked(args)
+        if args.keep_running and spec.framework.master == "local":
+            raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
+                                 "cluster ends with the run")
+    except BaseException:
+        zygote.stop()
+        raise
+    inspection = InspectionAhead(spec, zygote=zygote)
     try:
         return _run_job(args, spec, inspection)
     finally:
@@ -481,9 +488,21 @@ def _deployment_status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from framework.job import validate_job
+    from framework.inspection import InspectionAhead, Zygote
 
-    print(validate_job(load_checked(args), scan=args.scan))
+    zygote = Zygote()  # imports scikit-learn while this process does (see cmd_run)
+    try:
+        from framework.job import validate_job
+
+        spec = load_checked(args)
+    except BaseException:
+        zygote.stop()
+        raise
+    inspection = InspectionAhead(spec, zygote=zygote)
+    try:
+        print(validate_job(spec, scan=args.scan, inspection=inspection))
+    finally:
+        inspection.cancel()
     return 0
 
 
