@@ -16,7 +16,7 @@ from executor.modelfile import format_of
 from framework.errors import FrameworkError, JobFailed
 
 if TYPE_CHECKING:
-    from framework.inspection import InspectionAhead
+    from framework.inspection import InspectionAhead, Zygote
     from framework.job import JobOutcome
     from framework.jobspec import JobSpec
     from framework.progress import JobProgress
@@ -273,23 +273,30 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
     return spec
 
 
+def early_zygote(job: Path) -> Zygote | None:
+    """The models' inspection process, started before the job file is read unless the inspection
+    cache answers for every model it names: its Python start and scikit-learn import run while
+    this process imports scikit-learn itself (reading a job file imports the framework's ensemble
+    core); for ``run``, its model loads then run while this process imports the rest of the
+    framework, reads and cuts the data and starts the cluster (nothing launches before its answer)."""
+    from framework.inspection import Zygote, job_answers_cached
+
+    return None if job_answers_cached(Path(job)) else Zygote()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead, Zygote
+    from framework.inspection import InspectionAhead
 
     install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
-    # The models' inspection process starts before the job file is read: its Python start and
-    # scikit-learn import run while this process imports scikit-learn itself (reading a job file
-    # imports the framework's ensemble core), then its model loads while this process imports the
-    # rest of the framework and the run reads and cuts the data and starts the cluster; the run
-    # waits for its answer before anything launches.
-    zygote = Zygote()
+    zygote = early_zygote(args.job)
     try:
         spec = load_checked(args)
         if args.keep_running and spec.framework.master == "local":
             raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
                                  "cluster ends with the run")
     except BaseException:
-        zygote.stop()
+        if zygote is not None:
+            zygote.stop()
         raise
     inspection = InspectionAhead(spec, zygote=zygote)
     try:
@@ -488,15 +495,16 @@ def _deployment_status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead, Zygote
+    from framework.inspection import InspectionAhead
 
-    zygote = Zygote()  # imports scikit-learn while this process does (see cmd_run)
+    zygote = early_zygote(args.job)
     try:
         from framework.job import validate_job
 
         spec = load_checked(args)
     except BaseException:
-        zygote.stop()
+        if zygote is not None:
+            zygote.stop()
         raise
     inspection = InspectionAhead(spec, zygote=zygote)
     try:

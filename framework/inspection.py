@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -291,7 +292,7 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
 
 def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None]], limits: InspectionLimits,
                   workers: int = 1, started: Callable[[subprocess.Popen[bytes]], None] | None = None,
-                  zygote: "Zygote | None" = None) -> list[ModelMetadata | InspectionError]:
+                  zygote: Zygote | None = None) -> list[ModelMetadata | InspectionError]:
     """Each model's metadata (or why not), in order: cached answers as they are, the others from
     ONE zygote process (:func:`executor.describe.serve`) that imports scikit-learn once and loads
     each model in a forked child of its own, ``workers`` at a time (``zygote``: one started
@@ -337,7 +338,6 @@ class Zygote:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir,
             env=child_environment(work_dir), preexec_fn=_limit(None, None), start_new_session=True, close_fds=True,
         )
-
         self._stopped = False
         self._stopping = threading.Lock()
 
@@ -485,6 +485,28 @@ def _recall(path: Path, sha256: str, model_format: str, trusted_types: tuple[str
         return parse_metadata(path, json.loads(entry.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def job_answers_cached(job_file: Path) -> bool:
+    """Whether the inspection cache answers for every model a job file names, read with
+    ``tomllib`` alone (before the job file is loaded and checked, which imports scikit-learn):
+    ``run`` then starts no :class:`Zygote` early.  Any doubt is False (the early zygote is then
+    stopped unused if the cache answers after all)."""
+    from executor.modelfile import format_of
+
+    try:
+        models = tomllib.loads(job_file.read_text(encoding="utf-8"))["models"]
+        if not isinstance(models, list) or not models:
+            return False
+        for model in models:
+            path = (job_file.parent / model["path"]).resolve()
+            key = _cache_key(str(model["sha256"]).lower(), format_of(path, model.get("format")),
+                             tuple(model.get("trusted_types", ())))
+            if not (cache_dir() / f"{key}.json").is_file():
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - a job file load_job refuses, or an unreadable cache: inspect
+        return False
 
 
 def _remember(metadata: ModelMetadata, raw: Any, sha256: str, model_format: str,

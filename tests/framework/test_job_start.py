@@ -164,8 +164,11 @@ class ReadJob(Exception):
 @pytest.mark.parametrize("command", ["run", "validate"])
 def test_run_and_validate_start_the_inspection_process_before_they_read_the_job_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """Unless the inspection cache answers for every model the job file names (then no process)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     demo = train_demo(tmp_path / "demo")
     started: list[Zygote] = []
+    seen: list[bool] = []  # when the job file was read: an inspection process importing scikit-learn
 
     class Recorded(Zygote):
         def __init__(self) -> None:
@@ -173,12 +176,19 @@ def test_run_and_validate_start_the_inspection_process_before_they_read_the_job_
             started.append(self)
 
     def read_job(args: argparse.Namespace):  # noqa: ANN202
-        assert len(started) == 1 and started[0].process.poll() is None  # importing scikit-learn meanwhile
+        seen.append(bool(started) and started[-1].process.poll() is None)
         raise ReadJob
 
     monkeypatch.setattr(inspection_module, "Zygote", Recorded)
     monkeypatch.setattr(cli, "load_checked", read_job)
     monkeypatch.setattr(cli, "install_signal_handlers", lambda after_pymesos=True: None)
+    command_function = {"run": cli.cmd_run, "validate": cli.cmd_validate}[command]
     with pytest.raises(ReadJob):
-        {"run": cli.cmd_run, "validate": cli.cmd_validate}[command](argparse.Namespace(job=demo, scan=False))
+        command_function(argparse.Namespace(job=demo, scan=False))
+    assert seen == [True] and len(started) == 1
     assert started[0].process.returncode is not None and not alive(started[0].process.pid)  # stopped with the run
+    inspect_job_models(load_job(demo))  # every answer cached from now on (by a zygote of its own)
+    before = len(started)
+    with pytest.raises(ReadJob):
+        command_function(argparse.Namespace(job=demo, scan=False))
+    assert seen == [True, False] and len(started) == before
