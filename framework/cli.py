@@ -9,14 +9,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
 from framework.errors import FrameworkError, JobFailed
 
 if TYPE_CHECKING:
-    from framework.inspection import InspectionAhead, Zygote
+    from framework.inspection import InspectionAhead
     from framework.job import JobOutcome
     from framework.jobspec import JobSpec
     from framework.progress import JobProgress
@@ -273,32 +273,36 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
     return spec
 
 
-def early_zygote(job: Path) -> Zygote | None:
-    """The models' inspection process, started before the job file is read unless the inspection
-    cache answers for every model it names: its Python start and scikit-learn import run while
-    this process imports scikit-learn itself (reading a job file imports the framework's ensemble
-    core); for ``run``, its model loads then run while this process imports the rest of the
-    framework, reads and cuts the data and starts the cluster (nothing launches before its answer)."""
-    from framework.inspection import Zygote, job_answers_cached
+def load_and_inspect(args: argparse.Namespace, check: Callable[[JobSpec], None] = lambda spec: None
+                     ) -> tuple[JobSpec, InspectionAhead]:
+    """The job file, loaded and checked (:func:`load_checked`, then ``check``), and its models'
+    inspection under way.  The inspection's process is started before the job file is read,
+    unless the inspection cache answers for every model it names: its Python start and
+    scikit-learn import run while this process imports scikit-learn itself (reading a job file
+    imports the framework's ensemble core); for ``run``, its model loads then run while this
+    process imports the rest of the framework, reads and cuts the data and starts the cluster
+    (nothing launches before its answer).  The caller cancels the inspection when done."""
+    from framework.inspection import InspectionAhead, Zygote, job_answers_cached
 
-    return None if job_answers_cached(Path(job)) else Zygote()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead
-
-    install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
-    zygote = early_zygote(args.job)
+    zygote = None if job_answers_cached(Path(args.job)) else Zygote()
     try:
         spec = load_checked(args)
-        if args.keep_running and spec.framework.master == "local":
-            raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
-                                 "cluster ends with the run")
+        check(spec)
     except BaseException:
         if zygote is not None:
             zygote.stop()
         raise
-    inspection = InspectionAhead(spec, zygote=zygote)
+    return spec, InspectionAhead(spec, zygote=zygote)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    def runnable(spec: JobSpec) -> None:
+        if args.keep_running and spec.framework.master == "local":
+            raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
+                                 "cluster ends with the run")
+
+    install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
+    spec, inspection = load_and_inspect(args, runnable)
     try:
         return _run_job(args, spec, inspection)
     finally:
@@ -495,19 +499,10 @@ def _deployment_status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead
-
-    zygote = early_zygote(args.job)
+    spec, inspection = load_and_inspect(args)
     try:
         from framework.job import validate_job
 
-        spec = load_checked(args)
-    except BaseException:
-        if zygote is not None:
-            zygote.stop()
-        raise
-    inspection = InspectionAhead(spec, zygote=zygote)
-    try:
         print(validate_job(spec, scan=args.scan, inspection=inspection))
     finally:
         inspection.cancel()
