@@ -208,14 +208,17 @@ def _read_tail(path: str, limit: int) -> str:
 
 
 def serve(argv: list[str] | None = None) -> None:
-    """The zygote: ``argv[0]`` is a JSON object ``{"workers": N, "timeout": seconds, "requests":
-    [{"path", "format", "trusted_types", "memory_bytes", "cpu_seconds"}, ...]}``.  Imports
-    scikit-learn (and skops if a request needs it), then runs each request in a forked child, at
-    most ``workers`` at once, killing (with everything it started) a child still running after
+    """The zygote: its work is a JSON object ``{"workers": N, "timeout": seconds, "requests":
+    [{"path", "format", "trusted_types", "memory_bytes", "cpu_seconds"}, ...], "memory_bytes":
+    M, "cpu_seconds": C}``, given as ``argv[0]`` or else read from stdin to its end.  Imports
+    scikit-learn first (so that a zygote started before its models are known imports it while
+    the framework reads the job file; stdin closed with nothing on it: nothing to do), then
+    lowers its own limits to ``memory_bytes`` and ``cpu_seconds``, imports what the requests
+    name (and skops if one needs it) and runs each request in a forked child, at most
+    ``workers`` at once, killing (with everything it started) a child still running after
     ``timeout`` seconds.  Prints one JSON list, per request in order: ``returncode`` (as
     ``subprocess`` gives it), ``timed_out``, the child's ``stdout`` and the tail of its ``stderr``."""
-    spec = json.loads((sys.argv[1:] if argv is None else argv)[0])
-    requests, workers, timeout = spec["requests"], max(1, int(spec["workers"])), float(spec["timeout"])
+    given = sys.argv[1:] if argv is None else argv
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -228,6 +231,14 @@ def serve(argv: list[str] | None = None) -> None:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
+    _import_scikit_learn()
+    raw = given[0] if given else sys.stdin.read()
+    if not raw.strip():
+        os._exit(0)  # not needed after all (every answer was cached), or the framework is gone
+    spec = json.loads(raw)
+    requests, workers, timeout = spec["requests"], max(1, int(spec["workers"])), float(spec["timeout"])
+    if "cpu_seconds" in spec:
+        _limit(spec.get("memory_bytes"), int(spec["cpu_seconds"]))
     _preimport(requests)
     base = os.getcwd()
     results: list[dict[str, Any] | None] = [None] * len(requests)
@@ -287,11 +298,9 @@ def _preimport(requests: list[dict[str, Any]]) -> None:
         except OSError:
             continue
         names.update(m.decode() for m in re.findall(rb"\bsklearn\.([a-z][a-z0-9_]{1,40})\b", head))
+    if not _import_scikit_learn():
+        return
     try:
-        import joblib  # noqa: F401
-        import sklearn.base  # noqa: F401
-        import sklearn.utils  # noqa: F401
-
         if any(r["format"] == "skops" for r in requests):
             import skops.io  # noqa: F401
     except Exception:  # noqa: S110
@@ -302,6 +311,18 @@ def _preimport(requests: list[dict[str, Any]]) -> None:
                 importlib.import_module(f"sklearn.{name}")
         except Exception:  # noqa: S110 - not a package of scikit-learn, or it fails: the child says so
             pass
+
+
+def _import_scikit_learn() -> bool:
+    """Import what every model load imports first (most of an inspection's time); False if it fails
+    (each child then reports its own failure)."""
+    try:
+        import joblib  # noqa: F401
+        import sklearn.base  # noqa: F401
+        import sklearn.utils  # noqa: F401
+    except Exception:
+        return False
+    return True
 
 
 def _kill_group(pid: int) -> None:

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from executor.modelfile import FORMATS as MODEL_FORMATS
 from executor.modelfile import format_of
@@ -273,18 +273,36 @@ def load_checked(args: argparse.Namespace) -> JobSpec:
     return spec
 
 
+def load_and_inspect(args: argparse.Namespace, check: Callable[[JobSpec], None] = lambda spec: None
+                     ) -> tuple[JobSpec, InspectionAhead]:
+    """The job file, loaded and checked (:func:`load_checked`, then ``check``), and its models'
+    inspection under way.  The inspection's process is started before the job file is read,
+    unless the inspection cache answers for every model it names: its Python start and
+    scikit-learn import run while this process imports scikit-learn itself (reading a job file
+    imports the framework's ensemble core); for ``run``, its model loads then run while this
+    process imports the rest of the framework, reads and cuts the data and starts the cluster
+    (nothing launches before its answer).  The caller cancels the inspection when done."""
+    from framework.inspection import InspectionAhead, Zygote, job_answers_cached
+
+    zygote = None if job_answers_cached(Path(args.job)) else Zygote()
+    try:
+        spec = load_checked(args)
+        check(spec)
+    except BaseException:
+        if zygote is not None:
+            zygote.stop()
+        raise
+    return spec, InspectionAhead(spec, zygote=zygote)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from framework.inspection import InspectionAhead
+    def runnable(spec: JobSpec) -> None:
+        if args.keep_running and spec.framework.master == "local":
+            raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
+                                 "cluster ends with the run")
 
     install_signal_handlers(after_pymesos=False)  # a signal from now on cancels the inspection below
-    spec = load_checked(args)
-    if args.keep_running and spec.framework.master == "local":
-        raise FrameworkError("--keep-running needs an external master (--master host:port): the embedded "
-                             "cluster ends with the run")
-    # The models' inspection process starts now, so that its Python start, scikit-learn import and
-    # model loads run while this process imports the rest of the framework and the run reads and
-    # cuts the data and starts the cluster; the run waits for its answer before anything launches.
-    inspection = InspectionAhead(spec)
+    spec, inspection = load_and_inspect(args, runnable)
     try:
         return _run_job(args, spec, inspection)
     finally:
@@ -481,9 +499,13 @@ def _deployment_status(args: argparse.Namespace, state_dir: Path) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from framework.job import validate_job
+    spec, inspection = load_and_inspect(args)
+    try:
+        from framework.job import validate_job
 
-    print(validate_job(load_checked(args), scan=args.scan))
+        print(validate_job(spec, scan=args.scan, inspection=inspection))
+    finally:
+        inspection.cancel()
     return 0
 
 

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -178,13 +179,17 @@ def child_environment(work_dir: str) -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _limit(memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:
-    """The child's ``preexec_fn``: set its resource limits before Python starts (only syscalls)."""
+def _limit(memory_bytes: int | None, cpu_seconds: int | None) -> Callable[[], None]:
+    """The child's ``preexec_fn``: set its resource limits before Python starts (only syscalls;
+    None: that limit is left as it is, for the process to lower itself)."""
 
     def apply() -> None:
-        for what, soft, hard in ((resource.RLIMIT_AS, memory_bytes, memory_bytes),
-                                 (resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5),
-                                 (resource.RLIMIT_CORE, 0, 0)):
+        limits = [(resource.RLIMIT_CORE, 0, 0)]
+        if memory_bytes is not None:
+            limits.append((resource.RLIMIT_AS, memory_bytes, memory_bytes))
+        if cpu_seconds is not None:
+            limits.append((resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 5))
+        for what, soft, hard in limits:
             _, current_hard = resource.getrlimit(what)
             if current_hard != resource.RLIM_INFINITY:
                 soft, hard = min(soft, current_hard), min(hard, current_hard)
@@ -286,11 +291,12 @@ def inspect_model(path: Path, model_format: str | None = None, trusted_types: It
 
 
 def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None]], limits: InspectionLimits,
-                  workers: int = 1, started: Callable[[subprocess.Popen[bytes]], None] | None = None
-                  ) -> list[ModelMetadata | InspectionError]:
+                  workers: int = 1, started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                  zygote: Zygote | None = None) -> list[ModelMetadata | InspectionError]:
     """Each model's metadata (or why not), in order: cached answers as they are, the others from
     ONE zygote process (:func:`executor.describe.serve`) that imports scikit-learn once and loads
-    each model in a forked child of its own, ``workers`` at a time."""
+    each model in a forked child of its own, ``workers`` at a time (``zygote``: one started
+    already, stopped here if every answer was cached)."""
     answers: list[ModelMetadata | InspectionError | None] = []
     requests: list[tuple[int, _Request, str | None]] = []
     for index, (path, model_format, trusted, sha256) in enumerate(models):
@@ -306,40 +312,83 @@ def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None
             requests.append((index, request, sha256))
     if requests:
         for (index, request, sha256), outcome in zip(requests, _run_zygote([r for _i, r, _s in requests],
-                                                                           limits, workers, started)):
+                                                                           limits, workers, started, zygote)):
             answers[index] = _judge(request, outcome, sha256, limits)
+    elif zygote is not None:
+        zygote.stop()
     assert all(a is not None for a in answers)
     return answers  # type: ignore[return-value]
 
 
+class Zygote:
+    """An inspection process (:func:`executor.describe.serve`) started before its models are known:
+    it starts Python and imports scikit-learn at once (most of an inspection's time), then waits
+    for its work on stdin.  ``mesos-ensemble run`` starts one before it reads the job file, whose
+    own import of the framework imports scikit-learn too: the two imports run side by side.  Its
+    resource limits are lowered by the process itself once its work (and so each file's size) is
+    known; until then it runs nothing but the import.  :meth:`stop` kills it and every model it
+    is loading (safe to call more than once)."""
+
+    def __init__(self) -> None:
+        self._directory = tempfile.TemporaryDirectory(prefix="mesos-ensemble-inspect-")
+        work_dir = self._directory.name
+        package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _ZYGOTE, package_parent],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir,
+            env=child_environment(work_dir), preexec_fn=_limit(None, None), start_new_session=True, close_fds=True,
+        )
+        self._stopped = False
+        self._stopping = threading.Lock()
+
+    def answer(self, work: dict[str, Any], timeout: float) -> tuple[bytes, bytes] | None:
+        """Hand the zygote its work and wait for it to end: its stdout and stderr (nothing from a
+        zygote stopped already), or None when it did not end within ``timeout`` seconds (then it
+        was stopped)."""
+        if self._stopped:
+            return b"", b"the inspection process was stopped"
+        try:
+            return self.process.communicate(json.dumps(work).encode(), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill it (SIGTERM, then its group: see :func:`stop_zygote`) if it still runs, reap it and
+        remove its directory."""
+        with self._stopping:
+            self._stopped = True
+            if self.process.poll() is None:
+                stop_zygote(self.process)
+            _kill_group(self.process)  # anything left in its group
+            self.process.wait()
+            for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+            self._directory.cleanup()
+
+
 def _run_zygote(requests: list[_Request], limits: InspectionLimits, workers: int,
-                started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> list[dict[str, Any]]:
-    """Run the zygote over ``requests``; each request's outcome (see :func:`executor.describe.serve`).
-    A zygote that fails as a whole (it is killed, or answers nothing sensible) makes every request's
-    outcome that failure.  ``started`` is told the zygote's process as soon as it runs."""
+                started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                zygote: Zygote | None = None) -> list[dict[str, Any]]:
+    """Run a zygote (``zygote``, started already, or a new one) over ``requests``; each request's
+    outcome (see :func:`executor.describe.serve`).  A zygote that fails as a whole (it is killed,
+    or answers nothing sensible) makes every request's outcome that failure.  ``started`` is told
+    the zygote's process as soon as it is this inspection's."""
     rounds = -(-len(requests) // max(1, workers))
     timeout = limits.timeout_seconds * (rounds + 1)  # the import, then the children's rounds
-    package_parent = str(Path(executor_package.__file__).resolve().parent.parent)
-    spec = json.dumps({"workers": workers, "timeout": limits.timeout_seconds,
-                       "requests": [r.to_json() for r in requests]})
     memory = max(r.memory_mb for r in requests)
-    with tempfile.TemporaryDirectory(prefix="mesos-ensemble-inspect-") as work_dir:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _ZYGOTE, package_parent, spec],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work_dir,
-            env=child_environment(work_dir), preexec_fn=_limit(memory * 2**20, max(1, int(timeout))),
-            start_new_session=True, close_fds=True,
-        )
-        if started is not None:
-            started(process)
-        try:
-            out, err = process.communicate(timeout=timeout + 5)
-        except subprocess.TimeoutExpired:
-            stop_zygote(process)
-            process.communicate()
-            return [{"timed_out": True, "returncode": -signal.SIGKILL, "stdout": "", "stderr": ""}] * len(requests)
-        finally:
-            _kill_group(process)
+    work = {"workers": workers, "timeout": limits.timeout_seconds, "requests": [r.to_json() for r in requests],
+            "memory_bytes": memory * 2**20, "cpu_seconds": max(1, int(timeout))}
+    zygote = zygote if zygote is not None else Zygote()
+    if started is not None:
+        started(zygote.process)
+    answered = zygote.answer(work, timeout + 5)
+    if answered is None:
+        return [{"timed_out": True, "returncode": -signal.SIGKILL, "stdout": "", "stderr": ""}] * len(requests)
+    out, err = answered
+    process = zygote.process
     try:
         outcomes = json.loads(out)
         if not isinstance(outcomes, list) or len(outcomes) != len(requests) or not all(
@@ -438,6 +487,28 @@ def _recall(path: Path, sha256: str, model_format: str, trusted_types: tuple[str
         return None
 
 
+def job_answers_cached(job_file: Path) -> bool:
+    """Whether the inspection cache answers for every model a job file names, read with
+    ``tomllib`` alone (before the job file is loaded and checked, which imports scikit-learn):
+    ``run`` then starts no :class:`Zygote` early.  Any doubt is False (the early zygote is then
+    stopped unused if the cache answers after all)."""
+    from executor.modelfile import format_of
+
+    try:
+        models = tomllib.loads(job_file.read_text(encoding="utf-8"))["models"]
+        if not isinstance(models, list) or not models:
+            return False
+        for model in models:
+            path = (job_file.parent / model["path"]).resolve()
+            key = _cache_key(str(model["sha256"]).lower(), format_of(path, model.get("format")),
+                             tuple(model.get("trusted_types", ())))
+            if not (cache_dir() / f"{key}.json").is_file():
+                return False
+        return True
+    except Exception:  # noqa: BLE001 - a job file load_job refuses, or an unreadable cache: inspect
+        return False
+
+
 def _remember(metadata: ModelMetadata, raw: Any, sha256: str, model_format: str,
               trusted_types: tuple[str, ...]) -> ModelMetadata:
     """Keep a successful answer (failures are never cached); a cache that cannot be written is
@@ -486,17 +557,21 @@ def _last_line(data: bytes) -> str:
 
 def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
                    limits: InspectionLimits = InspectionLimits(),
-                   started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, ModelMetadata]:
+                   started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                   zygote: Zygote | None = None) -> dict[str, ModelMetadata]:
     """Inspect every model (``ModelSpec``-like: name, path, format, trusted_types) at once: one
     process imports scikit-learn and loads each model in a child of its own, a few at a time; the
     first failure (in the models' order) is a :class:`JobSpecError` that starts with
-    ``where(index, model)``.  ``started`` is told the inspection process, if one runs."""
+    ``where(index, model)``.  ``started`` is told the inspection process, if one runs; ``zygote``:
+    that process, started already (see :class:`Zygote`; stopped here if it is not needed)."""
     models = list(models)
     if not models:
+        if zygote is not None:
+            zygote.stop()
         return {}
     workers = max(1, min(len(models), os.cpu_count() or 1, 4))
     answers = _inspect_many([(m.path, m.format, m.trusted_types, getattr(m, "sha256", None)) for m in models],
-                            limits, workers, started)
+                            limits, workers, started, zygote)
     found: dict[str, ModelMetadata] = {}
     for index, (model, answer) in enumerate(zip(models, answers)):
         if isinstance(answer, InspectionError):
@@ -506,9 +581,11 @@ def inspect_models(models: Iterable[Any], where: Callable[[int, Any], str],
 
 
 def inspect_job_models(spec: Any, limits: InspectionLimits = InspectionLimits(),
-                       started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> dict[str, ModelMetadata]:
+                       started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                       zygote: Zygote | None = None) -> dict[str, ModelMetadata]:
     """:func:`inspect_models` for a job's ``[[models]]``, errors naming the job file and model."""
-    return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits, started)
+    return inspect_models(spec.models, lambda i, m: f"{spec.source}: models[{i}] ({m.name})", limits, started,
+                          zygote)
 
 
 def _job_models_key(spec: Any) -> tuple[Any, ...]:
@@ -524,12 +601,14 @@ class InspectionAhead:
     cutting the data, starting the embedded cluster.  Nothing the caller does meanwhile may launch
     work (a model that fails inspection is bad input).  :meth:`result` waits for the answer (or
     raises the inspection's :class:`~framework.errors.JobSpecError`); :meth:`cancel` kills the
-    inspection process if it still runs (an abandoned run leaves nothing behind)."""
+    inspection process if it still runs (an abandoned run leaves nothing behind).  ``zygote``: the
+    inspection process, started before the job file was read (see :class:`Zygote`)."""
 
-    def __init__(self, spec: Any, limits: InspectionLimits = InspectionLimits()) -> None:
+    def __init__(self, spec: Any, limits: InspectionLimits = InspectionLimits(), zygote: Zygote | None = None) -> None:
         self.key = _job_models_key(spec)
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._zygote = zygote
         self._cancelled = False
         self._answer: dict[str, ModelMetadata] | None = None
         self._error: BaseException | None = None
@@ -540,10 +619,12 @@ class InspectionAhead:
 
     def _inspect(self, spec: Any, limits: InspectionLimits) -> None:
         try:
-            self._answer = inspect_job_models(spec, limits, self._started)
+            self._answer = inspect_job_models(spec, limits, self._started, self._zygote)
         except BaseException as error:  # handed to the caller by result()
             self._error = error
         finally:
+            if self._zygote is not None:
+                self._zygote.stop()  # (already, unless this failed before handing it its work)
             self.finished_at = time.time()
 
     def _started(self, process: subprocess.Popen[bytes]) -> None:
@@ -572,6 +653,8 @@ class InspectionAhead:
             process = self._process
         if process is not None and process.poll() is None:
             stop_zygote(process)
+        elif process is None and self._zygote is not None:
+            self._zygote.stop()  # started early, not yet handed its work
         self._thread.join()
 
 

@@ -193,12 +193,13 @@ def _check_pass_through(spec: JobSpec) -> None:
                                f"output's own columns ({', '.join(OUTPUT_COLUMN_PREFIXES)}...)")
 
 
-def validate_job(spec: JobSpec, scan: bool = False) -> str:
+def validate_job(spec: JobSpec, scan: bool = False, inspection: InspectionAhead | None = None) -> str:
     """Check everything ``run`` would check before launching, from the data's schema and a sample
-    (``scan``: every row); return a short description."""
+    (``scan``: every row); return a short description.  ``inspection``: the models' inspection,
+    already under way (else it runs here)."""
     auto = " (auto)" if spec.data.rows_per_shard == "auto" else ""
     spec = resolve_shard_rows(spec)
-    info, members, _estimators = prepare(spec, scan=scan)
+    info, members, _estimators = prepare(spec, scan=scan, inspection=inspection)
     if isinstance(info, JoinedData):
         if scan:
             info.write_shards(None)  # reads every value members take: NaN/inf refused here, as run does

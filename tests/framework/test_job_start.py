@@ -1,6 +1,7 @@
 """The job's start: the models' inspection process runs while the data is cut and the cluster
-starts (nothing launches before its answer), an abandoned run leaves no inspection process
-behind, and the start's steps are recorded in order."""
+starts (nothing launches before its answer), ``mesos-ensemble run`` starts it before it reads the
+job file, an abandoned run leaves no inspection process behind, and the start's steps are
+recorded in order."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import argparse
 
 import joblib
 import pytest
 
+from framework import cli
+from framework import inspection as inspection_module
 from framework import job as job_module
 from framework.demo import train_demo
 from framework.errors import JobSpecError
-from framework.inspection import CACHE_ENV, InspectionAhead
+from framework.inspection import CACHE_ENV, InspectionAhead, Zygote, inspect_job_models
 from framework.job import JobRunner
 from framework.jobspec import load_job
 from harness import InProcessMesos, alive, wait_for
@@ -25,13 +31,15 @@ from trojans import write_joblib_trojan
 
 def slow_demo(tmp_path: Path, seconds: float) -> Path:
     """The founding example whose linear model sleeps ``seconds`` when loaded, after writing the
-    loading process' id to ``tmp_path/pids`` (its sha256 declared correctly)."""
+    loading process' id to ``tmp_path/pids`` and its parent's to ``tmp_path/parents`` (its sha256
+    declared correctly)."""
     demo = train_demo(tmp_path / "demo")
     linear = demo.parent / "linear.joblib"
     declared = hashlib.sha256(linear.read_bytes()).hexdigest()
-    pids = tmp_path / "pids"
+    pids, parents = tmp_path / "pids", tmp_path / "parents"
     write_joblib_trojan(linear, joblib.load(linear),
-                        f"[open({str(pids)!r}, 'a').write('%d\\n' % __import__('os').getpid()), "
+                        f"[open({str(parents)!r}, 'a').write('%d\\n' % __import__('os').getppid()), "
+                        f"open({str(pids)!r}, 'a').write('%d\\n' % __import__('os').getpid()), "
                         f"__import__('time').sleep({seconds})]")
     text = demo.read_text().replace(declared, hashlib.sha256(linear.read_bytes()).hexdigest())
     demo.write_text(text)
@@ -103,3 +111,84 @@ def test_the_start_is_recorded_step_by_step(tmp_path: Path) -> None:
     # (by time: the inspection's answer comes wherever it came, first when its cache answered)
     positions = [described.index(f"{name} ") for name in order[1:]]
     assert positions == sorted(positions) and "models inspected " in described
+
+
+def test_a_zygote_started_before_the_job_is_read_inspects_its_models(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zygote ``run`` starts before it reads the job file loads the job's models (each in a
+    child of its own) and answers what a zygote started with its work answers; then it is gone."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    demo = slow_demo(tmp_path, 0)
+    zygote = Zygote()  # before the job file is read: it knows no model yet
+    spec = load_job(demo)
+    early = InspectionAhead(spec, zygote=zygote).result()
+    loaders = {int(p) for p in (tmp_path / "parents").read_text().split()}
+    assert loaders == {zygote.process.pid}  # the linear model loaded in a child of the early zygote
+    assert zygote.process.returncode is not None and not alive(zygote.process.pid)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-again"))
+    again = inspect_job_models(spec)
+    assert early.keys() == again.keys()
+    def answer(name: str, inspected: dict[str, Any]) -> dict[str, Any]:  # (a second load's growth varies a little)
+        return {key: value for key, value in inspected[name].to_json().items() if key != "loaded_bytes"}
+
+    assert all(answer(name, early) == answer(name, again) for name in early)
+
+
+def test_a_zygote_not_needed_is_stopped_without_loading_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer cached: the early zygote is stopped (no model loaded); a run abandoned before
+    the zygote got its work, or a zygote whose stdin closes empty (its framework gone), ends too."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    demo = slow_demo(tmp_path, 0)
+    spec = load_job(demo)
+    inspect_job_models(spec)  # cached from now on
+    (tmp_path / "pids").unlink()
+    zygote = Zygote()
+    InspectionAhead(spec, zygote=zygote).result()
+    assert zygote.process.returncode is not None and not (tmp_path / "pids").exists()
+    orphan = Zygote()
+    orphan.process.stdin.close()  # type: ignore[union-attr]
+    assert orphan.process.wait(timeout=60) == 0
+    orphan.stop()
+    unused = Zygote()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cold"))
+    slow = InspectionAhead(load_job(slow_demo(tmp_path / "slow", 60)), zygote=unused)
+    slow.cancel()
+    assert unused.process.returncode is not None and not alive(unused.process.pid)
+
+
+class ReadJob(Exception):
+    """Ends ``cmd_run`` where it reads the job file."""
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_run_and_validate_start_the_inspection_process_before_they_read_the_job_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """Unless the inspection cache answers for every model the job file names (then no process)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    demo = train_demo(tmp_path / "demo")
+    started: list[Zygote] = []
+    seen: list[bool] = []  # when the job file was read: an inspection process importing scikit-learn
+
+    class Recorded(Zygote):
+        def __init__(self) -> None:
+            super().__init__()
+            started.append(self)
+
+    def read_job(args: argparse.Namespace):  # noqa: ANN202
+        seen.append(bool(started) and started[-1].process.poll() is None)
+        raise ReadJob
+
+    monkeypatch.setattr(inspection_module, "Zygote", Recorded)
+    monkeypatch.setattr(cli, "load_checked", read_job)
+    monkeypatch.setattr(cli, "install_signal_handlers", lambda after_pymesos=True: None)
+    command_function = {"run": cli.cmd_run, "validate": cli.cmd_validate}[command]
+    with pytest.raises(ReadJob):
+        command_function(argparse.Namespace(job=demo, scan=False))
+    assert seen == [True] and len(started) == 1
+    assert started[0].process.returncode is not None and not alive(started[0].process.pid)  # stopped with the run
+    inspect_job_models(load_job(demo))  # every answer cached from now on (by a zygote of its own)
+    before = len(started)
+    with pytest.raises(ReadJob):
+        command_function(argparse.Namespace(job=demo, scan=False))
+    assert seen == [True, False] and len(started) == before
