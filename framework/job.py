@@ -267,9 +267,9 @@ class JobRunner:
         self.rounds = RoundRecorder()
         """What each offer round packed (cost, lower bound, backups), for the HTML report."""
         self.compute_seconds: dict[str, float] = {}
+        """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
         self.measured_rows: dict[str, list[float]] = {}
         """Per model: [seconds, rows] of its predictions computed in this run (kept for later runs)."""
-        """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
         self.inspection = inspection
         self._catalog: JobCatalog | None = None
         self.steps: dict[str, float] = {}
