@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -123,8 +124,16 @@ def test_costs_an_earlier_run_measured_order_and_bundle_the_first_round_but_find
     sizes = bundle_sizes(pending, measured, cores=2)
     assert sizes["logistic"] == 8 and sizes["forest"] > 1  # bundled at once, not probed alone
     assert Measurements().launch_order(pending)[0].key == "logistic.s0"  # without: a probe per model first
-    measured.record("forest", "a1", 0.5, 0.5)
-    assert measured.mean_seconds("forest") == 0.5 and measured.mean_seconds("neighbours") == 1.2
+    measured.record("forest", "a1", 0.1, 0.1)  # this run is twice as fast as the earlier one
+    assert measured.mean_seconds("forest") == 0.1 and measured.mean_seconds("neighbours") == 0.6
+    measured.record("forest", "a1", 0.7, 0.7)  # mean 0.4: twice as slow; its order follows
+    assert measured.mean_seconds("neighbours") == pytest.approx(2.4)
+    assert [i.model for i in measured.launch_order(pending)][:8] == ["neighbours"] * 8
+    fresh = Measurements()
+    fresh.expect("boosting", 0.5)  # from a busy run
+    fresh.expect("neighbours", 0.8)
+    fresh.record("neighbours", "a1", 0.3, 0.3)  # measured here, on a quiet machine
+    assert fresh.launch_order(items({"boosting": 1, "neighbours": 1}))[0].model == "neighbours"
     running = items({"neighbours": 1})
     running[0].task_id = "neighbours.s0.a1"
     assert stragglers(running, {"neighbours.s0.a1": 60.0}, measured, SpeculationPolicy()) == []
