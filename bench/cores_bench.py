@@ -310,12 +310,14 @@ class SlotTimeline:
 
         executor: dict[str, float] = {}
         kept: set[str] = set()  # models whose mode an earlier run's probe gave (not probed here)
+        known: set[str] = set()  # models of a class known to release the GIL (not probed)
         for stderr in sandboxes.rglob("stderr"):
             text = stderr.read_text(errors="replace")
             for match in TIMELINE_LINE.finditer(text):
                 step, when = match.group(1), float(match.group(2))
                 executor[step] = min(when, executor.get(step, when))
             kept.update(re.findall(r"model (\S+): predictions run in .*, as an earlier run's probe measured", text))
+            known.update(re.findall(r"model (\S+): a \S+, whose predictions release the GIL, not probed", text))
         framework = {name: when for name, when in runner.steps.items() if name != "run"} | self.steps
         lines = ["  the start, step by step (seconds since the run began):", line("scheduler process", framework),
                  line("executor", {name: when for name, when in executor.items() if ":" not in name})]
@@ -325,7 +327,8 @@ class SlotTimeline:
             lines.append(line(f"  {model}", {step: executor[f"{step}:{model}"] for step in
                                        ("model_fetched", "model_load", "model_loaded", "probe", "probed", "compute")
                                        if f"{step}:{model}" in executor})
-                         + (" (not probed: an earlier run's verdict, threads)" if model in kept else ""))
+                         + (" (not probed: an earlier run's verdict, threads)" if model in kept else "")
+                         + (" (not probed: its class releases the GIL, threads)" if model in known else ""))
         for number, carriers in enumerate(self.slots()):
             if carriers:
                 first = carriers[0]

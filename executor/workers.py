@@ -78,6 +78,33 @@ start on the shared 2-core machine).  Processes lose nothing that matters to suc
 output (a row of probabilities per document) is small beside the tokenising."""
 
 
+RELEASES_THE_GIL = frozenset({
+    "sklearn.ensemble._forest.RandomForestClassifier", "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.ensemble._forest.ExtraTreesClassifier", "sklearn.ensemble._forest.ExtraTreesRegressor",
+    "sklearn.tree._classes.DecisionTreeClassifier", "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "sklearn.neighbors._classification.KNeighborsClassifier", "sklearn.neighbors._regression.KNeighborsRegressor",
+    "sklearn.linear_model._logistic.LogisticRegression",
+})
+"""scikit-learn estimators (by their exact class: a subclass may predict in Python) whose
+predictions run in compiled code that releases the GIL (tree traversal, histogram boosting's
+OpenMP loop, k-neighbours' distance reductions, BLAS) with little Python per call: their
+predictions run on threads without a probe.  Issue 13: the mixed benchmark's four members
+(logistic regression, random forest, histogram boosting, k-neighbours) each probed at their first
+task, 0.1-0.3 s of a task slot with the probe's second thread on the other core, and under the
+job's own load (the other slot computing) the probes measured them serial and sent all four to
+worker processes, so no verdict was kept for the next run either; two threads in one process ran
+the same tasks at 1.04-1.14x the physical limit.  A class that moves in a later scikit-learn is
+simply probed again."""
+
+
+def derived_mode(model: Any) -> Mode | None:
+    """``thread`` for a model whose exact class is in :data:`RELEASES_THE_GIL`; else None (probe it)."""
+    kind = type(model)
+    return "thread" if f"{kind.__module__}.{kind.__qualname__}" in RELEASES_THE_GIL else None
+
+
 class WorkerDied(TaskError):
     """A worker process died while running a task (killed, out of memory, crashed): an
     infrastructure failure of that task alone."""
@@ -453,6 +480,10 @@ class PredictionPool:
         key = (payload.model_file, payload.model.sha256)
         with self._mode_lock(key):
             if key not in self.modes:
+                unprobed = self._without_probe(payload, model)
+                if unprobed is not None:  # decided without waiting for another model's probe
+                    self.modes[key] = unprobed
+                    return unprobed
                 with self._one_probe:
                     self.modes[key] = self._choose(key, payload, model, sample)
             return self.modes[key]
@@ -505,12 +536,23 @@ class PredictionPool:
             return self._in_worker(payload, rows, payload_json)
         return compute_measured(payload, model, rows, self.cache)
 
-    def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
+    def _without_probe(self, payload: TaskPayload, model: Any) -> Mode | None:
+        """Where ``payload``'s model predicts when that needs no probe: one task slot or one core
+        (threads lose nothing), a text member (:data:`TEXT_MODE`), a class known to release the
+        GIL (:func:`derived_mode`); else None."""
         if self.size < 2 or cores() < 2:
-            return "thread"  # one task at a time, or one core: threads lose nothing
+            return "thread"
         if payload.input_format == "text":
             log.info("model %s: a text member, not probed: predictions run in worker processes", payload.model_name)
             return TEXT_MODE
+        derived = derived_mode(model)
+        if derived is not None:
+            log.info("model %s: a %s, whose predictions release the GIL, not probed: predictions run in %s",
+                     payload.model_name, type(model).__name__, WHERE[derived])
+        return derived
+
+    def _choose(self, key: tuple[str, str], payload: TaskPayload, model: Any, shard: np.ndarray) -> Mode:
+        """The probe's verdict (called when :meth:`_without_probe` has none)."""
         function = getattr(model, payload.method, None)
         if function is None:
             return "thread"  # the task fails as a member error on its thread

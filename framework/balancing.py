@@ -79,6 +79,13 @@ class Measurements:
 
     def __init__(self) -> None:
         self.models: dict[str, ModelUsage] = {}
+        self.expected: dict[str, float] = {}
+        """Per model: seconds per task an earlier run measured (``framework.kept_costs``), used
+        for the order and bundle sizes until this run's own first task of it reports."""
+
+    def expect(self, model: str, seconds: float) -> None:
+        """What ``model``'s tasks are expected to take before any is measured here."""
+        self.expected[model] = seconds
 
     def record(self, model: str, agent: str, seconds: float, cpu_seconds: float) -> None:
         usage = self.models.setdefault(model, ModelUsage())
@@ -93,13 +100,34 @@ class Measurements:
         return copy.deepcopy(self)
 
     def mean_seconds(self, model: str) -> float | None:
+        """The model's measured mean, else what an earlier run measured (:meth:`expect`) scaled by
+        how this run's measured models compare with their own earlier figures (:meth:`pace`), else
+        None."""
+        measured = self.measured_mean(model)
+        if measured is not None:
+            return measured
+        expected = self.expected.get(model)
+        return None if expected is None else expected * self.pace()
+
+    def pace(self) -> float:
+        """This run's measured means over the earlier run's figures, averaged over the models that
+        have both (1 before any): an earlier run on a busier or quieter machine would otherwise
+        order a fresh measure against a stale figure (issue 13: k-neighbours, measured here,
+        went after histogram boosting, whose figure came from a run under twice the load)."""
+        ratios = [self.models[name].mean_seconds / seconds for name, seconds in self.expected.items()
+                  if seconds > 0 and name in self.models and self.models[name].tasks]
+        return sum(ratios) / len(ratios) if ratios else 1.0
+
+    def measured_mean(self, model: str) -> float | None:
+        """The mean of the model's tasks measured in this run (None before the first)."""
         usage = self.models.get(model)
         return usage.mean_seconds if usage and usage.tasks else None
 
     def launch_order(self, pending: Iterable[M], probing: Iterable[str] = ()) -> list[M]:
-        """``pending`` in the order to launch: for every model neither measured nor being
-        probed (``probing``: the ``usage_key`` of every running item), its first item; then the items of
-        measured models, longest mean first; then the rest of the unmeasured models' items.
+        """``pending`` in the order to launch: for every model neither measured (nor expected,
+        see :meth:`expect`) nor being probed (``probing``: the ``usage_key`` of every running
+        item), its first item; then the items of measured models, longest mean first; then the
+        rest of the unmeasured models' items.
         Ties keep the given order."""
         probing = set(probing)
         seen: dict[str, int] = defaultdict(int)
@@ -213,7 +241,8 @@ def stragglers(running: Iterable[A], elapsed: Mapping[str, float], measured: Mea
         return []
     found = []
     for item in running:
-        mean, task_id = measured.mean_seconds(usage_key(item)), item.task_id
+        # (this run's own measure: an earlier run's figure may be from a quieter machine)
+        mean, task_id = measured.measured_mean(usage_key(item)), item.task_id
         if item.backup_task_id or mean is None or task_id is None or task_id not in elapsed:
             continue
         # A bundled item may wait for the items before it in its bundle.

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from framework import ensemble
+from framework import ensemble, kept_costs
 from framework.artifacts import ArtifactServer
 from framework.balancing import SpeculationPolicy
 from framework.catalog import JobCatalog
@@ -269,6 +269,8 @@ class JobRunner:
         """What each offer round packed (cost, lower bound, backups), for the HTML report."""
         self.compute_seconds: dict[str, float] = {}
         """Per finished task id, the seconds its executor measured it computing (for the HTML report)."""
+        self.measured_rows: dict[str, list[float]] = {}
+        """Per model: [seconds, rows] of its predictions computed in this run (kept for later runs)."""
         self.inspection = inspection
         self._catalog: JobCatalog | None = None
         self.steps: dict[str, float] = {}
@@ -371,6 +373,9 @@ class JobRunner:
             scheduler = self._scheduler(tracker, catalog)
             scheduler.journal = journal
             self._shard_rows = shard_rows
+            stacked = spec.stacking is not None and spec.integration == "stacking"
+            if not stacked:
+                self._expect_costs(scheduler, spec, shard_rows)
             self._watch(scheduler, catalog, master, server, stack)
             self.run_started = time.monotonic()
             self.run_started_wall = time.time()
@@ -408,6 +413,8 @@ class JobRunner:
                         on_result=lambda item, output: integrator.add(item.model, item.shard, output),
                         on_member_failed=integrator.member_failed)
             result = integrator.finish()
+            if not stacked:
+                self._keep_costs(spec)
             if parquet:
                 kept = (None if not spec.pass_through
                         else info.pass_through(spec.pass_through) if isinstance(info, JoinedData)
@@ -580,6 +587,23 @@ class JobRunner:
             if scheduler.framework_id is not None:  # already re-subscribed: reconcile them now
                 driver.reconcileTasks(reconcile_tasks(i.task_id or "" for i, _agent in adopted))
         scheduler.add_work(driver, todo)
+
+    @staticmethod
+    def _expect_costs(scheduler: EnsembleScheduler, spec: JobSpec, shard_rows: list[int]) -> None:
+        """What earlier runs measured each model to cost (``framework.kept_costs``), per task of
+        this run's mean shard: the first offer round orders and bundles the work by it instead of
+        sending each model's first task alone."""
+        rows = sum(shard_rows) / len(shard_rows) if shard_rows else 0.0
+        for model in spec.models:
+            per_row = kept_costs.recall(model.sha256, model.output)
+            if per_row is not None and rows > 0:
+                scheduler.measurements.expect(model.name, per_row * rows)
+
+    def _keep_costs(self, spec: JobSpec) -> None:
+        """Keep what this run's predictions cost per row, for later runs (see :meth:`_expect_costs`)."""
+        for model in spec.models:
+            seconds, rows = self.measured_rows.get(model.name, (0.0, 0))
+            kept_costs.remember(model.sha256, model.output, seconds, int(rows))
 
     # Progress and live status -------------------------------------------------------------
     def _rows(self, item: WorkItem) -> int:
@@ -754,6 +778,10 @@ class JobRunner:
             if result.usage is not None:
                 scheduler.record_usage(item, result.usage.seconds, result.usage.cpu_seconds)
                 self.compute_seconds[item.task_id or ""] = result.usage.seconds
+                if item.operation == "predict":
+                    measured = self.measured_rows.setdefault(item.model, [0.0, 0])
+                    measured[0] += result.usage.seconds
+                    measured[1] += self._rows(item)
                 if result.usage.measured_mode is not None and self._catalog is not None:
                     self._catalog.measured_mode(item, result.usage.measured_mode)
             decoded.append((event, item, result))

@@ -37,6 +37,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def no_kept_costs() -> None:
+    """Each test starts as a first run of its models (the run-wide cache's kept task costs would
+    otherwise order and bundle a later test's first round by what an earlier test's jobs of the
+    same demo models measured); a test that runs a job twice still sees its first run's."""
+    from framework import kept_costs
+
+    shutil.rmtree(kept_costs.cache_dir(), ignore_errors=True)
+
+
 LEAK_GRACE_SECONDS = 10.0
 """How long a stopped cluster's executor processes may take to disappear."""
 

@@ -19,8 +19,9 @@ import joblib
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, make_classification
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
@@ -94,6 +95,11 @@ def task(tmp_path: Path, model: Any, shard: np.ndarray, name: str = "m", task_id
 
 def gil_bound(x: np.ndarray, y: np.ndarray, function: Any = python_level) -> Any:
     return make_pipeline(FunctionTransformer(function), StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+
+
+def probed_model(x: np.ndarray, y: np.ndarray) -> Any:
+    """A model whose class says nothing about the GIL (a Pipeline: its steps decide), so it is probed."""
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
 
 
 def test_outputs_in_a_worker_are_bit_for_bit_the_threads(tmp_path: Path, data: Any) -> None:
@@ -430,7 +436,7 @@ def test_a_probe_stops_once_threads_are_clearly_parallel(tmp_path: Path, data: A
         return seconds
 
     x, y = data
-    payload, cache = task(tmp_path, LogisticRegression(max_iter=500).fit(x, y), np.tile(x, (4, 1)))
+    payload, cache = task(tmp_path, probed_model(x, y), np.tile(x, (4, 1)))
     loaded, shard = fetch_inputs(payload, cache)
     for parallel, mode, calls in ((True, "thread", [1, 2]), (False, "process", [1, 2] * 3)):
         monkeypatch.setattr(workers, "_concurrent_seconds", measured(parallel))
@@ -461,7 +467,7 @@ def test_a_model_an_earlier_run_measured_on_threads_is_not_probed_again(tmp_path
     monkeypatch.setattr(workers, "_concurrent_seconds", seconds)
     monkeypatch.setattr(workers, "cores", lambda: 2)
     x, y = data
-    payload, cache = task(tmp_path, LogisticRegression(max_iter=500).fit(x, y), np.tile(x, (4, 1)))
+    payload, cache = task(tmp_path, probed_model(x, y), np.tile(x, (4, 1)))
     loaded, shard = fetch_inputs(payload, cache)
     hinted = dataclasses.replace(payload, predict_mode="thread")
     pool = PredictionPool(2, cache)
@@ -482,3 +488,49 @@ def test_a_model_an_earlier_run_measured_on_threads_is_not_probed_again(tmp_path
     assert TaskPayload.from_json(hinted.to_json()) == hinted
     with pytest.raises(ValueError, match="predict_mode"):
         TaskPayload.from_json(dataclasses.replace(payload, predict_mode="process").to_json())
+
+
+class ForestInPython(RandomForestClassifier):
+    """A subclass of a class known to release the GIL: its own methods may not, so it is probed."""
+
+
+def test_a_model_whose_class_releases_the_gil_takes_threads_without_a_probe(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: the mixed benchmark's members (logistic regression, random forest, histogram
+    boosting, k-neighbours) take threads at once, whatever another model is probing meanwhile:
+    no probe call, nothing reported as measured; a subclass of one of them is probed."""
+    from executor import workers
+
+    probed: list[int] = []
+
+    def seconds(function: Any, features: np.ndarray, threads: int) -> tuple[float, float]:
+        probed.append(threads)
+        return 0.04 if threads == 2 else 0.02, 0.02 * threads  # serial: a probe would say processes
+
+    monkeypatch.setattr(workers, "_concurrent_seconds", seconds)
+    monkeypatch.setattr(workers, "cores", lambda: 2)
+    x, y = make_classification(n_samples=3000, n_features=8, random_state=0)
+    members = {"logistic": LogisticRegression(max_iter=500), "boosting": HistGradientBoostingClassifier(max_iter=5),
+               "forest": RandomForestClassifier(n_estimators=3, random_state=0),
+               "neighbours": KNeighborsClassifier(n_neighbors=3), "subclass": ForestInPython(n_estimators=3)}
+    for name, model in members.items():
+        (tmp_path / name).mkdir()
+        payload, cache = task(tmp_path / name, model.fit(x, y), x, name=name)
+        loaded, shard = fetch_inputs(payload, cache)
+        pool = PredictionPool(2, cache)
+        probed.clear()
+        try:
+            if name == "subclass":
+                assert pool.mode(payload, loaded, shard) == "process" and probed, name
+                continue
+            with ThreadPoolExecutor(1) as other:
+                pool._one_probe.acquire()  # another model probing: this one does not wait for it
+                try:
+                    assert other.submit(pool.mode, payload, loaded, shard).result(timeout=20) == "thread", name
+                finally:
+                    pool._one_probe.release()
+            assert probed == [] and pool.measured == {} and pool.measured_mode(payload) is None, name
+            output, _usage = pool.compute(payload, loaded, shard)
+            assert np.array_equal(output, model.predict_proba(x)) and pool.worker_pids == [], name
+        finally:
+            pool.close()

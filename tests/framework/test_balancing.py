@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -106,3 +107,33 @@ def test_stacking_folds_are_measured_apart_from_predictions() -> None:
     assert usage_key(fold) == "m (cv_fit_predict)" and measured.mean_seconds("m") is None
     # The fold's measurement says nothing of m's predictions: one of them still goes first, as a probe.
     assert [i.key for i in measured.launch_order([fold, WorkItem("m.s0", "m", 0)])] == ["m.s0", "m.fold0"]
+
+
+def test_costs_an_earlier_run_measured_order_and_bundle_the_first_round_but_find_no_stragglers() -> None:
+    """Issue 13: with each model's cost kept from an earlier run, the first round is longest
+    first and bundled (no model's first task goes alone as a probe); this run's own measure
+    replaces the figure, and only this run's measures find stragglers."""
+    from framework.balancing import SpeculationPolicy, bundle_sizes, stragglers
+
+    measured = Measurements()
+    for model, seconds in (("logistic", 0.003), ("forest", 0.2), ("neighbours", 1.2)):
+        measured.expect(model, seconds)
+    pending = items({"logistic": 8, "forest": 8, "neighbours": 8})
+    order = measured.launch_order(pending)
+    assert [i.model for i in order] == ["neighbours"] * 8 + ["forest"] * 8 + ["logistic"] * 8
+    sizes = bundle_sizes(pending, measured, cores=2)
+    assert sizes["logistic"] == 8 and sizes["forest"] > 1  # bundled at once, not probed alone
+    assert Measurements().launch_order(pending)[0].key == "logistic.s0"  # without: a probe per model first
+    measured.record("forest", "a1", 0.1, 0.1)  # this run is twice as fast as the earlier one
+    assert measured.mean_seconds("forest") == 0.1 and measured.mean_seconds("neighbours") == 0.6
+    measured.record("forest", "a1", 0.7, 0.7)  # mean 0.4: twice as slow; its order follows
+    assert measured.mean_seconds("neighbours") == pytest.approx(2.4)
+    assert [i.model for i in measured.launch_order(pending)][:8] == ["neighbours"] * 8
+    fresh = Measurements()
+    fresh.expect("boosting", 0.5)  # from a busy run
+    fresh.expect("neighbours", 0.8)
+    fresh.record("neighbours", "a1", 0.3, 0.3)  # measured here, on a quiet machine
+    assert fresh.launch_order(items({"boosting": 1, "neighbours": 1}))[0].model == "neighbours"
+    running = items({"neighbours": 1})
+    running[0].task_id = "neighbours.s0.a1"
+    assert stragglers(running, {"neighbours.s0.a1": 60.0}, measured, SpeculationPolicy()) == []
