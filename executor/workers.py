@@ -97,12 +97,20 @@ job's own load (the other slot computing) the probes measured them serial and se
 worker processes, so no verdict was kept for the next run either; two threads in one process ran
 the same tasks at 1.04-1.14x the physical limit.  A class that moves in a later scikit-learn is
 simply probed again."""
+DERIVED_MIN_ROWS = 2_000
+""":func:`derived_mode` speaks only for calls of at least this many rows: with fewer, a call's own
+Python (input checks, the estimator's per-call set-up) holds the GIL for most of it, whatever the
+compiled part does.  ``bench/tiny_tasks_bench.py``'s explicit job (250-row items) took 14.02 s on
+threads without a probe and 9.62 s with the probe deciding (2026-12-02 18:38 and 19:01 UTC); its
+6,250-row items, and the mixed benchmark's, ran on threads at joblib's speed or better."""
 
 
-def derived_mode(model: Any) -> Mode | None:
-    """``thread`` for a model whose exact class is in :data:`RELEASES_THE_GIL`; else None (probe it)."""
+def derived_mode(model: Any, rows: int) -> Mode | None:
+    """``thread`` for a model whose exact class is in :data:`RELEASES_THE_GIL`, called on at least
+    :data:`DERIVED_MIN_ROWS` rows at a time; else None (probe it)."""
     kind = type(model)
-    return "thread" if f"{kind.__module__}.{kind.__qualname__}" in RELEASES_THE_GIL else None
+    releases = f"{kind.__module__}.{kind.__qualname__}" in RELEASES_THE_GIL
+    return "thread" if releases and rows >= DERIVED_MIN_ROWS else None
 
 
 class WorkerDied(TaskError):
@@ -480,7 +488,7 @@ class PredictionPool:
         key = (payload.model_file, payload.model.sha256)
         with self._mode_lock(key):
             if key not in self.modes:
-                unprobed = self._without_probe(payload, model)
+                unprobed = self._without_probe(payload, model, len(sample))
                 if unprobed is not None:  # decided without waiting for another model's probe
                     self.modes[key] = unprobed
                     return unprobed
@@ -536,16 +544,16 @@ class PredictionPool:
             return self._in_worker(payload, rows, payload_json)
         return compute_measured(payload, model, rows, self.cache)
 
-    def _without_probe(self, payload: TaskPayload, model: Any) -> Mode | None:
+    def _without_probe(self, payload: TaskPayload, model: Any, rows: int) -> Mode | None:
         """Where ``payload``'s model predicts when that needs no probe: one task slot or one core
         (threads lose nothing), a text member (:data:`TEXT_MODE`), a class known to release the
-        GIL (:func:`derived_mode`); else None."""
+        GIL called on ``rows`` rows at a time (:func:`derived_mode`); else None."""
         if self.size < 2 or cores() < 2:
             return "thread"
         if payload.input_format == "text":
             log.info("model %s: a text member, not probed: predictions run in worker processes", payload.model_name)
             return TEXT_MODE
-        derived = derived_mode(model)
+        derived = derived_mode(model, rows)
         if derived is not None:
             log.info("model %s: a %s, whose predictions release the GIL, not probed: predictions run in %s",
                      payload.model_name, type(model).__name__, WHERE[derived])

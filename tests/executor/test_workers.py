@@ -498,7 +498,8 @@ def test_a_model_whose_class_releases_the_gil_takes_threads_without_a_probe(tmp_
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13: the mixed benchmark's members (logistic regression, random forest, histogram
     boosting, k-neighbours) take threads at once, whatever another model is probing meanwhile:
-    no probe call, nothing reported as measured; a subclass of one of them is probed."""
+    no probe call, nothing reported as measured; a subclass of one of them is probed, and so is
+    each of them on shards of fewer than DERIVED_MIN_ROWS rows (a small call's Python holds the GIL)."""
     from executor import workers
 
     probed: list[int] = []
@@ -523,6 +524,12 @@ def test_a_model_whose_class_releases_the_gil_takes_threads_without_a_probe(tmp_
             if name == "subclass":
                 assert pool.mode(payload, loaded, shard) == "process" and probed, name
                 continue
+            small = PredictionPool(2, cache)
+            try:
+                assert small.mode(payload, loaded, shard[:workers.DERIVED_MIN_ROWS - 1]) == "process" and probed, name
+            finally:
+                small.close()
+            probed.clear()
             with ThreadPoolExecutor(1) as other:
                 pool._one_probe.acquire()  # another model probing: this one does not wait for it
                 try:
