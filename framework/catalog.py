@@ -226,24 +226,21 @@ class JobCatalog(JobDemands):
             parts = [ShardPart(self.part_files[(group, item.shard)], columns)
                      for group, columns in self.source_shards.parts[model.name]]
             inputs = {"shard": parts[0].file, "shard_index": item.shard, "inputs": parts}
-        elif model.text is not None:
-            # A text member: its column's text shard (a 1-D unicode .npy), handed to it as it is;
-            # a fold's is the train set's, with the labels and the fold's rows.
-            text = text_kind(self.spec.data.text.index(model.text))
-            text = text if kind == "data" else f"train-{text}"
-            shard = self.shards[text][item.shard]
-            train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
-            inputs = {"shard": RemoteFile(self.shard_urls[(text, shard.index)], shard.sha256),
-                      "shard_index": shard.index, "input_format": "text",
-                      "labels": self.labels if item.operation == "cv_fit_predict" else None,
-                      "train_rows": list(train_rows), "test_rows": list(test_rows)}
         else:
-            shard = self.shards[kind][item.shard]
+            # A fold's labels and rows; a text member's shard is its column's text shard (a 1-D
+            # unicode .npy, the train set's for a fold), handed to it as it is.
             train_rows, test_rows = self.folds[item.fold] if item.fold is not None else ([], [])
-            inputs = {"shard": RemoteFile(self.shard_urls[(kind, shard.index)], shard.sha256),
-                      "shard_index": shard.index, "columns": self.columns.get(model.name, []),
-                      "labels": self.labels if item.operation == "cv_fit_predict" else None,
-                      "train_rows": list(train_rows), "test_rows": list(test_rows)}
+            fold = {"labels": self.labels if item.operation == "cv_fit_predict" else None,
+                    "train_rows": list(train_rows), "test_rows": list(test_rows)}
+            if model.text is not None:
+                text = text_kind(self.spec.data.text.index(model.text))
+                source = text if kind == "data" else f"train-{text}"
+                shape: dict[str, Any] = {"input_format": "text"}
+            else:
+                source, shape = kind, {"columns": self.columns.get(model.name, [])}
+            shard = self.shards[source][item.shard]
+            inputs = {"shard": RemoteFile(self.shard_urls[(source, shard.index)], shard.sha256),
+                      "shard_index": shard.index, **shape, **fold}
         method = self.methods.get(model.name, model.output)
         payload = TaskPayload(
             task_id=task_id,

@@ -417,21 +417,25 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
                              down_utilisation=expected or 0.0)
 
 
+def _soon_after_down(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float) -> bool:
+    """Within a delay of the last step down, at about the load of that step (not a load that rose since)."""
+    return state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
+        and _rate_seen(load) <= SAME_LOAD * state.down_rate
+
+
 def _stale_busy(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float, window_s: float) -> bool:
     """Within a window of the ready replicas falling after a step down, at about the load of that
     step: the window's busy measure still holds calls of the replicas that left (each request
     cost more on more of them), so the utilisation it gives the rest is stale."""
-    return state.down_at is not None and now - state.down_at <= spec.scale_down_delay_s \
-        and state.fell_at is not None and state.fell_at >= state.down_at and now - state.fell_at < window_s \
-        and _rate_seen(load) <= SAME_LOAD * state.down_rate
+    return _soon_after_down(spec, load, state, now) and state.fell_at is not None \
+        and state.down_at is not None and state.fell_at >= state.down_at and now - state.fell_at < window_s
 
 
 def _refuse_last_down(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float) -> MemberScaleState:
-    """The state after an up within a delay of a step down, at about the load of that step (not a
-    load that rose since): the step down is refused, and later ones expect less than ``PROBE`` of
-    the utilisation it expected (the p99 or the busy measure of the fewer replicas said no)."""
-    if state.down_at is None or now - state.down_at > spec.scale_down_delay_s or state.down_utilisation <= 0 \
-            or _rate_seen(load) > SAME_LOAD * state.down_rate:
+    """The state after an up :func:`_soon_after_down`: the step down is refused, and later ones
+    expect less than ``PROBE`` of the utilisation it expected (the p99 or the busy measure of the
+    fewer replicas said no)."""
+    if not _soon_after_down(spec, load, state, now) or state.down_utilisation <= 0:
         return state
     return replace(state, refused_utilisation=min(state.refused_utilisation, state.down_utilisation),
                    refused_at=now, down_at=None)
