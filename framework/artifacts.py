@@ -66,6 +66,14 @@ class ArtifactServer:
             self._files[name] = path
         return f"{self.base_url}/files/{quote(name)}"
 
+    def withdraw(self, path: Path) -> list[str]:
+        """Stop serving ``path`` under every name it was published as; return those names."""
+        with self._lock:
+            names = [name for name, served in self._files.items() if served == path]
+            for name in names:
+                del self._files[name]
+        return names
+
     def publish_public(self, name: str, path: Path) -> str:
         """Serve ``path`` as ``name`` without the token (only for files that hold no secret)."""
         with self._lock:

@@ -1050,6 +1050,14 @@ class ServingController(pymesos.Scheduler):
             for task_id in ids:
                 driver.killTask(translator.id_message(task_id))
 
+    def model_files_in_use(self) -> set[str]:
+        """The model files (sha256) a replica runs, or that a launch may still use: every replica's
+        (launching, ready or draining), each member's target's and held one (``_launch`` checks
+        a launch against those under the same lock)."""
+        with self.lock:
+            return ({r.sha256 for r in self.replicas.values()} | {t.sha256 for t in self.targets.values()}
+                    | set(self.held.values()))
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Per member: desired, and replicas by state."""
         with self.lock:

@@ -127,6 +127,25 @@ class ServeCatalog(JobCatalog):
     def _kept(self, model: ModelSpec) -> Path:
         return self.models_dir / f"{model.sha256}.{model.format}"
 
+    def prune(self, in_use: set[str]) -> list[Path]:
+        """Delete the kept copies (and stop serving them) of the model files no replica runs or may
+        still be launched with: not in ``in_use`` (the controller's
+        :meth:`~framework.serving.controller.ServingController.model_files_in_use`), not the current
+        job's, not held.  A long-lived ``serve`` that rolls to new models keeps only what it runs.
+        Call from the thread that reloads (``spec`` and :meth:`hold` change there)."""
+        keep = in_use | {m.sha256 for m in self.spec.models} | {m.sha256 for m, _url, _method in self.held.values()}
+        if not self.models_dir.is_dir():
+            return []
+        pruned = []
+        for kept in self.models_dir.iterdir():
+            sha256 = kept.name.split(".", 1)[0]
+            if sha256 in keep or kept.name.startswith("."):  # a copy being written is atomic.replacing's
+                continue
+            self.server.withdraw(kept)
+            kept.unlink(missing_ok=True)
+            pruned.append(kept)
+        return pruned
+
     def hold(self) -> None:
         """A stacking update begins (call before :meth:`publish_models` and ``methods`` move on to
         it): until :meth:`release`, a replica of a model file served now can still be launched
@@ -431,6 +450,8 @@ class ServeRunner:
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload(controller, catalog)
+            for path in catalog.prune(controller.model_files_in_use()):
+                log.info("model file %s: no replica runs it any more; its kept copy removed", path.name)
             self.stop_requested.wait(0.2)
 
     def reload(self, controller: ServingController, catalog: ServeCatalog) -> list[str]:

@@ -9,6 +9,8 @@ import dataclasses
 import hashlib
 import os
 import signal
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,8 @@ def test_a_changed_model_rolls_and_serve_fields_apply_live_without_a_failed_requ
     with Served(job, tmp_path / "state") as served:
         controller, gateway = served.controller, served.runner.gateway
         [old] = controller.ready("linear")
+        catalog = controller.catalog
+        old_url = catalog.model_urls["linear"]
         before = predict(served.url, columns, rows[:5])
         # A new linear model (fitted on the squared target: other coefficients), swapped in the job file.
         data = load_breast_cancer()
@@ -146,6 +150,14 @@ def test_a_changed_model_rolls_and_serve_fields_apply_live_without_a_failed_requ
             served.runner.reload_requested.set()
             wait_for(lambda: {r.sha256 for r in controller.ready("linear")} == {sha}
                      and old.task_id not in controller.replicas)
+            # Nothing left behind: the replaced file's kept copy goes once no replica runs it, and
+            # the artifact server stops serving it; the current files stay.
+            wait_for(lambda: not (catalog.models_dir / f"{old.sha256}.joblib").exists())
+            assert {p.name for p in catalog.models_dir.iterdir()} == {
+                f"{m.sha256}.{m.format}" for m in load_job(job).models}
+            with pytest.raises(urllib.error.HTTPError) as gone:
+                urllib.request.urlopen(old_url, timeout=5)
+            assert gone.value.code == 404
             answered = len(client.statuses)
             wait_for(lambda: len(client.statuses) >= answered + 5)
             options = gateway.options
