@@ -19,9 +19,9 @@ import io
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -40,11 +40,14 @@ SAMPLE_ROWS = 10_000
 
 @dataclass(frozen=True)
 class Dataset:
-    """Feature matrix (float64), their column names, and the label column if any."""
+    """Feature matrix (float64), their column names, the label column if any, and the text
+    columns (``DataSpec.text``) whole, each as a text shard's two arrays (:func:`text_column`:
+    offsets and UTF-8 bytes)."""
 
     features: np.ndarray
     feature_names: tuple[str, ...]
     labels: np.ndarray | None
+    texts: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -205,27 +208,19 @@ def _raw_labels(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
-    """The whole data set in memory (for small tables: stacking's training rows, tests)."""
+    """The whole data set in memory, read once (for small tables: stacking's training rows,
+    tests); its text columns too (a missing value refused naming its row)."""
     reader = open_data(spec)
     features, types = _columns(spec, reader)
-    columns = list(features) + ([spec.label] if spec.label is not None else [])
+    columns = list(features) + list(spec.text) + ([spec.label] if spec.label is not None else [])
     tables = list(reader.iter_batches(columns, types=types))
     if not tables or sum(t.num_rows for t in tables) == 0:
         raise JobSpecError(f"{spec.path}: no data rows after the header" if reader.format == "csv"
                            else f"{spec.path}: no rows")
-    return _as_dataset(pa.Table.from_batches(tables), features, spec.label)
-
-
-def load_text_columns(spec: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The data set's text columns (``spec.text``) whole, each as a text shard's two arrays
-    (:func:`text_column`: offsets and UTF-8 bytes; a missing value refused naming its row): for
-    small tables, as :func:`load_dataset` (stacking's training rows)."""
-    if not spec.text:
-        return {}
-    reader = open_data(spec)
-    _features, types = _columns(spec, reader)
-    table = pa.Table.from_batches(list(reader.iter_batches(list(spec.text), types=types)))
-    return {name: text_column(table.column(name), f"{spec.path}: text column {name!r}", 0) for name in spec.text}
+    table = pa.Table.from_batches(tables)
+    dataset = _as_dataset(table, features, spec.label)
+    texts = {name: text_column(table.column(name), f"{spec.path}: text column {name!r}", 0) for name in spec.text}
+    return dataclasses.replace(dataset, texts=texts)
 
 
 @dataclass(frozen=True)

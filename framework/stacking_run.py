@@ -26,7 +26,7 @@ from executor.protocol import RemoteFile, array_to_npy, sha256_hex
 from framework import atomic, ensemble
 from framework.artifacts import ArtifactServer
 from framework.catalog import JobCatalog
-from framework.dataset import cut_shards, load_dataset, load_text_columns, text_kind, write_atomic, write_text_shard
+from framework.dataset import cut_shards, load_dataset, text_kind, write_atomic, write_text_shard
 from framework.errors import JobSpecError
 from framework.jobspec import JobSpec
 from framework.members import member_output
@@ -179,8 +179,7 @@ def _out_of_fold(spec: JobSpec, catalog: JobCatalog, server: ArtifactServer, mem
     labels_path = work_dir / "train" / "labels.npy"
     labels_path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(labels_path, array_to_npy(np.asarray(plan.y_fit)))
-    texts = load_text_columns(stacking.train)
-    text_shards = {text_kind(number): [write_text_shard(0, 0, texts[name], labels_path.parent,
+    text_shards = {text_kind(number): [write_text_shard(0, 0, train.texts[name], labels_path.parent,
                                                         f"train-{text_kind(number)}")]
                    for number, name in enumerate(stacking.train.text)}
     catalog.add_training(train_shards, RemoteFile(server.publish("labels.npy", labels_path),

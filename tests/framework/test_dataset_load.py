@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from framework.dataset import load_dataset
@@ -59,3 +61,17 @@ def test_bad_npy(tmp_path: Path) -> None:
         load_dataset(DataSpec(path=tmp_path / "s.npy"))
     np.save(tmp_path / "ok.npy", np.array([[1, 2], [3, 4]], dtype=np.int32))
     np.testing.assert_array_equal(load_dataset(DataSpec(path=tmp_path / "ok.npy")).features, [[1, 2], [3, 4]])
+
+
+def test_text_columns_come_with_the_features_in_one_read(tmp_path: Path) -> None:
+    missing = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"a": [1.0, 2.0], "review": ["fine", None], "y": [0, 1]}), missing)
+    with pytest.raises(JobSpecError, match=r"d\.parquet: text column 'review', data row 2: missing text"):
+        load_dataset(DataSpec(path=missing, label="y", text=("review",)))
+    path = tmp_path / "d.csv"
+    path.write_text('a,review,y\n1,"good, really",0\n2,é,1\n', encoding="utf-8")
+    data = load_dataset(DataSpec(path=path, label="y", text=("review",)))
+    assert data.feature_names == ("a",)
+    offsets, utf8 = data.texts["review"]
+    assert [bytes(utf8[offsets[i]:offsets[i + 1]]).decode() for i in range(2)] == ["good, really", "é"]
+    np.testing.assert_array_equal(data.labels, [0, 1])
