@@ -24,6 +24,12 @@ PLAN_PER_TASK_S = 5e-6    # estimated plan-building time per task
 FFD_PER_TASK_S = 2e-5     # estimated FFD time per task; FFD runs as a floor when the budget
 FFD_FLOOR_FACTOR = 20     # is at least this many times its estimate
 DEFAULT_OPTIONS = PackingOptions()
+TINY_EXACT_SIZE = 200
+"""Exact models at most this big (``model_size``: a deployment's few replicas on a few agents)
+are solved by HiGHS first; the heuristic phases run only if it did not prove its plan optimal.
+Such a proof takes milliseconds, where the improvement phase would spend its whole budget (or
+``max_iterations`` rounds: 0.1 s for ``serve``'s cost bound of four replicas on two agents)
+failing to reach a lower bound that is not tight."""
 
 
 def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tuple[State, float, bool]:
@@ -53,6 +59,11 @@ def solve(p: Problem, options: PackingOptions, start: float | None = None) -> tu
         if (ffd.placed(), -ffd.cost()) > (state.placed(), -state.cost()) and ffd.spread_ok():
             state = ffd
     lb = cost_lower_bound(p, state.where >= 0)
+    if options.exact and p.T * p.A <= TINY_EXACT_SIZE and state.cost() > lb + 1e-9 \
+            and model_size(p, candidate_agents(p, state)) <= TINY_EXACT_SIZE:
+        exact, optimal = solve_exact(p, state, 0.9 * (end - time.perf_counter()), options.exact_max_nodes)
+        if exact is not None and optimal and (exact.placed(), -exact.cost()) >= (state.placed(), -state.cost()):
+            return exact, exact.cost() if (exact.where >= 0).all() else lb, True
     if state.cost() > lb + 1e-9 and _heterogeneous(p):
         for cand in select_then_pack(state, (1.0, 1.02, 1.05, 1.1), 0.25 * options.time_budget_s,
                                      budget.deadline, t_construct, options.exact_max_nodes):
