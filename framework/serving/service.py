@@ -91,6 +91,8 @@ class ServeCatalog(JobCatalog):
         self.replica_rows = max(self.serve.max_batch_rows, REPLICA_MIN_ROWS)
         """Most rows per call every replica of this serve accepts (the highest ``max_batch_rows`` a
         reload may set)."""
+        self._pruned_for: set[str] | None = None
+        """The files :meth:`prune` last kept (it looks again only when they or the copies change)."""
         self.held: dict[str, tuple[ModelSpec, str, str]] = {}
         """During a stacking update, per member: the model file its old replicas run, its URL and
         their stack method (:meth:`hold`)."""
@@ -115,6 +117,7 @@ class ServeCatalog(JobCatalog):
             if kept.exists():
                 continue
             self.models_dir.mkdir(parents=True, exist_ok=True)
+            self._pruned_for = None
             digest = hashlib.sha256()
             with atomic.replacing(kept) as temporary, model.path.open("rb") as source, temporary.open("wb") as copy:
                 for block in iter(lambda: source.read(1 << 20), b""):
@@ -134,8 +137,9 @@ class ServeCatalog(JobCatalog):
         job's, not held.  A long-lived ``serve`` that rolls to new models keeps only what it runs.
         Call from the thread that reloads (``spec`` and :meth:`hold` change there)."""
         keep = in_use | {m.sha256 for m in self.spec.models} | {m.sha256 for m, _url, _method in self.held.values()}
-        if not self.models_dir.is_dir():
+        if keep == self._pruned_for or not self.models_dir.is_dir():
             return []
+        self._pruned_for = keep
         pruned = []
         for kept in self.models_dir.iterdir():
             sha256 = kept.name.split(".", 1)[0]

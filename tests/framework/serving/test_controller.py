@@ -351,6 +351,48 @@ def test_replicas_start_from_a_copy_of_each_model_file_kept_under_its_sha256(dem
                                                                           for m in spec.models)
 
 
+def test_a_kept_copy_goes_once_nothing_runs_or_names_it(demo: JobSpec, server: ArtifactServer,
+                                                        tmp_path: Path) -> None:
+    """``prune`` keeps the job's files, the held ones and those a replica runs; a reload's copy
+    (kept when it was checked, then refused) goes too, and its URL answers 404."""
+    import urllib.error
+    import urllib.request
+
+    models = tmp_path / "files"
+    shutil.copytree(demo.model("linear").path.parent, models)
+    spec = dataclasses.replace(demo, models=tuple(dataclasses.replace(m, path=models / m.path.name)
+                                                  for m in demo.models))
+    catalog = ServeCatalog(spec, server, "python3", "unused", "127.0.0.1", tmp_path / "kept")
+    catalog.publish_models(spec)
+    old = spec.model("linear")
+    old_url = catalog.model_urls["linear"]
+    new_file = models / "linear-v2.joblib"
+    new_file.write_bytes(old.path.read_bytes() + b"v2")
+    new = dataclasses.replace(old, path=new_file, sha256=hashlib.sha256(new_file.read_bytes()).hexdigest())
+    reloaded = dataclasses.replace(spec, models=tuple(new if m.name == "linear" else m for m in spec.models))
+    kept = tmp_path / "kept"
+
+    def files() -> set[str]:
+        return {p.name for p in kept.iterdir()}
+
+    assert catalog.prune(set()) == [] and len(files()) == len(spec.models)
+    catalog.keep(reloaded)  # checked, then refused: the job stays on the old file
+    assert f"{new.sha256}.joblib" in files()
+    assert [p.name for p in catalog.prune(set())] == [f"{new.sha256}.joblib"]
+    catalog.hold()  # a stacking update holds the files the old replicas run...
+    catalog.publish_models(reloaded)  # ... while the new ones start
+    assert catalog.prune(set()) == [] and files() == {f"{m.sha256}.{m.format}" for m in spec.models + reloaded.models}
+    catalog.release()  # switched: the old replicas drain
+    assert catalog.prune({old.sha256}) == []
+    assert [p.name for p in catalog.prune(set())] == [f"{old.sha256}.joblib"]
+    assert files() == {f"{m.sha256}.{m.format}" for m in reloaded.models}
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        urllib.request.urlopen(old_url, timeout=10)
+    assert gone.value.code == 404
+    with urllib.request.urlopen(catalog.model_urls["linear"], timeout=10) as response:
+        assert response.read() == new_file.read_bytes()
+
+
 def test_journal_keeps_replicas_and_a_restart_adopts_the_running_ones(demo: JobSpec, server: ArtifactServer,
                                                                       tmp_path: Path) -> None:
     state = ServeState.open(tmp_path / "state")
