@@ -12,6 +12,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import pytest
 from addict import Dict
 from sklearn.linear_model import LinearRegression
 
@@ -146,26 +147,6 @@ def test_the_download_and_the_computation_do_not_wait_for_the_agent(tmp_path: Pa
     assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
 
 
-def test_a_killed_task_sends_no_running_after_killed(tmp_path: Path) -> None:
-    """A task killed while its TASK_RUNNING waits on the status thread: TASK_KILLED is its last
-    update."""
-    features = np.arange(12.0).reshape(4, 3)
-    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
-    executor = EnsembleExecutor(tmp_path, workers=1)
-    driver = RecordingExecutorDriver()
-    release = threading.Event()
-    executor.status_sender.submit(release.wait, 30)  # the status thread is busy
-    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
-    deadline = time.monotonic() + 30
-    while executor.status_sender._work_queue.qsize() < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)  # until TASK_STARTING and TASK_RUNNING wait behind it
-    executor.killTask(driver, Dict({"value": "t1"}))
-    release.set()
-    executor.pool.shutdown(wait=True)
-    executor.status_sender.shutdown(wait=True)
-    assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
-
-
 def test_killed_task_reports_killed_only(tmp_path: Path) -> None:
     executor = EnsembleExecutor(tmp_path, workers=1)
     driver = RecordingExecutorDriver()
@@ -173,17 +154,24 @@ def test_killed_task_reports_killed_only(tmp_path: Path) -> None:
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
 
 
-def test_task_killed_while_queued_never_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy", ["pool", "status_sender"])
+def test_task_killed_while_queued_never_starts(tmp_path: Path, busy: str) -> None:
+    """Killed while queued behind other tasks (``pool``), or while its TASK_STARTING and
+    TASK_RUNNING wait on the status thread (``status_sender``): TASK_KILLED is its only update."""
     features = np.arange(12.0).reshape(4, 3)
     (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
     executor = EnsembleExecutor(tmp_path, workers=1)
     driver = RecordingExecutorDriver()
     release = threading.Event()
-    executor.pool.submit(release.wait, 30)  # the only worker is busy
+    getattr(executor, busy).submit(release.wait, 30)  # its only thread is busy
     executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    deadline = time.monotonic() + 30
+    while busy == "status_sender" and executor.status_sender._work_queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until TASK_STARTING and TASK_RUNNING wait behind it
     executor.killTask(driver, Dict({"value": "t1"}))
     release.set()
     executor.pool.shutdown(wait=True)
+    executor.status_sender.shutdown(wait=True)
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
 
 
@@ -217,8 +205,6 @@ def test_results_upload_over_one_kept_alive_connection(tmp_path: Path, monkeypat
     alive between uploads (a new one per upload was a connection and a server thread per task);
     an upload the server refuses is a TaskError naming its HTTP status."""
     import http.client
-
-    import pytest
 
     from executor import main as executor_main
     from executor.runner import KeptAliveDownloads, TaskError
