@@ -199,8 +199,11 @@ class EnsembleExecutor(pymesos.Executor):
         if self._was_killed(task_id):  # killed while queued behind other tasks: never starts
             return
         # TASK_STARTING while the inputs download and the model loads (not sent when they are
-        # already here: each update is a round trip to the agent); TASK_RUNNING once the task
-        # computes, so that the framework measures stragglers (and timeouts) from compute start.
+        # already here); TASK_RUNNING once the task computes, so that the framework measures
+        # stragglers (and timeouts) from compute start.  Both go on the status thread (each update
+        # is a synchronous round trip to the agent, which the download and the computation no
+        # longer wait for); the terminal update waits for them, so that they arrive in order.
+        sent: list[Future[None]] = []
         try:
             payload = decode_task(pymesos.decode_data(task["data"]))
             if isinstance(payload, ReplicaPayload):
@@ -208,20 +211,21 @@ class EnsembleExecutor(pymesos.Executor):
                 return
             first = payload.items[0] if isinstance(payload, BundlePayload) else payload
             if not self.cache.holds(first.model, first.model_file, first.shard):
-                self._send(driver, task_id, "TASK_STARTING")
+                sent.append(self._send_soon(driver, task_id, "TASK_STARTING"))
             if isinstance(payload, BundlePayload):
-                self._run_bundle(driver, task_id, payload)
+                self._run_bundle(driver, task_id, payload, sent)
                 return
             model, shard = fetch_inputs(payload, self.cache)
             if self._was_killed(task_id):
                 return
-            self._send(driver, task_id, "TASK_RUNNING")
+            sent.append(self._send_soon(driver, task_id, "TASK_RUNNING"))
             output, usage = self.predictions.compute(payload, model, shard)
             state, message, data = "TASK_FINISHED", None, build_result_data(payload, output,
                                                                             self._with_mode(payload, usage))
         except Exception as error:  # answer every failure, saying whether the member's own code raised
             failure = report_failure(task_id, error)  # its whole traceback goes to the sandbox's stderr
             state, message, data = "TASK_FAILED", failure.status_message(), failure.to_json()
+        wait_futures(sent)  # TASK_STARTING and TASK_RUNNING first (each logs its own failure)
         if self._was_killed(task_id):  # already reported TASK_KILLED: a task has one terminal state
             return
         self._send(driver, task_id, state, message=message, data=data)
@@ -241,9 +245,10 @@ class EnsembleExecutor(pymesos.Executor):
                                    lambda state, message, data: self._send(driver, task_id, state, message, data))
         self.replicas.load(task_id)
 
-    def _run_bundle(self, driver: Any, task_id: str, bundle: BundlePayload) -> None:
+    def _run_bundle(self, driver: Any, task_id: str, bundle: BundlePayload, sent: list["Future[None]"]) -> None:
         """Run a bundle's items one after the other (each on its own shard, measured alone) and
-        report them all in ONE terminal update; an item's failure is reported for that item only."""
+        report them all in ONE terminal update, after the updates in ``sent`` (its TASK_STARTING,
+        on the status thread); an item's failure is reported for that item only."""
         started = time.perf_counter()
         first_batch: float | None = None
         results: BundleResult = BundleResult()
@@ -306,8 +311,7 @@ class EnsembleExecutor(pymesos.Executor):
             except Exception as error:  # this item's upload failed; the bundle's other items go on
                 results.failures[item_task_id] = report_failure(item_task_id, error)
         answered = time.perf_counter()
-        if running is not None:
-            wait_futures([running])  # TASK_RUNNING first (it logs its own failure)
+        wait_futures(sent + ([running] if running is not None else []))  # TASK_STARTING and TASK_RUNNING first
         if self._was_killed(task_id):
             return
         failed = len(results.failures)
@@ -341,8 +345,14 @@ class EnsembleExecutor(pymesos.Executor):
         return submit_or_run(self.uploads, upload_envelope, payload, npy, shape, usage)
 
     def _send_soon(self, driver: Any, task_id: str, state: str) -> "Future[None]":
-        """:meth:`_send` on the status thread (or here, if the executor is shutting down)."""
-        return submit_or_run(self.status_sender, self._send, driver, task_id, state)
+        """:meth:`_send` of a task's TASK_STARTING or TASK_RUNNING on the status thread (or here, if
+        the executor is shutting down); not sent once the task is killed (TASK_KILLED is its last
+        word)."""
+        return submit_or_run(self.status_sender, self._send_unless_killed, driver, task_id, state)
+
+    def _send_unless_killed(self, driver: Any, task_id: str, state: str) -> None:
+        if not self._was_killed(task_id):
+            self._send(driver, task_id, state)
 
     def _was_killed(self, task_id: str) -> bool:
         with self.lock:

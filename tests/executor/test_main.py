@@ -6,11 +6,13 @@ import base64
 import dataclasses
 import hashlib
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+import pytest
 from addict import Dict
 from sklearn.linear_model import LinearRegression
 
@@ -24,10 +26,13 @@ class RecordingExecutorDriver:
     def __init__(self) -> None:
         self.updates: list[dict[str, Any]] = []
         self.done = threading.Event()
+        self.starting = threading.Event()
 
     def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
         status.setdefault("uuid", base64.b64encode(hashlib.md5(str(id(status)).encode()).digest()).decode())
         self.updates.append(status)
+        if status["state"] == "TASK_STARTING":
+            self.starting.set()
         if status["state"] not in ("TASK_STARTING", "TASK_RUNNING"):
             self.done.set()
 
@@ -89,10 +94,56 @@ def test_running_is_reported_only_once_the_inputs_are_in(tmp_path: Path) -> None
     driver = RecordingExecutorDriver()
     executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
     assert downloading.wait(30)
+    assert driver.starting.wait(30)  # (sent on the status thread, beside the download)
     assert [u["state"] for u in driver.updates] == ["TASK_STARTING"]
     release.set()
     assert driver.done.wait(30)
     executor.shutdown(driver)
+    assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
+
+
+class SlowAgentDriver(RecordingExecutorDriver):
+    """An agent that answers each TASK_STARTING and TASK_RUNNING only once the task's download or
+    computation is under way (a round trip the work would otherwise wait for), at most 5 s."""
+
+    def __init__(self, downloading: threading.Event, computing: threading.Event) -> None:
+        super().__init__()
+        self.waited_for = {"TASK_STARTING": downloading, "TASK_RUNNING": computing}
+        self.overlapped: dict[str, bool] = {}
+
+    def sendStatusUpdate(self, status: dict[str, Any]) -> None:  # noqa: N802
+        if status["state"] in self.waited_for:
+            self.overlapped[status["state"]] = self.waited_for[status["state"]].wait(5)
+        super().sendStatusUpdate(status)
+
+
+def test_the_download_and_the_computation_do_not_wait_for_the_agent(tmp_path: Path) -> None:
+    """TASK_STARTING and TASK_RUNNING go on the status thread: the shard downloads while the agent
+    takes TASK_STARTING, the task computes while it takes TASK_RUNNING (each a synchronous round
+    trip, 5-40 ms per task on a busy machine, issue 13's profile); the three updates still arrive
+    in order, the terminal one last."""
+    features = np.arange(12.0).reshape(4, 3)
+    (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
+    executor = EnsembleExecutor(tmp_path, workers=1)
+    downloading, computing = threading.Event(), threading.Event()
+    plain_download, plain_compute = executor.cache.download, executor.predictions.compute
+
+    def download(url: str) -> bytes:
+        if url.endswith("shard.npy"):
+            downloading.set()
+        return plain_download(url)
+
+    def compute(*args: Any) -> Any:
+        computing.set()
+        return plain_compute(*args)
+
+    executor.cache.download = download
+    executor.predictions.compute = compute  # type: ignore[method-assign]
+    driver = SlowAgentDriver(downloading, computing)
+    executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    assert driver.overlapped == {"TASK_STARTING": True, "TASK_RUNNING": True}
     assert [u["state"] for u in driver.updates] == ["TASK_STARTING", "TASK_RUNNING", "TASK_FINISHED"]
 
 
@@ -103,17 +154,24 @@ def test_killed_task_reports_killed_only(tmp_path: Path) -> None:
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
 
 
-def test_task_killed_while_queued_never_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("busy", ["pool", "status_sender"])
+def test_task_killed_while_queued_never_starts(tmp_path: Path, busy: str) -> None:
+    """Killed while queued behind other tasks (``pool``), or while its TASK_STARTING and
+    TASK_RUNNING wait on the status thread (``status_sender``): TASK_KILLED is its only update."""
     features = np.arange(12.0).reshape(4, 3)
     (tmp_path / "shard.npy").write_bytes(array_to_npy(features))
     executor = EnsembleExecutor(tmp_path, workers=1)
     driver = RecordingExecutorDriver()
     release = threading.Event()
-    executor.pool.submit(release.wait, 30)  # the only worker is busy
+    getattr(executor, busy).submit(release.wait, 30)  # its only thread is busy
     executor.launchTask(driver, make_task(tmp_path, features, (tmp_path / "shard.npy").as_uri()))
+    deadline = time.monotonic() + 30
+    while busy == "status_sender" and executor.status_sender._work_queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until TASK_STARTING and TASK_RUNNING wait behind it
     executor.killTask(driver, Dict({"value": "t1"}))
     release.set()
     executor.pool.shutdown(wait=True)
+    executor.status_sender.shutdown(wait=True)
     assert [u["state"] for u in driver.updates] == ["TASK_KILLED"]
 
 
@@ -147,8 +205,6 @@ def test_results_upload_over_one_kept_alive_connection(tmp_path: Path, monkeypat
     alive between uploads (a new one per upload was a connection and a server thread per task);
     an upload the server refuses is a TaskError naming its HTTP status."""
     import http.client
-
-    import pytest
 
     from executor import main as executor_main
     from executor.runner import KeptAliveDownloads, TaskError
