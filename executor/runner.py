@@ -316,7 +316,7 @@ class SandboxCache:
         mapped = self._arrays.get(remote.sha256)
         if mapped is not None:
             return mapped
-        path = self.file(remote, f"cache/{remote.sha256}.npy", what)
+        path = self.array_file(remote, what)
         timeline.mark("first_shard")
         try:
             mapped = map_text_shard(path) if text else map_npy(path)
@@ -329,6 +329,12 @@ class SandboxCache:
             while len(self._arrays) > MAPPED_ARRAYS:
                 self._arrays.popitem(last=False)
         return mapped
+
+    def array_file(self, remote: RemoteFile, what: str) -> Path:
+        """The sandbox file of a shard or label array, downloaded and checked once, not mapped
+        (a bundle's prefetch: mapping there too mapped each item's shard twice in the executor,
+        the prefetched mapping evicted from :data:`MAPPED_ARRAYS` before its item came)."""
+        return self.file(remote, f"cache/{remote.sha256}.npy", what)
 
     def model(self, remote: RemoteFile, name: str, model_name: str, model_format: str = "joblib",
               trusted_types: Iterable[str] = ()) -> Any:
