@@ -42,8 +42,8 @@ import numpy as np
 
 from executor import timeline
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
-from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
-                             model_columns)
+from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, model_columns,
+                             read_npy)
 from executor.textshard import map_text_shard
 
 log = logging.getLogger("executor.workers")
@@ -279,13 +279,13 @@ def _serve_one(request: tuple[tuple[str, str], bytes, Any], models: dict[tuple[s
 
 
 def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str, text: bool = False) -> np.ndarray:
-    """The shard file ``path`` mapped (``text``: a text shard, as its bytes), kept for the next
-    tasks on it (the last :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are
-    named by their sha256 and never change, and mapping one per task was a visible part of a
-    small task's cost."""
+    """The shard file ``path`` mapped (``text``: a text shard, as its bytes; a small shard is read
+    instead, see :func:`~executor.runner.read_npy`), kept for the next tasks on it (the last
+    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
+    never change, and mapping one per task was a visible part of a small task's cost."""
     shard = mapped.get(path)
     if shard is None:
-        shard = mapped[path] = map_text_shard(path) if text else map_npy(path)
+        shard = mapped[path] = map_text_shard(path) if text else read_npy(path)
         while len(mapped) > MAPPED_ARRAYS:
             mapped.popitem(last=False)
     else:
