@@ -565,6 +565,7 @@ class PredictionPool:
         if function is None:
             return "thread"  # the task fails as a member error on its thread
         timeline.mark(f"probe:{payload.model_name}")
+        cpu = time.process_time()
         try:
             rows = probe_rows(function, model_columns(payload, shard))
             used = thread_speedup(function, rows, clear=CLEARLY_PARALLEL)
@@ -574,8 +575,9 @@ class PredictionPool:
             timeline.mark(f"probed:{payload.model_name}")
         self.measured[key] = used
         chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
-        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %s",
-                 payload.model_name, used, len(rows), WHERE[chosen])
+        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %s "
+                 "(%s s of the executor's CPU while it probed)", payload.model_name, used, len(rows), WHERE[chosen],
+                 f"{time.process_time() - cpu:.3f}")
         return chosen
 
     # Worker processes.
