@@ -127,6 +127,12 @@ def load_average() -> str:
         return "load average unknown"
 
 
+PROBE_CPU = re.compile(r"\(([\d.]+) s of the executor's CPU while it probed\)")
+"""The executor's CPU during a model's probe, as its log line says (``executor.workers``)."""
+WHERE_RAN = re.compile(r"model (\S+): .*predictions run in (threads|worker processes)")
+"""The executor's log line saying where a model's predictions run (``executor.workers``)."""
+
+
 class Timeline:
     """What a mesos-ensemble run spends its time on: when the scheduler process reached each phase
     (functions of the framework wrapped for the run), when the executor registered and decided each
@@ -198,7 +204,9 @@ class Timeline:
         self.decoded: dict[str, float] = {}
         self.rounds: list[tuple[float, float]] = []
         self.accepted: dict[str, float] = {}  # Mesos task id -> when its ACCEPT was sent
-        self.compute_cpu = 0.0  # the items' CPU seconds, as the executor measured each
+        self.compute_cpu: dict[str, float] = {}  # model -> its items' CPU seconds, as the executor measured each
+        self.worker_models: set[str] = set()  # models whose predictions ran in worker processes (executor log)
+        self.probe_cpu = 0.0  # the executor's CPU seconds while it probed models (executor log)
         status_update, record_usage, one_round = scheduler.statusUpdate, scheduler.record_usage, scheduler._round
         apply = scheduler._apply
 
@@ -210,7 +218,7 @@ class Timeline:
             with this.lock:
                 carrier = this.tracker.carrier_of(item.task_id)
             self.computed.setdefault(carrier, []).append(seconds)
-            self.compute_cpu += cpu_seconds
+            self.compute_cpu[item.model] = self.compute_cpu.get(item.model, 0.0) + cpu_seconds
             self.decoded[carrier] = time.perf_counter()
             record_usage(this, item, seconds, cpu_seconds)
 
@@ -389,10 +397,15 @@ class Timeline:
                         float(bundle[8]))
                     self.bundle_lines.append((first_ms, compute_ms, stream_ms, encode_ms, size, send_ms,
                                               int(bundle[2])))
+                ran = WHERE_RAN.match(text)
+                if ran and ran[2] == "worker processes":
+                    self.worker_models.add(ran[1])
                 if text.startswith("registered executor"):
                     self.events.append((when, "executor registered"))
                 elif "two probe threads" in text:
                     self.events.append((when, "probe done: " + text.replace("two probe threads were ", "")))
+                    probed = PROBE_CPU.search(text)
+                    self.probe_cpu += float(probed[1]) if probed else 0.0
 
     def report(self, title: str) -> None:
         self._journal()
@@ -408,7 +421,12 @@ class Timeline:
                    and "launcher.py" not in r["command"]}
         executors = {pid for pid in pythons if ours[pid]["parent"] not in pythons}
         total = self.cpu
-        self.cpu_by_role = {"scheduler process": self.cpu, "executor": 0.0, "prediction workers": -self.compute_cpu}
+        # Each item's compute is taken off the process that ran it: the workers for a model the
+        # executor put in worker processes, else the executor's threads.
+        in_workers = sum(cpu for model, cpu in self.compute_cpu.items() if model in self.worker_models)
+        self.cpu_by_role = {"scheduler process": self.cpu, "executor": in_workers - sum(self.compute_cpu.values()),
+                            "executor less its probes": in_workers - sum(self.compute_cpu.values()) - self.probe_cpu,
+                            "prediction workers": -in_workers}
         print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f} "
               f"(the bench's own /proc sampler, {self.sampler_cpu:.2f}, not counted)")
         for pid, record in sorted(ours.items(), key=lambda kv: kv[1]["first"]):
@@ -418,14 +436,18 @@ class Timeline:
                     else "launcher" if "launcher.py" in record["command"]
                     else "executor's shell" if record["command"].startswith("/bin/sh") else record["command"][:60])
             total += record["cpu"]
-            if role in ("executor", "prediction worker"):
-                self.cpu_by_role["executor" if role == "executor" else "prediction workers"] += record["cpu"]
+            if role == "executor":
+                self.cpu_by_role["executor"] += record["cpu"]
+                self.cpu_by_role["executor less its probes"] += record["cpu"]
+            elif role == "prediction worker":
+                self.cpu_by_role["prediction workers"] += record["cpu"]
             print(f"    {role} {pid}: {record['cpu']:.2f} (alive {record['first']:.2f}-{record['last']:.2f} s)")
         print(f"    all processes: {total:.2f}")
         self.items = sum(len(times) for times in self.computed.values())
         if self.items:
             print("  CPU per item beyond the items' own compute (ms; fixed costs such as imports, model loads and "
-                  "probes included; the workers' CPU less the items' measured CPU): "
+                  "probes included; each process's CPU less that of the items it computed, as measured; the "
+                  f"executor's CPU while it probed models, {self.probe_cpu:.2f} s, as its log says): "
                   + ", ".join(f"{role} {cpu / self.items * 1000:.2f}" for role, cpu in self.cpu_by_role.items()))
 
 

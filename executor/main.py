@@ -335,7 +335,7 @@ class EnsembleExecutor(pymesos.Executor):
             if self._was_killed(task_id):
                 return
             try:
-                self.cache.array(payload.shard, f"shard {payload.shard_index}")
+                self.cache.array_file(payload.shard, f"shard {payload.shard_index}")
             except Exception:  # noqa: S110 - the item's own fetch reports it
                 pass
 

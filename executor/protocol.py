@@ -38,13 +38,22 @@ Operation = Literal["predict", "cv_fit_predict"]
 InputFormat = Literal["float64", "text"]
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""Each dataclass's field names, looked up once: ``dataclasses.fields`` per value was half of
+encoding a bundled item's payload for its prediction worker (issue 13's executor profile)."""
+
+
 def _fields_of(value: Any) -> dict[str, Any]:
     """A dataclass instance's fields, for ``json.dumps(default=...)``: the same JSON as
     ``json.dumps(asdict(value))`` at a third of the cost (``asdict`` deep-copies every nested
     value first; a bundle encodes its items' payloads and results several times on their way)."""
-    if isinstance(value, type) or not hasattr(value, "__dataclass_fields__"):
-        raise TypeError(f"{type(value).__name__} is not JSON serializable")
-    return {f.name: getattr(value, f.name) for f in fields(value)}
+    kind = type(value)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        if isinstance(value, type) or not hasattr(value, "__dataclass_fields__"):
+            raise TypeError(f"{kind.__name__} is not JSON serializable")
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in fields(value))
+    return {name: getattr(value, name) for name in names}
 
 
 def json_bytes(value: Any) -> bytes:

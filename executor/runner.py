@@ -12,6 +12,7 @@ import importlib
 import http.client
 import io
 import math
+import mmap
 import os
 import sys
 import threading
@@ -23,7 +24,7 @@ import urllib.request
 import weakref
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -229,6 +230,34 @@ _NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], np.dtype[Any]]] = {}
 not parsed again: ``np.load``'s ``ast.literal_eval`` of it was most of mapping a small shard."""
 
 
+def _npy_layout(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype[Any], int] | None:
+    """The shape, dtype and data offset of the plain ``.npy`` file open in ``handle`` (format
+    1.0, C order, a plain dtype, the file's size matching), its header parsed once per process
+    (:data:`_NPY_HEADERS`); None for anything else (``np.load`` handles it)."""
+    head = handle.read(10)
+    if len(head) != 10 or head[:8] != _NPY_MAGIC_1_0:
+        return None
+    start = 10 + int.from_bytes(head[8:10], "little")
+    header = handle.read(start - 10)
+    size = os.fstat(handle.fileno()).st_size
+    known = _NPY_HEADERS.get(header)
+    if known is None:
+        try:
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(head[8:] + header))
+        except Exception:  # noqa: BLE001 - np.load says what is wrong
+            return None
+        if fortran or dtype.hasobject or dtype.names is not None or dtype.kind == "V":
+            return None
+        known = (tuple(shape), dtype)
+        if len(_NPY_HEADERS) >= 512:
+            _NPY_HEADERS.clear()
+        _NPY_HEADERS[header] = known
+    shape, dtype = known
+    if not shape or size - start != math.prod(shape) * dtype.itemsize:
+        return None
+    return shape, dtype, start
+
+
 def map_npy(path: Path | str) -> np.ndarray:
     """``np.load(path, mmap_mode="r", allow_pickle=False)``: the same read-only ``np.memmap``, in
     a quarter of the time for a header seen before.  Anything off the plain path (another format
@@ -239,28 +268,45 @@ def map_npy(path: Path | str) -> np.ndarray:
     shard (0.1 ms of 0.14, measured 2026-12-02)."""
     path = os.fspath(path)
     with open(path, "rb") as handle:
-        head = handle.read(10)
-        if len(head) == 10 and head[:8] == _NPY_MAGIC_1_0:
-            start = 10 + int.from_bytes(head[8:10], "little")
-            header = handle.read(start - 10)
-            size = os.fstat(handle.fileno()).st_size
-        else:
-            header, size, start = b"", -1, 0
-    known = _NPY_HEADERS.get(header) if header else None
-    if known is None and header:
-        try:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(head[8:] + header))
-        except Exception:  # noqa: BLE001 - np.load says what is wrong, below
-            shape, fortran, dtype = (), True, np.dtype(np.float64)
-        if not fortran and not dtype.hasobject and dtype.names is None and dtype.kind != "V":
-            known = (tuple(shape), dtype)
-            if len(_NPY_HEADERS) >= 512:
-                _NPY_HEADERS.clear()
-            _NPY_HEADERS[header] = known
-    if known is None or not known[0] or size - start != math.prod(known[0]) * known[1].itemsize:
+        layout = _npy_layout(handle)
+    if layout is None:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    shape, dtype = known
+    shape, dtype, start = layout
     return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape, order="C")
+
+
+READ_NPY_BYTES = 256 * 1024
+""":func:`read_npy` reads a ``.npy`` file of at most this many bytes rather than mapping it: a
+small shard's mapping (``mmap``, its page faults, ``munmap`` when dropped) cost a prediction
+worker about 0.1 ms of CPU per item, reading it about a third of that (issue 13's tiny tasks,
+250-row shards of 40 KB).  A worker keeps its last :data:`MAPPED_ARRAYS` shards, so at most
+this many bytes of each are its own memory."""
+_PAGE = mmap.ALLOCATIONGRANULARITY
+
+
+def read_npy(path: Path | str) -> np.ndarray:
+    """The ``.npy`` file ``path`` as a read-only array: read into memory when it is at most
+    :data:`READ_NPY_BYTES` (its data at the same address modulo the page size as a mapping would
+    put it, so that vectorised loops split it alike: outputs bit for bit those on the mapped
+    shard), else :func:`map_npy`."""
+    path = os.fspath(path)
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size > READ_NPY_BYTES:
+            layout = None
+        else:
+            layout = _npy_layout(handle)
+        if layout is not None:
+            shape, dtype, start = layout
+            nbytes = math.prod(shape) * dtype.itemsize
+            buffer = np.empty(nbytes + _PAGE, dtype=np.uint8)
+            skew = (start - buffer.ctypes.data) % _PAGE  # a mapping's data starts at ``start`` mod the page
+            data = buffer[skew:skew + nbytes]
+            handle.seek(start)
+            if handle.readinto(data.data) == nbytes:
+                array = data.view(dtype).reshape(shape)
+                array.flags.writeable = False
+                return array
+    return map_npy(path)
 
 
 class SandboxCache:
@@ -316,7 +362,7 @@ class SandboxCache:
         mapped = self._arrays.get(remote.sha256)
         if mapped is not None:
             return mapped
-        path = self.file(remote, f"cache/{remote.sha256}.npy", what)
+        path = self.array_file(remote, what)
         timeline.mark("first_shard")
         try:
             mapped = map_text_shard(path) if text else map_npy(path)
@@ -329,6 +375,12 @@ class SandboxCache:
             while len(self._arrays) > MAPPED_ARRAYS:
                 self._arrays.popitem(last=False)
         return mapped
+
+    def array_file(self, remote: RemoteFile, what: str) -> Path:
+        """The sandbox file of a shard or label array, downloaded and checked once, not mapped
+        (a bundle's prefetch: mapping there too mapped each item's shard twice in the executor,
+        the prefetched mapping evicted from :data:`MAPPED_ARRAYS` before its item came)."""
+        return self.file(remote, f"cache/{remote.sha256}.npy", what)
 
     def model(self, remote: RemoteFile, name: str, model_name: str, model_format: str = "joblib",
               trusted_types: Iterable[str] = ()) -> Any:

@@ -42,8 +42,8 @@ import numpy as np
 
 from executor import timeline
 from executor.protocol import TaskFailure, TaskPayload, TaskUsage
-from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, map_npy,
-                             model_columns)
+from executor.runner import (MAPPED_ARRAYS, SandboxCache, TaskError, compute_measured, describe_failure, model_columns,
+                             read_npy)
 from executor.textshard import map_text_shard
 
 log = logging.getLogger("executor.workers")
@@ -279,13 +279,13 @@ def _serve_one(request: tuple[tuple[str, str], bytes, Any], models: dict[tuple[s
 
 
 def _mapped(mapped: "OrderedDict[str, np.ndarray]", path: str, text: bool = False) -> np.ndarray:
-    """The shard file ``path`` mapped (``text``: a text shard, as its bytes), kept for the next
-    tasks on it (the last :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are
-    named by their sha256 and never change, and mapping one per task was a visible part of a
-    small task's cost."""
+    """The shard file ``path`` mapped (``text``: a text shard, as its bytes; a small shard is read
+    instead, see :func:`~executor.runner.read_npy`), kept for the next tasks on it (the last
+    :data:`~executor.runner.MAPPED_ARRAYS`): a sandbox's shard files are named by their sha256 and
+    never change, and mapping one per task was a visible part of a small task's cost."""
     shard = mapped.get(path)
     if shard is None:
-        shard = mapped[path] = map_text_shard(path) if text else map_npy(path)
+        shard = mapped[path] = map_text_shard(path) if text else read_npy(path)
         while len(mapped) > MAPPED_ARRAYS:
             mapped.popitem(last=False)
     else:
@@ -565,6 +565,7 @@ class PredictionPool:
         if function is None:
             return "thread"  # the task fails as a member error on its thread
         timeline.mark(f"probe:{payload.model_name}")
+        cpu = time.process_time()
         try:
             rows = probe_rows(function, model_columns(payload, shard))
             used = thread_speedup(function, rows, clear=CLEARLY_PARALLEL)
@@ -574,8 +575,9 @@ class PredictionPool:
             timeline.mark(f"probed:{payload.model_name}")
         self.measured[key] = used
         chosen: Mode = "thread" if used >= PARALLEL_ENOUGH else "process"
-        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %s",
-                 payload.model_name, used, len(rows), WHERE[chosen])
+        log.info("model %s: two probe threads were %.2fx as fast as one on %d rows: predictions run in %s "
+                 "(%s s of the executor's CPU while it probed)", payload.model_name, used, len(rows), WHERE[chosen],
+                 f"{time.process_time() - cpu:.3f}")
         return chosen
 
     # Worker processes.

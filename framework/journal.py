@@ -351,6 +351,10 @@ WHERE key = :key AND state NOT IN ({_sql_list(_SETTLED)})
 """
 
 
+_KEYS_PER_QUERY = 500
+"""Item keys looked up in one ``IN (...)`` query (SQLite before 3.32 took at most 999 parameters)."""
+
+
 def result_file_name(item_key: str) -> str:
     """A file name for ``item_key``'s result: the key percent-quoted (one key, one name; never
     hidden, never a path), or its sha256 if very long."""
@@ -541,6 +545,12 @@ class Journal:
         self._db.execute("INSERT OR IGNORE INTO items(key, model, shard, operation, state, updated_at) "
                          "VALUES (?, '', -1, 'predict', ?, ?)", (key, ItemState.PENDING.value, now))
 
+    def _ensure_items(self, keys: list[str], now: float) -> None:
+        """:meth:`_ensure_item` for several keys."""
+        self._db.executemany("INSERT OR IGNORE INTO items(key, model, shard, operation, state, updated_at) "
+                             "VALUES (?, '', -1, 'predict', ?, ?)",
+                             [(key, ItemState.PENDING.value, now) for key in keys])
+
     def _refresh_item(self, key: str, now: float) -> None:
         """Derive an unsettled item's state from its attempts: running if one runs (or finished
         without its result recorded yet), launched if one is staging, else pending."""
@@ -617,14 +627,15 @@ class Journal:
         launches = list(launches)
         with self._lock:
             self._writing()
-            with self._transaction():
-                for item_key, task_id, agent_id in launches:
-                    self._ensure_item(item_key, now)
-                    self._db.execute("INSERT INTO attempts(task_id, item_key, agent_id, state, launched_at, "
+            with self._transaction():  # each statement once for the round's launches (executemany)
+                self._ensure_items([item_key for item_key, _task_id, _agent_id in launches], now)
+                self._db.executemany("INSERT INTO attempts(task_id, item_key, agent_id, state, launched_at, "
                                      "updated_at) VALUES (?, ?, ?, 'TASK_STAGING', ?, ?) ON CONFLICT(task_id) DO "
                                      "UPDATE SET agent_id = excluded.agent_id, updated_at = excluded.updated_at",
-                                     (task_id, item_key, agent_id, now, now))
-                    self._refresh_item(item_key, now)
+                                     [(task_id, item_key, agent_id, now, now)
+                                      for item_key, task_id, agent_id in launches])
+                self._db.executemany(_REFRESH_ITEM, [{"key": item_key, "now": now}
+                                                     for item_key, _task_id, _agent_id in launches])
             for item_key, task_id, _agent_id in launches:
                 self._attempts.setdefault(task_id, (item_key, ("TASK_STAGING", "", "", "")))
 
@@ -731,16 +742,17 @@ class Journal:
                 self._db.execute("PRAGMA synchronous=FULL")
             try:
                 with self._transaction():
-                    inserted: list[tuple[str, str]] = []
+                    existing = self._result_rows_locked([item_key for item_key, _task_id, _npy, _digest in inline])
+                    inserted: list[tuple[str, str, bytes, str]] = []
                     for item_key, task_id, npy, digest in inline:
-                        existing = self._result_row_locked(item_key)
-                        if existing is not None:  # the first attempt to finish wins
-                            records.append(existing)
+                        if item_key in existing:  # the first attempt to finish wins
+                            records.append(existing[item_key])
                             continue
-                        self._insert_result(item_key, task_id, None, npy, digest, len(npy), now)
-                        records.append(ResultRecord(item_key, task_id, None, digest, len(npy), now))
-                        inserted.append((item_key, task_id))
-                for item_key, task_id in inserted:
+                        record = existing[item_key] = ResultRecord(item_key, task_id, None, digest, len(npy), now)
+                        records.append(record)
+                        inserted.append((item_key, task_id, npy, digest))
+                    self._insert_results(inserted, now)
+                for item_key, task_id, _npy, _digest in inserted:
                     self._finished_attempt(item_key, task_id)
             finally:
                 if power:
@@ -757,6 +769,21 @@ class Journal:
                          (ItemState.FINISHED.value, now, item_key))
         self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
                          "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
+
+    def _insert_results(self, results: list[tuple[str, str, bytes, str]], now: float) -> None:
+        """:meth:`_insert_result` for several results kept in the database (item key, task id,
+        ``.npy`` bytes, sha256), each statement once for all of them (executemany)."""
+        self._ensure_items([item_key for item_key, _task_id, _npy, _digest in results], now)
+        self._db.executemany("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
+                             "VALUES (?, ?, NULL, ?, ?, ?, ?)",
+                             [(item_key, task_id, npy, digest, len(npy), now)
+                              for item_key, task_id, npy, digest in results])
+        self._db.executemany("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
+                             [(ItemState.FINISHED.value, now, item_key)
+                              for item_key, _task_id, _npy, _digest in results])
+        self._db.executemany("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
+                             "WHERE task_id = ? AND item_key = ?",
+                             [(now, task_id, item_key) for item_key, task_id, _npy, _digest in results])
 
     def _finished_attempt(self, item_key: str, task_id: str) -> None:
         """After the commit: the attempt that delivered ``item_key``'s result is TASK_FINISHED."""
@@ -807,6 +834,16 @@ class Journal:
         row = self._db.execute("SELECT item_key, task_id, path, sha256, nbytes, recorded_at FROM results "
                                "WHERE item_key = ?", (item_key,)).fetchone()
         return None if row is None else self._result_record(row)
+
+    def _result_rows_locked(self, item_keys: list[str]) -> dict[str, ResultRecord]:
+        """:meth:`_result_row_locked` for several items: those that have a result, by key."""
+        found: dict[str, ResultRecord] = {}
+        for start in range(0, len(item_keys), _KEYS_PER_QUERY):
+            chunk = item_keys[start:start + _KEYS_PER_QUERY]
+            rows = self._db.execute("SELECT item_key, task_id, path, sha256, nbytes, recorded_at FROM results "
+                                    f"WHERE item_key IN ({', '.join('?' * len(chunk))})", chunk).fetchall()
+            found.update((row[0], self._result_record(row)) for row in rows)
+        return found
 
     def _result_record(self, row: tuple[Any, ...]) -> ResultRecord:
         path = self.state_dir / row[2] if row[2] is not None else None

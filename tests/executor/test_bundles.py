@@ -253,3 +253,28 @@ def test_a_bundles_first_item_computes_before_its_later_shards_are_in(tmp_path: 
     for index, shard in enumerate(shards):
         result = npy_to_array(base64.b64decode(outcome.results[f"m.s{index}.a1"].npy_b64 or ""))
         assert np.array_equal(result, model.predict(shard))
+
+
+def test_a_bundle_maps_each_items_shard_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """The prefetch of a bundle's shards downloads and checks them without mapping them: only the
+    item's own fetch maps its shard (the prefetch mapped each shard too, a second mapping per item
+    whose first was evicted from the executor's mapped arrays before its item came)."""
+    import executor.runner as runner
+
+    shards = [np.arange(12.0).reshape(4, 3) + 100 * index for index in range(3)]
+    model, payloads = linear_model_payloads(tmp_path, shards)
+    mapped: list[str] = []
+    map_npy = runner.map_npy
+    monkeypatch.setattr(runner, "map_npy", lambda path: (mapped.append(str(path)), map_npy(path))[1])
+    monkeypatch.setattr(runner, "MAPPED_ARRAYS", 0)  # nothing kept mapped: every mapping shows
+    executor, driver = EnsembleExecutor(tmp_path / "sandbox", workers=1), RecordingExecutorDriver()
+    bundle = BundlePayload("B1", payloads)
+    executor.launchTask(driver, Dict({"task_id": {"value": "B1"}, "data": base64.b64encode(bundle.to_json()).decode()}))
+    assert driver.done.wait(30)
+    executor.shutdown(driver)
+    outcome = BundleResult.from_json(base64.b64decode(driver.updates[-1]["data"]))
+    assert not outcome.failures
+    for index, shard in enumerate(shards):
+        result = npy_to_array(base64.b64decode(outcome.results[f"m.s{index}.a1"].npy_b64 or ""))
+        assert np.array_equal(result, model.predict(shard))
+    assert len(mapped) == len(shards) and len(set(mapped)) == len(shards)

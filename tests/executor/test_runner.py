@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from executor.protocol import RemoteFile, TaskPayload, array_to_npy, npy_to_array, sha256_hex
-from executor.runner import SandboxCache, TaskError, map_npy, run_task
+from executor.runner import READ_NPY_BYTES, SandboxCache, TaskError, map_npy, read_npy, run_task
 
 
 def scaled_logistic():  # noqa: ANN201
@@ -306,6 +307,28 @@ def test_map_npy_maps_what_np_load_maps(tmp_path: Path, array: np.ndarray) -> No
         assert mapped.offset == expected.offset and mapped.filename == expected.filename
         assert mapped.flags.writeable is False and mapped.flags.f_contiguous == expected.flags.f_contiguous
         assert np.array_equal(mapped, expected)
+
+
+@pytest.mark.parametrize("array", [
+    np.arange(5000, dtype=np.float64).reshape(250, 20), np.arange(7, dtype=np.int32), np.zeros((0, 3)),
+    np.asfortranarray(np.arange(12.0).reshape(4, 3)), np.array(2.5), np.array([(1, 2.0)], dtype="i4,f8"),
+    np.arange(READ_NPY_BYTES // 8 + 1, dtype=np.float64),
+], ids=["plain", "int32", "empty", "fortran", "scalar", "structured", "large"])
+def test_read_npy_reads_a_small_plain_file_and_maps_the_rest(tmp_path: Path, array: np.ndarray) -> None:
+    """A small plain ``.npy`` is read, read-only, its data at a mapping's address modulo the page
+    size; anything else is :func:`map_npy`'s mapping (a large file, Fortran order, a scalar...)."""
+    path = tmp_path / "a.npy"
+    np.save(path, array)
+    expected = map_npy(path)
+    for _ in range(2):  # the second from the cached header
+        read = read_npy(path)
+        small = array.ndim > 0 and array.flags.c_contiguous and array.dtype.names is None \
+            and path.stat().st_size <= READ_NPY_BYTES
+        assert type(read) is (np.ndarray if small else type(expected))
+        assert read.dtype == expected.dtype and read.shape == expected.shape and read.flags.writeable is False
+        assert read.flags.f_contiguous == expected.flags.f_contiguous and np.array_equal(read, expected)
+        if small and array.size:  # (an empty array has no data to place)
+            assert read.ctypes.data % mmap.ALLOCATIONGRANULARITY == expected.ctypes.data % mmap.ALLOCATIONGRANULARITY
 
 
 def test_map_npy_maps_a_path_as_given_without_resolving_it(tmp_path: Path) -> None:
