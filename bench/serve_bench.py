@@ -82,7 +82,9 @@ p50/p99 and, per process, the CPU seconds per answered request (``/proc/<pid>/st
 before and after: ``serve``, which holds the gateway, the controller and the embedded cluster; each
 executor, found below ``serve`` whatever session the agent started it in; this load generator),
 with each member's calls per request, rows per call and hedges (``/metrics``).  CPU per request is
-the figure to compare on a shared machine, where walls are noisy.
+the figure to compare on a shared machine, where walls are noisy.  An executor started during the
+measurement (a scale-up) is counted from its start and marked.  ``--fixed-replicas N`` pins each
+member at N replicas (at most its max), so that two versions are compared on one deployment.
 
 ``--quick`` (about a minute and a half of load on a quiet 2-core machine, plus training and
 start-up) shortens every phase for checking the script; its figures are not the benchmark's.
@@ -133,10 +135,14 @@ MAX_PER_CORE = {"forest": 1.0, "boosting": 1.0, "logistic": 0.5}
 MIN_REPLICAS = 1
 
 
-def replica_bounds(cores: int) -> dict[str, tuple[float, int, int]]:
-    """Per member: (cpus, min_replicas, max_replicas) for a machine of ``cores`` cores."""
-    return {name: (cpus, MIN_REPLICAS, max(MIN_REPLICAS, int(MAX_PER_CORE[name] * cores)))
-            for name, cpus in REPLICA_CPUS.items()}
+def replica_bounds(cores: int, fixed: int | None = None) -> dict[str, tuple[float, int, int]]:
+    """Per member: (cpus, min_replicas, max_replicas) for a machine of ``cores`` cores; ``fixed``:
+    min and max both ``fixed`` (at most the member's max), a deployment that does not scale."""
+    bounds = {name: (cpus, MIN_REPLICAS, max(MIN_REPLICAS, int(MAX_PER_CORE[name] * cores)))
+              for name, cpus in REPLICA_CPUS.items()}
+    if fixed is None:
+        return bounds
+    return {name: (cpus, min(fixed, high), min(fixed, high)) for name, (cpus, _low, high) in bounds.items()}
 AGENT_PRICES = (1.0, 2.0)
 
 
@@ -167,7 +173,7 @@ def free_port() -> int:
 
 
 def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str, cores: int, agents: int,
-              target_p99_ms: float, scale_down_delay_s: float, standby: int = 0) -> Path:
+              target_p99_ms: float, scale_down_delay_s: float, standby: int = 0, fixed: int | None = None) -> Path:
     """The job file as a user writes it, with its ``[serve]`` table; agents share ``cores`` cpus."""
     lines = ["[job]", 'name = "serve-bench"', f'integration = "{INTEGRATION}"', 'output = "out.csv"', "",
              "[data]", f'path = "{data.name}"', 'label = "target"', ""]
@@ -179,7 +185,7 @@ def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str,
     lines += ["[serve]", f'address = "{address}"', f"target_p99_ms = {target_p99_ms:g}", "max_batch_rows = 256",
               "max_wait_ms = 2", "hedge = true", "scale_interval_s = 1", f"scale_down_delay_s = {scale_down_delay_s:g}",
               ""]
-    for name, (_, low, high) in replica_bounds(cores).items():
+    for name, (_, low, high) in replica_bounds(cores, fixed).items():
         lines += [f"[serve.models.{name}]", f"min_replicas = {low}", f"max_replicas = {high}",
                   f"standby_replicas = {standby}", ""]
     hostnames = [f"serve-{chr(ord('a') + i)}" for i in range(agents)]
@@ -907,7 +913,8 @@ async def profile_rate(session: Any, url: str, bodies: Sequence[bytes], rate: fl
     samples_before = await counter_samples(session, url)
     load_before = os.getloadavg()[0]
     result = await trial(session, url + "/v1/predict", bodies, rate, seconds, 0.0, s.timeout, int(rate * 100) + 3)
-    after = {pid: process_cpu_seconds(pid) for pid in processes}
+    later = descendants(serve_pid)  # with any executor started meanwhile (counted from its start)
+    after = {pid: process_cpu_seconds(pid) for pid in later}
     mine_after = process_cpu_seconds(os.getpid())
     samples_after = await counter_samples(session, url)
     answered = max(1, len(result.samples) - result.errors)
@@ -916,12 +923,13 @@ async def profile_rate(session: Any, url: str, bodies: Sequence[bytes], rate: fl
           f"{load_before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
     total = 0.0
     rows: list[tuple[str, float]] = []
-    for pid, command in sorted(processes.items()):
-        start, end = before.get(pid), after.get(pid)
-        if start is None or end is None:
+    for pid, command in sorted(later.items()):
+        start, end = before.get(pid, 0.0 if pid not in processes else None), after.get(pid)
+        if start is None or end is None or end - start <= 0:
             continue
         total += end - start
-        rows.append((process_label(pid, command, serve_pid), end - start))
+        rows.append((process_label(pid, command, serve_pid) + ("" if pid in processes else " (started meanwhile)"),
+                     end - start))
     if mine_before is not None and mine_after is not None:
         rows.append(("load generator (this script)", mine_after - mine_before))
     for label, used in rows:
@@ -936,10 +944,11 @@ async def profile_rate(session: Any, url: str, bodies: Sequence[bytes], rate: fl
         cancelled = delta(f"mesos_ensemble_replica_calls_total{{member={member},outcome=cancelled}}")
         hedges = delta(f"mesos_ensemble_hedges_total{{member={member}}}")
         rows_sent = delta(f"mesos_ensemble_batch_rows_sum{{member={member}}}")
-        ready = select(samples_after, f"mesos_ensemble_replicas{{member={member},state=ready}}")
+        ready = [fmt(select(samples, f"mesos_ensemble_replicas{{member={member},state=ready}}"), "g")
+                 for samples in (samples_before, samples_after)]
         print(f"  {member:<9} calls/request {calls / answered:.2f}  rows/call {rows_sent / max(1.0, calls):.1f}  "
               f"hedges {hedges:g} ({hedges / max(1.0, calls) * 100:.1f} % of calls)  cancelled {cancelled:g}  "
-              f"ready replicas {fmt(ready, 'g')}")
+              f"ready replicas {' -> '.join(ready) if ready[0] != ready[1] else ready[0]}")
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -1055,14 +1064,14 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
         if args.profile_rate:
             for rate in args.profile_rate:
                 if not args.no_settle and s.settle_max > 0:
-                    most = sum(high for _cpus, _low, high in replica_bounds(args.cores).values())
+                    most = sum(high for _cpus, _low, high in replica_bounds(args.cores, args.fixed_replicas).values())
                     await settle_at(session, urls["project"], bodies, rate, s, names, most)
                 assert serve_pid is not None
                 await profile_rate(session, urls["project"], bodies, rate, args.profile_seconds, serve_pid, s)
             return
         print(f"\n== sweep, after {s.prime_seconds:g} s of priming at {s.start_rate:g} rps per side "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        most = sum(high for _cpus, _low, high in replica_bounds(args.cores).values())
+        most = sum(high for _cpus, _low, high in replica_bounds(args.cores, args.fixed_replicas).values())
         results: dict[str, dict[float, Trial]] = {}
         if not args.step_only:
             results = await sweep(session, urls, bodies, s, None if args.no_settle else names, most)
@@ -1192,6 +1201,9 @@ def main() -> None:
                         help="instead of the phases: the project at this fixed rate (repeatable) for "
                              "--profile-seconds, after settling: p50/p99 and CPU ms per request of each process")
     parser.add_argument("--profile-seconds", type=float, default=25.0, help="seconds measured per --profile-rate")
+    parser.add_argument("--fixed-replicas", type=int, default=None, metavar="N",
+                        help="each member's min_replicas and max_replicas N (at most its usual max): a deployment "
+                             "that does not scale, for comparing CPU per request between two versions")
     args = parser.parse_args()
     if args.profile_rate:
         args.only = "project"
@@ -1235,7 +1247,7 @@ def main() -> None:
                    fmt=["%.17g"] * FEATURES + ["%d"])
         address = f"127.0.0.1:{free_port()}"
         job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, s.scale_down_delay,
-                        args.standby)
+                        args.standby, args.fixed_replicas)
 
         urls: dict[str, str] = {}
         if args.only in ("both", "project"):
