@@ -76,6 +76,16 @@ Phases (after priming each side at the starting rate, 10 s; 3 s with ``--quick``
    the backlog draining.  ``--step-only`` runs this phase alone (at ``--step-base``, 30.1 rps by
    default: the quiet full run's), ``--step-high`` and ``--fall-seconds`` set its lengths.
 
+``--profile-rate R`` (repeatable) replaces the phases: the project alone at R requests per second
+(open loop, after settling as the sweep does) for ``--profile-seconds`` (25 by default), printing
+p50/p99 and, per process, the CPU seconds per answered request (``/proc/<pid>/stat`` user + system
+before and after: ``serve``, which holds the gateway, the controller and the embedded cluster; each
+executor, found below ``serve`` whatever session the agent started it in; this load generator),
+with each member's calls per request, rows per call and hedges (``/metrics``).  CPU per request is
+the figure to compare on a shared machine, where walls are noisy.  An executor started during the
+measurement (a scale-up) is counted from its start and marked.  ``--fixed-replicas N`` pins each
+member at N replicas (at most its max), so that two versions are compared on one deployment.
+
 ``--quick`` (about a minute and a half of load on a quiet 2-core machine, plus training and
 start-up) shortens every phase for checking the script; its figures are not the benchmark's.
 The full run takes about 15 minutes.  ``--keep DIR`` keeps the job, the models (reused by the
@@ -125,10 +135,14 @@ MAX_PER_CORE = {"forest": 1.0, "boosting": 1.0, "logistic": 0.5}
 MIN_REPLICAS = 1
 
 
-def replica_bounds(cores: int) -> dict[str, tuple[float, int, int]]:
-    """Per member: (cpus, min_replicas, max_replicas) for a machine of ``cores`` cores."""
-    return {name: (cpus, MIN_REPLICAS, max(MIN_REPLICAS, int(MAX_PER_CORE[name] * cores)))
-            for name, cpus in REPLICA_CPUS.items()}
+def replica_bounds(cores: int, fixed: int | None = None) -> dict[str, tuple[float, int, int]]:
+    """Per member: (cpus, min_replicas, max_replicas) for a machine of ``cores`` cores; ``fixed``:
+    min and max both ``fixed`` (at most the member's max), a deployment that does not scale."""
+    bounds = {name: (cpus, MIN_REPLICAS, max(MIN_REPLICAS, int(MAX_PER_CORE[name] * cores)))
+              for name, cpus in REPLICA_CPUS.items()}
+    if fixed is None:
+        return bounds
+    return {name: (cpus, min(fixed, high), min(fixed, high)) for name, (cpus, _low, high) in bounds.items()}
 AGENT_PRICES = (1.0, 2.0)
 
 
@@ -159,7 +173,7 @@ def free_port() -> int:
 
 
 def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str, cores: int, agents: int,
-              target_p99_ms: float, scale_down_delay_s: float, standby: int = 0) -> Path:
+              target_p99_ms: float, scale_down_delay_s: float, standby: int = 0, fixed: int | None = None) -> Path:
     """The job file as a user writes it, with its ``[serve]`` table; agents share ``cores`` cpus."""
     lines = ["[job]", 'name = "serve-bench"', f'integration = "{INTEGRATION}"', 'output = "out.csv"', "",
              "[data]", f'path = "{data.name}"', 'label = "target"', ""]
@@ -171,7 +185,7 @@ def write_job(directory: Path, paths: dict[str, Path], data: Path, address: str,
     lines += ["[serve]", f'address = "{address}"', f"target_p99_ms = {target_p99_ms:g}", "max_batch_rows = 256",
               "max_wait_ms = 2", "hedge = true", "scale_interval_s = 1", f"scale_down_delay_s = {scale_down_delay_s:g}",
               ""]
-    for name, (_, low, high) in replica_bounds(cores).items():
+    for name, (_, low, high) in replica_bounds(cores, fixed).items():
         lines += [f"[serve.models.{name}]", f"min_replicas = {low}", f"max_replicas = {high}",
                   f"standby_replicas = {standby}", ""]
     hostnames = [f"serve-{chr(ord('a') + i)}" for i in range(agents)]
@@ -837,6 +851,106 @@ def print_table(results: dict[str, dict[float, Trial]], target_ms: float) -> Non
     print(f"(ms; got = answers per second; * = misses the SLO: p99 > {target_ms:g} ms or errors > 0.1 %)")
 
 
+# ---------------------------------------------------------------------------------------------
+# Profiling: CPU seconds per request per process at a fixed rate
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) process ``pid`` has used so far; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Process ``root`` and every process below it (``serve``, the embedded cluster's processes,
+    our executors, whatever session they put themselves in), each named by its command line."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        commands[int(entry.name)] = " ".join(a for a in argv if a)[:120]
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found.update(children)
+        frontier.extend(children)
+    return {pid: commands.get(pid, "?") for pid in sorted(found) if pid in commands}
+
+
+def process_label(pid: int, command: str, serve_pid: int) -> str:
+    if pid == serve_pid:
+        return "serve (framework: gateway, controller, embedded master)"
+    if "executor" in command:
+        return f"executor {pid}"
+    return f"{Path(command.split(' ', 1)[0]).name} {pid}: {command[:60]}"
+
+
+async def counter_samples(session: Any, url: str) -> list[tuple[str, dict[str, str], float]]:
+    async with session.get(url + "/metrics") as answer:
+        return parse_samples(await answer.text())
+
+
+async def profile_rate(session: Any, url: str, bodies: Sequence[bytes], rate: float, seconds: float,
+                       serve_pid: int, s: Settings) -> None:
+    """``rate`` requests per second for ``seconds`` (open loop, after the settling the sweep does):
+    p50/p99, and the CPU seconds per answered request of each process (``serve``, each executor,
+    this load generator), with the gateway's calls, hedges and batch rows per request (``/metrics``)."""
+    await trial(session, url + "/v1/predict", bodies, rate, 3.0, 0.0, s.timeout, 77)  # this rate's steady state
+    processes = descendants(serve_pid)
+    before = {pid: process_cpu_seconds(pid) for pid in processes}
+    mine_before = process_cpu_seconds(os.getpid())
+    samples_before = await counter_samples(session, url)
+    load_before = os.getloadavg()[0]
+    result = await trial(session, url + "/v1/predict", bodies, rate, seconds, 0.0, s.timeout, int(rate * 100) + 3)
+    later = descendants(serve_pid)  # with any executor started meanwhile (counted from its start)
+    after = {pid: process_cpu_seconds(pid) for pid in later}
+    mine_after = process_cpu_seconds(os.getpid())
+    samples_after = await counter_samples(session, url)
+    answered = max(1, len(result.samples) - result.errors)
+    print(f"\n== profile: {rate:g} rps for {seconds:g} s: p50 {result.percentile_ms(50):.1f} ms  p99 "
+          f"{result.percentile_ms(99):.1f} ms  answered {answered}  errors {result.errors}  (load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+    total = 0.0
+    rows: list[tuple[str, float]] = []
+    for pid, command in sorted(later.items()):
+        start, end = before.get(pid, 0.0 if pid not in processes else None), after.get(pid)
+        if start is None or end is None or end - start <= 0:
+            continue
+        total += end - start
+        rows.append((process_label(pid, command, serve_pid) + ("" if pid in processes else " (started meanwhile)"),
+                     end - start))
+    if mine_before is not None and mine_after is not None:
+        rows.append(("load generator (this script)", mine_after - mine_before))
+    for label, used in rows:
+        print(f"  {used / answered * 1000:7.2f} CPU ms/request  {used / seconds * 100:5.1f} % of a core  {label}")
+    print(f"  {total / answered * 1000:7.2f} CPU ms/request in serve's processes in all")
+
+    def delta(selector: str) -> float:
+        return (select(samples_after, selector) or 0.0) - (select(samples_before, selector) or 0.0)
+    for member in sorted({labels["member"] for name, labels, _ in samples_after
+                          if name == "mesos_ensemble_replica_calls_total" and "member" in labels}):
+        calls = delta(f"mesos_ensemble_replica_calls_total{{member={member}}}")
+        cancelled = delta(f"mesos_ensemble_replica_calls_total{{member={member},outcome=cancelled}}")
+        hedges = delta(f"mesos_ensemble_hedges_total{{member={member}}}")
+        rows_sent = delta(f"mesos_ensemble_batch_rows_sum{{member={member}}}")
+        ready = [fmt(select(samples, f"mesos_ensemble_replicas{{member={member},state=ready}}"), "g")
+                 for samples in (samples_before, samples_after)]
+        print(f"  {member:<9} calls/request {calls / answered:.2f}  rows/call {rows_sent / max(1.0, calls):.1f}  "
+              f"hedges {hedges:g} ({hedges / max(1.0, calls) * 100:.1f} % of calls)  cancelled {cancelled:g}  "
+              f"ready replicas {' -> '.join(ready) if ready[0] != ready[1] else ready[0]}")
+
+
 def settings(args: argparse.Namespace) -> Settings:
     if args.quick:
         return Settings(args.target_p99_ms, seconds=3.0, warmup=1.0, factor=2.0, start_rate=args.start_rate or 5,
@@ -939,7 +1053,7 @@ def _count_rose(text: str) -> bool:
 
 
 async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequence[bytes], s: Settings,
-                  state_dir: Path | None = None) -> None:
+                  state_dir: Path | None = None, serve_pid: int | None = None) -> None:
     import aiohttp
 
     names = MetricNames(args.cost_metric, args.bound_metric, args.replicas_metric)
@@ -947,9 +1061,17 @@ async def measure(args: argparse.Namespace, urls: dict[str, str], bodies: Sequen
     async with aiohttp.ClientSession(connector=connector) as session:
         for url in urls.values():  # first calls (page faults, pools, first batches) are not the steady state
             await trial(session, url + "/v1/predict", bodies, s.start_rate, s.prime_seconds, 0.0, s.timeout, 1)
+        if args.profile_rate:
+            for rate in args.profile_rate:
+                if not args.no_settle and s.settle_max > 0:
+                    most = sum(high for _cpus, _low, high in replica_bounds(args.cores, args.fixed_replicas).values())
+                    await settle_at(session, urls["project"], bodies, rate, s, names, most)
+                assert serve_pid is not None
+                await profile_rate(session, urls["project"], bodies, rate, args.profile_seconds, serve_pid, s)
+            return
         print(f"\n== sweep, after {s.prime_seconds:g} s of priming at {s.start_rate:g} rps per side "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
-        most = sum(high for _cpus, _low, high in replica_bounds(args.cores).values())
+        most = sum(high for _cpus, _low, high in replica_bounds(args.cores, args.fixed_replicas).values())
         results: dict[str, dict[float, Trial]] = {}
         if not args.step_only:
             results = await sweep(session, urls, bodies, s, None if args.no_settle else names, most)
@@ -1075,7 +1197,16 @@ def main() -> None:
     parser.add_argument("--replicas-metric", default=defaults.replicas,
                         help="/metrics samples (summed) of the ready replicas")
     parser.add_argument("--keep", type=Path, help="keep the job, models and serve's log in this directory")
+    parser.add_argument("--profile-rate", type=float, action="append", metavar="RPS",
+                        help="instead of the phases: the project at this fixed rate (repeatable) for "
+                             "--profile-seconds, after settling: p50/p99 and CPU ms per request of each process")
+    parser.add_argument("--profile-seconds", type=float, default=25.0, help="seconds measured per --profile-rate")
+    parser.add_argument("--fixed-replicas", type=int, default=None, metavar="N",
+                        help="each member's min_replicas and max_replicas N (at most its usual max): a deployment "
+                             "that does not scale, for comparing CPU per request between two versions")
     args = parser.parse_args()
+    if args.profile_rate:
+        args.only = "project"
     if args.step_only and args.step_base is None:
         args.step_base = 30.1  # the quiet full run's base (2026-12-02 08:23): 3/16 of its 160.5 rps
     s = settings(args)
@@ -1116,7 +1247,7 @@ def main() -> None:
                    fmt=["%.17g"] * FEATURES + ["%d"])
         address = f"127.0.0.1:{free_port()}"
         job = write_job(directory, paths, data, address, args.cores, args.agents, s.target_ms, s.scale_down_delay,
-                        args.standby)
+                        args.standby, args.fixed_replicas)
 
         urls: dict[str, str] = {}
         if args.only in ("both", "project"):
@@ -1131,7 +1262,8 @@ def main() -> None:
             print(f"baseline: {args.cores} aiohttp worker processes at {baseline.url}, connections "
                   f"{'kept alive' if args.baseline_keepalive else 'closed after each answer'}")
         print(f"answers agree: {check_answers_agree(urls, bodies[:20])}", flush=True)
-        asyncio.run(measure(args, urls, bodies, s, directory / "state" if "project" in urls else None))
+        asyncio.run(measure(args, urls, bodies, s, directory / "state" if "project" in urls else None,
+                            project.process.pid if "project" in urls and project.process is not None else None))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

@@ -8,7 +8,10 @@ given; randomness from an injected ``random.Random``):
   the one with the lower recent mean latency wins (a replica with no measurement yet counts as
   fastest, so a new replica is tried at once).
 * **Hedging**: a call still unanswered after the member's recent p95 call latency (at least
-  ``hedge_min_s``) is sent to a second replica too; the first answer wins, the other is cancelled.
+  ``hedge_min_s``) is sent to a second replica too, one with no call in flight (:meth:`Balancer.pick_hedge`:
+  a hedge queued behind another call at a busy replica could not answer sooner than the call it
+  races, and would only add a call where the member is loaded already); the first answer wins,
+  the other is cancelled.
   A cancelled call counts in its replica's window with the time it had taken (a lower bound), so
   a slow replica loses its ties afterwards. Hedges are *budgeted*: at most ``hedge_budget`` of a
   member's recent calls (at least one), so that a member slow everywhere (overloaded) is not sent
@@ -112,6 +115,15 @@ class Balancer:
             return tied[0]
         first, second = self.rng.sample(tied, 2)
         return second if self.stats(second).mean_latency() < self.stats(first).mean_latency() else first
+
+    def pick_hedge(self, candidates: Sequence[str], now: float, exclude: Collection[str] = ()) -> str | None:
+        """The replica a hedge goes to: as :meth:`pick`, among the ``candidates`` (not in ``exclude``)
+        with no call in flight and not suspect; None when there is none (every other replica is busy:
+        the hedge would wait behind its calls, and the cancelled loser's computation is work the
+        member's replicas do for nothing)."""
+        idle = [c for c in candidates if c not in exclude and self.stats(c).outstanding == 0
+                and self.stats(c).suspect_until <= now]
+        return self.pick(idle, now) if idle else None
 
     def hedge_delay(self, member: str) -> float | None:
         """Seconds after which a call of ``member`` still unanswered is hedged; None: never."""

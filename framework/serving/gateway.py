@@ -662,7 +662,7 @@ class Gateway:
 
     async def _call_member(self, member: str, batch: np.ndarray) -> np.ndarray:
         """One batch of ``member`` answered by one of its replicas: least outstanding first, a hedge
-        to a second one past the member's recent p95, a failed call sent to one not tried yet."""
+        to a second, idle one past the member's recent p95, a failed call sent to one not tried yet."""
         loop = asyncio.get_running_loop()
         body = npy_bytes(batch if batch.dtype.kind == "U" else np.ascontiguousarray(batch, dtype=np.float64))
         rows = int(batch.shape[0])
@@ -671,9 +671,10 @@ class Gateway:
         errors: list[str] = []
         self._forget_gone()
 
-        def launch() -> bool:
+        def launch(hedge: bool = False) -> bool:
             ready = {r.replica_id: r for r in self._ready(member)}
-            chosen = self.balancer.pick(list(ready), loop.time(), exclude=tried)
+            pick = self.balancer.pick_hedge if hedge else self.balancer.pick
+            chosen = pick(list(ready), loop.time(), exclude=tried)
             if chosen is None:
                 return False
             tried.add(chosen)
@@ -690,9 +691,9 @@ class Gateway:
             while running:
                 timeout = None if hedge_at is None else max(0.0, hedge_at - loop.time())
                 done, _pending = await asyncio.wait(running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # past the hedge delay: one more replica races it (once, within the budget)
+                if not done:  # past the hedge delay: an idle replica races it (once, within the budget)
                     hedge_at = None
-                    if self.balancer.may_hedge(member) and launch():
+                    if self.balancer.may_hedge(member) and launch(hedge=True):
                         hedged = True
                         self.balancer.hedged(member)
                         self.metrics.hedge(member)

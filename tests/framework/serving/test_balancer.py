@@ -62,6 +62,20 @@ def test_a_failed_replica_is_suspect_for_a_while_unless_nothing_else_is_left():
     assert b.stats("a").consecutive_failures == 0 and b.stats("a").suspect_until == 0.0
 
 
+def test_a_hedge_goes_only_to_an_idle_replica():
+    b = Balancer(suspect_s=5.0, rng=random.Random(4))
+    b.started("a")  # the call being hedged
+    b.started("b")  # busy with another call: a hedge there would queue behind it
+    assert b.pick_hedge(["a", "b"], now=0.0, exclude={"a"}) is None
+    assert b.pick(["a", "b"], now=0.0, exclude={"a"}) == "b"  # (what a failover takes: any replica left)
+    assert b.pick_hedge(["a", "b", "c"], now=0.0, exclude={"a"}) == "c"
+    b.failed("c", now=0.0)
+    assert b.pick_hedge(["a", "b", "c"], now=1.0, exclude={"a"}) is None  # suspect: not raced either
+    b.succeeded("m", "b", 0.01)
+    assert b.pick_hedge(["a", "b", "c"], now=1.0, exclude={"a"}) == "b"
+    assert b.pick_hedge([], now=0.0) is None
+
+
 def test_hedge_delay_is_the_member_s_recent_p95_with_a_floor():
     b = Balancer(hedge_min_s=0.02)
     assert b.hedge_delay("m") == pytest.approx(0.02 * COLD_HEDGE_FACTOR)  # too few calls to trust a p95

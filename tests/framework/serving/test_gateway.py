@@ -162,6 +162,32 @@ def test_a_slow_replica_is_hedged_to_another(deploy, cancer, fitted):
     assert samples[("mesos_ensemble_replica_calls_total", (("member", "tree"), ("outcome", "cancelled")))] == 1
 
 
+def test_a_hedge_goes_only_to_an_idle_replica(deploy, cancer, fitted):
+    members = [(spec_for("tree", fitted["tree"], "predict_proba"), fitted["tree"], 2)]
+    d = deploy(members, "soft_vote", cancer.columns, hedge_min_ms=50, batches_per_replica=1)
+    first, second = d.replica("tree", 0), d.replica("tree", 1)
+    first.slow()
+    second.slow()
+    answers: list[Any] = []
+
+    def client(i: int) -> None:
+        answers.append(post_json(f"{d.url}/v1/predict", {"rows": rows_of(cancer.X[i:i + 1], cancer.columns)}))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: first.calls == 1 and second.calls == 1)  # one batch at each, well within the hedge delay
+    assert d.gateway.balancer.hedge_delay("tree") == pytest.approx(0.5)  # 10 x 50 ms while unmeasured
+    time.sleep(0.8)  # past both calls' hedge delay: no replica was idle to race them, so neither was hedged
+    assert metric_samples(d.url)[("mesos_ensemble_hedges_total", (("member", "tree"),))] == 0
+    assert first.calls == 1 and second.calls == 1
+    first.release()
+    second.release()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in answers] == [200, 200] and first.answered == second.answered == 1
+
+
 def test_hedging_can_be_turned_off(deploy, cancer, fitted):
     members = [(spec_for("tree", fitted["tree"], "predict_proba"), fitted["tree"], 2)]
     d = deploy(members, "soft_vote", cancer.columns, hedge=False, hedge_min_ms=1)
