@@ -322,6 +322,18 @@ def test_a_held_replica_that_ends_is_replaced_with_its_own_model_file_and_a_roll
         deployment.close()
 
 
+def kept_catalog(demo: JobSpec, server: ArtifactServer, tmp_path: Path) -> tuple[JobSpec, ServeCatalog]:
+    """The demo job on copies of its model files (under ``tmp_path/files``, free to rewrite) and
+    a catalog that keeps its copies under ``tmp_path/kept``, published."""
+    models = tmp_path / "files"
+    shutil.copytree(demo.model("linear").path.parent, models)
+    spec = dataclasses.replace(demo, models=tuple(dataclasses.replace(m, path=models / m.path.name)
+                                                  for m in demo.models))
+    catalog = ServeCatalog(spec, server, "python3", "unused", "127.0.0.1", tmp_path / "kept")
+    catalog.publish_models(spec)
+    return spec, catalog
+
+
 def test_replicas_start_from_a_copy_of_each_model_file_kept_under_its_sha256(demo: JobSpec, server: ArtifactServer,
                                                                              tmp_path: Path) -> None:
     """A model file rewritten in place (for a reload) leaves the URL of the file it replaced
@@ -331,12 +343,7 @@ def test_replicas_start_from_a_copy_of_each_model_file_kept_under_its_sha256(dem
 
     from framework.errors import JobSpecError
 
-    models = tmp_path / "files"
-    shutil.copytree(demo.model("linear").path.parent, models)
-    spec = dataclasses.replace(demo, models=tuple(dataclasses.replace(m, path=models / m.path.name)
-                                                  for m in demo.models))
-    catalog = ServeCatalog(spec, server, "python3", "unused", "127.0.0.1", tmp_path / "kept")
-    catalog.publish_models(spec)
+    spec, catalog = kept_catalog(demo, server, tmp_path)
     linear = spec.model("linear")
     before = linear.path.read_bytes()
     linear.path.write_bytes(before + b"changed in place")
@@ -358,15 +365,10 @@ def test_a_kept_copy_goes_once_nothing_runs_or_names_it(demo: JobSpec, server: A
     import urllib.error
     import urllib.request
 
-    models = tmp_path / "files"
-    shutil.copytree(demo.model("linear").path.parent, models)
-    spec = dataclasses.replace(demo, models=tuple(dataclasses.replace(m, path=models / m.path.name)
-                                                  for m in demo.models))
-    catalog = ServeCatalog(spec, server, "python3", "unused", "127.0.0.1", tmp_path / "kept")
-    catalog.publish_models(spec)
+    spec, catalog = kept_catalog(demo, server, tmp_path)
     old = spec.model("linear")
     old_url = catalog.model_urls["linear"]
-    new_file = models / "linear-v2.joblib"
+    new_file = tmp_path / "files" / "linear-v2.joblib"
     new_file.write_bytes(old.path.read_bytes() + b"v2")
     new = dataclasses.replace(old, path=new_file, sha256=hashlib.sha256(new_file.read_bytes()).hexdigest())
     reloaded = dataclasses.replace(spec, models=tuple(new if m.name == "linear" else m for m in spec.models))
