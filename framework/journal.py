@@ -351,6 +351,9 @@ WHERE key = :key AND state NOT IN ({_sql_list(_SETTLED)})
 """
 
 
+_ResultRow = tuple[str, str, str | None, bytes | None, str, int]
+"""A result row to insert: item key, task id, its file (relative to the state directory) or None,
+its ``.npy`` bytes when kept in the database, sha256, size in bytes."""
 _KEYS_PER_QUERY = 500
 """Item keys looked up in one ``IN (...)`` query (SQLite before 3.32 took at most 999 parameters)."""
 
@@ -542,11 +545,10 @@ class Journal:
 
     def _ensure_item(self, key: str, now: float) -> None:
         """An item never given to :meth:`add_items` is kept with an unknown model and shard."""
-        self._db.execute("INSERT OR IGNORE INTO items(key, model, shard, operation, state, updated_at) "
-                         "VALUES (?, '', -1, 'predict', ?, ?)", (key, ItemState.PENDING.value, now))
+        self._ensure_items([key], now)
 
     def _ensure_items(self, keys: list[str], now: float) -> None:
-        """:meth:`_ensure_item` for several keys."""
+        """:meth:`_ensure_item` for several keys (each statement once, executemany)."""
         self._db.executemany("INSERT OR IGNORE INTO items(key, model, shard, operation, state, updated_at) "
                              "VALUES (?, '', -1, 'predict', ?, ?)",
                              [(key, ItemState.PENDING.value, now) for key in keys])
@@ -743,16 +745,16 @@ class Journal:
             try:
                 with self._transaction():
                     existing = self._result_rows_locked([item_key for item_key, _task_id, _npy, _digest in inline])
-                    inserted: list[tuple[str, str, bytes, str]] = []
+                    inserted: list[_ResultRow] = []
                     for item_key, task_id, npy, digest in inline:
                         if item_key in existing:  # the first attempt to finish wins
                             records.append(existing[item_key])
                             continue
                         record = existing[item_key] = ResultRecord(item_key, task_id, None, digest, len(npy), now)
                         records.append(record)
-                        inserted.append((item_key, task_id, npy, digest))
+                        inserted.append((item_key, task_id, None, npy, digest, len(npy)))
                     self._insert_results(inserted, now)
-                for item_key, task_id, _npy, _digest in inserted:
+                for item_key, task_id, *_rest in inserted:
                     self._finished_attempt(item_key, task_id)
             finally:
                 if power:
@@ -762,28 +764,18 @@ class Journal:
     def _insert_result(self, item_key: str, task_id: str, relative: str | None, data: bytes | None, digest: str,
                        nbytes: int, now: float) -> None:
         """In a transaction, the lock held: the result's row, its item FINISHED, its attempt TASK_FINISHED."""
-        self._ensure_item(item_key, now)
-        self._db.execute("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (item_key, task_id, relative, data, digest, nbytes, now))
-        self._db.execute("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
-                         (ItemState.FINISHED.value, now, item_key))
-        self._db.execute("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
-                         "WHERE task_id = ? AND item_key = ?", (now, task_id, item_key))
+        self._insert_results([(item_key, task_id, relative, data, digest, nbytes)], now)
 
-    def _insert_results(self, results: list[tuple[str, str, bytes, str]], now: float) -> None:
-        """:meth:`_insert_result` for several results kept in the database (item key, task id,
-        ``.npy`` bytes, sha256), each statement once for all of them (executemany)."""
-        self._ensure_items([item_key for item_key, _task_id, _npy, _digest in results], now)
+    def _insert_results(self, results: list[_ResultRow], now: float) -> None:
+        """:meth:`_insert_result` for several results, each statement once for all of them (executemany)."""
+        self._ensure_items([item_key for item_key, *_rest in results], now)
         self._db.executemany("INSERT INTO results(item_key, task_id, path, data, sha256, nbytes, recorded_at) "
-                             "VALUES (?, ?, NULL, ?, ?, ?, ?)",
-                             [(item_key, task_id, npy, digest, len(npy), now)
-                              for item_key, task_id, npy, digest in results])
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", [(*row, now) for row in results])
         self._db.executemany("UPDATE items SET state = ?, detail = '', updated_at = ? WHERE key = ?",
-                             [(ItemState.FINISHED.value, now, item_key)
-                              for item_key, _task_id, _npy, _digest in results])
+                             [(ItemState.FINISHED.value, now, item_key) for item_key, *_rest in results])
         self._db.executemany("UPDATE attempts SET state = 'TASK_FINISHED', updated_at = ? "
                              "WHERE task_id = ? AND item_key = ?",
-                             [(now, task_id, item_key) for item_key, task_id, _npy, _digest in results])
+                             [(now, task_id, item_key) for item_key, task_id, *_rest in results])
 
     def _finished_attempt(self, item_key: str, task_id: str) -> None:
         """After the commit: the attempt that delivered ``item_key``'s result is TASK_FINISHED."""
@@ -831,9 +823,7 @@ class Journal:
             return self._result_row_locked(item_key)
 
     def _result_row_locked(self, item_key: str) -> ResultRecord | None:
-        row = self._db.execute("SELECT item_key, task_id, path, sha256, nbytes, recorded_at FROM results "
-                               "WHERE item_key = ?", (item_key,)).fetchone()
-        return None if row is None else self._result_record(row)
+        return self._result_rows_locked([item_key]).get(item_key)
 
     def _result_rows_locked(self, item_keys: list[str]) -> dict[str, ResultRecord]:
         """:meth:`_result_row_locked` for several items: those that have a result, by key."""
