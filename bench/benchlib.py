@@ -1,11 +1,12 @@
-"""What the batch benchmarks share: the members' joblib files, their ``[[models]]`` entries in a
-job file, and the reference computation (one shard's ``predict_proba``, the soft vote) that
-joblib's workers and the in-process runs use.  ``bench/`` is not a package: each script puts
-this directory on ``sys.path`` and imports ``benchlib``."""
+"""What the benchmarks share: the members' joblib files, their ``[[models]]`` entries in a job
+file, the reference computation (one shard's ``predict_proba``, the soft vote) that joblib's
+workers and the in-process runs use, and a process's CPU seconds from ``/proc``.  ``bench/`` is
+not a package: each script puts this directory on ``sys.path`` and imports ``benchlib``."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,14 @@ def predict_shard(model: Any, shard: np.ndarray) -> np.ndarray:
 def soft_vote(outputs: list[np.ndarray]) -> np.ndarray:
     """The ensemble's labels (as class indices) from the members' probabilities."""
     return np.average(np.stack(outputs), axis=0).argmax(axis=1)
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system, every thread) process ``pid`` has used so far (Linux ``/proc``);
+    None once it is gone (or for no pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError):
+        return None

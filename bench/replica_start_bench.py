@@ -56,6 +56,7 @@ import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 
 import serve_bench  # noqa: E402
+from benchlib import process_cpu  # noqa: E402
 import framework.catalog  # noqa: E402
 from executor.startup import COLLECT_DURING_START  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
@@ -146,16 +147,6 @@ def scale(runner: ServeRunner, member: str, count: int) -> None:
             controller._wanted_at[member] = controller.clock()
         controller.desired[member] = count
     controller.poke()
-
-
-def process_cpu(pid: int | None) -> float | None:
-    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``), or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            fields = stat_file.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, TypeError):
-        return None
 
 
 def wait(condition: Any, timeout: float, what: str) -> None:

@@ -121,7 +121,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import process_cpu  # noqa: E402
 from framework import ensemble  # noqa: E402
 
 INTEGRATION = "soft_vote"
@@ -855,16 +857,6 @@ def print_table(results: dict[str, dict[float, Trial]], target_ms: float) -> Non
 # Profiling: CPU seconds per request per process at a fixed rate
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds (user + system, every thread) process ``pid`` has used so far; None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat_file:
-            fields = stat_file.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def descendants(root: int) -> dict[int, str]:
     """Process ``root`` and every process below it (``serve``, the embedded cluster's processes,
     our executors, whatever session they put themselves in), each named by its command line."""
@@ -908,14 +900,14 @@ async def profile_rate(session: Any, url: str, bodies: Sequence[bytes], rate: fl
     this load generator), with the gateway's calls, hedges and batch rows per request (``/metrics``)."""
     await trial(session, url + "/v1/predict", bodies, rate, 3.0, 0.0, s.timeout, 77)  # this rate's steady state
     processes = descendants(serve_pid)
-    before = {pid: process_cpu_seconds(pid) for pid in processes}
-    mine_before = process_cpu_seconds(os.getpid())
+    before = {pid: process_cpu(pid) for pid in processes}
+    mine_before = process_cpu(os.getpid())
     samples_before = await counter_samples(session, url)
     load_before = os.getloadavg()[0]
     result = await trial(session, url + "/v1/predict", bodies, rate, seconds, 0.0, s.timeout, int(rate * 100) + 3)
     later = descendants(serve_pid)  # with any executor started meanwhile (counted from its start)
-    after = {pid: process_cpu_seconds(pid) for pid in later}
-    mine_after = process_cpu_seconds(os.getpid())
+    after = {pid: process_cpu(pid) for pid in later}
+    mine_after = process_cpu(os.getpid())
     samples_after = await counter_samples(session, url)
     answered = max(1, len(result.samples) - result.errors)
     print(f"\n== profile: {rate:g} rps for {seconds:g} s: p50 {result.percentile_ms(50):.1f} ms  p99 "
