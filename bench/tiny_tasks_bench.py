@@ -424,8 +424,9 @@ class Timeline:
         # Each item's compute is taken off the process that ran it: the workers for a model the
         # executor put in worker processes, else the executor's threads.
         in_workers = sum(cpu for model, cpu in self.compute_cpu.items() if model in self.worker_models)
-        self.cpu_by_role = {"scheduler process": self.cpu, "executor": in_workers - sum(self.compute_cpu.values()),
-                            "executor less its probes": in_workers - sum(self.compute_cpu.values()) - self.probe_cpu,
+        on_threads = sum(self.compute_cpu.values()) - in_workers
+        self.cpu_by_role = {"scheduler process": self.cpu, "executor": -on_threads,
+                            "executor less its probes": -on_threads - self.probe_cpu,
                             "prediction workers": -in_workers}
         print(f"  CPU seconds: scheduler process (framework, embedded cluster, artifact server) {self.cpu:.2f} "
               f"(the bench's own /proc sampler, {self.sampler_cpu:.2f}, not counted)")
