@@ -33,19 +33,24 @@ per member and keeps the returned :class:`AutoscaleState` for the next call.
   time at the rate now (below ``UP_UTILISATION``: no flapping between the two), judged by the
   replica time a request costs now or, when lower, what it cost when that many replicas last
   carried the load (``cost_at``: a request costs more on more replicas, where fewer requests share
-  a call and more replicas share the cores, so what more measure over-states what fewer need); a
-  count not measured lately is tried at ``UNMEASURED_DOWN_UTILISATION``.  For a window after the
-  replicas left, the busy measure still holds their costlier calls: at the same load it asks for
-  no replica back.  A step down that
-  the p99 refuses (slow within a delay of it, at about the same rate: ``SAME_LOAD``) is undone at
-  once by the pressure (or by the busy measure of the fewer replicas past ``UP_UTILISATION``), and
-  later steps down expect at most ``PROBE`` of the utilisation it expected, for
-  ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity
-  (at most ``PROBE`` of the lowest rate per replica that pressed it, taken only from a window
-  that many ready replicas served, at the rate now) carries the rate on fewer; or, a careful
-  probe once the last scale-up is a delay old, the member stays comfortably under its target
-  (p99 at most ``COMFORT`` of it) and one replica fewer would each carry less than ``PROBE`` of
-  that pressing rate.  The pressing rate is forgotten after ``PRESSED_MEMORY_DELAYS`` delays.
+  a call and more replicas share the cores, so what more measure over-states what fewer need), or
+  what they were busy carrying the highest rate they carried (``carried``: busy time does not fall
+  as the load rises, so a rate at most that one keeps them at most that busy, and a request costs
+  no more at a higher rate; the smoothed cost of a ramp holds its costlier low rates); a count not
+  measured lately is tried at ``UNMEASURED_DOWN_UTILISATION``.  A load rising past ``SAME_LOAD``
+  times the window's rate (the recent or last-second rate, less their noise) starts the scale-down
+  delay again: the samples before it do not describe the load coming (a load resuming after an
+  idle spell was judged on its ramp, and the step down refused).  For a window after the replicas
+  left, the busy measure still holds their costlier calls: at the same load it asks for no replica
+  back.  A step down that the p99 refuses (slow within a delay of it, at about the same rate:
+  ``SAME_LOAD``) is undone at once by the pressure (or by the busy measure of the fewer replicas
+  past ``UP_UTILISATION``), and later steps down expect at most ``PROBE`` of the utilisation it
+  expected, for ``PRESSED_MEMORY_DELAYS`` delays.  Without a busy measure: the known capacity (at
+  most ``PROBE`` of the lowest rate per replica that pressed it, taken only from a window that
+  many ready replicas served, at the rate now) carries the rate on fewer; or, a careful probe once
+  the last scale-up is a delay old, the member stays comfortably under its target (p99 at most
+  ``COMFORT`` of it) and one replica fewer would each carry less than ``PROBE`` of that pressing
+  rate.  The pressing rate is forgotten after ``PRESSED_MEMORY_DELAYS`` delays.
 * Always within the member's ``min_replicas..max_replicas``.
 
 No clock, threads or I/O: the time is the ``now`` argument.
@@ -203,6 +208,9 @@ class MemberScaleState:
     many met the target with a settled window, and when last seen.  A step down to a count judges
     it by what that count itself measured, not only by what more replicas measure now (a request
     costs more on more replicas); forgotten ``PRESSED_MEMORY_DELAYS`` delays after last seen."""
+    carried: Mapping[int, tuple[float, float, float]] = field(default_factory=dict)
+    """Per ready count: the highest rate that many carried while meeting the target with a settled
+    window, the replica time a request cost then, and when (forgotten as ``cost_at`` is)."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +364,8 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         state = replace(state, refused_utilisation=math.inf, refused_at=None)
     if any(now - seen >= memory for _cost, seen in state.cost_at.values()):
         state = replace(state, cost_at={k: v for k, v in state.cost_at.items() if now - v[1] < memory})
+    if any(now - seen >= memory for _rate, _cost, seen in state.carried.values()):
+        state = replace(state, carried={k: v for k, v in state.carried.items() if now - v[2] < memory})
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
     most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
     # for a window after a step down's replicas left, the busy measure still holds their calls
@@ -403,8 +413,9 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
                 (state.rose_at is None or now - state.rose_at >= window_s):
             state = _remember_cost(state, load, ready, now)
     state = replace(state, last_queue=load.queue_depth)
-    need = _fewer(spec, load, current, ready, state, now)
-    if need >= current:  # all are needed (or some are still starting): the window starts again
+    rising = demand(load, 1.0) is not None and _rate_now(load) > SAME_LOAD * load.rate_rps
+    need = current if rising else _fewer(spec, load, current, ready, state, now)
+    if need >= current:  # all are needed, some are still starting, or the load rises: the window starts again
         return current, replace(state, low_since=None, low_need=0)
     if state.low_since is None:
         return current, replace(state, low_since=now, low_need=need)
@@ -443,11 +454,15 @@ def _refuse_last_down(spec: ServeSpec, load: LoadSample, state: MemberScaleState
 
 def _remember_cost(state: MemberScaleState, load: LoadSample, ready: int, now: float) -> MemberScaleState:
     """The state with this sample's replica time per request remembered for ``ready`` replicas
-    (``cost_at``, smoothed by ``COST_WEIGHT``); unchanged without a busy measure or a rate."""
+    (``cost_at``, smoothed by ``COST_WEIGHT``; ``carried``, when its rate is the highest that many
+    carried); unchanged without a busy measure or a rate."""
     busy = getattr(load, "busy", None)
     if busy is None or load.rate_rps <= 0 or ready <= 0:
         return state
     cost = busy / load.rate_rps
+    top = state.carried.get(ready)
+    if top is None or load.rate_rps >= top[0]:
+        state = replace(state, carried={**state.carried, ready: (load.rate_rps, cost, now)})
     known = state.cost_at.get(ready)
     if known is not None:
         cost = (1.0 - COST_WEIGHT) * known[0] + COST_WEIGHT * cost
@@ -457,13 +472,18 @@ def _remember_cost(state: MemberScaleState, load: LoadSample, ready: int, now: f
 def utilisation_at(load: LoadSample, state: MemberScaleState, count: int, rate_rps: float) -> float | None:
     """How busy each of ``count`` replicas would be at ``rate_rps``: by the replica time a request
     costs now, or, when lower, what it cost when ``count`` replicas last carried the load
-    (``cost_at``: a request costs more on more replicas); None without a busy measure."""
+    (``cost_at``: a request costs more on more replicas), or what they were busy carrying the
+    highest rate they carried, scaled up to ``rate_rps`` when above it (``carried``: busy time
+    does not fall as the load rises); None without a busy measure."""
     needed = demand(load, rate_rps)
     if needed is None:
         return None
     remembered = state.cost_at.get(count)
     if remembered is not None:
         needed = min(needed, rate_rps * remembered[0])
+    top = state.carried.get(count)
+    if top is not None:
+        needed = min(needed, max(rate_rps, top[0]) * top[1])
     return needed / max(1, count)
 
 

@@ -360,10 +360,49 @@ def test_the_fall_returns_to_the_count_whose_cost_was_measured_though_more_repli
     after, instant, state = drive(sim, [30.0] * 100, count=counts[-1], state=state, start=60.0)
     assert after[-1] == 1 and not any(b > a for a, b in zip(after, after[1:])), changes_of(after)  # no flap
     assert all(p <= SPEC.target_p99_ms for p in instant[after.index(1):])
-    forgotten = dataclasses.replace(state.members["m"], cost_at={})
+    forgotten = dataclasses.replace(state.members["m"], cost_at={}, carried={})
     sim = CostlierOnMoreMember(0.8, capacity=66.7, service_ms=10.0, ready=2)
     stuck, _, _ = drive(sim, [30.0] * 100, count=2, state=AutoscaleState({"m": forgotten}), start=160.0)
     assert stuck[-1] == 2, changes_of(stuck)  # (what two measure alone keeps two)
+
+
+class CoalescingMember(CostlierOnMoreMember):
+    """The costlier-on-more member whose requests also cost less replica time at higher rates
+    (more of them share a call), as the bench's forest: 16.3 ms a request at 13/s, 14.0 ms at 40/s."""
+
+    def step(self, rate: float, dt: float, now: float) -> MemberLoad:
+        load = super().step(rate, dt, now)
+        cost = 0.011 + 0.15 / (rate + 10.0)
+        self.busy[-1] = min(float(self.ready), rate * cost * (1.0 + self.growth * (self.ready > 1)))
+        return dataclasses.replace(load, busy=sum(self.busy) / len(self.busy))
+
+
+def test_after_a_step_from_a_ramp_the_fall_returns_to_the_count_that_carried_the_base() -> None:
+    """The bench's step: a ramp to 40/s on one replica (56 % busy at its top), a 4x step at once,
+    then 40/s again.  One replica's smoothed cost holds the ramp's costlier low rates (one would
+    read 63 % busy: over DOWN_UTILISATION, and two forever); what it was busy at the highest
+    rate it carried brings the count back to one within 60 s of the fall, with the p99
+    met."""
+    sim = CoalescingMember(0.4, capacity=71.4, service_ms=10.0)
+    _, _, state = drive(sim, [2.0 * i for i in range(1, 21)])
+    counts, _, state = drive(sim, [160.0] * 20, state=state, start=20.0)
+    assert counts[-1] >= 2
+    after, instant, state = drive(sim, [40.0] * 100, count=counts[-1], state=state, start=40.0)
+    assert after[-1] == 1 and not any(b > a for a, b in zip(after, after[1:])), changes_of(after)
+    assert after.index(1) <= 60, changes_of(after)  # (issue 15: within 60 s of the fall)
+    assert all(p <= SPEC.target_p99_ms for p in instant[after.index(1):])
+
+
+def test_a_load_resuming_after_an_idle_spell_is_not_stepped_down_on_its_ramp() -> None:
+    """Two replicas carry 50/s (one would be 70 % busy), the load stops for 25 s, then comes back
+    at 50/s: the scale-down delay began on the idle samples and ends while the windowed rate still
+    climbs, but a load rising past the window's rate restarts it, so no step down is judged on the
+    ramp and then refused (which would cap every later step down for ten delays)."""
+    sim = BusyMember(capacity=71.4, service_ms=10.0, ready=2)
+    _, _, state = drive(sim, [50.0] * 40, count=2)
+    counts, _, state = drive(sim, [0.0] * 25 + [50.0] * 40, count=2, state=state, start=40.0)
+    assert min(counts[25:]) == 2, changes_of(counts)
+    assert state.members["m"].refused_utilisation == math.inf
 
 
 def test_no_flapping_under_a_noisy_load_with_a_busy_measure() -> None:
