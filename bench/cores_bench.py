@@ -266,8 +266,8 @@ class KeptAnswers:
     inspections by checksum, probe verdicts, kept task costs; ``MESOS_ENSEMBLE_CACHE_DIR``).
     ``cold``: a fresh directory per run, so that every run is a user's first run of these model
     files (the inspection's scikit-learn import and model loads before anything launches, the
-    executor's probes); ``warm``: one directory that an untimed run fills first (see
-    :meth:`warm_up`), so that every timed run is a re-run of the same files.  Both share the
+    executor's probes); ``warm``: one directory that the bench's first, untimed run of the
+    command fills, so that every timed run is a re-run of the same files.  Both share the
     executor package (built once: it is about the project's code, not the models)."""
 
     def __init__(self, root: Path, mode: str) -> None:
@@ -737,7 +737,7 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the joblib runs (to study the job's own timeline; the ratios print nan)")
     parser.add_argument("--as-commands", action="store_true",
-                        help="also time fresh processes as a user types them: `mesos-ensemble run bench.toml` "
+                        help="also time fresh processes as a user types them: `mesos-ensemble run job.toml` "
                              "against `python predict.py`, a plain joblib script (and its max_nbytes=None twin)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="--as-commands: rounds of the commands, the order reversed every other round")

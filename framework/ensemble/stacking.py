@@ -318,10 +318,10 @@ def fit_stacking_locally(estimators: Mapping[str, Any], X: Any, y: Any, kind: st
     X = np.asarray(X)
     plan = plan_folds(X, y, kind, cv)
     methods = tuple(resolve_stack_method(n, est, stack_method, kind) for n, est in estimators.items())
+    from executor import folds  # imports scikit-learn: only when a stacking is fitted here
+
     oof = []
     for est, method in zip(estimators.values(), methods):
-        from executor import folds  # imports scikit-learn: only when a stacking is fitted here
-
         results = [folds.cv_fit_predict(est, X, plan.y_fit, tr, te, method) for tr, te in plan.folds]
         fold_classes = ([np.asarray(fitted.classes_) for _, fitted in results]
                         if all(hasattr(fitted, "classes_") for _, fitted in results) else None)
