@@ -4,6 +4,7 @@ with ``joblib.Parallel`` over the same members and shards, and the physical limi
 summed single-thread compute divided by the cores).  Prints wall times and ratios.
 
     .venv/bin/python bench/cores_bench.py [--suite mixed|gil|text|both|all] [--rows N] [--shard-rows N] [--timeline]
+        [--cache cold|warm] [--as-commands [--repeats N]]
 
 Suites:
 - ``mixed``: logistic regression, random forest, histogram gradient boosting and k-nearest
@@ -33,6 +34,26 @@ suite it shows the GIL instead).  ``cpu s`` is the CPU time each run used, its c
 processes included (executors, prediction workers, joblib's workers): when other work shares the
 cores, it says what a run cost better than its wall time.
 
+Those runs share this process, which trained the members: joblib's run is timed from loading the
+model files (scikit-learn imported already, only its workers import it), the job's from
+``JobRunner.run`` (the framework imported already; its inspection process imports scikit-learn
+before anything may launch).  ``--as-commands`` also times, over the same data and model files,
+what a user types, each a fresh process: ``mesos-ensemble run job.toml`` (the console script, the
+embedded cluster; the CLI starts the inspection before it reads the job file) against ``python
+predict.py``, a plain joblib script the bench writes beside them (it loads the model files, reads
+``data.npy`` or the Parquet file's ``text`` column, runs ``joblib.Parallel(n_jobs=cores)`` over the
+same shards on fresh workers, soft-votes and saves the labels; ``predict_pickled.py`` is its
+``max_nbytes=None`` twin).  ``--repeats`` rounds, the order reversed every other round; each
+command's wall and CPU (its own and its reaped children's, ``RUSAGE_CHILDREN``), each round's
+ratio and the medians; every run's labels must equal the in-process soft vote's.
+
+``--cache`` says what the job remembers from earlier runs (inspections by checksum, probe
+verdicts, kept task costs; ``MESOS_ENSEMBLE_CACHE_DIR``), for the in-process run and the commands
+alike: ``cold`` (the default) gives every run of the job a fresh cache, a user's first run of these
+model files; ``warm`` fills one cache with an untimed run first, so every timed run is a re-run
+of the same files.  The executor package (about the project's code, not the models) is built
+once for all.
+
 ``--timeline`` prints where the job's core-seconds went (see :class:`SlotTimeline`): every Mesos
 task's launch, TASK_RUNNING and result per executor slot, and the cores' wall time split into
 start-up, compute, in-task overhead, gaps between tasks and the tail.
@@ -44,11 +65,15 @@ the in-process soft vote (the ensemble's labels must be identical).
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import functools
 import os
 import re
 import resource
+import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +100,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import dump_members, model_entry, predict_shard, soft_vote  # noqa: E402
 
+from framework.executor_package import build_executor_package  # noqa: E402
+from framework.inspection import CACHE_ENV  # noqa: E402
 from framework.job import JobRunner  # noqa: E402
 from framework.jobspec import load_job  # noqa: E402
 from framework.scheduler import EnsembleScheduler  # noqa: E402
@@ -176,13 +203,177 @@ def run_joblib(paths: list[Path], shards: list[np.ndarray], cores: int, max_nbyt
     return soft_vote([np.concatenate(parts[i * len(shards):(i + 1) * len(shards)]) for i in range(len(paths))])
 
 
+USER_SCRIPT = """\
+\"\"\"The ensemble's members' predictions on every core with joblib.Parallel, as a user writes it
+(written by bench/cores_bench.py --as-commands).\"\"\"
+import joblib
+import numpy as np
+{reader_import}
+MODELS = {models!r}
+DATA = {data!r}
+ROWS_PER_SHARD = {rows_per_shard}
+N_JOBS = {n_jobs}
+MAX_NBYTES = {max_nbytes!r}
+OUTPUT = {output!r}
+
+if __name__ == "__main__":
+    models = [joblib.load(path) for path in MODELS]
+    x = {reader}
+    shards = [x[i:i + ROWS_PER_SHARD] for i in range(0, len(x), ROWS_PER_SHARD)]
+    parts = joblib.Parallel(n_jobs=N_JOBS, max_nbytes=MAX_NBYTES)(
+        joblib.delayed(model.predict_proba)(shard) for model in models for shard in shards)
+    proba = np.mean([np.concatenate(parts[i * len(shards):(i + 1) * len(shards)]) for i in range(len(models))],
+                    axis=0)
+    np.save(OUTPUT, models[0].classes_[proba.argmax(axis=1)])
+"""
+
+
+def user_script(directory: Path, models: list[Path], data: str, shard_rows: int, cores: int,
+                max_nbytes: str | None, output: str) -> Path:
+    """``directory/predict.py`` (``predict_pickled.py`` for ``max_nbytes=None``): a plain user's
+    script that loads the model files, reads ``data`` (a ``.npy`` array, or a Parquet file's
+    ``text`` column as a 1-D object array of ``str``), cuts it into shards of ``shard_rows``, runs
+    every (model, shard) on ``joblib.Parallel(n_jobs=cores, max_nbytes=...)``, soft-votes and saves
+    the labels to ``output``; every path relative to ``directory``, where it runs."""
+    text = data.endswith(".parquet")
+    reader = ('np.array(pq.read_table(DATA, columns=["text"]).column("text").to_pylist(), dtype=object)' if text
+              else "np.load(DATA)")
+    script = directory / ("predict.py" if max_nbytes else "predict_pickled.py")
+    script.write_text(USER_SCRIPT.format(
+        reader_import="import pyarrow.parquet as pq\n" if text else "", models=[str(p.relative_to(directory))
+                                                                             for p in models],
+        data=data, rows_per_shard=shard_rows, n_jobs=cores, max_nbytes=max_nbytes, output=output, reader=reader))
+    return script
+
+
+def timed_command(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of one command run to its end: its own CPU and its reaped
+    descendants' (``RUSAGE_CHILDREN``: the job's inspection, executors and prediction workers;
+    joblib's workers); its output goes to ``log``, shown if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with log.open("wb") as out:
+        code = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited {code}:\n{log.read_text(errors='replace')[-4000:]}")
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+class KeptAnswers:
+    """Where each run of the job keeps what mesos-ensemble remembers between runs (its cache:
+    inspections by checksum, probe verdicts, kept task costs; ``MESOS_ENSEMBLE_CACHE_DIR``).
+    ``cold``: a fresh directory per run, so that every run is a user's first run of these model
+    files (the inspection's scikit-learn import and model loads before anything launches, the
+    executor's probes); ``warm``: one directory that the bench's first, untimed run of the
+    command fills, so that every timed run is a re-run of the same files.  Both share the
+    executor package (built once: it is about the project's code, not the models)."""
+
+    def __init__(self, root: Path, mode: str) -> None:
+        self.root, self.mode, self.runs = root, mode, 0
+        with self.using(root / "package"):
+            build_executor_package(Path(tempfile.mkdtemp(dir=root)))
+
+    def next_dir(self) -> Path:
+        """The cache directory for the next run."""
+        self.runs += 1
+        directory = self.root / ("warm" if self.mode == "warm" else f"cold-{self.runs}")
+        if not directory.exists():
+            directory.mkdir()
+            (directory / "executor-packages").symlink_to(self.root / "package" / "executor-packages")
+        return directory
+
+    @staticmethod
+    @contextlib.contextmanager
+    def using(directory: Path) -> Any:
+        """This process' runs keep their answers in ``directory`` meanwhile."""
+        before = os.environ.get(CACHE_ENV)
+        os.environ[CACHE_ENV] = str(directory)
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ[CACHE_ENV]
+            else:
+                os.environ[CACHE_ENV] = before
+
+
+def mesos_command() -> list[str]:
+    """The project's command as a user types it: the ``mesos-ensemble`` console script of this
+    Python's environment."""
+    beside = Path(sys.executable).with_name("mesos-ensemble")
+    found = str(beside) if beside.is_file() else shutil.which("mesos-ensemble")
+    if found is None:
+        raise SystemExit("--as-commands needs the mesos-ensemble command (pip install -e .)")
+    return [found]
+
+
+def compile_project() -> None:
+    """The framework's and executor's bytecode, as an installed package has it: where
+    ``PYTHONDONTWRITEBYTECODE`` is set (as on this project's machine) and the tree was never
+    compiled, every ``mesos-ensemble`` process would compile the framework's sources again (about
+    0.15 s of CPU on its path to the first launch, measured 2026-12-02), which the in-process run,
+    imported before its clock, never pays.  Writes ``__pycache__`` beside the sources (ignored by
+    git); a no-op when it is up to date."""
+    tree = Path(__file__).resolve().parents[1]
+    for package in ("framework", "executor"):
+        compileall.compile_dir(tree / package, quiet=1)
+
+
+def command_environment() -> dict[str, str]:
+    """The commands' environment: this one, with this tree first on ``PYTHONPATH`` (as the
+    in-process run imports it)."""
+    tree = str(Path(__file__).resolve().parents[1])
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, (tree, os.environ.get("PYTHONPATH"))))}
+
+
+def run_job_command(job: Path, cache: Path) -> tuple[tuple[float, float], np.ndarray]:
+    """``mesos-ensemble run JOB`` in a fresh process (a first run: no journal, no output yet), its
+    answers kept in ``cache``: its (wall s, cpu s) and the ensemble's labels."""
+    output = job.with_name("out.npy")
+    shutil.rmtree(job.with_name(job.stem + ".state"), ignore_errors=True)
+    output.unlink(missing_ok=True)
+    timing = timed_command([*mesos_command(), "run", job.name], job.parent,
+                           command_environment() | {CACHE_ENV: str(cache)}, job.with_name("mesos.log"))
+    return timing, np.load(output)["prediction"]
+
+
+def run_commands(job: Path, scripts: dict[str, Path], kept: KeptAnswers, labels: np.ndarray,
+                 repeats: int) -> list[dict[str, tuple[float, float]]]:
+    """``repeats`` rounds of fresh processes: ``mesos-ensemble run JOB`` and each joblib script,
+    the order reversed every other round; each run's (wall s, cpu s) by side.  Every run's labels
+    must equal the in-process soft vote's."""
+    sides = ["mesos", *scripts]
+    rounds = []
+    for number in range(repeats):
+        order = sides if number % 2 == 0 else sides[::-1]
+        timings = {}
+        for side in order:
+            if side == "mesos":
+                timings[side], predicted = run_job_command(job, kept.next_dir())
+            else:
+                output = job.with_name(f"{side}.npy")
+                output.unlink(missing_ok=True)
+                timings[side] = timed_command([sys.executable, scripts[side].name], job.parent,
+                                              command_environment(), job.with_name(f"{side}.log"))
+                predicted = np.load(output)
+            if not np.array_equal(predicted, labels):
+                raise SystemExit(f"{side}'s labels differ from the in-process soft vote's")
+        print(f"  round {number + 1} ({' then '.join(order)}; load average {os.getloadavg()[0]:.1f}): "
+              + ", ".join(f"{side} {wall:.2f} s (cpu {cpu:.2f})" for side, (wall, cpu) in timings.items())
+              + "; mesos / " + ", ".join(f"{side} {timings['mesos'][0] / timings[side][0]:.2f}x" for side in scripts))
+        rounds.append(timings)
+    return rounds
+
+
 def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: int, cpus: float,
              executor_cpus: float | None, executors: str, text: bool = False, agents: int = 1,
-             keep_sandboxes: bool = False) -> Path:
+             keep_sandboxes: bool = False, file_name: str = "bench.toml") -> Path:
     """The job as a user writes it: ``cpus`` per task and, unless given, the default executor_cpus
     (``text``: the data is ``data.parquet``, whose ``text`` column every member takes); ``cores``
     cpus in all, on ``agents`` embedded agents of ``cores / agents`` cpus each (``keep_sandboxes``:
-    for the executors' logs, read by ``--timeline``)."""
+    for the executors' logs, read by ``--timeline``); written to ``directory/file_name``."""
     lines = ["[job]", 'name = "cores-bench"', 'integration = "soft_vote"', 'output = "out.npy"', "",
              "[data]", f'path = "{"data.parquet" if text else "data.npy"}"', f"rows_per_shard = {shard_rows}", ""]
     for name, path in members.items():
@@ -194,7 +385,7 @@ def job_file(directory: Path, members: dict[str, Path], shard_rows: int, cores: 
     lines += ["[local_cluster]", f"agents = [{', '.join(hosts)}]"]
     if keep_sandboxes:
         lines.append("keep_sandboxes = true")
-    path = directory / "bench.toml"
+    path = directory / file_name
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -440,23 +631,41 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
             timings[label] = (time.perf_counter() - start, cpu_seconds() - cpu)
             assert np.array_equal(parallel, sequential), f"{label} and sequential disagree"
 
+        (directory / "cache").mkdir()
+        kept = KeptAnswers(directory / "cache", args.cache)
+        labels = np.asarray(members[next(iter(members))].classes_)[sequential]
+        command_job = job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
+                               args.executors, text, file_name="job.toml")
+        if args.cache == "warm":  # one untimed run keeps its answers: every timed run is a re-run
+            compile_project()
+            run_job_command(command_job, kept.next_dir())
         spec = load_job(job_file(directory, paths, shard_rows, args.cores, args.cpus, args.executor_cpus,
                                  args.executors, text, keep_sandboxes=args.timeline))
         timeline = SlotTimeline(args.cores) if args.timeline else contextlib.nullcontext()
         runner = JobRunner(spec, work_dir=directory / "work", progress=lambda message: None,
-                           state_dir=directory / "job.state")
+                           state_dir=directory / "bench.state")
         start, cpu = time.perf_counter(), cpu_seconds()
-        with timeline:
+        with timeline, kept.using(kept.next_dir()):
             outcome = runner.run()
         timings["mesos"] = (time.perf_counter() - start, cpu_seconds() - cpu)
         ensemble = np.load(outcome.output)
         if isinstance(timeline, SlotTimeline):  # the executors' logs go with the directory
             timeline.start_report(runner, directory / "work" / "cluster")
+        rounds = []
+        if args.as_commands:
+            data = "data.parquet" if text else "data.npy"
+            scripts = {label: user_script(directory, list(paths.values()), data, shard_rows, args.cores, max_nbytes,
+                                          f"{label}.npy")
+                       for label, max_nbytes in (("joblib", "1M"), ("joblib_pickled", None))}
+            compile_project()
+            print(f"as commands ({args.cache} cache: {CACHE_NOTE[args.cache]}), {args.repeats} rounds:")
+            rounds = run_commands(command_job, scripts, kept, labels, args.repeats)
 
-    labels = np.asarray(members[next(iter(members))].classes_)[sequential]
     identical = bool(np.array_equal(ensemble["prediction"], labels))
     t_joblib, t_pickled, t_mesos = timings["joblib"][0], timings["joblib_pickled"][0], timings["mesos"][0]
     print("single-thread compute per member: " + ", ".join(f"{n} {s:.2f} s" for n, s in per_member.items()))
+    print(f"in this process ({args.cache} cache; joblib timed from loading the model files, with "
+          "scikit-learn imported already; the job from JobRunner.run, its framework imported already):")
     print(f"{'run':<56}{'wall s':>8}{'/ joblib':>10}{'/ limit':>9}{'cpu s':>8}")
     print(f"{f'physical limit ({compute:.2f} s / {args.cores} cores)':<56}{limit:>8.2f}{limit / t_joblib:>10.2f}"
           f"{1:>9.2f}{compute_cpu:>8.2f}")
@@ -475,7 +684,42 @@ def run_suite(suite: str, args: argparse.Namespace) -> dict[str, float]:
     if isinstance(timeline, SlotTimeline):
         timeline.report(compute, compute_cpu)
         print(timeline.start_text)
-    return {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
+    figures = {"joblib": t_joblib, "joblib_pickled": t_pickled, "mesos": t_mesos, "limit": limit}
+    if rounds:
+        figures |= report_commands(suite, rounds, args, limit)
+    return figures
+
+
+CACHE_NOTE = {"cold": "a fresh cache per run of the job, a user's first run of these model files",
+              "warm": "one cache, filled by an untimed run first: a re-run of the same files"}
+
+
+def report_commands(suite: str, rounds: list[dict[str, tuple[float, float]]], args: argparse.Namespace,
+                    limit: float) -> dict[str, float]:
+    """The commands' median wall and CPU per side and the median of the rounds' ratios."""
+    def median(side: str, index: int) -> float:
+        return statistics.median(timings[side][index] for timings in rounds)
+
+    labels = {"joblib": f"python predict.py (joblib.Parallel, n_jobs={args.cores})",
+              "joblib_pickled": f"python predict_pickled.py (n_jobs={args.cores}, max_nbytes=None)",
+              "mesos": f"mesos-ensemble run job.toml (cpus = {args.cpus}, executors = {args.executors})"}
+    print(f"as commands ({args.cache} cache; fresh processes, each reading the data file; medians of "
+          f"{len(rounds)} rounds):")
+    print(f"{'command':<72}{'wall s':>8}{'/ joblib':>10}{'/ limit':>9}{'cpu s':>8}")
+    ratios = {side: statistics.median(timings["mesos"][0] / timings[side][0] for timings in rounds)
+              for side in ("joblib", "joblib_pickled")}
+    for side in ("joblib", "joblib_pickled", "mesos"):
+        wall = median(side, 0)
+        print(f"{labels[side]:<72}{wall:>8.2f}{wall / median('joblib', 0):>10.2f}{wall / limit:>9.2f}"
+              f"{median(side, 1):>8.2f}")
+    print(f"{suite} as commands ({args.cache} cache): mesos-ensemble = {ratios['joblib']:.2f}x joblib "
+          f"({ratios['joblib_pickled']:.2f}x joblib with max_nbytes=None; medians of the rounds' ratios, "
+          f"{', '.join(format(t['mesos'][0] / t['joblib'][0], '.2f') for t in rounds)} against joblib's "
+          "defaults), "
+          f"{median('mesos', 0) / limit:.2f}x the physical limit; labels identical to the in-process soft "
+          f"vote in every run; load average after {os.getloadavg()[0]:.1f}")
+    return {f"command_{side}": median(side, 0) for side in ("joblib", "joblib_pickled", "mesos")} | {
+        f"command_ratio_{side}": ratio for side, ratio in ratios.items()}
 
 
 def main() -> None:
@@ -492,6 +736,14 @@ def main() -> None:
     parser.add_argument("--executors", choices=("shared", "per_model"), default="shared")
     parser.add_argument("--no-baselines", action="store_true",
                         help="skip the joblib runs (to study the job's own timeline; the ratios print nan)")
+    parser.add_argument("--as-commands", action="store_true",
+                        help="also time fresh processes as a user types them: `mesos-ensemble run job.toml` "
+                             "against `python predict.py`, a plain joblib script (and its max_nbytes=None twin)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--as-commands: rounds of the commands, the order reversed every other round")
+    parser.add_argument("--cache", choices=("cold", "warm"), default="cold",
+                        help="the job's kept answers (inspections, probe verdicts, task costs): cold, a fresh "
+                             "cache per run (a first run of these files); warm, filled by an untimed run first")
     parser.add_argument("--timeline", action="store_true",
                         help="print each Mesos task per executor slot and where the cores' time went")
     args = parser.parse_args()

@@ -278,10 +278,10 @@ def load_and_inspect(args: argparse.Namespace, check: Callable[[JobSpec], None] 
     """The job file, loaded and checked (:func:`load_checked`, then ``check``), and its models'
     inspection under way.  The inspection's process is started before the job file is read,
     unless the inspection cache answers for every model it names: its Python start and
-    scikit-learn import run while this process imports scikit-learn itself (reading a job file
-    imports the framework's ensemble core); for ``run``, its model loads then run while this
-    process imports the rest of the framework, reads and cuts the data and starts the cluster
-    (nothing launches before its answer).  The caller cancels the inspection when done."""
+    scikit-learn import run while this process imports the framework and reads the job file
+    (this process imports scikit-learn only to fit a stacking or score against labels); for
+    ``run``, its model loads then run while this process reads and cuts the data and starts the
+    cluster (nothing launches before its answer).  The caller cancels the inspection when done."""
     from framework.inspection import InspectionAhead, Zygote, job_answers_cached
 
     zygote = None if job_answers_cached(Path(args.job)) else Zygote()

@@ -323,8 +323,8 @@ def _inspect_many(models: list[tuple[Path, str | None, Iterable[str], str | None
 class Zygote:
     """An inspection process (:func:`executor.describe.serve`) started before its models are known:
     it starts Python and imports scikit-learn at once (most of an inspection's time), then waits
-    for its work on stdin.  ``mesos-ensemble run`` starts one before it reads the job file, whose
-    own import of the framework imports scikit-learn too: the two imports run side by side.  Its
+    for its work on stdin.  ``mesos-ensemble run`` starts one before it imports the framework and
+    reads the job file (which import no scikit-learn): the two run side by side.  Its
     resource limits are lowered by the process itself once its work (and so each file's size) is
     known; until then it runs nothing but the import.  :meth:`stop` kills it and every model it
     is loading (safe to call more than once)."""
@@ -489,7 +489,7 @@ def _recall(path: Path, sha256: str, model_format: str, trusted_types: tuple[str
 
 def job_answers_cached(job_file: Path) -> bool:
     """Whether the inspection cache answers for every model a job file names, read with
-    ``tomllib`` alone (before the job file is loaded and checked, which imports scikit-learn):
+    ``tomllib`` alone (before the job file is loaded and checked, which imports the framework):
     ``run`` then starts no :class:`Zygote` early.  Any doubt is False (the early zygote is then
     stopped unused if the cache answers after all)."""
     from executor.modelfile import format_of

@@ -144,7 +144,9 @@ def prepare(spec: JobSpec, scan: bool = False, inspection: InspectionAhead | Non
 
     Returns what the data is, the members' specs and, by model name, each model's metadata (a
     ``ModelMetadata``, which stands in for the estimator: models are never loaded here)."""
-    import sklearn
+    from importlib.metadata import version
+
+    executors_sklearn = version("scikit-learn")  # the environment's, read without importing it here
 
     def inspected() -> dict[str, Any]:
         return inspection.result() if inspection is not None else inspect_job_models(spec)
@@ -155,7 +157,7 @@ def prepare(spec: JobSpec, scan: bool = False, inspection: InspectionAhead | Non
         joined = join_sources(spec, estimators)
         _check_pass_through(spec)
         members = member_specs(spec, estimators, joined.member_features())
-        ensemble.check_compatibility(estimators, members, (), spec.integration, sklearn.__version__,
+        ensemble.check_compatibility(estimators, members, (), spec.integration, executors_sklearn,
                                      recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
         return joined, members, estimators
     info = info if info is not None else describe_data(spec.data)
@@ -169,7 +171,7 @@ def prepare(spec: JobSpec, scan: bool = False, inspection: InspectionAhead | Non
     check_non_finite(spec, problems, features)
     _check_pass_through(spec)
     members = member_specs(spec, estimators, features)
-    ensemble.check_compatibility(estimators, members, info.feature_names, spec.integration, sklearn.__version__,
+    ensemble.check_compatibility(estimators, members, info.feature_names, spec.integration, executors_sklearn,
                                  recorded_versions={name: m.sklearn_version for name, m in estimators.items()})
     return info, members, estimators
 
@@ -313,6 +315,8 @@ class JobRunner:
         check_job(spec)
         described = None if spec.sources else describe_data(spec.data)
         self._step("data described")
+        if spec.data.label:  # the report scores the members with scikit-learn's metrics: imported
+            import sklearn.metrics  # noqa: F401  (now, beside the inspection, not after the last result)
         with ExitStack() as stack:
             journal = self._open_journal(stack)
             self.progress.note(f"running {spec.name} ({len(spec.models)} models, integration {spec.integration})")

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import sklearn
 
 from executor.protocol import RemoteFile, array_to_npy, sha256_hex
 from framework import atomic, ensemble
@@ -71,6 +70,8 @@ def fit_key(spec: JobSpec, members: list[ensemble.MemberSpec], methods: Mapping[
     """What a stacking fit's numbers depend on, as one JSON text: the members (name, sha256, kind,
     columns), their stack methods, the train data (its checksum and how it is read), the
     ``[stacking]`` fields and scikit-learn's version."""
+    import sklearn  # a stacking job's (one without never imports scikit-learn here)
+
     stacking = spec.stacking
     assert stacking is not None
     columns = {m.name: list(m.features) if m.features is not None else None for m in members}

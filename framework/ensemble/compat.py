@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, is_classifier, is_regressor
 
 from framework.ensemble import registry
 from framework.ensemble.specs import KINDS, OUTPUTS, EnsembleCompatibilityError, MemberSpec, label_array
@@ -36,11 +35,23 @@ from framework.ensemble.specs import KINDS, OUTPUTS, EnsembleCompatibilityError,
 def recorded_version(estimator: Any) -> str | None:
     """The scikit-learn version an estimator (or a ``framework.inspection.ModelMetadata``) was
     saved with, else the best guess for an in-memory estimator."""
-    import sklearn
-
     if isinstance(getattr(estimator, "_sklearn_version", None), str):
         return estimator._sklearn_version
+    import sklearn
+    from sklearn.base import BaseEstimator
+
     return sklearn.__version__ if isinstance(estimator, BaseEstimator) else None
+
+
+def _estimator_type(estimator: Any) -> str | None:
+    """``"classifier"``, ``"regressor"`` or another type, as scikit-learn's ``is_classifier`` /
+    ``is_regressor`` read it; a ``ModelMetadata`` says it itself (``estimator_type``), so checking
+    a job's models never imports scikit-learn into the framework's process."""
+    if hasattr(estimator, "estimator_type"):
+        return estimator.estimator_type  # type: ignore[no-any-return]
+    from sklearn.base import is_classifier, is_regressor
+
+    return "classifier" if is_classifier(estimator) else "regressor" if is_regressor(estimator) else None
 
 
 def _type_name(estimator: Any) -> str:
@@ -75,9 +86,9 @@ def feature_problems(name: str, estimator: Any, feature_names: Sequence[str]) ->
 def member_problems(spec: MemberSpec, estimator: Any, executor_version: str, recorded: str | None) -> list[str]:
     """Kind, output method, classes and version problems of one member."""
     name, problems = spec.name, []
-    if spec.kind == "classifier" and not is_classifier(estimator):
+    if spec.kind == "classifier" and _estimator_type(estimator) != "classifier":
         problems.append(f"model {name}: declared a classifier but {_type_name(estimator)} is not one")
-    if spec.kind == "regressor" and not is_regressor(estimator):
+    if spec.kind == "regressor" and _estimator_type(estimator) != "regressor":
         problems.append(f"model {name}: declared a regressor but {_type_name(estimator)} is not one")
     if spec.kind not in KINDS:
         problems.append(f"model {name}: kind {spec.kind!r} is neither classifier nor regressor")

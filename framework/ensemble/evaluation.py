@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-from sklearn import metrics
 
 from framework import atomic
 from framework.ensemble import registry
@@ -63,6 +62,8 @@ def _safe(fn: Callable[[], float]) -> float | None:
 def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray | None,
                            classes: np.ndarray | None) -> dict[str, float | None]:
     """Accuracy, and ROC AUC / log loss when ``proba`` (columns = ``classes``) is given."""
+    from sklearn import metrics
+
     out: dict[str, float | None] = {"accuracy": _safe(lambda: metrics.accuracy_score(y, labels))}
     if proba is None or classes is None:
         return out
@@ -79,6 +80,8 @@ def classification_metrics(y: np.ndarray, labels: np.ndarray, proba: np.ndarray 
 
 def regression_metrics(y: np.ndarray, values: np.ndarray) -> dict[str, float | None]:
     """RMSE, MAE and R2."""
+    from sklearn import metrics
+
     y, values = np.asarray(y, dtype=float), np.asarray(values, dtype=float)
     return {"rmse": _safe(lambda: math.sqrt(metrics.mean_squared_error(y, values))),
             "mae": _safe(lambda: metrics.mean_absolute_error(y, values)),
@@ -87,6 +90,8 @@ def regression_metrics(y: np.ndarray, values: np.ndarray) -> dict[str, float | N
 
 def score_metrics(y: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
     """Regression metrics plus accuracy at 0.5, ROC AUC and log loss of a [0, 1] score vs 0/1 labels."""
+    from sklearn import metrics
+
     y01, score = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
     out = regression_metrics(y01, score)
     out["accuracy"] = _safe(lambda: metrics.accuracy_score(y01, (score >= 0.5).astype(float)))

@@ -38,11 +38,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence, get_args
 
 import joblib
 import numpy as np
-from sklearn.base import clone
-from sklearn.linear_model import LinearRegression, LogisticRegression, RidgeCV
-from sklearn.model_selection import check_cv
 
-from executor import folds
 from framework import atomic
 from framework.ensemble.specs import Kind, MemberSpec, Output, align_columns, encode_labels, label_array
 
@@ -53,12 +49,20 @@ ENCODED_METHODS = ("decision_function", "predict_proba", "predict_log_proba")
 
 FINAL_ESTIMATORS: dict[str, Callable[[Kind], Any]] = {
     "auto": lambda kind: default_final_estimator(kind),
-    "logistic_regression": lambda kind: LogisticRegression(),
-    "ridge": lambda kind: RidgeCV(),
-    "linear_regression": lambda kind: LinearRegression(),
+    "logistic_regression": lambda kind: _linear_model().LogisticRegression(),
+    "ridge": lambda kind: _linear_model().RidgeCV(),
+    "linear_regression": lambda kind: _linear_model().LinearRegression(),
 }
 """The job file's ``stacking.final_estimator`` names -> an unfitted estimator for the stacking's
 kind (``auto``: scikit-learn's default)."""
+
+
+def _linear_model() -> Any:
+    """``sklearn.linear_model``, imported when a stacking needs it (a job without one never
+    imports scikit-learn in the framework's process: about a second of its start)."""
+    from sklearn import linear_model
+
+    return linear_model
 
 
 def final_estimator(name: str, kind: Kind) -> Any:
@@ -135,6 +139,8 @@ def plan_folds(X: Any, y: Any, kind: str, cv: Any = 5) -> FoldPlan:
         y_fit = y_fit.reshape(y.shape)
     else:
         y_fit = y
+    from sklearn.model_selection import check_cv
+
     splitter = check_cv(cv, y=y_fit, classifier=kind == "classifier")
     if hasattr(splitter, "random_state") and splitter.random_state is None:
         splitter.random_state = np.random.RandomState()
@@ -150,6 +156,8 @@ def cv_fit_predict(estimator: Any, X: Any, y_fit: np.ndarray, train_idx: np.ndar
                    method: str) -> np.ndarray:
     """The executor's op (:func:`executor.folds.cv_fit_predict`): fit a clone on the train rows,
     return ``method`` on the test rows."""
+    from executor import folds  # imports scikit-learn: only when a stacking is fitted here
+
     return folds.cv_fit_predict(estimator, X, y_fit, train_idx, test_idx, method)[0]
 
 
@@ -233,11 +241,13 @@ def stack_features(member_outputs: Sequence[np.ndarray], stack_methods: Sequence
 
 def default_final_estimator(kind: str) -> Any:
     """scikit-learn's default: ``LogisticRegression()`` or ``RidgeCV()``."""
-    return LogisticRegression() if kind == "classifier" else RidgeCV()
+    return _linear_model().LogisticRegression() if kind == "classifier" else _linear_model().RidgeCV()
 
 
 def fit_final_estimator(X_meta: np.ndarray, plan: FoldPlan, kind: str, final_estimator: Any = None) -> Any:
     """Fit a clone of ``final_estimator`` (or the default) on the meta-features and ``plan.y_fit``."""
+    from sklearn.base import clone
+
     return clone(final_estimator if final_estimator is not None else default_final_estimator(kind)).fit(
         X_meta, plan.y_fit)
 
@@ -308,6 +318,8 @@ def fit_stacking_locally(estimators: Mapping[str, Any], X: Any, y: Any, kind: st
     X = np.asarray(X)
     plan = plan_folds(X, y, kind, cv)
     methods = tuple(resolve_stack_method(n, est, stack_method, kind) for n, est in estimators.items())
+    from executor import folds  # imports scikit-learn: only when a stacking is fitted here
+
     oof = []
     for est, method in zip(estimators.values(), methods):
         results = [folds.cv_fit_predict(est, X, plan.y_fit, tr, te, method) for tr, te in plan.folds]
@@ -319,5 +331,7 @@ def fit_stacking_locally(estimators: Mapping[str, Any], X: Any, y: Any, kind: st
     model = FittedStacking(kind=kind, members=tuple(estimators), stack_methods=methods, classes=plan.classes,
                            passthrough=passthrough, final_estimator=fit_final_estimator(X_meta, plan, kind,
                                                                                         final_estimator))
+    from sklearn.base import clone
+
     fitted = {name: clone(est).fit(X, np.asarray(y)) for name, est in estimators.items()}
     return model, fitted

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -192,3 +194,25 @@ def test_run_and_validate_start_the_inspection_process_before_they_read_the_job_
     with pytest.raises(ReadJob):
         command_function(argparse.Namespace(job=demo, scan=False))
     assert seen == [True, False] and len(started) == before
+
+
+VALIDATE_AND_SAY_IF_SKLEARN = ("import sys; from framework.cli import main; "
+                               "code = main(['-q', 'validate', sys.argv[1]]); "
+                               "print('sklearn imported:', 'sklearn' in sys.modules); sys.exit(code)")
+
+
+@pytest.mark.parametrize("swap_kinds", [False, True])
+def test_checking_a_job_without_stacking_imports_no_scikit_learn_here(tmp_path: Path, swap_kinds: bool) -> None:
+    """The framework's process reads, inspects and checks a job's members (kinds, outputs, classes,
+    versions) from their metadata alone: scikit-learn's import (about a second) is the inspection
+    process' and the executors' (a kind that does not match the model is still refused)."""
+    demo = train_demo(tmp_path / "demo")
+    if swap_kinds:
+        demo.write_text(demo.read_text().replace('kind = "regressor"', 'kind = "classifier"', 1))
+    done = subprocess.run([sys.executable, "-c", VALIDATE_AND_SAY_IF_SKLEARN, str(demo)], capture_output=True,
+                          text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.stdout.strip().endswith("sklearn imported: False"), done.stdout + done.stderr
+    if swap_kinds:
+        assert done.returncode == 2 and "declared a classifier but LinearRegression is not one" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
