@@ -3,11 +3,11 @@ and saves the ensemble's soft-voted labels, and each run of the job gets the cac
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import joblib
 import numpy as np
@@ -19,16 +19,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.tree import DecisionTreeClassifier
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
 @pytest.fixture(scope="module")
-def cores_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cores_bench", BENCH / "cores_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cores_bench(bench_script: Callable[[str], ModuleType]) -> ModuleType:
+    return bench_script("cores_bench")
 
 
 @pytest.mark.parametrize(("data", "max_nbytes", "cores"), [("data.npy", "1M", 2), ("data.parquet", None, 1)])

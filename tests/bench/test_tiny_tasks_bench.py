@@ -3,10 +3,9 @@ else kept (its per-item figure beyond the fixed start is the two jobs' differenc
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -18,24 +17,10 @@ from framework.inspection import CACHE_ENV, cache_root
 from framework.inspection import cache_dir as inspection_cache_dir
 from framework.jobspec import load_job
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
 
-
-def bench_module() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # as the bench itself does, for benchlib
-    try:
-        spec = importlib.util.spec_from_file_location("tiny_tasks_bench", BENCH / "tiny_tasks_bench.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_both_jobs_start_with_the_models_inspected_and_nothing_else_kept(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    bench = bench_module()
+def test_both_jobs_start_with_the_models_inspected_and_nothing_else_kept(
+        bench_script: Callable[[str], ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = bench_script("tiny_tasks_bench")
     x = np.random.default_rng(0).normal(size=(200, 4))
     model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
     paths = bench.dump_members({"logistic": model}, tmp_path)
