@@ -70,7 +70,7 @@ def fit_key(spec: JobSpec, members: list[ensemble.MemberSpec], methods: Mapping[
     """What a stacking fit's numbers depend on, as one JSON text: the members (name, sha256, kind,
     columns), their stack methods, the train data (its checksum and how it is read), the
     ``[stacking]`` fields and scikit-learn's version."""
-    import sklearn  # a stacking job's (one without never imports scikit-learn here)
+    import sklearn  # only a stacking job comes here: a job without one never imports it in this process
 
     stacking = spec.stacking
     assert stacking is not None

@@ -60,9 +60,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Protocol
+from typing import Mapping, Protocol, TypeVar
 
 from framework.serving.spec import ServeSpec
+
+Entry = TypeVar("Entry", bound=tuple[float, ...])
+"""An entry of ``cost_at`` or ``carried`` (when it was last seen is its last field)."""
 
 HEADROOM = 0.8
 """Replicas are sized to carry the rate at this share of their measured capacity."""
@@ -362,10 +365,8 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
         state = replace(state, pressed_rps=math.inf, pressed_at=None)
     if state.refused_at is not None and now - state.refused_at >= memory:
         state = replace(state, refused_utilisation=math.inf, refused_at=None)
-    if any(now - seen >= memory for _cost, seen in state.cost_at.values()):
-        state = replace(state, cost_at={k: v for k, v in state.cost_at.items() if now - v[1] < memory})
-    if any(now - seen >= memory for _rate, _cost, seen in state.carried.values()):
-        state = replace(state, carried={k: v for k, v in state.carried.items() if now - v[2] < memory})
+    state = replace(state, cost_at=_seen_lately(state.cost_at, now, memory),
+                    carried=_seen_lately(state.carried, now, memory))
     per_replica = load.rate_rps / ready if ready > 0 else 0.0
     most = math.ceil(max(1, ready) * MAX_STEP_FACTOR)
     # for a window after a step down's replicas left, the busy measure still holds their calls
@@ -426,6 +427,14 @@ def _decide_member(spec: ServeSpec, load: LoadSample, current: int, state: Membe
     expected = utilisation_at(load, state, max(1, low_need), _rate_now(load))
     return low_need, replace(state, low_since=None, low_need=0, down_at=now, down_rate=_rate_seen(load),
                              down_utilisation=expected or 0.0)
+
+
+def _seen_lately(remembered: Mapping[int, Entry], now: float, memory: float) -> Mapping[int, Entry]:
+    """``remembered`` (``cost_at`` or ``carried``: when last seen is each entry's last field) less
+    what was last seen ``memory`` seconds ago or more (the same mapping when nothing is)."""
+    if all(now - entry[-1] < memory for entry in remembered.values()):
+        return remembered
+    return {count: entry for count, entry in remembered.items() if now - entry[-1] < memory}
 
 
 def _soon_after_down(spec: ServeSpec, load: LoadSample, state: MemberScaleState, now: float) -> bool:
